@@ -1,0 +1,129 @@
+//! Types shared by the eBPF programs and the userspace loader.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that the kernel
+//! side, the userspace side and bpftool (through BTF) agree on one layout.
+#![cfg_attr(not(test), no_std)]
+
+/// Names of programs and maps inside the eBPF object, and of their pins.
+pub mod names {
+    /// TC program at ingress of every host-side veth: frames the pod sent.
+    pub const PROG_FROM_POD: &str = "from_pod";
+    /// TC program at egress of every host-side veth: frames the host stack
+    /// sends into the pod (redirected frames never pass there).
+    pub const PROG_TO_POD: &str = "to_pod";
+    /// Hash map: pod IPv4 address -> [`crate::Endpoint`].
+    pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+    /// Per-CPU hash map: host-side veth ifindex -> [`crate::PairCounters`].
+    pub const MAP_PAIR_COUNTERS: &str = "PAIR_COUNTERS";
+}
+
+/// Upper bound of pods (endpoints) per topology.
+pub const MAX_ENDPOINTS: usize = 16384;
+/// Upper bound of pairs with counters per topology.
+pub const MAX_PAIRS: usize = 16384;
+
+/// A pod the programs may redirect to, keyed by its IPv4 address
+/// (see [`ipv4_key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// ifindex of the pod's host-side veth; `bpf_redirect_peer` to it lands
+    /// the frame on the pod's `eth0` inside the pod's namespace.
+    pub host_ifindex: u32,
+    /// MAC of the pod's `eth0`: the new destination MAC.
+    pub pod_mac: [u8; 6],
+    /// MAC the pod knows its gateway by (its host-side veth): the new source
+    /// MAC, so the frame looks routed by the node, as in the host path.
+    pub gateway_mac: [u8; 6],
+}
+
+/// The MAC every host-side veth carries, as in Calico: pods resolve their
+/// gateway (169.254.1.1) to it through a permanent neighbour entry.
+pub const GATEWAY_MAC: [u8; 6] = [0xee; 6];
+
+/// Map key for an IPv4 address: the four octets as they sit in the packet.
+#[inline(always)]
+pub fn ipv4_key(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// Why a program dropped a frame. Indexes [`PairCounters::drop_reasons`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// `bpf_redirect_peer` refused the redirect.
+    RedirectFailed = 0,
+}
+
+/// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
+/// changing the map's value size).
+pub const DROP_REASON_SLOTS: usize = 8;
+
+impl DropReason {
+    pub const ALL: [DropReason; 1] = [DropReason::RedirectFailed];
+
+    /// Stable name used in CLI, JSON and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
+/// What the programs decided for the frames of one direction of one pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Sent with `bpf_redirect_peer`, bypassing bridge and host stack.
+    pub redirected_packets: u64,
+    pub redirected_bytes: u64,
+    /// Left to the host stack (`TC_ACT_OK`).
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    /// Dropped by the program (`TC_ACT_SHOT`).
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+impl Verdicts {
+    /// Adds `other` into `self`; counters wrap like the kernel's u64s.
+    pub fn accumulate(&mut self, other: &Verdicts) {
+        self.redirected_packets = self.redirected_packets.wrapping_add(other.redirected_packets);
+        self.redirected_bytes = self.redirected_bytes.wrapping_add(other.redirected_bytes);
+        self.passed_packets = self.passed_packets.wrapping_add(other.passed_packets);
+        self.passed_bytes = self.passed_bytes.wrapping_add(other.passed_bytes);
+        self.dropped_packets = self.dropped_packets.wrapping_add(other.dropped_packets);
+        self.dropped_bytes = self.dropped_bytes.wrapping_add(other.dropped_bytes);
+    }
+}
+
+/// Counters of one pod's veth pair, one value per CPU in the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairCounters {
+    /// Frames the pod sent (seen at host-side veth ingress).
+    pub from_pod: Verdicts,
+    /// Frames delivered into the pod: redirected from other pods, or passed
+    /// by the host stack (seen at host-side veth egress).
+    pub to_pod: Verdicts,
+    /// Dropped packets by [`DropReason`], both directions.
+    pub drop_reasons: [u64; DROP_REASON_SLOTS],
+}
+
+impl PairCounters {
+    /// Adds `other` into `self` (used to sum the per-CPU values).
+    pub fn accumulate(&mut self, other: &PairCounters) {
+        self.from_pod.accumulate(&other.from_pod);
+        self.to_pod.accumulate(&other.to_pod);
+        for (sum, add) in self.drop_reasons.iter_mut().zip(other.drop_reasons.iter()) {
+            *sum = sum.wrapping_add(*add);
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, #[repr(C)], no padding holes, any bit pattern valid.
+    unsafe impl aya::Pod for crate::Endpoint {}
+    unsafe impl aya::Pod for crate::PairCounters {}
+}

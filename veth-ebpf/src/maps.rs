@@ -1,0 +1,17 @@
+//! Every map of the dataplane, in one place. BTF-defined so that the kernel
+//! knows key and value types and `bpftool map dump` prints named fields.
+use aya_ebpf::{
+    btf_maps::{HashMap, PerCpuHashMap},
+    macros::btf_map,
+};
+use veth_common::{Endpoint, PairCounters, MAX_ENDPOINTS, MAX_PAIRS};
+
+/// Pods the programs may redirect to: IPv4 (`ipv4_key`) -> endpoint.
+#[btf_map]
+pub static ENDPOINTS: HashMap<u32, Endpoint, MAX_ENDPOINTS> = HashMap::new();
+
+/// Per-pair counters: host-side veth ifindex -> counters. Entries are made by
+/// userspace before a program can see the pair, so the programs never insert
+/// (a packet racing a `down` cannot resurrect a removed pair).
+#[btf_map]
+pub static PAIR_COUNTERS: PerCpuHashMap<u32, PairCounters, MAX_PAIRS> = PerCpuHashMap::new();

@@ -1,0 +1,91 @@
+//! `cargo xtask test`: the same gate CI runs, in order of speed so that the
+//! cheap checks fail first.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{cmd, setup};
+
+struct Step {
+    name: &'static str,
+    command: Command,
+}
+
+enum Outcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+pub fn run(test_args: &[String]) -> Result<()> {
+    setup::run()?;
+    let mut failure = None;
+    let mut outcomes = Vec::new();
+    for mut step in steps(test_args) {
+        let outcome = if failure.is_some() {
+            Outcome::Skipped
+        } else {
+            println!("\n==> {}: {}", step.name, cmd::display(&step.command));
+            match cmd::run(&mut step.command) {
+                Ok(()) => Outcome::Passed,
+                Err(err) => {
+                    failure = Some(err);
+                    Outcome::Failed
+                }
+            }
+        };
+        outcomes.push((step.name, outcome));
+    }
+    print_summary(&outcomes);
+    failure.map_or(Ok(()), Err)
+}
+
+fn steps(test_args: &[String]) -> Vec<Step> {
+    let mut fmt = cmd::cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+
+    let mut clippy = cmd::cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+
+    let mut test = cmd::cargo();
+    test.args(["test", "--workspace"]);
+    // The extra arguments are for the test binaries (e.g. --nocapture), not for cargo.
+    if !test_args.is_empty() {
+        test.arg("--").args(test_args);
+    }
+
+    vec![
+        Step {
+            name: "fmt",
+            command: fmt,
+        },
+        Step {
+            name: "clippy",
+            command: clippy,
+        },
+        Step {
+            name: "test",
+            command: test,
+        },
+    ]
+}
+
+fn print_summary(outcomes: &[(&str, Outcome)]) {
+    println!("\n==> summary");
+    for (name, outcome) in outcomes {
+        let label = match outcome {
+            Outcome::Passed => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Skipped => "skipped",
+        };
+        println!("  {name:<8} {label}");
+    }
+}

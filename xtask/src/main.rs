@@ -1,0 +1,57 @@
+//! Developer tasks for this workspace, run as `cargo xtask <task>`.
+
+mod checks;
+mod cmd;
+mod demo;
+mod setup;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for the veth eBPF workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing Debian packages and bpf-linker and mount bpffs (needs root).
+    Setup,
+    /// Set up, then build the whole workspace.
+    Build,
+    /// Set up, then run rustfmt, clippy and the test suite.
+    Test {
+        /// Extra arguments for the test binaries, e.g. `cargo xtask test -- --nocapture`.
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// Set up, bring up the demo topology and send traffic through it.
+    Demo,
+}
+
+// Printed by hand because returning the error from `main` adds a backtrace
+// whenever RUST_BACKTRACE is set, burying the one line that matters.
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => build(),
+        Task::Test { test_args } => checks::run(&test_args),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    setup::run()?;
+    cmd::run(cmd::cargo().args(["build", "--workspace"]))
+}

@@ -88,7 +88,9 @@ pub struct Verdicts {
 impl Verdicts {
     /// Adds `other` into `self`; counters wrap like the kernel's u64s.
     pub fn accumulate(&mut self, other: &Verdicts) {
-        self.redirected_packets = self.redirected_packets.wrapping_add(other.redirected_packets);
+        self.redirected_packets = self
+            .redirected_packets
+            .wrapping_add(other.redirected_packets);
         self.redirected_bytes = self.redirected_bytes.wrapping_add(other.redirected_bytes);
         self.passed_packets = self.passed_packets.wrapping_add(other.passed_packets);
         self.passed_bytes = self.passed_bytes.wrapping_add(other.passed_bytes);

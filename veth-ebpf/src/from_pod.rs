@@ -33,8 +33,18 @@ pub fn from_pod(ctx: TcContext) -> i32 {
             // SAFETY: plain helper call; flags must be 0.
             let rc = unsafe { bpf_redirect_peer(target.host_ifindex, 0) };
             if rc == i64::from(TC_ACT_REDIRECT) {
-                count(ingress_ifindex, Direction::FromPod, Verdict::Redirected, bytes);
-                count(target.host_ifindex, Direction::ToPod, Verdict::Redirected, bytes);
+                count(
+                    ingress_ifindex,
+                    Direction::FromPod,
+                    Verdict::Redirected,
+                    bytes,
+                );
+                count(
+                    target.host_ifindex,
+                    Direction::ToPod,
+                    Verdict::Redirected,
+                    bytes,
+                );
                 TC_ACT_REDIRECT as i32
             } else {
                 let dropped = Verdict::Dropped(DropReason::RedirectFailed);

@@ -8,6 +8,11 @@ use crate::counters::{count, Direction, Verdict};
 pub fn to_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let egress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    count(egress_ifindex, Direction::ToPod, Verdict::Passed, u64::from(ctx.len()));
+    count(
+        egress_ifindex,
+        Direction::ToPod,
+        Verdict::Passed,
+        u64::from(ctx.len()),
+    );
     TC_ACT_UNSPEC
 }

@@ -1,0 +1,181 @@
+//! Executes plans: observes the kernel, plans, and runs each step through
+//! [`netlink`](crate::netlink) and [`dataplane`](crate::dataplane).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::{
+    dataplane::{Dataplane, Pins},
+    model::{host_address_label, object_prefix, Topology},
+    netlink::{netns, pod, Host},
+    plan::{plan_down, plan_up, Observed, Step},
+    state::{self, StateDir},
+};
+
+/// Testing hook: abort the process after this many steps, to leave the
+/// kernel exactly as a crash in the middle of `up` would.
+pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
+
+/// What the kernel has of topology `name`.
+pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
+    let prefix = object_prefix(name);
+    let netns = netns::list(&prefix)?
+        .into_iter()
+        .filter(|n| netns::exists(n))
+        .collect();
+    let links = host
+        .links_with_prefix(&prefix)
+        .await?
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+    let host_addresses = host
+        .labelled_addresses(&host_address_label(name))
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Observed {
+        netns,
+        links,
+        host_addresses,
+    })
+}
+
+/// Converges the kernel to `topology`. `source` is the description's text,
+/// recorded for `status`, `stats` and `down`.
+pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
+    let _lock = state::lock()?;
+    let host = Host::connect()?;
+    StateDir::new(&topology.name).save(source)?;
+    let steps = plan_up(topology, &observe(&host, &topology.name).await?);
+    Executor::new(host, &topology.name)
+        .run(Some(topology), &steps)
+        .await?;
+    Ok(steps)
+}
+
+/// Removes everything of topology `name`; fine to repeat, and after a crash.
+pub async fn down(name: &str) -> Result<Vec<Step>> {
+    let _lock = state::lock()?;
+    let host = Host::connect()?;
+    let steps = plan_down(&observe(&host, name).await?);
+    Executor::new(host, name).run(None, &steps).await?;
+    Ok(steps)
+}
+
+struct Executor {
+    host: Host,
+    name: String,
+    crash_after: Option<usize>,
+}
+
+impl Executor {
+    fn new(host: Host, name: &str) -> Executor {
+        let crash_after = std::env::var(CRASH_AFTER_STEPS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Executor {
+            host,
+            name: name.to_string(),
+            crash_after,
+        }
+    }
+
+    async fn run(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
+        for (done, step) in steps.iter().enumerate() {
+            if self.crash_after == Some(done) {
+                eprintln!("vethctl: {CRASH_AFTER_STEPS_ENV}={done}: aborting before \"{step}\"");
+                std::process::abort();
+            }
+            self.step(topology, step)
+                .await
+                .with_context(|| format!("topology {:?}: {step}", self.name))?;
+        }
+        Ok(())
+    }
+
+    async fn step(&self, topology: Option<&Topology>, step: &Step) -> Result<()> {
+        let need = || topology.ok_or_else(|| anyhow!("step needs the topology description"));
+        match step {
+            Step::ConfigureHostAddress => {
+                let topology = need()?;
+                self.host
+                    .ensure_host_address(&topology.host_address_label, topology.host_address)
+                    .await?;
+            }
+            Step::RemoveHostAddress { .. } => {
+                self.host
+                    .remove_host_addresses(&host_address_label(&self.name))
+                    .await?;
+            }
+            Step::CreateNetns { netns } => netns::create(netns)?,
+            Step::CreateVeth { pod, .. } => {
+                let pod = need()?.pod(pod).context("pod missing from the topology")?;
+                self.host.create_pod_veth(pod).await?;
+            }
+            Step::ConfigurePod { pod } => {
+                let topology = need()?;
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                pod::configure(pod).await?;
+                let veth =
+                    self.host.link(&pod.host_veth).await?.with_context(|| {
+                        format!("host-side veth {:?} is missing", pod.host_veth)
+                    })?;
+                self.host.ensure_host_veth(pod, &veth).await?;
+                self.host
+                    .ensure_pod_route(pod, veth.ifindex, topology.host_address)
+                    .await?;
+            }
+            Step::SyncDataplane => self.sync_dataplane(need()?).await?,
+            Step::DeleteLink { name, ifindex } => self.host.delete_link(*ifindex, name).await?,
+            Step::DeleteNetns { netns } => netns::delete(netns)?,
+            Step::RemovePins => Pins::new(&self.name).remove_all()?,
+            Step::RemoveState => StateDir::new(&self.name).remove()?,
+        }
+        Ok(())
+    }
+
+    async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
+        let mut endpoints = BTreeMap::new();
+        let mut ifindexes = BTreeSet::new();
+        for pod in &topology.pods {
+            let veth = self
+                .host
+                .link(&pod.host_veth)
+                .await?
+                .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+            ifindexes.insert(veth.ifindex);
+            endpoints.insert(
+                pod.ipv4,
+                veth_common::Endpoint {
+                    host_ifindex: veth.ifindex,
+                    pod_mac: pod.mac,
+                    gateway_mac: pod.gateway_mac,
+                },
+            );
+        }
+        // Loading verifies programs and may take a moment: off the runtime.
+        let topology = topology.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut dataplane = Dataplane::load(&topology.name)?;
+            dataplane.sync_counters(&ifindexes)?;
+            dataplane.sync_endpoints(&endpoints)?;
+            for pod in &topology.pods {
+                dataplane
+                    .attach(&pod.host_veth)
+                    .with_context(|| format!("pod {:?}", pod.name))?;
+            }
+            let wanted: BTreeSet<&str> =
+                topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+            for veth in dataplane.pins().linked_veths()? {
+                if !wanted.contains(veth.as_str()) {
+                    dataplane.pins().remove_links(&veth)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("dataplane task panicked")?
+    }
+}

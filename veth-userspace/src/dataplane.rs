@@ -1,0 +1,408 @@
+//! The only place that touches aya: loading the programs, pinning them and
+//! their maps under `/sys/fs/bpf/vethctl/<topology>/`, attaching them to
+//! host-side veths with TCX, writing endpoints and reading counters.
+//!
+//! Everything is pinned, so forwarding goes on after `vethctl` exits and the
+//! next `vethctl` finds (and reuses) the same maps: counters survive `up`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+use nix::{
+    mount::{mount, MsFlags},
+    sys::statfs::{statfs, FsType},
+};
+use veth_common::{
+    ipv4_key,
+    names::{MAP_ENDPOINTS, MAP_PAIR_COUNTERS, PROG_FROM_POD, PROG_TO_POD},
+    Endpoint, PairCounters,
+};
+
+/// The eBPF object, built by build.rs from the veth-ebpf crate.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf.o"));
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: FsType = FsType(0xcafe_4a11);
+
+/// The hooks each host-side veth gets, with the program for each.
+pub const HOOKS: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// Host-side veth ingress: frames from the pod.
+    Ingress,
+    /// Host-side veth egress: frames from the host stack into the pod.
+    Egress,
+}
+
+impl Hook {
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::Ingress => PROG_FROM_POD,
+            Hook::Egress => PROG_TO_POD,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// Where a topology's objects are pinned.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(topology: &str) -> Pins {
+        Pins {
+            root: Path::new(BPFFS).join("vethctl").join(topology),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// One directory per host-side veth (bpffs refuses '.' in names).
+    fn veth_links_dir(&self, host_veth: &str) -> PathBuf {
+        self.links_dir().join(host_veth)
+    }
+
+    /// e.g. `links/demo-web/ingress`.
+    pub fn link(&self, host_veth: &str, hook: Hook) -> PathBuf {
+        self.veth_links_dir(host_veth).join(hook.name())
+    }
+
+    /// Host-side veths that have at least one pinned link.
+    pub fn linked_veths(&self) -> Result<BTreeSet<String>> {
+        let entries = match fs::read_dir(self.links_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(e).context("listing pinned links"),
+        };
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect())
+    }
+
+    pub fn exist(&self) -> bool {
+        self.root.exists()
+    }
+
+    /// Unpins everything: links detach, programs and maps are freed once
+    /// no process holds them. Missing pins are fine.
+    pub fn remove_all(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing pins {}", self.root.display())),
+        }
+    }
+
+    /// Unpins (and so detaches) the links of one host-side veth.
+    pub fn remove_links(&self, host_veth: &str) -> Result<()> {
+        let dir = self.veth_links_dir(host_veth);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf if it is not there (fresh machines).
+pub fn ensure_bpffs() -> Result<()> {
+    if statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    mount(
+        Some("bpffs"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs at {BPFFS} (try `mount -t bpf bpffs {BPFFS}`)"))
+}
+
+/// The loaded programs and maps of one topology.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: Pins,
+}
+
+impl Dataplane {
+    /// Loads the programs, reusing the topology's pinned maps if they exist
+    /// (creating and pinning them otherwise), and pins the programs.
+    pub fn load(topology: &str) -> Result<Dataplane> {
+        ensure_bpffs()?;
+        let pins = Pins::new(topology);
+        fs::create_dir_all(pins.links_dir())
+            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(MAP_ENDPOINTS, pins.map(MAP_ENDPOINTS))
+            .map_pin_path(MAP_PAIR_COUNTERS, pins.map(MAP_PAIR_COUNTERS))
+            .load(OBJECT)
+            .context("loading the eBPF object (are you root?)")?;
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+            let path = pins.program(name);
+            remove_file_if_present(&path)?;
+            prog.pin(&path)
+                .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+        }
+        Ok(Dataplane { ebpf, pins })
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// Attaches both programs to `host_veth` with TCX and pins the links,
+    /// replacing links pinned by an earlier `up`. The new link is attached
+    /// before the old one is unpinned, so frames never miss the program.
+    pub fn attach(&mut self, host_veth: &str) -> Result<()> {
+        let dir = self.pins.veth_links_dir(host_veth);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for hook in HOOKS {
+            let prog = classifier(&mut self.ebpf, hook.program())?;
+            let id = prog
+                .attach(host_veth, hook.attach_type())
+                .with_context(|| {
+                    format!(
+                        "attaching {} to {host_veth} {}",
+                        hook.program(),
+                        hook.name()
+                    )
+                })?;
+            let link: FdLink = prog
+                .take_link(id)?
+                .try_into()
+                .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?;
+            let path = self.pins.link(host_veth, hook);
+            remove_file_if_present(&path)?;
+            link.pin(&path)
+                .with_context(|| format!("pinning link at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the endpoint map hold exactly `desired`.
+    pub fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_ENDPOINTS)
+            .ok_or_else(|| anyhow!("map {MAP_ENDPOINTS} missing from the object"))?;
+        let mut endpoints: HashMap<_, u32, Endpoint> = HashMap::try_from(map)?;
+        let wanted: BTreeMap<u32, Endpoint> = desired
+            .iter()
+            .map(|(ip, ep)| (ipv4_key(ip.octets()), *ep))
+            .collect();
+        let stale: Vec<u32> = endpoints
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        // Remove first: a stale entry may point at an ifindex that is reused.
+        for key in stale {
+            ignore_missing(endpoints.remove(&key)).context("removing a stale endpoint")?;
+        }
+        for (key, endpoint) in wanted {
+            endpoints
+                .insert(key, endpoint, 0)
+                .context("writing an endpoint")?;
+        }
+        Ok(())
+    }
+
+    /// Makes the counter map hold an entry for exactly these ifindexes:
+    /// new pairs start at zero, existing ones keep counting, removed ones go.
+    pub fn sync_counters(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_PAIR_COUNTERS)
+            .ok_or_else(|| anyhow!("map {MAP_PAIR_COUNTERS} missing from the object"))?;
+        let mut counters: PerCpuHashMap<_, u32, PairCounters> = PerCpuHashMap::try_from(map)?;
+        let present: BTreeSet<u32> = counters.keys().filter_map(|k| k.ok()).collect();
+        for stale in present.difference(ifindexes) {
+            ignore_missing(counters.remove(stale)).context("removing stale counters")?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        for new in ifindexes.difference(&present) {
+            let zero = PerCpuValues::try_from(vec![PairCounters::default(); cpus])?;
+            // NOEXIST: never reset counters that appeared meanwhile.
+            match counters.insert(new, zero, aya_obj_flags::BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).context("creating pair counters"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flag values of `bpf_map_update_elem`.
+mod aya_obj_flags {
+    pub const BPF_NOEXIST: u64 = 1;
+}
+
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+/// Per-pair counters of a topology, summed over CPUs, by host ifindex.
+/// Reads the pinned map, so it works from any process while the topology is up.
+pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
+    let path = Pins::new(topology).map(MAP_PAIR_COUNTERS);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (is topology {topology:?} up? try `vethctl up`)",
+            path.display()
+        )
+    })?;
+    let map = PerCpuHashMap::<_, u32, PairCounters>::try_from(Map::PerCpuHashMap(data))?;
+    let mut sums = BTreeMap::new();
+    for entry in map.iter() {
+        let (ifindex, per_cpu) = entry.context("reading pair counters")?;
+        sums.insert(ifindex, sum_per_cpu(per_cpu.iter()));
+    }
+    Ok(sums)
+}
+
+/// Sums one pair's per-CPU values.
+pub fn sum_per_cpu<'a>(values: impl Iterator<Item = &'a PairCounters>) -> PairCounters {
+    values.fold(PairCounters::default(), |mut sum, v| {
+        sum.accumulate(v);
+        sum
+    })
+}
+
+/// What is attached at one hook of a host-side veth.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attachment {
+    pub hook: &'static str,
+    /// Our pinned link (and its program) at this hook, if present.
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    /// Every program the kernel reports at this TCX hook, ours included.
+    pub tcx_program_ids: Vec<u32>,
+}
+
+/// What is attached to `host_veth`, from our pins and from the kernel.
+pub fn attachments(topology: &str, host_veth: &str) -> Vec<Attachment> {
+    let pins = Pins::new(topology);
+    HOOKS
+        .iter()
+        .map(|&hook| {
+            let pinned = aya::programs::links::PinnedLink::from_pin(pins.link(host_veth, hook))
+                .ok()
+                .and_then(|l| FdLink::from(l).info().ok());
+            let tcx_program_ids = SchedClassifier::query_tcx(host_veth, hook.attach_type())
+                .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            Attachment {
+                hook: hook.name(),
+                link_id: pinned.as_ref().map(|l| l.id()),
+                program_id: pinned.as_ref().map(|l| l.program_id()),
+                tcx_program_ids,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_cpu_values_are_summed_field_by_field() {
+        let mut a = PairCounters::default();
+        a.from_pod.redirected_packets = 3;
+        a.from_pod.redirected_bytes = 300;
+        a.to_pod.passed_packets = 1;
+        a.drop_reasons[0] = 2;
+        let mut b = PairCounters::default();
+        b.from_pod.redirected_packets = 4;
+        b.from_pod.redirected_bytes = 400;
+        b.to_pod.passed_packets = 5;
+        b.drop_reasons[0] = 1;
+        let sum = sum_per_cpu([a, b, PairCounters::default()].iter());
+        assert_eq!(sum.from_pod.redirected_packets, 7);
+        assert_eq!(sum.from_pod.redirected_bytes, 700);
+        assert_eq!(sum.to_pod.passed_packets, 6);
+        assert_eq!(sum.drop_reasons[0], 3);
+        assert_eq!(sum.from_pod.passed_packets, 0);
+    }
+
+    #[test]
+    fn pins_are_per_topology() {
+        let pins = Pins::new("demo");
+        assert_eq!(pins.root(), Path::new("/sys/fs/bpf/vethctl/demo"));
+        assert_eq!(
+            pins.link("demo-web", Hook::Ingress),
+            Path::new("/sys/fs/bpf/vethctl/demo/links/demo-web/ingress")
+        );
+        assert_eq!(
+            pins.map(MAP_PAIR_COUNTERS),
+            Path::new("/sys/fs/bpf/vethctl/demo/PAIR_COUNTERS")
+        );
+    }
+}

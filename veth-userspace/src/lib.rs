@@ -1,0 +1,13 @@
+//! vethctl: pods (network namespaces) and their veth pairs, wired by an eBPF
+//! redirect dataplane. Data flows one way: description ([`model`]) → plan
+//! ([`plan`]) → kernel ([`netlink`], [`dataplane`], driven by [`apply`]) →
+//! [`observe`].
+
+pub mod apply;
+pub mod cli;
+pub mod dataplane;
+pub mod model;
+pub mod netlink;
+pub mod observe;
+pub mod plan;
+pub mod state;

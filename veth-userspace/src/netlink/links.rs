@@ -1,0 +1,112 @@
+//! Links as the kernel reports them, in whichever namespace the handle's
+//! socket lives.
+
+use anyhow::Result;
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+
+use super::{context, is_gone};
+
+/// What the tool needs to know about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub name: String,
+    pub ifindex: u32,
+    /// `veth`, `dummy`, ... (`None` for kinds without rtnl link ops, e.g. lo).
+    pub kind: Option<String>,
+    pub mac: Vec<u8>,
+    pub up: bool,
+    pub mtu: u32,
+    /// For a veth: the peer's ifindex, in the peer's namespace.
+    pub peer_ifindex: Option<u32>,
+}
+
+impl LinkState {
+    fn from_message(msg: &LinkMessage) -> Option<LinkState> {
+        let mut link = LinkState {
+            name: String::new(),
+            ifindex: msg.header.index,
+            kind: None,
+            mac: Vec::new(),
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mtu: 0,
+            peer_ifindex: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name.clone(),
+                LinkAttribute::Address(mac) => link.mac = mac.clone(),
+                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Link(peer) => link.peer_ifindex = Some(*peer),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind_name(kind));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (!link.name.is_empty()).then_some(link)
+    }
+
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+}
+
+fn kind_name(kind: &InfoKind) -> String {
+    kind.to_string()
+}
+
+/// All links of the handle's namespace.
+pub async fn list(handle: &rtnetlink::Handle) -> Result<Vec<LinkState>> {
+    let mut links = Vec::new();
+    let mut stream = handle.link().get().execute();
+    while let Some(msg) = stream.try_next().await.map_err(context("listing links"))? {
+        links.extend(LinkState::from_message(&msg));
+    }
+    Ok(links)
+}
+
+/// The link called `name`, if any.
+pub async fn by_name(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkState>> {
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(LinkState::from_message(&msg)),
+        Ok(None) => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(context(format!("looking up link {name:?}"))(e)),
+    }
+}
+
+/// Deletes a link by index; a link that is already gone is fine.
+pub async fn delete(handle: &rtnetlink::Handle, ifindex: u32, name: &str) -> Result<()> {
+    match handle.link().del(ifindex).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => Ok(()),
+        Err(e) => Err(context(format!("deleting link {name:?}"))(e)),
+    }
+}
+
+/// Sets a link up, with the given MAC.
+pub async fn set_up_with_mac(
+    handle: &rtnetlink::Handle,
+    link: &LinkState,
+    mac: &[u8],
+) -> Result<()> {
+    if link.up && link.mac == mac {
+        return Ok(());
+    }
+    let msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
+        .address(mac.to_vec())
+        .up()
+        .build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(context(format!("setting link {:?} up", link.name)))
+}

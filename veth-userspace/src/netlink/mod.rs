@@ -1,0 +1,50 @@
+//! The only place that speaks rtnetlink and the only place that enters a
+//! network namespace.
+//!
+//! Host-namespace work goes through [`Host`], a connection opened by the
+//! calling (host-namespace) thread. Work inside a pod goes through
+//! [`netns::run_in`], which opens its socket on a dedicated OS thread after
+//! `setns`, because `setns` changes the namespace of one thread only.
+
+pub mod host;
+pub mod links;
+pub mod netns;
+pub mod pod;
+
+use std::fmt::Display;
+
+pub use host::Host;
+
+/// Adds what the tool was doing to a netlink error, and for the errno-only
+/// errors the kernel gives, the errno's meaning.
+pub(crate) fn context(what: impl Display) -> impl FnOnce(rtnetlink::Error) -> anyhow::Error {
+    move |e| anyhow::anyhow!("{what}: {}", describe(&e))
+}
+
+/// The errno of a netlink error, if the kernel sent one.
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn describe(e: &rtnetlink::Error) -> String {
+    match errno(e) {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// True for "already exists", which idempotent steps treat as success.
+pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(libc::EEXIST)
+}
+
+/// True for "no such object", which removal steps treat as success.
+pub(crate) fn is_gone(e: &rtnetlink::Error) -> bool {
+    matches!(
+        errno(e),
+        Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+    )
+}

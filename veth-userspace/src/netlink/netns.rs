@@ -1,0 +1,181 @@
+//! Named network namespaces, compatible with `ip netns`: a namespace is kept
+//! alive by a bind mount of its nsfs inode at `/run/netns/<name>`.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    future::Future,
+    io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sched::{setns, unshare, CloneFlags},
+    sys::statfs::{statfs, FsType},
+};
+
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
+const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
+
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// Names of the named namespaces that start with `prefix`.
+pub fn list(prefix: &str) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(NETNS_RUN_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).context(format!("listing {NETNS_RUN_DIR}")),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// True if `/run/netns/<name>` holds a live namespace (not just an empty
+/// file left by a crash between creating the file and mounting over it).
+pub fn exists(name: &str) -> bool {
+    statfs(&path(name)).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// Creates the namespace if it does not exist yet.
+pub fn create(name: &str) -> Result<()> {
+    if exists(name) {
+        return Ok(());
+    }
+    make_run_dir_shared()?;
+    let target = path(name);
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&target)
+        .with_context(|| format!("creating {}", target.display()))?;
+    // unshare(CLONE_NEWNET) moves only the calling thread: do it on a
+    // thread of its own, which ends right after pinning the namespace.
+    let thread_target = target.clone();
+    std::thread::Builder::new()
+        .name(format!("netns-new-{name}"))
+        .spawn(move || -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &thread_target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .context("bind-mounting the new namespace")
+        })?
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+        .with_context(|| format!("creating network namespace {name:?}"))
+}
+
+/// Removes the namespace's name; the namespace goes away with its last
+/// user. Missing namespaces are fine (idempotent `down`).
+pub fn delete(name: &str) -> Result<()> {
+    let target = path(name);
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
+    }
+    match fs::remove_file(&target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", target.display())),
+    }
+}
+
+/// Opens a namespace, e.g. to hand its fd to the kernel (`IFLA_NET_NS_FD`).
+pub fn open(name: &str) -> Result<File> {
+    if !exists(name) {
+        bail!("network namespace {name:?} does not exist");
+    }
+    File::open(path(name)).with_context(|| format!("opening network namespace {name:?}"))
+}
+
+/// Runs `f` on a fresh OS thread that has entered namespace `name`, and
+/// returns its result. Sockets `f` opens belong to that namespace.
+pub fn on_thread<T, F>(name: &str, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let ns = open(name)?;
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("netns-{name}"))
+        .spawn(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering network namespace {label:?}"))?;
+            f()
+        })
+        .context("spawning a namespace thread")
+}
+
+/// Runs async netlink work inside namespace `name`: a dedicated thread
+/// enters it, opens an rtnetlink connection there and drives `f` on a
+/// current-thread runtime. The caller's runtime threads never change
+/// namespace.
+pub async fn run_in<T, F, Fut>(name: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    on_thread(name, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(async move {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("opening rtnetlink")?;
+            tokio::spawn(connection);
+            f(handle).await
+        });
+        let _ = tx.send(result);
+        Ok(())
+    })?;
+    rx.await
+        .map_err(|_| anyhow!("namespace thread for {name:?} ended without a result"))?
+}
+
+/// Makes /run/netns a shared mount point, as `ip netns add` does, so that
+/// namespaces created here are visible in mount namespaces made later.
+fn make_run_dir_shared() -> Result<()> {
+    fs::create_dir_all(NETNS_RUN_DIR).with_context(|| format!("creating {NETNS_RUN_DIR}"))?;
+    let shared = || {
+        mount(
+            Some("none"),
+            NETNS_RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared() {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself first.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .context("bind-mounting /run/netns")?;
+            shared().context("making /run/netns shared")
+        }
+        Err(e) => Err(e).context("making /run/netns shared"),
+    }
+}

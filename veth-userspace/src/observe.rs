@@ -1,0 +1,342 @@
+//! What a topology looks like in the kernel and what its pairs counted:
+//! the data behind `vethctl status` and `vethctl stats`, as JSON or tables.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+use veth_common::{DropReason, PairCounters, Verdicts};
+
+use crate::{
+    dataplane::{self, Attachment, Pins},
+    model::{format_mac, Topology},
+    netlink::{host::POD_IFNAME, Host},
+};
+
+/// `status --json`: `{"topologies": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub topologies: Vec<TopologyStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopologyStatus {
+    pub name: String,
+    pub mode: String,
+    pub pod_cidr: String,
+    pub host_address: String,
+    pub pin_dir: String,
+    pub pods: Vec<PodStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    pub name: String,
+    pub netns: String,
+    pub ipv4: String,
+    /// Interface inside the pod's namespace (always `eth0`).
+    pub pod_ifname: String,
+    pub pod_ifindex: Option<u32>,
+    pub pod_mac: String,
+    pub host_veth: String,
+    pub host_ifindex: Option<u32>,
+    pub host_mac: Option<String>,
+    /// Both ends as `ip link` shows them: `eth0@if12 <-> demo-web@if2`.
+    pub pair: Option<String>,
+    /// True when the host side exists and is up.
+    pub up: bool,
+    pub attached: Vec<Attachment>,
+}
+
+/// Status of one topology, from its description and the kernel.
+pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> {
+    let mut pods = Vec::with_capacity(topology.pods.len());
+    for pod in &topology.pods {
+        let link = host.link(&pod.host_veth).await?;
+        let pod_ifindex = link.as_ref().and_then(|l| l.peer_ifindex);
+        let pair = link
+            .as_ref()
+            .zip(pod_ifindex)
+            .map(|(l, peer)| format!("{POD_IFNAME}@if{} <-> {}@if{peer}", l.ifindex, l.name));
+        pods.push(PodStatus {
+            name: pod.name.clone(),
+            netns: pod.netns.clone(),
+            ipv4: pod.ipv4.to_string(),
+            pod_ifname: POD_IFNAME.to_string(),
+            pod_ifindex,
+            pod_mac: format_mac(&pod.mac),
+            host_veth: pod.host_veth.clone(),
+            host_ifindex: link.as_ref().map(|l| l.ifindex),
+            host_mac: link.as_ref().map(|l| format_mac(&l.mac)),
+            pair,
+            up: link.as_ref().is_some_and(|l| l.up),
+            attached: if link.is_some() {
+                dataplane::attachments(&topology.name, &pod.host_veth)
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    Ok(TopologyStatus {
+        name: topology.name.clone(),
+        mode: topology.mode.to_string(),
+        pod_cidr: topology.pod_cidr.to_string(),
+        host_address: topology.host_address.to_string(),
+        pin_dir: Pins::new(&topology.name).root().display().to_string(),
+        pods,
+    })
+}
+
+impl StatusReport {
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for t in &self.topologies {
+            out += &format!(
+                "topology {}  mode {}  pod_cidr {}  node address {} (on lo)  pins {}\n",
+                t.name, t.mode, t.pod_cidr, t.host_address, t.pin_dir
+            );
+            let mut rows = vec![row([
+                "POD",
+                "NETNS",
+                "IPV4",
+                "POD SIDE",
+                "HOST SIDE",
+                "POD MAC",
+                "TCX INGRESS/EGRESS",
+            ])];
+            for p in &t.pods {
+                let attached = p
+                    .attached
+                    .iter()
+                    .map(|a| match a.program_id {
+                        Some(id) => format!("prog {id}"),
+                        None => "-".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" / ");
+                let opt = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
+                rows.push(row([
+                    &p.name,
+                    &p.netns,
+                    &p.ipv4,
+                    &format!("{}@if{}", p.pod_ifname, opt(p.host_ifindex)),
+                    &match p.host_ifindex {
+                        Some(_) => format!("{}@if{}", p.host_veth, opt(p.pod_ifindex)),
+                        None => format!("{} (missing)", p.host_veth),
+                    },
+                    &p.pod_mac,
+                    if attached.is_empty() { "-" } else { &attached },
+                ]));
+            }
+            out += &render(&rows);
+        }
+        if self.topologies.is_empty() {
+            out += "no topology is up (start one with `vethctl up`)\n";
+        }
+        out
+    }
+}
+
+/// `stats --json`: `{"topologies": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    pub topologies: Vec<TopologyStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TopologyStats {
+    pub name: String,
+    pub pairs: Vec<PairStats>,
+}
+
+/// One pod's pair. Top-level counters are both directions added up;
+/// `from_pod` and `to_pod` split them.
+#[derive(Debug, Serialize)]
+pub struct PairStats {
+    pub pod: String,
+    pub host_veth: String,
+    pub host_ifindex: u32,
+    #[serde(flatten)]
+    pub total: VerdictCounts,
+    /// Frames the pod sent, by what the program did with them.
+    pub from_pod: VerdictCounts,
+    /// Frames delivered into the pod: redirected from other pods, or
+    /// passed by the host stack.
+    pub to_pod: VerdictCounts,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct VerdictCounts {
+    pub redirected_packets: u64,
+    pub redirected_bytes: u64,
+    pub passed_packets: u64,
+    pub passed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+impl From<&Verdicts> for VerdictCounts {
+    fn from(v: &Verdicts) -> Self {
+        VerdictCounts {
+            redirected_packets: v.redirected_packets,
+            redirected_bytes: v.redirected_bytes,
+            passed_packets: v.passed_packets,
+            passed_bytes: v.passed_bytes,
+            dropped_packets: v.dropped_packets,
+            dropped_bytes: v.dropped_bytes,
+        }
+    }
+}
+
+/// Joins the summed counters (by host ifindex) with the topology's pods.
+/// Pods without counters (not up, or mid-`up`) are left out.
+pub fn pair_stats(
+    topology: &Topology,
+    ifindexes: &BTreeMap<String, u32>,
+    counters: &BTreeMap<u32, PairCounters>,
+) -> TopologyStats {
+    let pairs = topology
+        .pods
+        .iter()
+        .filter_map(|pod| {
+            let ifindex = *ifindexes.get(&pod.host_veth)?;
+            let c = counters.get(&ifindex)?;
+            let mut total = c.from_pod;
+            total.accumulate(&c.to_pod);
+            Some(PairStats {
+                pod: pod.name.clone(),
+                host_veth: pod.host_veth.clone(),
+                host_ifindex: ifindex,
+                total: (&total).into(),
+                from_pod: (&c.from_pod).into(),
+                to_pod: (&c.to_pod).into(),
+                drops: DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name(), c.drop_reasons[*r as usize]))
+                    .collect(),
+            })
+        })
+        .collect();
+    TopologyStats {
+        name: topology.name.clone(),
+        pairs,
+    }
+}
+
+/// Reads one topology's counters from its pinned map.
+pub async fn stats(host: &Host, topology: &Topology) -> Result<TopologyStats> {
+    let mut ifindexes = BTreeMap::new();
+    for pod in &topology.pods {
+        if let Some(link) = host.link(&pod.host_veth).await? {
+            ifindexes.insert(pod.host_veth.clone(), link.ifindex);
+        }
+    }
+    let counters = dataplane::read_counters(&topology.name)?;
+    Ok(pair_stats(topology, &ifindexes, &counters))
+}
+
+impl StatsReport {
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        for t in &self.topologies {
+            out += &format!("topology {}\n", t.name);
+            let mut rows = vec![row([
+                "POD",
+                "HOST VETH",
+                "DIRECTION",
+                "REDIR PKTS",
+                "REDIR BYTES",
+                "PASS PKTS",
+                "PASS BYTES",
+                "DROP PKTS",
+            ])];
+            for p in &t.pairs {
+                for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {
+                    rows.push(row([
+                        &p.pod,
+                        &p.host_veth,
+                        direction,
+                        &v.redirected_packets.to_string(),
+                        &v.redirected_bytes.to_string(),
+                        &v.passed_packets.to_string(),
+                        &v.passed_bytes.to_string(),
+                        &v.dropped_packets.to_string(),
+                    ]));
+                }
+            }
+            out += &render(&rows);
+        }
+        if self.topologies.is_empty() {
+            out += "no topology is up (start one with `vethctl up`)\n";
+        }
+        out
+    }
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn render(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_stats_add_directions_and_skip_pods_without_counters() {
+        let topology = Topology::default_topology();
+        let mut c = PairCounters::default();
+        c.from_pod.redirected_packets = 5;
+        c.from_pod.redirected_bytes = 500;
+        c.to_pod.redirected_packets = 4;
+        c.to_pod.passed_packets = 2;
+        c.drop_reasons[DropReason::RedirectFailed as usize] = 1;
+        let ifindexes = BTreeMap::from([("demo-web".to_string(), 7), ("demo-api".to_string(), 8)]);
+        let counters = BTreeMap::from([(7, c)]);
+        let stats = pair_stats(&topology, &ifindexes, &counters);
+        assert_eq!(stats.pairs.len(), 1);
+        let p = &stats.pairs[0];
+        assert_eq!((p.pod.as_str(), p.host_ifindex), ("web", 7));
+        assert_eq!(p.total.redirected_packets, 9);
+        assert_eq!(p.total.passed_packets, 2);
+        assert_eq!(p.from_pod.redirected_bytes, 500);
+        assert_eq!(p.drops["redirect_failed"], 1);
+
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["pairs"][0]["redirected_packets"], 9);
+        assert_eq!(json["pairs"][0]["from_pod"]["redirected_packets"], 5);
+        assert_eq!(json["pairs"][0]["host_veth"], "demo-web");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = render(&[row(["A", "BBB"]), row(["CCCC", "D"])]);
+        assert_eq!(t, "A     BBB\nCCCC  D\n");
+    }
+}

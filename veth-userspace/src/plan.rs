@@ -1,0 +1,323 @@
+//! Planning: what `up` and `down` must do, from the desired topology and
+//! what the kernel has. Pure: the kernel's side comes in as [`Observed`].
+//!
+//! Every step is idempotent, so a plan interrupted at any point (a crash, a
+//! kill) is finished by the next `up` or cleaned by the next `down`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use crate::{model::Topology, netlink::links::LinkState};
+
+/// The kernel objects of one topology, found by name prefix.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Live named network namespaces with the topology's prefix.
+    pub netns: BTreeSet<String>,
+    /// Host-namespace links with the topology's prefix, by name.
+    pub links: BTreeMap<String, LinkState>,
+    /// Node addresses on the host's loopback with the topology's label.
+    pub host_addresses: BTreeSet<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The node address on the host's loopback (and no other of ours).
+    ConfigureHostAddress,
+    CreateNetns {
+        netns: String,
+    },
+    /// The veth pair, host side here and `eth0` in the pod's namespace.
+    CreateVeth {
+        pod: String,
+        host_veth: String,
+    },
+    /// Pod side (lo, eth0 address, gateway) and host side (veth up, route).
+    ConfigurePod {
+        pod: String,
+    },
+    /// Load or reuse the programs and maps, write counters and endpoints for
+    /// exactly the desired pods, attach to every host-side veth, unpin
+    /// links of pods that are gone.
+    SyncDataplane,
+    DeleteLink {
+        name: String,
+        ifindex: u32,
+    },
+    DeleteNetns {
+        netns: String,
+    },
+    /// Remove a node address from the host's loopback.
+    RemoveHostAddress {
+        address: Ipv4Addr,
+    },
+    /// Unpin every program, map and link of the topology.
+    RemovePins,
+    /// Remove `/run/vethctl/<topology>`.
+    RemoveState,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::ConfigureHostAddress => write!(f, "configure the node address"),
+            Step::CreateNetns { netns } => write!(f, "create network namespace {netns}"),
+            Step::CreateVeth { pod, host_veth } => {
+                write!(f, "create veth {host_veth} <-> eth0 for pod {pod}")
+            }
+            Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
+            Step::SyncDataplane => write!(f, "sync eBPF programs, maps and links"),
+            Step::DeleteLink { name, ifindex } => {
+                write!(f, "delete link {name} (ifindex {ifindex})")
+            }
+            Step::DeleteNetns { netns } => write!(f, "delete network namespace {netns}"),
+            Step::RemoveHostAddress { address } => write!(f, "remove node address {address}"),
+            Step::RemovePins => write!(f, "unpin programs, maps and links"),
+            Step::RemoveState => write!(f, "remove state"),
+        }
+    }
+}
+
+/// Steps that converge the kernel to `topology`.
+///
+/// Order matters: pods are created and configured first, then the dataplane
+/// is synced (which drops endpoints of removed pods), and only then are
+/// removed pods' links deleted, so no endpoint ever points at a deleted
+/// interface whose ifindex the kernel could hand to someone else.
+pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
+    let mut steps = vec![Step::ConfigureHostAddress];
+    for pod in &topology.pods {
+        let has_netns = observed.netns.contains(&pod.netns);
+        if !has_netns {
+            steps.push(Step::CreateNetns {
+                netns: pod.netns.clone(),
+            });
+        }
+        match observed.links.get(&pod.host_veth) {
+            // A veth whose namespace was missing has its peer elsewhere:
+            // not this pod's pair.
+            Some(link) if link.is_veth() && has_netns => {}
+            Some(link) => {
+                steps.push(Step::DeleteLink {
+                    name: link.name.clone(),
+                    ifindex: link.ifindex,
+                });
+                steps.push(create_veth(pod));
+            }
+            None => steps.push(create_veth(pod)),
+        }
+        steps.push(Step::ConfigurePod {
+            pod: pod.name.clone(),
+        });
+    }
+    steps.push(Step::SyncDataplane);
+
+    let wanted_links: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+    for link in observed.links.values() {
+        if !wanted_links.contains(link.name.as_str()) {
+            steps.push(Step::DeleteLink {
+                name: link.name.clone(),
+                ifindex: link.ifindex,
+            });
+        }
+    }
+    let wanted_netns: BTreeSet<&str> = topology.pods.iter().map(|p| p.netns.as_str()).collect();
+    for netns in &observed.netns {
+        if !wanted_netns.contains(netns.as_str()) {
+            steps.push(Step::DeleteNetns {
+                netns: netns.clone(),
+            });
+        }
+    }
+    steps
+}
+
+fn create_veth(pod: &crate::model::Pod) -> Step {
+    Step::CreateVeth {
+        pod: pod.name.clone(),
+        host_veth: pod.host_veth.clone(),
+    }
+}
+
+/// Steps that remove every object of a topology. Needs no description:
+/// everything is found by name, so it works after a crash or a partial `up`.
+pub fn plan_down(observed: &Observed) -> Vec<Step> {
+    let mut steps = vec![Step::RemovePins];
+    // Deleting a host-side veth deletes its pod-side peer with it.
+    steps.extend(observed.links.values().map(|l| Step::DeleteLink {
+        name: l.name.clone(),
+        ifindex: l.ifindex,
+    }));
+    steps.extend(
+        observed
+            .netns
+            .iter()
+            .map(|n| Step::DeleteNetns { netns: n.clone() }),
+    );
+    steps.extend(
+        observed
+            .host_addresses
+            .iter()
+            .map(|&address| Step::RemoveHostAddress { address }),
+    );
+    steps.push(Step::RemoveState);
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology::from_toml(
+            "name = \"t\"\npod_cidr = \"10.1.0.0/24\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n",
+        )
+        .unwrap()
+    }
+
+    fn link(name: &str, ifindex: u32, kind: &str) -> LinkState {
+        LinkState {
+            name: name.into(),
+            ifindex,
+            kind: Some(kind.into()),
+            mac: vec![0xee; 6],
+            up: true,
+            mtu: 1500,
+            peer_ifindex: Some(2),
+        }
+    }
+
+    fn observed_complete(t: &Topology) -> Observed {
+        let mut o = Observed::default();
+        for (i, p) in t.pods.iter().enumerate() {
+            o.netns.insert(p.netns.clone());
+            o.links.insert(
+                p.host_veth.clone(),
+                link(&p.host_veth, 10 + i as u32, "veth"),
+            );
+        }
+        o.host_addresses.insert(t.host_address);
+        o
+    }
+
+    fn names(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fresh_up_creates_everything_then_syncs() {
+        let steps = plan_up(&topology(), &Observed::default());
+        assert_eq!(
+            names(&steps),
+            [
+                "configure the node address",
+                "create network namespace t-a",
+                "create veth t-a <-> eth0 for pod a",
+                "configure pod a",
+                "create network namespace t-b",
+                "create veth t-b <-> eth0 for pod b",
+                "configure pod b",
+                "sync eBPF programs, maps and links",
+            ]
+        );
+    }
+
+    #[test]
+    fn second_up_only_reconfigures() {
+        let t = topology();
+        let steps = plan_up(&t, &observed_complete(&t));
+        assert!(steps.iter().all(|s| matches!(
+            s,
+            Step::ConfigureHostAddress | Step::ConfigurePod { .. } | Step::SyncDataplane
+        )));
+    }
+
+    #[test]
+    fn half_made_pod_is_finished() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.links.remove("t-b");
+        let steps = plan_up(&t, &o);
+        assert!(steps.contains(&Step::CreateVeth {
+            pod: "b".into(),
+            host_veth: "t-b".into()
+        }));
+        assert!(!steps.iter().any(|s| matches!(s, Step::CreateNetns { .. })));
+    }
+
+    #[test]
+    fn wrong_kind_or_orphaned_veth_is_replaced() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.links.insert("t-a".into(), link("t-a", 10, "dummy"));
+        o.netns.remove("t-b");
+        let steps = plan_up(&t, &o);
+        let delete_a = Step::DeleteLink {
+            name: "t-a".into(),
+            ifindex: 10,
+        };
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        assert!(pos(&delete_a) < pos(&create_veth(t.pod("a").unwrap())));
+        assert!(steps.contains(&Step::DeleteLink {
+            name: "t-b".into(),
+            ifindex: 11
+        }));
+        assert!(steps.contains(&Step::CreateNetns {
+            netns: "t-b".into()
+        }));
+    }
+
+    #[test]
+    fn removed_pods_are_deleted_after_the_dataplane_forgets_them() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.netns.insert("t-gone".into());
+        o.links.insert("t-gone".into(), link("t-gone", 20, "veth"));
+        let steps = plan_up(&t, &o);
+        let sync = steps
+            .iter()
+            .position(|s| *s == Step::SyncDataplane)
+            .unwrap();
+        let del_link = steps
+            .iter()
+            .position(|s| matches!(s, Step::DeleteLink { name, .. } if name == "t-gone"))
+            .unwrap();
+        let del_ns = steps
+            .iter()
+            .position(|s| matches!(s, Step::DeleteNetns { netns } if netns == "t-gone"))
+            .unwrap();
+        assert!(sync < del_link && sync < del_ns);
+    }
+
+    #[test]
+    fn down_removes_everything_found() {
+        let t = topology();
+        let steps = plan_down(&observed_complete(&t));
+        assert_eq!(steps.first(), Some(&Step::RemovePins));
+        assert_eq!(steps.last(), Some(&Step::RemoveState));
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| matches!(s, Step::DeleteLink { .. }))
+                .count(),
+            2
+        );
+        assert!(steps.contains(&Step::RemoveHostAddress {
+            address: t.host_address
+        }));
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| matches!(s, Step::DeleteNetns { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(
+            names(&plan_down(&Observed::default())),
+            ["unpin programs, maps and links", "remove state"]
+        );
+    }
+}

@@ -24,6 +24,8 @@ use crate::{
 const CONTINUE: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
 pub fn from_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };

@@ -109,6 +109,30 @@ fn read_topology(path: &PathBuf) -> Result<(Topology, String)> {
     Ok((topology, text))
 }
 
+/// The whole `vethctl` program: parse arguments, run, report errors.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Two workers are plenty: namespace work runs on threads of its own.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up { topology } => {

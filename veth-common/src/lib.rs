@@ -73,6 +73,7 @@ impl DropReason {
 /// What the programs decided for the frames of one direction of one pair.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Verdicts {
     /// Sent with `bpf_redirect_peer`, bypassing bridge and host stack.
     pub redirected_packets: u64,

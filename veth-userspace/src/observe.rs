@@ -157,37 +157,14 @@ pub struct PairStats {
     pub host_veth: String,
     pub host_ifindex: u32,
     #[serde(flatten)]
-    pub total: VerdictCounts,
+    pub total: Verdicts,
     /// Frames the pod sent, by what the program did with them.
-    pub from_pod: VerdictCounts,
+    pub from_pod: Verdicts,
     /// Frames delivered into the pod: redirected from other pods, or
     /// passed by the host stack.
-    pub to_pod: VerdictCounts,
+    pub to_pod: Verdicts,
     /// Dropped packets by reason.
     pub drops: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct VerdictCounts {
-    pub redirected_packets: u64,
-    pub redirected_bytes: u64,
-    pub passed_packets: u64,
-    pub passed_bytes: u64,
-    pub dropped_packets: u64,
-    pub dropped_bytes: u64,
-}
-
-impl From<&Verdicts> for VerdictCounts {
-    fn from(v: &Verdicts) -> Self {
-        VerdictCounts {
-            redirected_packets: v.redirected_packets,
-            redirected_bytes: v.redirected_bytes,
-            passed_packets: v.passed_packets,
-            passed_bytes: v.passed_bytes,
-            dropped_packets: v.dropped_packets,
-            dropped_bytes: v.dropped_bytes,
-        }
-    }
 }
 
 /// Joins the summed counters (by host ifindex) with the topology's pods.
@@ -209,9 +186,9 @@ pub fn pair_stats(
                 pod: pod.name.clone(),
                 host_veth: pod.host_veth.clone(),
                 host_ifindex: ifindex,
-                total: (&total).into(),
-                from_pod: (&c.from_pod).into(),
-                to_pod: (&c.to_pod).into(),
+                total,
+                from_pod: c.from_pod,
+                to_pod: c.to_pod,
                 drops: DropReason::ALL
                     .iter()
                     .map(|r| (r.name(), c.drop_reasons[*r as usize]))

@@ -20,10 +20,9 @@ pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
 /// What the kernel has of topology `name`.
 pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
     let prefix = object_prefix(name);
-    let netns = netns::list(&prefix)?
+    let (netns, dead_netns) = netns::list(&prefix)?
         .into_iter()
-        .filter(|n| netns::exists(n))
-        .collect();
+        .partition(|n| netns::exists(n));
     let links = host
         .links_with_prefix(&prefix)
         .await?
@@ -37,6 +36,7 @@ pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
         .collect();
     Ok(Observed {
         netns,
+        dead_netns,
         links,
         host_addresses,
     })

@@ -17,6 +17,9 @@ use crate::{model::Topology, netlink::links::LinkState};
 pub struct Observed {
     /// Live named network namespaces with the topology's prefix.
     pub netns: BTreeSet<String>,
+    /// Names under /run/netns with the prefix but no namespace mounted
+    /// (a kill between creating the file and mounting over it).
+    pub dead_netns: BTreeSet<String>,
     /// Host-namespace links with the topology's prefix, by name.
     pub links: BTreeMap<String, LinkState>,
     /// Node addresses on the host's loopback with the topology's label.
@@ -125,7 +128,8 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
         }
     }
     let wanted_netns: BTreeSet<&str> = topology.pods.iter().map(|p| p.netns.as_str()).collect();
-    for netns in &observed.netns {
+    // A wanted dead name is revived by CreateNetns; the others go.
+    for netns in observed.netns.iter().chain(&observed.dead_netns) {
         if !wanted_netns.contains(netns.as_str()) {
             steps.push(Step::DeleteNetns {
                 netns: netns.clone(),
@@ -155,6 +159,7 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
         observed
             .netns
             .iter()
+            .chain(&observed.dead_netns)
             .map(|n| Step::DeleteNetns { netns: n.clone() }),
     );
     steps.extend(
@@ -290,6 +295,32 @@ mod tests {
             .position(|s| matches!(s, Step::DeleteNetns { netns } if netns == "t-gone"))
             .unwrap();
         assert!(sync < del_link && sync < del_ns);
+    }
+
+    #[test]
+    fn dead_namespace_names_are_revived_or_removed() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.netns.remove("t-a");
+        o.dead_netns.insert("t-a".into());
+        o.dead_netns.insert("t-old".into());
+        let steps = plan_up(&t, &o);
+        assert!(steps.contains(&Step::CreateNetns {
+            netns: "t-a".into()
+        }));
+        assert!(steps.contains(&Step::DeleteNetns {
+            netns: "t-old".into()
+        }));
+        assert!(!steps.contains(&Step::DeleteNetns {
+            netns: "t-a".into()
+        }));
+        let down = plan_down(&o);
+        assert!(down.contains(&Step::DeleteNetns {
+            netns: "t-a".into()
+        }));
+        assert!(down.contains(&Step::DeleteNetns {
+            netns: "t-old".into()
+        }));
     }
 
     #[test]

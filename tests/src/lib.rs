@@ -376,6 +376,36 @@ pub fn tcp_transfer(client_netns: &str, server: &Pod, size: u64) -> (Fingerprint
     (sent, received)
 }
 
+/// True if a TCP connection from `client_netns` to `server` (listening
+/// there for the duration) is established within `timeout`.
+pub fn tcp_connects(client_netns: &str, server: &Pod, timeout: Duration) -> bool {
+    let addr = SocketAddrV4::new(server.ipv4, 5202);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let listener = netns::on_thread(&server.netns, move || {
+        let listener = TcpListener::bind(addr)?;
+        ready_tx.send(()).ok();
+        // Keep listening until the client has its answer.
+        let _ = done_rx.recv();
+        drop(listener);
+        Ok(())
+    })
+    .expect("listener thread");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listening");
+    let connected = netns::on_thread(client_netns, move || {
+        Ok(TcpStream::connect_timeout(&addr.into(), timeout).is_ok())
+    })
+    .expect("client thread")
+    .join()
+    .expect("client thread")
+    .expect("client");
+    done_tx.send(()).ok();
+    listener.join().expect("listener thread").expect("listener");
+    connected
+}
+
 /// A counter of a pair from `stats --json`, e.g. `("from_pod", "redirected_packets")`.
 pub fn counter(pair: &Value, direction: &str, field: &str) -> u64 {
     let value = if direction.is_empty() {

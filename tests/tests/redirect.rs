@@ -1,6 +1,8 @@
 //! The eBPF path carries pod-to-pod traffic, and only pod-to-pod traffic.
 
-use veth_tests::{counter, ping, set_forwarding, tcp_transfer, TestTopology};
+use std::time::Duration;
+
+use veth_tests::{counter, ping, set_forwarding, tcp_connects, tcp_transfer, TestTopology};
 
 const PINGS: u32 = 10;
 
@@ -71,18 +73,22 @@ fn pod_to_pod_traffic_is_redirected_and_needs_the_program() {
                     .all(|h| h["tcx_program_ids"].as_array().unwrap().is_empty())
         })
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !detached(&t.status()) {
         assert!(
             std::time::Instant::now() < deadline,
             "links still attached after unpinning"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
         ping(&a.netns, b.ipv4, 3),
         0,
         "without the program nothing arrives"
+    );
+    assert!(
+        !tcp_connects(&a.netns, &b, Duration::from_secs(1)),
+        "without the program TCP does not connect"
     );
 
     // `up` re-attaches, and the path works again.
@@ -91,6 +97,10 @@ fn pod_to_pod_traffic_is_redirected_and_needs_the_program() {
         set_forwarding(&pod.host_veth, false);
     }
     assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "re-attached by up");
+    assert!(
+        tcp_connects(&a.netns, &b, Duration::from_secs(5)),
+        "and TCP connects again"
+    );
 }
 
 /// Pod-to-host traffic goes through the host stack (passed, not

@@ -18,6 +18,7 @@ fn up_fails(name: &str, text: &str) -> String {
         pod_cidr: "198.18.0.0/24".parse().unwrap(),
         host_address: "198.18.0.1".parse().unwrap(),
         host_address_label: veth_userspace::model::host_address_label(name),
+        counters: true,
         pods: Vec::<Pod>::new(),
     };
     assert_eq!(leftovers(&would_be), Vec::<String>::new());

@@ -15,6 +15,13 @@ pub mod names {
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     /// Per-CPU hash map: host-side veth ifindex -> [`crate::PairCounters`].
     pub const MAP_PAIR_COUNTERS: &str = "PAIR_COUNTERS";
+    /// Array with one [`crate::TraceConfig`]: whether and what to trace.
+    pub const MAP_TRACE_CONFIG: &str = "TRACE_CONFIG";
+    /// Ring buffer of [`crate::TraceEvent`]s for `vethctl trace`.
+    pub const MAP_TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// `.rodata` global (u8): 0 compiles counting out of the programs at
+    /// load time (the verifier drops the dead branch).
+    pub const GLOBAL_COUNTERS_ENABLED: &str = "COUNTERS_ENABLED";
 }
 
 /// Upper bound of pods (endpoints) per topology.
@@ -124,9 +131,73 @@ impl PairCounters {
     }
 }
 
+/// Size of the trace ring buffer in bytes (a power of two, page multiple).
+pub const TRACE_RING_BYTES: usize = 1 << 20;
+
+/// What the programs trace. Written by `vethctl trace` while it listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// Emit about one event per this many frames; 0 turns tracing off (the
+    /// only cost then is reading this value).
+    pub sample_every: u32,
+    /// Only frames of the pair with this host-side ifindex (either end of a
+    /// redirect); 0 for all pairs.
+    pub ifindex: u32,
+    /// `bpf_ktime_get_ns()` after which tracing stops by itself. The
+    /// listener keeps moving it forward, so a killed listener costs nothing
+    /// a few seconds later.
+    pub until_ns: u64,
+}
+
+/// Where a traced frame was seen.
+pub mod hook {
+    pub const FROM_POD: u8 = 0;
+    pub const TO_POD: u8 = 1;
+}
+
+/// What happened to a traced frame.
+pub mod verdict {
+    pub const REDIRECTED: u8 = 0;
+    pub const PASSED: u8 = 1;
+    pub const DROPPED: u8 = 2;
+}
+
+/// One sampled frame, as the programs saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// Host-side ifindex of the pair whose program saw the frame.
+    pub ifindex: u32,
+    /// For a redirect: host-side ifindex of the destination pod; else 0.
+    pub peer_ifindex: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// [`hook`] value.
+    pub hook: u8,
+    /// [`verdict`] value.
+    pub verdict: u8,
+    /// [`DropReason`] for dropped frames.
+    pub reason: u8,
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP), 0 if not IPv4.
+    pub protocol: u8,
+    /// EtherType in host order (0x0800 IPv4, 0x0806 ARP, 0x86dd IPv6).
+    pub ethertype: u16,
+    /// TCP/UDP ports in host order; 0 for other protocols.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad: u16,
+    pub src_ipv4: [u8; 4],
+    pub dst_ipv4: [u8; 4],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding holes, any bit pattern valid.
     unsafe impl aya::Pod for crate::Endpoint {}
     unsafe impl aya::Pod for crate::PairCounters {}
+    unsafe impl aya::Pod for crate::TraceConfig {}
+    unsafe impl aya::Pod for crate::TraceEvent {}
 }

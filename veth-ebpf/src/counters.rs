@@ -1,7 +1,13 @@
 //! Counting verdicts into the per-CPU pair counters.
-use veth_common::{DropReason, PairCounters, Verdicts};
+use veth_common::{verdict, DropReason, PairCounters, Verdicts};
 
 use crate::maps::PAIR_COUNTERS;
+
+/// 1 unless the topology turned counting off (`counters = false`). A
+/// `.rodata` global: userspace sets it at load time, the map is frozen, and
+/// the verifier removes the counting code entirely when it is 0.
+#[unsafe(no_mangle)]
+static COUNTERS_ENABLED: u8 = 1;
 
 /// Which half of a pair's counters a verdict belongs to.
 #[derive(Clone, Copy)]
@@ -18,10 +24,27 @@ pub enum Verdict {
     Dropped(DropReason),
 }
 
+impl Verdict {
+    /// The trace encoding: (`veth_common::verdict` value, drop reason).
+    #[inline(always)]
+    pub fn code(self) -> (u8, u8) {
+        match self {
+            Verdict::Redirected => (verdict::REDIRECTED, 0),
+            Verdict::Passed => (verdict::PASSED, 0),
+            Verdict::Dropped(reason) => (verdict::DROPPED, reason as u8),
+        }
+    }
+}
+
 /// Counts one frame of `bytes` for the pair whose host-side veth is
 /// `ifindex`. Pairs unknown to userspace are not counted.
 #[inline(always)]
 pub fn count(ifindex: u32, direction: Direction, verdict: Verdict, bytes: u64) {
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the
+    // load and the loader's value is what counts.
+    if unsafe { core::ptr::read_volatile(&COUNTERS_ENABLED) } == 0 {
+        return;
+    }
     let Some(counters) = PAIR_COUNTERS.get_ptr_mut(ifindex) else {
         return;
     };

@@ -10,12 +10,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use veth_common::{ipv4_key, DropReason, Endpoint};
+use veth_common::{hook, ipv4_key, DropReason, Endpoint};
 
 use crate::{
     counters::{count, Direction, Verdict},
     maps::ENDPOINTS,
     packet::{checksum_after_ttl_decrement, unicast_ipv4},
+    trace::maybe_emit,
 };
 
 /// Verdict that lets the frame continue: to the next TCX program if any,
@@ -30,35 +31,24 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = u64::from(ctx.len());
-    match redirect_target(&ctx) {
+    let (verdict, peer_ifindex, action) = match redirect_target(&ctx) {
         Some(target) => {
             // SAFETY: plain helper call; flags must be 0.
             let rc = unsafe { bpf_redirect_peer(target.host_ifindex, 0) };
             if rc == i64::from(TC_ACT_REDIRECT) {
-                count(
-                    ingress_ifindex,
-                    Direction::FromPod,
-                    Verdict::Redirected,
-                    bytes,
-                );
-                count(
-                    target.host_ifindex,
-                    Direction::ToPod,
-                    Verdict::Redirected,
-                    bytes,
-                );
-                TC_ACT_REDIRECT as i32
+                let into_pod = Verdict::Redirected;
+                count(target.host_ifindex, Direction::ToPod, into_pod, bytes);
+                (into_pod, target.host_ifindex, TC_ACT_REDIRECT as i32)
             } else {
                 let dropped = Verdict::Dropped(DropReason::RedirectFailed);
-                count(ingress_ifindex, Direction::FromPod, dropped, bytes);
-                TC_ACT_SHOT as i32
+                (dropped, target.host_ifindex, TC_ACT_SHOT as i32)
             }
         }
-        None => {
-            count(ingress_ifindex, Direction::FromPod, Verdict::Passed, bytes);
-            CONTINUE
-        }
-    }
+        None => (Verdict::Passed, 0, CONTINUE),
+    };
+    count(ingress_ifindex, Direction::FromPod, verdict, bytes);
+    maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer_ifindex, verdict);
+    action
 }
 
 /// The endpoint to redirect to, with the frame already rewritten for it; or

@@ -9,6 +9,7 @@ mod from_pod;
 mod maps;
 mod packet;
 mod to_pod;
+mod trace;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,10 +1,12 @@
 //! Every map of the dataplane, in one place. BTF-defined so that the kernel
 //! knows key and value types and `bpftool map dump` prints named fields.
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuHashMap},
+    btf_maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
-use veth_common::{Endpoint, PairCounters, MAX_ENDPOINTS, MAX_PAIRS};
+use veth_common::{
+    Endpoint, PairCounters, TraceConfig, TraceEvent, MAX_ENDPOINTS, MAX_PAIRS, TRACE_RING_BYTES,
+};
 
 /// Pods the programs may redirect to: IPv4 (`ipv4_key`) -> endpoint.
 #[btf_map]
@@ -15,3 +17,11 @@ pub static ENDPOINTS: HashMap<u32, Endpoint, MAX_ENDPOINTS> = HashMap::new();
 /// (a packet racing a `down` cannot resurrect a removed pair).
 #[btf_map]
 pub static PAIR_COUNTERS: PerCpuHashMap<u32, PairCounters, MAX_PAIRS> = PerCpuHashMap::new();
+
+/// One [`TraceConfig`]: written by `vethctl trace` while it listens.
+#[btf_map]
+pub static TRACE_CONFIG: Array<TraceConfig, 1> = Array::new();
+
+/// Sampled [`veth_common::TraceEvent`]s for `vethctl trace`.
+#[btf_map]
+pub static TRACE_EVENTS: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();

@@ -1,18 +1,20 @@
 //! TC egress of the host-side veth: frames the host stack sends into the pod.
-//! Redirected frames enter the pod without passing here, so this only counts.
+//! Redirected frames enter the pod without passing here, so this only counts
+//! (and traces).
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use veth_common::hook;
 
-use crate::counters::{count, Direction, Verdict};
+use crate::{
+    counters::{count, Direction, Verdict},
+    trace::maybe_emit,
+};
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let egress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    count(
-        egress_ifindex,
-        Direction::ToPod,
-        Verdict::Passed,
-        u64::from(ctx.len()),
-    );
+    let bytes = u64::from(ctx.len());
+    count(egress_ifindex, Direction::ToPod, Verdict::Passed, bytes);
+    maybe_emit(&ctx, hook::TO_POD, egress_ifindex, 0, Verdict::Passed);
     TC_ACT_UNSPEC
 }

@@ -158,7 +158,7 @@ impl Executor {
         // Loading verifies programs and may take a moment: off the runtime.
         let topology = topology.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut dataplane = Dataplane::load(&topology.name)?;
+            let mut dataplane = Dataplane::load(&topology.name, topology.counters)?;
             dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_endpoints(&endpoints)?;
             for pod in &topology.pods {

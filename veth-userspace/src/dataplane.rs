@@ -24,8 +24,11 @@ use nix::{
 };
 use veth_common::{
     ipv4_key,
-    names::{MAP_ENDPOINTS, MAP_PAIR_COUNTERS, PROG_FROM_POD, PROG_TO_POD},
-    Endpoint, PairCounters,
+    names::{
+        GLOBAL_COUNTERS_ENABLED, MAP_ENDPOINTS, MAP_PAIR_COUNTERS, MAP_TRACE_CONFIG,
+        MAP_TRACE_EVENTS, PROG_FROM_POD, PROG_TO_POD,
+    },
+    Endpoint, PairCounters, TraceConfig,
 };
 
 /// The eBPF object, built by build.rs from the veth-ebpf crate.
@@ -34,6 +37,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ve
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: FsType = FsType(0xcafe_4a11);
+
+/// Every map, pinned by its name in the topology's pin directory.
+const PINNED_MAPS: [&str; 4] = [
+    MAP_ENDPOINTS,
+    MAP_PAIR_COUNTERS,
+    MAP_TRACE_CONFIG,
+    MAP_TRACE_EVENTS,
+];
 
 /// The hooks each host-side veth gets, with the program for each.
 pub const HOOKS: [Hook; 2] = [Hook::Ingress, Hook::Egress];
@@ -178,14 +189,18 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs, reusing the topology's pinned maps if they exist
     /// (creating and pinning them otherwise), and pins the programs.
-    pub fn load(topology: &str) -> Result<Dataplane> {
+    /// `counters: false` compiles counting out of the programs.
+    pub fn load(topology: &str, counters: bool) -> Result<Dataplane> {
         ensure_bpffs()?;
         let pins = Pins::new(topology);
         fs::create_dir_all(pins.links_dir())
             .with_context(|| format!("creating {}", pins.links_dir().display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .map_pin_path(MAP_ENDPOINTS, pins.map(MAP_ENDPOINTS))
-            .map_pin_path(MAP_PAIR_COUNTERS, pins.map(MAP_PAIR_COUNTERS))
+        let mut loader = EbpfLoader::new();
+        for map in PINNED_MAPS {
+            loader.map_pin_path(map, pins.map(map));
+        }
+        let mut ebpf = loader
+            .override_global(GLOBAL_COUNTERS_ENABLED, &u8::from(counters), true)
             .load(OBJECT)
             .context("loading the eBPF object (are you root?)")?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {
@@ -333,6 +348,72 @@ pub fn sum_per_cpu<'a>(values: impl Iterator<Item = &'a PairCounters>) -> PairCo
         sum.accumulate(v);
         sum
     })
+}
+
+/// Kernel run-time statistics of a pinned program. `run_count` and
+/// `run_time_ns` only grow while BPF statistics are enabled
+/// (`kernel.bpf_stats_enabled`, or `vethctl agent --bpf-stats`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Statistics of the topology's pinned programs (none if it is not up).
+pub fn program_stats(topology: &str) -> Vec<ProgramStats> {
+    let pins = Pins::new(topology);
+    [PROG_FROM_POD, PROG_TO_POD]
+        .into_iter()
+        .filter_map(|program| {
+            let info = aya::programs::ProgramInfo::from_pin(pins.program(program)).ok()?;
+            Some(ProgramStats {
+                program,
+                id: info.id(),
+                run_count: info.run_count(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            })
+        })
+        .collect()
+}
+
+/// Turns on the kernel's per-program run time and count for as long as the
+/// returned fd is open. Costs two clock reads per program run.
+pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")
+}
+
+/// A `vethctl trace` listener: the topology's trace switch and ring buffer.
+pub struct TraceSession {
+    config: aya::maps::Array<MapData, TraceConfig>,
+    pub events: aya::maps::RingBuf<MapData>,
+}
+
+impl TraceSession {
+    pub fn open(topology: &str) -> Result<TraceSession> {
+        let pins = Pins::new(topology);
+        let open = |name: &str| {
+            MapData::from_pin(pins.map(name)).with_context(|| {
+                format!("opening {} (is topology {topology:?} up?)", pins.map(name).display())
+            })
+        };
+        let config = aya::maps::Array::try_from(Map::Array(open(MAP_TRACE_CONFIG)?))?;
+        let events = aya::maps::RingBuf::try_from(Map::RingBuf(open(MAP_TRACE_EVENTS)?))?;
+        Ok(TraceSession { config, events })
+    }
+
+    /// Switches tracing on (or renews it) until `until_ns` on the
+    /// monotonic clock; `sample_every == 0` switches it off.
+    pub fn set(&mut self, config: TraceConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing the trace switch")
+    }
+}
+
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        let _ = self.set(TraceConfig::default());
+    }
 }
 
 /// What is attached at one hook of a host-side veth.

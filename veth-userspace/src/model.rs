@@ -61,8 +61,16 @@ pub struct TopologyFile {
     /// Node address pods reach the host on; default: first address of
     /// `pod_cidr`.
     pub host_address: Option<Ipv4Addr>,
+    /// Per-pair counters in the programs; `false` compiles them out (see
+    /// the README for what counting costs).
+    #[serde(default = "yes")]
+    pub counters: bool,
     #[serde(default)]
     pub pods: Vec<PodFile>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +91,7 @@ pub struct Topology {
     /// Label of `host_address` on the host's loopback (`lo:<name>`), by
     /// which `down` finds it again.
     pub host_address_label: String,
+    pub counters: bool,
     pub pods: Vec<Pod>,
 }
 
@@ -324,6 +333,7 @@ impl TopologyFile {
             pod_cidr: cidr,
             host_address,
             host_address_label,
+            counters: self.counters,
             pods,
         })
     }

@@ -10,7 +10,7 @@ use crate::{
     apply,
     model::{validate_topology_name, Topology, DEFAULT_TOPOLOGY},
     netlink::Host,
-    observe::{self, StatsReport, StatusReport},
+    observe::{self, rates, trace, StatsReport, StatusReport},
     state::{recorded_topologies, StateDir},
 };
 
@@ -55,6 +55,48 @@ enum Command {
         #[command(flatten)]
         select: Select,
         /// Print JSON (documented in README.md) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh a table of per-pair rates in place (with --json: one
+        /// JSON line of rates per interval).
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+        /// Stop --watch after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Serve Prometheus metrics read from the pinned maps at each scrape.
+    Agent {
+        /// Address to serve on. Anything but loopback exposes your pods'
+        /// traffic figures to the network: choose it explicitly.
+        #[arg(long, default_value = crate::agent::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Turn on the kernel's per-program run-time statistics while the
+        /// agent runs (veth_program_run_seconds_total); costs two clock
+        /// reads per packet.
+        #[arg(long)]
+        bpf_stats: bool,
+    },
+    /// Follow a sampled stream of flow events from the programs.
+    ///
+    /// Tracing costs nothing while nobody listens; it switches itself off a
+    /// few seconds after the listener goes away, even after `kill -9`.
+    Trace {
+        #[command(flatten)]
+        select: Select,
+        /// Only this pod's pair (frames it sends, receives, or is redirected).
+        #[arg(long, short = 'p')]
+        pod: Option<String>,
+        /// Trace about one frame in N (1 = every frame).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        sample: u32,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -167,7 +209,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             print(json, &report, StatusReport::to_table)?;
         }
-        Command::Stats { select, json } => {
+        Command::Stats {
+            select,
+            json,
+            watch: true,
+            interval,
+            count,
+        } => {
+            if !(interval.is_finite() && interval > 0.0) {
+                bail!("--interval must be a positive number of seconds, got {interval}");
+            }
+            let topologies = select.recorded()?;
+            let host = Host::connect()?;
+            let options = rates::WatchOptions {
+                interval: std::time::Duration::from_secs_f64(interval),
+                count,
+                json,
+            };
+            rates::watch(&host, &topologies, &options, &mut std::io::stdout()).await?;
+        }
+        Command::Stats { select, json, .. } => {
             let host = Host::connect()?;
             let mut report = StatsReport {
                 topologies: Vec::new(),
@@ -178,6 +239,33 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .push(observe::stats(&host, &topology).await?);
             }
             print(json, &report, StatsReport::to_table)?;
+        }
+        Command::Agent { listen, bpf_stats } => {
+            crate::agent::run(crate::agent::AgentOptions { listen, bpf_stats }).await?;
+        }
+        Command::Trace {
+            select,
+            pod,
+            sample,
+            count,
+            json,
+        } => {
+            let topology = match select.name()? {
+                Some(_) => select.recorded()?.remove(0),
+                None => Topology::default_topology(),
+            };
+            if sample == 0 {
+                bail!("--sample must be at least 1 (trace one frame in N)");
+            }
+            let host = Host::connect()?;
+            let pods = observe::pods_by_ifindex(&host, &topology).await?;
+            let request = trace::TraceRequest {
+                pod,
+                sample_every: sample,
+                count,
+                json,
+            };
+            trace::follow(&topology, pods, &request, &mut std::io::stdout()).await?;
         }
     }
     Ok(())

@@ -395,7 +395,10 @@ impl TraceSession {
         let pins = Pins::new(topology);
         let open = |name: &str| {
             MapData::from_pin(pins.map(name)).with_context(|| {
-                format!("opening {} (is topology {topology:?} up?)", pins.map(name).display())
+                format!(
+                    "opening {} (is topology {topology:?} up?)",
+                    pins.map(name).display()
+                )
             })
         };
         let config = aya::maps::Array::try_from(Map::Array(open(MAP_TRACE_CONFIG)?))?;
@@ -406,7 +409,16 @@ impl TraceSession {
     /// Switches tracing on (or renews it) until `until_ns` on the
     /// monotonic clock; `sample_every == 0` switches it off.
     pub fn set(&mut self, config: TraceConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing the trace switch")
+        self.config
+            .set(0, config, 0)
+            .context("writing the trace switch")
+    }
+}
+
+impl std::os::fd::AsRawFd for TraceSession {
+    /// The ring buffer's fd: readable when events are waiting.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.events.as_raw_fd()
     }
 }
 

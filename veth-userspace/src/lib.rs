@@ -3,6 +3,7 @@
 //! ([`plan`]) → kernel ([`netlink`], [`dataplane`], driven by [`apply`]) →
 //! [`observe`].
 
+pub mod agent;
 pub mod apply;
 pub mod cli;
 pub mod dataplane;

@@ -1,5 +1,10 @@
 //! What a topology looks like in the kernel and what its pairs counted:
-//! the data behind `vethctl status` and `vethctl stats`, as JSON or tables.
+//! the data behind `vethctl status` and `vethctl stats`, as JSON or tables;
+//! rates for `stats --watch`, Prometheus metrics and flow traces.
+
+pub mod metrics;
+pub mod rates;
+pub mod trace;
 
 use std::collections::BTreeMap;
 
@@ -143,7 +148,7 @@ pub struct StatsReport {
     pub topologies: Vec<TopologyStats>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TopologyStats {
     pub name: String,
     pub pairs: Vec<PairStats>,
@@ -151,7 +156,7 @@ pub struct TopologyStats {
 
 /// One pod's pair. Top-level counters are both directions added up;
 /// `from_pod` and `to_pod` split them.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PairStats {
     pub pod: String,
     pub host_veth: String,
@@ -204,14 +209,29 @@ pub fn pair_stats(
 
 /// Reads one topology's counters from its pinned map.
 pub async fn stats(host: &Host, topology: &Topology) -> Result<TopologyStats> {
-    let mut ifindexes = BTreeMap::new();
-    for pod in &topology.pods {
-        if let Some(link) = host.link(&pod.host_veth).await? {
-            ifindexes.insert(pod.host_veth.clone(), link.ifindex);
-        }
-    }
+    let ifindexes = host_ifindexes(host, topology).await?;
     let counters = dataplane::read_counters(&topology.name)?;
     Ok(pair_stats(topology, &ifindexes, &counters))
+}
+
+/// Host-side ifindex -> pod name, for naming what the programs report.
+pub async fn pods_by_ifindex(host: &Host, topology: &Topology) -> Result<BTreeMap<u32, String>> {
+    let ifindexes = host_ifindexes(host, topology).await?;
+    Ok(topology
+        .pods
+        .iter()
+        .filter_map(|p| Some((*ifindexes.get(&p.host_veth)?, p.name.clone())))
+        .collect())
+}
+
+/// Host-side veth name -> ifindex for the topology, in one netlink dump.
+pub async fn host_ifindexes(host: &Host, topology: &Topology) -> Result<BTreeMap<String, u32>> {
+    Ok(host
+        .links_with_prefix(&topology.object_prefix())
+        .await?
+        .into_iter()
+        .map(|l| (l.name, l.ifindex))
+        .collect())
 }
 
 impl StatsReport {
@@ -252,12 +272,12 @@ impl StatsReport {
     }
 }
 
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
 /// Left-aligned columns, two spaces apart.
-fn render(rows: &[Vec<String>]) -> String {
+pub(crate) fn render(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {

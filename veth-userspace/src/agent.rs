@@ -1,0 +1,128 @@
+//! `vethctl agent`: a long-running Prometheus endpoint over the pinned maps.
+//! It holds no counters of its own: every scrape reads the maps, so a
+//! restart loses nothing, and stopping it leaves the dataplane forwarding.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{
+    body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    dataplane,
+    netlink::Host,
+    observe::metrics::{self, CONTENT_TYPE},
+};
+
+/// Default listen address: loopback only; anything wider is a choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9435";
+
+pub struct AgentOptions {
+    pub listen: SocketAddr,
+    /// Turn on the kernel's per-program run-time statistics while running.
+    pub bpf_stats: bool,
+}
+
+struct Shared {
+    host: Host,
+    bpf_stats: bool,
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub async fn run(options: AgentOptions) -> Result<()> {
+    // Held for the agent's lifetime: the kernel counts only while it is open.
+    let _stats = options
+        .bpf_stats
+        .then(dataplane::enable_bpf_stats)
+        .transpose()?;
+    let listener = TcpListener::bind(options.listen).await.with_context(|| {
+        format!(
+            "listening on {} (is another agent running?)",
+            options.listen
+        )
+    })?;
+    eprintln!(
+        "vethctl agent: serving http://{}/metrics (Ctrl-C or SIGTERM to stop; the dataplane keeps forwarding)",
+        listener.local_addr()?
+    );
+    let shared = Arc::new(Shared {
+        host: Host::connect()?,
+        bpf_stats: options.bpf_stats,
+    });
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        eprintln!("vethctl agent: accept: {e}");
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| respond(shared.clone(), req));
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        eprintln!("vethctl agent: connection: {e}");
+                    }
+                });
+            }
+        }
+    }
+    eprintln!("vethctl agent: stopped");
+    Ok(())
+}
+
+async fn respond(
+    shared: Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    if req.method() != Method::GET {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => match metrics::gather(&shared.host, shared.bpf_stats).await {
+            Ok(snapshot) => reply(StatusCode::OK, CONTENT_TYPE, metrics::encode(snapshot)),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("reading the dataplane failed: {e:#}\n"),
+            ),
+        },
+        "/" => reply(
+            StatusCode::OK,
+            "text/plain",
+            "vethctl agent: metrics at /metrics\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics\n".into(),
+        ),
+    })
+}

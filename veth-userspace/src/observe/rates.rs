@@ -1,0 +1,238 @@
+//! Rates between two counter snapshots, for `vethctl stats --watch`.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{render, row, TopologyStats};
+use crate::{model::Topology, netlink::Host};
+
+/// Traffic of one pair over an interval, both directions added up.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PairRate {
+    pub topology: String,
+    pub pod: String,
+    pub host_veth: String,
+    pub packets_per_second: f64,
+    pub bits_per_second: f64,
+    pub redirected_packets_per_second: f64,
+    pub passed_packets_per_second: f64,
+    pub drops_per_second: f64,
+}
+
+/// Rates of the pairs present in both snapshots, busiest first (by bits,
+/// then packets). Counters that went down (a pair re-created) count as 0.
+pub fn rates(
+    before: &[TopologyStats],
+    after: &[TopologyStats],
+    elapsed: Duration,
+) -> Vec<PairRate> {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let old: BTreeMap<(&str, &str), &super::PairStats> = before
+        .iter()
+        .flat_map(|t| {
+            t.pairs
+                .iter()
+                .map(move |p| ((t.name.as_str(), p.pod.as_str()), p))
+        })
+        .collect();
+    let per_second = |new: u64, old: u64| new.saturating_sub(old) as f64 / seconds;
+    let mut out: Vec<PairRate> = after
+        .iter()
+        .flat_map(|t| t.pairs.iter().map(move |p| (t, p)))
+        .filter_map(|(t, p)| {
+            let o = old.get(&(t.name.as_str(), p.pod.as_str()))?;
+            let packets = |v: &veth_common::Verdicts| {
+                v.redirected_packets + v.passed_packets + v.dropped_packets
+            };
+            let bytes =
+                |v: &veth_common::Verdicts| v.redirected_bytes + v.passed_bytes + v.dropped_bytes;
+            Some(PairRate {
+                topology: t.name.clone(),
+                pod: p.pod.clone(),
+                host_veth: p.host_veth.clone(),
+                packets_per_second: per_second(packets(&p.total), packets(&o.total)),
+                bits_per_second: 8.0 * per_second(bytes(&p.total), bytes(&o.total)),
+                redirected_packets_per_second: per_second(
+                    p.total.redirected_packets,
+                    o.total.redirected_packets,
+                ),
+                passed_packets_per_second: per_second(
+                    p.total.passed_packets,
+                    o.total.passed_packets,
+                ),
+                drops_per_second: per_second(p.total.dropped_packets, o.total.dropped_packets),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.bits_per_second
+            .total_cmp(&a.bits_per_second)
+            .then(b.packets_per_second.total_cmp(&a.packets_per_second))
+            .then(a.pod.cmp(&b.pod))
+    });
+    out
+}
+
+pub struct WatchOptions {
+    pub interval: Duration,
+    /// Stop after this many refreshes.
+    pub count: Option<u64>,
+    pub json: bool,
+}
+
+/// Prints per-pair rates every interval until Ctrl-C or `count`: a table
+/// redrawn in place, or one JSON line per interval.
+pub async fn watch(
+    host: &Host,
+    topologies: &[Topology],
+    options: &WatchOptions,
+    out: &mut impl Write,
+) -> Result<()> {
+    let snapshot = || async {
+        let mut all = Vec::with_capacity(topologies.len());
+        for t in topologies {
+            all.push(super::stats(host, t).await?);
+        }
+        anyhow::Ok((Instant::now(), all))
+    };
+    let (mut taken, mut before) = snapshot().await?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut shown = 0;
+    while options.count.is_none_or(|c| shown < c) {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep(options.interval) => {}
+        }
+        let (now, after) = snapshot().await?;
+        let elapsed = now - taken;
+        let current = rates(&before, &after, elapsed);
+        if options.json {
+            let line =
+                serde_json::json!({ "interval_seconds": elapsed.as_secs_f64(), "pairs": current });
+            writeln!(out, "{line}")?;
+        } else {
+            // Home the cursor and clear the screen: redraw in place.
+            write!(out, "\x1b[H\x1b[2J{}", to_table(&current, elapsed))?;
+        }
+        out.flush()?;
+        (taken, before) = (now, after);
+        shown += 1;
+    }
+    Ok(())
+}
+
+/// `12.3k`, `4.56M`, `1.20G`: rates at a glance.
+pub fn si(value: f64) -> String {
+    let (scaled, unit) = match value {
+        v if v >= 1e9 => (v / 1e9, "G"),
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    if unit.is_empty() {
+        format!("{scaled:.0}")
+    } else {
+        format!("{scaled:.2}{unit}")
+    }
+}
+
+pub fn to_table(rates: &[PairRate], elapsed: Duration) -> String {
+    let mut rows = vec![row([
+        "TOPOLOGY",
+        "POD",
+        "HOST VETH",
+        "PKT/S",
+        "BIT/S",
+        "REDIR PKT/S",
+        "HOST PKT/S",
+        "DROP/S",
+    ])];
+    for r in rates {
+        rows.push(row([
+            &r.topology,
+            &r.pod,
+            &r.host_veth,
+            &si(r.packets_per_second),
+            &si(r.bits_per_second),
+            &si(r.redirected_packets_per_second),
+            &si(r.passed_packets_per_second),
+            &si(r.drops_per_second),
+        ]));
+    }
+    format!(
+        "per-pair rates over {:.1} s, both directions, busiest first (Ctrl-C to stop)\n{}",
+        elapsed.as_secs_f64(),
+        render(&rows)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::PairStats;
+    use veth_common::Verdicts;
+
+    fn stats(pod: &str, redirected: u64, bytes: u64, drops: u64) -> TopologyStats {
+        let total = Verdicts {
+            redirected_packets: redirected,
+            redirected_bytes: bytes,
+            dropped_packets: drops,
+            ..Verdicts::default()
+        };
+        TopologyStats {
+            name: "demo".into(),
+            pairs: vec![PairStats {
+                pod: pod.into(),
+                host_veth: format!("demo-{pod}"),
+                host_ifindex: 1,
+                total,
+                from_pod: total,
+                to_pod: Verdicts::default(),
+                drops: BTreeMap::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn rates_are_per_second_and_busiest_first() {
+        let before = [stats("a", 100, 10_000, 0), stats("b", 0, 0, 0)];
+        let mut after_a = stats("a", 300, 30_000, 4);
+        after_a.pairs.extend(stats("b", 1000, 1_000_000, 0).pairs);
+        let mut before_all = before[0].clone();
+        before_all.pairs.extend(before[1].pairs.clone());
+        let r = rates(&[before_all], &[after_a], Duration::from_secs(2));
+        assert_eq!(r[0].pod, "b");
+        assert_eq!(r[0].packets_per_second, 500.0);
+        assert_eq!(r[0].bits_per_second, 4_000_000.0);
+        assert_eq!(r[1].pod, "a");
+        assert_eq!(r[1].packets_per_second, 102.0);
+        assert_eq!(r[1].drops_per_second, 2.0);
+    }
+
+    #[test]
+    fn recreated_pairs_do_not_go_negative_and_new_pairs_wait() {
+        let r = rates(
+            &[stats("a", 100, 100, 0)],
+            &[stats("a", 5, 5, 0)],
+            Duration::from_secs(1),
+        );
+        assert_eq!(r[0].packets_per_second, 0.0);
+        let r = rates(&[], &[stats("a", 5, 5, 0)], Duration::from_secs(1));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn si_prefixes() {
+        assert_eq!(si(999.0), "999");
+        assert_eq!(si(12_345.0), "12.35k");
+        assert_eq!(si(4_560_000.0), "4.56M");
+        assert_eq!(si(1.2e9), "1.20G");
+    }
+}

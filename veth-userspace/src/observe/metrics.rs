@@ -267,10 +267,12 @@ mod tests {
     use crate::observe::PairStats;
 
     fn snapshot() -> MetricsSnapshot {
-        let mut from_pod = Verdicts::default();
-        from_pod.redirected_packets = 10;
-        from_pod.redirected_bytes = 980;
-        from_pod.passed_packets = 2;
+        let from_pod = Verdicts {
+            redirected_packets: 10,
+            redirected_bytes: 980,
+            passed_packets: 2,
+            ..Verdicts::default()
+        };
         let pair = PairStats {
             pod: "web".into(),
             host_veth: "demo-web".into(),

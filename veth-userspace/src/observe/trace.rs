@@ -92,7 +92,7 @@ pub fn resolve(topology: &str, event: &TraceEvent, pods: &BTreeMap<u32, String>)
             0x86dd => "ipv6".to_string(),
             other => format!("0x{other:04x}"),
         },
-        protocol: is_ipv4.then(|| match event.protocol {
+        protocol: is_ipv4.then_some(match event.protocol {
             1 => "icmp",
             6 => "tcp",
             17 => "udp",

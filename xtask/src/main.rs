@@ -1,5 +1,6 @@
 //! Developer tasks for this workspace, run as `cargo xtask <task>`.
 
+mod bench;
 mod checks;
 mod cmd;
 mod demo;
@@ -31,6 +32,24 @@ enum Task {
     },
     /// Set up, bring up the demo topology and send traffic through it.
     Demo,
+    /// Benchmarks (needs root; traffic stays in the benchmark's namespaces).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Per-packet cost of the per-pair counters: counters on vs compiled out.
+    Counting {
+        /// Interleaved rounds per variant.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds of 64-byte UDP flood per round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 // Printed by hand because returning the error from `main` adds a backtrace
@@ -41,6 +60,9 @@ fn main() -> ExitCode {
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
         Task::Demo => demo::run(),
+        Task::Bench {
+            bench: Bench::Counting { rounds, seconds },
+        } => bench::counting(rounds, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

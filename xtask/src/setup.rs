@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "sockperf",
     "procps",
+    "util-linux",
+    "prometheus",
 ];
 
 /// Debian's rustc, which builds the eBPF crate; bpf-linker must share its LLVM.

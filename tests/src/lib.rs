@@ -3,15 +3,20 @@
 //! pods, and looks at the kernel from outside (ip, bpffs, /proc).
 //!
 //! Addresses come from 198.18.0.0/15 (RFC 2544, set aside for benchmarking
-//! network devices); every packet stays between namespaces a test made.
+//! network devices), one /24 per topology reserved across test processes;
+//! every packet stays between namespaces a test made.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
+    process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
+    },
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -59,13 +64,57 @@ pub fn unique_name() -> String {
     format!("t{:04x}{:02x}", std::process::id() & 0xffff, n & 0xff)
 }
 
-/// A /24 out of 198.18.0.0/15 for this topology, derived from its name.
-fn unique_cidr(name: &str) -> String {
-    let hash = name.bytes().fold(2166136261u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(16777619)
-    });
-    let block = hash % 512;
-    format!("198.{}.{}.0/24", 18 + block / 256, block % 256)
+/// A /24 out of 198.18.0.0/15, reserved across every test process on the
+/// machine (two topologies with the same addresses would fight over the
+/// host routes). The reservation is a file holding the owner's pid; one
+/// whose owner died is taken over.
+pub struct AddressBlock {
+    pub cidr: String,
+    file: PathBuf,
+}
+
+const BLOCKS_DIR: &str = "/run/vethctl-tests/blocks";
+const BLOCKS: u32 = 512;
+
+impl AddressBlock {
+    pub fn reserve(name: &str) -> AddressBlock {
+        std::fs::create_dir_all(BLOCKS_DIR).expect("creating the address block directory");
+        let start = name.bytes().fold(2166136261u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(16777619)
+        });
+        for i in 0..BLOCKS {
+            let block = (start + i) % BLOCKS;
+            let file = Path::new(BLOCKS_DIR).join(block.to_string());
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file);
+            let mine = match created {
+                Ok(mut f) => f
+                    .write_all(std::process::id().to_string().as_bytes())
+                    .is_ok(),
+                Err(_) => {
+                    let owner = std::fs::read_to_string(&file).unwrap_or_default();
+                    let alive =
+                        Path::new("/proc").join(owner.trim()).exists() && !owner.trim().is_empty();
+                    !alive && std::fs::write(&file, std::process::id().to_string()).is_ok()
+                }
+            };
+            if mine {
+                return AddressBlock {
+                    cidr: format!("198.{}.{}.0/24", 18 + block / 256, block % 256),
+                    file,
+                };
+            }
+        }
+        panic!("all {BLOCKS} test address blocks in {BLOCKS_DIR} are taken");
+    }
+}
+
+impl Drop for AddressBlock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
 }
 
 /// A topology under test. Dropping it runs `vethctl down` and checks that
@@ -74,20 +123,25 @@ pub struct TestTopology {
     pub topology: Topology,
     pub file: PathBuf,
     down_on_drop: bool,
+    /// Released after the topology is down (fields drop after `drop`).
+    _block: Option<AddressBlock>,
 }
 
 impl TestTopology {
     /// A topology with the given pods (names of at most 7 characters).
     pub fn new(pods: &[&str]) -> TestTopology {
         let name = unique_name();
+        let block = AddressBlock::reserve(&name);
         let mut text = format!(
             "name = \"{name}\"\nmode = \"tc\"\npod_cidr = \"{}\"\n",
-            unique_cidr(&name)
+            block.cidr
         );
         for pod in pods {
             text += &format!("\n[[pods]]\nname = \"{pod}\"\n");
         }
-        TestTopology::from_text(&text)
+        let mut t = TestTopology::from_text(&text);
+        t._block = Some(block);
+        t
     }
 
     /// A topology from TOML text (which must be valid).
@@ -100,6 +154,7 @@ impl TestTopology {
             topology,
             file,
             down_on_drop: true,
+            _block: None,
         }
     }
 
@@ -114,6 +169,21 @@ impl TestTopology {
     /// Runs vethctl with `args` followed by `--topology <file>`.
     pub fn vethctl(&self, args: &[&str]) -> Output {
         vethctl(args, &[], Some(&self.file))
+    }
+
+    /// Starts vethctl with `args` followed by `--topology <file>` as a
+    /// child with stdout and stderr piped; killed when dropped.
+    pub fn spawn_vethctl(&self, args: &[&str]) -> ChildGuard {
+        ChildGuard::spawn(
+            &format!("vethctl {}", args.join(" ")),
+            Command::new(vethctl_bin())
+                .args(args)
+                .arg("--topology")
+                .arg(&self.file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
     }
 
     /// `vethctl up`, which must succeed.
@@ -416,4 +486,451 @@ pub fn counter(pair: &Value, direction: &str, field: &str) -> u64 {
     value
         .as_u64()
         .unwrap_or_else(|| panic!("counter {direction}.{field} missing in {pair}"))
+}
+
+// ---------------------------------------------------------------------------
+// Child processes, HTTP, metrics and maps: for the observability tests.
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after
+/// `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, also
+/// when a test panics, so no test leaves processes behind.
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+    exited: Option<ExitStatus>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; `what` names it in messages.
+    pub fn spawn(what: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        ChildGuard {
+            child,
+            what: what.to_string(),
+            exited: None,
+        }
+    }
+
+    /// vethctl (the test build) with `args`, stdin closed.
+    pub fn vethctl(args: &[&str], stdout: Stdio, stderr: Stdio) -> ChildGuard {
+        ChildGuard::spawn(
+            &format!("vethctl {}", args.join(" ")),
+            Command::new(vethctl_bin())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr),
+        )
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Takes the child's piped stdout.
+    pub fn take_stdout(&mut self) -> ChildStdout {
+        self.child.stdout.take().expect("stdout is piped")
+    }
+
+    /// Takes the child's piped stderr.
+    pub fn take_stderr(&mut self) -> ChildStderr {
+        self.child.stderr.take().expect("stderr is piped")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) unless the child was reaped.
+    pub fn signal(&mut self, signal: i32) {
+        if self.exited.is_some() {
+            return;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill has no memory preconditions; the child is not reaped
+        // yet, so the pid is still ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}) of {}: {}",
+            self.what,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The exit status if the child has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("waiting for a child");
+        }
+        self.exited
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit; panics if it does not.
+    pub fn expect_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_timeout(timeout)
+            .unwrap_or_else(|| panic!("{} still running after {timeout:?}", self.what))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines of `reader` as they come, read on a thread of their own (which
+/// ends at end of file), so a test can wait for a line with a timeout.
+/// The thread keeps draining after the receiver is dropped, so a child
+/// never blocks writing to its pipe.
+pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// A loopback port that was free a moment ago (bound and released); a
+/// caller that loses a race for it retries with another.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+/// A plain HTTP/1.1 GET of `path` from `addr` (host:port); returns the
+/// status code and the body (de-chunked).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_http_response(&raw)
+}
+
+fn parse_http_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let len: usize = value.parse().map_err(|_| bad("bad content-length"))?;
+            body = body.get(..len).ok_or_else(|| bad("short body"))?;
+        }
+    }
+    let body = if chunked {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let eol = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(|| bad("bad chunk"))?;
+            let size = String::from_utf8_lossy(&rest[..eol]);
+            let size = size.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size).ok_or_else(|| bad("short chunk"))?);
+            rest = rest.get(size + 2..).ok_or_else(|| bad("short chunk"))?;
+        }
+        out
+    } else {
+        body.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for
+/// a query string value.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One sample of a Prometheus/OpenMetrics text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    /// Whether every `(name, value)` of `labels` is among this sample's.
+    pub fn has_labels(&self, labels: &[(&str, &str)]) -> bool {
+        labels
+            .iter()
+            .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
+/// Every sample of a text exposition; comments and blank lines skipped.
+/// Panics on a line it cannot parse (the exposition is under test).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| parse_sample(l).unwrap_or_else(|| panic!("unparsable metric line {l:?}")))
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_string();
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(after) = rest.strip_prefix('{') {
+        let mut chars = after.char_indices();
+        loop {
+            // key="value" pairs separated by commas, up to '}'.
+            let (start, c) = chars.next()?;
+            if c == '}' {
+                rest = &after[start + 1..];
+                break;
+            }
+            if c == ',' {
+                continue;
+            }
+            let eq = after[start..].find('=')? + start;
+            let key = after[start..eq].trim().to_string();
+            while chars.next()?.0 < eq {}
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    other => value.push(other),
+                }
+            }
+            labels.insert(key, value);
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// The value of the one series `name` with (at least) `labels` in `text`;
+/// None if there is none. Panics if several series match.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<Sample> = parse_metrics(text)
+        .into_iter()
+        .filter(|s| s.name == name && s.has_labels(labels))
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "several series {name}{labels:?}: {matching:?}"
+    );
+    matching.first().map(|s| s.value)
+}
+
+/// `vethctl agent` on a free loopback port, killed when dropped.
+pub struct Agent {
+    pub addr: SocketAddr,
+    child: ChildGuard,
+}
+
+impl Agent {
+    /// Starts an agent on a free loopback port (retrying with another
+    /// port if one was taken meanwhile) and waits until it serves.
+    pub fn start() -> Agent {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            match Agent::start_on(addr) {
+                Ok(agent) => return agent,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start an agent: {last}");
+    }
+
+    /// Starts an agent on `addr` and waits until it says it is serving;
+    /// `Err` with its output if it exits instead.
+    pub fn start_on(addr: SocketAddr) -> Result<Agent, String> {
+        let listen = addr.to_string();
+        let mut child = ChildGuard::vethctl(
+            &["agent", "--listen", &listen],
+            Stdio::null(),
+            Stdio::piped(),
+        );
+        let stderr = lines_of(child.take_stderr());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut said = Vec::new();
+        loop {
+            match stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains("serving") => return Ok(Agent { addr, child }),
+                Ok(line) => said.push(line),
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => {
+                    let status = child.wait_timeout(Duration::from_secs(5));
+                    return Err(format!(
+                        "agent on {addr} did not start ({status:?}): {}",
+                        said.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// GET /metrics, which must answer 200.
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_get(self.addr, "/metrics")
+            .unwrap_or_else(|e| panic!("scraping the agent on {}: {e}", self.addr));
+        assert_eq!(status, 200, "agent /metrics: {body}");
+        body
+    }
+
+    /// The child process, e.g. to signal it.
+    pub fn child(&mut self) -> &mut ChildGuard {
+        &mut self.child
+    }
+}
+
+/// A directory under the system temp dir, removed (with its contents)
+/// when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `bpftool -j map dump pinned PATH`: each entry in its BTF-formatted form
+/// (`{"key": .., "value": ..}` or, per CPU, `{"key": .., "values": [..]}`).
+pub fn bpftool_map_dump(pin: &Path) -> Vec<Value> {
+    let text = run(
+        "bpftool",
+        &["-j", "map", "dump", "pinned", &pin.to_string_lossy()],
+    );
+    let entries: Vec<Value> = serde_json::from_str(&text).expect("bpftool JSON");
+    entries
+        .into_iter()
+        .map(|e| match e.get("formatted") {
+            Some(formatted) => formatted.clone(),
+            None => e,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_is_parsed() {
+        let text = "# TYPE x counter\nx_total{a=\"1\",b=\"q\\\"u\\\\o\"} 12\nx_total{a=\"2\"} 3.5 1700000000\ny 7\n# EOF\n";
+        let samples = parse_metrics(text);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].labels["b"], "q\"u\\o");
+        assert_eq!(metric_value(text, "x_total", &[("a", "1")]), Some(12.0));
+        assert_eq!(metric_value(text, "x_total", &[("a", "2")]), Some(3.5));
+        assert_eq!(metric_value(text, "y", &[]), Some(7.0));
+        assert_eq!(metric_value(text, "x_total", &[("a", "3")]), None);
+    }
+
+    #[test]
+    fn http_responses_are_parsed() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse_http_response(plain).unwrap(), (200, "hello".into()));
+        let chunked =
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_http_response(chunked).unwrap(), (404, "abcde".into()));
+    }
+
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(percent_encode("a_b{c=\"d\"} 1"), "a_b%7Bc%3D%22d%22%7D%201");
+    }
 }

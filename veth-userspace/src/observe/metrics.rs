@@ -26,6 +26,8 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct MetricsSnapshot {
     pub topologies: Vec<TopologyMetrics>,
+    /// Recorded topologies whose description could not be read.
+    pub unreadable: Vec<String>,
     /// Whether program run-time statistics are being collected.
     pub bpf_stats: bool,
     /// How long gathering this snapshot took.
@@ -141,6 +143,17 @@ impl Collector for MetricsSnapshot {
                 &run_seconds,
             )?;
         }
+        let unreadable: Vec<(Labels, u64)> = self
+            .unreadable
+            .iter()
+            .map(|name| (vec![("topology", name.clone())], 1))
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "veth_topology_unreadable",
+            "1 for a recorded topology whose description this vethctl cannot read (its series are missing)",
+            &unreadable,
+        )?;
         let gather = ConstGauge::new(self.gather_time.as_secs_f64());
         gather.encode(encoder.encode_descriptor(
             "veth_scrape_gather_seconds",
@@ -211,9 +224,18 @@ fn gauge_family(
 pub async fn gather(host: &Host, bpf_stats: bool) -> anyhow::Result<MetricsSnapshot> {
     let started = Instant::now();
     let mut topologies = Vec::new();
+    let mut unreadable = Vec::new();
     for name in state::recorded_topologies()? {
-        let Some(topology) = StateDir::new(&name).load()? else {
-            continue;
+        // One unreadable topology (e.g. recorded by a newer vethctl) must
+        // not blank the metrics of all the others.
+        let topology = match StateDir::new(&name).load() {
+            Ok(Some(topology)) => topology,
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("vethctl agent: skipping topology {name:?}: {e:#}");
+                unreadable.push(name);
+                continue;
+            }
         };
         let ifindexes = host_ifindexes(host, &topology).await?;
         let counters = dataplane::read_counters(&name).unwrap_or_default();
@@ -243,6 +265,7 @@ pub async fn gather(host: &Host, bpf_stats: bool) -> anyhow::Result<MetricsSnaps
     }
     Ok(MetricsSnapshot {
         topologies,
+        unreadable,
         bpf_stats,
         gather_time: started.elapsed(),
     })
@@ -297,6 +320,7 @@ mod tests {
                     run_time_ns: 1_500,
                 }],
             }],
+            unreadable: Vec::new(),
             bpf_stats: false,
             gather_time: Duration::from_millis(2),
         }

@@ -161,6 +161,8 @@ pub async fn follow(
         unsafe { AsyncFd::register(session) }.context("watching the trace ring buffer")?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
     loop {
         if renewed.elapsed() > LEASE / 3 {
             ring.get_mut().set(config(monotonic_now()?))?;
@@ -168,6 +170,7 @@ pub async fn follow(
         }
         tokio::select! {
             _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
             _ = tokio::time::sleep(LEASE / 3) => continue,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;

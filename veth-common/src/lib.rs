@@ -13,6 +13,12 @@ pub mod names {
     pub const PROG_TO_POD: &str = "to_pod";
     /// Hash map: pod IPv4 address -> [`crate::Endpoint`].
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+    /// Hash map: pod IPv6 address (16 bytes) -> [`crate::Endpoint`].
+    pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
+    /// Hash map: host-side veth ifindex -> [`crate::PodIdentity`]: who may
+    /// send from behind that veth (anti-spoofing), and who an endpoint's
+    /// ifindex must still belong to before anything is redirected to it.
+    pub const MAP_PODS: &str = "PODS";
     /// Per-CPU hash map: host-side veth ifindex -> [`crate::PairCounters`].
     pub const MAP_PAIR_COUNTERS: &str = "PAIR_COUNTERS";
     /// Array with one [`crate::TraceConfig`]: whether and what to trace.
@@ -54,12 +60,31 @@ pub fn ipv4_key(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
+/// The addresses a pod owns, keyed by its host-side veth's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub ipv4: [u8; 4],
+    /// All zero when the pod has no IPv6 address.
+    pub ipv6: [u8; 16],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// Why a program dropped a frame. Indexes [`PairCounters::drop_reasons`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// `bpf_redirect_peer` refused the redirect.
     RedirectFailed = 0,
+    /// The frame's source MAC is not the pod's.
+    SpoofedMac = 1,
+    /// IPv4 source address is not the pod's.
+    SpoofedIpv4 = 2,
+    /// IPv6 source address is neither the pod's nor link-local.
+    SpoofedIpv6 = 3,
+    /// ARP sender address is not the pod's.
+    SpoofedArp = 4,
 }
 
 /// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
@@ -67,12 +92,22 @@ pub enum DropReason {
 pub const DROP_REASON_SLOTS: usize = 8;
 
 impl DropReason {
-    pub const ALL: [DropReason; 1] = [DropReason::RedirectFailed];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::RedirectFailed,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIpv4,
+        DropReason::SpoofedIpv6,
+        DropReason::SpoofedArp,
+    ];
 
     /// Stable name used in CLI, JSON and metrics labels.
     pub const fn name(self) -> &'static str {
         match self {
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIpv4 => "spoofed_ipv4",
+            DropReason::SpoofedIpv6 => "spoofed_ipv6",
+            DropReason::SpoofedArp => "spoofed_arp",
         }
     }
 }
@@ -197,6 +232,7 @@ pub struct TraceEvent {
 mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding holes, any bit pattern valid.
     unsafe impl aya::Pod for crate::Endpoint {}
+    unsafe impl aya::Pod for crate::PodIdentity {}
     unsafe impl aya::Pod for crate::PairCounters {}
     unsafe impl aya::Pod for crate::TraceConfig {}
     unsafe impl aya::Pod for crate::TraceEvent {}

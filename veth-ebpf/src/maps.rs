@@ -5,12 +5,21 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use veth_common::{
-    Endpoint, PairCounters, TraceConfig, TraceEvent, MAX_ENDPOINTS, MAX_PAIRS, TRACE_RING_BYTES,
+    Endpoint, PairCounters, PodIdentity, TraceConfig, TraceEvent, MAX_ENDPOINTS, MAX_PAIRS,
+    TRACE_RING_BYTES,
 };
 
 /// Pods the programs may redirect to: IPv4 (`ipv4_key`) -> endpoint.
 #[btf_map]
 pub static ENDPOINTS: HashMap<u32, Endpoint, MAX_ENDPOINTS> = HashMap::new();
+
+/// Pods the programs may redirect to: IPv6 address -> endpoint.
+#[btf_map]
+pub static ENDPOINTS6: HashMap<[u8; 16], Endpoint, MAX_ENDPOINTS> = HashMap::new();
+
+/// Host-side veth ifindex -> the addresses its pod owns.
+#[btf_map]
+pub static PODS: HashMap<u32, PodIdentity, MAX_PAIRS> = HashMap::new();
 
 /// Per-pair counters: host-side veth ifindex -> counters. Entries are made by
 /// userspace before a program can see the pair, so the programs never insert

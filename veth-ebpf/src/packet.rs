@@ -3,10 +3,18 @@
 use core::mem;
 
 use aya_ebpf::programs::TcContext;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
-/// EtherType of IPv4 as it sits in the frame (network order).
-const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
+/// EtherTypes as they sit in the frame (network order).
+pub const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
+pub const ETH_P_IPV6_BE: u16 = 0x86dd_u16.to_be();
+pub const ETH_P_ARP_BE: u16 = 0x0806_u16.to_be();
+
+/// Offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
+pub const ARP_SPA_OFFSET: usize = EthHdr::LEN + 14;
 
 /// Returns a pointer to a `T` at `offset` if the linear data holds it; the
 /// explicit check against `data_end` is what lets the verifier accept it.
@@ -20,24 +28,44 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// The Ethernet and IPv4 headers of a unicast IPv4 frame, or `None` for
-/// anything else (ARP, IPv6, broadcast, truncated).
+/// The network layer of a frame, as far as the programs care.
+pub enum L3 {
+    Ipv4(*mut Ipv4Hdr),
+    Ipv6(*mut Ipv6Hdr),
+    /// ARP, with the sender protocol address.
+    Arp([u8; 4]),
+    Other,
+}
+
+/// Parses the Ethernet header and what follows it; `None` if truncated.
 #[inline(always)]
-pub fn unicast_ipv4(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
+pub fn parse(ctx: &TcContext) -> Option<(*mut EthHdr, L3)> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
-    let (ether_type, dst) = unsafe { ((*eth).ether_type, (*eth).dst_addr) };
-    if ether_type != ETH_P_IP_BE || is_group_mac(dst) {
-        return None;
-    }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN)?;
-    Some((eth, ip))
+    let ether_type = unsafe { (*eth).ether_type };
+    let l3 = match ether_type {
+        ETH_P_IP_BE => L3::Ipv4(ptr_at(ctx, EthHdr::LEN)?),
+        ETH_P_IPV6_BE => L3::Ipv6(ptr_at(ctx, EthHdr::LEN)?),
+        ETH_P_ARP_BE => {
+            let spa: *mut [u8; 4] = ptr_at(ctx, ARP_SPA_OFFSET)?;
+            // SAFETY: bounds-checked above.
+            L3::Arp(unsafe { *spa })
+        }
+        _ => L3::Other,
+    };
+    Some((eth, l3))
 }
 
 /// Multicast and broadcast frames are never routed traffic.
 #[inline(always)]
 pub fn is_group_mac(mac: [u8; 6]) -> bool {
     mac[0] & 1 == 1
+}
+
+/// fe80::/10 (link-local) or :: (unspecified, used by DAD).
+#[inline(always)]
+pub fn is_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || addr.iter().all(|b| *b == 0)
 }
 
 /// The IPv4 header checksum after decrementing TTL by one, updated
@@ -95,5 +123,21 @@ mod tests {
         assert!(is_group_mac([0x33, 0x33, 0, 0, 0, 1]));
         assert!(!is_group_mac([0xee; 6]));
         assert!(!is_group_mac([0x0a, 0x58, 10, 200, 0, 10]));
+    }
+
+    #[test]
+    fn link_local_and_unspecified() {
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        assert!(is_link_local_or_unspecified(&ll));
+        ll[1] = 0xbf;
+        assert!(is_link_local_or_unspecified(&ll));
+        ll[1] = 0xc0; // fec0::/10 is not link-local
+        assert!(!is_link_local_or_unspecified(&ll));
+        assert!(is_link_local_or_unspecified(&[0; 16]));
+        let mut global = [0u8; 16];
+        global[0] = 0xfd;
+        assert!(!is_link_local_or_unspecified(&global));
     }
 }

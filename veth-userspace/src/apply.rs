@@ -1,12 +1,12 @@
 //! Executes plans: observes the kernel, plans, and runs each step through
 //! [`netlink`](crate::netlink) and [`dataplane`](crate::dataplane).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::{
-    dataplane::{Dataplane, Pins},
+    dataplane::{Dataplane, Pins, PodEntry},
     model::{host_address_label, object_prefix, Topology},
     netlink::{netns, pod, Host},
     plan::{plan_down, plan_up, Observed, Step},
@@ -17,8 +17,10 @@ use crate::{
 /// kernel exactly as a crash in the middle of `up` would.
 pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
 
-/// What the kernel has of topology `name`.
-pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
+/// What the kernel has of topology `name`. `recorded` is the description
+/// it was last brought up with: IPv6 node addresses carry no label, so that
+/// is how an old one is found.
+pub async fn observe(host: &Host, name: &str, recorded: Option<&Topology>) -> Result<Observed> {
     let prefix = object_prefix(name);
     let (netns, dead_netns) = netns::list(&prefix)?
         .into_iter()
@@ -29,11 +31,17 @@ pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
         .into_iter()
         .map(|l| (l.name.clone(), l))
         .collect();
-    let host_addresses = host
+    let mut host_addresses: BTreeSet<IpAddr> = host
         .labelled_addresses(&host_address_label(name))
         .await?
         .into_iter()
+        .map(IpAddr::V4)
         .collect();
+    if let Some(v6) = recorded.and_then(|t| t.host_address6) {
+        if host.has_loopback_address6(v6).await? {
+            host_addresses.insert(IpAddr::V6(v6));
+        }
+    }
     Ok(Observed {
         netns,
         dead_netns,
@@ -47,8 +55,11 @@ pub async fn observe(host: &Host, name: &str) -> Result<Observed> {
 pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
-    StateDir::new(&topology.name).save(source)?;
-    let steps = plan_up(topology, &observe(&host, &topology.name).await?);
+    let state = StateDir::new(&topology.name);
+    let recorded = state.load().ok().flatten();
+    let observed = observe(&host, &topology.name, recorded.as_ref()).await?;
+    state.save(source)?;
+    let steps = plan_up(topology, &observed);
     Executor::new(host, &topology.name)
         .run(Some(topology), &steps)
         .await?;
@@ -59,7 +70,8 @@ pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
-    let steps = plan_down(&observe(&host, name).await?);
+    let recorded = StateDir::new(name).load().ok().flatten();
+    let steps = plan_down(&observe(&host, name, recorded.as_ref()).await?);
     Executor::new(host, name).run(None, &steps).await?;
     Ok(steps)
 }
@@ -103,11 +115,21 @@ impl Executor {
                 self.host
                     .ensure_host_address(&topology.host_address_label, topology.host_address)
                     .await?;
+                if let Some(v6) = topology.host_address6 {
+                    self.host.ensure_host_address6(v6).await?;
+                }
             }
-            Step::RemoveHostAddress { .. } => {
+            Step::RemoveHostAddress {
+                address: IpAddr::V4(_),
+            } => {
                 self.host
                     .remove_host_addresses(&host_address_label(&self.name))
                     .await?;
+            }
+            Step::RemoveHostAddress {
+                address: IpAddr::V6(v6),
+            } => {
+                self.host.remove_host_address6(*v6).await?;
             }
             Step::CreateNetns { netns } => netns::create(netns)?,
             Step::CreateVeth { pod, .. } => {
@@ -117,14 +139,14 @@ impl Executor {
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
-                pod::configure(pod).await?;
+                pod::configure_routed(pod).await?;
                 let veth =
                     self.host.link(&pod.host_veth).await?.with_context(|| {
                         format!("host-side veth {:?} is missing", pod.host_veth)
                     })?;
                 self.host.ensure_host_veth(pod, &veth).await?;
                 self.host
-                    .ensure_pod_route(pod, veth.ifindex, topology.host_address)
+                    .ensure_pod_routes(pod, veth.ifindex, topology)
                     .await?;
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
@@ -137,30 +159,28 @@ impl Executor {
     }
 
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
-        let mut endpoints = BTreeMap::new();
-        let mut ifindexes = BTreeSet::new();
+        let mut entries = Vec::with_capacity(topology.pods.len());
         for pod in &topology.pods {
             let veth = self
                 .host
                 .link(&pod.host_veth)
                 .await?
                 .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
-            ifindexes.insert(veth.ifindex);
-            endpoints.insert(
-                pod.ipv4,
-                veth_common::Endpoint {
-                    host_ifindex: veth.ifindex,
-                    pod_mac: pod.mac,
-                    gateway_mac: pod.gateway_mac,
-                },
-            );
+            entries.push(PodEntry {
+                host_ifindex: veth.ifindex,
+                ipv4: pod.ipv4,
+                ipv6: pod.ipv6,
+                mac: pod.mac,
+                gateway_mac: pod.gateway_mac,
+            });
         }
+        let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
         // Loading verifies programs and may take a moment: off the runtime.
         let topology = topology.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             let mut dataplane = Dataplane::load(&topology.name, topology.counters)?;
             dataplane.sync_counters(&ifindexes)?;
-            dataplane.sync_endpoints(&endpoints)?;
+            dataplane.sync_pods(&entries)?;
             for pod in &topology.pods {
                 dataplane
                     .attach(&pod.host_veth)

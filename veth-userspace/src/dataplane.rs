@@ -25,10 +25,10 @@ use nix::{
 use veth_common::{
     ipv4_key,
     names::{
-        GLOBAL_COUNTERS_ENABLED, MAP_ENDPOINTS, MAP_PAIR_COUNTERS, MAP_TRACE_CONFIG,
-        MAP_TRACE_EVENTS, PROG_FROM_POD, PROG_TO_POD,
+        GLOBAL_COUNTERS_ENABLED, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS,
+        MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, PROG_FROM_POD, PROG_TO_POD,
     },
-    Endpoint, PairCounters, TraceConfig,
+    Endpoint, PairCounters, PodIdentity, TraceConfig,
 };
 
 /// The eBPF object, built by build.rs from the veth-ebpf crate.
@@ -38,9 +38,40 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: FsType = FsType(0xcafe_4a11);
 
+/// A pod as the dataplane maps know it.
+#[derive(Clone, Debug)]
+pub struct PodEntry {
+    pub host_ifindex: u32,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    pub mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+}
+
+impl PodEntry {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host_ifindex: self.host_ifindex,
+            pod_mac: self.mac,
+            gateway_mac: self.gateway_mac,
+        }
+    }
+
+    fn identity(&self) -> PodIdentity {
+        PodIdentity {
+            ipv4: self.ipv4.octets(),
+            ipv6: self.ipv6.map_or([0; 16], |v6| v6.octets()),
+            mac: self.mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 4] = [
+const PINNED_MAPS: [&str; 6] = [
     MAP_ENDPOINTS,
+    MAP_ENDPOINTS6,
+    MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
     MAP_TRACE_EVENTS,
@@ -248,30 +279,51 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the endpoint map hold exactly `desired`.
-    pub fn sync_endpoints(&mut self, desired: &BTreeMap<Ipv4Addr, Endpoint>) -> Result<()> {
+    /// Makes the endpoint maps (IPv4 and IPv6) and the pod identity map
+    /// hold exactly what `pods` describe.
+    pub fn sync_pods(&mut self, pods: &[PodEntry]) -> Result<()> {
+        // Identities first: an endpoint is only used while its ifindex's
+        // identity owns the address, so stale endpoints are inert at once.
+        let identities = pods
+            .iter()
+            .map(|p| (p.host_ifindex, p.identity()))
+            .collect();
+        self.sync_hash(MAP_PODS, identities)?;
+        let v4 = pods
+            .iter()
+            .map(|p| (ipv4_key(p.ipv4.octets()), p.endpoint()))
+            .collect();
+        self.sync_hash(MAP_ENDPOINTS, v4)?;
+        let v6 = pods
+            .iter()
+            .filter_map(|p| Some((p.ipv6?.octets(), p.endpoint())))
+            .collect();
+        self.sync_hash(MAP_ENDPOINTS6, v6)
+    }
+
+    /// Makes a hash map hold exactly `wanted`.
+    fn sync_hash<K: aya::Pod + Ord, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        wanted: BTreeMap<K, V>,
+    ) -> Result<()> {
         let map = self
             .ebpf
-            .map_mut(MAP_ENDPOINTS)
-            .ok_or_else(|| anyhow!("map {MAP_ENDPOINTS} missing from the object"))?;
-        let mut endpoints: HashMap<_, u32, Endpoint> = HashMap::try_from(map)?;
-        let wanted: BTreeMap<u32, Endpoint> = desired
-            .iter()
-            .map(|(ip, ep)| (ipv4_key(ip.octets()), *ep))
-            .collect();
-        let stale: Vec<u32> = endpoints
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+        let mut hash: HashMap<_, K, V> = HashMap::try_from(map)?;
+        let stale: Vec<K> = hash
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| !wanted.contains_key(k))
             .collect();
-        // Remove first: a stale entry may point at an ifindex that is reused.
         for key in stale {
-            ignore_missing(endpoints.remove(&key)).context("removing a stale endpoint")?;
+            ignore_missing(hash.remove(&key))
+                .with_context(|| format!("removing a stale entry of {name}"))?;
         }
-        for (key, endpoint) in wanted {
-            endpoints
-                .insert(key, endpoint, 0)
-                .context("writing an endpoint")?;
+        for (key, value) in wanted {
+            hash.insert(key, value, 0)
+                .with_context(|| format!("writing {name}"))?;
         }
         Ok(())
     }

@@ -2,9 +2,13 @@
 //! validation into a [`Topology`] whose every name and address is decided.
 //! Pure: no syscalls, so everything here is unit-tested.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use veth_common::GATEWAY_MAC;
 
@@ -21,6 +25,7 @@ pub const DEFAULT_TOPOLOGY: &str = r#"# Built-in default topology: three pods wi
 name = "demo"
 mode = "tc"
 pod_cidr = "10.200.0.0/24"
+pod_cidr6 = "fd00:10:200::/64"
 
 [[pods]]
 name = "web"
@@ -32,21 +37,76 @@ name = "api"
 name = "db"
 "#;
 
-/// How pods are wired. Only the eBPF redirect path exists so far.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+/// How pods are wired. Every mode keeps each pod's `eth0`, addresses and
+/// host reachability; modes differ in the path pod-to-pod traffic takes.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// TCX programs on the host-side veths redirect pod-to-pod frames with
-    /// `bpf_redirect_peer`; everything else goes through the host stack.
+    /// The two pods of the topology also get a veth pair between them
+    /// (`eth1`), and talk over it: the best any veth path can do.
+    Pair,
+    /// flannel/CNI-bridge style: host-side veths enslaved to a bridge that
+    /// is the pods' gateway; pods share a subnet and talk at layer 2.
+    Bridge,
+    /// Calico style: pod /32 (/128), gateway 169.254.1.1 (and the veth's
+    /// link-local address) answered by the host side, a host route per pod,
+    /// pod-to-pod routed by the host stack.
+    Routed,
+    /// Routed addressing, but TCX programs on the host-side veths redirect
+    /// pod-to-pod frames with `bpf_redirect_peer`, bypassing the host stack.
     #[default]
     Tc,
+    /// Routed addressing, with XDP programs on the host-side veths
+    /// redirecting pod-to-pod frames through a DEVMAP.
+    Xdp,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 5] = [Mode::Pair, Mode::Bridge, Mode::Routed, Mode::Tc, Mode::Xdp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pair => "pair",
+            Mode::Bridge => "bridge",
+            Mode::Routed => "routed",
+            Mode::Tc => "tc",
+            Mode::Xdp => "xdp",
+        }
+    }
+
+    /// Pods use Calico's addressing (/32, /128, gateway on the host side).
+    pub fn is_routed(self) -> bool {
+        !matches!(self, Mode::Bridge)
+    }
+
+    /// Pod-to-pod traffic is moved by one of our eBPF programs.
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Mode::Tc | Mode::Xdp)
+    }
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Mode::Tc => f.write_str("tc"),
-        }
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Mode, ModelError> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                invalid(
+                    "mode",
+                    format!("unknown mode {s:?}; use one of {}", names.join(", ")),
+                )
+            })
     }
 }
 
@@ -58,13 +118,23 @@ pub struct TopologyFile {
     #[serde(default)]
     pub mode: Mode,
     pub pod_cidr: Ipv4Net,
+    /// IPv6 prefix of the pods; dual stack when set.
+    pub pod_cidr6: Option<Ipv6Net>,
     /// Node address pods reach the host on; default: first address of
     /// `pod_cidr`.
     pub host_address: Option<Ipv4Addr>,
+    /// IPv6 node address; default: `::1` of `pod_cidr6`.
+    pub host_address6: Option<Ipv6Addr>,
+    /// MTU of every pod's veth pair unless the pod sets its own.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
     /// Per-pair counters in the programs; `false` compiles them out (see
     /// the README for what counting costs).
     #[serde(default = "yes")]
     pub counters: bool,
+    /// How pods reach the world beyond the node.
+    #[serde(default)]
+    pub uplink: UplinkFile,
     #[serde(default)]
     pub pods: Vec<PodFile>,
 }
@@ -73,12 +143,40 @@ fn yes() -> bool {
     true
 }
 
+fn default_mtu() -> u32 {
+    1500
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFile {
+    /// Source-NAT pod traffic that leaves the node (masquerade).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Only masquerade traffic leaving through this interface; default:
+    /// any interface that is not one of the topology's.
+    pub interface: Option<String>,
+}
+
+impl Default for UplinkFile {
+    fn default() -> Self {
+        UplinkFile {
+            masquerade: true,
+            interface: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodFile {
     pub name: String,
     /// Fixed address; assigned from `pod_cidr` when absent.
     pub ipv4: Option<Ipv4Addr>,
+    /// Fixed IPv6 address; assigned from `pod_cidr6` when absent.
+    pub ipv6: Option<Ipv6Addr>,
+    /// MTU of this pod's veth pair; default: the topology's `mtu`.
+    pub mtu: Option<u32>,
 }
 
 /// A validated topology: every name and address decided.
@@ -87,12 +185,21 @@ pub struct Topology {
     pub name: String,
     pub mode: Mode,
     pub pod_cidr: Ipv4Net,
+    pub pod_cidr6: Option<Ipv6Net>,
     pub host_address: Ipv4Addr,
+    pub host_address6: Option<Ipv6Addr>,
     /// Label of `host_address` on the host's loopback (`lo:<name>`), by
     /// which `down` finds it again.
     pub host_address_label: String,
     pub counters: bool,
+    pub uplink: Uplink,
     pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub masquerade: bool,
+    pub interface: Option<String>,
 }
 
 /// One pod: a network namespace with `eth0`, whose peer is `host_veth`.
@@ -102,11 +209,49 @@ pub struct Pod {
     pub netns: String,
     pub host_veth: String,
     pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u32,
     /// MAC of the pod's `eth0`, derived from its address (0a:58 + IPv4, as
     /// the CNI bridge plugin does) so it is known before the pod exists.
     pub mac: [u8; 6],
     /// MAC of the host-side veth: the pod's gateway.
     pub gateway_mac: [u8; 6],
+}
+
+impl Pod {
+    /// The link-local address the kernel gives `eth0` (EUI-64 of its MAC).
+    pub fn link_local(&self) -> Ipv6Addr {
+        eui64_link_local(self.mac)
+    }
+}
+
+/// The IPv6 link-local address of an interface with this MAC (EUI-64).
+pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let [a, b, c, d, e, f] = mac;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ])
+}
+
+/// The IPv6 gateway of routed pods: the host-side veth's own link-local
+/// address (its MAC is [`GATEWAY_MAC`]), as in Calico.
+pub fn gateway_ipv6() -> Ipv6Addr {
+    eui64_link_local(GATEWAY_MAC)
 }
 
 /// A description the tool refuses, naming the field and the fix.
@@ -279,43 +424,106 @@ impl TopologyFile {
             }
         }
 
-        // Fixed addresses claim their place before automatic ones are handed out.
-        let mut owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-        owner.insert(host_address, "host_address".to_string());
-        for (i, pod) in self.pods.iter().enumerate() {
-            let Some(addr) = pod.ipv4 else { continue };
-            let field = format!("pods[{i}].ipv4");
-            if !usable(addr) {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "{addr} is not a usable address of pod_cidr {cidr}; pick one inside it \
-                         (not its network or broadcast address) or omit ipv4 to assign one"
-                    ),
-                ));
+        let ipv4s = assign_addresses(
+            "ipv4",
+            &format!("pod_cidr {cidr}"),
+            host_address,
+            self.pods
+                .iter()
+                .map(|p| (p.ipv4, p.name.as_str()))
+                .collect(),
+            usable,
+            cidr.hosts(),
+        )?;
+
+        let (host_address6, ipv6s) = match self.pod_cidr6 {
+            None => {
+                if let Some(i) = self.pods.iter().position(|p| p.ipv6.is_some()) {
+                    return Err(invalid(
+                        format!("pods[{i}].ipv6"),
+                        "an IPv6 address needs pod_cidr6; add pod_cidr6 (e.g. \"fd00:10:200::/64\") or remove ipv6",
+                    ));
+                }
+                if self.host_address6.is_some() {
+                    return Err(invalid(
+                        "host_address6",
+                        "host_address6 needs pod_cidr6; add pod_cidr6 or remove host_address6",
+                    ));
+                }
+                (None, vec![None; self.pods.len()])
             }
-            if let Some(other) = owner.insert(addr, format!("pods[{i}] ({:?})", pod.name)) {
+            Some(cidr6) => {
+                let cidr6_net = cidr6.trunc();
+                if cidr6_net != cidr6 {
+                    return Err(invalid(
+                        "pod_cidr6",
+                        format!(
+                            "{cidr6} has host bits set; write the network address: {cidr6_net}"
+                        ),
+                    ));
+                }
+                if cidr6_net.prefix_len() > 120 {
+                    return Err(invalid(
+                        "pod_cidr6",
+                        format!("{cidr6_net} is too small; use a /120 or larger (a /64 is usual)"),
+                    ));
+                }
+                let usable6 =
+                    |addr: Ipv6Addr| cidr6_net.contains(&addr) && addr != cidr6_net.network();
+                let host6 = match self.host_address6 {
+                    Some(addr) if !usable6(addr) => {
+                        return Err(invalid(
+                            "host_address6",
+                            format!("{addr} is not a usable address of pod_cidr6 {cidr6_net}; pick one inside it or omit host_address6"),
+                        ))
+                    }
+                    Some(addr) => addr,
+                    None => nth_address6(cidr6_net, 1),
+                };
+                let ipv6s = assign_addresses(
+                    "ipv6",
+                    &format!("pod_cidr6 {cidr6_net}"),
+                    host6,
+                    self.pods
+                        .iter()
+                        .map(|p| (p.ipv6, p.name.as_str()))
+                        .collect(),
+                    usable6,
+                    (1u128..)
+                        .map(|n| nth_address6(cidr6_net, n))
+                        .take_while(|a| cidr6_net.contains(a)),
+                )?;
+                (Some(host6), ipv6s.into_iter().map(Some).collect())
+            }
+        };
+
+        validate_mtu("mtu", self.mtu)?;
+        for (i, pod) in self.pods.iter().enumerate() {
+            if let Some(mtu) = pod.mtu {
+                validate_mtu(&format!("pods[{i}].mtu"), mtu)?;
+            }
+        }
+        if self.mode == Mode::Pair && self.pods.len() != 2 {
+            return Err(invalid(
+                "mode",
+                format!(
+                    "mode \"pair\" joins exactly two pods with one veth pair, and this topology has {}; \
+                     use two pods or another mode",
+                    self.pods.len()
+                ),
+            ));
+        }
+        if let Some(ifname) = &self.uplink.interface {
+            if ifname.is_empty() || ifname.len() > IFNAME_MAX || ifname.starts_with(&prefix) {
                 return Err(invalid(
-                    field,
-                    format!(
-                        "{addr} is already used by {other}; pick another address or omit ipv4 \
-                         to assign one automatically"
-                    ),
+                    "uplink.interface",
+                    format!("{ifname:?} is not an uplink interface name; name the host interface traffic leaves by (e.g. \"eth0\")"),
                 ));
             }
         }
-        let mut free = cidr.hosts().filter(|a| !owner.contains_key(a));
+
         let mut pods = Vec::with_capacity(self.pods.len());
-        for (i, pod) in self.pods.into_iter().enumerate() {
-            let ipv4 = match pod.ipv4 {
-                Some(addr) => addr,
-                None => free.next().ok_or_else(|| {
-                    invalid(
-                        format!("pods[{i}].ipv4"),
-                        format!("pod_cidr {cidr} has no free address left; use a larger pod_cidr"),
-                    )
-                })?,
-            };
+        for ((pod, ipv4), ipv6) in self.pods.into_iter().zip(ipv4s).zip(ipv6s) {
             let name_in_kernel = format!("{prefix}{}", pod.name);
             pods.push(Pod {
                 netns: name_in_kernel.clone(),
@@ -323,6 +531,8 @@ impl TopologyFile {
                 mac: pod_mac(ipv4),
                 gateway_mac: GATEWAY_MAC,
                 ipv4,
+                ipv6,
+                mtu: pod.mtu.unwrap_or(self.mtu),
                 name: pod.name,
             });
         }
@@ -331,12 +541,88 @@ impl TopologyFile {
             name: self.name,
             mode: self.mode,
             pod_cidr: cidr,
+            pod_cidr6: self.pod_cidr6.map(|c| c.trunc()),
             host_address,
+            host_address6,
             host_address_label,
             counters: self.counters,
+            uplink: Uplink {
+                masquerade: self.uplink.masquerade,
+                interface: self.uplink.interface,
+            },
             pods,
         })
     }
+}
+
+/// The `n`th address of an IPv6 prefix.
+fn nth_address6(net: Ipv6Net, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) + n)
+}
+
+/// Linux refuses a veth MTU outside 68..=65535.
+fn validate_mtu(field: &str, mtu: u32) -> Result<(), ModelError> {
+    if !(1280..=65535).contains(&mtu) {
+        return Err(invalid(
+            field,
+            format!("MTU {mtu} is out of range; use 1280 (the IPv6 minimum) to 65535"),
+        ));
+    }
+    Ok(())
+}
+
+/// Hands out addresses: fixed ones are checked and claimed first (in file
+/// order), then pods without one get the lowest free candidates.
+fn assign_addresses<A: Ord + Copy + fmt::Display>(
+    family: &str,
+    cidr: &str,
+    host: A,
+    fixed: Vec<(Option<A>, &str)>,
+    usable: impl Fn(A) -> bool,
+    candidates: impl Iterator<Item = A>,
+) -> Result<Vec<A>, ModelError> {
+    let host_field = if family == "ipv4" {
+        "host_address"
+    } else {
+        "host_address6"
+    };
+    let mut owner: BTreeMap<A, String> = BTreeMap::from([(host, host_field.to_string())]);
+    for (i, (addr, name)) in fixed.iter().enumerate() {
+        let Some(addr) = *addr else { continue };
+        let field = format!("pods[{i}].{family}");
+        if !usable(addr) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{addr} is not a usable address of {cidr}; pick one inside it (not its \
+                     network or broadcast address) or omit {family} to assign one"
+                ),
+            ));
+        }
+        if let Some(other) = owner.insert(addr, format!("pods[{i}] ({name:?})")) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{addr} is already used by {other}; pick another address or omit {family} \
+                     to assign one automatically"
+                ),
+            ));
+        }
+    }
+    let mut free = candidates.filter(|a| usable(*a) && !owner.contains_key(a));
+    fixed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (addr, _))| match addr {
+            Some(addr) => Ok(addr),
+            None => free.next().ok_or_else(|| {
+                invalid(
+                    format!("pods[{i}].{family}"),
+                    format!("{cidr} has no free address left; use a larger prefix"),
+                )
+            }),
+        })
+        .collect()
 }
 
 /// Locally administered unicast MAC derived from the pod address.

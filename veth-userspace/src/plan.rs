@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use crate::{model::Topology, netlink::links::LinkState};
@@ -23,7 +23,7 @@ pub struct Observed {
     /// Host-namespace links with the topology's prefix, by name.
     pub links: BTreeMap<String, LinkState>,
     /// Node addresses on the host's loopback with the topology's label.
-    pub host_addresses: BTreeSet<Ipv4Addr>,
+    pub host_addresses: BTreeSet<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum Step {
     },
     /// Remove a node address from the host's loopback.
     RemoveHostAddress {
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     /// Unpin every program, map and link of the topology.
     RemovePins,
@@ -127,6 +127,14 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
             });
         }
     }
+    let mut wanted_addresses = BTreeSet::from([IpAddr::V4(topology.host_address)]);
+    wanted_addresses.extend(topology.host_address6.map(IpAddr::V6));
+    steps.extend(
+        observed
+            .host_addresses
+            .difference(&wanted_addresses)
+            .map(|&address| Step::RemoveHostAddress { address }),
+    );
     let wanted_netns: BTreeSet<&str> = topology.pods.iter().map(|p| p.netns.as_str()).collect();
     // A wanted dead name is revived by CreateNetns; the others go.
     for netns in observed.netns.iter().chain(&observed.dead_netns) {
@@ -204,7 +212,7 @@ mod tests {
                 link(&p.host_veth, 10 + i as u32, "veth"),
             );
         }
-        o.host_addresses.insert(t.host_address);
+        o.host_addresses.insert(t.host_address.into());
         o
     }
 
@@ -337,7 +345,7 @@ mod tests {
             2
         );
         assert!(steps.contains(&Step::RemoveHostAddress {
-            address: t.host_address
+            address: t.host_address.into()
         }));
         assert_eq!(
             steps

@@ -2,7 +2,7 @@
 //! host routes to pods, all in the host's namespace.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
 };
 
@@ -17,7 +17,7 @@ use rtnetlink::{
 };
 
 use super::{context, errno, is_exists, is_gone, links, links::LinkState, netns};
-use crate::model::Pod;
+use crate::model::{Pod, Topology};
 
 /// Name of a pod's interface inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -63,6 +63,7 @@ impl Host {
         let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
             .name(POD_IFNAME.to_string())
             .address(pod.mac.to_vec())
+            .mtu(pod.mtu)
             .setns_by_fd(ns.as_raw_fd())
             // Not `.up()`: the kernel refuses IFF_UP for a peer created in
             // another namespace (ENOTCONN); `pod::configure` brings it up.
@@ -70,6 +71,7 @@ impl Host {
         let msg = LinkVeth::new(&pod.host_veth, POD_IFNAME)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .address(pod.gateway_mac.to_vec())
+            .mtu(pod.mtu)
             .up()
             .build();
         let result = self.handle.link().add(msg).execute().await;
@@ -80,9 +82,10 @@ impl Host {
         )))
     }
 
-    /// Brings the host-side veth up with the gateway MAC (a no-op when it is).
+    /// Brings the host-side veth up with the gateway MAC and the pod's MTU
+    /// (a no-op when it is).
     pub async fn ensure_host_veth(&self, pod: &Pod, link: &LinkState) -> Result<()> {
-        links::set_up_with_mac(&self.handle, link, &pod.gateway_mac).await
+        links::ensure_up(&self.handle, link, &pod.gateway_mac, Some(pod.mtu)).await
     }
 
     /// IPv4 addresses on the host's loopback that carry `label`.
@@ -167,6 +170,68 @@ impl Host {
         }
     }
 
+    /// The IPv6 node address on the host's loopback (IPv6 addresses carry
+    /// no label: `down` finds it through the recorded topology).
+    pub async fn ensure_host_address6(&self, address: Ipv6Addr) -> Result<()> {
+        if self.has_loopback_address6(address).await? {
+            return Ok(());
+        }
+        let lo = self.loopback().await?;
+        match self
+            .handle
+            .address()
+            .add(lo, address.into(), 128)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(context(format!("adding node address {address}/128 to lo"))(
+                e,
+            )),
+        }
+    }
+
+    pub async fn has_loopback_address6(&self, address: Ipv6Addr) -> Result<bool> {
+        Ok(self.loopback_address6(address).await?.is_some())
+    }
+
+    async fn loopback_address6(&self, address: Ipv6Addr) -> Result<Option<AddressMessage>> {
+        use futures::TryStreamExt;
+        let lo = self.loopback().await?;
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(lo)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(context("listing addresses of lo"))?
+        {
+            if super::addresses::address_of(&msg) == Some(IpAddr::V6(address)) {
+                return Ok(Some(msg));
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn remove_host_address6(&self, address: Ipv6Addr) -> Result<()> {
+        if let Some(msg) = self.loopback_address6(address).await? {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => {
+                    return Err(context(format!("removing node address {address} from lo"))(
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every loopback address labelled `label`.
     pub async fn remove_host_addresses(&self, label: &str) -> Result<()> {
         for (addr, msg) in self.labelled_address_messages(label).await? {
@@ -183,84 +248,48 @@ impl Host {
         }
     }
 
-    /// `<pod ip>/32 dev <host veth> scope link src <node address>`: how the
-    /// host stack reaches a pod (the reply path of pod-to-host traffic).
-    pub async fn ensure_pod_route(&self, pod: &Pod, host_veth: u32, src: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    /// `<pod ip>/32 dev <host veth> scope link src <node address>` (and the
+    /// /128 for IPv6): how the host stack reaches a pod.
+    pub async fn ensure_pod_routes(
+        &self,
+        pod: &Pod,
+        host_veth: u32,
+        topology: &Topology,
+    ) -> Result<()> {
+        let route4 = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(pod.ipv4, 32)
             .output_interface(host_veth)
             .scope(RouteScope::Link)
-            .pref_source(src)
+            .pref_source(topology.host_address)
             .build();
         self.handle
             .route()
-            .add(route)
+            .add(route4)
             .replace()
             .execute()
             .await
             .map_err(context(format!(
                 "pod {:?}: adding host route to {}",
                 pod.name, pod.ipv4
-            )))
-    }
-}
-
-/// Makes `address`/32 the only IPv4 address of `link`, in whichever
-/// namespace `handle` lives.
-pub(crate) async fn ensure_only_ipv4(
-    handle: &rtnetlink::Handle,
-    link: &LinkState,
-    address: Ipv4Addr,
-) -> Result<()> {
-    use futures::TryStreamExt;
-    let mut present = false;
-    let mut stale = Vec::new();
-    let mut stream = handle
-        .address()
-        .get()
-        .set_link_index_filter(link.ifindex)
-        .execute();
-    while let Some(msg) = stream
-        .try_next()
-        .await
-        .map_err(context(format!("listing addresses of {:?}", link.name)))?
-    {
-        let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
-            _ => None,
-        });
-        match addr {
-            Some(a) if a == address && msg.header.prefix_len == 32 => present = true,
-            Some(_) => stale.push(msg),
-            None => {}
-        }
-    }
-    for msg in stale {
-        handle
-            .address()
-            .del(msg)
-            .execute()
-            .await
-            .map_err(context(format!(
-                "removing a stale address of {:?}",
-                link.name
             )))?;
-    }
-    if !present {
-        match handle
-            .address()
-            .add(link.ifindex, address.into(), 32)
-            .execute()
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if is_exists(&e) => {}
-            Err(e) => {
-                return Err(context(format!("adding {address}/32 to {:?}", link.name))(
-                    e,
-                ));
+        if let Some(ipv6) = pod.ipv6 {
+            let mut route6 = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(ipv6, 128)
+                .output_interface(host_veth);
+            if let Some(src) = topology.host_address6 {
+                route6 = route6.pref_source(src);
             }
+            self.handle
+                .route()
+                .add(route6.build())
+                .replace()
+                .execute()
+                .await
+                .map_err(context(format!(
+                    "pod {:?}: adding host route to {ipv6}",
+                    pod.name
+                )))?;
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -90,22 +90,26 @@ pub async fn delete(handle: &rtnetlink::Handle, ifindex: u32, name: &str) -> Res
     }
 }
 
-/// Sets a link up, with the given MAC.
-pub async fn set_up_with_mac(
+/// Sets a link up with the given MAC and (if given) MTU; a no-op when it
+/// already is.
+pub async fn ensure_up(
     handle: &rtnetlink::Handle,
     link: &LinkState,
     mac: &[u8],
+    mtu: Option<u32>,
 ) -> Result<()> {
-    if link.up && link.mac == mac {
+    if link.up && link.mac == mac && mtu.is_none_or(|m| m == link.mtu) {
         return Ok(());
     }
-    let msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
+    let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
         .address(mac.to_vec())
-        .up()
-        .build();
+        .up();
+    if let Some(mtu) = mtu {
+        msg = msg.mtu(mtu);
+    }
     handle
         .link()
-        .set(msg)
+        .set(msg.build())
         .execute()
         .await
         .map_err(context(format!("setting link {:?} up", link.name)))

@@ -6,6 +6,7 @@
 //! [`netns::run_in`], which opens its socket on a dedicated OS thread after
 //! `setns`, because `setns` changes the namespace of one thread only.
 
+pub mod addresses;
 pub mod host;
 pub mod links;
 pub mod netns;

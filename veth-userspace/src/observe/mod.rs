@@ -39,6 +39,8 @@ pub struct PodStatus {
     pub name: String,
     pub netns: String,
     pub ipv4: String,
+    /// `null` for IPv4-only topologies.
+    pub ipv6: Option<String>,
     /// Interface inside the pod's namespace (always `eth0`).
     pub pod_ifname: String,
     pub pod_ifindex: Option<u32>,
@@ -67,6 +69,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             name: pod.name.clone(),
             netns: pod.netns.clone(),
             ipv4: pod.ipv4.to_string(),
+            ipv6: pod.ipv6.map(|v| v.to_string()),
             pod_ifname: POD_IFNAME.to_string(),
             pod_ifindex,
             pod_mac: format_mac(&pod.mac),

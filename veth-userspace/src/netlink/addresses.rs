@@ -1,0 +1,94 @@
+//! Interface addresses, in whichever namespace the handle's socket lives.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressScope,
+};
+
+use super::{context, errno, is_exists, is_gone, links::LinkState};
+
+/// An address with its prefix length.
+pub type Prefix = (IpAddr, u8);
+
+/// Makes `desired` the only global addresses of `link` (link-local IPv6
+/// addresses are the kernel's and stay). IPv6 addresses skip duplicate
+/// address detection: they are ours by construction, and DAD would keep
+/// them unusable for a second.
+pub async fn ensure_exactly(
+    handle: &rtnetlink::Handle,
+    link: &LinkState,
+    desired: &[Prefix],
+) -> Result<()> {
+    let mut present = Vec::new();
+    let mut stale = Vec::new();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(link.ifindex)
+        .execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(context(format!("listing addresses of {:?}", link.name)))?
+    {
+        if msg.header.scope != AddressScope::Universe {
+            continue;
+        }
+        match address_of(&msg) {
+            Some(addr) if desired.contains(&(addr, msg.header.prefix_len)) => {
+                present.push((addr, msg.header.prefix_len))
+            }
+            Some(_) => stale.push(msg),
+            None => {}
+        }
+    }
+    for msg in stale {
+        match handle.address().del(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+            Err(e) => {
+                return Err(context(format!(
+                    "removing a stale address of {:?}",
+                    link.name
+                ))(e))
+            }
+        }
+    }
+    for &(addr, prefix_len) in desired.iter().filter(|d| !present.contains(d)) {
+        let mut request = handle.address().add(link.ifindex, addr, prefix_len);
+        if addr.is_ipv6() {
+            request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match request.execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => {
+                return Err(context(format!(
+                    "adding {addr}/{prefix_len} to {:?}",
+                    link.name
+                ))(e))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The interface address of a message (IFA_LOCAL for IPv4 point-to-point,
+/// else IFA_ADDRESS).
+pub fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    let find = |local: bool| {
+        msg.attributes.iter().find_map(|a| match (a, local) {
+            (AddressAttribute::Local(ip), true) | (AddressAttribute::Address(ip), false) => {
+                Some(*ip)
+            }
+            _ => None,
+        })
+    };
+    find(true).or_else(|| find(false))
+}

@@ -1,7 +1,7 @@
 //! Bad topology files fail with the field and the fix, and create nothing.
 
 use veth_tests::{leftovers, unique_name, vethctl};
-use veth_userspace::model::{Mode, Pod, Topology};
+use veth_userspace::model::Topology;
 
 /// Runs `up` on `text`; returns stderr after checking that it failed and
 /// that nothing named after the topology exists.
@@ -12,15 +12,10 @@ fn up_fails(name: &str, text: &str) -> String {
     std::fs::remove_file(&file).unwrap();
     assert!(!out.status.success(), "up must refuse:\n{text}");
     // What would have been created, had the file been accepted.
-    let would_be = Topology {
-        name: name.to_string(),
-        mode: Mode::Tc,
-        pod_cidr: "198.18.0.0/24".parse().unwrap(),
-        host_address: "198.18.0.1".parse().unwrap(),
-        host_address_label: veth_userspace::model::host_address_label(name),
-        counters: true,
-        pods: Vec::<Pod>::new(),
-    };
+    let would_be = Topology::from_toml(&format!(
+        "name = \"{name}\"\npod_cidr = \"198.18.0.0/24\"\n"
+    ))
+    .unwrap();
     assert_eq!(leftovers(&would_be), Vec::<String>::new());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

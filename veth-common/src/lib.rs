@@ -28,6 +28,9 @@ pub mod names {
     /// `.rodata` global (u8): 0 compiles counting out of the programs at
     /// load time (the verifier drops the dead branch).
     pub const GLOBAL_COUNTERS_ENABLED: &str = "COUNTERS_ENABLED";
+    /// `.rodata` global (u8): 1 in mode tc, where `from_pod` checks sources
+    /// and redirects; 0 in the kernel-path modes, where it only counts.
+    pub const GLOBAL_REDIRECT_ENABLED: &str = "REDIRECT_ENABLED";
 }
 
 /// Upper bound of pods (endpoints) per topology.

@@ -66,8 +66,17 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     action
 }
 
+/// 1 in mode tc; 0 in the kernel-path modes (bridge, routed, pair), where
+/// this program only counts. Set at load time, folded by the verifier.
+#[unsafe(no_mangle)]
+static REDIRECT_ENABLED: u8 = 1;
+
 #[inline(always)]
 fn decide(ctx: &TcContext, ingress_ifindex: u32) -> Decision {
+    // SAFETY: a plain read of a static; volatile so the loader's value counts.
+    if unsafe { core::ptr::read_volatile(&REDIRECT_ENABLED) } == 0 {
+        return Decision::Pass;
+    }
     // Not one of our pairs (or mid-`up`): not ours to judge.
     // SAFETY: a read-only map lookup.
     let Some(me) = (unsafe { PODS.get(ingress_ifindex) }) else {

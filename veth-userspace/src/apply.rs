@@ -7,8 +7,12 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::{
     dataplane::{Dataplane, Pins, PodEntry},
-    model::{host_address_label, object_prefix, Topology},
-    netlink::{netns, pod, Host},
+    model::{host_address_label, object_prefix, Mode, Topology},
+    netlink::{
+        netns,
+        pod::{self, PodWiring},
+        sysctl, Host,
+    },
     plan::{plan_down, plan_up, Observed, Step},
     state::{self, StateDir},
 };
@@ -20,12 +24,17 @@ pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
 /// What the kernel has of topology `name`. `recorded` is the description
 /// it was last brought up with: IPv6 node addresses carry no label, so that
 /// is how an old one is found.
-pub async fn observe(host: &Host, name: &str, recorded: Option<&Topology>) -> Result<Observed> {
+pub async fn observe(
+    host: &Host,
+    name: &str,
+    recorded: Option<&Topology>,
+    desired: Option<&Topology>,
+) -> Result<Observed> {
     let prefix = object_prefix(name);
     let (netns, dead_netns) = netns::list(&prefix)?
         .into_iter()
         .partition(|n| netns::exists(n));
-    let links = host
+    let mut links: std::collections::BTreeMap<String, _> = host
         .links_with_prefix(&prefix)
         .await?
         .into_iter()
@@ -37,6 +46,14 @@ pub async fn observe(host: &Host, name: &str, recorded: Option<&Topology>) -> Re
         .into_iter()
         .map(IpAddr::V4)
         .collect();
+    // A bridge named outside the prefix (e.g. cni0) is found by name.
+    for topology in [recorded, desired].into_iter().flatten() {
+        if !topology.bridge.starts_with(&prefix) {
+            if let Some(link) = host.link(&topology.bridge).await? {
+                links.insert(link.name.clone(), link);
+            }
+        }
+    }
     if let Some(v6) = recorded.and_then(|t| t.host_address6) {
         if host.has_loopback_address6(v6).await? {
             host_addresses.insert(IpAddr::V6(v6));
@@ -57,7 +74,7 @@ pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
     let host = Host::connect()?;
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
-    let observed = observe(&host, &topology.name, recorded.as_ref()).await?;
+    let observed = observe(&host, &topology.name, recorded.as_ref(), Some(topology)).await?;
     state.save(source)?;
     let steps = plan_up(topology, &observed);
     Executor::new(host, &topology.name)
@@ -66,12 +83,20 @@ pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
     Ok(steps)
 }
 
+/// What `up` would do, without doing it.
+pub async fn plan(topology: &Topology) -> Result<Vec<Step>> {
+    let host = Host::connect()?;
+    let recorded = StateDir::new(&topology.name).load().ok().flatten();
+    let observed = observe(&host, &topology.name, recorded.as_ref(), Some(topology)).await?;
+    Ok(plan_up(topology, &observed))
+}
+
 /// Removes everything of topology `name`; fine to repeat, and after a crash.
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
     let recorded = StateDir::new(name).load().ok().flatten();
-    let steps = plan_down(&observe(&host, name, recorded.as_ref()).await?);
+    let steps = plan_down(&observe(&host, name, recorded.as_ref(), None).await?);
     Executor::new(host, name).run(None, &steps).await?;
     Ok(steps)
 }
@@ -110,6 +135,12 @@ impl Executor {
     async fn step(&self, topology: Option<&Topology>, step: &Step) -> Result<()> {
         let need = || topology.ok_or_else(|| anyhow!("step needs the topology description"));
         match step {
+            Step::EnableForwarding => {
+                sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
+            }
+            Step::ConfigureBridge { .. } => {
+                self.host.ensure_bridge(need()?).await?;
+            }
             Step::ConfigureHostAddress => {
                 let topology = need()?;
                 self.host
@@ -139,15 +170,7 @@ impl Executor {
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
-                pod::configure_routed(pod).await?;
-                let veth =
-                    self.host.link(&pod.host_veth).await?.with_context(|| {
-                        format!("host-side veth {:?} is missing", pod.host_veth)
-                    })?;
-                self.host.ensure_host_veth(pod, &veth).await?;
-                self.host
-                    .ensure_pod_routes(pod, veth.ifindex, topology)
-                    .await?;
+                self.configure_pod(topology, pod).await?;
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
             Step::DeleteLink { name, ifindex } => self.host.delete_link(*ifindex, name).await?,
@@ -156,6 +179,45 @@ impl Executor {
             Step::RemoveState => StateDir::new(&self.name).remove()?,
         }
         Ok(())
+    }
+
+    /// Pod side and host side of one pod, wired for the topology's mode.
+    async fn configure_pod(&self, topology: &Topology, pod: &crate::model::Pod) -> Result<()> {
+        let bridge = match topology.mode {
+            Mode::Bridge => Some(
+                self.host
+                    .link(&topology.bridge)
+                    .await?
+                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?,
+            ),
+            _ => None,
+        };
+        let wiring = match &bridge {
+            Some(_) => PodWiring::Bridged {
+                prefix4: topology.pod_cidr.prefix_len(),
+                prefix6: topology.pod_cidr6.map_or(128, |c| c.prefix_len()),
+                gateway4: topology.host_address,
+                gateway6: topology.host_address6,
+            },
+            None => PodWiring::Routed,
+        };
+        pod::configure(pod, &wiring).await?;
+        let veth = self
+            .host
+            .link(&pod.host_veth)
+            .await?
+            .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+        self.host
+            .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
+            .await?;
+        match bridge {
+            Some(_) => self.host.remove_pod_routes(pod, veth.ifindex).await,
+            None => {
+                self.host
+                    .ensure_pod_routes(pod, veth.ifindex, topology)
+                    .await
+            }
+        }
     }
 
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
@@ -178,7 +240,8 @@ impl Executor {
         // Loading verifies programs and may take a moment: off the runtime.
         let topology = topology.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut dataplane = Dataplane::load(&topology.name, topology.counters)?;
+            let mut dataplane =
+                Dataplane::load(&topology.name, topology.counters, topology.mode == Mode::Tc)?;
             dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_pods(&entries)?;
             for pod in &topology.pods {

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     apply,
-    model::{validate_topology_name, Topology, DEFAULT_TOPOLOGY},
+    model::{validate_topology_name, with_mode, Mode, Topology, DEFAULT_TOPOLOGY},
     netlink::Host,
     observe::{self, rates, trace, StatsReport, StatusReport},
     state::{recorded_topologies, StateDir},
@@ -68,6 +68,17 @@ enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+    /// Show what `up` would do to the kernel, without doing it.
+    Plan {
+        /// Topology description (TOML); default: the built-in one.
+        #[arg(long, short = 't', value_name = "FILE")]
+        topology: Option<PathBuf>,
+    },
+    /// Switch a live topology between wiring modes.
+    Mode {
+        #[command(subcommand)]
+        action: ModeAction,
+    },
     /// Serve Prometheus metrics read from the pinned maps at each scrape.
     Agent {
         /// Address to serve on. Anything but loopback exposes your pods'
@@ -99,6 +110,19 @@ enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModeAction {
+    /// Rewire the pods of a topology that is up for MODE (pair, bridge,
+    /// routed, tc, xdp), keeping namespaces and addresses; nothing of the old
+    /// wiring stays. Connections may pause while it switches.
+    Set {
+        /// pair, bridge, routed, tc or xdp.
+        mode: Mode,
+        #[command(flatten)]
+        select: Select,
     },
 }
 
@@ -239,6 +263,34 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .push(observe::stats(&host, &topology).await?);
             }
             print(json, &report, StatsReport::to_table)?;
+        }
+        Command::Plan { topology } => {
+            let (topology, _) = match &topology {
+                Some(path) => read_topology(path)?,
+                None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
+            };
+            let steps = apply::plan(&topology).await?;
+            println!(
+                "plan for topology {:?} (mode {}):",
+                topology.name, topology.mode
+            );
+            for step in steps {
+                println!("  {step}");
+            }
+        }
+        Command::Mode {
+            action: ModeAction::Set { mode, select },
+        } => {
+            let name = select
+                .name()?
+                .unwrap_or_else(|| Topology::default_topology().name);
+            let state = StateDir::new(&name);
+            let text = state.load_text()?.with_context(|| {
+                format!("topology {name:?} is not up (bring it up with `vethctl up`)")
+            })?;
+            let (topology, text) = with_mode(&text, mode)?;
+            apply::up(&topology, &text).await?;
+            println!("topology {name:?} is now in mode {mode}");
         }
         Command::Agent { listen, bpf_stats } => {
             crate::agent::run(crate::agent::AgentOptions { listen, bpf_stats }).await?;

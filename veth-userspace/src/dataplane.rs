@@ -25,8 +25,9 @@ use nix::{
 use veth_common::{
     ipv4_key,
     names::{
-        GLOBAL_COUNTERS_ENABLED, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS,
-        MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, PROG_FROM_POD, PROG_TO_POD,
+        GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_ENDPOINTS, MAP_ENDPOINTS6,
+        MAP_PAIR_COUNTERS, MAP_PODS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, PROG_FROM_POD,
+        PROG_TO_POD,
     },
     Endpoint, PairCounters, PodIdentity, TraceConfig,
 };
@@ -220,8 +221,9 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs, reusing the topology's pinned maps if they exist
     /// (creating and pinning them otherwise), and pins the programs.
-    /// `counters: false` compiles counting out of the programs.
-    pub fn load(topology: &str, counters: bool) -> Result<Dataplane> {
+    /// `counters: false` compiles counting out of the programs;
+    /// `redirect: false` leaves `from_pod` only counting (kernel-path modes).
+    pub fn load(topology: &str, counters: bool, redirect: bool) -> Result<Dataplane> {
         ensure_bpffs()?;
         let pins = Pins::new(topology);
         fs::create_dir_all(pins.links_dir())
@@ -232,6 +234,7 @@ impl Dataplane {
         }
         let mut ebpf = loader
             .override_global(GLOBAL_COUNTERS_ENABLED, &u8::from(counters), true)
+            .override_global(GLOBAL_REDIRECT_ENABLED, &u8::from(redirect), true)
             .load(OBJECT)
             .context("loading the eBPF object (are you root?)")?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {

@@ -16,6 +16,8 @@ use veth_common::GATEWAY_MAC;
 pub const IFNAME_MAX: usize = 15;
 /// Longest topology name: it prefixes every interface, so keep it short.
 pub const TOPOLOGY_NAME_MAX: usize = 10;
+/// Suffix of the default bridge name (`<topology>-br`).
+pub const BRIDGE_SUFFIX: &str = "br";
 /// The pods' default gateway, as in Calico: link-local, never on the wire as
 /// a source; pods resolve it to the host-side veth's MAC.
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
@@ -135,6 +137,9 @@ pub struct TopologyFile {
     /// How pods reach the world beyond the node.
     #[serde(default)]
     pub uplink: UplinkFile,
+    /// Name of the bridge in mode bridge (flannel calls it `cni0`); default
+    /// `<name>-br`, so several topologies can be bridged side by side.
+    pub bridge: Option<String>,
     #[serde(default)]
     pub pods: Vec<PodFile>,
 }
@@ -193,6 +198,8 @@ pub struct Topology {
     pub host_address_label: String,
     pub counters: bool,
     pub uplink: Uplink,
+    /// The bridge of mode bridge (made only in that mode).
+    pub bridge: String,
     pub pods: Vec<Pod>,
 }
 
@@ -248,6 +255,14 @@ pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
     ])
 }
 
+impl Topology {
+    /// MAC of the bridge: fixed, so it never follows whichever port the
+    /// kernel would pick, and derived from the node address.
+    pub fn bridge_mac(&self) -> [u8; 6] {
+        pod_mac(self.host_address)
+    }
+}
+
 /// The IPv6 gateway of routed pods: the host-side veth's own link-local
 /// address (its MAC is [`GATEWAY_MAC`]), as in Calico.
 pub fn gateway_ipv6() -> Ipv6Addr {
@@ -301,6 +316,18 @@ impl Topology {
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.name == name)
     }
+}
+
+/// The description `text` with its mode set to `mode`, everything else
+/// (comments included) as written; validated.
+pub fn with_mode(text: &str, mode: Mode) -> Result<(Topology, String), ModelError> {
+    Topology::from_toml(text)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| invalid("topology file", format!("{e}")))?;
+    doc["mode"] = toml_edit::value(mode.name());
+    let text = doc.to_string();
+    Ok((Topology::from_toml(&text)?, text))
 }
 
 /// See [`Topology::object_prefix`].
@@ -522,6 +549,22 @@ impl TopologyFile {
             }
         }
 
+        let bridge = self
+            .bridge
+            .unwrap_or_else(|| format!("{prefix}{BRIDGE_SUFFIX}"));
+        if bridge.is_empty() || bridge.len() > IFNAME_MAX || bridge.contains(['/', ' ']) {
+            return Err(invalid("bridge", format!("{bridge:?} is not a usable interface name; use 1 to 15 characters without '/' or spaces")));
+        }
+        if let Some(i) = self
+            .pods
+            .iter()
+            .position(|p| format!("{prefix}{}", p.name) == bridge)
+        {
+            return Err(invalid(
+                format!("pods[{i}].name"),
+                format!("pod {:?} would share its host interface name with the bridge {bridge:?}; rename the pod or set `bridge`", self.pods[i].name),
+            ));
+        }
         let mut pods = Vec::with_capacity(self.pods.len());
         for ((pod, ipv4), ipv6) in self.pods.into_iter().zip(ipv4s).zip(ipv6s) {
             let name_in_kernel = format!("{prefix}{}", pod.name);
@@ -550,6 +593,7 @@ impl TopologyFile {
                 masquerade: self.uplink.masquerade,
                 interface: self.uplink.interface,
             },
+            bridge,
             pods,
         })
     }
@@ -769,6 +813,78 @@ mod tests {
         let err = parse("name = \"t1\"\npod_cidr = \"10.9.0.0/30\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n")
             .unwrap_err();
         assert_eq!(err.field, "pods[1].ipv4");
+    }
+
+    #[test]
+    fn mode_can_be_changed_keeping_the_rest() {
+        let text =
+            "# my lab\nname = \"t1\"\npod_cidr = \"10.9.0.0/24\" # pods\n[[pods]]\nname = \"a\"\n";
+        let (t, new) = with_mode(text, Mode::Bridge).unwrap();
+        assert_eq!(t.mode, Mode::Bridge);
+        assert!(new.contains("# my lab") && new.contains("# pods"), "{new}");
+        let (t, _) = with_mode(&new, Mode::Routed).unwrap();
+        assert_eq!(t.mode, Mode::Routed);
+        assert_eq!("xdp".parse::<Mode>().unwrap(), Mode::Xdp);
+        assert!("warp"
+            .parse::<Mode>()
+            .unwrap_err()
+            .message
+            .contains("pair, bridge, routed, tc, xdp"));
+    }
+
+    #[test]
+    fn dual_stack_addresses_are_assigned_in_both_families() {
+        let t = parse(&format!(
+            "{BASE}pod_cidr6 = \"fd00:9::/64\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\nipv6 = \"fd00:9::2\"\nmtu = 9000\n"
+        ))
+        .unwrap();
+        assert_eq!(t.host_address6, Some("fd00:9::1".parse().unwrap()));
+        assert_eq!(t.pod("b").unwrap().ipv6, Some("fd00:9::2".parse().unwrap()));
+        assert_eq!(t.pod("a").unwrap().ipv6, Some("fd00:9::3".parse().unwrap()));
+        assert_eq!(t.pod("a").unwrap().mtu, 1500);
+        assert_eq!(t.pod("b").unwrap().mtu, 9000);
+    }
+
+    #[test]
+    fn ipv6_needs_a_prefix_and_fits_it() {
+        let err = parse(&format!(
+            "{BASE}[[pods]]\nname = \"a\"\nipv6 = \"fd00::5\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "pods[0].ipv6");
+        assert!(err.message.contains("pod_cidr6"), "{err}");
+        let err = parse(&format!(
+            "{BASE}pod_cidr6 = \"fd00:9::/64\"\n[[pods]]\nname = \"a\"\nipv6 = \"fd00:8::5\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "pods[0].ipv6");
+    }
+
+    #[test]
+    fn pair_mode_needs_two_pods_and_mtu_is_bounded() {
+        let err = parse(
+            "name = \"t1\"\nmode = \"pair\"\npod_cidr = \"10.9.0.0/24\"\n[[pods]]\nname = \"a\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "mode");
+        let err = parse(&format!("{BASE}[[pods]]\nname = \"a\"\nmtu = 100\n")).unwrap_err();
+        assert_eq!(err.field, "pods[0].mtu");
+    }
+
+    #[test]
+    fn link_local_gateway_is_the_eui64_of_the_gateway_mac() {
+        assert_eq!(
+            gateway_ipv6(),
+            "fe80::ecee:eeff:feee:eeee".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn bridge_name_defaults_to_the_prefix_and_may_not_clash_with_a_pod() {
+        let t = parse(BASE).unwrap();
+        assert_eq!(t.bridge, "t1-br");
+        let err = parse(&format!("{BASE}[[pods]]\nname = \"br\"\n")).unwrap_err();
+        assert_eq!(err.field, "pods[0].name");
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{model::Topology, netlink::links::LinkState};
+use crate::{
+    model::{Mode, Topology},
+    netlink::links::LinkState,
+};
 
 /// The kernel objects of one topology, found by name prefix.
 #[derive(Clone, Debug, Default)]
@@ -28,8 +31,14 @@ pub struct Observed {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Host-wide IPv4 (and IPv6) forwarding on.
+    EnableForwarding,
     /// The node address on the host's loopback (and no other of ours).
     ConfigureHostAddress,
+    /// The bridge of mode bridge, with the node addresses (pods' gateway).
+    ConfigureBridge {
+        name: String,
+    },
     CreateNetns {
         netns: String,
     },
@@ -66,7 +75,9 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Step::EnableForwarding => write!(f, "enable IP forwarding"),
             Step::ConfigureHostAddress => write!(f, "configure the node address"),
+            Step::ConfigureBridge { name } => write!(f, "configure bridge {name}"),
             Step::CreateNetns { netns } => write!(f, "create network namespace {netns}"),
             Step::CreateVeth { pod, host_veth } => {
                 write!(f, "create veth {host_veth} <-> eth0 for pod {pod}")
@@ -91,7 +102,15 @@ impl fmt::Display for Step {
 /// removed pods' links deleted, so no endpoint ever points at a deleted
 /// interface whose ifindex the kernel could hand to someone else.
 pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
-    let mut steps = vec![Step::ConfigureHostAddress];
+    let bridged = topology.mode == Mode::Bridge;
+    let mut steps = vec![Step::EnableForwarding];
+    steps.push(if bridged {
+        Step::ConfigureBridge {
+            name: topology.bridge.clone(),
+        }
+    } else {
+        Step::ConfigureHostAddress
+    });
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
         if !has_netns {
@@ -118,7 +137,11 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     }
     steps.push(Step::SyncDataplane);
 
-    let wanted_links: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+    let mut wanted_links: BTreeSet<&str> =
+        topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+    if bridged {
+        wanted_links.insert(&topology.bridge);
+    }
     for link in observed.links.values() {
         if !wanted_links.contains(link.name.as_str()) {
             steps.push(Step::DeleteLink {
@@ -127,8 +150,12 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
             });
         }
     }
-    let mut wanted_addresses = BTreeSet::from([IpAddr::V4(topology.host_address)]);
-    wanted_addresses.extend(topology.host_address6.map(IpAddr::V6));
+    // On lo in the routed modes; on the bridge in mode bridge.
+    let mut wanted_addresses = BTreeSet::new();
+    if !bridged {
+        wanted_addresses.insert(IpAddr::V4(topology.host_address));
+        wanted_addresses.extend(topology.host_address6.map(IpAddr::V6));
+    }
     steps.extend(
         observed
             .host_addresses
@@ -200,6 +227,7 @@ mod tests {
             up: true,
             mtu: 1500,
             peer_ifindex: Some(2),
+            controller: None,
         }
     }
 
@@ -226,6 +254,7 @@ mod tests {
         assert_eq!(
             names(&steps),
             [
+                "enable IP forwarding",
                 "configure the node address",
                 "create network namespace t-a",
                 "create veth t-a <-> eth0 for pod a",
@@ -244,7 +273,10 @@ mod tests {
         let steps = plan_up(&t, &observed_complete(&t));
         assert!(steps.iter().all(|s| matches!(
             s,
-            Step::ConfigureHostAddress | Step::ConfigurePod { .. } | Step::SyncDataplane
+            Step::EnableForwarding
+                | Step::ConfigureHostAddress
+                | Step::ConfigurePod { .. }
+                | Step::SyncDataplane
         )));
     }
 
@@ -328,6 +360,38 @@ mod tests {
         }));
         assert!(down.contains(&Step::DeleteNetns {
             netns: "t-old".into()
+        }));
+    }
+
+    #[test]
+    fn switching_to_bridge_and_back_moves_the_node_address_and_the_bridge() {
+        let mut t = topology();
+        let routed = observed_complete(&t);
+        t.mode = Mode::Bridge;
+        let steps = plan_up(&t, &routed);
+        assert_eq!(
+            steps[1],
+            Step::ConfigureBridge {
+                name: "t-br".into()
+            }
+        );
+        assert!(steps.contains(&Step::RemoveHostAddress {
+            address: t.host_address.into()
+        }));
+        let mut bridged = routed.clone();
+        bridged.host_addresses.clear();
+        bridged
+            .links
+            .insert("t-br".into(), link("t-br", 30, "bridge"));
+        assert!(!plan_up(&t, &bridged)
+            .iter()
+            .any(|s| matches!(s, Step::DeleteLink { .. })));
+        t.mode = Mode::Tc;
+        let back = plan_up(&t, &bridged);
+        assert!(back.contains(&Step::ConfigureHostAddress));
+        assert!(back.contains(&Step::DeleteLink {
+            name: "t-br".into(),
+            ifindex: 30
         }));
     }
 

@@ -49,13 +49,21 @@ impl StateDir {
             .with_context(|| format!("saving state in {}", self.dir.display()))
     }
 
+    /// The recorded description's text, if this topology was brought up.
+    pub fn load_text(&self) -> Result<Option<String>> {
+        let path = self.dir.join(TOPOLOGY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// The recorded topology, if this topology was brought up.
     pub fn load(&self) -> Result<Option<Topology>> {
         let path = self.dir.join(TOPOLOGY_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        let Some(text) = self.load_text()? else {
+            return Ok(None);
         };
         Topology::from_toml(&text)
             .map(Some)

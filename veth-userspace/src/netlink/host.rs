@@ -72,7 +72,6 @@ impl Host {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .address(pod.gateway_mac.to_vec())
             .mtu(pod.mtu)
-            .up()
             .build();
         let result = self.handle.link().add(msg).execute().await;
         drop(ns);
@@ -82,10 +81,81 @@ impl Host {
         )))
     }
 
-    /// Brings the host-side veth up with the gateway MAC and the pod's MTU
-    /// (a no-op when it is).
-    pub async fn ensure_host_veth(&self, pod: &Pod, link: &LinkState) -> Result<()> {
-        links::ensure_up(&self.handle, link, &pod.gateway_mac, Some(pod.mtu)).await
+    /// Brings the host-side veth up with the gateway MAC and the pod's MTU,
+    /// as a port of `bridge` or of nothing (a no-op when it is).
+    pub async fn ensure_host_veth(
+        &self,
+        pod: &Pod,
+        link: &LinkState,
+        bridge: Option<u32>,
+    ) -> Result<()> {
+        super::sysctl::disable_dad(&link.name)?;
+        links::ensure_port(&self.handle, link, &pod.gateway_mac, Some(pod.mtu), bridge).await
+    }
+
+    /// The topology's bridge, up, with its fixed MAC and the node addresses
+    /// (the pods' gateways in mode bridge).
+    pub async fn ensure_bridge(&self, topology: &Topology) -> Result<LinkState> {
+        let name = &topology.bridge;
+        if self.link(name).await?.is_none() {
+            match self
+                .handle
+                .link()
+                .add(rtnetlink::LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(context(format!("creating bridge {name:?}"))(e)),
+            }
+        }
+        let bridge = self
+            .link(name)
+            .await?
+            .with_context(|| format!("bridge {name:?} vanished right after creation"))?;
+        links::ensure_up(&self.handle, &bridge, &topology.bridge_mac(), None).await?;
+        let mut wanted = vec![(
+            IpAddr::V4(topology.host_address),
+            topology.pod_cidr.prefix_len(),
+        )];
+        if let (Some(v6), Some(cidr6)) = (topology.host_address6, topology.pod_cidr6) {
+            wanted.push((IpAddr::V6(v6), cidr6.prefix_len()));
+        }
+        super::addresses::ensure_exactly(&self.handle, &bridge, &wanted).await?;
+        Ok(bridge)
+    }
+
+    /// Removes the host routes to a pod (mode bridge reaches pods through
+    /// the bridge's subnet route instead).
+    pub async fn remove_pod_routes(&self, pod: &Pod, host_veth: u32) -> Result<()> {
+        // Same scope as when added: the kernel matches it on delete.
+        let mut routes = vec![RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(pod.ipv4, 32)
+            .output_interface(host_veth)
+            .scope(RouteScope::Link)
+            .build()];
+        if let Some(v6) = pod.ipv6 {
+            routes.push(
+                RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(v6, 128)
+                    .output_interface(host_veth)
+                    .build(),
+            );
+        }
+        for route in routes {
+            match self.handle.route().del(route).execute().await {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => {
+                    return Err(context(format!(
+                        "pod {:?}: removing a host route",
+                        pod.name
+                    ))(e))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// IPv4 addresses on the host's loopback that carry `label`.

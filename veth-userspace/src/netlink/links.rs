@@ -19,6 +19,8 @@ pub struct LinkState {
     pub mtu: u32,
     /// For a veth: the peer's ifindex, in the peer's namespace.
     pub peer_ifindex: Option<u32>,
+    /// The bridge (or other controller) this link is a port of.
+    pub controller: Option<u32>,
 }
 
 impl LinkState {
@@ -31,6 +33,7 @@ impl LinkState {
             up: msg.header.flags.contains(LinkFlags::Up),
             mtu: 0,
             peer_ifindex: None,
+            controller: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -38,6 +41,7 @@ impl LinkState {
                 LinkAttribute::Address(mac) => link.mac = mac.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Link(peer) => link.peer_ifindex = Some(*peer),
+                LinkAttribute::Controller(c) if *c != 0 => link.controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = info {
@@ -98,7 +102,23 @@ pub async fn ensure_up(
     mac: &[u8],
     mtu: Option<u32>,
 ) -> Result<()> {
-    if link.up && link.mac == mac && mtu.is_none_or(|m| m == link.mtu) {
+    ensure_port(handle, link, mac, mtu, link.controller).await
+}
+
+/// Like [`ensure_up`], and makes the link a port of `controller` (a bridge)
+/// or of nothing (`None`).
+pub async fn ensure_port(
+    handle: &rtnetlink::Handle,
+    link: &LinkState,
+    mac: &[u8],
+    mtu: Option<u32>,
+    controller: Option<u32>,
+) -> Result<()> {
+    if link.up
+        && link.mac == mac
+        && mtu.is_none_or(|m| m == link.mtu)
+        && link.controller == controller
+    {
         return Ok(());
     }
     let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
@@ -106,6 +126,9 @@ pub async fn ensure_up(
         .up();
     if let Some(mtu) = mtu {
         msg = msg.mtu(mtu);
+    }
+    if link.controller != controller {
+        msg = msg.controller(controller.unwrap_or(0));
     }
     handle
         .link()

@@ -11,6 +11,7 @@ pub mod host;
 pub mod links;
 pub mod netns;
 pub mod pod;
+pub mod sysctl;
 
 use std::fmt::Display;
 

@@ -1,21 +1,45 @@
 //! Inside a pod's namespace: loopback, `eth0`'s addresses and the gateway.
 //!
-//! Routed wiring (modes routed, tc, xdp, pair) is Calico's: the pod's
-//! addresses are /32 and /128, the gateways are 169.254.1.1 and the host
-//! side's link-local address, both permanent neighbour entries of the host
-//! side's MAC, so a pod never needs ARP or NDP to leave.
+//! Routed wiring (modes routed, tc, and the default of pair) is Calico's: the
+//! pod's addresses are /32 and /128, the gateways are 169.254.1.1 and the
+//! host side's link-local address, both permanent neighbour entries of the
+//! host side's MAC, so a pod never needs ARP or NDP to leave. Bridged wiring
+//! is flannel's: the pod's addresses carry the pod CIDR's prefix length and
+//! the gateway is the bridge's address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
-use rtnetlink::{packet_route::neighbour::NeighbourState, RouteMessageBuilder};
+use rtnetlink::{
+    packet_route::{
+        neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState},
+        AddressFamily,
+    },
+    RouteMessageBuilder,
+};
 
-use super::{addresses, context, host::POD_IFNAME, links, netns};
+use super::{addresses, context, errno, host::POD_IFNAME, is_gone, links, netns, sysctl};
 use crate::model::{gateway_ipv6, Pod, GATEWAY_IPV4};
 
-/// Converges the pod's namespace to routed wiring; safe to repeat.
-pub async fn configure_routed(pod: &Pod) -> Result<()> {
+/// How a pod's `eth0` is addressed.
+#[derive(Clone, Debug)]
+pub enum PodWiring {
+    /// /32 and /128, gateways on the host side of the veth.
+    Routed,
+    /// The pod CIDR's prefix lengths, gateways on the bridge.
+    Bridged {
+        prefix4: u8,
+        prefix6: u8,
+        gateway4: Ipv4Addr,
+        gateway6: Option<Ipv6Addr>,
+    },
+}
+
+/// Converges the pod's namespace to `wiring`; safe to repeat, and moves a
+/// pod between wirings without touching anything else in it.
+pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
     let pod = pod.clone();
+    let wiring = wiring.clone();
     let label = pod.name.clone();
     netns::run_in(&pod.netns.clone(), move |handle| async move {
         if let Some(lo) = links::by_name(&handle, "lo").await? {
@@ -30,42 +54,75 @@ pub async fn configure_routed(pod: &Pod) -> Result<()> {
                 pod.netns
             )
             })?;
+        // No duplicate address detection on eth0: its addresses are ours by
+        // construction, and DAD keeps the link-local address unusable for a
+        // second after every (re)configuration.
+        sysctl::disable_dad(POD_IFNAME)?;
         links::ensure_up(&handle, &eth0, &pod.mac, Some(pod.mtu)).await?;
-        let mut wanted = vec![(IpAddr::V4(pod.ipv4), 32)];
-        wanted.extend(pod.ipv6.map(|v6| (IpAddr::V6(v6), 128)));
+
+        let routed_gateways = {
+            let mut g = vec![IpAddr::V4(GATEWAY_IPV4)];
+            if pod.ipv6.is_some() {
+                g.push(IpAddr::V6(gateway_ipv6()));
+            }
+            g
+        };
+        let (prefix4, prefix6, gateway4, gateway6) = match &wiring {
+            PodWiring::Routed => (32, 128, GATEWAY_IPV4, pod.ipv6.map(|_| gateway_ipv6())),
+            PodWiring::Bridged {
+                prefix4,
+                prefix6,
+                gateway4,
+                gateway6,
+            } => (
+                *prefix4,
+                *prefix6,
+                *gateway4,
+                gateway6.filter(|_| pod.ipv6.is_some()),
+            ),
+        };
+        let mut wanted = vec![(IpAddr::V4(pod.ipv4), prefix4)];
+        wanted.extend(pod.ipv6.map(|v6| (IpAddr::V6(v6), prefix6)));
         addresses::ensure_exactly(&handle, &eth0, &wanted).await?;
 
-        let mut gateways = vec![IpAddr::V4(GATEWAY_IPV4)];
-        if pod.ipv6.is_some() {
-            gateways.push(IpAddr::V6(gateway_ipv6()));
+        for gateway in &routed_gateways {
+            match wiring {
+                PodWiring::Routed => handle
+                    .neighbours()
+                    .add(eth0.ifindex, *gateway)
+                    .link_layer_address(&pod.gateway_mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(context(format!("adding the gateway neighbour {gateway}")))?,
+                PodWiring::Bridged { .. } => {
+                    delete_neighbour(&handle, eth0.ifindex, *gateway).await?
+                }
+            }
         }
-        for gateway in gateways {
-            handle
-                .neighbours()
-                .add(eth0.ifindex, gateway)
-                .link_layer_address(&pod.gateway_mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(context(format!("adding the gateway neighbour {gateway}")))?;
+        if matches!(wiring, PodWiring::Bridged { .. }) {
+            // Entries learnt while routed point at the host side's MAC, which
+            // on a bridge port would hand frames to the host, not the peer.
+            forget_neighbours_at(&handle, eth0.ifindex, &pod.gateway_mac).await?;
         }
 
-        let default4 = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(GATEWAY_IPV4)
-            .output_interface(eth0.ifindex)
-            .onlink()
-            .build();
+        let mut default4 = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway4)
+            .output_interface(eth0.ifindex);
+        if matches!(wiring, PodWiring::Routed) {
+            default4 = default4.onlink();
+        }
         handle
             .route()
-            .add(default4)
+            .add(default4.build())
             .replace()
             .execute()
             .await
-            .map_err(context("adding the default route via 169.254.1.1"))?;
-        if pod.ipv6.is_some() {
+            .map_err(context(format!("adding the default route via {gateway4}")))?;
+        if let Some(gateway6) = gateway6 {
             let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
-                .gateway(gateway_ipv6())
+                .gateway(gateway6)
                 .output_interface(eth0.ifindex)
                 .build();
             handle
@@ -75,12 +132,57 @@ pub async fn configure_routed(pod: &Pod) -> Result<()> {
                 .execute()
                 .await
                 .map_err(context(format!(
-                    "adding the IPv6 default route via {}",
-                    gateway_ipv6()
+                    "adding the IPv6 default route via {gateway6}"
                 )))?;
         }
         Ok(())
     })
     .await
     .with_context(|| format!("pod {label:?}"))
+}
+
+/// Removes every neighbour entry of `ifindex` that resolves to `mac`.
+async fn forget_neighbours_at(handle: &rtnetlink::Handle, ifindex: u32, mac: &[u8]) -> Result<()> {
+    use futures::TryStreamExt;
+    let mut stale = Vec::new();
+    let mut stream = handle.neighbours().get().execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(context("listing neighbours"))?
+    {
+        let at_mac = msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m == mac));
+        if msg.header.ifindex == ifindex && at_mac {
+            stale.push(msg);
+        }
+    }
+    for msg in stale {
+        match handle.neighbours().del(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(context("removing a stale neighbour")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a neighbour entry; a missing one is fine.
+async fn delete_neighbour(handle: &rtnetlink::Handle, ifindex: u32, ip: IpAddr) -> Result<()> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.ifindex = ifindex;
+    msg.header.family = if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.attributes
+        .push(NeighbourAttribute::Destination(ip.into()));
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) || errno(&e) == Some(libc::EINVAL) => Ok(()),
+        Err(e) => Err(context(format!("removing the neighbour {ip}"))(e)),
+    }
 }

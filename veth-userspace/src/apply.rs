@@ -9,7 +9,7 @@ use crate::{
     dataplane::{Dataplane, Pins, PodEntry},
     model::{host_address_label, object_prefix, Mode, Topology},
     netlink::{
-        netns,
+        netns, pair,
         pod::{self, PodWiring},
         sysctl, Host,
     },
@@ -59,11 +59,21 @@ pub async fn observe(
             host_addresses.insert(IpAddr::V6(v6));
         }
     }
+    // Only a two-pod topology can have (had) a direct pair.
+    let direct_pair = match [recorded, desired]
+        .into_iter()
+        .flatten()
+        .find(|t| t.pods.len() == 2)
+    {
+        Some(t) => pair::exists(&t.pods[0]).await?,
+        None => false,
+    };
     Ok(Observed {
         netns,
         dead_netns,
         links,
         host_addresses,
+        direct_pair,
     })
 }
 
@@ -135,6 +145,14 @@ impl Executor {
     async fn step(&self, topology: Option<&Topology>, step: &Step) -> Result<()> {
         let need = || topology.ok_or_else(|| anyhow!("step needs the topology description"));
         match step {
+            Step::ConfigureDirectPair => {
+                let topology = need()?;
+                pair::ensure(&self.host, &topology.pods[0], &topology.pods[1]).await?;
+            }
+            Step::RemoveDirectPair => {
+                let topology = need()?;
+                pair::remove(&topology.pods[0]).await?;
+            }
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }

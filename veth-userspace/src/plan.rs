@@ -27,12 +27,18 @@ pub struct Observed {
     pub links: BTreeMap<String, LinkState>,
     /// Node addresses on the host's loopback with the topology's label.
     pub host_addresses: BTreeSet<IpAddr>,
+    /// The two pods of a two-pod topology are joined by a direct pair.
+    pub direct_pair: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Host-wide IPv4 (and IPv6) forwarding on.
     EnableForwarding,
+    /// Mode pair: the direct veth between the two pods, configured.
+    ConfigureDirectPair,
+    /// Leaving mode pair: delete the direct veth.
+    RemoveDirectPair,
     /// The node address on the host's loopback (and no other of ours).
     ConfigureHostAddress,
     /// The bridge of mode bridge, with the node addresses (pods' gateway).
@@ -76,6 +82,8 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::EnableForwarding => write!(f, "enable IP forwarding"),
+            Step::ConfigureDirectPair => write!(f, "configure the direct pair between the pods"),
+            Step::RemoveDirectPair => write!(f, "remove the direct pair between the pods"),
             Step::ConfigureHostAddress => write!(f, "configure the node address"),
             Step::ConfigureBridge { name } => write!(f, "configure bridge {name}"),
             Step::CreateNetns { netns } => write!(f, "create network namespace {netns}"),
@@ -134,6 +142,11 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
         steps.push(Step::ConfigurePod {
             pod: pod.name.clone(),
         });
+    }
+    if topology.mode == Mode::Pair {
+        steps.push(Step::ConfigureDirectPair);
+    } else if observed.direct_pair {
+        steps.push(Step::RemoveDirectPair);
     }
     steps.push(Step::SyncDataplane);
 

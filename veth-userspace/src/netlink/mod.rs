@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod host;
 pub mod links;
 pub mod netns;
+pub mod pair;
 pub mod pod;
 pub mod sysctl;
 

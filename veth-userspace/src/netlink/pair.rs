@@ -1,0 +1,141 @@
+//! Mode pair: a second veth pair (`eth1`) joining the two pods directly,
+//! with /32 and /128 routes to each other over it. Nothing of it is on the
+//! host; `eth0` stays wired as in the routed modes for the host and beyond.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
+
+use anyhow::{Context, Result};
+use rtnetlink::{
+    packet_route::{
+        link::{InfoData, InfoVeth},
+        neighbour::NeighbourState,
+        route::RouteScope,
+    },
+    LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use super::{context, is_exists, links, netns, Host};
+use crate::model::Pod;
+
+/// Name of the direct link inside both pods.
+pub const PAIR_IFNAME: &str = "eth1";
+
+/// MAC of a pod's `eth1`: 0a:59 + its IPv4 address.
+pub fn pair_mac(pod: &Pod) -> [u8; 6] {
+    let [a, b, c, d] = pod.ipv4.octets();
+    [0x0a, 0x59, a, b, c, d]
+}
+
+/// True if pod `a` has its end of the direct pair.
+pub async fn exists(a: &Pod) -> Result<bool> {
+    if !netns::exists(&a.netns) {
+        return Ok(false);
+    }
+    netns::run_in(&a.netns, |handle| async move {
+        Ok(links::by_name(&handle, PAIR_IFNAME)
+            .await?
+            .is_some_and(|l| l.is_veth()))
+    })
+    .await
+}
+
+/// Creates the direct pair if missing (one request, both ends straight into
+/// their namespaces) and configures both ends.
+pub async fn ensure(host: &Host, a: &Pod, b: &Pod) -> Result<()> {
+    if !exists(a).await? {
+        let ns_a = netns::open(&a.netns)?;
+        let ns_b = netns::open(&b.netns)?;
+        let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(PAIR_IFNAME.to_string())
+            .address(pair_mac(b).to_vec())
+            .mtu(b.mtu.min(a.mtu))
+            .setns_by_fd(ns_b.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(PAIR_IFNAME, PAIR_IFNAME)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(pair_mac(a).to_vec())
+            .mtu(b.mtu.min(a.mtu))
+            .setns_by_fd(ns_a.as_raw_fd())
+            .build();
+        match host.handle().link().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => {
+                return Err(context(format!(
+                    "creating the direct pair {PAIR_IFNAME} between pods {:?} and {:?}",
+                    a.name, b.name
+                ))(e))
+            }
+        }
+    }
+    configure_end(a, b).await?;
+    configure_end(b, a).await
+}
+
+/// `me`'s end: up, and the peer's addresses reachable over it.
+async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
+    let (me, peer) = (me.clone(), peer.clone());
+    let label = me.name.clone();
+    netns::run_in(&me.netns.clone(), move |handle| async move {
+        let eth1 = links::by_name(&handle, PAIR_IFNAME)
+            .await?
+            .with_context(|| format!("{PAIR_IFNAME} is missing"))?;
+        super::sysctl::disable_dad(PAIR_IFNAME)?;
+        links::ensure_up(&handle, &eth1, &pair_mac(&me), None).await?;
+        let mut targets = vec![IpAddr::V4(peer.ipv4)];
+        targets.extend(peer.ipv6.map(IpAddr::V6));
+        for target in targets {
+            handle
+                .neighbours()
+                .add(eth1.ifindex, target)
+                .link_layer_address(&pair_mac(&peer))
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(context(format!(
+                    "adding neighbour {target} on {PAIR_IFNAME}"
+                )))?;
+            let route = match target {
+                IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(v4, 32)
+                    .output_interface(eth1.ifindex)
+                    .scope(RouteScope::Link)
+                    .build(),
+                IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(v6, 128)
+                    .output_interface(eth1.ifindex)
+                    .build(),
+            };
+            handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(context(format!(
+                    "adding route to {target} over {PAIR_IFNAME}"
+                )))?;
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("pod {label:?}"))
+}
+
+/// Deletes the direct pair (both ends, and their routes with them).
+pub async fn remove(a: &Pod) -> Result<()> {
+    if !netns::exists(&a.netns) {
+        return Ok(());
+    }
+    netns::run_in(&a.netns.clone(), |handle| async move {
+        if let Some(eth1) = links::by_name(&handle, PAIR_IFNAME).await? {
+            links::delete(&handle, eth1.ifindex, PAIR_IFNAME).await?;
+        }
+        Ok(())
+    })
+    .await
+}

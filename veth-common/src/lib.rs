@@ -11,6 +11,10 @@ pub mod names {
     /// TC program at egress of every host-side veth: frames the host stack
     /// sends into the pod (redirected frames never pass there).
     pub const PROG_TO_POD: &str = "to_pod";
+    /// XDP program at the host-side veth (mode xdp): frames from the pod.
+    pub const PROG_XDP_FROM_POD: &str = "xdp_from_pod";
+    /// Mode xdp: DEVMAP_HASH of host-side veths, redirect targets.
+    pub const MAP_DEVMAP: &str = "DEVMAP";
     /// Hash map: pod IPv4 address -> [`crate::Endpoint`].
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     /// Hash map: pod IPv6 address (16 bytes) -> [`crate::Endpoint`].

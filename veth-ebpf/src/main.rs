@@ -5,11 +5,13 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod counters;
+mod deliver;
 mod from_pod;
 mod maps;
 mod packet;
 mod to_pod;
 mod trace;
+mod xdp_from_pod;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

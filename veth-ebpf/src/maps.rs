@@ -1,7 +1,7 @@
 //! Every map of the dataplane, in one place. BTF-defined so that the kernel
 //! knows key and value types and `bpftool map dump` prints named fields.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use veth_common::{
@@ -34,3 +34,7 @@ pub static TRACE_CONFIG: Array<TraceConfig, 1> = Array::new();
 /// Sampled [`veth_common::TraceEvent`]s for `vethctl trace`.
 #[btf_map]
 pub static TRACE_EVENTS: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
+
+/// Mode xdp: host-side veths by ifindex, the targets of `bpf_redirect_map`.
+#[btf_map]
+pub static DEVMAP: DevMapHash<MAX_PAIRS> = DevMapHash::new();

@@ -2,7 +2,7 @@
 //! delivery (Cilium's `local_delivery.h` does the same: MACs, then TTL).
 use core::mem;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -16,10 +16,48 @@ pub const ETH_P_ARP_BE: u16 = 0x0806_u16.to_be();
 /// Offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
 pub const ARP_SPA_OFFSET: usize = EthHdr::LEN + 14;
 
+/// A frame a program can read and write directly: TC's skb or XDP's buffer.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Length of the whole frame.
+    fn len(&self) -> u32;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+}
+
 /// Returns a pointer to a `T` at `offset` if the linear data holds it; the
 /// explicit check against `data_end` is what lets the verifier accept it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<F: Frame, T>(ctx: &F, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
@@ -39,7 +77,7 @@ pub enum L3 {
 
 /// Parses the Ethernet header and what follows it; `None` if truncated.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<(*mut EthHdr, L3)> {
+pub fn parse<F: Frame>(ctx: &F) -> Option<(*mut EthHdr, L3)> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked the header lies inside the packet.
     let ether_type = unsafe { (*eth).ether_type };

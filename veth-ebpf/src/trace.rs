@@ -2,16 +2,14 @@
 //!
 //! Off unless a listener has set a sampling rate and keeps renewing its
 //! deadline; off, the cost is one array lookup and a compare per frame.
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    programs::TcContext,
-};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use veth_common::TraceEvent;
 
 use crate::{
     counters::Verdict,
     maps::{TRACE_CONFIG, TRACE_EVENTS},
+    packet::{ptr_at, Frame},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -20,7 +18,7 @@ const IPPROTO_UDP: u8 = 17;
 
 /// Emits an event for this frame if tracing is on and it is sampled.
 #[inline(always)]
-pub fn maybe_emit(ctx: &TcContext, hook: u8, ifindex: u32, peer_ifindex: u32, verdict: Verdict) {
+pub fn maybe_emit<F: Frame>(ctx: &F, hook: u8, ifindex: u32, peer_ifindex: u32, verdict: Verdict) {
     let Some(config) = TRACE_CONFIG.get(0) else {
         return;
     };
@@ -43,8 +41,8 @@ pub fn maybe_emit(ctx: &TcContext, hook: u8, ifindex: u32, peer_ifindex: u32, ve
 // tracing is off.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit_sampled(
-    ctx: &TcContext,
+fn emit_sampled<F: Frame>(
+    ctx: &F,
     sample_every: u32,
     only_ifindex: u32,
     until_ns: u64,
@@ -81,25 +79,30 @@ fn emit_sampled(
 
 /// Ethertype, and for IPv4 the addresses, protocol and TCP/UDP ports.
 #[inline(always)]
-fn fill_flow(ctx: &TcContext, event: &mut TraceEvent) {
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+fn fill_flow<F: Frame>(ctx: &F, event: &mut TraceEvent) {
+    let Some(eth) = ptr_at::<F, EthHdr>(ctx, 0) else {
         return;
     };
-    event.ethertype = u16::from_be(eth.ether_type);
-    if event.ethertype != ETH_P_IP {
-        return;
-    }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(EthHdr::LEN) else {
-        return;
-    };
-    event.src_ipv4 = ip.src_addr;
-    event.dst_ipv4 = ip.dst_addr;
-    event.protocol = ip.proto;
-    if event.protocol == IPPROTO_TCP || event.protocol == IPPROTO_UDP {
-        let l4 = EthHdr::LEN + usize::from(ip.vihl & 0x0f) * 4;
-        if let Ok(ports) = ctx.load::<[u8; 4]>(l4) {
-            event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-            event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    // SAFETY: every pointer below comes bounds-checked from `ptr_at`.
+    unsafe {
+        event.ethertype = u16::from_be((*eth).ether_type);
+        if event.ethertype != ETH_P_IP {
+            return;
+        }
+        let Some(ip) = ptr_at::<F, Ipv4Hdr>(ctx, EthHdr::LEN) else {
+            return;
+        };
+        event.src_ipv4 = (*ip).src_addr;
+        event.dst_ipv4 = (*ip).dst_addr;
+        event.protocol = (*ip).proto;
+        // Ports only after an option-less header: a constant offset keeps
+        // the verifier simple, and options are rare in pod traffic.
+        if (event.protocol == IPPROTO_TCP || event.protocol == IPPROTO_UDP) && (*ip).vihl == 0x45 {
+            if let Some(ports) = ptr_at::<F, [u8; 4]>(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+                let ports = *ports;
+                event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+                event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use anyhow::{anyhow, Context, Result};
 
 use crate::{
-    dataplane::{Dataplane, Pins, PodEntry},
+    dataplane::{Dataplane, Hook, Pins, PodEntry},
     model::{host_address_label, object_prefix, Mode, Topology},
     netlink::{
         netns, pair,
@@ -190,7 +190,16 @@ impl Executor {
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
                 self.configure_pod(topology, pod).await?;
             }
-            Step::SyncDataplane => self.sync_dataplane(need()?).await?,
+            Step::SyncDataplane => {
+                let topology = need()?;
+                self.sync_dataplane(topology).await?;
+                if topology.mode != Mode::Xdp {
+                    // Only now that XDP is detached: back to veth defaults.
+                    for pod in &topology.pods {
+                        pod::set_offloads(pod, false).await?;
+                    }
+                }
+            }
             Step::DeleteLink { name, ifindex } => self.host.delete_link(*ifindex, name).await?,
             Step::DeleteNetns { netns } => netns::delete(netns)?,
             Step::RemovePins => Pins::new(&self.name).remove_all()?,
@@ -220,6 +229,10 @@ impl Executor {
             None => PodWiring::Routed,
         };
         pod::configure(pod, &wiring).await?;
+        if topology.mode == Mode::Xdp {
+            // Before XDP is attached: redirected frames need the pod's NAPI.
+            pod::set_offloads(pod, true).await?;
+        }
         let veth = self
             .host
             .link(&pod.host_veth)
@@ -262,9 +275,11 @@ impl Executor {
                 Dataplane::load(&topology.name, topology.counters, topology.mode == Mode::Tc)?;
             dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_pods(&entries)?;
+            dataplane.sync_devmap(&ifindexes)?;
+            let hooks = Hook::for_mode(topology.mode);
             for pod in &topology.pods {
                 dataplane
-                    .attach(&pod.host_veth)
+                    .attach(&pod.host_veth, hooks)
                     .with_context(|| format!("pod {:?}", pod.name))?;
             }
             let wanted: BTreeSet<&str> =

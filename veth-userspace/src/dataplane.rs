@@ -12,10 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::model::Mode;
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
-    programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
+    maps::{DevMapHash, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{links::FdLink, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use nix::{
@@ -25,9 +26,9 @@ use nix::{
 use veth_common::{
     ipv4_key,
     names::{
-        GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_ENDPOINTS, MAP_ENDPOINTS6,
-        MAP_PAIR_COUNTERS, MAP_PODS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, PROG_FROM_POD,
-        PROG_TO_POD,
+        GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP, MAP_ENDPOINTS,
+        MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
+        PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
     Endpoint, PairCounters, PodIdentity, TraceConfig,
 };
@@ -69,7 +70,8 @@ impl PodEntry {
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 6] = [
+const PINNED_MAPS: [&str; 7] = [
+    MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
     MAP_PODS,
@@ -78,22 +80,34 @@ const PINNED_MAPS: [&str; 6] = [
     MAP_TRACE_EVENTS,
 ];
 
-/// The hooks each host-side veth gets, with the program for each.
-pub const HOOKS: [Hook; 2] = [Hook::Ingress, Hook::Egress];
+/// Every hook a host-side veth can get, with the program for each.
+pub const HOOKS: [Hook; 3] = [Hook::Ingress, Hook::Egress, Hook::Xdp];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// Host-side veth ingress: frames from the pod.
+    /// TCX at host-side veth ingress: frames from the pod.
     Ingress,
-    /// Host-side veth egress: frames from the host stack into the pod.
+    /// TCX at host-side veth egress: frames from the host stack into the pod.
     Egress,
+    /// XDP at the host-side veth (mode xdp, instead of `Ingress`).
+    Xdp,
 }
 
 impl Hook {
+    /// The hooks of a mode: XDP replaces TC ingress in mode xdp (both would
+    /// count the frames XDP passes); egress always counts.
+    pub fn for_mode(mode: Mode) -> &'static [Hook] {
+        match mode {
+            Mode::Xdp => &[Hook::Xdp, Hook::Egress],
+            _ => &[Hook::Ingress, Hook::Egress],
+        }
+    }
+
     pub fn program(self) -> &'static str {
         match self {
             Hook::Ingress => PROG_FROM_POD,
             Hook::Egress => PROG_TO_POD,
+            Hook::Xdp => PROG_XDP_FROM_POD,
         }
     }
 
@@ -101,13 +115,15 @@ impl Hook {
         match self {
             Hook::Ingress => "ingress",
             Hook::Egress => "egress",
+            Hook::Xdp => "xdp",
         }
     }
 
-    fn attach_type(self) -> TcAttachType {
+    fn attach_type(self) -> Option<TcAttachType> {
         match self {
-            Hook::Ingress => TcAttachType::Ingress,
-            Hook::Egress => TcAttachType::Egress,
+            Hook::Ingress => Some(TcAttachType::Ingress),
+            Hook::Egress => Some(TcAttachType::Egress),
+            Hook::Xdp => None,
         }
     }
 }
@@ -241,6 +257,14 @@ impl Dataplane {
             let prog = classifier(&mut ebpf, name)?;
             prog.load()
                 .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        program::<Xdp>(&mut ebpf, PROG_XDP_FROM_POD)?
+            .load()
+            .with_context(|| format!("loading program {PROG_XDP_FROM_POD} into the kernel"))?;
+        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD] {
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
             let path = pins.program(name);
             remove_file_if_present(&path)?;
             prog.pin(&path)
@@ -256,28 +280,63 @@ impl Dataplane {
     /// Attaches both programs to `host_veth` with TCX and pins the links,
     /// replacing links pinned by an earlier `up`. The new link is attached
     /// before the old one is unpinned, so frames never miss the program.
-    pub fn attach(&mut self, host_veth: &str) -> Result<()> {
+    pub fn attach(&mut self, host_veth: &str, hooks: &[Hook]) -> Result<()> {
         let dir = self.pins.veth_links_dir(host_veth);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for hook in HOOKS {
-            let prog = classifier(&mut self.ebpf, hook.program())?;
-            let id = prog
-                .attach(host_veth, hook.attach_type())
-                .with_context(|| {
-                    format!(
-                        "attaching {} to {host_veth} {}",
-                        hook.program(),
-                        hook.name()
-                    )
-                })?;
-            let link: FdLink = prog
-                .take_link(id)?
-                .try_into()
-                .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?;
+        for &hook in hooks {
+            let context = || {
+                format!(
+                    "attaching {} to {host_veth} {}",
+                    hook.program(),
+                    hook.name()
+                )
+            };
+            let link: FdLink = match hook.attach_type() {
+                Some(attach_type) => {
+                    let prog = classifier(&mut self.ebpf, hook.program())?;
+                    let id = prog.attach(host_veth, attach_type).with_context(context)?;
+                    prog.take_link(id)?
+                        .try_into()
+                        .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?
+                }
+                None => {
+                    let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
+                    // Native mode: veth runs XDP in its NAPI poll.
+                    let id = prog
+                        .attach(host_veth, XdpMode::Driver)
+                        .with_context(context)?;
+                    prog.take_link(id)?
+                        .try_into()
+                        .map_err(|e| anyhow!("{host_veth} xdp: not a BPF link: {e}"))?
+                }
+            };
             let path = self.pins.link(host_veth, hook);
             remove_file_if_present(&path)?;
             link.pin(&path)
                 .with_context(|| format!("pinning link at {}", path.display()))?;
+        }
+        // Hooks of another mode: unpinning detaches them.
+        for hook in HOOKS.iter().filter(|h| !hooks.contains(h)) {
+            remove_file_if_present(&self.pins.link(host_veth, *hook))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the DEVMAP hold exactly these host-side veths.
+    pub fn sync_devmap(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_DEVMAP)
+            .ok_or_else(|| anyhow!("map {MAP_DEVMAP} missing from the object"))?;
+        let mut devmap: DevMapHash<_> = DevMapHash::try_from(map)?;
+        let present: BTreeSet<u32> = devmap.keys().filter_map(|k| k.ok()).collect();
+        for stale in present.difference(ifindexes) {
+            ignore_missing(devmap.remove(*stale)).context("removing a stale DEVMAP entry")?;
+        }
+        for &ifindex in ifindexes {
+            devmap
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|e| anyhow!("writing DEVMAP entry {ifindex}: {e}"))?;
         }
         Ok(())
     }
@@ -372,10 +431,17 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    program(ebpf, name)
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?
         .try_into()
-        .with_context(|| format!("program {name} is not a TC classifier"))
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 /// Per-pair counters of a topology, summed over CPUs, by host ifindex.
@@ -503,7 +569,9 @@ pub fn attachments(topology: &str, host_veth: &str) -> Vec<Attachment> {
             let pinned = aya::programs::links::PinnedLink::from_pin(pins.link(host_veth, hook))
                 .ok()
                 .and_then(|l| FdLink::from(l).info().ok());
-            let tcx_program_ids = SchedClassifier::query_tcx(host_veth, hook.attach_type())
+            let tcx_program_ids = hook
+                .attach_type()
+                .and_then(|t| SchedClassifier::query_tcx(host_veth, t).ok())
                 .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
                 .unwrap_or_default();
             Attachment {

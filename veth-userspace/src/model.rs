@@ -16,6 +16,9 @@ use veth_common::GATEWAY_MAC;
 pub const IFNAME_MAX: usize = 15;
 /// Longest topology name: it prefixes every interface, so keep it short.
 pub const TOPOLOGY_NAME_MAX: usize = 10;
+/// Largest veth MTU that native XDP accepts with 4 KiB pages: a page minus
+/// XDP headroom (256), `skb_shared_info` (320) and the Ethernet header.
+pub const XDP_MAX_MTU: u32 = 4096 - 256 - 320 - 14;
 /// Suffix of the default bridge name (`<topology>-br`).
 pub const BRIDGE_SUFFIX: &str = "br";
 /// The pods' default gateway, as in Calico: link-local, never on the wire as
@@ -539,6 +542,25 @@ impl TopologyFile {
                     self.pods.len()
                 ),
             ));
+        }
+        if self.mode == Mode::Xdp {
+            let too_big = std::iter::once(("mtu".to_string(), self.mtu)).chain(
+                self.pods
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((format!("pods[{i}].mtu"), p.mtu?))),
+            );
+            for (field, mtu) in too_big {
+                if mtu > XDP_MAX_MTU {
+                    return Err(invalid(
+                        field,
+                        format!(
+                            "MTU {mtu} is too large for XDP on veth (at most {XDP_MAX_MTU} with 4 KiB \
+                             pages); lower it or use mode tc"
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(ifname) = &self.uplink.interface {
             if ifname.is_empty() || ifname.len() > IFNAME_MAX || ifname.starts_with(&prefix) {

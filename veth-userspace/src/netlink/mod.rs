@@ -7,6 +7,7 @@
 //! `setns`, because `setns` changes the namespace of one thread only.
 
 pub mod addresses;
+pub mod ethtool;
 pub mod host;
 pub mod links;
 pub mod netns;

@@ -18,7 +18,7 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use super::{addresses, context, errno, host::POD_IFNAME, is_gone, links, netns, sysctl};
+use super::{addresses, context, errno, ethtool, host::POD_IFNAME, is_gone, links, netns, sysctl};
 use crate::model::{gateway_ipv6, Pod, GATEWAY_IPV4};
 
 /// How a pod's `eth0` is addressed.
@@ -139,6 +139,17 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
     })
     .await
     .with_context(|| format!("pod {label:?}"))
+}
+
+/// `xdp_receiver`: the pod receives frames redirected by XDP (mode xdp),
+/// which needs GRO on and tx checksum offload off on `eth0` (see
+/// [`super::ethtool`]); otherwise the veth defaults (GRO off, offload on).
+pub async fn set_offloads(pod: &Pod, xdp_receiver: bool) -> Result<()> {
+    netns::run_in(&pod.netns, move |_| async move {
+        ethtool::set_offloads(POD_IFNAME, xdp_receiver, !xdp_receiver)
+    })
+    .await
+    .with_context(|| format!("pod {:?}", pod.name))
 }
 
 /// Removes every neighbour entry of `ifindex` that resolves to `mac`.

@@ -1,0 +1,44 @@
+//! Mode xdp: XDP at the host-side veth, the earliest hook a frame from a pod
+//! reaches. Same checks and rewrite as the TC program (`deliver`), then
+//! `bpf_redirect_map` through the DEVMAP to the destination pod's host-side
+//! veth, whose transmit hands the frame to the pod's `eth0` (which needs
+//! NAPI: `vethctl` turns GRO on there).
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    macros::xdp,
+    programs::XdpContext,
+};
+use veth_common::{hook, DropReason};
+
+use crate::{
+    counters::{count, Direction, Verdict},
+    deliver::{decide, Decision},
+    maps::DEVMAP,
+    packet::Frame,
+    trace::maybe_emit,
+};
+
+#[xdp]
+pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
+    let ingress_ifindex = ctx.ingress_ifindex() as u32;
+    let bytes = u64::from(ctx.len());
+    let (verdict, peer_ifindex, action) = match decide(&ctx, ingress_ifindex) {
+        Decision::Redirect(target) => match DEVMAP.redirect(target.host_ifindex, 0) {
+            Ok(action) if action == XDP_REDIRECT => {
+                let into_pod = Verdict::Redirected;
+                count(target.host_ifindex, Direction::ToPod, into_pod, bytes);
+                (into_pod, target.host_ifindex, XDP_REDIRECT)
+            }
+            _ => (
+                Verdict::Dropped(DropReason::RedirectFailed),
+                target.host_ifindex,
+                XDP_DROP,
+            ),
+        },
+        Decision::Pass => (Verdict::Passed, 0, XDP_PASS),
+        Decision::Drop(reason) => (Verdict::Dropped(reason), 0, XDP_DROP),
+    };
+    count(ingress_ifindex, Direction::FromPod, verdict, bytes);
+    maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer_ifindex, verdict);
+    action
+}

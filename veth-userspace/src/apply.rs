@@ -9,7 +9,7 @@ use crate::{
     dataplane::{Dataplane, Hook, Pins, PodEntry},
     model::{host_address_label, object_prefix, Mode, Topology},
     netlink::{
-        netns, pair,
+        nat, netns, pair,
         pod::{self, PodWiring},
         sysctl, Host,
     },
@@ -153,6 +153,27 @@ impl Executor {
                 let topology = need()?;
                 pair::remove(&topology.pods[0]).await?;
             }
+            Step::ConfigureMasquerade => {
+                let topology = need()?;
+                let mut nets = Vec::new();
+                if topology.uplink.masquerade {
+                    nets.push(nat::Masquerade {
+                        network: topology.pod_cidr.network().into(),
+                        prefix_len: topology.pod_cidr.prefix_len(),
+                    });
+                    nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
+                        network: c.network().into(),
+                        prefix_len: c.prefix_len(),
+                    }));
+                }
+                nat::apply(
+                    &topology.name,
+                    &topology.object_prefix(),
+                    topology.uplink.interface.as_deref(),
+                    &nets,
+                )?;
+            }
+            Step::RemoveMasquerade => nat::remove(&self.name)?,
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }

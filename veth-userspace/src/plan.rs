@@ -35,6 +35,11 @@ pub struct Observed {
 pub enum Step {
     /// Host-wide IPv4 (and IPv6) forwarding on.
     EnableForwarding,
+    /// The topology's nf_tables table: masquerade for traffic leaving the
+    /// pod network (or no table, with `uplink.masquerade = false`).
+    ConfigureMasquerade,
+    /// Remove the topology's nf_tables table.
+    RemoveMasquerade,
     /// Mode pair: the direct veth between the two pods, configured.
     ConfigureDirectPair,
     /// Leaving mode pair: delete the direct veth.
@@ -82,6 +87,10 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::EnableForwarding => write!(f, "enable IP forwarding"),
+            Step::ConfigureMasquerade => {
+                write!(f, "configure masquerade for traffic leaving the node")
+            }
+            Step::RemoveMasquerade => write!(f, "remove masquerade rules"),
             Step::ConfigureDirectPair => write!(f, "configure the direct pair between the pods"),
             Step::RemoveDirectPair => write!(f, "remove the direct pair between the pods"),
             Step::ConfigureHostAddress => write!(f, "configure the node address"),
@@ -111,7 +120,7 @@ impl fmt::Display for Step {
 /// interface whose ifindex the kernel could hand to someone else.
 pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     let bridged = topology.mode == Mode::Bridge;
-    let mut steps = vec![Step::EnableForwarding];
+    let mut steps = vec![Step::EnableForwarding, Step::ConfigureMasquerade];
     steps.push(if bridged {
         Step::ConfigureBridge {
             name: topology.bridge.clone(),
@@ -197,7 +206,7 @@ fn create_veth(pod: &crate::model::Pod) -> Step {
 /// Steps that remove every object of a topology. Needs no description:
 /// everything is found by name, so it works after a crash or a partial `up`.
 pub fn plan_down(observed: &Observed) -> Vec<Step> {
-    let mut steps = vec![Step::RemovePins];
+    let mut steps = vec![Step::RemovePins, Step::RemoveMasquerade];
     // Deleting a host-side veth deletes its pod-side peer with it.
     steps.extend(observed.links.values().map(|l| Step::DeleteLink {
         name: l.name.clone(),
@@ -268,6 +277,7 @@ mod tests {
             names(&steps),
             [
                 "enable IP forwarding",
+                "configure masquerade for traffic leaving the node",
                 "configure the node address",
                 "create network namespace t-a",
                 "create veth t-a <-> eth0 for pod a",
@@ -287,6 +297,7 @@ mod tests {
         assert!(steps.iter().all(|s| matches!(
             s,
             Step::EnableForwarding
+                | Step::ConfigureMasquerade
                 | Step::ConfigureHostAddress
                 | Step::ConfigurePod { .. }
                 | Step::SyncDataplane
@@ -383,7 +394,7 @@ mod tests {
         t.mode = Mode::Bridge;
         let steps = plan_up(&t, &routed);
         assert_eq!(
-            steps[1],
+            steps[2],
             Step::ConfigureBridge {
                 name: "t-br".into()
             }
@@ -433,7 +444,11 @@ mod tests {
         );
         assert_eq!(
             names(&plan_down(&Observed::default())),
-            ["unpin programs, maps and links", "remove state"]
+            [
+                "unpin programs, maps and links",
+                "remove masquerade rules",
+                "remove state"
+            ]
         );
     }
 }

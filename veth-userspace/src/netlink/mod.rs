@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod ethtool;
 pub mod host;
 pub mod links;
+pub mod nat;
 pub mod netns;
 pub mod pair;
 pub mod pod;

@@ -107,6 +107,7 @@ impl StatusReport {
                 "POD",
                 "NETNS",
                 "IPV4",
+                "IPV6",
                 "POD SIDE",
                 "HOST SIDE",
                 "POD MAC",
@@ -127,6 +128,7 @@ impl StatusReport {
                     &p.name,
                     &p.netns,
                     &p.ipv4,
+                    p.ipv6.as_deref().unwrap_or("-"),
                     &format!("{}@if{}", p.pod_ifname, opt(p.host_ifindex)),
                     &match p.host_ifindex {
                         Some(_) => format!("{}@if{}", p.host_veth, opt(p.pod_ifindex)),

@@ -111,7 +111,7 @@ impl StatusReport {
                 "POD SIDE",
                 "HOST SIDE",
                 "POD MAC",
-                "TCX INGRESS/EGRESS",
+                "PROGRAMS INGRESS/EGRESS/XDP",
             ])];
             for p in &t.pods {
                 let attached = p

@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
     "prometheus",
+    "nftables",
 ];
 
 /// Debian's rustc, which builds the eBPF crate; bpf-linker must share its LLVM.

@@ -1,0 +1,205 @@
+//! Pods reach "the outside" through the node with source NAT, in every mode.
+//!
+//! The outside is a namespace this test makes, joined to the host by a veth
+//! playing the uplink; it has no route back to the pods, so an answer only
+//! arrives if the node masqueraded the pod's traffic.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use veth_tests::{run, AddressBlock, TestTopology};
+use veth_userspace::netlink::netns;
+
+/// A namespace beyond the node, removed on drop.
+struct Outside {
+    netns: String,
+    host_veth: String,
+    host4: String,
+    addr4: String,
+    host6: String,
+    addr6: String,
+}
+
+impl Outside {
+    fn new(name: &str, block: &AddressBlock) -> Outside {
+        let base = block.cidr.trim_end_matches(".0/24");
+        let third: u32 = base.rsplit('.').next().unwrap().parse().unwrap();
+        let outside = Outside {
+            netns: format!("o{name}"),
+            host_veth: format!("o{name}"),
+            host4: format!("{base}.1"),
+            addr4: format!("{base}.2"),
+            host6: format!("fd00:2:{third:x}::1"),
+            addr6: format!("fd00:2:{third:x}::2"),
+        };
+        let ip = |args: &[&str]| run("ip", args);
+        ip(&["netns", "add", &outside.netns]);
+        ip(&[
+            "link",
+            "add",
+            &outside.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.netns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", outside.host4),
+            "dev",
+            &outside.host_veth,
+        ]);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", outside.host6),
+            "dev",
+            &outside.host_veth,
+            "nodad",
+        ]);
+        ip(&["link", "set", &outside.host_veth, "up"]);
+        ip(&[
+            "-n",
+            &outside.netns,
+            "addr",
+            "add",
+            &format!("{}/24", outside.addr4),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &outside.netns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", outside.addr6),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", &outside.netns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &outside.netns, "link", "set", "lo", "up"]);
+        outside
+    }
+
+    /// Connects from `pod_netns` to a TCP listener here; returns the peer
+    /// address the outside saw and the echo of the bytes it got.
+    fn connect_from(&self, pod_netns: &str, addr: &str) -> (IpAddr, Vec<u8>) {
+        let target = SocketAddr::new(addr.parse::<IpAddr>().expect("an address"), 7000);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let server = netns::on_thread(&self.netns, move || {
+            let listener = TcpListener::bind(target)?;
+            ready_tx.send(()).ok();
+            let (mut conn, peer) = listener.accept()?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf)?;
+            conn.write_all(&buf)?;
+            Ok(peer.ip())
+        })
+        .unwrap();
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("listening");
+        let client = netns::on_thread(pod_netns, move || {
+            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            conn.write_all(b"hello")?;
+            let mut echo = vec![0u8; 5];
+            conn.read_exact(&mut echo)?;
+            Ok(echo)
+        })
+        .unwrap();
+        let echo = client.join().unwrap().expect("pod connects to the outside");
+        let peer = server.join().unwrap().expect("outside accepts");
+        (peer, echo)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_veth])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+fn ping_ok(netns: &str, dst: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-c", "2", "-i", "0.1", "-W", "2", dst,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn pods_reach_the_outside_through_nat_in_every_mode() {
+    veth_tests::require_root();
+    let name = veth_tests::unique_name();
+    let pods_block = AddressBlock::reserve(&name);
+    let outside_block = AddressBlock::reserve(&format!("{name}o"));
+    let base = pods_block.cidr.trim_end_matches(".0/24");
+    let third: u32 = base.rsplit('.').next().unwrap().parse().unwrap();
+    let text = format!(
+        "name = \"{name}\"\nmode = \"tc\"\npod_cidr = \"{}\"\npod_cidr6 = \"fd00:1:{third:x}::/64\"\n\
+         [[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n",
+        pods_block.cidr
+    );
+    let t = TestTopology::from_text(&text);
+    let outside = Outside::new(&name, &outside_block);
+    t.up();
+    let a = t.pod("a").clone();
+
+    for mode in ["tc", "routed", "bridge", "pair", "xdp", "tc"] {
+        let out = t.vethctl(&["mode", "set", mode]);
+        veth_tests::expect_success(&out, &format!("mode set {mode}"));
+        assert!(
+            ping_ok(&a.netns, &outside.addr4),
+            "{mode}: a reaches the outside over IPv4"
+        );
+        assert!(
+            ping_ok(&a.netns, &outside.addr6),
+            "{mode}: a reaches the outside over IPv6"
+        );
+        let (peer4, echo) = outside.connect_from(&a.netns, &outside.addr4);
+        assert_eq!(echo, b"hello", "{mode}: TCP round trip");
+        assert_eq!(
+            peer4.to_string(),
+            outside.host4,
+            "{mode}: the outside sees the node (masquerade)"
+        );
+        let (peer6, _) = outside.connect_from(&a.netns, &outside.addr6);
+        assert_eq!(
+            peer6.to_string(),
+            outside.host6,
+            "{mode}: IPv6 masqueraded too"
+        );
+    }
+
+    let table = run(
+        "nft",
+        &["list", "table", "inet", &format!("vethctl_{name}")],
+    );
+    assert!(table.contains("masquerade"), "{table}");
+    t.down();
+    let gone = Command::new("nft")
+        .args(["list", "table", "inet", &format!("vethctl_{name}")])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "down removes the nf_tables table");
+}

@@ -24,16 +24,7 @@ pub async fn ensure_exactly(
 ) -> Result<()> {
     let mut present = Vec::new();
     let mut stale = Vec::new();
-    let mut stream = handle
-        .address()
-        .get()
-        .set_link_index_filter(link.ifindex)
-        .execute();
-    while let Some(msg) = stream
-        .try_next()
-        .await
-        .map_err(context(format!("listing addresses of {:?}", link.name)))?
-    {
+    for msg in list(handle, link.ifindex, &link.name).await? {
         if msg.header.scope != AddressScope::Universe {
             continue;
         }
@@ -46,16 +37,7 @@ pub async fn ensure_exactly(
         }
     }
     for msg in stale {
-        match handle.address().del(msg).execute().await {
-            Ok(()) => {}
-            Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
-            Err(e) => {
-                return Err(context(format!(
-                    "removing a stale address of {:?}",
-                    link.name
-                ))(e))
-            }
-        }
+        delete(handle, msg, &format!("a stale address of {:?}", link.name)).await?;
     }
     for &(addr, prefix_len) in desired.iter().filter(|d| !present.contains(d)) {
         let mut request = handle.address().add(link.ifindex, addr, prefix_len);
@@ -77,6 +59,37 @@ pub async fn ensure_exactly(
         }
     }
     Ok(())
+}
+
+/// Every address of interface `ifindex`.
+pub async fn list(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    name: &str,
+) -> Result<Vec<AddressMessage>> {
+    let mut all = Vec::new();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(context(format!("listing addresses of {name:?}")))?
+    {
+        all.push(msg);
+    }
+    Ok(all)
+}
+
+/// Removes an address; one that is already gone is fine.
+pub async fn delete(handle: &rtnetlink::Handle, msg: AddressMessage, what: &str) -> Result<()> {
+    match handle.address().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+        Err(e) => Err(context(format!("removing {what}"))(e)),
+    }
 }
 
 /// The interface address of a message (IFA_LOCAL for IPv4 point-to-point,

@@ -16,7 +16,7 @@ use rtnetlink::{
     LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use super::{context, errno, is_exists, is_gone, links, links::LinkState, netns};
+use super::{context, is_exists, is_gone, links, links::LinkState, netns};
 use crate::model::{Pod, Topology};
 
 /// Name of a pod's interface inside its namespace.
@@ -172,20 +172,9 @@ impl Host {
         &self,
         label: &str,
     ) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
-        use futures::TryStreamExt;
         let lo = self.loopback().await?;
         let mut found = Vec::new();
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(lo)
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(context("listing addresses of lo"))?
-        {
+        for msg in super::addresses::list(&self.handle, lo, "lo").await? {
             let has_label = msg
                 .attributes
                 .iter()
@@ -267,19 +256,8 @@ impl Host {
     }
 
     async fn loopback_address6(&self, address: Ipv6Addr) -> Result<Option<AddressMessage>> {
-        use futures::TryStreamExt;
         let lo = self.loopback().await?;
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(lo)
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(context("listing addresses of lo"))?
-        {
+        for msg in super::addresses::list(&self.handle, lo, "lo").await? {
             if super::addresses::address_of(&msg) == Some(IpAddr::V6(address)) {
                 return Ok(Some(msg));
             }
@@ -289,15 +267,7 @@ impl Host {
 
     pub async fn remove_host_address6(&self, address: Ipv6Addr) -> Result<()> {
         if let Some(msg) = self.loopback_address6(address).await? {
-            match self.handle.address().del(msg).execute().await {
-                Ok(()) => {}
-                Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
-                Err(e) => {
-                    return Err(context(format!("removing node address {address} from lo"))(
-                        e,
-                    ))
-                }
-            }
+            self.delete_address(msg, address).await?;
         }
         Ok(())
     }
@@ -310,12 +280,12 @@ impl Host {
         Ok(())
     }
 
-    async fn delete_address(&self, msg: AddressMessage, addr: Ipv4Addr) -> Result<()> {
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_gone(&e) || errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
-            Err(e) => Err(context(format!("removing node address {addr} from lo"))(e)),
-        }
+    async fn delete_address(
+        &self,
+        msg: AddressMessage,
+        addr: impl std::fmt::Display,
+    ) -> Result<()> {
+        super::addresses::delete(&self.handle, msg, &format!("node address {addr} from lo")).await
     }
 
     /// `<pod ip>/32 dev <host veth> scope link src <node address>` (and the

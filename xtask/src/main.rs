@@ -41,6 +41,19 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Every path side by side (loopback, pair, bridge, routed, tc, xdp):
+    /// request/response latency, bulk TCP, 64-byte UDP rate, CPU cost.
+    Paths {
+        /// Interleaved rounds per path and workload.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// One short round: fails only if a path carries no traffic.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Per-packet cost of the per-pair counters: counters on vs compiled out.
     Counting {
         /// Interleaved rounds per variant.
@@ -62,7 +75,19 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench {
             bench: Bench::Counting { rounds, seconds },
-        } => bench::counting(rounds, seconds),
+        } => bench::counting::run(rounds, seconds),
+        Task::Bench {
+            bench:
+                Bench::Paths {
+                    rounds,
+                    seconds,
+                    quick,
+                },
+        } => bench::paths::run(&bench::paths::Options {
+            rounds,
+            seconds,
+            quick,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

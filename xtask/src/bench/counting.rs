@@ -7,19 +7,14 @@
 //! `from_pod` program per packet; the difference is the cost of counting.
 //! Traffic stays between the benchmark's own namespaces.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{fs, process::Command};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{cmd, setup};
+use super::{median, prepare, Spec, UpTopology};
+use crate::{bench::workloads, cmd};
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -62,20 +57,25 @@ struct Summary {
     samples: Vec<Sample>,
 }
 
-pub fn counting(rounds: usize, seconds: u64) -> Result<()> {
+pub fn run(rounds: usize, seconds: u64) -> Result<()> {
     if rounds == 0 || seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
-    setup::run()?;
-    cmd::run(cmd::cargo().args(["build", "-p", "veth-userspace"]))?;
-    let vethctl = cmd::target_dir().join("debug/vethctl");
-    let dir = cmd::target_dir().join("bench");
-    fs::create_dir_all(&dir)?;
+    let (vethctl, dir) = prepare()?;
 
     let _stats = BpfStats::enable()?;
     let topologies: Vec<UpTopology> = VARIANTS
         .iter()
-        .map(|v| UpTopology::up(&vethctl, &dir, v))
+        .map(|v| {
+            let spec = Spec {
+                name: v.name,
+                mode: "tc",
+                cidr: v.cidr,
+                counters: v.counters,
+                extra_pods: 0,
+            };
+            UpTopology::up(&vethctl, &dir, &spec)
+        })
         .collect::<Result<_>>()?;
 
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); VARIANTS.len()];
@@ -87,7 +87,7 @@ pub fn counting(rounds: usize, seconds: u64) -> Result<()> {
             vec![1, 0]
         };
         for i in order {
-            let sample = topologies[i].flood(seconds)?;
+            let sample = flood(&topologies[i], seconds)?;
             println!(
                 "round {:>2} {:<8} {:>7.1} ns/packet in from_pod, {:>9.0} packets/s",
                 round + 1,
@@ -142,16 +142,6 @@ fn summarize(variant: &Variant, samples: Vec<Sample>) -> Summary {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 /// Turns on the kernel's BPF run-time statistics, restoring the previous
 /// setting when dropped.
 struct BpfStats {
@@ -172,109 +162,32 @@ impl Drop for BpfStats {
     }
 }
 
-/// A benchmark topology, brought down when dropped.
-struct UpTopology {
-    vethctl: PathBuf,
-    file: PathBuf,
-    name: &'static str,
-    client_netns: String,
-    server_netns: String,
-    server_ip: String,
-}
-
-impl UpTopology {
-    fn up(vethctl: &Path, dir: &Path, v: &Variant) -> Result<UpTopology> {
-        let file = dir.join(format!("{}.toml", v.name));
-        fs::write(
-            &file,
-            format!(
-                "name = \"{}\"\nmode = \"tc\"\npod_cidr = \"{}\"\ncounters = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",
-                v.name, v.cidr, v.counters
-            ),
-        )?;
-        cmd::run(Command::new(vethctl).arg("up").arg("--topology").arg(&file))?;
-        let status: Value = serde_json::from_str(&cmd::output(
-            Command::new(vethctl).args(["status", "--json", "--name", v.name]),
-        )?)?;
-        let pod = |i: usize, field: &str| -> Result<String> {
-            status["topologies"][0]["pods"][i][field]
-                .as_str()
-                .map(str::to_string)
-                .with_context(|| format!("status of {} lacks pods[{i}].{field}", v.name))
-        };
-        Ok(UpTopology {
-            vethctl: vethctl.to_path_buf(),
-            file,
-            name: v.name,
-            client_netns: pod(0, "netns")?,
-            server_netns: pod(1, "netns")?,
-            server_ip: pod(1, "ipv4")?,
-        })
-    }
-
-    /// One flood of `seconds`: the from_pod program's time per packet.
-    fn flood(&self, seconds: u64) -> Result<Sample> {
-        let mut server = ServerGuard(
-            Command::new("ip")
-                .args(["netns", "exec", &self.server_netns, "taskset", "-c", "0"])
-                .args(["iperf3", "-s", "-1", "-B", &self.server_ip])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting iperf3 server")?,
+/// Program cost of one flood of `seconds` through `t`.
+fn flood(t: &UpTopology, seconds: u64) -> Result<Sample> {
+    let before = program_stats(t)?;
+    workloads::udp_rate(&t.client_netns, &t.server_netns, &t.server_ip, seconds)?;
+    let after = program_stats(t)?;
+    let runs = after.1.saturating_sub(before.1);
+    if runs == 0 {
+        bail!(
+            "{}: from_pod saw no packets: is the redirect path broken?",
+            t.name
         );
-        thread::sleep(Duration::from_millis(300));
-        let before = self.program_stats()?;
-        cmd::output(
-            Command::new("ip")
-                .args(["netns", "exec", &self.client_netns, "taskset", "-c", "1"])
-                .args(["iperf3", "-c", &self.server_ip, "-u", "-b", "0", "-l", "64"])
-                .arg("-t")
-                .arg(seconds.to_string()),
-        )?;
-        let after = self.program_stats()?;
-        let _ = server.0.wait();
-        let runs = after.1.saturating_sub(before.1);
-        if runs == 0 {
-            bail!(
-                "{}: from_pod saw no packets: is the redirect path broken?",
-                self.name
-            );
-        }
-        Ok(Sample {
-            ns_per_packet: after.0.saturating_sub(before.0) as f64 / runs as f64,
-            packets_per_second: runs as f64 / seconds as f64,
-        })
     }
-
-    /// (run_time_ns, run_cnt) of the pinned from_pod program.
-    fn program_stats(&self) -> Result<(u64, u64)> {
-        let pin = format!("/sys/fs/bpf/vethctl/{}/from_pod", self.name);
-        let info: Value = serde_json::from_str(&cmd::output(
-            Command::new("bpftool").args(["-j", "prog", "show", "pinned", &pin]),
-        )?)?;
-        Ok((
-            info["run_time_ns"].as_u64().unwrap_or(0),
-            info["run_cnt"].as_u64().unwrap_or(0),
-        ))
-    }
+    Ok(Sample {
+        ns_per_packet: after.0.saturating_sub(before.0) as f64 / runs as f64,
+        packets_per_second: runs as f64 / seconds as f64,
+    })
 }
 
-impl Drop for UpTopology {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.vethctl)
-            .args(["down", "--name", self.name])
-            .stdout(Stdio::null())
-            .status();
-        let _ = fs::remove_file(&self.file);
-    }
-}
-
-struct ServerGuard(Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// (run_time_ns, run_cnt) of the pinned from_pod program.
+fn program_stats(t: &UpTopology) -> Result<(u64, u64)> {
+    let pin = format!("/sys/fs/bpf/vethctl/{}/from_pod", t.name);
+    let info: Value = serde_json::from_str(&cmd::output(
+        Command::new("bpftool").args(["-j", "prog", "show", "pinned", &pin]),
+    )?)?;
+    Ok((
+        info["run_time_ns"].as_u64().unwrap_or(0),
+        info["run_cnt"].as_u64().unwrap_or(0),
+    ))
 }

@@ -1,0 +1,149 @@
+//! Benchmarks. Every one brings up its own topologies (addresses from
+//! 198.18.0.0/15, RFC 2544's benchmarking range), sends traffic only between
+//! their namespaces, and brings them down again, also when it fails.
+
+pub mod counting;
+pub mod paths;
+mod report;
+mod workloads;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{cmd, setup};
+
+/// Set-up, a build of vethctl, and the directory results go to.
+fn prepare() -> Result<(PathBuf, PathBuf)> {
+    setup::run()?;
+    cmd::run(cmd::cargo().args(["build", "-p", "veth-userspace"]))?;
+    let dir = cmd::target_dir().join("bench");
+    fs::create_dir_all(&dir)?;
+    Ok((cmd::target_dir().join("debug/vethctl"), dir))
+}
+
+/// What a benchmark topology looks like.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub mode: &'a str,
+    pub cidr: &'a str,
+    pub counters: bool,
+    /// Extra pods besides the client `a` and the server `b`.
+    pub extra_pods: usize,
+}
+
+/// A two-pod (plus extras) topology, brought down when dropped.
+pub struct UpTopology {
+    vethctl: PathBuf,
+    file: PathBuf,
+    pub name: String,
+    pub client_netns: String,
+    pub server_netns: String,
+    pub server_ip: String,
+}
+
+impl UpTopology {
+    pub fn up(vethctl: &Path, dir: &Path, spec: &Spec) -> Result<UpTopology> {
+        let file = dir.join(format!("{}.toml", spec.name));
+        let mut text = format!(
+            "name = \"{}\"\nmode = \"{}\"\npod_cidr = \"{}\"\ncounters = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",
+            spec.name, spec.mode, spec.cidr, spec.counters
+        );
+        for i in 0..spec.extra_pods {
+            text += &format!("\n[[pods]]\nname = \"x{i}\"\n");
+        }
+        fs::write(&file, text)?;
+        // From here on, Drop brings it down whatever happens.
+        let mut topology = UpTopology {
+            vethctl: vethctl.to_path_buf(),
+            file,
+            name: spec.name.to_string(),
+            client_netns: String::new(),
+            server_netns: String::new(),
+            server_ip: String::new(),
+        };
+        cmd::output(
+            Command::new(vethctl)
+                .arg("up")
+                .arg("--topology")
+                .arg(&topology.file),
+        )?;
+        let status: Value = serde_json::from_str(&cmd::output(
+            Command::new(vethctl).args(["status", "--json", "--name", spec.name]),
+        )?)?;
+        let pod = |i: usize, field: &str| -> Result<String> {
+            status["topologies"][0]["pods"][i][field]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("status of {} lacks pods[{i}].{field}", spec.name))
+        };
+        topology.client_netns = pod(0, "netns")?;
+        topology.server_netns = pod(1, "netns")?;
+        topology.server_ip = pod(1, "ipv4")?;
+        Ok(topology)
+    }
+}
+
+impl Drop for UpTopology {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.vethctl)
+            .args(["down", "--name", &self.name])
+            .stdout(Stdio::null())
+            .status();
+        let _ = fs::remove_file(&self.file);
+    }
+}
+
+/// A server process, killed when dropped.
+pub struct ServerGuard(pub Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ip netns exec NETNS taskset -c CPU PROGRAM ARGS...`: pinned, so client
+/// and server never share a CPU.
+pub fn in_netns(netns: &str, cpu: u32, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        netns,
+        "taskset",
+        "-c",
+        &cpu.to_string(),
+        program,
+    ]);
+    c
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
+    }
+}

@@ -1,0 +1,175 @@
+//! `cargo xtask bench paths`: every path side by side, in one run.
+//!
+//! One topology per mode, all up at once (so switching never happens
+//! between measurements), plus loopback inside one pod as the ceiling
+//! without veth. Rounds interleave the paths (ABCDEF, then BCDEFA, ...),
+//! and the report gives medians with min–max and per-round paired ratios.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{
+    prepare,
+    report::{self, Sample, Workload},
+    workloads, Spec, UpTopology,
+};
+
+/// Modes with their benchmark topology; loopback rides on the tc one.
+const MODES: [(&str, &str, &str); 5] = [
+    ("pair", "bpair", "198.18.240.0/24"),
+    ("bridge", "bbridge", "198.18.241.0/24"),
+    ("routed", "brouted", "198.18.242.0/24"),
+    ("tc", "btc", "198.18.243.0/24"),
+    ("xdp", "bxdp", "198.18.244.0/24"),
+];
+
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    /// A few seconds per path: checks that every path carries traffic
+    /// and fails only when one does not, never on a timing.
+    pub quick: bool,
+}
+
+/// Where a path's client and server are.
+struct Target {
+    path: &'static str,
+    client_netns: String,
+    server_netns: String,
+    server_ip: String,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let (rounds, seconds) = if options.quick {
+        (1, 1)
+    } else {
+        (options.rounds, options.seconds)
+    };
+    if rounds == 0 || seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    let (vethctl, dir) = prepare()?;
+    let mut topologies = Vec::new();
+    for (mode, name, cidr) in MODES {
+        let spec = Spec {
+            name,
+            mode,
+            cidr,
+            counters: true,
+            extra_pods: 0,
+        };
+        topologies.push((mode, UpTopology::up(&vethctl, &dir, &spec)?));
+    }
+    let mut targets: Vec<Target> = topologies
+        .iter()
+        .map(|(mode, t)| Target {
+            path: mode,
+            client_netns: t.client_netns.clone(),
+            server_netns: t.server_netns.clone(),
+            server_ip: t.server_ip.clone(),
+        })
+        .collect();
+    let tc = &topologies[3].1;
+    targets.insert(
+        0,
+        Target {
+            path: "loopback",
+            client_netns: tc.client_netns.clone(),
+            server_netns: tc.client_netns.clone(),
+            server_ip: "127.0.0.1".into(),
+        },
+    );
+
+    let workloads = Workload::ALL;
+    let total = (rounds * workloads.len() * targets.len()) as u64;
+    let progress = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for workload in workloads {
+            for i in 0..targets.len() {
+                // Rotate the order every round: no path always goes first.
+                let target = &targets[(i + round) % targets.len()];
+                progress.set_message(format!(
+                    "round {} {} {}",
+                    round + 1,
+                    workload.name(),
+                    target.path
+                ));
+                let sample = measure(workload, target, round, seconds)
+                    .with_context(|| format!("{} through {}", workload.name(), target.path))?;
+                samples.push(sample);
+                progress.inc(1);
+            }
+        }
+    }
+    progress.finish_and_clear();
+
+    let summary = report::summarize(&samples);
+    println!("{}", report::table(&summary, rounds, seconds));
+    report::write_files(&dir, &summary, &samples)?;
+    println!(
+        "results: {0}/paths.json, {0}/paths.csv, {0}/paths.svg",
+        dir.display()
+    );
+    if options.quick {
+        report::check_every_path_carried_traffic(&samples)?;
+        println!("quick check: every path carried traffic in every workload");
+    }
+    drop(topologies);
+    Ok(())
+}
+
+fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Result<Sample> {
+    let busy_before = workloads::busy_ns()?;
+    let mut sample = Sample::new(t.path, workload, round);
+    let (client, server, ip) = (&t.client_netns, &t.server_netns, &t.server_ip);
+    let units = match workload {
+        Workload::TcpRr | Workload::UdpRr => {
+            let r = workloads::request_response(
+                client,
+                server,
+                ip,
+                workload == Workload::UdpRr,
+                seconds,
+            )?;
+            sample.value = r.transactions_per_second;
+            sample.p50_us = Some(r.p50_us);
+            sample.p99_us = Some(r.p99_us);
+            r.transactions_per_second * seconds as f64
+        }
+        Workload::TcpBulk | Workload::TcpBulkPerCpu => {
+            let streams = if workload == Workload::TcpBulk {
+                1
+            } else {
+                cpus()
+            };
+            let r = workloads::tcp_bulk(client, server, ip, streams, seconds)?;
+            sample.value = r.gbit_per_second;
+            sample.retransmits = Some(r.retransmits);
+            r.gbit_per_second * 1e9 / 8.0 / 1500.0 * seconds as f64
+        }
+        Workload::UdpRate => {
+            let r = workloads::udp_rate(client, server, ip, seconds)?;
+            sample.value = r.packets_per_second;
+            sample.loss_percent = Some(r.loss_percent);
+            r.packets_per_second * seconds as f64
+        }
+    };
+    let busy = workloads::busy_ns()?.saturating_sub(busy_before);
+    if units > 0.0 {
+        sample.cpu_ns_per_unit = Some(busy as f64 / units);
+    }
+    // Let queues drain between measurements.
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(sample)
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
-//! cheap checks fail first.
+//! cheap checks fail first: fmt, clippy, the tests, and the benchmark's
+//! quick mode.
 
 use std::process::Command;
 
@@ -62,6 +63,11 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         test.arg("--").args(test_args);
     }
 
+    // The benchmark's short mode: every path must carry traffic (never a
+    // verdict on timings).
+    let mut bench = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    bench.args(["bench", "paths", "--quick"]);
+
     vec![
         Step {
             name: "fmt",
@@ -74,6 +80,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         Step {
             name: "test",
             command: test,
+        },
+        Step {
+            name: "bench",
+            command: bench,
         },
     ]
 }

@@ -41,6 +41,15 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
+    Control {
+        /// Topology sizes to bring up and down.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,500")]
+        sizes: Vec<usize>,
+        /// Pods to add one at a time to a running 100-pod topology.
+        #[arg(long, default_value_t = 10)]
+        adds: usize,
+    },
     /// Every path side by side (loopback, pair, bridge, routed, tc, xdp):
     /// request/response latency, bulk TCP, 64-byte UDP rate, CPU cost.
     Paths {
@@ -76,6 +85,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Counting { rounds, seconds },
         } => bench::counting::run(rounds, seconds),
+        Task::Bench {
+            bench: Bench::Control { sizes, adds },
+        } => bench::control::run(&sizes, adds),
         Task::Bench {
             bench:
                 Bench::Paths {

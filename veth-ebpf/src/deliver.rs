@@ -49,7 +49,10 @@ pub fn decide<F: Frame>(ctx: &F, ingress_ifindex: u32) -> Decision {
                     return Decision::Pass;
                 };
                 // TTL 1 must expire here, with an ICMP error from the host stack.
-                if (*ip).ttl <= 1 || !still_owned(endpoint, |p| p.ipv4 == dst) {
+                if (*ip).ttl <= 1
+                    || !still_owned(endpoint, |p| p.ipv4 == dst)
+                    || !ctx.fits_mtu_of(endpoint.host_ifindex)
+                {
                     return Decision::Pass;
                 }
                 rewrite_macs(eth, endpoint);
@@ -70,7 +73,10 @@ pub fn decide<F: Frame>(ctx: &F, ingress_ifindex: u32) -> Decision {
                 let Some(endpoint) = ENDPOINTS6.get(dst) else {
                     return Decision::Pass;
                 };
-                if (*ip).hop_limit <= 1 || !still_owned(endpoint, |p| p.ipv6 == dst) {
+                if (*ip).hop_limit <= 1
+                    || !still_owned(endpoint, |p| p.ipv6 == dst)
+                    || !ctx.fits_mtu_of(endpoint.host_ifindex)
+                {
                     return Decision::Pass;
                 }
                 rewrite_macs(eth, endpoint);

@@ -2,7 +2,11 @@
 //! delivery (Cilium's `local_delivery.h` does the same: MACs, then TTL).
 use core::mem;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::bpf_check_mtu,
+    programs::{TcContext, XdpContext},
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -22,6 +26,19 @@ pub trait Frame {
     fn data_end(&self) -> usize;
     /// Length of the whole frame.
     fn len(&self) -> u32;
+    /// The program context, for helpers that take it.
+    fn raw(&self) -> *mut c_void;
+
+    /// True if the frame fits the MTU of `ifindex` (for a GSO skb: each of
+    /// its segments does), so a redirect never hands a pod more than its
+    /// `eth0` accepts; larger packets are left to the host stack, which
+    /// answers with "fragmentation needed" / "packet too big".
+    #[inline(always)]
+    fn fits_mtu_of(&self, ifindex: u32) -> bool {
+        let mut mtu_len: u32 = 0;
+        // SAFETY: valid context, a live out-parameter, no flags.
+        unsafe { bpf_check_mtu(self.raw(), ifindex, &mut mtu_len, 0, 0) == 0 }
+    }
 }
 
 impl Frame for TcContext {
@@ -37,6 +54,10 @@ impl Frame for TcContext {
     fn len(&self) -> u32 {
         TcContext::len(self)
     }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.skb.skb.cast()
+    }
 }
 
 impl Frame for XdpContext {
@@ -51,6 +72,10 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn len(&self) -> u32 {
         (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+    #[inline(always)]
+    fn raw(&self) -> *mut c_void {
+        self.ctx.cast()
     }
 }
 

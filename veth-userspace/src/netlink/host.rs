@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use rtnetlink::{
     packet_route::{
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressMessage},
         link::{InfoData, InfoVeth},
         route::RouteScope,
     },
@@ -236,13 +236,14 @@ impl Host {
             return Ok(());
         }
         let lo = self.loopback().await?;
-        match self
-            .handle
-            .address()
-            .add(lo, address.into(), 128)
-            .execute()
-            .await
-        {
+        let mut request = self.handle.address().add(lo, address.into(), 128);
+        // Without NODAD the address is tentative for a moment, and routes
+        // naming it as source are refused until it is not.
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match request.execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(context(format!("adding node address {address}/128 to lo"))(

@@ -41,7 +41,12 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
     for &pods in sizes {
         write_topology(&file, pods, 0)?;
         let started = Instant::now();
-        cmd::output(Command::new(&vethctl).arg("up").arg("--topology").arg(&file))?;
+        cmd::output(
+            Command::new(&vethctl)
+                .arg("up")
+                .arg("--topology")
+                .arg(&file),
+        )?;
         let up = started.elapsed().as_secs_f64();
         let started = Instant::now();
         cmd::output(Command::new(&vethctl).args(["down", "--name", NAME]))?;
@@ -54,14 +59,28 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
         });
     }
 
-    let existing = sizes.iter().copied().find(|&n| n >= 100).unwrap_or(sizes[0]);
+    let existing = sizes
+        .iter()
+        .copied()
+        .find(|&n| n >= 100)
+        .unwrap_or(sizes[0]);
     write_topology(&file, existing, 0)?;
-    cmd::output(Command::new(&vethctl).arg("up").arg("--topology").arg(&file))?;
+    cmd::output(
+        Command::new(&vethctl)
+            .arg("up")
+            .arg("--topology")
+            .arg(&file),
+    )?;
     let mut samples = Vec::new();
     for extra in 1..=adds {
         write_topology(&file, existing, extra)?;
         let started = Instant::now();
-        cmd::output(Command::new(&vethctl).arg("up").arg("--topology").arg(&file))?;
+        cmd::output(
+            Command::new(&vethctl)
+                .arg("up")
+                .arg("--topology")
+                .arg(&file),
+        )?;
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
     cmd::output(Command::new(&vethctl).args(["down", "--name", NAME]))?;
@@ -79,7 +98,10 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
         add.samples_ms.len()
     );
     let out = dir.join("control.json");
-    fs::write(&out, serde_json::to_string_pretty(&serde_json::json!({"sizes": rows, "add_one": add}))?)?;
+    fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::json!({"sizes": rows, "add_one": add}))?,
+    )?;
     println!("results: {}", out.display());
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -22,7 +22,7 @@ use std::{
 use serde_json::Value;
 use veth_userspace::{
     dataplane::Pins,
-    model::{Pod, Topology},
+    model::{Mode, Pod, Topology},
     netlink::netns,
     state::StateDir,
 };
@@ -67,9 +67,14 @@ pub fn unique_name() -> String {
 /// A /24 out of 198.18.0.0/15, reserved across every test process on the
 /// machine (two topologies with the same addresses would fight over the
 /// host routes). The reservation is a file holding the owner's pid; one
-/// whose owner died is taken over.
+/// whose owner died is taken over. A block the host already uses (a
+/// topology someone brought up by hand, say) is skipped.
+///
+/// Each block has an IPv6 /64 of its own derived from it, inside fd00::/8:
+/// 198.18.5.0/24 goes with fd00:198:18:5::/64.
 pub struct AddressBlock {
     pub cidr: String,
+    pub cidr6: String,
     file: PathBuf,
 }
 
@@ -100,15 +105,35 @@ impl AddressBlock {
                     !alive && std::fs::write(&file, std::process::id().to_string()).is_ok()
                 }
             };
-            if mine {
-                return AddressBlock {
-                    cidr: format!("198.{}.{}.0/24", 18 + block / 256, block % 256),
-                    file,
-                };
+            if !mine {
+                continue;
             }
+            let (second, third) = (18 + block / 256, block % 256);
+            let cidr = format!("198.{second}.{third}.0/24");
+            let cidr6 = format!("fd00:198:{second}:{third}::/64");
+            if block_in_use(&cidr, &cidr6) {
+                let _ = std::fs::remove_file(&file);
+                continue;
+            }
+            return AddressBlock { cidr, cidr6, file };
         }
         panic!("all {BLOCKS} test address blocks in {BLOCKS_DIR} are taken");
     }
+}
+
+/// Whether the host has a route or an address inside `cidr` or `cidr6`.
+fn block_in_use(cidr: &str, cidr6: &str) -> bool {
+    let nonempty = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)
+    };
+    nonempty(&["-o", "-4", "route", "show", "table", "all", "root", cidr])
+        || nonempty(&["-o", "-4", "addr", "show", "to", cidr])
+        || nonempty(&["-o", "-6", "route", "show", "table", "all", "root", cidr6])
+        || nonempty(&["-o", "-6", "addr", "show", "to", cidr6])
 }
 
 impl Drop for AddressBlock {
@@ -140,6 +165,32 @@ impl TestTopology {
             text += &format!("\n[[pods]]\nname = \"{pod}\"\n");
         }
         let mut t = TestTopology::from_text(&text);
+        t._block = Some(block);
+        t
+    }
+
+    /// A dual-stack topology in `mode` ("tc", "routed", "bridge") with the
+    /// given pods (names of at most 7 characters): IPv4 from a reserved
+    /// block, IPv6 from the /64 derived from it.
+    pub fn dual_stack(mode: &str, pods: &[&str]) -> TestTopology {
+        TestTopology::reserved(|name, block| {
+            let mut text = format!(
+                "name = \"{name}\"\nmode = \"{mode}\"\npod_cidr = \"{}\"\npod_cidr6 = \"{}\"\n",
+                block.cidr, block.cidr6
+            );
+            for pod in pods {
+                text += &format!("\n[[pods]]\nname = \"{pod}\"\n");
+            }
+            text
+        })
+    }
+
+    /// A topology whose text `make(name, block)` writes, with a unique name
+    /// and a reserved address block (held until the topology is dropped).
+    pub fn reserved(make: impl FnOnce(&str, &AddressBlock) -> String) -> TestTopology {
+        let name = unique_name();
+        let block = AddressBlock::reserve(&name);
+        let mut t = TestTopology::from_text(&make(&name, &block));
         t._block = Some(block);
         t
     }
@@ -194,6 +245,22 @@ impl TestTopology {
     /// `vethctl down`, which must succeed.
     pub fn down(&self) {
         expect_success(&self.vethctl(&["down"]), "vethctl down");
+    }
+
+    /// `vethctl mode set MODE`, which must succeed. The test's file follows
+    /// (as `mode set` leaves the user's file alone), so a later `up` keeps
+    /// the mode.
+    pub fn mode_set(&mut self, mode: &str) {
+        expect_success(
+            &self.vethctl(&["mode", "set", mode]),
+            &format!("vethctl mode set {mode}"),
+        );
+        let mode: Mode = mode.parse().expect("a mode name");
+        let text = std::fs::read_to_string(&self.file).expect("reading the topology file");
+        let (topology, text) =
+            veth_userspace::model::with_mode(&text, mode).expect("the file with the new mode");
+        std::fs::write(&self.file, text).expect("writing the topology file");
+        self.topology = topology;
     }
 
     /// `vethctl stats --json` of this topology: pod name -> pair object.
@@ -293,10 +360,23 @@ pub fn leftovers(topology: &Topology) -> Vec<String> {
             }
         }
     }
+    // The bridge of mode bridge: found above when it has the prefix.
+    if !topology.bridge.starts_with(&prefix) && link_exists(&topology.bridge) {
+        left.push(format!("bridge {}", topology.bridge));
+    }
     let addrs = run("ip", &["-o", "-4", "addr", "show", "dev", "lo"]);
     for line in addrs.lines() {
         if line.contains(&format!(" {}", topology.host_address_label)) {
             left.push(format!("address {line}"));
+        }
+    }
+    // The IPv6 node address carries no label: found by value.
+    if let Some(v6) = topology.host_address6 {
+        let addrs = run("ip", &["-o", "-6", "addr", "show", "dev", "lo"]);
+        for line in addrs.lines() {
+            if line.contains(&format!(" {v6}/")) {
+                left.push(format!("address {line}"));
+            }
         }
     }
     let pins = Pins::new(&topology.name);
@@ -323,6 +403,9 @@ fn force_cleanup(topology: &Topology) {
             .output();
     }
     let _ = Command::new("ip")
+        .args(["link", "del", &topology.bridge])
+        .output();
+    let _ = Command::new("ip")
         .args([
             "addr",
             "del",
@@ -331,6 +414,11 @@ fn force_cleanup(topology: &Topology) {
             "lo",
         ])
         .output();
+    if let Some(v6) = topology.host_address6 {
+        let _ = Command::new("ip")
+            .args(["addr", "del", &format!("{v6}/128"), "dev", "lo"])
+            .output();
+    }
     let _ = std::fs::remove_dir_all(Pins::new(&topology.name).root());
     let _ = std::fs::remove_dir_all(StateDir::new(&topology.name).path());
 }
@@ -342,13 +430,30 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Pings `dst` from inside `netns`; returns the number of replies.
-pub fn ping(netns: &str, dst: Ipv4Addr, count: u32) -> u32 {
+/// Whether a link called `name` exists in the host namespace.
+pub fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Pings `dst` (IPv4 or IPv6) from inside `netns`; returns the number of
+/// replies.
+pub fn ping(netns: &str, dst: impl Into<IpAddr>, count: u32) -> u32 {
+    ping_with(netns, &[], dst, count)
+}
+
+/// Like [`ping`], with extra ping options (e.g. `["-I", src]`,
+/// `["-s", "8000", "-M", "do"]`).
+pub fn ping_with(netns: &str, options: &[&str], dst: impl Into<IpAddr>, count: u32) -> u32 {
     let out = Command::new("ip")
         .args(["netns", "exec", netns, "ping", "-n", "-q", "-c"])
         .arg(count.to_string())
         .args(["-i", "0.05", "-W", "1"])
-        .arg(dst.to_string())
+        .args(options)
+        .arg(dst.into().to_string())
         .output()
         .expect("running ping (install iputils-ping)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -359,6 +464,22 @@ pub fn ping(netns: &str, dst: Ipv4Addr, count: u32) -> u32 {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// Waits (up to 10 s) until one ping from `netns` to `dst` is answered,
+/// then expects `count` more to be answered, all of them.
+pub fn expect_pings(netns: &str, dst: impl Into<IpAddr>, count: u32, what: &str) {
+    let dst = dst.into();
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{what}: a first ping answered"),
+        || ping(netns, dst, 1) == 1,
+    );
+    assert_eq!(
+        ping(netns, dst, count),
+        count,
+        "{what}: {count} pings from {netns} to {dst}"
+    );
 }
 
 /// Sets `net.ipv4.conf.<ifname>.forwarding` in the host namespace. With it
@@ -390,9 +511,19 @@ const FNV_OFFSET: u64 = 0xcbf29ce484222325;
 /// `client_netns` to a listener on `server.ipv4` in `server.netns`.
 /// Returns (sent, received) fingerprints.
 pub fn tcp_transfer(client_netns: &str, server: &Pod, size: u64) -> (Fingerprint, Fingerprint) {
-    let addr = SocketAddrV4::new(server.ipv4, 5201);
+    tcp_transfer_to(client_netns, &server.netns, server.ipv4, size)
+}
+
+/// [`tcp_transfer`] to `server_ip` (IPv4 or IPv6) in `server_netns`.
+pub fn tcp_transfer_to(
+    client_netns: &str,
+    server_netns: &str,
+    server_ip: impl Into<IpAddr>,
+    size: u64,
+) -> (Fingerprint, Fingerprint) {
+    let addr = SocketAddr::new(server_ip.into(), 5201);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let receiver = netns::on_thread(&server.netns, move || {
+    let receiver = netns::on_thread(server_netns, move || {
         let listener = TcpListener::bind(addr)?;
         ready_tx.send(()).ok();
         let (mut conn, _) = listener.accept()?;
@@ -415,7 +546,7 @@ pub fn tcp_transfer(client_netns: &str, server: &Pod, size: u64) -> (Fingerprint
         .recv_timeout(Duration::from_secs(5))
         .expect("server listening");
     let sender = netns::on_thread(client_netns, move || {
-        let mut conn = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         conn.set_write_timeout(Some(Duration::from_secs(20)))?;
         let mut fp = Fingerprint {
             bytes: 0,
@@ -449,10 +580,20 @@ pub fn tcp_transfer(client_netns: &str, server: &Pod, size: u64) -> (Fingerprint
 /// True if a TCP connection from `client_netns` to `server` (listening
 /// there for the duration) is established within `timeout`.
 pub fn tcp_connects(client_netns: &str, server: &Pod, timeout: Duration) -> bool {
-    let addr = SocketAddrV4::new(server.ipv4, 5202);
+    tcp_connects_to(client_netns, &server.netns, server.ipv4, timeout)
+}
+
+/// [`tcp_connects`] to `server_ip` (IPv4 or IPv6) in `server_netns`.
+pub fn tcp_connects_to(
+    client_netns: &str,
+    server_netns: &str,
+    server_ip: impl Into<IpAddr>,
+    timeout: Duration,
+) -> bool {
+    let addr = SocketAddr::new(server_ip.into(), 5202);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let listener = netns::on_thread(&server.netns, move || {
+    let listener = netns::on_thread(server_netns, move || {
         let listener = TcpListener::bind(addr)?;
         ready_tx.send(()).ok();
         // Keep listening until the client has its answer.
@@ -465,7 +606,7 @@ pub fn tcp_connects(client_netns: &str, server: &Pod, timeout: Duration) -> bool
         .recv_timeout(Duration::from_secs(5))
         .expect("listening");
     let connected = netns::on_thread(client_netns, move || {
-        Ok(TcpStream::connect_timeout(&addr.into(), timeout).is_ok())
+        Ok(TcpStream::connect_timeout(&addr, timeout).is_ok())
     })
     .expect("client thread")
     .join()
@@ -486,6 +627,156 @@ pub fn counter(pair: &Value, direction: &str, field: &str) -> u64 {
     value
         .as_u64()
         .unwrap_or_else(|| panic!("counter {direction}.{field} missing in {pair}"))
+}
+
+/// A drop counter of a pair from `stats --json`, by reason (e.g.
+/// `"spoofed_ipv4"`).
+pub fn drops(pair: &Value, reason: &str) -> u64 {
+    pair["drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("drops.{reason} missing in {pair}"))
+}
+
+/// Inode of a named network namespace: the same inode means the same
+/// namespace (not one recreated under the same name).
+pub fn netns_inode(netns: &str) -> u64 {
+    let out = run("stat", &["-L", "-c", "%i", &format!("/run/netns/{netns}")]);
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("inode of {netns}: {out:?}"))
+}
+
+/// The global addresses of `ifname` inside `netns`, without prefix
+/// lengths, sorted (e.g. `["198.18.5.2", "fd00:198:18:5::2"]`).
+pub fn global_addresses(netns: &str, ifname: &str) -> Vec<String> {
+    let out = run(
+        "ip",
+        &[
+            "-n", netns, "-o", "addr", "show", "dev", ifname, "scope", "global",
+        ],
+    );
+    let mut addrs: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            let cidr = words.next()?;
+            Some(cidr.split('/').next()?.to_string())
+        })
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+/// A field of `/proc/net/dev_snmp6/<ifname>` in the host namespace, e.g.
+/// `Ip6OutForwDatagrams`: IPv6 packets the host stack forwarded out of
+/// that interface.
+pub fn snmp6(ifname: &str, field: &str) -> u64 {
+    let path = format!("/proc/net/dev_snmp6/{ifname}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(field)).then(|| words.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{field} missing in {path}"))
+}
+
+/// A TCP connection kept open across whatever the test does meanwhile:
+/// a client socket made in one namespace, a server reading (and
+/// fingerprinting) in another until the client closes.
+pub struct TcpSession {
+    conn: TcpStream,
+    sent: Fingerprint,
+    pattern: u64,
+    receiver: std::thread::JoinHandle<anyhow::Result<Fingerprint>>,
+}
+
+impl TcpSession {
+    /// Connects from `client_netns` to a listener on `server_ip` port 5203
+    /// in `server_netns`. Reads on the server wait up to `read_timeout`
+    /// for more data (room for retransmissions while the path changes).
+    pub fn open(
+        client_netns: &str,
+        server_netns: &str,
+        server_ip: impl Into<IpAddr>,
+        read_timeout: Duration,
+    ) -> TcpSession {
+        let addr = SocketAddr::new(server_ip.into(), 5203);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let receiver = netns::on_thread(server_netns, move || {
+            let listener = TcpListener::bind(addr)?;
+            ready_tx.send(()).ok();
+            let (mut conn, _) = listener.accept()?;
+            conn.set_read_timeout(Some(read_timeout))?;
+            let mut fp = Fingerprint {
+                bytes: 0,
+                hash: FNV_OFFSET,
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(fp);
+                }
+                fingerprint_update(&mut fp, &buf[..n]);
+            }
+        })
+        .expect("server thread");
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server listening");
+        // A socket keeps the namespace it was made in: made on a thread in
+        // the client's namespace, it can be used from this one.
+        let conn = netns::on_thread(client_netns, move || {
+            let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            conn.set_write_timeout(Some(read_timeout))?;
+            Ok(conn)
+        })
+        .expect("client thread")
+        .join()
+        .expect("client thread")
+        .expect("connecting");
+        TcpSession {
+            conn,
+            sent: Fingerprint {
+                bytes: 0,
+                hash: FNV_OFFSET,
+            },
+            pattern: 0x2545f4914f6cdd1d,
+            receiver,
+        }
+    }
+
+    /// Sends `size` more bytes of a pseudo-random pattern.
+    pub fn send(&mut self, size: usize) {
+        let mut buf = vec![0u8; size];
+        for chunk in buf.chunks_mut(8) {
+            self.pattern ^= self.pattern << 13;
+            self.pattern ^= self.pattern >> 7;
+            self.pattern ^= self.pattern << 17;
+            let bytes = self.pattern.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        self.conn
+            .write_all(&buf)
+            .unwrap_or_else(|e| panic!("sending {size} bytes after {}: {e}", self.sent.bytes));
+        fingerprint_update(&mut self.sent, &buf);
+    }
+
+    /// Closes the sending side; returns (sent, received) fingerprints once
+    /// the server has read everything.
+    pub fn finish(self) -> (Fingerprint, Fingerprint) {
+        self.conn
+            .shutdown(std::net::Shutdown::Write)
+            .expect("closing the connection");
+        let received = self
+            .receiver
+            .join()
+            .expect("server thread")
+            .expect("receiving");
+        (self.sent, received)
+    }
 }
 
 // ---------------------------------------------------------------------------

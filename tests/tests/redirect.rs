@@ -195,6 +195,11 @@ fn status_maps_pod_side_to_host_side() {
             "{outside}"
         );
         for hook in pod["attached"].as_array().unwrap() {
+            // Mode tc: TCX ingress and egress; XDP is mode xdp's.
+            if hook["hook"] == "xdp" {
+                assert!(hook["program_id"].is_null(), "no XDP in mode tc: {hook}");
+                continue;
+            }
             let prog = hook["program_id"]
                 .as_u64()
                 .expect("our program is attached");

@@ -129,7 +129,7 @@ dual_stack_tests! {
     mode_xdp_carries_dual_stack_traffic: "xdp",
 }
 
-/// In mode tc pod-to-pod traffic never passes the host's forwarding: IPv4
+/// In modes tc and xdp pod-to-pod traffic never passes the host's forwarding: IPv4
 /// flows with forwarding off on the host-side veths, and the host's IPv6
 /// forwarding counter of b's veth stays put. Mode routed is the contrast:
 /// IPv4 needs the host's forwarding, the IPv6 counter counts every ping,
@@ -198,6 +198,27 @@ fn tc_bypasses_the_host_forwarding_path() {
         total(&after, "from_pod", "passed_packets") - total(&before, "from_pod", "passed_packets")
             >= 2 * u64::from(PINGS6),
         "routed counts what it passes"
+    );
+
+    // Mode xdp bypasses the host stack too: same evidence as for tc.
+    t.mode_set("xdp");
+    set_forwarding(&a.host_veth, false);
+    set_forwarding(&b.host_veth, false);
+    let before = t.stats();
+    expect_pings(&a.netns, b.ipv4, PINGS, "xdp, forwarding off: a -> b IPv4");
+    let forwarded = snmp6(&b.host_veth, "Ip6OutForwDatagrams");
+    assert_eq!(ping(&a.netns, v6(&b), PINGS6), PINGS6, "xdp: a -> b IPv6");
+    assert_eq!(
+        snmp6(&b.host_veth, "Ip6OutForwDatagrams"),
+        forwarded,
+        "xdp: the host stack forwarded none of a's IPv6 pings to b"
+    );
+    let after = t.stats();
+    assert!(
+        counter(&after["a"], "from_pod", "redirected_packets")
+            - counter(&before["a"], "from_pod", "redirected_packets")
+            >= u64::from(PINGS + PINGS6),
+        "xdp redirected a's requests"
     );
 }
 

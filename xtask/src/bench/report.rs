@@ -329,6 +329,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;

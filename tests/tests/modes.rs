@@ -394,12 +394,21 @@ fn switching_modes_live_keeps_pods_and_leaves_no_old_wiring() {
     same_pods("tc -> routed -> tc");
 }
 
-/// Mode tc drops, and counts by reason, what a pod sends under an address
-/// or MAC that is not its own; `up` puts the pod right again.
+/// The redirect modes drop, and count by reason, what a pod sends under an
+/// address or MAC that is not its own; `up` puts the pod right again.
 #[test]
-fn spoofed_sources_are_dropped_and_counted() {
+fn spoofed_sources_are_dropped_and_counted_in_tc() {
+    spoofed_sources_are_dropped_and_counted("tc");
+}
+
+#[test]
+fn spoofed_sources_are_dropped_and_counted_in_xdp() {
+    spoofed_sources_are_dropped_and_counted("xdp");
+}
+
+fn spoofed_sources_are_dropped_and_counted(mode: &str) {
     const SPOOFED: u32 = 5;
-    let t = TestTopology::dual_stack("tc", &["a", "b", "c"]);
+    let t = TestTopology::dual_stack(mode, &["a", "b", "c"]);
     t.up();
     let (a, b) = (t.pod("a").clone(), t.pod("b").clone());
     expect_pings(&a.netns, b.ipv4, 3, "a -> b IPv4 before spoofing");

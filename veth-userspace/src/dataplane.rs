@@ -300,7 +300,15 @@ impl Dataplane {
                         .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?
                 }
                 None => {
+                    let path = self.pins.link(host_veth, hook);
                     let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
+                    // A device has one XDP link: swap the program in the
+                    // pinned one (atomic, the pin stays valid) rather than
+                    // attach a second, which the kernel refuses (EBUSY).
+                    if replace_xdp_program(prog, &path) {
+                        continue;
+                    }
+                    remove_file_if_present(&path)?;
                     // Native mode: veth runs XDP in its NAPI poll.
                     let id = prog
                         .attach(host_veth, XdpMode::Driver)
@@ -428,6 +436,18 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
+}
+
+/// Puts `prog` into the XDP link pinned at `path`, if there is one that is
+/// still attached; false if there is none (or it died with its device).
+fn replace_xdp_program(prog: &mut Xdp, path: &Path) -> bool {
+    let Ok(pinned) = aya::programs::links::PinnedLink::from_pin(path) else {
+        return false;
+    };
+    let Ok(link) = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)) else {
+        return false;
+    };
+    prog.attach_to_link(link).is_ok()
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

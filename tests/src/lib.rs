@@ -490,6 +490,39 @@ pub fn set_forwarding(ifname: &str, on: bool) {
     std::fs::write(&path, if on { "1" } else { "0" }).unwrap_or_else(|e| panic!("{path}: {e}"));
 }
 
+/// Listens on `addr` inside `server_netns` (returning once it listens),
+/// accepts one connection and fingerprints everything it receives.
+fn fingerprint_receiver(
+    server_netns: &str,
+    addr: SocketAddr,
+    read_timeout: Duration,
+) -> std::thread::JoinHandle<anyhow::Result<Fingerprint>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = netns::on_thread(server_netns, move || {
+        let listener = TcpListener::bind(addr)?;
+        ready_tx.send(()).ok();
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(read_timeout))?;
+        let mut fp = Fingerprint {
+            bytes: 0,
+            hash: FNV_OFFSET,
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(fp);
+            }
+            fingerprint_update(&mut fp, &buf[..n]);
+        }
+    })
+    .expect("server thread");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server listening");
+    receiver
+}
+
 /// FNV-1a over a byte stream: a cheap fingerprint to compare what was sent
 /// with what arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -522,29 +555,7 @@ pub fn tcp_transfer_to(
     size: u64,
 ) -> (Fingerprint, Fingerprint) {
     let addr = SocketAddr::new(server_ip.into(), 5201);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let receiver = netns::on_thread(server_netns, move || {
-        let listener = TcpListener::bind(addr)?;
-        ready_tx.send(()).ok();
-        let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut fp = Fingerprint {
-            bytes: 0,
-            hash: FNV_OFFSET,
-        };
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = conn.read(&mut buf)?;
-            if n == 0 {
-                return Ok(fp);
-            }
-            fingerprint_update(&mut fp, &buf[..n]);
-        }
-    })
-    .expect("server thread");
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("server listening");
+    let receiver = fingerprint_receiver(server_netns, addr, Duration::from_secs(20));
     let sender = netns::on_thread(client_netns, move || {
         let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         conn.set_write_timeout(Some(Duration::from_secs(20)))?;
@@ -703,29 +714,7 @@ impl TcpSession {
         read_timeout: Duration,
     ) -> TcpSession {
         let addr = SocketAddr::new(server_ip.into(), 5203);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let receiver = netns::on_thread(server_netns, move || {
-            let listener = TcpListener::bind(addr)?;
-            ready_tx.send(()).ok();
-            let (mut conn, _) = listener.accept()?;
-            conn.set_read_timeout(Some(read_timeout))?;
-            let mut fp = Fingerprint {
-                bytes: 0,
-                hash: FNV_OFFSET,
-            };
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = conn.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(fp);
-                }
-                fingerprint_update(&mut fp, &buf[..n]);
-            }
-        })
-        .expect("server thread");
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server listening");
+        let receiver = fingerprint_receiver(server_netns, addr, read_timeout);
         // A socket keeps the namespace it was made in: made on a thread in
         // the client's namespace, it can be used from this one.
         let conn = netns::on_thread(client_netns, move || {

@@ -14,8 +14,9 @@ use crate::{
     state::{recorded_topologies, StateDir},
 };
 
-/// Pods in network namespaces, wired by an eBPF dataplane that moves frames
-/// between them with bpf_redirect_peer.
+/// Pods in network namespaces, wired five ways (pair, bridge, routed, tc,
+/// xdp) and switchable live; in the eBPF modes frames move between pods
+/// with bpf_redirect_peer or an XDP redirect, bypassing bridge and host stack.
 #[derive(Debug, Parser)]
 #[command(name = "vethctl", version, about, long_about = None)]
 pub struct Cli {
@@ -28,7 +29,7 @@ enum Command {
     /// Create or update a topology's pods and dataplane (idempotent).
     ///
     /// Without --topology, brings up the built-in default: topology "demo",
-    /// pods web, api and db in 10.200.0.0/24, mode tc.
+    /// mode tc, pods web, api and db in 10.200.0.0/24 and fd00:10:200::/64.
     Up {
         /// Topology description (TOML); see README.md for the format.
         #[arg(long, short = 't', value_name = "FILE")]
@@ -132,8 +133,8 @@ struct Select {
     /// Topology description (TOML); the topology is its `name`.
     #[arg(long, short = 't', value_name = "FILE", conflicts_with = "name")]
     topology: Option<PathBuf>,
-    /// Topology name. Default for `down`: "demo"; for `status` and `stats`:
-    /// every topology that is up.
+    /// Topology name. Default: every topology that is up for `status` and
+    /// `stats`; "demo" for the other commands.
     #[arg(long, short = 'n')]
     name: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! traffic between its pods, then leaves it running for the user to explore.
 
 use std::env;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -34,6 +34,9 @@ struct Pod {
     name: String,
     netns: String,
     ipv4: Ipv4Addr,
+    /// Absent or null for IPv4-only topologies.
+    #[serde(default)]
+    ipv6: Option<Ipv6Addr>,
 }
 
 pub fn run() -> Result<()> {
@@ -54,6 +57,14 @@ pub fn run() -> Result<()> {
             in_netns(client, "ping")
                 .args(["-c", "5", "-i", "0.2", "-W", "2"])
                 .arg(peer.ipv4.to_string()),
+        )?;
+    }
+    if let Some(ipv6) = peers[0].ipv6 {
+        println!("\n==> ping {} -> {} over IPv6", client.name, peers[0].name);
+        shell(
+            in_netns(client, "ping")
+                .args(["-c", "3", "-i", "0.2", "-W", "2"])
+                .arg(ipv6.to_string()),
         )?;
     }
     tcp_transfer(client, &peers[0])?;

@@ -34,20 +34,16 @@ struct AddOne {
 }
 
 pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
+    if sizes.is_empty() || sizes.contains(&0) {
+        anyhow::bail!("--sizes needs at least one topology size, each at least 1 pod");
+    }
     let (vethctl, dir) = prepare()?;
     let file = dir.join(format!("{NAME}.toml"));
     let _cleanup = Down(&vethctl, &file);
     let mut rows = Vec::new();
     for &pods in sizes {
         write_topology(&file, pods, 0)?;
-        let started = Instant::now();
-        cmd::output(
-            Command::new(&vethctl)
-                .arg("up")
-                .arg("--topology")
-                .arg(&file),
-        )?;
-        let up = started.elapsed().as_secs_f64();
+        let up = timed_up(&vethctl, &file)?;
         let started = Instant::now();
         cmd::output(Command::new(&vethctl).args(["down", "--name", NAME]))?;
         let down = started.elapsed().as_secs_f64();
@@ -65,23 +61,11 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
         .find(|&n| n >= 100)
         .unwrap_or(sizes[0]);
     write_topology(&file, existing, 0)?;
-    cmd::output(
-        Command::new(&vethctl)
-            .arg("up")
-            .arg("--topology")
-            .arg(&file),
-    )?;
+    timed_up(&vethctl, &file)?;
     let mut samples = Vec::new();
     for extra in 1..=adds {
         write_topology(&file, existing, extra)?;
-        let started = Instant::now();
-        cmd::output(
-            Command::new(&vethctl)
-                .arg("up")
-                .arg("--topology")
-                .arg(&file),
-        )?;
-        samples.push(started.elapsed().as_secs_f64() * 1e3);
+        samples.push(timed_up(&vethctl, &file)? * 1e3);
     }
     cmd::output(Command::new(&vethctl).args(["down", "--name", NAME]))?;
     let add = AddOne {
@@ -104,6 +88,13 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<()> {
     )?;
     println!("results: {}", out.display());
     Ok(())
+}
+
+/// Seconds `vethctl up --topology FILE` took.
+fn timed_up(vethctl: &Path, file: &Path) -> Result<f64> {
+    let started = Instant::now();
+    cmd::output(Command::new(vethctl).arg("up").arg("--topology").arg(file))?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// `pods` pods p0.., plus `extra` pods n0.. added later.

@@ -80,16 +80,6 @@ impl Mode {
             Mode::Xdp => "xdp",
         }
     }
-
-    /// Pods use Calico's addressing (/32, /128, gateway on the host side).
-    pub fn is_routed(self) -> bool {
-        !matches!(self, Mode::Bridge)
-    }
-
-    /// Pod-to-pod traffic is moved by one of our eBPF programs.
-    pub fn is_ebpf(self) -> bool {
-        matches!(self, Mode::Tc | Mode::Xdp)
-    }
 }
 
 impl fmt::Display for Mode {
@@ -226,13 +216,6 @@ pub struct Pod {
     pub mac: [u8; 6],
     /// MAC of the host-side veth: the pod's gateway.
     pub gateway_mac: [u8; 6],
-}
-
-impl Pod {
-    /// The link-local address the kernel gives `eth0` (EUI-64 of its MAC).
-    pub fn link_local(&self) -> Ipv6Addr {
-        eui64_link_local(self.mac)
-    }
 }
 
 /// The IPv6 link-local address of an interface with this MAC (EUI-64).

@@ -72,3 +72,22 @@ fn bad_name_on_the_command_line_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_topology_overlapping_one_that_is_up_is_refused() {
+    let first = veth_tests::TestTopology::new(&["a"]);
+    first.up();
+    let name = unique_name();
+    let err = up_fails(
+        &name,
+        &format!(
+            "name = \"{name}\"\npod_cidr = \"{}\"\n[[pods]]\nname = \"a\"\n",
+            first.topology.pod_cidr
+        ),
+    );
+    assert!(err.contains("pod_cidr"), "{err}");
+    assert!(
+        err.contains(&format!("of topology {:?}, which is up", first.name())),
+        "{err}"
+    );
+}

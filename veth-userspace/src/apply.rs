@@ -81,6 +81,7 @@ pub async fn observe(
 /// recorded for `status`, `stats` and `down`.
 pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
+    refuse_address_clashes(topology)?;
     let host = Host::connect()?;
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
@@ -91,6 +92,22 @@ pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
         .run(Some(topology), &steps)
         .await?;
     Ok(steps)
+}
+
+/// Refuses a topology whose addresses overlap another topology that is up,
+/// before anything is made.
+fn refuse_address_clashes(topology: &Topology) -> Result<()> {
+    for name in state::recorded_topologies()? {
+        if name == topology.name {
+            continue;
+        }
+        if let Ok(Some(other)) = StateDir::new(&name).load() {
+            if let Some(clash) = topology.address_clash(&other) {
+                return Err(clash.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What `up` would do, without doing it.

@@ -242,6 +242,34 @@ pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
 }
 
 impl Topology {
+    /// The field and message if this topology's addresses overlap `other`'s
+    /// (two topologies up at once must not fight over host routes).
+    pub fn address_clash(&self, other: &Topology) -> Option<ModelError> {
+        let v4 = self.pod_cidr.contains(&other.pod_cidr.network())
+            || other.pod_cidr.contains(&self.pod_cidr.network());
+        if v4 {
+            return Some(invalid(
+                "pod_cidr",
+                format!(
+                    "{} overlaps {} of topology {:?}, which is up; pick another pod_cidr or bring {:?} down",
+                    self.pod_cidr, other.pod_cidr, other.name, other.name
+                ),
+            ));
+        }
+        if let (Some(mine), Some(theirs)) = (self.pod_cidr6, other.pod_cidr6) {
+            if mine.contains(&theirs.network()) || theirs.contains(&mine.network()) {
+                return Some(invalid(
+                    "pod_cidr6",
+                    format!(
+                        "{mine} overlaps {theirs} of topology {:?}, which is up; pick another pod_cidr6 or bring {:?} down",
+                        other.name, other.name
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
     /// MAC of the bridge: fixed, so it never follows whichever port the
     /// kernel would pick, and derived from the node address.
     pub fn bridge_mac(&self) -> [u8; 6] {
@@ -890,6 +918,23 @@ mod tests {
         assert_eq!(t.bridge, "t1-br");
         let err = parse(&format!("{BASE}[[pods]]\nname = \"br\"\n")).unwrap_err();
         assert_eq!(err.field, "pods[0].name");
+    }
+
+    #[test]
+    fn overlapping_topologies_clash() {
+        let a = parse("name = \"ta\"\npod_cidr = \"10.9.0.0/24\"\n").unwrap();
+        let b = parse("name = \"tb\"\npod_cidr = \"10.9.0.128/25\"\n").unwrap();
+        let c = parse("name = \"tc\"\npod_cidr = \"10.10.0.0/24\"\n").unwrap();
+        let err = a.address_clash(&b).unwrap();
+        assert_eq!(err.field, "pod_cidr");
+        assert!(err.message.contains("topology \"tb\""), "{err}");
+        assert!(b.address_clash(&a).is_some());
+        assert!(a.address_clash(&c).is_none());
+        let a6 = parse("name = \"ta\"\npod_cidr = \"10.9.0.0/24\"\npod_cidr6 = \"fd00:9::/64\"\n")
+            .unwrap();
+        let c6 = parse("name = \"tc\"\npod_cidr = \"10.10.0.0/24\"\npod_cidr6 = \"fd00:9::/48\"\n")
+            .unwrap();
+        assert_eq!(a6.address_clash(&c6).unwrap().field, "pod_cidr6");
     }
 
     #[test]

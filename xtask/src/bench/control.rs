@@ -16,7 +16,8 @@ use super::{median, prepare};
 use crate::cmd;
 
 const NAME: &str = "bctl";
-const CIDR: &str = "198.18.0.0/16";
+/// 2,046 addresses in 198.19.248.0/21 (RFC 2544 range), enough for 500 pods.
+const CIDR: &str = "198.19.248.0/21";
 
 #[derive(Serialize)]
 struct Row {

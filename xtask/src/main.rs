@@ -41,6 +41,17 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The redirect path with 2, 100 and 1,000 pods present: does its cost
+    /// stay flat? (TCP/UDP request/response, 64-byte UDP rate.)
+    Scale {
+        /// Pods per topology, one topology per size.
+        #[arg(long, value_delimiter = ',', default_value = "2,100,1000")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+    },
     /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
     Control {
         /// Topology sizes to bring up and down.
@@ -88,6 +99,14 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Control { sizes, adds },
         } => bench::control::run(&sizes, adds),
+        Task::Bench {
+            bench:
+                Bench::Scale {
+                    sizes,
+                    rounds,
+                    seconds,
+                },
+        } => bench::paths::scale(&sizes, rounds, seconds),
         Task::Bench {
             bench:
                 Bench::Paths {

@@ -35,7 +35,7 @@ pub struct Options {
 
 /// Where a path's client and server are.
 struct Target {
-    path: &'static str,
+    path: String,
     client_netns: String,
     server_netns: String,
     server_ip: String,
@@ -65,7 +65,7 @@ pub fn run(options: &Options) -> Result<()> {
     let mut targets: Vec<Target> = topologies
         .iter()
         .map(|(mode, t)| Target {
-            path: mode,
+            path: mode.to_string(),
             client_netns: t.client_netns.clone(),
             server_netns: t.server_netns.clone(),
             server_ip: t.server_ip.clone(),
@@ -75,14 +75,86 @@ pub fn run(options: &Options) -> Result<()> {
     targets.insert(
         0,
         Target {
-            path: "loopback",
+            path: "loopback".into(),
             client_netns: tc.client_netns.clone(),
             server_netns: tc.client_netns.clone(),
             server_ip: "127.0.0.1".into(),
         },
     );
 
-    let workloads = Workload::ALL;
+    let samples = run_rounds(&targets, &Workload::ALL, rounds, seconds)?;
+    let summary = report::summarize(&samples, None);
+    println!("{}", report::table(&summary, rounds, seconds, None));
+    report::write_files(&dir, "paths", &summary, &samples)?;
+    println!(
+        "results: {0}/paths.json, {0}/paths.csv, {0}/paths.svg",
+        dir.display()
+    );
+    if options.quick {
+        report::check_every_path_carried_traffic(&samples)?;
+        println!("quick check: every path carried traffic in every workload");
+    }
+    drop(topologies);
+    Ok(())
+}
+
+/// The same latency and packet-rate figures for the redirect path with
+/// more pods present: one tc topology per size, all up at once, measured
+/// in interleaved rounds between pods `a` and `b`; the ratio column is
+/// against the smallest size, so a flat cost reads as 1.00.
+pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
+    if sizes.is_empty()
+        || sizes.iter().any(|&n| !(2..=1000).contains(&n))
+        || rounds == 0
+        || seconds == 0
+    {
+        bail!("--sizes takes 2 to 1000 pods each; --rounds and --seconds at least 1");
+    }
+    let (vethctl, dir) = prepare()?;
+    let mut topologies = Vec::new();
+    let mut targets = Vec::new();
+    for (i, &pods) in sizes.iter().enumerate() {
+        let name = format!("bscale{i}");
+        // A /22 each, 1,022 addresses, from 198.19.224.0 on.
+        let cidr = format!("198.19.{}.0/22", 224 + 4 * i);
+        let spec = Spec {
+            name: &name,
+            mode: "tc",
+            cidr: &cidr,
+            counters: true,
+            extra_pods: pods - 2,
+        };
+        let t = UpTopology::up(&vethctl, &dir, &spec)?;
+        targets.push(Target {
+            path: format!("tc-{pods}pods"),
+            client_netns: t.client_netns.clone(),
+            server_netns: t.server_netns.clone(),
+            server_ip: t.server_ip.clone(),
+        });
+        topologies.push(t);
+    }
+    let workloads = [Workload::TcpRr, Workload::UdpRr, Workload::UdpRate];
+    let samples = run_rounds(&targets, &workloads, rounds, seconds)?;
+    let baseline = targets[0].path.clone();
+    let summary = report::summarize(&samples, Some(&baseline));
+    println!(
+        "{}",
+        report::table(&summary, rounds, seconds, Some(&baseline))
+    );
+    report::write_files(&dir, "scale", &summary, &samples)?;
+    println!("results: {0}/scale.json, {0}/scale.csv", dir.display());
+    drop(topologies);
+    Ok(())
+}
+
+/// Every workload on every target, round after round, the target order
+/// rotating each round so no path always goes first.
+fn run_rounds(
+    targets: &[Target],
+    workloads: &[Workload],
+    rounds: usize,
+    seconds: u64,
+) -> Result<Vec<Sample>> {
     let total = (rounds * workloads.len() * targets.len()) as u64;
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
@@ -91,9 +163,8 @@ pub fn run(options: &Options) -> Result<()> {
     );
     let mut samples = Vec::new();
     for round in 0..rounds {
-        for workload in workloads {
+        for &workload in workloads {
             for i in 0..targets.len() {
-                // Rotate the order every round: no path always goes first.
                 let target = &targets[(i + round) % targets.len()];
                 progress.set_message(format!(
                     "round {} {} {}",
@@ -109,25 +180,12 @@ pub fn run(options: &Options) -> Result<()> {
         }
     }
     progress.finish_and_clear();
-
-    let summary = report::summarize(&samples);
-    println!("{}", report::table(&summary, rounds, seconds));
-    report::write_files(&dir, &summary, &samples)?;
-    println!(
-        "results: {0}/paths.json, {0}/paths.csv, {0}/paths.svg",
-        dir.display()
-    );
-    if options.quick {
-        report::check_every_path_carried_traffic(&samples)?;
-        println!("quick check: every path carried traffic in every workload");
-    }
-    drop(topologies);
-    Ok(())
+    Ok(samples)
 }
 
 fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Result<Sample> {
     let busy_before = workloads::busy_ns()?;
-    let mut sample = Sample::new(t.path, workload, round);
+    let mut sample = Sample::new(&t.path, workload, round);
     let (client, server, ip) = (&t.client_netns, &t.server_netns, &t.server_ip);
     let units = match workload {
         Workload::TcpRr | Workload::UdpRr => {

@@ -60,7 +60,7 @@ impl Workload {
 /// One measurement of one path in one round.
 #[derive(Clone, Debug, Serialize)]
 pub struct Sample {
-    pub path: &'static str,
+    pub path: String,
     pub workload: Workload,
     pub round: usize,
     /// The headline value, in [`Workload::unit`].
@@ -74,9 +74,9 @@ pub struct Sample {
 }
 
 impl Sample {
-    pub fn new(path: &'static str, workload: Workload, round: usize) -> Sample {
+    pub fn new(path: &str, workload: Workload, round: usize) -> Sample {
         Sample {
-            path,
+            path: path.to_string(),
             workload,
             round,
             value: 0.0,
@@ -94,7 +94,7 @@ impl Sample {
 pub struct Summary {
     pub workload: Workload,
     pub unit: &'static str,
-    pub path: &'static str,
+    pub path: String,
     pub rounds: usize,
     pub median: f64,
     pub min: f64,
@@ -103,6 +103,8 @@ pub struct Summary {
     pub ratio_to_bridge: Option<f64>,
     /// Median over rounds of (this path / pair) in the same round.
     pub ratio_to_pair: Option<f64>,
+    /// Median over rounds of (this path / the run's baseline), if it has one.
+    pub ratio_to_baseline: Option<f64>,
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub retransmits: Option<f64>,
@@ -110,14 +112,14 @@ pub struct Summary {
     pub cpu_ns_per_unit: Option<f64>,
 }
 
-pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
     let mut by_key: BTreeMap<(Workload, &str), Vec<&Sample>> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     for s in samples {
-        if !order.contains(&s.path) {
-            order.push(s.path);
+        if !order.contains(&s.path.as_str()) {
+            order.push(&s.path);
         }
-        by_key.entry((s.workload, s.path)).or_default().push(s);
+        by_key.entry((s.workload, &s.path)).or_default().push(s);
     }
     let value_in = |workload: Workload, path: &str, round: usize| {
         by_key
@@ -147,13 +149,14 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
             out.push(Summary {
                 workload,
                 unit: workload.unit(),
-                path,
+                path: path.to_string(),
                 rounds: list.len(),
                 median: median(&values),
                 min: values.iter().copied().fold(f64::INFINITY, f64::min),
                 max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 ratio_to_bridge: paired(workload, path, "bridge"),
                 ratio_to_pair: paired(workload, path, "pair"),
+                ratio_to_baseline: baseline.and_then(|b| paired(workload, path, b)),
                 p50_us: opt_median(list.iter().filter_map(|s| s.p50_us).collect()),
                 p99_us: opt_median(list.iter().filter_map(|s| s.p99_us).collect()),
                 retransmits: opt_median(
@@ -185,13 +188,25 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// The table printed at the end and copied into BENCHMARKS.md.
-pub fn table(summary: &[Summary], rounds: usize, seconds: u64) -> String {
+/// `baseline`: the path the third ratio column is relative to, if any
+/// (e.g. the smallest topology in a scale run); else × bridge and × pair.
+pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<&str>) -> String {
     let mut out = format!(
         "medians over {rounds} interleaved round(s) of {seconds} s per path; ratios are per-round paired medians\n\n"
     );
-    out += "| workload | path | median (min–max) | unit | × bridge | × pair | p50 µs | p99 µs | retrans | loss % | CPU |\n";
+    let (first, second) = match baseline {
+        Some(b) => (format!("× {b}"), String::from("-")),
+        None => (String::from("× bridge"), String::from("× pair")),
+    };
+    out += &format!(
+        "| workload | path | median (min–max) | unit | {first} | {second} | p50 µs | p99 µs | retrans | loss % | CPU |\n"
+    );
     out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for s in summary {
+        let (r1, r2) = match baseline {
+            Some(_) => (s.ratio_to_baseline, None),
+            None => (s.ratio_to_bridge, s.ratio_to_pair),
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -201,8 +216,8 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64) -> String {
             fmt_value(s.min),
             fmt_value(s.max),
             s.unit,
-            fmt_opt(s.ratio_to_bridge, |r| format!("{r:.2}")),
-            fmt_opt(s.ratio_to_pair, |r| format!("{r:.2}")),
+            fmt_opt(r1, |r| format!("{r:.2}")),
+            fmt_opt(r2, |r| format!("{r:.2}")),
             fmt_opt(s.p50_us, |v| format!("{v:.1}")),
             fmt_opt(s.p99_us, |v| format!("{v:.1}")),
             fmt_opt(s.retransmits, |v| format!("{v:.0}")),
@@ -216,9 +231,11 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64) -> String {
     out
 }
 
-pub fn write_files(dir: &Path, summary: &[Summary], samples: &[Sample]) -> Result<()> {
+/// Writes `<stem>.json`, `<stem>.csv` and, for a run with bridge in it,
+/// `<stem>.svg`.
+pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sample]) -> Result<()> {
     fs::write(
-        dir.join("paths.json"),
+        dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(
             &serde_json::json!({ "summary": summary, "samples": samples }),
         )?,
@@ -243,8 +260,11 @@ pub fn write_files(dir: &Path, summary: &[Summary], samples: &[Sample]) -> Resul
             o(s.cpu_ns_per_unit),
         );
     }
-    fs::write(dir.join("paths.csv"), csv)?;
-    chart(&dir.join("paths.svg"), summary)
+    fs::write(dir.join(format!("{stem}.csv")), csv)?;
+    if summary.iter().any(|s| s.ratio_to_bridge.is_some()) {
+        chart(&dir.join(format!("{stem}.svg")), summary)?;
+    }
+    Ok(())
 }
 
 /// Grouped bars: each path's median relative to bridge, per workload.
@@ -252,8 +272,8 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
     let paths: Vec<&str> = {
         let mut p: Vec<&str> = Vec::new();
         for s in summary {
-            if !p.contains(&s.path) {
-                p.push(s.path);
+            if !p.contains(&s.path.as_str()) {
+                p.push(&s.path);
             }
         }
         p
@@ -354,7 +374,7 @@ pub fn check_every_path_carried_traffic(samples: &[Sample]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn sample(path: &'static str, round: usize, value: f64) -> Sample {
+    fn sample(path: &str, round: usize, value: f64) -> Sample {
         Sample {
             value,
             ..Sample::new(path, Workload::UdpRate, round)
@@ -375,13 +395,16 @@ mod tests {
             sample("tc", 2, 100.0),
             sample("pair", 2, 100.0),
         ];
-        let summary = summarize(&samples);
+        let summary = summarize(&samples, Some("pair"));
         let tc = summary.iter().find(|s| s.path == "tc").unwrap();
         assert_eq!(tc.ratio_to_bridge, Some(2.0));
         assert_eq!(tc.ratio_to_pair, Some(1.0));
+        assert_eq!(tc.ratio_to_baseline, Some(1.0));
         assert_eq!(tc.median, 100.0);
         assert_eq!((tc.min, tc.max), (20.0, 200.0));
-        assert!(table(&summary, 3, 1).contains("| udp_64b_rate | tc | 100 (20.00–200) |"));
+        assert!(table(&summary, 3, 1, None).contains(
+            "| udp_64b_rate | tc | 100 (20.00–200) | packets/s received | 2.00 | 1.00 |"
+        ));
     }
 
     #[test]

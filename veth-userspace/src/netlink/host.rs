@@ -303,16 +303,8 @@ impl Host {
             .scope(RouteScope::Link)
             .pref_source(topology.host_address)
             .build();
-        self.handle
-            .route()
-            .add(route4)
-            .replace()
-            .execute()
-            .await
-            .map_err(context(format!(
-                "pod {:?}: adding host route to {}",
-                pod.name, pod.ipv4
-            )))?;
+        let what = format!("pod {:?}: adding host route to {}", pod.name, pod.ipv4);
+        super::replace_route(&self.handle, route4, what).await?;
         if let Some(ipv6) = pod.ipv6 {
             let mut route6 = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(ipv6, 128)
@@ -320,16 +312,8 @@ impl Host {
             if let Some(src) = topology.host_address6 {
                 route6 = route6.pref_source(src);
             }
-            self.handle
-                .route()
-                .add(route6.build())
-                .replace()
-                .execute()
-                .await
-                .map_err(context(format!(
-                    "pod {:?}: adding host route to {ipv6}",
-                    pod.name
-                )))?;
+            let what = format!("pod {:?}: adding host route to {ipv6}", pod.name);
+            super::replace_route(&self.handle, route6.build(), what).await?;
         }
         Ok(())
     }

@@ -41,6 +41,40 @@ fn describe(e: &rtnetlink::Error) -> String {
     }
 }
 
+/// Adds or replaces a route; `what` names it in the error.
+pub(crate) async fn replace_route(
+    handle: &rtnetlink::Handle,
+    route: rtnetlink::packet_route::route::RouteMessage,
+    what: impl Display,
+) -> anyhow::Result<()> {
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(context(what))
+}
+
+/// Makes `ip` a permanent neighbour at `mac` on `ifindex`, so nothing ever
+/// has to resolve it.
+pub(crate) async fn set_permanent_neighbour(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    ip: std::net::IpAddr,
+    mac: &[u8],
+) -> anyhow::Result<()> {
+    handle
+        .neighbours()
+        .add(ifindex, ip)
+        .link_layer_address(mac)
+        .state(rtnetlink::packet_route::neighbour::NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(context(format!("adding the permanent neighbour {ip}")))
+}
+
 /// True for "already exists", which idempotent steps treat as success.
 pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
     errno(e) == Some(libc::EEXIST)

@@ -11,13 +11,12 @@ use anyhow::{Context, Result};
 use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVeth},
-        neighbour::NeighbourState,
         route::RouteScope,
     },
     LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use super::{context, is_exists, links, netns, Host};
+use super::{context, is_exists, links, netns, replace_route, set_permanent_neighbour, Host};
 use crate::model::Pod;
 
 /// Name of the direct link inside both pods.
@@ -88,17 +87,7 @@ async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
         let mut targets = vec![IpAddr::V4(peer.ipv4)];
         targets.extend(peer.ipv6.map(IpAddr::V6));
         for target in targets {
-            handle
-                .neighbours()
-                .add(eth1.ifindex, target)
-                .link_layer_address(&pair_mac(&peer))
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(context(format!(
-                    "adding neighbour {target} on {PAIR_IFNAME}"
-                )))?;
+            set_permanent_neighbour(&handle, eth1.ifindex, target, &pair_mac(&peer)).await?;
             let route = match target {
                 IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(v4, 32)
@@ -110,15 +99,12 @@ async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
                     .output_interface(eth1.ifindex)
                     .build(),
             };
-            handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(context(format!(
-                    "adding route to {target} over {PAIR_IFNAME}"
-                )))?;
+            replace_route(
+                &handle,
+                route,
+                format!("adding route to {target} over {PAIR_IFNAME}"),
+            )
+            .await?;
         }
         Ok(())
     })

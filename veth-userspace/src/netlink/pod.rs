@@ -12,13 +12,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 use rtnetlink::{
     packet_route::{
-        neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState},
+        neighbour::{NeighbourAttribute, NeighbourMessage},
         AddressFamily,
     },
     RouteMessageBuilder,
 };
 
-use super::{addresses, context, errno, ethtool, host::POD_IFNAME, is_gone, links, netns, sysctl};
+use super::{
+    addresses, context, errno, ethtool, host::POD_IFNAME, is_gone, links, netns, replace_route,
+    set_permanent_neighbour, sysctl,
+};
 use crate::model::{gateway_ipv6, Pod, GATEWAY_IPV4};
 
 /// How a pod's `eth0` is addressed.
@@ -87,15 +90,10 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
 
         for gateway in &routed_gateways {
             match wiring {
-                PodWiring::Routed => handle
-                    .neighbours()
-                    .add(eth0.ifindex, *gateway)
-                    .link_layer_address(&pod.gateway_mac)
-                    .state(NeighbourState::Permanent)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(context(format!("adding the gateway neighbour {gateway}")))?,
+                PodWiring::Routed => {
+                    set_permanent_neighbour(&handle, eth0.ifindex, *gateway, &pod.gateway_mac)
+                        .await?
+                }
                 PodWiring::Bridged { .. } => {
                     delete_neighbour(&handle, eth0.ifindex, *gateway).await?
                 }
@@ -113,27 +111,23 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
         if matches!(wiring, PodWiring::Routed) {
             default4 = default4.onlink();
         }
-        handle
-            .route()
-            .add(default4.build())
-            .replace()
-            .execute()
-            .await
-            .map_err(context(format!("adding the default route via {gateway4}")))?;
+        replace_route(
+            &handle,
+            default4.build(),
+            format!("adding the default route via {gateway4}"),
+        )
+        .await?;
         if let Some(gateway6) = gateway6 {
             let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
                 .gateway(gateway6)
                 .output_interface(eth0.ifindex)
                 .build();
-            handle
-                .route()
-                .add(default6)
-                .replace()
-                .execute()
-                .await
-                .map_err(context(format!(
-                    "adding the IPv6 default route via {gateway6}"
-                )))?;
+            replace_route(
+                &handle,
+                default6,
+                format!("adding the IPv6 default route via {gateway6}"),
+            )
+            .await?;
         }
         Ok(())
     })

@@ -136,31 +136,10 @@ dual_stack_tests! {
 /// and nothing is redirected.
 #[test]
 fn tc_bypasses_the_host_forwarding_path() {
-    const PINGS6: u32 = 20;
     let mut t = TestTopology::dual_stack("tc", &["a", "b"]);
     t.up();
     let (a, b) = (t.pod("a").clone(), t.pod("b").clone());
-
-    set_forwarding(&a.host_veth, false);
-    set_forwarding(&b.host_veth, false);
-    let before = t.stats();
-    expect_pings(&a.netns, b.ipv4, PINGS, "tc, forwarding off: a -> b IPv4");
-    let forwarded = snmp6(&b.host_veth, "Ip6OutForwDatagrams");
-    assert_eq!(ping(&a.netns, v6(&b), PINGS6), PINGS6, "tc: a -> b IPv6");
-    assert_eq!(
-        snmp6(&b.host_veth, "Ip6OutForwDatagrams"),
-        forwarded,
-        "tc: the host stack forwarded none of a's IPv6 pings to b"
-    );
-    let after = t.stats();
-    let delta = |pod: &str, dir: &str| {
-        counter(&after[pod], dir, "redirected_packets")
-            - counter(&before[pod], dir, "redirected_packets")
-    };
-    let both = u64::from(PINGS + PINGS6);
-    assert!(delta("a", "from_pod") >= both, "a's requests redirected");
-    assert!(delta("b", "to_pod") >= both, "into b redirected");
-    assert!(delta("b", "from_pod") >= both, "b's replies redirected");
+    expect_host_forwarding_bypassed(&t, &a, &b, "tc");
 
     t.mode_set("routed");
     assert_eq!(t.status()["mode"], "routed");
@@ -202,23 +181,46 @@ fn tc_bypasses_the_host_forwarding_path() {
 
     // Mode xdp bypasses the host stack too: same evidence as for tc.
     t.mode_set("xdp");
+    expect_host_forwarding_bypassed(&t, &a, &b, "xdp");
+}
+
+/// IPv6 pings per direction in the forwarding-path checks.
+const PINGS6: u32 = 20;
+
+/// With IPv4 forwarding off on a's and b's host-side veths, a still reaches
+/// b over IPv4; b's veth forwards none of a's IPv6 pings; and the program
+/// counts both families' requests and replies as redirected.
+fn expect_host_forwarding_bypassed(t: &TestTopology, a: &Pod, b: &Pod, mode: &str) {
     set_forwarding(&a.host_veth, false);
     set_forwarding(&b.host_veth, false);
     let before = t.stats();
-    expect_pings(&a.netns, b.ipv4, PINGS, "xdp, forwarding off: a -> b IPv4");
+    expect_pings(
+        &a.netns,
+        b.ipv4,
+        PINGS,
+        &format!("{mode}, forwarding off: a -> b IPv4"),
+    );
     let forwarded = snmp6(&b.host_veth, "Ip6OutForwDatagrams");
-    assert_eq!(ping(&a.netns, v6(&b), PINGS6), PINGS6, "xdp: a -> b IPv6");
+    assert_eq!(ping(&a.netns, v6(b), PINGS6), PINGS6, "{mode}: a -> b IPv6");
     assert_eq!(
         snmp6(&b.host_veth, "Ip6OutForwDatagrams"),
         forwarded,
-        "xdp: the host stack forwarded none of a's IPv6 pings to b"
+        "{mode}: the host stack forwarded none of a's IPv6 pings to b"
     );
     let after = t.stats();
+    let delta = |pod: &str, dir: &str| {
+        counter(&after[pod], dir, "redirected_packets")
+            - counter(&before[pod], dir, "redirected_packets")
+    };
+    let both = u64::from(PINGS + PINGS6);
     assert!(
-        counter(&after["a"], "from_pod", "redirected_packets")
-            - counter(&before["a"], "from_pod", "redirected_packets")
-            >= u64::from(PINGS + PINGS6),
-        "xdp redirected a's requests"
+        delta("a", "from_pod") >= both,
+        "{mode}: a's requests redirected"
+    );
+    assert!(delta("b", "to_pod") >= both, "{mode}: into b redirected");
+    assert!(
+        delta("b", "from_pod") >= both,
+        "{mode}: b's replies redirected"
     );
 }
 

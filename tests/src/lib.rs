@@ -242,6 +242,23 @@ impl TestTopology {
         expect_success(&self.vethctl(&["up"]), "vethctl up");
     }
 
+    /// `vethctl up --repair`, which must succeed.
+    pub fn up_repair(&self) {
+        expect_success(&self.vethctl(&["up", "--repair"]), "vethctl up --repair");
+    }
+
+    /// Replaces the description, file and parsed topology (e.g. to add a
+    /// pod); the name must stay.
+    pub fn rewrite(&mut self, text: &str) {
+        let topology = Topology::from_toml(text).expect("a valid topology");
+        assert_eq!(
+            topology.name, self.topology.name,
+            "a rewrite keeps the name"
+        );
+        std::fs::write(&self.file, text).expect("writing the topology file");
+        self.topology = topology;
+    }
+
     /// `vethctl down`, which must succeed.
     pub fn down(&self) {
         expect_success(&self.vethctl(&["down"]), "vethctl down");

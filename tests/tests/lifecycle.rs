@@ -35,8 +35,9 @@ fn up_twice_and_down_twice_leave_nothing_and_keep_counters() {
 #[test]
 fn crash_during_up_is_cleaned_by_down_or_finished_by_up() {
     let mut t = TestTopology::new(&["a", "b"]);
-    // Plan of a fresh up: address, (netns, veth, configure) x2, dataplane.
-    for crash_after in 1..=7 {
+    // Plan of a fresh up: forwarding, masquerade, address, (netns, veth,
+    // configure) x2, load, sync, attach x2.
+    for crash_after in 1..=12 {
         let n = crash_after.to_string();
         let out = vethctl(&["up"], &[(CRASH_AFTER_STEPS_ENV, &n)], Some(&t.file));
         assert!(
@@ -110,4 +111,70 @@ fn up_removes_pods_that_left_the_file() {
     let (a, b) = (t.pod("a"), t.pod("b"));
     assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "the others still talk");
     assert!(!t.stats().contains_key("c"));
+}
+
+/// Link and program ids at every hook of every pod, from `status --json`.
+fn attachments(status: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["attached"].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Adding a pod wires that pod only: the others keep their links and the
+/// programs are not reloaded, and a second `up` changes nothing at all.
+#[test]
+fn adding_a_pod_leaves_the_others_alone() {
+    let mut t = TestTopology::new(&["a", "b"]);
+    t.up();
+    let before = attachments(&t.status());
+    let text = std::fs::read_to_string(&t.file).unwrap() + "\n[[pods]]\nname = \"c\"\n";
+    t.rewrite(&text);
+
+    let plan = t.vethctl(&["plan"]);
+    expect_success(&plan, "vethctl plan");
+    let plan = String::from_utf8_lossy(&plan.stdout).to_string();
+    assert!(plan.contains("configure pod c") && plan.contains("attach programs for pod c"));
+    assert!(
+        !plan.contains("pod a") && !plan.contains("pod b") && !plan.contains("load"),
+        "only c is planned: {plan}"
+    );
+
+    t.up();
+    let after = attachments(&t.status());
+    for pod in ["a", "b"] {
+        assert_eq!(before[pod], after[pod], "{pod}'s links and programs stayed");
+    }
+    let (a, b, c) = (t.pod("a"), t.pod("b"), t.pod("c"));
+    assert_eq!(ping(&a.netns, c.ipv4, 3), 3, "a -> new c");
+    assert_eq!(ping(&c.netns, b.ipv4, 3), 3, "new c -> b");
+    assert!(counter(&t.stats()["c"], "from_pod", "redirected_packets") >= 3);
+
+    t.up();
+    assert_eq!(
+        after,
+        attachments(&t.status()),
+        "a second up changed nothing"
+    );
+}
+
+/// A pod whose host-side veth was deleted behind vethctl's back is wired
+/// again by the next `up`, on its new veth.
+#[test]
+fn up_rewires_a_pod_whose_veth_was_deleted() {
+    let t = TestTopology::new(&["a", "b"]);
+    t.up();
+    let (a, b) = (t.pod("a").clone(), t.pod("b").clone());
+    veth_tests::run("ip", &["link", "del", &a.host_veth]);
+    assert_eq!(ping(&b.netns, a.ipv4, 1), 0, "a is cut off");
+    t.up();
+    assert_eq!(ping(&b.netns, a.ipv4, 3), 3, "b -> a after up");
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "a -> b after up");
 }

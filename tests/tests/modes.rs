@@ -521,19 +521,19 @@ fn spoofed_sources_are_dropped_and_counted(mode: &str) {
     );
     assert_eq!(into_b, 0, "nothing was redirected into b");
 
-    // `up` puts a right: its MAC, only its own addresses.
-    t.up();
+    // `up --repair` puts a right: its MAC, only its own addresses.
+    t.up_repair();
     let link = run("ip", &["-n", &a.netns, "-o", "link", "show", "eth0"]);
     assert!(
         link.contains(&format!("link/ether {} ", format_mac(&a.mac))),
-        "up restored a's MAC: {link}"
+        "up --repair restored a's MAC: {link}"
     );
     let mut own = vec![a.ipv4.to_string(), v6(&a).to_string()];
     own.sort();
     assert_eq!(
         global_addresses(&a.netns, "eth0"),
         own,
-        "up removed the extra addresses"
+        "up --repair removed the extra addresses"
     );
     let before = t.stats();
     expect_pings(&a.netns, b.ipv4, PINGS, "a -> b IPv4 after up");

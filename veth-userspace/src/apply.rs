@@ -1,12 +1,17 @@
 //! Executes plans: observes the kernel, plans, and runs each step through
 //! [`netlink`](crate::netlink) and [`dataplane`](crate::dataplane).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Mutex,
+};
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::{
-    dataplane::{Dataplane, Hook, Pins, PodEntry},
+    applied::{pod_fingerprint, Applied, AppliedPod},
+    dataplane::{self, Dataplane, Hook, Pins, PodEntry},
     model::{host_address_label, object_prefix, Mode, Topology},
     netlink::{
         nat, netns, pair,
@@ -23,15 +28,16 @@ pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
 
 /// What the kernel has of topology `name`. `recorded` is the description
 /// it was last brought up with: IPv6 node addresses carry no label, so that
-/// is how an old one is found.
+/// is how an old one is found. `applied` is what the last `up` finished.
 pub async fn observe(
     host: &Host,
     name: &str,
     recorded: Option<&Topology>,
     desired: Option<&Topology>,
+    applied: Applied,
 ) -> Result<Observed> {
     let prefix = object_prefix(name);
-    let (netns, dead_netns) = netns::list(&prefix)?
+    let (netns, dead_netns): (BTreeSet<String>, BTreeSet<String>) = netns::list(&prefix)?
         .into_iter()
         .partition(|n| netns::exists(n));
     let mut links: std::collections::BTreeMap<String, _> = host
@@ -68,30 +74,95 @@ pub async fn observe(
         Some(t) => pair::exists(&t.pods[0]).await?,
         None => false,
     };
+    let netns_inodes = netns
+        .iter()
+        .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
+        .collect();
+    let pins = Pins::new(name);
+    let programs_current = desired.is_some_and(|t| {
+        pins.programs_exist() && applied.programs.as_deref() == Some(&programs_digest(t))
+    });
+    let linked = match desired {
+        Some(t) => {
+            let hooks = Hook::for_mode(t.mode);
+            t.pods
+                .iter()
+                .filter(|p| hooks.iter().all(|&h| pins.link(&p.host_veth, h).exists()))
+                .map(|p| p.host_veth.clone())
+                .collect()
+        }
+        None => BTreeSet::new(),
+    };
     Ok(Observed {
         netns,
         dead_netns,
         links,
         host_addresses,
         direct_pair,
+        netns_inodes,
+        applied,
+        programs_current,
+        linked,
     })
 }
 
+fn programs_digest(topology: &Topology) -> String {
+    dataplane::programs_digest(topology.counters, topology.mode == Mode::Tc)
+}
+
 /// Converges the kernel to `topology`. `source` is the description's text,
-/// recorded for `status`, `stats` and `down`.
-pub async fn up(topology: &Topology, source: &str) -> Result<Vec<Step>> {
+/// recorded for `status`, `stats` and `down`. Pods the last `up` wired as
+/// wanted are left alone, unless `repair` asks to wire every pod again
+/// (which also puts right what was changed inside a pod's namespace).
+pub async fn up(topology: &Topology, source: &str, repair: bool) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     refuse_address_clashes(topology)?;
     let host = Host::connect()?;
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
-    let observed = observe(&host, &topology.name, recorded.as_ref(), Some(topology)).await?;
+    let mut applied = Applied::load(&state)?;
+    if repair {
+        // Offloads are still reset where they may be set.
+        applied = Applied {
+            xdp_offloads: applied.xdp_offloads,
+            ..Applied::default()
+        };
+    }
+    let observed = observe(
+        &host,
+        &topology.name,
+        recorded.as_ref(),
+        Some(topology),
+        applied,
+    )
+    .await?;
     state.save(source)?;
     let steps = plan_up(topology, &observed);
-    Executor::new(host, &topology.name)
-        .run(Some(topology), &steps)
-        .await?;
+    let executor = Executor::new(
+        host,
+        &topology.name,
+        forget_redone(&observed.applied, &steps),
+    );
+    executor.save_applied()?;
+    executor.run(Some(topology), &steps).await?;
+    executor.record_applied(topology).await?;
     Ok(steps)
+}
+
+/// The record minus what `steps` redo: saved before they start, so a crash
+/// in the middle leaves nothing recorded as done that may be half-done.
+fn forget_redone(applied: &Applied, steps: &[Step]) -> Applied {
+    let mut kept = applied.clone();
+    for step in steps {
+        match step {
+            Step::ConfigurePod { pod } | Step::AttachPrograms { pod } => {
+                kept.pods.remove(pod);
+            }
+            Step::LoadPrograms => kept.programs = None,
+            _ => {}
+        }
+    }
+    kept
 }
 
 /// Refuses a topology whose addresses overlap another topology that is up,
@@ -113,8 +184,17 @@ fn refuse_address_clashes(topology: &Topology) -> Result<()> {
 /// What `up` would do, without doing it.
 pub async fn plan(topology: &Topology) -> Result<Vec<Step>> {
     let host = Host::connect()?;
-    let recorded = StateDir::new(&topology.name).load().ok().flatten();
-    let observed = observe(&host, &topology.name, recorded.as_ref(), Some(topology)).await?;
+    let state = StateDir::new(&topology.name);
+    let recorded = state.load().ok().flatten();
+    let applied = Applied::load(&state)?;
+    let observed = observe(
+        &host,
+        &topology.name,
+        recorded.as_ref(),
+        Some(topology),
+        applied,
+    )
+    .await?;
     Ok(plan_up(topology, &observed))
 }
 
@@ -123,8 +203,11 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
     let recorded = StateDir::new(name).load().ok().flatten();
-    let steps = plan_down(&observe(&host, name, recorded.as_ref(), None).await?);
-    Executor::new(host, name).run(None, &steps).await?;
+    let observed = observe(&host, name, recorded.as_ref(), None, Applied::default()).await?;
+    let steps = plan_down(&observed);
+    Executor::new(host, name, Applied::default())
+        .run(None, &steps)
+        .await?;
     Ok(steps)
 }
 
@@ -132,10 +215,15 @@ struct Executor {
     host: Host,
     name: String,
     crash_after: Option<usize>,
+    /// The record as the steps change it; saved before a step makes it
+    /// true (xdp offloads) and after the last step (everything else).
+    applied: Mutex<Applied>,
+    /// The pinned programs, opened by the first step that needs them.
+    dataplane: Mutex<Option<Dataplane>>,
 }
 
 impl Executor {
-    fn new(host: Host, name: &str) -> Executor {
+    fn new(host: Host, name: &str, applied: Applied) -> Executor {
         let crash_after = std::env::var(CRASH_AFTER_STEPS_ENV)
             .ok()
             .and_then(|v| v.parse().ok());
@@ -143,7 +231,64 @@ impl Executor {
             host,
             name: name.to_string(),
             crash_after,
+            applied: Mutex::new(applied),
+            dataplane: Mutex::new(None),
         }
+    }
+
+    fn save_applied(&self) -> Result<()> {
+        let applied = self.applied.lock().expect("applied record lock");
+        applied.save(&StateDir::new(&self.name))
+    }
+
+    /// After a complete `up`: every pod is wired as `topology` says, on the
+    /// veth and namespace it has now.
+    async fn record_applied(&self, topology: &Topology) -> Result<()> {
+        let veths = self.host_veths(topology).await?;
+        {
+            let mut applied = self.applied.lock().expect("applied record lock");
+            applied.programs = Some(programs_digest(topology));
+            applied.pods.clear();
+            for pod in &topology.pods {
+                let (Some(&host_ifindex), Some(netns_inode)) =
+                    (veths.get(&pod.host_veth), netns::inode(&pod.netns))
+                else {
+                    continue;
+                };
+                applied.pods.insert(
+                    pod.name.clone(),
+                    AppliedPod {
+                        fingerprint: pod_fingerprint(topology, pod),
+                        host_ifindex,
+                        netns_inode,
+                    },
+                );
+            }
+            applied
+                .xdp_offloads
+                .retain(|p| topology.pod(p).is_some() && topology.mode == Mode::Xdp);
+        }
+        self.save_applied()
+    }
+
+    /// Ifindex of each pod's host-side veth, from one link dump.
+    async fn host_veths(&self, topology: &Topology) -> Result<BTreeMap<String, u32>> {
+        Ok(self
+            .host
+            .links_with_prefix(&topology.object_prefix())
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.ifindex))
+            .collect())
+    }
+
+    /// Runs `f` on the pinned programs and maps, opening them once.
+    fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> Result<T>) -> Result<T> {
+        let mut opened = self.dataplane.lock().expect("dataplane lock");
+        if opened.is_none() {
+            *opened = Some(Dataplane::open(&self.name)?);
+        }
+        f(opened.as_mut().expect("opened above"))
     }
 
     async fn run(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
@@ -228,15 +373,33 @@ impl Executor {
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
                 self.configure_pod(topology, pod).await?;
             }
-            Step::SyncDataplane => {
+            Step::LoadPrograms => {
+                let topology = need()?.clone();
+                // Loading verifies programs and may take a moment: off the
+                // runtime.
+                tokio::task::spawn_blocking(move || {
+                    dataplane::load_programs(
+                        &topology.name,
+                        topology.counters,
+                        topology.mode == Mode::Tc,
+                    )
+                })
+                .await
+                .context("loading task panicked")??;
+                *self.dataplane.lock().expect("dataplane lock") = None;
+            }
+            Step::SyncDataplane => self.sync_dataplane(need()?).await?,
+            Step::AttachPrograms { pod } => {
                 let topology = need()?;
-                self.sync_dataplane(topology).await?;
-                if topology.mode != Mode::Xdp {
-                    // Only now that XDP is detached: back to veth defaults.
-                    for pod in &topology.pods {
-                        pod::set_offloads(pod, false).await?;
-                    }
-                }
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                let hooks = Hook::for_mode(topology.mode);
+                self.with_dataplane(|d| d.attach(&pod.host_veth, hooks))?;
+            }
+            Step::ResetOffloads { pod } => {
+                let pod = need()?.pod(pod).context("pod missing from the topology")?;
+                pod::set_offloads(pod, false).await?;
+                let mut applied = self.applied.lock().expect("applied record lock");
+                applied.xdp_offloads.remove(&pod.name);
             }
             Step::DeleteLink { name, ifindex } => self.host.delete_link(*ifindex, name).await?,
             Step::DeleteNetns { netns } => netns::delete(netns)?,
@@ -268,6 +431,12 @@ impl Executor {
         };
         pod::configure(pod, &wiring).await?;
         if topology.mode == Mode::Xdp {
+            let newly = (self.applied.lock().expect("applied record lock"))
+                .xdp_offloads
+                .insert(pod.name.clone());
+            if newly {
+                self.save_applied()?;
+            }
             // Before XDP is attached: redirected frames need the pod's NAPI.
             pod::set_offloads(pod, true).await?;
         }
@@ -290,15 +459,14 @@ impl Executor {
     }
 
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
+        let veths = self.host_veths(topology).await?;
         let mut entries = Vec::with_capacity(topology.pods.len());
         for pod in &topology.pods {
-            let veth = self
-                .host
-                .link(&pod.host_veth)
-                .await?
+            let host_ifindex = *veths
+                .get(&pod.host_veth)
                 .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
             entries.push(PodEntry {
-                host_ifindex: veth.ifindex,
+                host_ifindex,
                 ipv4: pod.ipv4,
                 ipv6: pod.ipv6,
                 mac: pod.mac,
@@ -306,22 +474,11 @@ impl Executor {
             });
         }
         let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
-        // Loading verifies programs and may take a moment: off the runtime.
-        let topology = topology.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut dataplane =
-                Dataplane::load(&topology.name, topology.counters, topology.mode == Mode::Tc)?;
+        let wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+        self.with_dataplane(|dataplane| {
             dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_pods(&entries)?;
             dataplane.sync_devmap(&ifindexes)?;
-            let hooks = Hook::for_mode(topology.mode);
-            for pod in &topology.pods {
-                dataplane
-                    .attach(&pod.host_veth, hooks)
-                    .with_context(|| format!("pod {:?}", pod.name))?;
-            }
-            let wanted: BTreeSet<&str> =
-                topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
             for veth in dataplane.pins().linked_veths()? {
                 if !wanted.contains(veth.as_str()) {
                     dataplane.pins().remove_links(&veth)?;
@@ -329,7 +486,5 @@ impl Executor {
             }
             Ok(())
         })
-        .await
-        .context("dataplane task panicked")?
     }
 }

@@ -30,10 +30,19 @@ enum Command {
     ///
     /// Without --topology, brings up the built-in default: topology "demo",
     /// mode tc, pods web, api and db in 10.200.0.0/24 and fd00:10:200::/64.
+    ///
+    /// Only what changed is done: pods the last `up` wired as wanted, whose
+    /// namespace and host-side veth are still the same, are left alone, and
+    /// links keep running programs that did not change.
     Up {
         /// Topology description (TOML); see README.md for the format.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Wire every pod again and reload the programs, putting right what
+        /// was changed by hand inside pods' namespaces (addresses, MAC,
+        /// routes), which a plain `up` does not look at.
+        #[arg(long)]
+        repair: bool,
     },
     /// Remove everything a topology made: namespaces, links, pins, state.
     ///
@@ -202,12 +211,12 @@ pub fn main() -> std::process::ExitCode {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Up { topology } => {
+        Command::Up { topology, repair } => {
             let (topology, text) = match &topology {
                 Some(path) => read_topology(path)?,
                 None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
             };
-            apply::up(&topology, &text).await?;
+            apply::up(&topology, &text, repair).await?;
             println!(
                 "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)",
                 topology.name,
@@ -290,7 +299,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 format!("topology {name:?} is not up (bring it up with `vethctl up`)")
             })?;
             let (topology, text) = with_mode(&text, mode)?;
-            apply::up(&topology, &text).await?;
+            apply::up(&topology, &text, false).await?;
             println!("topology {name:?} is now in mode {mode}");
         }
         Command::Agent { listen, bpf_stats } => {

@@ -183,6 +183,13 @@ impl Pins {
         self.root.exists()
     }
 
+    /// Every program is pinned (a crash can leave only some).
+    pub fn programs_exist(&self) -> bool {
+        [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD]
+            .iter()
+            .all(|name| self.program(name).exists())
+    }
+
     /// Unpins everything: links detach, programs and maps are freed once
     /// no process holds them. Missing pins are fine.
     pub fn remove_all(&self) -> Result<()> {
@@ -228,62 +235,107 @@ pub fn ensure_bpffs() -> Result<()> {
     .with_context(|| format!("mounting bpffs at {BPFFS} (try `mount -t bpf bpffs {BPFFS}`)"))
 }
 
-/// The loaded programs and maps of one topology.
+/// Identifies the programs `load_programs` would pin: the object this
+/// vethctl carries and the settings folded into it. Equal digests mean the
+/// pinned programs can stay, and so can every link to them.
+pub fn programs_digest(counters: bool, redirect: bool) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (OBJECT, counters, redirect).hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Loads the programs, reusing the topology's pinned maps if they exist
+/// (creating and pinning them otherwise), and pins the programs in place of
+/// older ones. Links to older programs keep running them until replaced.
+/// `counters: false` compiles counting out of the programs; `redirect:
+/// false` leaves `from_pod` only counting (kernel-path modes).
+pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<()> {
+    ensure_bpffs()?;
+    let pins = Pins::new(topology);
+    fs::create_dir_all(pins.links_dir())
+        .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+    let mut loader = EbpfLoader::new();
+    for map in PINNED_MAPS {
+        loader.map_pin_path(map, pins.map(map));
+    }
+    let mut ebpf = loader
+        .override_global(GLOBAL_COUNTERS_ENABLED, &u8::from(counters), true)
+        .override_global(GLOBAL_REDIRECT_ENABLED, &u8::from(redirect), true)
+        .load(OBJECT)
+        .context("loading the eBPF object (are you root?)")?;
+    for name in [PROG_FROM_POD, PROG_TO_POD] {
+        let prog = classifier(&mut ebpf, name)?;
+        prog.load()
+            .with_context(|| format!("loading program {name} into the kernel"))?;
+    }
+    program::<Xdp>(&mut ebpf, PROG_XDP_FROM_POD)?
+        .load()
+        .with_context(|| format!("loading program {PROG_XDP_FROM_POD} into the kernel"))?;
+    for name in [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD] {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        let path = pins.program(name);
+        remove_file_if_present(&path)?;
+        prog.pin(&path)
+            .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The pinned programs and maps of one topology, opened from bpffs.
 pub struct Dataplane {
-    ebpf: Ebpf,
     pins: Pins,
+    from_pod: PinnedProgram<SchedClassifier>,
+    to_pod: PinnedProgram<SchedClassifier>,
+    xdp: Xdp,
+}
+
+struct PinnedProgram<P> {
+    program: P,
+    id: u32,
 }
 
 impl Dataplane {
-    /// Loads the programs, reusing the topology's pinned maps if they exist
-    /// (creating and pinning them otherwise), and pins the programs.
-    /// `counters: false` compiles counting out of the programs;
-    /// `redirect: false` leaves `from_pod` only counting (kernel-path modes).
-    pub fn load(topology: &str, counters: bool, redirect: bool) -> Result<Dataplane> {
-        ensure_bpffs()?;
+    /// Opens what [`load_programs`] pinned.
+    pub fn open(topology: &str) -> Result<Dataplane> {
         let pins = Pins::new(topology);
-        fs::create_dir_all(pins.links_dir())
-            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
-        let mut loader = EbpfLoader::new();
-        for map in PINNED_MAPS {
-            loader.map_pin_path(map, pins.map(map));
-        }
-        let mut ebpf = loader
-            .override_global(GLOBAL_COUNTERS_ENABLED, &u8::from(counters), true)
-            .override_global(GLOBAL_REDIRECT_ENABLED, &u8::from(redirect), true)
-            .load(OBJECT)
-            .context("loading the eBPF object (are you root?)")?;
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
-            let prog = classifier(&mut ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("loading program {name} into the kernel"))?;
-        }
-        program::<Xdp>(&mut ebpf, PROG_XDP_FROM_POD)?
-            .load()
-            .with_context(|| format!("loading program {PROG_XDP_FROM_POD} into the kernel"))?;
-        for name in [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD] {
-            let prog = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+        let open_classifier = |name: &str| -> Result<PinnedProgram<SchedClassifier>> {
             let path = pins.program(name);
-            remove_file_if_present(&path)?;
-            prog.pin(&path)
-                .with_context(|| format!("pinning program {name} at {}", path.display()))?;
-        }
-        Ok(Dataplane { ebpf, pins })
+            let program = SchedClassifier::from_pin(&path)
+                .with_context(|| format!("opening program {}", path.display()))?;
+            let id = program.info()?.id();
+            Ok(PinnedProgram { program, id })
+        };
+        let xdp_path = pins.program(PROG_XDP_FROM_POD);
+        Ok(Dataplane {
+            from_pod: open_classifier(PROG_FROM_POD)?,
+            to_pod: open_classifier(PROG_TO_POD)?,
+            xdp: Xdp::from_pin(&xdp_path, aya_obj::programs::XdpAttachType::Interface)
+                .with_context(|| format!("opening program {}", xdp_path.display()))?,
+            pins,
+        })
     }
 
     pub fn pins(&self) -> &Pins {
         &self.pins
     }
 
-    /// Attaches both programs to `host_veth` with TCX and pins the links,
-    /// replacing links pinned by an earlier `up`. The new link is attached
-    /// before the old one is unpinned, so frames never miss the program.
+    fn map(&self, name: &str) -> Result<MapData> {
+        let path = self.pins.map(name);
+        MapData::from_pin(&path).with_context(|| format!("opening map {}", path.display()))
+    }
+
+    /// Attaches the hooks' programs to `host_veth` and pins the links. A
+    /// TCX hook that already runs the pinned program keeps its link; one
+    /// running an older program gets the new link before the old one is
+    /// unpinned, so frames never miss the program.
     pub fn attach(&mut self, host_veth: &str, hooks: &[Hook]) -> Result<()> {
         let dir = self.pins.veth_links_dir(host_veth);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for &hook in hooks {
+            let path = self.pins.link(host_veth, hook);
             let context = || {
                 format!(
                     "attaching {} to {host_veth} {}",
@@ -293,32 +345,41 @@ impl Dataplane {
             };
             let link: FdLink = match hook.attach_type() {
                 Some(attach_type) => {
-                    let prog = classifier(&mut self.ebpf, hook.program())?;
-                    let id = prog.attach(host_veth, attach_type).with_context(context)?;
-                    prog.take_link(id)?
+                    let prog = match hook {
+                        Hook::Egress => &mut self.to_pod,
+                        _ => &mut self.from_pod,
+                    };
+                    if path.exists() && tcx_runs(host_veth, attach_type, prog.id) {
+                        continue;
+                    }
+                    let id = prog
+                        .program
+                        .attach(host_veth, attach_type)
+                        .with_context(context)?;
+                    prog.program
+                        .take_link(id)?
                         .try_into()
                         .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?
                 }
                 None => {
-                    let path = self.pins.link(host_veth, hook);
-                    let prog: &mut Xdp = program(&mut self.ebpf, hook.program())?;
                     // A device has one XDP link: swap the program in the
                     // pinned one (atomic, the pin stays valid) rather than
                     // attach a second, which the kernel refuses (EBUSY).
-                    if replace_xdp_program(prog, &path) {
+                    if replace_xdp_program(&mut self.xdp, &path) {
                         continue;
                     }
                     remove_file_if_present(&path)?;
                     // Native mode: veth runs XDP in its NAPI poll.
-                    let id = prog
+                    let id = self
+                        .xdp
                         .attach(host_veth, XdpMode::Driver)
                         .with_context(context)?;
-                    prog.take_link(id)?
+                    self.xdp
+                        .take_link(id)?
                         .try_into()
                         .map_err(|e| anyhow!("{host_veth} xdp: not a BPF link: {e}"))?
                 }
             };
-            let path = self.pins.link(host_veth, hook);
             remove_file_if_present(&path)?;
             link.pin(&path)
                 .with_context(|| format!("pinning link at {}", path.display()))?;
@@ -332,11 +393,7 @@ impl Dataplane {
 
     /// Makes the DEVMAP hold exactly these host-side veths.
     pub fn sync_devmap(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_DEVMAP)
-            .ok_or_else(|| anyhow!("map {MAP_DEVMAP} missing from the object"))?;
-        let mut devmap: DevMapHash<_> = DevMapHash::try_from(map)?;
+        let mut devmap = DevMapHash::<_>::try_from(Map::DevMapHash(self.map(MAP_DEVMAP)?))?;
         let present: BTreeSet<u32> = devmap.keys().filter_map(|k| k.ok()).collect();
         for stale in present.difference(ifindexes) {
             ignore_missing(devmap.remove(*stale)).context("removing a stale DEVMAP entry")?;
@@ -377,11 +434,7 @@ impl Dataplane {
         name: &str,
         wanted: BTreeMap<K, V>,
     ) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
-        let mut hash: HashMap<_, K, V> = HashMap::try_from(map)?;
+        let mut hash = HashMap::<_, K, V>::try_from(Map::HashMap(self.map(name)?))?;
         let stale: Vec<K> = hash
             .keys()
             .filter_map(|k| k.ok())
@@ -401,11 +454,9 @@ impl Dataplane {
     /// Makes the counter map hold an entry for exactly these ifindexes:
     /// new pairs start at zero, existing ones keep counting, removed ones go.
     pub fn sync_counters(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_PAIR_COUNTERS)
-            .ok_or_else(|| anyhow!("map {MAP_PAIR_COUNTERS} missing from the object"))?;
-        let mut counters: PerCpuHashMap<_, u32, PairCounters> = PerCpuHashMap::try_from(map)?;
+        let mut counters = PerCpuHashMap::<_, u32, PairCounters>::try_from(Map::PerCpuHashMap(
+            self.map(MAP_PAIR_COUNTERS)?,
+        ))?;
         let present: BTreeSet<u32> = counters.keys().filter_map(|k| k.ok()).collect();
         for stale in present.difference(ifindexes) {
             ignore_missing(counters.remove(stale)).context("removing stale counters")?;
@@ -436,6 +487,12 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
     }
+}
+
+/// True if `prog_id` is attached at this TCX hook of `host_veth`.
+fn tcx_runs(host_veth: &str, attach_type: TcAttachType, prog_id: u32) -> bool {
+    SchedClassifier::query_tcx(host_veth, attach_type)
+        .is_ok_and(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
 }
 
 /// Puts `prog` into the XDP link pinned at `path`, if there is one that is

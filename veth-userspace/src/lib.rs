@@ -4,6 +4,7 @@
 //! [`observe`].
 
 pub mod agent;
+pub mod applied;
 pub mod apply;
 pub mod cli;
 pub mod dataplane;

@@ -11,7 +11,8 @@ use std::{
 };
 
 use crate::{
-    model::{Mode, Topology},
+    applied::{pod_fingerprint, Applied},
+    model::{Mode, Pod, Topology},
     netlink::links::LinkState,
 };
 
@@ -29,6 +30,15 @@ pub struct Observed {
     pub host_addresses: BTreeSet<IpAddr>,
     /// The two pods of a two-pod topology are joined by a direct pair.
     pub direct_pair: bool,
+    /// Inode of each live namespace in `netns`: a recreated one differs.
+    pub netns_inodes: BTreeMap<String, u64>,
+    /// What the last `up` finished (nothing, for `up --repair`).
+    pub applied: Applied,
+    /// The pinned programs are the ones this vethctl loads for the desired
+    /// settings, so links to them can stay.
+    pub programs_current: bool,
+    /// Host-side veths with a pinned link at every hook of the desired mode.
+    pub linked: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,10 +72,21 @@ pub enum Step {
     ConfigurePod {
         pod: String,
     },
-    /// Load or reuse the programs and maps, write counters and endpoints for
-    /// exactly the desired pods, attach to every host-side veth, unpin
+    /// Load the programs and pin them (maps are created or reused).
+    LoadPrograms,
+    /// Write counters and endpoints for exactly the desired pods, unpin the
     /// links of pods that are gone.
     SyncDataplane,
+    /// Attach the mode's programs to the pod's host-side veth (keeping
+    /// links that already run the pinned programs).
+    AttachPrograms {
+        pod: String,
+    },
+    /// Leaving mode xdp: the pod's `eth0` back to veth offload defaults,
+    /// only once XDP is detached.
+    ResetOffloads {
+        pod: String,
+    },
     DeleteLink {
         name: String,
         ifindex: u32,
@@ -100,7 +121,10 @@ impl fmt::Display for Step {
                 write!(f, "create veth {host_veth} <-> eth0 for pod {pod}")
             }
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
-            Step::SyncDataplane => write!(f, "sync eBPF programs, maps and links"),
+            Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
+            Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
+            Step::AttachPrograms { pod } => write!(f, "attach programs for pod {pod}"),
+            Step::ResetOffloads { pod } => write!(f, "reset offloads of pod {pod}"),
             Step::DeleteLink { name, ifindex } => {
                 write!(f, "delete link {name} (ifindex {ifindex})")
             }
@@ -128,6 +152,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     } else {
         Step::ConfigureHostAddress
     });
+    let mut rewired = BTreeSet::new();
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
         if !has_netns {
@@ -135,6 +160,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
                 netns: pod.netns.clone(),
             });
         }
+        let mut fresh = !has_netns;
         match observed.links.get(&pod.host_veth) {
             // A veth whose namespace was missing has its peer elsewhere:
             // not this pod's pair.
@@ -145,19 +171,49 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
                     ifindex: link.ifindex,
                 });
                 steps.push(create_veth(pod));
+                fresh = true;
             }
-            None => steps.push(create_veth(pod)),
+            None => {
+                steps.push(create_veth(pod));
+                fresh = true;
+            }
         }
-        steps.push(Step::ConfigurePod {
-            pod: pod.name.clone(),
-        });
+        if fresh || !wired_as_recorded(topology, pod, observed) {
+            steps.push(Step::ConfigurePod {
+                pod: pod.name.clone(),
+            });
+            rewired.insert(pod.name.as_str());
+        }
     }
     if topology.mode == Mode::Pair {
         steps.push(Step::ConfigureDirectPair);
     } else if observed.direct_pair {
         steps.push(Step::RemoveDirectPair);
     }
+    let reload = !observed.programs_current;
+    if reload {
+        steps.push(Step::LoadPrograms);
+    }
     steps.push(Step::SyncDataplane);
+    for pod in &topology.pods {
+        if reload
+            || rewired.contains(pod.name.as_str())
+            || !observed.linked.contains(&pod.host_veth)
+        {
+            steps.push(Step::AttachPrograms {
+                pod: pod.name.clone(),
+            });
+        }
+    }
+    if topology.mode != Mode::Xdp {
+        for pod in &topology.pods {
+            if observed.applied.xdp_offloads.contains(&pod.name) {
+                steps.push(Step::ResetOffloads {
+                    pod: pod.name.clone(),
+                });
+            }
+        }
+    }
 
     let mut wanted_links: BTreeSet<&str> =
         topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
@@ -196,7 +252,33 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     steps
 }
 
-fn create_veth(pod: &crate::model::Pod) -> Step {
+/// The last `up` wired this pod as the topology now wants it, and what the
+/// host sees of it is what that `up` left: same namespace, same veth, still
+/// up with its MTU, MAC and bridge port.
+fn wired_as_recorded(topology: &Topology, pod: &Pod, observed: &Observed) -> bool {
+    let (Some(record), Some(link)) = (
+        observed.applied.pods.get(&pod.name),
+        observed.links.get(&pod.host_veth),
+    ) else {
+        return false;
+    };
+    let port_of = match topology.mode {
+        Mode::Bridge => match observed.links.get(&topology.bridge) {
+            Some(bridge) => Some(bridge.ifindex),
+            None => return false,
+        },
+        _ => None,
+    };
+    record.fingerprint == pod_fingerprint(topology, pod)
+        && observed.netns_inodes.get(&pod.netns) == Some(&record.netns_inode)
+        && link.ifindex == record.host_ifindex
+        && link.up
+        && link.mtu == pod.mtu
+        && link.mac == pod.gateway_mac
+        && link.controller == port_of
+}
+
+fn create_veth(pod: &Pod) -> Step {
     Step::CreateVeth {
         pod: pod.name.clone(),
         host_veth: pod.host_veth.clone(),
@@ -232,6 +314,7 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::applied::AppliedPod;
 
     fn topology() -> Topology {
         Topology::from_toml(
@@ -253,16 +336,28 @@ mod tests {
         }
     }
 
+    /// What the kernel has after a complete `up` of `t`.
     fn observed_complete(t: &Topology) -> Observed {
         let mut o = Observed::default();
         for (i, p) in t.pods.iter().enumerate() {
+            let ifindex = 10 + i as u32;
             o.netns.insert(p.netns.clone());
-            o.links.insert(
-                p.host_veth.clone(),
-                link(&p.host_veth, 10 + i as u32, "veth"),
+            o.netns_inodes.insert(p.netns.clone(), 100 + i as u64);
+            let mut veth = link(&p.host_veth, ifindex, "veth");
+            veth.mac = p.gateway_mac.to_vec();
+            o.links.insert(p.host_veth.clone(), veth);
+            o.linked.insert(p.host_veth.clone());
+            o.applied.pods.insert(
+                p.name.clone(),
+                AppliedPod {
+                    fingerprint: pod_fingerprint(t, p),
+                    host_ifindex: ifindex,
+                    netns_inode: 100 + i as u64,
+                },
             );
         }
         o.host_addresses.insert(t.host_address.into());
+        o.programs_current = true;
         o
     }
 
@@ -285,23 +380,136 @@ mod tests {
                 "create network namespace t-b",
                 "create veth t-b <-> eth0 for pod b",
                 "configure pod b",
-                "sync eBPF programs, maps and links",
+                "load and pin the eBPF programs",
+                "sync eBPF maps and links",
+                "attach programs for pod a",
+                "attach programs for pod b",
             ]
         );
     }
 
     #[test]
-    fn second_up_only_reconfigures() {
+    fn second_up_leaves_pods_alone() {
         let t = topology();
-        let steps = plan_up(&t, &observed_complete(&t));
-        assert!(steps.iter().all(|s| matches!(
-            s,
-            Step::EnableForwarding
-                | Step::ConfigureMasquerade
-                | Step::ConfigureHostAddress
-                | Step::ConfigurePod { .. }
-                | Step::SyncDataplane
-        )));
+        assert_eq!(
+            names(&plan_up(&t, &observed_complete(&t))),
+            [
+                "enable IP forwarding",
+                "configure masquerade for traffic leaving the node",
+                "configure the node address",
+                "sync eBPF maps and links",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_added_pod_is_the_only_one_wired() {
+        let t = topology();
+        let o = observed_complete(&t);
+        let bigger = Topology::from_toml(
+            "name = \"t\"\npod_cidr = \"10.1.0.0/24\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n[[pods]]\nname = \"c\"\n",
+        )
+        .unwrap();
+        let steps = plan_up(&bigger, &o);
+        let touched: Vec<&Step> = steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Step::CreateNetns { .. }
+                        | Step::CreateVeth { .. }
+                        | Step::ConfigurePod { .. }
+                        | Step::AttachPrograms { .. }
+                        | Step::LoadPrograms
+                )
+            })
+            .collect();
+        assert_eq!(
+            names(&touched.into_iter().cloned().collect::<Vec<_>>()),
+            [
+                "create network namespace t-c",
+                "create veth t-c <-> eth0 for pod c",
+                "configure pod c",
+                "attach programs for pod c",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pod_is_wired_again_when_what_the_host_sees_differs() {
+        let t = topology();
+        let rewired = |o: &Observed| {
+            let steps = plan_up(&t, o);
+            let a = steps.contains(&Step::ConfigurePod { pod: "a".into() })
+                && steps.contains(&Step::AttachPrograms { pod: "a".into() });
+            let b = steps.contains(&Step::ConfigurePod { pod: "b".into() });
+            assert!(!b, "b is untouched: {steps:?}");
+            a
+        };
+        let complete = observed_complete(&t);
+        assert!(!rewired(&complete));
+        let mut unlinked = complete.clone();
+        unlinked.linked.remove("t-a");
+        let steps = plan_up(&t, &unlinked);
+        assert!(steps.contains(&Step::AttachPrograms { pod: "a".into() }));
+        assert!(!steps.contains(&Step::ConfigurePod { pod: "a".into() }));
+        let changes: [(&str, fn(&mut Observed)); 6] = [
+            ("veth recreated", |o| {
+                o.links.get_mut("t-a").unwrap().ifindex = 99
+            }),
+            ("namespace recreated", |o| {
+                o.netns_inodes.insert("t-a".into(), 999);
+            }),
+            ("veth down", |o| o.links.get_mut("t-a").unwrap().up = false),
+            ("mtu changed", |o| {
+                o.links.get_mut("t-a").unwrap().mtu = 9000
+            }),
+            ("mac changed", |o| {
+                o.links.get_mut("t-a").unwrap().mac = vec![2; 6]
+            }),
+            ("never recorded", |o| {
+                o.applied.pods.remove("a");
+            }),
+        ];
+        for (what, change) in changes {
+            let mut o = complete.clone();
+            change(&mut o);
+            assert!(rewired(&o), "{what}");
+        }
+    }
+
+    #[test]
+    fn changed_programs_are_attached_everywhere_without_rewiring_pods() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.programs_current = false;
+        let steps = plan_up(&t, &o);
+        assert!(steps.contains(&Step::LoadPrograms));
+        assert!(!steps.iter().any(|s| matches!(s, Step::ConfigurePod { .. })));
+        let attached = steps
+            .iter()
+            .filter(|s| matches!(s, Step::AttachPrograms { .. }))
+            .count();
+        assert_eq!(attached, 2);
+    }
+
+    #[test]
+    fn leaving_xdp_resets_offloads_after_attaching() {
+        let mut t = topology();
+        t.mode = Mode::Xdp;
+        let mut o = observed_complete(&t);
+        o.applied.xdp_offloads.insert("a".into());
+        o.applied.xdp_offloads.insert("b".into());
+        assert!(!plan_up(&t, &o)
+            .iter()
+            .any(|s| matches!(s, Step::ResetOffloads { .. })));
+        t.mode = Mode::Tc;
+        let steps = plan_up(&t, &o);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        for pod in ["a", "b"] {
+            let reset = Step::ResetOffloads { pod: pod.into() };
+            assert!(pos(&Step::AttachPrograms { pod: pod.into() }) < pos(&reset));
+        }
     }
 
     #[test]

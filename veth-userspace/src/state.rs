@@ -30,6 +30,13 @@ impl StateDir {
         }
     }
 
+    /// A state directory elsewhere (tests).
+    pub fn at(dir: &Path) -> StateDir {
+        StateDir {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }

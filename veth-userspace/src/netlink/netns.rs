@@ -45,6 +45,13 @@ pub fn exists(name: &str) -> bool {
     statfs(&path(name)).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
+/// The inode of the live namespace named `name`: the same namespace keeps
+/// it, a recreated one gets another.
+pub fn inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    exists(name).then(|| fs::metadata(path(name)).ok().map(|m| m.ino()))?
+}
+
 /// Creates the namespace if it does not exist yet.
 pub fn create(name: &str) -> Result<()> {
     if exists(name) {

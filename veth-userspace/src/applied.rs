@@ -29,6 +29,8 @@ const APPLIED_FILE: &str = "applied.json";
 pub struct Applied {
     /// Digest of the programs loaded and pinned (object and settings).
     pub programs: Option<String>,
+    /// [`masquerade_fingerprint`] of the nf_tables table written.
+    pub masquerade: Option<String>,
     /// Pods wired completely, by name.
     pub pods: BTreeMap<String, AppliedPod>,
     /// Pods whose `eth0` may still carry mode xdp's offloads (GRO on, tx
@@ -69,11 +71,27 @@ impl Applied {
     }
 }
 
+/// What the masquerade table is made of.
+pub fn masquerade_fingerprint(topology: &Topology) -> String {
+    digest(&format!(
+        "{:?}|{}|{:?}|{}",
+        topology.uplink,
+        topology.pod_cidr,
+        topology.pod_cidr6,
+        topology.object_prefix()
+    ))
+}
+
+fn digest(text: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Everything `configure pod` derives a pod's wiring from: the pod itself
 /// and the topology settings that shape its addresses, routes and port.
 pub fn pod_fingerprint(topology: &Topology, pod: &Pod) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    format!(
+    digest(&format!(
         "{pod:?}|{}|{}|{:?}|{}|{:?}|{}",
         topology.mode,
         topology.pod_cidr,
@@ -85,9 +103,7 @@ pub fn pod_fingerprint(topology: &Topology, pod: &Pod) -> String {
         } else {
             ""
         },
-    )
-    .hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    ))
 }
 
 #[cfg(test)]

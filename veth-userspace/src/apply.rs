@@ -10,7 +10,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 
 use crate::{
-    applied::{pod_fingerprint, Applied, AppliedPod},
+    applied::{masquerade_fingerprint, pod_fingerprint, Applied, AppliedPod},
     dataplane::{self, Dataplane, Hook, Pins, PodEntry},
     model::{host_address_label, object_prefix, Mode, Topology},
     netlink::{
@@ -103,6 +103,7 @@ pub async fn observe(
         applied,
         programs_current,
         linked,
+        masquerade_table: desired.is_some() && nat::table_exists(name)?,
     })
 }
 
@@ -110,18 +111,56 @@ fn programs_digest(topology: &Topology) -> String {
     dataplane::programs_digest(topology.counters, topology.mode == Mode::Tc)
 }
 
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpOptions {
+    /// Wire every pod again and reload the programs, ignoring the record of
+    /// what the last `up` did.
+    pub repair: bool,
+    /// Print how long each phase and step took (stderr).
+    pub timings: bool,
+}
+
+/// `up --timings`: the time since the previous mark, on stderr.
+struct Timings {
+    on: bool,
+    last: Mutex<std::time::Instant>,
+}
+
+impl Timings {
+    fn new(on: bool) -> Timings {
+        Timings {
+            on,
+            last: Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn mark(&self, what: impl std::fmt::Display) {
+        if self.on {
+            let mut last = self.last.lock().expect("timings lock");
+            let now = std::time::Instant::now();
+            eprintln!(
+                "{:>9.2} ms  {what}",
+                now.duration_since(*last).as_secs_f64() * 1e3
+            );
+            *last = now;
+        }
+    }
+}
+
 /// Converges the kernel to `topology`. `source` is the description's text,
 /// recorded for `status`, `stats` and `down`. Pods the last `up` wired as
-/// wanted are left alone, unless `repair` asks to wire every pod again
-/// (which also puts right what was changed inside a pod's namespace).
-pub async fn up(topology: &Topology, source: &str, repair: bool) -> Result<Vec<Step>> {
+/// wanted are left alone, unless `options.repair` asks to wire every pod
+/// again (which also puts right what was changed inside a pod's namespace).
+pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result<Vec<Step>> {
+    let timings = Timings::new(options.timings);
     let _lock = state::lock()?;
+    timings.mark("wait for the lock");
     refuse_address_clashes(topology)?;
     let host = Host::connect()?;
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
     let mut applied = Applied::load(&state)?;
-    if repair {
+    if options.repair {
         // Offloads are still reset where they may be set.
         applied = Applied {
             xdp_offloads: applied.xdp_offloads,
@@ -136,16 +175,26 @@ pub async fn up(topology: &Topology, source: &str, repair: bool) -> Result<Vec<S
         applied,
     )
     .await?;
+    timings.mark("observe the kernel");
     state.save(source)?;
     let steps = plan_up(topology, &observed);
     let executor = Executor::new(
         host,
         &topology.name,
         forget_redone(&observed.applied, &steps),
+        timings,
     );
+    *executor.veths.lock().expect("veths lock") = observed
+        .links
+        .values()
+        .filter(|l| l.is_veth())
+        .map(|l| (l.name.clone(), l.ifindex))
+        .collect();
     executor.save_applied()?;
+    executor.timings.mark("plan and save state");
     executor.run(Some(topology), &steps).await?;
     executor.record_applied(topology).await?;
+    executor.timings.mark("record what was applied");
     Ok(steps)
 }
 
@@ -155,10 +204,16 @@ fn forget_redone(applied: &Applied, steps: &[Step]) -> Applied {
     let mut kept = applied.clone();
     for step in steps {
         match step {
-            Step::ConfigurePod { pod } | Step::AttachPrograms { pod } => {
+            Step::ConfigurePod { pod } => {
                 kept.pods.remove(pod);
             }
+            Step::AttachPrograms { pods } => {
+                for pod in pods {
+                    kept.pods.remove(pod);
+                }
+            }
             Step::LoadPrograms => kept.programs = None,
+            Step::ConfigureMasquerade => kept.masquerade = None,
             _ => {}
         }
     }
@@ -205,7 +260,7 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     let recorded = StateDir::new(name).load().ok().flatten();
     let observed = observe(&host, name, recorded.as_ref(), None, Applied::default()).await?;
     let steps = plan_down(&observed);
-    Executor::new(host, name, Applied::default())
+    Executor::new(host, name, Applied::default(), Timings::new(false))
         .run(None, &steps)
         .await?;
     Ok(steps)
@@ -218,12 +273,16 @@ struct Executor {
     /// The record as the steps change it; saved before a step makes it
     /// true (xdp offloads) and after the last step (everything else).
     applied: Mutex<Applied>,
-    /// The pinned programs, opened by the first step that needs them.
-    dataplane: Mutex<Option<Dataplane>>,
+    /// An attach running while the next steps go on.
+    attaching: Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
+    /// Ifindex of host-side veths by name: as observed, minus those the
+    /// steps delete or create (looked up again when needed).
+    veths: Mutex<BTreeMap<String, u32>>,
+    timings: Timings,
 }
 
 impl Executor {
-    fn new(host: Host, name: &str, applied: Applied) -> Executor {
+    fn new(host: Host, name: &str, applied: Applied, timings: Timings) -> Executor {
         let crash_after = std::env::var(CRASH_AFTER_STEPS_ENV)
             .ok()
             .and_then(|v| v.parse().ok());
@@ -232,7 +291,9 @@ impl Executor {
             name: name.to_string(),
             crash_after,
             applied: Mutex::new(applied),
-            dataplane: Mutex::new(None),
+            attaching: Mutex::new(None),
+            veths: Mutex::new(BTreeMap::new()),
+            timings,
         }
     }
 
@@ -248,6 +309,7 @@ impl Executor {
         {
             let mut applied = self.applied.lock().expect("applied record lock");
             applied.programs = Some(programs_digest(topology));
+            applied.masquerade = Some(masquerade_fingerprint(topology));
             applied.pods.clear();
             for pod in &topology.pods {
                 let (Some(&host_ifindex), Some(netns_inode)) =
@@ -271,24 +333,19 @@ impl Executor {
         self.save_applied()
     }
 
-    /// Ifindex of each pod's host-side veth, from one link dump.
+    /// Ifindex of each pod's host-side veth: known ones from what was
+    /// observed, the others looked up (and remembered).
     async fn host_veths(&self, topology: &Topology) -> Result<BTreeMap<String, u32>> {
-        Ok(self
-            .host
-            .links_with_prefix(&topology.object_prefix())
-            .await?
-            .into_iter()
-            .map(|l| (l.name, l.ifindex))
-            .collect())
-    }
-
-    /// Runs `f` on the pinned programs and maps, opening them once.
-    fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> Result<T>) -> Result<T> {
-        let mut opened = self.dataplane.lock().expect("dataplane lock");
-        if opened.is_none() {
-            *opened = Some(Dataplane::open(&self.name)?);
+        let mut known = self.veths.lock().expect("veths lock").clone();
+        for pod in &topology.pods {
+            if !known.contains_key(&pod.host_veth) {
+                if let Some(link) = self.host.link(&pod.host_veth).await? {
+                    known.insert(link.name, link.ifindex);
+                }
+            }
         }
-        f(opened.as_mut().expect("opened above"))
+        *self.veths.lock().expect("veths lock") = known.clone();
+        Ok(known)
     }
 
     async fn run(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
@@ -300,6 +357,17 @@ impl Executor {
             self.step(topology, step)
                 .await
                 .with_context(|| format!("topology {:?}: {step}", self.name))?;
+            self.timings.mark(step);
+        }
+        self.finish_attaching().await
+    }
+
+    /// Waits for the attach running in the background, if any.
+    async fn finish_attaching(&self) -> Result<()> {
+        let running = self.attaching.lock().expect("attaching lock").take();
+        if let Some(task) = running {
+            task.await.context("attach task panicked")??;
+            self.timings.mark("wait for the attach to finish");
         }
         Ok(())
     }
@@ -364,7 +432,8 @@ impl Executor {
                 self.host.remove_host_address6(*v6).await?;
             }
             Step::CreateNetns { netns } => netns::create(netns)?,
-            Step::CreateVeth { pod, .. } => {
+            Step::CreateVeth { pod, host_veth } => {
+                self.veths.lock().expect("veths lock").remove(host_veth);
                 let pod = need()?.pod(pod).context("pod missing from the topology")?;
                 self.host.create_pod_veth(pod).await?;
             }
@@ -386,22 +455,39 @@ impl Executor {
                 })
                 .await
                 .context("loading task panicked")??;
-                *self.dataplane.lock().expect("dataplane lock") = None;
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
-            Step::AttachPrograms { pod } => {
+            Step::AttachPrograms { pods } => {
                 let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                let hooks = Hook::for_mode(topology.mode);
-                self.with_dataplane(|d| d.attach(&pod.host_veth, hooks))?;
+                let veths = pods
+                    .iter()
+                    .map(|p| {
+                        Ok(topology
+                            .pod(p)
+                            .context("pod missing from the topology")?
+                            .host_veth
+                            .clone())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
+                self.finish_attaching().await?;
+                let task = tokio::task::spawn_blocking(move || {
+                    dataplane::attach_all(&name, &veths, hooks)
+                });
+                *self.attaching.lock().expect("attaching lock") = Some(task);
             }
             Step::ResetOffloads { pod } => {
+                // Only once XDP is detached.
+                self.finish_attaching().await?;
                 let pod = need()?.pod(pod).context("pod missing from the topology")?;
                 pod::set_offloads(pod, false).await?;
                 let mut applied = self.applied.lock().expect("applied record lock");
                 applied.xdp_offloads.remove(&pod.name);
             }
-            Step::DeleteLink { name, ifindex } => self.host.delete_link(*ifindex, name).await?,
+            Step::DeleteLink { name, ifindex } => {
+                self.veths.lock().expect("veths lock").remove(name);
+                self.host.delete_link(*ifindex, name).await?
+            }
             Step::DeleteNetns { netns } => netns::delete(netns)?,
             Step::RemovePins => Pins::new(&self.name).remove_all()?,
             Step::RemoveState => StateDir::new(&self.name).remove()?,
@@ -475,7 +561,8 @@ impl Executor {
         }
         let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
         let wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
-        self.with_dataplane(|dataplane| {
+        let mut dataplane = Dataplane::open(&self.name)?;
+        {
             dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_pods(&entries)?;
             dataplane.sync_devmap(&ifindexes)?;
@@ -485,6 +572,6 @@ impl Executor {
                 }
             }
             Ok(())
-        })
+        }
     }
 }

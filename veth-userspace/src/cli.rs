@@ -43,6 +43,9 @@ enum Command {
         /// routes), which a plain `up` does not look at.
         #[arg(long)]
         repair: bool,
+        /// Print how long each phase and step took (on stderr).
+        #[arg(long)]
+        timings: bool,
     },
     /// Remove everything a topology made: namespaces, links, pins, state.
     ///
@@ -211,12 +214,16 @@ pub fn main() -> std::process::ExitCode {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Up { topology, repair } => {
+        Command::Up {
+            topology,
+            repair,
+            timings,
+        } => {
             let (topology, text) = match &topology {
                 Some(path) => read_topology(path)?,
                 None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
             };
-            apply::up(&topology, &text, repair).await?;
+            apply::up(&topology, &text, apply::UpOptions { repair, timings }).await?;
             println!(
                 "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)",
                 topology.name,
@@ -299,7 +306,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 format!("topology {name:?} is not up (bring it up with `vethctl up`)")
             })?;
             let (topology, text) = with_mode(&text, mode)?;
-            apply::up(&topology, &text, false).await?;
+            apply::up(&topology, &text, apply::UpOptions::default()).await?;
             println!("topology {name:?} is now in mode {mode}");
         }
         Command::Agent { listen, bpf_stats } => {

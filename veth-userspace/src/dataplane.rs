@@ -284,6 +284,55 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<(
     Ok(())
 }
 
+/// Most attaches in flight at once.
+const ATTACH_THREADS: usize = 64;
+
+/// Attaches `hooks` to every veth of `host_veths` and pins the links, then
+/// unpins (detaches) their other hooks. Attaches run concurrently: each
+/// TCX attach waits for an RCU grace period (the kernel swaps the hook's
+/// program array, then `synchronize_rcu`), ~16 ms here, and concurrent
+/// waiters share one, so one pod costs about one grace period and many
+/// pods barely more.
+pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Result<()> {
+    let pins = Pins::new(topology);
+    for veth in host_veths {
+        let dir = pins.veth_links_dir(veth);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let work: Vec<(&str, Hook)> = host_veths
+        .iter()
+        .flat_map(|veth| hooks.iter().map(move |&hook| (veth.as_str(), hook)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..work.len().min(ATTACH_THREADS))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut dataplane = Dataplane::open(topology)?;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(veth, hook)) = work.get(i) else {
+                            return Ok(());
+                        };
+                        dataplane.attach(veth, hook)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow!("an attach thread panicked"))?)
+    })?;
+    // Hooks of another mode, only now that the new ones run: unpinning
+    // detaches them.
+    for veth in host_veths {
+        for hook in HOOKS.iter().filter(|h| !hooks.contains(h)) {
+            remove_file_if_present(&pins.link(veth, *hook))?;
+        }
+    }
+    Ok(())
+}
+
 /// The pinned programs and maps of one topology, opened from bpffs.
 pub struct Dataplane {
     pins: Pins,
@@ -327,67 +376,59 @@ impl Dataplane {
         MapData::from_pin(&path).with_context(|| format!("opening map {}", path.display()))
     }
 
-    /// Attaches the hooks' programs to `host_veth` and pins the links. A
-    /// TCX hook that already runs the pinned program keeps its link; one
-    /// running an older program gets the new link before the old one is
-    /// unpinned, so frames never miss the program.
-    pub fn attach(&mut self, host_veth: &str, hooks: &[Hook]) -> Result<()> {
-        let dir = self.pins.veth_links_dir(host_veth);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for &hook in hooks {
-            let path = self.pins.link(host_veth, hook);
-            let context = || {
-                format!(
-                    "attaching {} to {host_veth} {}",
-                    hook.program(),
-                    hook.name()
-                )
-            };
-            let link: FdLink = match hook.attach_type() {
-                Some(attach_type) => {
-                    let prog = match hook {
-                        Hook::Egress => &mut self.to_pod,
-                        _ => &mut self.from_pod,
-                    };
-                    if path.exists() && tcx_runs(host_veth, attach_type, prog.id) {
-                        continue;
-                    }
-                    let id = prog
-                        .program
-                        .attach(host_veth, attach_type)
-                        .with_context(context)?;
-                    prog.program
-                        .take_link(id)?
-                        .try_into()
-                        .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?
+    /// Attaches the hook's program to `host_veth` and pins the link. A TCX
+    /// hook that already runs the pinned program keeps its link; one running
+    /// an older program gets the new link before the old one is unpinned,
+    /// so frames never miss the program.
+    fn attach(&mut self, host_veth: &str, hook: Hook) -> Result<()> {
+        let path = self.pins.link(host_veth, hook);
+        let context = || {
+            format!(
+                "attaching {} to {host_veth} {}",
+                hook.program(),
+                hook.name()
+            )
+        };
+        let link: FdLink = match hook.attach_type() {
+            Some(attach_type) => {
+                let prog = match hook {
+                    Hook::Egress => &mut self.to_pod,
+                    _ => &mut self.from_pod,
+                };
+                if path.exists() && tcx_runs(host_veth, attach_type, prog.id) {
+                    return Ok(());
                 }
-                None => {
-                    // A device has one XDP link: swap the program in the
-                    // pinned one (atomic, the pin stays valid) rather than
-                    // attach a second, which the kernel refuses (EBUSY).
-                    if replace_xdp_program(&mut self.xdp, &path) {
-                        continue;
-                    }
-                    remove_file_if_present(&path)?;
-                    // Native mode: veth runs XDP in its NAPI poll.
-                    let id = self
-                        .xdp
-                        .attach(host_veth, XdpMode::Driver)
-                        .with_context(context)?;
-                    self.xdp
-                        .take_link(id)?
-                        .try_into()
-                        .map_err(|e| anyhow!("{host_veth} xdp: not a BPF link: {e}"))?
+                let id = prog
+                    .program
+                    .attach(host_veth, attach_type)
+                    .with_context(context)?;
+                prog.program
+                    .take_link(id)?
+                    .try_into()
+                    .map_err(|e| anyhow!("{host_veth} {}: not a TCX link: {e}", hook.name()))?
+            }
+            None => {
+                // A device has one XDP link: swap the program in the pinned
+                // one (atomic, the pin stays valid) rather than attach a
+                // second, which the kernel refuses (EBUSY).
+                if replace_xdp_program(&mut self.xdp, &path) {
+                    return Ok(());
                 }
-            };
-            remove_file_if_present(&path)?;
-            link.pin(&path)
-                .with_context(|| format!("pinning link at {}", path.display()))?;
-        }
-        // Hooks of another mode: unpinning detaches them.
-        for hook in HOOKS.iter().filter(|h| !hooks.contains(h)) {
-            remove_file_if_present(&self.pins.link(host_veth, *hook))?;
-        }
+                remove_file_if_present(&path)?;
+                // Native mode: veth runs XDP in its NAPI poll.
+                let id = self
+                    .xdp
+                    .attach(host_veth, XdpMode::Driver)
+                    .with_context(context)?;
+                self.xdp
+                    .take_link(id)?
+                    .try_into()
+                    .map_err(|e| anyhow!("{host_veth} xdp: not a BPF link: {e}"))?
+            }
+        };
+        remove_file_if_present(&path)?;
+        link.pin(&path)
+            .with_context(|| format!("pinning link at {}", path.display()))?;
         Ok(())
     }
 

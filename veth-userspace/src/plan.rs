@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    applied::{pod_fingerprint, Applied},
+    applied::{masquerade_fingerprint, pod_fingerprint, Applied},
     model::{Mode, Pod, Topology},
     netlink::links::LinkState,
 };
@@ -39,6 +39,8 @@ pub struct Observed {
     pub programs_current: bool,
     /// Host-side veths with a pinned link at every hook of the desired mode.
     pub linked: BTreeSet<String>,
+    /// The topology's nf_tables table exists.
+    pub masquerade_table: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,10 +79,10 @@ pub enum Step {
     /// Write counters and endpoints for exactly the desired pods, unpin the
     /// links of pods that are gone.
     SyncDataplane,
-    /// Attach the mode's programs to the pod's host-side veth (keeping
-    /// links that already run the pinned programs).
+    /// Attach the mode's programs to these pods' host-side veths (keeping
+    /// links that already run the pinned programs), all at once.
     AttachPrograms {
-        pod: String,
+        pods: Vec<String>,
     },
     /// Leaving mode xdp: the pod's `eth0` back to veth offload defaults,
     /// only once XDP is detached.
@@ -123,7 +125,16 @@ impl fmt::Display for Step {
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
             Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
-            Step::AttachPrograms { pod } => write!(f, "attach programs for pod {pod}"),
+            Step::AttachPrograms { pods } => match pods.as_slice() {
+                [pod] => write!(f, "attach programs for pod {pod}"),
+                _ if pods.len() <= 5 => write!(f, "attach programs for pods {}", pods.join(", ")),
+                _ => write!(
+                    f,
+                    "attach programs for {} pods ({}, ...)",
+                    pods.len(),
+                    pods[..5].join(", ")
+                ),
+            },
             Step::ResetOffloads { pod } => write!(f, "reset offloads of pod {pod}"),
             Step::DeleteLink { name, ifindex } => {
                 write!(f, "delete link {name} (ifindex {ifindex})")
@@ -138,13 +149,20 @@ impl fmt::Display for Step {
 
 /// Steps that converge the kernel to `topology`.
 ///
-/// Order matters: pods are created and configured first, then the dataplane
-/// is synced (which drops endpoints of removed pods), and only then are
-/// removed pods' links deleted, so no endpoint ever points at a deleted
-/// interface whose ifindex the kernel could hand to someone else.
+/// Order matters: pods are created, attached and configured first, then the
+/// dataplane is synced (which drops endpoints of removed pods), and only
+/// then are removed pods' links deleted, so no endpoint ever points at a
+/// deleted interface whose ifindex the kernel could hand to someone else.
+/// Only pods that are new or not as the last `up` left them are touched.
 pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     let bridged = topology.mode == Mode::Bridge;
-    let mut steps = vec![Step::EnableForwarding, Step::ConfigureMasquerade];
+    let mut steps = vec![Step::EnableForwarding];
+    let masquerade_as_recorded = observed.applied.masquerade.as_deref()
+        == Some(&masquerade_fingerprint(topology))
+        && observed.masquerade_table == topology.uplink.masquerade;
+    if !masquerade_as_recorded {
+        steps.push(Step::ConfigureMasquerade);
+    }
     steps.push(if bridged {
         Step::ConfigureBridge {
             name: topology.bridge.clone(),
@@ -152,7 +170,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     } else {
         Step::ConfigureHostAddress
     });
-    let mut rewired = BTreeSet::new();
+    let mut rewired = Vec::new();
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
         if !has_netns {
@@ -179,32 +197,38 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
             }
         }
         if fresh || !wired_as_recorded(topology, pod, observed) {
-            steps.push(Step::ConfigurePod {
-                pod: pod.name.clone(),
-            });
-            rewired.insert(pod.name.as_str());
+            rewired.push(pod.name.as_str());
         }
-    }
-    if topology.mode == Mode::Pair {
-        steps.push(Step::ConfigureDirectPair);
-    } else if observed.direct_pair {
-        steps.push(Step::RemoveDirectPair);
     }
     let reload = !observed.programs_current;
     if reload {
         steps.push(Step::LoadPrograms);
     }
-    steps.push(Step::SyncDataplane);
-    for pod in &topology.pods {
-        if reload
-            || rewired.contains(pod.name.as_str())
-            || !observed.linked.contains(&pod.host_veth)
-        {
-            steps.push(Step::AttachPrograms {
-                pod: pod.name.clone(),
-            });
-        }
+    // Attaching waits for an RCU grace period; it runs while the pods are
+    // configured. Until the maps are synced the programs do not know the
+    // new pods and pass their frames to the host stack.
+    let attach: Vec<String> = topology
+        .pods
+        .iter()
+        .filter(|p| {
+            reload || rewired.contains(&p.name.as_str()) || !observed.linked.contains(&p.host_veth)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    if !attach.is_empty() {
+        steps.push(Step::AttachPrograms { pods: attach });
     }
+    steps.extend(
+        rewired
+            .iter()
+            .map(|&pod| Step::ConfigurePod { pod: pod.into() }),
+    );
+    if topology.mode == Mode::Pair {
+        steps.push(Step::ConfigureDirectPair);
+    } else if observed.direct_pair {
+        steps.push(Step::RemoveDirectPair);
+    }
+    steps.push(Step::SyncDataplane);
     if topology.mode != Mode::Xdp {
         for pod in &topology.pods {
             if observed.applied.xdp_offloads.contains(&pod.name) {
@@ -358,6 +382,8 @@ mod tests {
         }
         o.host_addresses.insert(t.host_address.into());
         o.programs_current = true;
+        o.applied.masquerade = Some(masquerade_fingerprint(t));
+        o.masquerade_table = true;
         o
     }
 
@@ -376,14 +402,13 @@ mod tests {
                 "configure the node address",
                 "create network namespace t-a",
                 "create veth t-a <-> eth0 for pod a",
-                "configure pod a",
                 "create network namespace t-b",
                 "create veth t-b <-> eth0 for pod b",
-                "configure pod b",
                 "load and pin the eBPF programs",
+                "attach programs for pods a, b",
+                "configure pod a",
+                "configure pod b",
                 "sync eBPF maps and links",
-                "attach programs for pod a",
-                "attach programs for pod b",
             ]
         );
     }
@@ -395,11 +420,13 @@ mod tests {
             names(&plan_up(&t, &observed_complete(&t))),
             [
                 "enable IP forwarding",
-                "configure masquerade for traffic leaving the node",
                 "configure the node address",
                 "sync eBPF maps and links",
             ]
         );
+        let mut flushed = observed_complete(&t);
+        flushed.masquerade_table = false;
+        assert!(plan_up(&t, &flushed).contains(&Step::ConfigureMasquerade));
     }
 
     #[test]
@@ -429,8 +456,8 @@ mod tests {
             [
                 "create network namespace t-c",
                 "create veth t-c <-> eth0 for pod c",
-                "configure pod c",
                 "attach programs for pod c",
+                "configure pod c",
             ]
         );
     }
@@ -441,7 +468,9 @@ mod tests {
         let rewired = |o: &Observed| {
             let steps = plan_up(&t, o);
             let a = steps.contains(&Step::ConfigurePod { pod: "a".into() })
-                && steps.contains(&Step::AttachPrograms { pod: "a".into() });
+                && steps.contains(&Step::AttachPrograms {
+                    pods: vec!["a".into()],
+                });
             let b = steps.contains(&Step::ConfigurePod { pod: "b".into() });
             assert!(!b, "b is untouched: {steps:?}");
             a
@@ -451,9 +480,12 @@ mod tests {
         let mut unlinked = complete.clone();
         unlinked.linked.remove("t-a");
         let steps = plan_up(&t, &unlinked);
-        assert!(steps.contains(&Step::AttachPrograms { pod: "a".into() }));
+        assert!(steps.contains(&Step::AttachPrograms {
+            pods: vec!["a".into()]
+        }));
         assert!(!steps.contains(&Step::ConfigurePod { pod: "a".into() }));
-        let changes: [(&str, fn(&mut Observed)); 6] = [
+        type Change = (&'static str, fn(&mut Observed));
+        let changes: [Change; 6] = [
             ("veth recreated", |o| {
                 o.links.get_mut("t-a").unwrap().ifindex = 99
             }),
@@ -486,11 +518,9 @@ mod tests {
         let steps = plan_up(&t, &o);
         assert!(steps.contains(&Step::LoadPrograms));
         assert!(!steps.iter().any(|s| matches!(s, Step::ConfigurePod { .. })));
-        let attached = steps
-            .iter()
-            .filter(|s| matches!(s, Step::AttachPrograms { .. }))
-            .count();
-        assert_eq!(attached, 2);
+        assert!(steps.contains(&Step::AttachPrograms {
+            pods: vec!["a".into(), "b".into()]
+        }));
     }
 
     #[test]
@@ -506,9 +536,11 @@ mod tests {
         t.mode = Mode::Tc;
         let steps = plan_up(&t, &o);
         let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        let attach = Step::AttachPrograms {
+            pods: vec!["a".into(), "b".into()],
+        };
         for pod in ["a", "b"] {
-            let reset = Step::ResetOffloads { pod: pod.into() };
-            assert!(pos(&Step::AttachPrograms { pod: pod.into() }) < pos(&reset));
+            assert!(pos(&attach) < pos(&Step::ResetOffloads { pod: pod.into() }));
         }
     }
 
@@ -601,12 +633,9 @@ mod tests {
         let routed = observed_complete(&t);
         t.mode = Mode::Bridge;
         let steps = plan_up(&t, &routed);
-        assert_eq!(
-            steps[2],
-            Step::ConfigureBridge {
-                name: "t-br".into()
-            }
-        );
+        assert!(steps.contains(&Step::ConfigureBridge {
+            name: "t-br".into()
+        }));
         assert!(steps.contains(&Step::RemoveHostAddress {
             address: t.host_address.into()
         }));

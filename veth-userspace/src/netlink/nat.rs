@@ -23,6 +23,7 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -99,6 +100,33 @@ pub fn apply(
 ) -> Result<()> {
     let batch = encode_batch(&table_name(topology), object_prefix, uplink, nets);
     send_batch(&batch).with_context(|| format!("writing nf_tables table {}", table_name(topology)))
+}
+
+/// Whether the topology's table exists.
+pub fn table_exists(topology: &str) -> Result<bool> {
+    let mut request = Vec::new();
+    message(
+        &mut request,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        NFPROTO_INET,
+        0,
+        &attr_str(NFTA_TABLE_NAME, &table_name(topology)),
+    );
+    match send_batch(&request) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .and_then(io::Error::raw_os_error)
+                == Some(libc::ENOENT) =>
+        {
+            Ok(false)
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("looking up nf_tables table {}", table_name(topology)))
+        }
+    }
 }
 
 /// Removes the topology's table (if any).

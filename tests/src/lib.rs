@@ -1201,6 +1201,22 @@ pub fn bpftool_map_dump(pin: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `bpftool map lookup` of a u32 key in a pinned map, as JSON (the
+/// `formatted` form when the map has BTF).
+pub fn bpftool_map_lookup(pin: &Path, key: u32) -> Value {
+    let bytes: Vec<String> = key.to_ne_bytes().iter().map(|b| b.to_string()).collect();
+    let mut args = vec!["-j", "map", "lookup", "pinned"];
+    let pin = pin.to_string_lossy();
+    args.push(&pin);
+    args.push("key");
+    args.extend(bytes.iter().map(String::as_str));
+    let entry: Value = serde_json::from_str(&run("bpftool", &args)).expect("bpftool JSON");
+    match entry.get("formatted") {
+        Some(formatted) => formatted.clone(),
+        None => entry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,9 @@ use std::{
 
 use serde_json::Value;
 use veth_tests::{
-    bpftool_map_dump, counter, free_port, http_get, lines_of, metric_value, parse_metrics,
-    percent_encode, ping, wait_until, Agent, ChildGuard, Sample, TempDir, TestTopology,
+    bpftool_map_dump, bpftool_map_lookup, counter, free_port, http_get, lines_of, metric_value,
+    parse_metrics, percent_encode, ping, wait_until, Agent, ChildGuard, Sample, TempDir,
+    TestTopology,
 };
 use veth_userspace::dataplane::Pins;
 
@@ -85,13 +86,25 @@ fn redirects_from_map(t: &TestTopology) -> Redirects {
             (ifindex, p["name"].as_str().unwrap().to_string())
         })
         .collect();
-    let entries = bpftool_map_dump(&Pins::new(t.name()).map("PAIR_COUNTERS"));
+    // SLOTS (host ifindex -> slot) is small; PAIR_COUNTERS is an array
+    // with room for every slot, so each pod's entry is looked up by slot.
+    let pins = Pins::new(t.name());
+    let slots = bpftool_map_dump(&pins.map("SLOTS"));
     let mut out = Redirects::new();
     for (ifindex, pod) in &ifindexes {
-        let entry = entries
+        let slot = slots
             .iter()
             .find(|e| e["key"].as_u64() == Some(*ifindex))
-            .unwrap_or_else(|| panic!("no PAIR_COUNTERS entry for {pod} (ifindex {ifindex})"));
+            .and_then(|e| e["value"].as_u64())
+            .unwrap_or_else(|| panic!("no SLOTS entry for {pod} (ifindex {ifindex})"));
+        let entry = bpftool_map_lookup(&pins.map("PAIR_COUNTERS"), slot as u32);
+        for value in entry["values"].as_array().expect("per-CPU values[]") {
+            assert_eq!(
+                value["value"]["host_ifindex"].as_u64(),
+                Some(*ifindex),
+                "slot {slot} names {pod}'s ifindex"
+            );
+        }
         for direction in DIRECTIONS {
             for unit in UNITS {
                 let field = format!("redirected_{unit}");

@@ -19,11 +19,15 @@ pub mod names {
     pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
     /// Hash map: pod IPv6 address (16 bytes) -> [`crate::Endpoint`].
     pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
-    /// Hash map: host-side veth ifindex -> [`crate::PodIdentity`]: who may
-    /// send from behind that veth (anti-spoofing), and who an endpoint's
-    /// ifindex must still belong to before anything is redirected to it.
+    /// Hash map: host-side veth ifindex -> the pod's slot, the index of its
+    /// entries in [`MAP_PODS`] and [`MAP_PAIR_COUNTERS`].
+    pub const MAP_SLOTS: &str = "SLOTS";
+    /// Array: slot -> [`crate::PodIdentity`]: who may send from behind that
+    /// veth (anti-spoofing), and who an endpoint's slot must still belong
+    /// to before anything is redirected to it.
     pub const MAP_PODS: &str = "PODS";
-    /// Per-CPU hash map: host-side veth ifindex -> [`crate::PairCounters`].
+    /// Per-CPU array: slot -> [`crate::PairCounters`] (each names its
+    /// host-side ifindex, so a bpftool dump reads on its own).
     pub const MAP_PAIR_COUNTERS: &str = "PAIR_COUNTERS";
     /// Array with one [`crate::TraceConfig`]: whether and what to trace.
     pub const MAP_TRACE_CONFIG: &str = "TRACE_CONFIG";
@@ -55,6 +59,10 @@ pub struct Endpoint {
     /// MAC the pod knows its gateway by (its host-side veth): the new source
     /// MAC, so the frame looks routed by the node, as in the host path.
     pub gateway_mac: [u8; 6],
+    /// The pod's slot in `PODS` and `PAIR_COUNTERS`.
+    pub slot: u32,
+    /// MTU of the pod's `eth0`: a frame that fits needs no helper call.
+    pub mtu: u32,
 }
 
 /// The MAC every host-side veth carries, as in Calico: pods resolve their
@@ -67,7 +75,7 @@ pub fn ipv4_key(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
-/// The addresses a pod owns, keyed by its host-side veth's ifindex.
+/// The addresses a pod owns, in its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodIdentity {
@@ -76,6 +84,8 @@ pub struct PodIdentity {
     pub ipv6: [u8; 16],
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The host-side veth the slot belongs to; 0 for a free slot.
+    pub host_ifindex: u32,
 }
 
 /// Why a program dropped a frame. Indexes [`PairCounters::drop_reasons`].
@@ -153,6 +163,10 @@ impl Verdicts {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairCounters {
+    /// The host-side veth these count for, written by userspace when the
+    /// slot is given to a pod (programs never write it).
+    pub host_ifindex: u32,
+    pub _pad: u32,
     /// Frames the pod sent (seen at host-side veth ingress).
     pub from_pod: Verdicts,
     /// Frames delivered into the pod: redirected from other pods, or passed
@@ -165,6 +179,9 @@ pub struct PairCounters {
 impl PairCounters {
     /// Adds `other` into `self` (used to sum the per-CPU values).
     pub fn accumulate(&mut self, other: &PairCounters) {
+        if self.host_ifindex == 0 {
+            self.host_ifindex = other.host_ifindex;
+        }
         self.from_pod.accumulate(&other.from_pod);
         self.to_pod.accumulate(&other.to_pod);
         for (sum, add) in self.drop_reasons.iter_mut().zip(other.drop_reasons.iter()) {

@@ -36,16 +36,15 @@ impl Verdict {
     }
 }
 
-/// Counts one frame of `bytes` for the pair whose host-side veth is
-/// `ifindex`. Pairs unknown to userspace are not counted.
+/// Counts one frame of `bytes` for the pair in `slot`.
 #[inline(always)]
-pub fn count(ifindex: u32, direction: Direction, verdict: Verdict, bytes: u64) {
+pub fn count(slot: u32, direction: Direction, verdict: Verdict, bytes: u64) {
     // SAFETY: a plain read of a static; volatile so the compiler keeps the
     // load and the loader's value is what counts.
     if unsafe { core::ptr::read_volatile(&COUNTERS_ENABLED) } == 0 {
         return;
     }
-    let Some(counters) = PAIR_COUNTERS.get_ptr_mut(ifindex) else {
+    let Some(counters) = PAIR_COUNTERS.get_ptr_mut(slot) else {
         return;
     };
     // SAFETY: the value is this CPU's slot of a per-CPU map and programs run

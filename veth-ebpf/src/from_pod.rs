@@ -20,7 +20,7 @@ use veth_common::{hook, DropReason};
 
 use crate::{
     counters::{count, Direction, Verdict},
-    deliver::{decide, Decision},
+    deliver::{decide, slot_of, Decision},
     trace::maybe_emit,
 };
 
@@ -38,8 +38,11 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
     // SAFETY: a plain read of a static; volatile so the loader's value counts.
     let redirect = unsafe { core::ptr::read_volatile(&REDIRECT_ENABLED) } != 0;
+    let Some(slot) = slot_of(ingress_ifindex) else {
+        return CONTINUE;
+    };
     let decision = if redirect {
-        decide(&ctx, ingress_ifindex)
+        decide(&ctx, slot)
     } else {
         Decision::Pass
     };
@@ -49,7 +52,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
             let rc = unsafe { bpf_redirect_peer(target.host_ifindex, 0) };
             if rc == i64::from(TC_ACT_REDIRECT) {
                 let into_pod = Verdict::Redirected;
-                count(target.host_ifindex, Direction::ToPod, into_pod, bytes);
+                count(target.slot, Direction::ToPod, into_pod, bytes);
                 (into_pod, target.host_ifindex, TC_ACT_REDIRECT as i32)
             } else {
                 let dropped = Verdict::Dropped(DropReason::RedirectFailed);
@@ -59,7 +62,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         Decision::Pass => (Verdict::Passed, 0, CONTINUE),
         Decision::Drop(reason) => (Verdict::Dropped(reason), 0, TC_ACT_SHOT as i32),
     };
-    count(ingress_ifindex, Direction::FromPod, verdict, bytes);
+    count(slot, Direction::FromPod, verdict, bytes);
     maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer_ifindex, verdict);
     action
 }

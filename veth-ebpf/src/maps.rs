@@ -1,7 +1,7 @@
 //! Every map of the dataplane, in one place. BTF-defined so that the kernel
 //! knows key and value types and `bpftool map dump` prints named fields.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use veth_common::{
@@ -17,15 +17,20 @@ pub static ENDPOINTS: HashMap<u32, Endpoint, MAX_ENDPOINTS> = HashMap::new();
 #[btf_map]
 pub static ENDPOINTS6: HashMap<[u8; 16], Endpoint, MAX_ENDPOINTS> = HashMap::new();
 
-/// Host-side veth ifindex -> the addresses its pod owns.
+/// Host-side veth ifindex -> slot: the one hash lookup a frame's source
+/// needs; everything else about a pod is an array entry at its slot, which
+/// the verifier inlines into a bounds check and an add.
 #[btf_map]
-pub static PODS: HashMap<u32, PodIdentity, MAX_PAIRS> = HashMap::new();
+pub static SLOTS: HashMap<u32, u32, MAX_PAIRS> = HashMap::new();
 
-/// Per-pair counters: host-side veth ifindex -> counters. Entries are made by
-/// userspace before a program can see the pair, so the programs never insert
-/// (a packet racing a `down` cannot resurrect a removed pair).
+/// Slot -> the addresses its pod owns (and its host-side ifindex).
 #[btf_map]
-pub static PAIR_COUNTERS: PerCpuHashMap<u32, PairCounters, MAX_PAIRS> = PerCpuHashMap::new();
+pub static PODS: Array<PodIdentity, MAX_PAIRS> = Array::new();
+
+/// Per-pair counters by slot. Userspace zeroes a slot when it gives it to
+/// a pod; a frame of a pod without a slot is not counted.
+#[btf_map]
+pub static PAIR_COUNTERS: PerCpuArray<PairCounters, MAX_PAIRS> = PerCpuArray::new();
 
 /// One [`TraceConfig`]: written by `vethctl trace` while it listens.
 #[btf_map]

@@ -29,19 +29,32 @@ pub trait Frame {
     /// The program context, for helpers that take it.
     fn raw(&self) -> *mut c_void;
 
-    /// True if the frame fits the MTU of `ifindex` (for a GSO skb: each of
-    /// its segments does), so a redirect never hands a pod more than its
-    /// `eth0` accepts; larger packets are left to the host stack, which
-    /// answers with "fragmentation needed" / "packet too big".
+    /// True if the frame fits `mtu`, the MTU of `ifindex` (for a GSO skb:
+    /// each of its segments does), so a redirect never hands a pod more than
+    /// its `eth0` accepts; larger packets are left to the host stack, which
+    /// answers with "fragmentation needed" / "packet too big". A plain
+    /// frame within the MTU is decided without a helper call.
     #[inline(always)]
-    fn fits_mtu_of(&self, ifindex: u32) -> bool {
+    fn fits_mtu_of(&self, ifindex: u32, mtu: u32) -> bool {
+        if self.plainly_fits(mtu) {
+            return true;
+        }
         let mut mtu_len: u32 = 0;
         // SAFETY: valid context, a live out-parameter, no flags.
         unsafe { bpf_check_mtu(self.raw(), ifindex, &mut mtu_len, 0, 0) == 0 }
     }
+
+    /// True only if the frame certainly fits `mtu` without segmentation.
+    fn plainly_fits(&self, mtu: u32) -> bool;
 }
 
 impl Frame for TcContext {
+    #[inline(always)]
+    fn plainly_fits(&self, mtu: u32) -> bool {
+        // SAFETY: the context pointer is valid for the program's run.
+        let gso_size = unsafe { (*self.skb.skb).gso_size };
+        gso_size == 0 && self.len() <= mtu + EthHdr::LEN as u32
+    }
     #[inline(always)]
     fn data(&self) -> usize {
         TcContext::data(self)
@@ -61,6 +74,11 @@ impl Frame for TcContext {
 }
 
 impl Frame for XdpContext {
+    /// A multi-buffer frame is longer than its linear part: always ask.
+    #[inline(always)]
+    fn plainly_fits(&self, _mtu: u32) -> bool {
+        false
+    }
     #[inline(always)]
     fn data(&self) -> usize {
         XdpContext::data(self)

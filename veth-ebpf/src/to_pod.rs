@@ -6,6 +6,7 @@ use veth_common::hook;
 
 use crate::{
     counters::{count, Direction, Verdict},
+    deliver::slot_of,
     trace::maybe_emit,
 };
 
@@ -14,7 +15,9 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let egress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = u64::from(ctx.len());
-    count(egress_ifindex, Direction::ToPod, Verdict::Passed, bytes);
+    if let Some(slot) = slot_of(egress_ifindex) {
+        count(slot, Direction::ToPod, Verdict::Passed, bytes);
+    }
     maybe_emit(&ctx, hook::TO_POD, egress_ifindex, 0, Verdict::Passed);
     TC_ACT_UNSPEC
 }

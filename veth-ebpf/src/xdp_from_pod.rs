@@ -12,7 +12,7 @@ use veth_common::{hook, DropReason};
 
 use crate::{
     counters::{count, Direction, Verdict},
-    deliver::{decide, Decision},
+    deliver::{decide, slot_of, Decision},
     maps::DEVMAP,
     packet::Frame,
     trace::maybe_emit,
@@ -22,11 +22,14 @@ use crate::{
 pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
     let ingress_ifindex = ctx.ingress_ifindex() as u32;
     let bytes = u64::from(ctx.len());
-    let (verdict, peer_ifindex, action) = match decide(&ctx, ingress_ifindex) {
+    let Some(slot) = slot_of(ingress_ifindex) else {
+        return XDP_PASS;
+    };
+    let (verdict, peer_ifindex, action) = match decide(&ctx, slot) {
         Decision::Redirect(target) => match DEVMAP.redirect(target.host_ifindex, 0) {
             Ok(action) if action == XDP_REDIRECT => {
                 let into_pod = Verdict::Redirected;
-                count(target.host_ifindex, Direction::ToPod, into_pod, bytes);
+                count(target.slot, Direction::ToPod, into_pod, bytes);
                 (into_pod, target.host_ifindex, XDP_REDIRECT)
             }
             _ => (
@@ -38,7 +41,7 @@ pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
         Decision::Pass => (Verdict::Passed, 0, XDP_PASS),
         Decision::Drop(reason) => (Verdict::Dropped(reason), 0, XDP_DROP),
     };
-    count(ingress_ifindex, Direction::FromPod, verdict, bytes);
+    count(slot, Direction::FromPod, verdict, bytes);
     maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer_ifindex, verdict);
     action
 }

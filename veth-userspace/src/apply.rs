@@ -557,13 +557,13 @@ impl Executor {
                 ipv6: pod.ipv6,
                 mac: pod.mac,
                 gateway_mac: pod.gateway_mac,
+                mtu: pod.mtu,
             });
         }
         let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
         let wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
         let mut dataplane = Dataplane::open(&self.name)?;
         {
-            dataplane.sync_counters(&ifindexes)?;
             dataplane.sync_pods(&entries)?;
             dataplane.sync_devmap(&ifindexes)?;
             for veth in dataplane.pins().linked_veths()? {

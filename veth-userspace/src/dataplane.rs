@@ -15,7 +15,7 @@ use std::{
 use crate::model::Mode;
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{DevMapHash, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{links::FdLink, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -27,10 +27,10 @@ use veth_common::{
     ipv4_key,
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP, MAP_ENDPOINTS,
-        MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
+        MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
         PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
-    Endpoint, PairCounters, PodIdentity, TraceConfig,
+    Endpoint, PairCounters, PodIdentity, TraceConfig, MAX_PAIRS,
 };
 
 /// The eBPF object, built by build.rs from the veth-ebpf crate.
@@ -48,14 +48,17 @@ pub struct PodEntry {
     pub ipv6: Option<std::net::Ipv6Addr>,
     pub mac: [u8; 6],
     pub gateway_mac: [u8; 6],
+    pub mtu: u32,
 }
 
 impl PodEntry {
-    fn endpoint(&self) -> Endpoint {
+    fn endpoint(&self, slot: u32) -> Endpoint {
         Endpoint {
             host_ifindex: self.host_ifindex,
             pod_mac: self.mac,
             gateway_mac: self.gateway_mac,
+            slot,
+            mtu: self.mtu,
         }
     }
 
@@ -65,15 +68,61 @@ impl PodEntry {
             ipv6: self.ipv6.map_or([0; 16], |v6| v6.octets()),
             mac: self.mac,
             _pad: [0; 2],
+            host_ifindex: self.host_ifindex,
         }
     }
 }
 
+/// Which slot (index into `PODS` and `PAIR_COUNTERS`) each host-side veth
+/// gets: pods that have one keep it (and their counters); new pods get the
+/// lowest free ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SlotPlan {
+    pub kept: BTreeMap<u32, u32>,
+    pub new: BTreeMap<u32, u32>,
+    /// Slots of veths no longer wanted, by their old ifindex.
+    pub freed: BTreeMap<u32, u32>,
+}
+
+impl SlotPlan {
+    pub fn slot(&self, ifindex: u32) -> Option<u32> {
+        self.kept
+            .get(&ifindex)
+            .or_else(|| self.new.get(&ifindex))
+            .copied()
+    }
+}
+
+pub fn assign_slots(
+    existing: &BTreeMap<u32, u32>,
+    wanted: &BTreeSet<u32>,
+    capacity: u32,
+) -> Result<SlotPlan> {
+    let mut plan = SlotPlan::default();
+    for (&ifindex, &slot) in existing {
+        if wanted.contains(&ifindex) && slot < capacity {
+            plan.kept.insert(ifindex, slot);
+        } else {
+            plan.freed.insert(ifindex, slot);
+        }
+    }
+    let taken: BTreeSet<u32> = plan.kept.values().copied().collect();
+    let mut free = (0..capacity).filter(|s| !taken.contains(s));
+    for &ifindex in wanted.iter().filter(|i| !plan.kept.contains_key(i)) {
+        let slot = free
+            .next()
+            .ok_or_else(|| anyhow!("more than {capacity} pods in one topology"))?;
+        plan.new.insert(ifindex, slot);
+    }
+    Ok(plan)
+}
+
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 8] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
+    MAP_SLOTS,
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
@@ -447,25 +496,55 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the endpoint maps (IPv4 and IPv6) and the pod identity map
-    /// hold exactly what `pods` describe.
+    /// Gives every pod a slot, with its identity and (for a new slot) zeroed
+    /// counters, then makes the endpoint maps (IPv4 and IPv6) hold exactly
+    /// what `pods` describe. Slots of pods that are gone are cleared first:
+    /// an endpoint is only used while its slot still names its ifindex and
+    /// address, so stale endpoints are inert at once.
     pub fn sync_pods(&mut self, pods: &[PodEntry]) -> Result<()> {
-        // Identities first: an endpoint is only used while its ifindex's
-        // identity owns the address, so stale endpoints are inert at once.
-        let identities = pods
-            .iter()
-            .map(|p| (p.host_ifindex, p.identity()))
-            .collect();
-        self.sync_hash(MAP_PODS, identities)?;
-        let v4 = pods
-            .iter()
-            .map(|p| (ipv4_key(p.ipv4.octets()), p.endpoint()))
-            .collect();
+        let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(self.map(MAP_SLOTS)?))?;
+        let existing: BTreeMap<u32, u32> = slots.iter().filter_map(|e| e.ok()).collect();
+        let wanted: BTreeSet<u32> = pods.iter().map(|p| p.host_ifindex).collect();
+        let plan = assign_slots(&existing, &wanted, MAX_PAIRS as u32)?;
+        let mut identities = Array::<_, PodIdentity>::try_from(Map::Array(self.map(MAP_PODS)?))?;
+        let mut counters = PerCpuArray::<_, PairCounters>::try_from(Map::PerCpuArray(
+            self.map(MAP_PAIR_COUNTERS)?,
+        ))?;
+        for (ifindex, &slot) in &plan.freed {
+            identities
+                .set(slot, PodIdentity::default(), 0)
+                .context("clearing a freed slot")?;
+            ignore_missing(slots.remove(ifindex)).context("removing a stale slot")?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        for (&ifindex, &slot) in &plan.new {
+            let zero = PairCounters {
+                host_ifindex: ifindex,
+                ..PairCounters::default()
+            };
+            counters
+                .set(slot, PerCpuValues::try_from(vec![zero; cpus])?, 0)
+                .context("zeroing a new slot's counters")?;
+        }
+        let mut v4 = BTreeMap::new();
+        let mut v6 = BTreeMap::new();
+        for pod in pods {
+            let slot = plan
+                .slot(pod.host_ifindex)
+                .expect("every wanted pod has a slot");
+            identities
+                .set(slot, pod.identity(), 0)
+                .context("writing a pod identity")?;
+            v4.insert(ipv4_key(pod.ipv4.octets()), pod.endpoint(slot));
+            if let Some(ipv6) = pod.ipv6 {
+                v6.insert(ipv6.octets(), pod.endpoint(slot));
+            }
+        }
+        // Last: from here on the programs count and check the new pods.
+        for (ifindex, slot) in &plan.new {
+            slots.insert(ifindex, slot, 0).context("writing a slot")?;
+        }
         self.sync_hash(MAP_ENDPOINTS, v4)?;
-        let v6 = pods
-            .iter()
-            .filter_map(|p| Some((p.ipv6?.octets(), p.endpoint())))
-            .collect();
         self.sync_hash(MAP_ENDPOINTS6, v6)
     }
 
@@ -491,35 +570,6 @@ impl Dataplane {
         }
         Ok(())
     }
-
-    /// Makes the counter map hold an entry for exactly these ifindexes:
-    /// new pairs start at zero, existing ones keep counting, removed ones go.
-    pub fn sync_counters(&mut self, ifindexes: &BTreeSet<u32>) -> Result<()> {
-        let mut counters = PerCpuHashMap::<_, u32, PairCounters>::try_from(Map::PerCpuHashMap(
-            self.map(MAP_PAIR_COUNTERS)?,
-        ))?;
-        let present: BTreeSet<u32> = counters.keys().filter_map(|k| k.ok()).collect();
-        for stale in present.difference(ifindexes) {
-            ignore_missing(counters.remove(stale)).context("removing stale counters")?;
-        }
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        for new in ifindexes.difference(&present) {
-            let zero = PerCpuValues::try_from(vec![PairCounters::default(); cpus])?;
-            // NOEXIST: never reset counters that appeared meanwhile.
-            match counters.insert(new, zero, aya_obj_flags::BPF_NOEXIST) {
-                Ok(()) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e).context("creating pair counters"),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Flag values of `bpf_map_update_elem`.
-mod aya_obj_flags {
-    pub const BPF_NOEXIST: u64 = 1;
 }
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
@@ -563,19 +613,26 @@ where
 }
 
 /// Per-pair counters of a topology, summed over CPUs, by host ifindex.
-/// Reads the pinned map, so it works from any process while the topology is up.
+/// Reads the pinned maps, so it works from any process while the topology
+/// is up.
 pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
-    let path = Pins::new(topology).map(MAP_PAIR_COUNTERS);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is topology {topology:?} up? try `vethctl up`)",
-            path.display()
-        )
-    })?;
-    let map = PerCpuHashMap::<_, u32, PairCounters>::try_from(Map::PerCpuHashMap(data))?;
+    let pins = Pins::new(topology);
+    let open = |name: &str| {
+        let path = pins.map(name);
+        MapData::from_pin(&path).with_context(|| {
+            format!(
+                "opening {} (is topology {topology:?} up? try `vethctl up`)",
+                path.display()
+            )
+        })
+    };
+    let slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(open(MAP_SLOTS)?))?;
+    let counters =
+        PerCpuArray::<_, PairCounters>::try_from(Map::PerCpuArray(open(MAP_PAIR_COUNTERS)?))?;
     let mut sums = BTreeMap::new();
-    for entry in map.iter() {
-        let (ifindex, per_cpu) = entry.context("reading pair counters")?;
+    for entry in slots.iter() {
+        let (ifindex, slot) = entry.context("reading pod slots")?;
+        let per_cpu = counters.get(&slot, 0).context("reading pair counters")?;
         sums.insert(ifindex, sum_per_cpu(per_cpu.iter()));
     }
     Ok(sums)
@@ -724,6 +781,24 @@ mod tests {
         assert_eq!(sum.to_pod.passed_packets, 6);
         assert_eq!(sum.drop_reasons[0], 3);
         assert_eq!(sum.from_pod.passed_packets, 0);
+    }
+
+    #[test]
+    fn slots_are_kept_reused_and_freed() {
+        let existing = BTreeMap::from([(10, 0), (11, 1), (12, 2)]);
+        let wanted = BTreeSet::from([10, 12, 20, 21]);
+        let plan = assign_slots(&existing, &wanted, 8).unwrap();
+        assert_eq!(plan.kept, BTreeMap::from([(10, 0), (12, 2)]));
+        assert_eq!(plan.freed, BTreeMap::from([(11, 1)]));
+        assert_eq!(
+            plan.new,
+            BTreeMap::from([(20, 1), (21, 3)]),
+            "lowest free first"
+        );
+        assert_eq!(plan.slot(21), Some(3));
+        assert_eq!(plan.slot(11), None);
+        let full = assign_slots(&BTreeMap::new(), &BTreeSet::from([1, 2, 3]), 2);
+        assert!(full.is_err(), "more pods than slots is an error");
     }
 
     #[test]

@@ -87,6 +87,34 @@ enum Command {
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
     },
+    /// Measure the path between two pods of a topology that is up:
+    /// request/response latency (sockperf), bulk TCP and 64-byte UDP rate
+    /// (iperf3), in interleaved rounds, with what the dataplane counted.
+    ///
+    /// Client and server run inside the pods' namespaces, pinned to CPU 1
+    /// and CPU 0. Needs sockperf and iperf3 installed.
+    Bench {
+        #[command(flatten)]
+        select: Select,
+        /// Pod that sends (default: the first pod).
+        #[arg(long)]
+        client: Option<String>,
+        /// Pod that answers (default: the second pod).
+        #[arg(long)]
+        server: Option<String>,
+        /// Comma-separated: tcp_rr, udp_rr, tcp_bulk, tcp_bulk_per_cpu,
+        /// udp_64b_rate.
+        #[arg(long, value_delimiter = ',', default_value = "tcp_rr,udp_rr,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
+        workloads: Vec<veth_bench::Workload>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Print JSON (every sample included) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Switch a live topology between wiring modes.
     Mode {
         #[command(subcommand)]
@@ -124,6 +152,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
+    veth_bench::Workload::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = veth_bench::Workload::ALL.iter().map(|w| w.name()).collect();
+        format!("unknown workload {name:?}; one of: {}", names.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +343,40 @@ pub async fn run(cli: Cli) -> Result<()> {
             let (topology, text) = with_mode(&text, mode)?;
             apply::up(&topology, &text, apply::UpOptions::default()).await?;
             println!("topology {name:?} is now in mode {mode}");
+        }
+        Command::Bench {
+            select,
+            client,
+            server,
+            workloads,
+            rounds,
+            seconds,
+            json,
+        } => {
+            let name = select
+                .name()?
+                .unwrap_or_else(|| Topology::default_topology().name);
+            let topology = StateDir::new(&name).load()?.with_context(|| {
+                format!("topology {name:?} is not up (bring it up with `vethctl up`)")
+            })?;
+            let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
+            let options = crate::bench::BenchOptions {
+                client: client
+                    .or_else(|| nth(0))
+                    .context("--client: the topology has no pods")?,
+                server: server
+                    .or_else(|| nth(1))
+                    .context("--server: the topology has only one pod")?,
+                workloads,
+                rounds,
+                seconds,
+            };
+            let report = crate::bench::run(&topology, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", crate::bench::table(&report));
+            }
         }
         Command::Agent { listen, bpf_stats } => {
             crate::agent::run(crate::agent::AgentOptions { listen, bpf_stats }).await?;

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod applied;
 pub mod apply;
+pub mod bench;
 pub mod cli;
 pub mod dataplane;
 pub mod model;

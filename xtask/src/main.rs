@@ -70,6 +70,10 @@ enum Bench {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Pods in the tc and xdp topologies, so their maps hold this many
+        /// endpoints (2 to 1000; --quick uses 2).
+        #[arg(long, default_value_t = 1000)]
+        endpoints: usize,
         /// One short round: fails only if a path carries no traffic.
         #[arg(long)]
         quick: bool,
@@ -112,11 +116,13 @@ fn main() -> ExitCode {
                 Bench::Paths {
                     rounds,
                     seconds,
+                    endpoints,
                     quick,
                 },
         } => bench::paths::run(&bench::paths::Options {
             rounds,
             seconds,
+            endpoints,
             quick,
         }),
     };

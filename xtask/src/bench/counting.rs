@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{median, prepare, Spec, UpTopology};
-use crate::{bench::workloads, cmd};
+use crate::cmd;
+use veth_bench::workloads;
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 

@@ -6,12 +6,11 @@ pub mod control;
 pub mod counting;
 pub mod paths;
 mod report;
-mod workloads;
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result};
@@ -22,10 +21,11 @@ use crate::{cmd, setup};
 /// Set-up, a build of vethctl, and the directory results go to.
 fn prepare() -> Result<(PathBuf, PathBuf)> {
     setup::run()?;
-    cmd::run(cmd::cargo().args(["build", "-p", "veth-userspace"]))?;
+    // Release: control-plane timings are what users run.
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "veth-userspace"]))?;
     let dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&dir)?;
-    Ok((cmd::target_dir().join("debug/vethctl"), dir))
+    Ok((cmd::target_dir().join("release/vethctl"), dir))
 }
 
 /// What a benchmark topology looks like.
@@ -100,41 +100,7 @@ impl Drop for UpTopology {
     }
 }
 
-/// A server process, killed when dropped.
-pub struct ServerGuard(pub Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `ip netns exec NETNS taskset -c CPU PROGRAM ARGS...`: pinned, so client
-/// and server never share a CPU.
-pub fn in_netns(netns: &str, cpu: u32, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        netns,
-        "taskset",
-        "-c",
-        &cpu.to_string(),
-        program,
-    ]);
-    c
-}
-
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
+pub use veth_bench::median;
 
 #[cfg(test)]
 mod tests {

@@ -5,40 +5,35 @@
 //! without veth. Rounds interleave the paths (ABCDEF, then BCDEFA, ...),
 //! and the report gives medians with min–max and per-round paired ratios.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{
-    prepare,
-    report::{self, Sample, Workload},
-    workloads, Spec, UpTopology,
-};
+use veth_bench::{measure, Sample, Target, Workload};
 
-/// Modes with their benchmark topology; loopback rides on the tc one.
+use super::{prepare, report, Spec, UpTopology};
+
+/// Modes with their benchmark topology; loopback rides on the tc one. The
+/// redirect modes get a /22: room for `--endpoints` pods.
 const MODES: [(&str, &str, &str); 5] = [
     ("pair", "bpair", "198.18.240.0/24"),
     ("bridge", "bbridge", "198.18.241.0/24"),
     ("routed", "brouted", "198.18.242.0/24"),
-    ("tc", "btc", "198.18.243.0/24"),
-    ("xdp", "bxdp", "198.18.244.0/24"),
+    ("tc", "btc", "198.19.200.0/22"),
+    ("xdp", "bxdp", "198.19.204.0/22"),
 ];
+
+/// Most pods a redirect topology's /22 holds.
+const MAX_ENDPOINTS: usize = 1000;
 
 pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
+    /// Pods (and so endpoints in the maps) of the tc and xdp topologies;
+    /// the client and server are two of them.
+    pub endpoints: usize,
     /// A few seconds per path: checks that every path carries traffic
     /// and fails only when one does not, never on a timing.
     pub quick: bool,
-}
-
-/// Where a path's client and server are.
-struct Target {
-    path: String,
-    client_netns: String,
-    server_netns: String,
-    server_ip: String,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -50,15 +45,20 @@ pub fn run(options: &Options) -> Result<()> {
     if rounds == 0 || seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
+    let endpoints = if options.quick { 2 } else { options.endpoints };
+    if !(2..=MAX_ENDPOINTS).contains(&endpoints) {
+        bail!("--endpoints takes 2 to {MAX_ENDPOINTS} pods");
+    }
     let (vethctl, dir) = prepare()?;
     let mut topologies = Vec::new();
     for (mode, name, cidr) in MODES {
+        let redirects = matches!(mode, "tc" | "xdp");
         let spec = Spec {
             name,
             mode,
             cidr,
             counters: true,
-            extra_pods: 0,
+            extra_pods: if redirects { endpoints - 2 } else { 0 },
         };
         topologies.push((mode, UpTopology::up(&vethctl, &dir, &spec)?));
     }
@@ -181,53 +181,4 @@ fn run_rounds(
     }
     progress.finish_and_clear();
     Ok(samples)
-}
-
-fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Result<Sample> {
-    let busy_before = workloads::busy_ns()?;
-    let mut sample = Sample::new(&t.path, workload, round);
-    let (client, server, ip) = (&t.client_netns, &t.server_netns, &t.server_ip);
-    let units = match workload {
-        Workload::TcpRr | Workload::UdpRr => {
-            let r = workloads::request_response(
-                client,
-                server,
-                ip,
-                workload == Workload::UdpRr,
-                seconds,
-            )?;
-            sample.value = r.transactions_per_second;
-            sample.p50_us = Some(r.p50_us);
-            sample.p99_us = Some(r.p99_us);
-            r.transactions_per_second * seconds as f64
-        }
-        Workload::TcpBulk | Workload::TcpBulkPerCpu => {
-            let streams = if workload == Workload::TcpBulk {
-                1
-            } else {
-                cpus()
-            };
-            let r = workloads::tcp_bulk(client, server, ip, streams, seconds)?;
-            sample.value = r.gbit_per_second;
-            sample.retransmits = Some(r.retransmits);
-            r.gbit_per_second * 1e9 / 8.0 / 1500.0 * seconds as f64
-        }
-        Workload::UdpRate => {
-            let r = workloads::udp_rate(client, server, ip, seconds)?;
-            sample.value = r.packets_per_second;
-            sample.loss_percent = Some(r.loss_percent);
-            r.packets_per_second * seconds as f64
-        }
-    };
-    let busy = workloads::busy_ns()?.saturating_sub(busy_before);
-    if units > 0.0 {
-        sample.cpu_ns_per_unit = Some(busy as f64 / units);
-    }
-    // Let queues drain between measurements.
-    std::thread::sleep(Duration::from_millis(100));
-    Ok(sample)
-}
-
-fn cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }

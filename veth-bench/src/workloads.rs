@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{in_netns, ServerGuard};
+use crate::{netns_command, ServerGuard};
 
 const SERVER_CPU: u32 = 0;
 const CLIENT_CPU: u32 = 1;
@@ -47,7 +47,7 @@ pub fn request_response(
 ) -> Result<RrResult> {
     let transport: &[&str] = if udp { &[] } else { &["--tcp"] };
     let _server = ServerGuard(
-        in_netns(server, SERVER_CPU, "sockperf")
+        netns_command(server, Some(SERVER_CPU), "sockperf")?
             .arg("sr")
             .args(transport)
             .args(["-i", ip, "-p", SOCKPERF_PORT])
@@ -59,7 +59,7 @@ pub fn request_response(
     // sockperf's client fails at once if nobody listens yet: retry briefly.
     let mut last = None;
     for _ in 0..20 {
-        let out = in_netns(client, CLIENT_CPU, "sockperf")
+        let out = netns_command(client, Some(CLIENT_CPU), "sockperf")?
             .arg("pp")
             .args(transport)
             .args(["-i", ip, "-p", SOCKPERF_PORT, "-m", RR_BYTES, "--full-rtt"])
@@ -180,17 +180,9 @@ fn iperf3(
     seconds: u64,
 ) -> Result<Value> {
     // One stream: pinned apart. Several: one per CPU, left to the scheduler.
-    let pin = |netns: &str, cpu: u32| {
-        if streams == 1 {
-            in_netns(netns, cpu, "iperf3")
-        } else {
-            let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", netns, "iperf3"]);
-            c
-        }
-    };
+    let pin = |netns: &str, cpu: u32| netns_command(netns, (streams == 1).then_some(cpu), "iperf3");
     let _server = ServerGuard(
-        pin(server, SERVER_CPU)
+        pin(server, SERVER_CPU)?
             .args(["-s", "-1", "-B", ip])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -199,7 +191,7 @@ fn iperf3(
     );
     let mut last = String::new();
     for _ in 0..20 {
-        let out = pin(client, CLIENT_CPU)
+        let out = pin(client, CLIENT_CPU)?
             .args([
                 "-c",
                 ip,

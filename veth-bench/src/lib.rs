@@ -1,0 +1,227 @@
+//! The workloads `vethctl bench` and `cargo xtask bench` measure, run with
+//! established tools from Debian's packages (sockperf, iperf3) inside the
+//! pods' network namespaces, client and server pinned to different CPUs.
+
+pub mod workloads;
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    TcpRr,
+    UdpRr,
+    TcpBulk,
+    TcpBulkPerCpu,
+    UdpRate,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::TcpRr,
+        Workload::UdpRr,
+        Workload::TcpBulk,
+        Workload::TcpBulkPerCpu,
+        Workload::UdpRate,
+    ];
+
+    /// The workload called `name` (as [`Workload::name`] prints it).
+    pub fn from_name(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::TcpRr => "tcp_rr",
+            Workload::UdpRr => "udp_rr",
+            Workload::TcpBulk => "tcp_bulk",
+            Workload::TcpBulkPerCpu => "tcp_bulk_per_cpu",
+            Workload::UdpRate => "udp_64b_rate",
+        }
+    }
+
+    /// Unit of the headline value (higher is better for all of them).
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::TcpRr | Workload::UdpRr => "transactions/s",
+            Workload::TcpBulk | Workload::TcpBulkPerCpu => "Gbit/s",
+            Workload::UdpRate => "packets/s received",
+        }
+    }
+
+    /// What CPU time is divided by.
+    pub fn cpu_unit(self) -> &'static str {
+        match self {
+            Workload::TcpRr | Workload::UdpRr => "ns/transaction",
+            Workload::TcpBulk | Workload::TcpBulkPerCpu => "ns/1500B",
+            Workload::UdpRate => "ns/packet",
+        }
+    }
+}
+
+/// One measurement of one path in one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    pub path: String,
+    pub workload: Workload,
+    pub round: usize,
+    /// The headline value, in [`Workload::unit`].
+    pub value: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub retransmits: Option<u64>,
+    pub loss_percent: Option<f64>,
+    /// Busy CPU time of the machine per transaction / packet.
+    pub cpu_ns_per_unit: Option<f64>,
+}
+
+impl Sample {
+    pub fn new(path: &str, workload: Workload, round: usize) -> Sample {
+        Sample {
+            path: path.to_string(),
+            workload,
+            round,
+            value: 0.0,
+            p50_us: None,
+            p99_us: None,
+            retransmits: None,
+            loss_percent: None,
+            cpu_ns_per_unit: None,
+        }
+    }
+}
+
+/// Where a path's client and server are.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub path: String,
+    pub client_netns: String,
+    pub server_netns: String,
+    pub server_ip: String,
+}
+
+/// One measurement of `workload` through `t`, with the machine's busy CPU
+/// time per transaction, packet or 1500 bytes.
+pub fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Result<Sample> {
+    let busy_before = workloads::busy_ns()?;
+    let mut sample = Sample::new(&t.path, workload, round);
+    let (client, server, ip) = (&t.client_netns, &t.server_netns, &t.server_ip);
+    let units = match workload {
+        Workload::TcpRr | Workload::UdpRr => {
+            let r = workloads::request_response(
+                client,
+                server,
+                ip,
+                workload == Workload::UdpRr,
+                seconds,
+            )?;
+            sample.value = r.transactions_per_second;
+            sample.p50_us = Some(r.p50_us);
+            sample.p99_us = Some(r.p99_us);
+            r.transactions_per_second * seconds as f64
+        }
+        Workload::TcpBulk | Workload::TcpBulkPerCpu => {
+            let streams = if workload == Workload::TcpBulk {
+                1
+            } else {
+                cpus()
+            };
+            let r = workloads::tcp_bulk(client, server, ip, streams, seconds)?;
+            sample.value = r.gbit_per_second;
+            sample.retransmits = Some(r.retransmits);
+            r.gbit_per_second * 1e9 / 8.0 / 1500.0 * seconds as f64
+        }
+        Workload::UdpRate => {
+            let r = workloads::udp_rate(client, server, ip, seconds)?;
+            sample.value = r.packets_per_second;
+            sample.loss_percent = Some(r.loss_percent);
+            r.packets_per_second * seconds as f64
+        }
+    };
+    let busy = workloads::busy_ns()?.saturating_sub(busy_before);
+    if units > 0.0 {
+        sample.cpu_ns_per_unit = Some(busy as f64 / units);
+    }
+    // Let queues drain between measurements.
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(sample)
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// `program` run inside the named network namespace (`/run/netns/NETNS`),
+/// pinned to `cpu` if given. The child joins the namespace itself between
+/// fork and exec, so nothing else (no `ip netns exec`) is run.
+pub fn netns_command(netns: &str, cpu: Option<u32>, program: &str) -> Result<Command> {
+    let path = format!("/run/netns/{netns}");
+    // Opened close-on-exec: the program never sees it.
+    let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+    let mut command = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe syscalls run
+    // (setns, sched_setaffinity) on memory owned by the closure.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(cpu) = cpu {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu as usize, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// A server process, killed when dropped.
+pub struct ServerGuard(pub Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_non_finite() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named() {
+        let err = netns_command("vethctl-no-such-netns", None, "true").unwrap_err();
+        assert!(format!("{err:#}").contains("/run/netns/vethctl-no-such-netns"));
+    }
+}

@@ -1,0 +1,226 @@
+//! `vethctl bench`: the workloads of `cargo xtask bench` between two pods of
+//! a topology that is up, in whatever mode it is in, with what the dataplane
+//! counted meanwhile: the proof of which path the traffic took.
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use veth_bench::{measure, median, Sample, Target, Workload};
+
+use crate::{
+    dataplane,
+    model::Topology,
+    netlink::{netns, Host},
+};
+
+pub struct BenchOptions {
+    pub client: String,
+    pub server: String,
+    pub workloads: Vec<Workload>,
+    pub rounds: usize,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub topology: String,
+    pub mode: String,
+    pub client: String,
+    pub server: String,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub results: Vec<WorkloadResult>,
+    /// What the client's pair counted over the whole run.
+    pub client_frames: PathCounts,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkloadResult {
+    pub workload: Workload,
+    pub unit: &'static str,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub retransmits: Option<u64>,
+    pub loss_percent: Option<f64>,
+    pub cpu_ns_per_unit: Option<f64>,
+    pub cpu_unit: &'static str,
+}
+
+/// Frames the client sent during the run, by what the programs did.
+#[derive(Debug, Default, Serialize)]
+pub struct PathCounts {
+    pub redirected: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchReport> {
+    if options.rounds == 0 || options.seconds == 0 || options.workloads.is_empty() {
+        bail!("--rounds, --seconds and --workloads need at least 1");
+    }
+    let pod = |name: &str, flag: &str| {
+        topology.pod(name).with_context(|| {
+            let names: Vec<&str> = topology.pods.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "{flag}: topology {:?} has no pod {name:?} (pods: {})",
+                topology.name,
+                names.join(", ")
+            )
+        })
+    };
+    let (client, server) = (
+        pod(&options.client, "--client")?,
+        pod(&options.server, "--server")?,
+    );
+    if client.name == server.name {
+        bail!("--client and --server name the same pod: pick two");
+    }
+    for p in [client, server] {
+        if !netns::exists(&p.netns) {
+            bail!(
+                "pod {:?} has no namespace {:?}: is topology {:?} up? (`vethctl up`)",
+                p.name,
+                p.netns,
+                topology.name
+            );
+        }
+    }
+    let target = Target {
+        path: topology.mode.to_string(),
+        client_netns: client.netns.clone(),
+        server_netns: server.netns.clone(),
+        server_ip: server.ipv4.to_string(),
+    };
+    let ifindex = Host::connect()?
+        .link(&client.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", client.host_veth))?
+        .ifindex;
+    let before = dataplane::read_counters(&topology.name)?;
+    let (workloads, rounds, seconds) = (options.workloads.clone(), options.rounds, options.seconds);
+    let (client_name, server_name) = (client.name.clone(), server.name.clone());
+    // The tools run for minutes: off the runtime.
+    let samples = tokio::task::spawn_blocking(move || -> Result<Vec<Sample>> {
+        let mut samples = Vec::new();
+        // Workloads interleave round by round, as in `cargo xtask bench`.
+        for round in 0..rounds {
+            for &workload in &workloads {
+                eprintln!(
+                    "round {}/{rounds}: {} from {client_name} to {server_name}",
+                    round + 1,
+                    workload.name(),
+                );
+                samples.push(
+                    measure(workload, &target, round, seconds)
+                        .with_context(|| format!("{} in round {}", workload.name(), round + 1))?,
+                );
+            }
+        }
+        Ok(samples)
+    })
+    .await
+    .context("benchmark task panicked")??;
+    let after = dataplane::read_counters(&topology.name)?;
+    let delta = |f: fn(&veth_common::Verdicts) -> u64| {
+        let get = |m: &std::collections::BTreeMap<u32, veth_common::PairCounters>| {
+            m.get(&ifindex).map_or(0, |c| f(&c.from_pod))
+        };
+        get(&after).saturating_sub(get(&before))
+    };
+    Ok(BenchReport {
+        topology: topology.name.clone(),
+        mode: topology.mode.to_string(),
+        client: client.name.clone(),
+        server: server.name.clone(),
+        rounds: options.rounds,
+        seconds: options.seconds,
+        results: options
+            .workloads
+            .iter()
+            .map(|&w| summarize(w, &samples))
+            .collect(),
+        client_frames: PathCounts {
+            redirected: delta(|v| v.redirected_packets),
+            passed: delta(|v| v.passed_packets),
+            dropped: delta(|v| v.dropped_packets),
+        },
+        samples,
+    })
+}
+
+fn summarize(workload: Workload, samples: &[Sample]) -> WorkloadResult {
+    let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == workload).collect();
+    let values: Vec<f64> = of.iter().map(|s| s.value).collect();
+    let opt_median = |f: fn(&Sample) -> Option<f64>| {
+        let v: Vec<f64> = of.iter().filter_map(|s| f(s)).collect();
+        (!v.is_empty()).then(|| median(&v))
+    };
+    WorkloadResult {
+        workload,
+        unit: workload.unit(),
+        median: median(&values),
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        p50_us: opt_median(|s| s.p50_us),
+        p99_us: opt_median(|s| s.p99_us),
+        retransmits: of.iter().filter_map(|s| s.retransmits).reduce(|a, b| a + b),
+        loss_percent: opt_median(|s| s.loss_percent),
+        cpu_ns_per_unit: opt_median(|s| s.cpu_ns_per_unit),
+        cpu_unit: workload.cpu_unit(),
+    }
+}
+
+/// The report as a table.
+pub fn table(report: &BenchReport) -> String {
+    let mut out = format!(
+        "topology {} (mode {}): {} -> {}, {} round(s) of {} s, medians (min-max)\n",
+        report.topology, report.mode, report.client, report.server, report.rounds, report.seconds
+    );
+    out += &format!(
+        "{:<17} {:>30} {:>9} {:>9} {:>8} {:>7} {:>18}\n",
+        "workload", "median (min-max)", "p50 us", "p99 us", "retrans", "loss %", "CPU"
+    );
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    for r in &report.results {
+        out += &format!(
+            "{:<17} {:>30} {:>9} {:>9} {:>8} {:>7} {:>18}\n",
+            r.workload.name(),
+            format!(
+                "{} ({}-{}) {}",
+                short(r.median),
+                short(r.min),
+                short(r.max),
+                r.unit
+            ),
+            num(r.p50_us),
+            num(r.p99_us),
+            r.retransmits.map_or("-".into(), |v| v.to_string()),
+            num(r.loss_percent),
+            r.cpu_ns_per_unit
+                .map_or("-".into(), |v| format!("{v:.0} {}", r.cpu_unit)),
+        );
+    }
+    let c = &report.client_frames;
+    let total = (c.redirected + c.passed + c.dropped).max(1);
+    out += &format!(
+        "frames from {}: {} redirected ({:.1}%), {} passed to the host stack, {} dropped\n",
+        report.client,
+        c.redirected,
+        100.0 * c.redirected as f64 / total as f64,
+        c.passed,
+        c.dropped
+    );
+    out
+}
+
+/// 12.3k, 4.56 — compact numbers for the table.
+fn short(v: f64) -> String {
+    if v.abs() >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.2}")
+    }
+}

@@ -178,3 +178,35 @@ fn up_rewires_a_pod_whose_veth_was_deleted() {
     assert_eq!(ping(&b.netns, a.ipv4, 3), 3, "b -> a after up");
     assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "a -> b after up");
 }
+
+/// `rps = true` steers every host-side veth's flows over all CPUs; turning
+/// it off again (another `up`) restores the kernel default.
+#[test]
+fn rps_is_set_on_host_veths_and_cleared_again() {
+    let mut t = TestTopology::new(&["a", "b"]);
+    let rps_of = |veth: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{veth}/queues/rx-0/rps_cpus"))
+            .unwrap()
+            .trim()
+            .replace(',', "")
+    };
+    let text = std::fs::read_to_string(&t.file).unwrap();
+    t.rewrite(&text.replacen("mode = \"tc\"\n", "mode = \"tc\"\nrps = true\n", 1));
+    t.up();
+    for pod in ["a", "b"] {
+        let mask = rps_of(&t.pod(pod).host_veth);
+        assert!(
+            mask.trim_start_matches('0') != "",
+            "{pod}: rps_cpus set ({mask})"
+        );
+    }
+    let (a, b) = (t.pod("a").clone(), t.pod("b").clone());
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "traffic flows with rps");
+    t.rewrite(&text);
+    t.up();
+    assert_eq!(
+        rps_of(&a.host_veth).trim_start_matches('0'),
+        "",
+        "rps off again"
+    );
+}

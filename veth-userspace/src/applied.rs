@@ -92,8 +92,9 @@ fn digest(text: &str) -> String {
 /// and the topology settings that shape its addresses, routes and port.
 pub fn pod_fingerprint(topology: &Topology, pod: &Pod) -> String {
     digest(&format!(
-        "{pod:?}|{}|{}|{:?}|{}|{:?}|{}",
+        "{pod:?}|{}|{}|{}|{:?}|{}|{:?}|{}",
         topology.mode,
+        topology.rps,
         topology.pod_cidr,
         topology.pod_cidr6,
         topology.host_address,
@@ -127,6 +128,8 @@ mod tests {
         assert_ne!(a, pod_fingerprint(&routed, &routed.pods[0]), "mode");
         let mtu = topology("mtu = 1400");
         assert_ne!(a, pod_fingerprint(&mtu, &mtu.pods[0]), "mtu");
+        let rps = topology("rps = true");
+        assert_ne!(a, pod_fingerprint(&rps, &rps.pods[0]), "rps");
         let v6 = topology("pod_cidr6 = \"fd00:1::/64\"");
         assert_ne!(a, pod_fingerprint(&v6, &v6.pods[0]), "dual stack");
         // Settings that do not touch a pod's wiring do not redo it.

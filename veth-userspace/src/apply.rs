@@ -534,6 +534,7 @@ impl Executor {
         self.host
             .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
             .await?;
+        sysctl::set_rps(&pod.host_veth, topology.rps)?;
         match bridge {
             Some(_) => self.host.remove_pod_routes(pod, veth.ifindex).await,
             None => {

@@ -127,6 +127,12 @@ pub struct TopologyFile {
     /// the README for what counting costs).
     #[serde(default = "yes")]
     pub counters: bool,
+    /// Receive packet steering on the host-side veths: each flow's frames
+    /// queue on one CPU, so a TCP flow is never reordered between CPUs'
+    /// backlogs (no spurious retransmissions), at the price of a
+    /// cross-CPU hand-off for some flows. See BENCHMARKS.md.
+    #[serde(default)]
+    pub rps: bool,
     /// How pods reach the world beyond the node.
     #[serde(default)]
     pub uplink: UplinkFile,
@@ -190,6 +196,7 @@ pub struct Topology {
     /// which `down` finds it again.
     pub host_address_label: String,
     pub counters: bool,
+    pub rps: bool,
     pub uplink: Uplink,
     /// The bridge of mode bridge (made only in that mode).
     pub bridge: String,
@@ -622,6 +629,7 @@ impl TopologyFile {
             host_address6,
             host_address_label,
             counters: self.counters,
+            rps: self.rps,
             uplink: Uplink {
                 masquerade: self.uplink.masquerade,
                 interface: self.uplink.interface,

@@ -73,6 +73,7 @@ pub fn run(rounds: usize, seconds: u64) -> Result<()> {
                 mode: "tc",
                 cidr: v.cidr,
                 counters: v.counters,
+                rps: false,
                 extra_pods: 0,
             };
             UpTopology::up(&vethctl, &dir, &spec)

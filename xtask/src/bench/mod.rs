@@ -34,6 +34,8 @@ pub struct Spec<'a> {
     pub mode: &'a str,
     pub cidr: &'a str,
     pub counters: bool,
+    /// Receive packet steering on the host-side veths (`rps = true`).
+    pub rps: bool,
     /// Extra pods besides the client `a` and the server `b`.
     pub extra_pods: usize,
 }
@@ -52,8 +54,8 @@ impl UpTopology {
     pub fn up(vethctl: &Path, dir: &Path, spec: &Spec) -> Result<UpTopology> {
         let file = dir.join(format!("{}.toml", spec.name));
         let mut text = format!(
-            "name = \"{}\"\nmode = \"{}\"\npod_cidr = \"{}\"\ncounters = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",
-            spec.name, spec.mode, spec.cidr, spec.counters
+            "name = \"{}\"\nmode = \"{}\"\npod_cidr = \"{}\"\ncounters = {}\nrps = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",
+            spec.name, spec.mode, spec.cidr, spec.counters, spec.rps
         );
         for i in 0..spec.extra_pods {
             text += &format!("\n[[pods]]\nname = \"x{i}\"\n");

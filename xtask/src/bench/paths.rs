@@ -12,14 +12,61 @@ use veth_bench::{measure, Sample, Target, Workload};
 
 use super::{prepare, report, Spec, UpTopology};
 
-/// Modes with their benchmark topology; loopback rides on the tc one. The
-/// redirect modes get a /22: room for `--endpoints` pods.
-const MODES: [(&str, &str, &str); 5] = [
-    ("pair", "bpair", "198.18.240.0/24"),
-    ("bridge", "bbridge", "198.18.241.0/24"),
-    ("routed", "brouted", "198.18.242.0/24"),
-    ("tc", "btc", "198.19.200.0/22"),
-    ("xdp", "bxdp", "198.19.204.0/22"),
+/// A path: its name in the report, the mode, the benchmark topology and
+/// whether it steers flows (`rps = true`).
+struct PathSpec {
+    path: &'static str,
+    mode: &'static str,
+    topology: &'static str,
+    cidr: &'static str,
+    rps: bool,
+}
+
+/// One topology per path; loopback rides on the tc one. The redirect modes
+/// get a /22: room for `--endpoints` pods.
+const PATHS: [PathSpec; 6] = [
+    PathSpec {
+        path: "pair",
+        mode: "pair",
+        topology: "bpair",
+        cidr: "198.18.240.0/24",
+        rps: false,
+    },
+    PathSpec {
+        path: "bridge",
+        mode: "bridge",
+        topology: "bbridge",
+        cidr: "198.18.241.0/24",
+        rps: false,
+    },
+    PathSpec {
+        path: "routed",
+        mode: "routed",
+        topology: "brouted",
+        cidr: "198.18.242.0/24",
+        rps: false,
+    },
+    PathSpec {
+        path: "tc",
+        mode: "tc",
+        topology: "btc",
+        cidr: "198.19.200.0/22",
+        rps: false,
+    },
+    PathSpec {
+        path: "tc-rps",
+        mode: "tc",
+        topology: "btcrps",
+        cidr: "198.19.208.0/22",
+        rps: true,
+    },
+    PathSpec {
+        path: "xdp",
+        mode: "xdp",
+        topology: "bxdp",
+        cidr: "198.19.204.0/22",
+        rps: false,
+    },
 ];
 
 /// Most pods a redirect topology's /22 holds.
@@ -51,27 +98,32 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let (vethctl, dir) = prepare()?;
     let mut topologies = Vec::new();
-    for (mode, name, cidr) in MODES {
-        let redirects = matches!(mode, "tc" | "xdp");
+    for p in &PATHS {
+        let redirects = matches!(p.mode, "tc" | "xdp");
         let spec = Spec {
-            name,
-            mode,
-            cidr,
+            name: p.topology,
+            mode: p.mode,
+            cidr: p.cidr,
             counters: true,
+            rps: p.rps,
             extra_pods: if redirects { endpoints - 2 } else { 0 },
         };
-        topologies.push((mode, UpTopology::up(&vethctl, &dir, &spec)?));
+        topologies.push((p.path, UpTopology::up(&vethctl, &dir, &spec)?));
     }
     let mut targets: Vec<Target> = topologies
         .iter()
-        .map(|(mode, t)| Target {
-            path: mode.to_string(),
+        .map(|(path, t)| Target {
+            path: path.to_string(),
             client_netns: t.client_netns.clone(),
             server_netns: t.server_netns.clone(),
             server_ip: t.server_ip.clone(),
         })
         .collect();
-    let tc = &topologies[3].1;
+    let tc = &topologies
+        .iter()
+        .find(|(path, _)| *path == "tc")
+        .expect("a tc path")
+        .1;
     targets.insert(
         0,
         Target {
@@ -122,6 +174,7 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
             mode: "tc",
             cidr: &cidr,
             counters: true,
+            rps: false,
             extra_pods: pods - 2,
         };
         let t = UpTopology::up(&vethctl, &dir, &spec)?;

@@ -196,7 +196,7 @@ fn rps_is_set_on_host_veths_and_cleared_again() {
     for pod in ["a", "b"] {
         let mask = rps_of(&t.pod(pod).host_veth);
         assert!(
-            mask.trim_start_matches('0') != "",
+            !mask.trim_start_matches('0').is_empty(),
             "{pod}: rps_cpus set ({mask})"
         );
     }

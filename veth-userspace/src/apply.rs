@@ -157,26 +157,9 @@ pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result
     timings.mark("wait for the lock");
     refuse_address_clashes(topology)?;
     let host = Host::connect()?;
-    let state = StateDir::new(&topology.name);
-    let recorded = state.load().ok().flatten();
-    let mut applied = Applied::load(&state)?;
-    if options.repair {
-        // Offloads are still reset where they may be set.
-        applied = Applied {
-            xdp_offloads: applied.xdp_offloads,
-            ..Applied::default()
-        };
-    }
-    let observed = observe(
-        &host,
-        &topology.name,
-        recorded.as_ref(),
-        Some(topology),
-        applied,
-    )
-    .await?;
+    let observed = observe_for(&host, topology, options.repair).await?;
     timings.mark("observe the kernel");
-    state.save(source)?;
+    StateDir::new(&topology.name).save(source)?;
     let steps = plan_up(topology, &observed);
     let executor = Executor::new(
         host,
@@ -239,18 +222,33 @@ fn refuse_address_clashes(topology: &Topology) -> Result<()> {
 /// What `up` would do, without doing it.
 pub async fn plan(topology: &Topology) -> Result<Vec<Step>> {
     let host = Host::connect()?;
+    Ok(plan_up(
+        topology,
+        &observe_for(&host, topology, false).await?,
+    ))
+}
+
+/// What the kernel has of `topology`, with what the last `up` finished
+/// (nothing with `repair`, so that every pod is wired again).
+async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<Observed> {
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
-    let applied = Applied::load(&state)?;
-    let observed = observe(
-        &host,
+    let mut applied = Applied::load(&state)?;
+    if repair {
+        // Offloads are still reset where they may be set.
+        applied = Applied {
+            xdp_offloads: applied.xdp_offloads,
+            ..Applied::default()
+        };
+    }
+    observe(
+        host,
         &topology.name,
         recorded.as_ref(),
         Some(topology),
         applied,
     )
-    .await?;
-    Ok(plan_up(topology, &observed))
+    .await
 }
 
 /// Removes everything of topology `name`; fine to repeat, and after a crash.

@@ -103,16 +103,3 @@ impl Drop for UpTopology {
 }
 
 pub use veth_bench::median;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
-        assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
-    }
-}

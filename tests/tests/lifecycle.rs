@@ -210,3 +210,38 @@ fn rps_is_set_on_host_veths_and_cleared_again() {
         "rps off again"
     );
 }
+
+/// A map pinned with another layout (as an older vethctl would leave it) is
+/// made afresh, with a note, instead of failing the programs' verification.
+#[test]
+fn a_map_pinned_with_another_layout_is_made_afresh() {
+    let t = TestTopology::new(&["a", "b"]);
+    let pins = veth_userspace::dataplane::Pins::new(t.name());
+    std::fs::create_dir_all(pins.root()).unwrap();
+    let pods = pins.map("PODS");
+    veth_tests::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &pods.to_string_lossy(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "28",
+            "entries",
+            "64",
+            "name",
+            "PODS",
+        ],
+    );
+    let out = t.vethctl(&["up"]);
+    expect_success(&out, "vethctl up over an old map");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("map PODS") && err.contains("afresh"), "{err}");
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "forwarding works");
+    assert!(counter(&t.stats()["a"], "from_pod", "redirected_packets") >= 3);
+}

@@ -444,7 +444,7 @@ impl Executor {
                 let topology = need()?.clone();
                 // Loading verifies programs and may take a moment: off the
                 // runtime.
-                tokio::task::spawn_blocking(move || {
+                let replaced = tokio::task::spawn_blocking(move || {
                     dataplane::load_programs(
                         &topology.name,
                         topology.counters,
@@ -453,6 +453,13 @@ impl Executor {
                 })
                 .await
                 .context("loading task panicked")??;
+                for map in replaced {
+                    eprintln!(
+                        "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
+                         layout; made afresh (what it held, such as counters, starts over)",
+                        self.name
+                    );
+                }
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
             Step::AttachPrograms { pods } => {

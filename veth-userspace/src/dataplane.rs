@@ -299,11 +299,14 @@ pub fn programs_digest(counters: bool, redirect: bool) -> String {
 /// older ones. Links to older programs keep running them until replaced.
 /// `counters: false` compiles counting out of the programs; `redirect:
 /// false` leaves `from_pod` only counting (kernel-path modes).
-pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<()> {
+/// Returns the maps that were pinned with another layout (by another
+/// vethctl) and were made afresh.
+pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<Vec<String>> {
     ensure_bpffs()?;
     let pins = Pins::new(topology);
     fs::create_dir_all(pins.links_dir())
         .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+    let replaced = unpin_incompatible_maps(&pins)?;
     let mut loader = EbpfLoader::new();
     for map in PINNED_MAPS {
         loader.map_pin_path(map, pins.map(map));
@@ -330,7 +333,39 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<(
         prog.pin(&path)
             .with_context(|| format!("pinning program {name} at {}", path.display()))?;
     }
-    Ok(())
+    Ok(replaced)
+}
+
+/// Unpins the maps whose pinned layout (type, key and value size, entries)
+/// differs from this vethctl's object, so that loading makes them afresh:
+/// the loader would reuse them as they are, and the programs would then
+/// fail verification. Programs still attached keep their old maps until
+/// their links are replaced.
+fn unpin_incompatible_maps(pins: &Pins) -> Result<Vec<String>> {
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
+    let mut replaced = Vec::new();
+    for name in PINNED_MAPS {
+        let path = pins.map(name);
+        let Some(wanted) = object.maps.get(name) else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
+        }
+        let same = aya::maps::MapInfo::from_pin(&path).is_ok_and(|pinned| {
+            pinned
+                .map_type()
+                .is_ok_and(|t| t as u32 == wanted.map_type())
+                && pinned.key_size() == wanted.key_size()
+                && pinned.value_size() == wanted.value_size()
+                && pinned.max_entries() == wanted.max_entries()
+        });
+        if !same {
+            remove_file_if_present(&path)?;
+            replaced.push(name.to_string());
+        }
+    }
+    Ok(replaced)
 }
 
 /// Most attaches in flight at once.

@@ -360,6 +360,35 @@ impl Executor {
         self.finish_attaching().await
     }
 
+    /// Polls until none of `names` is left, giving up once a second passes
+    /// without one going (a namespace held open elsewhere keeps its pair;
+    /// the following steps delete what is left).
+    async fn await_veths_gone(&self, names: &[String]) -> Result<()> {
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let prefix = object_prefix(&self.name);
+        let mut left = usize::MAX;
+        let mut progress = std::time::Instant::now();
+        loop {
+            let now_left = self
+                .host
+                .links_with_prefix(&prefix)
+                .await?
+                .iter()
+                .filter(|l| wanted.contains(l.name.as_str()))
+                .count();
+            if now_left == 0 {
+                return Ok(());
+            }
+            if now_left < left {
+                left = now_left;
+                progress = std::time::Instant::now();
+            } else if progress.elapsed() > std::time::Duration::from_secs(1) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for the attach running in the background, if any.
     async fn finish_attaching(&self) -> Result<()> {
         let running = self.attaching.lock().expect("attaching lock").take();
@@ -494,6 +523,7 @@ impl Executor {
                 self.host.delete_link(*ifindex, name).await?
             }
             Step::DeleteNetns { netns } => netns::delete(netns)?,
+            Step::AwaitVethsGone { names } => self.await_veths_gone(names).await?,
             Step::RemovePins => Pins::new(&self.name).remove_all()?,
             Step::RemoveState => StateDir::new(&self.name).remove()?,
         }

@@ -96,6 +96,11 @@ pub enum Step {
     DeleteNetns {
         netns: String,
     },
+    /// Wait while the kernel destroys the deleted namespaces' veth pairs
+    /// (it does so in the background), as long as it makes progress.
+    AwaitVethsGone {
+        names: Vec<String>,
+    },
     /// Remove a node address from the host's loopback.
     RemoveHostAddress {
         address: IpAddr,
@@ -140,6 +145,11 @@ impl fmt::Display for Step {
                 write!(f, "delete link {name} (ifindex {ifindex})")
             }
             Step::DeleteNetns { netns } => write!(f, "delete network namespace {netns}"),
+            Step::AwaitVethsGone { names } => write!(
+                f,
+                "wait for the kernel to remove {} veth pair(s)",
+                names.len()
+            ),
             Step::RemoveHostAddress { address } => write!(f, "remove node address {address}"),
             Step::RemovePins => write!(f, "unpin programs, maps and links"),
             Step::RemoveState => write!(f, "remove state"),
@@ -313,11 +323,8 @@ fn create_veth(pod: &Pod) -> Step {
 /// everything is found by name, so it works after a crash or a partial `up`.
 pub fn plan_down(observed: &Observed) -> Vec<Step> {
     let mut steps = vec![Step::RemovePins, Step::RemoveMasquerade];
-    // Deleting a host-side veth deletes its pod-side peer with it.
-    steps.extend(observed.links.values().map(|l| Step::DeleteLink {
-        name: l.name.clone(),
-        ifindex: l.ifindex,
-    }));
+    // Namespaces first: the kernel then destroys their veth pairs in
+    // batches, far faster than one deletion (and grace period) per link.
     steps.extend(
         observed
             .netns
@@ -325,6 +332,21 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
             .chain(&observed.dead_netns)
             .map(|n| Step::DeleteNetns { netns: n.clone() }),
     );
+    let veths: Vec<String> = observed
+        .links
+        .values()
+        .filter(|l| l.is_veth())
+        .map(|l| l.name.clone())
+        .collect();
+    if !observed.netns.is_empty() && !veths.is_empty() {
+        steps.push(Step::AwaitVethsGone { names: veths });
+    }
+    // Whatever is left (the bridge, a veth whose namespace is held open
+    // elsewhere); deleting a host-side veth deletes its pod-side peer.
+    steps.extend(observed.links.values().map(|l| Step::DeleteLink {
+        name: l.name.clone(),
+        ifindex: l.ifindex,
+    }));
     steps.extend(
         observed
             .host_addresses
@@ -678,6 +700,14 @@ mod tests {
                 .filter(|s| matches!(s, Step::DeleteNetns { .. }))
                 .count(),
             2
+        );
+        let pos = |f: fn(&Step) -> bool| steps.iter().position(f).unwrap();
+        assert!(
+            pos(|s| matches!(s, Step::DeleteNetns { .. }))
+                < pos(|s| matches!(s, Step::AwaitVethsGone { .. }))
+                && pos(|s| matches!(s, Step::AwaitVethsGone { .. }))
+                    < pos(|s| matches!(s, Step::DeleteLink { .. })),
+            "namespaces go first, then the kernel's own clean-up, then leftovers: {steps:?}"
         );
         assert_eq!(
             names(&plan_down(&Observed::default())),

@@ -99,6 +99,48 @@ impl Sample {
     }
 }
 
+/// One workload's samples on one path: the headline value's median with
+/// min–max, and the median of each side figure the samples carry.
+#[derive(Clone, Debug, Serialize)]
+pub struct Spread {
+    pub workload: Workload,
+    pub unit: &'static str,
+    pub rounds: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    /// Median per measurement.
+    pub retransmits: Option<f64>,
+    pub loss_percent: Option<f64>,
+    pub cpu_ns_per_unit: Option<f64>,
+}
+
+impl Spread {
+    /// `samples`: the measurements of `workload` on one path.
+    pub fn of(workload: Workload, samples: &[&Sample]) -> Spread {
+        let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+        let side = |f: fn(&Sample) -> Option<f64>| {
+            let v: Vec<f64> = samples.iter().filter_map(|s| f(s)).collect();
+            (!v.is_empty()).then(|| median(&v))
+        };
+        Spread {
+            workload,
+            unit: workload.unit(),
+            rounds: samples.len(),
+            median: median(&values),
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            p50_us: side(|s| s.p50_us),
+            p99_us: side(|s| s.p99_us),
+            retransmits: side(|s| s.retransmits.map(|r| r as f64)),
+            loss_percent: side(|s| s.loss_percent),
+            cpu_ns_per_unit: side(|s| s.cpu_ns_per_unit),
+        }
+    }
+}
+
 /// Where a path's client and server are.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -217,6 +259,21 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[f64::NAN, 1.0]), 1.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn spread_gives_medians_and_range() {
+        let sample = |round, value, retransmits| Sample {
+            value,
+            retransmits: Some(retransmits),
+            ..Sample::new("tc", Workload::TcpBulk, round)
+        };
+        let samples = [sample(0, 3.0, 10), sample(1, 1.0, 30), sample(2, 2.0, 20)];
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let s = Spread::of(Workload::TcpBulk, &refs);
+        assert_eq!((s.median, s.min, s.max, s.rounds), (2.0, 1.0, 3.0, 3));
+        assert_eq!(s.retransmits, Some(20.0));
+        assert_eq!(s.p50_us, None, "bulk has no latency");
     }
 
     #[test]

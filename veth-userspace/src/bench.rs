@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use veth_bench::{measure, median, Sample, Target, Workload};
+use veth_bench::{measure, Sample, Spread, Target, Workload};
 
 use crate::{
     dataplane,
@@ -28,25 +28,10 @@ pub struct BenchReport {
     pub server: String,
     pub rounds: usize,
     pub seconds: u64,
-    pub results: Vec<WorkloadResult>,
+    pub results: Vec<Spread>,
     /// What the client's pair counted over the whole run.
     pub client_frames: PathCounts,
     pub samples: Vec<Sample>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct WorkloadResult {
-    pub workload: Workload,
-    pub unit: &'static str,
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-    pub retransmits: Option<u64>,
-    pub loss_percent: Option<f64>,
-    pub cpu_ns_per_unit: Option<f64>,
-    pub cpu_unit: &'static str,
 }
 
 /// Frames the client sent during the run, by what the programs did.
@@ -140,7 +125,10 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
         results: options
             .workloads
             .iter()
-            .map(|&w| summarize(w, &samples))
+            .map(|&w| {
+                let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == w).collect();
+                Spread::of(w, &of)
+            })
             .collect(),
         client_frames: PathCounts {
             redirected: delta(|v| v.redirected_packets),
@@ -149,28 +137,6 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
         },
         samples,
     })
-}
-
-fn summarize(workload: Workload, samples: &[Sample]) -> WorkloadResult {
-    let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == workload).collect();
-    let values: Vec<f64> = of.iter().map(|s| s.value).collect();
-    let opt_median = |f: fn(&Sample) -> Option<f64>| {
-        let v: Vec<f64> = of.iter().filter_map(|s| f(s)).collect();
-        (!v.is_empty()).then(|| median(&v))
-    };
-    WorkloadResult {
-        workload,
-        unit: workload.unit(),
-        median: median(&values),
-        min: values.iter().copied().fold(f64::INFINITY, f64::min),
-        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        p50_us: opt_median(|s| s.p50_us),
-        p99_us: opt_median(|s| s.p99_us),
-        retransmits: of.iter().filter_map(|s| s.retransmits).reduce(|a, b| a + b),
-        loss_percent: opt_median(|s| s.loss_percent),
-        cpu_ns_per_unit: opt_median(|s| s.cpu_ns_per_unit),
-        cpu_unit: workload.cpu_unit(),
-    }
 }
 
 /// The report as a table.
@@ -197,10 +163,10 @@ pub fn table(report: &BenchReport) -> String {
             ),
             num(r.p50_us),
             num(r.p99_us),
-            r.retransmits.map_or("-".into(), |v| v.to_string()),
+            r.retransmits.map_or("-".into(), |v| format!("{v:.0}")),
             num(r.loss_percent),
             r.cpu_ns_per_unit
-                .map_or("-".into(), |v| format!("{v:.0} {}", r.cpu_unit)),
+                .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
         );
     }
     let c = &report.client_frames;

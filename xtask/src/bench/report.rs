@@ -8,29 +8,21 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::median;
+use veth_bench::Spread;
 pub use veth_bench::{Sample, Workload};
 
 /// One path under one workload, over all rounds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
-    pub workload: Workload,
-    pub unit: &'static str,
     pub path: String,
-    pub rounds: usize,
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
+    #[serde(flatten)]
+    pub spread: Spread,
     /// Median over rounds of (this path / bridge) in the same round.
     pub ratio_to_bridge: Option<f64>,
     /// Median over rounds of (this path / pair) in the same round.
     pub ratio_to_pair: Option<f64>,
     /// Median over rounds of (this path / the run's baseline), if it has one.
     pub ratio_to_baseline: Option<f64>,
-    pub p50_us: Option<f64>,
-    pub p99_us: Option<f64>,
-    pub retransmits: Option<f64>,
-    pub loss_percent: Option<f64>,
-    pub cpu_ns_per_unit: Option<f64>,
 }
 
 pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
@@ -59,36 +51,18 @@ pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
             .collect();
         (!ratios.is_empty()).then(|| median(&ratios))
     };
-    let opt_median = |values: Vec<f64>| (!values.is_empty()).then(|| median(&values));
     let mut out = Vec::new();
     for workload in Workload::ALL {
         for path in &order {
             let Some(list) = by_key.get(&(workload, *path)) else {
                 continue;
             };
-            let values: Vec<f64> = list.iter().map(|s| s.value).collect();
             out.push(Summary {
-                workload,
-                unit: workload.unit(),
                 path: path.to_string(),
-                rounds: list.len(),
-                median: median(&values),
-                min: values.iter().copied().fold(f64::INFINITY, f64::min),
-                max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                spread: Spread::of(workload, list),
                 ratio_to_bridge: paired(workload, path, "bridge"),
                 ratio_to_pair: paired(workload, path, "pair"),
                 ratio_to_baseline: baseline.and_then(|b| paired(workload, path, b)),
-                p50_us: opt_median(list.iter().filter_map(|s| s.p50_us).collect()),
-                p99_us: opt_median(list.iter().filter_map(|s| s.p99_us).collect()),
-                retransmits: opt_median(
-                    list.iter()
-                        .filter_map(|s| s.retransmits.map(|r| r as f64))
-                        .collect(),
-                ),
-                loss_percent: opt_median(list.iter().filter_map(|s| s.loss_percent).collect()),
-                cpu_ns_per_unit: opt_median(
-                    list.iter().filter_map(|s| s.cpu_ns_per_unit).collect(),
-                ),
             });
         }
     }
@@ -123,16 +97,17 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
         "| workload | path | median (min–max) | unit | {first} | {second} | p50 µs | p99 µs | retrans | loss % | CPU |\n"
     );
     out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    for s in summary {
+    for summary in summary {
         let (r1, r2) = match baseline {
-            Some(_) => (s.ratio_to_baseline, None),
-            None => (s.ratio_to_bridge, s.ratio_to_pair),
+            Some(_) => (summary.ratio_to_baseline, None),
+            None => (summary.ratio_to_bridge, summary.ratio_to_pair),
         };
+        let s = &summary.spread;
         let _ = writeln!(
             out,
             "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.workload.name(),
-            s.path,
+            summary.path,
             fmt_value(s.median),
             fmt_value(s.min),
             fmt_value(s.max),
@@ -236,7 +211,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
         for (i, p) in paths.iter().enumerate() {
             let Some(r) = summary
                 .iter()
-                .find(|s| s.workload == *workload && s.path == *p)
+                .find(|s| s.spread.workload == *workload && s.path == *p)
                 .and_then(|s| s.ratio_to_bridge)
             else {
                 continue;
@@ -321,8 +296,8 @@ mod tests {
         assert_eq!(tc.ratio_to_bridge, Some(2.0));
         assert_eq!(tc.ratio_to_pair, Some(1.0));
         assert_eq!(tc.ratio_to_baseline, Some(1.0));
-        assert_eq!(tc.median, 100.0);
-        assert_eq!((tc.min, tc.max), (20.0, 200.0));
+        assert_eq!(tc.spread.median, 100.0);
+        assert_eq!((tc.spread.min, tc.spread.max), (20.0, 200.0));
         assert!(table(&summary, 3, 1, None).contains(
             "| udp_64b_rate | tc | 100 (20.00–200) | packets/s received | 2.00 | 1.00 |"
         ));

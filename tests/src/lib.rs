@@ -1192,13 +1192,15 @@ pub fn bpftool_map_dump(pin: &Path) -> Vec<Value> {
         &["-j", "map", "dump", "pinned", &pin.to_string_lossy()],
     );
     let entries: Vec<Value> = serde_json::from_str(&text).expect("bpftool JSON");
-    entries
-        .into_iter()
-        .map(|e| match e.get("formatted") {
-            Some(formatted) => formatted.clone(),
-            None => e,
-        })
-        .collect()
+    entries.into_iter().map(btf_formatted).collect()
+}
+
+/// bpftool's BTF-formatted form of an entry, if the map has BTF.
+fn btf_formatted(entry: Value) -> Value {
+    match entry.get("formatted") {
+        Some(formatted) => formatted.clone(),
+        None => entry,
+    }
 }
 
 /// `bpftool map lookup` of a u32 key in a pinned map, as JSON (the
@@ -1210,11 +1212,7 @@ pub fn bpftool_map_lookup(pin: &Path, key: u32) -> Value {
     args.push(&pin);
     args.push("key");
     args.extend(bytes.iter().map(String::as_str));
-    let entry: Value = serde_json::from_str(&run("bpftool", &args)).expect("bpftool JSON");
-    match entry.get("formatted") {
-        Some(formatted) => formatted.clone(),
-        None => entry,
-    }
+    btf_formatted(serde_json::from_str(&run("bpftool", &args)).expect("bpftool JSON"))
 }
 
 #[cfg(test)]

@@ -82,9 +82,11 @@ pub fn masquerade_fingerprint(topology: &Topology) -> String {
     ))
 }
 
-fn digest(text: &str) -> String {
+/// A short hex digest of `value`: stable within one vethctl build, which
+/// is all a record needs (another build redoes everything once).
+pub fn digest(value: &impl Hash) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
+    value.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
 }
 

@@ -154,6 +154,10 @@ enum Command {
     },
 }
 
+fn not_up(name: &str) -> String {
+    format!("topology {name:?} is not up (bring it up with `vethctl up`)")
+}
+
 fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
     veth_bench::Workload::from_name(name).ok_or_else(|| {
         let names: Vec<&str> = veth_bench::Workload::ALL.iter().map(|w| w.name()).collect();
@@ -187,6 +191,13 @@ struct Select {
 }
 
 impl Select {
+    /// The selected topology's name; "demo" if none was selected.
+    fn name_or_default(&self) -> Result<String> {
+        Ok(self
+            .name()?
+            .unwrap_or_else(|| Topology::default_topology().name))
+    }
+
     /// The topology name, if one was selected.
     fn name(&self) -> Result<Option<String>> {
         if let Some(path) = &self.topology {
@@ -208,7 +219,7 @@ impl Select {
         for name in names {
             match StateDir::new(&name).load()? {
                 Some(t) => topologies.push(t),
-                None => bail!("topology {name:?} is not up (bring it up with `vethctl up`)"),
+                None => bail!(not_up(&name)),
             }
         }
         Ok(topologies)
@@ -267,9 +278,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Down { select } => {
-            let name = select
-                .name()?
-                .unwrap_or_else(|| Topology::default_topology().name);
+            let name = select.name_or_default()?;
             apply::down(&name).await?;
             println!("topology {name:?} is down");
         }
@@ -333,13 +342,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Mode {
             action: ModeAction::Set { mode, select },
         } => {
-            let name = select
-                .name()?
-                .unwrap_or_else(|| Topology::default_topology().name);
+            let name = select.name_or_default()?;
             let state = StateDir::new(&name);
-            let text = state.load_text()?.with_context(|| {
-                format!("topology {name:?} is not up (bring it up with `vethctl up`)")
-            })?;
+            let text = state.load_text()?.with_context(|| not_up(&name))?;
             let (topology, text) = with_mode(&text, mode)?;
             apply::up(&topology, &text, apply::UpOptions::default()).await?;
             println!("topology {name:?} is now in mode {mode}");
@@ -353,12 +358,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             seconds,
             json,
         } => {
-            let name = select
-                .name()?
-                .unwrap_or_else(|| Topology::default_topology().name);
-            let topology = StateDir::new(&name).load()?.with_context(|| {
-                format!("topology {name:?} is not up (bring it up with `vethctl up`)")
-            })?;
+            let name = select.name_or_default()?;
+            let topology = StateDir::new(&name)
+                .load()?
+                .with_context(|| not_up(&name))?;
             let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
             let options = crate::bench::BenchOptions {
                 client: client

@@ -288,10 +288,7 @@ pub fn ensure_bpffs() -> Result<()> {
 /// vethctl carries and the settings folded into it. Equal digests mean the
 /// pinned programs can stay, and so can every link to them.
 pub fn programs_digest(counters: bool, redirect: bool) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (OBJECT, counters, redirect).hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    crate::applied::digest(&(OBJECT, counters, redirect))
 }
 
 /// Loads the programs, reusing the topology's pinned maps if they exist

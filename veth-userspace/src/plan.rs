@@ -180,7 +180,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     } else {
         Step::ConfigureHostAddress
     });
-    let mut rewired = Vec::new();
+    let mut rewired = BTreeSet::new();
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
         if !has_netns {
@@ -207,7 +207,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
             }
         }
         if fresh || !wired_as_recorded(topology, pod, observed) {
-            rewired.push(pod.name.as_str());
+            rewired.insert(pod.name.as_str());
         }
     }
     let reload = !observed.programs_current;
@@ -221,17 +221,22 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
         .pods
         .iter()
         .filter(|p| {
-            reload || rewired.contains(&p.name.as_str()) || !observed.linked.contains(&p.host_veth)
+            reload || rewired.contains(p.name.as_str()) || !observed.linked.contains(&p.host_veth)
         })
         .map(|p| p.name.clone())
         .collect();
     if !attach.is_empty() {
         steps.push(Step::AttachPrograms { pods: attach });
     }
+    // In the topology's order, like everything else.
     steps.extend(
-        rewired
+        topology
+            .pods
             .iter()
-            .map(|&pod| Step::ConfigurePod { pod: pod.into() }),
+            .filter(|p| rewired.contains(p.name.as_str()))
+            .map(|p| Step::ConfigurePod {
+                pod: p.name.clone(),
+            }),
     );
     if topology.mode == Mode::Pair {
         steps.push(Step::ConfigureDirectPair);

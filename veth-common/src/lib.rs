@@ -29,22 +29,45 @@ pub mod names {
     /// Per-CPU array: slot -> [`crate::PairCounters`] (each names its
     /// host-side ifindex, so a bpftool dump reads on its own).
     pub const MAP_PAIR_COUNTERS: &str = "PAIR_COUNTERS";
-    /// Array with one [`crate::TraceConfig`]: whether and what to trace.
+    /// Array of [`crate::TRACE_SESSIONS`] [`crate::TraceConfig`]s: one per
+    /// `vethctl trace` session, whether and what it traces.
     pub const MAP_TRACE_CONFIG: &str = "TRACE_CONFIG";
-    /// Ring buffer of [`crate::TraceEvent`]s for `vethctl trace`.
-    pub const MAP_TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// Ring buffers of [`crate::TraceEvent`]s, one per trace session (a
+    /// ring buffer has one reader: sessions sharing one steal each other's
+    /// events).
+    pub const MAP_TRACE_EVENTS: [&str; crate::TRACE_SESSIONS] = [
+        "TRACE_EVENTS_0",
+        "TRACE_EVENTS_1",
+        "TRACE_EVENTS_2",
+        "TRACE_EVENTS_3",
+    ];
     /// `.rodata` global (u8): 0 compiles counting out of the programs at
     /// load time (the verifier drops the dead branch).
     pub const GLOBAL_COUNTERS_ENABLED: &str = "COUNTERS_ENABLED";
-    /// `.rodata` global (u8): 1 in mode tc, where `from_pod` checks sources
-    /// and redirects; 0 in the kernel-path modes, where it only counts.
+    /// `.rodata` global (u8): 1 in mode tc, where `from_pod` redirects; 0
+    /// in the kernel-path modes, where it checks and counts, then passes.
     pub const GLOBAL_REDIRECT_ENABLED: &str = "REDIRECT_ENABLED";
+    /// `.rodata` global (u8): 1 (always, in vethctl) checks every frame a
+    /// pod sends. Only `cargo xtask bench checks` loads a private,
+    /// never-attached copy with 0, to measure what the checks cost.
+    pub const GLOBAL_CHECKS_ENABLED: &str = "CHECKS_ENABLED";
 }
 
 /// Upper bound of pods (endpoints) per topology.
 pub const MAX_ENDPOINTS: usize = 16384;
-/// Upper bound of pairs with counters per topology.
+/// Upper bound of pairs with counters per topology (the last slot of
+/// `PAIR_COUNTERS` is [`UNKNOWN_VETH_SLOT`]).
 pub const MAX_PAIRS: usize = 16384;
+
+/// The slot of `PAIR_COUNTERS` (never given to a pod) that counts frames
+/// arriving on a veth that runs our program but has no slot: a pod being
+/// removed, or a veth someone attached our pinned program to. They are
+/// dropped: nothing is forwarded unchecked.
+pub const UNKNOWN_VETH_SLOT: u32 = MAX_PAIRS as u32 - 1;
+
+/// Concurrent `vethctl trace` sessions per topology, each with its own
+/// selection and ring buffer.
+pub const TRACE_SESSIONS: usize = 4;
 
 /// A pod the programs may redirect to, keyed by its IPv4 address
 /// (see [`ipv4_key`]).
@@ -83,16 +106,22 @@ pub struct PodIdentity {
     /// All zero when the pod has no IPv6 address.
     pub ipv6: [u8; 16],
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 while the pod may receive redirected frames: its veth exists and
+    /// is up. `up` sets it; `vethctl agent` clears it within milliseconds
+    /// of the veth going down or away (frames then go to the host stack,
+    /// which answers "unreachable").
+    pub ready: u8,
+    pub _pad: u8,
     /// The host-side veth the slot belongs to; 0 for a free slot.
     pub host_ifindex: u32,
 }
 
 /// Why a program dropped a frame. Indexes [`PairCounters::drop_reasons`].
+/// Values are stable (bpftool dumps and recorded counters use them).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// `bpf_redirect_peer` refused the redirect.
+    /// The redirect helper refused the redirect.
     RedirectFailed = 0,
     /// The frame's source MAC is not the pod's.
     SpoofedMac = 1,
@@ -100,21 +129,46 @@ pub enum DropReason {
     SpoofedIpv4 = 2,
     /// IPv6 source address is neither the pod's nor link-local.
     SpoofedIpv6 = 3,
-    /// ARP sender address is not the pod's.
+    /// ARP sender (hardware or protocol address) is not the pod's.
     SpoofedArp = 4,
+    /// An 802.1Q / 802.1ad tag, in the frame or taken out of it by the
+    /// kernel: pods do not send tagged frames, and a tag hides the packet.
+    VlanTagged = 5,
+    /// IPv4 header that is cut short, not version 4, shorter than 20 bytes,
+    /// or whose total length does not fit the frame.
+    MalformedIpv4 = 6,
+    /// IPv6 header that is cut short, not version 6, or whose payload
+    /// length does not fit the frame.
+    MalformedIpv6 = 7,
+    /// ARP that is cut short or not Ethernet/IPv4 ARP.
+    MalformedArp = 8,
+    /// Neither IPv4, IPv6 nor ARP (including 802.3 length frames).
+    UnsupportedEthertype = 9,
+    /// Shorter than an Ethernet header.
+    Truncated = 10,
+    /// The veth runs our program but has no pod (slot): see
+    /// [`UNKNOWN_VETH_SLOT`].
+    UnknownVeth = 11,
 }
 
 /// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
 /// changing the map's value size).
-pub const DROP_REASON_SLOTS: usize = 8;
+pub const DROP_REASON_SLOTS: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::RedirectFailed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIpv4,
         DropReason::SpoofedIpv6,
         DropReason::SpoofedArp,
+        DropReason::VlanTagged,
+        DropReason::MalformedIpv4,
+        DropReason::MalformedIpv6,
+        DropReason::MalformedArp,
+        DropReason::UnsupportedEthertype,
+        DropReason::Truncated,
+        DropReason::UnknownVeth,
     ];
 
     /// Stable name used in CLI, JSON and metrics labels.
@@ -125,7 +179,19 @@ impl DropReason {
             DropReason::SpoofedIpv4 => "spoofed_ipv4",
             DropReason::SpoofedIpv6 => "spoofed_ipv6",
             DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::MalformedIpv4 => "malformed_ipv4",
+            DropReason::MalformedIpv6 => "malformed_ipv6",
+            DropReason::MalformedArp => "malformed_arp",
+            DropReason::UnsupportedEthertype => "unsupported_ethertype",
+            DropReason::Truncated => "truncated",
+            DropReason::UnknownVeth => "unknown_veth",
         }
+    }
+
+    /// The reason with this trace/counter code, if any.
+    pub fn from_code(code: u32) -> Option<DropReason> {
+        DropReason::ALL.iter().copied().find(|r| *r as u32 == code)
     }
 }
 
@@ -190,10 +256,12 @@ impl PairCounters {
     }
 }
 
-/// Size of the trace ring buffer in bytes (a power of two, page multiple).
-pub const TRACE_RING_BYTES: usize = 1 << 20;
+/// Size of each trace session's ring buffer in bytes (a power of two, page
+/// multiple).
+pub const TRACE_RING_BYTES: usize = 1 << 18;
 
-/// What the programs trace. Written by `vethctl trace` while it listens.
+/// What one trace session wants. Written by `vethctl trace` into its own
+/// entry of `TRACE_CONFIG` while it listens.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceConfig {

@@ -1,15 +1,35 @@
-//! Local delivery, shared by the TC and XDP programs: anti-spoofing of what
-//! a pod sends, and for a unicast IPv4/IPv6 packet to another pod of the
+//! What the TC and XDP programs do with a frame a pod sent: check it (fail
+//! closed: anything that cannot be checked is dropped), then, in the
+//! redirect modes, for a unicast IPv4/IPv6 packet to another pod of the
 //! topology, the rewrite a router would do (MACs, TTL / hop limit).
-use network_types::eth::EthHdr;
+//!
+//! The checks, in order (the first that fails names the drop reason):
+//! 1. an Ethernet header (`truncated`);
+//! 2. no VLAN tag (`vlan_tagged`);
+//! 3. the pod's own source MAC (`spoofed_mac`);
+//! 4. IPv4, IPv6 or ARP (`unsupported_ethertype`);
+//! 5. a well-formed network header (`malformed_ipv4`/`_ipv6`/`_arp`);
+//! 6. the pod's own sender address (`spoofed_ipv4`/`_ipv6`/`_arp`; IPv6
+//!    link-local and unspecified sources are allowed for neighbour
+//!    discovery, and ARP may announce 0.0.0.0 for duplicate detection).
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use veth_common::{ipv4_key, DropReason, Endpoint, PodIdentity};
 
 use crate::{
     maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
-        checksum_after_ttl_decrement, is_group_mac, is_link_local_or_unspecified, parse, Frame, L3,
+        arp_well_formed, checksum_after_ttl_decrement, ipv4_well_formed, ipv6_well_formed,
+        is_group_mac, is_link_local_or_unspecified, is_vlan, network_header, ptr_at, Frame, L3,
     },
 };
+
+/// 1 in vethctl. Only the checks benchmark loads a private copy of the
+/// programs with 0 (never attached) to measure what checking costs.
+#[unsafe(no_mangle)]
+static CHECKS_ENABLED: u8 = 1;
 
 /// What to do with a frame after the checks.
 pub enum Decision {
@@ -20,93 +40,161 @@ pub enum Decision {
 }
 
 /// The slot of the pod behind a host-side veth; `None` for a veth that is
-/// not one of our pairs (or mid-`up`): not ours to judge or count.
+/// not (or no longer) one of our pairs.
 #[inline(always)]
 pub fn slot_of(host_ifindex: u32) -> Option<u32> {
     // SAFETY: a read-only map lookup.
     unsafe { SLOTS.get(host_ifindex) }.copied()
 }
 
+/// Checks a frame from the pod in `slot`; with `redirect`, also delivers
+/// it locally when it is for another pod.
 #[inline(always)]
-pub fn decide<F: Frame>(ctx: &F, slot: u32) -> Decision {
+pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
     let Some(me) = PODS.get(slot) else {
-        return Decision::Pass;
+        return Decision::Drop(DropReason::UnknownVeth);
     };
-    let Some((eth, l3)) = parse(ctx) else {
-        return Decision::Pass;
+    let Some(eth) = ptr_at::<F, EthHdr>(ctx, 0) else {
+        return Decision::Drop(DropReason::Truncated);
     };
-    // SAFETY: `parse` bounds-checked the headers it returns; the program is
-    // the only writer of the frame at this hook.
-    unsafe {
-        if (*eth).src_addr != me.mac {
-            return Decision::Drop(DropReason::SpoofedMac);
+    // SAFETY: `ptr_at` bounds-checked the header.
+    let (ether_type, src_mac, dst_mac) =
+        unsafe { ((*eth).ether_type, (*eth).src_addr, (*eth).dst_addr) };
+    if is_vlan(ether_type) {
+        return Decision::Drop(DropReason::VlanTagged);
+    }
+    // SAFETY: a plain read of a static; volatile so the loader's value counts.
+    let checks = unsafe { core::ptr::read_volatile(&CHECKS_ENABLED) } != 0;
+    if checks && src_mac != me.mac {
+        return Decision::Drop(DropReason::SpoofedMac);
+    }
+    let l3 = match network_header(ctx, ether_type) {
+        Ok(l3) => l3,
+        Err(reason) => return Decision::Drop(reason),
+    };
+    if checks {
+        // The bytes after the Ethernet header, non-linear ones included.
+        let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
+        if let Err(reason) = check_sender(&l3, me, l3_len) {
+            return Decision::Drop(reason);
         }
-        let unicast = !is_group_mac((*eth).dst_addr);
-        match l3 {
+    }
+    if !redirect || is_group_mac(dst_mac) {
+        return Decision::Pass;
+    }
+    match l3 {
+        L3::Ipv4(ip) => deliver_ipv4(ctx, eth, ip),
+        L3::Ipv6(ip) => deliver_ipv6(ctx, eth, ip, me),
+        L3::Arp(_) => Decision::Pass,
+    }
+}
+
+/// Steps 5 and 6: the network header is well formed and its sender is the
+/// pod.
+#[inline(always)]
+fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason> {
+    // SAFETY: `network_header` bounds-checked the fixed part of each header.
+    unsafe {
+        match *l3 {
             L3::Ipv4(ip) => {
+                if !ipv4_well_formed((*ip).vihl, (*ip).tot_len, l3_len) {
+                    return Err(DropReason::MalformedIpv4);
+                }
                 if (*ip).src_addr != me.ipv4 {
-                    return Decision::Drop(DropReason::SpoofedIpv4);
+                    return Err(DropReason::SpoofedIpv4);
                 }
-                if !unicast {
-                    return Decision::Pass;
-                }
-                let dst = (*ip).dst_addr;
-                let Some(endpoint) = ENDPOINTS.get(ipv4_key(dst)) else {
-                    return Decision::Pass;
-                };
-                // TTL 1 must expire here, with an ICMP error from the host stack.
-                if (*ip).ttl <= 1
-                    || !still_owned(endpoint, |p| p.ipv4 == dst)
-                    || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
-                {
-                    return Decision::Pass;
-                }
-                rewrite_macs(eth, endpoint);
-                (*ip).check = checksum_after_ttl_decrement((*ip).check);
-                (*ip).ttl -= 1;
-                Decision::Redirect(*endpoint)
             }
             L3::Ipv6(ip) => {
+                if !ipv6_well_formed((*ip).vcf[0], (*ip).payload_len, l3_len) {
+                    return Err(DropReason::MalformedIpv6);
+                }
                 let src = (*ip).src_addr;
-                let own = src == me.ipv6 && me.ipv6 != [0; 16];
-                if !own && !is_link_local_or_unspecified(&src) {
-                    return Decision::Drop(DropReason::SpoofedIpv6);
+                if !owns_ipv6(me, &src) && !is_link_local_or_unspecified(&src) {
+                    return Err(DropReason::SpoofedIpv6);
                 }
-                if !own || !unicast {
-                    return Decision::Pass;
-                }
-                let dst = (*ip).dst_addr;
-                let Some(endpoint) = ENDPOINTS6.get(dst) else {
-                    return Decision::Pass;
-                };
-                if (*ip).hop_limit <= 1
-                    || !still_owned(endpoint, |p| p.ipv6 == dst)
-                    || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
-                {
-                    return Decision::Pass;
-                }
-                rewrite_macs(eth, endpoint);
-                (*ip).hop_limit -= 1;
-                Decision::Redirect(*endpoint)
             }
-            L3::Arp(sender) => {
-                if sender != me.ipv4 && sender != [0; 4] {
-                    return Decision::Drop(DropReason::SpoofedArp);
+            L3::Arp(arp) => {
+                if !arp_well_formed((*arp).htype, (*arp).ptype, (*arp).hlen, (*arp).plen) {
+                    return Err(DropReason::MalformedArp);
                 }
-                Decision::Pass
+                let spa = (*arp).spa;
+                if (*arp).sha != me.mac || (spa != me.ipv4 && spa != [0; 4]) {
+                    return Err(DropReason::SpoofedArp);
+                }
             }
-            L3::Other => Decision::Pass,
         }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn owns_ipv6(me: &PodIdentity, addr: &[u8; 16]) -> bool {
+    *addr == me.ipv6 && me.ipv6 != [0; 16]
+}
+
+/// A checked IPv4 packet: redirected if it is for a ready pod, fits its
+/// MTU and has TTL to spare; else the host stack decides (and answers).
+#[inline(always)]
+fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decision {
+    // SAFETY: bounds-checked headers; the program is the only writer of
+    // the frame at this hook.
+    unsafe {
+        let dst = (*ip).dst_addr;
+        let Some(endpoint) = ENDPOINTS.get(ipv4_key(dst)) else {
+            return Decision::Pass;
+        };
+        // TTL 1 must expire here, with an ICMP error from the host stack.
+        if (*ip).ttl <= 1
+            || !still_owned(endpoint, |p| p.ipv4 == dst)
+            || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
+        {
+            return Decision::Pass;
+        }
+        rewrite_macs(eth, endpoint);
+        (*ip).check = checksum_after_ttl_decrement((*ip).check);
+        (*ip).ttl -= 1;
+        Decision::Redirect(*endpoint)
+    }
+}
+
+/// IPv6 likewise; only the pod's own global address is routed here
+/// (link-local sources stay on the link, with the host).
+#[inline(always)]
+fn deliver_ipv6<F: Frame>(
+    ctx: &F,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    me: &PodIdentity,
+) -> Decision {
+    // SAFETY: as in `deliver_ipv4`.
+    unsafe {
+        if !owns_ipv6(me, &(*ip).src_addr) {
+            return Decision::Pass;
+        }
+        let dst = (*ip).dst_addr;
+        let Some(endpoint) = ENDPOINTS6.get(dst) else {
+            return Decision::Pass;
+        };
+        if (*ip).hop_limit <= 1
+            || !still_owned(endpoint, |p| p.ipv6 == dst)
+            || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
+        {
+            return Decision::Pass;
+        }
+        rewrite_macs(eth, endpoint);
+        (*ip).hop_limit -= 1;
+        Decision::Redirect(*endpoint)
     }
 }
 
 /// The endpoint's slot still belongs to its ifindex and to the pod that
-/// owns the address: never redirect to an interface that merely reuses an
-/// old ifindex, or through a slot given to another pod.
+/// owns the address, and that pod is ready (its veth up): never redirect
+/// to an interface that merely reuses an old ifindex, through a slot given
+/// to another pod, or into a pod whose veth is down or gone.
 #[inline(always)]
 fn still_owned(endpoint: &Endpoint, owns: impl Fn(&PodIdentity) -> bool) -> bool {
     match PODS.get(endpoint.slot) {
-        Some(pod) => pod.host_ifindex == endpoint.host_ifindex && owns(pod),
+        Some(pod) => pod.ready != 0 && pod.host_ifindex == endpoint.host_ifindex && owns(pod),
         None => false,
     }
 }

@@ -1,26 +1,28 @@
 //! TC ingress of the host-side veth: every frame a pod sends.
 //!
-//! First, anti-spoofing: a frame must carry the pod's own MAC, and its IPv4,
-//! IPv6 or ARP sender address must be the pod's (IPv6 link-local and
-//! unspecified sources are allowed for neighbour discovery); anything else
-//! is dropped and counted with its reason.
+//! First the checks of [`crate::deliver`], on headers wherever they are
+//! (a frame whose headers are not in the linear part gets them pulled in
+//! first), and for a tag the kernel already took out of the frame (it
+//! does so before TC for the outer 802.1Q tag). Anything that fails is
+//! dropped and counted with its reason, in every mode the program runs.
 //!
-//! Then local delivery: a unicast IPv4 or IPv6 packet for another pod of the
-//! topology is rewritten as if the node had routed it (MACs, TTL/hop limit)
-//! and handed with `bpf_redirect_peer` straight to the destination pod's
-//! `eth0`, skipping the host's IP stack and any bridge. Everything else
-//! continues to the host stack untouched.
+//! Then, in mode tc, local delivery: a unicast IPv4 or IPv6 packet for
+//! another pod of the topology is rewritten as if the node had routed it
+//! (MACs, TTL/hop limit) and handed with `bpf_redirect_peer` straight to
+//! the destination pod's `eth0`, skipping the host's IP stack and any
+//! bridge. Everything else continues to the host stack untouched.
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::bpf_redirect_peer,
     macros::classifier,
     programs::TcContext,
 };
-use veth_common::{hook, DropReason};
+use veth_common::{hook, DropReason, UNKNOWN_VETH_SLOT};
 
 use crate::{
     counters::{count, Direction, Verdict},
     deliver::{decide, slot_of, Decision},
+    packet::CHECKED_HEADER_BYTES,
     trace::maybe_emit,
 };
 
@@ -34,17 +36,18 @@ const CONTINUE: i32 = TC_ACT_UNSPEC;
 #[allow(clippy::unnecessary_cast)]
 pub fn from_pod(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
-    let ingress_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ingress_ifindex, vlan_present) =
+        unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
     let bytes = u64::from(ctx.len());
     // SAFETY: a plain read of a static; volatile so the loader's value counts.
     let redirect = unsafe { core::ptr::read_volatile(&REDIRECT_ENABLED) } != 0;
-    let Some(slot) = slot_of(ingress_ifindex) else {
-        return CONTINUE;
-    };
-    let decision = if redirect {
-        decide(&ctx, slot)
-    } else {
-        Decision::Pass
+    let (slot, decision) = match slot_of(ingress_ifindex) {
+        None => (UNKNOWN_VETH_SLOT, Decision::Drop(DropReason::UnknownVeth)),
+        Some(slot) if vlan_present != 0 => (slot, Decision::Drop(DropReason::VlanTagged)),
+        Some(slot) => {
+            pull_headers(&ctx);
+            (slot, decide(&ctx, slot, redirect))
+        }
     };
     let (verdict, peer_ifindex, action) = match decision {
         Decision::Redirect(target) => {
@@ -67,7 +70,21 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     action
 }
 
+/// Makes the headers the checks read linear, for frames that carry them in
+/// paged data (an AF_PACKET TX ring, or a large `send()`, puts only the
+/// Ethernet header in the linear part). Costs nothing for other frames. If
+/// the pull fails, the checks find the headers missing and drop the frame.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
+    if linear < CHECKED_HEADER_BYTES && len > linear {
+        let _ = ctx.pull_data(len.min(CHECKED_HEADER_BYTES));
+    }
+}
+
 /// 1 in mode tc; 0 in the kernel-path modes (bridge, routed, pair), where
-/// this program only counts. Set at load time, folded by the verifier.
+/// this program checks and counts, then leaves frames to the kernel. Set
+/// at load time, folded by the verifier.
 #[unsafe(no_mangle)]
 static REDIRECT_ENABLED: u8 = 1;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use veth_common::{
     Endpoint, PairCounters, PodIdentity, TraceConfig, TraceEvent, MAX_ENDPOINTS, MAX_PAIRS,
-    TRACE_RING_BYTES,
+    TRACE_RING_BYTES, TRACE_SESSIONS,
 };
 
 /// Pods the programs may redirect to: IPv4 (`ipv4_key`) -> endpoint.
@@ -28,17 +28,25 @@ pub static SLOTS: HashMap<u32, u32, MAX_PAIRS> = HashMap::new();
 pub static PODS: Array<PodIdentity, MAX_PAIRS> = Array::new();
 
 /// Per-pair counters by slot. Userspace zeroes a slot when it gives it to
-/// a pod; a frame of a pod without a slot is not counted.
+/// a pod; frames of a veth without a slot count in `UNKNOWN_VETH_SLOT`.
 #[btf_map]
 pub static PAIR_COUNTERS: PerCpuArray<PairCounters, MAX_PAIRS> = PerCpuArray::new();
 
-/// One [`TraceConfig`]: written by `vethctl trace` while it listens.
+/// One [`TraceConfig`] per trace session, written by `vethctl trace` while
+/// it listens.
 #[btf_map]
-pub static TRACE_CONFIG: Array<TraceConfig, 1> = Array::new();
+pub static TRACE_CONFIG: Array<TraceConfig, TRACE_SESSIONS> = Array::new();
 
-/// Sampled [`veth_common::TraceEvent`]s for `vethctl trace`.
+/// Sampled [`veth_common::TraceEvent`]s, one ring per trace session: a ring
+/// buffer has one reader, so sessions sharing one stole each other's events.
 #[btf_map]
-pub static TRACE_EVENTS: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
+pub static TRACE_EVENTS_0: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
+#[btf_map]
+pub static TRACE_EVENTS_1: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
+#[btf_map]
+pub static TRACE_EVENTS_2: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
+#[btf_map]
+pub static TRACE_EVENTS_3: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
 
 /// Mode xdp: host-side veths by ifindex, the targets of `bpf_redirect_map`.
 #[btf_map]

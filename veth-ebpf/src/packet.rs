@@ -11,14 +11,12 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
+use veth_common::DropReason;
 
 /// EtherTypes as they sit in the frame (network order).
 pub const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
 pub const ETH_P_IPV6_BE: u16 = 0x86dd_u16.to_be();
 pub const ETH_P_ARP_BE: u16 = 0x0806_u16.to_be();
-
-/// Offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
-pub const ARP_SPA_OFFSET: usize = EthHdr::LEN + 14;
 
 /// A frame a program can read and write directly: TC's skb or XDP's buffer.
 pub trait Frame {
@@ -109,32 +107,89 @@ pub fn ptr_at<F: Frame, T>(ctx: &F, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// EtherTypes of VLAN tags: 802.1Q, 802.1ad and the old pre-standard QinQ.
+pub const ETH_P_8021Q_BE: u16 = 0x8100_u16.to_be();
+pub const ETH_P_8021AD_BE: u16 = 0x88a8_u16.to_be();
+pub const ETH_P_QINQ1_BE: u16 = 0x9100_u16.to_be();
+
+/// Header bytes the checks read: Ethernet plus the longest fixed network
+/// header they look at (IPv6). At TC, frames whose linear part is shorter
+/// get this much pulled in first.
+pub const CHECKED_HEADER_BYTES: u32 = (EthHdr::LEN + Ipv6Hdr::LEN) as u32;
+
+/// An Ethernet/IPv4 ARP packet (RFC 826).
+#[repr(C)]
+pub struct ArpIpv4 {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    /// Sender hardware address.
+    pub sha: [u8; 6],
+    /// Sender protocol address.
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
 /// The network layer of a frame, as far as the programs care.
 pub enum L3 {
     Ipv4(*mut Ipv4Hdr),
     Ipv6(*mut Ipv6Hdr),
-    /// ARP, with the sender protocol address.
-    Arp([u8; 4]),
-    Other,
+    Arp(*const ArpIpv4),
 }
 
-/// Parses the Ethernet header and what follows it; `None` if truncated.
+/// True for the EtherTypes of VLAN tags.
 #[inline(always)]
-pub fn parse<F: Frame>(ctx: &F) -> Option<(*mut EthHdr, L3)> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: `ptr_at` checked the header lies inside the packet.
-    let ether_type = unsafe { (*eth).ether_type };
-    let l3 = match ether_type {
-        ETH_P_IP_BE => L3::Ipv4(ptr_at(ctx, EthHdr::LEN)?),
-        ETH_P_IPV6_BE => L3::Ipv6(ptr_at(ctx, EthHdr::LEN)?),
-        ETH_P_ARP_BE => {
-            let spa: *mut [u8; 4] = ptr_at(ctx, ARP_SPA_OFFSET)?;
-            // SAFETY: bounds-checked above.
-            L3::Arp(unsafe { *spa })
-        }
-        _ => L3::Other,
-    };
-    Some((eth, l3))
+pub fn is_vlan(ether_type_be: u16) -> bool {
+    ether_type_be == ETH_P_8021Q_BE
+        || ether_type_be == ETH_P_8021AD_BE
+        || ether_type_be == ETH_P_QINQ1_BE
+}
+
+/// The network header after the Ethernet header, if the frame holds all of
+/// its fixed part; which EtherTypes exist at all is the caller's check.
+#[inline(always)]
+pub fn network_header<F: Frame>(ctx: &F, ether_type_be: u16) -> Result<L3, DropReason> {
+    match ether_type_be {
+        ETH_P_IP_BE => ptr_at(ctx, EthHdr::LEN)
+            .map(L3::Ipv4)
+            .ok_or(DropReason::MalformedIpv4),
+        ETH_P_IPV6_BE => ptr_at(ctx, EthHdr::LEN)
+            .map(L3::Ipv6)
+            .ok_or(DropReason::MalformedIpv6),
+        ETH_P_ARP_BE => ptr_at(ctx, EthHdr::LEN)
+            .map(|arp: *mut ArpIpv4| L3::Arp(arp))
+            .ok_or(DropReason::MalformedArp),
+        _ => Err(DropReason::UnsupportedEthertype),
+    }
+}
+
+/// An IPv4 header is well formed: version 4, at least 20 bytes, and a
+/// total length that covers the header and fits in `l3_len`, the bytes
+/// the frame has after its Ethernet header. (A total length shorter than
+/// the frame is padding, which the kernel trims.)
+#[inline(always)]
+pub fn ipv4_well_formed(vihl: u8, tot_len: [u8; 2], l3_len: u32) -> bool {
+    let header_len = u32::from(vihl & 0x0f) * 4;
+    let total = u32::from(u16::from_be_bytes(tot_len));
+    vihl >> 4 == 4 && header_len >= 20 && total >= header_len && total <= l3_len
+}
+
+/// An IPv6 header is well formed: version 6 and a payload length that fits
+/// in `l3_len` (a payload length of 0 with more data is a jumbogram or
+/// BIG TCP packet, which the kernel judges).
+#[inline(always)]
+pub fn ipv6_well_formed(vcf0: u8, payload_len: [u8; 2], l3_len: u32) -> bool {
+    let payload = u32::from(u16::from_be_bytes(payload_len));
+    vcf0 >> 4 == 6 && payload + Ipv6Hdr::LEN as u32 <= l3_len
+}
+
+/// An ARP packet is Ethernet/IPv4 ARP, the only kind a pod has a use for.
+#[inline(always)]
+pub fn arp_well_formed(htype: [u8; 2], ptype: [u8; 2], hlen: u8, plen: u8) -> bool {
+    htype == [0, 1] && ptype == [0x08, 0x00] && hlen == 6 && plen == 4
 }
 
 /// Multicast and broadcast frames are never routed traffic.
@@ -196,6 +251,43 @@ mod tests {
                 assert_eq!(norm(updated), norm(expect), "ttl {ttl} seed {seed}");
             }
         }
+    }
+
+    #[test]
+    fn ipv4_headers_are_judged() {
+        assert!(ipv4_well_formed(0x45, 84u16.to_be_bytes(), 84));
+        assert!(ipv4_well_formed(0x45, 84u16.to_be_bytes(), 100), "padding");
+        assert!(ipv4_well_formed(0x4f, 60u16.to_be_bytes(), 60), "options");
+        assert!(!ipv4_well_formed(0x43, 84u16.to_be_bytes(), 84), "IHL 3");
+        assert!(!ipv4_well_formed(0x65, 84u16.to_be_bytes(), 84), "version 6");
+        assert!(!ipv4_well_formed(0x45, 9000u16.to_be_bytes(), 36), "too long");
+        assert!(!ipv4_well_formed(0x46, 20u16.to_be_bytes(), 84), "shorter than IHL");
+        assert!(!ipv4_well_formed(0x45, [0, 0], 84), "zero total length");
+    }
+
+    #[test]
+    fn ipv6_headers_are_judged() {
+        assert!(ipv6_well_formed(0x60, 64u16.to_be_bytes(), 104));
+        assert!(ipv6_well_formed(0x6f, 0u16.to_be_bytes(), 40));
+        assert!(!ipv6_well_formed(0x40, 64u16.to_be_bytes(), 104), "version 4");
+        assert!(!ipv6_well_formed(0x60, 65u16.to_be_bytes(), 104), "too long");
+    }
+
+    #[test]
+    fn only_ethernet_ipv4_arp_is_well_formed() {
+        assert!(arp_well_formed([0, 1], [8, 0], 6, 4));
+        assert!(!arp_well_formed([0, 6], [8, 0], 6, 4));
+        assert!(!arp_well_formed([0, 1], [0x86, 0xdd], 6, 4));
+        assert!(!arp_well_formed([0, 1], [8, 0], 8, 4));
+        assert!(!arp_well_formed([0, 1], [8, 0], 6, 16));
+    }
+
+    #[test]
+    fn vlan_ethertypes() {
+        for t in [0x8100u16, 0x88a8, 0x9100] {
+            assert!(is_vlan(t.to_be()));
+        }
+        assert!(!is_vlan(0x0800u16.to_be()));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use veth_common::{hook, DropReason};
+use veth_common::{hook, DropReason, UNKNOWN_VETH_SLOT};
 
 use crate::{
     counters::{count, Direction, Verdict},
@@ -22,10 +22,13 @@ use crate::{
 pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
     let ingress_ifindex = ctx.ingress_ifindex() as u32;
     let bytes = u64::from(ctx.len());
-    let Some(slot) = slot_of(ingress_ifindex) else {
-        return XDP_PASS;
+    // The veth hands XDP the whole frame in one buffer (the program does
+    // not take fragments), so every header is in reach.
+    let (slot, decision) = match slot_of(ingress_ifindex) {
+        None => (UNKNOWN_VETH_SLOT, Decision::Drop(DropReason::UnknownVeth)),
+        Some(slot) => (slot, decide(&ctx, slot, true)),
     };
-    let (verdict, peer_ifindex, action) = match decide(&ctx, slot) {
+    let (verdict, peer_ifindex, action) = match decision {
         Decision::Redirect(target) => match DEVMAP.redirect(target.host_ifindex, 0) {
             Ok(action) if action == XDP_REDIRECT => {
                 let into_pod = Verdict::Redirected;

@@ -1,6 +1,8 @@
-//! `vethctl agent`: a long-running Prometheus endpoint over the pinned maps.
-//! It holds no counters of its own: every scrape reads the maps, so a
-//! restart loses nothing, and stopping it leaves the dataplane forwarding.
+//! `vethctl agent`: the node's daemon. It keeps every topology's endpoints
+//! true to their veths ([`crate::watch`]) and serves a Prometheus endpoint
+//! over the pinned maps. It holds no counters of its own: every scrape
+//! reads the maps, so a restart loses nothing, and stopping it leaves the
+//! dataplane forwarding (with endpoints then updated only by `up`).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -56,12 +58,23 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         host: Host::connect()?,
         bpf_stats: options.bpf_stats,
     });
+    let mut watcher = tokio::spawn(crate::watch::run(shared.host.clone()));
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            // Endpoints would silently go stale: fail, so that whatever
+            // supervises the agent restarts it.
+            ended = &mut watcher => {
+                let why = match ended {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Ok(Ok(())) => "it stopped".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("keeping endpoints current failed: {why}");
+            }
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
                     Ok(conn) => conn,
@@ -83,6 +96,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             }
         }
     }
+    watcher.abort();
     eprintln!("vethctl agent: stopped");
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod health;
+
 use crate::model::Mode;
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -30,11 +32,17 @@ use veth_common::{
         MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
         PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
-    Endpoint, PairCounters, PodIdentity, TraceConfig, MAX_PAIRS,
+    Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
 
 /// The eBPF object, built by build.rs from the veth-ebpf crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veth-ebpf.o"));
+
+/// The eBPF object this vethctl loads, for tests and benchmarks that run
+/// its programs privately (`BPF_PROG_TEST_RUN`), never attached.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from linux/magic.h.
@@ -67,7 +75,9 @@ impl PodEntry {
             ipv4: self.ipv4.octets(),
             ipv6: self.ipv6.map_or([0; 16], |v6| v6.octets()),
             mac: self.mac,
-            _pad: [0; 2],
+            // `up` has just set the veth up; `vethctl agent` follows it.
+            ready: 1,
+            _pad: 0,
             host_ifindex: self.host_ifindex,
         }
     }
@@ -118,7 +128,7 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 8] = [
+const PINNED_MAPS: [&str; 11] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
@@ -126,7 +136,10 @@ const PINNED_MAPS: [&str; 8] = [
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
-    MAP_TRACE_EVENTS,
+    MAP_TRACE_EVENTS[0],
+    MAP_TRACE_EVENTS[1],
+    MAP_TRACE_EVENTS[2],
+    MAP_TRACE_EVENTS[3],
 ];
 
 /// Every hook a host-side veth can get, with the program for each.
@@ -537,7 +550,7 @@ impl Dataplane {
         let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(self.map(MAP_SLOTS)?))?;
         let existing: BTreeMap<u32, u32> = slots.iter().filter_map(|e| e.ok()).collect();
         let wanted: BTreeSet<u32> = pods.iter().map(|p| p.host_ifindex).collect();
-        let plan = assign_slots(&existing, &wanted, MAX_PAIRS as u32)?;
+        let plan = assign_slots(&existing, &wanted, UNKNOWN_VETH_SLOT)?;
         let mut identities = Array::<_, PodIdentity>::try_from(Map::Array(self.map(MAP_PODS)?))?;
         let mut counters = PerCpuArray::<_, PairCounters>::try_from(Map::PerCpuArray(
             self.map(MAP_PAIR_COUNTERS)?,
@@ -644,7 +657,12 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
-/// Per-pair counters of a topology, summed over CPUs, by host ifindex.
+/// The key under which [`read_counters`] reports what was counted for veths
+/// without a pod (no device has ifindex 0).
+pub const UNKNOWN_VETH_IFINDEX: u32 = 0;
+
+/// Per-pair counters of a topology, summed over CPUs, by host ifindex, and
+/// the unknown-veth counters under [`UNKNOWN_VETH_IFINDEX`].
 /// Reads the pinned maps, so it works from any process while the topology
 /// is up.
 pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
@@ -667,6 +685,10 @@ pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
         let per_cpu = counters.get(&slot, 0).context("reading pair counters")?;
         sums.insert(ifindex, sum_per_cpu(per_cpu.iter()));
     }
+    let unknown = counters
+        .get(&UNKNOWN_VETH_SLOT, 0)
+        .context("reading unknown-veth counters")?;
+    sums.insert(UNKNOWN_VETH_IFINDEX, sum_per_cpu(unknown.iter()));
     Ok(sums)
 }
 
@@ -712,15 +734,21 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")
 }
 
-/// A `vethctl trace` listener: the topology's trace switch and ring buffer.
+/// A `vethctl trace` listener: its own entry of the topology's trace
+/// switches and its own ring buffer. The caller makes sure no other live
+/// session uses the same `index` (see `state::claim_trace_session`).
 pub struct TraceSession {
     config: aya::maps::Array<MapData, TraceConfig>,
+    index: u32,
     pub events: aya::maps::RingBuf<MapData>,
 }
 
 impl TraceSession {
-    pub fn open(topology: &str) -> Result<TraceSession> {
+    pub fn open(topology: &str, index: usize) -> Result<TraceSession> {
         let pins = Pins::new(topology);
+        let ring = *MAP_TRACE_EVENTS
+            .get(index)
+            .with_context(|| format!("no trace session {index}"))?;
         let open = |name: &str| {
             MapData::from_pin(pins.map(name)).with_context(|| {
                 format!(
@@ -730,15 +758,21 @@ impl TraceSession {
             })
         };
         let config = aya::maps::Array::try_from(Map::Array(open(MAP_TRACE_CONFIG)?))?;
-        let events = aya::maps::RingBuf::try_from(Map::RingBuf(open(MAP_TRACE_EVENTS)?))?;
-        Ok(TraceSession { config, events })
+        let mut events = aya::maps::RingBuf::try_from(Map::RingBuf(open(ring)?))?;
+        // What a killed earlier session left unread is not ours.
+        while events.next().is_some() {}
+        Ok(TraceSession {
+            config,
+            index: index as u32,
+            events,
+        })
     }
 
-    /// Switches tracing on (or renews it) until `until_ns` on the
-    /// monotonic clock; `sample_every == 0` switches it off.
+    /// Switches this session's tracing on (or renews it) until `until_ns`
+    /// on the monotonic clock; `sample_every == 0` switches it off.
     pub fn set(&mut self, config: TraceConfig) -> Result<()> {
         self.config
-            .set(0, config, 0)
+            .set(self.index, config, 0)
             .context("writing the trace switch")
     }
 }

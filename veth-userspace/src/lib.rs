@@ -14,3 +14,4 @@ pub mod netlink;
 pub mod observe;
 pub mod plan;
 pub mod state;
+pub mod watch;

@@ -381,6 +381,7 @@ mod tests {
             kind: Some(kind.into()),
             mac: vec![0xee; 6],
             up: true,
+            lower_up: true,
             mtu: 1500,
             peer_ifindex: Some(2),
             controller: None,

@@ -102,6 +102,39 @@ pub fn recorded_topologies() -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A trace session's claim on one of the topology's
+/// [`veth_common::TRACE_SESSIONS`] entries, held until dropped (a killed
+/// `trace` releases it with its file descriptors).
+pub struct TraceClaim {
+    pub index: usize,
+    _file: File,
+}
+
+/// Claims the first trace session entry no live `trace` holds.
+pub fn claim_trace_session(topology: &str) -> Result<TraceClaim> {
+    let dir = StateDir::new(topology);
+    if !dir.exists() {
+        anyhow::bail!("topology {topology:?} is not up (start it with `vethctl up`)");
+    }
+    for index in 0..veth_common::TRACE_SESSIONS {
+        let path = dir.path().join(format!(".trace-{index}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on an fd we own; never blocks.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(TraceClaim { index, _file: file });
+        }
+    }
+    anyhow::bail!(
+        "topology {topology:?} already has {} trace sessions; stop one (or wait) and try again",
+        veth_common::TRACE_SESSIONS
+    )
+}
+
 /// An exclusive lock over all changes (`up`, `down`), held until dropped.
 /// One lock for all topologies: changes are short, and the shared host
 /// namespace (bpffs, /run/netns) is then never raced.

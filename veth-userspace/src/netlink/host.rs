@@ -51,6 +51,15 @@ impl Host {
         links::by_name(&self.handle, name).await
     }
 
+    pub async fn link_by_index(&self, ifindex: u32) -> Result<Option<LinkState>> {
+        links::by_index(&self.handle, ifindex).await
+    }
+
+    /// Every link of the host namespace.
+    pub async fn links(&self) -> Result<Vec<LinkState>> {
+        links::list(&self.handle).await
+    }
+
     pub async fn delete_link(&self, ifindex: u32, name: &str) -> Result<()> {
         links::delete(&self.handle, ifindex, name).await
     }

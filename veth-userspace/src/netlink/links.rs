@@ -19,6 +19,8 @@ pub struct LinkState {
     pub kind: Option<String>,
     pub mac: Vec<u8>,
     pub up: bool,
+    /// Carrier: for a veth, the peer is up too.
+    pub lower_up: bool,
     pub mtu: u32,
     /// For a veth: the peer's ifindex, in the peer's namespace.
     pub peer_ifindex: Option<u32>,
@@ -34,6 +36,7 @@ impl LinkState {
             kind: None,
             mac: Vec::new(),
             up: msg.header.flags.contains(LinkFlags::Up),
+            lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
             mtu: 0,
             peer_ifindex: None,
             controller: None,
@@ -91,6 +94,17 @@ pub async fn by_name(handle: &rtnetlink::Handle, name: &str) -> Result<Option<Li
         Ok(None) => Ok(None),
         Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(context(format!("looking up link {name:?}"))(e)),
+    }
+}
+
+/// The link with index `ifindex`, if any.
+pub async fn by_index(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Option<LinkState>> {
+    let mut stream = handle.link().get().match_index(ifindex).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(LinkState::from_message(&msg)),
+        Ok(None) => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(context(format!("looking up link {ifindex}"))(e)),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod addresses;
 pub mod ethtool;
+pub mod events;
 pub mod host;
 pub mod links;
 pub mod nat;

@@ -52,6 +52,7 @@ impl Collector for MetricsSnapshot {
         let mut bytes: Vec<(Labels, u64)> = Vec::new();
         let mut drops: Vec<(Labels, u64)> = Vec::new();
         let mut pods: Vec<(Labels, u64)> = Vec::new();
+        let mut unknown_veth: Vec<(Labels, u64)> = Vec::new();
         let mut attached: Vec<(Labels, u64)> = Vec::new();
         let mut runs: Vec<(Labels, u64)> = Vec::new();
         let mut run_seconds: Vec<(Labels, f64)> = Vec::new();
@@ -59,6 +60,10 @@ impl Collector for MetricsSnapshot {
         for t in &self.topologies {
             let topology = t.stats.name.clone();
             pods.push((vec![("topology", topology.clone())], t.pods));
+            unknown_veth.push((
+                vec![("topology", topology.clone())],
+                t.stats.unknown_veth_drops,
+            ));
             for (hook, n) in &t.attached {
                 attached.push((
                     vec![("topology", topology.clone()), ("hook", hook.to_string())],
@@ -116,6 +121,12 @@ impl Collector for MetricsSnapshot {
             "veth_pair_drops",
             "Packets dropped by the program, by reason",
             &drops,
+        )?;
+        counter_family(
+            &mut encoder,
+            "veth_unknown_veth_drops",
+            "Frames dropped because they came from a veth that runs the topology's program but has no pod",
+            &unknown_veth,
         )?;
         gauge_family(
             &mut encoder,
@@ -310,6 +321,7 @@ mod tests {
                 stats: TopologyStats {
                     name: "demo".into(),
                     pairs: vec![pair],
+                    unknown_veth_drops: 0,
                 },
                 pods: 1,
                 attached: BTreeMap::from([("ingress", 1), ("egress", 1)]),

@@ -10,12 +10,16 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use serde::Serialize;
-use veth_common::{DropReason, PairCounters, Verdicts};
+use veth_common::{DropReason, Endpoint, PairCounters, PodIdentity, Verdicts};
 
 use crate::{
-    dataplane::{self, Attachment, Pins},
+    dataplane::{
+        self,
+        health::{self, EndpointMaps},
+        Attachment, Pins,
+    },
     model::{format_mac, Topology},
-    netlink::{host::POD_IFNAME, Host},
+    netlink::{host::POD_IFNAME, links::LinkState, Host},
 };
 
 /// `status --json`: `{"topologies": [...]}`.
@@ -52,14 +56,98 @@ pub struct PodStatus {
     pub pair: Option<String>,
     /// True when the host side exists and is up.
     pub up: bool,
+    /// What the dataplane's maps make of the pod, against the kernel: see
+    /// [`EndpointState`].
+    pub endpoint: EndpointState,
     pub attached: Vec<Attachment>,
+}
+
+/// A pod's endpoint (its entry in the redirect maps) against its veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointState {
+    /// Frames for the pod are redirected to its veth, which is up.
+    Ready,
+    /// The veth (or the pod's `eth0`) is down, or the agent marked it so:
+    /// frames for the pod go to the host stack.
+    Down,
+    /// The maps still redirect to an interface that is not the pod's veth
+    /// (gone, or its ifindex reused): nothing has updated them since the
+    /// veth went away. `vethctl agent` prevents this; `vethctl up` repairs.
+    Stale,
+    /// The veth exists but the maps do not know it (mid-`up`).
+    Unmapped,
+    /// Neither veth nor endpoint.
+    Missing,
+}
+
+impl EndpointState {
+    /// Judges one pod from its veth (if any), its IPv4 endpoint in the maps
+    /// (if any), and the identity in that endpoint's slot.
+    pub fn of(
+        link: Option<&LinkState>,
+        endpoint: Option<&Endpoint>,
+        slot_identity: Option<&PodIdentity>,
+    ) -> EndpointState {
+        let Some(endpoint) = endpoint else {
+            return match link {
+                Some(_) => EndpointState::Unmapped,
+                None => EndpointState::Missing,
+            };
+        };
+        let live = slot_identity
+            .is_some_and(|id| id.host_ifindex == endpoint.host_ifindex && id.ready != 0);
+        match link {
+            Some(l) if l.ifindex == endpoint.host_ifindex => {
+                if live && l.up && l.lower_up {
+                    EndpointState::Ready
+                } else {
+                    EndpointState::Down
+                }
+            }
+            _ if live => EndpointState::Stale,
+            _ => EndpointState::Missing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready",
+            EndpointState::Down => "down",
+            EndpointState::Stale => "stale",
+            EndpointState::Unmapped => "unmapped",
+            EndpointState::Missing => "missing",
+        }
+    }
+}
+
+/// The IPv4 endpoints of a topology, each with the identity in its slot.
+fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity)> {
+    let identities: BTreeMap<u32, PodIdentity> = EndpointMaps::open(topology)
+        .ok()
+        .flatten()
+        .and_then(|maps| maps.pods().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.slot, p.identity))
+        .collect();
+    health::ipv4_endpoints(topology)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(ip, endpoint)| Some((ip, (endpoint, *identities.get(&endpoint.slot)?))))
+        .collect()
 }
 
 /// Status of one topology, from its description and the kernel.
 pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> {
     let mut pods = Vec::with_capacity(topology.pods.len());
+    let mapped = mapped_endpoints(&topology.name);
     for pod in &topology.pods {
         let link = host.link(&pod.host_veth).await?;
+        let (endpoint, identity) = match mapped.get(&pod.ipv4) {
+            Some((endpoint, identity)) => (Some(endpoint), Some(identity)),
+            None => (None, None),
+        };
         let pod_ifindex = link.as_ref().and_then(|l| l.peer_ifindex);
         let pair = link
             .as_ref()
@@ -78,6 +166,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             host_mac: link.as_ref().map(|l| format_mac(&l.mac)),
             pair,
             up: link.as_ref().is_some_and(|l| l.up),
+            endpoint: EndpointState::of(link.as_ref(), endpoint, identity),
             attached: if link.is_some() {
                 dataplane::attachments(&topology.name, &pod.host_veth)
             } else {
@@ -111,6 +200,7 @@ impl StatusReport {
                 "POD SIDE",
                 "HOST SIDE",
                 "POD MAC",
+                "ENDPOINT",
                 "PROGRAMS INGRESS/EGRESS/XDP",
             ])];
             for p in &t.pods {
@@ -135,10 +225,24 @@ impl StatusReport {
                         None => format!("{} (missing)", p.host_veth),
                     },
                     &p.pod_mac,
+                    p.endpoint.name(),
                     if attached.is_empty() { "-" } else { &attached },
                 ]));
             }
             out += &render(&rows);
+            let stale: Vec<&str> = t
+                .pods
+                .iter()
+                .filter(|p| p.endpoint == EndpointState::Stale)
+                .map(|p| p.name.as_str())
+                .collect();
+            if !stale.is_empty() {
+                out += &format!(
+                    "STALE: the maps still send frames for {} to an interface that is not theirs; \
+                     `vethctl up -t FILE` repairs, and a running `vethctl agent` prevents this\n",
+                    stale.join(", ")
+                );
+            }
         }
         if self.topologies.is_empty() {
             out += "no topology is up (start one with `vethctl up`)\n";
@@ -157,6 +261,10 @@ pub struct StatsReport {
 pub struct TopologyStats {
     pub name: String,
     pub pairs: Vec<PairStats>,
+    /// Frames dropped because they came from a veth that runs the
+    /// topology's program but has no pod (one being removed, or a veth
+    /// someone attached the pinned program to).
+    pub unknown_veth_drops: u64,
 }
 
 /// One pod's pair. Top-level counters are both directions added up;
@@ -209,6 +317,9 @@ pub fn pair_stats(
     TopologyStats {
         name: topology.name.clone(),
         pairs,
+        unknown_veth_drops: counters
+            .get(&dataplane::UNKNOWN_VETH_IFINDEX)
+            .map_or(0, |c| c.from_pod.dropped_packets),
     }
 }
 
@@ -269,6 +380,25 @@ impl StatsReport {
                 }
             }
             out += &render(&rows);
+            let drops: Vec<String> = t
+                .pairs
+                .iter()
+                .flat_map(|p| {
+                    p.drops
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(move |(reason, n)| format!("{} {reason} {n}", p.pod))
+                })
+                .collect();
+            if !drops.is_empty() {
+                out += &format!("drops by reason: {}\n", drops.join(", "));
+            }
+            if t.unknown_veth_drops > 0 {
+                out += &format!(
+                    "frames from veths without a pod, dropped: {}\n",
+                    t.unknown_veth_drops
+                );
+            }
         }
         if self.topologies.is_empty() {
             out += "no topology is up (start one with `vethctl up`)\n";
@@ -334,6 +464,50 @@ mod tests {
         assert_eq!(json["pairs"][0]["redirected_packets"], 9);
         assert_eq!(json["pairs"][0]["from_pod"]["redirected_packets"], 5);
         assert_eq!(json["pairs"][0]["host_veth"], "demo-web");
+    }
+
+    #[test]
+    fn endpoint_state_follows_veth_and_slot() {
+        let link = |ifindex, up, lower_up| LinkState {
+            name: "t-b".into(),
+            ifindex,
+            kind: Some("veth".into()),
+            mac: vec![0xee; 6],
+            up,
+            lower_up,
+            mtu: 1500,
+            peer_ifindex: Some(2),
+            controller: None,
+        };
+        let endpoint = Endpoint {
+            host_ifindex: 7,
+            slot: 1,
+            ..Endpoint::default()
+        };
+        let identity = |host_ifindex, ready| PodIdentity {
+            host_ifindex,
+            ready,
+            ..PodIdentity::default()
+        };
+        use EndpointState::*;
+        let cases = [
+            (Some(link(7, true, true)), Some(identity(7, 1)), Ready),
+            (Some(link(7, true, false)), Some(identity(7, 1)), Down),
+            (Some(link(7, false, false)), Some(identity(7, 1)), Down),
+            (Some(link(7, true, true)), Some(identity(7, 0)), Down),
+            (None, Some(identity(7, 1)), Stale),
+            (Some(link(9, true, true)), Some(identity(7, 1)), Stale),
+            (None, Some(identity(0, 0)), Missing),
+            (None, None, Missing),
+        ];
+        for (i, (link, id, want)) in cases.iter().enumerate() {
+            let ep = id.as_ref().map(|_| &endpoint);
+            assert_eq!(EndpointState::of(link.as_ref(), ep, id.as_ref()), *want, "case {i}");
+        }
+        assert_eq!(
+            EndpointState::of(Some(&link(7, true, true)), None, None),
+            Unmapped
+        );
     }
 
     #[test]

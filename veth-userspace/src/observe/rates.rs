@@ -197,6 +197,7 @@ mod tests {
                 to_pod: Verdicts::default(),
                 drops: BTreeMap::new(),
             }],
+            unknown_veth_drops: 0,
         }
     }
 

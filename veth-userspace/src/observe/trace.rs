@@ -81,10 +81,7 @@ pub fn resolve(topology: &str, event: &TraceEvent, pods: &BTreeMap<u32, String>)
             _ => "passed",
         },
         drop_reason: (event.verdict == verdict::DROPPED).then(|| {
-            DropReason::ALL
-                .iter()
-                .find(|r| **r as u8 == event.reason)
-                .map_or("unknown", |r| r.name())
+            DropReason::from_code(u32::from(event.reason)).map_or("unknown", |r| r.name())
         }),
         ethertype: match event.ethertype {
             0x0800 => "ipv4".to_string(),
@@ -146,7 +143,8 @@ pub async fn follow(
         }
         None => 0,
     };
-    let mut session = TraceSession::open(&topology.name)?;
+    let claim = crate::state::claim_trace_session(&topology.name)?;
+    let mut session = TraceSession::open(&topology.name, claim.index)?;
     let config = |now: Duration| TraceConfig {
         sample_every: request.sample_every.max(1),
         ifindex: only_ifindex,

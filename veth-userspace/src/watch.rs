@@ -1,0 +1,248 @@
+//! Keeps every topology's endpoints true to the veths behind them, for as
+//! long as `vethctl agent` runs: a pod whose veth goes down is marked not
+//! ready, and one whose veth goes away is forgotten, within milliseconds of
+//! the kernel's link event; a periodic pass over all links catches what
+//! events miss (a full socket buffer, an agent started late).
+//!
+//! Without it, the maps change only when `vethctl up` runs: an endpoint
+//! whose veth was deleted behind vethctl's back keeps its entry, and if
+//! another interface gets the same ifindex, frames for that pod are
+//! redirected there until the next `up` (`vethctl status` shows `stale`).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Result;
+
+use crate::{
+    dataplane::health::{EndpointMaps, MappedPod},
+    model::Topology,
+    netlink::{
+        events::{LinkEvent, LinkEvents},
+        links::LinkState,
+        Host,
+    },
+    state::{self, StateDir},
+};
+
+/// How often every endpoint is checked against a fresh link dump.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// What should happen to one mapped pod, given the link at its ifindex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ready or not, as the link says.
+    Ready(bool),
+    /// Its veth is gone (or its ifindex now belongs to something else).
+    Forget,
+}
+
+/// Pure: the link at a pod's ifindex still is that pod's veth when it is a
+/// veth named as one of the topology's pods whose address the slot holds.
+pub fn judge(topology: &Topology, pod: &MappedPod, link: Option<&LinkState>) -> Verdict {
+    let Some(link) = link else {
+        return Verdict::Forget;
+    };
+    let ours = link.is_veth()
+        && topology
+            .pods
+            .iter()
+            .any(|p| p.host_veth == link.name && p.ipv4 == pod.ipv4());
+    if !ours {
+        return Verdict::Forget;
+    }
+    Verdict::Ready(link.up && link.lower_up)
+}
+
+/// Follows link events until the event stream ends (it does not while the
+/// agent runs) and reconciles periodically.
+pub async fn run(host: Host) -> Result<()> {
+    let mut events = LinkEvents::subscribe()?;
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(LinkEvent::Changed { ifindex }) => on_link(&host, ifindex).await,
+                Some(LinkEvent::Removed { ifindex }) => on_removed(ifindex),
+                Some(LinkEvent::Namespaces) => reconcile(&host).await,
+                None => anyhow::bail!("the rtnetlink event stream ended"),
+            },
+            _ = tick.tick() => reconcile(&host).await,
+        }
+    }
+}
+
+/// Every recorded topology whose description can be read.
+fn topologies() -> Vec<Topology> {
+    state::recorded_topologies()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|name| StateDir::new(name).load().ok().flatten())
+        .collect()
+}
+
+fn on_removed(ifindex: u32) {
+    for topology in topologies() {
+        apply(&topology, ifindex, |_| Verdict::Forget);
+    }
+}
+
+async fn on_link(host: &Host, ifindex: u32) {
+    // The link as it is now, not as the event said: events can arrive late.
+    let link = match host.link_by_index(ifindex).await {
+        Ok(link) => link,
+        Err(e) => {
+            eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
+            return;
+        }
+    };
+    for topology in topologies() {
+        apply(&topology, ifindex, |pod| {
+            judge(&topology, pod, link.as_ref())
+        });
+    }
+}
+
+/// Applies `verdict` to the pod of `topology` behind `ifindex`, if any.
+fn apply(topology: &Topology, ifindex: u32, verdict: impl Fn(&MappedPod) -> Verdict) {
+    let result = (|| -> Result<()> {
+        let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
+            return Ok(());
+        };
+        if let Some(pod) = maps.pod(ifindex)? {
+            act(&topology.name, &mut maps, &pod, verdict(&pod))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!(
+            "vethctl agent: topology {:?}, link {ifindex}: {e:#}",
+            topology.name
+        );
+    }
+}
+
+/// Checks every mapped pod of every topology against one link dump.
+pub async fn reconcile(host: &Host) {
+    let links: BTreeMap<u32, LinkState> = match host.links().await {
+        Ok(links) => links.into_iter().map(|l| (l.ifindex, l)).collect(),
+        Err(e) => {
+            eprintln!("vethctl agent: listing links: {e:#}");
+            return;
+        }
+    };
+    for topology in topologies() {
+        let result = (|| -> Result<()> {
+            let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
+                return Ok(());
+            };
+            for pod in maps.pods()? {
+                let verdict = judge(&topology, &pod, links.get(&pod.host_ifindex));
+                act(&topology.name, &mut maps, &pod, verdict)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!(
+                "vethctl agent: reconciling topology {:?}: {e:#}",
+                topology.name
+            );
+        }
+    }
+}
+
+fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdict) -> Result<()> {
+    match verdict {
+        Verdict::Ready(ready) => {
+            if maps.set_ready(pod, ready)? {
+                eprintln!(
+                    "vethctl agent: topology {topology:?}: pod {} (ifindex {}) is {}",
+                    pod.ipv4(),
+                    pod.host_ifindex,
+                    if ready { "ready" } else { "down: frames for it go to the host stack" }
+                );
+            }
+        }
+        Verdict::Forget => {
+            maps.forget(pod)?;
+            eprintln!(
+                "vethctl agent: topology {topology:?}: pod {} lost its veth (ifindex {}); \
+                 endpoint removed",
+                pod.ipv4(),
+                pod.host_ifindex
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veth_common::PodIdentity;
+
+    fn topology() -> Topology {
+        Topology::from_toml(
+            "name = \"t\"\npod_cidr = \"10.1.0.0/24\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n",
+        )
+        .unwrap()
+    }
+
+    fn veth(name: &str, up: bool, lower_up: bool) -> LinkState {
+        LinkState {
+            name: name.into(),
+            ifindex: 7,
+            kind: Some("veth".into()),
+            mac: vec![0xee; 6],
+            up,
+            lower_up,
+            mtu: 1500,
+            peer_ifindex: Some(2),
+            controller: None,
+        }
+    }
+
+    #[test]
+    fn pods_are_judged_by_their_veth() {
+        let t = topology();
+        let b = t.pod("b").unwrap();
+        let pod = MappedPod {
+            host_ifindex: 7,
+            slot: 1,
+            identity: PodIdentity {
+                ipv4: b.ipv4.octets(),
+                host_ifindex: 7,
+                ready: 1,
+                ..PodIdentity::default()
+            },
+        };
+        let name = b.host_veth.as_str();
+        assert_eq!(judge(&t, &pod, None), Verdict::Forget, "gone");
+        assert_eq!(
+            judge(&t, &pod, Some(&veth(name, true, true))),
+            Verdict::Ready(true)
+        );
+        assert_eq!(
+            judge(&t, &pod, Some(&veth(name, true, false))),
+            Verdict::Ready(false),
+            "the pod's eth0 is down"
+        );
+        assert_eq!(
+            judge(&t, &pod, Some(&veth(name, false, false))),
+            Verdict::Ready(false)
+        );
+        let a = t.pod("a").unwrap().host_veth.as_str();
+        assert_eq!(
+            judge(&t, &pod, Some(&veth(a, true, true))),
+            Verdict::Forget,
+            "another pod's veth name at the old ifindex"
+        );
+        assert_eq!(
+            judge(&t, &pod, Some(&veth("intruder0", true, true))),
+            Verdict::Forget,
+            "an unrelated veth reusing the ifindex"
+        );
+        let mut dummy = veth(name, true, true);
+        dummy.kind = Some("dummy".into());
+        assert_eq!(judge(&t, &pod, Some(&dummy)), Verdict::Forget);
+    }
+}

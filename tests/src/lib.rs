@@ -6,6 +6,8 @@
 //! network devices), one /24 per topology reserved across test processes;
 //! every packet stays between namespaces a test made.
 
+pub mod attack;
+pub mod frames;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},

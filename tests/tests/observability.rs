@@ -399,11 +399,16 @@ fn removed_pod_series_disappear() {
     );
 }
 
-/// The topology's trace switch, TRACE_CONFIG[0], as bpftool shows it.
+/// The first trace session's switch, TRACE_CONFIG[0] (the entry a lone
+/// `trace` claims), as bpftool shows it.
 fn trace_config(t: &TestTopology) -> Value {
     let entries = bpftool_map_dump(&Pins::new(t.name()).map("TRACE_CONFIG"));
-    assert_eq!(entries.len(), 1, "one TRACE_CONFIG entry: {entries:?}");
-    entries[0]["value"].clone()
+    assert_eq!(
+        entries.len(),
+        veth_common::TRACE_SESSIONS,
+        "one TRACE_CONFIG entry per session: {entries:?}"
+    );
+    entries.iter().find(|e| e["key"] == 0).expect("entry 0")["value"].clone()
 }
 
 #[test]

@@ -27,31 +27,31 @@ pub trait Frame {
     /// The program context, for helpers that take it.
     fn raw(&self) -> *mut c_void;
 
-    /// True if the frame fits `mtu`, the MTU of `ifindex` (for a GSO skb:
-    /// each of its segments does), so a redirect never hands a pod more than
-    /// its `eth0` accepts; larger packets are left to the host stack, which
-    /// answers with "fragmentation needed" / "packet too big". A plain
-    /// frame within the MTU is decided without a helper call.
+    /// True if the frame fits `mtu`, the MTU of the destination pod's
+    /// `eth0` (for a GSO skb: each of its segments fits the MTU of the
+    /// device `ifindex`), so a redirect never hands a pod more than it
+    /// accepts; larger packets are left to the host stack, which answers
+    /// with "fragmentation needed" / "packet too big". Only GSO frames
+    /// cost a helper call.
     #[inline(always)]
     fn fits_mtu_of(&self, ifindex: u32, mtu: u32) -> bool {
-        if self.plainly_fits(mtu) {
-            return true;
+        if !self.is_gso() {
+            return self.len() <= mtu + EthHdr::LEN as u32;
         }
         let mut mtu_len: u32 = 0;
         // SAFETY: valid context, a live out-parameter, no flags.
         unsafe { bpf_check_mtu(self.raw(), ifindex, &mut mtu_len, 0, 0) == 0 }
     }
 
-    /// True only if the frame certainly fits `mtu` without segmentation.
-    fn plainly_fits(&self, mtu: u32) -> bool;
+    /// A GSO skb, whose length is the sum of its segments.
+    fn is_gso(&self) -> bool;
 }
 
 impl Frame for TcContext {
     #[inline(always)]
-    fn plainly_fits(&self, mtu: u32) -> bool {
+    fn is_gso(&self) -> bool {
         // SAFETY: the context pointer is valid for the program's run.
-        let gso_size = unsafe { (*self.skb.skb).gso_size };
-        gso_size == 0 && self.len() <= mtu + EthHdr::LEN as u32
+        unsafe { (*self.skb.skb).gso_size != 0 }
     }
     #[inline(always)]
     fn data(&self) -> usize {
@@ -72,9 +72,10 @@ impl Frame for TcContext {
 }
 
 impl Frame for XdpContext {
-    /// A multi-buffer frame is longer than its linear part: always ask.
+    /// XDP frames are single segments (and, without fragment support,
+    /// single buffers: `len` is the whole frame).
     #[inline(always)]
-    fn plainly_fits(&self, _mtu: u32) -> bool {
+    fn is_gso(&self) -> bool {
         false
     }
     #[inline(always)]
@@ -259,9 +260,18 @@ mod tests {
         assert!(ipv4_well_formed(0x45, 84u16.to_be_bytes(), 100), "padding");
         assert!(ipv4_well_formed(0x4f, 60u16.to_be_bytes(), 60), "options");
         assert!(!ipv4_well_formed(0x43, 84u16.to_be_bytes(), 84), "IHL 3");
-        assert!(!ipv4_well_formed(0x65, 84u16.to_be_bytes(), 84), "version 6");
-        assert!(!ipv4_well_formed(0x45, 9000u16.to_be_bytes(), 36), "too long");
-        assert!(!ipv4_well_formed(0x46, 20u16.to_be_bytes(), 84), "shorter than IHL");
+        assert!(
+            !ipv4_well_formed(0x65, 84u16.to_be_bytes(), 84),
+            "version 6"
+        );
+        assert!(
+            !ipv4_well_formed(0x45, 9000u16.to_be_bytes(), 36),
+            "too long"
+        );
+        assert!(
+            !ipv4_well_formed(0x46, 20u16.to_be_bytes(), 84),
+            "shorter than IHL"
+        );
         assert!(!ipv4_well_formed(0x45, [0, 0], 84), "zero total length");
     }
 
@@ -269,8 +279,14 @@ mod tests {
     fn ipv6_headers_are_judged() {
         assert!(ipv6_well_formed(0x60, 64u16.to_be_bytes(), 104));
         assert!(ipv6_well_formed(0x6f, 0u16.to_be_bytes(), 40));
-        assert!(!ipv6_well_formed(0x40, 64u16.to_be_bytes(), 104), "version 4");
-        assert!(!ipv6_well_formed(0x60, 65u16.to_be_bytes(), 104), "too long");
+        assert!(
+            !ipv6_well_formed(0x40, 64u16.to_be_bytes(), 104),
+            "version 4"
+        );
+        assert!(
+            !ipv6_well_formed(0x60, 65u16.to_be_bytes(), 104),
+            "too long"
+        );
     }
 
     #[test]

@@ -58,7 +58,9 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         host: Host::connect()?,
         bpf_stats: options.bpf_stats,
     });
-    let mut watcher = tokio::spawn(crate::watch::run(shared.host.clone()));
+    // Its own rtnetlink socket: a socket runs one dump at a time, and a
+    // scrape's dump would fail (EBUSY) beside the watcher's.
+    let mut watcher = tokio::spawn(crate::watch::run(Host::connect()?));
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     loop {

@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod health;
+pub mod lab;
 
 use crate::model::Mode;
 use anyhow::{anyhow, Context, Result};

@@ -158,7 +158,11 @@ fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdic
                     "vethctl agent: topology {topology:?}: pod {} (ifindex {}) is {}",
                     pod.ipv4(),
                     pod.host_ifindex,
-                    if ready { "ready" } else { "down: frames for it go to the host stack" }
+                    if ready {
+                        "ready"
+                    } else {
+                        "down: frames for it go to the host stack"
+                    }
                 );
             }
         }

@@ -87,6 +87,13 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// Per-packet cost of the security checks: the programs run on a
+    /// 64-byte frame with BPF_PROG_TEST_RUN, checks on vs compiled out.
+    Checks {
+        /// Interleaved rounds per variant (each of 40,000 runs).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
 }
 
 // Printed by hand because returning the error from `main` adds a backtrace
@@ -100,6 +107,9 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Counting { rounds, seconds },
         } => bench::counting::run(rounds, seconds),
+        Task::Bench {
+            bench: Bench::Checks { rounds },
+        } => bench::checks::run(rounds),
         Task::Bench {
             bench: Bench::Control { sizes, adds },
         } => bench::control::run(&sizes, adds),

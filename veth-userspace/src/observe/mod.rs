@@ -502,7 +502,11 @@ mod tests {
         ];
         for (i, (link, id, want)) in cases.iter().enumerate() {
             let ep = id.as_ref().map(|_| &endpoint);
-            assert_eq!(EndpointState::of(link.as_ref(), ep, id.as_ref()), *want, "case {i}");
+            assert_eq!(
+                EndpointState::of(link.as_ref(), ep, id.as_ref()),
+                *want,
+                "case {i}"
+            );
         }
         assert_eq!(
             EndpointState::of(Some(&link(7, true, true)), None, None),

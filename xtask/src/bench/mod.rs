@@ -2,6 +2,7 @@
 //! 198.18.0.0/15, RFC 2544's benchmarking range), sends traffic only between
 //! their namespaces, and brings them down again, also when it fails.
 
+pub mod checks;
 pub mod control;
 pub mod counting;
 pub mod paths;

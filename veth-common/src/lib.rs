@@ -111,7 +111,9 @@ pub struct PodIdentity {
     /// of the veth going down or away (frames then go to the host stack,
     /// which answers "unreachable").
     pub ready: u8,
-    pub _pad: u8,
+    /// 1 if `ipv6` holds the pod's address (saves the programs comparing 16
+    /// bytes with zero per frame).
+    pub has_ipv6: u8,
     /// The host-side veth the slot belongs to; 0 for a free slot.
     pub host_ifindex: u32,
 }

@@ -19,7 +19,7 @@ use network_types::{
 use veth_common::{ipv4_key, DropReason, Endpoint, PodIdentity};
 
 use crate::{
-    maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
+    maps::{DEVMAP, ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
         arp_well_formed, checksum_after_ttl_decrement, ipv4_well_formed, ipv6_well_formed,
         is_group_mac, is_link_local_or_unspecified, is_vlan, network_header, ptr_at, Frame, L3,
@@ -84,8 +84,11 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
     }
     match l3 {
         L3::Ipv4(ip) => deliver_ipv4(ctx, eth, ip),
-        L3::Ipv6(ip) => deliver_ipv6(ctx, eth, ip, me),
-        L3::Arp(_) => Decision::Pass,
+        // Only the pod's own global address is routed here: link-local
+        // sources stay on the link, with the host.
+        // SAFETY: `network_header` bounds-checked the header.
+        L3::Ipv6(ip) if owns_ipv6(me, unsafe { &(*ip).src_addr }) => deliver_ipv6(ctx, eth, ip),
+        L3::Ipv6(_) | L3::Arp(_) => Decision::Pass,
     }
 }
 
@@ -108,8 +111,8 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason
                 if !ipv6_well_formed((*ip).vcf[0], (*ip).payload_len, l3_len) {
                     return Err(DropReason::MalformedIpv6);
                 }
-                let src = (*ip).src_addr;
-                if !owns_ipv6(me, &src) && !is_link_local_or_unspecified(&src) {
+                let src = &(*ip).src_addr;
+                if !owns_ipv6(me, src) && !is_link_local_or_unspecified(src) {
                     return Err(DropReason::SpoofedIpv6);
                 }
             }
@@ -129,7 +132,7 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason
 
 #[inline(always)]
 fn owns_ipv6(me: &PodIdentity, addr: &[u8; 16]) -> bool {
-    *addr == me.ipv6 && me.ipv6 != [0; 16]
+    me.has_ipv6 != 0 && *addr == me.ipv6
 }
 
 /// A checked IPv4 packet: redirected if it is for a ready pod, fits its
@@ -157,20 +160,11 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
     }
 }
 
-/// IPv6 likewise; only the pod's own global address is routed here
-/// (link-local sources stay on the link, with the host).
+/// IPv6 likewise, for a packet from the pod's own global address.
 #[inline(always)]
-fn deliver_ipv6<F: Frame>(
-    ctx: &F,
-    eth: *mut EthHdr,
-    ip: *mut Ipv6Hdr,
-    me: &PodIdentity,
-) -> Decision {
+fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decision {
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        if !owns_ipv6(me, &(*ip).src_addr) {
-            return Decision::Pass;
-        }
         let dst = (*ip).dst_addr;
         let Some(endpoint) = ENDPOINTS6.get(dst) else {
             return Decision::Pass;
@@ -188,15 +182,21 @@ fn deliver_ipv6<F: Frame>(
 }
 
 /// The endpoint's slot still belongs to its ifindex and to the pod that
-/// owns the address, and that pod is ready (its veth up): never redirect
-/// to an interface that merely reuses an old ifindex, through a slot given
-/// to another pod, or into a pod whose veth is down or gone.
+/// owns the address, that pod is ready (its veth up), and its veth is
+/// still the device userspace put in the DEVMAP: never redirect to an
+/// interface that merely reuses an old ifindex, through a slot given to
+/// another pod, or into a pod whose veth is down or gone.
+///
+/// The DEVMAP test needs no userspace: the kernel deletes a device's
+/// DEVMAP entries when the device is unregistered, and a new device with
+/// the same ifindex is never added back by anyone but `up`.
 #[inline(always)]
 fn still_owned(endpoint: &Endpoint, owns: impl Fn(&PodIdentity) -> bool) -> bool {
-    match PODS.get(endpoint.slot) {
+    let owned = match PODS.get(endpoint.slot) {
         Some(pod) => pod.ready != 0 && pod.host_ifindex == endpoint.host_ifindex && owns(pod),
         None => false,
-    }
+    };
+    owned && DEVMAP.get(endpoint.host_ifindex).is_some()
 }
 
 /// Source: the destination pod's gateway; destination: the pod.

@@ -48,6 +48,8 @@ pub static TRACE_EVENTS_2: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new(
 #[btf_map]
 pub static TRACE_EVENTS_3: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new();
 
-/// Mode xdp: host-side veths by ifindex, the targets of `bpf_redirect_map`.
+/// Host-side veths by ifindex: the targets of `bpf_redirect_map` in mode
+/// xdp, and in every mode the proof that a redirect target is still the
+/// device `up` wired (the kernel removes a device's entries when it goes).
 #[btf_map]
 pub static DEVMAP: DevMapHash<MAX_PAIRS> = DevMapHash::new();

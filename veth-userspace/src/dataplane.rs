@@ -78,7 +78,7 @@ impl PodEntry {
             mac: self.mac,
             // `up` has just set the veth up; `vethctl agent` follows it.
             ready: 1,
-            _pad: 0,
+            has_ipv6: u8::from(self.ipv6.is_some()),
             host_ifindex: self.host_ifindex,
         }
     }

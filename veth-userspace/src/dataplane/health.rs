@@ -129,6 +129,15 @@ pub fn ipv4_endpoints(topology: &str) -> Result<BTreeMap<Ipv4Addr, Endpoint>> {
     Ok(endpoints)
 }
 
+/// The host-side ifindexes in the DEVMAP: the kernel removes a device's
+/// entry when the device goes, so an endpoint whose ifindex is missing here
+/// is never a redirect target.
+pub fn devmap_ifindexes(topology: &str) -> Result<std::collections::BTreeSet<u32>> {
+    let pins = Pins::new(topology);
+    let devmap = DevMapHash::try_from(Map::DevMapHash(open(&pins, MAP_DEVMAP)?))?;
+    Ok(devmap.keys().filter_map(|k| k.ok()).collect())
+}
+
 fn remove_endpoints<K: aya::Pod + Ord>(pins: &Pins, name: &str, host_ifindex: u32) -> Result<()> {
     let mut map = HashMap::<_, K, Endpoint>::try_from(Map::HashMap(open(pins, name)?))?;
     let stale: Vec<K> = map

@@ -71,9 +71,11 @@ pub enum EndpointState {
     /// The veth (or the pod's `eth0`) is down, or the agent marked it so:
     /// frames for the pod go to the host stack.
     Down,
-    /// The maps still redirect to an interface that is not the pod's veth
-    /// (gone, or its ifindex reused): nothing has updated them since the
-    /// veth went away. `vethctl agent` prevents this; `vethctl up` repairs.
+    /// The maps still name, as the pod's, a device that is not its veth
+    /// and that the kernel still lists in the DEVMAP: they would redirect
+    /// there. Neither deletion nor ifindex reuse leads here (the kernel
+    /// drops a gone device's DEVMAP entry); a map edited by hand can.
+    /// `vethctl up` repairs.
     Stale,
     /// The veth exists but the maps do not know it (mid-`up`).
     Unmapped,
@@ -83,11 +85,13 @@ pub enum EndpointState {
 
 impl EndpointState {
     /// Judges one pod from its veth (if any), its IPv4 endpoint in the maps
-    /// (if any), and the identity in that endpoint's slot.
+    /// (if any), the identity in that endpoint's slot, and whether the
+    /// endpoint's ifindex is in the DEVMAP.
     pub fn of(
         link: Option<&LinkState>,
         endpoint: Option<&Endpoint>,
         slot_identity: Option<&PodIdentity>,
+        in_devmap: bool,
     ) -> EndpointState {
         let Some(endpoint) = endpoint else {
             return match link {
@@ -95,8 +99,9 @@ impl EndpointState {
                 None => EndpointState::Missing,
             };
         };
-        let live = slot_identity
-            .is_some_and(|id| id.host_ifindex == endpoint.host_ifindex && id.ready != 0);
+        let live = in_devmap
+            && slot_identity
+                .is_some_and(|id| id.host_ifindex == endpoint.host_ifindex && id.ready != 0);
         match link {
             Some(l) if l.ifindex == endpoint.host_ifindex => {
                 if live && l.up && l.lower_up {
@@ -121,8 +126,12 @@ impl EndpointState {
     }
 }
 
-/// The IPv4 endpoints of a topology, each with the identity in its slot.
-fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity)> {
+/// The IPv4 endpoints of a topology, each with the identity in its slot and
+/// whether its ifindex is in the DEVMAP.
+fn mapped_endpoints(
+    topology: &str,
+) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity, bool)> {
+    let devmap = health::devmap_ifindexes(topology).unwrap_or_default();
     let identities: BTreeMap<u32, PodIdentity> = EndpointMaps::open(topology)
         .ok()
         .flatten()
@@ -134,7 +143,10 @@ fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, P
     health::ipv4_endpoints(topology)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|(ip, endpoint)| Some((ip, (endpoint, *identities.get(&endpoint.slot)?))))
+        .filter_map(|(ip, endpoint)| {
+            let identity = *identities.get(&endpoint.slot)?;
+            Some((ip, (endpoint, identity, devmap.contains(&endpoint.host_ifindex))))
+        })
         .collect()
 }
 
@@ -144,9 +156,9 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
     let mapped = mapped_endpoints(&topology.name);
     for pod in &topology.pods {
         let link = host.link(&pod.host_veth).await?;
-        let (endpoint, identity) = match mapped.get(&pod.ipv4) {
-            Some((endpoint, identity)) => (Some(endpoint), Some(identity)),
-            None => (None, None),
+        let (endpoint, identity, in_devmap) = match mapped.get(&pod.ipv4) {
+            Some((endpoint, identity, in_devmap)) => (Some(endpoint), Some(identity), *in_devmap),
+            None => (None, None, false),
         };
         let pod_ifindex = link.as_ref().and_then(|l| l.peer_ifindex);
         let pair = link
@@ -166,7 +178,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             host_mac: link.as_ref().map(|l| format_mac(&l.mac)),
             pair,
             up: link.as_ref().is_some_and(|l| l.up),
-            endpoint: EndpointState::of(link.as_ref(), endpoint, identity),
+            endpoint: EndpointState::of(link.as_ref(), endpoint, identity, in_devmap),
             attached: if link.is_some() {
                 dataplane::attachments(&topology.name, &pod.host_veth)
             } else {
@@ -238,8 +250,8 @@ impl StatusReport {
                 .collect();
             if !stale.is_empty() {
                 out += &format!(
-                    "STALE: the maps still send frames for {} to an interface that is not theirs; \
-                     `vethctl up -t FILE` repairs, and a running `vethctl agent` prevents this\n",
+                    "STALE: the maps would send frames for {} to a device that is not their veth \
+                     (were they edited by hand?); `vethctl up --repair -t FILE` rewrites them\n",
                     stale.join(", ")
                 );
             }
@@ -491,25 +503,30 @@ mod tests {
         };
         use EndpointState::*;
         let cases = [
-            (Some(link(7, true, true)), Some(identity(7, 1)), Ready),
-            (Some(link(7, true, false)), Some(identity(7, 1)), Down),
-            (Some(link(7, false, false)), Some(identity(7, 1)), Down),
-            (Some(link(7, true, true)), Some(identity(7, 0)), Down),
-            (None, Some(identity(7, 1)), Stale),
-            (Some(link(9, true, true)), Some(identity(7, 1)), Stale),
-            (None, Some(identity(0, 0)), Missing),
-            (None, None, Missing),
+            (Some(link(7, true, true)), Some(identity(7, 1)), true, Ready),
+            (Some(link(7, true, false)), Some(identity(7, 1)), true, Down),
+            (Some(link(7, false, false)), Some(identity(7, 1)), true, Down),
+            (Some(link(7, true, true)), Some(identity(7, 0)), true, Down),
+            (Some(link(7, true, true)), Some(identity(7, 1)), false, Down),
+            (None, Some(identity(7, 1)), true, Stale),
+            (Some(link(9, true, true)), Some(identity(7, 1)), true, Stale),
+            // Deleted, or its ifindex reused: the kernel dropped the DEVMAP
+            // entry, so nothing is redirected there.
+            (None, Some(identity(7, 1)), false, Missing),
+            (Some(link(9, true, true)), Some(identity(7, 1)), false, Missing),
+            (None, Some(identity(0, 0)), true, Missing),
+            (None, None, false, Missing),
         ];
-        for (i, (link, id, want)) in cases.iter().enumerate() {
+        for (i, (link, id, in_devmap, want)) in cases.iter().enumerate() {
             let ep = id.as_ref().map(|_| &endpoint);
             assert_eq!(
-                EndpointState::of(link.as_ref(), ep, id.as_ref()),
+                EndpointState::of(link.as_ref(), ep, id.as_ref(), *in_devmap),
                 *want,
                 "case {i}"
             );
         }
         assert_eq!(
-            EndpointState::of(Some(&link(7, true, true)), None, None),
+            EndpointState::of(Some(&link(7, true, true)), None, None, false),
             Unmapped
         );
     }

@@ -128,9 +128,7 @@ impl EndpointState {
 
 /// The IPv4 endpoints of a topology, each with the identity in its slot and
 /// whether its ifindex is in the DEVMAP.
-fn mapped_endpoints(
-    topology: &str,
-) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity, bool)> {
+fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity, bool)> {
     let devmap = health::devmap_ifindexes(topology).unwrap_or_default();
     let identities: BTreeMap<u32, PodIdentity> = EndpointMaps::open(topology)
         .ok()
@@ -145,7 +143,10 @@ fn mapped_endpoints(
         .into_iter()
         .filter_map(|(ip, endpoint)| {
             let identity = *identities.get(&endpoint.slot)?;
-            Some((ip, (endpoint, identity, devmap.contains(&endpoint.host_ifindex))))
+            Some((
+                ip,
+                (endpoint, identity, devmap.contains(&endpoint.host_ifindex)),
+            ))
         })
         .collect()
 }
@@ -505,7 +506,12 @@ mod tests {
         let cases = [
             (Some(link(7, true, true)), Some(identity(7, 1)), true, Ready),
             (Some(link(7, true, false)), Some(identity(7, 1)), true, Down),
-            (Some(link(7, false, false)), Some(identity(7, 1)), true, Down),
+            (
+                Some(link(7, false, false)),
+                Some(identity(7, 1)),
+                true,
+                Down,
+            ),
             (Some(link(7, true, true)), Some(identity(7, 0)), true, Down),
             (Some(link(7, true, true)), Some(identity(7, 1)), false, Down),
             (None, Some(identity(7, 1)), true, Stale),
@@ -513,7 +519,12 @@ mod tests {
             // Deleted, or its ifindex reused: the kernel dropped the DEVMAP
             // entry, so nothing is redirected there.
             (None, Some(identity(7, 1)), false, Missing),
-            (Some(link(9, true, true)), Some(identity(7, 1)), false, Missing),
+            (
+                Some(link(9, true, true)),
+                Some(identity(7, 1)),
+                false,
+                Missing,
+            ),
             (None, Some(identity(0, 0)), true, Missing),
             (None, None, false, Missing),
         ];

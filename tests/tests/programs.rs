@@ -559,6 +559,36 @@ fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, dst_mac: [u8; 6], icmp_type: u8) -> Vec<u
     ethernet(dst_mac, M, ETH_P_IPV6, &packet)
 }
 
+/// An ICMPv6 message from pod A whose target (the 16 bytes after type,
+/// code, checksum and 4 bytes of flags) is `target`, behind `extension`
+/// (raw extension headers whose first next-header byte the caller set
+/// to 58 at the end of the chain; empty for none).
+fn icmp6_target(
+    src: Ipv6Addr,
+    icmp_type: u8,
+    target: Ipv6Addr,
+    extension: &[u8],
+    first_next_header: u8,
+) -> Vec<u8> {
+    let mut payload = extension.to_vec();
+    payload.extend_from_slice(&[icmp_type, 0, 0, 0, 0x60, 0, 0, 0]);
+    payload.extend_from_slice(&target.octets());
+    let packet = ipv6(src, NODE6, 255, first_next_header, &payload);
+    ethernet(GATEWAY_MAC, M, ETH_P_IPV6, &packet)
+}
+
+/// An 8-byte extension header (next header `next`, length 0, padding).
+fn extension_header(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An ICMP (IPv4) message of `icmp_type` from pod A to the node.
+fn icmp4(icmp_type: u8) -> Vec<u8> {
+    let message = [icmp_type, 0, 0, 0, 0, 0, 0, 0, 0x45, 0, 0, 20];
+    let packet = ipv4(A, NODE, 64, 1, &message);
+    ethernet(GATEWAY_MAC, M, ETH_P_IP, &packet)
+}
+
 /// An ARP packet from pod A's eth0.
 fn arp_from_a(dst_mac: [u8; 6], oper: u16, sha: [u8; 6], spa: Ipv4Addr) -> Vec<u8> {
     let tha = if oper == ARP_REQUEST {
@@ -1337,6 +1367,108 @@ fn table() -> Vec<Case> {
             edited(udp4(A, B, 64), |f| f[..6].copy_from_slice(&B_MAC)),
             to_b,
         ),
+        // 7. Router messages and neighbour advertisements for others.
+        case(
+            "router message: ICMPv6 router advertisement from link-local",
+            icmp6_target(LINK_LOCAL, 134, Ipv6Addr::UNSPECIFIED, &[], 58),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: ICMPv6 redirect from link-local",
+            icmp6_target(LINK_LOCAL, 137, B6, &[], 58),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: router advertisement behind a hop-by-hop header",
+            icmp6_target(
+                LINK_LOCAL,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &extension_header(58),
+                0,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: redirect behind hop-by-hop and destination options",
+            icmp6_target(
+                A6,
+                137,
+                B6,
+                &[extension_header(60), extension_header(58)].concat(),
+                0,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: ICMP redirect",
+            icmp4(5),
+            Drop(RouterMessage),
+        ),
+        case(
+            "spoofed neighbour: advertisement for another pod's address",
+            icmp6_target(LINK_LOCAL, 136, B6, &[], 58),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: advertisement for the node's address",
+            icmp6_target(A6, 136, NODE6, &[], 58),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "malformed ipv6: four extension headers before ICMPv6",
+            icmp6_target(
+                A6,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &[
+                    extension_header(0),
+                    extension_header(60),
+                    extension_header(60),
+                    extension_header(58),
+                ]
+                .concat(),
+                0,
+            ),
+            Drop(MalformedIpv6),
+        ),
+        case(
+            "malformed ipv6: extension header longer than the frame",
+            edited(
+                icmp6_target(A6, 128, Ipv6Addr::UNSPECIFIED, &extension_header(58), 0),
+                |f| {
+                    f[ETH_HLEN + IPV6_HLEN + 1] = 200;
+                },
+            ),
+            Drop(MalformedIpv6),
+        ),
+        case(
+            "pass ipv6: neighbour advertisement for the pod's own address",
+            icmp6_target(A6, 136, A6, &[], 58),
+            Pass,
+        ),
+        case(
+            "pass ipv6: neighbour advertisement for its link-local address",
+            icmp6_target(LINK_LOCAL, 136, LINK_LOCAL, &[], 58),
+            Pass,
+        ),
+        case(
+            "pass ipv6: MLDv2 report behind a hop-by-hop header",
+            icmp6_target(
+                LINK_LOCAL,
+                143,
+                Ipv6Addr::UNSPECIFIED,
+                &extension_header(58),
+                0,
+            ),
+            Pass,
+        ),
+        case(
+            "pass ipv6: echo request behind a destination options header",
+            icmp6_target(A6, 128, Ipv6Addr::UNSPECIFIED, &extension_header(58), 60),
+            Pass,
+        ),
+        case("pass ipv4: ICMP echo request to the node", icmp4(8), Pass),
         case("redirect ipv6: hop limit 2", udp6(A6, B6, 2), to_b),
         case("redirect ipv6: hop limit 64", udp6(A6, B6, 64), to_b),
         case("redirect ipv6: hop limit 255", udp6(A6, B6, 255), to_b),

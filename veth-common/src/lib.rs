@@ -151,6 +151,13 @@ pub enum DropReason {
     /// The veth runs our program but has no pod (slot): see
     /// [`UNKNOWN_VETH_SLOT`].
     UnknownVeth = 11,
+    /// An ICMPv6 router advertisement or redirect, or an ICMP redirect:
+    /// pods are not routers, and on a shared bridge such a message would
+    /// reroute other pods' traffic.
+    RouterMessage = 12,
+    /// An IPv6 neighbour advertisement for an address that is not the
+    /// pod's (its global address or a link-local one).
+    SpoofedNeighbour = 13,
 }
 
 /// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
@@ -158,7 +165,7 @@ pub enum DropReason {
 pub const DROP_REASON_SLOTS: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::RedirectFailed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIpv4,
@@ -171,6 +178,8 @@ impl DropReason {
         DropReason::UnsupportedEthertype,
         DropReason::Truncated,
         DropReason::UnknownVeth,
+        DropReason::RouterMessage,
+        DropReason::SpoofedNeighbour,
     ];
 
     /// Stable name used in CLI, JSON and metrics labels.
@@ -188,6 +197,8 @@ impl DropReason {
             DropReason::UnsupportedEthertype => "unsupported_ethertype",
             DropReason::Truncated => "truncated",
             DropReason::UnknownVeth => "unknown_veth",
+            DropReason::RouterMessage => "router_message",
+            DropReason::SpoofedNeighbour => "spoofed_neighbour",
         }
     }
 

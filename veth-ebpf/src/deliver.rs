@@ -11,7 +11,9 @@
 //! 5. a well-formed network header (`malformed_ipv4`/`_ipv6`/`_arp`);
 //! 6. the pod's own sender address (`spoofed_ipv4`/`_ipv6`/`_arp`; IPv6
 //!    link-local and unspecified sources are allowed for neighbour
-//!    discovery, and ARP may announce 0.0.0.0 for duplicate detection).
+//!    discovery, and ARP may announce 0.0.0.0 for duplicate detection);
+//! 7. no router messages, no neighbour advertisement for another's address
+//!    (`router_message`, `spoofed_neighbour`; see [`crate::control`]).
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -19,6 +21,7 @@ use network_types::{
 use veth_common::{ipv4_key, DropReason, Endpoint, PodIdentity};
 
 use crate::{
+    control,
     maps::{DEVMAP, ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
         arp_well_formed, checksum_after_ttl_decrement, ipv4_well_formed, ipv6_well_formed,
@@ -76,6 +79,14 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         // The bytes after the Ethernet header, non-linear ones included.
         let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
         if let Err(reason) = check_sender(&l3, me, l3_len) {
+            return Decision::Drop(reason);
+        }
+        let control = match l3 {
+            L3::Ipv4(ip) => control::check_ipv4(ctx, ip),
+            L3::Ipv6(ip) => control::check_ipv6(ctx, ip, me),
+            L3::Arp(_) => Ok(()),
+        };
+        if let Err(reason) = control {
             return Decision::Drop(reason);
         }
     }

@@ -19,10 +19,16 @@ use aya_ebpf::{
 };
 use veth_common::{hook, DropReason, UNKNOWN_VETH_SLOT};
 
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
 use crate::{
+    control::{may_carry_control, CONTROL_HEADER_BYTES},
     counters::{count, Direction, Verdict},
     deliver::{decide, slot_of, Decision},
-    packet::CHECKED_HEADER_BYTES,
+    packet::{ptr_at, CHECKED_HEADER_BYTES, ETH_P_IPV6_BE, ETH_P_IP_BE},
     trace::maybe_emit,
 };
 
@@ -72,15 +78,46 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 
 /// Makes the headers the checks read linear, for frames that carry them in
 /// paged data (an AF_PACKET TX ring, or a large `send()`, puts only the
-/// Ethernet header in the linear part). Costs nothing for other frames. If
-/// the pull fails, the checks find the headers missing and drop the frame.
+/// Ethernet header in the linear part): the fixed headers, and for a frame
+/// that may be a control message, what follows them. Costs nothing for
+/// frames that are linear. If a pull fails, the checks find the headers
+/// missing and drop the frame.
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
-    let linear = (ctx.data_end() - ctx.data()) as u32;
     let len = ctx.len();
-    if linear < CHECKED_HEADER_BYTES && len > linear {
+    if linear_len(ctx) >= len {
+        return;
+    }
+    if linear_len(ctx) < CHECKED_HEADER_BYTES {
         let _ = ctx.pull_data(len.min(CHECKED_HEADER_BYTES));
     }
+    if linear_len(ctx) < CONTROL_HEADER_BYTES && len > linear_len(ctx) && carries_control(ctx) {
+        let _ = ctx.pull_data(len.min(CONTROL_HEADER_BYTES));
+    }
+}
+
+#[inline(always)]
+fn linear_len(ctx: &TcContext) -> u32 {
+    (ctx.data_end() - ctx.data()) as u32
+}
+
+/// The IPv4 protocol or IPv6 next header says "maybe a control message".
+#[inline(always)]
+fn carries_control(ctx: &TcContext) -> bool {
+    let Some(eth) = ptr_at::<TcContext, EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let next = match unsafe { (*eth).ether_type } {
+        ETH_P_IP_BE => {
+            ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN).map(|ip| unsafe { (*ip).proto })
+        }
+        ETH_P_IPV6_BE => {
+            ptr_at::<TcContext, Ipv6Hdr>(ctx, EthHdr::LEN).map(|ip| unsafe { (*ip).next_hdr })
+        }
+        _ => None,
+    };
+    next.is_some_and(may_carry_control)
 }
 
 /// 1 in mode tc; 0 in the kernel-path modes (bridge, routed, pair), where

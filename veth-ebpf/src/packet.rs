@@ -202,7 +202,13 @@ pub fn is_group_mac(mac: [u8; 6]) -> bool {
 /// fe80::/10 (link-local) or :: (unspecified, used by DAD).
 #[inline(always)]
 pub fn is_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
-    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || addr.iter().all(|b| *b == 0)
+    is_link_local(addr) || addr.iter().all(|b| *b == 0)
+}
+
+/// fe80::/10.
+#[inline(always)]
+pub fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
 }
 
 /// The IPv4 header checksum after decrementing TTL by one, updated

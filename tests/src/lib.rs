@@ -11,7 +11,7 @@ pub mod frames;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -123,8 +123,12 @@ impl AddressBlock {
     }
 }
 
-/// Whether the host has a route or an address inside `cidr` or `cidr6`.
+/// Whether the host has a route or an address inside `cidr` or `cidr6`, or
+/// a topology that is up (a benchmark's, say) covers them.
 fn block_in_use(cidr: &str, cidr6: &str) -> bool {
+    if recorded_ranges_overlap(cidr, cidr6) {
+        return true;
+    }
     let nonempty = |args: &[&str]| {
         Command::new("ip")
             .args(args)
@@ -142,6 +146,41 @@ impl Drop for AddressBlock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.file);
     }
+}
+
+/// A recorded topology's pod ranges overlap `cidr` or `cidr6`.
+fn recorded_ranges_overlap(cidr: &str, cidr6: &str) -> bool {
+    let split = |c: &str| -> Option<(String, u32)> {
+        let (net, len) = c.split_once('/')?;
+        Some((net.to_string(), len.parse().ok()?))
+    };
+    let (Some((v4, len4)), Some((v6, len6))) = (split(cidr), split(cidr6)) else {
+        return false;
+    };
+    let (Ok(v4), Ok(v6)) = (v4.parse::<Ipv4Addr>(), v6.parse::<Ipv6Addr>()) else {
+        return false;
+    };
+    // Two prefixes overlap when they agree on the shorter one's bits.
+    let same4 = |a: Ipv4Addr, b: Ipv4Addr, len: u32| {
+        let mask = u32::MAX.checked_shl(32 - len.min(32)).unwrap_or(0);
+        u32::from(a) & mask == u32::from(b) & mask
+    };
+    let same6 = |a: Ipv6Addr, b: Ipv6Addr, len: u32| {
+        let mask = u128::MAX.checked_shl(128 - len.min(128)).unwrap_or(0);
+        u128::from(a) & mask == u128::from(b) & mask
+    };
+    let names = veth_userspace::state::recorded_topologies().unwrap_or_default();
+    names.iter().any(|name| {
+        let Ok(Some(t)) = StateDir::new(name).load() else {
+            return false;
+        };
+        let p4 = t.pod_cidr;
+        let overlaps4 = same4(p4.network(), v4, u32::from(p4.prefix_len()).min(len4));
+        let overlaps6 = t
+            .pod_cidr6
+            .is_some_and(|p6| same6(p6.network(), v6, u32::from(p6.prefix_len()).min(len6)));
+        overlaps4 || overlaps6
+    })
 }
 
 /// A topology under test. Dropping it runs `vethctl down` and checks that

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod dataplane;
+pub mod ipam;
 pub mod model;
 pub mod netlink;
 pub mod observe;

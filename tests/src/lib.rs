@@ -1256,6 +1256,151 @@ pub fn bpftool_map_lookup(pin: &Path, key: u32) -> Value {
     btf_formatted(serde_json::from_str(&run("bpftool", &args)).expect("bpftool JSON"))
 }
 
+// ---------------------------------------------------------------------------
+// Ownership tests (tests/tests/ownership.rs): objects that stand for someone
+// else's, and looks at the kernel in JSON.
+
+/// `ip -j ARGS` parsed; an empty list when ip prints nothing.
+pub fn ip_json(args: &[&str]) -> Vec<Value> {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let text = run("ip", &full);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {args:?}: {e}: {text}"))
+}
+
+/// Whether `ip ARGS` succeeds (output discarded).
+pub fn ip_ok(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether process `pid` is waiting for an flock (a "->" line of
+/// /proc/locks), e.g. vethctl's lock held by the test.
+pub fn blocked_on_flock(pid: u32) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| {
+        let mut words = l.split_whitespace().skip(1);
+        words.next() == Some("->")
+            && words.next() == Some("FLOCK")
+            && words.nth(2) == Some(pid.to_string().as_str())
+    })
+}
+
+/// `ip` commands run (errors ignored) when dropped, in reverse order: the
+/// clean-up of objects a test made to stand for someone else's.
+#[derive(Default)]
+pub struct Undo {
+    commands: Vec<Vec<String>>,
+}
+
+impl Undo {
+    pub fn ip(&mut self, args: &[&str]) {
+        self.commands
+            .push(args.iter().map(|a| a.to_string()).collect());
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for args in self.commands.iter().rev() {
+            let _ = Command::new("ip").args(args).output();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Robustness tests (tests/tests/robustness.rs): damaged state, closed pipes,
+// endless input.
+
+/// A file with something appended, restored to what it was when dropped
+/// (also when a test panics).
+pub struct DamagedFile {
+    path: PathBuf,
+    original: Vec<u8>,
+}
+
+impl DamagedFile {
+    pub fn append(path: &Path, garbage: &str) -> DamagedFile {
+        let original = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut damaged = original.clone();
+        damaged.extend_from_slice(garbage.as_bytes());
+        std::fs::write(path, &damaged).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        DamagedFile {
+            path: path.to_path_buf(),
+            original,
+        }
+    }
+}
+
+impl Drop for DamagedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.original);
+    }
+}
+
+/// Runs vethctl with `args` whose standard output is a pipe nobody reads
+/// any more (closed before vethctl writes, as `| head -1` does once it has
+/// its line); stdout of the result is empty.
+pub fn vethctl_into_closed_pipe(args: &[&str]) -> Output {
+    let mut child = Command::new(vethctl_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vethctl");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("waiting for vethctl")
+}
+
+/// vethctl with `args`, limited to `memory` bytes of address space and
+/// killed after `timeout`; `None` if it was still running then.
+pub fn vethctl_bounded(args: &[&str], memory: u64, timeout: Duration) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(vethctl_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches no memory of the
+    // parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: memory,
+                rlim_max: memory,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = ChildGuard::spawn(&format!("vethctl {}", args.join(" ")), &mut cmd);
+    let stdout = lines_of(child.take_stdout());
+    let stderr = lines_of(child.take_stderr());
+    let status = child.wait_timeout(timeout)?;
+    let collect = |rx: Receiver<String>| {
+        let mut text = String::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            text += &line;
+            text.push('\n');
+        }
+        text.into_bytes()
+    };
+    Some(Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

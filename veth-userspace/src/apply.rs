@@ -7,72 +7,234 @@ use std::{
     sync::Mutex,
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
 
 use crate::{
     applied::{masquerade_fingerprint, pod_fingerprint, Applied, AppliedPod},
     dataplane::{self, Dataplane, Hook, Pins, PodEntry},
-    model::{host_address_label, object_prefix, Mode, Topology},
+    model::{host_address_label, Mode, Topology},
     netlink::{
+        links::{LinkState, MarkedLink},
         nat, netns, pair,
         pod::{self, PodWiring},
+        routes::{self, Route, RouteKind},
         sysctl, Host,
     },
-    plan::{plan_down, plan_up, Observed, Step},
-    state::{self, StateDir},
+    plan::{node_addresses, plan_down, plan_up, ForeignLink, Observed, PresentAddress, Step},
+    state::{self, link_mark, Ledger, LedgerAddress, LedgerLink, StateDir},
 };
 
 /// Testing hook: abort the process after this many steps, to leave the
 /// kernel exactly as a crash in the middle of `up` would.
 pub const CRASH_AFTER_STEPS_ENV: &str = "VETHCTL_CRASH_AFTER_STEPS";
 
-/// What the kernel has of topology `name`. `recorded` is the description
-/// it was last brought up with: IPv6 node addresses carry no label, so that
-/// is how an old one is found. `applied` is what the last `up` finished.
+/// What the kernel has of topology `name`: its own objects as `ledger`
+/// records them (where the kernel lets them carry a mark, marked too), and
+/// others' objects standing where `desired` wants to put its own.
+/// `recorded` is the description it was last brought up with; `applied` is
+/// what the last `up` finished.
 pub async fn observe(
     host: &Host,
     name: &str,
+    ledger: &Ledger,
     recorded: Option<&Topology>,
     desired: Option<&Topology>,
     applied: Applied,
 ) -> Result<Observed> {
-    let prefix = object_prefix(name);
-    let (netns, dead_netns): (BTreeSet<String>, BTreeSet<String>) = netns::list(&prefix)?
-        .into_iter()
-        .partition(|n| netns::exists(n));
-    let mut links: std::collections::BTreeMap<String, _> = host
-        .links_with_prefix(&prefix)
-        .await?
-        .into_iter()
-        .map(|l| (l.name.clone(), l))
-        .collect();
-    let mut host_addresses: BTreeSet<IpAddr> = host
-        .labelled_addresses(&host_address_label(name))
-        .await?
-        .into_iter()
-        .map(IpAddr::V4)
-        .collect();
-    // A bridge named outside the prefix (e.g. cni0) is found by name.
-    for topology in [recorded, desired].into_iter().flatten() {
-        if !topology.bridge.starts_with(&prefix) {
-            if let Some(link) = host.link(&topology.bridge).await? {
-                links.insert(link.name.clone(), link);
+    let mark = link_mark(name);
+    let mut netns = BTreeSet::new();
+    let mut dead_netns = BTreeSet::new();
+    for n in &ledger.netns {
+        if netns::exists(n) {
+            netns.insert(n.clone());
+        } else if netns::path(n).exists() {
+            dead_netns.insert(n.clone());
+        }
+    }
+
+    let all = host.marked_links().await?;
+    let by_index: BTreeMap<u32, &MarkedLink> = all.iter().map(|m| (m.link.ifindex, m)).collect();
+    let by_name: BTreeMap<&str, &MarkedLink> =
+        all.iter().map(|m| (m.link.name.as_str(), m)).collect();
+    let mut links = BTreeMap::new();
+    let mut claimed = BTreeSet::new();
+    let mut unproven = Vec::new();
+    let mut to_prove = Vec::new();
+    for (recorded_name, entry) in &ledger.links {
+        let kind_matches = |m: &&&MarkedLink| m.link.kind.as_deref() == Some(entry.kind.as_str());
+        // Made and confirmed: the ifindex proves it, whatever its name now.
+        if let Some(m) = entry
+            .ifindex
+            .and_then(|i| by_index.get(&i))
+            .filter(kind_matches)
+            .filter(|m| !claimed.contains(&m.link.ifindex))
+        {
+            claimed.insert(m.link.ifindex);
+            links.insert(recorded_name.clone(), m.link.clone());
+            continue;
+        }
+        // Recorded before it was made (a crashed `up`): only with our mark.
+        let Some(m) = by_name
+            .get(recorded_name.as_str())
+            .filter(kind_matches)
+            .filter(|m| !claimed.contains(&m.link.ifindex))
+        else {
+            continue;
+        };
+        let marked = m.alias.as_deref() == Some(mark.as_str())
+            || (m.alias.is_none() && entry.mac.is_some_and(|mac| m.link.mac == mac));
+        if marked {
+            claimed.insert(m.link.ifindex);
+            links.insert(recorded_name.clone(), m.link.clone());
+        } else if m.alias.is_none() && m.link.is_veth() && ledger.netns.contains(recorded_name) {
+            to_prove.push((recorded_name.clone(), m.link.clone()));
+        } else {
+            unproven.push(format!("link {recorded_name}"));
+        }
+    }
+    // A veth made in the same request as the pod's eth0, whose alias a
+    // crash kept from being set, is the peer of that eth0.
+    for (recorded_name, link) in to_prove {
+        if host.is_pod_peer(&link, &recorded_name).await? {
+            claimed.insert(link.ifindex);
+            links.insert(recorded_name, link);
+        } else {
+            unproven.push(format!("link {recorded_name}"));
+        }
+    }
+    let mut foreign_links = BTreeMap::new();
+    if let Some(t) = desired {
+        for wanted in t.pods.iter().map(|p| &p.host_veth).chain([&t.bridge]) {
+            if let Some(m) = by_name.get(wanted.as_str()) {
+                if !claimed.contains(&m.link.ifindex) {
+                    foreign_links.insert(
+                        wanted.clone(),
+                        ForeignLink {
+                            link: m.link.clone(),
+                            alias: m.alias.clone(),
+                        },
+                    );
+                }
             }
         }
     }
-    if let Some(v6) = recorded.and_then(|t| t.host_address6) {
-        if host.has_loopback_address6(v6).await? {
-            host_addresses.insert(IpAddr::V6(v6));
+
+    // Addresses: the ledger's that exist (an IPv4 one on lo with our label)
+    // and the wanted ones that exist (someone else's unless recorded).
+    let label = host_address_label(name);
+    let host_addresses = host.addresses().await?;
+    let ifindex_of = |device: &str| -> Option<u32> {
+        links
+            .get(device)
+            .map(|l: &LinkState| l.ifindex)
+            .or_else(|| by_name.get(device).map(|m| m.link.ifindex))
+    };
+    let find = |a: &LedgerAddress| -> Option<(u32, &crate::netlink::host::HostAddress)> {
+        let ifindex = ifindex_of(&a.device)?;
+        host_addresses
+            .iter()
+            .find(|h| {
+                h.ifindex == ifindex
+                    && h.address == a.address
+                    // An IPv6 address is one per link, whatever its prefix.
+                    && (a.address.is_ipv6() || h.prefix_len == a.prefix_len)
+            })
+            .map(|h| (ifindex, h))
+    };
+    let mut addresses = BTreeMap::new();
+    for a in &ledger.addresses {
+        if let Some((ifindex, h)) = find(a) {
+            let marked = !(a.device == "lo" && a.address.is_ipv4())
+                || h.label.as_deref() == Some(label.as_str());
+            if marked {
+                addresses.insert(
+                    a.clone(),
+                    PresentAddress {
+                        ours: true,
+                        ifindex,
+                    },
+                );
+            } else {
+                unproven.push(format!("address {a}"));
+            }
         }
     }
+    for a in desired.map(node_addresses).unwrap_or_default() {
+        if let (std::collections::btree_map::Entry::Vacant(slot), Some((ifindex, _))) =
+            (addresses.entry(a.clone()), find(&a))
+        {
+            slot.insert(PresentAddress {
+                ours: false,
+                ifindex,
+            });
+        }
+    }
+
+    // Routes: ours over our links, our unreachable ranges, and others'
+    // routes to a pod's address.
+    let our_ifindexes: BTreeMap<u32, &String> =
+        links.iter().map(|(name, l)| (l.ifindex, name)).collect();
+    let pod_addresses: BTreeSet<IpNet> = desired
+        .map(|t| {
+            t.pods
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(IpNet::from(IpAddr::V4(p.ipv4)))
+                        .chain(p.ipv6.map(|v6| IpNet::from(IpAddr::V6(v6))))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // The kernel's own routes of addresses of ours (an IPv6 /128 on lo has
+    // one in the main table) are not someone else's.
+    let our_addresses: BTreeSet<IpNet> = addresses
+        .iter()
+        .filter(|(_, p)| p.ours)
+        .map(|(a, _)| IpNet::from(a.address))
+        .collect();
+    let mut routes: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    let mut unreachable = BTreeSet::new();
+    let mut foreign_routes = Vec::new();
+    for route in host.routes().await? {
+        let over_ours = route.oif.and_then(|i| our_ifindexes.get(&i));
+        let our_protocol = route.protocol == routes::PROTOCOL;
+        match over_ours {
+            Some(link)
+                if route.kind == RouteKind::Unicast
+                    && (our_protocol || route.protocol == routes::LEGACY_PROTOCOL) =>
+            {
+                routes.entry((*link).clone()).or_default().push(route);
+            }
+            _ if route.kind == RouteKind::Unreachable
+                && our_protocol
+                && route.metric == Some(routes::UNREACHABLE_METRIC)
+                && ledger.unreachable.contains(&route.dst) =>
+            {
+                unreachable.insert(route.dst);
+            }
+            None if pod_addresses.contains(&route.dst)
+                && !(route.protocol == routes::KERNEL_PROTOCOL
+                    && our_addresses.contains(&route.dst)) =>
+            {
+                let dev = route
+                    .oif
+                    .and_then(|i| by_index.get(&i))
+                    .map_or_else(|| "-".to_string(), |m| m.link.name.clone());
+                foreign_routes.push((route, dev));
+            }
+            _ => {}
+        }
+    }
+
     // Only a two-pod topology can have (had) a direct pair.
     let direct_pair = match [recorded, desired]
         .into_iter()
         .flatten()
         .find(|t| t.pods.len() == 2)
     {
-        Some(t) => pair::exists(&t.pods[0]).await?,
-        None => false,
+        Some(t) if netns.contains(&t.pods[0].netns) => pair::exists(&t.pods[0]).await?,
+        _ => false,
     };
     let netns_inodes = netns
         .iter()
@@ -93,18 +255,78 @@ pub async fn observe(
         }
         None => BTreeSet::new(),
     };
+    let masquerade_table = if desired.is_some() || ledger.nat_table {
+        nat::table_exists(name)?
+    } else {
+        false
+    };
     Ok(Observed {
         netns,
         dead_netns,
         links,
-        host_addresses,
+        foreign_links,
+        addresses,
+        unreachable,
+        routes,
+        foreign_routes,
         direct_pair,
         netns_inodes,
         applied,
         programs_current,
         linked,
-        masquerade_table: desired.is_some() && nat::table_exists(name)?,
+        masquerade_table,
+        masquerade_owned: ledger.nat_table,
+        pins: ledger.pins,
+        unproven,
     })
+}
+
+/// The ledger of topology `name`: its own, or, for a topology brought up
+/// by a vethctl without ledgers, what its recorded description says that
+/// vethctl made (each still subject to the marks and proofs of
+/// [`observe`]; an IPv6 node address, which it may have found on lo, is
+/// not claimed).
+pub fn ledger_of(name: &str, recorded: Option<&Topology>) -> Result<Ledger> {
+    let state = StateDir::new(name);
+    if let Some(ledger) = Ledger::load(&state)? {
+        return Ok(ledger);
+    }
+    let Some(t) = recorded else {
+        return Ok(Ledger::default());
+    };
+    let mut ledger = Ledger {
+        nat_table: true,
+        pins: true,
+        ..Ledger::default()
+    };
+    for pod in &t.pods {
+        ledger.netns.insert(pod.netns.clone());
+        ledger.links.insert(
+            pod.host_veth.clone(),
+            LedgerLink {
+                kind: "veth".into(),
+                ifindex: None,
+                mac: None,
+            },
+        );
+    }
+    ledger.addresses.insert(LedgerAddress {
+        device: "lo".into(),
+        address: IpAddr::V4(t.host_address),
+        prefix_len: 32,
+    });
+    if t.mode == Mode::Bridge && t.bridge.starts_with(&t.object_prefix()) {
+        ledger.links.insert(
+            t.bridge.clone(),
+            LedgerLink {
+                kind: "bridge".into(),
+                ifindex: None,
+                mac: Some(t.bridge_mac()),
+            },
+        );
+        ledger.addresses.extend(node_addresses(t));
+    }
+    Ok(ledger)
 }
 
 fn programs_digest(topology: &Topology) -> String {
@@ -155,16 +377,59 @@ pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result
     let timings = Timings::new(options.timings);
     let _lock = state::lock()?;
     timings.mark("wait for the lock");
+    up_locked(topology, source, options, timings).await
+}
+
+/// Like [`up`], for a description derived from the one recorded for topology
+/// `name` (`None` if it is not up), read under the same lock as the change
+/// is made: nothing another command records meanwhile is lost (`vethctl
+/// mode set`). Returns the derived topology and the steps.
+pub async fn up_from_record<F>(
+    name: &str,
+    derive: F,
+    options: UpOptions,
+) -> Result<(Topology, Vec<Step>)>
+where
+    F: FnOnce(Option<String>) -> Result<(Topology, String)>,
+{
+    let timings = Timings::new(options.timings);
+    let _lock = state::lock()?;
+    timings.mark("wait for the lock");
+    let (topology, source) = derive(StateDir::new(name).load_text()?)?;
+    if topology.name != name {
+        bail!(
+            "the description derived for topology {name:?} names topology {:?}",
+            topology.name
+        );
+    }
+    let steps = up_locked(&topology, &source, options, timings).await?;
+    Ok((topology, steps))
+}
+
+async fn up_locked(
+    topology: &Topology,
+    source: &str,
+    options: UpOptions,
+    timings: Timings,
+) -> Result<Vec<Step>> {
     refuse_address_clashes(topology)?;
+    refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
-    let observed = observe_for(&host, topology, options.repair).await?;
+    let (observed, ledger) = observe_for(&host, topology, options.repair).await?;
     timings.mark("observe the kernel");
-    StateDir::new(&topology.name).save(source)?;
-    let steps = plan_up(topology, &observed);
+    let steps = plan_up(topology, &observed)?;
+    warn_unproven(&topology.name, &observed);
+    let state = StateDir::new(&topology.name);
+    // The ledger first (with every object the steps may make), then the
+    // description: nothing is made before both are saved.
+    let ledger = with_intents(ledger, topology, &steps);
+    ledger.save(&state)?;
+    state.save(source)?;
     let executor = Executor::new(
         host,
         &topology.name,
         forget_redone(&observed.applied, &steps),
+        ledger,
         timings,
     );
     *executor.veths.lock().expect("veths lock") = observed
@@ -177,8 +442,76 @@ pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result
     executor.timings.mark("plan and save state");
     executor.run(Some(topology), &steps).await?;
     executor.record_applied(topology).await?;
+    executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
     Ok(steps)
+}
+
+/// `ledger` with an entry for every object `steps` may make, written
+/// before the first of them is made.
+fn with_intents(mut ledger: Ledger, topology: &Topology, steps: &[Step]) -> Ledger {
+    for step in steps {
+        match step {
+            Step::CreateNetns { netns } => {
+                ledger.netns.insert(netns.clone());
+            }
+            Step::CreateVeth { host_veth, .. } => {
+                ledger
+                    .links
+                    .entry(host_veth.clone())
+                    .or_insert_with(|| LedgerLink {
+                        kind: "veth".into(),
+                        ifindex: None,
+                        mac: None,
+                    });
+            }
+            Step::CreateBridge { name } => {
+                ledger
+                    .links
+                    .entry(name.clone())
+                    .or_insert_with(|| LedgerLink {
+                        kind: "bridge".into(),
+                        ifindex: None,
+                        mac: Some(topology.bridge_mac()),
+                    });
+            }
+            Step::AddAddress { address } => {
+                ledger.addresses.insert(address.clone());
+            }
+            Step::AddUnreachable { net } => {
+                ledger.unreachable.insert(*net);
+            }
+            Step::ConfigureMasquerade if topology.uplink.masquerade => ledger.nat_table = true,
+            Step::LoadPrograms => ledger.pins = true,
+            _ => {}
+        }
+    }
+    ledger
+}
+
+/// Names, on stderr, recorded objects vethctl leaves alone because they do
+/// not carry its mark.
+fn warn_unproven(name: &str, observed: &Observed) {
+    if let Ok(None) = Ledger::load(&StateDir::new(name)) {
+        if let Some(v6) = StateDir::new(name)
+            .load()
+            .ok()
+            .flatten()
+            .and_then(|t| t.host_address6)
+        {
+            eprintln!(
+                "vethctl: topology {name:?} was brought up by a vethctl that kept no ledger, \
+                 which does not tell whether it made the IPv6 node address {v6} on lo or \
+                 found it there: it is left alone; remove it by hand if it is this topology's"
+            );
+        }
+    }
+    for what in &observed.unproven {
+        eprintln!(
+            "vethctl: topology {name:?}: {what} is recorded but does not carry vethctl's mark, \
+             so it is left alone; remove it by hand if it is a leftover of this topology"
+        );
+    }
 }
 
 /// The record minus what `steps` redo: saved before they start, so a crash
@@ -219,20 +552,52 @@ fn refuse_address_clashes(topology: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// Refuses, in mode bridge, a bridge another topology that is up uses or
+/// made: two topologies cannot share a bridge.
+fn refuse_shared_bridge(topology: &Topology) -> Result<()> {
+    if topology.mode != Mode::Bridge {
+        return Ok(());
+    }
+    for name in state::recorded_topologies()? {
+        if name == topology.name {
+            continue;
+        }
+        let dir = StateDir::new(&name);
+        let uses = dir
+            .load()
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.mode == Mode::Bridge && t.bridge == topology.bridge);
+        let made = Ledger::load(&dir)
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.links.contains_key(&topology.bridge));
+        if uses || made {
+            bail!(
+                "bridge: {:?} is the bridge of topology {name:?}, which is up; two topologies \
+                 cannot share a bridge: name another one (or bring {name:?} down)",
+                topology.bridge
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What `up` would do, without doing it.
 pub async fn plan(topology: &Topology) -> Result<Vec<Step>> {
+    refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
-    Ok(plan_up(
-        topology,
-        &observe_for(&host, topology, false).await?,
-    ))
+    let (observed, _) = observe_for(&host, topology, false).await?;
+    Ok(plan_up(topology, &observed)?)
 }
 
 /// What the kernel has of `topology`, with what the last `up` finished
-/// (nothing with `repair`, so that every pod is wired again).
-async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<Observed> {
+/// (nothing with `repair`, so that every pod is wired again), and its
+/// ledger.
+async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(Observed, Ledger)> {
     let state = StateDir::new(&topology.name);
     let recorded = state.load().ok().flatten();
+    let ledger = ledger_of(&topology.name, recorded.as_ref())?;
     let mut applied = Applied::load(&state)?;
     if repair {
         // Offloads are still reset where they may be set.
@@ -241,24 +606,37 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<O
             ..Applied::default()
         };
     }
-    observe(
+    let observed = observe(
         host,
         &topology.name,
+        &ledger,
         recorded.as_ref(),
         Some(topology),
         applied,
     )
-    .await
+    .await?;
+    Ok((observed, ledger))
 }
 
-/// Removes everything of topology `name`; fine to repeat, and after a crash.
+/// Removes everything topology `name` made (as its ledger records it) and
+/// nothing else; fine to repeat, and after a crash.
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
     let recorded = StateDir::new(name).load().ok().flatten();
-    let observed = observe(&host, name, recorded.as_ref(), None, Applied::default()).await?;
+    let ledger = ledger_of(name, recorded.as_ref())?;
+    let observed = observe(
+        &host,
+        name,
+        &ledger,
+        recorded.as_ref(),
+        None,
+        Applied::default(),
+    )
+    .await?;
+    warn_unproven(name, &observed);
     let steps = plan_down(&observed);
-    Executor::new(host, name, Applied::default(), Timings::new(false))
+    Executor::new(host, name, Applied::default(), ledger, Timings::new(false))
         .run(None, &steps)
         .await?;
     Ok(steps)
@@ -271,6 +649,12 @@ struct Executor {
     /// The record as the steps change it; saved before a step makes it
     /// true (xdp offloads) and after the last step (everything else).
     applied: Mutex<Applied>,
+    /// The ledger as the steps change it. Saved before a step makes an
+    /// object it does not record yet, and after the last step (what was
+    /// removed, the ifindexes of links made).
+    ledger: Mutex<Ledger>,
+    /// Set once `RemoveState` removed the state directory (and the ledger).
+    state_removed: std::sync::atomic::AtomicBool,
     /// An attach running while the next steps go on.
     attaching: Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
     /// Ifindex of host-side veths by name: as observed, minus those the
@@ -280,7 +664,7 @@ struct Executor {
 }
 
 impl Executor {
-    fn new(host: Host, name: &str, applied: Applied, timings: Timings) -> Executor {
+    fn new(host: Host, name: &str, applied: Applied, ledger: Ledger, timings: Timings) -> Executor {
         let crash_after = std::env::var(CRASH_AFTER_STEPS_ENV)
             .ok()
             .and_then(|v| v.parse().ok());
@@ -289,6 +673,8 @@ impl Executor {
             name: name.to_string(),
             crash_after,
             applied: Mutex::new(applied),
+            ledger: Mutex::new(ledger),
+            state_removed: std::sync::atomic::AtomicBool::new(false),
             attaching: Mutex::new(None),
             veths: Mutex::new(BTreeMap::new()),
             timings,
@@ -298,6 +684,33 @@ impl Executor {
     fn save_applied(&self) -> Result<()> {
         let applied = self.applied.lock().expect("applied record lock");
         applied.save(&StateDir::new(&self.name))
+    }
+
+    /// Changes the ledger in memory (saved after the last step).
+    fn note(&self, change: impl FnOnce(&mut Ledger)) {
+        change(&mut self.ledger.lock().expect("ledger lock"));
+    }
+
+    /// Records an object before it is made: saves the ledger at once if
+    /// `record` added anything (it says so; usually the intents saved
+    /// before the steps have it already).
+    fn intend(&self, record: impl FnOnce(&mut Ledger) -> bool) -> Result<()> {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        if record(&mut ledger) {
+            ledger.save(&StateDir::new(&self.name))?;
+        }
+        Ok(())
+    }
+
+    fn save_ledger(&self) -> Result<()> {
+        if self
+            .state_removed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let ledger = self.ledger.lock().expect("ledger lock");
+        ledger.save(&StateDir::new(&self.name))
     }
 
     /// After a complete `up`: every pod is wired as `topology` says, on the
@@ -331,6 +744,46 @@ impl Executor {
         self.save_applied()
     }
 
+    /// Links observed as ours without a confirmed record (recorded before
+    /// a crash kept their mark or ifindex from being set; made by an older
+    /// vethctl) get both now, if they are still the links observed.
+    async fn confirm_links(&self, observed: &Observed) -> Result<()> {
+        let pending: Vec<(String, LinkState)> = {
+            let ledger = self.ledger.lock().expect("ledger lock");
+            observed
+                .links
+                .iter()
+                .filter(|(recorded, link)| {
+                    ledger
+                        .links
+                        .get(*recorded)
+                        .is_some_and(|e| e.ifindex != Some(link.ifindex))
+                })
+                .map(|(recorded, link)| (recorded.clone(), link.clone()))
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        for (recorded, link) in pending {
+            let Some(now) = self.host.link_by_index(link.ifindex).await? else {
+                continue;
+            };
+            if now.name != recorded || now.kind != link.kind {
+                continue;
+            }
+            self.host.ensure_alias(&now, &link_mark(&self.name)).await?;
+            self.note(|l| {
+                if let Some(entry) = l.links.get_mut(&recorded) {
+                    if entry.ifindex.is_none() {
+                        entry.ifindex = Some(now.ifindex);
+                    }
+                }
+            });
+        }
+        self.save_ledger()
+    }
+
     /// Ifindex of each pod's host-side veth: known ones from what was
     /// observed, the others looked up (and remembered).
     async fn host_veths(&self, topology: &Topology) -> Result<BTreeMap<String, u32>> {
@@ -346,7 +799,15 @@ impl Executor {
         Ok(known)
     }
 
+    /// Runs the steps; the ledger is saved at the end, also when a step
+    /// fails.
     async fn run(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
+        let result = self.run_steps(topology, steps).await;
+        let saved = self.save_ledger();
+        result.and(saved)
+    }
+
+    async fn run_steps(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
         for (done, step) in steps.iter().enumerate() {
             if self.crash_after == Some(done) {
                 eprintln!("vethctl: {CRASH_AFTER_STEPS_ENV}={done}: aborting before \"{step}\"");
@@ -360,21 +821,20 @@ impl Executor {
         self.finish_attaching().await
     }
 
-    /// Polls until none of `names` is left, giving up once a second passes
-    /// without one going (a namespace held open elsewhere keeps its pair;
-    /// the following steps delete what is left).
-    async fn await_veths_gone(&self, names: &[String]) -> Result<()> {
-        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-        let prefix = object_prefix(&self.name);
+    /// Polls until none of `ifindexes` is left, giving up once a second
+    /// passes without one going (a namespace held open elsewhere keeps its
+    /// pair; the following steps delete what is left).
+    async fn await_veths_gone(&self, ifindexes: &[u32]) -> Result<()> {
+        let wanted: BTreeSet<u32> = ifindexes.iter().copied().collect();
         let mut left = usize::MAX;
         let mut progress = std::time::Instant::now();
         loop {
             let now_left = self
                 .host
-                .links_with_prefix(&prefix)
+                .links()
                 .await?
                 .iter()
-                .filter(|l| wanted.contains(l.name.as_str()))
+                .filter(|l| wanted.contains(&l.ifindex))
                 .count();
             if now_left == 0 {
                 return Ok(());
@@ -399,6 +859,66 @@ impl Executor {
         Ok(())
     }
 
+    /// The link just made as `name` (recorded before it was made): marked
+    /// with the topology's alias, and its ifindex in the ledger.
+    async fn mark_new_link(&self, name: &str) -> Result<LinkState> {
+        let link = self
+            .host
+            .link(name)
+            .await?
+            .with_context(|| format!("link {name:?} vanished right after creation"))?;
+        self.host.set_alias(&link, &link_mark(&self.name)).await?;
+        self.note(|l| {
+            if let Some(entry) = l.links.get_mut(name) {
+                entry.ifindex = Some(link.ifindex);
+            }
+        });
+        Ok(link)
+    }
+
+    /// The other IPv4 addresses of its subnet the kernel would remove with
+    /// `address` (the link's first of that subnet, on a link that does not
+    /// promote secondaries), if any.
+    async fn would_take_others(
+        &self,
+        address: &LedgerAddress,
+        ifindex: u32,
+    ) -> Result<Option<String>> {
+        let IpAddr::V4(v4) = address.address else {
+            return Ok(None);
+        };
+        let Ok(subnet) = ipnet::Ipv4Net::new(v4, address.prefix_len) else {
+            return Ok(None);
+        };
+        let on_link: Vec<_> = self
+            .host
+            .addresses()
+            .await?
+            .into_iter()
+            .filter(|h| h.ifindex == ifindex)
+            .collect();
+        let primary = on_link
+            .iter()
+            .any(|h| h.address == address.address && !h.secondary);
+        let others: Vec<String> = on_link
+            .iter()
+            .filter(|h| h.address != address.address && h.secondary)
+            .filter(|h| matches!(h.address, IpAddr::V4(o) if subnet.contains(&o)))
+            .map(|h| format!("{}/{}", h.address, h.prefix_len))
+            .collect();
+        let device = self.host.link_by_index(ifindex).await?;
+        let promotes = device.is_some_and(|d| sysctl::promotes_secondaries(&d.name));
+        Ok((primary && !others.is_empty() && !promotes).then(|| others.join(", ")))
+    }
+
+    /// The ifindex of a host device the ledger names (lo, the bridge).
+    async fn device(&self, name: &str) -> Result<LinkState> {
+        self.host
+            .link(name)
+            .await?
+            .with_context(|| format!("interface {name:?} is missing"))
+    }
+
     async fn step(&self, topology: Option<&Topology>, step: &Step) -> Result<()> {
         let need = || topology.ok_or_else(|| anyhow!("step needs the topology description"));
         match step {
@@ -412,57 +932,143 @@ impl Executor {
             }
             Step::ConfigureMasquerade => {
                 let topology = need()?;
-                let mut nets = Vec::new();
                 if topology.uplink.masquerade {
-                    nets.push(nat::Masquerade {
+                    let mut nets = vec![nat::Masquerade {
                         network: topology.pod_cidr.network().into(),
                         prefix_len: topology.pod_cidr.prefix_len(),
-                    });
+                    }];
                     nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
                         network: c.network().into(),
                         prefix_len: c.prefix_len(),
                     }));
+                    self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
+                    nat::apply(
+                        &topology.name,
+                        &topology.object_prefix(),
+                        topology.uplink.interface.as_deref(),
+                        &nets,
+                    )?;
+                } else if self.ledger.lock().expect("ledger lock").nat_table {
+                    nat::remove(&self.name)?;
+                    self.note(|l| l.nat_table = false);
                 }
-                nat::apply(
-                    &topology.name,
-                    &topology.object_prefix(),
-                    topology.uplink.interface.as_deref(),
-                    &nets,
-                )?;
             }
-            Step::RemoveMasquerade => nat::remove(&self.name)?,
+            Step::RemoveMasquerade => {
+                nat::remove(&self.name)?;
+                self.note(|l| l.nat_table = false);
+            }
+            Step::AddUnreachable { net } => {
+                self.intend(|l| l.unreachable.insert(*net))?;
+                if let Err(e) = self.host.add_unreachable(*net).await {
+                    // Someone else's route: not ours to remove later.
+                    self.note(|l| {
+                        l.unreachable.remove(net);
+                    });
+                    return Err(e);
+                }
+            }
+            Step::RemoveUnreachable { net } => {
+                self.host.remove_route(&routes::unreachable(*net)).await?;
+                self.note(|l| {
+                    l.unreachable.remove(net);
+                });
+            }
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }
-            Step::ConfigureBridge { .. } => {
-                self.host.ensure_bridge(need()?).await?;
-            }
-            Step::ConfigureHostAddress => {
+            Step::CreateBridge { name } => {
                 let topology = need()?;
+                let mac = topology.bridge_mac();
+                self.intend(|l| {
+                    let link = LedgerLink {
+                        kind: "bridge".into(),
+                        ifindex: None,
+                        mac: Some(mac),
+                    };
+                    l.links.insert(name.clone(), link.clone()) != Some(link)
+                })?;
+                self.host.create_bridge(name, mac).await?;
+                self.mark_new_link(name).await?;
+            }
+            Step::ConfigureBridge { name } => {
+                let topology = need()?;
+                let bridge = self
+                    .host
+                    .link(name)
+                    .await?
+                    .with_context(|| format!("bridge {name:?} is missing"))?;
                 self.host
-                    .ensure_host_address(&topology.host_address_label, topology.host_address)
+                    .ensure_own_bridge(&bridge, topology.bridge_mac(), &link_mark(&self.name))
                     .await?;
-                if let Some(v6) = topology.host_address6 {
-                    self.host.ensure_host_address6(v6).await?;
+                // A new node address replaces an old one of the same subnet
+                // without going with it.
+                sysctl::promote_secondaries(&bridge.name)?;
+            }
+            Step::AddAddress { address } => {
+                self.intend(|l| l.addresses.insert(address.clone()))?;
+                let device = self.device(&address.device).await?;
+                let label = host_address_label(&self.name);
+                let label = (address.device == "lo").then_some(label.as_str());
+                let added = self
+                    .host
+                    .add_address(
+                        device.ifindex,
+                        &device.name,
+                        address.address,
+                        address.prefix_len,
+                        label,
+                    )
+                    .await?;
+                if !added {
+                    // Someone else added it meanwhile: used, not ours.
+                    self.note(|l| {
+                        l.addresses.remove(address);
+                    });
                 }
             }
-            Step::RemoveHostAddress {
-                address: IpAddr::V4(_),
-            } => {
+            Step::RemoveAddress { address, ifindex } => {
+                if let Some(others) = self.would_take_others(address, *ifindex).await? {
+                    eprintln!(
+                        "vethctl: topology {:?}: {address} is left in place: removing it would \
+                         remove {others} with it (the link does not promote secondary \
+                         addresses); remove it by hand",
+                        self.name
+                    );
+                    return Ok(());
+                }
                 self.host
-                    .remove_host_addresses(&host_address_label(&self.name))
+                    .remove_address(
+                        *ifindex,
+                        &address.device,
+                        address.address,
+                        address.prefix_len,
+                    )
                     .await?;
+                self.note(|l| {
+                    l.addresses.remove(address);
+                });
             }
-            Step::RemoveHostAddress {
-                address: IpAddr::V6(v6),
-            } => {
-                self.host.remove_host_address6(*v6).await?;
+            Step::CreateNetns { netns } => {
+                self.intend(|l| l.netns.insert(netns.clone()))?;
+                netns::create(netns)?
             }
-            Step::CreateNetns { netns } => netns::create(netns)?,
             Step::CreateVeth { pod, host_veth } => {
                 self.veths.lock().expect("veths lock").remove(host_veth);
                 let pod = need()?.pod(pod).context("pod missing from the topology")?;
+                self.intend(|l| {
+                    let link = LedgerLink {
+                        kind: "veth".into(),
+                        ifindex: None,
+                        mac: None,
+                    };
+                    l.links.insert(host_veth.clone(), link.clone()) != Some(link)
+                })?;
                 self.host.create_pod_veth(pod).await?;
+                self.mark_new_link(host_veth).await?;
+            }
+            Step::RenameLink { ifindex, from, to } => {
+                self.veths.lock().expect("veths lock").remove(from);
+                self.host.rename_link(*ifindex, from, to).await?;
             }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
@@ -471,6 +1077,7 @@ impl Executor {
             }
             Step::LoadPrograms => {
                 let topology = need()?.clone();
+                self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
                 // Loading verifies programs and may take a moment: off the
                 // runtime.
                 let replaced = tokio::task::spawn_blocking(move || {
@@ -518,14 +1125,33 @@ impl Executor {
                 let mut applied = self.applied.lock().expect("applied record lock");
                 applied.xdp_offloads.remove(&pod.name);
             }
+            Step::RemoveRoute { route } => self.host.remove_route(route).await?,
             Step::DeleteLink { name, ifindex } => {
                 self.veths.lock().expect("veths lock").remove(name);
-                self.host.delete_link(*ifindex, name).await?
+                self.host.delete_link(*ifindex, name).await?;
+                self.note(|l| {
+                    l.links.retain(|recorded, entry| match entry.ifindex {
+                        Some(i) => i != *ifindex,
+                        None => recorded != name,
+                    })
+                });
             }
-            Step::DeleteNetns { netns } => netns::delete(netns)?,
-            Step::AwaitVethsGone { names } => self.await_veths_gone(names).await?,
-            Step::RemovePins => Pins::new(&self.name).remove_all()?,
-            Step::RemoveState => StateDir::new(&self.name).remove()?,
+            Step::DeleteNetns { netns } => {
+                netns::delete(netns)?;
+                self.note(|l| {
+                    l.netns.remove(netns);
+                });
+            }
+            Step::AwaitVethsGone { ifindexes } => self.await_veths_gone(ifindexes).await?,
+            Step::RemovePins => {
+                Pins::new(&self.name).remove_all()?;
+                self.note(|l| l.pins = false);
+            }
+            Step::RemoveState => {
+                StateDir::new(&self.name).remove()?;
+                self.state_removed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -566,18 +1192,21 @@ impl Executor {
             .link(&pod.host_veth)
             .await?
             .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+        // A veth of an older vethctl, or one whose mark a crash kept from
+        // being set, gets it now.
+        self.host
+            .ensure_alias(&veth, &link_mark(&self.name))
+            .await?;
         self.host
             .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
             .await?;
         sysctl::set_rps(&pod.host_veth, topology.rps)?;
-        match bridge {
-            Some(_) => self.host.remove_pod_routes(pod, veth.ifindex).await,
-            None => {
-                self.host
-                    .ensure_pod_routes(pod, veth.ifindex, topology)
-                    .await
-            }
+        if bridge.is_none() {
+            self.host
+                .ensure_pod_routes(pod, veth.ifindex, topology)
+                .await?;
         }
+        Ok(())
     }
 
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {

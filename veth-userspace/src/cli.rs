@@ -1,16 +1,23 @@
 //! The `vethctl` commands: argument parsing and composition of the library,
 //! no logic of their own.
 
-use std::path::PathBuf;
+use std::{
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     apply,
-    model::{validate_topology_name, with_mode, Mode, Topology, DEFAULT_TOPOLOGY},
+    model::{
+        too_large, validate_topology_name, with_mode, Mode, Topology, DEFAULT_TOPOLOGY,
+        MAX_TOPOLOGY_BYTES,
+    },
     netlink::Host,
-    observe::{self, rates, trace, StatsReport, StatusReport},
+    observe::{self, rates, trace, StatsReport, StatusReport, Unreadable},
+    preflight,
     state::{recorded_topologies, StateDir},
 };
 
@@ -49,8 +56,9 @@ enum Command {
     },
     /// Remove everything a topology made: namespaces, links, pins, state.
     ///
-    /// Finds objects by name, so it also cleans up after a crashed `up`;
-    /// running it twice is fine.
+    /// Removes only what the topology's ledger records as made by it (never
+    /// something merely named like it), also after a crashed `up`; running
+    /// it twice is fine.
     Down {
         #[command(flatten)]
         select: Select,
@@ -74,11 +82,11 @@ enum Command {
         /// JSON line of rates per interval).
         #[arg(long, short = 'w')]
         watch: bool,
-        /// Seconds between refreshes of --watch.
-        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        /// Seconds between refreshes of --watch (0.05 to 86400).
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS", value_parser = parse_interval)]
         interval: f64,
-        /// Stop --watch after this many refreshes.
-        #[arg(long, value_name = "N")]
+        /// Stop --watch after this many refreshes (at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
     },
     /// Show what `up` would do to the kernel, without doing it.
@@ -106,10 +114,11 @@ enum Command {
         /// udp_64b_rate.
         #[arg(long, value_delimiter = ',', default_value = "tcp_rr,udp_rr,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
         workloads: Vec<veth_bench::Workload>,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
+        /// Rounds of every workload (1 to 1000).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        rounds: u64,
+        /// Seconds per measurement (1 to 3600).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         seconds: u64,
         /// Print JSON (every sample included) instead of a table.
         #[arg(long)]
@@ -143,10 +152,10 @@ enum Command {
         #[arg(long, short = 'p')]
         pod: Option<String>,
         /// Trace about one frame in N (1 = every frame).
-        #[arg(long, default_value_t = 1, value_name = "N")]
+        #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         sample: u32,
-        /// Stop after this many events.
-        #[arg(long, value_name = "N")]
+        /// Stop after this many events (at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
         /// One JSON object per line instead of text.
         #[arg(long)]
@@ -156,6 +165,24 @@ enum Command {
 
 fn not_up(name: &str) -> String {
     format!("topology {name:?} is not up (bring it up with `vethctl up`)")
+}
+
+/// Shortest and longest `--interval` of `stats --watch`.
+const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.05..=86_400.0;
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds (e.g. 1 or 0.5)"))?;
+    if !INTERVAL_RANGE.contains(&seconds) {
+        return Err(format!(
+            "{text} seconds is out of range; use {} to {} (one day)",
+            INTERVAL_RANGE.start(),
+            INTERVAL_RANGE.end()
+        ));
+    }
+    Ok(seconds)
 }
 
 fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
@@ -198,6 +225,11 @@ impl Select {
             .unwrap_or_else(|| Topology::default_topology().name))
     }
 
+    /// Whether a topology was selected (by name or file).
+    fn is_some(&self) -> bool {
+        self.topology.is_some() || self.name.is_some()
+    }
+
     /// The topology name, if one was selected.
     fn name(&self) -> Result<Option<String>> {
         if let Some(path) = &self.topology {
@@ -210,28 +242,115 @@ impl Select {
     }
 
     /// The topologies to report on, each with its recorded description.
-    fn recorded(&self) -> Result<Vec<Topology>> {
-        let names = match self.name()? {
-            Some(name) => vec![name],
-            None => recorded_topologies()?,
-        };
+    /// Without a selection, a topology whose record cannot be read is
+    /// listed apart and the others are reported as usual; a selected one
+    /// that cannot be read is an error.
+    fn recorded(&self) -> Result<(Vec<Topology>, Vec<Unreadable>)> {
+        if let Some(name) = self.name()? {
+            return Ok((vec![load_recorded(&name)?], Vec::new()));
+        }
         let mut topologies = Vec::new();
-        for name in names {
-            match StateDir::new(&name).load()? {
-                Some(t) => topologies.push(t),
-                None => bail!(not_up(&name)),
+        let mut unreadable = Vec::new();
+        for name in recorded_topologies()? {
+            let state = StateDir::new(&name);
+            match state.load() {
+                Ok(Some(t)) => topologies.push(t),
+                // Brought down meanwhile.
+                Ok(None) => {}
+                Err(e) => unreadable.push(Unreadable::record(&name, &state.topology_path(), &e)),
             }
         }
-        Ok(topologies)
+        Ok((topologies, unreadable))
     }
 }
 
-fn read_topology(path: &PathBuf) -> Result<(Topology, String)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading topology file {}", path.display()))?;
+/// The recorded description of topology `name`, with what to do when it is
+/// not up or cannot be read.
+fn load_recorded(name: &str) -> Result<Topology> {
+    let state = StateDir::new(name);
+    match state.load() {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => bail!(not_up(name)),
+        Err(e) => bail!(Unreadable::record(name, &state.topology_path(), &e).message()),
+    }
+}
+
+fn read_topology(path: &Path) -> Result<(Topology, String)> {
+    let text =
+        read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
     let topology = Topology::from_toml(&text)
         .with_context(|| format!("invalid topology file {}", path.display()))?;
     Ok((topology, text))
+}
+
+/// The text of `path`, read only up to [`MAX_TOPOLOGY_BYTES`] (and one
+/// byte more, to tell a larger file): `-t /dev/zero` or a wrong path to a
+/// large file fails at once instead of reading without bound.
+fn read_bounded(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TOPOLOGY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_TOPOLOGY_BYTES {
+        return Err(too_large(bytes.len() as u64).into());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "not UTF-8 text (invalid byte at offset {}); a topology description is a TOML file",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Standard output for everything the commands print. A reader that went
+/// away (`vethctl stats --json | head -1`) is told apart from other broken
+/// pipes, so that it ends the command quietly with success, as other Unix
+/// tools do, rather than with an error or a panic.
+struct Stdout;
+
+/// Marks a write error of [`Stdout`] whose reader is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed by its reader")]
+struct ReaderGone;
+
+impl Stdout {
+    fn mark(e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            io::Error::new(io::ErrorKind::BrokenPipe, ReaderGone)
+        } else {
+            e
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stdout().write(buf).map_err(Stdout::mark)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().flush().map_err(Stdout::mark)
+    }
+}
+
+/// Writes `text` to standard output, flushed (so a closed pipe is noticed
+/// here, not when the process exits).
+fn emit(text: impl std::fmt::Display) -> Result<()> {
+    let mut out = Stdout;
+    write!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether `e` is (or was caused by) the reader of standard output going
+/// away.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<ReaderGone>())
+    })
 }
 
 /// The whole `vethctl` program: parse arguments, run, report errors.
@@ -245,14 +364,16 @@ pub fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            let _ = writeln!(io::stderr(), "error: starting the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if reader_gone(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!, which panics when stderr is gone too.
+            let _ = writeln!(io::stderr(), "error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -269,28 +390,38 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(path) => read_topology(path)?,
                 None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
             };
+            // Everything that can be refused is, before anything is made.
+            preflight::check(&Host::connect()?, &topology).await?;
             apply::up(&topology, &text, apply::UpOptions { repair, timings }).await?;
-            println!(
-                "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)",
+            emit(format_args!(
+                "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)\n",
                 topology.name,
                 topology.pods.len(),
                 topology.mode
-            );
+            ))?;
         }
         Command::Down { select } => {
             let name = select.name_or_default()?;
             apply::down(&name).await?;
-            println!("topology {name:?} is down");
+            emit(format_args!("topology {name:?} is down\n"))?;
         }
         Command::Status { select, json } => {
             let host = Host::connect()?;
+            let (topologies, unreadable) = select.recorded()?;
             let mut report = StatusReport {
                 topologies: Vec::new(),
+                unreadable,
             };
-            for topology in select.recorded()? {
-                report
-                    .topologies
-                    .push(observe::status(&host, &topology).await?);
+            let selected = select.is_some();
+            for topology in topologies {
+                match observe::status(&host, &topology).await {
+                    Ok(status) => report.topologies.push(status),
+                    // One topology's trouble is reported beside the others.
+                    Err(e) if !selected => report
+                        .unreadable
+                        .push(Unreadable::objects(&topology.name, &e)),
+                    Err(e) => return Err(e),
+                }
             }
             print(json, &report, StatusReport::to_table)?;
         }
@@ -301,27 +432,46 @@ pub async fn run(cli: Cli) -> Result<()> {
             interval,
             count,
         } => {
-            if !(interval.is_finite() && interval > 0.0) {
-                bail!("--interval must be a positive number of seconds, got {interval}");
-            }
-            let topologies = select.recorded()?;
+            let (mut topologies, mut unreadable) = select.recorded()?;
             let host = Host::connect()?;
+            if !select.is_some() {
+                // Watch the others when one cannot be read.
+                let mut readable = Vec::new();
+                for topology in topologies {
+                    match observe::stats(&host, &topology).await {
+                        Ok(_) => readable.push(topology),
+                        Err(e) => unreadable.push(Unreadable::objects(&topology.name, &e)),
+                    }
+                }
+                topologies = readable;
+            }
+            for u in &unreadable {
+                let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
+            }
             let options = rates::WatchOptions {
+                // In range: checked by parse_interval.
                 interval: std::time::Duration::from_secs_f64(interval),
                 count,
                 json,
             };
-            rates::watch(&host, &topologies, &options, &mut std::io::stdout()).await?;
+            rates::watch(&host, &topologies, &options, &mut Stdout).await?;
         }
         Command::Stats { select, json, .. } => {
             let host = Host::connect()?;
+            let (topologies, unreadable) = select.recorded()?;
             let mut report = StatsReport {
                 topologies: Vec::new(),
+                unreadable,
             };
-            for topology in select.recorded()? {
-                report
-                    .topologies
-                    .push(observe::stats(&host, &topology).await?);
+            let selected = select.is_some();
+            for topology in topologies {
+                match observe::stats(&host, &topology).await {
+                    Ok(stats) => report.topologies.push(stats),
+                    Err(e) if !selected => report
+                        .unreadable
+                        .push(Unreadable::objects(&topology.name, &e)),
+                    Err(e) => return Err(e),
+                }
             }
             print(json, &report, StatsReport::to_table)?;
         }
@@ -330,23 +480,30 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(path) => read_topology(path)?,
                 None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
             };
+            // What `up` would refuse, `plan` refuses too.
+            preflight::check(&Host::connect()?, &topology).await?;
             let steps = apply::plan(&topology).await?;
-            println!(
-                "plan for topology {:?} (mode {}):",
+            let mut text = format!(
+                "plan for topology {:?} (mode {}):\n",
                 topology.name, topology.mode
             );
             for step in steps {
-                println!("  {step}");
+                text += &format!("  {step}\n");
             }
+            emit(text)?;
         }
         Command::Mode {
             action: ModeAction::Set { mode, select },
         } => {
             let name = select.name_or_default()?;
-            let state = StateDir::new(&name);
-            let text = state.load_text()?.with_context(|| not_up(&name))?;
-            let (topology, text) = with_mode(&text, mode)?;
-            apply::up(&topology, &text, apply::UpOptions::default()).await?;
+            // The recorded description is read under the lock the change is
+            // made under, so nothing recorded meanwhile is lost.
+            apply::up_from_record(
+                &name,
+                |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
+                apply::UpOptions::default(),
+            )
+            .await?;
             println!("topology {name:?} is now in mode {mode}");
         }
         Command::Bench {
@@ -359,9 +516,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let name = select.name_or_default()?;
-            let topology = StateDir::new(&name)
-                .load()?
-                .with_context(|| not_up(&name))?;
+            let topology = load_recorded(&name)?;
             let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
             let options = crate::bench::BenchOptions {
                 client: client
@@ -371,14 +526,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .or_else(|| nth(1))
                     .context("--server: the topology has only one pod")?,
                 workloads,
-                rounds,
+                // At most 1000: checked by clap.
+                rounds: rounds as usize,
                 seconds,
             };
             let report = crate::bench::run(&topology, &options).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                emit(format_args!("{}\n", serde_json::to_string_pretty(&report)?))?;
             } else {
-                print!("{}", crate::bench::table(&report));
+                emit(crate::bench::table(&report))?;
             }
         }
         Command::Agent { listen, bpf_stats } => {
@@ -392,12 +548,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let topology = match select.name()? {
-                Some(_) => select.recorded()?.remove(0),
+                Some(name) => load_recorded(&name)?,
                 None => Topology::default_topology(),
             };
-            if sample == 0 {
-                bail!("--sample must be at least 1 (trace one frame in N)");
-            }
             let host = Host::connect()?;
             let pods = observe::pods_by_ifindex(&host, &topology).await?;
             let request = trace::TraceRequest {
@@ -406,7 +559,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 count,
                 json,
             };
-            trace::follow(&topology, pods, &request, &mut std::io::stdout()).await?;
+            trace::follow(&topology, pods, &request, &mut Stdout).await?;
         }
     }
     Ok(())
@@ -414,9 +567,8 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 fn print<T: serde::Serialize>(json: bool, report: &T, table: fn(&T) -> String) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        emit(format_args!("{}\n", serde_json::to_string_pretty(report)?))
     } else {
-        print!("{}", table(report));
+        emit(table(report))
     }
-    Ok(())
 }

@@ -14,5 +14,6 @@ pub mod model;
 pub mod netlink;
 pub mod observe;
 pub mod plan;
+pub mod preflight;
 pub mod state;
 pub mod watch;

@@ -25,6 +25,14 @@ pub const BRIDGE_SUFFIX: &str = "br";
 /// a source; pods resolve it to the host-side veth's MAC.
 pub const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// Largest topology description accepted (files and recorded state): far
+/// more than thousands of pods need, small enough that a wrong path (say
+/// `/dev/zero`) fails at once instead of filling memory.
+pub const MAX_TOPOLOGY_BYTES: usize = 1 << 20;
+/// Most pods a topology can have: one counter slot each, the last slot is
+/// the dataplane's own (frames from veths without a pod).
+pub const MAX_PODS: usize = veth_common::UNKNOWN_VETH_SLOT as usize;
+
 /// The topology `vethctl up` brings up when given no file.
 pub const DEFAULT_TOPOLOGY: &str = r#"# Built-in default topology: three pods wired by the eBPF redirect path.
 name = "demo"
@@ -309,6 +317,9 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ModelError {
 impl Topology {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Topology, ModelError> {
+        if text.len() > MAX_TOPOLOGY_BYTES {
+            return Err(too_large(text.len() as u64));
+        }
         let file: TopologyFile = toml::from_str(text).map_err(|e| {
             let field = match e.span() {
                 Some(span) => {
@@ -349,6 +360,18 @@ pub fn with_mode(text: &str, mode: Mode) -> Result<(Topology, String), ModelErro
     doc["mode"] = toml_edit::value(mode.name());
     let text = doc.to_string();
     Ok((Topology::from_toml(&text)?, text))
+}
+
+/// The error for a description larger than [`MAX_TOPOLOGY_BYTES`] (`size`
+/// is what was read, at least one byte more than allowed).
+pub fn too_large(size: u64) -> ModelError {
+    invalid(
+        "topology file",
+        format!(
+            "larger than {MAX_TOPOLOGY_BYTES} bytes (stopped after reading {size}); a \
+             topology description is a small TOML file: check the path"
+        ),
+    )
 }
 
 /// See [`Topology::object_prefix`].
@@ -407,6 +430,124 @@ fn validate_pod_name(index: usize, name: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Checks that `name` is a plain interface name the kernel accepts: 1 to
+/// 15 bytes of ASCII letters, digits, '-', '_' and '.', and neither "." nor
+/// "..". The kernel itself refuses '/', ':', whitespace and those two; the
+/// rest (quotes, ';', control characters, non-ASCII) would be legal in the
+/// kernel yet is never a real interface name, and only makes names that
+/// other tools mis-print or mis-parse.
+pub fn validate_ifname(field: &str, name: &str) -> Result<(), ModelError> {
+    let fix = format!(
+        "use 1 to {IFNAME_MAX} ASCII letters, digits, '-', '_' or '.' (not \".\" or \"..\"), \
+         as `ip link` shows the interface"
+    );
+    if name.is_empty() || name.len() > IFNAME_MAX {
+        return Err(invalid(
+            field,
+            format!(
+                "{name:?} is {} bytes long, and Linux interface names are 1 to {IFNAME_MAX}; {fix}",
+                name.len()
+            ),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(
+            field,
+            format!("{name:?} is not an interface name Linux accepts; {fix}"),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            field,
+            format!("{name:?} is not a plain interface name (it contains {bad:?}); {fix}"),
+        ));
+    }
+    Ok(())
+}
+
+/// IPv4 ranges pods cannot be given: the kernel or every host treats them
+/// specially, so pod addresses there would be unreachable or would take
+/// over the host's own traffic.
+const RESERVED_V4: [(&str, &str); 5] = [
+    (
+        "0.0.0.0/8",
+        "\"this network\" (0.0.0.0 is the unspecified address)",
+    ),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local (169.254.1.1 is the pods' own gateway)",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (255.255.255.255 is broadcast)"),
+];
+
+/// The IPv6 counterparts of [`RESERVED_V4`].
+const RESERVED_V6: [(&str, &str); 5] = [
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    (
+        "fe80::/10",
+        "link-local (fe80::ecee:eeff:feee:eeee is the pods' own gateway)",
+    ),
+    ("ff00::/8", "multicast"),
+];
+
+/// The reserved range `net` overlaps (contains or lies in), if any.
+fn reserved_overlap<N: Copy + PartialEq + std::str::FromStr>(
+    reserved: &[(&'static str, &'static str)],
+    overlaps: impl Fn(N, N) -> bool,
+    net: N,
+) -> Option<(&'static str, &'static str)>
+where
+    N::Err: fmt::Debug,
+{
+    reserved.iter().copied().find(|(range, _)| {
+        let range: N = range.parse().expect("the reserved ranges are valid");
+        overlaps(net, range)
+    })
+}
+
+/// Whether two IPv4 prefixes share an address.
+pub fn overlaps4(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Whether two IPv6 prefixes share an address.
+pub fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn refuse_reserved4(cidr: Ipv4Net) -> Result<(), ModelError> {
+    match reserved_overlap(&RESERVED_V4, overlaps4, cidr) {
+        Some((range, what)) => Err(invalid(
+            "pod_cidr",
+            format!(
+                "{cidr} overlaps {range}, {what}, which pods cannot use; pick a private range \
+                 (RFC 1918: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16), e.g. \"10.201.0.0/24\""
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn refuse_reserved6(cidr: Ipv6Net) -> Result<(), ModelError> {
+    match reserved_overlap(&RESERVED_V6, overlaps6, cidr) {
+        Some((range, what)) => Err(invalid(
+            "pod_cidr6",
+            format!(
+                "{cidr} overlaps {range}, {what}, which pods cannot use; pick a unique local \
+                 range (fd00::/8), e.g. \"fd00:10:201::/64\""
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl TopologyFile {
     pub fn validate(self) -> Result<Topology, ModelError> {
         validate_topology_name(&self.name)?;
@@ -422,6 +563,7 @@ impl TopologyFile {
                 ),
             ));
         }
+        refuse_reserved4(cidr)?;
         if cidr.prefix_len() > 30 {
             return Err(invalid(
                 "pod_cidr",
@@ -443,6 +585,17 @@ impl TopologyFile {
             None => cidr.hosts().next().expect("a /30 or larger has hosts"),
         };
         let host_address_label = host_address_label(&self.name);
+
+        if self.pods.len() > MAX_PODS {
+            return Err(invalid(
+                "pods",
+                format!(
+                    "{} pods are more than the {MAX_PODS} a topology can have (one counter slot \
+                     each); split them over several topologies",
+                    self.pods.len()
+                ),
+            ));
+        }
 
         // Names first, so address errors can name the pods involved.
         let mut seen_names: BTreeMap<&str, usize> = BTreeMap::new();
@@ -510,6 +663,7 @@ impl TopologyFile {
                         ),
                     ));
                 }
+                refuse_reserved6(cidr6_net)?;
                 if cidr6_net.prefix_len() > 120 {
                     return Err(invalid(
                         "pod_cidr6",
@@ -581,10 +735,17 @@ impl TopologyFile {
             }
         }
         if let Some(ifname) = &self.uplink.interface {
-            if ifname.is_empty() || ifname.len() > IFNAME_MAX || ifname.starts_with(&prefix) {
+            validate_ifname("uplink.interface", ifname).map_err(|e| ModelError {
+                message: format!(
+                    "{}; name the host interface traffic leaves the node by (e.g. \"eth0\")",
+                    e.message
+                ),
+                ..e
+            })?;
+            if ifname.starts_with(&prefix) {
                 return Err(invalid(
                     "uplink.interface",
-                    format!("{ifname:?} is not an uplink interface name; name the host interface traffic leaves by (e.g. \"eth0\")"),
+                    format!("{ifname:?} is one of this topology's own interfaces; name the host interface traffic leaves the node by (e.g. \"eth0\")"),
                 ));
             }
         }
@@ -592,9 +753,7 @@ impl TopologyFile {
         let bridge = self
             .bridge
             .unwrap_or_else(|| format!("{prefix}{BRIDGE_SUFFIX}"));
-        if bridge.is_empty() || bridge.len() > IFNAME_MAX || bridge.contains(['/', ' ']) {
-            return Err(invalid("bridge", format!("{bridge:?} is not a usable interface name; use 1 to 15 characters without '/' or spaces")));
-        }
+        validate_ifname("bridge", &bridge)?;
         if let Some(i) = self
             .pods
             .iter()
@@ -951,5 +1110,558 @@ mod tests {
             format_mac(&pod_mac(Ipv4Addr::new(10, 200, 0, 2))),
             "0a:58:0a:c8:00:02"
         );
+    }
+
+    #[test]
+    fn reserved_pod_ranges_are_refused_with_the_reason_and_a_fix() {
+        for (cidr, why) in [
+            ("0.0.0.0/0", "unspecified"),
+            ("0.0.0.0/8", "this network"),
+            ("127.0.0.0/24", "loopback"),
+            ("224.0.0.0/24", "multicast"),
+            ("239.1.0.0/16", "multicast"),
+            ("169.254.1.0/24", "pods' own gateway"),
+            ("169.254.0.0/16", "link-local"),
+            ("240.0.0.0/24", "reserved"),
+            ("255.255.255.252/30", "broadcast"),
+            ("0.0.0.0/1", "unspecified"),
+            ("96.0.0.0/3", "loopback"),
+        ] {
+            let err = parse(&format!("name = \"t1\"\npod_cidr = \"{cidr}\"\n")).unwrap_err();
+            assert_eq!(err.field, "pod_cidr", "{cidr}: {err}");
+            assert!(err.message.contains(why), "{cidr}: {err}");
+            assert!(
+                err.message.contains("pick a private range"),
+                "{cidr}: {err}"
+            );
+        }
+        for (cidr6, why) in [
+            ("::/64", "unspecified"),
+            ("::/0", "unspecified"),
+            ("::1/128", "loopback"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("fe80::/64", "link-local"),
+            ("fe80::/10", "pods' own gateway"),
+            ("ff00::/8", "multicast"),
+            ("ff02::/120", "multicast"),
+            ("8000::/1", "link-local"),
+        ] {
+            let err = parse(&format!("{BASE}pod_cidr6 = \"{cidr6}\"\n")).unwrap_err();
+            assert_eq!(err.field, "pod_cidr6", "{cidr6}: {err}");
+            assert!(err.message.contains(why), "{cidr6}: {err}");
+            assert!(err.message.contains("unique local"), "{cidr6}: {err}");
+        }
+        // Ordinary ranges stay allowed, RFC 2544's benchmarking range too.
+        for cidr in [
+            "10.0.0.0/8",
+            "192.168.7.0/24",
+            "198.18.4.0/24",
+            "100.64.0.0/24",
+        ] {
+            parse(&format!("name = \"t1\"\npod_cidr = \"{cidr}\"\n")).unwrap();
+        }
+        for cidr6 in ["fd00::/64", "2001:db8::/64", "fd00:10:200::/120"] {
+            parse(&format!("{BASE}pod_cidr6 = \"{cidr6}\"\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn interface_names_the_kernel_would_refuse_are_named() {
+        for bad in [
+            "..",
+            ".",
+            "",
+            "a\nb",
+            "a b",
+            "a\tb",
+            "a/b",
+            "a:b",
+            "sixteen-chars-xx",
+            "eth0; drop",
+            "eth0\"",
+            "eth*",
+            "ethé",
+            "a\u{0}b",
+        ] {
+            let quoted = toml::Value::String(bad.to_string()).to_string();
+            let err = parse(&format!("{BASE}bridge = {quoted}\n")).unwrap_err();
+            assert_eq!(err.field, "bridge", "{bad:?}: {err}");
+            assert!(
+                err.message.contains("ASCII letters, digits"),
+                "{bad:?}: {err}"
+            );
+            let err = parse(&format!("{BASE}[uplink]\ninterface = {quoted}\n")).unwrap_err();
+            assert_eq!(err.field, "uplink.interface", "{bad:?}: {err}");
+            assert!(err.message.contains("e.g. \"eth0\""), "{bad:?}: {err}");
+        }
+        let err = parse(&format!("{BASE}[uplink]\ninterface = \"eth0; drop\"\n")).unwrap_err();
+        assert!(err.message.contains("';'"), "names the character: {err}");
+        let err = parse(&format!("{BASE}[uplink]\ninterface = \"t1-x\"\n")).unwrap_err();
+        assert_eq!(err.field, "uplink.interface");
+        for good in [
+            "eth0",
+            "enp0s31f6",
+            "eth0.100",
+            "flannel.1",
+            "lxc_health",
+            "br-0123456789a",
+            "fifteen-chars-x",
+        ] {
+            let t = parse(&format!(
+                "{BASE}bridge = \"{good}\"\n[uplink]\ninterface = \"{good}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(t.bridge, good);
+        }
+    }
+
+    #[test]
+    fn descriptions_are_bounded_in_size_and_pods() {
+        let mut text = BASE.to_string();
+        while text.len() <= MAX_TOPOLOGY_BYTES {
+            text += "# padding padding padding padding padding padding padding\n";
+        }
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.field, "topology file");
+        assert!(err.message.contains("larger than 1048576 bytes"), "{err}");
+
+        let mut text = "name = \"t1\"\npod_cidr = \"10.0.0.0/8\"\n".to_string();
+        for i in 0..=MAX_PODS {
+            text += &format!("[[pods]]\nname = \"p{i}\"\n");
+        }
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.field, "pods");
+        assert!(err.message.contains("16383"), "{err}");
+    }
+
+    #[test]
+    fn deeply_nested_input_is_an_error_not_a_stack_overflow() {
+        for open in ["[", "{a=", "[{a="] {
+            let text = format!("x = {}", open.repeat(MAX_TOPOLOGY_BYTES / open.len() - 8));
+            let err = parse(&text).unwrap_err();
+            assert!(!err.field.is_empty() && !err.message.is_empty());
+        }
+    }
+
+    /// Whether `field` is a place a [`ModelError`] may name.
+    fn known_field(field: &str) -> bool {
+        const TOP: [&str; 11] = [
+            "name",
+            "mode",
+            "pod_cidr",
+            "pod_cidr6",
+            "host_address",
+            "host_address6",
+            "mtu",
+            "bridge",
+            "uplink.interface",
+            "pods",
+            "topology file",
+        ];
+        if TOP.contains(&field) {
+            return true;
+        }
+        if let Some(rest) = field.strip_prefix("line ") {
+            let mut parts = rest.split(", column ");
+            return parts.next().is_some_and(|l| l.parse::<usize>().is_ok())
+                && parts.next().is_some_and(|c| c.parse::<usize>().is_ok());
+        }
+        field
+            .strip_prefix("pods[")
+            .and_then(|r| r.split_once("]."))
+            .is_some_and(|(i, f)| {
+                i.parse::<usize>().is_ok() && ["name", "ipv4", "ipv6", "mtu"].contains(&f)
+            })
+    }
+
+    /// What every accepted topology guarantees, whatever the file said.
+    fn check_accepted(t: &Topology) {
+        validate_topology_name(&t.name).unwrap();
+        assert_eq!(t.pod_cidr, t.pod_cidr.trunc());
+        assert!(refuse_reserved4(t.pod_cidr).is_ok(), "{}", t.pod_cidr);
+        assert!(t.pod_cidr.contains(&t.host_address));
+        if let Some(c6) = t.pod_cidr6 {
+            assert!(refuse_reserved6(c6).is_ok(), "{c6}");
+            assert!(c6.contains(&t.host_address6.unwrap()));
+        }
+        validate_ifname("bridge", &t.bridge).unwrap();
+        if let Some(i) = &t.uplink.interface {
+            validate_ifname("uplink.interface", i).unwrap();
+        }
+        assert!(t.pods.len() <= MAX_PODS);
+        let mut v4 = std::collections::BTreeSet::from([t.host_address]);
+        let mut v6 = std::collections::BTreeSet::new();
+        v6.extend(t.host_address6);
+        let mut names = std::collections::BTreeSet::new();
+        for p in &t.pods {
+            assert!(names.insert(&p.name), "pod names are unique");
+            validate_ifname("pod", &p.host_veth).unwrap();
+            assert_eq!(p.netns, p.host_veth);
+            assert!(p.host_veth.starts_with(&t.object_prefix()));
+            assert_ne!(p.host_veth, t.bridge);
+            assert!(
+                t.pod_cidr.contains(&p.ipv4)
+                    && p.ipv4 != t.pod_cidr.network()
+                    && p.ipv4 != t.pod_cidr.broadcast()
+            );
+            assert!(v4.insert(p.ipv4), "IPv4 addresses are unique");
+            assert_eq!(p.ipv6.is_some(), t.pod_cidr6.is_some());
+            if let (Some(a), Some(c6)) = (p.ipv6, t.pod_cidr6) {
+                assert!(c6.contains(&a) && a != c6.network());
+                assert!(v6.insert(a), "IPv6 addresses are unique");
+            }
+            assert!((1280..=65535).contains(&p.mtu));
+            if t.mode == Mode::Xdp {
+                assert!(p.mtu <= XDP_MAX_MTU);
+            }
+        }
+        if t.mode == Mode::Pair {
+            assert_eq!(t.pods.len(), 2);
+        }
+    }
+
+    /// What every refusal guarantees: it names a known place and says
+    /// something about it.
+    fn check_refused(err: &ModelError) {
+        assert!(known_field(&err.field), "unknown field in {err:?}");
+        assert!(err.message.trim().len() >= 10, "a bare message: {err:?}");
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("{}: ", err.field)), "{shown}");
+    }
+
+    fn check(text: &str) {
+        match Topology::from_toml(text) {
+            Ok(t) => {
+                check_accepted(&t);
+                // What `mode set` does to an accepted description.
+                for mode in Mode::ALL {
+                    match with_mode(text, mode) {
+                        Ok((t, _)) => check_accepted(&t),
+                        Err(e) => check_refused(&e),
+                    }
+                }
+            }
+            Err(e) => check_refused(&e),
+        }
+    }
+
+    mod fuzz {
+        //! The parser and validation under proptest: random text, random
+        //! edits of valid files, and files built from random fields. No
+        //! input may panic; every acceptance keeps the invariants of
+        //! [`check_accepted`], every refusal names a field (`check_refused`).
+        //! `PROPTEST_CASES=100000 cargo test -p veth-userspace --lib fuzz`
+        //! runs more cases; a failure prints the smallest input found. The
+        //! seed corpus of the cargo-fuzz target (`fuzz/`, for a nightly
+        //! toolchain) is replayed here too.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Cases per property; raised with PROPTEST_CASES.
+        fn config(default_cases: u32) -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(default_cases);
+            ProptestConfig {
+                cases,
+                // Much cheaper than the default ChaCha in a debug build.
+                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Strings matching `regex`, compiled once (a `&str` strategy
+        /// parses its regex again for every value).
+        fn re(regex: &str) -> proptest::string::RegexGeneratorStrategy<String> {
+            proptest::string::string_regex(regex).expect("a valid regex")
+        }
+
+        fn quoted(s: &str) -> String {
+            toml::Value::String(s.to_string()).to_string()
+        }
+
+        /// A name: usually plausible, sometimes anything.
+        fn name_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                12 => re("[a-z][a-z0-9]{0,10}"),
+                2 => re("[a-z0-9-]{0,14}"),
+                1 => re("[ -~]{0,20}"),
+                1 => any::<String>(),
+                1 => prop::sample::select(vec![
+                    "", ".", "..", "eth0; drop", "a\nb", "lo", "eth0", "cni0", "x/y", "a:b",
+                ])
+                .prop_map(str::to_string),
+            ]
+        }
+
+        fn ipv4() -> impl Strategy<Value = Ipv4Addr> {
+            prop_oneof![
+                1 => any::<u32>().prop_map(Ipv4Addr::from),
+                4 => (0u8..8).prop_map(|d| Ipv4Addr::new(10, 9, 0, d)),
+                4 => (0u8..=255).prop_map(|d| Ipv4Addr::new(10, 9, 0, d)),
+            ]
+        }
+
+        fn ipv6() -> impl Strategy<Value = Ipv6Addr> {
+            prop_oneof![
+                1 => any::<u128>().prop_map(Ipv6Addr::from),
+                8 => (0u128..8).prop_map(|n| Ipv6Addr::from((0xfd00_0009u128 << 96) + n)),
+                1 => prop::sample::select(vec![Ipv6Addr::UNSPECIFIED, Ipv6Addr::LOCALHOST]),
+            ]
+        }
+
+        fn cidr4() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => prop::sample::select(vec![24u8, 28, 29, 30])
+                    .prop_map(|len| format!("10.9.0.0/{len}")),
+                1 => (0u8..4).prop_map(|x| format!("10.9.{x}.0/24")),
+                2 => (ipv4(), 0u8..=33).prop_map(|(a, len)| format!("{a}/{len}")),
+                1 => prop::sample::select(vec![
+                    "0.0.0.0/0", "127.0.0.0/24", "224.0.0.0/24", "169.254.1.0/24",
+                    "10.9.0.0", "10.9.0.0/", "x",
+                ])
+                .prop_map(str::to_string),
+            ]
+        }
+
+        fn cidr6() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => (prop::sample::select(vec![64u8, 112, 120, 126]))
+                    .prop_map(|len| format!("fd00:9::/{len}")),
+                2 => (ipv6(), 0u8..=129).prop_map(|(a, len)| format!("{a}/{len}")),
+                1 => prop::sample::select(vec!["::/64", "::1/128", "fe80::/64", "ff00::/8", "fd00::"])
+                    .prop_map(str::to_string),
+            ]
+        }
+
+        fn mtu() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                8 => prop::sample::select(vec![1500i64, 1280, 3506, 9000]),
+                2 => prop::sample::select(vec![0i64, 67, 1279, 1280, 3506, 3507, 9000, 65535, 65536, -1]),
+                1 => any::<i64>(),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        struct PodSpec {
+            name: String,
+            ipv4: Option<Ipv4Addr>,
+            ipv6: Option<Ipv6Addr>,
+            mtu: Option<i64>,
+        }
+
+        fn pod() -> impl Strategy<Value = PodSpec> {
+            (
+                prop_oneof![12 => re("[a-z][a-z0-9]{0,5}"), 1 => name_like()],
+                prop::option::weighted(0.2, ipv4()),
+                prop::option::weighted(0.1, ipv6()),
+                prop::option::weighted(0.2, mtu()),
+            )
+                .prop_map(|(name, ipv4, ipv6, mtu)| PodSpec {
+                    name,
+                    ipv4,
+                    ipv6,
+                    mtu,
+                })
+        }
+
+        /// A topology file assembled from random (often valid) fields.
+        fn topology_text() -> impl Strategy<Value = String> {
+            (
+                (
+                    name_like(),
+                    prop::option::weighted(
+                        0.7,
+                        prop_oneof![
+                            12 => prop::sample::select(vec!["pair", "bridge", "routed", "tc", "xdp"])
+                                .prop_map(str::to_string),
+                            1 => name_like(),
+                        ],
+                    ),
+                    cidr4(),
+                    prop::option::weighted(0.5, cidr6()),
+                    prop::option::weighted(0.2, ipv4()),
+                    prop::option::weighted(0.2, ipv6()),
+                ),
+                (
+                    prop::option::weighted(0.3, mtu()),
+                    prop::option::weighted(0.3, name_like()),
+                    prop::option::weighted(0.3, (any::<bool>(), prop::option::of(name_like()))),
+                    prop::option::weighted(0.2, (any::<bool>(), any::<bool>())),
+                    prop::collection::vec(pod(), 0..5),
+                ),
+            )
+                .prop_map(
+                    |((name, mode, cidr, cidr6, host, host6), (mtu, bridge, uplink, flags, pods))| {
+                        let mut t = format!("name = {}\npod_cidr = {}\n", quoted(&name), quoted(&cidr));
+                        if let Some(mode) = mode {
+                            t += &format!("mode = {}\n", quoted(&mode));
+                        }
+                        if let Some(c6) = cidr6 {
+                            t += &format!("pod_cidr6 = {}\n", quoted(&c6));
+                        }
+                        if let Some(h) = host {
+                            t += &format!("host_address = \"{h}\"\n");
+                        }
+                        if let Some(h) = host6 {
+                            t += &format!("host_address6 = \"{h}\"\n");
+                        }
+                        if let Some(m) = mtu {
+                            t += &format!("mtu = {m}\n");
+                        }
+                        if let Some(b) = bridge {
+                            t += &format!("bridge = {}\n", quoted(&b));
+                        }
+                        if let Some((counters, rps)) = flags {
+                            t += &format!("counters = {counters}\nrps = {rps}\n");
+                        }
+                        // Tables last: keys after a table header belong to it.
+                        if let Some((masquerade, interface)) = uplink {
+                            t += &format!("[uplink]\nmasquerade = {masquerade}\n");
+                            if let Some(i) = interface {
+                                t += &format!("interface = {}\n", quoted(&i));
+                            }
+                        }
+                        for p in pods {
+                            t += &format!("[[pods]]\nname = {}\n", quoted(&p.name));
+                            if let Some(a) = p.ipv4 {
+                                t += &format!("ipv4 = \"{a}\"\n");
+                            }
+                            if let Some(a) = p.ipv6 {
+                                t += &format!("ipv6 = \"{a}\"\n");
+                            }
+                            if let Some(m) = p.mtu {
+                                t += &format!("mtu = {m}\n");
+                            }
+                        }
+                        t
+                    },
+                )
+        }
+
+        /// A valid description with random bytes replaced, inserted or cut.
+        fn mutated() -> impl Strategy<Value = String> {
+            let base = format!(
+                "{DEFAULT_TOPOLOGY}pod_cidr6 = \"fd00:10:200::/64\"\nbridge = \"cni0\"\n\
+                 [uplink]\ninterface = \"eth0\"\n[[pods]]\nname = \"x\"\nipv4 = \"10.200.0.9\"\nmtu = 9000\n"
+            );
+            prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..8)
+                .prop_map(move |edits| {
+                    let mut bytes = base.clone().into_bytes();
+                    for (at, kind, byte) in edits {
+                        let i = at.index(bytes.len().max(1));
+                        match kind {
+                            0 if !bytes.is_empty() => bytes[i] = byte,
+                            1 => bytes.insert(i.min(bytes.len()), byte),
+                            _ if !bytes.is_empty() => {
+                                bytes.remove(i);
+                            }
+                            _ => {}
+                        }
+                    }
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config(20_000))]
+
+            #[test]
+            fn built_files_are_accepted_whole_or_refused_with_a_field(text in topology_text()) {
+                check(&text);
+            }
+
+            #[test]
+            fn edited_files_never_panic(text in mutated()) {
+                check(&text);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(5_000))]
+
+            #[test]
+            fn any_text_never_panics(text in prop_oneof![
+                any::<String>(),
+                re("[ -~\n\\[\\]{}=\".]{0,200}"),
+            ]) {
+                check(&text);
+            }
+        }
+
+        /// The cargo-fuzz seed corpus (`fuzz/corpus/topology`), replayed
+        /// on stable: each file is checked, and so are random edits of it.
+        fn corpus() -> Vec<(String, String)> {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/topology");
+            let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("{dir}: {e}"))
+                .map(|e| {
+                    let path = e.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    (
+                        name,
+                        String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned(),
+                    )
+                })
+                .collect();
+            files.sort();
+            files
+        }
+
+        #[test]
+        fn the_seed_corpus_is_accepted_or_refused_as_labelled() {
+            let corpus = corpus();
+            assert!(corpus.len() >= 10, "{corpus:?}");
+            for (name, text) in &corpus {
+                check(text);
+                let accepted = Topology::from_toml(text).is_ok();
+                let good =
+                    ["default.toml", "every-field.toml", "pair.toml"].contains(&name.as_str());
+                assert_eq!(accepted, good, "{name}");
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(5_000))]
+
+            #[test]
+            fn edited_corpus_files_never_panic(
+                file in prop::sample::select(corpus()),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            ) {
+                let mut bytes = file.1.into_bytes();
+                for (at, byte) in edits {
+                    let i = at.index(bytes.len() + 1);
+                    if byte % 2 == 0 && i < bytes.len() {
+                        bytes[i] = byte;
+                    } else {
+                        bytes.insert(i, byte);
+                    }
+                }
+                check(&String::from_utf8_lossy(&bytes));
+            }
+        }
+
+        #[test]
+        fn the_generator_reaches_acceptance_and_refusal() {
+            use proptest::strategy::ValueTree;
+            let mut runner = proptest::test_runner::TestRunner::deterministic();
+            let (mut ok, mut refused) = (0, 0);
+            for _ in 0..2_000 {
+                let text = topology_text().new_tree(&mut runner).unwrap().current();
+                match Topology::from_toml(&text) {
+                    Ok(_) => ok += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            assert!(
+                ok > 100 && refused > 100,
+                "accepted {ok}, refused {refused}"
+            );
+        }
     }
 }

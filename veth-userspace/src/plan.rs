@@ -2,7 +2,11 @@
 //! what the kernel has. Pure: the kernel's side comes in as [`Observed`].
 //!
 //! Every step is idempotent, so a plan interrupted at any point (a crash, a
-//! kill) is finished by the next `up` or cleaned by the next `down`.
+//! kill) is finished by the next `up` or cleaned by the next `down`. Only
+//! objects of the topology's ledger ([`crate::state::Ledger`]) are ever
+//! changed or removed; an object in the way that is not the topology's
+//! (a link or route with a name or address it wants) is a [`Refusal`]
+//! before anything is done.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,24 +14,42 @@ use std::{
     net::IpAddr,
 };
 
+use ipnet::IpNet;
+
 use crate::{
     applied::{masquerade_fingerprint, pod_fingerprint, Applied},
     model::{Mode, Pod, Topology},
-    netlink::links::LinkState,
+    netlink::{
+        links::LinkState,
+        routes::{Route, RouteKind},
+    },
+    state::{link_mark, LedgerAddress},
 };
 
-/// The kernel objects of one topology, found by name prefix.
+/// The kernel objects of one topology: its own (by its ledger), and others'
+/// that stand where it wants to put something.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
-    /// Live named network namespaces with the topology's prefix.
+    /// The topology's live named network namespaces.
     pub netns: BTreeSet<String>,
-    /// Names under /run/netns with the prefix but no namespace mounted
-    /// (a kill between creating the file and mounting over it).
+    /// The topology's namespace names under /run/netns with no namespace
+    /// mounted (a kill between creating the file and mounting over it).
     pub dead_netns: BTreeSet<String>,
-    /// Host-namespace links with the topology's prefix, by name.
+    /// The topology's host-namespace links, by the name it made them with;
+    /// `name` is what each is called now (it differs for a renamed one).
     pub links: BTreeMap<String, LinkState>,
-    /// Node addresses on the host's loopback with the topology's label.
-    pub host_addresses: BTreeSet<IpAddr>,
+    /// Links that are not the topology's but carry a name it wants (a pod's
+    /// host-side veth, the bridge), by name.
+    pub foreign_links: BTreeMap<String, ForeignLink>,
+    /// Addresses on host links that the topology owns or wants, present in
+    /// the kernel, with whose they are.
+    pub addresses: BTreeMap<LedgerAddress, PresentAddress>,
+    /// The topology's unreachable routes for pod ranges that exist.
+    pub unreachable: BTreeSet<IpNet>,
+    /// Routes over the topology's links, by link (as in `links`).
+    pub routes: BTreeMap<String, Vec<Route>>,
+    /// Routes of others to an address a pod wants, with their device.
+    pub foreign_routes: Vec<(Route, String)>,
     /// The two pods of a two-pod topology are joined by a direct pair.
     pub direct_pair: bool,
     /// Inode of each live namespace in `netns`: a recreated one differs.
@@ -41,7 +63,44 @@ pub struct Observed {
     pub linked: BTreeSet<String>,
     /// The topology's nf_tables table exists.
     pub masquerade_table: bool,
+    /// The ledger records the nf_tables table as the topology's.
+    pub masquerade_owned: bool,
+    /// The ledger records the pins as the topology's.
+    pub pins: bool,
+    /// Recorded objects that exist but do not carry the mark that would
+    /// prove them the topology's: left alone (and named on stderr).
+    pub unproven: Vec<String>,
 }
+
+/// A link that is not the topology's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignLink {
+    pub link: LinkState,
+    pub alias: Option<String>,
+}
+
+/// An address the kernel has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresentAddress {
+    /// The topology made it (else someone else did, and it is only used).
+    pub ours: bool,
+    pub ifindex: u32,
+}
+
+impl Observed {
+    /// The bridge called `name`, the topology's or another's.
+    pub fn bridge(&self, name: &str) -> Option<&LinkState> {
+        self.links
+            .get(name)
+            .or_else(|| self.foreign_links.get(name).map(|f| &f.link))
+    }
+}
+
+/// Why `up` will not go ahead: something in the way is not the topology's.
+/// Nothing has been done when it is returned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -52,15 +111,35 @@ pub enum Step {
     ConfigureMasquerade,
     /// Remove the topology's nf_tables table.
     RemoveMasquerade,
+    /// An unreachable route for a pod range, so an unused pod address is
+    /// never routed out of the node.
+    AddUnreachable {
+        net: IpNet,
+    },
+    RemoveUnreachable {
+        net: IpNet,
+    },
     /// Mode pair: the direct veth between the two pods, configured.
     ConfigureDirectPair,
     /// Leaving mode pair: delete the direct veth.
     RemoveDirectPair,
-    /// The node address on the host's loopback (and no other of ours).
-    ConfigureHostAddress,
-    /// The bridge of mode bridge, with the node addresses (pods' gateway).
+    /// Make the topology's bridge.
+    CreateBridge {
+        name: String,
+    },
+    /// The topology's own bridge up, with its MAC (a bridge of someone
+    /// else is used as it is).
     ConfigureBridge {
         name: String,
+    },
+    /// A node address (on lo, or on the bridge in mode bridge).
+    AddAddress {
+        address: LedgerAddress,
+    },
+    /// Remove one of the topology's addresses.
+    RemoveAddress {
+        address: LedgerAddress,
+        ifindex: u32,
     },
     CreateNetns {
         netns: String,
@@ -69,6 +148,12 @@ pub enum Step {
     CreateVeth {
         pod: String,
         host_veth: String,
+    },
+    /// A link of the topology renamed behind its back gets its name back.
+    RenameLink {
+        ifindex: u32,
+        from: String,
+        to: String,
     },
     /// Pod side (lo, eth0 address, gateway) and host side (veth up, route).
     ConfigurePod {
@@ -89,6 +174,11 @@ pub enum Step {
     ResetOffloads {
         pod: String,
     },
+    /// A route over one of the topology's links that no pod wants any more
+    /// (a renumbered pod, mode bridge).
+    RemoveRoute {
+        route: Route,
+    },
     DeleteLink {
         name: String,
         ifindex: u32,
@@ -99,15 +189,11 @@ pub enum Step {
     /// Wait while the kernel destroys the deleted namespaces' veth pairs
     /// (it does so in the background), as long as it makes progress.
     AwaitVethsGone {
-        names: Vec<String>,
-    },
-    /// Remove a node address from the host's loopback.
-    RemoveHostAddress {
-        address: IpAddr,
+        ifindexes: Vec<u32>,
     },
     /// Unpin every program, map and link of the topology.
     RemovePins,
-    /// Remove `/run/vethctl/<topology>`.
+    /// Remove `/run/vethctl/<topology>` (with the ledger).
     RemoveState,
 }
 
@@ -119,13 +205,28 @@ impl fmt::Display for Step {
                 write!(f, "configure masquerade for traffic leaving the node")
             }
             Step::RemoveMasquerade => write!(f, "remove masquerade rules"),
+            Step::AddUnreachable { net } => write!(f, "add unreachable route for {net}"),
+            Step::RemoveUnreachable { net } => write!(f, "remove unreachable route for {net}"),
             Step::ConfigureDirectPair => write!(f, "configure the direct pair between the pods"),
             Step::RemoveDirectPair => write!(f, "remove the direct pair between the pods"),
-            Step::ConfigureHostAddress => write!(f, "configure the node address"),
+            Step::CreateBridge { name } => write!(f, "create bridge {name}"),
             Step::ConfigureBridge { name } => write!(f, "configure bridge {name}"),
+            Step::AddAddress { address } => write!(
+                f,
+                "add node address {}/{} to {}",
+                address.address, address.prefix_len, address.device
+            ),
+            Step::RemoveAddress { address, .. } => write!(
+                f,
+                "remove node address {}/{} from {}",
+                address.address, address.prefix_len, address.device
+            ),
             Step::CreateNetns { netns } => write!(f, "create network namespace {netns}"),
             Step::CreateVeth { pod, host_veth } => {
                 write!(f, "create veth {host_veth} <-> eth0 for pod {pod}")
+            }
+            Step::RenameLink { ifindex, from, to } => {
+                write!(f, "rename link {from} (ifindex {ifindex}) back to {to}")
             }
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
@@ -141,20 +242,160 @@ impl fmt::Display for Step {
                 ),
             },
             Step::ResetOffloads { pod } => write!(f, "reset offloads of pod {pod}"),
+            Step::RemoveRoute { route } => write!(f, "remove stale route {route}"),
             Step::DeleteLink { name, ifindex } => {
                 write!(f, "delete link {name} (ifindex {ifindex})")
             }
             Step::DeleteNetns { netns } => write!(f, "delete network namespace {netns}"),
-            Step::AwaitVethsGone { names } => write!(
+            Step::AwaitVethsGone { ifindexes } => write!(
                 f,
                 "wait for the kernel to remove {} veth pair(s)",
-                names.len()
+                ifindexes.len()
             ),
-            Step::RemoveHostAddress { address } => write!(f, "remove node address {address}"),
             Step::RemovePins => write!(f, "unpin programs, maps and links"),
             Step::RemoveState => write!(f, "remove state"),
         }
     }
+}
+
+/// The pod ranges of a topology.
+pub fn pod_ranges(topology: &Topology) -> BTreeSet<IpNet> {
+    let mut nets = BTreeSet::from([IpNet::V4(topology.pod_cidr)]);
+    nets.extend(topology.pod_cidr6.map(IpNet::V6));
+    nets
+}
+
+/// The node addresses a topology puts on host links: /32 and /128 on lo,
+/// or the pod ranges' prefixes on the bridge in mode bridge.
+pub fn node_addresses(topology: &Topology) -> BTreeSet<LedgerAddress> {
+    let bridged = topology.mode == Mode::Bridge;
+    let device = if bridged {
+        topology.bridge.as_str()
+    } else {
+        "lo"
+    };
+    let mut wanted = BTreeSet::from([LedgerAddress {
+        device: device.to_string(),
+        address: IpAddr::V4(topology.host_address),
+        prefix_len: if bridged {
+            topology.pod_cidr.prefix_len()
+        } else {
+            32
+        },
+    }]);
+    if let (Some(v6), Some(cidr6)) = (topology.host_address6, topology.pod_cidr6) {
+        wanted.insert(LedgerAddress {
+            device: device.to_string(),
+            address: IpAddr::V6(v6),
+            prefix_len: if bridged { cidr6.prefix_len() } else { 128 },
+        });
+    }
+    wanted
+}
+
+/// The host routes to a pod (over its host-side veth) in the routed modes.
+fn pod_host_routes(topology: &Topology, pod: &Pod) -> Vec<(IpNet, Option<IpAddr>)> {
+    if topology.mode == Mode::Bridge {
+        return Vec::new();
+    }
+    let mut routes = vec![(
+        IpNet::from(IpAddr::V4(pod.ipv4)),
+        Some(IpAddr::V4(topology.host_address)),
+    )];
+    if let Some(v6) = pod.ipv6 {
+        routes.push((
+            IpNet::from(IpAddr::V6(v6)),
+            topology.host_address6.map(IpAddr::V6),
+        ));
+    }
+    routes
+}
+
+/// Refuses a topology that would have to take over or remove something
+/// that is not its own.
+fn refuse_foreign(topology: &Topology, observed: &Observed) -> Result<(), Refusal> {
+    let whose = |alias: &Option<String>| match alias {
+        Some(a) if a.starts_with("vethctl:") => {
+            format!(" (it is marked as topology {:?}'s)", &a["vethctl:".len()..])
+        }
+        _ => String::new(),
+    };
+    for (i, pod) in topology.pods.iter().enumerate() {
+        if let Some(foreign) = observed.foreign_links.get(&pod.host_veth) {
+            let ours_renamed = match observed.links.get(&pod.host_veth) {
+                Some(link) => format!(
+                    "; the pod's own veth is now called {:?} and cannot get its name back",
+                    link.name
+                ),
+                None => String::new(),
+            };
+            return Err(Refusal(format!(
+                "pods[{i}] ({:?}): link {:?} exists and topology {:?} has no record of making \
+                 it{}{ours_renamed}; remove or rename it (`ip link del {}` if a crashed vethctl \
+                 left it), or rename the pod",
+                pod.name,
+                pod.host_veth,
+                topology.name,
+                whose(&foreign.alias),
+                pod.host_veth
+            )));
+        }
+        for (route, dev) in &observed.foreign_routes {
+            let mine = route.dst == IpNet::from(IpAddr::V4(pod.ipv4))
+                || pod
+                    .ipv6
+                    .is_some_and(|v6| route.dst == IpNet::from(IpAddr::V6(v6)));
+            if mine {
+                return Err(Refusal(format!(
+                    "pods[{i}] ({:?}): the host already has a route to {} (dev {dev}, proto {}) \
+                     that vethctl did not make; remove it or give the pod another address",
+                    pod.name, route.dst, route.protocol
+                )));
+            }
+        }
+    }
+    if let Some(foreign) = observed.foreign_links.get(&topology.bridge) {
+        let link = &foreign.link;
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(Refusal(format!(
+                "bridge: {:?} is an existing interface (kind {}), not a bridge; name a bridge, or \
+                 a name no interface has (vethctl then makes the bridge)",
+                topology.bridge,
+                link.kind.as_deref().unwrap_or("none")
+            )));
+        }
+        if topology.mode == Mode::Bridge {
+            let other = foreign
+                .alias
+                .as_deref()
+                .filter(|a| a.starts_with("vethctl:") && *a != link_mark(&topology.name));
+            if let Some(other) = other {
+                return Err(Refusal(format!(
+                    "bridge: {:?} is the bridge of topology {:?}; two topologies cannot share a \
+                     bridge: name another one",
+                    topology.bridge,
+                    &other["vethctl:".len()..]
+                )));
+            }
+            if !link.up {
+                return Err(Refusal(format!(
+                    "bridge: {:?} is down and vethctl did not make it, so it does not change it; \
+                     bring it up (`ip link set {} up`) or name another bridge",
+                    topology.bridge, topology.bridge
+                )));
+            }
+        }
+    }
+    if observed.masquerade_table && !observed.masquerade_owned && topology.uplink.masquerade {
+        let table = crate::netlink::nat::table_name(&topology.name);
+        return Err(Refusal(format!(
+            "uplink.masquerade: nf_tables table inet {table} exists and topology {:?} has no \
+             record of making it; delete it (`nft delete table inet {table}`) if a crashed \
+             vethctl left it",
+            topology.name
+        )));
+    }
+    Ok(())
 }
 
 /// Steps that converge the kernel to `topology`.
@@ -163,8 +404,10 @@ impl fmt::Display for Step {
 /// dataplane is synced (which drops endpoints of removed pods), and only
 /// then are removed pods' links deleted, so no endpoint ever points at a
 /// deleted interface whose ifindex the kernel could hand to someone else.
-/// Only pods that are new or not as the last `up` left them are touched.
-pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
+/// New addresses and routes are in place before old ones go. Only pods that
+/// are new or not as the last `up` left them are touched.
+pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Refusal> {
+    refuse_foreign(topology, observed)?;
     let bridged = topology.mode == Mode::Bridge;
     let mut steps = vec![Step::EnableForwarding];
     let masquerade_as_recorded = observed.applied.masquerade.as_deref()
@@ -173,13 +416,40 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     if !masquerade_as_recorded {
         steps.push(Step::ConfigureMasquerade);
     }
-    steps.push(if bridged {
-        Step::ConfigureBridge {
-            name: topology.bridge.clone(),
+    let ranges = pod_ranges(topology);
+    steps.extend(
+        ranges
+            .difference(&observed.unreachable)
+            .map(|&net| Step::AddUnreachable { net }),
+    );
+    if bridged {
+        let name = topology.bridge.clone();
+        match observed.links.get(&topology.bridge) {
+            Some(ours) => {
+                if ours.name != topology.bridge {
+                    steps.push(Step::RenameLink {
+                        ifindex: ours.ifindex,
+                        from: ours.name.clone(),
+                        to: name.clone(),
+                    });
+                }
+                steps.push(Step::ConfigureBridge { name });
+            }
+            // Someone else's: used as it is.
+            None if observed.foreign_links.contains_key(&topology.bridge) => {}
+            None => {
+                steps.push(Step::CreateBridge { name: name.clone() });
+                steps.push(Step::ConfigureBridge { name });
+            }
         }
-    } else {
-        Step::ConfigureHostAddress
-    });
+    }
+    let wanted_addresses = node_addresses(topology);
+    steps.extend(
+        wanted_addresses
+            .iter()
+            .filter(|a| !observed.addresses.contains_key(a))
+            .map(|a| Step::AddAddress { address: a.clone() }),
+    );
     let mut rewired = BTreeSet::new();
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
@@ -192,7 +462,15 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
         match observed.links.get(&pod.host_veth) {
             // A veth whose namespace was missing has its peer elsewhere:
             // not this pod's pair.
-            Some(link) if link.is_veth() && has_netns => {}
+            Some(link) if link.is_veth() && has_netns => {
+                if link.name != pod.host_veth {
+                    steps.push(Step::RenameLink {
+                        ifindex: link.ifindex,
+                        from: link.name.clone(),
+                        to: pod.host_veth.clone(),
+                    });
+                }
+            }
             Some(link) => {
                 steps.push(Step::DeleteLink {
                     name: link.name.clone(),
@@ -259,25 +537,52 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
     if bridged {
         wanted_links.insert(&topology.bridge);
     }
-    for link in observed.links.values() {
-        if !wanted_links.contains(link.name.as_str()) {
+    // Routes over links that stay and that no pod wants (any more): the
+    // new ones are in place (ConfigurePod) before these go.
+    let wanted_routes: BTreeSet<(&str, IpNet)> = topology
+        .pods
+        .iter()
+        .flat_map(|p| {
+            pod_host_routes(topology, p)
+                .into_iter()
+                .map(move |(dst, _)| (p.host_veth.as_str(), dst))
+        })
+        .collect();
+    for (link, routes) in &observed.routes {
+        if !wanted_links.contains(link.as_str()) {
+            continue;
+        }
+        for route in routes {
+            if route.kind == RouteKind::Unicast
+                && !wanted_routes.contains(&(link.as_str(), route.dst))
+            {
+                steps.push(Step::RemoveRoute {
+                    route: route.clone(),
+                });
+            }
+        }
+    }
+    for (recorded, link) in &observed.links {
+        if !wanted_links.contains(recorded.as_str()) {
             steps.push(Step::DeleteLink {
                 name: link.name.clone(),
                 ifindex: link.ifindex,
             });
         }
     }
-    // On lo in the routed modes; on the bridge in mode bridge.
-    let mut wanted_addresses = BTreeSet::new();
-    if !bridged {
-        wanted_addresses.insert(IpAddr::V4(topology.host_address));
-        wanted_addresses.extend(topology.host_address6.map(IpAddr::V6));
+    for (address, present) in &observed.addresses {
+        if present.ours && !wanted_addresses.contains(address) {
+            steps.push(Step::RemoveAddress {
+                address: address.clone(),
+                ifindex: present.ifindex,
+            });
+        }
     }
     steps.extend(
         observed
-            .host_addresses
-            .difference(&wanted_addresses)
-            .map(|&address| Step::RemoveHostAddress { address }),
+            .unreachable
+            .difference(&ranges)
+            .map(|&net| Step::RemoveUnreachable { net }),
     );
     let wanted_netns: BTreeSet<&str> = topology.pods.iter().map(|p| p.netns.as_str()).collect();
     // A wanted dead name is revived by CreateNetns; the others go.
@@ -288,12 +593,12 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Vec<Step> {
             });
         }
     }
-    steps
+    Ok(steps)
 }
 
 /// The last `up` wired this pod as the topology now wants it, and what the
 /// host sees of it is what that `up` left: same namespace, same veth, still
-/// up with its MTU, MAC and bridge port.
+/// up with its MTU, MAC, bridge port and host routes.
 fn wired_as_recorded(topology: &Topology, pod: &Pod, observed: &Observed) -> bool {
     let (Some(record), Some(link)) = (
         observed.applied.pods.get(&pod.name),
@@ -302,12 +607,19 @@ fn wired_as_recorded(topology: &Topology, pod: &Pod, observed: &Observed) -> boo
         return false;
     };
     let port_of = match topology.mode {
-        Mode::Bridge => match observed.links.get(&topology.bridge) {
+        Mode::Bridge => match observed.bridge(&topology.bridge) {
             Some(bridge) => Some(bridge.ifindex),
             None => return false,
         },
         _ => None,
     };
+    let routes = observed.routes.get(&pod.host_veth);
+    let routed = pod_host_routes(topology, pod).iter().all(|(dst, src)| {
+        routes.is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r.dst == *dst && r.prefsrc == *src && r.kind == RouteKind::Unicast)
+        })
+    });
     record.fingerprint == pod_fingerprint(topology, pod)
         && observed.netns_inodes.get(&pod.netns) == Some(&record.netns_inode)
         && link.ifindex == record.host_ifindex
@@ -315,6 +627,7 @@ fn wired_as_recorded(topology: &Topology, pod: &Pod, observed: &Observed) -> boo
         && link.mtu == pod.mtu
         && link.mac == pod.gateway_mac
         && link.controller == port_of
+        && routed
 }
 
 fn create_veth(pod: &Pod) -> Step {
@@ -325,9 +638,16 @@ fn create_veth(pod: &Pod) -> Step {
 }
 
 /// Steps that remove every object of a topology. Needs no description:
-/// everything is found by name, so it works after a crash or a partial `up`.
+/// everything is in the ledger, so it works after a crash or a partial
+/// `up`; nothing that is not the topology's is touched.
 pub fn plan_down(observed: &Observed) -> Vec<Step> {
-    let mut steps = vec![Step::RemovePins, Step::RemoveMasquerade];
+    let mut steps = Vec::new();
+    if observed.pins {
+        steps.push(Step::RemovePins);
+    }
+    if observed.masquerade_owned {
+        steps.push(Step::RemoveMasquerade);
+    }
     // Namespaces first: the kernel then destroys their veth pairs in
     // batches, far faster than one deletion (and grace period) per link.
     steps.extend(
@@ -337,14 +657,14 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
             .chain(&observed.dead_netns)
             .map(|n| Step::DeleteNetns { netns: n.clone() }),
     );
-    let veths: Vec<String> = observed
+    let veths: Vec<u32> = observed
         .links
         .values()
         .filter(|l| l.is_veth())
-        .map(|l| l.name.clone())
+        .map(|l| l.ifindex)
         .collect();
     if !observed.netns.is_empty() && !veths.is_empty() {
-        steps.push(Step::AwaitVethsGone { names: veths });
+        steps.push(Step::AwaitVethsGone { ifindexes: veths });
     }
     // Whatever is left (the bridge, a veth whose namespace is held open
     // elsewhere); deleting a host-side veth deletes its pod-side peer.
@@ -352,11 +672,19 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
         name: l.name.clone(),
         ifindex: l.ifindex,
     }));
+    for (address, present) in &observed.addresses {
+        if present.ours {
+            steps.push(Step::RemoveAddress {
+                address: address.clone(),
+                ifindex: present.ifindex,
+            });
+        }
+    }
     steps.extend(
         observed
-            .host_addresses
+            .unreachable
             .iter()
-            .map(|&address| Step::RemoveHostAddress { address }),
+            .map(|&net| Step::RemoveUnreachable { net }),
     );
     steps.push(Step::RemoveState);
     steps
@@ -365,7 +693,7 @@ pub fn plan_down(observed: &Observed) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::applied::AppliedPod;
+    use crate::{applied::AppliedPod, netlink::routes::PROTOCOL};
 
     fn topology() -> Topology {
         Topology::from_toml(
@@ -388,6 +716,18 @@ mod tests {
         }
     }
 
+    fn host_route(dst: IpAddr, ifindex: u32, src: Option<IpAddr>) -> Route {
+        Route {
+            dst: dst.into(),
+            kind: RouteKind::Unicast,
+            oif: Some(ifindex),
+            prefsrc: src,
+            protocol: PROTOCOL,
+            metric: None,
+            scope: 253,
+        }
+    }
+
     /// What the kernel has after a complete `up` of `t`.
     fn observed_complete(t: &Topology) -> Observed {
         let mut o = Observed::default();
@@ -399,6 +739,13 @@ mod tests {
             veth.mac = p.gateway_mac.to_vec();
             o.links.insert(p.host_veth.clone(), veth);
             o.linked.insert(p.host_veth.clone());
+            o.routes.insert(
+                p.host_veth.clone(),
+                pod_host_routes(t, p)
+                    .into_iter()
+                    .map(|(dst, src)| host_route(dst.addr(), ifindex, src))
+                    .collect(),
+            );
             o.applied.pods.insert(
                 p.name.clone(),
                 AppliedPod {
@@ -408,10 +755,21 @@ mod tests {
                 },
             );
         }
-        o.host_addresses.insert(t.host_address.into());
+        for a in node_addresses(t) {
+            o.addresses.insert(
+                a,
+                PresentAddress {
+                    ours: true,
+                    ifindex: 1,
+                },
+            );
+        }
+        o.unreachable = pod_ranges(t);
         o.programs_current = true;
         o.applied.masquerade = Some(masquerade_fingerprint(t));
         o.masquerade_table = true;
+        o.masquerade_owned = true;
+        o.pins = true;
         o
     }
 
@@ -419,15 +777,28 @@ mod tests {
         steps.iter().map(|s| s.to_string()).collect()
     }
 
+    fn up(t: &Topology, o: &Observed) -> Vec<Step> {
+        plan_up(t, o).expect("a plan")
+    }
+
+    fn lo(address: &str, prefix_len: u8) -> LedgerAddress {
+        LedgerAddress {
+            device: "lo".into(),
+            address: address.parse().unwrap(),
+            prefix_len,
+        }
+    }
+
     #[test]
     fn fresh_up_creates_everything_then_syncs() {
-        let steps = plan_up(&topology(), &Observed::default());
+        let steps = up(&topology(), &Observed::default());
         assert_eq!(
             names(&steps),
             [
                 "enable IP forwarding",
                 "configure masquerade for traffic leaving the node",
-                "configure the node address",
+                "add unreachable route for 10.1.0.0/24",
+                "add node address 10.1.0.1/32 to lo",
                 "create network namespace t-a",
                 "create veth t-a <-> eth0 for pod a",
                 "create network namespace t-b",
@@ -445,16 +816,12 @@ mod tests {
     fn second_up_leaves_pods_alone() {
         let t = topology();
         assert_eq!(
-            names(&plan_up(&t, &observed_complete(&t))),
-            [
-                "enable IP forwarding",
-                "configure the node address",
-                "sync eBPF maps and links",
-            ]
+            names(&up(&t, &observed_complete(&t))),
+            ["enable IP forwarding", "sync eBPF maps and links"]
         );
         let mut flushed = observed_complete(&t);
         flushed.masquerade_table = false;
-        assert!(plan_up(&t, &flushed).contains(&Step::ConfigureMasquerade));
+        assert!(up(&t, &flushed).contains(&Step::ConfigureMasquerade));
     }
 
     #[test]
@@ -465,7 +832,7 @@ mod tests {
             "name = \"t\"\npod_cidr = \"10.1.0.0/24\"\n[[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n[[pods]]\nname = \"c\"\n",
         )
         .unwrap();
-        let steps = plan_up(&bigger, &o);
+        let steps = up(&bigger, &o);
         let touched: Vec<&Step> = steps
             .iter()
             .filter(|s| {
@@ -476,6 +843,8 @@ mod tests {
                         | Step::ConfigurePod { .. }
                         | Step::AttachPrograms { .. }
                         | Step::LoadPrograms
+                        | Step::RemoveRoute { .. }
+                        | Step::DeleteLink { .. }
                 )
             })
             .collect();
@@ -494,7 +863,7 @@ mod tests {
     fn a_pod_is_wired_again_when_what_the_host_sees_differs() {
         let t = topology();
         let rewired = |o: &Observed| {
-            let steps = plan_up(&t, o);
+            let steps = up(&t, o);
             let a = steps.contains(&Step::ConfigurePod { pod: "a".into() })
                 && steps.contains(&Step::AttachPrograms {
                     pods: vec!["a".into()],
@@ -507,13 +876,13 @@ mod tests {
         assert!(!rewired(&complete));
         let mut unlinked = complete.clone();
         unlinked.linked.remove("t-a");
-        let steps = plan_up(&t, &unlinked);
+        let steps = up(&t, &unlinked);
         assert!(steps.contains(&Step::AttachPrograms {
             pods: vec!["a".into()]
         }));
         assert!(!steps.contains(&Step::ConfigurePod { pod: "a".into() }));
         type Change = (&'static str, fn(&mut Observed));
-        let changes: [Change; 6] = [
+        let changes: [Change; 8] = [
             ("veth recreated", |o| {
                 o.links.get_mut("t-a").unwrap().ifindex = 99
             }),
@@ -530,6 +899,12 @@ mod tests {
             ("never recorded", |o| {
                 o.applied.pods.remove("a");
             }),
+            ("host route flushed", |o| {
+                o.routes.remove("t-a");
+            }),
+            ("host route with another source", |o| {
+                o.routes.get_mut("t-a").unwrap()[0].prefsrc = Some("10.1.0.9".parse().unwrap())
+            }),
         ];
         for (what, change) in changes {
             let mut o = complete.clone();
@@ -543,7 +918,7 @@ mod tests {
         let t = topology();
         let mut o = observed_complete(&t);
         o.programs_current = false;
-        let steps = plan_up(&t, &o);
+        let steps = up(&t, &o);
         assert!(steps.contains(&Step::LoadPrograms));
         assert!(!steps.iter().any(|s| matches!(s, Step::ConfigurePod { .. })));
         assert!(steps.contains(&Step::AttachPrograms {
@@ -558,11 +933,11 @@ mod tests {
         let mut o = observed_complete(&t);
         o.applied.xdp_offloads.insert("a".into());
         o.applied.xdp_offloads.insert("b".into());
-        assert!(!plan_up(&t, &o)
+        assert!(!up(&t, &o)
             .iter()
             .any(|s| matches!(s, Step::ResetOffloads { .. })));
         t.mode = Mode::Tc;
-        let steps = plan_up(&t, &o);
+        let steps = up(&t, &o);
         let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
         let attach = Step::AttachPrograms {
             pods: vec!["a".into(), "b".into()],
@@ -577,7 +952,7 @@ mod tests {
         let t = topology();
         let mut o = observed_complete(&t);
         o.links.remove("t-b");
-        let steps = plan_up(&t, &o);
+        let steps = up(&t, &o);
         assert!(steps.contains(&Step::CreateVeth {
             pod: "b".into(),
             host_veth: "t-b".into()
@@ -591,7 +966,7 @@ mod tests {
         let mut o = observed_complete(&t);
         o.links.insert("t-a".into(), link("t-a", 10, "dummy"));
         o.netns.remove("t-b");
-        let steps = plan_up(&t, &o);
+        let steps = up(&t, &o);
         let delete_a = Step::DeleteLink {
             name: "t-a".into(),
             ifindex: 10,
@@ -613,7 +988,11 @@ mod tests {
         let mut o = observed_complete(&t);
         o.netns.insert("t-gone".into());
         o.links.insert("t-gone".into(), link("t-gone", 20, "veth"));
-        let steps = plan_up(&t, &o);
+        o.routes.insert(
+            "t-gone".into(),
+            vec![host_route("10.1.0.9".parse().unwrap(), 20, None)],
+        );
+        let steps = up(&t, &o);
         let sync = steps
             .iter()
             .position(|s| *s == Step::SyncDataplane)
@@ -627,6 +1006,10 @@ mod tests {
             .position(|s| matches!(s, Step::DeleteNetns { netns } if netns == "t-gone"))
             .unwrap();
         assert!(sync < del_link && sync < del_ns);
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::RemoveRoute { .. })),
+            "routes go with the link: {steps:?}"
+        );
     }
 
     #[test]
@@ -636,7 +1019,7 @@ mod tests {
         o.netns.remove("t-a");
         o.dead_netns.insert("t-a".into());
         o.dead_netns.insert("t-old".into());
-        let steps = plan_up(&t, &o);
+        let steps = up(&t, &o);
         assert!(steps.contains(&Step::CreateNetns {
             netns: "t-a".into()
         }));
@@ -660,24 +1043,46 @@ mod tests {
         let mut t = topology();
         let routed = observed_complete(&t);
         t.mode = Mode::Bridge;
-        let steps = plan_up(&t, &routed);
-        assert!(steps.contains(&Step::ConfigureBridge {
-            name: "t-br".into()
-        }));
-        assert!(steps.contains(&Step::RemoveHostAddress {
-            address: t.host_address.into()
-        }));
+        let steps = up(&t, &routed);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        let on_bridge = Step::AddAddress {
+            address: LedgerAddress {
+                device: "t-br".into(),
+                address: t.host_address.into(),
+                prefix_len: 24,
+            },
+        };
+        let off_lo = Step::RemoveAddress {
+            address: lo("10.1.0.1", 32),
+            ifindex: 1,
+        };
+        assert!(
+            pos(&Step::CreateBridge {
+                name: "t-br".into()
+            }) < pos(&on_bridge)
+        );
+        assert!(pos(&on_bridge) < pos(&off_lo), "the new address first");
+        // Bridged pods have no host routes: the routed ones go, after the
+        // pods are on the bridge.
+        let route_a = Step::RemoveRoute {
+            route: host_route("10.1.0.2".parse().unwrap(), 10, Some(t.host_address.into())),
+        };
+        assert!(pos(&Step::ConfigurePod { pod: "a".into() }) < pos(&route_a));
+
         let mut bridged = routed.clone();
-        bridged.host_addresses.clear();
+        bridged.addresses.clear();
+        bridged.routes.clear();
         bridged
             .links
             .insert("t-br".into(), link("t-br", 30, "bridge"));
-        assert!(!plan_up(&t, &bridged)
+        assert!(!up(&t, &bridged)
             .iter()
-            .any(|s| matches!(s, Step::DeleteLink { .. })));
+            .any(|s| matches!(s, Step::DeleteLink { .. } | Step::CreateBridge { .. })));
         t.mode = Mode::Tc;
-        let back = plan_up(&t, &bridged);
-        assert!(back.contains(&Step::ConfigureHostAddress));
+        let back = up(&t, &bridged);
+        assert!(back.contains(&Step::AddAddress {
+            address: lo("10.1.0.1", 32)
+        }));
         assert!(back.contains(&Step::DeleteLink {
             name: "t-br".into(),
             ifindex: 30
@@ -685,7 +1090,222 @@ mod tests {
     }
 
     #[test]
-    fn down_removes_everything_found() {
+    fn a_bridge_of_someone_else_is_used_but_never_changed_or_deleted() {
+        let mut t = topology();
+        t.mode = Mode::Bridge;
+        t.bridge = "cni0".into();
+        let mut o = observed_complete(&t);
+        o.addresses.clear();
+        let mut cni0 = link("cni0", 40, "bridge");
+        cni0.mac = vec![2, 0, 0, 0, 0, 1];
+        o.foreign_links.insert(
+            "cni0".into(),
+            ForeignLink {
+                link: cni0.clone(),
+                alias: None,
+            },
+        );
+        let steps = up(&t, &o);
+        assert!(!steps.iter().any(|s| matches!(
+            s,
+            Step::CreateBridge { .. } | Step::ConfigureBridge { .. } | Step::DeleteLink { .. }
+        )));
+        assert!(steps.contains(&Step::AddAddress {
+            address: LedgerAddress {
+                device: "cni0".into(),
+                address: t.host_address.into(),
+                prefix_len: 24
+            }
+        }));
+        // Its own address, equal to the node address: used, not ours.
+        o.addresses.insert(
+            node_addresses(&t).into_iter().next().unwrap(),
+            PresentAddress {
+                ours: false,
+                ifindex: 40,
+            },
+        );
+        assert!(!up(&t, &o)
+            .iter()
+            .any(|s| matches!(s, Step::AddAddress { .. } | Step::RemoveAddress { .. })));
+        // Back to tc: cni0 stays, and so does its address.
+        t.mode = Mode::Tc;
+        let back = up(&t, &o);
+        assert!(!back
+            .iter()
+            .any(|s| matches!(s, Step::DeleteLink { .. } | Step::RemoveAddress { .. })));
+        assert!(!plan_down(&o).iter().any(|s| matches!(
+            s,
+            Step::DeleteLink { name, .. } if name == "cni0"
+        ) || matches!(s, Step::RemoveAddress { .. })));
+
+        // Down, or marked as another topology's: refused in mode bridge.
+        t.mode = Mode::Bridge;
+        let mut down = o.clone();
+        down.foreign_links.get_mut("cni0").unwrap().link.up = false;
+        assert!(plan_up(&t, &down).unwrap_err().0.contains("is down"));
+        let mut shared = o.clone();
+        shared.foreign_links.get_mut("cni0").unwrap().alias = Some("vethctl:other".into());
+        let err = plan_up(&t, &shared).unwrap_err().0;
+        assert!(
+            err.starts_with("bridge:") && err.contains("\"other\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_interface_that_is_not_a_bridge_is_refused_in_every_mode() {
+        for mode in Mode::ALL.into_iter().filter(|&m| m != Mode::Pair) {
+            let mut t = topology();
+            t.mode = mode;
+            t.bridge = "eth0".into();
+            let mut o = Observed::default();
+            o.foreign_links.insert(
+                "eth0".into(),
+                ForeignLink {
+                    link: link("eth0", 2, "veth"),
+                    alias: None,
+                },
+            );
+            let err = plan_up(&t, &o).unwrap_err().0;
+            assert!(
+                err.starts_with("bridge: \"eth0\"") && err.contains("not a bridge"),
+                "{mode}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_routes_and_tables_of_others_are_refused_not_taken_over() {
+        let t = topology();
+        let mut o = Observed::default();
+        o.foreign_links.insert(
+            "t-b".into(),
+            ForeignLink {
+                link: link("t-b", 5, "dummy"),
+                alias: None,
+            },
+        );
+        let err = plan_up(&t, &o).unwrap_err().0;
+        assert!(err.starts_with("pods[1] (\"b\"): link \"t-b\""), "{err}");
+
+        let mut o = Observed::default();
+        let mut theirs = host_route("10.1.0.3".parse().unwrap(), 3, None);
+        theirs.protocol = 4;
+        o.foreign_routes.push((theirs, "eth1".into()));
+        let err = plan_up(&t, &o).unwrap_err().0;
+        assert!(err.contains("10.1.0.3/32") && err.contains("eth1"), "{err}");
+
+        let o = Observed {
+            masquerade_table: true,
+            ..Observed::default()
+        };
+        let err = plan_up(&t, &o).unwrap_err().0;
+        assert!(err.starts_with("uplink.masquerade:"), "{err}");
+    }
+
+    #[test]
+    fn a_renamed_veth_gets_its_name_back_and_nothing_else() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        o.links.get_mut("t-b").unwrap().name = "x".into();
+        let steps = up(&t, &o);
+        assert_eq!(
+            names(&steps),
+            [
+                "enable IP forwarding",
+                "rename link x (ifindex 11) back to t-b",
+                "sync eBPF maps and links",
+            ]
+        );
+        // The name taken meanwhile by someone else: refused.
+        o.foreign_links.insert(
+            "t-b".into(),
+            ForeignLink {
+                link: link("t-b", 50, "dummy"),
+                alias: None,
+            },
+        );
+        let err = plan_up(&t, &o).unwrap_err().0;
+        assert!(err.contains("now called \"x\""), "{err}");
+    }
+
+    #[test]
+    fn edits_replace_addresses_and_routes_new_before_old() {
+        let t = topology();
+        let o = observed_complete(&t);
+        let edited = Topology::from_toml(
+            "name = \"t\"\npod_cidr = \"10.2.0.0/24\"\nhost_address = \"10.2.0.254\"\n\
+             [[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\n",
+        )
+        .unwrap();
+        let steps = up(&edited, &o);
+        let pos = |s: &Step| {
+            steps
+                .iter()
+                .position(|x| x == s)
+                .unwrap_or_else(|| panic!("{s} in {steps:?}"))
+        };
+        let new_address = Step::AddAddress {
+            address: lo("10.2.0.254", 32),
+        };
+        let old_address = Step::RemoveAddress {
+            address: lo("10.1.0.1", 32),
+            ifindex: 1,
+        };
+        let configure_a = Step::ConfigurePod { pod: "a".into() };
+        let old_route_a = Step::RemoveRoute {
+            route: host_route(
+                "10.1.0.2".parse().unwrap(),
+                10,
+                Some("10.1.0.1".parse().unwrap()),
+            ),
+        };
+        let new_range = Step::AddUnreachable {
+            net: "10.2.0.0/24".parse().unwrap(),
+        };
+        let old_range = Step::RemoveUnreachable {
+            net: "10.1.0.0/24".parse().unwrap(),
+        };
+        assert!(pos(&new_address) < pos(&configure_a));
+        assert!(pos(&configure_a) < pos(&old_route_a));
+        assert!(pos(&old_route_a) < pos(&old_address));
+        assert!(pos(&new_range) < pos(&configure_a) && pos(&configure_a) < pos(&old_range));
+        // Only the one old address is removed, never every labelled one.
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| matches!(s, Step::RemoveAddress { .. }))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn addresses_and_routes_of_others_are_used_but_never_removed() {
+        let t = topology();
+        let mut o = Observed::default();
+        o.addresses.insert(
+            lo("10.1.0.1", 32),
+            PresentAddress {
+                ours: false,
+                ifindex: 1,
+            },
+        );
+        let steps = up(&t, &o);
+        assert!(!steps.iter().any(|s| matches!(s, Step::AddAddress { .. })));
+        let mut edited = t.clone();
+        edited.host_address = "10.1.0.9".parse().unwrap();
+        assert!(!up(&edited, &o)
+            .iter()
+            .any(|s| matches!(s, Step::RemoveAddress { .. })));
+        assert!(!plan_down(&o)
+            .iter()
+            .any(|s| matches!(s, Step::RemoveAddress { .. })));
+    }
+
+    #[test]
+    fn down_removes_everything_recorded() {
         let t = topology();
         let steps = plan_down(&observed_complete(&t));
         assert_eq!(steps.first(), Some(&Step::RemovePins));
@@ -697,8 +1317,12 @@ mod tests {
                 .count(),
             2
         );
-        assert!(steps.contains(&Step::RemoveHostAddress {
-            address: t.host_address.into()
+        assert!(steps.contains(&Step::RemoveAddress {
+            address: lo("10.1.0.1", 32),
+            ifindex: 1,
+        }));
+        assert!(steps.contains(&Step::RemoveUnreachable {
+            net: "10.1.0.0/24".parse().unwrap()
         }));
         assert_eq!(
             steps
@@ -715,13 +1339,7 @@ mod tests {
                     < pos(|s| matches!(s, Step::DeleteLink { .. })),
             "namespaces go first, then the kernel's own clean-up, then leftovers: {steps:?}"
         );
-        assert_eq!(
-            names(&plan_down(&Observed::default())),
-            [
-                "unpin programs, maps and links",
-                "remove masquerade rules",
-                "remove state"
-            ]
-        );
+        // Nothing recorded, nothing removed (a topology that was never up).
+        assert_eq!(names(&plan_down(&Observed::default())), ["remove state"]);
     }
 }

@@ -45,6 +45,11 @@ impl StateDir {
         self.dir.exists()
     }
 
+    /// Where the recorded description is: `/run/vethctl/<topology>/topology.toml`.
+    pub fn topology_path(&self) -> PathBuf {
+        self.dir.join(TOPOLOGY_FILE)
+    }
+
     /// Records the description `up` is converging to. Written before any
     /// kernel object is made, so a crashed `up` is still visible.
     pub fn save(&self, topology_text: &str) -> Result<()> {
@@ -157,4 +162,153 @@ pub fn lock() -> Result<Lock> {
             .with_context(|| format!("locking {}", path.display()));
     }
     Ok(Lock { _file: file })
+}
+
+// ---------------------------------------------------------------------------
+// The ledger: what a topology created, so that it removes only its own.
+
+const LEDGER_FILE: &str = "ledger.json";
+
+/// Every object a topology created, in `/run/vethctl/<topology>/ledger.json`.
+///
+/// vethctl deletes or changes only what is recorded here, never what merely
+/// carries its name prefix: the node is shared with containerd (`cni-…`
+/// namespaces), Docker (`br-…` bridges) and operators. An entry is written
+/// (atomically) before its object is made, so a crash never leaves an
+/// object of ours unrecorded; an entry whose object was never made is
+/// harmless. Where the kernel lets an object carry a mark, the mark must be
+/// there too before anything recorded but not confirmed (a crashed `up`) is
+/// taken for ours: links carry the alias [`link_mark`], IPv4 node addresses
+/// on lo the label `lo:<topology>`, unreachable routes vethctl's route
+/// protocol, the nf_tables table its name and comment. Namespaces, IPv6
+/// addresses and addresses on a bridge carry no mark: the ledger alone
+/// proves them ours.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    /// Named network namespaces.
+    #[serde(default)]
+    pub netns: std::collections::BTreeSet<String>,
+    /// Host-namespace links, by the name they were made with.
+    #[serde(default)]
+    pub links: std::collections::BTreeMap<String, LedgerLink>,
+    /// Addresses added to host interfaces (lo, the bridge).
+    #[serde(default)]
+    pub addresses: std::collections::BTreeSet<LedgerAddress>,
+    /// Unreachable routes for the pod ranges.
+    #[serde(default)]
+    pub unreachable: std::collections::BTreeSet<ipnet::IpNet>,
+    /// The nf_tables table `vethctl_<topology>`.
+    #[serde(default)]
+    pub nat_table: bool,
+    /// `/sys/fs/bpf/vethctl/<topology>/`.
+    #[serde(default)]
+    pub pins: bool,
+}
+
+/// A link of the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerLink {
+    /// `veth` or `bridge`.
+    pub kind: String,
+    /// Set once the link exists: the proof that it is ours whatever it is
+    /// called now (ifindexes are not reused while a link lives).
+    pub ifindex: Option<u32>,
+    /// The MAC it was made with, a mark the kernel applies atomically on
+    /// creation (the alias can only follow a moment later).
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An address of the ledger: on `device` (as the ledger names the link).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct LedgerAddress {
+    pub device: String,
+    pub address: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for LedgerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} on {}", self.address, self.prefix_len, self.device)
+    }
+}
+
+/// The alias (IFLA_IFALIAS) marking a link as made by topology `name`.
+pub fn link_mark(topology: &str) -> String {
+    format!("vethctl:{topology}")
+}
+
+impl Ledger {
+    /// The topology's ledger; `None` if it has none (never up, or brought up
+    /// by a vethctl without ledgers). An unreadable ledger is an error: what
+    /// it would prove cannot be guessed.
+    pub fn load(state: &StateDir) -> Result<Option<Ledger>> {
+        let path = state.path().join(LEDGER_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).with_context(|| {
+            format!(
+                "{} is unreadable, and it is what proves which objects are this topology's; \
+                 restore it, or remove the topology's objects by hand and then the file",
+                path.display()
+            )
+        })
+    }
+
+    /// Writes the ledger atomically (a new file renamed over the old).
+    pub fn save(&self, state: &StateDir) -> Result<()> {
+        let path = state.path().join(LEDGER_FILE);
+        let tmp = state.path().join(format!(".{LEDGER_FILE}.tmp"));
+        fs::create_dir_all(state.path())
+            .with_context(|| format!("creating {}", state.path().display()))?;
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self == &Ledger::default()
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+
+    #[test]
+    fn ledger_round_trips_and_refuses_garbage() {
+        let dir = std::env::temp_dir().join(format!("vethctl-ledger-{}", std::process::id()));
+        let state = StateDir::at(&dir);
+        assert_eq!(Ledger::load(&state).unwrap(), None);
+        let mut ledger = Ledger::default();
+        assert!(ledger.is_empty());
+        ledger.netns.insert("t-a".into());
+        ledger.links.insert(
+            "t-a".into(),
+            LedgerLink {
+                kind: "veth".into(),
+                ifindex: Some(7),
+                mac: None,
+            },
+        );
+        ledger.addresses.insert(LedgerAddress {
+            device: "lo".into(),
+            address: "10.1.0.1".parse().unwrap(),
+            prefix_len: 32,
+        });
+        ledger.unreachable.insert("fd00:1::/64".parse().unwrap());
+        ledger.nat_table = true;
+        ledger.save(&state).unwrap();
+        assert_eq!(Ledger::load(&state).unwrap(), Some(ledger));
+        fs::write(dir.join(LEDGER_FILE), "garbage").unwrap();
+        let err = format!("{:#}", Ledger::load(&state).unwrap_err());
+        assert!(err.contains("unreadable"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,8 +16,20 @@ use rtnetlink::{
     LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use super::{context, is_exists, is_gone, links, links::LinkState, netns};
+use super::{context, is_exists, links, links::LinkState, netns, routes::PROTOCOL};
 use crate::model::{Pod, Topology};
+
+/// An address of a host-namespace link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddress {
+    pub ifindex: u32,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// IPv4 only: `lo:<topology>` marks a node address of ours.
+    pub label: Option<String>,
+    /// IPv4 only: not the first address of its subnet on the link.
+    pub secondary: bool,
+}
 
 /// Name of a pod's interface inside its namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -102,200 +114,178 @@ impl Host {
         links::ensure_port(&self.handle, link, &pod.gateway_mac, Some(pod.mtu), bridge).await
     }
 
-    /// The topology's bridge, up, with its fixed MAC and the node addresses
-    /// (the pods' gateways in mode bridge).
-    pub async fn ensure_bridge(&self, topology: &Topology) -> Result<LinkState> {
-        let name = &topology.bridge;
-        if self.link(name).await?.is_none() {
-            match self
-                .handle
-                .link()
-                .add(rtnetlink::LinkBridge::new(name).build())
-                .execute()
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_exists(&e) => {}
-                Err(e) => return Err(context(format!("creating bridge {name:?}"))(e)),
-            }
+    /// Creates a bridge with `mac` (set on creation, so a bridge of ours
+    /// carries it from its first moment); one that exists is left as is.
+    pub async fn create_bridge(&self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let msg = rtnetlink::LinkBridge::new(name)
+            .address(mac.to_vec())
+            .build();
+        match self.handle.link().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(context(format!("creating bridge {name:?}"))(e)),
         }
-        let bridge = self
-            .link(name)
-            .await?
-            .with_context(|| format!("bridge {name:?} vanished right after creation"))?;
-        links::ensure_up(&self.handle, &bridge, &topology.bridge_mac(), None).await?;
-        let mut wanted = vec![(
-            IpAddr::V4(topology.host_address),
-            topology.pod_cidr.prefix_len(),
-        )];
-        if let (Some(v6), Some(cidr6)) = (topology.host_address6, topology.pod_cidr6) {
-            wanted.push((IpAddr::V6(v6), cidr6.prefix_len()));
-        }
-        super::addresses::ensure_exactly(&self.handle, &bridge, &wanted).await?;
-        Ok(bridge)
     }
 
-    /// Removes the host routes to a pod (mode bridge reaches pods through
-    /// the bridge's subnet route instead).
-    pub async fn remove_pod_routes(&self, pod: &Pod, host_veth: u32) -> Result<()> {
-        // Same scope as when added: the kernel matches it on delete.
-        let mut routes = vec![RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(pod.ipv4, 32)
-            .output_interface(host_veth)
-            .scope(RouteScope::Link)
-            .build()];
-        if let Some(v6) = pod.ipv6 {
-            routes.push(
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(v6, 128)
-                    .output_interface(host_veth)
-                    .build(),
-            );
-        }
-        for route in routes {
-            match self.handle.route().del(route).execute().await {
-                Ok(()) => {}
-                Err(e) if is_gone(&e) => {}
-                Err(e) => {
-                    return Err(context(format!(
-                        "pod {:?}: removing a host route",
-                        pod.name
-                    ))(e))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// IPv4 addresses on the host's loopback that carry `label`.
-    pub async fn labelled_addresses(&self, label: &str) -> Result<Vec<Ipv4Addr>> {
-        Ok(self
-            .labelled_address_messages(label)
-            .await?
-            .into_iter()
-            .map(|(addr, _)| addr)
-            .collect())
-    }
-
-    async fn labelled_address_messages(
+    /// Our bridge up, with its fixed MAC and our mark.
+    pub async fn ensure_own_bridge(
         &self,
-        label: &str,
-    ) -> Result<Vec<(Ipv4Addr, AddressMessage)>> {
-        let lo = self.loopback().await?;
-        let mut found = Vec::new();
-        for msg in super::addresses::list(&self.handle, lo, "lo").await? {
-            let has_label = msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, AddressAttribute::Label(l) if l == label));
-            let addr = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(v4))
-                | AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+        bridge: &LinkState,
+        mac: [u8; 6],
+        alias: &str,
+    ) -> Result<()> {
+        links::ensure_up(&self.handle, bridge, &mac, None).await?;
+        self.ensure_alias(bridge, alias).await
+    }
+
+    /// Every link of the host namespace with its alias.
+    pub async fn marked_links(&self) -> Result<Vec<links::MarkedLink>> {
+        links::list_marked(&self.handle).await
+    }
+
+    /// Marks a link of ours with `alias` (a no-op when it has it).
+    pub async fn ensure_alias(&self, link: &LinkState, alias: &str) -> Result<()> {
+        let current = links::alias_of(&self.handle, link.ifindex).await?;
+        if current.as_deref() == Some(alias) {
+            return Ok(());
+        }
+        links::set_alias(&self.handle, link.ifindex, &link.name, alias).await
+    }
+
+    /// Sets the alias of a link just made (no lookup of the current one).
+    pub async fn set_alias(&self, link: &LinkState, alias: &str) -> Result<()> {
+        links::set_alias(&self.handle, link.ifindex, &link.name, alias).await
+    }
+
+    /// Gives link `ifindex` its name `to` back.
+    pub async fn rename_link(&self, ifindex: u32, from: &str, to: &str) -> Result<()> {
+        links::rename(&self.handle, ifindex, from, to).await
+    }
+
+    /// Whether veth `link` is the peer of `eth0` in namespace `netns`: the
+    /// proof that a link made in the same request as that `eth0` is the
+    /// pod's (used for a link whose mark a crash kept from being set).
+    pub async fn is_pod_peer(&self, link: &LinkState, netns: &str) -> Result<bool> {
+        if !link.is_veth() || !netns::exists(netns) {
+            return Ok(false);
+        }
+        let (host_ifindex, peer) = (link.ifindex, link.peer_ifindex);
+        netns::run_in(netns, move |handle| async move {
+            Ok(links::by_name(&handle, POD_IFNAME)
+                .await?
+                .is_some_and(|eth0| {
+                    eth0.is_veth()
+                        && eth0.peer_ifindex == Some(host_ifindex)
+                        && peer == Some(eth0.ifindex)
+                }))
+        })
+        .await
+    }
+
+    /// Every address of the host namespace: (ifindex, address, prefix
+    /// length, IPv4 label).
+    pub async fn addresses(&self) -> Result<Vec<HostAddress>> {
+        use futures::TryStreamExt;
+        let mut all = Vec::new();
+        let mut stream = self.handle.address().get().execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(context("listing addresses"))?
+        {
+            let Some(address) = super::addresses::address_of(&msg) else {
+                continue;
+            };
+            let label = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Label(l) => Some(l.clone()),
                 _ => None,
             });
-            if let (true, Some(addr)) = (has_label, addr) {
-                found.push((addr, msg));
-            }
+            all.push(HostAddress {
+                ifindex: msg.header.index,
+                address,
+                prefix_len: msg.header.prefix_len,
+                label,
+                secondary: msg
+                    .header
+                    .flags
+                    .contains(rtnetlink::packet_route::address::AddressHeaderFlags::Secondary),
+            });
         }
-        Ok(found)
+        Ok(all)
     }
 
-    async fn loopback(&self) -> Result<u32> {
-        Ok(self
-            .link("lo")
-            .await?
-            .context("the host has no loopback interface")?
-            .ifindex)
-    }
-
-    /// The node address pods reach the host on: `address`/32 on the host's
-    /// loopback, labelled so `down` finds it. Using lo (not a device of our
-    /// own) needs no extra link type and is where a node address lives.
-    pub async fn ensure_host_address(&self, label: &str, address: Ipv4Addr) -> Result<()> {
-        let mut present = false;
-        for (addr, msg) in self.labelled_address_messages(label).await? {
-            if addr == address {
-                present = true;
-            } else {
-                self.delete_address(msg, addr).await?;
-            }
-        }
-        if present {
-            return Ok(());
-        }
-        let lo = self.loopback().await?;
-        let mut request = self.handle.address().add(lo, address.into(), 32);
-        request
-            .message_mut()
-            .attributes
-            .push(AddressAttribute::Label(label.to_string()));
-        match request.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_exists(&e) => Ok(()),
-            Err(e) => Err(context(format!("adding node address {address}/32 to lo"))(
-                e,
-            )),
-        }
-    }
-
-    /// The IPv6 node address on the host's loopback (IPv6 addresses carry
-    /// no label: `down` finds it through the recorded topology).
-    pub async fn ensure_host_address6(&self, address: Ipv6Addr) -> Result<()> {
-        if self.has_loopback_address6(address).await? {
-            return Ok(());
-        }
-        let lo = self.loopback().await?;
-        let mut request = self.handle.address().add(lo, address.into(), 128);
-        // Without NODAD the address is tentative for a moment, and routes
-        // naming it as source are refused until it is not.
-        request
-            .message_mut()
-            .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        match request.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_exists(&e) => Ok(()),
-            Err(e) => Err(context(format!("adding node address {address}/128 to lo"))(
-                e,
-            )),
-        }
-    }
-
-    pub async fn has_loopback_address6(&self, address: Ipv6Addr) -> Result<bool> {
-        Ok(self.loopback_address6(address).await?.is_some())
-    }
-
-    async fn loopback_address6(&self, address: Ipv6Addr) -> Result<Option<AddressMessage>> {
-        let lo = self.loopback().await?;
-        for msg in super::addresses::list(&self.handle, lo, "lo").await? {
-            if super::addresses::address_of(&msg) == Some(IpAddr::V6(address)) {
-                return Ok(Some(msg));
-            }
-        }
-        Ok(None)
-    }
-
-    pub async fn remove_host_address6(&self, address: Ipv6Addr) -> Result<()> {
-        if let Some(msg) = self.loopback_address6(address).await? {
-            self.delete_address(msg, address).await?;
-        }
-        Ok(())
-    }
-
-    /// Removes every loopback address labelled `label`.
-    pub async fn remove_host_addresses(&self, label: &str) -> Result<()> {
-        for (addr, msg) in self.labelled_address_messages(label).await? {
-            self.delete_address(msg, addr).await?;
-        }
-        Ok(())
-    }
-
-    async fn delete_address(
+    /// Adds `address/prefix_len` to link `ifindex` (called `dev`), with
+    /// `label` for IPv4 and without duplicate address detection for IPv6.
+    /// False if the kernel already had it (then it is not ours).
+    pub async fn add_address(
         &self,
-        msg: AddressMessage,
-        addr: impl std::fmt::Display,
+        ifindex: u32,
+        dev: &str,
+        address: IpAddr,
+        prefix_len: u8,
+        label: Option<&str>,
+    ) -> Result<bool> {
+        let mut request = self.handle.address().add(ifindex, address, prefix_len);
+        match (address, label) {
+            (IpAddr::V4(_), Some(label)) => request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Label(label.to_string())),
+            // Without NODAD the address is tentative for a moment, and
+            // routes naming it as source are refused until it is not.
+            (IpAddr::V6(_), _) => request
+                .message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad)),
+            _ => {}
+        }
+        match request.execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(context(format!("adding {address}/{prefix_len} to {dev}"))(
+                e,
+            )),
+        }
+    }
+
+    /// Removes exactly `address/prefix_len` from link `ifindex`; one that is
+    /// gone (or whose link is) is fine.
+    pub async fn remove_address(
+        &self,
+        ifindex: u32,
+        dev: &str,
+        address: IpAddr,
+        prefix_len: u8,
     ) -> Result<()> {
-        super::addresses::delete(&self.handle, msg, &format!("node address {addr} from lo")).await
+        let mut msg = AddressMessage::default();
+        msg.header.family = match address {
+            IpAddr::V4(_) => rtnetlink::packet_route::AddressFamily::Inet,
+            IpAddr::V6(_) => rtnetlink::packet_route::AddressFamily::Inet6,
+        };
+        msg.header.index = ifindex;
+        msg.header.prefix_len = prefix_len;
+        msg.attributes.push(AddressAttribute::Local(address));
+        if address.is_ipv6() {
+            msg.attributes.push(AddressAttribute::Address(address));
+        }
+        super::addresses::delete(
+            &self.handle,
+            msg,
+            &format!("{address}/{prefix_len} from {dev}"),
+        )
+        .await
+    }
+
+    /// The main table's routes, IPv4 and IPv6.
+    pub async fn routes(&self) -> Result<Vec<super::routes::Route>> {
+        super::routes::main_table(&self.handle).await
+    }
+
+    pub async fn add_unreachable(&self, net: ipnet::IpNet) -> Result<()> {
+        super::routes::add_unreachable(&self.handle, net).await
+    }
+
+    pub async fn remove_route(&self, route: &super::routes::Route) -> Result<()> {
+        super::routes::delete(&self.handle, route).await
     }
 
     /// `<pod ip>/32 dev <host veth> scope link src <node address>` (and the
@@ -311,13 +301,15 @@ impl Host {
             .output_interface(host_veth)
             .scope(RouteScope::Link)
             .pref_source(topology.host_address)
+            .protocol(PROTOCOL.into())
             .build();
         let what = format!("pod {:?}: adding host route to {}", pod.name, pod.ipv4);
         super::replace_route(&self.handle, route4, what).await?;
         if let Some(ipv6) = pod.ipv6 {
             let mut route6 = RouteMessageBuilder::<Ipv6Addr>::new()
                 .destination_prefix(ipv6, 128)
-                .output_interface(host_veth);
+                .output_interface(host_veth)
+                .protocol(PROTOCOL.into());
             if let Some(src) = topology.host_address6 {
                 route6 = route6.pref_source(src);
             }

@@ -160,3 +160,91 @@ pub async fn ensure_port(
         .await
         .map_err(context(format!("setting link {:?} up", link.name)))
 }
+
+/// A link with its alias (IFLA_IFALIAS), which marks the links a topology
+/// made (see [`crate::state::link_mark`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkedLink {
+    pub link: LinkState,
+    pub alias: Option<String>,
+}
+
+/// All links of the handle's namespace, with their aliases.
+pub async fn list_marked(handle: &rtnetlink::Handle) -> Result<Vec<MarkedLink>> {
+    let mut links = Vec::new();
+    let mut stream = handle
+        .link()
+        .get()
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
+        .execute();
+    while let Some(msg) = stream.try_next().await.map_err(context("listing links"))? {
+        let alias = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfAlias(alias) if !alias.is_empty() => Some(alias.clone()),
+            _ => None,
+        });
+        if let Some(link) = LinkState::from_message(&msg) {
+            links.push(MarkedLink { link, alias });
+        }
+    }
+    Ok(links)
+}
+
+/// The alias of link `ifindex` (`None` without one, or without the link).
+pub async fn alias_of(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Option<String>> {
+    let mut stream = handle.link().get().match_index(ifindex).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfAlias(alias) if !alias.is_empty() => Some(alias.clone()),
+            _ => None,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(context(format!("looking up link {ifindex}"))(e)),
+    }
+}
+
+/// Sets the alias of link `ifindex` (named `name`, for errors).
+pub async fn set_alias(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    name: &str,
+    alias: &str,
+) -> Result<()> {
+    let msg = rtnetlink::LinkUnspec::new_with_index(ifindex)
+        .alias(alias)
+        .build();
+    handle
+        .link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(context(format!(
+            "marking link {name:?} with alias {alias:?}"
+        )))
+}
+
+/// Renames link `ifindex` from `from` to `to`. Kernels before 6.8 refuse
+/// to rename a link that is up (EBUSY): it is then taken down, renamed and
+/// brought up again.
+pub async fn rename(handle: &rtnetlink::Handle, ifindex: u32, from: &str, to: &str) -> Result<()> {
+    let set = |msg| async { handle.link().set(msg).execute().await };
+    let named = || {
+        rtnetlink::LinkUnspec::new_with_index(ifindex)
+            .name(to.to_string())
+            .build()
+    };
+    let what = || format!("renaming link {from:?} (ifindex {ifindex}) back to {to:?}");
+    match set(named()).await {
+        Ok(()) => Ok(()),
+        Err(e) if super::errno(&e) == Some(libc::EBUSY) => {
+            let down = rtnetlink::LinkUnspec::new_with_index(ifindex)
+                .down()
+                .build();
+            set(down).await.map_err(context(what()))?;
+            set(named()).await.map_err(context(what()))?;
+            let up = rtnetlink::LinkUnspec::new_with_index(ifindex).up().build();
+            set(up).await.map_err(context(what()))
+        }
+        Err(e) => Err(context(what())(e)),
+    }
+}

@@ -10,11 +10,13 @@ pub mod addresses;
 pub mod ethtool;
 pub mod events;
 pub mod host;
+pub mod inspect;
 pub mod links;
 pub mod nat;
 pub mod netns;
 pub mod pair;
 pub mod pod;
+pub mod routes;
 pub mod sysctl;
 
 use std::fmt::Display;

@@ -34,6 +34,9 @@ const NFPROTO_IPV6: u8 = 10;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+/// `NFTNL_UDATA_TABLE_COMMENT`: how `nft` stores a table's comment.
+const UDATA_TABLE_COMMENT: u8 = 0;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -89,6 +92,12 @@ pub fn table_name(topology: &str) -> String {
     format!("vethctl_{topology}")
 }
 
+/// The comment the table carries (`nft list table` shows it), marking it
+/// as made by vethctl for `topology`.
+pub fn table_comment(topology: &str) -> String {
+    format!("vethctl:{topology}")
+}
+
 /// Replaces the topology's table with one masquerading `nets` (an empty
 /// list removes it). `object_prefix` excludes the topology's own
 /// interfaces; `uplink` restricts masquerade to that interface.
@@ -98,7 +107,13 @@ pub fn apply(
     uplink: Option<&str>,
     nets: &[Masquerade],
 ) -> Result<()> {
-    let batch = encode_batch(&table_name(topology), object_prefix, uplink, nets);
+    let batch = encode_batch(
+        &table_name(topology),
+        &table_comment(topology),
+        object_prefix,
+        uplink,
+        nets,
+    );
     send_batch(&batch).with_context(|| format!("writing nf_tables table {}", table_name(topology)))
 }
 
@@ -139,6 +154,7 @@ pub fn remove(topology: &str) -> Result<()> {
 /// The kernel applies a batch atomically.
 pub fn encode_batch(
     table: &str,
+    comment: &str,
     object_prefix: &str,
     uplink: Option<&str>,
     nets: &[Masquerade],
@@ -182,12 +198,14 @@ pub fn encode_batch(
         table_attr(),
     );
     if !nets.is_empty() {
+        let mut commented = table_attr();
+        commented.extend(attr(NFTA_TABLE_USERDATA, &table_userdata(comment)));
         msg(
             &mut out,
             NFT_MSG_NEWTABLE,
             NFPROTO_INET,
             NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            table_attr(),
+            commented,
         );
         let mut chain = attr_str(NFTA_CHAIN_TABLE, table);
         chain.extend(attr_str(NFTA_CHAIN_NAME, CHAIN));
@@ -226,6 +244,16 @@ pub fn encode_batch(
         NLM_F_REQUEST,
         Vec::new(),
     );
+    out
+}
+
+/// A table's user data as `nft` writes it: one comment TLV (type, length,
+/// NUL-terminated text), cut to the 255 bytes a TLV can hold.
+fn table_userdata(comment: &str) -> Vec<u8> {
+    let mut text = comment.as_bytes()[..comment.len().min(254)].to_vec();
+    text.push(0);
+    let mut out = vec![UDATA_TABLE_COMMENT, text.len() as u8];
+    out.extend(text);
     out
 }
 
@@ -482,7 +510,7 @@ mod tests {
             network: "10.200.0.0".parse().unwrap(),
             prefix_len: 24,
         }];
-        let batch = encode_batch("vethctl_demo", "demo-", None, &nets);
+        let batch = encode_batch("vethctl_demo", "vethctl:demo", "demo-", None, &nets);
         let mut types = Vec::new();
         let mut rest = &batch[..];
         while !rest.is_empty() {
@@ -504,7 +532,11 @@ mod tests {
             ]
         );
         assert_eq!(count_ack_requests(&batch), 5);
-        let removal = encode_batch("vethctl_demo", "", None, &[]);
+        let removal = encode_batch("vethctl_demo", "vethctl:demo", "", None, &[]);
         assert_eq!(count_ack_requests(&removal), 2);
+        assert_eq!(
+            table_userdata("vethctl:demo"),
+            [&[0u8, 13][..], b"vethctl:demo\0"].concat()
+        );
     }
 }

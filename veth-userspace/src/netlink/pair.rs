@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use rtnetlink::{
     packet_route::{
         link::{InfoData, InfoVeth},
@@ -16,7 +17,9 @@ use rtnetlink::{
     LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
-use super::{context, is_exists, links, netns, replace_route, set_permanent_neighbour, Host};
+use super::{
+    context, is_exists, links, netns, replace_route, routes, set_permanent_neighbour, Host,
+};
 use crate::model::Pod;
 
 /// Name of the direct link inside both pods.
@@ -74,29 +77,34 @@ pub async fn ensure(host: &Host, a: &Pod, b: &Pod) -> Result<()> {
     configure_end(b, a).await
 }
 
-/// `me`'s end: up, and the peer's addresses reachable over it.
+/// `me`'s end: up with the pair's MTU, and exactly the peer's addresses
+/// reachable over it (routes and neighbours of addresses the peer no
+/// longer has go, so a renumbered pod leaves nothing behind).
 async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
     let (me, peer) = (me.clone(), peer.clone());
     let label = me.name.clone();
+    let mtu = me.mtu.min(peer.mtu);
     netns::run_in(&me.netns.clone(), move |handle| async move {
         let eth1 = links::by_name(&handle, PAIR_IFNAME)
             .await?
             .with_context(|| format!("{PAIR_IFNAME} is missing"))?;
         super::sysctl::disable_dad(PAIR_IFNAME)?;
-        links::ensure_up(&handle, &eth1, &pair_mac(&me), None).await?;
+        links::ensure_up(&handle, &eth1, &pair_mac(&me), Some(mtu)).await?;
         let mut targets = vec![IpAddr::V4(peer.ipv4)];
         targets.extend(peer.ipv6.map(IpAddr::V6));
-        for target in targets {
+        for &target in &targets {
             set_permanent_neighbour(&handle, eth1.ifindex, target, &pair_mac(&peer)).await?;
             let route = match target {
                 IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(v4, 32)
                     .output_interface(eth1.ifindex)
                     .scope(RouteScope::Link)
+                    .protocol(routes::PROTOCOL.into())
                     .build(),
                 IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
                     .destination_prefix(v6, 128)
                     .output_interface(eth1.ifindex)
+                    .protocol(routes::PROTOCOL.into())
                     .build(),
             };
             replace_route(
@@ -106,10 +114,57 @@ async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
             )
             .await?;
         }
-        Ok(())
+        let wanted: Vec<IpNet> = targets.iter().map(|&t| IpNet::from(t)).collect();
+        for route in routes::main_table(&handle).await? {
+            let ours =
+                route.protocol == routes::PROTOCOL || route.protocol == routes::LEGACY_PROTOCOL;
+            if route.oif == Some(eth1.ifindex) && ours && !wanted.contains(&route.dst) {
+                routes::delete(&handle, &route).await?;
+            }
+        }
+        forget_neighbours_except(&handle, eth1.ifindex, &targets).await
     })
     .await
     .with_context(|| format!("pod {label:?}"))
+}
+
+/// Removes the permanent neighbour entries of `ifindex` other than `keep`.
+async fn forget_neighbours_except(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    keep: &[IpAddr],
+) -> Result<()> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourState,
+    };
+    let mut stale = Vec::new();
+    let mut stream = handle.neighbours().get().execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(context("listing neighbours"))?
+    {
+        let ip = msg.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        });
+        if msg.header.ifindex == ifindex
+            && msg.header.state == NeighbourState::Permanent
+            && ip.is_some_and(|ip| !keep.contains(&ip))
+        {
+            stale.push(msg);
+        }
+    }
+    for msg in stale {
+        match handle.neighbours().del(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if super::is_gone(&e) => {}
+            Err(e) => return Err(context("removing a stale neighbour")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the direct pair (both ends, and their routes with them).

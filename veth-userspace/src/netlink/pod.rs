@@ -128,6 +128,17 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
                 format!("adding the IPv6 default route via {gateway6}"),
             )
             .await?;
+        } else {
+            // Single stack (again): nothing of IPv6 wiring stays.
+            delete_neighbour(&handle, eth0.ifindex, IpAddr::V6(gateway_ipv6())).await?;
+            let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(eth0.ifindex)
+                .build();
+            match handle.route().del(default6).execute().await {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(context("removing the IPv6 default route")(e)),
+            }
         }
         Ok(())
     })

@@ -26,6 +26,25 @@ pub fn disable_dad(ifname: &str) -> Result<()> {
     write(&path, "0")
 }
 
+/// On a link of ours (the bridge): when its first IPv4 address of a subnet
+/// is removed, the next one takes its place instead of going with it, so a
+/// node address can be replaced by a new one in the same subnet.
+pub fn promote_secondaries(ifname: &str) -> Result<()> {
+    write(
+        &format!("/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries"),
+        "1",
+    )
+}
+
+/// Whether removing the first IPv4 address of a subnet on `ifname` leaves
+/// the others of that subnet in place.
+pub fn promotes_secondaries(ifname: &str) -> bool {
+    ["all", ifname].iter().any(|dev| {
+        fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/promote_secondaries"))
+            .is_ok_and(|v| v.trim() == "1")
+    })
+}
+
 /// Receive packet steering on a host-namespace device: `on` spreads flows
 /// over every CPU, one CPU per flow; off leaves each frame on the CPU that
 /// sent it (the kernel's default).

@@ -370,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_topology_is_a_gauge_beside_the_others_series() {
+        let mut s = snapshot();
+        s.unreadable = vec!["broken".into()];
+        let text = encode(s);
+        assert!(
+            text.contains("# TYPE veth_topology_unreadable gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("veth_topology_unreadable{topology=\"broken\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("veth_pods{topology=\"demo\"} 1"), "{text}");
+        // Nothing unreadable: no series at all (not a 0 per topology).
+        assert!(!encode(snapshot()).contains("veth_topology_unreadable{"));
+    }
+
+    #[test]
     fn program_stats_appear_when_enabled() {
         let mut s = snapshot();
         s.bpf_stats = true;

@@ -22,10 +22,77 @@ use crate::{
     netlink::{host::POD_IFNAME, links::LinkState, Host},
 };
 
-/// `status --json`: `{"topologies": [...]}`.
+/// `status --json`: `{"topologies": [...], "unreadable": [...]}`.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub topologies: Vec<TopologyStatus>,
+    /// Recorded topologies whose description cannot be read: the others
+    /// are reported all the same.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A recorded topology whose description cannot be read (damaged, or
+/// written by another vethctl). It affects that topology only: `status`
+/// and `stats` list it apart, the agent exports `veth_topology_unreadable`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub name: String,
+    /// The recorded description's path.
+    pub path: String,
+    /// Why it cannot be read.
+    pub error: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl Unreadable {
+    /// A recorded description at `path` that cannot be read.
+    pub fn record(name: &str, path: &std::path::Path, error: &anyhow::Error) -> Unreadable {
+        // The outermost context only repeats the path.
+        let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
+        Unreadable {
+            name: name.to_string(),
+            path: path.display().to_string(),
+            error: if causes.is_empty() {
+                error.to_string()
+            } else {
+                causes.join(": ")
+            },
+            fix: format!(
+                "repair or replace the file (`vethctl up -t FILE` with the topology's \
+                 description records it again), or remove the topology with `vethctl down -n {name}`"
+            ),
+        }
+    }
+
+    /// A topology whose description was read but whose objects could not
+    /// be (its pins are gone, after a crashed `up` or a reboot).
+    pub fn objects(name: &str, error: &anyhow::Error) -> Unreadable {
+        Unreadable {
+            name: name.to_string(),
+            path: Pins::new(name).root().display().to_string(),
+            error: format!("{error:#}"),
+            fix: format!(
+                "finish it with `vethctl up -t FILE`, or remove it with `vethctl down -n {name}`"
+            ),
+        }
+    }
+
+    /// One line for people: which topology, where, why, what to do.
+    pub fn message(&self) -> String {
+        format!(
+            "topology {:?} cannot be shown ({}): {}; {}",
+            self.name, self.path, self.error, self.fix
+        )
+    }
+}
+
+/// The lines that report unreadable topologies below a table.
+fn unreadable_lines(unreadable: &[Unreadable]) -> String {
+    unreadable
+        .iter()
+        .map(|u| format!("UNREADABLE: {}\n", u.message()))
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -257,17 +324,20 @@ impl StatusReport {
                 );
             }
         }
-        if self.topologies.is_empty() {
+        out += &unreadable_lines(&self.unreadable);
+        if self.topologies.is_empty() && self.unreadable.is_empty() {
             out += "no topology is up (start one with `vethctl up`)\n";
         }
         out
     }
 }
 
-/// `stats --json`: `{"topologies": [...]}`.
+/// `stats --json`: `{"topologies": [...], "unreadable": [...]}`.
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
     pub topologies: Vec<TopologyStats>,
+    /// As in [`StatusReport::unreadable`].
+    pub unreadable: Vec<Unreadable>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -413,7 +483,8 @@ impl StatsReport {
                 );
             }
         }
-        if self.topologies.is_empty() {
+        out += &unreadable_lines(&self.unreadable);
+        if self.topologies.is_empty() && self.unreadable.is_empty() {
             out += "no topology is up (start one with `vethctl up`)\n";
         }
         out
@@ -540,6 +611,57 @@ mod tests {
             EndpointState::of(Some(&link(7, true, true)), None, None, false),
             Unmapped
         );
+    }
+
+    #[test]
+    fn an_unreadable_topology_is_listed_apart_with_path_and_fix() {
+        let unreadable = vec![Unreadable::record(
+            "broken",
+            std::path::Path::new("/run/vethctl/broken/topology.toml"),
+            &anyhow::anyhow!("line 9, column 1: expected `=`")
+                .context("/run/vethctl/broken/topology.toml is not a valid topology"),
+        )];
+        let stats = pair_stats(
+            &Topology::default_topology(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        let report = StatsReport {
+            topologies: vec![stats],
+            unreadable: unreadable.clone(),
+        };
+        let table = report.to_table();
+        assert!(table.starts_with("topology demo\n"), "{table}");
+        let last = table.lines().last().unwrap();
+        assert!(
+            last.starts_with("UNREADABLE: topology \"broken\""),
+            "{table}"
+        );
+        assert!(
+            last.contains("/run/vethctl/broken/topology.toml"),
+            "{table}"
+        );
+        assert!(last.contains("line 9, column 1: expected `=`"), "{table}");
+        assert_eq!(
+            last.matches("/run/vethctl/broken/topology.toml").count(),
+            1,
+            "the path once: {table}"
+        );
+        assert!(last.contains("`vethctl down -n broken`"), "{table}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["unreadable"][0]["name"], "broken");
+        assert_eq!(
+            json["unreadable"][0]["path"],
+            "/run/vethctl/broken/topology.toml"
+        );
+
+        let report = StatusReport {
+            topologies: Vec::new(),
+            unreadable,
+        };
+        let table = report.to_table();
+        assert!(!table.contains("no topology is up"), "{table}");
+        assert!(table.contains("UNREADABLE"), "{table}");
     }
 
     #[test]

@@ -104,3 +104,49 @@ impl Drop for UpTopology {
 }
 
 pub use veth_bench::median;
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on the kernel's BPF run-time statistics, restoring the previous
+/// setting when dropped.
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        let previous = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// (run_time_ns, run_cnt) of the program pinned at `pin`.
+pub fn program_stats(pin: &str) -> Result<(u64, u64)> {
+    let info: Value = serde_json::from_str(&cmd::output(
+        Command::new("bpftool").args(["-j", "prog", "show", "pinned", pin]),
+    )?)?;
+    Ok((
+        info["run_time_ns"].as_u64().unwrap_or(0),
+        info["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// A probe for `veth_bench::measure`: the program the frames of
+/// topology `name` in `mode` pass first from the client's pod
+/// (`xdp_from_pod` in mode xdp, else `from_pod`).
+pub fn program_probe(name: &str, mode: &str) -> veth_bench::ProgramProbe {
+    let program = if mode == "xdp" {
+        "xdp_from_pod"
+    } else {
+        "from_pod"
+    };
+    let pin = format!("/sys/fs/bpf/vethctl/{name}/{program}");
+    std::sync::Arc::new(move || program_stats(&pin).ok())
+}

@@ -213,6 +213,8 @@ pub fn table(report: &BenchReport) -> String {
 fn short(v: f64) -> String {
     if v.abs() >= 1e4 {
         format!("{:.1}k", v / 1e3)
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
     } else {
         format!("{v:.2}")
     }

@@ -53,6 +53,20 @@ pub struct UpTopology {
 
 impl UpTopology {
     pub fn up(vethctl: &Path, dir: &Path, spec: &Spec) -> Result<UpTopology> {
+        // Benchmark topologies have fixed names and addresses: a second
+        // benchmark on the same machine (another checkout's `cargo xtask
+        // test` ends with `bench paths --quick`) would adopt this one's
+        // topology and take it down under it. Refuse instead.
+        let client = Path::new("/run/netns").join(format!("{}-a", spec.name));
+        if client.exists() {
+            anyhow::bail!(
+                "topology {:?} is already up ({} exists): is another benchmark running on this machine? \
+                 Wait for it, or take it down with `vethctl down --name {}`",
+                spec.name,
+                client.display(),
+                spec.name
+            );
+        }
         let file = dir.join(format!("{}.toml", spec.name));
         let mut text = format!(
             "name = \"{}\"\nmode = \"{}\"\npod_cidr = \"{}\"\ncounters = {}\nrps = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",

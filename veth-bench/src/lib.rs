@@ -2,32 +2,52 @@
 //! established tools from Debian's packages (sockperf, iperf3) inside the
 //! pods' network namespaces, client and server pinned to different CPUs.
 
+pub mod crr;
 pub mod workloads;
 
 use std::{
     fs::File,
     os::fd::AsRawFd,
     process::{Child, Command},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+/// A workload. Request/response and connection rate come twice: with
+/// client and server on different CPUs (what an application sees: every
+/// transaction wakes the other CPU, which on a VM costs tens of µs and
+/// hides the path) and on the same CPU (no cross-CPU wake-up: what the
+/// path itself costs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
     TcpRr,
+    TcpRrSameCpu,
     UdpRr,
+    UdpRrSameCpu,
+    TcpCrr,
+    TcpCrrSameCpu,
     TcpBulk,
     TcpBulkPerCpu,
     UdpRate,
 }
 
+/// The CPU the server runs on when client and server are apart.
+pub const SERVER_CPU: u32 = 0;
+/// The client's CPU, and both ends' in the same-CPU workloads.
+pub const CLIENT_CPU: u32 = 1;
+
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 9] = [
         Workload::TcpRr,
+        Workload::TcpRrSameCpu,
         Workload::UdpRr,
+        Workload::UdpRrSameCpu,
+        Workload::TcpCrr,
+        Workload::TcpCrrSameCpu,
         Workload::TcpBulk,
         Workload::TcpBulkPerCpu,
         Workload::UdpRate,
@@ -41,17 +61,59 @@ impl Workload {
     pub fn name(self) -> &'static str {
         match self {
             Workload::TcpRr => "tcp_rr",
+            Workload::TcpRrSameCpu => "tcp_rr_same_cpu",
             Workload::UdpRr => "udp_rr",
+            Workload::UdpRrSameCpu => "udp_rr_same_cpu",
+            Workload::TcpCrr => "tcp_crr",
+            Workload::TcpCrrSameCpu => "tcp_crr_same_cpu",
             Workload::TcpBulk => "tcp_bulk",
             Workload::TcpBulkPerCpu => "tcp_bulk_per_cpu",
             Workload::UdpRate => "udp_64b_rate",
         }
     }
 
+    /// What it measures and where its ends run, for legends.
+    pub fn description(self) -> &'static str {
+        match self {
+            Workload::TcpRr => "TCP request/response, 64 B, client CPU 1, server CPU 0 (cross-CPU wake-ups included)",
+            Workload::TcpRrSameCpu => "TCP request/response, 64 B, client and server both on CPU 1 (the path's cost)",
+            Workload::UdpRr => "UDP request/response, 64 B, client CPU 1, server CPU 0 (cross-CPU wake-ups included)",
+            Workload::UdpRrSameCpu => "UDP request/response, 64 B, client and server both on CPU 1 (the path's cost)",
+            Workload::TcpCrr => "TCP connect, 1-byte request, 1-byte response, close; client CPU 1, server CPU 0",
+            Workload::TcpCrrSameCpu => "TCP connect, 1-byte request, 1-byte response, close; both on CPU 1",
+            Workload::TcpBulk => "iperf3 bulk TCP, one stream, client CPU 1, server CPU 0",
+            Workload::TcpBulkPerCpu => "iperf3 bulk TCP, one stream per CPU, left to the scheduler",
+            Workload::UdpRate => "iperf3 64-byte UDP flood, client CPU 1, server CPU 0: datagrams received",
+        }
+    }
+
+    /// (client CPU, server CPU) the ends are pinned to; `None` for the
+    /// multi-stream workload, which the scheduler places.
+    pub fn cpus(self) -> Option<(u32, u32)> {
+        match self {
+            Workload::TcpRrSameCpu | Workload::UdpRrSameCpu | Workload::TcpCrrSameCpu => {
+                Some((CLIENT_CPU, CLIENT_CPU))
+            }
+            Workload::TcpBulkPerCpu => None,
+            _ => Some((CLIENT_CPU, SERVER_CPU)),
+        }
+    }
+
+    /// A request/response workload, whose latency percentiles matter.
+    pub fn is_rr(self) -> bool {
+        matches!(
+            self,
+            Workload::TcpRr | Workload::TcpRrSameCpu | Workload::UdpRr | Workload::UdpRrSameCpu
+        )
+    }
+
     /// Unit of the headline value (higher is better for all of them).
     pub fn unit(self) -> &'static str {
         match self {
-            Workload::TcpRr | Workload::UdpRr => "transactions/s",
+            Workload::TcpRr | Workload::TcpRrSameCpu | Workload::UdpRr | Workload::UdpRrSameCpu => {
+                "transactions/s"
+            }
+            Workload::TcpCrr | Workload::TcpCrrSameCpu => "connections/s",
             Workload::TcpBulk | Workload::TcpBulkPerCpu => "Gbit/s",
             Workload::UdpRate => "packets/s received",
         }
@@ -60,7 +122,10 @@ impl Workload {
     /// What CPU time is divided by.
     pub fn cpu_unit(self) -> &'static str {
         match self {
-            Workload::TcpRr | Workload::UdpRr => "ns/transaction",
+            Workload::TcpRr | Workload::TcpRrSameCpu | Workload::UdpRr | Workload::UdpRrSameCpu => {
+                "ns/transaction"
+            }
+            Workload::TcpCrr | Workload::TcpCrrSameCpu => "ns/connection",
             Workload::TcpBulk | Workload::TcpBulkPerCpu => "ns/1500B",
             Workload::UdpRate => "ns/packet",
         }
@@ -81,6 +146,10 @@ pub struct Sample {
     pub loss_percent: Option<f64>,
     /// Busy CPU time of the machine per transaction / packet.
     pub cpu_ns_per_unit: Option<f64>,
+    /// Time per run of the path's eBPF program over the measurement, from
+    /// the kernel's BPF statistics (when the target has a probe and the
+    /// program ran).
+    pub program_ns_per_run: Option<f64>,
 }
 
 impl Sample {
@@ -95,6 +164,7 @@ impl Sample {
             retransmits: None,
             loss_percent: None,
             cpu_ns_per_unit: None,
+            program_ns_per_run: None,
         }
     }
 }
@@ -115,6 +185,7 @@ pub struct Spread {
     pub retransmits: Option<f64>,
     pub loss_percent: Option<f64>,
     pub cpu_ns_per_unit: Option<f64>,
+    pub program_ns_per_run: Option<f64>,
 }
 
 impl Spread {
@@ -137,38 +208,63 @@ impl Spread {
             retransmits: side(|s| s.retransmits.map(|r| r as f64)),
             loss_percent: side(|s| s.loss_percent),
             cpu_ns_per_unit: side(|s| s.cpu_ns_per_unit),
+            program_ns_per_run: side(|s| s.program_ns_per_run),
         }
     }
 }
 
+/// Reads (run time in ns, run count) of the eBPF program a path's frames
+/// pass, from the kernel's BPF statistics; `None` if it cannot be read.
+pub type ProgramProbe = Arc<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
+
 /// Where a path's client and server are.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
     pub path: String,
     pub client_netns: String,
     pub server_netns: String,
     pub server_ip: String,
+    /// The program whose time per run goes into each sample, if any.
+    pub program: Option<ProgramProbe>,
 }
 
 /// One measurement of `workload` through `t`, with the machine's busy CPU
-/// time per transaction, packet or 1500 bytes.
+/// time per transaction, connection, packet or 1500 bytes, and the time
+/// per run of the path's program.
 pub fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Result<Sample> {
+    let program_before = t.program.as_ref().and_then(|p| p());
     let busy_before = workloads::busy_ns()?;
     let mut sample = Sample::new(&t.path, workload, round);
     let (client, server, ip) = (&t.client_netns, &t.server_netns, &t.server_ip);
+    let (client_cpu, server_cpu) = workload.cpus().unwrap_or((CLIENT_CPU, SERVER_CPU));
     let units = match workload {
-        Workload::TcpRr | Workload::UdpRr => {
-            let r = workloads::request_response(
+        Workload::TcpRr | Workload::TcpRrSameCpu | Workload::UdpRr | Workload::UdpRrSameCpu => {
+            let udp = matches!(workload, Workload::UdpRr | Workload::UdpRrSameCpu);
+            let ends = workloads::Ends {
                 client,
                 server,
                 ip,
-                workload == Workload::UdpRr,
-                seconds,
-            )?;
+                client_cpu,
+                server_cpu,
+            };
+            let r = workloads::request_response(&ends, udp, seconds)?;
             sample.value = r.transactions_per_second;
             sample.p50_us = Some(r.p50_us);
             sample.p99_us = Some(r.p99_us);
             r.transactions_per_second * seconds as f64
+        }
+        Workload::TcpCrr | Workload::TcpCrrSameCpu => {
+            let r = crr::connection_rate(
+                client,
+                server,
+                ip,
+                (client_cpu, server_cpu),
+                Duration::from_secs(seconds),
+            )?;
+            sample.value = r.connections_per_second;
+            sample.p50_us = Some(r.p50_us);
+            sample.p99_us = Some(r.p99_us);
+            r.connections as f64
         }
         Workload::TcpBulk | Workload::TcpBulkPerCpu => {
             let streams = if workload == Workload::TcpBulk {
@@ -191,6 +287,14 @@ pub fn measure(workload: Workload, t: &Target, round: usize, seconds: u64) -> Re
     let busy = workloads::busy_ns()?.saturating_sub(busy_before);
     if units > 0.0 {
         sample.cpu_ns_per_unit = Some(busy as f64 / units);
+    }
+    if let (Some((time0, runs0)), Some((time1, runs1))) =
+        (program_before, t.program.as_ref().and_then(|p| p()))
+    {
+        let runs = runs1.saturating_sub(runs0);
+        if runs > 0 {
+            sample.program_ns_per_run = Some(time1.saturating_sub(time0) as f64 / runs as f64);
+        }
     }
     // Let queues drain between measurements.
     std::thread::sleep(Duration::from_millis(100));

@@ -1,7 +1,7 @@
 //! The workloads, run with established tools from Debian's packages:
 //! sockperf (request/response latency) and iperf3 (bulk TCP, UDP packet
-//! rate). Client and server are pinned to different CPUs. Parsers are pure
-//! and unit-tested.
+//! rate). Client and server are pinned to CPUs (different ones, or the same
+//! one for the same-CPU workloads). Parsers are pure and unit-tested.
 
 use std::{fs, process::Stdio, thread, time::Duration};
 
@@ -9,10 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{netns_command, ServerGuard};
-
-const SERVER_CPU: u32 = 0;
-const CLIENT_CPU: u32 = 1;
+use crate::{netns_command, ServerGuard, CLIENT_CPU, SERVER_CPU};
 const SOCKPERF_PORT: &str = "11111";
 /// Request/response message size.
 const RR_BYTES: &str = "64";
@@ -38,16 +35,20 @@ pub struct RateResult {
     pub loss_percent: f64,
 }
 
-pub fn request_response(
-    client: &str,
-    server: &str,
-    ip: &str,
-    udp: bool,
-    seconds: u64,
-) -> Result<RrResult> {
+/// The two ends of a measurement: namespaces, the server's address, CPUs.
+pub struct Ends<'a> {
+    pub client: &'a str,
+    pub server: &'a str,
+    pub ip: &'a str,
+    pub client_cpu: u32,
+    pub server_cpu: u32,
+}
+
+pub fn request_response(ends: &Ends, udp: bool, seconds: u64) -> Result<RrResult> {
+    let (client, server, ip) = (ends.client, ends.server, ends.ip);
     let transport: &[&str] = if udp { &[] } else { &["--tcp"] };
     let _server = ServerGuard(
-        netns_command(server, Some(SERVER_CPU), "sockperf")?
+        netns_command(server, Some(ends.server_cpu), "sockperf")?
             .arg("sr")
             .args(transport)
             .args(["-i", ip, "-p", SOCKPERF_PORT])
@@ -59,7 +60,7 @@ pub fn request_response(
     // sockperf's client fails at once if nobody listens yet: retry briefly.
     let mut last = None;
     for _ in 0..20 {
-        let out = netns_command(client, Some(CLIENT_CPU), "sockperf")?
+        let out = netns_command(client, Some(ends.client_cpu), "sockperf")?
             .arg("pp")
             .args(transport)
             .args(["-i", ip, "-p", SOCKPERF_PORT, "-m", RR_BYTES, "--full-rtt"])

@@ -73,11 +73,32 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
             );
         }
     }
+    // The program the client's frames pass first, timed by the kernel's
+    // BPF statistics for as long as `_stats` is open. Mode pair's direct
+    // link has no program.
+    let mode = topology.mode.to_string();
+    let program = match mode.as_str() {
+        "pair" => None,
+        "xdp" => Some(veth_common::names::PROG_XDP_FROM_POD),
+        _ => Some(veth_common::names::PROG_FROM_POD),
+    };
+    let _stats = match program {
+        Some(_) => Some(dataplane::enable_bpf_stats()?),
+        None => None,
+    };
     let target = Target {
-        path: topology.mode.to_string(),
+        path: mode,
         client_netns: client.netns.clone(),
         server_netns: server.netns.clone(),
         server_ip: server.ipv4.to_string(),
+        program: program.map(|program| {
+            let topology = topology.name.clone();
+            let probe: veth_bench::ProgramProbe = std::sync::Arc::new(move || {
+                dataplane::pinned_program_stats(&topology, program)
+                    .map(|s| (s.run_time_ns, s.run_count))
+            });
+            probe
+        }),
     };
     let ifindex = Host::connect()?
         .link(&client.host_veth)
@@ -146,13 +167,13 @@ pub fn table(report: &BenchReport) -> String {
         report.topology, report.mode, report.client, report.server, report.rounds, report.seconds
     );
     out += &format!(
-        "{:<17} {:>30} {:>9} {:>9} {:>8} {:>7} {:>18}\n",
-        "workload", "median (min-max)", "p50 us", "p99 us", "retrans", "loss %", "CPU"
+        "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
+        "workload", "median (min-max)", "p50 us", "p99 us", "retrans", "loss %", "CPU", "prog ns"
     );
     let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in &report.results {
         out += &format!(
-            "{:<17} {:>30} {:>9} {:>9} {:>8} {:>7} {:>18}\n",
+            "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
             r.workload.name(),
             format!(
                 "{} ({}-{}) {}",
@@ -167,7 +188,13 @@ pub fn table(report: &BenchReport) -> String {
             num(r.loss_percent),
             r.cpu_ns_per_unit
                 .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
+            r.program_ns_per_run
+                .map_or("-".into(), |v| format!("{v:.0}")),
         );
+    }
+    out += "prog ns: time per run of the program the frames pass (kernel BPF statistics, on during the run)\n";
+    for r in &report.results {
+        out += &format!("{}: {}\n", r.workload.name(), r.workload.description());
     }
     let c = &report.client_frames;
     let total = (c.redirected + c.passed + c.dropped).max(1);
@@ -186,6 +213,8 @@ pub fn table(report: &BenchReport) -> String {
 fn short(v: f64) -> String {
     if v.abs() >= 1e4 {
         format!("{:.1}k", v / 1e3)
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
     } else {
         format!("{v:.2}")
     }

@@ -96,11 +96,13 @@ enum Command {
         topology: Option<PathBuf>,
     },
     /// Measure the path between two pods of a topology that is up:
-    /// request/response latency (sockperf), bulk TCP and 64-byte UDP rate
-    /// (iperf3), in interleaved rounds, with what the dataplane counted.
+    /// request/response latency (sockperf), connection rate (built in),
+    /// bulk TCP and 64-byte UDP rate (iperf3), in interleaved rounds, with
+    /// what the dataplane counted and the program's time per run.
     ///
     /// Client and server run inside the pods' namespaces, pinned to CPU 1
-    /// and CPU 0. Needs sockperf and iperf3 installed.
+    /// and CPU 0 (or both to CPU 1 for `_same_cpu` workloads). Needs
+    /// sockperf and iperf3 installed.
     Bench {
         #[command(flatten)]
         select: Select,
@@ -110,9 +112,12 @@ enum Command {
         /// Pod that answers (default: the second pod).
         #[arg(long)]
         server: Option<String>,
-        /// Comma-separated: tcp_rr, udp_rr, tcp_bulk, tcp_bulk_per_cpu,
-        /// udp_64b_rate.
-        #[arg(long, value_delimiter = ',', default_value = "tcp_rr,udp_rr,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
+        /// Comma-separated: tcp_rr, tcp_rr_same_cpu, udp_rr,
+        /// udp_rr_same_cpu, tcp_crr, tcp_crr_same_cpu, tcp_bulk,
+        /// tcp_bulk_per_cpu, udp_64b_rate. `_same_cpu`: client and server on
+        /// one CPU (what the path costs); without it, on CPUs 1 and 0 (what
+        /// an application sees, cross-CPU wake-ups included).
+        #[arg(long, value_delimiter = ',', default_value = "tcp_rr,tcp_rr_same_cpu,udp_rr,udp_rr_same_cpu,tcp_crr,tcp_crr_same_cpu,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
         workloads: Vec<veth_bench::Workload>,
         /// Rounds of every workload (1 to 1000).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]

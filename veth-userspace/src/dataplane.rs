@@ -714,19 +714,23 @@ pub struct ProgramStats {
 
 /// Statistics of the topology's pinned programs (none if it is not up).
 pub fn program_stats(topology: &str) -> Vec<ProgramStats> {
-    let pins = Pins::new(topology);
     [PROG_FROM_POD, PROG_TO_POD]
         .into_iter()
-        .filter_map(|program| {
-            let info = aya::programs::ProgramInfo::from_pin(pins.program(program)).ok()?;
-            Some(ProgramStats {
-                program,
-                id: info.id(),
-                run_count: info.run_count(),
-                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-            })
-        })
+        .filter_map(|program| pinned_program_stats(topology, program))
         .collect()
+}
+
+/// Statistics of one pinned program of the topology (`from_pod`, `to_pod`
+/// or `xdp_from_pod`), if it is pinned.
+pub fn pinned_program_stats(topology: &str, program: &'static str) -> Option<ProgramStats> {
+    let pin = Pins::new(topology).program(program);
+    let info = aya::programs::ProgramInfo::from_pin(pin).ok()?;
+    Some(ProgramStats {
+        program,
+        id: info.id(),
+        run_count: info.run_count(),
+        run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+    })
 }
 
 /// Turns on the kernel's per-program run time and count for as long as the

@@ -27,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "nftables",
+    // rsvg-convert: the benchmark chart as PNG, from its SVG.
+    "librsvg2-bin",
 ];
 
 /// Debian's rustc, which builds the eBPF crate; bpf-linker must share its LLVM.

@@ -7,17 +7,13 @@
 //! `from_pod` program per packet; the difference is the cost of counting.
 //! Traffic stays between the benchmark's own namespaces.
 
-use std::{fs, process::Command};
+use std::fs;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::Value;
 
-use super::{median, prepare, Spec, UpTopology};
-use crate::cmd;
+use super::{median, prepare, program_stats, BpfStats, Spec, UpTopology};
 use veth_bench::workloads;
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// One side of the comparison.
 struct Variant {
@@ -144,31 +140,12 @@ fn summarize(variant: &Variant, samples: Vec<Sample>) -> Summary {
     }
 }
 
-/// Turns on the kernel's BPF run-time statistics, restoring the previous
-/// setting when dropped.
-struct BpfStats {
-    previous: String,
-}
-
-impl BpfStats {
-    fn enable() -> Result<BpfStats> {
-        let previous = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
-        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats { previous })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, self.previous.trim());
-    }
-}
-
 /// Program cost of one flood of `seconds` through `t`.
 fn flood(t: &UpTopology, seconds: u64) -> Result<Sample> {
-    let before = program_stats(t)?;
+    let pin = format!("/sys/fs/bpf/vethctl/{}/from_pod", t.name);
+    let before = program_stats(&pin)?;
     workloads::udp_rate(&t.client_netns, &t.server_netns, &t.server_ip, seconds)?;
-    let after = program_stats(t)?;
+    let after = program_stats(&pin)?;
     let runs = after.1.saturating_sub(before.1);
     if runs == 0 {
         bail!(
@@ -180,16 +157,4 @@ fn flood(t: &UpTopology, seconds: u64) -> Result<Sample> {
         ns_per_packet: after.0.saturating_sub(before.0) as f64 / runs as f64,
         packets_per_second: runs as f64 / seconds as f64,
     })
-}
-
-/// (run_time_ns, run_cnt) of the pinned from_pod program.
-fn program_stats(t: &UpTopology) -> Result<(u64, u64)> {
-    let pin = format!("/sys/fs/bpf/vethctl/{}/from_pod", t.name);
-    let info: Value = serde_json::from_str(&cmd::output(
-        Command::new("bpftool").args(["-j", "prog", "show", "pinned", &pin]),
-    )?)?;
-    Ok((
-        info["run_time_ns"].as_u64().unwrap_or(0),
-        info["run_cnt"].as_u64().unwrap_or(0),
-    ))
 }

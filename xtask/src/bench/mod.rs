@@ -53,6 +53,20 @@ pub struct UpTopology {
 
 impl UpTopology {
     pub fn up(vethctl: &Path, dir: &Path, spec: &Spec) -> Result<UpTopology> {
+        // Benchmark topologies have fixed names and addresses: a second
+        // benchmark on the same machine (another checkout's `cargo xtask
+        // test` ends with `bench paths --quick`) would adopt this one's
+        // topology and take it down under it. Refuse instead.
+        let client = Path::new("/run/netns").join(format!("{}-a", spec.name));
+        if client.exists() {
+            anyhow::bail!(
+                "topology {:?} is already up ({} exists): is another benchmark running on this machine? \
+                 Wait for it, or take it down with `vethctl down --name {}`",
+                spec.name,
+                client.display(),
+                spec.name
+            );
+        }
         let file = dir.join(format!("{}.toml", spec.name));
         let mut text = format!(
             "name = \"{}\"\nmode = \"{}\"\npod_cidr = \"{}\"\ncounters = {}\nrps = {}\n\n[[pods]]\nname = \"a\"\n\n[[pods]]\nname = \"b\"\n",
@@ -104,3 +118,49 @@ impl Drop for UpTopology {
 }
 
 pub use veth_bench::median;
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on the kernel's BPF run-time statistics, restoring the previous
+/// setting when dropped.
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<BpfStats> {
+        let previous = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.previous.trim());
+    }
+}
+
+/// (run_time_ns, run_cnt) of the program pinned at `pin`.
+pub fn program_stats(pin: &str) -> Result<(u64, u64)> {
+    let info: Value = serde_json::from_str(&cmd::output(
+        Command::new("bpftool").args(["-j", "prog", "show", "pinned", pin]),
+    )?)?;
+    Ok((
+        info["run_time_ns"].as_u64().unwrap_or(0),
+        info["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// A probe for `veth_bench::measure`: the program the frames of
+/// topology `name` in `mode` pass first from the client's pod
+/// (`xdp_from_pod` in mode xdp, else `from_pod`).
+pub fn program_probe(name: &str, mode: &str) -> veth_bench::ProgramProbe {
+    let program = if mode == "xdp" {
+        "xdp_from_pod"
+    } else {
+        "from_pod"
+    };
+    let pin = format!("/sys/fs/bpf/vethctl/{name}/{program}");
+    std::sync::Arc::new(move || program_stats(&pin).ok())
+}

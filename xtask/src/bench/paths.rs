@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use veth_bench::{measure, Sample, Target, Workload};
 
-use super::{prepare, report, Spec, UpTopology};
+use super::{prepare, program_probe, report, BpfStats, Spec, UpTopology};
 
 /// A path: its name in the report, the mode, the benchmark topology and
 /// whether it steers flows (`rps = true`).
@@ -97,6 +97,10 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("--endpoints takes 2 to {MAX_ENDPOINTS} pods");
     }
     let (vethctl, dir) = prepare()?;
+    // For the program's time per run in every sample. It costs every
+    // program run two clock reads, on every path that runs a program
+    // (all but pair and loopback).
+    let _stats = BpfStats::enable()?;
     let mut topologies = Vec::new();
     for p in &PATHS {
         let redirects = matches!(p.mode, "tc" | "xdp");
@@ -108,20 +112,22 @@ pub fn run(options: &Options) -> Result<()> {
             rps: p.rps,
             extra_pods: if redirects { endpoints - 2 } else { 0 },
         };
-        topologies.push((p.path, UpTopology::up(&vethctl, &dir, &spec)?));
+        topologies.push((p, UpTopology::up(&vethctl, &dir, &spec)?));
     }
     let mut targets: Vec<Target> = topologies
         .iter()
-        .map(|(path, t)| Target {
-            path: path.to_string(),
+        .map(|(p, t)| Target {
+            path: p.path.to_string(),
             client_netns: t.client_netns.clone(),
             server_netns: t.server_netns.clone(),
             server_ip: t.server_ip.clone(),
+            // The direct pair's frames never pass a program.
+            program: (p.mode != "pair").then(|| program_probe(&t.name, p.mode)),
         })
         .collect();
     let tc = &topologies
         .iter()
-        .find(|(path, _)| *path == "tc")
+        .find(|(p, _)| p.path == "tc")
         .expect("a tc path")
         .1;
     targets.insert(
@@ -131,6 +137,7 @@ pub fn run(options: &Options) -> Result<()> {
             client_netns: tc.client_netns.clone(),
             server_netns: tc.client_netns.clone(),
             server_ip: "127.0.0.1".into(),
+            program: None,
         },
     );
 
@@ -163,6 +170,7 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
         bail!("--sizes takes 2 to 1000 pods each; --rounds and --seconds at least 1");
     }
     let (vethctl, dir) = prepare()?;
+    let _stats = BpfStats::enable()?;
     let mut topologies = Vec::new();
     let mut targets = Vec::new();
     for (i, &pods) in sizes.iter().enumerate() {
@@ -183,10 +191,19 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
             client_netns: t.client_netns.clone(),
             server_netns: t.server_netns.clone(),
             server_ip: t.server_ip.clone(),
+            program: Some(program_probe(&t.name, "tc")),
         });
         topologies.push(t);
     }
-    let workloads = [Workload::TcpRr, Workload::UdpRr, Workload::UdpRate];
+    let workloads = [
+        Workload::TcpRr,
+        Workload::TcpRrSameCpu,
+        Workload::UdpRr,
+        Workload::UdpRrSameCpu,
+        Workload::TcpCrr,
+        Workload::TcpCrrSameCpu,
+        Workload::UdpRate,
+    ];
     let samples = run_rounds(&targets, &workloads, rounds, seconds)?;
     let baseline = targets[0].path.clone();
     let summary = report::summarize(&samples, Some(&baseline));

@@ -4,10 +4,15 @@
 use std::{collections::BTreeMap, fmt::Write as _, fs, path::Path};
 
 use anyhow::{bail, Result};
-use plotters::prelude::*;
+use plotters::{
+    coord::types::RangedCoordf64,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 use serde::Serialize;
 
 use super::median;
+use crate::cmd;
 use veth_bench::Spread;
 pub use veth_bench::{Sample, Workload};
 
@@ -94,9 +99,9 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
         None => (String::from("× bridge"), String::from("× pair")),
     };
     out += &format!(
-        "| workload | path | median (min–max) | unit | {first} | {second} | p50 µs | p99 µs | retrans | loss % | CPU |\n"
+        "| workload | path | median (min–max) | unit | {first} | {second} | p50 µs | p99 µs | retrans | loss % | CPU | program ns/run |\n"
     );
-    out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
     for summary in summary {
         let (r1, r2) = match baseline {
             Some(_) => (summary.ratio_to_baseline, None),
@@ -105,7 +110,7 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
         let s = &summary.spread;
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.workload.name(),
             summary.path,
             fmt_value(s.median),
@@ -122,13 +127,20 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
                 "{v:.0} {}",
                 s.workload.cpu_unit()
             )),
+            fmt_opt(s.program_ns_per_run, |v| format!("{v:.0}")),
         );
+    }
+    out += "\n";
+    for workload in Workload::ALL {
+        if summary.iter().any(|s| s.spread.workload == workload) {
+            let _ = writeln!(out, "- `{}`: {}", workload.name(), workload.description());
+        }
     }
     out
 }
 
 /// Writes `<stem>.json`, `<stem>.csv` and, for a run with bridge in it,
-/// `<stem>.svg`.
+/// the chart as `<stem>.svg` and `<stem>.png`.
 pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sample]) -> Result<()> {
     fs::write(
         dir.join(format!("{stem}.json")),
@@ -137,13 +149,13 @@ pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sampl
         )?,
     )?;
     let mut csv = String::from(
-        "workload,path,round,value,unit,p50_us,p99_us,retransmits,loss_percent,cpu_ns_per_unit\n",
+        "workload,path,round,value,unit,p50_us,p99_us,retransmits,loss_percent,cpu_ns_per_unit,program_ns_per_run\n",
     );
     let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     for s in samples {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             s.workload.name(),
             s.path,
             s.round,
@@ -154,101 +166,284 @@ pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sampl
             o(s.retransmits.map(|r| r as f64)),
             o(s.loss_percent),
             o(s.cpu_ns_per_unit),
+            o(s.program_ns_per_run),
         );
     }
     fs::write(dir.join(format!("{stem}.csv")), csv)?;
     if summary.iter().any(|s| s.ratio_to_bridge.is_some()) {
-        chart(&dir.join(format!("{stem}.svg")), summary)?;
+        let svg = dir.join(format!("{stem}.svg"));
+        chart(&svg, summary)?;
+        // plotters' bitmap backend would need a font library; Debian's
+        // librsvg renders the SVG with the system's fonts instead.
+        cmd::run(
+            std::process::Command::new("rsvg-convert")
+                .arg("-b")
+                .arg("white")
+                .arg("-o")
+                .arg(dir.join(format!("{stem}.png")))
+                .arg(&svg),
+        )?;
     }
     Ok(())
 }
 
-/// Grouped bars: each path's median relative to bridge, per workload.
-fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
-    let paths: Vec<&str> = {
-        let mut p: Vec<&str> = Vec::new();
-        for s in summary {
-            if !p.contains(&s.path.as_str()) {
-                p.push(&s.path);
+/// Bar fills, one per path: a ramp from dark to light (viridis stops), so
+/// neighbours differ in lightness and stay apart in grey-scale print; every
+/// other path is also hatched.
+const FILLS: [RGBColor; 7] = [
+    RGBColor(0x44, 0x01, 0x54),
+    RGBColor(0x44, 0x39, 0x83),
+    RGBColor(0x31, 0x68, 0x8e),
+    RGBColor(0x21, 0x91, 0x8c),
+    RGBColor(0x35, 0xb7, 0x79),
+    RGBColor(0x90, 0xd7, 0x43),
+    RGBColor(0xfd, 0xe7, 0x25),
+];
+
+/// How the `i`-th path's bars look: fill, hatched or not, and a hatch
+/// colour that shows on that fill.
+fn bar_style(i: usize) -> (RGBColor, bool, RGBColor) {
+    let fill = FILLS[i % FILLS.len()];
+    let light =
+        0.299 * f64::from(fill.0) + 0.587 * f64::from(fill.1) + 0.114 * f64::from(fill.2) > 128.0;
+    (fill, i % 2 == 1, if light { BLACK } else { WHITE })
+}
+
+/// A bar in pixel coordinates: fill, optional diagonal hatch, outline.
+fn draw_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    (x0, y0): (i32, i32),
+    (x1, y1): (i32, i32),
+    i: usize,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (fill, hatched, ink) = bar_style(i);
+    let (left, right, top, bottom) = (x0.min(x1), x0.max(x1), y0.min(y1), y0.max(y1));
+    area.draw(&Rectangle::new(
+        [(left, top), (right, bottom)],
+        fill.filled(),
+    ))?;
+    if hatched {
+        // Lines of slope 1 every 6 px, clipped to the bar.
+        let h = bottom - top;
+        let mut k = left - h;
+        while k < right {
+            let (t0, t1) = ((left - k).max(0), (right - k).min(h));
+            if t0 < t1 {
+                area.draw(&PathElement::new(
+                    vec![(k + t0, bottom - t0), (k + t1, bottom - t1)],
+                    ink.stroke_width(1),
+                ))?;
             }
+            k += 6;
         }
-        p
+    }
+    area.draw(&Rectangle::new(
+        [(left, top), (right, bottom)],
+        BLACK.stroke_width(1),
+    ))?;
+    Ok(())
+}
+
+/// An error bar from `lo` to `hi` with a dot at `mid`, black on a white
+/// halo so it shows on dark and light bars alike.
+fn whisker<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<DB, Cartesian2d<RangedCoordf64, Y>>,
+    x: f64,
+    (lo, mid, hi): (f64, f64, f64),
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for style in [WHITE.stroke_width(3), BLACK.stroke_width(1)] {
+        chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+            x, lo, mid, hi, style, 6,
+        )))?;
+    }
+    Ok(())
+}
+
+/// The two lines under a workload's group of bars.
+fn group_label(workload: Workload) -> (&'static str, &'static str) {
+    let second = match workload {
+        Workload::TcpRr | Workload::UdpRr | Workload::TcpCrr => "2 CPUs",
+        Workload::TcpRrSameCpu | Workload::UdpRrSameCpu | Workload::TcpCrrSameCpu => "same CPU",
+        Workload::TcpBulk => "1 stream",
+        Workload::TcpBulkPerCpu => "stream per CPU",
+        Workload::UdpRate => "64 B flood",
     };
-    let max = summary
-        .iter()
-        .filter_map(|s| s.ratio_to_bridge)
-        .fold(1.5f64, f64::max)
-        * 1.1;
-    let groups = Workload::ALL.len();
-    let width = paths.len() + 1;
-    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
+    (workload.name(), second)
+}
+
+/// Two panels under a legend strip. Top: every workload, each path's
+/// median divided by bridge's median, min–max as error bars. Bottom: the
+/// request/response latencies, p50 as the bar and p99 as a whisker.
+fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
+    let mut paths: Vec<&str> = Vec::new();
+    for s in summary {
+        if !paths.contains(&s.path.as_str()) {
+            paths.push(&s.path);
+        }
+    }
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| summary.iter().any(|s| s.spread.workload == *w))
+        .collect();
+    let find = |w: Workload, p: &str| {
+        summary
+            .iter()
+            .find(|s| s.spread.workload == w && s.path == p)
+    };
+    let bridge_median = |w: Workload| find(w, "bridge").map(|s| s.spread.median);
+
+    let root = SVGBackend::new(path, (1280, 1060)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (head, body) = root.split_vertically(80);
+    let (top, bottom) = body.split_vertically(560);
+
+    // Legend strip, above both panels, so it never covers a bar.
+    head.draw(&Text::new(
+        "vethctl bench paths: medians over interleaved rounds; error bars: min–max over rounds",
+        (20, 10),
+        ("sans-serif", 20).into_font(),
+    ))?;
+    let swatch = 120;
+    for (i, p) in paths.iter().enumerate() {
+        let x = 20 + swatch * i as i32;
+        draw_bar(&head, (x, 44), (x + 28, 66), i)?;
+        head.draw(&Text::new(
+            p.to_string(),
+            (x + 34, 48),
+            ("sans-serif", 15).into_font(),
+        ))?;
+    }
+
+    // Top panel: every workload relative to bridge.
+    let width = paths.len() + 1;
+    let span = (workloads.len() * width) as f64;
+    let ymax = summary
+        .iter()
+        .filter_map(|s| Some(s.spread.max / bridge_median(s.spread.workload)?))
+        .filter(|v| v.is_finite())
+        .fold(1.5f64, f64::max)
+        * 1.05;
+    let mut rates = ChartBuilder::on(&top)
         .caption(
-            "median rate relative to bridge (paired per round; higher is better)",
-            ("sans-serif", 20),
+            "rate relative to bridge: path median ÷ bridge median (higher is better)",
+            ("sans-serif", 17),
         )
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..(groups * width) as f64, 0f64..max)?;
-    chart
+        .margin_left(15)
+        .margin_right(15)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..span, 0f64..ymax)?;
+    rates
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
         .y_desc("× bridge")
         .draw()?;
-    let palette = [
-        &BLACK,
-        &RGBColor(120, 120, 120),
-        &BLUE,
-        &GREEN,
-        &RED,
-        &MAGENTA,
-        &CYAN,
-    ];
-    for (g, workload) in Workload::ALL.iter().enumerate() {
+    rates.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (span, 1.0)],
+        BLACK.stroke_width(1),
+    )))?;
+    for (g, &workload) in workloads.iter().enumerate() {
+        let Some(base) = bridge_median(workload).filter(|b| *b > 0.0) else {
+            continue;
+        };
         for (i, p) in paths.iter().enumerate() {
-            let Some(r) = summary
-                .iter()
-                .find(|s| s.spread.workload == *workload && s.path == *p)
-                .and_then(|s| s.ratio_to_bridge)
+            let Some(s) = find(workload, p) else {
+                continue;
+            };
+            let x0 = (g * width + i) as f64 + 0.1;
+            let xm = x0 + 0.4;
+            let (lo, mid, hi) = (
+                s.spread.min / base,
+                s.spread.median / base,
+                s.spread.max / base,
+            );
+            draw_bar(
+                &root,
+                rates.backend_coord(&(x0, 0.0)),
+                rates.backend_coord(&(x0 + 0.8, mid)),
+                i,
+            )?;
+            whisker(&mut rates, xm, (lo, mid, hi))?;
+        }
+        let (cx, cy) = rates.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
+        let (first, second) = group_label(workload);
+        let centred = |size| {
+            ("sans-serif", size)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        root.draw(&Text::new(first, (cx, cy + 8), centred(13)))?;
+        root.draw(&Text::new(second, (cx, cy + 24), centred(12)))?;
+    }
+
+    // Bottom panel: request/response latency.
+    let rr: Vec<Workload> = workloads.iter().copied().filter(|w| w.is_rr()).collect();
+    // Logarithmic: p99 can be a hundred times p50 on a busy machine.
+    let latencies = || {
+        summary
+            .iter()
+            .filter(|s| s.spread.workload.is_rr())
+            .flat_map(|s| [s.spread.p50_us, s.spread.p99_us])
+            .flatten()
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let lmax = latencies().fold(10.0f64, f64::max) * 1.3;
+    let lmin = latencies().fold(lmax, f64::min).min(10.0) * 0.7;
+    let lspan = (rr.len() * width) as f64;
+    let mut latency = ChartBuilder::on(&bottom)
+        .caption(
+            "request/response round trip, µs, log scale (lower is better): bar p50, whisker up to p99",
+            ("sans-serif", 17),
+        )
+        .margin_left(15)
+        .margin_right(15)
+        .margin_bottom(10)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..lspan.max(1.0), (lmin..lmax).log_scale())?;
+    latency
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc("µs")
+        .draw()?;
+    for (g, &workload) in rr.iter().enumerate() {
+        for (i, p) in paths.iter().enumerate() {
+            let Some((p50, p99)) =
+                find(workload, p).and_then(|s| Some((s.spread.p50_us?, s.spread.p99_us?)))
             else {
                 continue;
             };
             let x0 = (g * width + i) as f64 + 0.1;
-            let color = palette[i % palette.len()];
-            chart.draw_series(std::iter::once(Rectangle::new(
-                [(x0, 0.0), (x0 + 0.8, r)],
-                color.filled(),
-            )))?;
+            let xm = x0 + 0.4;
+            draw_bar(
+                &root,
+                latency.backend_coord(&(x0, lmin)),
+                latency.backend_coord(&(x0 + 0.8, p50)),
+                i,
+            )?;
+            whisker(&mut latency, xm, (p50, p50, p99))?;
         }
-        chart.draw_series(std::iter::once(Text::new(
-            workload.name().to_string(),
-            ((g * width) as f64 + 0.2, -0.05 * max),
-            ("sans-serif", 14),
-        )))?;
+        let (cx, cy) =
+            latency.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
+        let (first, second) = group_label(workload);
+        let centred = |size| {
+            ("sans-serif", size)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top))
+        };
+        root.draw(&Text::new(first, (cx, cy + 8), centred(13)))?;
+        root.draw(&Text::new(second, (cx, cy + 24), centred(12)))?;
     }
-    chart.draw_series(std::iter::once(PathElement::new(
-        vec![(0.0, 1.0), ((groups * width) as f64, 1.0)],
-        BLACK.stroke_width(1),
-    )))?;
-    for (i, p) in paths.iter().enumerate() {
-        let color = palette[i % palette.len()];
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(0.0, 0.0), (0.0, 0.0)],
-                color.filled(),
-            )))?
-            .label(*p)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -301,6 +496,38 @@ mod tests {
         assert!(table(&summary, 3, 1, None).contains(
             "| udp_64b_rate | tc | 100 (20.00–200) | packets/s received | 2.00 | 1.00 |"
         ));
+    }
+
+    #[test]
+    fn the_chart_has_both_panels_and_every_path() {
+        let paths = [
+            "loopback", "pair", "bridge", "routed", "tc", "tc-rps", "xdp",
+        ];
+        let mut samples = Vec::new();
+        for round in 0..3 {
+            for workload in Workload::ALL {
+                for (i, path) in paths.iter().enumerate() {
+                    let mut s = Sample::new(path, workload, round);
+                    s.value = 1000.0 * (1.0 + i as f64 / 4.0) * (1.0 + round as f64 / 10.0);
+                    if workload.is_rr() {
+                        s.p50_us = Some(10.0 + i as f64);
+                        s.p99_us = Some(40.0 + 10.0 * i as f64);
+                    }
+                    samples.push(s);
+                }
+            }
+        }
+        let summary = summarize(&samples, None);
+        let file = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
+        chart(&file, &summary).unwrap();
+        let svg = fs::read_to_string(&file).unwrap();
+        let _ = fs::remove_file(&file);
+        for label in paths
+            .iter()
+            .chain(&["tcp_rr_same_cpu", "tcp_crr", "log scale"])
+        {
+            assert!(svg.contains(label), "{label} in the chart");
+        }
     }
 
     #[test]

@@ -12,10 +12,9 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -197,19 +196,8 @@ impl Pool {
     fn lock(&self) -> Result<File> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on an fd we own; blocks until the pool is ours.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
-        }
-        Ok(file)
+        crate::state::lock_file(&self.dir.join(LOCK_FILE), true)?
+            .context("a blocking lock returned without the lock")
     }
 
     fn load(&self) -> Result<Taken> {

@@ -123,14 +123,7 @@ pub fn claim_trace_session(topology: &str) -> Result<TraceClaim> {
     }
     for index in 0..veth_common::TRACE_SESSIONS {
         let path = dir.path().join(format!(".trace-{index}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on an fd we own; never blocks.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if let Some(file) = lock_file(&path, false)? {
             return Ok(TraceClaim { index, _file: file });
         }
     }
@@ -149,19 +142,35 @@ pub struct Lock {
 
 pub fn lock() -> Result<Lock> {
     fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
-    let path = Path::new(STATE_ROOT).join(LOCK_FILE);
+    let file = lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), true)?
+        .context("a blocking lock returned without the lock")?;
+    Ok(Lock { _file: file })
+}
+
+/// Opens (creating) `path` and takes an exclusive `flock` on it, held until
+/// the file is dropped (or its process dies). With `wait`, blocks until
+/// the lock is ours; without, `None` if someone else holds it.
+pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on an fd we own; blocks until the lock is ours.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("locking {}", path.display()));
+    let operation = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+        return Ok(Some(file));
     }
-    Ok(Lock { _file: file })
+    let error = io::Error::last_os_error();
+    if !wait && error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(None);
+    }
+    Err(error).with_context(|| format!("locking {}", path.display()))
 }
 
 // ---------------------------------------------------------------------------

@@ -159,14 +159,7 @@ fn host_route(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<HostR
         (None, _) => return None,
     };
     let destination = IpNet::new(destination, len).ok()?.trunc();
-    let table = msg
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(msg.header.table));
+    let table = super::route_table(msg);
     let mut ifindexes = Vec::new();
     for attribute in &msg.attributes {
         match attribute {

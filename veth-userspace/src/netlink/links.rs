@@ -72,18 +72,11 @@ fn kind_name(kind: &InfoKind) -> String {
 
 /// All links of the handle's namespace.
 pub async fn list(handle: &rtnetlink::Handle) -> Result<Vec<LinkState>> {
-    let mut links = Vec::new();
-    // Without statistics, a dump of hundreds of veths is a fraction of the
-    // size (and of the time to parse).
-    let mut stream = handle
-        .link()
-        .get()
-        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
-        .execute();
-    while let Some(msg) = stream.try_next().await.map_err(context("listing links"))? {
-        links.extend(LinkState::from_message(&msg));
-    }
-    Ok(links)
+    Ok(list_marked(handle)
+        .await?
+        .into_iter()
+        .map(|marked| marked.link)
+        .collect())
 }
 
 /// The link called `name`, if any.
@@ -172,6 +165,8 @@ pub struct MarkedLink {
 /// All links of the handle's namespace, with their aliases.
 pub async fn list_marked(handle: &rtnetlink::Handle) -> Result<Vec<MarkedLink>> {
     let mut links = Vec::new();
+    // Without statistics, a dump of hundreds of veths is a fraction of the
+    // size (and of the time to parse).
     let mut stream = handle
         .link()
         .get()

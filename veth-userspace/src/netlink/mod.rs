@@ -78,6 +78,18 @@ pub(crate) async fn set_permanent_neighbour(
         .map_err(context(format!("adding the permanent neighbour {ip}")))
 }
 
+/// The table a route is in: the 32-bit attribute when the kernel sent one
+/// (tables above 255), else the header's byte.
+pub(crate) fn route_table(msg: &rtnetlink::packet_route::route::RouteMessage) -> u32 {
+    msg.attributes
+        .iter()
+        .find_map(|a| match a {
+            rtnetlink::packet_route::route::RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table))
+}
+
 /// True for "already exists", which idempotent steps treat as success.
 pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
     errno(e) == Some(libc::EEXIST)

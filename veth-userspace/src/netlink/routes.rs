@@ -68,14 +68,7 @@ impl std::fmt::Display for Route {
 
 impl Route {
     fn from_message(msg: &RouteMessage) -> Option<Route> {
-        let table = msg
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(msg.header.table));
+        let table = super::route_table(msg);
         if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
             return None;
         }

@@ -147,6 +147,14 @@ pub fn lock() -> Result<Lock> {
     Ok(Lock { _file: file })
 }
 
+/// The lock of [`lock`] if nobody holds it now: for `vethctl agent`, which
+/// must never change maps under an `up` or `down` in progress (it tries
+/// again on its next pass).
+pub fn try_lock() -> Result<Option<Lock>> {
+    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    Ok(lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), false)?.map(|file| Lock { _file: file }))
+}
+
 /// Opens (creating) `path` and takes an exclusive `flock` on it, held until
 /// the file is dropped (or its process dies). With `wait`, blocks until
 /// the lock is ours; without, `None` if someone else holds it.

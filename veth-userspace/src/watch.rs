@@ -4,10 +4,14 @@
 //! the kernel's link event; a periodic pass over all links catches what
 //! events miss (a full socket buffer, an agent started late).
 //!
-//! Without it, the maps change only when `vethctl up` runs: an endpoint
-//! whose veth was deleted behind vethctl's back keeps its entry, and if
-//! another interface gets the same ifindex, frames for that pod are
-//! redirected there until the next `up` (`vethctl status` shows `stale`).
+//! It never acts while `up`, `down` or `mode set` holds the change lock
+//! (they rewrite the maps and the record; acting on half of each would
+//! forget live pods): events then wait for the next periodic pass.
+//!
+//! Without it, the maps change only when `vethctl up` runs: a gone pod's
+//! entries stay (inert: the kernel dropped its DEVMAP entry, which every
+//! redirect requires), and a pod whose veth or `eth0` is down keeps
+//! receiving redirects that the kernel then drops.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -38,6 +42,8 @@ pub enum Verdict {
 
 /// Pure: the link at a pod's ifindex still is that pod's veth when it is a
 /// veth named as one of the topology's pods whose address the slot holds.
+/// (The recorded topology and the maps agree whenever the agent looks: it
+/// never acts while `up` rewrites them.)
 pub fn judge(topology: &Topology, pod: &MappedPod, link: Option<&LinkState>) -> Verdict {
     let Some(link) = link else {
         return Verdict::Forget;
@@ -80,7 +86,23 @@ fn topologies() -> Vec<Topology> {
         .collect()
 }
 
+/// The change lock, unless `up` or `down` holds it: the agent then leaves
+/// the maps alone (they are being rewritten) and the next periodic pass
+/// catches up.
+fn unless_changing() -> Option<crate::state::Lock> {
+    match state::try_lock() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("vethctl agent: {e:#}");
+            None
+        }
+    }
+}
+
 fn on_removed(ifindex: u32) {
+    let Some(_lock) = unless_changing() else {
+        return;
+    };
     for topology in topologies() {
         apply(&topology, ifindex, |_| Verdict::Forget);
     }
@@ -94,6 +116,9 @@ async fn on_link(host: &Host, ifindex: u32) {
             eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
             return;
         }
+    };
+    let Some(_lock) = unless_changing() else {
+        return;
     };
     for topology in topologies() {
         apply(&topology, ifindex, |pod| {
@@ -129,6 +154,9 @@ pub async fn reconcile(host: &Host) {
             eprintln!("vethctl agent: listing links: {e:#}");
             return;
         }
+    };
+    let Some(_lock) = unless_changing() else {
+        return;
     };
     for topology in topologies() {
         let result = (|| -> Result<()> {

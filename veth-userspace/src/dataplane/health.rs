@@ -103,7 +103,9 @@ impl EndpointMaps {
     /// DEVMAP entry and its slot. Its counters stay until the slot is given
     /// to another pod.
     pub fn forget(&mut self, pod: &MappedPod) -> Result<()> {
-        if self.pods.get(&pod.slot, 0)?.host_ifindex == pod.host_ifindex {
+        // Only the identity as it was read: one rewritten since is not ours
+        // to clear.
+        if self.pods.get(&pod.slot, 0)? == pod.identity {
             self.pods
                 .set(pod.slot, PodIdentity::default(), 0)
                 .context("clearing a pod identity")?;

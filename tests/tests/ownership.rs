@@ -1044,10 +1044,24 @@ fn unused_pod_addresses_do_not_leave_the_node() {
             .unwrap();
         let said = String::from_utf8_lossy(&get.stdout).to_string() + &stderr(&get);
         assert!(!said.contains(&dummy), "{unused} is not routed out: {said}");
-        let before = tx();
+        // A leak moves the counter every time; something else the kernel
+        // sends now and then (seen once in a while under load) does not:
+        // the pings must leave the counter still in one of three tries.
         let addr: IpAddr = unused.parse().unwrap();
-        assert_eq!(ping(&a.netns, addr, 2), 0, "nobody answers for {unused}");
-        assert_eq!(tx(), before, "nothing to {unused} left through {dummy}");
+        let mut moved = Vec::new();
+        for _ in 0..3 {
+            let before = tx();
+            assert_eq!(ping(&a.netns, addr, 2), 0, "nobody answers for {unused}");
+            let delta = tx() - before;
+            if delta == 0 {
+                break;
+            }
+            moved.push(delta);
+        }
+        assert!(
+            moved.len() < 3,
+            "packets to {unused} left through {dummy} in every try: {moved:?}"
+        );
     }
     let used = run("ip", &["route", "get", &t.pod("b").ipv4.to_string()]);
     assert!(

@@ -267,7 +267,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     {
         let (t, ns, ready) = (traffic.clone(), server_netns.clone(), ready_tx.clone());
-        threads.push(thread::spawn(move || tcp_server(&t, &ns, tcp_addr, ready)));
+        threads.push(thread::spawn(move || tcp_server(t, &ns, tcp_addr, ready)));
     }
     drop(ready_tx);
     for _ in 0..2 {
@@ -564,7 +564,7 @@ fn udp_sender(t: &Traffic, netns: &str, addr: SocketAddr) -> Result<()> {
 }
 
 fn tcp_server(
-    t: &Traffic,
+    t: Arc<Traffic>,
     netns: &str,
     addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<()>>,
@@ -586,13 +586,13 @@ fn tcp_server(
     while !t.stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((conn, _)) => {
-                let netns = netns.clone();
+                let (netns, t) = (netns.clone(), t.clone());
                 echoes.push(thread::spawn(move || -> Result<()> {
                     enter(&netns)?;
                     conn.set_nonblocking(false)?;
                     conn.set_nodelay(true)?;
                     conn.set_read_timeout(Some(Duration::from_millis(200)))?;
-                    echo(conn);
+                    echo(conn, &t.stop);
                     Ok(())
                 }));
             }
@@ -609,10 +609,11 @@ fn tcp_server(
     Ok(())
 }
 
-/// Sends back what arrives until the peer closes or an error.
-fn echo(mut conn: TcpStream) {
+/// Sends back what arrives until the peer closes, an error or the end of
+/// the run (the client's FIN may not make it through a broken path).
+fn echo(mut conn: TcpStream, stop: &AtomicBool) {
     let mut buf = [0u8; 256];
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         match conn.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {

@@ -68,7 +68,13 @@ pub async fn run(host: Host) -> Result<()> {
         tokio::select! {
             event = events.next() => match event {
                 Some(LinkEvent::Changed { ifindex }) => on_link(&host, ifindex).await,
-                Some(LinkEvent::Removed { ifindex }) => on_removed(ifindex),
+                // Looked up, not believed: taking a port off a bridge sends
+                // an RTM_DELLINK (of family AF_BRIDGE) for a link that
+                // stays, and forgetting that pod's endpoint would leave it
+                // unmapped until the next `up` (seen when leaving mode
+                // bridge: `bench disruption`). A link really gone is not
+                // found, and its pod is forgotten as before.
+                Some(LinkEvent::Removed { ifindex }) => on_link(&host, ifindex).await,
                 Some(LinkEvent::Namespaces) => reconcile(&host).await,
                 None => anyhow::bail!("the rtnetlink event stream ended"),
             },
@@ -96,15 +102,6 @@ fn unless_changing() -> Option<crate::state::Lock> {
             eprintln!("vethctl agent: {e:#}");
             None
         }
-    }
-}
-
-fn on_removed(ifindex: u32) {
-    let Some(_lock) = unless_changing() else {
-        return;
-    };
-    for topology in topologies() {
-        apply(&topology, ifindex, |_| Verdict::Forget);
     }
 }
 

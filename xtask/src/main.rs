@@ -78,6 +78,29 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// What changes cost running traffic: datagrams lost and TCP
+    /// connections broken across an agent kill -9, program reloads and
+    /// every `mode set` transition.
+    Disruption {
+        /// Datagrams per second of the sequence-numbered UDP stream.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Long-lived TCP connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Milliseconds of traffic measured after each event (a quarter
+        /// of it before).
+        #[arg(long, default_value_t = 2000)]
+        settle_ms: u64,
+        /// Modes whose transitions are measured, each ordered pair once;
+        /// the first is where it starts and ends.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "tc,xdp,routed,bridge,pair"
+        )]
+        modes: Vec<String>,
+    },
     /// Per-packet cost of the per-pair counters: counters on vs compiled out.
     Counting {
         /// Interleaved rounds per variant.
@@ -107,6 +130,20 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Counting { rounds, seconds },
         } => bench::counting::run(rounds, seconds),
+        Task::Bench {
+            bench:
+                Bench::Disruption {
+                    rate,
+                    connections,
+                    settle_ms,
+                    modes,
+                },
+        } => bench::disruption::run(&bench::disruption::Options {
+            rate,
+            connections,
+            settle_ms,
+            modes,
+        }),
         Task::Bench {
             bench: Bench::Checks { rounds },
         } => bench::checks::run(rounds),

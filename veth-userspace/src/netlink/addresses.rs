@@ -17,6 +17,14 @@ pub type Prefix = (IpAddr, u8);
 /// addresses are the kernel's and stay). IPv6 addresses skip duplicate
 /// address detection: they are ours by construction, and DAD would keep
 /// them unusable for a second.
+///
+/// Make before break: new IPv4 addresses are added before stale ones go.
+/// Removing a link's last IPv4 address makes the kernel flush every IPv4
+/// route through it (the default route included), so senders would get
+/// `Network is unreachable` until the routes are back; with the new address
+/// already there (the same address with another prefix is a separate entry
+/// in IPv4), the link never has none. IPv6 refuses the same address twice
+/// whatever the prefix, so there the stale one goes first.
 pub async fn ensure_exactly(
     handle: &rtnetlink::Handle,
     link: &LinkState,
@@ -32,14 +40,37 @@ pub async fn ensure_exactly(
             Some(addr) if desired.contains(&(addr, msg.header.prefix_len)) => {
                 present.push((addr, msg.header.prefix_len))
             }
-            Some(_) => stale.push(msg),
+            Some(addr) => stale.push((addr.is_ipv4(), msg)),
             None => {}
         }
     }
-    for msg in stale {
+    let missing: Vec<Prefix> = desired
+        .iter()
+        .filter(|d| !present.contains(d))
+        .copied()
+        .collect();
+    add_all(handle, link, missing.iter().filter(|(a, _)| a.is_ipv4())).await?;
+    for (_, msg) in stale.iter().filter(|(v4, _)| !v4) {
+        delete(
+            handle,
+            msg.clone(),
+            &format!("a stale address of {:?}", link.name),
+        )
+        .await?;
+    }
+    add_all(handle, link, missing.iter().filter(|(a, _)| a.is_ipv6())).await?;
+    for (_, msg) in stale.into_iter().filter(|(v4, _)| *v4) {
         delete(handle, msg, &format!("a stale address of {:?}", link.name)).await?;
     }
-    for &(addr, prefix_len) in desired.iter().filter(|d| !present.contains(d)) {
+    Ok(())
+}
+
+async fn add_all(
+    handle: &rtnetlink::Handle,
+    link: &LinkState,
+    prefixes: impl Iterator<Item = &Prefix>,
+) -> Result<()> {
+    for &(addr, prefix_len) in prefixes {
         let mut request = handle.address().add(link.ifindex, addr, prefix_len);
         if addr.is_ipv6() {
             request

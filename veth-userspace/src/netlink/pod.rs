@@ -61,6 +61,10 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
         // construction, and DAD keeps the link-local address unusable for a
         // second after every (re)configuration.
         sysctl::disable_dad(POD_IFNAME)?;
+        // New addresses are added before stale ones go (see
+        // `addresses::ensure_exactly`): a new address of the old one's
+        // subnet is a secondary, which must outlive the old primary.
+        sysctl::promote_secondaries(POD_IFNAME)?;
         links::ensure_up(&handle, &eth0, &pod.mac, Some(pod.mtu)).await?;
 
         let routed_gateways = {

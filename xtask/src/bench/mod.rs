@@ -5,6 +5,7 @@
 pub mod checks;
 pub mod control;
 pub mod counting;
+pub mod disruption;
 pub mod paths;
 mod report;
 

@@ -33,7 +33,10 @@ use std::{
 
 use veth_userspace::netlink::netns;
 
-use crate::run;
+use crate::{
+    frames::{self, internet_checksum},
+    run,
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -74,7 +77,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 // ---------------------------------------------------------------------------
 // Frames.
 
-/// An Ethernet frame: `tags` are (TPID, TCI) pairs, outermost first, then
+/// An Ethernet frame: `tags` are (TPID, VID) pairs, outermost first, then
 /// `ethertype` and `payload`.
 pub fn frame(
     dst: [u8; 6],
@@ -83,45 +86,22 @@ pub fn frame(
     ethertype: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + 4 * tags.len() + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    for (tpid, tci) in tags {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&tci.to_be_bytes());
-    }
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    // `with_vlan_tag` puts each new tag outermost: innermost first.
+    tags.iter().rev().fold(
+        frames::ethernet(dst, src, ethertype, payload),
+        |f, &(tpid, vid)| frames::with_vlan_tag(&f, tpid, vid),
+    )
 }
 
-/// The Internet checksum (RFC 1071) of `chunks` taken as one byte string.
-pub fn internet_checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut odd: Option<u8> = None;
-    for chunk in chunks {
-        for &b in *chunk {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
-                None => odd = Some(b),
-            }
-        }
+/// `datagram` (a UDP datagram with checksum 0) with its checksum over
+/// `pseudo_header` filled in.
+fn with_udp_checksum(pseudo_header: &[u8], mut datagram: Vec<u8>) -> Vec<u8> {
+    let mut check = internet_checksum(&[pseudo_header, &datagram]);
+    if check == 0 {
+        check = 0xffff;
     }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn udp_header(sport: u16, dport: u16, len: usize) -> [u8; 8] {
-    let mut h = [0u8; 8];
-    h[0..2].copy_from_slice(&sport.to_be_bytes());
-    h[2..4].copy_from_slice(&dport.to_be_bytes());
-    h[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-    h
+    datagram[6..8].copy_from_slice(&check.to_be_bytes());
+    datagram
 }
 
 /// An IPv4 header's fields, with the usual values by default; [`Ipv4::udp`]
@@ -151,11 +131,10 @@ impl Ipv4 {
     /// The IPv4 packet (20-byte header, whatever `vihl` says) carrying a
     /// UDP datagram with `payload`, both checksums right.
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let udp_len = 8 + payload.len();
-        let total = 20 + udp_len;
+        let udp = frames::udp(sport, dport, payload);
         let mut ip = [0u8; 20];
         ip[0] = self.vihl;
-        let total_len = self.total_len.unwrap_or(total as u16);
+        let total_len = self.total_len.unwrap_or((20 + udp.len()) as u16);
         ip[2..4].copy_from_slice(&total_len.to_be_bytes());
         ip[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
         ip[6] = 0x40; // DF
@@ -165,18 +144,12 @@ impl Ipv4 {
         ip[16..20].copy_from_slice(&self.dst.octets());
         let check = internet_checksum(&[&ip]);
         ip[10..12].copy_from_slice(&check.to_be_bytes());
-        let mut udp = udp_header(sport, dport, udp_len);
         let mut pseudo = [0u8; 12];
         pseudo[0..4].copy_from_slice(&self.src.octets());
         pseudo[4..8].copy_from_slice(&self.dst.octets());
         pseudo[9] = IPPROTO_UDP;
-        pseudo[10..12].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        let mut check = internet_checksum(&[&pseudo, &udp, payload]);
-        if check == 0 {
-            check = 0xffff;
-        }
-        udp[6..8].copy_from_slice(&check.to_be_bytes());
-        [&ip[..], &udp, payload].concat()
+        pseudo[10..12].copy_from_slice(&(udp.len() as u16).to_be_bytes());
+        [&ip[..], &with_udp_checksum(&pseudo, udp)].concat()
     }
 }
 
@@ -194,27 +167,17 @@ pub fn ipv6_udp_with(
     payload: &[u8],
     payload_len: Option<u16>,
 ) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut ip = [0u8; 40];
-    ip[0] = 0x60;
-    let len = payload_len.unwrap_or(udp_len as u16);
-    ip[4..6].copy_from_slice(&len.to_be_bytes());
-    ip[6] = IPPROTO_UDP;
-    ip[7] = 64;
-    ip[8..24].copy_from_slice(&src.octets());
-    ip[24..40].copy_from_slice(&dst.octets());
-    let mut udp = udp_header(40000, dport, udp_len);
+    let udp = frames::udp(40000, dport, payload);
     let mut pseudo = [0u8; 40];
     pseudo[0..16].copy_from_slice(&src.octets());
     pseudo[16..32].copy_from_slice(&dst.octets());
-    pseudo[32..36].copy_from_slice(&(udp_len as u32).to_be_bytes());
+    pseudo[32..36].copy_from_slice(&(udp.len() as u32).to_be_bytes());
     pseudo[39] = IPPROTO_UDP;
-    let mut check = internet_checksum(&[&pseudo, &udp, payload]);
-    if check == 0 {
-        check = 0xffff;
+    let mut packet = frames::ipv6(src, dst, 64, IPPROTO_UDP, &with_udp_checksum(&pseudo, udp));
+    if let Some(len) = payload_len {
+        packet[4..6].copy_from_slice(&len.to_be_bytes());
     }
-    udp[6..8].copy_from_slice(&check.to_be_bytes());
-    [&ip[..], &udp, payload].concat()
+    packet
 }
 
 /// A well-formed IPv6 UDP packet.
@@ -225,11 +188,8 @@ pub fn ipv6_udp(src: Ipv6Addr, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Vec
 /// An ARP request (`oper` 1) for `tpa`: hardware type Ethernet, protocol
 /// IPv4, and the given hardware address length (6 for a well-formed one).
 pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr, hlen: u8) -> Vec<u8> {
-    let mut p = vec![0, 1, 0x08, 0x00, hlen, 4, 0, 1];
-    p.extend_from_slice(&sha);
-    p.extend_from_slice(&spa.octets());
-    p.extend_from_slice(&[0; 6]);
-    p.extend_from_slice(&tpa.octets());
+    let mut p = frames::arp(frames::ARP_REQUEST, sha, spa, [0; 6], tpa);
+    p[4] = hlen;
     p
 }
 

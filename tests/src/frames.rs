@@ -106,11 +106,23 @@ pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
         header.len() >= IPV4_HLEN && header.len().is_multiple_of(4),
         "an IPv4 header"
     );
+    internet_checksum(&[&header[..10], &[0, 0], &header[12..]])
+}
+
+/// The Internet checksum (RFC 1071) of `chunks` taken as one byte string.
+pub fn internet_checksum(chunks: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
-    for (i, word) in header.chunks(2).enumerate() {
-        if i != 5 {
-            sum += u32::from(u16::from_be_bytes([word[0], word[1]]));
+    let mut odd: Option<u8> = None;
+    for chunk in chunks {
+        for &b in *chunk {
+            match odd.take() {
+                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
+                None => odd = Some(b),
+            }
         }
+    }
+    if let Some(hi) = odd {
+        sum += u32::from(u16::from_be_bytes([hi, 0]));
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

@@ -266,6 +266,27 @@ where
 }
 
 /// The two lines under a workload's group of bars.
+/// A workload's two-line label, centred under its group of bars at `(cx, cy)`.
+fn draw_group_label<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    (cx, cy): (i32, i32),
+    workload: Workload,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (first, second) = group_label(workload);
+    let centred = |size| {
+        ("sans-serif", size)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top))
+    };
+    area.draw(&Text::new(first, (cx, cy + 8), centred(13)))?;
+    area.draw(&Text::new(second, (cx, cy + 24), centred(12)))?;
+    Ok(())
+}
+
 fn group_label(workload: Workload) -> (&'static str, &'static str) {
     let second = match workload {
         Workload::TcpRr | Workload::UdpRr | Workload::TcpCrr => "2 CPUs",
@@ -372,16 +393,8 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
             )?;
             whisker(&mut rates, xm, (lo, mid, hi))?;
         }
-        let (cx, cy) = rates.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
-        let (first, second) = group_label(workload);
-        let centred = |size| {
-            ("sans-serif", size)
-                .into_font()
-                .color(&BLACK)
-                .pos(Pos::new(HPos::Center, VPos::Top))
-        };
-        root.draw(&Text::new(first, (cx, cy + 8), centred(13)))?;
-        root.draw(&Text::new(second, (cx, cy + 24), centred(12)))?;
+        let at = rates.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
+        draw_group_label(&root, at, workload)?;
     }
 
     // Bottom panel: request/response latency.
@@ -432,17 +445,8 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
             )?;
             whisker(&mut latency, xm, (p50, p50, p99))?;
         }
-        let (cx, cy) =
-            latency.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
-        let (first, second) = group_label(workload);
-        let centred = |size| {
-            ("sans-serif", size)
-                .into_font()
-                .color(&BLACK)
-                .pos(Pos::new(HPos::Center, VPos::Top))
-        };
-        root.draw(&Text::new(first, (cx, cy + 8), centred(13)))?;
-        root.draw(&Text::new(second, (cx, cy + 24), centred(12)))?;
+        let at = latency.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
+        draw_group_label(&root, at, workload)?;
     }
     root.present()?;
     Ok(())

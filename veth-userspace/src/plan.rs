@@ -703,17 +703,7 @@ mod tests {
     }
 
     fn link(name: &str, ifindex: u32, kind: &str) -> LinkState {
-        LinkState {
-            name: name.into(),
-            ifindex,
-            kind: Some(kind.into()),
-            mac: vec![0xee; 6],
-            up: true,
-            lower_up: true,
-            mtu: 1500,
-            peer_ifindex: Some(2),
-            controller: None,
-        }
+        LinkState::for_test(name, ifindex, kind)
     }
 
     fn host_route(dst: IpAddr, ifindex: u32, src: Option<IpAddr>) -> Route {

@@ -218,15 +218,9 @@ mod tests {
 
     fn veth(name: &str, up: bool, lower_up: bool) -> LinkState {
         LinkState {
-            name: name.into(),
-            ifindex: 7,
-            kind: Some("veth".into()),
-            mac: vec![0xee; 6],
             up,
             lower_up,
-            mtu: 1500,
-            peer_ifindex: Some(2),
-            controller: None,
+            ..LinkState::for_test(name, 7, "veth")
         }
     }
 

@@ -66,6 +66,25 @@ impl LinkState {
     }
 }
 
+#[cfg(test)]
+impl LinkState {
+    /// A link as unit tests need one: up, carrier on, MTU 1500, MAC
+    /// ee:ee:ee:ee:ee:ee, peer ifindex 2, no controller.
+    pub fn for_test(name: &str, ifindex: u32, kind: &str) -> LinkState {
+        LinkState {
+            name: name.into(),
+            ifindex,
+            kind: Some(kind.into()),
+            mac: vec![0xee; 6],
+            up: true,
+            lower_up: true,
+            mtu: 1500,
+            peer_ifindex: Some(2),
+            controller: None,
+        }
+    }
+}
+
 fn kind_name(kind: &InfoKind) -> String {
     kind.to_string()
 }

@@ -553,15 +553,9 @@ mod tests {
     #[test]
     fn endpoint_state_follows_veth_and_slot() {
         let link = |ifindex, up, lower_up| LinkState {
-            name: "t-b".into(),
-            ifindex,
-            kind: Some("veth".into()),
-            mac: vec![0xee; 6],
             up,
             lower_up,
-            mtu: 1500,
-            peer_ifindex: Some(2),
-            controller: None,
+            ..LinkState::for_test("t-b", ifindex, "veth")
         };
         let endpoint = Endpoint {
             host_ifindex: 7,

@@ -11,7 +11,10 @@ use network_types::{
 };
 use veth_common::{DropReason, PodIdentity};
 
-use crate::packet::{is_link_local, ptr_at, Frame};
+use crate::{
+    deliver::owns_ipv6,
+    packet::{is_link_local, ptr_at, Frame},
+};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_ICMPV6: u8 = 58;
@@ -120,8 +123,7 @@ fn check_icmpv6<F: Frame>(ctx: &F, offset: usize, me: &PodIdentity) -> Result<()
             };
             // SAFETY: bounds-checked by `ptr_at`.
             let target = unsafe { &*target };
-            let own = me.has_ipv6 != 0 && *target == me.ipv6;
-            if own || is_link_local(target) {
+            if owns_ipv6(me, target) || is_link_local(target) {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedNeighbour)

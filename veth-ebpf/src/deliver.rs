@@ -75,10 +75,16 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         Ok(l3) => l3,
         Err(reason) => return Decision::Drop(reason),
     };
+    // Once per frame: the check and the delivery both need it.
+    let own_ipv6 = match l3 {
+        // SAFETY: `network_header` bounds-checked the header.
+        L3::Ipv6(ip) => owns_ipv6(me, unsafe { &(*ip).src_addr }),
+        _ => false,
+    };
     if checks {
         // The bytes after the Ethernet header, non-linear ones included.
         let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
-        if let Err(reason) = check_sender(&l3, me, l3_len) {
+        if let Err(reason) = check_sender(&l3, me, l3_len, own_ipv6) {
             return Decision::Drop(reason);
         }
         let control = match l3 {
@@ -97,16 +103,15 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         L3::Ipv4(ip) => deliver_ipv4(ctx, eth, ip),
         // Only the pod's own global address is routed here: link-local
         // sources stay on the link, with the host.
-        // SAFETY: `network_header` bounds-checked the header.
-        L3::Ipv6(ip) if owns_ipv6(me, unsafe { &(*ip).src_addr }) => deliver_ipv6(ctx, eth, ip),
+        L3::Ipv6(ip) if own_ipv6 => deliver_ipv6(ctx, eth, ip),
         L3::Ipv6(_) | L3::Arp(_) => Decision::Pass,
     }
 }
 
 /// Steps 5 and 6: the network header is well formed and its sender is the
-/// pod.
+/// pod (`own_ipv6`: an IPv6 source is the pod's global address).
 #[inline(always)]
-fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason> {
+fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32, own_ipv6: bool) -> Result<(), DropReason> {
     // SAFETY: `network_header` bounds-checked the fixed part of each header.
     unsafe {
         match *l3 {
@@ -122,8 +127,7 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason
                 if !ipv6_well_formed((*ip).vcf[0], (*ip).payload_len, l3_len) {
                     return Err(DropReason::MalformedIpv6);
                 }
-                let src = &(*ip).src_addr;
-                if !owns_ipv6(me, src) && !is_link_local_or_unspecified(src) {
+                if !own_ipv6 && !is_link_local_or_unspecified(&(*ip).src_addr) {
                     return Err(DropReason::SpoofedIpv6);
                 }
             }
@@ -141,8 +145,9 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32) -> Result<(), DropReason
     Ok(())
 }
 
+/// `addr` is the pod's own (global) IPv6 address.
 #[inline(always)]
-fn owns_ipv6(me: &PodIdentity, addr: &[u8; 16]) -> bool {
+pub fn owns_ipv6(me: &PodIdentity, addr: &[u8; 16]) -> bool {
     me.has_ipv6 != 0 && *addr == me.ipv6
 }
 

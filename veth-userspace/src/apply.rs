@@ -96,7 +96,10 @@ pub async fn observe(
     // A veth made in the same request as the pod's eth0, whose alias a
     // crash kept from being set, is the peer of that eth0.
     for (recorded_name, link) in to_prove {
-        if host.is_pod_peer(&link, &recorded_name).await? {
+        if host
+            .is_pod_peer(&link, &recorded_name, crate::model::POD_IFNAME)
+            .await?
+        {
             claimed.insert(link.ifindex);
             links.insert(recorded_name, link);
         } else {
@@ -377,7 +380,7 @@ pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result
     let timings = Timings::new(options.timings);
     let _lock = state::lock()?;
     timings.mark("wait for the lock");
-    up_locked(topology, source, options, timings).await
+    Ok(up_locked(topology, source, options, timings).await?.1)
 }
 
 /// Like [`up`], for a description derived from the one recorded for topology
@@ -402,16 +405,28 @@ where
             topology.name
         );
     }
-    let steps = up_locked(&topology, &source, options, timings).await?;
-    Ok((topology, steps))
+    up_locked(&topology, &source, options, timings).await
 }
 
+/// `topology` (described by `source`) with each recorded pod keeping the
+/// addresses it was given, so that no pod moves when others come or go.
+pub fn keeping_recorded(topology: &Topology, source: &str) -> Result<Topology> {
+    let previous = StateDir::new(&topology.name).load_addresses()?;
+    if previous.is_empty() {
+        return Ok(topology.clone());
+    }
+    Ok(Topology::from_toml_keeping(source, &previous)?)
+}
+
+/// Returns the topology as converged to (addresses decided under the lock)
+/// and the steps taken.
 async fn up_locked(
     topology: &Topology,
     source: &str,
     options: UpOptions,
     timings: Timings,
-) -> Result<Vec<Step>> {
+) -> Result<(Topology, Vec<Step>)> {
+    let topology = &keeping_recorded(topology, source)?;
     refuse_address_clashes(topology)?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
@@ -425,6 +440,7 @@ async fn up_locked(
     let ledger = with_intents(ledger, topology, &steps);
     ledger.save(&state)?;
     state.save(source)?;
+    state.save_addresses(&topology.assigned())?;
     let executor = Executor::new(
         host,
         &topology.name,
@@ -444,7 +460,7 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
-    Ok(steps)
+    Ok((topology.clone(), steps))
 }
 
 /// `ledger` with an entry for every object `steps` may make, written

@@ -285,6 +285,9 @@ fn read_topology(path: &Path) -> Result<(Topology, String)> {
         read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
     let topology = Topology::from_toml(&text)
         .with_context(|| format!("invalid topology file {}", path.display()))?;
+    // As `up` will address it: recorded pods keep their addresses.
+    let topology = apply::keeping_recorded(&topology, &text)
+        .with_context(|| format!("invalid topology file {}", path.display()))?;
     Ok((topology, text))
 }
 

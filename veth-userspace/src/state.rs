@@ -11,10 +11,13 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::model::Topology;
+use crate::model::{Assigned, Topology};
 
 pub const STATE_ROOT: &str = "/run/vethctl";
 const TOPOLOGY_FILE: &str = "topology.toml";
+/// The addresses pods were given, so that they keep them (see
+/// [`Topology::from_toml_keeping`]).
+const ADDRESSES_FILE: &str = "addresses.json";
 const LOCK_FILE: &str = ".lock";
 
 /// `/run/vethctl/<topology>/`.
@@ -53,12 +56,7 @@ impl StateDir {
     /// Records the description `up` is converging to. Written before any
     /// kernel object is made, so a crashed `up` is still visible.
     pub fn save(&self, topology_text: &str) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let tmp = self.dir.join(format!(".{TOPOLOGY_FILE}.tmp"));
-        fs::write(&tmp, topology_text).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, self.dir.join(TOPOLOGY_FILE))
-            .with_context(|| format!("saving state in {}", self.dir.display()))
+        write_atomically(&self.dir, TOPOLOGY_FILE, topology_text.as_bytes())
     }
 
     /// The recorded description's text, if this topology was brought up.
@@ -71,15 +69,33 @@ impl StateDir {
         }
     }
 
-    /// The recorded topology, if this topology was brought up.
+    /// The recorded topology, if this topology was brought up, with the
+    /// addresses its pods were given.
     pub fn load(&self) -> Result<Option<Topology>> {
         let path = self.dir.join(TOPOLOGY_FILE);
         let Some(text) = self.load_text()? else {
             return Ok(None);
         };
-        Topology::from_toml(&text)
+        Topology::from_toml_keeping(&text, &self.load_addresses()?)
             .map(Some)
             .with_context(|| format!("{} is not a valid topology", path.display()))
+    }
+
+    /// Records the addresses `up` gave the pods (atomically).
+    pub fn save_addresses(&self, assigned: &Assigned) -> Result<()> {
+        let json = serde_json::to_vec_pretty(assigned).context("encoding pod addresses")?;
+        write_atomically(&self.dir, ADDRESSES_FILE, &json)
+    }
+
+    /// The addresses recorded by the last `up` (none before the first).
+    pub fn load_addresses(&self) -> Result<Assigned> {
+        let path = self.dir.join(ADDRESSES_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a valid address record", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Assigned::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     pub fn remove(&self) -> Result<()> {
@@ -89,6 +105,15 @@ impl StateDir {
             Err(e) => Err(e).with_context(|| format!("removing {}", self.dir.display())),
         }
     }
+}
+
+/// Writes `dir/name` whole or not at all (write a temporary file, then
+/// rename it over the old one).
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(name)).with_context(|| format!("saving {}", dir.join(name).display()))
 }
 
 /// Names of the topologies with recorded state, sorted.

@@ -19,7 +19,7 @@ use crate::{
         Attachment, Pins,
     },
     model::{format_mac, Topology},
-    netlink::{host::POD_IFNAME, links::LinkState, Host},
+    netlink::{links::LinkState, Host},
 };
 
 /// `status --json`: `{"topologies": [...], "unreadable": [...]}`.
@@ -232,13 +232,13 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
         let pair = link
             .as_ref()
             .zip(pod_ifindex)
-            .map(|(l, peer)| format!("{POD_IFNAME}@if{} <-> {}@if{peer}", l.ifindex, l.name));
+            .map(|(l, peer)| format!("{}@if{} <-> {}@if{peer}", pod.ifname, l.ifindex, l.name));
         pods.push(PodStatus {
             name: pod.name.clone(),
             netns: pod.netns.clone(),
             ipv4: pod.ipv4.to_string(),
             ipv6: pod.ipv6.map(|v| v.to_string()),
-            pod_ifname: POD_IFNAME.to_string(),
+            pod_ifname: pod.ifname.clone(),
             pod_ifindex,
             pod_mac: format_mac(&pod.mac),
             host_veth: pod.host_veth.clone(),

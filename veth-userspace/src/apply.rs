@@ -12,12 +12,12 @@ use ipnet::IpNet;
 
 use crate::{
     applied::{masquerade_fingerprint, pod_fingerprint, Applied, AppliedPod},
-    dataplane::{self, Dataplane, Hook, Pins, PodEntry},
+    dataplane::{self, Dataplane, Hook, Pins},
+    endpoint::{self, wire},
     model::{host_address_label, Mode, Topology},
     netlink::{
         links::{LinkState, MarkedLink},
-        nat, netns, pair,
-        pod::{self, PodWiring},
+        nat, netns, pair, pod,
         routes::{self, Route, RouteKind},
         sysctl, Host,
     },
@@ -427,6 +427,11 @@ async fn up_locked(
     timings: Timings,
 ) -> Result<(Topology, Vec<Step>)> {
     let topology = &keeping_recorded(topology, source)?;
+    let recorded_mode = StateDir::new(&topology.name)
+        .load()
+        .ok()
+        .flatten()
+        .map(|t| t.mode);
     refuse_address_clashes(topology)?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
@@ -460,6 +465,11 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
+    if options.repair || recorded_mode.is_some_and(|m| m != topology.mode) {
+        // A runtime's endpoints follow the network's mode too.
+        wire::rewire_all(&executor.host, topology).await?;
+        executor.timings.mark("rewire the runtime's endpoints");
+    }
     Ok((topology.clone(), steps))
 }
 
@@ -639,6 +649,13 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _lock = state::lock()?;
     let host = Host::connect()?;
+    // A runtime's endpoints first: their veths, map entries and records
+    // (their namespaces are the runtime's and stay).
+    for record in endpoint::Store::new(name).records() {
+        wire::remove(&host, name, &record)
+            .await
+            .with_context(|| format!("topology {name:?}: removing endpoint {}", record.key()))?;
+    }
     let recorded = StateDir::new(name).load().ok().flatten();
     let ledger = ledger_of(name, recorded.as_ref())?;
     let observed = observe(
@@ -1172,59 +1189,25 @@ impl Executor {
         Ok(())
     }
 
-    /// Pod side and host side of one pod, wired for the topology's mode.
+    /// Pod side and host side of one pod, wired for the topology's mode
+    /// (the applied record says first when xdp offloads may be set).
     async fn configure_pod(&self, topology: &Topology, pod: &crate::model::Pod) -> Result<()> {
-        let bridge = match topology.mode {
-            Mode::Bridge => Some(
-                self.host
-                    .link(&topology.bridge)
-                    .await?
-                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?,
-            ),
-            _ => None,
-        };
-        let wiring = match &bridge {
-            Some(_) => PodWiring::Bridged {
-                prefix4: topology.pod_cidr.prefix_len(),
-                prefix6: topology.pod_cidr6.map_or(128, |c| c.prefix_len()),
-                gateway4: topology.host_address,
-                gateway6: topology.host_address6,
-            },
-            None => PodWiring::Routed,
-        };
-        pod::configure(pod, &wiring).await?;
-        if topology.mode == Mode::Xdp {
+        wire::wire_pod(&self.host, topology, pod, || {
             let newly = (self.applied.lock().expect("applied record lock"))
                 .xdp_offloads
                 .insert(pod.name.clone());
             if newly {
                 self.save_applied()?;
             }
-            // Before XDP is attached: redirected frames need the pod's NAPI.
-            pod::set_offloads(pod, true).await?;
-        }
-        let veth = self
-            .host
-            .link(&pod.host_veth)
-            .await?
-            .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
-        // A veth of an older vethctl, or one whose mark a crash kept from
-        // being set, gets it now.
-        self.host
-            .ensure_alias(&veth, &link_mark(&self.name))
-            .await?;
-        self.host
-            .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
-            .await?;
-        sysctl::set_rps(&pod.host_veth, topology.rps)?;
-        if bridge.is_none() {
-            self.host
-                .ensure_pod_routes(pod, veth.ifindex, topology)
-                .await?;
-        }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
+    /// Makes the maps hold exactly the topology's pods and the network's
+    /// recorded endpoints (they are made apart, by CNI ADD, under the shared
+    /// lock this `up` excludes), and unpins the links of veths of neither.
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
         let veths = self.host_veths(topology).await?;
         let mut entries = Vec::with_capacity(topology.pods.len());
@@ -1232,27 +1215,25 @@ impl Executor {
             let host_ifindex = *veths
                 .get(&pod.host_veth)
                 .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
-            entries.push(PodEntry {
-                host_ifindex,
-                ipv4: pod.ipv4,
-                ipv6: pod.ipv6,
-                mac: pod.mac,
-                gateway_mac: pod.gateway_mac,
-                mtu: pod.mtu,
-            });
+            entries.push(wire::entry(pod, host_ifindex));
+        }
+        let mut wanted: BTreeSet<String> =
+            topology.pods.iter().map(|p| p.host_veth.clone()).collect();
+        for record in endpoint::Store::new(&self.name).records() {
+            wanted.insert(record.host_veth.clone());
+            if let Some(ifindex) = record.host_ifindex {
+                entries.push(wire::entry(&record.pod(), ifindex));
+            }
         }
         let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
-        let wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
         let mut dataplane = Dataplane::open(&self.name)?;
-        {
-            dataplane.sync_pods(&entries)?;
-            dataplane.sync_devmap(&ifindexes)?;
-            for veth in dataplane.pins().linked_veths()? {
-                if !wanted.contains(veth.as_str()) {
-                    dataplane.pins().remove_links(&veth)?;
-                }
+        dataplane.sync_pods(&entries)?;
+        dataplane.sync_devmap(&ifindexes)?;
+        for veth in dataplane.pins().linked_veths()? {
+            if !wanted.contains(&veth) {
+                dataplane.pins().remove_links(&veth)?;
             }
-            Ok(())
         }
+        Ok(())
     }
 }

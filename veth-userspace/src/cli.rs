@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    apply,
+    apply, endpoint,
     model::{
         too_large, validate_topology_name, with_mode, Mode, Topology, DEFAULT_TOPOLOGY,
         MAX_TOPOLOGY_BYTES,
@@ -259,7 +259,7 @@ impl Select {
         for name in recorded_topologies()? {
             let state = StateDir::new(&name);
             match state.load() {
-                Ok(Some(t)) => topologies.push(t),
+                Ok(Some(t)) => topologies.push(endpoint::with_endpoints(t)),
                 // Brought down meanwhile.
                 Ok(None) => {}
                 Err(e) => unreadable.push(Unreadable::record(&name, &state.topology_path(), &e)),
@@ -274,7 +274,7 @@ impl Select {
 fn load_recorded(name: &str) -> Result<Topology> {
     let state = StateDir::new(name);
     match state.load() {
-        Ok(Some(t)) => Ok(t),
+        Ok(Some(t)) => Ok(endpoint::with_endpoints(t)),
         Ok(None) => bail!(not_up(name)),
         Err(e) => bail!(Unreadable::record(name, &state.topology_path(), &e).message()),
     }

@@ -155,8 +155,11 @@ fn yes() -> bool {
     true
 }
 
+/// The MTU of pods when nothing says otherwise.
+pub const DEFAULT_MTU: u32 = 1500;
+
 fn default_mtu() -> u32 {
-    1500
+    DEFAULT_MTU
 }
 
 #[derive(Debug, Deserialize)]

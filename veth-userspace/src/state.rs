@@ -17,7 +17,7 @@ pub const STATE_ROOT: &str = "/run/vethctl";
 const TOPOLOGY_FILE: &str = "topology.toml";
 /// The addresses pods were given, so that they keep them (see
 /// [`Topology::from_toml_keeping`]).
-const ADDRESSES_FILE: &str = "addresses.json";
+const ADDRESSES_FILE: &str = "pod-addresses.json";
 const LOCK_FILE: &str = ".lock";
 
 /// `/run/vethctl/<topology>/`.
@@ -169,6 +169,26 @@ pub fn lock() -> Result<Lock> {
     fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
     let file = lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), true)?
         .context("a blocking lock returned without the lock")?;
+    Ok(Lock { _file: file })
+}
+
+/// The change lock shared: for work on one endpoint of a network (a CNI
+/// ADD or DEL), which many do at once; `up`, `down` and `mode set` (the
+/// exclusive [`lock`]) wait for them all, and they for it.
+pub fn lock_shared() -> Result<Lock> {
+    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    let path = Path::new(STATE_ROOT).join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
     Ok(Lock { _file: file })
 }
 

@@ -89,6 +89,7 @@ fn topologies() -> Vec<Topology> {
         .unwrap_or_default()
         .iter()
         .filter_map(|name| StateDir::new(name).load().ok().flatten())
+        .map(crate::endpoint::with_endpoints)
         .collect()
 }
 

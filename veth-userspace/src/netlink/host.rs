@@ -141,6 +141,11 @@ impl Host {
         links::list_marked(&self.handle).await
     }
 
+    /// The alias of link `ifindex` (our mark on links we made).
+    pub async fn alias(&self, ifindex: u32) -> Result<Option<String>> {
+        links::alias_of(&self.handle, ifindex).await
+    }
+
     /// Marks a link of ours with `alias` (a no-op when it has it).
     pub async fn ensure_alias(&self, link: &LinkState, alias: &str) -> Result<()> {
         let current = links::alias_of(&self.handle, link.ifindex).await?;

@@ -9,6 +9,7 @@
 //! that changes (another mode) converges the network, and its endpoints
 //! with it, on the next ADD.
 
+pub mod install;
 pub mod ipam;
 pub mod network;
 
@@ -118,6 +119,19 @@ async fn ensure_network(
             network.name
         ),
     })
+}
+
+/// Brings up the network of a configuration list (`vethctl agent
+/// --cni-conf`), so that its programs are loaded before the first pod
+/// starts; returns its name. A network that is current is left alone.
+pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
+    let conf = install::validate(list)?;
+    let (network, source) = network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host = Host::connect()?;
+    ensure_network(&host, &network, &source)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(network.name)
 }
 
 fn k8s_of(req: &Request) -> Option<K8sPod> {

@@ -537,7 +537,8 @@ impl Dataplane {
         for stale in present.difference(ifindexes) {
             ignore_missing(devmap.remove(*stale)).context("removing a stale DEVMAP entry")?;
         }
-        for &ifindex in ifindexes {
+        // An entry is always its own ifindex: only missing ones are written.
+        for &ifindex in ifindexes.difference(&present) {
             devmap
                 .insert(ifindex, ifindex, None, 0)
                 .map_err(|e| anyhow!("writing DEVMAP entry {ifindex}: {e}"))?;
@@ -581,9 +582,13 @@ impl Dataplane {
             let slot = plan
                 .slot(pod.host_ifindex)
                 .expect("every wanted pod has a slot");
-            identities
-                .set(slot, pod.identity(), 0)
-                .context("writing a pod identity")?;
+            // Unchanged entries are not rewritten: adding one pod writes
+            // that pod's entries only.
+            if identities.get(&slot, 0).ok() != Some(pod.identity()) {
+                identities
+                    .set(slot, pod.identity(), 0)
+                    .context("writing a pod identity")?;
+            }
             v4.insert(ipv4_key(pod.ipv4.octets()), pod.endpoint(slot));
             if let Some(ipv6) = pod.ipv6 {
                 v6.insert(ipv6.octets(), pod.endpoint(slot));
@@ -700,7 +705,7 @@ impl Dataplane {
     }
 
     /// Makes a hash map hold exactly `wanted`.
-    fn sync_hash<K: aya::Pod + Ord, V: aya::Pod>(
+    fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
         &mut self,
         name: &str,
         wanted: BTreeMap<K, V>,
@@ -716,6 +721,9 @@ impl Dataplane {
                 .with_context(|| format!("removing a stale entry of {name}"))?;
         }
         for (key, value) in wanted {
+            if hash.get(&key, 0).ok().as_ref() == Some(&value) {
+                continue;
+            }
             hash.insert(key, value, 0)
                 .with_context(|| format!("writing {name}"))?;
         }

@@ -53,10 +53,26 @@ fn expect_gone(net: &TestNetwork, containerd: &Containerd, pods: &[PodStatus]) {
             pod.name
         );
     }
-    assert_eq!(net.bridge_ports(), Vec::<String>::new(), "veths left on the bridge");
-    assert_eq!(net.allocated_addresses(), Vec::<String>::new(), "addresses still allocated");
-    assert_eq!(net.cached_results(), Vec::<std::path::PathBuf>::new(), "cached CNI results left");
-    assert_eq!(containerd.leftovers(), Vec::<String>::new(), "containerd leftovers");
+    assert_eq!(
+        net.bridge_ports(),
+        Vec::<String>::new(),
+        "veths left on the bridge"
+    );
+    assert_eq!(
+        net.allocated_addresses(),
+        Vec::<String>::new(),
+        "addresses still allocated"
+    );
+    assert_eq!(
+        net.cached_results(),
+        Vec::<std::path::PathBuf>::new(),
+        "cached CNI results left"
+    );
+    assert_eq!(
+        containerd.leftovers(),
+        Vec::<String>::new(),
+        "containerd leftovers"
+    );
 }
 
 #[test]
@@ -95,10 +111,19 @@ fn containerd_pods_started_concurrently_reach_each_other() {
     for pod in &pods {
         assert!(pod.ready, "pod {} is ready", pod.name);
         assert!(in_subnet(pod.ip(), &net), "{} in {}", pod.ip(), net.subnet);
-        assert!(netns_mounted(pod.netns()), "{} is a mounted netns", pod.netns().display());
+        assert!(
+            netns_mounted(pod.netns()),
+            "{} is a mounted netns",
+            pod.netns().display()
+        );
         assert!(pod.cni_result.is_some(), "containerd kept the CNI result");
     }
-    assert_eq!(net.bridge_ports().len(), 3, "one veth per pod on {}", net.bridge);
+    assert_eq!(
+        net.bridge_ports().len(),
+        3,
+        "one veth per pod on {}",
+        net.bridge
+    );
     for from in &pods {
         for to in &pods {
             if from.id != to.id {
@@ -162,7 +187,9 @@ fn containerd_host_port_reaches_the_pod() {
     let host_port = free_host_port();
     let spec = PodSpec::new("web").host_port(Protocol::Tcp, 8080, host_port);
     let web = containerd.run_pod(&spec).expect("pod with a hostPort");
-    let client = containerd.run_pod(&PodSpec::new("client")).expect("client pod");
+    let client = containerd
+        .run_pod(&PodSpec::new("client"))
+        .expect("client pod");
     let _echo = EchoServer::start(Some(web.netns()), 8080).expect("echo server");
 
     // The pod's own port, then the hostPort on the node's address on our
@@ -191,7 +218,10 @@ fn containerd_drop_removes_running_pods_and_everything_else() {
     let dir_of = |p: &std::path::Path| p.parent().unwrap().to_path_buf();
     let socket = containerd.socket().to_path_buf();
     let cgroup = containerd.cgroup_parent().to_string();
-    assert!(!cgroup_dirs(&cgroup).is_empty(), "the pod runs under {cgroup}");
+    assert!(
+        !cgroup_dirs(&cgroup).is_empty(),
+        "the pod runs under {cgroup}"
+    );
     drop(containerd);
 
     assert!(!pod.netns().exists(), "netns removed");
@@ -200,7 +230,11 @@ fn containerd_drop_removes_running_pods_and_everything_else() {
         veth_tests::runtime::processes_with_arg(&socket.to_string_lossy()).is_empty(),
         "no shim left"
     );
-    assert_eq!(cgroup_dirs(&cgroup), Vec::<std::path::PathBuf>::new(), "cgroups removed");
+    assert_eq!(
+        cgroup_dirs(&cgroup),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups removed"
+    );
     assert_eq!(net.bridge_ports(), Vec::<String>::new());
     assert_eq!(net.allocated_addresses(), Vec::<String>::new());
     assert_eq!(net.cached_results(), Vec::<std::path::PathBuf>::new());
@@ -220,15 +254,25 @@ fn podman_containers_reach_each_other() {
 
     let prefix = net.name.clone();
     let started = Instant::now();
-    let a = podman.run(&format!("{prefix}-a"), &net.name).expect("container a");
+    let a = podman
+        .run(&format!("{prefix}-a"), &net.name)
+        .expect("container a");
     eprintln!("podman run took {:?}", started.elapsed());
-    let b = podman.run(&format!("{prefix}-b"), &net.name).expect("container b");
+    let b = podman
+        .run(&format!("{prefix}-b"), &net.name)
+        .expect("container b");
     assert_ne!(a.ip, b.ip);
     assert!(in_subnet(a.ip, &net) && in_subnet(b.ip, &net));
     assert!(netns_mounted(&a.netns) && netns_mounted(&b.netns));
     // Nothing global: runc's state and the cgroups are the instance's own.
-    assert!(podman.runc_root().join(&a.id).is_dir(), "runc state of a in our dir");
-    assert!(!cgroup_dirs(podman.cgroup_parent()).is_empty(), "cgroups under ours");
+    assert!(
+        podman.runc_root().join(&a.id).is_dir(),
+        "runc state of a in our dir"
+    );
+    assert!(
+        !cgroup_dirs(podman.cgroup_parent()).is_empty(),
+        "cgroups under ours"
+    );
     expect_ping(&a.netns, b.ip, 3);
     expect_ping(&b.netns, a.ip, 3);
     let echo = EchoServer::start(Some(&b.netns), 7007).expect("echo server");
@@ -240,11 +284,30 @@ fn podman_containers_reach_each_other() {
     podman.rm_f(&b.name).expect("podman rm -f");
     eprintln!("two podman rm -f took {:?}", started.elapsed());
     for c in [&a, &b] {
-        assert!(!netns_mounted(&c.netns) && !c.netns.exists(), "netns of {} left", c.name);
+        assert!(
+            !netns_mounted(&c.netns) && !c.netns.exists(),
+            "netns of {} left",
+            c.name
+        );
     }
-    assert_eq!(net.bridge_ports(), Vec::<String>::new(), "veths left on the bridge");
-    assert_eq!(net.allocated_addresses(), Vec::<String>::new(), "addresses still allocated");
-    assert_eq!(net.cached_results(), Vec::<std::path::PathBuf>::new(), "cached results left");
+    assert_eq!(
+        net.bridge_ports(),
+        Vec::<String>::new(),
+        "veths left on the bridge"
+    );
+    assert_eq!(
+        net.allocated_addresses(),
+        Vec::<String>::new(),
+        "addresses still allocated"
+    );
+    assert_eq!(
+        net.cached_results(),
+        Vec::<std::path::PathBuf>::new(),
+        "cached results left"
+    );
     assert_eq!(podman.leftovers(), Vec::<String>::new());
-    assert_eq!(podman.containers().expect("podman ps"), Vec::<String>::new());
+    assert_eq!(
+        podman.containers().expect("podman ps"),
+        Vec::<String>::new()
+    );
 }

@@ -19,7 +19,9 @@ use super::{
     cni::{CniBinDir, CniConfDir, CNI_RESULTS_DIR},
     cri::{CriClient, PodSpec, PodStatus, Status},
     image::{build_pause_image, sha256_hex, PAUSE_IMAGE},
-    mounts_under, netns::netns_mounted, processes_with_arg, remove_cgroup, unmount_all,
+    mounts_under,
+    netns::netns_mounted,
+    processes_with_arg, remove_cgroup, unmount_all,
 };
 use crate::{unique_name, TempDir};
 
@@ -242,7 +244,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     fn import(&self, archive: &Path) -> Result<()> {
         let out = self
             .ctr()
-            .args(["images", "import", "--snapshotter", &self.options.snapshotter])
+            .args([
+                "images",
+                "import",
+                "--snapshotter",
+                &self.options.snapshotter,
+            ])
             .arg(archive)
             .output()
             .context("running ctr")?;
@@ -377,7 +384,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let mut left = Vec::new();
         for pid in processes_with_arg(&self.socket.to_string_lossy()) {
             if Some(pid) != self.pid() {
-                left.push(format!("process {pid} (a shim of {})", self.socket.display()));
+                left.push(format!(
+                    "process {pid} (a shim of {})",
+                    self.socket.display()
+                ));
             }
         }
         for netns in &netns {
@@ -417,8 +427,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     let _ = std::fs::remove_file(&socket);
                 }
             }
-            for entry in std::fs::read_dir(CNI_RESULTS_DIR).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().contains(&format!("-{id}-")) {
+            for entry in std::fs::read_dir(CNI_RESULTS_DIR)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(&format!("-{id}-"))
+                {
                     left.push(format!("cached CNI result {}", entry.path().display()));
                     if remove {
                         let _ = std::fs::remove_file(entry.path());
@@ -446,7 +464,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         };
         for pod in pods {
             if let Err(e) = self.delete_pod(&pod.id) {
-                problems.push(format!("removing sandbox {} ({}): {}", pod.name, pod.id, e.message()));
+                problems.push(format!(
+                    "removing sandbox {} ({}): {}",
+                    pod.name,
+                    pod.id,
+                    e.message()
+                ));
             }
         }
         problems

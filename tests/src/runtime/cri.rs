@@ -96,7 +96,8 @@ impl CriClient {
     /// `Status`: the runtime's conditions by type (`RuntimeReady`,
     /// `NetworkReady`) as (status, reason: message).
     pub fn conditions(&self) -> Result<HashMap<String, (bool, String)>, Status> {
-        let status = self.call(|mut c| async move { c.status(StatusRequest { verbose: false }).await })?;
+        let status =
+            self.call(|mut c| async move { c.status(StatusRequest { verbose: false }).await })?;
         Ok(status
             .status
             .unwrap_or_default()
@@ -151,8 +152,11 @@ impl CriClient {
 
     /// Every sandbox the runtime knows, ready or not.
     pub fn list_pod_sandbox(&self) -> Result<Vec<PodSandbox>, Status> {
-        self.call(|mut c| async move { c.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await })
-            .map(|r| r.items)
+        self.call(|mut c| async move {
+            c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+        })
+        .map(|r| r.items)
     }
 }
 

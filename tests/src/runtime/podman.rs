@@ -19,7 +19,9 @@ use serde_json::Value;
 use super::{
     cni::{CniBinDir, CniConfDir, CNI_RESULTS_DIR},
     image::busybox_rootfs,
-    mounts_under, netns::netns_mounted, remove_cgroup, unmount_all,
+    mounts_under,
+    netns::netns_mounted,
+    remove_cgroup, unmount_all,
 };
 use crate::{unique_name, TempDir};
 
@@ -86,7 +88,10 @@ impl Podman {
                 podman.dir.path().join("runc").display()
             ),
         )?;
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         std::fs::write(&podman.conf, podman.containers_conf())?;
         std::fs::write(&podman.storage_conf, podman.storage_conf_toml())?;
         let version = podman.output(&["version", "--format", "{{.Client.Version}}"]);
@@ -287,7 +292,11 @@ runroot = "{d}/run"
             .map(str::to_string)
             .collect();
         for id in ids.iter().filter(|id| !live_ids.contains(*id)) {
-            left.extend(cached_results_of(id).iter().map(|p| format!("cached CNI result {}", p.display())));
+            left.extend(
+                cached_results_of(id)
+                    .iter()
+                    .map(|p| format!("cached CNI result {}", p.display())),
+            );
         }
         left
     }

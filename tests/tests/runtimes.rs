@@ -311,3 +311,44 @@ fn podman_containers_reach_each_other() {
         Vec::<String>::new()
     );
 }
+
+/// Timings of the reference plugins through the whole stack, for
+/// comparison with ours (printed, never asserted): 10 pods one after
+/// another, as RUNTIMES.md measured them.
+#[test]
+fn containerd_pod_lifecycle_timings() {
+    if !root_or_skip("containerd_pod_lifecycle_timings") {
+        return;
+    }
+    let (net, containerd) = containerd_on_bridge();
+    let (mut run, mut stop, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pods = Vec::new();
+    for i in 0..10 {
+        let started = Instant::now();
+        let pod = containerd
+            .run_pod(&PodSpec::new(&format!("p{i}")))
+            .expect("RunPodSandbox");
+        run.push(started.elapsed());
+        pods.push(pod);
+    }
+    for pod in &pods {
+        let started = Instant::now();
+        containerd.stop_pod(&pod.id).expect("StopPodSandbox");
+        stop.push(started.elapsed());
+        let started = Instant::now();
+        containerd.remove_pod(&pod.id).expect("RemovePodSandbox");
+        remove.push(started.elapsed());
+    }
+    let p50 = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "reference bridge + host-local, 10 pods: p50 RunPodSandbox {:?}, StopPodSandbox {:?}, \
+         RemovePodSandbox {:?}",
+        p50(&mut run),
+        p50(&mut stop),
+        p50(&mut remove)
+    );
+    expect_gone(&net, &containerd, &pods);
+}

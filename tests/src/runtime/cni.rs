@@ -87,6 +87,32 @@ impl CniBinDir {
     }
 }
 
+/// The reference `portmap` plugin entry, chained after the main plugin:
+/// it gets the pod's hostPorts (`runtimeConfig.portMappings`) because it
+/// declares the capability. It leaves its shared chains (`CNI-HOSTPORT-*`
+/// in iptables' nat table) behind, as on any node that uses it.
+pub fn portmap() -> Value {
+    json!({"type": "portmap", "capabilities": {"portMappings": true}})
+}
+
+/// A binary cargo built in this workspace's target directory next to the
+/// test executable's `deps/` (e.g. `target/debug/veth-cni`); panics with
+/// the command that builds it when it is missing.
+pub fn target_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
 /// A unique temporary CNI conf dir (containerd's `conf_dir`, podman's
 /// `network_config_dir`). Clones share it, as for [`CniBinDir`].
 #[derive(Clone)]
@@ -187,25 +213,28 @@ impl TestNetwork {
         })
     }
 
+    /// A conflist of this network holding `plugins`, with `cniVersion`
+    /// 1.0.0: what containerd 1.6 and podman 4.3 need (see RUNTIMES.md).
+    /// Add `"cniVersions"` to the value for runtimes of spec 1.1.0.
+    pub fn conflist(&self, plugins: Vec<Value>) -> Value {
+        json!({"cniVersion": "1.0.0", "name": self.name, "plugins": plugins})
+    }
+
     /// The reference conflist: `bridge` (on [`Self::bridge`], the gateway
     /// address on it, no masquerade: traffic stays between our namespaces)
-    /// with `host-local`, then `portmap` for hostPorts.
+    /// with `host-local`, then [`portmap`] for hostPorts.
     pub fn bridge_conflist(&self) -> Value {
-        json!({
-            "cniVersion": "1.0.0",
-            "name": self.name,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": self.host_local_ipam(),
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-            ],
-        })
+        self.conflist(vec![
+            json!({
+                "type": "bridge",
+                "bridge": self.bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": self.host_local_ipam(),
+            }),
+            portmap(),
+        ])
     }
 
     /// libcni's cached results of this network still on disk (one per

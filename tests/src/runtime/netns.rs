@@ -111,8 +111,9 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    /// Listens on `0.0.0.0:port` (TCP and UDP) in the namespace at `netns`
-    /// and returns once both sockets are bound.
+    /// Listens on `0.0.0.0:port` (TCP and UDP; port 0: one the kernel
+    /// picks, in [`Self::port`]) in the namespace at `netns` and returns
+    /// once both sockets are bound.
     pub fn start(netns: Option<&Path>, port: u16) -> Result<EchoServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let addr = SocketAddr::from(([0, 0, 0, 0], port));

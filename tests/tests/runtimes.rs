@@ -17,7 +17,7 @@ use std::{
 use veth_tests::runtime::{
     cgroup_dirs,
     cni::{CniBinDir, CniConfDir, TestNetwork},
-    containerd::Containerd,
+    containerd::{Containerd, ContainerdOptions},
     cri::{PodSpec, PodStatus, Protocol},
     netns::{expect_ping, free_host_port, netns_mounted, tcp_echo, udp_echo, EchoServer},
     podman::Podman,
@@ -351,4 +351,59 @@ fn containerd_pod_lifecycle_timings() {
         p50(&mut remove)
     );
     expect_gone(&net, &containerd, &pods);
+}
+
+#[test]
+fn containerd_waits_for_a_conflist_written_later() {
+    if !root_or_skip("containerd_waits_for_a_conflist_written_later") {
+        return;
+    }
+    let net = TestNetwork::reserve();
+    let bin = CniBinDir::with_reference_plugins().expect("CNI bin dir");
+    let conf = CniConfDir::new();
+    // Without a conflist, start() reports why it is not ready.
+    let quick = ContainerdOptions {
+        start_timeout: std::time::Duration::from_secs(2),
+        ..ContainerdOptions::default()
+    };
+    let error = match Containerd::start_with(&bin, &conf, quick) {
+        Ok(_) => panic!("containerd was NetworkReady without a conflist"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("NetworkReady") && error.contains("containerd"),
+        "a clear error: {error}"
+    );
+    eprintln!("start without a conflist: {}", error.lines().next().unwrap_or(""));
+
+    let mut containerd = Containerd::start_with(
+        &bin,
+        &conf,
+        ContainerdOptions {
+            wait_network_ready: false,
+            ..ContainerdOptions::default()
+        },
+    )
+    .expect("containerd without a network");
+    let conditions = containerd.cri().conditions().expect("Status");
+    assert!(
+        !conditions["NetworkReady"].0,
+        "not NetworkReady: {conditions:?}"
+    );
+    let refused = containerd
+        .run_pod(&PodSpec::new("early"))
+        .expect_err("no pod without a network");
+    eprintln!("RunPodSandbox without a conflist: {}", refused.message());
+
+    conf.write("10-net.conflist", &net.bridge_conflist())
+        .expect("writing the conflist");
+    containerd
+        .wait_network_ready()
+        .expect("NetworkReady once the conflist is there");
+    let a = containerd.run_pod(&PodSpec::new("a")).expect("pod a");
+    let b = containerd.run_pod(&PodSpec::new("b")).expect("pod b");
+    expect_ping(a.netns(), b.ip(), 2);
+    containerd.delete_pod(&a.id).expect("removing a");
+    containerd.delete_pod(&b.id).expect("removing b");
+    expect_gone(&net, &containerd, &[a, b]);
 }

@@ -76,6 +76,9 @@ pub struct Containerd {
     bin: CniBinDir,
     conf: CniConfDir,
     options: ContainerdOptions,
+    /// Whether containerd ever answered: a failed start is cleaned up
+    /// quietly, so its error is what the test reports.
+    served: bool,
 }
 
 #[derive(Default)]
@@ -111,6 +114,7 @@ impl Containerd {
             bin: bin.clone(),
             conf: conf.clone(),
             options,
+            served: false,
             dir,
         };
         std::fs::create_dir_all(containerd.dir.path().join("tmp"))?;
@@ -118,6 +122,7 @@ impl Containerd {
         let image = build_pause_image(containerd.dir.path())?;
         containerd.spawn()?;
         containerd.wait_ready(false)?;
+        containerd.served = true;
         containerd.import(&image)?;
         if containerd.options.wait_network_ready {
             containerd.wait_ready(true)?;
@@ -239,6 +244,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits (up to the start timeout) until CRI `Status` says NetworkReady,
+    /// e.g. after writing the first conflist into the conf dir.
+    pub fn wait_network_ready(&mut self) -> Result<()> {
+        self.wait_ready(true)
     }
 
     fn import(&self, archive: &Path) -> Result<()> {
@@ -515,14 +526,16 @@ pub(crate) fn terminate(child: &mut Child, grace: Duration) {
 impl Drop for Containerd {
     fn drop(&mut self) {
         let mut problems = Vec::new();
-        if self.process.is_none() {
-            // Stopped by the test: start it once more to remove the pods
-            // properly (the plugins' DELs, the netns).
-            if self.spawn().is_ok() {
-                let _ = self.wait_ready(false);
+        if self.served {
+            if self.process.is_none() {
+                // Stopped by the test: start it once more to remove the pods
+                // properly (the plugins' DELs, the netns).
+                if self.spawn().is_ok() {
+                    let _ = self.wait_ready(false);
+                }
             }
+            problems.extend(self.remove_all_pods());
         }
-        problems.extend(self.remove_all_pods());
         // Pods removed outside run_pod/pod_status are known by id only.
         let ids = self.seen.lock().unwrap().sandboxes.clone();
         self.stop();
@@ -564,7 +577,7 @@ impl Drop for Containerd {
                 self.socket.display(),
                 self.log_tail(30)
             );
-            if std::thread::panicking() {
+            if std::thread::panicking() || !self.served {
                 eprintln!("{message}");
             } else {
                 panic!("{message}");

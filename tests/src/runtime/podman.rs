@@ -37,6 +37,9 @@ pub struct Podman {
     seen: Mutex<Seen>,
     bin: CniBinDir,
     cni_conf: CniConfDir,
+    /// Whether podman ran with our configuration: a failed start is cleaned
+    /// up quietly, so its error is what the test reports.
+    works: bool,
 }
 
 #[derive(Default)]
@@ -64,7 +67,7 @@ impl Podman {
         let dir = TempDir::new("vethctl-podman");
         let rootfs = dir.path().join("rootfs");
         busybox_rootfs(&rootfs)?;
-        let podman = Podman {
+        let mut podman = Podman {
             conf: dir.path().join("containers.conf"),
             storage_conf: dir.path().join("storage.conf"),
             rootfs,
@@ -72,6 +75,7 @@ impl Podman {
             seen: Mutex::default(),
             bin: bin.clone(),
             cni_conf: conf.clone(),
+            works: false,
             dir,
         };
         for sub in ["storage", "run", "tmp", "volumes", "runc"] {
@@ -94,13 +98,18 @@ impl Podman {
         )?;
         std::fs::write(&podman.conf, podman.containers_conf())?;
         std::fs::write(&podman.storage_conf, podman.storage_conf_toml())?;
-        let version = podman.output(&["version", "--format", "{{.Client.Version}}"]);
+        let version = podman
+            .command()
+            .args(["version", "--format", "{{.Client.Version}}"])
+            .output()
+            .context("running podman (install Debian's podman: `cargo xtask setup`)")?;
         if !version.status.success() {
             bail!(
                 "podman does not run with our configuration: {}",
                 String::from_utf8_lossy(&version.stderr)
             );
         }
+        podman.works = true;
         Ok(podman)
     }
 
@@ -315,8 +324,10 @@ fn cached_results_of(id: &str) -> Vec<PathBuf> {
 impl Drop for Podman {
     fn drop(&mut self) {
         let mut problems = Vec::new();
-        if let Err(e) = self.podman(&["rm", "-a", "-f", "-t", "0"]) {
-            problems.push(e.to_string());
+        if self.works {
+            if let Err(e) = self.podman(&["rm", "-a", "-f", "-t", "0"]) {
+                problems.push(e.to_string());
+            }
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap());
         for ns in &seen.netns {
@@ -343,7 +354,7 @@ impl Drop for Podman {
         remove_cgroup(&self.cgroup_parent);
         if !problems.is_empty() {
             let message = format!("podman did not clean up by itself: {problems:#?}");
-            if std::thread::panicking() {
+            if std::thread::panicking() || !self.works {
                 eprintln!("{message}");
             } else {
                 panic!("{message}");

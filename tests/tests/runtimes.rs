@@ -374,7 +374,10 @@ fn containerd_waits_for_a_conflist_written_later() {
         error.contains("NetworkReady") && error.contains("containerd"),
         "a clear error: {error}"
     );
-    eprintln!("start without a conflist: {}", error.lines().next().unwrap_or(""));
+    eprintln!(
+        "start without a conflist: {}",
+        error.lines().next().unwrap_or("")
+    );
 
     let mut containerd = Containerd::start_with(
         &bin,

@@ -37,6 +37,7 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// unpacking an image go there: our dir, not /tmp).
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How [`Containerd::start_with`] starts an instance.
 #[derive(Clone, Debug)]
 pub struct ContainerdOptions {
     /// `overlayfs` (default) or `native`.
@@ -59,6 +60,8 @@ impl Default for ContainerdOptions {
     }
 }
 
+/// A running private containerd and its CRI client. It holds clones of the
+/// CNI dirs it was started on, so its plugins outlive its last DEL.
 pub struct Containerd {
     dir: TempDir,
     socket: PathBuf,

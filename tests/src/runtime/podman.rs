@@ -27,6 +27,8 @@ use crate::{unique_name, TempDir};
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Podman on configuration files of its own. It holds clones of the CNI
+/// dirs it was made with, so its plugins outlive its last DEL.
 pub struct Podman {
     dir: TempDir,
     rootfs: PathBuf,

@@ -573,7 +573,10 @@ impl Drop for Containerd {
         // of them is a leftover.
         let leftovers = self.sandbox_leftovers(&ids, true);
         problems.extend(leftovers);
-        remove_cgroup(&self.cgroup_parent);
+        let cgroups = remove_cgroup(&self.cgroup_parent);
+        if !cgroups.is_empty() {
+            problems.push(format!("cgroups still in use: {cgroups:?}"));
+        }
         if !problems.is_empty() {
             let message = format!(
                 "containerd at {} did not clean up by itself: {problems:#?}\ncontainerd's log ends:\n{}",

@@ -133,9 +133,22 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes cgroup `path` and the (empty) cgroups below it in every
-/// hierarchy.
-pub fn remove_cgroup(path: &str) {
+/// Removes cgroup `path` and the cgroups below it in every hierarchy,
+/// waiting up to 5 s for their last processes to go (conmon and shims exit
+/// a moment after their container); returns the directories still there.
+pub fn remove_cgroup(path: &str) -> Vec<PathBuf> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        remove_cgroup_once(path);
+        let left = cgroup_dirs(path);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn remove_cgroup_once(path: &str) {
     fn rmdir_tree(dir: &Path) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {

@@ -353,7 +353,10 @@ impl Drop for Podman {
         if !mounts_under(self.dir.path()).is_empty() {
             unmount_all(self.dir.path());
         }
-        remove_cgroup(&self.cgroup_parent);
+        let cgroups = remove_cgroup(&self.cgroup_parent);
+        if !cgroups.is_empty() {
+            problems.push(format!("cgroups still in use: {cgroups:?}"));
+        }
         if !problems.is_empty() {
             let message = format!("podman did not clean up by itself: {problems:#?}");
             if std::thread::panicking() || !self.works {

@@ -8,6 +8,7 @@
 
 pub mod attack;
 pub mod frames;
+pub mod runtime;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},

@@ -8,6 +8,7 @@
 
 pub mod attack;
 pub mod frames;
+pub mod outside;
 pub mod runtime;
 use std::{
     collections::BTreeMap,

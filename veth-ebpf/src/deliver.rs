@@ -96,7 +96,7 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
             return Decision::Drop(reason);
         }
     }
-    if !redirect || is_group_mac(dst_mac) {
+    if !redirect || me.host_path != 0 || is_group_mac(dst_mac) {
         return Decision::Pass;
     }
     match l3 {

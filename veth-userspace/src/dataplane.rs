@@ -58,6 +58,9 @@ pub struct PodEntry {
     pub mac: [u8; 6],
     pub gateway_mac: [u8; 6],
     pub mtu: u32,
+    /// The pod's frames always take the host stack (see
+    /// [`PodIdentity::host_path`]).
+    pub host_path: bool,
 }
 
 impl PodEntry {
@@ -79,6 +82,7 @@ impl PodEntry {
             // `up` has just set the veth up; `vethctl agent` follows it.
             ready: 1,
             has_ipv6: u8::from(self.ipv6.is_some()),
+            host_path: u8::from(self.host_path),
             host_ifindex: self.host_ifindex,
         }
     }

@@ -244,6 +244,9 @@ pub struct Pod {
     pub gateway_mac: [u8; 6],
     /// The Kubernetes pod behind a runtime's endpoint, when the runtime said.
     pub k8s: Option<K8sPod>,
+    /// Frames from the pod never take a redirect (a runtime's pod with
+    /// hostPorts: see `veth_common::PodIdentity::host_path`).
+    pub host_path: bool,
 }
 
 /// Name of a pod's interface inside the namespaces vethctl makes.
@@ -853,6 +856,7 @@ impl TopologyFile {
                 ifname: POD_IFNAME.to_string(),
                 host_veth: name_in_kernel,
                 k8s: None,
+                host_path: false,
                 mac: pod_mac(ipv4),
                 gateway_mac: GATEWAY_MAC,
                 ipv4,

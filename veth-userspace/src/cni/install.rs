@@ -55,6 +55,11 @@ pub fn conflist(o: &InstallOptions) -> Value {
     if let Some(mtu) = o.mtu {
         ours["mtu"] = json!(mtu);
     }
+    if o.chain.iter().any(|c| c == "portmap") {
+        // So the runtime tells us too which pods have hostPorts: their
+        // replies must take the host stack (see `Record::host_ports`).
+        ours["capabilities"] = json!({"portMappings": true});
+    }
     let mut plugins = vec![ours];
     for chained in &o.chain {
         plugins.push(match chained.as_str() {

@@ -66,6 +66,11 @@ pub struct Record {
     #[serde(default)]
     pub k8s: Option<K8sPod>,
     pub addresses: AddressSource,
+    /// The runtime mapped hostPorts to this pod (`runtimeConfig.portMappings`,
+    /// which chained `portmap` DNATs): its frames take the host stack, where
+    /// conntrack un-NATs the replies.
+    #[serde(default)]
+    pub host_ports: bool,
 }
 
 impl Record {
@@ -88,6 +93,7 @@ impl Record {
             mac: pod_mac(self.ipv4),
             gateway_mac: GATEWAY_MAC,
             k8s: self.k8s.clone(),
+            host_path: self.host_ports,
         }
     }
 }
@@ -299,6 +305,7 @@ mod tests {
             addresses: AddressSource::Delegated {
                 plugin: "host-local".into(),
             },
+            host_ports: false,
         };
         store.save(&record).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(record.clone()));

@@ -77,6 +77,7 @@ pub fn entry(pod: &Pod, host_ifindex: u32) -> PodEntry {
         mac: pod.mac,
         gateway_mac: pod.gateway_mac,
         mtu: pod.mtu,
+        host_path: pod.host_path,
     }
 }
 

@@ -54,9 +54,10 @@ fn veth_cni_dirs(net: &TestNetwork, mode: &str) -> (CniBinDir, CniConfDir) {
     let conf = CniConfDir::new();
     let mut list = net.conflist(vec![
         json!({"type": "veth-cni", "mode": mode,
-               "capabilities": {"portMappings": true},
+               "capabilities": {"portMappings": true, "bandwidth": true},
                "ipam": {"type": "veth-builtin", "subnet": net.subnet}}),
         portmap(),
+        json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
     ]);
     list["cniVersions"] = json!(["1.0.0", "1.1.0"]);
     conf.write("10-veth.conflist", &list)
@@ -261,6 +262,59 @@ fn containerd_host_port_through_chained_portmap_reaches_its_pod() {
         tcp_echo(None, node).is_err(),
         "the hostPort is closed once the pod is gone"
     );
+    assert_eq!(endpoint_state(&net.name), (0, 0, 0));
+}
+
+#[test]
+fn containerd_bandwidth_limited_pod_takes_the_shaped_host_path() {
+    if !root_or_skip("containerd_bandwidth_limited_pod_takes_the_shaped_host_path") {
+        return;
+    }
+    let net = TestNetwork::reserve();
+    let _down = NetworkDown(net.name.clone());
+    let (bin, conf) = veth_cni_dirs(&net, "tc");
+    let containerd = Containerd::start(&bin, &conf).expect("starting containerd");
+    let slow = containerd
+        .run_pod(
+            &PodSpec::new("slow")
+                .namespace("web")
+                .annotation("kubernetes.io/egress-bandwidth", "10M")
+                .annotation("kubernetes.io/ingress-bandwidth", "10M"),
+        )
+        .expect("pod with bandwidth limits");
+    let fast = containerd
+        .run_pod(&PodSpec::new("fast").namespace("web"))
+        .expect("pod without");
+    expect_ping(slow.netns(), fast.ip(), 3);
+    expect_ping(fast.netns(), slow.ip(), 3);
+    let stats = pairs(&net.name);
+    let (slow_pair, fast_pair) = (&stats["web/slow"], &stats["web/fast"]);
+    // The limits live in qdiscs on the host veth: nothing of slow's may
+    // skip them, neither what it sends nor what is sent to it.
+    assert_eq!(
+        counter(slow_pair, "from_pod", "redirected_packets"),
+        0,
+        "{slow_pair}"
+    );
+    assert!(
+        counter(slow_pair, "from_pod", "passed_packets") >= 6,
+        "{slow_pair}"
+    );
+    assert_eq!(
+        counter(fast_pair, "from_pod", "redirected_packets"),
+        0,
+        "nothing redirected into slow: {fast_pair}"
+    );
+    let veth = status_pods(&net.name)
+        .iter()
+        .find(|p| p["k8s"] == "web/slow")
+        .map(|p| p["host_veth"].as_str().unwrap().to_string())
+        .expect("slow's status");
+    let qdiscs = veth_tests::run("tc", &["qdisc", "show", "dev", &veth]);
+    assert!(qdiscs.contains("tbf"), "bandwidth shaped {veth}: {qdiscs}");
+
+    containerd.delete_pod(&slow.id).expect("removing slow");
+    containerd.delete_pod(&fast.id).expect("removing fast");
     assert_eq!(endpoint_state(&net.name), (0, 0, 0));
 }
 

@@ -170,6 +170,9 @@ pub struct PodSpec {
     /// `runtimeConfig.portMappings`).
     pub port_mappings: Vec<PortMapping>,
     pub labels: HashMap<String, String>,
+    /// Kubernetes annotations, e.g. `kubernetes.io/egress-bandwidth`, which
+    /// containerd hands to the `bandwidth` plugin as `runtimeConfig.bandwidth`.
+    pub annotations: HashMap<String, String>,
 }
 
 impl PodSpec {
@@ -184,6 +187,7 @@ impl PodSpec {
             uid: format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), n),
             port_mappings: Vec::new(),
             labels: HashMap::new(),
+            annotations: HashMap::new(),
         }
     }
 
@@ -205,6 +209,12 @@ impl PodSpec {
         self
     }
 
+    /// Adds an annotation (`kubernetes.io/ingress-bandwidth` = `10M`, say).
+    pub fn annotation(mut self, key: &str, value: &str) -> PodSpec {
+        self.annotations.insert(key.to_string(), value.to_string());
+        self
+    }
+
     /// The CRI config kubelet would send; `cgroup_parent` as kubelet's
     /// cgroupfs driver gives it (an absolute cgroup path).
     pub fn to_config(&self, cgroup_parent: &str) -> PodSandboxConfig {
@@ -218,6 +228,7 @@ impl PodSpec {
             hostname: self.name.clone(),
             port_mappings: self.port_mappings.clone(),
             labels: self.labels.clone(),
+            annotations: self.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: cgroup_parent.to_string(),
                 ..Default::default()

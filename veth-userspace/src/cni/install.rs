@@ -55,10 +55,17 @@ pub fn conflist(o: &InstallOptions) -> Value {
     if let Some(mtu) = o.mtu {
         ours["mtu"] = json!(mtu);
     }
+    // So the runtime tells us too which pods have hostPorts or bandwidth
+    // limits: they take the host stack (see `Record::host_path`).
+    let mut capabilities = serde_json::Map::new();
     if o.chain.iter().any(|c| c == "portmap") {
-        // So the runtime tells us too which pods have hostPorts: their
-        // replies must take the host stack (see `Record::host_ports`).
-        ours["capabilities"] = json!({"portMappings": true});
+        capabilities.insert("portMappings".into(), json!(true));
+    }
+    if o.chain.iter().any(|c| c == "bandwidth") {
+        capabilities.insert("bandwidth".into(), json!(true));
+    }
+    if !capabilities.is_empty() {
+        ours["capabilities"] = capabilities.into();
     }
     let mut plugins = vec![ours];
     for chained in &o.chain {

@@ -183,7 +183,8 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         mtu: req.config.mtu.unwrap_or(crate::model::DEFAULT_MTU),
         k8s: k8s_of(req),
         addresses: addresses_from,
-        host_ports: !req.config.runtime_config.port_mappings.is_empty(),
+        host_path: !req.config.runtime_config.port_mappings.is_empty()
+            || req.config.runtime_config.bandwidth.is_some(),
     };
     if let Err(e) = wire::add(&host, &network, &mut record).await {
         if let Err(undo) = ipam::release(req, &network.name, &key, &record.addresses) {

@@ -66,11 +66,13 @@ pub struct Record {
     #[serde(default)]
     pub k8s: Option<K8sPod>,
     pub addresses: AddressSource,
-    /// The runtime mapped hostPorts to this pod (`runtimeConfig.portMappings`,
-    /// which chained `portmap` DNATs): its frames take the host stack, where
-    /// conntrack un-NATs the replies.
+    /// The runtime gave this pod hostPorts (`runtimeConfig.portMappings`,
+    /// DNATed by chained `portmap`) or bandwidth limits (`runtimeConfig.
+    /// bandwidth`, qdiscs of chained `bandwidth` on its host veth): its
+    /// frames, both ways, take the host stack, where conntrack un-NATs
+    /// replies and the qdiscs shape them (see `PodIdentity::host_path`).
     #[serde(default)]
-    pub host_ports: bool,
+    pub host_path: bool,
 }
 
 impl Record {
@@ -93,7 +95,7 @@ impl Record {
             mac: pod_mac(self.ipv4),
             gateway_mac: GATEWAY_MAC,
             k8s: self.k8s.clone(),
-            host_path: self.host_ports,
+            host_path: self.host_path,
         }
     }
 }
@@ -305,7 +307,7 @@ mod tests {
             addresses: AddressSource::Delegated {
                 plugin: "host-local".into(),
             },
-            host_ports: false,
+            host_path: false,
         };
         store.save(&record).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(record.clone()));

@@ -417,6 +417,13 @@ impl Topology {
         self.pods.iter().find(|p| p.name == name)
     }
 
+    /// The pod people call `name`: its own name, or for a runtime's pod
+    /// its `namespace/name` as `status` shows it.
+    pub fn pod_named(&self, name: &str) -> Option<&Pod> {
+        self.pod(name)
+            .or_else(|| self.pods.iter().find(|p| p.display_name() == name))
+    }
+
     /// Every pod's addresses, to keep them next time.
     pub fn assigned(&self) -> Assigned {
         self.pods

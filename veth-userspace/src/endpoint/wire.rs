@@ -100,6 +100,11 @@ pub async fn add(
         });
     }
     let store = Store::new(&network.name);
+    // A second ADD of one attachment (a runtime retrying): what the first
+    // made goes first, map entries included (its slot would leak).
+    if let Some(previous) = store.load(&record.container_id, &record.ifname)? {
+        remove(host, &network.name, &previous).await?;
+    }
     store.save(record)?;
     let result = attach(host, network, &store, record).await;
     if let Err(e) = result {

@@ -7,7 +7,7 @@
 use std::{
     ffi::CString,
     fs,
-    io::Write,
+    io::{Read, Write},
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -120,6 +120,8 @@ pub fn container_id(run: u32, plugin: usize, parallel: usize, round: usize, pod:
 /// What one execution gave.
 pub struct Outcome {
     pub elapsed: Duration,
+    /// CPU time of the plugin and the children it waited for.
+    pub cpu: Duration,
     pub stdout: Vec<u8>,
 }
 
@@ -183,23 +185,52 @@ fn execute(
         // A plugin that exits without reading is judged by its exit.
         let _ = input.write_all(&stdin);
     }
-    let out = child.wait_with_output()?;
+    // Read in turn: plugins write a few lines to stderr at most, never
+    // enough to fill the pipe while we wait on stdout.
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout)?;
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr)?;
+    }
+    let (status, cpu) = wait4(child.id())?;
     let elapsed = started.elapsed();
-    if !out.status.success() {
+    if status != 0 {
         bail!(
-            "{} {command} of {} in {} failed ({}): {} {}",
+            "{} {command} of {} in {} failed (wait status {status:#x}): {} {}",
             binary.display(),
             attachment.container_id,
             attachment.netns.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stdout).trim(),
+            String::from_utf8_lossy(&stderr).trim()
         );
     }
     Ok(Outcome {
         elapsed,
-        stdout: out.stdout,
+        cpu,
+        stdout,
     })
+}
+
+/// Reaps `pid`: its wait status and the CPU time (user + system) it and
+/// the children it waited for (the IPAM plugin) used.
+fn wait4(pid: u32) -> Result<(i32, Duration)> {
+    let mut status = 0;
+    // SAFETY: wait4 fills the status and the rusage we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r == pid as libc::pid_t {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("waiting for the plugin");
+        }
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok((status, tv(usage.ru_utime) + tv(usage.ru_stime)))
 }
 
 /// `config` with `prevResult` set, as libcni sends DEL after an ADD.

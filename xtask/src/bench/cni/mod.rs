@@ -78,6 +78,9 @@ const SUBNETS: [u32; 4] = [216, 217, 218, 219];
 const NET_BUILTIN: &str = "bcnivb";
 const NET_HOST_LOCAL: &str = "bcnivh";
 const BRIDGE_NAME: &str = "bcnibr0";
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`: synchronize_rcu() when more than
+/// one CPU is online.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 /// VERSION executions per plugin per round.
 const VERSIONS_PER_ROUND: usize = 5;
 
@@ -327,6 +330,18 @@ impl LoadMeter {
     }
 }
 
+/// One RCU grace period as the kernel's writers wait for it (TCX attach
+/// and detach call synchronize_rcu, and so does this), in ms.
+fn grace_period_ms() -> Result<f64> {
+    let started = Instant::now();
+    // SAFETY: a plain syscall without pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("membarrier(MEMBARRIER_CMD_GLOBAL)");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
 /// Figures outside the rounds, per plugin.
 #[derive(Clone, Debug, Serialize)]
 struct PluginFacts {
@@ -346,6 +361,8 @@ struct PluginFacts {
 struct Measured {
     samples: Vec<Sample>,
     batches: Vec<Batch>,
+    /// RCU grace periods, one before every batch pair.
+    grace_ms: Vec<f64>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -454,6 +471,7 @@ fn measure(
     let mut measured = Measured {
         samples: Vec::new(),
         batches: Vec::new(),
+        grace_ms: Vec::new(),
     };
     for round in 0..rounds {
         let n = batch.min(pods - round * batch);
@@ -469,6 +487,7 @@ fn measure(
             }
         }
         for (plugin, parallel) in order {
+            measured.grace_ms.push(grace_period_ms()?);
             run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Add)?;
             run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Del)?;
             check_empty(&run, run.plugins[plugin].name, n)?;
@@ -560,6 +579,10 @@ fn measure(
         }
     );
     text += &summary::table(&rows, &targets);
+    if missed {
+        text += "\n";
+        text += &summary::limits(&rows, &measured.grace_ms, parallels);
+    }
     text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
     for f in &facts {
         text += &format!(
@@ -591,6 +614,11 @@ fn measure(
             "plugins": facts,
             "containerd": containerd,
             "profile": profile,
+            "rcu_grace_period_ms": {
+                "p50": median(&measured.grace_ms),
+                "p99": summary::percentile(&measured.grace_ms, 99.0),
+                "samples": measured.grace_ms,
+            },
             "samples": measured.samples,
             "batches": measured.batches,
         }))?,
@@ -683,6 +711,7 @@ fn run_batch(
                         verb,
                         pod,
                         ms: out.elapsed.as_secs_f64() * 1e3,
+                        cpu_ms: out.cpu.as_secs_f64() * 1e3,
                     }),
                     Err(e) => {
                         failure.lock().unwrap().get_or_insert(e);

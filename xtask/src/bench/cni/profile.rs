@@ -24,6 +24,8 @@ use super::{exec, summary::Verb, Run, RUN_DIR};
 
 /// Traced ADD+DEL pairs per plugin.
 const PODS: usize = 8;
+/// Rows of the table per plugin and verb (all are in the JSON).
+const SHOWN: usize = 8;
 
 /// Time in one kind of syscall, per plugin execution.
 #[derive(Clone, Debug, Serialize)]
@@ -75,7 +77,9 @@ fn classify(name: &str, args: &str) -> String {
                 .trim_start_matches("BPF_")
         ),
         "sendto" | "sendmsg" => match field("nlmsg_type=") {
-            Some(t) => format!("netlink {t}"),
+            // strace decodes the types of sockets in its own namespace
+            // only; the pod's come as numbers.
+            Some(t) => format!("netlink {}", rtm_name(&t)),
             None => format!("{name} (not netlink)"),
         },
         "flock" => "flock (the network's lock)".into(),
@@ -96,6 +100,27 @@ fn classify(name: &str, args: &str) -> String {
     }
 }
 
+/// `RTM_*` for the rtnetlink message types strace leaves as numbers.
+fn rtm_name(t: &str) -> String {
+    let name = match t {
+        "0x10" => "RTM_NEWLINK",
+        "0x11" => "RTM_DELLINK",
+        "0x12" => "RTM_GETLINK",
+        "0x13" => "RTM_SETLINK",
+        "0x14" => "RTM_NEWADDR",
+        "0x15" => "RTM_DELADDR",
+        "0x16" => "RTM_GETADDR",
+        "0x18" => "RTM_NEWROUTE",
+        "0x19" => "RTM_DELROUTE",
+        "0x1a" => "RTM_GETROUTE",
+        "0x1c" => "RTM_NEWNEIGH",
+        "0x1d" => "RTM_DELNEIGH",
+        "0x1e" => "RTM_GETNEIGH",
+        other => other,
+    };
+    name.to_string()
+}
+
 /// Parses `strace -f -T -ttt` output into finished calls, joining
 /// `<unfinished ...>` halves to their `resumed` halves, and names each pid
 /// by the program it runs (threads and children inherit their parent's
@@ -105,8 +130,11 @@ fn parse(text: &str) -> (Vec<Call>, HashMap<u32, String>) {
     let mut pending: HashMap<u32, (String, String)> = HashMap::new();
     let mut program: HashMap<u32, String> = HashMap::new();
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // `PID  TIMESTAMP CALL`, the pid padded with spaces.
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_ts, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else {
@@ -257,17 +285,21 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
     let mut text = format!(
         "where the time goes: {pods} ADD+DEL per plugin under strace -f -T (slower than \
          untraced; threads overlap, so sums can exceed the wall time); calls that took at \
-         least 0.3 ms per execution, waiting on own threads left out\n\n\
+         least 0.3 ms per execution, the 8 largest per plugin and verb (all in the JSON), waiting on own threads left out\n\n\
          | plugin | verb | wall under strace ms | program | syscall | calls/op | ms/op | slowest call ms |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
     for (plugin, verb, wall) in &traced_wall_ms {
-        for e in entries.iter().filter(|e| {
-            &e.plugin == plugin
-                && e.verb == *verb
-                && e.ms_per_op >= 0.3
-                && !e.what.starts_with("waiting (own")
-        }) {
+        for e in entries
+            .iter()
+            .filter(|e| {
+                &e.plugin == plugin
+                    && e.verb == *verb
+                    && e.ms_per_op >= 0.3
+                    && !e.what.starts_with("waiting (own")
+            })
+            .take(SHOWN)
+        {
             let _ = writeln!(
                 text,
                 "| {plugin} | {} | {wall:.1} | {} | {} | {:.1} | {:.2} | {:.2} |",
@@ -295,10 +327,10 @@ mod tests {
     #[test]
     fn strace_lines_are_joined_and_classified() {
         let text = "\
-100 1.0 execve(\"/usr/lib/cni/bridge\", [\"bridge\"], 0x1 /* 2 vars */) = 0 <0.000300>
+100  1.0 execve(\"/usr/lib/cni/bridge\", [\"bridge\"], 0x1 /* 2 vars */) = 0 <0.000300>
 100 1.1 clone3({flags=CLONE_VM|CLONE_THREAD, child_tid=0x1}, 88) = 101 <0.000080>
 101 1.2 bpf(BPF_LINK_CREATE, {link_create={prog_fd=13}}, 152 <unfinished ...>
-100 1.2 sendto(11, [{nlmsg_len=32, nlmsg_type=RTM_DELLINK, nlmsg_flags=NLM_F_REQUEST}], 32, 0) = 32 <0.043990>
+100 1.2 sendto(11, [{nlmsg_len=32, nlmsg_type=0x11, nlmsg_flags=NLM_F_REQUEST}], 32, 0) = 32 <0.043990>
 101 1.3 <... bpf resumed>) = 18 <0.027014>
 100 1.4 clone(child_stack=NULL, flags=SIGCHLD) = 102 <0.000100>
 102 1.5 execve(\"/usr/lib/cni/host-local\", [\"host-local\"], 0x1) = 0 <0.000200>

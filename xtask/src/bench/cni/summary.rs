@@ -40,6 +40,8 @@ pub struct Sample {
     pub verb: Verb,
     pub pod: usize,
     pub ms: f64,
+    /// CPU time (user + system) of the plugin and of the IPAM plugin it ran.
+    pub cpu_ms: f64,
 }
 
 /// One batch: `pods` executions of one verb, `parallel` at a time, from
@@ -61,6 +63,9 @@ pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time per execution, median: what the machine's load does not
+    /// change much.
+    pub cpu_p50_ms: f64,
     /// Lowest and highest per-round median: how much the machine moved.
     pub round_p50_min_ms: f64,
     pub round_p50_max_ms: f64,
@@ -137,6 +142,9 @@ fn latency(
     let ms: Vec<f64> = ms_of(samples, plugin, parallel, verb)
         .map(|s| s.ms)
         .collect();
+    let cpu: Vec<f64> = ms_of(samples, plugin, parallel, verb)
+        .map(|s| s.cpu_ms)
+        .collect();
     let rounds: Vec<f64> = round_medians(samples, plugin, parallel, verb)
         .into_iter()
         .map(|(_, m)| m)
@@ -146,6 +154,7 @@ fn latency(
         p50_ms: percentile(&ms, 50.0),
         p99_ms: percentile(&ms, 99.0),
         max_ms: percentile(&ms, 100.0),
+        cpu_p50_ms: median(&cpu),
         round_p50_min_ms: rounds.iter().copied().fold(f64::INFINITY, f64::min),
         round_p50_max_ms: rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         total_s: batches
@@ -289,6 +298,67 @@ pub fn targets(rows: &[Row], parallels: &[usize]) -> Vec<Target> {
     out
 }
 
+/// What limits veth-cni in mode tc, from the figures: the grace periods
+/// its TCX attaches and detaches wait for (`grace_ms`: synchronize_rcu
+/// timed on this machine), against the difference to bridge and the CPU
+/// time each spends. Empty without the rows it needs.
+pub fn limits(rows: &[Row], grace_ms: &[f64], parallels: &[usize]) -> String {
+    let (Some(ours), Some(bridge)) = (row(rows, VETH_BUILTIN, 1), row(rows, BRIDGE, 1)) else {
+        return String::new();
+    };
+    let gp = median(grace_ms);
+    let mut out = format!(
+        "What limits veth-cni (mode tc): every ADD attaches two TCX programs (ingress, egress) \
+         to the pod's host-side veth, and every DEL takes them away with the veth; for each, \
+         the kernel swaps the hook's program array and waits for an RCU grace period \
+         (synchronize_rcu in kernel/bpf/tcx.c: tcx_link_prog_attach, tcx_link_release, \
+         tcx_uninstall) while it holds RTNL. bridge and ptp attach nothing. A grace period took \
+         {gp:.1} ms here (p50 of {} timed with membarrier(MEMBARRIER_CMD_GLOBAL), which is \
+         synchronize_rcu; p99 {:.1} ms).\n",
+        grace_ms.len(),
+        percentile(grace_ms, 99.0)
+    );
+    let over = |a: f64, b: f64| {
+        let d = a - b;
+        format!("{d:+.1} ms, {:+.1} grace periods", d / gp)
+    };
+    out += &format!(
+        "- one at a time: veth-cni builtin − bridge, p50: ADD {}, DEL {}; CPU time per \
+         execution ADD {:.1} vs {:.1} ms, DEL {:.1} vs {:.1} ms — the difference is waiting, \
+         not work. Less two grace periods, veth-cni's ADD p50 would be {:.1} ms (bridge {:.1}, \
+         0.6 × bridge {:.1}).\n",
+        over(ours.add.p50_ms, bridge.add.p50_ms),
+        over(ours.del.p50_ms, bridge.del.p50_ms),
+        ours.add.cpu_p50_ms,
+        bridge.add.cpu_p50_ms,
+        ours.del.cpu_p50_ms,
+        bridge.del.cpu_p50_ms,
+        ours.add.p50_ms - 2.0 * gp,
+        bridge.add.p50_ms,
+        0.6 * bridge.add.p50_ms,
+    );
+    for &parallel in parallels.iter().filter(|&&p| p > 1) {
+        let (Some(ours), Some(bridge)) = (
+            row(rows, VETH_BUILTIN, parallel),
+            row(rows, BRIDGE, parallel),
+        ) else {
+            continue;
+        };
+        out += &format!(
+            "- {parallel} at a time: RTNL lets one grace-period wait run at a time, so {parallel} \
+             ADDs in flight wait for about {parallel} × 2 = {} grace periods ≈ {:.0} ms; \
+             measured ADD p50 {:.1} ms (bridge {:.1} ms), DEL p50 {:.1} ms (bridge {:.1} ms).\n",
+            parallel * 2,
+            (parallel * 2) as f64 * gp,
+            ours.add.p50_ms,
+            bridge.add.p50_ms,
+            ours.del.p50_ms,
+            bridge.del.p50_ms,
+        );
+    }
+    out
+}
+
 fn ms(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.1}")
@@ -304,13 +374,13 @@ fn ratio(v: Option<f64>) -> String {
 /// The table printed at the end and written beside the JSON.
 pub fn table(rows: &[Row], targets: &[Target]) -> String {
     let mut out = String::from(
-        "| plugin + IPAM | at once | ADD p50 ms (rounds) | ADD p99 ms | DEL p50 ms (rounds) | DEL p99 ms | all ADDs s | all DELs s | ADD × bridge | ADD × ptp | DEL × bridge | DEL × ptp |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| plugin + IPAM | at once | ADD p50 ms (rounds) | ADD p99 ms | DEL p50 ms (rounds) | DEL p99 ms | all ADDs s | all DELs s | ADD × bridge | ADD × ptp | DEL × bridge | DEL × ptp | CPU ms ADD / DEL |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}–{}) | {} | {} ({}–{}) | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}–{}) | {} | {} ({}–{}) | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} / {} |",
             r.plugin,
             r.parallel,
             ms(r.add.p50_ms),
@@ -327,6 +397,8 @@ pub fn table(rows: &[Row], targets: &[Target]) -> String {
             ratio(r.add_vs_ptp),
             ratio(r.del_vs_bridge),
             ratio(r.del_vs_ptp),
+            ms(r.add.cpu_p50_ms),
+            ms(r.del.cpu_p50_ms),
         );
     }
     out += "\n| target | verdict | measured |\n| --- | --- | --- |\n";
@@ -348,6 +420,7 @@ mod tests {
             verb,
             pod: 0,
             ms,
+            cpu_ms: 1.0,
         }
     }
 

@@ -282,6 +282,64 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// vethctl's change lock: `up`, `down` and `mode set` of any topology on
+/// the machine hold it exclusively, and every veth-cni ADD and DEL waits
+/// for them.
+const VETHCTL_LOCK: &str = "/run/vethctl/.lock";
+
+/// How much of the time another vethctl held its change lock exclusively
+/// (so veth-cni's ADDs and DELs had to wait): sampled every 5 ms with a
+/// shared try-lock, released at once.
+struct LockWatch {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<(u64, u64)>>,
+}
+
+impl LockWatch {
+    fn start(path: &'static str) -> LockWatch {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let (mut samples, mut held) = (0u64, 0u64);
+            let Ok(file) = fs::OpenOptions::new().read(true).open(path) else {
+                return (0, 0);
+            };
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: flock on an fd we own.
+                let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+                samples += 1;
+                if r == 0 {
+                    // SAFETY: as above.
+                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                } else {
+                    held += 1;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            (samples, held)
+        });
+        LockWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Percent of the samples that found the lock held exclusively.
+    fn stop(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let (samples, held) = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or((0, 0));
+        if samples == 0 {
+            0.0
+        } else {
+            100.0 * held as f64 / samples as f64
+        }
+    }
+}
+
 /// How busy the machine was with work other than this benchmark's.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -294,6 +352,10 @@ pub struct Machine {
     pub other_busy_cpus: f64,
     pub busy: bool,
     pub wall_s: f64,
+    /// Percent of the rounds during which another vethctl held its change
+    /// lock exclusively, holding up veth-cni's ADDs and DELs (and no
+    /// reference plugin's).
+    pub vethctl_lock_held_by_others_percent: f64,
 }
 
 struct LoadMeter {
@@ -326,6 +388,7 @@ impl LoadMeter {
             other_busy_cpus: other,
             busy: other > 0.2,
             wall_s: wall.as_secs_f64(),
+            vethctl_lock_held_by_others_percent: 0.0,
         })
     }
 }
@@ -468,6 +531,7 @@ fn measure(
         check_empty(&run, plugin.name, 1)?;
     }
 
+    let lock_watch = LockWatch::start(VETHCTL_LOCK);
     let mut measured = Measured {
         samples: Vec::new(),
         batches: Vec::new(),
@@ -538,7 +602,8 @@ fn measure(
     for f in &mut facts {
         f.version_p50_ms = median(&f.version_samples_ms);
     }
-    let machine = meter.stop()?;
+    let mut machine = meter.stop()?;
+    machine.vethctl_lock_held_by_others_percent = lock_watch.stop();
     check_nothing_left(&run)?;
 
     let names: Vec<&str> = run.plugins.iter().map(|p| p.name).collect();
@@ -566,12 +631,14 @@ fn measure(
     );
     text += &format!(
         "machine: {} CPUs, load average {} at start and {} at end, {:.2} CPUs busy with other \
-         work on average over {:.0} s{}\n\n",
+         work on average over {:.0} s; another vethctl held the change lock every veth-cni \
+         ADD/DEL waits for {:.1} % of the time{}\n\n",
         machine.cpus,
         machine.loadavg_start,
         machine.loadavg_end,
         machine.other_busy_cpus,
         machine.wall_s,
+        machine.vethctl_lock_held_by_others_percent,
         if machine.busy {
             " — THE MACHINE WAS BUSY: absolute figures are inflated and spread; read the paired ratios"
         } else {
@@ -806,5 +873,31 @@ fn containerd_part() -> ContainerdPart {
         reason: "not run: waits for the containerd harness (branch runtimes-harness, \
                  tests/src/runtime); the hook is containerd_part() in xtask/src/bench/cni/mod.rs"
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_watch_sees_an_exclusive_holder() {
+        let path: &'static str = Box::leak(
+            std::env::temp_dir()
+                .join(format!("bench-cni-lock-{}", std::process::id()))
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        );
+        let holder = fs::File::create(path).unwrap();
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let watch = LockWatch::start(path);
+        thread::sleep(Duration::from_millis(60));
+        drop(holder);
+        thread::sleep(Duration::from_millis(60));
+        let held = watch.stop();
+        let _ = fs::remove_file(path);
+        assert!((10.0..90.0).contains(&held), "{held}");
     }
 }

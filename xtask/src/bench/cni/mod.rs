@@ -648,7 +648,12 @@ fn measure(
     text += &summary::table(&rows, &targets);
     if missed {
         text += "\n";
-        text += &summary::limits(&rows, &measured.grace_ms, parallels);
+        text += &summary::limits(
+            &rows,
+            &measured.grace_ms,
+            parallels,
+            machine.vethctl_lock_held_by_others_percent,
+        );
     }
     text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
     for f in &facts {

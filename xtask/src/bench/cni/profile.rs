@@ -284,8 +284,10 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
         .collect();
     let mut text = format!(
         "where the time goes: {pods} ADD+DEL per plugin under strace -f -T (slower than \
-         untraced; threads overlap, so sums can exceed the wall time); calls that took at \
-         least 0.3 ms per execution, the 8 largest per plugin and verb (all in the JSON), waiting on own threads left out\n\n\
+         untraced: strace adds some 0.05 ms to every call, so many short calls — files, \
+         memory — look bigger than they are; threads overlap, so sums can exceed the wall \
+         time); calls that took at least 0.3 ms per execution, the 8 largest per plugin and \
+         verb (all in the JSON), waiting on own threads left out\n\n\
          | plugin | verb | wall under strace ms | program | syscall | calls/op | ms/op | slowest call ms |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );

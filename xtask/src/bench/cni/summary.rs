@@ -302,7 +302,7 @@ pub fn targets(rows: &[Row], parallels: &[usize]) -> Vec<Target> {
 /// its TCX attaches and detaches wait for (`grace_ms`: synchronize_rcu
 /// timed on this machine), against the difference to bridge and the CPU
 /// time each spends. Empty without the rows it needs.
-pub fn limits(rows: &[Row], grace_ms: &[f64], parallels: &[usize]) -> String {
+pub fn limits(rows: &[Row], grace_ms: &[f64], parallels: &[usize], lock_percent: f64) -> String {
     let (Some(ours), Some(bridge)) = (row(rows, VETH_BUILTIN, 1), row(rows, BRIDGE, 1)) else {
         return String::new();
     };
@@ -337,6 +337,14 @@ pub fn limits(rows: &[Row], grace_ms: &[f64], parallels: &[usize]) -> String {
         bridge.add.p50_ms,
         0.6 * bridge.add.p50_ms,
     );
+    if lock_percent > 0.0 {
+        out += &format!(
+            "- p99: every veth-cni ADD and DEL takes vethctl's change lock (shared), one lock for \
+             every topology and network on the node; another vethctl's `up`, `down` or `mode \
+             set` held it exclusively {lock_percent:.1} % of this run, and an ADD or DEL that \
+             came then waited for it. The reference plugins take no such lock.\n"
+        );
+    }
     for &parallel in parallels.iter().filter(|&&p| p > 1) {
         let (Some(ours), Some(bridge)) = (
             row(rows, VETH_BUILTIN, parallel),

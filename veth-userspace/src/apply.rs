@@ -378,7 +378,7 @@ impl Timings {
 /// again (which also puts right what was changed inside a pod's namespace).
 pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result<Vec<Step>> {
     let timings = Timings::new(options.timings);
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(&topology.name)?;
     timings.mark("wait for the lock");
     Ok(up_locked(topology, source, options, timings).await?.1)
 }
@@ -396,7 +396,7 @@ where
     F: FnOnce(Option<String>) -> Result<(Topology, String)>,
 {
     let timings = Timings::new(options.timings);
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(name)?;
     timings.mark("wait for the lock");
     let (topology, source) = derive(StateDir::new(name).load_text()?)?;
     if topology.name != name {
@@ -647,7 +647,7 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(
 /// Removes everything topology `name` made (as its ledger records it) and
 /// nothing else; fine to repeat, and after a crash.
 pub async fn down(name: &str) -> Result<Vec<Step>> {
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(name)?;
     let host = Host::connect()?;
     // A runtime's endpoints first: their veths, map entries and records
     // (their namespaces are the runtime's and stay).
@@ -672,6 +672,9 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     Executor::new(host, name, Applied::default(), ledger, Timings::new(false))
         .run(None, &steps)
         .await?;
+    if !StateDir::new(name).exists() {
+        state::remove_network_lock(name)?;
+    }
     Ok(steps)
 }
 

@@ -172,38 +172,80 @@ pub fn lock() -> Result<Lock> {
     Ok(Lock { _file: file })
 }
 
-/// The change lock shared: for work on one endpoint of a network (a CNI
-/// ADD or DEL), which many do at once; `up`, `down` and `mode set` (the
-/// exclusive [`lock`]) wait for them all, and they for it.
-pub fn lock_shared() -> Result<Lock> {
-    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
-    let path = Path::new(STATE_ROOT).join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("locking {}", path.display()));
-    }
-    Ok(Lock { _file: file })
+/// How a network's lock is held: shared by work on one endpoint (a CNI
+/// ADD or DEL, the agent's readiness updates), which many do at once;
+/// exclusive by changes of the whole network (`up`, `down`, `mode set`,
+/// GC), which wait for all of them, and they for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    Shared,
+    Exclusive,
 }
 
-/// The lock of [`lock`] if nobody holds it now: for `vethctl agent`, which
-/// must never change maps under an `up` or `down` in progress (it tries
-/// again on its next pass).
-pub fn try_lock() -> Result<Option<Lock>> {
-    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
-    Ok(lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), false)?.map(|file| Lock { _file: file }))
+/// Where networks' locks live: beside, not inside, their state
+/// directories, which `down` removes with everything in them.
+const NETWORK_LOCKS: &str = ".locks";
+
+fn network_lock_path(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(NETWORK_LOCKS).join(name)
+}
+
+/// Network `name`'s lock, held as `hold`; without `wait`, `None` when it
+/// cannot be had now. One network's changes never wait for another's.
+pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = network_lock_path(name);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let operation = match hold {
+        Hold::Shared => libc::LOCK_SH,
+        Hold::Exclusive => libc::LOCK_EX,
+    };
+    loop {
+        let Some(file) = flock_file(&path, operation, wait)? else {
+            return Ok(None);
+        };
+        // `down` removes the file while holding it: a lock on a removed
+        // file guards nothing, so take the one now at the path instead.
+        let current = fs::metadata(&path).map(|m| m.ino()).ok();
+        if current == Some(file.metadata()?.ino()) {
+            return Ok(Some(Lock { _file: file }));
+        }
+    }
+}
+
+/// Removes network `name`'s lock file once the network is gone; the
+/// caller holds the lock exclusively (see [`network_lock`]).
+pub fn remove_network_lock(name: &str) -> Result<()> {
+    let path = network_lock_path(name);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// The locks a change of network `name` holds: the global one (the host
+/// namespace is shared: other topologies' ranges, bpffs), then the
+/// network's, exclusively.
+pub fn change_lock(name: &str) -> Result<(Lock, Lock)> {
+    let global = lock()?;
+    let network = network_lock(name, Hold::Exclusive, true)?
+        .context("a blocking lock returned without the lock")?;
+    Ok((global, network))
 }
 
 /// Opens (creating) `path` and takes an exclusive `flock` on it, held until
 /// the file is dropped (or its process dies). With `wait`, blocks until
 /// the lock is ours; without, `None` if someone else holds it.
 pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
+    flock_file(path, libc::LOCK_EX, wait)
+}
+
+/// Opens (creating) `path` and `flock`s it with `operation` (`LOCK_EX` or
+/// `LOCK_SH`); see [`lock_file`].
+fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<File>> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -211,9 +253,9 @@ pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let operation = if wait {
-        libc::LOCK_EX
+        operation
     } else {
-        libc::LOCK_EX | libc::LOCK_NB
+        operation | libc::LOCK_NB
     };
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {

@@ -100,6 +100,14 @@ fn failed(e: anyhow::Error) -> CniError {
     cni_error(EndpointError::Failed(e))
 }
 
+/// Network `name`'s lock, shared: endpoint work of many ADDs and DELs at
+/// once, none during a change of the whole network.
+fn shared_lock(name: &str) -> Result<state::Lock, CniError> {
+    state::network_lock(name, state::Hold::Shared, true)
+        .map_err(failed)?
+        .ok_or_else(|| CniError::internal("a blocking lock returned without the lock"))
+}
+
 /// The network is up as `source` describes it, with its programs pinned.
 fn is_current(network: &Topology, source: &str) -> bool {
     StateDir::new(&network.name)
@@ -119,7 +127,7 @@ async fn ensure_network(
     source: &str,
 ) -> Result<state::Lock, CniError> {
     for _ in 0..3 {
-        let shared = state::lock_shared().map_err(failed)?;
+        let shared = shared_lock(&network.name)?;
         if is_current(network, source) {
             return Ok(shared);
         }
@@ -268,9 +276,14 @@ async fn del(req: &Request) -> Result<(), CniError> {
     let name = req.config.name.clone();
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
-    let _lock = state::lock_shared().map_err(failed)?;
     // A name that cannot be a network's: nothing of ours exists for it.
-    let record = if crate::model::validate_topology_name(&name).is_ok() {
+    let valid = crate::model::validate_topology_name(&name).is_ok();
+    let _lock = if valid {
+        Some(shared_lock(&name)?)
+    } else {
+        None
+    };
+    let record = if valid {
         Store::new(&name)
             .load(container_id, ifname)
             .map_err(failed)?
@@ -304,7 +317,7 @@ async fn del(req: &Request) -> Result<(), CniError> {
 async fn check(req: &Request) -> Result<(), CniError> {
     let attachment = req.attachment()?;
     let (network, _) = network::network(&req.config)?;
-    let _lock = state::lock_shared().map_err(failed)?;
+    let _lock = shared_lock(&network.name)?;
     let record = Store::new(&network.name)
         .load(attachment.container_id.as_str(), attachment.ifname.as_str())
         .map_err(failed)?
@@ -383,7 +396,7 @@ async fn gc(req: &Request) -> Result<(), CniError> {
         return Ok(());
     }
     // Exclusive: an ADD in flight is not in the runtime's list yet.
-    let _lock = state::lock().map_err(failed)?;
+    let _lock = state::network_lock(&name, state::Hold::Exclusive, true).map_err(failed)?;
     let host = Host::connect().map_err(failed)?;
     let store = Store::new(&name);
     let (records, unreadable) = store.all().map_err(failed)?;

@@ -290,10 +290,19 @@ impl TestTopology {
         expect_success(&self.vethctl(&["up", "--repair"]), "vethctl up --repair");
     }
 
+    /// `text` as the next `up` will address it: pods that are up keep their
+    /// addresses (vethctl records them).
+    fn parse_keeping(&self, text: &str) -> Topology {
+        let recorded = StateDir::new(&self.topology.name)
+            .load_addresses()
+            .unwrap_or_default();
+        Topology::from_toml_keeping(text, &recorded).expect("a valid topology")
+    }
+
     /// Replaces the description, file and parsed topology (e.g. to add a
     /// pod); the name must stay.
     pub fn rewrite(&mut self, text: &str) {
-        let topology = Topology::from_toml(text).expect("a valid topology");
+        let topology = self.parse_keeping(text);
         assert_eq!(
             topology.name, self.topology.name,
             "a rewrite keeps the name"
@@ -317,10 +326,10 @@ impl TestTopology {
         );
         let mode: Mode = mode.parse().expect("a mode name");
         let text = std::fs::read_to_string(&self.file).expect("reading the topology file");
-        let (topology, text) =
+        let (_, text) =
             veth_userspace::model::with_mode(&text, mode).expect("the file with the new mode");
-        std::fs::write(&self.file, text).expect("writing the topology file");
-        self.topology = topology;
+        std::fs::write(&self.file, &text).expect("writing the topology file");
+        self.topology = self.parse_keeping(&text);
     }
 
     /// `vethctl stats --json` of this topology: pod name -> pair object.

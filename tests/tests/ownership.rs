@@ -643,6 +643,8 @@ struct PodSpec {
     name: &'static str,
     /// Last octet of a fixed ipv4 (and last group of a fixed ipv6).
     fixed: Option<u8>,
+    /// Last group of a fixed ipv6 when it is not `fixed`'s.
+    fixed6: Option<u16>,
     mtu: Option<u32>,
 }
 
@@ -650,6 +652,7 @@ fn pod(name: &'static str) -> PodSpec {
     PodSpec {
         name,
         fixed: None,
+        fixed6: None,
         mtu: None,
     }
 }
@@ -696,9 +699,9 @@ impl Spec {
             text += &format!("\n[[pods]]\nname = \"{}\"\n", p.name);
             if let Some(n) = p.fixed {
                 text += &format!("ipv4 = \"{}{n}\"\n", base(cidr));
-                if let Some(b6) = self.block6 {
-                    text += &format!("ipv6 = \"{}{n:x}\"\n", base6(&blocks[b6].1));
-                }
+            }
+            if let (Some(n), Some(b6)) = (p.fixed6.or(p.fixed.map(u16::from)), self.block6) {
+                text += &format!("ipv6 = \"{}{n:x}\"\n", base6(&blocks[b6].1));
             }
             if let Some(mtu) = p.mtu {
                 text += &format!("mtu = {mtu}\n");
@@ -781,6 +784,16 @@ fn edits_converge(start: Spec, edits: &[(&str, Spec, &[&str])]) {
             expect_pings(&first.netns, peer.ipv4, 2, &format!("{what}: pod"));
         }
         let edited = kernel_state(&t.topology, &ranges);
+        // Pods keep their addresses across edits (vethctl records them),
+        // where a fresh `up` hands out the lowest free ones: the reference
+        // is the new file with the addresses the edit kept written in.
+        let mut pinned = spec.clone();
+        for p in &mut pinned.pods {
+            let kept = t.pod(p.name);
+            p.fixed = Some(kept.ipv4.octets()[3]);
+            p.fixed6 = kept.ipv6.map(|a| a.segments()[7]);
+        }
+        t.rewrite(&pinned.render(&name, &blocks));
         t.down();
         t.up();
         let fresh = kernel_state(&t.topology, &ranges);

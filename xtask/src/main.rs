@@ -54,10 +54,13 @@ enum Bench {
     },
     /// Pod start: CNI ADD and DEL latency of veth-cni (tc; built-in IPAM
     /// and host-local) beside the reference bridge and ptp plugins
-    /// (host-local), one at a time and concurrently, interleaved.
+    /// (host-local), one at a time and concurrently, interleaved; then
+    /// RunPodSandbox and Stop+Remove through containerd's CRI (veth-cni
+    /// against bridge).
     Cni {
         /// Pods per plugin, each added and deleted once one at a time and
-        /// once concurrently (--quick: at most 20).
+        /// once concurrently (--quick: at most 20); the containerd part
+        /// starts and removes as many per network (--quick: 10).
         #[arg(long, default_value_t = 200)]
         pods: usize,
         /// Plugin executions in flight at once in the concurrent half.
@@ -68,7 +71,8 @@ enum Bench {
         #[arg(long, default_value_t = 40)]
         batch: usize,
         /// Few pods, short rounds, no profile unless --profile: a smoke
-        /// test that runs in well under a minute.
+        /// test that runs in about a minute (half of it the containerd
+        /// part).
         #[arg(long)]
         quick: bool,
         /// Also trace a few ADDs and DELs with strace to show where the

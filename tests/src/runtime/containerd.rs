@@ -48,6 +48,11 @@ pub struct ContainerdOptions {
     pub wait_network_ready: bool,
     /// How long start-up may take.
     pub start_timeout: Duration,
+    /// Serve containerd's Prometheus metrics (`/v1/metrics`) on this
+    /// address, e.g. `127.0.0.1:PORT`: the CRI plugin's timers, such as
+    /// `containerd_cri_sandbox_create_network_seconds` (the CNI ADDs of
+    /// every RunPodSandbox). None (default): no metrics listener.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for ContainerdOptions {
@@ -56,6 +61,7 @@ impl Default for ContainerdOptions {
             snapshotter: "overlayfs".into(),
             wait_network_ready: true,
             start_timeout: Duration::from_secs(30),
+            metrics_address: None,
         }
     }
 }
@@ -138,6 +144,10 @@ impl Containerd {
         let snapshotter = &self.options.snapshotter;
         let (bin, conf) = (self.bin.path().display(), self.conf.path().display());
         let (socket, runc) = (self.socket.display(), self.runc_root.display());
+        let metrics = self
+            .options
+            .metrics_address
+            .map_or_else(String::new, |a| a.to_string());
         format!(
             r#"version = 2
 root = "{d}/root"
@@ -155,7 +165,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   level = "info"
 
 [metrics]
-  address = ""
+  address = "{metrics}"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
@@ -298,6 +308,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// containerd's metrics in Prometheus' text format (needs
+    /// [`ContainerdOptions::metrics_address`]).
+    pub fn metrics(&self) -> Result<String> {
+        let addr = self
+            .options
+            .metrics_address
+            .context("containerd was started without a metrics address")?;
+        let (code, body) = crate::http_get(addr, "/v1/metrics")
+            .with_context(|| format!("GET http://{addr}/v1/metrics"))?;
+        if code != 200 {
+            bail!("GET http://{addr}/v1/metrics: HTTP {code}");
+        }
+        Ok(body)
     }
 
     /// containerd's pid (None while it is stopped).

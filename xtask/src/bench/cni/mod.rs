@@ -30,7 +30,16 @@
 //! the end, also on failure and on Ctrl-C (which stops between executions,
 //! never in the middle of one: the plugins run in their own process
 //! group).
+//!
+//! Then the same through containerd (cri.rs): RunPodSandbox and
+//! StopPodSandbox + RemovePodSandbox over CRI, as kubelet calls them, for
+//! veth-cni (builtin and host-local; the same release binary as above) and
+//! bridge (host-local), one private containerd per network, interleaved
+//! rounds of the same size, one at a time and `--parallel` at a time. The
+//! program doing it is `cri-pod-start` of the tests package (their
+//! containerd harness); xtask builds it in release and judges its figures.
 
+mod cri;
 mod exec;
 mod profile;
 mod summary;
@@ -456,6 +465,9 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let (vethctl, out_dir) = prepare()?;
     let veth_cni = vethctl.with_file_name("veth-cni");
+    // The containerd part's program, built now so that a build failure
+    // stops the benchmark before it starts.
+    let cri_program = cri::build()?;
     let lock = lock()?;
     let blocks = reserve_blocks()?;
     let run = Run {
@@ -472,7 +484,15 @@ pub fn run(options: &Options) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let result = measure(run, options, pods, batch, &parallels, &out_dir);
+    let result = measure(
+        run,
+        options,
+        pods,
+        batch,
+        &parallels,
+        &out_dir,
+        &cri_program,
+    );
     // SAFETY: back to the default disposition.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_DFL);
@@ -488,6 +508,7 @@ fn measure(
     batch: usize,
     parallels: &[usize],
     out_dir: &Path,
+    cri_program: &Path,
 ) -> Result<()> {
     let netns_dir = Path::new(RUN_DIR).join("netns");
     fs::create_dir_all(&netns_dir)?;
@@ -609,12 +630,26 @@ fn measure(
     let names: Vec<&str> = run.plugins.iter().map(|p| p.name).collect();
     let rows = summary::rows(&measured.samples, &measured.batches, &names, parallels);
     let mut targets = summary::targets(&rows, parallels);
-    let containerd = containerd_part();
-    targets.push(summary::Target {
-        what: "RunPodSandbox p50 through containerd: veth-cni ≤ bridge".into(),
-        verdict: "NOT RUN",
-        measured: containerd.reason.clone(),
-    });
+    interrupted()?;
+    let containerd = containerd_part(&cri::Run {
+        program: cri_program,
+        veth_cni: &run.plugins[0].binary,
+        vethctl: &run.vethctl,
+        pods,
+        rounds,
+        parallel: options.parallel,
+        quick: options.quick,
+    })?;
+    let containerd_targets = match &containerd.output {
+        Some(out) => cri::targets(&containerd.rows, &out.parallel),
+        None => vec![summary::Target {
+            what: "RunPodSandbox p50 through containerd: veth-cni ≤ bridge".into(),
+            verdict: "NOT RUN",
+            measured: containerd.reason.clone(),
+        }],
+    };
+    let containerd_missed = containerd_targets.iter().any(|t| t.verdict == "MISS");
+    targets.extend(containerd_targets);
     let missed = targets.iter().any(|t| t.verdict == "MISS");
     let profile = if options.profile || (missed && !options.quick) {
         interrupted()?;
@@ -655,6 +690,7 @@ fn measure(
             machine.vethctl_lock_held_by_others_percent,
         );
     }
+    text += &containerd.text(&rows, containerd_missed);
     text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
     for f in &facts {
         text += &format!(
@@ -662,10 +698,6 @@ fn measure(
             f.plugin, f.first_add_ms, f.first_del_ms, f.version_p50_ms
         );
     }
-    text += &format!(
-        "\ncontainerd (RunPodSandbox, Stop+Remove): {}\n",
-        containerd.reason
-    );
     if let Some(profile) = &profile {
         text += "\n";
         text += &profile.text;
@@ -697,6 +729,9 @@ fn measure(
     )?;
     fs::write(out_dir.join("cni.txt"), &text)?;
     println!("results: {} (and cni.txt)", json_path.display());
+    if containerd.output.is_none() {
+        bail!("the containerd part failed: {}", containerd.reason);
+    }
     Ok(())
 }
 
@@ -857,28 +892,103 @@ fn check_nothing_left(run: &Run) -> Result<()> {
 }
 
 /// The containerd half of the benchmark: RunPodSandbox and
-/// StopPodSandbox + RemovePodSandbox through CRI, veth-cni against bridge.
+/// StopPodSandbox + RemovePodSandbox through CRI, veth-cni against bridge
+/// (see cri.rs and tests/src/bin/cri-pod-start.rs).
 #[derive(Clone, Debug, Serialize)]
 struct ContainerdPart {
+    /// `measured` or `failed`.
     status: &'static str,
     reason: String,
+    /// CPUs busy on average while it ran (everything on the machine: this
+    /// part's containerds, shims and plugins too), and its wall time.
+    busy_cpus: f64,
+    wall_s: f64,
+    rows: Vec<cri::CriRow>,
+    /// What cri-pod-start printed (every pod's timings).
+    output: Option<cri::Output>,
 }
 
-// TODO(runtimes-harness): when the containerd test harness lands
-// (tests/src/runtime/…, branch `runtimes-harness`), drive it from here: a
-// private containerd with each conflist (veth-cni builtin, bridge
-// host-local) in turn, interleaved in rounds; RunPodSandbox for N pods one
-// at a time and 8 at a time, then StopPodSandbox + RemovePodSandbox;
-// p50/p99 per call into `ContainerdPart`, and the target "RunPodSandbox
-// p50 veth-cni ≤ bridge" judged in `measure` instead of NOT RUN. Do not
-// grow a second containerd harness here.
-fn containerd_part() -> ContainerdPart {
-    ContainerdPart {
-        status: "not run",
-        reason: "not run: waits for the containerd harness (branch runtimes-harness, \
-                 tests/src/runtime); the hook is containerd_part() in xtask/src/bench/cni/mod.rs"
-            .into(),
+impl ContainerdPart {
+    /// Its section of the printed text: the table, and what limits it when
+    /// a target was missed (against the direct ADDs of the same run).
+    fn text(&self, exec_rows: &[summary::Row], missed: bool) -> String {
+        let Some(out) = &self.output else {
+            return format!(
+                "\ncontainerd (RunPodSandbox, Stop+Remove): {}\n",
+                self.reason
+            );
+        };
+        let mut text = format!(
+            "\ncontainerd ({}, one private instance per network; veth-cni {}): RunPodSandbox \
+             and StopPodSandbox + RemovePodSandbox through CRI, {} pods per network in {} \
+             interleaved round(s), {:.0} s; load average {} at start and {} at end, {:.2} CPUs \
+             busy on average (everything, this part's containerds and pods included)\n\n",
+            out.containerd,
+            out.veth_cni,
+            out.pods,
+            out.rounds,
+            self.wall_s,
+            out.loadavg_start,
+            out.loadavg_end,
+            self.busy_cpus,
+        );
+        text += &cri::table(&self.rows);
+        text +=
+            "\nnot counted above (per network): the first pod's RunPodSandbox / Stop / Remove\n";
+        for v in &out.variants {
+            text += &format!(
+                "- {}: {:.1} / {:.1} / {:.1} ms\n",
+                v["variant"].as_str().unwrap_or("?"),
+                v["first_run_ms"].as_f64().unwrap_or(f64::NAN),
+                v["first_stop_ms"].as_f64().unwrap_or(f64::NAN),
+                v["first_remove_ms"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+        if missed {
+            text += "\n";
+            text += &cri::limits(&self.rows, exec_rows);
+        }
+        text
     }
+}
+
+/// Runs the containerd part. Its failure is reported (and fails the
+/// benchmark after the results are written); an interruption stops here.
+fn containerd_part(run: &cri::Run) -> Result<ContainerdPart> {
+    eprintln!(
+        "containerd part: RunPodSandbox and Stop+Remove through CRI ({} pods per network{}) ...",
+        if run.quick {
+            run.pods.min(10)
+        } else {
+            run.pods
+        },
+        if run.quick { ", --quick" } else { "" }
+    );
+    let started = Instant::now();
+    let busy = veth_bench::workloads::busy_ns()?;
+    let measured = cri::measure(run, &INTERRUPTED);
+    interrupted()?;
+    let wall = started.elapsed();
+    let busy_cpus =
+        veth_bench::workloads::busy_ns()?.saturating_sub(busy) as f64 / wall.as_nanos() as f64;
+    Ok(match measured {
+        Ok(out) => ContainerdPart {
+            status: "measured",
+            reason: String::new(),
+            busy_cpus,
+            wall_s: wall.as_secs_f64(),
+            rows: cri::rows(&out),
+            output: Some(out),
+        },
+        Err(e) => ContainerdPart {
+            status: "failed",
+            reason: format!("failed: {e:#}"),
+            busy_cpus,
+            wall_s: wall.as_secs_f64(),
+            rows: Vec::new(),
+            output: None,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -291,9 +291,10 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// vethctl's change lock: `up`, `down` and `mode set` of any topology on
-/// the machine hold it exclusively, and every veth-cni ADD and DEL waits
-/// for them.
+/// vethctl's global change lock: `up`, `down` and `mode set` of any
+/// topology on the machine hold it exclusively. Since locks are per
+/// network, a veth-cni ADD waits for it only to bring its network up (the
+/// first ADD, not counted); ADD and DEL take only their network's lock.
 const VETHCTL_LOCK: &str = "/run/vethctl/.lock";
 
 /// How much of the time another vethctl held its change lock exclusively
@@ -666,8 +667,8 @@ fn measure(
     );
     text += &format!(
         "machine: {} CPUs, load average {} at start and {} at end, {:.2} CPUs busy with other \
-         work on average over {:.0} s; another vethctl held the change lock every veth-cni \
-         ADD/DEL waits for {:.1} % of the time{}\n\n",
+         work on average over {:.0} s; another vethctl held the global change lock (which only a \
+         network's first ADD waits for) {:.1} % of the time{}\n\n",
         machine.cpus,
         machine.loadavg_start,
         machine.loadavg_end,

@@ -339,10 +339,9 @@ pub fn limits(rows: &[Row], grace_ms: &[f64], parallels: &[usize], lock_percent:
     );
     if lock_percent > 0.0 {
         out += &format!(
-            "- p99: every veth-cni ADD and DEL takes vethctl's change lock (shared), one lock for \
-             every topology and network on the node; another vethctl's `up`, `down` or `mode \
-             set` held it exclusively {lock_percent:.1} % of this run, and an ADD or DEL that \
-             came then waited for it. The reference plugins take no such lock.\n"
+            "- global lock: another vethctl's `up`, `down` or `mode set` held vethctl's global \
+             change lock {lock_percent:.1} % of this run; a network's first ADD (not counted) \
+             waits for it, the others take only their network's lock.\n"
         );
     }
     for &parallel in parallels.iter().filter(|&&p| p > 1) {

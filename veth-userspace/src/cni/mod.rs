@@ -30,6 +30,25 @@ use crate::{
 /// The plugin.
 pub struct VethCni;
 
+/// The `veth-cni` binary: reads stdin, runs the verb in the `CNI_*`
+/// variables, writes the result or error, and exits with its code. A
+/// function here so that the integration tests' copy of the binary runs
+/// exactly this code.
+pub fn main() -> ! {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    // An unreadable stdin stays empty: the protocol answers code 6.
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
+    for line in &out.stderr {
+        eprintln!("veth-cni: {line}");
+    }
+    // The runtime reads stdout; if it went away there is no one to tell.
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stdout().flush();
+    std::process::exit(out.exit_code);
+}
+
 impl Plugin for VethCni {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         block_on(add(req))

@@ -7,6 +7,7 @@
 //! every packet stays between namespaces a test made.
 
 pub mod attack;
+pub mod cni;
 pub mod frames;
 use std::{
     collections::BTreeMap,

@@ -90,12 +90,10 @@ pub async fn add(
     network: &Topology,
     record: &mut Record,
 ) -> Result<(), EndpointError> {
-    if !netns::exists(&record.netns) {
+    if let Err(reason) = netns::check_pod_netns(&record.netns) {
         return Err(EndpointError::InvalidNetns {
             path: record.netns.clone(),
-            reason: "not a network namespace (no nsfs file there); pass the path of the pod's \
-                     network namespace"
-                .into(),
+            reason,
         });
     }
     let store = Store::new(&network.name);

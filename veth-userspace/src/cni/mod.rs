@@ -123,9 +123,19 @@ async fn ensure_network(
             return Ok(shared);
         }
         drop(shared);
-        preflight::check(host, network)
-            .await
-            .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+        {
+            // Checked under the exclusive lock: beside an `up` in progress
+            // (another ADD bringing the network up), its objects made so
+            // far looked like someone else's (concurrent first ADDs on a
+            // fresh node failed with code 7).
+            let _exclusive = state::lock().map_err(failed)?;
+            if is_current(network, source) {
+                continue;
+            }
+            preflight::check(host, network)
+                .await
+                .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+        }
         apply::up(network, source, apply::UpOptions::default())
             .await
             .map_err(|e| failed(e.context(format!("bringing network {:?} up", network.name))))?;

@@ -132,6 +132,7 @@ async fn ensure_network(
             if is_current(network, source) {
                 continue;
             }
+            refuse_foreign_topology(&network.name)?;
             preflight::check(host, network)
                 .await
                 .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
@@ -147,6 +148,23 @@ async fn ensure_network(
             network.name
         ),
     })
+}
+
+/// A topology of this name that veth-cni did not make (brought up from a
+/// file): converging it to the configuration would remove its pods.
+fn refuse_foreign_topology(name: &str) -> Result<(), CniError> {
+    match StateDir::new(name).load_text().map_err(failed)? {
+        Some(text) if !network::made_by_cni(&text) => Err(CniError::invalid_config(
+            "name",
+            format!(
+                "{name:?} is a vethctl topology that was not made by veth-cni (`vethctl status \
+                 -n {name}`); this ADD would replace it with the configuration's network and \
+                 remove its pods: give the configuration another name, or take the topology \
+                 down first (`vethctl down -n {name}`)"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn k8s_of(req: &Request) -> Option<K8sPod> {

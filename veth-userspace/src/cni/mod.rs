@@ -186,6 +186,12 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
     let (addresses, addresses_from) = ipam::allocate(req, &network, &key)?;
+    if let Err(e) = refuse_taken(&network, &key, &addresses, &addresses_from) {
+        if let Err(undo) = ipam::release(req, &network.name, &key, &addresses_from) {
+            eprintln!("giving {key}'s addresses back after a refused ADD: {undo}");
+        }
+        return Err(e);
+    }
     let mut record = Record {
         container_id: container_id.to_string(),
         ifname: ifname.to_string(),
@@ -205,6 +211,58 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         return Err(cni_error(e));
     }
     Ok(result(req, &network, &record))
+}
+
+/// Addresses a delegated IPAM handed out that the network already uses
+/// (a `static` address given twice, a host-local whose dataDir was lost):
+/// another pod's would take its map entry and host route, the node's its
+/// traffic. The built-in pool never does this. Checked against the
+/// records; two such ADDs at the very same moment are not caught.
+fn refuse_taken(
+    network: &Topology,
+    key: &str,
+    addresses: &ipam::Addresses,
+    source: &AddressSource,
+) -> Result<(), CniError> {
+    let plugin = match source {
+        AddressSource::Delegated { plugin } => plugin.as_str(),
+        AddressSource::Builtin => return Ok(()),
+    };
+    let ours: Vec<IpAddr> = std::iter::once(IpAddr::V4(addresses.ipv4))
+        .chain(addresses.ipv6.map(IpAddr::V6))
+        .collect();
+    let node: Vec<IpAddr> = std::iter::once(IpAddr::V4(network.host_address))
+        .chain(network.host_address6.map(IpAddr::V6))
+        .collect();
+    if let Some(ip) = ours.iter().find(|ip| node.contains(ip)) {
+        return Err(CniError::invalid_config(
+            "ipam",
+            format!(
+                "{plugin} gave {ip}, the node's own address in network {:?}; configure it to \
+                 leave that address out (host-local: give the range that gateway)",
+                network.name
+            ),
+        ));
+    }
+    for other in Store::new(&network.name).records() {
+        let theirs = [Some(IpAddr::V4(other.ipv4)), other.ipv6.map(IpAddr::V6)];
+        if let Some(ip) = ours.iter().find(|ip| theirs.contains(&Some(**ip))) {
+            if other.key() != key {
+                return Err(CniError::invalid_config(
+                    "ipam",
+                    format!(
+                        "{plugin} gave {ip}, which endpoint {} of network {:?} already has; \
+                         two pods with one address take each other's traffic: fix the IPAM \
+                         configuration (an address given twice, or a dataDir that lost its \
+                         reservations)",
+                        other.key(),
+                        network.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an ADD made, for the runtime and the plugins chained after us

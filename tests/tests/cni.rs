@@ -244,6 +244,31 @@ fn add_in_bridge_mode_answers_every_version() {
     add_in_every_version("bridge");
 }
 
+/// With host-local (Debian's speaks up to 1.0.0), ADD answers every
+/// version too, 1.1.0 included, and DEL gives its reservation back.
+#[test]
+fn host_local_serves_every_version() {
+    let net = CniNet::host_local("tc");
+    for version in VERSIONS {
+        let pod = Pod::new();
+        let result = net.add_with(&pod, &net.conf(version), &[]);
+        assert_eq!(s(&result["cniVersion"]), version, "{result}");
+        let ip = pod.ipv4().to_string();
+        assert_eq!(
+            s(&result["ips"][0]["address"]),
+            format!("{ip}/32"),
+            "{version}: {result}"
+        );
+        assert_eq!(net.allocations(), BTreeSet::from([ip]), "{version}");
+        del_in(&net, &pod, &result, version);
+        assert_eq!(
+            net.allocations(),
+            BTreeSet::new(),
+            "{version}: DEL freed it"
+        );
+    }
+}
+
 /// `cniVersions` is honoured and the result is never newer than
 /// `cniVersion`; a version we do not speak is code 1 and makes nothing;
 /// VERSION lists all four.

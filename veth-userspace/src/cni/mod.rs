@@ -15,7 +15,9 @@ pub mod network;
 use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
-use veth_cni_protocol::{CniError, CniResult, Dns, Interface, IpConfig, Plugin, Request, Route};
+use veth_cni_protocol::{
+    CniError, CniResult, CniVersion, Dns, Interface, IpConfig, Plugin, Request, Route,
+};
 
 use crate::{
     apply,
@@ -482,7 +484,18 @@ async fn gc(req: &Request) -> Result<(), CniError> {
     }
     ipam::release_builtin(&name, |key| valid.contains(key) || kept.contains(key))?;
     if let Some(veth_cni_protocol::Ipam::Delegated(d)) = &req.config.ipam {
-        ipam::exec(req, &d.plugin, "GC", &[])?;
+        // A plugin from before GC (Debian's host-local 1.1.1) fails it
+        // ("missing containerID"): the DELs above did its part.
+        let versions = ipam::supported_versions(req, &d.plugin)?;
+        if versions.iter().any(|v| v == CniVersion::V1_1_0.as_str()) {
+            ipam::exec(req, &d.plugin, "GC", &[])?;
+        } else {
+            eprintln!(
+                "GC: {} speaks {versions:?}, which have no GC; the DELs of the attachments gone \
+                 freed their addresses",
+                d.plugin
+            );
+        }
     }
     Ok(())
 }

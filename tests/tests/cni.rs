@@ -557,6 +557,8 @@ fn assert_gone(net: &CniNet, pod: &Pod, ifindex: u64, what: &str) {
         Vec::<String>::new(),
         "{what}: maps"
     );
+    let links = Pins::new(&net.name).root().join("links").join(&veth);
+    assert!(!links.exists(), "{what}: its link pins are gone");
     assert!(
         !net.records().contains(&net.record_of(pod)),
         "{what}: the record is gone: {:?}",
@@ -898,6 +900,90 @@ fn gc_passes_the_list_to_host_local() {
     net.gc(&[]).expect_ok("GC listing none");
     assert_eq!(net.allocations(), BTreeSet::new());
     assert_eq!(net.records(), BTreeSet::new());
+}
+
+/// A runtime that repeats an ADD (a retry after a timeout) gets the same
+/// pod again: the same address, one record, a working interface.
+#[test]
+fn a_repeated_add_gives_the_same_pod() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let _quiet = net.quiet();
+    let (pod, peer) = (Pod::new(), Pod::new());
+    let first = net.add(&pod);
+    net.add(&peer);
+    let again = net.add(&pod);
+    assert_eq!(first["ips"], again["ips"], "the same addresses");
+    assert_eq!(net.records().len(), 2);
+    assert_eq!(net.allocations().len(), 2);
+    peer.netns
+        .expect_pings(pod.ipv4(), 3, "the repeated pod works");
+}
+
+/// The configuration's MTU is both sides', and DNS settings (the
+/// configuration's `dns`, else the runtime's) come back in the result;
+/// a containerd port mapping (Go's capitalised names) is accepted.
+#[test]
+fn mtu_dns_and_runtime_config_are_honoured() {
+    let net = CniNet::builtin("tc");
+    let pod = Pod::new();
+    let mut conf = net.conf("1.1.0");
+    conf["mtu"] = json!(1400);
+    conf["dns"] = json!({"nameservers": ["198.18.0.53"], "search": ["svc.local"]});
+    conf["runtimeConfig"] = json!({
+        "portMappings": [{"HostPort": 18080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}],
+        "dns": {"Servers": ["198.18.0.54"], "Searches": null, "Options": ["ndots:5"]},
+    });
+    let result = net.add_with(&pod, &conf, &[]);
+    assert_eq!(result["interfaces"][1]["mtu"], json!(1400), "{result}");
+    assert_eq!(pod.netns.link("eth0").unwrap()["mtu"], json!(1400));
+    assert_eq!(host_link(&net.host_veth(&pod)).unwrap()["mtu"], json!(1400));
+    assert_eq!(
+        result["dns"]["nameservers"],
+        json!(["198.18.0.53"]),
+        "{result}"
+    );
+    let other = Pod::new();
+    let mut conf = net.conf("1.1.0");
+    conf["mtu"] = json!(1400);
+    conf["runtimeConfig"] = json!({"dns": {"Servers": ["198.18.0.54"], "Options": ["ndots:5"]}});
+    let result = net.add_with(&other, &conf, &[]);
+    assert_eq!(
+        result["dns"]["nameservers"],
+        json!(["198.18.0.54"]),
+        "{result}"
+    );
+    assert_eq!(result["dns"]["options"], json!(["ndots:5"]), "{result}");
+}
+
+/// A second network over the first one's range is refused (code 7) before
+/// it makes anything, and the first one's pods keep working.
+#[test]
+fn a_second_network_over_the_same_range_is_refused() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let quiet = net.quiet();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    a.netns.expect_pings(b.ipv4(), 1, "before");
+    // Bringing a network up takes the change lock exclusively.
+    drop(quiet);
+    let other = unique_name();
+    let mut conf = net.conf("1.0.0");
+    conf["name"] = json!(other);
+    let intruder = Pod::new();
+    exec(&net.vars("ADD", &intruder), conf.to_string().as_bytes()).expect_error(
+        7,
+        &["ipam", "pod_cidr"],
+        "ADD of a network over another's range",
+    );
+    assert!(!std::path::Path::new("/run/vethctl").join(&other).exists());
+    assert!(!Pins::new(&other).exist());
+    assert!(intruder.netns.link("eth0").is_none());
+    let _quiet = net.quiet();
+    a.netns
+        .expect_pings(b.ipv4(), 3, "the first network's pods");
 }
 
 /// stdin that is not a JSON object is code 6 for every verb that reads
@@ -1403,10 +1489,17 @@ fn a_link_that_took_the_place_of_ours_survives_del_and_gc() {
 }
 
 /// An interface already in the pod's namespace under CNI_IFNAME (another
-/// plugin's): ADD fails without touching it and leaves nothing.
+/// plugin's, or `lo`): ADD fails without touching it and leaves nothing.
 #[test]
 fn an_existing_interface_in_the_pod_is_left_alone() {
     let net = CniNet::builtin("tc");
+    let mut lo = Pod::new();
+    lo.ifname = "lo".into();
+    let reply = net.run(&net.vars("ADD", &lo), &net.conf("1.0.0"));
+    assert!(!reply.is_ok(), "ADD as lo fails: {reply}");
+    assert_eq!(lo.netns.ip_json(&["link", "show"]).len(), 1, "only lo");
+    assert_eq!(net.records(), BTreeSet::new());
+    assert_eq!(net.allocations(), BTreeSet::new());
     let pod = Pod::new();
     pod.netns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",

@@ -1257,6 +1257,16 @@ fn invalid_configurations_are_code_7_naming_the_key() {
             "{what}: the message names {field}: {msg}"
         );
         assert!(pod.netns.link("eth0").is_none(), "{what}: no eth0");
+        // STATUS says so too, rather than promising ADDs that will fail.
+        let mut status = conf.clone();
+        status["cniVersion"] = json!("1.1.0");
+        let vars = [("CNI_COMMAND", "STATUS"), ("CNI_PATH", REFERENCE_PLUGINS)];
+        let msg = exec(&vars, status.to_string().as_bytes()).expect_error(
+            7,
+            &[],
+            &format!("STATUS with {what}"),
+        );
+        assert!(msg.starts_with(field), "STATUS with {what}: {msg}");
     }
     for name in ["abcdefghijk", "pods", "x"] {
         assert!(!std::path::Path::new("/run/vethctl").join(name).exists() || name == "pods");

@@ -419,10 +419,10 @@ fn status(req: &Request) -> Result<(), CniError> {
                 .into(),
         });
     }
+    // A configuration every ADD would refuse (a name too long for a
+    // network, no IPv4 range) is refused here too, not reported ready.
+    network::network(&req.config)?;
     let name = &req.config.name;
-    if crate::model::validate_topology_name(name).is_err() {
-        return Ok(());
-    }
     let state = StateDir::new(name);
     if state.exists() && !Pins::new(name).programs_exist() {
         let endpoints = Store::new(name).records().len();

@@ -618,6 +618,29 @@ fn del_is_idempotent_and_takes_every_form_containerd_sends() {
     assert!(!Pins::new(&other).exist());
 }
 
+/// A record that cannot be read (damaged, or written by another version)
+/// must not block the pod's removal forever: DEL still removes the pod's
+/// veth (found by its name and the network's mark), its record and its
+/// address, and says what it could not read; GC and `status` report it
+/// instead of failing.
+#[test]
+fn del_goes_ahead_when_the_record_is_unreadable() {
+    let net = CniNet::builtin("tc");
+    let pod = Pod::new();
+    net.add(&pod);
+    let record = net.state_dir().join("endpoints").join(net.record_of(&pod));
+    std::fs::write(&record, "{ this is not a record").unwrap();
+    net.gc(&[&pod]).expect_ok("GC beside an unreadable record");
+    net.status().expect_ok("STATUS beside an unreadable record");
+    net.vethctl_status();
+    let reply = net.run(&net.vars("DEL", &pod), &net.conf("1.0.0"));
+    reply.expect_ok("DEL with an unreadable record");
+    assert!(!link_exists(&net.host_veth(&pod)), "the veth is gone");
+    assert!(pod.netns.link("eth0").is_none());
+    assert_eq!(net.records(), BTreeSet::new(), "the record is gone");
+    assert_eq!(net.allocations(), BTreeSet::new(), "the address is free");
+}
+
 /// The runtime removed the pod's namespace before DEL (the veth went with
 /// it): DEL with the dangling path, and then without any, succeeds and
 /// leaves no host side, map entry, record or address; the next ADD gets

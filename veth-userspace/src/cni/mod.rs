@@ -343,9 +343,16 @@ async fn del(req: &Request) -> Result<(), CniError> {
     let _lock = state::lock_shared().map_err(failed)?;
     // A name that cannot be a network's: nothing of ours exists for it.
     let record = if crate::model::validate_topology_name(&name).is_ok() {
-        Store::new(&name)
-            .load(container_id, ifname)
-            .map_err(failed)?
+        match Store::new(&name).load(container_id, ifname) {
+            Ok(record) => record,
+            // An unreadable record must not block the pod's removal
+            // forever: what the attachment's names point at goes instead.
+            Err(e) => {
+                eprintln!("veth-cni: DEL: {e:#}; removing what the attachment's names point at");
+                let host = Host::connect().map_err(failed)?;
+                Some(stand_in(&host, req, &name).await.map_err(failed)?)
+            }
+        }
     } else {
         None
     };
@@ -371,6 +378,41 @@ async fn del(req: &Request) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+/// The record of `req`'s attachment as far as its names and the
+/// configuration tell, for a DEL whose record cannot be read: the host
+/// side by its name (its ifindex only if it carries the network's mark;
+/// [`wire::remove`] deletes nothing else), the addresses' source from the
+/// configuration. The record file itself goes with it.
+async fn stand_in(host: &Host, req: &Request, network: &str) -> anyhow::Result<Record> {
+    let attachment = req.attachment()?;
+    let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
+    let host_veth = endpoint::host_veth_name(network, container_id, ifname);
+    let mut host_ifindex = None;
+    if let Some(link) = host.link(&host_veth).await? {
+        let mark = state::link_mark(network);
+        if host.alias(link.ifindex).await?.as_deref() == Some(mark.as_str()) {
+            host_ifindex = Some(link.ifindex);
+        }
+    }
+    Ok(Record {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        netns: String::new(),
+        host_veth,
+        host_ifindex,
+        ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+        ipv6: None,
+        mtu: 0,
+        k8s: None,
+        addresses: match &req.config.ipam {
+            Some(veth_cni_protocol::Ipam::Delegated(d)) => AddressSource::Delegated {
+                plugin: d.plugin.clone(),
+            },
+            _ => AddressSource::Builtin,
+        },
+    })
 }
 
 async fn check(req: &Request) -> Result<(), CniError> {

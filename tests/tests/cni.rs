@@ -1554,6 +1554,57 @@ fn an_existing_interface_in_the_pod_is_left_alone() {
     );
 }
 
+/// A pod attached by CNI is held to its identity like a topology's: one
+/// that sends with another pod's address (or a MAC of its own choosing)
+/// gets nothing through, and the drops are counted as spoofing.
+#[test]
+fn a_pod_cannot_speak_with_another_pods_address() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let _quiet = net.quiet();
+    let (thief, victim, target) = (Pod::new(), Pod::new(), Pod::new());
+    for pod in [&thief, &victim, &target] {
+        net.add(pod);
+    }
+    thief
+        .netns
+        .expect_pings(target.ipv4(), 1, "the thief as itself");
+    let stolen = victim.ipv4().to_string();
+    thief
+        .netns
+        .ip(&["addr", "add", &format!("{stolen}/32"), "dev", "eth0"]);
+    let out = thief
+        .netns
+        .command("ping")
+        .args([
+            "-n", "-q", "-c", "5", "-i", "0.05", "-W", "1", "-I", &stolen,
+        ])
+        .arg(target.ipv4().to_string())
+        .output()
+        .expect("ping");
+    assert_eq!(
+        veth_tests::cni::replies(&String::from_utf8_lossy(&out.stdout)),
+        0,
+        "nothing answers the stolen address"
+    );
+    let stats = net.stats();
+    let pair = &stats[&net.host_veth(&thief)];
+    assert!(veth_tests::drops(pair, "spoofed_ipv4") >= 5, "{pair}");
+    thief
+        .netns
+        .ip(&["link", "set", "eth0", "address", "0a:58:01:02:03:04"]);
+    assert_eq!(
+        thief.netns.ping(target.ipv4(), 3),
+        0,
+        "another MAC gets nothing through"
+    );
+    let stats = net.stats();
+    assert!(veth_tests::drops(&stats[&net.host_veth(&thief)], "spoofed_mac") >= 1);
+    victim
+        .netns
+        .expect_pings(target.ipv4(), 3, "the victim is unharmed");
+}
+
 /// The node's own namespace as CNI_NETNS (a runtime's bug, or a hostile
 /// runtime): the pod side would land in the host with the pod's address,
 /// and the pod's default route would replace the node's. Tried on a node

@@ -1171,10 +1171,12 @@ fn path_tricks_in_ids_and_interface_names_are_code_4() {
         "only lo in the pod's namespace"
     );
     assert_eq!(net.leftovers(), Vec::<String>::new(), "nothing made");
+    // Where the records of the tricks above would have landed.
     for escaped in [
         "/run/vethctl/x.json",
         "/run/x.json",
         "/run/vethctl/endpoints",
+        "/etc/passwd.json",
     ] {
         assert!(!std::path::Path::new(escaped).exists(), "{escaped}");
     }
@@ -1291,8 +1293,14 @@ fn invalid_configurations_are_code_7_naming_the_key() {
         );
         assert!(msg.starts_with(field), "STATUS with {what}: {msg}");
     }
-    for name in ["abcdefghijk", "pods", "x"] {
-        assert!(!std::path::Path::new("/run/vethctl").join(name).exists() || name == "pods");
+    // Nothing for the names that were refused either (../x would be /run/x).
+    for path in [
+        "/run/vethctl/abcdefghijk",
+        "/run/vethctl/Pods",
+        "/run/vethctl/a",
+        "/run/x",
+    ] {
+        assert!(!std::path::Path::new(path).exists(), "{path}");
     }
     assert_eq!(net.leftovers(), Vec::<String>::new(), "nothing made");
     // A delegated IPAM that is not in CNI_PATH: 7 too, and no endpoint.

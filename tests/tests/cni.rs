@@ -943,6 +943,32 @@ fn a_repeated_add_gives_the_same_pod() {
         .expect_pings(pod.ipv4(), 3, "the repeated pod works");
 }
 
+/// containerd passes `/var/run/netns/cni-<uuid>` (/var/run is a link to
+/// /run): the path works as given, is what the result names, and DEL
+/// after the namespace went by that path cleans up.
+#[test]
+fn a_namespace_path_through_a_symlink_works() {
+    let net = CniNet::builtin("tc");
+    let mut pod = Pod::new();
+    let var_run = pod.netns.path().replacen("/run/", "/var/run/", 1);
+    let mut vars = net.vars("ADD", &pod);
+    vars.retain(|(k, _)| *k != "CNI_NETNS");
+    vars.push(("CNI_NETNS", &var_run));
+    let result = net.run(&vars, &net.conf("1.0.0")).expect_ok("ADD").clone();
+    assert_eq!(s(&result["interfaces"][1]["sandbox"]), var_run, "{result}");
+    assert!(pod.netns.link("eth0").is_some());
+    pod.netns.delete();
+    let mut vars = net.vars("DEL", &pod);
+    vars.retain(|(k, _)| *k != "CNI_NETNS");
+    vars.push(("CNI_NETNS", &var_run));
+    net.run(&vars, &net.conf("1.0.0")).expect_ok("DEL");
+    assert!(eventually(Duration::from_secs(5), || !link_exists(
+        &net.host_veth(&pod)
+    )));
+    assert_eq!(net.records(), BTreeSet::new());
+    assert_eq!(net.allocations(), BTreeSet::new());
+}
+
 /// The configuration's MTU is both sides', and DNS settings (the
 /// configuration's `dns`, else the runtime's) come back in the result;
 /// a containerd port mapping (Go's capitalised names) is accepted.

@@ -1454,15 +1454,33 @@ fn a_pod_coming_and_going_does_not_disturb_others() {
         .expect("starting ping");
     let mut ping = veth_tests::cni::Child::new(ping);
     let before = net.stats();
+    let (va, vb) = (net.host_veth(&a), net.host_veth(&b));
+    // On a failure, what the dataplane counted for a and b says where it
+    // happened.
+    let send = |session: &mut TcpSession, when: &str| {
+        if let Err(e) = session.try_send(256 << 10) {
+            let stats = net.stats();
+            panic!(
+                "{when}: sending after {} bytes: {e}\na: {}\nb: {}\nc's: {:?}",
+                session.sent_bytes(),
+                stats.get(&va).cloned().unwrap_or_default(),
+                stats.get(&vb).cloned().unwrap_or_default(),
+                net.status_pods().keys().collect::<Vec<_>>(),
+            );
+        }
+    };
     let mut rounds_during_ping = 0;
     for round in 0..20 {
         let c = Pod::new();
         net.add(&c);
-        session.send(256 << 10);
+        send(
+            &mut session,
+            &format!("round {round}, c ({}) added", c.ipv4()),
+        );
         c.netns
             .expect_pings(ip_a, 1, &format!("round {round}: c to a"));
         net.del(&c, None);
-        session.send(256 << 10);
+        send(&mut session, &format!("round {round}, c deleted"));
         if ping.running() {
             rounds_during_ping += 1;
         } else if round >= 2 {

@@ -7,6 +7,7 @@
 //! every packet stays between namespaces a test made.
 
 pub mod attack;
+pub mod cni;
 pub mod frames;
 pub mod outside;
 pub mod runtime;
@@ -808,6 +809,13 @@ impl TcpSession {
 
     /// Sends `size` more bytes of a pseudo-random pattern.
     pub fn send(&mut self, size: usize) {
+        self.try_send(size)
+            .unwrap_or_else(|e| panic!("sending {size} bytes after {}: {e}", self.sent.bytes));
+    }
+
+    /// [`TcpSession::send`], returning the error (for a test that wants
+    /// to say more about a failure).
+    pub fn try_send(&mut self, size: usize) -> std::io::Result<()> {
         let mut buf = vec![0u8; size];
         for chunk in buf.chunks_mut(8) {
             self.pattern ^= self.pattern << 13;
@@ -816,10 +824,14 @@ impl TcpSession {
             let bytes = self.pattern.to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
-        self.conn
-            .write_all(&buf)
-            .unwrap_or_else(|e| panic!("sending {size} bytes after {}: {e}", self.sent.bytes));
+        self.conn.write_all(&buf)?;
         fingerprint_update(&mut self.sent, &buf);
+        Ok(())
+    }
+
+    /// Bytes sent so far.
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent.bytes
     }
 
     /// Closes the sending side; returns (sent, received) fingerprints once

@@ -89,7 +89,8 @@ impl std::fmt::Display for Command {
 }
 
 /// `CNI_CONTAINERID`: non-empty, an ASCII letter or digit, then letters,
-/// digits, `_`, `.` or `-` (the spec's rule, libcni's `cniValidNameChars`).
+/// digits, `_`, `.` or `-` (the spec's rule, libcni's `cniValidNameChars`),
+/// at most [`CONTAINER_ID_MAX`] bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerId(String);
 
@@ -100,9 +101,26 @@ pub(crate) fn is_cni_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// The longest container id taken. The spec sets no limit, but the id ends
+/// up in file names (the plugin's record of an attachment is
+/// `<ifname>@<container id>.json`, written as `.<that>.tmp` first), which
+/// the kernel limits to 255 bytes: a longer id failed every ADD halfway
+/// and every DEL. Runtimes use 64 (containerd, CRI-O, podman).
+pub const CONTAINER_ID_MAX: usize = 200;
+
 impl ContainerId {
     /// Validate a container id.
     pub fn new(value: &str) -> Result<Self, CniError> {
+        if value.len() > CONTAINER_ID_MAX {
+            return Err(CniError::invalid_env(
+                "CNI_CONTAINERID",
+                format!("{}...", &value[..value.floor_char_boundary(32)]),
+                format!(
+                    "{} bytes long; a container id has at most {CONTAINER_ID_MAX} (runtimes use 64)",
+                    value.len()
+                ),
+            ));
+        }
         if is_cni_name(value) {
             Ok(ContainerId(value.to_string()))
         } else {
@@ -607,6 +625,10 @@ mod tests {
 
     #[test]
     fn container_ids() {
+        let (longest, too_long) = (
+            "a".repeat(CONTAINER_ID_MAX),
+            "a".repeat(CONTAINER_ID_MAX + 1),
+        );
         let table = [
             (ID, true),
             ("a", true),
@@ -627,6 +649,8 @@ mod tests {
             ("é", false),
             ("a\u{0}b", false),
             ("a\nb", false),
+            (longest.as_str(), true),
+            (too_long.as_str(), false),
         ];
         for (id, ok) in table {
             assert_eq!(ContainerId::new(id).is_ok(), ok, "{id:?}");

@@ -1224,7 +1224,18 @@ impl Executor {
             topology.pods.iter().map(|p| p.host_veth.clone()).collect();
         for record in endpoint::Store::new(&self.name).records() {
             wanted.insert(record.host_veth.clone());
-            if let Some(ifindex) = record.host_ifindex {
+            let Some(ifindex) = record.host_ifindex else {
+                continue;
+            };
+            // A pod whose namespace went before its DEL took its veth
+            // along: no entry until the DEL (the DEVMAP refuses a device
+            // that does not exist, which failed the whole `up`).
+            let alive = self
+                .host
+                .link_by_index(ifindex)
+                .await?
+                .is_some_and(|l| l.name == record.host_veth);
+            if alive {
                 entries.push(wire::entry(&record.pod(), ifindex));
             }
         }

@@ -56,6 +56,16 @@ pub async fn check(host: &Host, topology: &Topology) -> Result<()> {
         if let Ok(Some(ledger)) = Ledger::load(&state) {
             own.add_ledger(&ledger);
         }
+        // Its runtime endpoints' veths (`vc…`, outside the name prefix) and
+        // their host routes are its own by their records: without them,
+        // every `up` of a CNI network with pods attached (a new mode, the
+        // programs reloaded) was refused as overlapping those routes.
+        own.ifindexes.extend(
+            crate::endpoint::Store::new(&topology.name)
+                .records()
+                .iter()
+                .filter_map(|r| r.host_ifindex),
+        );
         own
     } else {
         Own::default()

@@ -10,7 +10,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use veth_cni_protocol::{CniError, CniResult, ErrorReply, Ipam, Request};
+use veth_cni_protocol::{CniError, CniResult, CniVersion, ErrorReply, Ipam, Request};
 
 use crate::{
     endpoint::AddressSource,
@@ -168,6 +168,12 @@ fn find(req: &Request, plugin: &str) -> Result<PathBuf, CniError> {
 
 /// Runs `plugin` for `command` with our stdin and our variables, `CNI_COMMAND`
 /// and `vars` replaced; its stdout, or its error passed through.
+///
+/// A plugin older than the configuration refuses it (code 1): Debian's
+/// host-local 1.1.1 speaks up to 1.0.0, and a runtime that negotiated
+/// 1.1.0 — every GC — sends 1.1.0. It is then run again with the same
+/// configuration in the newest version it speaks, as if it had been
+/// written so; without that, GC never freed a host-local reservation.
 pub fn exec(
     req: &Request,
     plugin: &str,
@@ -175,7 +181,47 @@ pub fn exec(
     vars: &[(&str, &str)],
 ) -> Result<Vec<u8>, CniError> {
     let binary = find(req, plugin)?;
-    run(&binary, plugin, command, vars, &req.stdin)
+    match run(&binary, plugin, command, vars, &req.stdin) {
+        Err(e @ CniError::Delegated { code: 1, .. }) => match older_stdin(&binary, plugin, req) {
+            Some(stdin) => run(&binary, plugin, command, vars, &stdin),
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+/// The versions `plugin` says it speaks (its VERSION answer).
+pub fn supported_versions(req: &Request, plugin: &str) -> Result<Vec<String>, CniError> {
+    let binary = find(req, plugin)?;
+    versions_of(&binary, plugin, req)
+}
+
+fn versions_of(binary: &Path, plugin: &str, req: &Request) -> Result<Vec<String>, CniError> {
+    let out = run(binary, plugin, "VERSION", &[], &req.stdin)?;
+    let answer: serde_json::Value = serde_json::from_slice(&out)
+        .map_err(|e| CniError::decode(format!("{plugin}'s VERSION answer"), e.to_string()))?;
+    Ok(answer["supportedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect())
+}
+
+/// `req`'s configuration with `cniVersion` the newest version older than
+/// the request's that `plugin` speaks (`None` if there is none).
+fn older_stdin(binary: &Path, plugin: &str, req: &Request) -> Option<Vec<u8>> {
+    let supported = versions_of(binary, plugin, req).ok()?;
+    let older = CniVersion::ALL
+        .into_iter()
+        .rev()
+        .filter(|v| *v < req.version())
+        .find(|v| supported.iter().any(|s| s == v.as_str()))?;
+    let mut conf: serde_json::Value = serde_json::from_slice(&req.stdin).ok()?;
+    let obj = conf.as_object_mut()?;
+    obj.insert("cniVersion".into(), older.as_str().into());
+    obj.remove("cniVersions");
+    serde_json::to_vec(&conf).ok()
 }
 
 fn run(

@@ -16,7 +16,9 @@ pub mod network;
 use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
-use veth_cni_protocol::{CniError, CniResult, Dns, Interface, IpConfig, Plugin, Request, Route};
+use veth_cni_protocol::{
+    CniError, CniResult, CniVersion, Dns, Interface, IpConfig, Plugin, Request, Route,
+};
 
 use crate::{
     apply,
@@ -132,9 +134,20 @@ async fn ensure_network(
             return Ok(shared);
         }
         drop(shared);
-        preflight::check(host, network)
-            .await
-            .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+        {
+            // Checked under the exclusive lock: beside an `up` in progress
+            // (another ADD bringing the network up), its objects made so
+            // far looked like someone else's (concurrent first ADDs on a
+            // fresh node failed with code 7).
+            let _exclusive = state::lock().map_err(failed)?;
+            if is_current(network, source) {
+                continue;
+            }
+            refuse_foreign_topology(&network.name)?;
+            preflight::check(host, network)
+                .await
+                .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+        }
         apply::up(network, source, apply::UpOptions::default())
             .await
             .map_err(|e| failed(e.context(format!("bringing network {:?} up", network.name))))?;
@@ -161,6 +174,23 @@ pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
     Ok(network.name)
 }
 
+/// A topology of this name that veth-cni did not make (brought up from a
+/// file): converging it to the configuration would remove its pods.
+fn refuse_foreign_topology(name: &str) -> Result<(), CniError> {
+    match StateDir::new(name).load_text().map_err(failed)? {
+        Some(text) if !network::made_by_cni(&text) => Err(CniError::invalid_config(
+            "name",
+            format!(
+                "{name:?} is a vethctl topology that was not made by veth-cni (`vethctl status \
+                 -n {name}`); this ADD would replace it with the configuration's network and \
+                 remove its pods: give the configuration another name, or take the topology \
+                 down first (`vethctl down -n {name}`)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn k8s_of(req: &Request) -> Option<K8sPod> {
     let args = &req.attachment().ok()?.args;
     let name = args.pod_name.clone()?;
@@ -180,6 +210,12 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
     let (addresses, addresses_from) = ipam::allocate(req, &network, &key)?;
+    if let Err(e) = refuse_taken(&network, &key, &addresses, &addresses_from) {
+        if let Err(undo) = ipam::release(req, &network.name, &key, &addresses_from) {
+            eprintln!("giving {key}'s addresses back after a refused ADD: {undo}");
+        }
+        return Err(e);
+    }
     let mut record = Record {
         container_id: container_id.to_string(),
         ifname: ifname.to_string(),
@@ -201,6 +237,58 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         return Err(cni_error(e));
     }
     Ok(result(req, &network, &record))
+}
+
+/// Addresses a delegated IPAM handed out that the network already uses
+/// (a `static` address given twice, a host-local whose dataDir was lost):
+/// another pod's would take its map entry and host route, the node's its
+/// traffic. The built-in pool never does this. Checked against the
+/// records; two such ADDs at the very same moment are not caught.
+fn refuse_taken(
+    network: &Topology,
+    key: &str,
+    addresses: &ipam::Addresses,
+    source: &AddressSource,
+) -> Result<(), CniError> {
+    let plugin = match source {
+        AddressSource::Delegated { plugin } => plugin.as_str(),
+        AddressSource::Builtin => return Ok(()),
+    };
+    let ours: Vec<IpAddr> = std::iter::once(IpAddr::V4(addresses.ipv4))
+        .chain(addresses.ipv6.map(IpAddr::V6))
+        .collect();
+    let node: Vec<IpAddr> = std::iter::once(IpAddr::V4(network.host_address))
+        .chain(network.host_address6.map(IpAddr::V6))
+        .collect();
+    if let Some(ip) = ours.iter().find(|ip| node.contains(ip)) {
+        return Err(CniError::invalid_config(
+            "ipam",
+            format!(
+                "{plugin} gave {ip}, the node's own address in network {:?}; configure it to \
+                 leave that address out (host-local: give the range that gateway)",
+                network.name
+            ),
+        ));
+    }
+    for other in Store::new(&network.name).records() {
+        let theirs = [Some(IpAddr::V4(other.ipv4)), other.ipv6.map(IpAddr::V6)];
+        if let Some(ip) = ours.iter().find(|ip| theirs.contains(&Some(**ip))) {
+            if other.key() != key {
+                return Err(CniError::invalid_config(
+                    "ipam",
+                    format!(
+                        "{plugin} gave {ip}, which endpoint {} of network {:?} already has; \
+                         two pods with one address take each other's traffic: fix the IPAM \
+                         configuration (an address given twice, or a dataDir that lost its \
+                         reservations)",
+                        other.key(),
+                        network.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an ADD made, for the runtime and the plugins chained after us
@@ -284,9 +372,16 @@ async fn del(req: &Request) -> Result<(), CniError> {
         None
     };
     let record = if valid {
-        Store::new(&name)
-            .load(container_id, ifname)
-            .map_err(failed)?
+        match Store::new(&name).load(container_id, ifname) {
+            Ok(record) => record,
+            // An unreadable record must not block the pod's removal
+            // forever: what the attachment's names point at goes instead.
+            Err(e) => {
+                eprintln!("veth-cni: DEL: {e:#}; removing what the attachment's names point at");
+                let host = Host::connect().map_err(failed)?;
+                Some(stand_in(&host, req, &name).await.map_err(failed)?)
+            }
+        }
     } else {
         None
     };
@@ -312,6 +407,42 @@ async fn del(req: &Request) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+/// The record of `req`'s attachment as far as its names and the
+/// configuration tell, for a DEL whose record cannot be read: the host
+/// side by its name (its ifindex only if it carries the network's mark;
+/// [`wire::remove`] deletes nothing else), the addresses' source from the
+/// configuration. The record file itself goes with it.
+async fn stand_in(host: &Host, req: &Request, network: &str) -> anyhow::Result<Record> {
+    let attachment = req.attachment()?;
+    let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
+    let host_veth = endpoint::host_veth_name(network, container_id, ifname);
+    let mut host_ifindex = None;
+    if let Some(link) = host.link(&host_veth).await? {
+        let mark = state::link_mark(network);
+        if host.alias(link.ifindex).await?.as_deref() == Some(mark.as_str()) {
+            host_ifindex = Some(link.ifindex);
+        }
+    }
+    Ok(Record {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        netns: String::new(),
+        host_veth,
+        host_ifindex,
+        ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+        ipv6: None,
+        mtu: 0,
+        k8s: None,
+        addresses: match &req.config.ipam {
+            Some(veth_cni_protocol::Ipam::Delegated(d)) => AddressSource::Delegated {
+                plugin: d.plugin.clone(),
+            },
+            _ => AddressSource::Builtin,
+        },
+        host_path: false,
+    })
 }
 
 async fn check(req: &Request) -> Result<(), CniError> {
@@ -360,10 +491,10 @@ fn status(req: &Request) -> Result<(), CniError> {
                 .into(),
         });
     }
+    // A configuration every ADD would refuse (a name too long for a
+    // network, no IPv4 range) is refused here too, not reported ready.
+    network::network(&req.config)?;
     let name = &req.config.name;
-    if crate::model::validate_topology_name(name).is_err() {
-        return Ok(());
-    }
     let state = StateDir::new(name);
     if state.exists() && !Pins::new(name).programs_exist() {
         let endpoints = Store::new(name).records().len();
@@ -425,7 +556,18 @@ async fn gc(req: &Request) -> Result<(), CniError> {
     }
     ipam::release_builtin(&name, |key| valid.contains(key) || kept.contains(key))?;
     if let Some(veth_cni_protocol::Ipam::Delegated(d)) = &req.config.ipam {
-        ipam::exec(req, &d.plugin, "GC", &[])?;
+        // A plugin from before GC (Debian's host-local 1.1.1) fails it
+        // ("missing containerID"): the DELs above did its part.
+        let versions = ipam::supported_versions(req, &d.plugin)?;
+        if versions.iter().any(|v| v == CniVersion::V1_1_0.as_str()) {
+            ipam::exec(req, &d.plugin, "GC", &[])?;
+        } else {
+            eprintln!(
+                "GC: {} speaks {versions:?}, which have no GC; the DELs of the attachments gone \
+                 freed their addresses",
+                d.plugin
+            );
+        }
     }
     Ok(())
 }

@@ -109,6 +109,15 @@ pub fn ranges(ipam: Option<&Ipam>) -> Result<Ranges, CniError> {
     })
 }
 
+/// How the description of a network made by veth-cni starts.
+const DESCRIPTION_HEADER: &str = "# The node network of CNI configuration ";
+
+/// Whether a recorded description (`/run/vethctl/<name>/topology.toml`)
+/// is one [`network`] wrote, not a topology file's.
+pub fn made_by_cni(recorded: &str) -> bool {
+    recorded.starts_with(DESCRIPTION_HEADER)
+}
+
 /// The network `config` describes: a topology named like the configuration
 /// with no pods, and its description's text (what `up` records, and what
 /// tells an ADD whether the network is still as configured).
@@ -162,7 +171,7 @@ pub fn network(config: &NetConf) -> Result<(Topology, String), CniError> {
     let body = toml::to_string(&Value::Object(doc))
         .map_err(|e| CniError::internal(format!("writing the network description: {e}")))?;
     let source = format!(
-        "# The node network of CNI configuration {:?}, written by veth-cni; its pods\n\
+        "{DESCRIPTION_HEADER}{:?}, written by veth-cni; its pods\n\
          # are the runtime's endpoints (`vethctl status -n {}`).\n{body}",
         config.name, config.name
     );
@@ -202,6 +211,10 @@ mod tests {
         assert!(t.pods.is_empty());
         assert!(t.uplink.masquerade);
         assert_eq!(Topology::from_toml(&source).unwrap(), t);
+        assert!(made_by_cni(&source));
+        assert!(!made_by_cni(
+            "name = \"pods\"\npod_cidr = \"10.244.1.0/24\"\n"
+        ));
     }
 
     #[test]

@@ -195,11 +195,10 @@ impl Store {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
+            // A record being written is `.<key>.json.tmp`. A record's own
+            // name may start with a dot (`CNI_IFNAME=.x` is a valid link
+            // name): hiding those hid live endpoints from GC and `down`.
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
             .collect();
         paths.sort();
         let mut records = Vec::new();
@@ -312,6 +311,8 @@ mod tests {
         store.save(&record).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(record.clone()));
         fs::write(dir.join(ENDPOINTS_DIR).join("x@y.json"), "garbage").unwrap();
+        // A record being written is not a record.
+        fs::write(dir.join(ENDPOINTS_DIR).join(".eth0@c2.json.tmp"), "{").unwrap();
         let (records, unreadable) = store.all().unwrap();
         assert_eq!(records, std::slice::from_ref(&record));
         assert_eq!(unreadable.len(), 1);
@@ -319,6 +320,15 @@ mod tests {
         store.remove(&record).unwrap();
         store.remove(&record).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), None);
+        // An interface name with a leading dot makes a record file with
+        // one: still a record.
+        let dotted = Record {
+            ifname: ".x".into(),
+            ..record.clone()
+        };
+        store.save(&dotted).unwrap();
+        assert_eq!(store.records(), std::slice::from_ref(&dotted));
+        store.remove(&dotted).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

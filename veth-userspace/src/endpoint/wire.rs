@@ -91,12 +91,10 @@ pub async fn add(
     network: &Topology,
     record: &mut Record,
 ) -> Result<(), EndpointError> {
-    if !netns::exists(&record.netns) {
+    if let Err(reason) = netns::check_pod_netns(&record.netns) {
         return Err(EndpointError::InvalidNetns {
             path: record.netns.clone(),
-            reason: "not a network namespace (no nsfs file there); pass the path of the pod's \
-                     network namespace"
-                .into(),
+            reason,
         });
     }
     let store = Store::new(&network.name);
@@ -263,7 +261,19 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     let records = Store::new(&network.name).records();
     let mut veths = Vec::new();
-    for record in records.iter().filter(|r| r.host_ifindex.is_some()) {
+    for record in records.iter() {
+        let Some(ifindex) = record.host_ifindex else {
+            continue;
+        };
+        // A pod whose namespace (and with it its veth) went before its DEL
+        // has nothing left to rewire; failing here failed the whole `up`.
+        let alive = host
+            .link_by_index(ifindex)
+            .await?
+            .is_some_and(|l| l.name == record.host_veth);
+        if !alive || !netns::exists(&record.netns) {
+            continue;
+        }
         let pod = record.pod();
         if network.mode != Mode::Xdp {
             // Leaving xdp: offloads back to the veth defaults.

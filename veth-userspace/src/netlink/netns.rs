@@ -52,6 +52,37 @@ pub fn exists(name: &str) -> bool {
     statfs(&path(name)).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }
 
+/// Why `name` (a runtime's path) cannot hold a pod's interface: no
+/// namespace there, a namespace of another kind (`/proc/self/ns/pid`), or
+/// the network namespace this process runs in — the node's, where the
+/// pod side would take the node's default route.
+pub fn check_pod_netns(name: &str) -> std::result::Result<(), String> {
+    use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
+    const FIX: &str = "pass the path of the pod's network namespace";
+    if !exists(name) {
+        return Err(format!(
+            "not a network namespace (no nsfs file there); {FIX}"
+        ));
+    }
+    let file = File::open(path(name)).map_err(|e| format!("cannot be opened: {e}"))?;
+    // SAFETY: NS_GET_NSTYPE reads nothing from user memory; the fd is ours.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(format!(
+            "a namespace of another kind, not a network namespace; {FIX}"
+        ));
+    }
+    let (target, own) = (file.metadata(), fs::metadata("/proc/self/ns/net"));
+    if let (Ok(target), Ok(own)) = (target, own) {
+        if (target.dev(), target.ino()) == (own.dev(), own.ino()) {
+            return Err(format!(
+                "the node's own network namespace (the one the plugin runs in), not a pod's; {FIX}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The inode of the live namespace named `name`: the same namespace keeps
 /// it, a recreated one gets another.
 pub fn inode(name: &str) -> Option<u64> {

@@ -1117,6 +1117,10 @@ impl Executor {
                 });
                 *self.attaching.lock().expect("attaching lock") = Some(task);
             }
+            Step::SetXdpOffloads { pod } => {
+                let pod = need()?.pod(pod).context("pod missing from the topology")?;
+                self.set_xdp_offloads(pod).await?;
+            }
             Step::ResetOffloads { pod } => {
                 // Only once XDP is detached.
                 self.finish_attaching().await?;
@@ -1178,14 +1182,9 @@ impl Executor {
         };
         pod::configure(pod, &wiring).await?;
         if topology.mode == Mode::Xdp {
-            let newly = (self.applied.lock().expect("applied record lock"))
-                .xdp_offloads
-                .insert(pod.name.clone());
-            if newly {
-                self.save_applied()?;
-            }
-            // Before XDP is attached: redirected frames need the pod's NAPI.
-            pod::set_offloads(pod, true).await?;
+            // Normally done already (`SetXdpOffloads`, before XDP is
+            // attached); a no-op then.
+            self.set_xdp_offloads(pod).await?;
         }
         let veth = self
             .host
@@ -1207,6 +1206,18 @@ impl Executor {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The pod's `eth0` as mode xdp needs it (GRO on, tx checksum offload
+    /// off), recorded before it is so, for `ResetOffloads` to undo.
+    async fn set_xdp_offloads(&self, pod: &crate::model::Pod) -> Result<()> {
+        let newly = (self.applied.lock().expect("applied record lock"))
+            .xdp_offloads
+            .insert(pod.name.clone());
+        if newly {
+            self.save_applied()?;
+        }
+        pod::set_offloads(pod, true).await
     }
 
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {

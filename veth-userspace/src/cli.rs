@@ -207,6 +207,9 @@ enum ModeAction {
         mode: Mode,
         #[command(flatten)]
         select: Select,
+        /// Print how long each phase and step took (on stderr).
+        #[arg(long)]
+        timings: bool,
     },
 }
 
@@ -498,7 +501,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             emit(text)?;
         }
         Command::Mode {
-            action: ModeAction::Set { mode, select },
+            action:
+                ModeAction::Set {
+                    mode,
+                    select,
+                    timings,
+                },
         } => {
             let name = select.name_or_default()?;
             // The recorded description is read under the lock the change is
@@ -506,7 +514,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             apply::up_from_record(
                 &name,
                 |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
-                apply::UpOptions::default(),
+                apply::UpOptions {
+                    timings,
+                    ..apply::UpOptions::default()
+                },
             )
             .await?;
             println!("topology {name:?} is now in mode {mode}");

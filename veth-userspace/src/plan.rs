@@ -169,6 +169,12 @@ pub enum Step {
     AttachPrograms {
         pods: Vec<String>,
     },
+    /// Entering mode xdp: the pod's `eth0` gets GRO (the NAPI that receives
+    /// frames redirected by XDP) and tx checksum offload off, before any
+    /// XDP program can redirect to it or from it.
+    SetXdpOffloads {
+        pod: String,
+    },
     /// Leaving mode xdp: the pod's `eth0` back to veth offload defaults,
     /// only once XDP is detached.
     ResetOffloads {
@@ -241,6 +247,7 @@ impl fmt::Display for Step {
                     pods[..5].join(", ")
                 ),
             },
+            Step::SetXdpOffloads { pod } => write!(f, "set XDP offloads of pod {pod}"),
             Step::ResetOffloads { pod } => write!(f, "reset offloads of pod {pod}"),
             Step::RemoveRoute { route } => write!(f, "remove stale route {route}"),
             Step::DeleteLink { name, ifindex } => {
@@ -487,6 +494,23 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
         if fresh || !wired_as_recorded(topology, pod, observed) {
             rewired.insert(pod.name.as_str());
         }
+    }
+    // Every pod can receive frames XDP redirects as soon as the first XDP
+    // program runs: without GRO its eth0 has no NAPI and the kernel drops
+    // them (veth_xdp_xmit), so no attach starts before all have it.
+    if topology.mode == Mode::Xdp {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| {
+                    rewired.contains(p.name.as_str())
+                        || !observed.applied.xdp_offloads.contains(&p.name)
+                })
+                .map(|p| Step::SetXdpOffloads {
+                    pod: p.name.clone(),
+                }),
+        );
     }
     let reload = !observed.programs_current;
     if reload {
@@ -914,6 +938,31 @@ mod tests {
         assert!(steps.contains(&Step::AttachPrograms {
             pods: vec!["a".into(), "b".into()]
         }));
+    }
+
+    #[test]
+    fn entering_xdp_sets_offloads_of_every_pod_before_attaching() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        let mut x = t.clone();
+        x.mode = Mode::Xdp;
+        o.programs_current = false;
+        o.linked.clear();
+        let steps = up(&x, &o);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        let attach = Step::AttachPrograms {
+            pods: vec!["a".into(), "b".into()],
+        };
+        for pod in ["a", "b"] {
+            assert!(pos(&Step::SetXdpOffloads { pod: pod.into() }) < pos(&attach));
+        }
+        // Already set and recorded: nothing to do.
+        let mut o = observed_complete(&x);
+        o.applied.xdp_offloads.insert("a".into());
+        o.applied.xdp_offloads.insert("b".into());
+        assert!(!up(&x, &o)
+            .iter()
+            .any(|s| matches!(s, Step::SetXdpOffloads { .. })));
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct Disruption {
     pub send_error_kinds: BTreeMap<String, u64>,
     /// Longest time between two datagrams received in the window, ms.
     pub longest_gap_ms: f64,
+    /// When that gap began (the arrival before it), ns on the traffic's
+    /// clock.
+    #[serde(skip)]
+    pub longest_gap_from_ns: u64,
     /// Longest TCP round trip that overlapped the window, ms (0 if none
     /// took over 20 ms).
     pub tcp_longest_stall_ms: f64,
@@ -286,11 +290,11 @@ impl Traffic {
         let mut edges = vec![from.ns];
         edges.extend(times.iter().copied().filter(|&a| a >= from.ns));
         edges.push(to.ns);
-        let longest_gap = edges
+        let (longest_gap, longest_gap_from_ns) = edges
             .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]))
+            .map(|w| (w[1].saturating_sub(w[0]), w[0]))
             .max()
-            .unwrap_or(0);
+            .unwrap_or((0, from.ns));
         let stall = t
             .slow_round_trips
             .lock()
@@ -315,6 +319,7 @@ impl Traffic {
             send_errors: errors.len() as u64,
             send_error_kinds: kinds,
             longest_gap_ms: longest_gap as f64 / 1e6,
+            longest_gap_from_ns,
             tcp_longest_stall_ms: stall as f64 / 1e6,
             connections_broken: broken.len() as u64,
             broken_by: broken,

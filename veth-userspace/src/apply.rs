@@ -928,7 +928,7 @@ impl Executor {
             }
             Step::RemoveDirectPair => {
                 let topology = need()?;
-                pair::remove(&topology.pods[0]).await?;
+                pair::remove(&topology.pods[0], topology.pods.get(1)).await?;
             }
             Step::ConfigureMasquerade => {
                 let topology = need()?;
@@ -1070,6 +1070,22 @@ impl Executor {
                 self.veths.lock().expect("veths lock").remove(from);
                 self.host.rename_link(*ifindex, from, to).await?;
             }
+            Step::JoinBridge { pod } => {
+                let topology = need()?;
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                let bridge = self
+                    .host
+                    .link(&topology.bridge)
+                    .await?
+                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
+                let veth =
+                    self.host.link(&pod.host_veth).await?.with_context(|| {
+                        format!("host-side veth {:?} is missing", pod.host_veth)
+                    })?;
+                self.host
+                    .ensure_host_veth(pod, &veth, Some(bridge.ifindex))
+                    .await?;
+            }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
@@ -1196,11 +1212,21 @@ impl Executor {
         self.host
             .ensure_alias(&veth, &link_mark(&self.name))
             .await?;
+        // Leaving a bridge: the host reaches the pod over its veth (route
+        // and neighbour) before the veth leaves, or what the bridge is
+        // forwarding to the pod at that moment is dropped.
+        let leaving_bridge = bridge.is_none() && veth.up && veth.controller.is_some();
+        if leaving_bridge {
+            self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+            self.host
+                .ensure_pod_routes(pod, veth.ifindex, topology)
+                .await?;
+        }
         self.host
             .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
             .await?;
         sysctl::set_rps(&pod.host_veth, topology.rps)?;
-        if bridge.is_none() {
+        if bridge.is_none() && !leaving_bridge {
             self.host
                 .ensure_pod_routes(pod, veth.ifindex, topology)
                 .await?;

@@ -155,6 +155,15 @@ pub enum Step {
         from: String,
         to: String,
     },
+    /// Entering mode bridge: the pod's host-side veth becomes a port of the
+    /// bridge before any pod is readdressed. A bridged pod ARPs for the
+    /// others at once; a request flooded while a peer's veth is not a port
+    /// yet reaches nobody, and the kernel asks again only a second later.
+    /// A pod still routed keeps working through a port: frames to the
+    /// port's MAC go up the bridge to the host's routes.
+    JoinBridge {
+        pod: String,
+    },
     /// Pod side (lo, eth0 address, gateway) and host side (veth up, route).
     ConfigurePod {
         pod: String,
@@ -234,6 +243,7 @@ impl fmt::Display for Step {
             Step::RenameLink { ifindex, from, to } => {
                 write!(f, "rename link {from} (ifindex {ifindex}) back to {to}")
             }
+            Step::JoinBridge { pod } => write!(f, "make pod {pod}'s veth a bridge port"),
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
             Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
@@ -531,6 +541,17 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
         steps.push(Step::AttachPrograms { pods: attach });
     }
     // In the topology's order, like everything else.
+    if bridged {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| rewired.contains(p.name.as_str()))
+                .map(|p| Step::JoinBridge {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
     steps.extend(
         topology
             .pods
@@ -963,6 +984,25 @@ mod tests {
         assert!(!up(&x, &o)
             .iter()
             .any(|s| matches!(s, Step::SetXdpOffloads { .. })));
+    }
+
+    #[test]
+    fn entering_bridge_makes_every_port_before_readdressing_a_pod() {
+        let t = topology();
+        let mut b = t.clone();
+        b.mode = Mode::Bridge;
+        let steps = up(&b, &observed_complete(&t));
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        for joins in ["a", "b"] {
+            for configured in ["a", "b"] {
+                assert!(
+                    pos(&Step::JoinBridge { pod: joins.into() })
+                        < pos(&Step::ConfigurePod {
+                            pod: configured.into()
+                        })
+                );
+            }
+        }
     }
 
     #[test]

@@ -156,9 +156,14 @@ pub async fn ensure_port(
     {
         return Ok(());
     }
-    let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
-        .address(mac.to_vec())
-        .up();
+    let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex).up();
+    // Only a MAC that differs: setting even the same one makes the kernel
+    // announce a changed address (NETDEV_CHANGEADDR), and ARP and NDP then
+    // flush every neighbour of the link (`neigh_changeaddr`), so traffic
+    // through it waits for resolution again.
+    if link.mac != mac {
+        msg = msg.address(mac.to_vec());
+    }
     if let Some(mtu) = mtu {
         msg = msg.mtu(mtu);
     }

@@ -65,6 +65,8 @@ struct Row {
     /// Lost datagrams by the step of the command that was running when
     /// they were sent (`vethctl --timings`), in the order of the steps.
     lost_during: Vec<(String, u64)>,
+    /// The step running when the longest gap began.
+    longest_gap_began_during: String,
 }
 
 /// The topology file and the agent, both taken down when dropped.
@@ -247,26 +249,31 @@ impl Window {
     fn row(&self, t: &Traffic) -> Row {
         let disruption = t.window(self.from, self.to);
         let mut lost_during: Vec<(String, u64)> = Vec::new();
-        let mut add = |what: &str| match lost_during.iter_mut().find(|(w, _)| w == what) {
-            Some((_, n)) => *n += 1,
-            None => lost_during.push((what.to_string(), 1)),
-        };
         for &sent in &disruption.lost_sent_ns {
-            if sent < self.command_start_ns {
-                add("before the command");
-                continue;
-            }
-            match self.steps.iter().find(|(_, end)| sent < *end) {
-                Some((what, _)) => add(what),
-                None if self.steps.is_empty() => add("during or after the event"),
-                None => add("after the last step"),
+            let what = self.step_at(sent);
+            match lost_during.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, n)) => *n += 1,
+                None => lost_during.push((what.to_string(), 1)),
             }
         }
         Row {
             event: self.event.clone(),
             command_ms: self.command.as_secs_f64() * 1e3,
+            longest_gap_began_during: self.step_at(disruption.longest_gap_from_ns).to_string(),
             disruption,
             lost_during,
+        }
+    }
+
+    /// The step of the command that was running at `ns`.
+    fn step_at(&self, ns: u64) -> &str {
+        if ns < self.command_start_ns {
+            return "before the command";
+        }
+        match self.steps.iter().find(|(_, end)| ns < *end) {
+            Some((what, _)) => what,
+            None if self.steps.is_empty() => "during or after the event",
+            None => "after the last step",
         }
     }
 }
@@ -392,6 +399,12 @@ fn print_table(rows: &[Row], options: &Options) {
         }
         for (step, n) in &r.lost_during {
             println!("{}: {n} lost while: {step}", r.event);
+        }
+        if d.lost > 0 || d.longest_gap_ms > 100.0 {
+            println!(
+                "{}: the longest gap ({:.1} ms) began while: {}",
+                r.event, d.longest_gap_ms, r.longest_gap_began_during
+            );
         }
     }
 }

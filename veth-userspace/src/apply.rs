@@ -1082,6 +1082,13 @@ impl Executor {
                     self.host.link(&pod.host_veth).await?.with_context(|| {
                         format!("host-side veth {:?} is missing", pod.host_veth)
                     })?;
+                // Until the pods are readdressed the host still routes to
+                // them over their veths, and a port's ARP and NDP replies
+                // go to the bridge: the host's neighbours on the veth are
+                // in place first.
+                if veth.up && veth.controller.is_none() {
+                    self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+                }
                 self.host
                     .ensure_host_veth(pod, &veth, Some(bridge.ifindex))
                     .await?;
@@ -1216,6 +1223,13 @@ impl Executor {
         // and neighbour) before the veth leaves, or what the bridge is
         // forwarding to the pod at that moment is dropped.
         let leaving_bridge = bridge.is_none() && veth.up && veth.controller.is_some();
+        if leaving_bridge && matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+            // The kernel disables a port before it stops handing it frames
+            // (`del_nbp`), and drops what arrives in between; the programs
+            // of mode tc and xdp take the pod's frames before the bridge
+            // does, once they are attached.
+            self.finish_attaching().await?;
+        }
         if leaving_bridge {
             self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
             self.host

@@ -522,6 +522,24 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
                 }),
         );
     }
+    // The paths of a kernel mode (bridge ports, the direct pair) are made
+    // while the programs attached now still run: leaving mode tc or xdp,
+    // those redirect the pods' frames before the bridge could see them
+    // (and before a new port is forwarding), and pods never wait for them.
+    if bridged {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| rewired.contains(p.name.as_str()))
+                .map(|p| Step::JoinBridge {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
+    if topology.mode == Mode::Pair {
+        steps.push(Step::ConfigureDirectPair);
+    }
     let reload = !observed.programs_current;
     if reload {
         steps.push(Step::LoadPrograms);
@@ -541,17 +559,6 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
         steps.push(Step::AttachPrograms { pods: attach });
     }
     // In the topology's order, like everything else.
-    if bridged {
-        steps.extend(
-            topology
-                .pods
-                .iter()
-                .filter(|p| rewired.contains(p.name.as_str()))
-                .map(|p| Step::JoinBridge {
-                    pod: p.name.clone(),
-                }),
-        );
-    }
     steps.extend(
         topology
             .pods
@@ -561,9 +568,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
                 pod: p.name.clone(),
             }),
     );
-    if topology.mode == Mode::Pair {
-        steps.push(Step::ConfigureDirectPair);
-    } else if observed.direct_pair {
+    if topology.mode != Mode::Pair && observed.direct_pair {
         steps.push(Step::RemoveDirectPair);
     }
     steps.push(Step::SyncDataplane);

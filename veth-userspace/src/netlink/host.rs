@@ -290,9 +290,10 @@ impl Host {
 
     /// The pod's addresses as neighbours at its MAC on its host-side veth,
     /// in state STALE (used at once, confirmed by the kernel later), unless
-    /// the kernel has entries for them already. For a veth about to leave
-    /// a bridge: the host reaches the pod over it at once, while the pod's
-    /// ARP reply would still be taken by the bridge.
+    /// the kernel has entries for them already. For a veth about to join
+    /// or leave a bridge while the host routes to the pod over it: the
+    /// host reaches the pod at once, where the pod's ARP or NDP reply
+    /// would be taken by the bridge.
     pub async fn ensure_pod_neighbours(&self, pod: &Pod, host_veth: u32) -> Result<()> {
         let ips = std::iter::once(IpAddr::V4(pod.ipv4)).chain(pod.ipv6.map(IpAddr::V6));
         for ip in ips {

@@ -77,6 +77,8 @@ pub async fn ensure(host: &Host, a: &Pod, b: &Pod) -> Result<()> {
     // into a veth whose peer is down is dropped.
     bring_up_end(a, b).await?;
     bring_up_end(b, a).await?;
+    await_operational(a).await?;
+    await_operational(b).await?;
     configure_end(a, b).await?;
     configure_end(b, a).await
 }
@@ -92,6 +94,27 @@ async fn bring_up_end(me: &Pod, peer: &Pod) -> Result<()> {
             .with_context(|| format!("{PAIR_IFNAME} is missing"))?;
         super::sysctl::disable_dad(PAIR_IFNAME)?;
         links::ensure_up(&handle, &eth1, &pair_mac(&me), Some(mtu)).await
+    })
+    .await
+    .with_context(|| format!("pod {label:?}"))
+}
+
+/// Most time the kernel gets to make a new end operational before the
+/// routes go on regardless (a machine that busy loses a few frames).
+const OPERATIONAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until `pod`'s end is operationally up (see
+/// [`links::is_operational`]), at most [`OPERATIONAL_WAIT`].
+async fn await_operational(pod: &Pod) -> Result<()> {
+    let label = pod.name.clone();
+    netns::run_in(&pod.netns.clone(), |handle| async move {
+        let deadline = std::time::Instant::now() + OPERATIONAL_WAIT;
+        while !links::is_operational(&handle, PAIR_IFNAME).await?
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
     })
     .await
     .with_context(|| format!("pod {label:?}"))

@@ -566,3 +566,122 @@ fn tcp_client(t: &Shared, index: usize, netns: &str, addr: SocketAddr) -> Result
     }
     Ok(())
 }
+
+/// Every ordered pair of `modes` once, except those in `skip`, as one walk
+/// from the first mode back to it (Hierholzer's algorithm). Without
+/// `skip` the graph is complete and such a walk always exists; a `skip`
+/// must leave every mode with as many ways in as out (skip pairs both
+/// ways), or some pairs are left out.
+pub fn transitions(modes: &[String], skip: &[(&str, &str)]) -> Vec<(String, String)> {
+    let skipped = |a: usize, b: usize| skip.iter().any(|&(f, t)| modes[a] == f && modes[b] == t);
+    let mut next: Vec<Vec<usize>> = (0..modes.len())
+        .map(|a| {
+            (0..modes.len())
+                .filter(|&b| b != a && !skipped(a, b))
+                .collect()
+        })
+        .collect();
+    let mut stack = vec![0usize];
+    let mut walk = Vec::new();
+    while let Some(&v) = stack.last() {
+        if next[v].is_empty() {
+            walk.push(stack.pop().expect("non-empty"));
+        } else {
+            stack.push(next[v].remove(0));
+        }
+    }
+    walk.reverse();
+    walk.windows(2)
+        .map(|w| (modes[w[0]].clone(), modes[w[1]].clone()))
+        .collect()
+}
+
+/// Stands in for a vethctl whose maps had other layouts: every map pinned
+/// in `pin_dir` (a topology's `/sys/fs/bpf/vethctl/<name>`) is replaced by
+/// a pin of a one-entry hash map with 8-byte keys and values, which
+/// matches none of vethctl's layouts. Programs attached now keep the maps
+/// they hold; the next program load finds every pinned layout changed and
+/// makes the maps afresh. Returns the maps replaced. Uses `bpftool`.
+pub fn give_pinned_maps_other_layouts(pin_dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut replaced = Vec::new();
+    let entries =
+        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
+        let is_map = std::process::Command::new("bpftool")
+            .args(["map", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .with_context(|| "running bpftool (is it installed?)")?
+            .status
+            .success();
+        if !is_map {
+            continue;
+        }
+        std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        let status = std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&path)
+            .args([
+                "type",
+                "hash",
+                "key",
+                "8",
+                "value",
+                "8",
+                "entries",
+                "1",
+                "name",
+                "old_layout",
+            ])
+            .status()
+            .context("running bpftool map create")?;
+        if !status.success() {
+            bail!("bpftool map create {} failed ({status})", path.display());
+        }
+        replaced.push(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+    }
+    replaced.sort();
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modes() -> Vec<String> {
+        ["tc", "xdp", "routed", "bridge", "pair"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn every_ordered_pair_once_from_the_first_mode_back() {
+        let walk = transitions(&modes(), &[]);
+        assert_eq!(walk.len(), 20);
+        let pairs: std::collections::BTreeSet<_> = walk.iter().cloned().collect();
+        assert_eq!(pairs.len(), 20, "no pair twice");
+        assert_eq!(walk[0].0, "tc");
+        assert_eq!(walk.last().unwrap().1, "tc");
+        assert!(walk.windows(2).all(|w| w[0].1 == w[1].0), "one walk");
+    }
+
+    #[test]
+    fn skipped_pairs_are_left_out_and_the_rest_walked() {
+        let walk = transitions(&modes(), &[("routed", "bridge"), ("bridge", "routed")]);
+        assert_eq!(walk.len(), 18);
+        assert!(!walk.iter().any(|(f, t)| f == "routed" && t == "bridge"));
+        assert!(!walk.iter().any(|(f, t)| f == "bridge" && t == "routed"));
+        let pairs: std::collections::BTreeSet<_> = walk.iter().cloned().collect();
+        assert_eq!(pairs.len(), 18);
+        assert!(walk.windows(2).all(|w| w[0].1 == w[1].0), "one walk");
+        assert_eq!(walk.last().unwrap().1, "tc");
+    }
+}

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
-use veth_bench::disruption::{Config, Disruption, Mark, Traffic};
+use veth_bench::disruption::{transitions, Config, Disruption, Mark, Traffic};
 
 use super::prepare;
 use crate::cmd;
@@ -140,27 +140,6 @@ impl Drop for Bench {
             .status();
         let _ = fs::remove_file(&self.file);
     }
-}
-
-/// Every ordered pair of `modes` once, as one walk from the first mode
-/// back to it (Hierholzer's algorithm on the complete digraph).
-fn transitions(modes: &[String]) -> Vec<(String, String)> {
-    let mut next: Vec<Vec<usize>> = (0..modes.len())
-        .map(|a| (0..modes.len()).filter(|&b| b != a).collect())
-        .collect();
-    let mut stack = vec![0usize];
-    let mut walk = Vec::new();
-    while let Some(&v) = stack.last() {
-        if next[v].is_empty() {
-            walk.push(stack.pop().expect("non-empty"));
-        } else {
-            stack.push(next[v].remove(0));
-        }
-    }
-    walk.reverse();
-    walk.windows(2)
-        .map(|w| (modes[w[0]].clone(), modes[w[1]].clone()))
-        .collect()
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -320,7 +299,7 @@ fn drive(bench: &mut Bench, traffic: &Traffic, options: &Options) -> Result<Vec<
         let row = w.row(traffic);
         let d = &row.disruption;
         println!(
-            "{:<22} lost {:>5}  gap {:>7.1} ms  send errors {:>5}  tcp stall {:>7.1} ms  broken {}",
+            "{:<28} lost {:>5}  gap {:>7.1} ms  send errors {:>5}  tcp stall {:>7.1} ms  broken {}",
             row.event,
             d.lost,
             d.longest_gap_ms,
@@ -353,7 +332,43 @@ fn drive(bench: &mut Bench, traffic: &Traffic, options: &Options) -> Result<Vec<
         b.write_file(&first, true)?;
         b.vethctl_timed(&["up", "--topology", &file])
     })?;
-    for (from, to) in transitions(&options.modes) {
+    event("reload: map layouts changed".into(), &mut || {
+        let b = cell.borrow();
+        let pins = Path::new("/sys/fs/bpf/vethctl").join(NAME);
+        let replaced = veth_bench::disruption::give_pinned_maps_other_layouts(&pins)?;
+        if replaced.is_empty() {
+            bail!("no pinned maps in {}", pins.display());
+        }
+        // A layout change comes with new programs: counters toggled.
+        b.write_file(&first, false)?;
+        let stderr = b.vethctl_timed(&["up", "--topology", &file])?;
+        let remade = replaced
+            .iter()
+            .filter(|m| {
+                stderr.contains(&format!(
+                    "map {m} was pinned by a vethctl with another layout"
+                ))
+            })
+            .count();
+        if remade != replaced.len() {
+            bail!(
+                "vethctl remade {remade} of the {} maps given other layouts ({}): {stderr}",
+                replaced.len(),
+                replaced.join(", ")
+            );
+        }
+        Ok(stderr)
+    })?;
+    event("reload: counters on (again)".into(), &mut || {
+        let b = cell.borrow();
+        b.write_file(&first, true)?;
+        b.vethctl_timed(&["up", "--topology", &file])
+    })?;
+    event("up --repair".into(), &mut || {
+        cell.borrow()
+            .vethctl_timed(&["up", "--repair", "--topology", &file])
+    })?;
+    for (from, to) in transitions(&options.modes, &[]) {
         event(format!("mode {from} -> {to}"), &mut || {
             cell.borrow()
                 .vethctl_timed(&["mode", "set", &to, "--name", NAME])
@@ -368,17 +383,17 @@ fn print_table(rows: &[Row], options: &Options) {
         options.rate, options.connections, options.settle_ms
     );
     println!(
-        "| {:<22} | {:>7} | {:>6} | {:>11} | {:>11} | {:>13} | {:>6} | {:>10} |",
+        "| {:<28} | {:>7} | {:>6} | {:>11} | {:>11} | {:>13} | {:>6} | {:>10} |",
         "event", "sent", "lost", "gap (ms)", "send errors", "tcp stall ms", "broken", "command ms"
     );
     println!(
-        "|{:-<24}|{:->9}|{:->8}|{:->13}|{:->13}|{:->15}|{:->8}|{:->12}|",
+        "|{:-<30}|{:->9}|{:->8}|{:->13}|{:->13}|{:->15}|{:->8}|{:->12}|",
         "", "", "", "", "", "", "", ""
     );
     for r in rows {
         let d = &r.disruption;
         println!(
-            "| {:<22} | {:>7} | {:>6} | {:>11.1} | {:>11} | {:>13.1} | {:>6} | {:>10.0} |",
+            "| {:<28} | {:>7} | {:>6} | {:>11.1} | {:>11} | {:>13.1} | {:>6} | {:>10.0} |",
             r.event,
             d.sent,
             d.lost,

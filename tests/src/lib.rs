@@ -8,6 +8,8 @@
 
 pub mod attack;
 pub mod frames;
+pub mod outside;
+pub mod runtime;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},

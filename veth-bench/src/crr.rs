@@ -106,11 +106,11 @@ fn summarize(mut times: Vec<u32>, duration: Duration) -> Result<CrrResult> {
     })
 }
 
-/// Moves the calling thread into the namespace `/run/netns/NETNS` and onto
+/// Moves the calling thread into namespace `netns` (see [`crate::netns_path`]) and onto
 /// `cpu`. Only this thread: `setns` and `sched_setaffinity(0, …)` act on
 /// the caller, which is why every end gets a thread of its own.
 pub fn enter(netns: &str, cpu: u32) -> Result<()> {
-    let path = format!("/run/netns/{netns}");
+    let path = crate::netns_path(netns);
     let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
     // SAFETY: plain syscalls on a live fd and a zeroed, then filled, CPU set.
     unsafe {

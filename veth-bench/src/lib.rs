@@ -316,11 +316,21 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// `program` run inside the named network namespace (`/run/netns/NETNS`),
+/// Where network namespace `netns` is: `/run/netns/NETNS` for a name, the
+/// path itself for a runtime's namespace given by absolute path.
+pub fn netns_path(netns: &str) -> String {
+    if netns.starts_with('/') {
+        netns.to_string()
+    } else {
+        format!("/run/netns/{netns}")
+    }
+}
+
+/// `program` run inside network namespace `netns` (see [`netns_path`]),
 /// pinned to `cpu` if given. The child joins the namespace itself between
 /// fork and exec, so nothing else (no `ip netns exec`) is run.
 pub fn netns_command(netns: &str, cpu: Option<u32>, program: &str) -> Result<Command> {
-    let path = format!("/run/netns/{netns}");
+    let path = netns_path(netns);
     // Opened close-on-exec: the program never sees it.
     let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
     let mut command = Command::new(program);

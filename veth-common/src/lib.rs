@@ -114,6 +114,12 @@ pub struct PodIdentity {
     /// 1 if `ipv6` holds the pod's address (saves the programs comparing 16
     /// bytes with zero per frame).
     pub has_ipv6: u8,
+    /// 1 if the pod's frames, from it and to it, always take the host
+    /// stack, never a redirect: it has hostPorts (the replies of connections
+    /// the node DNATed to it must pass the node's conntrack to be un-NATed)
+    /// or bandwidth limits (shaped by qdiscs on its host-side veth, which a
+    /// redirect would skip).
+    pub host_path: u8,
     /// The host-side veth the slot belongs to; 0 for a free slot.
     pub host_ifindex: u32,
 }

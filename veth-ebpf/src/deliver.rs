@@ -96,7 +96,7 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
             return Decision::Drop(reason);
         }
     }
-    if !redirect || is_group_mac(dst_mac) {
+    if !redirect || me.host_path != 0 || is_group_mac(dst_mac) {
         return Decision::Pass;
     }
     match l3 {
@@ -198,7 +198,8 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
 }
 
 /// The endpoint's slot still belongs to its ifindex and to the pod that
-/// owns the address, that pod is ready (its veth up), and its veth is
+/// owns the address, that pod is ready (its veth up) and not kept on the
+/// host path (`PodIdentity::host_path`), and its veth is
 /// still the device userspace put in the DEVMAP: never redirect to an
 /// interface that merely reuses an old ifindex, through a slot given to
 /// another pod, or into a pod whose veth is down or gone.
@@ -209,7 +210,12 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
 #[inline(always)]
 fn still_owned(endpoint: &Endpoint, owns: impl Fn(&PodIdentity) -> bool) -> bool {
     let owned = match PODS.get(endpoint.slot) {
-        Some(pod) => pod.ready != 0 && pod.host_ifindex == endpoint.host_ifindex && owns(pod),
+        Some(pod) => {
+            pod.ready != 0
+                && pod.host_path == 0
+                && pod.host_ifindex == endpoint.host_ifindex
+                && owns(pod)
+        }
         None => false,
     };
     owned && DEVMAP.get(endpoint.host_ifindex).is_some()

@@ -30,6 +30,9 @@ pub struct AgentOptions {
     pub listen: SocketAddr,
     /// Turn on the kernel's per-program run-time statistics while running.
     pub bpf_stats: bool,
+    /// CNI configuration lists whose networks are brought up at start (the
+    /// node's dataplane loaded before the first pod).
+    pub cni_confs: Vec<std::path::PathBuf>,
 }
 
 struct Shared {
@@ -39,6 +42,16 @@ struct Shared {
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn run(options: AgentOptions) -> Result<()> {
+    for path in &options.cni_confs {
+        let list = crate::cni::install::read_list(path)?;
+        let name = crate::cni::bring_up(&list)
+            .await
+            .with_context(|| format!("bringing up the network of {}", path.display()))?;
+        eprintln!(
+            "vethctl agent: network {name:?} of {} is up",
+            path.display()
+        );
+    }
     // Held for the agent's lifetime: the kernel counts only while it is open.
     let _stats = options
         .bpf_stats

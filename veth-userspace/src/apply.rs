@@ -12,12 +12,12 @@ use ipnet::IpNet;
 
 use crate::{
     applied::{masquerade_fingerprint, pod_fingerprint, Applied, AppliedPod},
-    dataplane::{self, Dataplane, Hook, Pins, PodEntry},
+    dataplane::{self, Dataplane, Hook, Pins},
+    endpoint::{self, wire},
     model::{host_address_label, Mode, Topology},
     netlink::{
         links::{LinkState, MarkedLink},
-        nat, netns, pair,
-        pod::{self, PodWiring},
+        nat, netns, pair, pod,
         routes::{self, Route, RouteKind},
         sysctl, Host,
     },
@@ -96,7 +96,10 @@ pub async fn observe(
     // A veth made in the same request as the pod's eth0, whose alias a
     // crash kept from being set, is the peer of that eth0.
     for (recorded_name, link) in to_prove {
-        if host.is_pod_peer(&link, &recorded_name).await? {
+        if host
+            .is_pod_peer(&link, &recorded_name, crate::model::POD_IFNAME)
+            .await?
+        {
             claimed.insert(link.ifindex);
             links.insert(recorded_name, link);
         } else {
@@ -375,9 +378,9 @@ impl Timings {
 /// again (which also puts right what was changed inside a pod's namespace).
 pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result<Vec<Step>> {
     let timings = Timings::new(options.timings);
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(&topology.name)?;
     timings.mark("wait for the lock");
-    up_locked(topology, source, options, timings).await
+    Ok(up_locked(topology, source, options, timings).await?.1)
 }
 
 /// Like [`up`], for a description derived from the one recorded for topology
@@ -393,7 +396,7 @@ where
     F: FnOnce(Option<String>) -> Result<(Topology, String)>,
 {
     let timings = Timings::new(options.timings);
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(name)?;
     timings.mark("wait for the lock");
     let (topology, source) = derive(StateDir::new(name).load_text()?)?;
     if topology.name != name {
@@ -402,16 +405,33 @@ where
             topology.name
         );
     }
-    let steps = up_locked(&topology, &source, options, timings).await?;
-    Ok((topology, steps))
+    up_locked(&topology, &source, options, timings).await
 }
 
+/// `topology` (described by `source`) with each recorded pod keeping the
+/// addresses it was given, so that no pod moves when others come or go.
+pub fn keeping_recorded(topology: &Topology, source: &str) -> Result<Topology> {
+    let previous = StateDir::new(&topology.name).load_addresses()?;
+    if previous.is_empty() {
+        return Ok(topology.clone());
+    }
+    Ok(Topology::from_toml_keeping(source, &previous)?)
+}
+
+/// Returns the topology as converged to (addresses decided under the lock)
+/// and the steps taken.
 async fn up_locked(
     topology: &Topology,
     source: &str,
     options: UpOptions,
     timings: Timings,
-) -> Result<Vec<Step>> {
+) -> Result<(Topology, Vec<Step>)> {
+    let topology = &keeping_recorded(topology, source)?;
+    let recorded_mode = StateDir::new(&topology.name)
+        .load()
+        .ok()
+        .flatten()
+        .map(|t| t.mode);
     refuse_address_clashes(topology)?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
@@ -425,6 +445,7 @@ async fn up_locked(
     let ledger = with_intents(ledger, topology, &steps);
     ledger.save(&state)?;
     state.save(source)?;
+    state.save_addresses(&topology.assigned())?;
     let executor = Executor::new(
         host,
         &topology.name,
@@ -444,7 +465,12 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
-    Ok(steps)
+    if options.repair || recorded_mode.is_some_and(|m| m != topology.mode) {
+        // A runtime's endpoints follow the network's mode too.
+        wire::rewire_all(&executor.host, topology).await?;
+        executor.timings.mark("rewire the runtime's endpoints");
+    }
+    Ok((topology.clone(), steps))
 }
 
 /// `ledger` with an entry for every object `steps` may make, written
@@ -621,8 +647,15 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(
 /// Removes everything topology `name` made (as its ledger records it) and
 /// nothing else; fine to repeat, and after a crash.
 pub async fn down(name: &str) -> Result<Vec<Step>> {
-    let _lock = state::lock()?;
+    let _locks = state::change_lock(name)?;
     let host = Host::connect()?;
+    // A runtime's endpoints first: their veths, map entries and records
+    // (their namespaces are the runtime's and stay).
+    for record in endpoint::Store::new(name).records() {
+        wire::remove(&host, name, &record)
+            .await
+            .with_context(|| format!("topology {name:?}: removing endpoint {}", record.key()))?;
+    }
     let recorded = StateDir::new(name).load().ok().flatten();
     let ledger = ledger_of(name, recorded.as_ref())?;
     let observed = observe(
@@ -639,6 +672,9 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     Executor::new(host, name, Applied::default(), ledger, Timings::new(false))
         .run(None, &steps)
         .await?;
+    if !StateDir::new(name).exists() {
+        state::remove_network_lock(name)?;
+    }
     Ok(steps)
 }
 
@@ -1183,68 +1219,33 @@ impl Executor {
         Ok(())
     }
 
-    /// Pod side and host side of one pod, wired for the topology's mode.
+    /// Pod side and host side of one pod, wired for the topology's mode
+    /// (the applied record says first when xdp offloads may be set).
     async fn configure_pod(&self, topology: &Topology, pod: &crate::model::Pod) -> Result<()> {
-        let bridge = match topology.mode {
-            Mode::Bridge => Some(
-                self.host
-                    .link(&topology.bridge)
-                    .await?
-                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?,
-            ),
-            _ => None,
-        };
-        let wiring = match &bridge {
-            Some(_) => PodWiring::Bridged {
-                prefix4: topology.pod_cidr.prefix_len(),
-                prefix6: topology.pod_cidr6.map_or(128, |c| c.prefix_len()),
-                gateway4: topology.host_address,
-                gateway6: topology.host_address6,
-            },
-            None => PodWiring::Routed,
-        };
-        pod::configure(pod, &wiring).await?;
-        if topology.mode == Mode::Xdp {
-            // Normally done already (`SetXdpOffloads`, before XDP is
-            // attached); a no-op then.
-            self.set_xdp_offloads(pod).await?;
+        if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+            // Leaving a bridge: the kernel disables a port before it stops
+            // handing it frames (`del_nbp`) and drops what arrives in
+            // between; the programs of mode tc and xdp take the pod's
+            // frames before the bridge would, once they are attached.
+            let bridged = self
+                .host
+                .link(&pod.host_veth)
+                .await?
+                .is_some_and(|veth| veth.controller.is_some());
+            if bridged {
+                self.finish_attaching().await?;
+            }
         }
-        let veth = self
-            .host
-            .link(&pod.host_veth)
-            .await?
-            .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
-        // A veth of an older vethctl, or one whose mark a crash kept from
-        // being set, gets it now.
-        self.host
-            .ensure_alias(&veth, &link_mark(&self.name))
-            .await?;
-        // Leaving a bridge: the host reaches the pod over its veth (route
-        // and neighbour) before the veth leaves, or what the bridge is
-        // forwarding to the pod at that moment is dropped.
-        let leaving_bridge = bridge.is_none() && veth.up && veth.controller.is_some();
-        if leaving_bridge && matches!(topology.mode, Mode::Tc | Mode::Xdp) {
-            // The kernel disables a port before it stops handing it frames
-            // (`del_nbp`), and drops what arrives in between; the programs
-            // of mode tc and xdp take the pod's frames before the bridge
-            // does, once they are attached.
-            self.finish_attaching().await?;
-        }
-        if leaving_bridge {
-            self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
-            self.host
-                .ensure_pod_routes(pod, veth.ifindex, topology)
-                .await?;
-        }
-        self.host
-            .ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
-            .await?;
-        sysctl::set_rps(&pod.host_veth, topology.rps)?;
-        if bridge.is_none() && !leaving_bridge {
-            self.host
-                .ensure_pod_routes(pod, veth.ifindex, topology)
-                .await?;
-        }
+        wire::wire_pod(&self.host, topology, pod, || {
+            let newly = (self.applied.lock().expect("applied record lock"))
+                .xdp_offloads
+                .insert(pod.name.clone());
+            if newly {
+                self.save_applied()?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -1260,6 +1261,9 @@ impl Executor {
         pod::set_offloads(pod, true).await
     }
 
+    /// Makes the maps hold exactly the topology's pods and the network's
+    /// recorded endpoints (they are made apart, by CNI ADD, under the shared
+    /// lock this `up` excludes), and unpins the links of veths of neither.
     async fn sync_dataplane(&self, topology: &Topology) -> Result<()> {
         let veths = self.host_veths(topology).await?;
         let mut entries = Vec::with_capacity(topology.pods.len());
@@ -1267,27 +1271,25 @@ impl Executor {
             let host_ifindex = *veths
                 .get(&pod.host_veth)
                 .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
-            entries.push(PodEntry {
-                host_ifindex,
-                ipv4: pod.ipv4,
-                ipv6: pod.ipv6,
-                mac: pod.mac,
-                gateway_mac: pod.gateway_mac,
-                mtu: pod.mtu,
-            });
+            entries.push(wire::entry(pod, host_ifindex));
+        }
+        let mut wanted: BTreeSet<String> =
+            topology.pods.iter().map(|p| p.host_veth.clone()).collect();
+        for record in endpoint::Store::new(&self.name).records() {
+            wanted.insert(record.host_veth.clone());
+            if let Some(ifindex) = record.host_ifindex {
+                entries.push(wire::entry(&record.pod(), ifindex));
+            }
         }
         let ifindexes: BTreeSet<u32> = entries.iter().map(|e| e.host_ifindex).collect();
-        let wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
         let mut dataplane = Dataplane::open(&self.name)?;
-        {
-            dataplane.sync_pods(&entries)?;
-            dataplane.sync_devmap(&ifindexes)?;
-            for veth in dataplane.pins().linked_veths()? {
-                if !wanted.contains(veth.as_str()) {
-                    dataplane.pins().remove_links(&veth)?;
-                }
+        dataplane.sync_pods(&entries)?;
+        dataplane.sync_devmap(&ifindexes)?;
+        for veth in dataplane.pins().linked_veths()? {
+            if !wanted.contains(&veth) {
+                dataplane.pins().remove_links(&veth)?;
             }
-            Ok(())
         }
+        Ok(())
     }
 }

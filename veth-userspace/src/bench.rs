@@ -47,8 +47,8 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
         bail!("--rounds, --seconds and --workloads need at least 1");
     }
     let pod = |name: &str, flag: &str| {
-        topology.pod(name).with_context(|| {
-            let names: Vec<&str> = topology.pods.iter().map(|p| p.name.as_str()).collect();
+        topology.pod_named(name).with_context(|| {
+            let names: Vec<String> = topology.pods.iter().map(|p| p.display_name()).collect();
             format!(
                 "{flag}: topology {:?} has no pod {name:?} (pods: {})",
                 topology.name,

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    apply,
+    apply, endpoint,
     model::{
         too_large, validate_topology_name, with_mode, Mode, Topology, DEFAULT_TOPOLOGY,
         MAX_TOPOLOGY_BYTES,
@@ -145,7 +145,19 @@ enum Command {
         /// reads per packet.
         #[arg(long)]
         bpf_stats: bool,
+        /// Bring up the network of this CNI configuration list at start
+        /// (programs loaded before the first pod); repeatable.
+        #[arg(long, value_name = "FILE")]
+        cni_conf: Vec<PathBuf>,
     },
+    /// Install the CNI plugin (`veth-cni`) and a configuration list for a
+    /// container runtime (containerd, CRI-O, podman), as Kubernetes node
+    /// set-up does.
+    ///
+    /// Both files are replaced atomically; the list says cniVersion 1.0.0
+    /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
+    /// libcni both use it. It is validated as the plugin would first.
+    InstallCni(InstallCni),
     /// Follow a sampled stream of flow events from the programs.
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
@@ -166,6 +178,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+struct InstallCni {
+    /// The runtime's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    conf_dir: PathBuf,
+    /// File name of the list (runtimes take the first by name).
+    #[arg(long, default_value = "10-vethctl.conflist", value_name = "FILE")]
+    conf_file: String,
+    /// The plugin binary to install (default: `veth-cni` beside vethctl).
+    #[arg(long, value_name = "FILE")]
+    plugin: Option<PathBuf>,
+    /// Network name: up to 10 lowercase letters and digits; `vethctl
+    /// status -n NAME` shows its pods.
+    #[arg(long, default_value = "vethnet")]
+    name: String,
+    /// tc, xdp, routed or bridge.
+    #[arg(long, default_value = "tc")]
+    mode: String,
+    /// This node's IPv4 pod range.
+    #[arg(long, value_name = "CIDR")]
+    subnet: String,
+    /// This node's IPv6 pod range (dual stack).
+    #[arg(long, value_name = "CIDR")]
+    subnet6: Option<String>,
+    /// `veth-builtin` (vethctl's own allocator) or a delegated IPAM plugin
+    /// in --bin-dir, such as `host-local`.
+    #[arg(long, default_value = "veth-builtin")]
+    ipam: String,
+    /// MTU of the pods' veths (default 1500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    mtu: Option<u32>,
+    /// Plugins chained after veth-cni, comma-separated (must be in
+    /// --bin-dir); empty for none.
+    #[arg(long, value_delimiter = ',', default_value = "portmap,bandwidth")]
+    chain: Vec<String>,
 }
 
 fn not_up(name: &str) -> String {
@@ -262,7 +314,7 @@ impl Select {
         for name in recorded_topologies()? {
             let state = StateDir::new(&name);
             match state.load() {
-                Ok(Some(t)) => topologies.push(t),
+                Ok(Some(t)) => topologies.push(endpoint::with_endpoints(t)),
                 // Brought down meanwhile.
                 Ok(None) => {}
                 Err(e) => unreadable.push(Unreadable::record(&name, &state.topology_path(), &e)),
@@ -277,7 +329,7 @@ impl Select {
 fn load_recorded(name: &str) -> Result<Topology> {
     let state = StateDir::new(name);
     match state.load() {
-        Ok(Some(t)) => Ok(t),
+        Ok(Some(t)) => Ok(endpoint::with_endpoints(t)),
         Ok(None) => bail!(not_up(name)),
         Err(e) => bail!(Unreadable::record(name, &state.topology_path(), &e).message()),
     }
@@ -287,6 +339,9 @@ fn read_topology(path: &Path) -> Result<(Topology, String)> {
     let text =
         read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
     let topology = Topology::from_toml(&text)
+        .with_context(|| format!("invalid topology file {}", path.display()))?;
+    // As `up` will address it: recorded pods keep their addresses.
+    let topology = apply::keeping_recorded(&topology, &text)
         .with_context(|| format!("invalid topology file {}", path.display()))?;
     Ok((topology, text))
 }
@@ -393,113 +448,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             topology,
             repair,
             timings,
-        } => {
-            let (topology, text) = match &topology {
-                Some(path) => read_topology(path)?,
-                None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
-            };
-            // Everything that can be refused is, before anything is made.
-            preflight::check(&Host::connect()?, &topology).await?;
-            apply::up(&topology, &text, apply::UpOptions { repair, timings }).await?;
-            emit(format_args!(
-                "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)\n",
-                topology.name,
-                topology.pods.len(),
-                topology.mode
-            ))?;
-        }
-        Command::Down { select } => {
-            let name = select.name_or_default()?;
-            apply::down(&name).await?;
-            emit(format_args!("topology {name:?} is down\n"))?;
-        }
-        Command::Status { select, json } => {
-            let host = Host::connect()?;
-            let (topologies, unreadable) = select.recorded()?;
-            let mut report = StatusReport {
-                topologies: Vec::new(),
-                unreadable,
-            };
-            let selected = select.is_some();
-            for topology in topologies {
-                match observe::status(&host, &topology).await {
-                    Ok(status) => report.topologies.push(status),
-                    // One topology's trouble is reported beside the others.
-                    Err(e) if !selected => report
-                        .unreadable
-                        .push(Unreadable::objects(&topology.name, &e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            print(json, &report, StatusReport::to_table)?;
-        }
+        } => up(topology, apply::UpOptions { repair, timings }).await,
+        Command::Down { select } => down(&select).await,
+        Command::Status { select, json } => status(&select, json).await,
         Command::Stats {
             select,
             json,
             watch: true,
             interval,
             count,
-        } => {
-            let (mut topologies, mut unreadable) = select.recorded()?;
-            let host = Host::connect()?;
-            if !select.is_some() {
-                // Watch the others when one cannot be read.
-                let mut readable = Vec::new();
-                for topology in topologies {
-                    match observe::stats(&host, &topology).await {
-                        Ok(_) => readable.push(topology),
-                        Err(e) => unreadable.push(Unreadable::objects(&topology.name, &e)),
-                    }
-                }
-                topologies = readable;
-            }
-            for u in &unreadable {
-                let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
-            }
-            let options = rates::WatchOptions {
-                // In range: checked by parse_interval.
-                interval: std::time::Duration::from_secs_f64(interval),
-                count,
-                json,
-            };
-            rates::watch(&host, &topologies, &options, &mut Stdout).await?;
-        }
-        Command::Stats { select, json, .. } => {
-            let host = Host::connect()?;
-            let (topologies, unreadable) = select.recorded()?;
-            let mut report = StatsReport {
-                topologies: Vec::new(),
-                unreadable,
-            };
-            let selected = select.is_some();
-            for topology in topologies {
-                match observe::stats(&host, &topology).await {
-                    Ok(stats) => report.topologies.push(stats),
-                    Err(e) if !selected => report
-                        .unreadable
-                        .push(Unreadable::objects(&topology.name, &e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            print(json, &report, StatsReport::to_table)?;
-        }
-        Command::Plan { topology } => {
-            let (topology, _) = match &topology {
-                Some(path) => read_topology(path)?,
-                None => (Topology::default_topology(), DEFAULT_TOPOLOGY.to_string()),
-            };
-            // What `up` would refuse, `plan` refuses too.
-            preflight::check(&Host::connect()?, &topology).await?;
-            let steps = apply::plan(&topology).await?;
-            let mut text = format!(
-                "plan for topology {:?} (mode {}):\n",
-                topology.name, topology.mode
-            );
-            for step in steps {
-                text += &format!("  {step}\n");
-            }
-            emit(text)?;
-        }
+        } => stats_watch(&select, json, interval, count).await,
+        Command::Stats { select, json, .. } => stats(&select, json).await,
+        Command::Plan { topology } => plan(topology).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -507,21 +467,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     select,
                     timings,
                 },
-        } => {
-            let name = select.name_or_default()?;
-            // The recorded description is read under the lock the change is
-            // made under, so nothing recorded meanwhile is lost.
-            apply::up_from_record(
-                &name,
-                |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
-                apply::UpOptions {
-                    timings,
-                    ..apply::UpOptions::default()
-                },
-            )
-            .await?;
-            println!("topology {name:?} is now in mode {mode}");
-        }
+        } => mode_set(&select, mode, timings).await,
         Command::Bench {
             select,
             client,
@@ -531,30 +477,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             seconds,
             json,
         } => {
-            let name = select.name_or_default()?;
-            let topology = load_recorded(&name)?;
-            let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
-            let options = crate::bench::BenchOptions {
-                client: client
-                    .or_else(|| nth(0))
-                    .context("--client: the topology has no pods")?,
-                server: server
-                    .or_else(|| nth(1))
-                    .context("--server: the topology has only one pod")?,
-                workloads,
-                // At most 1000: checked by clap.
-                rounds: rounds as usize,
-                seconds,
+            let options = |topology: &Topology| -> Result<crate::bench::BenchOptions> {
+                let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
+                Ok(crate::bench::BenchOptions {
+                    client: client
+                        .clone()
+                        .or_else(|| nth(0))
+                        .context("--client: the topology has no pods")?,
+                    server: server
+                        .clone()
+                        .or_else(|| nth(1))
+                        .context("--server: the topology has only one pod")?,
+                    workloads: workloads.clone(),
+                    // At most 1000: checked by clap.
+                    rounds: rounds as usize,
+                    seconds,
+                })
             };
-            let report = crate::bench::run(&topology, &options).await?;
-            if json {
-                emit(format_args!("{}\n", serde_json::to_string_pretty(&report)?))?;
-            } else {
-                emit(crate::bench::table(&report))?;
-            }
+            bench(&select, options, json).await
         }
-        Command::Agent { listen, bpf_stats } => {
-            crate::agent::run(crate::agent::AgentOptions { listen, bpf_stats }).await?;
+        Command::Agent {
+            listen,
+            bpf_stats,
+            cni_conf,
+        } => {
+            crate::agent::run(crate::agent::AgentOptions {
+                listen,
+                bpf_stats,
+                cni_confs: cni_conf,
+            })
+            .await
         }
         Command::Trace {
             select,
@@ -563,22 +515,194 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
             json,
         } => {
-            let topology = match select.name()? {
-                Some(name) => load_recorded(&name)?,
-                None => Topology::default_topology(),
-            };
-            let host = Host::connect()?;
-            let pods = observe::pods_by_ifindex(&host, &topology).await?;
             let request = trace::TraceRequest {
                 pod,
                 sample_every: sample,
                 count,
                 json,
             };
-            trace::follow(&topology, pods, &request, &mut Stdout).await?;
+            trace_follow(&select, &request).await
+        }
+        Command::InstallCni(options) => install_cni(options),
+    }
+}
+
+/// The topology file at `path`, or the built-in one.
+fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
+    match path {
+        Some(path) => read_topology(path),
+        None => Ok((Topology::default_topology(), DEFAULT_TOPOLOGY.to_string())),
+    }
+}
+
+async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
+    let (topology, text) = topology_or_default(path.as_deref())?;
+    // Everything that can be refused is, before anything is made.
+    preflight::check(&Host::connect()?, &topology).await?;
+    apply::up(&topology, &text, options).await?;
+    emit(format_args!(
+        "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)\n",
+        topology.name,
+        topology.pods.len(),
+        topology.mode
+    ))
+}
+
+async fn down(select: &Select) -> Result<()> {
+    let name = select.name_or_default()?;
+    apply::down(&name).await?;
+    emit(format_args!("topology {name:?} is down\n"))
+}
+
+async fn status(select: &Select, json: bool) -> Result<()> {
+    let host = Host::connect()?;
+    let (topologies, unreadable) = select.recorded()?;
+    let mut report = StatusReport {
+        topologies: Vec::new(),
+        unreadable,
+    };
+    for topology in topologies {
+        match observe::status(&host, &topology).await {
+            Ok(status) => report.topologies.push(status),
+            // One topology's trouble is reported beside the others.
+            Err(e) if !select.is_some() => report
+                .unreadable
+                .push(Unreadable::objects(&topology.name, &e)),
+            Err(e) => return Err(e),
         }
     }
+    print(json, &report, StatusReport::to_table)
+}
+
+async fn stats(select: &Select, json: bool) -> Result<()> {
+    let host = Host::connect()?;
+    let (topologies, unreadable) = select.recorded()?;
+    let mut report = StatsReport {
+        topologies: Vec::new(),
+        unreadable,
+    };
+    for topology in topologies {
+        match observe::stats(&host, &topology).await {
+            Ok(stats) => report.topologies.push(stats),
+            Err(e) if !select.is_some() => report
+                .unreadable
+                .push(Unreadable::objects(&topology.name, &e)),
+            Err(e) => return Err(e),
+        }
+    }
+    print(json, &report, StatsReport::to_table)
+}
+
+async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u64>) -> Result<()> {
+    let (mut topologies, mut unreadable) = select.recorded()?;
+    let host = Host::connect()?;
+    if !select.is_some() {
+        // Watch the others when one cannot be read.
+        let mut readable = Vec::new();
+        for topology in topologies {
+            match observe::stats(&host, &topology).await {
+                Ok(_) => readable.push(topology),
+                Err(e) => unreadable.push(Unreadable::objects(&topology.name, &e)),
+            }
+        }
+        topologies = readable;
+    }
+    for u in &unreadable {
+        let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
+    }
+    let options = rates::WatchOptions {
+        // In range: checked by parse_interval.
+        interval: std::time::Duration::from_secs_f64(interval),
+        count,
+        json,
+    };
+    rates::watch(&host, &topologies, &options, &mut Stdout).await
+}
+
+async fn plan(path: Option<PathBuf>) -> Result<()> {
+    let (topology, _) = topology_or_default(path.as_deref())?;
+    // What `up` would refuse, `plan` refuses too.
+    preflight::check(&Host::connect()?, &topology).await?;
+    let steps = apply::plan(&topology).await?;
+    let mut text = format!(
+        "plan for topology {:?} (mode {}):\n",
+        topology.name, topology.mode
+    );
+    for step in steps {
+        text += &format!("  {step}\n");
+    }
+    emit(text)
+}
+
+async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
+    let name = select.name_or_default()?;
+    // The recorded description is read under the lock the change is made
+    // under, so nothing recorded meanwhile is lost.
+    apply::up_from_record(
+        &name,
+        |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
+        apply::UpOptions {
+            timings,
+            ..apply::UpOptions::default()
+        },
+    )
+    .await?;
+    emit(format_args!("topology {name:?} is now in mode {mode}\n"))
+}
+
+async fn bench(
+    select: &Select,
+    options: impl FnOnce(&Topology) -> Result<crate::bench::BenchOptions>,
+    json: bool,
+) -> Result<()> {
+    let topology = load_recorded(&select.name_or_default()?)?;
+    let report = crate::bench::run(&topology, &options(&topology)?).await?;
+    if json {
+        emit(format_args!("{}\n", serde_json::to_string_pretty(&report)?))
+    } else {
+        emit(crate::bench::table(&report))
+    }
+}
+
+async fn trace_follow(select: &Select, request: &trace::TraceRequest) -> Result<()> {
+    let topology = match select.name()? {
+        Some(name) => load_recorded(&name)?,
+        None => Topology::default_topology(),
+    };
+    let host = Host::connect()?;
+    let pods = observe::pods_by_ifindex(&host, &topology).await?;
+    trace::follow(&topology, pods, request, &mut Stdout).await?;
     Ok(())
+}
+
+fn install_cni(o: InstallCni) -> Result<()> {
+    let plugin = match o.plugin {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("finding vethctl's own path")?
+            .with_file_name(crate::cni::install::PLUGIN_TYPE),
+    };
+    let options = crate::cni::install::InstallOptions {
+        plugin,
+        bin_dir: o.bin_dir,
+        conf_dir: o.conf_dir,
+        conf_file: o.conf_file,
+        name: o.name,
+        mode: o.mode,
+        ipam: o.ipam,
+        subnet: o.subnet,
+        subnet6: o.subnet6,
+        mtu: o.mtu,
+        chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
+    };
+    let (plugin, conf) = crate::cni::install::install(&options)?;
+    emit(format_args!(
+        "installed {} and {}; the runtime's next pod uses network {:?} (`vethctl status -n {}`)\n",
+        plugin.display(),
+        conf.display(),
+        options.name,
+        options.name
+    ))
 }
 
 fn print<T: serde::Serialize>(json: bool, report: &T, table: fn(&T) -> String) -> Result<()> {

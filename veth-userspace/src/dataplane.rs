@@ -58,6 +58,9 @@ pub struct PodEntry {
     pub mac: [u8; 6],
     pub gateway_mac: [u8; 6],
     pub mtu: u32,
+    /// The pod's frames always take the host stack (see
+    /// [`PodIdentity::host_path`]).
+    pub host_path: bool,
 }
 
 impl PodEntry {
@@ -79,6 +82,7 @@ impl PodEntry {
             // `up` has just set the veth up; `vethctl agent` follows it.
             ready: 1,
             has_ipv6: u8::from(self.ipv6.is_some()),
+            host_path: u8::from(self.host_path),
             host_ifindex: self.host_ifindex,
         }
     }
@@ -379,6 +383,9 @@ fn unpin_incompatible_maps(pins: &Pins) -> Result<Vec<String>> {
     Ok(replaced)
 }
 
+/// Serializes slot choice between concurrent endpoint changes (CNI ADDs).
+const SLOTS_LOCK: &str = ".slots.lock";
+
 /// Most attaches in flight at once.
 const ATTACH_THREADS: usize = 64;
 
@@ -561,7 +568,8 @@ impl Dataplane {
         for stale in present.difference(ifindexes) {
             ignore_missing(devmap.remove(*stale)).context("removing a stale DEVMAP entry")?;
         }
-        for &ifindex in ifindexes {
+        // An entry is always its own ifindex: only missing ones are written.
+        for &ifindex in ifindexes.difference(&present) {
             devmap
                 .insert(ifindex, ifindex, None, 0)
                 .map_err(|e| anyhow!("writing DEVMAP entry {ifindex}: {e}"))?;
@@ -605,9 +613,13 @@ impl Dataplane {
             let slot = plan
                 .slot(pod.host_ifindex)
                 .expect("every wanted pod has a slot");
-            identities
-                .set(slot, pod.identity(), 0)
-                .context("writing a pod identity")?;
+            // Unchanged entries are not rewritten: adding one pod writes
+            // that pod's entries only.
+            if identities.get(&slot, 0).ok() != Some(pod.identity()) {
+                identities
+                    .set(slot, pod.identity(), 0)
+                    .context("writing a pod identity")?;
+            }
             v4.insert(ipv4_key(pod.ipv4.octets()), pod.endpoint(slot));
             if let Some(ipv6) = pod.ipv6 {
                 v6.insert(ipv6.octets(), pod.endpoint(slot));
@@ -621,8 +633,110 @@ impl Dataplane {
         self.sync_hash(MAP_ENDPOINTS6, v6)
     }
 
+    /// Puts one endpoint into the maps and leaves every other alone (a CNI
+    /// ADD): its slot (the one its veth has, else the lowest free one) with
+    /// its identity and, for a new slot, zeroed counters; its addresses; its
+    /// DEVMAP entry. The slot goes in last, so the programs only ever see a
+    /// complete endpoint. Concurrent callers are serialized by a lock file
+    /// in `lock_dir` while a slot is picked. Returns the slot.
+    pub fn put_endpoint(&mut self, pod: &PodEntry, lock_dir: &Path) -> Result<u32> {
+        let _lock = crate::state::lock_file(&lock_dir.join(SLOTS_LOCK), true)?;
+        let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(self.map(MAP_SLOTS)?))?;
+        let existing: BTreeMap<u32, u32> = slots.iter().filter_map(|e| e.ok()).collect();
+        let slot = match existing.get(&pod.host_ifindex) {
+            Some(&slot) => slot,
+            None => {
+                let taken: BTreeSet<u32> = existing.values().copied().collect();
+                let slot = (0..UNKNOWN_VETH_SLOT)
+                    .find(|s| !taken.contains(s))
+                    .ok_or_else(|| anyhow!("all {UNKNOWN_VETH_SLOT} endpoint slots are in use"))?;
+                let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+                let zero = PairCounters {
+                    host_ifindex: pod.host_ifindex,
+                    ..PairCounters::default()
+                };
+                let mut counters = PerCpuArray::<_, PairCounters>::try_from(Map::PerCpuArray(
+                    self.map(MAP_PAIR_COUNTERS)?,
+                ))?;
+                counters
+                    .set(slot, PerCpuValues::try_from(vec![zero; cpus])?, 0)
+                    .context("zeroing a new slot's counters")?;
+                slot
+            }
+        };
+        let mut identities = Array::<_, PodIdentity>::try_from(Map::Array(self.map(MAP_PODS)?))?;
+        identities
+            .set(slot, pod.identity(), 0)
+            .context("writing a pod identity")?;
+        let mut v4 = HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(self.map(MAP_ENDPOINTS)?))?;
+        v4.insert(ipv4_key(pod.ipv4.octets()), pod.endpoint(slot), 0)
+            .context("writing the IPv4 endpoint")?;
+        if let Some(ipv6) = pod.ipv6 {
+            let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(
+                self.map(MAP_ENDPOINTS6)?,
+            ))?;
+            v6.insert(ipv6.octets(), pod.endpoint(slot), 0)
+                .context("writing the IPv6 endpoint")?;
+        }
+        let mut devmap = DevMapHash::<_>::try_from(Map::DevMapHash(self.map(MAP_DEVMAP)?))?;
+        devmap
+            .insert(pod.host_ifindex, pod.host_ifindex, None, 0)
+            .map_err(|e| anyhow!("writing DEVMAP entry {}: {e}", pod.host_ifindex))?;
+        slots
+            .insert(pod.host_ifindex, slot, 0)
+            .context("writing a slot")?;
+        Ok(slot)
+    }
+
+    /// Takes one endpoint out of the maps (a CNI DEL): its slot first (the
+    /// programs stop using it at once), then its identity, its addresses
+    /// where they still name its veth, its DEVMAP entry. Whatever is
+    /// already gone is fine.
+    pub fn remove_endpoint(
+        &mut self,
+        host_ifindex: u32,
+        ipv4: Ipv4Addr,
+        ipv6: Option<std::net::Ipv6Addr>,
+        lock_dir: &Path,
+    ) -> Result<()> {
+        let _lock = crate::state::lock_file(&lock_dir.join(SLOTS_LOCK), true)?;
+        let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(self.map(MAP_SLOTS)?))?;
+        let slot = slots.get(&host_ifindex, 0).ok();
+        ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")?;
+        if let Some(slot) = slot {
+            let mut identities =
+                Array::<_, PodIdentity>::try_from(Map::Array(self.map(MAP_PODS)?))?;
+            identities
+                .set(slot, PodIdentity::default(), 0)
+                .context("clearing a freed slot")?;
+        }
+        let mut v4 = HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(self.map(MAP_ENDPOINTS)?))?;
+        let key = ipv4_key(ipv4.octets());
+        if v4
+            .get(&key, 0)
+            .is_ok_and(|e| e.host_ifindex == host_ifindex)
+        {
+            ignore_missing(v4.remove(&key)).context("removing the IPv4 endpoint")?;
+        }
+        if let Some(ipv6) = ipv6 {
+            let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(
+                self.map(MAP_ENDPOINTS6)?,
+            ))?;
+            let key = ipv6.octets();
+            if v6
+                .get(&key, 0)
+                .is_ok_and(|e| e.host_ifindex == host_ifindex)
+            {
+                ignore_missing(v6.remove(&key)).context("removing the IPv6 endpoint")?;
+            }
+        }
+        let mut devmap = DevMapHash::<_>::try_from(Map::DevMapHash(self.map(MAP_DEVMAP)?))?;
+        ignore_missing(devmap.remove(host_ifindex)).context("removing a DEVMAP entry")?;
+        Ok(())
+    }
+
     /// Makes a hash map hold exactly `wanted`.
-    fn sync_hash<K: aya::Pod + Ord, V: aya::Pod>(
+    fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
         &mut self,
         name: &str,
         wanted: BTreeMap<K, V>,
@@ -638,6 +752,9 @@ impl Dataplane {
                 .with_context(|| format!("removing a stale entry of {name}"))?;
         }
         for (key, value) in wanted {
+            if hash.get(&key, 0).ok().as_ref() == Some(&value) {
+                continue;
+            }
             hash.insert(key, value, 0)
                 .with_context(|| format!("writing {name}"))?;
         }

@@ -155,8 +155,11 @@ fn yes() -> bool {
     true
 }
 
+/// The MTU of pods when nothing says otherwise.
+pub const DEFAULT_MTU: u32 = 1500;
+
 fn default_mtu() -> u32 {
-    1500
+    DEFAULT_MTU
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,11 +220,19 @@ pub struct Uplink {
     pub interface: Option<String>,
 }
 
-/// One pod: a network namespace with `eth0`, whose peer is `host_veth`.
+/// One endpoint: a network namespace with `ifname`, whose peer is
+/// `host_veth`. A topology file's pods and a CNI ADD's pods are both pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
+    /// The pod's name in its topology file, or `<container id>/<ifname>`
+    /// shortened for a runtime's pod (see [`crate::endpoint`]).
     pub name: String,
+    /// A namespace name under /run/netns (ours: made and deleted by
+    /// vethctl), or an absolute path (the runtime's: never made or deleted
+    /// by vethctl), see [`Pod::netns_is_ours`].
     pub netns: String,
+    /// The pod's interface inside `netns` (`eth0` for a topology file's pods).
+    pub ifname: String,
     pub host_veth: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
@@ -231,6 +242,50 @@ pub struct Pod {
     pub mac: [u8; 6],
     /// MAC of the host-side veth: the pod's gateway.
     pub gateway_mac: [u8; 6],
+    /// The Kubernetes pod behind a runtime's endpoint, when the runtime said.
+    pub k8s: Option<K8sPod>,
+    /// Frames from the pod never take a redirect (a runtime's pod with
+    /// hostPorts: see `veth_common::PodIdentity::host_path`).
+    pub host_path: bool,
+}
+
+/// Name of a pod's interface inside the namespaces vethctl makes.
+pub const POD_IFNAME: &str = "eth0";
+
+/// A Kubernetes pod as the runtime names it in `CNI_ARGS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct K8sPod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+}
+
+impl fmt::Display for K8sPod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+impl Pod {
+    /// True if vethctl made the pod's namespace (and so may delete it); a
+    /// runtime's namespace, given by path, is never ours.
+    pub fn netns_is_ours(&self) -> bool {
+        !self.netns.starts_with('/')
+    }
+
+    /// How people know this pod: `namespace/name` for a Kubernetes pod,
+    /// else its name.
+    pub fn display_name(&self) -> String {
+        match &self.k8s {
+            Some(k8s) => k8s.to_string(),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// The IPv6 link-local address of an interface with this MAC (EUI-64).
@@ -314,9 +369,22 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ModelError {
     }
 }
 
+/// The addresses each pod was given, by pod name: what [`Topology::from_toml_keeping`]
+/// keeps so that a pod never moves when another comes or goes.
+pub type Assigned = BTreeMap<String, (Ipv4Addr, Option<Ipv6Addr>)>;
+
 impl Topology {
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text; pods without fixed addresses get the
+    /// lowest free ones.
     pub fn from_toml(text: &str) -> Result<Topology, ModelError> {
+        Topology::from_toml_keeping(text, &Assigned::new())
+    }
+
+    /// Like [`Topology::from_toml`], but a pod without a fixed address keeps
+    /// the one it had in `previous` while that is still usable and not
+    /// fixed for another pod (the allocator is keyed by pod name: removing
+    /// pod `a` never renumbers `b`).
+    pub fn from_toml_keeping(text: &str, previous: &Assigned) -> Result<Topology, ModelError> {
         if text.len() > MAX_TOPOLOGY_BYTES {
             return Err(too_large(text.len() as u64));
         }
@@ -330,7 +398,7 @@ impl Topology {
             };
             invalid(field, e.message().trim_end().to_string())
         })?;
-        file.validate()
+        file.validate_keeping(previous)
     }
 
     /// The built-in default topology.
@@ -347,6 +415,21 @@ impl Topology {
 
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// The pod people call `name`: its own name, or for a runtime's pod
+    /// its `namespace/name` as `status` shows it.
+    pub fn pod_named(&self, name: &str) -> Option<&Pod> {
+        self.pod(name)
+            .or_else(|| self.pods.iter().find(|p| p.display_name() == name))
+    }
+
+    /// Every pod's addresses, to keep them next time.
+    pub fn assigned(&self) -> Assigned {
+        self.pods
+            .iter()
+            .map(|p| (p.name.clone(), (p.ipv4, p.ipv6)))
+            .collect()
     }
 }
 
@@ -550,6 +633,12 @@ fn refuse_reserved6(cidr: Ipv6Net) -> Result<(), ModelError> {
 
 impl TopologyFile {
     pub fn validate(self) -> Result<Topology, ModelError> {
+        self.validate_keeping(&Assigned::new())
+    }
+
+    /// Validates, keeping the addresses of `previous` (see
+    /// [`Topology::from_toml_keeping`]).
+    pub fn validate_keeping(self, previous: &Assigned) -> Result<Topology, ModelError> {
         validate_topology_name(&self.name)?;
         let prefix = object_prefix(&self.name);
 
@@ -633,6 +722,7 @@ impl TopologyFile {
                 .iter()
                 .map(|p| (p.ipv4, p.name.as_str()))
                 .collect(),
+            |name| previous.get(name).map(|a| a.0),
             usable,
             cidr.hosts(),
         )?;
@@ -690,6 +780,7 @@ impl TopologyFile {
                         .iter()
                         .map(|p| (p.ipv6, p.name.as_str()))
                         .collect(),
+                    |name| previous.get(name).and_then(|a| a.1),
                     usable6,
                     (1u128..)
                         .map(|n| nth_address6(cidr6_net, n))
@@ -769,7 +860,10 @@ impl TopologyFile {
             let name_in_kernel = format!("{prefix}{}", pod.name);
             pods.push(Pod {
                 netns: name_in_kernel.clone(),
+                ifname: POD_IFNAME.to_string(),
                 host_veth: name_in_kernel,
+                k8s: None,
+                host_path: false,
                 mac: pod_mac(ipv4),
                 gateway_mac: GATEWAY_MAC,
                 ipv4,
@@ -816,12 +910,14 @@ fn validate_mtu(field: &str, mtu: u32) -> Result<(), ModelError> {
 }
 
 /// Hands out addresses: fixed ones are checked and claimed first (in file
-/// order), then pods without one get the lowest free candidates.
+/// order), then pods without one keep their `previous` address where it is
+/// still usable and free, then the others get the lowest free candidates.
 fn assign_addresses<A: Ord + Copy + fmt::Display>(
     family: &str,
     cidr: &str,
     host: A,
     fixed: Vec<(Option<A>, &str)>,
+    previous: impl Fn(&str) -> Option<A>,
     usable: impl Fn(A) -> bool,
     candidates: impl Iterator<Item = A>,
 ) -> Result<Vec<A>, ModelError> {
@@ -853,11 +949,23 @@ fn assign_addresses<A: Ord + Copy + fmt::Display>(
             ));
         }
     }
+    let kept: Vec<Option<A>> = fixed
+        .iter()
+        .map(|(addr, name)| match addr {
+            Some(_) => None,
+            None => previous(name)
+                .filter(|a| usable(*a) && !owner.contains_key(a))
+                .inspect(|a| {
+                    owner.insert(*a, name.to_string());
+                }),
+        })
+        .collect();
     let mut free = candidates.filter(|a| usable(*a) && !owner.contains_key(a));
     fixed
         .into_iter()
+        .zip(kept)
         .enumerate()
-        .map(|(i, (addr, _))| match addr {
+        .map(|(i, ((addr, _), kept))| match addr.or(kept) {
             Some(addr) => Ok(addr),
             None => free.next().ok_or_else(|| {
                 invalid(
@@ -892,6 +1000,62 @@ mod tests {
     }
 
     const BASE: &str = "name = \"t1\"\npod_cidr = \"10.9.0.0/24\"\n";
+
+    #[test]
+    fn recorded_pods_keep_their_addresses() {
+        let dual = "name = \"t1\"\npod_cidr = \"10.9.0.0/24\"\npod_cidr6 = \"fd00:9::/64\"\n";
+        let pods = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("[[pods]]\nname = \"{n}\"\n"))
+                .collect::<String>()
+        };
+        let addrs = |t: &Topology| -> Vec<String> {
+            t.pods
+                .iter()
+                .map(|p| format!("{}={},{}", p.name, p.ipv4, p.ipv6.unwrap()))
+                .collect()
+        };
+        let first = parse(&format!("{dual}{}", pods(&["a", "b", "c"]))).unwrap();
+        assert_eq!(
+            addrs(&first),
+            [
+                "a=10.9.0.2,fd00:9::2",
+                "b=10.9.0.3,fd00:9::3",
+                "c=10.9.0.4,fd00:9::4"
+            ]
+        );
+        // Without the record, removing a renumbers b and c (the bug).
+        let forgetful = parse(&format!("{dual}{}", pods(&["b", "c"]))).unwrap();
+        assert_eq!(
+            addrs(&forgetful),
+            ["b=10.9.0.2,fd00:9::2", "c=10.9.0.3,fd00:9::3"]
+        );
+        // With it, b and c stay; a new pod gets the lowest free address.
+        let kept = Topology::from_toml_keeping(
+            &format!("{dual}{}", pods(&["b", "c", "d"])),
+            &first.assigned(),
+        )
+        .unwrap();
+        assert_eq!(
+            addrs(&kept),
+            [
+                "b=10.9.0.3,fd00:9::3",
+                "c=10.9.0.4,fd00:9::4",
+                "d=10.9.0.2,fd00:9::2"
+            ]
+        );
+        // A fixed address wins over a kept one; the pod that had it moves.
+        let fixed =
+            format!("{dual}[[pods]]\nname = \"b\"\n[[pods]]\nname = \"e\"\nipv4 = \"10.9.0.3\"\n");
+        let t = Topology::from_toml_keeping(&fixed, &first.assigned()).unwrap();
+        assert_eq!(t.pods[0].ipv4, Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(t.pods[1].ipv4, Ipv4Addr::new(10, 9, 0, 3));
+        // A recorded address outside a changed range is not kept.
+        let moved = "name = \"t1\"\npod_cidr = \"10.8.0.0/24\"\n[[pods]]\nname = \"b\"\n";
+        let t = Topology::from_toml_keeping(moved, &first.assigned()).unwrap();
+        assert_eq!(t.pods[0].ipv4, Ipv4Addr::new(10, 8, 0, 2));
+    }
 
     #[test]
     fn default_topology_has_three_pods_with_distinct_addresses() {

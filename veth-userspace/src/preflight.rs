@@ -44,7 +44,13 @@ pub async fn check(host: &Host, topology: &Topology) -> Result<()> {
     }
     let state = StateDir::new(&topology.name);
     let own = if state.exists() {
-        let mut own = Own::of(topology, state.load().ok().flatten().as_ref());
+        // A runtime's endpoints' host routes are the network's own too.
+        let recorded = state
+            .load()
+            .ok()
+            .flatten()
+            .map(crate::endpoint::with_endpoints);
+        let mut own = Own::of(topology, recorded.as_ref());
         // What its ledger records is its own whatever it is called now
         // (a renamed veth); an unreadable ledger adds nothing.
         if let Ok(Some(ledger)) = Ledger::load(&state) {

@@ -11,10 +11,13 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::model::Topology;
+use crate::model::{Assigned, Topology};
 
 pub const STATE_ROOT: &str = "/run/vethctl";
 const TOPOLOGY_FILE: &str = "topology.toml";
+/// The addresses pods were given, so that they keep them (see
+/// [`Topology::from_toml_keeping`]).
+const ADDRESSES_FILE: &str = "pod-addresses.json";
 const LOCK_FILE: &str = ".lock";
 
 /// `/run/vethctl/<topology>/`.
@@ -53,12 +56,7 @@ impl StateDir {
     /// Records the description `up` is converging to. Written before any
     /// kernel object is made, so a crashed `up` is still visible.
     pub fn save(&self, topology_text: &str) -> Result<()> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let tmp = self.dir.join(format!(".{TOPOLOGY_FILE}.tmp"));
-        fs::write(&tmp, topology_text).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, self.dir.join(TOPOLOGY_FILE))
-            .with_context(|| format!("saving state in {}", self.dir.display()))
+        write_atomically(&self.dir, TOPOLOGY_FILE, topology_text.as_bytes())
     }
 
     /// The recorded description's text, if this topology was brought up.
@@ -71,15 +69,33 @@ impl StateDir {
         }
     }
 
-    /// The recorded topology, if this topology was brought up.
+    /// The recorded topology, if this topology was brought up, with the
+    /// addresses its pods were given.
     pub fn load(&self) -> Result<Option<Topology>> {
         let path = self.dir.join(TOPOLOGY_FILE);
         let Some(text) = self.load_text()? else {
             return Ok(None);
         };
-        Topology::from_toml(&text)
+        Topology::from_toml_keeping(&text, &self.load_addresses()?)
             .map(Some)
             .with_context(|| format!("{} is not a valid topology", path.display()))
+    }
+
+    /// Records the addresses `up` gave the pods (atomically).
+    pub fn save_addresses(&self, assigned: &Assigned) -> Result<()> {
+        let json = serde_json::to_vec_pretty(assigned).context("encoding pod addresses")?;
+        write_atomically(&self.dir, ADDRESSES_FILE, &json)
+    }
+
+    /// The addresses recorded by the last `up` (none before the first).
+    pub fn load_addresses(&self) -> Result<Assigned> {
+        let path = self.dir.join(ADDRESSES_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a valid address record", path.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Assigned::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     pub fn remove(&self) -> Result<()> {
@@ -89,6 +105,15 @@ impl StateDir {
             Err(e) => Err(e).with_context(|| format!("removing {}", self.dir.display())),
         }
     }
+}
+
+/// Writes `dir/name` whole or not at all (write a temporary file, then
+/// rename it over the old one).
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(name)).with_context(|| format!("saving {}", dir.join(name).display()))
 }
 
 /// Names of the topologies with recorded state, sorted.
@@ -147,18 +172,80 @@ pub fn lock() -> Result<Lock> {
     Ok(Lock { _file: file })
 }
 
-/// The lock of [`lock`] if nobody holds it now: for `vethctl agent`, which
-/// must never change maps under an `up` or `down` in progress (it tries
-/// again on its next pass).
-pub fn try_lock() -> Result<Option<Lock>> {
-    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
-    Ok(lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), false)?.map(|file| Lock { _file: file }))
+/// How a network's lock is held: shared by work on one endpoint (a CNI
+/// ADD or DEL, the agent's readiness updates), which many do at once;
+/// exclusive by changes of the whole network (`up`, `down`, `mode set`,
+/// GC), which wait for all of them, and they for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    Shared,
+    Exclusive,
+}
+
+/// Where networks' locks live: beside, not inside, their state
+/// directories, which `down` removes with everything in them.
+const NETWORK_LOCKS: &str = ".locks";
+
+fn network_lock_path(name: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(NETWORK_LOCKS).join(name)
+}
+
+/// Network `name`'s lock, held as `hold`; without `wait`, `None` when it
+/// cannot be had now. One network's changes never wait for another's.
+pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = network_lock_path(name);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let operation = match hold {
+        Hold::Shared => libc::LOCK_SH,
+        Hold::Exclusive => libc::LOCK_EX,
+    };
+    loop {
+        let Some(file) = flock_file(&path, operation, wait)? else {
+            return Ok(None);
+        };
+        // `down` removes the file while holding it: a lock on a removed
+        // file guards nothing, so take the one now at the path instead.
+        let current = fs::metadata(&path).map(|m| m.ino()).ok();
+        if current == Some(file.metadata()?.ino()) {
+            return Ok(Some(Lock { _file: file }));
+        }
+    }
+}
+
+/// Removes network `name`'s lock file once the network is gone; the
+/// caller holds the lock exclusively (see [`network_lock`]).
+pub fn remove_network_lock(name: &str) -> Result<()> {
+    let path = network_lock_path(name);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// The locks a change of network `name` holds: the global one (the host
+/// namespace is shared: other topologies' ranges, bpffs), then the
+/// network's, exclusively.
+pub fn change_lock(name: &str) -> Result<(Lock, Lock)> {
+    let global = lock()?;
+    let network = network_lock(name, Hold::Exclusive, true)?
+        .context("a blocking lock returned without the lock")?;
+    Ok((global, network))
 }
 
 /// Opens (creating) `path` and takes an exclusive `flock` on it, held until
 /// the file is dropped (or its process dies). With `wait`, blocks until
 /// the lock is ours; without, `None` if someone else holds it.
 pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
+    flock_file(path, libc::LOCK_EX, wait)
+}
+
+/// Opens (creating) `path` and `flock`s it with `operation` (`LOCK_EX` or
+/// `LOCK_SH`); see [`lock_file`].
+fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<File>> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -166,9 +253,9 @@ pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let operation = if wait {
-        libc::LOCK_EX
+        operation
     } else {
-        libc::LOCK_EX | libc::LOCK_NB
+        operation | libc::LOCK_NB
     };
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {

@@ -4,8 +4,8 @@
 //! the kernel's link event; a periodic pass over all links catches what
 //! events miss (a full socket buffer, an agent started late).
 //!
-//! It never acts while `up`, `down` or `mode set` holds the change lock
-//! (they rewrite the maps and the record; acting on half of each would
+//! It never acts on a topology while `up`, `down` or `mode set` holds its
+//! lock (they rewrite the maps and the record; acting on half of each would
 //! forget live pods): events then wait for the next periodic pass.
 //!
 //! Without it, the maps change only when `vethctl up` runs: a gone pod's
@@ -83,20 +83,26 @@ pub async fn run(host: Host) -> Result<()> {
     }
 }
 
-/// Every recorded topology whose description can be read.
-fn topologies() -> Vec<Topology> {
-    state::recorded_topologies()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|name| StateDir::new(name).load().ok().flatten())
-        .collect()
+/// Runs `f` on every recorded topology whose description can be read and
+/// that no change holds (see [`unless_changing`]), read under its lock,
+/// with its runtime endpoints.
+fn each_topology(mut f: impl FnMut(&Topology)) {
+    for name in state::recorded_topologies().unwrap_or_default() {
+        let Some(_lock) = unless_changing(&name) else {
+            continue;
+        };
+        if let Ok(Some(topology)) = StateDir::new(&name).load() {
+            f(&crate::endpoint::with_endpoints(topology));
+        }
+    }
 }
 
-/// The change lock, unless `up` or `down` holds it: the agent then leaves
-/// the maps alone (they are being rewritten) and the next periodic pass
-/// catches up.
-fn unless_changing() -> Option<crate::state::Lock> {
-    match state::try_lock() {
+/// Topology `name`'s lock, shared, unless a change of it (`up`, `down`,
+/// `mode set`) holds it: the agent then leaves its maps alone (they are
+/// being rewritten) and the next periodic pass catches up. Endpoint work
+/// (CNI ADD and DEL) shares it: readiness updates are per endpoint too.
+fn unless_changing(name: &str) -> Option<crate::state::Lock> {
+    match state::network_lock(name, state::Hold::Shared, false) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("vethctl agent: {e:#}");
@@ -114,14 +120,9 @@ async fn on_link(host: &Host, ifindex: u32) {
             return;
         }
     };
-    let Some(_lock) = unless_changing() else {
-        return;
-    };
-    for topology in topologies() {
-        apply(&topology, ifindex, |pod| {
-            judge(&topology, pod, link.as_ref())
-        });
-    }
+    each_topology(|topology| {
+        apply(topology, ifindex, |pod| judge(topology, pod, link.as_ref()));
+    });
 }
 
 /// Applies `verdict` to the pod of `topology` behind `ifindex`, if any.
@@ -152,16 +153,13 @@ pub async fn reconcile(host: &Host) {
             return;
         }
     };
-    let Some(_lock) = unless_changing() else {
-        return;
-    };
-    for topology in topologies() {
+    each_topology(|topology| {
         let result = (|| -> Result<()> {
             let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
                 return Ok(());
             };
             for pod in maps.pods()? {
-                let verdict = judge(&topology, &pod, links.get(&pod.host_ifindex));
+                let verdict = judge(topology, &pod, links.get(&pod.host_ifindex));
                 act(&topology.name, &mut maps, &pod, verdict)?;
             }
             Ok(())
@@ -172,7 +170,7 @@ pub async fn reconcile(host: &Host) {
                 topology.name
             );
         }
-    }
+    });
 }
 
 fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdict) -> Result<()> {

@@ -52,6 +52,30 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         seconds: u64,
     },
+    /// Pod start: CNI ADD and DEL latency of veth-cni (tc; built-in IPAM
+    /// and host-local) beside the reference bridge and ptp plugins
+    /// (host-local), one at a time and concurrently, interleaved.
+    Cni {
+        /// Pods per plugin, each added and deleted once one at a time and
+        /// once concurrently (--quick: at most 20).
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+        /// Plugin executions in flight at once in the concurrent half.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Pods per round: every plugin adds and deletes this many before
+        /// the next round (--quick: at most 10).
+        #[arg(long, default_value_t = 40)]
+        batch: usize,
+        /// Few pods, short rounds, no profile unless --profile: a smoke
+        /// test that runs in well under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Also trace a few ADDs and DELs with strace to show where the
+        /// time goes (done anyway when a target is missed, except --quick).
+        #[arg(long)]
+        profile: bool,
+    },
     /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
     Control {
         /// Topology sizes to bring up and down.
@@ -147,6 +171,22 @@ fn main() -> ExitCode {
         Task::Bench {
             bench: Bench::Checks { rounds },
         } => bench::checks::run(rounds),
+        Task::Bench {
+            bench:
+                Bench::Cni {
+                    pods,
+                    parallel,
+                    batch,
+                    quick,
+                    profile,
+                },
+        } => bench::cni::run(&bench::cni::Options {
+            pods,
+            parallel,
+            batch,
+            quick,
+            profile,
+        }),
         Task::Bench {
             bench: Bench::Control { sizes, adds },
         } => bench::control::run(&sizes, adds),

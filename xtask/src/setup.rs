@@ -29,6 +29,21 @@ const PACKAGES: &[&str] = &[
     "nftables",
     // rsvg-convert: the benchmark chart as PNG, from its SVG.
     "librsvg2-bin",
+    // The runtime tests (tests/src/runtime): a private containerd driven
+    // over CRI and podman with its CNI backend, both on runc, with the
+    // reference CNI plugins (/usr/lib/cni; portmap needs iptables).
+    "containerd",
+    "runc",
+    "podman",
+    "containernetworking-plugins",
+    "iptables",
+    // The podman containers' root filesystem (a static /bin/busybox).
+    "busybox-static",
+    // The pod sandbox ("pause") binary, linked statically with glibc's libc.a.
+    "gcc",
+    "libc6-dev",
+    // protoc: the k8s-cri crate generates the CRI client from its .proto.
+    "protobuf-compiler",
 ];
 
 /// Debian's rustc, which builds the eBPF crate; bpf-linker must share its LLVM.

@@ -142,6 +142,7 @@ fn pods() -> (PodEntry, PodEntry) {
         mac: [0x0a, 0x58, 198, 18, 0, last],
         gateway_mac: veth_common::GATEWAY_MAC,
         mtu: 1500,
+        host_path: false,
     };
     let a = pod(TEST_RUN_IFINDEX, 2);
     // A test run repeats the program on the same buffer: the server's MACs

@@ -31,8 +31,7 @@ pub struct HostAddress {
     pub secondary: bool,
 }
 
-/// Name of a pod's interface inside its namespace.
-pub const POD_IFNAME: &str = "eth0";
+pub use crate::model::POD_IFNAME;
 
 /// An rtnetlink connection opened on the calling thread, which must be in
 /// the host namespace (the tool never moves its runtime threads).
@@ -82,14 +81,14 @@ impl Host {
     pub async fn create_pod_veth(&self, pod: &Pod) -> Result<()> {
         let ns = netns::open(&pod.netns)?;
         let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
-            .name(POD_IFNAME.to_string())
+            .name(pod.ifname.clone())
             .address(pod.mac.to_vec())
             .mtu(pod.mtu)
             .setns_by_fd(ns.as_raw_fd())
             // Not `.up()`: the kernel refuses IFF_UP for a peer created in
             // another namespace (ENOTCONN); `pod::configure` brings it up.
             .build();
-        let msg = LinkVeth::new(&pod.host_veth, POD_IFNAME)
+        let msg = LinkVeth::new(&pod.host_veth, &pod.ifname)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .address(pod.gateway_mac.to_vec())
             .mtu(pod.mtu)
@@ -97,8 +96,8 @@ impl Host {
         let result = self.handle.link().add(msg).execute().await;
         drop(ns);
         result.map_err(context(format!(
-            "pod {:?}: creating veth {:?} with peer {POD_IFNAME} in namespace {:?}",
-            pod.name, pod.host_veth, pod.netns
+            "pod {:?}: creating veth {:?} with peer {} in namespace {:?}",
+            pod.name, pod.host_veth, pod.ifname, pod.netns
         )))
     }
 
@@ -142,6 +141,11 @@ impl Host {
         links::list_marked(&self.handle).await
     }
 
+    /// The alias of link `ifindex` (our mark on links we made).
+    pub async fn alias(&self, ifindex: u32) -> Result<Option<String>> {
+        links::alias_of(&self.handle, ifindex).await
+    }
+
     /// Marks a link of ours with `alias` (a no-op when it has it).
     pub async fn ensure_alias(&self, link: &LinkState, alias: &str) -> Result<()> {
         let current = links::alias_of(&self.handle, link.ifindex).await?;
@@ -161,22 +165,21 @@ impl Host {
         links::rename(&self.handle, ifindex, from, to).await
     }
 
-    /// Whether veth `link` is the peer of `eth0` in namespace `netns`: the
-    /// proof that a link made in the same request as that `eth0` is the
-    /// pod's (used for a link whose mark a crash kept from being set).
-    pub async fn is_pod_peer(&self, link: &LinkState, netns: &str) -> Result<bool> {
+    /// Whether veth `link` is the peer of `ifname` in namespace `netns`:
+    /// the proof that a link made in the same request as that interface is
+    /// the pod's (used for a link whose mark a crash kept from being set).
+    pub async fn is_pod_peer(&self, link: &LinkState, netns: &str, ifname: &str) -> Result<bool> {
         if !link.is_veth() || !netns::exists(netns) {
             return Ok(false);
         }
         let (host_ifindex, peer) = (link.ifindex, link.peer_ifindex);
+        let ifname = ifname.to_string();
         netns::run_in(netns, move |handle| async move {
-            Ok(links::by_name(&handle, POD_IFNAME)
-                .await?
-                .is_some_and(|eth0| {
-                    eth0.is_veth()
-                        && eth0.peer_ifindex == Some(host_ifindex)
-                        && peer == Some(eth0.ifindex)
-                }))
+            Ok(links::by_name(&handle, &ifname).await?.is_some_and(|eth0| {
+                eth0.is_veth()
+                    && eth0.peer_ifindex == Some(host_ifindex)
+                    && peer == Some(eth0.ifindex)
+            }))
         })
         .await
     }

@@ -20,8 +20,15 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 
+/// Where namespace `name` is: `/run/netns/<name>` for one of ours, the
+/// name itself for a runtime's namespace given by absolute path (CNI's
+/// `CNI_NETNS`, see [`crate::model::Pod::netns_is_ours`]).
 pub fn path(name: &str) -> PathBuf {
-    Path::new(NETNS_RUN_DIR).join(name)
+    if name.starts_with('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new(NETNS_RUN_DIR).join(name)
+    }
 }
 
 /// Names of the named namespaces that start with `prefix`.

@@ -19,7 +19,7 @@ use rtnetlink::{
 };
 
 use super::{
-    addresses, context, errno, ethtool, host::POD_IFNAME, is_gone, links, netns, replace_route,
+    addresses, context, errno, ethtool, is_gone, links, netns, replace_route,
     set_permanent_neighbour, sysctl,
 };
 use crate::model::{gateway_ipv6, Pod, GATEWAY_IPV4};
@@ -48,23 +48,23 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
         if let Some(lo) = links::by_name(&handle, "lo").await? {
             links::ensure_up(&handle, &lo, &lo.mac, None).await?;
         }
-        let eth0 = links::by_name(&handle, POD_IFNAME)
+        let eth0 = links::by_name(&handle, &pod.ifname)
             .await?
             .with_context(|| {
                 format!(
-                "{POD_IFNAME} is missing in namespace {:?}; run `vethctl down` and `vethctl up` \
-                 to recreate the pod",
-                pod.netns
-            )
+                    "{} is missing in namespace {:?}; run `vethctl down` and `vethctl up` to \
+                     recreate the pod",
+                    pod.ifname, pod.netns
+                )
             })?;
         // No duplicate address detection on eth0: its addresses are ours by
         // construction, and DAD keeps the link-local address unusable for a
         // second after every (re)configuration.
-        sysctl::disable_dad(POD_IFNAME)?;
+        sysctl::disable_dad(&pod.ifname)?;
         // New addresses are added before stale ones go (see
         // `addresses::ensure_exactly`): a new address of the old one's
         // subnet is a secondary, which must outlive the old primary.
-        sysctl::promote_secondaries(POD_IFNAME)?;
+        sysctl::promote_secondaries(&pod.ifname)?;
         links::ensure_up(&handle, &eth0, &pod.mac, Some(pod.mtu)).await?;
 
         let routed_gateways = {
@@ -154,8 +154,9 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
 /// which needs GRO on and tx checksum offload off on `eth0` (see
 /// [`super::ethtool`]); otherwise the veth defaults (GRO off, offload on).
 pub async fn set_offloads(pod: &Pod, xdp_receiver: bool) -> Result<()> {
+    let ifname = pod.ifname.clone();
     netns::run_in(&pod.netns, move |_| async move {
-        ethtool::set_offloads(POD_IFNAME, xdp_receiver, !xdp_receiver)
+        ethtool::set_offloads(&ifname, xdp_receiver, !xdp_receiver)
     })
     .await
     .with_context(|| format!("pod {:?}", pod.name))

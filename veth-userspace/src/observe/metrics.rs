@@ -73,22 +73,21 @@ impl Collector for MetricsSnapshot {
             for pair in &t.stats.pairs {
                 for (direction, v) in [("from_pod", &pair.from_pod), ("to_pod", &pair.to_pod)] {
                     for (path, p, b) in paths(v) {
-                        let labels = vec![
-                            ("topology", topology.clone()),
-                            ("pod", pair.pod.clone()),
-                            ("direction", direction.to_string()),
-                            ("path", path.to_string()),
-                        ];
+                        let labels = pod_labels(
+                            &topology,
+                            pair,
+                            [
+                                ("direction", direction.to_string()),
+                                ("path", path.to_string()),
+                            ],
+                        );
                         packets.push((labels.clone(), p));
                         bytes.push((labels, b));
                     }
                 }
                 for reason in DropReason::ALL {
-                    let labels = vec![
-                        ("topology", topology.clone()),
-                        ("pod", pair.pod.clone()),
-                        ("reason", reason.name().to_string()),
-                    ];
+                    let labels =
+                        pod_labels(&topology, pair, [("reason", reason.name().to_string())]);
                     drops.push((labels, pair.drops.get(reason.name()).copied().unwrap_or(0)));
                 }
             }
@@ -176,6 +175,19 @@ impl Collector for MetricsSnapshot {
     }
 }
 
+/// `topology`, `namespace` (a Kubernetes pod's only), `pod`, then `more`.
+fn pod_labels<const N: usize>(
+    topology: &str,
+    pair: &crate::observe::PairStats,
+    more: [(&'static str, String); N],
+) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("topology", topology.to_string())];
+    labels.extend(pair.namespace.clone().map(|ns| ("namespace", ns)));
+    labels.push(("pod", pair.pod.clone()));
+    labels.extend(more);
+    labels
+}
+
 /// (path label, packets, bytes) of one direction.
 fn paths(v: &Verdicts) -> [(&'static str, u64, u64); 3] {
     [
@@ -240,7 +252,7 @@ pub async fn gather(host: &Host, bpf_stats: bool) -> anyhow::Result<MetricsSnaps
         // One unreadable topology (e.g. recorded by a newer vethctl) must
         // not blank the metrics of all the others.
         let topology = match StateDir::new(&name).load() {
-            Ok(Some(topology)) => topology,
+            Ok(Some(topology)) => crate::endpoint::with_endpoints(topology),
             Ok(None) => continue,
             Err(e) => {
                 eprintln!("vethctl agent: skipping topology {name:?}: {e:#}");
@@ -309,6 +321,7 @@ mod tests {
         };
         let pair = PairStats {
             pod: "web".into(),
+            namespace: None,
             host_veth: "demo-web".into(),
             host_ifindex: 7,
             total: from_pod,

@@ -19,7 +19,7 @@ use crate::{
         Attachment, Pins,
     },
     model::{format_mac, Topology},
-    netlink::{host::POD_IFNAME, links::LinkState, Host},
+    netlink::{links::LinkState, Host},
 };
 
 /// `status --json`: `{"topologies": [...], "unreadable": [...]}`.
@@ -108,11 +108,14 @@ pub struct TopologyStatus {
 #[derive(Debug, Serialize)]
 pub struct PodStatus {
     pub name: String,
+    /// `namespace/name` of the Kubernetes pod behind a runtime's endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<String>,
     pub netns: String,
     pub ipv4: String,
     /// `null` for IPv4-only topologies.
     pub ipv6: Option<String>,
-    /// Interface inside the pod's namespace (always `eth0`).
+    /// Interface inside the pod's namespace (`eth0` for a topology's pods).
     pub pod_ifname: String,
     pub pod_ifindex: Option<u32>,
     pub pod_mac: String,
@@ -232,13 +235,14 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
         let pair = link
             .as_ref()
             .zip(pod_ifindex)
-            .map(|(l, peer)| format!("{POD_IFNAME}@if{} <-> {}@if{peer}", l.ifindex, l.name));
+            .map(|(l, peer)| format!("{}@if{} <-> {}@if{peer}", pod.ifname, l.ifindex, l.name));
         pods.push(PodStatus {
             name: pod.name.clone(),
+            k8s: pod.k8s.as_ref().map(|k| k.to_string()),
             netns: pod.netns.clone(),
             ipv4: pod.ipv4.to_string(),
             ipv6: pod.ipv6.map(|v| v.to_string()),
-            pod_ifname: POD_IFNAME.to_string(),
+            pod_ifname: pod.ifname.clone(),
             pod_ifindex,
             pod_mac: format_mac(&pod.mac),
             host_veth: pod.host_veth.clone(),
@@ -295,7 +299,7 @@ impl StatusReport {
                     .join(" / ");
                 let opt = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
                 rows.push(row([
-                    &p.name,
+                    p.k8s.as_ref().unwrap_or(&p.name),
                     &p.netns,
                     &p.ipv4,
                     p.ipv6.as_deref().unwrap_or("-"),
@@ -354,7 +358,13 @@ pub struct TopologyStats {
 /// `from_pod` and `to_pod` split them.
 #[derive(Clone, Debug, Serialize)]
 pub struct PairStats {
+    /// The pod's name: a topology file's, or the Kubernetes pod's name for
+    /// a runtime's endpoint (with [`PairStats::namespace`]), or the short
+    /// container id when the runtime gave none.
     pub pod: String,
+    /// The Kubernetes namespace of a runtime's endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub host_veth: String,
     pub host_ifindex: u32,
     #[serde(flatten)]
@@ -383,8 +393,10 @@ pub fn pair_stats(
             let c = counters.get(&ifindex)?;
             let mut total = c.from_pod;
             total.accumulate(&c.to_pod);
+            let (namespace, name) = k8s_names(pod);
             Some(PairStats {
-                pod: pod.name.clone(),
+                pod: name,
+                namespace,
                 host_veth: pod.host_veth.clone(),
                 host_ifindex: ifindex,
                 total,
@@ -406,6 +418,28 @@ pub fn pair_stats(
     }
 }
 
+/// (Kubernetes namespace, pod name) of a pod: the runtime's names where it
+/// gave them, else (none, the pod's own name).
+pub fn k8s_names(pod: &crate::model::Pod) -> (Option<String>, String) {
+    match &pod.k8s {
+        Some(k8s) if !k8s.name.is_empty() => (
+            Some(k8s.namespace.clone()).filter(|n| !n.is_empty()),
+            k8s.name.clone(),
+        ),
+        _ => (None, pod.name.clone()),
+    }
+}
+
+impl PairStats {
+    /// `namespace/name`, or the name.
+    pub fn display_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.pod),
+            None => self.pod.clone(),
+        }
+    }
+}
+
 /// Reads one topology's counters from its pinned map.
 pub async fn stats(host: &Host, topology: &Topology) -> Result<TopologyStats> {
     let ifindexes = host_ifindexes(host, topology).await?;
@@ -419,16 +453,20 @@ pub async fn pods_by_ifindex(host: &Host, topology: &Topology) -> Result<BTreeMa
     Ok(topology
         .pods
         .iter()
-        .filter_map(|p| Some((*ifindexes.get(&p.host_veth)?, p.name.clone())))
+        .filter_map(|p| Some((*ifindexes.get(&p.host_veth)?, p.display_name())))
         .collect())
 }
 
-/// Host-side veth name -> ifindex for the topology, in one netlink dump.
+/// Host-side veth name -> ifindex for the topology's pods (a runtime's
+/// endpoints included), in one netlink dump.
 pub async fn host_ifindexes(host: &Host, topology: &Topology) -> Result<BTreeMap<String, u32>> {
+    let wanted: std::collections::BTreeSet<&str> =
+        topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
     Ok(host
-        .links_with_prefix(&topology.object_prefix())
+        .links()
         .await?
         .into_iter()
+        .filter(|l| wanted.contains(l.name.as_str()))
         .map(|l| (l.name, l.ifindex))
         .collect())
 }
@@ -451,7 +489,7 @@ impl StatsReport {
             for p in &t.pairs {
                 for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {
                     rows.push(row([
-                        &p.pod,
+                        &p.display_name(),
                         &p.host_veth,
                         direction,
                         &v.redirected_packets.to_string(),

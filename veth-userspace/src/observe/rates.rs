@@ -190,6 +190,7 @@ mod tests {
             name: "demo".into(),
             pairs: vec![PairStats {
                 pod: pod.into(),
+                namespace: None,
                 host_veth: format!("demo-{pod}"),
                 host_ifindex: 1,
                 total,

@@ -1,0 +1,212 @@
+//! `vethctl install-cni`: puts the plugin where the runtime looks for
+//! plugins and a network configuration list where it looks for networks,
+//! as Cilium's and Calico's installers do. Both files are written whole or
+//! not at all (temporary file, then rename), so a runtime watching the
+//! directory (containerd does) never reads half of one.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use veth_cni_protocol::{Command, NetConf};
+
+/// The plugin's file name in the runtime's bin directory (its `type`).
+pub const PLUGIN_TYPE: &str = "veth-cni";
+
+/// What to install.
+#[derive(Clone, Debug)]
+pub struct InstallOptions {
+    pub plugin: PathBuf,
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub conf_file: String,
+    pub name: String,
+    pub mode: String,
+    /// `veth-builtin` or the name of a delegated IPAM plugin (`host-local`).
+    pub ipam: String,
+    pub subnet: String,
+    pub subnet6: Option<String>,
+    pub mtu: Option<u32>,
+    /// Plugins to chain after ours (`portmap`, `bandwidth`).
+    pub chain: Vec<String>,
+}
+
+/// The configuration list: `cniVersion` 1.0.0 with `cniVersions` listing
+/// 1.1.0, so runtimes on libcni 1.1 (containerd 1.6, podman 4) and newer
+/// ones (STATUS, GC) both use it.
+pub fn conflist(o: &InstallOptions) -> Value {
+    let ipam = if o.ipam == veth_cni_protocol::BUILTIN_IPAM_TYPE {
+        let mut ipam = json!({"type": o.ipam, "subnet": o.subnet});
+        if let Some(v6) = &o.subnet6 {
+            ipam["subnet6"] = json!(v6);
+        }
+        ipam
+    } else {
+        let mut ranges = vec![json!([{"subnet": o.subnet}])];
+        ranges.extend(o.subnet6.iter().map(|v6| json!([{"subnet": v6}])));
+        json!({"type": o.ipam, "ranges": ranges})
+    };
+    let mut ours = json!({"type": PLUGIN_TYPE, "mode": o.mode, "ipam": ipam});
+    if let Some(mtu) = o.mtu {
+        ours["mtu"] = json!(mtu);
+    }
+    // So the runtime tells us too which pods have hostPorts or bandwidth
+    // limits: they take the host stack (see `Record::host_path`).
+    let mut capabilities = serde_json::Map::new();
+    if o.chain.iter().any(|c| c == "portmap") {
+        capabilities.insert("portMappings".into(), json!(true));
+    }
+    if o.chain.iter().any(|c| c == "bandwidth") {
+        capabilities.insert("bandwidth".into(), json!(true));
+    }
+    if !capabilities.is_empty() {
+        ours["capabilities"] = capabilities.into();
+    }
+    let mut plugins = vec![ours];
+    for chained in &o.chain {
+        plugins.push(match chained.as_str() {
+            "portmap" => json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+            "bandwidth" => json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+            other => json!({"type": other}),
+        });
+    }
+    json!({
+        "cniVersion": "1.0.0",
+        "cniVersions": ["1.0.0", "1.1.0"],
+        "name": o.name,
+        "plugins": plugins,
+    })
+}
+
+/// Our plugin's configuration out of a list, as the runtime passes it
+/// (`name` and `cniVersion` injected).
+pub fn plugin_config(list: &Value) -> Result<Vec<u8>> {
+    let ours = list["plugins"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["type"] == PLUGIN_TYPE))
+        .with_context(|| format!("the list has no plugin of type {PLUGIN_TYPE:?}"))?;
+    let mut conf = ours.clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    if !list["cniVersions"].is_null() {
+        conf["cniVersions"] = list["cniVersions"].clone();
+    }
+    Ok(serde_json::to_vec(&conf)?)
+}
+
+/// Parses our plugin's entry of `list` as an ADD would: the same errors.
+pub fn validate(list: &Value) -> Result<NetConf> {
+    let bytes = plugin_config(list)?;
+    let conf = NetConf::parse(&bytes, Command::Add).map_err(|e| anyhow::anyhow!("{e}"))?;
+    super::network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(conf)
+}
+
+fn write_whole(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, &target).with_context(|| format!("installing {}", target.display()))?;
+    Ok(target)
+}
+
+/// Installs the plugin and the list; returns the two paths. The list is
+/// validated first (nothing is written for a bad one), and chained plugins
+/// must be in the bin directory already (the runtime would fail every pod).
+pub fn install(o: &InstallOptions) -> Result<(PathBuf, PathBuf)> {
+    let list = conflist(o);
+    validate(&list).context("the configuration would be refused by the plugin")?;
+    for chained in &o.chain {
+        if !o.bin_dir.join(chained).is_file() {
+            bail!(
+                "--chain {chained}: {} has no {chained} plugin; install the reference plugins \
+                 there (Debian: containernetworking-plugins, in /usr/lib/cni) or drop it from \
+                 --chain",
+                o.bin_dir.display()
+            );
+        }
+    }
+    if !o.ipam.eq(veth_cni_protocol::BUILTIN_IPAM_TYPE) && !o.bin_dir.join(&o.ipam).is_file() {
+        bail!(
+            "--ipam {}: {} has no such plugin; install it there or use --ipam {}",
+            o.ipam,
+            o.bin_dir.display(),
+            veth_cni_protocol::BUILTIN_IPAM_TYPE
+        );
+    }
+    let binary = fs::read(&o.plugin)
+        .with_context(|| format!("reading the plugin {}", o.plugin.display()))?;
+    let plugin = write_whole(&o.bin_dir, PLUGIN_TYPE, &binary, 0o755)?;
+    let text = serde_json::to_string_pretty(&list)? + "\n";
+    let conf = write_whole(&o.conf_dir, &o.conf_file, text.as_bytes(), 0o644)?;
+    Ok((plugin, conf))
+}
+
+/// Reads a configuration list file and returns our plugin's configuration.
+pub fn read_list(path: &Path) -> Result<Value> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > crate::model::MAX_TOPOLOGY_BYTES {
+        bail!("{} is larger than 1 MiB", path.display());
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> InstallOptions {
+        InstallOptions {
+            plugin: PathBuf::from("/nonexistent"),
+            bin_dir: PathBuf::from("/opt/cni/bin"),
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            conf_file: "10-vethctl.conflist".into(),
+            name: "vethnet".into(),
+            mode: "tc".into(),
+            ipam: "veth-builtin".into(),
+            subnet: "10.244.0.0/24".into(),
+            subnet6: Some("fd00:10:244::/64".into()),
+            mtu: None,
+            chain: vec!["portmap".into()],
+        }
+    }
+
+    #[test]
+    fn the_list_serves_old_and_new_runtimes_and_validates() {
+        let list = conflist(&options());
+        assert_eq!(list["cniVersion"], "1.0.0");
+        assert_eq!(list["cniVersions"], json!(["1.0.0", "1.1.0"]));
+        assert_eq!(list["plugins"][0]["ipam"]["subnet6"], "fd00:10:244::/64");
+        assert_eq!(list["plugins"][1]["capabilities"]["portMappings"], true);
+        let conf = validate(&list).unwrap();
+        assert_eq!(conf.name, "vethnet");
+        let mut host_local = options();
+        host_local.ipam = "host-local".into();
+        let list = conflist(&host_local);
+        assert_eq!(
+            list["plugins"][0]["ipam"]["ranges"][1][0]["subnet"],
+            "fd00:10:244::/64"
+        );
+        validate(&list).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_anything_is_written() {
+        let mut o = options();
+        o.mode = "pair".into();
+        assert!(format!("{:#}", install(&o).unwrap_err()).contains("pair"));
+        let mut o = options();
+        o.name = "much-too-long-name".into();
+        assert!(format!("{:#}", install(&o).unwrap_err()).contains("name"));
+    }
+}

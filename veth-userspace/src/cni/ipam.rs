@@ -1,0 +1,217 @@
+//! Addresses for an ADD: vethctl's own pool, or a delegated IPAM plugin
+//! (`host-local`) run from `CNI_PATH` as the spec's section 4 says — with
+//! our own variables and exactly the configuration we were given — and
+//! given back on DEL, on a failed ADD, and on GC.
+
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use veth_cni_protocol::{CniError, CniResult, ErrorReply, Ipam, Request};
+
+use crate::{
+    endpoint::AddressSource,
+    ipam::{Pool, Ranges},
+    model::Topology,
+    state::StateDir,
+};
+
+/// An endpoint's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addresses {
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::internal(format!("{what}: {e:#}"))
+}
+
+/// The network's own pool: its ranges less the node addresses.
+fn pool(network: &Topology) -> Pool {
+    let offset = u32::from(network.host_address) - u32::from(network.pod_cidr.network());
+    Pool::new(
+        StateDir::new(&network.name).path(),
+        Ranges {
+            v4: network.pod_cidr,
+            v6: network.pod_cidr6,
+            reserved: [offset].into(),
+        },
+    )
+}
+
+/// The addresses of attachment `key`: from the pool, or from the delegated
+/// plugin's ADD.
+pub fn allocate(
+    req: &Request,
+    network: &Topology,
+    key: &str,
+) -> Result<(Addresses, AddressSource), CniError> {
+    match req.config.ipam.as_ref() {
+        Some(Ipam::Delegated(d)) => {
+            let out = exec(req, &d.plugin, "ADD", &[])?;
+            let result = CniResult::parse(&out, req.version(), &format!("{}'s result", d.plugin))?;
+            let pick4 = result.ips.iter().find_map(|ip| match ip.address.addr() {
+                IpAddr::V4(a) => Some(a),
+                _ => None,
+            });
+            let pick6 = result.ips.iter().find_map(|ip| match ip.address.addr() {
+                IpAddr::V6(a) => Some(a),
+                _ => None,
+            });
+            let source = AddressSource::Delegated {
+                plugin: d.plugin.clone(),
+            };
+            let Some(ipv4) = pick4 else {
+                let _ = release(req, &network.name, key, &source);
+                return Err(CniError::invalid_config(
+                    "ipam",
+                    format!("{} gave no IPv4 address; configure an IPv4 range", d.plugin),
+                ));
+            };
+            let outside = !network.pod_cidr.contains(&ipv4)
+                || pick6.is_some_and(|a| !network.pod_cidr6.is_some_and(|n| n.contains(&a)));
+            if outside {
+                let _ = release(req, &network.name, key, &source);
+                return Err(CniError::invalid_config(
+                    "ipam",
+                    format!(
+                        "{} gave {ipv4}{}, outside the network's first range {}; give every \
+                         range of one family the same subnet",
+                        d.plugin,
+                        pick6.map(|a| format!(" and {a}")).unwrap_or_default(),
+                        network.pod_cidr
+                    ),
+                ));
+            }
+            Ok((
+                Addresses {
+                    ipv4,
+                    ipv6: pick6.filter(|_| network.pod_cidr6.is_some()),
+                },
+                source,
+            ))
+        }
+        _ => {
+            let a = pool(network)
+                .allocate(key)
+                .map_err(|e| internal("allocating addresses", e))?;
+            Ok((
+                Addresses {
+                    ipv4: a.ipv4,
+                    ipv6: a.ipv6,
+                },
+                AddressSource::Builtin,
+            ))
+        }
+    }
+}
+
+/// Gives attachment `key`'s addresses back (fine if it has none).
+pub fn release(
+    req: &Request,
+    network: &str,
+    key: &str,
+    source: &AddressSource,
+) -> Result<(), CniError> {
+    match source {
+        AddressSource::Builtin => release_builtin(network, |k| k != key).map(|_| ()),
+        AddressSource::Delegated { plugin } => exec(req, plugin, "DEL", &[]).map(|_| ()),
+    }
+}
+
+/// Frees every pool allocation `keep` says no to; returns their keys.
+pub fn release_builtin(
+    network: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, CniError> {
+    let dir = StateDir::new(network);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    // Releasing needs no ranges: any will do.
+    let pool = Pool::new(
+        dir.path(),
+        Ranges {
+            v4: ipnet::Ipv4Net::default(),
+            v6: None,
+            reserved: Default::default(),
+        },
+    );
+    pool.retain(keep)
+        .map_err(|e| internal("releasing addresses", e))
+}
+
+/// Where `plugin` is in `CNI_PATH`.
+fn find(req: &Request, plugin: &str) -> Result<PathBuf, CniError> {
+    let path = req.env.require_path()?;
+    path.iter()
+        .map(|dir| dir.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::invalid_config(
+                "ipam.type",
+                format!(
+                    "IPAM plugin {plugin:?} is not in CNI_PATH ({}); install it there or use \
+                     \"veth-builtin\"",
+                    path.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                ),
+            )
+        })
+}
+
+/// Runs `plugin` for `command` with our stdin and our variables, `CNI_COMMAND`
+/// and `vars` replaced; its stdout, or its error passed through.
+pub fn exec(
+    req: &Request,
+    plugin: &str,
+    command: &str,
+    vars: &[(&str, &str)],
+) -> Result<Vec<u8>, CniError> {
+    let binary = find(req, plugin)?;
+    run(&binary, plugin, command, vars, &req.stdin)
+}
+
+fn run(
+    binary: &Path,
+    plugin: &str,
+    command: &str,
+    vars: &[(&str, &str)],
+    stdin: &[u8],
+) -> Result<Vec<u8>, CniError> {
+    let mut cmd = Command::new(binary);
+    cmd.env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| internal(&format!("starting {}", binary.display()), e))?;
+    if let Some(mut input) = child.stdin.take() {
+        // A plugin that exits without reading is judged by its output.
+        let _ = input.write_all(stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| internal(&format!("running {plugin}"), e))?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    match ErrorReply::parse(&out.stdout) {
+        Ok(reply) => Err(CniError::from_delegated(plugin, reply)),
+        Err(_) => Err(CniError::internal(format!(
+            "{plugin} {command} failed ({}) without an error result: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}

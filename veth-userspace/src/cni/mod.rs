@@ -1,0 +1,431 @@
+//! `veth-cni`: the dataplane as a CNI plugin, over [`veth_cni_protocol`]
+//! (the protocol, pure) and [`crate::endpoint`] (the work).
+//!
+//! One node network per configuration `name` ([`network::network`]): the
+//! first ADD (or `vethctl agent --cni-conf`) brings it up — programs
+//! loaded and pinned, node address, masquerade, unreachable routes — under
+//! the exclusive change lock; every ADD and DEL after that holds the lock
+//! shared and only does endpoint work, so many run at once. A configuration
+//! that changes (another mode) converges the network, and its endpoints
+//! with it, on the next ADD.
+
+pub mod install;
+pub mod ipam;
+pub mod network;
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use ipnet::IpNet;
+use veth_cni_protocol::{CniError, CniResult, Dns, Interface, IpConfig, Plugin, Request, Route};
+
+use crate::{
+    apply,
+    dataplane::Pins,
+    endpoint::{self, wire, AddressSource, EndpointError, Record, Store},
+    model::{format_mac, gateway_ipv6, K8sPod, Mode, Topology, GATEWAY_IPV4},
+    netlink::Host,
+    preflight,
+    state::{self, StateDir},
+};
+
+/// The plugin.
+pub struct VethCni;
+
+/// The `veth-cni` binary: reads stdin, runs the verb in the `CNI_*`
+/// variables, writes the result or error, and exits with its code. A
+/// function here so that the integration tests' copy of the binary runs
+/// exactly this code.
+pub fn main() -> ! {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    // An unreadable stdin stays empty: the protocol answers code 6.
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
+    for line in &out.stderr {
+        eprintln!("veth-cni: {line}");
+    }
+    // The runtime reads stdout; if it went away there is no one to tell.
+    let _ = std::io::stdout().write_all(&out.stdout);
+    let _ = std::io::stdout().flush();
+    std::process::exit(out.exit_code);
+}
+
+impl Plugin for VethCni {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        block_on(add(req))
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        block_on(del(req))
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        block_on(check(req))
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        status(req)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        block_on(gc(req))
+    }
+}
+
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, CniError>>,
+) -> Result<T, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::internal(format!("starting the runtime: {e}")))?
+        .block_on(work)
+}
+
+/// Our failures as the spec's error result: the chain in `msg` (runtimes
+/// show it), the kind as the code.
+fn cni_error(e: EndpointError) -> CniError {
+    match e {
+        EndpointError::InvalidConfig { field, message } => CniError::invalid_config(field, message),
+        EndpointError::InvalidNetns { path, reason } => {
+            CniError::invalid_env("CNI_NETNS", path, reason)
+        }
+        EndpointError::TryAgain(reason) => CniError::TryAgainLater { reason },
+        EndpointError::Conflict(msg) => CniError::internal(msg),
+        EndpointError::Failed(e) => CniError::internal(format!("{e:#}")),
+    }
+}
+
+fn failed(e: anyhow::Error) -> CniError {
+    cni_error(EndpointError::Failed(e))
+}
+
+/// Network `name`'s lock, shared: endpoint work of many ADDs and DELs at
+/// once, none during a change of the whole network.
+fn shared_lock(name: &str) -> Result<state::Lock, CniError> {
+    state::network_lock(name, state::Hold::Shared, true)
+        .map_err(failed)?
+        .ok_or_else(|| CniError::internal("a blocking lock returned without the lock"))
+}
+
+/// The network is up as `source` describes it, with its programs pinned.
+fn is_current(network: &Topology, source: &str) -> bool {
+    StateDir::new(&network.name)
+        .load_text()
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(source)
+        && Pins::new(&network.name).programs_exist()
+}
+
+/// Brings the network up (or converges it to a changed configuration)
+/// unless it is current, and returns the shared lock endpoint work holds.
+async fn ensure_network(
+    host: &Host,
+    network: &Topology,
+    source: &str,
+) -> Result<state::Lock, CniError> {
+    for _ in 0..3 {
+        let shared = shared_lock(&network.name)?;
+        if is_current(network, source) {
+            return Ok(shared);
+        }
+        drop(shared);
+        preflight::check(host, network)
+            .await
+            .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+        apply::up(network, source, apply::UpOptions::default())
+            .await
+            .map_err(|e| failed(e.context(format!("bringing network {:?} up", network.name))))?;
+    }
+    Err(CniError::TryAgainLater {
+        reason: format!(
+            "network {:?} keeps changing under this ADD (another configuration of the same \
+             name?)",
+            network.name
+        ),
+    })
+}
+
+/// Brings up the network of a configuration list (`vethctl agent
+/// --cni-conf`), so that its programs are loaded before the first pod
+/// starts; returns its name. A network that is current is left alone.
+pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
+    let conf = install::validate(list)?;
+    let (network, source) = network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host = Host::connect()?;
+    ensure_network(&host, &network, &source)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(network.name)
+}
+
+fn k8s_of(req: &Request) -> Option<K8sPod> {
+    let args = &req.attachment().ok()?.args;
+    let name = args.pod_name.clone()?;
+    Some(K8sPod {
+        namespace: args.pod_namespace.clone().unwrap_or_default(),
+        name,
+        uid: args.pod_uid.clone().unwrap_or_default(),
+    })
+}
+
+async fn add(req: &Request) -> Result<CniResult, CniError> {
+    let attachment = req.attachment()?;
+    let netns = req.netns()?.to_str().unwrap_or_default().to_string();
+    let (network, source) = network::network(&req.config)?;
+    let host = Host::connect().map_err(failed)?;
+    let _lock = ensure_network(&host, &network, &source).await?;
+    let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
+    let key = endpoint::key(container_id, ifname);
+    let (addresses, addresses_from) = ipam::allocate(req, &network, &key)?;
+    let mut record = Record {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+        netns,
+        host_veth: endpoint::host_veth_name(&network.name, container_id, ifname),
+        host_ifindex: None,
+        ipv4: addresses.ipv4,
+        ipv6: addresses.ipv6,
+        mtu: req.config.mtu.unwrap_or(crate::model::DEFAULT_MTU),
+        k8s: k8s_of(req),
+        addresses: addresses_from,
+        host_path: !req.config.runtime_config.port_mappings.is_empty()
+            || req.config.runtime_config.bandwidth.is_some(),
+    };
+    if let Err(e) = wire::add(&host, &network, &mut record).await {
+        if let Err(undo) = ipam::release(req, &network.name, &key, &record.addresses) {
+            eprintln!("giving {key}'s addresses back after a failed ADD: {undo}");
+        }
+        return Err(cni_error(e));
+    }
+    Ok(result(req, &network, &record))
+}
+
+/// What an ADD made, for the runtime and the plugins chained after us
+/// (`portmap` takes the pod's addresses, `bandwidth` the host interface).
+pub fn result(req: &Request, network: &Topology, record: &Record) -> CniResult {
+    let pod = record.pod();
+    let bridged = network.mode == Mode::Bridge;
+    let mut ips = vec![IpConfig {
+        address: IpNet::new(
+            IpAddr::V4(record.ipv4),
+            if bridged {
+                network.pod_cidr.prefix_len()
+            } else {
+                32
+            },
+        )
+        .expect("a valid prefix length"),
+        gateway: Some(IpAddr::V4(if bridged {
+            network.host_address
+        } else {
+            GATEWAY_IPV4
+        })),
+        interface: Some(1),
+    }];
+    let mut routes = vec![Route::new("0.0.0.0/0".parse().expect("a CIDR"), None)];
+    if let Some(v6) = record.ipv6 {
+        let prefix = network.pod_cidr6.map_or(128, |n| n.prefix_len());
+        ips.push(IpConfig {
+            address: IpNet::new(IpAddr::V6(v6), if bridged { prefix } else { 128 })
+                .expect("a valid prefix length"),
+            gateway: if bridged {
+                network.host_address6.map(IpAddr::V6)
+            } else {
+                Some(IpAddr::V6(gateway_ipv6()))
+            },
+            interface: Some(1),
+        });
+        routes.push(Route::new("::/0".parse().expect("a CIDR"), None));
+    }
+    let dns = match (&req.config.dns, &req.config.runtime_config.dns) {
+        (Some(dns), _) => dns.clone(),
+        (None, Some(rt)) => Dns {
+            nameservers: rt.servers.clone(),
+            domain: None,
+            search: rt.searches.clone(),
+            options: rt.options.clone(),
+        },
+        (None, None) => Dns::default(),
+    };
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: record.host_veth.clone(),
+                mac: Some(format_mac(&pod.gateway_mac)),
+                ..Interface::default()
+            },
+            Interface {
+                name: record.ifname.clone(),
+                mac: Some(format_mac(&pod.mac)),
+                mtu: Some(record.mtu),
+                sandbox: Some(record.netns.clone()),
+                ..Interface::default()
+            },
+        ],
+        ips,
+        routes,
+        dns,
+    }
+}
+
+async fn del(req: &Request) -> Result<(), CniError> {
+    let attachment = req.attachment()?;
+    let name = req.config.name.clone();
+    let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
+    let key = endpoint::key(container_id, ifname);
+    // A name that cannot be a network's: nothing of ours exists for it.
+    let valid = crate::model::validate_topology_name(&name).is_ok();
+    let _lock = if valid {
+        Some(shared_lock(&name)?)
+    } else {
+        None
+    };
+    let record = if valid {
+        Store::new(&name)
+            .load(container_id, ifname)
+            .map_err(failed)?
+    } else {
+        None
+    };
+    if let Some(record) = &record {
+        let host = Host::connect().map_err(failed)?;
+        wire::remove(&host, &name, record).await.map_err(failed)?;
+    }
+    // Addresses are given back even without a record (an ADD that crashed
+    // between allocating and recording): both ways are idempotent.
+    let source = match (&record, &req.config.ipam) {
+        (Some(r), _) => Some(r.addresses.clone()),
+        (None, Some(veth_cni_protocol::Ipam::Delegated(d))) => Some(AddressSource::Delegated {
+            plugin: d.plugin.clone(),
+        }),
+        (None, Some(_)) => Some(AddressSource::Builtin),
+        (None, None) => None,
+    };
+    if let Some(source) = source {
+        if crate::model::validate_topology_name(&name).is_ok()
+            || !matches!(source, AddressSource::Builtin)
+        {
+            ipam::release(req, &name, &key, &source)?;
+        }
+    }
+    Ok(())
+}
+
+async fn check(req: &Request) -> Result<(), CniError> {
+    let attachment = req.attachment()?;
+    let (network, _) = network::network(&req.config)?;
+    let _lock = shared_lock(&network.name)?;
+    let record = Store::new(&network.name)
+        .load(attachment.container_id.as_str(), attachment.ifname.as_str())
+        .map_err(failed)?
+        .ok_or_else(|| CniError::UnknownContainer {
+            container_id: attachment.container_id.to_string(),
+            reason: format!(
+                "network {:?} has no endpoint for interface {}",
+                network.name, attachment.ifname
+            ),
+        })?;
+    if let Some(prev) = &req.config.prev_result {
+        let listed: BTreeSet<IpAddr> = prev.ips.iter().map(|ip| ip.address.addr()).collect();
+        let ours = std::iter::once(IpAddr::V4(record.ipv4)).chain(record.ipv6.map(IpAddr::V6));
+        for ip in ours {
+            if !listed.contains(&ip) {
+                return Err(CniError::internal(format!(
+                    "prevResult does not list {ip}, the address of {}",
+                    record.key()
+                )));
+            }
+        }
+    }
+    let host = Host::connect().map_err(failed)?;
+    wire::check(&host, &network, &record)
+        .await
+        .map_err(cni_error)?;
+    if let Some(veth_cni_protocol::Ipam::Delegated(d)) = &req.config.ipam {
+        ipam::exec(req, &d.plugin, "CHECK", &[])?;
+    }
+    Ok(())
+}
+
+/// Ready for ADDs: root, and, once the network is up, its programs still
+/// pinned (without them its pods are not forwarded: code 51).
+fn status(req: &Request) -> Result<(), CniError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CniError::NotAvailable {
+            reason: "veth-cni runs as root (it creates links and loads eBPF programs); the \
+                     runtime runs plugins as root"
+                .into(),
+        });
+    }
+    let name = &req.config.name;
+    if crate::model::validate_topology_name(name).is_err() {
+        return Ok(());
+    }
+    let state = StateDir::new(name);
+    if state.exists() && !Pins::new(name).programs_exist() {
+        let endpoints = Store::new(name).records().len();
+        let reason = format!(
+            "network {name:?} is recorded but its eBPF programs are not pinned under {} \
+             (bpffs remounted?); run `vethctl up --repair -n {name}` or let the next ADD load them",
+            Pins::new(name).root().display()
+        );
+        return Err(if endpoints > 0 {
+            CniError::LimitedConnectivity { reason }
+        } else {
+            CniError::NotAvailable { reason }
+        });
+    }
+    Ok(())
+}
+
+/// Removes every endpoint of the network that the runtime no longer lists,
+/// gives back their addresses, and passes the list on to a delegated IPAM.
+async fn gc(req: &Request) -> Result<(), CniError> {
+    let name = req.config.name.clone();
+    let valid: BTreeSet<String> = req
+        .config
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| endpoint::key(&a.container_id, &a.ifname))
+        .collect();
+    if crate::model::validate_topology_name(&name).is_err() {
+        return Ok(());
+    }
+    // Exclusive: an ADD in flight is not in the runtime's list yet.
+    let _lock = state::network_lock(&name, state::Hold::Exclusive, true).map_err(failed)?;
+    let host = Host::connect().map_err(failed)?;
+    let store = Store::new(&name);
+    let (records, unreadable) = store.all().map_err(failed)?;
+    for (path, e) in &unreadable {
+        eprintln!("GC: skipping {}: {e:#}", path.display());
+    }
+    let mut kept = BTreeSet::new();
+    for record in records {
+        if valid.contains(&record.key()) {
+            kept.insert(record.key());
+            continue;
+        }
+        wire::remove(&host, &name, &record).await.map_err(failed)?;
+        if let AddressSource::Delegated { plugin } = &record.addresses {
+            // Each gone attachment's DEL first: a plugin without GC (before
+            // CNI 1.1.0) still frees it.
+            let vars = [
+                ("CNI_CONTAINERID", record.container_id.as_str()),
+                ("CNI_IFNAME", record.ifname.as_str()),
+                ("CNI_NETNS", ""),
+            ];
+            if let Err(e) = ipam::exec(req, plugin, "DEL", &vars) {
+                eprintln!("GC: {plugin} DEL of {}: {e}", record.key());
+            }
+        }
+    }
+    ipam::release_builtin(&name, |key| valid.contains(key) || kept.contains(key))?;
+    if let Some(veth_cni_protocol::Ipam::Delegated(d)) = &req.config.ipam {
+        ipam::exec(req, &d.plugin, "GC", &[])?;
+    }
+    Ok(())
+}

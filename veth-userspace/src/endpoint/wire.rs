@@ -1,0 +1,300 @@
+//! The kernel work of one endpoint: its veth pair, both sides wired for the
+//! network's mode, the programs attached to its host side, its map entries
+//! — and taking all of that away again. [`wire_pod`] is shared with `up`,
+//! which wires a topology file's pods the same way.
+
+use anyhow::{Context, Result};
+
+use super::{EndpointError, Record, Store};
+use crate::{
+    dataplane::{self, Dataplane, Hook, Pins, PodEntry},
+    model::{Mode, Pod, Topology},
+    netlink::{
+        links::LinkState,
+        netns,
+        pod::{self, PodWiring},
+        sysctl, Host,
+    },
+    state::{link_mark, StateDir},
+};
+
+/// Pod side and host side of one pod, wired for the topology's mode: the
+/// pod's addresses and gateway, its offloads in mode xdp
+/// (`before_offloads` runs first, so a record can say they may be set), the
+/// host side up with our mark, as a bridge port in mode bridge and with its
+/// host routes otherwise. Returns the host-side veth.
+pub async fn wire_pod(
+    host: &Host,
+    topology: &Topology,
+    pod: &Pod,
+    before_offloads: impl FnOnce() -> Result<()>,
+) -> Result<LinkState> {
+    let bridge = match topology.mode {
+        Mode::Bridge => Some(
+            host.link(&topology.bridge)
+                .await?
+                .with_context(|| format!("bridge {:?} is missing", topology.bridge))?,
+        ),
+        _ => None,
+    };
+    let wiring = match &bridge {
+        Some(_) => PodWiring::Bridged {
+            prefix4: topology.pod_cidr.prefix_len(),
+            prefix6: topology.pod_cidr6.map_or(128, |c| c.prefix_len()),
+            gateway4: topology.host_address,
+            gateway6: topology.host_address6,
+        },
+        None => PodWiring::Routed,
+    };
+    pod::configure(pod, &wiring).await?;
+    if topology.mode == Mode::Xdp {
+        before_offloads()?;
+        // Before XDP is attached: redirected frames need the pod's NAPI
+        // (`up` sets them earlier still, before any attach; a no-op then).
+        pod::set_offloads(pod, true).await?;
+    }
+    let veth = host
+        .link(&pod.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+    // A veth of an older vethctl, or one whose mark a crash kept from being
+    // set, gets it now.
+    host.ensure_alias(&veth, &link_mark(&topology.name)).await?;
+    // Leaving a bridge: the host reaches the pod over its veth (route and
+    // neighbour) before the veth leaves, or what the bridge is forwarding
+    // to the pod at that moment is dropped.
+    let leaving_bridge = bridge.is_none() && veth.up && veth.controller.is_some();
+    if leaving_bridge {
+        host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+        host.ensure_pod_routes(pod, veth.ifindex, topology).await?;
+    }
+    host.ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
+        .await?;
+    sysctl::set_rps(&pod.host_veth, topology.rps)?;
+    if bridge.is_none() && !leaving_bridge {
+        host.ensure_pod_routes(pod, veth.ifindex, topology).await?;
+    }
+    Ok(veth)
+}
+
+/// What the maps know of a pod.
+pub fn entry(pod: &Pod, host_ifindex: u32) -> PodEntry {
+    PodEntry {
+        host_ifindex,
+        ipv4: pod.ipv4,
+        ipv6: pod.ipv6,
+        mac: pod.mac,
+        gateway_mac: pod.gateway_mac,
+        mtu: pod.mtu,
+        host_path: pod.host_path,
+    }
+}
+
+/// Attaches the endpoint to `network` (whose programs are loaded): the
+/// record first (the proof that what follows is ours), then the veth pair
+/// into the runtime's namespace, its wiring, the programs, the map entries.
+/// On failure, everything it made is taken away again and the record
+/// removed; the caller gives the addresses back.
+pub async fn add(
+    host: &Host,
+    network: &Topology,
+    record: &mut Record,
+) -> Result<(), EndpointError> {
+    if !netns::exists(&record.netns) {
+        return Err(EndpointError::InvalidNetns {
+            path: record.netns.clone(),
+            reason: "not a network namespace (no nsfs file there); pass the path of the pod's \
+                     network namespace"
+                .into(),
+        });
+    }
+    let store = Store::new(&network.name);
+    // A second ADD of one attachment (a runtime retrying): what the first
+    // made goes first, map entries included (its slot would leak).
+    if let Some(previous) = store.load(&record.container_id, &record.ifname)? {
+        remove(host, &network.name, &previous).await?;
+    }
+    store.save(record)?;
+    let result = attach(host, network, &store, record).await;
+    if let Err(e) = result {
+        if let Err(undo) = remove(host, &network.name, record).await {
+            eprintln!(
+                "veth-cni: undoing a failed ADD of {}: {undo:#}",
+                record.key()
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn attach(
+    host: &Host,
+    network: &Topology,
+    store: &Store,
+    record: &mut Record,
+) -> Result<(), EndpointError> {
+    let pod = record.pod();
+    let mark = link_mark(&network.name);
+    if let Some(existing) = host.link(&pod.host_veth).await? {
+        // A leftover of an ADD of this very attachment (a crash, or a
+        // runtime that repeats ADD): ours only if it carries our mark.
+        if host.alias(existing.ifindex).await?.as_deref() != Some(mark.as_str()) {
+            return Err(EndpointError::Conflict(format!(
+                "host interface {:?} exists and is not vethctl's (no alias {mark:?}); it was left \
+                 unchanged — remove it or rename it",
+                pod.host_veth
+            )));
+        }
+        host.delete_link(existing.ifindex, &existing.name).await?;
+    }
+    host.create_pod_veth(&pod).await?;
+    let link = host
+        .link(&pod.host_veth)
+        .await?
+        .with_context(|| format!("link {:?} vanished right after creation", pod.host_veth))?;
+    host.set_alias(&link, &mark).await?;
+    record.host_ifindex = Some(link.ifindex);
+    store.save(record)?;
+    wire_pod(host, network, &pod, || Ok(())).await?;
+    let name = network.name.clone();
+    let hooks = Hook::for_mode(network.mode);
+    let veths = vec![pod.host_veth.clone()];
+    let entry = entry(&pod, link.ifindex);
+    let state_dir = StateDir::new(&network.name).path().to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        dataplane::attach_all(&name, &veths, hooks)?;
+        Dataplane::open(&name)?.put_endpoint(&entry, &state_dir)?;
+        Ok(())
+    })
+    .await
+    .context("attach task panicked")??;
+    Ok(())
+}
+
+/// Takes away everything of the endpoint that is still there — its map
+/// entries, its links to the programs, its veth pair (and with it the host
+/// routes and the interface in the pod's namespace) — and its record. A
+/// veth is deleted only if it is the recorded one and carries our mark.
+pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
+    let pins = Pins::new(network);
+    if let Some(ifindex) = record.host_ifindex {
+        if pins.exist() {
+            let (name, state_dir) = (
+                network.to_string(),
+                StateDir::new(network).path().to_path_buf(),
+            );
+            let (ipv4, ipv6) = (record.ipv4, record.ipv6);
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                Dataplane::open(&name)?.remove_endpoint(ifindex, ipv4, ipv6, &state_dir)
+            })
+            .await
+            .context("map task panicked")??;
+        }
+    }
+    let mark = link_mark(network);
+    let link = match record.host_ifindex {
+        Some(ifindex) => host.link_by_index(ifindex).await?,
+        None => host.link(&record.host_veth).await?,
+    };
+    if let Some(link) = link.filter(|l| l.name == record.host_veth) {
+        if host.alias(link.ifindex).await?.as_deref() == Some(mark.as_str()) {
+            host.delete_link(link.ifindex, &link.name).await?;
+        }
+    }
+    // Unpinned only now: the device's unregistration detached the programs
+    // in one RCU grace period, and a link whose device is gone goes without
+    // another (unpinning first cost one grace period per hook, under RTNL,
+    // ~9 ms each here: `cargo xtask bench cni`).
+    pins.remove_links(&record.host_veth)?;
+    Store::new(network).remove(record)
+}
+
+/// Whether the endpoint is as its record says: its veth (ours, up), the
+/// interface in the pod's namespace with the recorded addresses, its map
+/// entries. The error says what differs.
+pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(), EndpointError> {
+    let differs = |what: String| Err(EndpointError::Failed(anyhow::anyhow!(what)));
+    let Some(ifindex) = record.host_ifindex else {
+        return differs(format!("the ADD of {} never finished", record.key()));
+    };
+    let Some(link) = host.link_by_index(ifindex).await? else {
+        return differs(format!("host interface {:?} is gone", record.host_veth));
+    };
+    if link.name != record.host_veth || !link.up {
+        return differs(format!(
+            "host interface {:?} (ifindex {ifindex}) is {} ",
+            record.host_veth,
+            if link.up { "renamed" } else { "down" }
+        ));
+    }
+    if !netns::exists(&record.netns) {
+        return differs(format!("network namespace {} is gone", record.netns));
+    }
+    let pod = record.pod();
+    let wanted: Vec<std::net::IpAddr> = std::iter::once(record.ipv4.into())
+        .chain(record.ipv6.map(Into::into))
+        .collect();
+    let ifname = pod.ifname.clone();
+    let found = netns::run_in(&pod.netns, move |handle| async move {
+        let Some(link) = crate::netlink::links::by_name(&handle, &ifname).await? else {
+            return Ok(None);
+        };
+        let messages = crate::netlink::addresses::list(&handle, link.ifindex, &ifname).await?;
+        Ok(Some(
+            messages
+                .iter()
+                .filter_map(crate::netlink::addresses::address_of)
+                .collect::<Vec<_>>(),
+        ))
+    })
+    .await?;
+    let Some(found) = found else {
+        return differs(format!("{} is missing in {}", pod.ifname, pod.netns));
+    };
+    if let Some(missing) = wanted.iter().find(|a| !found.contains(a)) {
+        return differs(format!("{} in {} lacks {missing}", pod.ifname, pod.netns));
+    }
+    let mapped = crate::dataplane::health::EndpointMaps::open(&network.name)?
+        .and_then(|maps| maps.pod(ifindex).ok().flatten());
+    if mapped.is_none_or(|p| p.ipv4() != record.ipv4) {
+        return differs(format!(
+            "the dataplane maps have no endpoint for {} at ifindex {ifindex}",
+            record.ipv4
+        ));
+    }
+    Ok(())
+}
+
+/// Wires every endpoint of `network` for its mode again and attaches the
+/// mode's programs (after `up` changed the network: `mode set`, a new
+/// configuration). Map entries are kept by `up` itself.
+pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
+    let records = Store::new(&network.name).records();
+    let mut pods = Vec::new();
+    for record in records.iter().filter(|r| r.host_ifindex.is_some()) {
+        let pod = record.pod();
+        wire_pod(host, network, &pod, || Ok(()))
+            .await
+            .with_context(|| format!("endpoint {}", record.key()))?;
+        pods.push(pod);
+    }
+    if pods.is_empty() {
+        return Ok(());
+    }
+    let name = network.name.clone();
+    let hooks = Hook::for_mode(network.mode);
+    let veths = pods.iter().map(|p| p.host_veth.clone()).collect::<Vec<_>>();
+    tokio::task::spawn_blocking(move || dataplane::attach_all(&name, &veths, hooks))
+        .await
+        .context("attach task panicked")??;
+    if network.mode != Mode::Xdp {
+        // Leaving xdp: offloads back to the veth defaults, only now that
+        // XDP is detached (it redirects into pods by their NAPI, which GRO
+        // off takes away, and needs their tx checksums done in software).
+        for pod in &pods {
+            pod::set_offloads(pod, false).await?;
+        }
+    }
+    Ok(())
+}

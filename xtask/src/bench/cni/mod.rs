@@ -1,0 +1,908 @@
+//! `cargo xtask bench cni`: how long a pod waits for its network — CNI ADD
+//! and DEL latency of `veth-cni` (mode tc, with its built-in IPAM and with
+//! Debian's `host-local`) beside Debian's reference `bridge` and `ptp`
+//! plugins (both with `host-local`), in one run (issue 11, section 4).
+//!
+//! Each plugin is executed as a container runtime executes it: a fresh
+//! process with a clean environment, the `CNI_*` variables (containerd's
+//! `CNI_ARGS`) and the configuration on stdin; DEL gets the ADD's result as
+//! `prevResult`, as containerd's first DEL does. The pods' network
+//! namespaces are the benchmark's own, bind-mounted nsfs files under
+//! `/run/vethctl-bench-cni/netns/` like a runtime's `/var/run/netns/cni-…`,
+//! made before and removed after the measurements (a namespace's teardown
+//! runs in the kernel's background, so none happens during a round); each
+//! is empty again after every DEL, which is checked.
+//!
+//! Interleaving: the pods are measured in rounds of `--batch` pods. In
+//! every round, every plugin, one at a time and `--parallel` at a time (the
+//! order rotating from round to round), ADDs the round's pods and then
+//! DELs them. So every plugin sees the same machine, and a busy spell
+//! shows in every plugin's figures of that round rather than in one
+//! plugin's. Before the rounds, each plugin does one ADD and DEL that is
+//! not counted: veth-cni's first ADD brings its node network up (programs
+//! loaded and pinned), bridge's makes the bridge; both are reported apart.
+//! VERSION is timed too (a few per plugin per round): process start and
+//! exit, the floor under every call.
+//!
+//! Addresses: 198.19.216.0/24 to 198.19.219.0/24 (RFC 2544), one /24 per
+//! plugin, reserved through the integration tests' block files so that no
+//! test picks them meanwhile; no traffic is sent. Everything is removed at
+//! the end, also on failure and on Ctrl-C (which stops between executions,
+//! never in the middle of one: the plugins run in their own process
+//! group).
+
+mod exec;
+mod profile;
+mod summary;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{median, prepare};
+use crate::cmd;
+use exec::Attachment;
+use summary::{Batch, Sample, Verb, BRIDGE, PTP, VETH_BUILTIN, VETH_HOST_LOCAL};
+
+pub struct Options {
+    pub pods: usize,
+    pub parallel: usize,
+    pub batch: usize,
+    pub quick: bool,
+    pub profile: bool,
+}
+
+const RUN_DIR: &str = "/run/vethctl-bench-cni";
+const LOCK_FILE: &str = "/run/vethctl-bench-cni.lock";
+/// The integration tests' address block reservations (tests/src/lib.rs,
+/// `AddressBlock`): block `b` is 198.(18 + b / 256).(b % 256).0/24.
+const BLOCKS_DIR: &str = "/run/vethctl-tests/blocks";
+/// Third octets of the plugins' /24s in 198.19.0.0/16, in plugin order.
+const SUBNETS: [u32; 4] = [216, 217, 218, 219];
+/// veth-cni's networks (≤ 10 characters) and the reference bridge.
+const NET_BUILTIN: &str = "bcnivb";
+const NET_HOST_LOCAL: &str = "bcnivh";
+const BRIDGE_NAME: &str = "bcnibr0";
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`: synchronize_rcu() when more than
+/// one CPU is online.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+/// VERSION executions per plugin per round.
+const VERSIONS_PER_ROUND: usize = 5;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; everything the benchmark made is being removed");
+    }
+    Ok(())
+}
+
+/// One plugin under test.
+pub struct Plugin {
+    pub name: &'static str,
+    pub binary: PathBuf,
+    pub config: Value,
+}
+
+fn plugins(veth_cni: &Path) -> Vec<Plugin> {
+    let host_local = |octet: u32| {
+        json!({
+            "type": "host-local",
+            "ranges": [[{"subnet": format!("198.19.{octet}.0/24")}]],
+            "dataDir": format!("{RUN_DIR}/host-local"),
+        })
+    };
+    let reference = |name: &str| Path::new(exec::CNI_PATH).join(name);
+    vec![
+        Plugin {
+            name: VETH_BUILTIN,
+            binary: veth_cni.to_path_buf(),
+            config: json!({
+                "cniVersion": "1.0.0", "name": NET_BUILTIN, "type": "veth-cni", "mode": "tc",
+                "ipMasq": false,
+                "ipam": {"type": "veth-builtin", "subnet": format!("198.19.{}.0/24", SUBNETS[0])},
+            }),
+        },
+        Plugin {
+            name: VETH_HOST_LOCAL,
+            binary: veth_cni.to_path_buf(),
+            config: json!({
+                "cniVersion": "1.0.0", "name": NET_HOST_LOCAL, "type": "veth-cni", "mode": "tc",
+                "ipMasq": false, "ipam": host_local(SUBNETS[1]),
+            }),
+        },
+        Plugin {
+            name: BRIDGE,
+            binary: reference("bridge"),
+            config: json!({
+                "cniVersion": "1.0.0", "name": "bcnibr", "type": "bridge", "bridge": BRIDGE_NAME,
+                "isGateway": true, "ipMasq": false, "ipam": host_local(SUBNETS[2]),
+            }),
+        },
+        Plugin {
+            name: PTP,
+            binary: reference("ptp"),
+            config: json!({
+                "cniVersion": "1.0.0", "name": "bcniptp", "type": "ptp", "ipMasq": false,
+                "ipam": host_local(SUBNETS[3]),
+            }),
+        },
+    ]
+}
+
+/// Everything the run made, taken away when dropped: attachments still
+/// added (DEL as containerd's second DEL: no `prevResult`), veth-cni's
+/// networks, the bridge, the namespaces, the host-local data, the address
+/// block reservations and the run lock.
+struct Run {
+    vethctl: PathBuf,
+    plugins: Vec<Plugin>,
+    namespaces: Vec<PathBuf>,
+    /// container id → (plugin, attachment) of every ADD not yet undone.
+    live: Mutex<BTreeMap<String, (usize, Attachment)>>,
+    blocks: Vec<PathBuf>,
+    _lock: fs::File,
+}
+
+impl Run {
+    fn netns(&self, pod: usize) -> &Path {
+        &self.namespaces[pod]
+    }
+
+    /// Removes what an earlier run that died left (this one holds the
+    /// lock, so nothing here belongs to a live run).
+    fn remove_leftovers(&self) {
+        for name in [NET_BUILTIN, NET_HOST_LOCAL] {
+            let _ = Command::new(&self.vethctl)
+                .args(["down", "--name", name])
+                .stdout(Stdio::null())
+                .status();
+        }
+        if Path::new("/sys/class/net").join(BRIDGE_NAME).exists() {
+            let _ = Command::new("ip")
+                .args(["link", "del", BRIDGE_NAME])
+                .status();
+        }
+        if let Ok(entries) = fs::read_dir(Path::new(RUN_DIR).join("netns")) {
+            for entry in entries.flatten() {
+                exec::remove_netns(&entry.path());
+            }
+        }
+        let _ = fs::remove_dir_all(RUN_DIR);
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(|e| e.into_inner()));
+        if !live.is_empty() {
+            eprintln!("removing {} pod attachment(s) still added", live.len());
+        }
+        for (_, (plugin, attachment)) in live {
+            let plugin = &self.plugins[plugin];
+            if let Err(e) = exec::run(&plugin.binary, "DEL", &attachment, &plugin.config) {
+                eprintln!("cleanup: {e:#}");
+            }
+        }
+        self.remove_leftovers();
+        for block in &self.blocks {
+            let _ = fs::remove_file(block);
+        }
+    }
+}
+
+/// Takes the benchmark's lock, or says who holds it.
+fn lock() -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("opening {LOCK_FILE}"))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another `cargo xtask bench cni` is running on this machine ({LOCK_FILE} is locked); wait for it");
+    }
+    Ok(file)
+}
+
+/// Reserves the plugins' /24s the way the integration tests reserve
+/// theirs (a file holding the owner's pid; a dead owner's is taken over).
+fn reserve_blocks() -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(BLOCKS_DIR).with_context(|| format!("creating {BLOCKS_DIR}"))?;
+    let mut taken = Vec::new();
+    for octet in SUBNETS {
+        let file = Path::new(BLOCKS_DIR).join((256 + octet).to_string());
+        let created = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file);
+        let mine = match created {
+            Ok(mut f) => f
+                .write_all(std::process::id().to_string().as_bytes())
+                .is_ok(),
+            Err(_) => {
+                let owner = fs::read_to_string(&file).unwrap_or_default();
+                let alive =
+                    !owner.trim().is_empty() && Path::new("/proc").join(owner.trim()).exists();
+                !alive && fs::write(&file, std::process::id().to_string()).is_ok()
+            }
+        };
+        if !mine {
+            for f in &taken {
+                let _ = fs::remove_file(f);
+            }
+            bail!(
+                "198.19.{octet}.0/24 is reserved by a running test ({} holds pid {}); run the \
+                 benchmark again when it is done",
+                file.display(),
+                fs::read_to_string(&file).unwrap_or_default().trim()
+            );
+        }
+        taken.push(file);
+    }
+    Ok(taken)
+}
+
+/// CPU time (user + system) of this process and its reaped children.
+fn own_cpu() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage fills the struct we own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut usage) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// vethctl's change lock: `up`, `down` and `mode set` of any topology on
+/// the machine hold it exclusively, and every veth-cni ADD and DEL waits
+/// for them.
+const VETHCTL_LOCK: &str = "/run/vethctl/.lock";
+
+/// How much of the time another vethctl held its change lock exclusively
+/// (so veth-cni's ADDs and DELs had to wait): sampled every 5 ms with a
+/// shared try-lock, released at once.
+struct LockWatch {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<(u64, u64)>>,
+}
+
+impl LockWatch {
+    fn start(path: &'static str) -> LockWatch {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let (mut samples, mut held) = (0u64, 0u64);
+            let Ok(file) = fs::OpenOptions::new().read(true).open(path) else {
+                return (0, 0);
+            };
+            while !flag.load(Ordering::Relaxed) {
+                // SAFETY: flock on an fd we own.
+                let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+                samples += 1;
+                if r == 0 {
+                    // SAFETY: as above.
+                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+                } else {
+                    held += 1;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            (samples, held)
+        });
+        LockWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Percent of the samples that found the lock held exclusively.
+    fn stop(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let (samples, held) = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or((0, 0));
+        if samples == 0 {
+            0.0
+        } else {
+            100.0 * held as f64 / samples as f64
+        }
+    }
+}
+
+/// How busy the machine was with work other than this benchmark's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    /// CPUs busy on average with anything but this process and the
+    /// plugins it ran (kernel work those caused in background threads —
+    /// RCU callbacks, namespace teardown — counts here too).
+    pub other_busy_cpus: f64,
+    pub busy: bool,
+    pub wall_s: f64,
+    /// Percent of the rounds during which another vethctl held its change
+    /// lock exclusively, holding up veth-cni's ADDs and DELs (and no
+    /// reference plugin's).
+    pub vethctl_lock_held_by_others_percent: f64,
+}
+
+struct LoadMeter {
+    started: Instant,
+    busy_ns: u64,
+    own: Duration,
+    loadavg: String,
+}
+
+impl LoadMeter {
+    fn start() -> Result<LoadMeter> {
+        Ok(LoadMeter {
+            started: Instant::now(),
+            busy_ns: veth_bench::workloads::busy_ns()?,
+            own: own_cpu(),
+            loadavg: loadavg(),
+        })
+    }
+
+    fn stop(self) -> Result<Machine> {
+        let wall = self.started.elapsed();
+        let busy = veth_bench::workloads::busy_ns()?.saturating_sub(self.busy_ns) as f64;
+        let own = (own_cpu() - self.own).as_nanos() as f64;
+        let other = ((busy - own) / wall.as_nanos() as f64).max(0.0);
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Machine {
+            cpus,
+            loadavg_start: self.loadavg,
+            loadavg_end: loadavg(),
+            other_busy_cpus: other,
+            busy: other > 0.2,
+            wall_s: wall.as_secs_f64(),
+            vethctl_lock_held_by_others_percent: 0.0,
+        })
+    }
+}
+
+/// One RCU grace period as the kernel's writers wait for it (TCX attach
+/// and detach call synchronize_rcu, and so does this), in ms.
+fn grace_period_ms() -> Result<f64> {
+    let started = Instant::now();
+    // SAFETY: a plain syscall without pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("membarrier(MEMBARRIER_CMD_GLOBAL)");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Figures outside the rounds, per plugin.
+#[derive(Clone, Debug, Serialize)]
+struct PluginFacts {
+    plugin: &'static str,
+    binary: String,
+    config: Value,
+    /// The uncounted first ADD (veth-cni: the network comes up; bridge:
+    /// the bridge is made) and its DEL.
+    first_add_ms: f64,
+    first_del_ms: f64,
+    /// VERSION: process start, argument parsing, exit.
+    version_p50_ms: f64,
+    version_samples_ms: Vec<f64>,
+}
+
+/// Everything measured.
+struct Measured {
+    samples: Vec<Sample>,
+    batches: Vec<Batch>,
+    /// RCU grace periods, one before every batch pair.
+    grace_ms: Vec<f64>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let (pods, batch) = if options.quick {
+        (options.pods.min(20), options.batch.min(10))
+    } else {
+        (options.pods, options.batch)
+    };
+    if pods == 0 || options.parallel == 0 || batch == 0 {
+        bail!("--pods, --parallel and --batch must each be at least 1");
+    }
+    if batch > 250 {
+        bail!("--batch is at most 250 (each plugin has one /24 for the pods of a round)");
+    }
+    let batch = batch.min(pods);
+    let parallels: Vec<usize> = if options.parallel == 1 {
+        vec![1]
+    } else {
+        vec![1, options.parallel]
+    };
+    for plugin in ["bridge", "ptp", "host-local"] {
+        if !Path::new(exec::CNI_PATH).join(plugin).is_file() {
+            bail!(
+                "{}/{plugin} is missing: install Debian's containernetworking-plugins",
+                exec::CNI_PATH
+            );
+        }
+    }
+    let (vethctl, out_dir) = prepare()?;
+    let veth_cni = vethctl.with_file_name("veth-cni");
+    let lock = lock()?;
+    let blocks = reserve_blocks()?;
+    let run = Run {
+        vethctl,
+        plugins: plugins(&veth_cni),
+        namespaces: Vec::new(),
+        live: Mutex::new(BTreeMap::new()),
+        blocks,
+        _lock: lock,
+    };
+    run.remove_leftovers();
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let result = measure(run, options, pods, batch, &parallels, &out_dir);
+    // SAFETY: back to the default disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+    result
+}
+
+fn measure(
+    mut run: Run,
+    options: &Options,
+    pods: usize,
+    batch: usize,
+    parallels: &[usize],
+    out_dir: &Path,
+) -> Result<()> {
+    let netns_dir = Path::new(RUN_DIR).join("netns");
+    fs::create_dir_all(&netns_dir)?;
+    for i in 0..batch {
+        let path = netns_dir.join(format!("pod-{i}"));
+        exec::make_netns(&path)?;
+        run.namespaces.push(path);
+    }
+    let rounds = pods.div_ceil(batch);
+    let run_id = std::process::id();
+    println!(
+        "bench cni: {pods} pods per plugin, one at a time{}, in {rounds} round(s) of up to {batch}; plugins: {}",
+        parallels
+            .iter()
+            .skip(1)
+            .map(|p| format!(" and {p} at a time"))
+            .collect::<String>(),
+        run.plugins.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+    );
+    let meter = LoadMeter::start()?;
+
+    // Not counted: the first ADD and DEL of each plugin.
+    let mut facts = Vec::new();
+    for (index, plugin) in run.plugins.iter().enumerate() {
+        interrupted()?;
+        let attachment = Attachment {
+            container_id: exec::container_id(run_id, index, 0, 0, 0),
+            netns: run.netns(0).to_path_buf(),
+            pod_name: "warm-up".into(),
+        };
+        let (add, del) = add_del(&run, index, &attachment)?;
+        facts.push(PluginFacts {
+            plugin: plugin.name,
+            binary: plugin.binary.display().to_string(),
+            config: plugin.config.clone(),
+            first_add_ms: add,
+            first_del_ms: del,
+            version_p50_ms: f64::NAN,
+            version_samples_ms: Vec::new(),
+        });
+        check_empty(&run, plugin.name, 1)?;
+    }
+
+    let lock_watch = LockWatch::start(VETHCTL_LOCK);
+    let mut measured = Measured {
+        samples: Vec::new(),
+        batches: Vec::new(),
+        grace_ms: Vec::new(),
+    };
+    for round in 0..rounds {
+        let n = batch.min(pods - round * batch);
+        let started = Instant::now();
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        let mut modes: Vec<usize> = parallels.to_vec();
+        if round % 2 == 1 {
+            modes.reverse();
+        }
+        for &parallel in &modes {
+            for k in 0..run.plugins.len() {
+                order.push(((round + k) % run.plugins.len(), parallel));
+            }
+        }
+        for (plugin, parallel) in order {
+            measured.grace_ms.push(grace_period_ms()?);
+            run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Add)?;
+            run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Del)?;
+            check_empty(&run, run.plugins[plugin].name, n)?;
+        }
+        for (index, plugin) in run.plugins.iter().enumerate() {
+            for _ in 0..VERSIONS_PER_ROUND {
+                interrupted()?;
+                let attachment = Attachment {
+                    container_id: exec::container_id(run_id, index, 0, round, 0),
+                    netns: run.netns(0).to_path_buf(),
+                    pod_name: "version".into(),
+                };
+                let out = exec::run(&plugin.binary, "VERSION", &attachment, &plugin.config)?;
+                facts[index]
+                    .version_samples_ms
+                    .push(out.elapsed.as_secs_f64() * 1e3);
+            }
+        }
+        let p50 = |plugin: &str, verb: Verb| {
+            median(
+                &measured
+                    .samples
+                    .iter()
+                    .filter(|s| {
+                        s.round == round && s.plugin == plugin && s.verb == verb && s.parallel == 1
+                    })
+                    .map(|s| s.ms)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        eprintln!(
+            "round {}/{rounds}: {n} pods, {:.1} s; ADD/DEL p50 one at a time: {}; load {}",
+            round + 1,
+            started.elapsed().as_secs_f64(),
+            run.plugins
+                .iter()
+                .map(|p| format!(
+                    "{} {:.0}/{:.0} ms",
+                    p.name,
+                    p50(p.name, Verb::Add),
+                    p50(p.name, Verb::Del)
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            loadavg()
+        );
+    }
+    for f in &mut facts {
+        f.version_p50_ms = median(&f.version_samples_ms);
+    }
+    let mut machine = meter.stop()?;
+    machine.vethctl_lock_held_by_others_percent = lock_watch.stop();
+    check_nothing_left(&run)?;
+
+    let names: Vec<&str> = run.plugins.iter().map(|p| p.name).collect();
+    let rows = summary::rows(&measured.samples, &measured.batches, &names, parallels);
+    let mut targets = summary::targets(&rows, parallels);
+    let containerd = containerd_part();
+    targets.push(summary::Target {
+        what: "RunPodSandbox p50 through containerd: veth-cni ≤ bridge".into(),
+        verdict: "NOT RUN",
+        measured: containerd.reason.clone(),
+    });
+    let missed = targets.iter().any(|t| t.verdict == "MISS");
+    let profile = if options.profile || (missed && !options.quick) {
+        interrupted()?;
+        eprintln!("profiling where the time goes (strace -f -T, not counted above) ...");
+        Some(profile::run(&run, run_id)?)
+    } else {
+        None
+    };
+
+    let mut text = format!(
+        "bench cni: {pods} pods per plugin in {rounds} interleaved round(s) of up to {batch}; \
+         p50/p99 over every execution, (rounds) = lowest–highest round median, × = median over \
+         rounds of the round medians' ratio\n"
+    );
+    text += &format!(
+        "machine: {} CPUs, load average {} at start and {} at end, {:.2} CPUs busy with other \
+         work on average over {:.0} s; another vethctl held the change lock every veth-cni \
+         ADD/DEL waits for {:.1} % of the time{}\n\n",
+        machine.cpus,
+        machine.loadavg_start,
+        machine.loadavg_end,
+        machine.other_busy_cpus,
+        machine.wall_s,
+        machine.vethctl_lock_held_by_others_percent,
+        if machine.busy {
+            " — THE MACHINE WAS BUSY: absolute figures are inflated and spread; read the paired ratios"
+        } else {
+            ""
+        }
+    );
+    text += &summary::table(&rows, &targets);
+    if missed {
+        text += "\n";
+        text += &summary::limits(
+            &rows,
+            &measured.grace_ms,
+            parallels,
+            machine.vethctl_lock_held_by_others_percent,
+        );
+    }
+    text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
+    for f in &facts {
+        text += &format!(
+            "- {}: first ADD {:.1} ms / DEL {:.1} ms; VERSION {:.1} ms\n",
+            f.plugin, f.first_add_ms, f.first_del_ms, f.version_p50_ms
+        );
+    }
+    text += &format!(
+        "\ncontainerd (RunPodSandbox, Stop+Remove): {}\n",
+        containerd.reason
+    );
+    if let Some(profile) = &profile {
+        text += "\n";
+        text += &profile.text;
+    }
+    print!("{text}");
+    let json_path = out_dir.join("cni.json");
+    fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&json!({
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "pods": pods,
+            "batch": batch,
+            "rounds": rounds,
+            "parallel": parallels,
+            "machine": machine,
+            "rows": rows,
+            "targets": targets,
+            "plugins": facts,
+            "containerd": containerd,
+            "profile": profile,
+            "rcu_grace_period_ms": {
+                "p50": median(&measured.grace_ms),
+                "p99": summary::percentile(&measured.grace_ms, 99.0),
+                "samples": measured.grace_ms,
+            },
+            "samples": measured.samples,
+            "batches": measured.batches,
+        }))?,
+    )?;
+    fs::write(out_dir.join("cni.txt"), &text)?;
+    println!("results: {} (and cni.txt)", json_path.display());
+    Ok(())
+}
+
+/// One ADD and its DEL of `attachment`, in ms (for the uncounted runs).
+fn add_del(run: &Run, plugin: usize, attachment: &Attachment) -> Result<(f64, f64)> {
+    let p = &run.plugins[plugin];
+    lock_live(run).insert(
+        attachment.container_id.clone(),
+        (plugin, attachment.clone()),
+    );
+    let add = exec::run(&p.binary, "ADD", attachment, &p.config)?;
+    let del_config = exec::with_prev_result(&p.config, &add.stdout)?;
+    let del = exec::run(&p.binary, "DEL", attachment, &del_config)?;
+    lock_live(run).remove(&attachment.container_id);
+    Ok((
+        add.elapsed.as_secs_f64() * 1e3,
+        del.elapsed.as_secs_f64() * 1e3,
+    ))
+}
+
+fn lock_live(run: &Run) -> std::sync::MutexGuard<'_, BTreeMap<String, (usize, Attachment)>> {
+    run.live.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `n` executions of `verb` for the round's pods, `parallel` at a time.
+fn run_batch(
+    run: &Run,
+    measured: &mut Measured,
+    plugin: usize,
+    parallel: usize,
+    round: usize,
+    n: usize,
+    verb: Verb,
+) -> Result<()> {
+    interrupted()?;
+    let p = &run.plugins[plugin];
+    let attachment = |pod: usize| Attachment {
+        container_id: exec::container_id(std::process::id(), plugin, parallel, round, pod + 1),
+        netns: run.netns(pod).to_path_buf(),
+        pod_name: format!("pod-{pod}"),
+    };
+    // The ADD results, for the DELs' prevResult.
+    static RESULTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+    let next = AtomicUsize::new(0);
+    let samples = Mutex::new(Vec::new());
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let started = Instant::now();
+    thread::scope(|scope| {
+        for _ in 0..parallel.min(n) {
+            scope.spawn(|| loop {
+                if INTERRUPTED.load(Ordering::SeqCst) || failure.lock().unwrap().is_some() {
+                    return;
+                }
+                let pod = next.fetch_add(1, Ordering::SeqCst);
+                if pod >= n {
+                    return;
+                }
+                let a = attachment(pod);
+                let outcome = match verb {
+                    Verb::Add => {
+                        lock_live(run).insert(a.container_id.clone(), (plugin, a.clone()));
+                        exec::run(&p.binary, "ADD", &a, &p.config).inspect(|out| {
+                            RESULTS
+                                .lock()
+                                .unwrap()
+                                .insert(a.container_id.clone(), out.stdout.clone());
+                        })
+                    }
+                    Verb::Del => {
+                        let prev = RESULTS.lock().unwrap().remove(&a.container_id);
+                        prev.context("no ADD result to pass as prevResult")
+                            .and_then(|prev| exec::with_prev_result(&p.config, &prev))
+                            .and_then(|config| exec::run(&p.binary, "DEL", &a, &config))
+                            .inspect(|_| {
+                                lock_live(run).remove(&a.container_id);
+                            })
+                    }
+                };
+                match outcome {
+                    Ok(out) => samples.lock().unwrap().push(Sample {
+                        plugin: p.name.to_string(),
+                        parallel,
+                        round,
+                        verb,
+                        pod,
+                        ms: out.elapsed.as_secs_f64() * 1e3,
+                        cpu_ms: out.cpu.as_secs_f64() * 1e3,
+                    }),
+                    Err(e) => {
+                        failure.lock().unwrap().get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    let wall = started.elapsed();
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e.context(format!("{} {} ({parallel} at a time)", p.name, verb.name())));
+    }
+    interrupted()?;
+    measured.samples.extend(samples.into_inner().unwrap());
+    measured.batches.push(Batch {
+        plugin: p.name.to_string(),
+        parallel,
+        round,
+        verb,
+        pods: n,
+        wall_s: wall.as_secs_f64(),
+    });
+    Ok(())
+}
+
+/// Every pod namespace of the round holds `lo` alone again.
+fn check_empty(run: &Run, plugin: &str, n: usize) -> Result<()> {
+    for netns in &run.namespaces[..n] {
+        let left = exec::interfaces_besides_lo(netns)?;
+        if !left.is_empty() {
+            bail!(
+                "{plugin}'s DEL left {} in {}",
+                left.join(", "),
+                netns.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// After the rounds: veth-cni's networks have no endpoint recorded, and
+/// host-local holds no allocation.
+fn check_nothing_left(run: &Run) -> Result<()> {
+    for name in [NET_BUILTIN, NET_HOST_LOCAL] {
+        let status: Value = serde_json::from_str(&cmd::output(
+            Command::new(&run.vethctl).args(["status", "--json", "--name", name]),
+        )?)?;
+        let pods = status["topologies"][0]["pods"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if pods != 0 {
+            bail!("veth-cni network {name} still lists {pods} endpoint(s) after every DEL");
+        }
+    }
+    let data = Path::new(RUN_DIR).join("host-local");
+    for entry in fs::read_dir(&data).into_iter().flatten().flatten() {
+        let kept: Vec<String> = fs::read_dir(entry.path())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        if !kept.is_empty() {
+            bail!(
+                "host-local still holds {} in {} after every DEL",
+                kept.join(", "),
+                entry.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The containerd half of the benchmark: RunPodSandbox and
+/// StopPodSandbox + RemovePodSandbox through CRI, veth-cni against bridge.
+#[derive(Clone, Debug, Serialize)]
+struct ContainerdPart {
+    status: &'static str,
+    reason: String,
+}
+
+// TODO(runtimes-harness): when the containerd test harness lands
+// (tests/src/runtime/…, branch `runtimes-harness`), drive it from here: a
+// private containerd with each conflist (veth-cni builtin, bridge
+// host-local) in turn, interleaved in rounds; RunPodSandbox for N pods one
+// at a time and 8 at a time, then StopPodSandbox + RemovePodSandbox;
+// p50/p99 per call into `ContainerdPart`, and the target "RunPodSandbox
+// p50 veth-cni ≤ bridge" judged in `measure` instead of NOT RUN. Do not
+// grow a second containerd harness here.
+fn containerd_part() -> ContainerdPart {
+    ContainerdPart {
+        status: "not run",
+        reason: "not run: waits for the containerd harness (branch runtimes-harness, \
+                 tests/src/runtime); the hook is containerd_part() in xtask/src/bench/cni/mod.rs"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_watch_sees_an_exclusive_holder() {
+        let path: &'static str = Box::leak(
+            std::env::temp_dir()
+                .join(format!("bench-cni-lock-{}", std::process::id()))
+                .to_string_lossy()
+                .into_owned()
+                .into_boxed_str(),
+        );
+        let holder = fs::File::create(path).unwrap();
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let watch = LockWatch::start(path);
+        thread::sleep(Duration::from_millis(60));
+        drop(holder);
+        thread::sleep(Duration::from_millis(60));
+        let held = watch.stop();
+        let _ = fs::remove_file(path);
+        assert!((10.0..90.0).contains(&held), "{held}");
+    }
+}

@@ -45,6 +45,8 @@ struct Outcome {
     event: String,
     disruption: Disruption,
     answered: bool,
+    /// How long the action took.
+    command: Duration,
 }
 
 impl Outcome {
@@ -69,7 +71,9 @@ fn event(
     action: impl FnOnce(),
 ) {
     let started = traffic.now_ns();
+    let clock = Instant::now();
     action();
+    let command = clock.elapsed();
     thread::sleep(SETTLE);
     let deadline = Instant::now() + ANSWER_WITHIN;
     while !traffic.all_connections_answered_since(started) && Instant::now() < deadline {
@@ -83,6 +87,7 @@ fn event(
         event: name.to_string(),
         disruption: traffic.window(*from, to),
         answered,
+        command,
     });
     *from = to;
 }
@@ -205,8 +210,9 @@ fn changes_lose_no_datagram_and_break_no_connection() {
     for o in &outcomes {
         let d = &o.disruption;
         report += &format!(
-            "{:<30} sent {:>6} lost {:>4} send errors {:>3} broken {} answered {} gap {:>6.1} ms stall {:>6.1} ms {:?} {:?}\n",
+            "{:<30} {:>6.0} ms  sent {:>6} lost {:>4} send errors {:>3} broken {} answered {} gap {:>6.1} ms stall {:>6.1} ms {:?} {:?}\n",
             o.event,
+            o.command.as_secs_f64() * 1e3,
             d.sent,
             d.lost,
             d.send_errors,

@@ -4,19 +4,23 @@
 //! One two-pod topology (`bdisrupt`, 198.19.192.0/24 and
 //! fd00:198:19:192::/64, used by nothing else) carries, for the whole run,
 //! a sequence-numbered UDP stream from pod a to pod b at a fixed rate and a
-//! few long-lived TCP connections exchanging small messages without pause.
-//! Every sender and receiver is a thread of this process that joined its
-//! pod's namespace with `setns`. Then, one after the other, with time to
-//! settle in between: nothing (the noise floor); `vethctl agent` killed
-//! with SIGKILL and started again; a program reload (`counters` toggled in
-//! the topology file, `vethctl up`) and back; every `vethctl mode set`
+//! few long-lived TCP connections exchanging small messages without pause
+//! (`veth_bench::disruption`, which the no-loss test runs too). Then, one
+//! after the other, with time to settle in between: nothing (the noise
+//! floor); `vethctl agent` killed with SIGKILL and started again; program
+//! reloads (`counters` toggled in the topology file and `vethctl up`: the
+//! programs' instructions change, as with a new object; then every pinned
+//! map given another layout, as a vethctl of another build would leave
+//! them, and a reload; then `up --repair`); every `vethctl mode set`
 //! transition between the modes (an Eulerian circuit, so each ordered pair
 //! once). Around each event it counts datagrams lost (sent without error,
 //! never received), the longest gap between two arrivals, sender errors
 //! (such as `Network is unreachable`), the longest TCP round trip and TCP
 //! connections broken (an error, a reset or no answer within the timeout;
-//! a broken connection is opened again for the next events). Traffic stays
-//! between the benchmark's own namespaces.
+//! a broken connection is opened again for the next events). Commands run
+//! with `--timings`, so each lost datagram is put down to the step that was
+//! running when it was sent (to within the command's start-up, a few ms).
+//! Traffic stays between the benchmark's own namespaces.
 
 use std::{
     fs,

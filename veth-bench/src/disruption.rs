@@ -97,6 +97,8 @@ pub struct Disruption {
 /// Shared between the traffic threads and the caller.
 struct Shared {
     base: Instant,
+    /// `base` on CLOCK_MONOTONIC, ns.
+    base_monotonic_ns: u64,
     rate: u64,
     tcp_timeout: Duration,
     stop: AtomicBool,
@@ -131,6 +133,17 @@ pub struct Traffic {
     threads: Vec<thread::JoinHandle<Result<()>>>,
 }
 
+/// CLOCK_MONOTONIC now, ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Moves the calling thread (only it) into `/run/netns/NETNS`.
 fn enter(netns: &str) -> Result<()> {
     let path = format!("/run/netns/{netns}");
@@ -156,6 +169,7 @@ impl Traffic {
         let slots = (config.rate * config.max_seconds) as usize;
         let shared = Arc::new(Shared {
             base: Instant::now(),
+            base_monotonic_ns: monotonic_ns(),
             rate: config.rate,
             tcp_timeout: config.tcp_timeout,
             stop: AtomicBool::new(false),
@@ -231,6 +245,11 @@ impl Traffic {
     /// Nanoseconds on the traffic's clock.
     pub fn now_ns(&self) -> u64 {
         self.shared.now_ns()
+    }
+
+    /// A CLOCK_MONOTONIC time (ns) on the traffic's clock (0 if before it).
+    pub fn from_monotonic_ns(&self, monotonic_ns: u64) -> u64 {
+        monotonic_ns.saturating_sub(self.shared.base_monotonic_ns)
     }
 
     pub fn mark(&self) -> Mark {

@@ -353,9 +353,19 @@ struct Timings {
 
 impl Timings {
     fn new(on: bool) -> Timings {
+        let last = std::time::Instant::now();
+        if on {
+            // Where the marks start on the system's monotonic clock, so that
+            // a tool watching traffic (`bench disruption`) can line steps up
+            // with what it saw.
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| format!("{}.{:09} s", t.tv_sec(), t.tv_nsec()))
+                .unwrap_or_else(|_| "unknown".into());
+            eprintln!("{:>9.2} ms  start (CLOCK_MONOTONIC {now})", 0.0);
+        }
         Timings {
             on,
-            last: Mutex::new(std::time::Instant::now()),
+            last: Mutex::new(last),
         }
     }
 

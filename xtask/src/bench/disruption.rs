@@ -261,19 +261,33 @@ impl Window {
     }
 }
 
-/// Parses `--timings` lines (`   12.34 ms  what`) into (what, end ns
-/// after `start_ns`), the times being since the previous line.
-fn step_ends(stderr: &str, start_ns: u64) -> Vec<(String, u64)> {
-    let mut at = start_ns;
-    stderr
-        .lines()
-        .filter_map(|line| {
-            let (ms, what) = line.trim_start().split_once(" ms  ")?;
-            let ms: f64 = ms.trim().parse().ok()?;
-            at += (ms * 1e6) as u64;
-            Some((what.to_string(), at))
-        })
-        .collect()
+/// Parses `--timings` lines (`   12.34 ms  what`, each time since the
+/// previous line) into (what, end on the traffic's clock). They start at
+/// the CLOCK_MONOTONIC time the first line gives, else at `spawned_ns`
+/// (when the command was started: its own start-up then shifts them).
+fn step_ends(stderr: &str, spawned_ns: u64, traffic: &Traffic) -> Vec<(String, u64)> {
+    let mut at = spawned_ns;
+    let mut steps = Vec::new();
+    for line in stderr.lines() {
+        let Some((ms, what)) = line.trim_start().split_once(" ms  ") else {
+            continue;
+        };
+        let Ok(ms) = ms.trim().parse::<f64>() else {
+            continue;
+        };
+        if let Some(clock) = what
+            .strip_prefix("start (CLOCK_MONOTONIC ")
+            .and_then(|rest| rest.strip_suffix(" s)"))
+        {
+            if let Ok(seconds) = clock.parse::<f64>() {
+                at = traffic.from_monotonic_ns((seconds * 1e9) as u64);
+            }
+            continue;
+        }
+        at += (ms * 1e6) as u64;
+        steps.push((what.to_string(), at));
+    }
+    steps
 }
 
 /// Runs the events one after the other; each window starts a quarter of
@@ -298,7 +312,7 @@ fn drive(bench: &mut Bench, traffic: &Traffic, options: &Options) -> Result<Vec<
             from,
             to: traffic.mark(),
             command_start_ns,
-            steps: step_ends(&stderr, command_start_ns),
+            steps: step_ends(&stderr, command_start_ns, traffic),
         };
         let row = w.row(traffic);
         let d = &row.disruption;

@@ -1144,6 +1144,18 @@ impl Executor {
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
                 self.configure_pod(topology, pod).await?;
             }
+            Step::LeaveBridge { pod } => {
+                let topology = need()?;
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+                    // The kernel disables a port before it stops handing it
+                    // frames (`del_nbp`) and drops what arrives in between;
+                    // the programs of mode tc and xdp take the pod's frames
+                    // before the bridge would, once they are attached.
+                    self.finish_attaching().await?;
+                }
+                wire::leave_bridge(&self.host, pod).await?;
+            }
             Step::LoadPrograms => {
                 let topology = need()?.clone();
                 self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
@@ -1232,20 +1244,6 @@ impl Executor {
     /// Pod side and host side of one pod, wired for the topology's mode
     /// (the applied record says first when xdp offloads may be set).
     async fn configure_pod(&self, topology: &Topology, pod: &crate::model::Pod) -> Result<()> {
-        if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
-            // Leaving a bridge: the kernel disables a port before it stops
-            // handing it frames (`del_nbp`) and drops what arrives in
-            // between; the programs of mode tc and xdp take the pod's
-            // frames before the bridge would, once they are attached.
-            let bridged = self
-                .host
-                .link(&pod.host_veth)
-                .await?
-                .is_some_and(|veth| veth.controller.is_some());
-            if bridged {
-                self.finish_attaching().await?;
-            }
-        }
         wire::wire_pod(&self.host, topology, pod, || {
             let newly = (self.applied.lock().expect("applied record lock"))
                 .xdp_offloads

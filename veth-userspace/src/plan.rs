@@ -165,7 +165,14 @@ pub enum Step {
         pod: String,
     },
     /// Pod side (lo, eth0 address, gateway) and host side (veth up, route).
+    /// A veth leaving a bridge stays a port until `LeaveBridge`.
     ConfigurePod {
+        pod: String,
+    },
+    /// Leaving mode bridge: the pod's veth off the bridge, once every pod
+    /// is wired for the new mode (a pod still bridged sends straight to
+    /// its peers' MACs, which the bridge delivers only to its ports).
+    LeaveBridge {
         pod: String,
     },
     /// Load the programs and pin them (maps are created or reused).
@@ -245,6 +252,7 @@ impl fmt::Display for Step {
             }
             Step::JoinBridge { pod } => write!(f, "make pod {pod}'s veth a bridge port"),
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
+            Step::LeaveBridge { pod } => write!(f, "take pod {pod}'s veth off the bridge"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
             Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
             Step::AttachPrograms { pods } => match pods.as_slice() {
@@ -568,6 +576,23 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
                 pod: p.name.clone(),
             }),
     );
+    if !bridged {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| rewired.contains(p.name.as_str()))
+                .filter(|p| {
+                    observed
+                        .links
+                        .get(&p.host_veth)
+                        .is_some_and(|l| l.controller.is_some())
+                })
+                .map(|p| Step::LeaveBridge {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
     if topology.mode != Mode::Pair && observed.direct_pair {
         steps.push(Step::RemoveDirectPair);
     }
@@ -1008,6 +1033,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn leaving_bridge_takes_veths_off_only_once_every_pod_is_configured() {
+        let mut b = topology();
+        b.mode = Mode::Bridge;
+        let mut o = observed_complete(&b);
+        for (name, link) in o.links.iter_mut() {
+            if name.starts_with("t-") {
+                link.controller = Some(99);
+            }
+        }
+        let t = topology();
+        let steps = up(&t, &o);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        for leaves in ["a", "b"] {
+            for configured in ["a", "b"] {
+                assert!(
+                    pos(&Step::ConfigurePod {
+                        pod: configured.into()
+                    }) < pos(&Step::LeaveBridge { pod: leaves.into() })
+                );
+            }
+        }
+        // Veths on no bridge have nothing to leave.
+        assert!(!up(&t, &observed_complete(&t))
+            .iter()
+            .any(|s| matches!(s, Step::LeaveBridge { .. })));
     }
 
     #[test]

@@ -1170,12 +1170,18 @@ impl Executor {
                 })
                 .await
                 .context("loading task panicked")??;
-                for map in replaced {
+                for map in &replaced {
                     eprintln!(
                         "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
                          layout; made afresh (what it held, such as counters, starts over)",
                         self.name
                     );
+                }
+                if !replaced.is_empty() {
+                    // Fresh maps know no veth, and the new programs drop
+                    // frames of a veth they do not know: filled before any
+                    // of them is attached (`SyncDataplane` runs later too).
+                    self.sync_dataplane(need()?).await?;
                 }
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,

@@ -3,6 +3,7 @@
 //! pods' network namespaces, client and server pinned to different CPUs.
 
 pub mod crr;
+pub mod disruption;
 pub mod workloads;
 
 use std::{

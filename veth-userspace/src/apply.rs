@@ -353,9 +353,19 @@ struct Timings {
 
 impl Timings {
     fn new(on: bool) -> Timings {
+        let last = std::time::Instant::now();
+        if on {
+            // Where the marks start on the system's monotonic clock, so that
+            // a tool watching traffic (`bench disruption`) can line steps up
+            // with what it saw.
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| format!("{}.{:09} s", t.tv_sec(), t.tv_nsec()))
+                .unwrap_or_else(|_| "unknown".into());
+            eprintln!("{:>9.2} ms  start (CLOCK_MONOTONIC {now})", 0.0);
+        }
         Timings {
             on,
-            last: Mutex::new(std::time::Instant::now()),
+            last: Mutex::new(last),
         }
     }
 
@@ -964,7 +974,7 @@ impl Executor {
             }
             Step::RemoveDirectPair => {
                 let topology = need()?;
-                pair::remove(&topology.pods[0]).await?;
+                pair::remove(&topology.pods[0], topology.pods.get(1)).await?;
             }
             Step::ConfigureMasquerade => {
                 let topology = need()?;
@@ -1106,10 +1116,45 @@ impl Executor {
                 self.veths.lock().expect("veths lock").remove(from);
                 self.host.rename_link(*ifindex, from, to).await?;
             }
+            Step::JoinBridge { pod } => {
+                let topology = need()?;
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                let bridge = self
+                    .host
+                    .link(&topology.bridge)
+                    .await?
+                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
+                let veth =
+                    self.host.link(&pod.host_veth).await?.with_context(|| {
+                        format!("host-side veth {:?} is missing", pod.host_veth)
+                    })?;
+                // Until the pods are readdressed the host still routes to
+                // them over their veths, and a port's ARP and NDP replies
+                // go to the bridge: the host's neighbours on the veth are
+                // in place first.
+                if veth.up && veth.controller.is_none() {
+                    self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+                }
+                self.host
+                    .ensure_host_veth(pod, &veth, Some(bridge.ifindex))
+                    .await?;
+            }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
                 self.configure_pod(topology, pod).await?;
+            }
+            Step::LeaveBridge { pod } => {
+                let topology = need()?;
+                let pod = topology.pod(pod).context("pod missing from the topology")?;
+                if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+                    // The kernel disables a port before it stops handing it
+                    // frames (`del_nbp`) and drops what arrives in between;
+                    // the programs of mode tc and xdp take the pod's frames
+                    // before the bridge would, once they are attached.
+                    self.finish_attaching().await?;
+                }
+                wire::leave_bridge(&self.host, pod).await?;
             }
             Step::LoadPrograms => {
                 let topology = need()?.clone();
@@ -1125,12 +1170,18 @@ impl Executor {
                 })
                 .await
                 .context("loading task panicked")??;
-                for map in replaced {
+                for map in &replaced {
                     eprintln!(
                         "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
                          layout; made afresh (what it held, such as counters, starts over)",
                         self.name
                     );
+                }
+                if !replaced.is_empty() {
+                    // Fresh maps know no veth, and the new programs drop
+                    // frames of a veth they do not know: filled before any
+                    // of them is attached (`SyncDataplane` runs later too).
+                    self.sync_dataplane(need()?).await?;
                 }
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
@@ -1152,6 +1203,10 @@ impl Executor {
                     dataplane::attach_all(&name, &veths, hooks)
                 });
                 *self.attaching.lock().expect("attaching lock") = Some(task);
+            }
+            Step::SetXdpOffloads { pod } => {
+                let pod = need()?.pod(pod).context("pod missing from the topology")?;
+                self.set_xdp_offloads(pod).await?;
             }
             Step::ResetOffloads { pod } => {
                 // Only once XDP is detached.
@@ -1206,6 +1261,18 @@ impl Executor {
         })
         .await?;
         Ok(())
+    }
+
+    /// The pod's `eth0` as mode xdp needs it (GRO on, tx checksum offload
+    /// off), recorded before it is so, for `ResetOffloads` to undo.
+    async fn set_xdp_offloads(&self, pod: &crate::model::Pod) -> Result<()> {
+        let newly = (self.applied.lock().expect("applied record lock"))
+            .xdp_offloads
+            .insert(pod.name.clone());
+        if newly {
+            self.save_applied()?;
+        }
+        pod::set_offloads(pod, true).await
     }
 
     /// Makes the maps hold exactly the topology's pods and the network's

@@ -259,6 +259,9 @@ enum ModeAction {
         mode: Mode,
         #[command(flatten)]
         select: Select,
+        /// Print how long each phase and step took (on stderr).
+        #[arg(long)]
+        timings: bool,
     },
 }
 
@@ -458,8 +461,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Stats { select, json, .. } => stats(&select, json).await,
         Command::Plan { topology } => plan(topology).await,
         Command::Mode {
-            action: ModeAction::Set { mode, select },
-        } => mode_set(&select, mode).await,
+            action:
+                ModeAction::Set {
+                    mode,
+                    select,
+                    timings,
+                },
+        } => mode_set(&select, mode, timings).await,
         Command::Bench {
             select,
             client,
@@ -626,14 +634,17 @@ async fn plan(path: Option<PathBuf>) -> Result<()> {
     emit(text)
 }
 
-async fn mode_set(select: &Select, mode: Mode) -> Result<()> {
+async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
     let name = select.name_or_default()?;
     // The recorded description is read under the lock the change is made
     // under, so nothing recorded meanwhile is lost.
     apply::up_from_record(
         &name,
         |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
-        apply::UpOptions::default(),
+        apply::UpOptions {
+            timings,
+            ..apply::UpOptions::default()
+        },
     )
     .await?;
     emit(format_args!("topology {name:?} is now in mode {mode}\n"))

@@ -425,14 +425,35 @@ pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Resu
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| anyhow!("an attach thread panicked"))?)
     })?;
-    // Hooks of another mode, only now that the new ones run: unpinning
-    // detaches them.
+    // Hooks of another mode, only now that the new ones run.
     for veth in host_veths {
         for hook in HOOKS.iter().filter(|h| !hooks.contains(h)) {
-            remove_file_if_present(&pins.link(veth, *hook))?;
+            unpin_link(&pins.link(veth, *hook))?;
         }
     }
     Ok(())
+}
+
+/// Unpins the link pinned at `path` and detaches it before returning. Only
+/// removing the pin would leave the detach to a kernel worker
+/// (`bpf_link_put` defers the release when a pin drops the last
+/// reference), so an XDP program could still be redirecting after `up`
+/// went on to reset the offloads mode xdp needs (seen as lost datagrams
+/// and UDP checksum errors after `mode set` from xdp). With an fd of its
+/// own held across the unpin, the close drops the last reference
+/// (`bpf_link_put_direct`), which detaches at once. Missing pins are fine.
+fn unpin_link(path: &Path) -> Result<()> {
+    match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(pinned) => {
+            let link = pinned
+                .unpin()
+                .with_context(|| format!("removing {}", path.display()))?;
+            drop(link);
+            Ok(())
+        }
+        // Not there, or not a link: nothing to detach.
+        Err(_) => remove_file_if_present(path),
+    }
 }
 
 /// The pinned programs and maps of one topology, opened from bpffs.
@@ -528,9 +549,15 @@ impl Dataplane {
                     .map_err(|e| anyhow!("{host_veth} xdp: not a BPF link: {e}"))?
             }
         };
+        // The link replaced, held until the new one is pinned: dropping
+        // the last reference detaches it at once (see `unpin_link`).
+        let replaced = aya::programs::links::PinnedLink::from_pin(&path)
+            .ok()
+            .map(FdLink::from);
         remove_file_if_present(&path)?;
         link.pin(&path)
             .with_context(|| format!("pinning link at {}", path.display()))?;
+        drop(replaced);
         Ok(())
     }
 

@@ -155,8 +155,24 @@ pub enum Step {
         from: String,
         to: String,
     },
+    /// Entering mode bridge: the pod's host-side veth becomes a port of the
+    /// bridge before any pod is readdressed. A bridged pod ARPs for the
+    /// others at once; a request flooded while a peer's veth is not a port
+    /// yet reaches nobody, and the kernel asks again only a second later.
+    /// A pod still routed keeps working through a port: frames to the
+    /// port's MAC go up the bridge to the host's routes.
+    JoinBridge {
+        pod: String,
+    },
     /// Pod side (lo, eth0 address, gateway) and host side (veth up, route).
+    /// A veth leaving a bridge stays a port until `LeaveBridge`.
     ConfigurePod {
+        pod: String,
+    },
+    /// Leaving mode bridge: the pod's veth off the bridge, once every pod
+    /// is wired for the new mode (a pod still bridged sends straight to
+    /// its peers' MACs, which the bridge delivers only to its ports).
+    LeaveBridge {
         pod: String,
     },
     /// Load the programs and pin them (maps are created or reused).
@@ -168,6 +184,12 @@ pub enum Step {
     /// links that already run the pinned programs), all at once.
     AttachPrograms {
         pods: Vec<String>,
+    },
+    /// Entering mode xdp: the pod's `eth0` gets GRO (the NAPI that receives
+    /// frames redirected by XDP) and tx checksum offload off, before any
+    /// XDP program can redirect to it or from it.
+    SetXdpOffloads {
+        pod: String,
     },
     /// Leaving mode xdp: the pod's `eth0` back to veth offload defaults,
     /// only once XDP is detached.
@@ -228,7 +250,9 @@ impl fmt::Display for Step {
             Step::RenameLink { ifindex, from, to } => {
                 write!(f, "rename link {from} (ifindex {ifindex}) back to {to}")
             }
+            Step::JoinBridge { pod } => write!(f, "make pod {pod}'s veth a bridge port"),
             Step::ConfigurePod { pod } => write!(f, "configure pod {pod}"),
+            Step::LeaveBridge { pod } => write!(f, "take pod {pod}'s veth off the bridge"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
             Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
             Step::AttachPrograms { pods } => match pods.as_slice() {
@@ -241,6 +265,7 @@ impl fmt::Display for Step {
                     pods[..5].join(", ")
                 ),
             },
+            Step::SetXdpOffloads { pod } => write!(f, "set XDP offloads of pod {pod}"),
             Step::ResetOffloads { pod } => write!(f, "reset offloads of pod {pod}"),
             Step::RemoveRoute { route } => write!(f, "remove stale route {route}"),
             Step::DeleteLink { name, ifindex } => {
@@ -488,6 +513,41 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
             rewired.insert(pod.name.as_str());
         }
     }
+    // Every pod can receive frames XDP redirects as soon as the first XDP
+    // program runs: without GRO its eth0 has no NAPI and the kernel drops
+    // them (veth_xdp_xmit), so no attach starts before all have it.
+    if topology.mode == Mode::Xdp {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| {
+                    rewired.contains(p.name.as_str())
+                        || !observed.applied.xdp_offloads.contains(&p.name)
+                })
+                .map(|p| Step::SetXdpOffloads {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
+    // The paths of a kernel mode (bridge ports, the direct pair) are made
+    // while the programs attached now still run: leaving mode tc or xdp,
+    // those redirect the pods' frames before the bridge could see them
+    // (and before a new port is forwarding), and pods never wait for them.
+    if bridged {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| rewired.contains(p.name.as_str()))
+                .map(|p| Step::JoinBridge {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
+    if topology.mode == Mode::Pair {
+        steps.push(Step::ConfigureDirectPair);
+    }
     let reload = !observed.programs_current;
     if reload {
         steps.push(Step::LoadPrograms);
@@ -516,9 +576,24 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
                 pod: p.name.clone(),
             }),
     );
-    if topology.mode == Mode::Pair {
-        steps.push(Step::ConfigureDirectPair);
-    } else if observed.direct_pair {
+    if !bridged {
+        steps.extend(
+            topology
+                .pods
+                .iter()
+                .filter(|p| rewired.contains(p.name.as_str()))
+                .filter(|p| {
+                    observed
+                        .links
+                        .get(&p.host_veth)
+                        .is_some_and(|l| l.controller.is_some())
+                })
+                .map(|p| Step::LeaveBridge {
+                    pod: p.name.clone(),
+                }),
+        );
+    }
+    if topology.mode != Mode::Pair && observed.direct_pair {
         steps.push(Step::RemoveDirectPair);
     }
     steps.push(Step::SyncDataplane);
@@ -914,6 +989,78 @@ mod tests {
         assert!(steps.contains(&Step::AttachPrograms {
             pods: vec!["a".into(), "b".into()]
         }));
+    }
+
+    #[test]
+    fn entering_xdp_sets_offloads_of_every_pod_before_attaching() {
+        let t = topology();
+        let mut o = observed_complete(&t);
+        let mut x = t.clone();
+        x.mode = Mode::Xdp;
+        o.programs_current = false;
+        o.linked.clear();
+        let steps = up(&x, &o);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        let attach = Step::AttachPrograms {
+            pods: vec!["a".into(), "b".into()],
+        };
+        for pod in ["a", "b"] {
+            assert!(pos(&Step::SetXdpOffloads { pod: pod.into() }) < pos(&attach));
+        }
+        // Already set and recorded: nothing to do.
+        let mut o = observed_complete(&x);
+        o.applied.xdp_offloads.insert("a".into());
+        o.applied.xdp_offloads.insert("b".into());
+        assert!(!up(&x, &o)
+            .iter()
+            .any(|s| matches!(s, Step::SetXdpOffloads { .. })));
+    }
+
+    #[test]
+    fn entering_bridge_makes_every_port_before_readdressing_a_pod() {
+        let t = topology();
+        let mut b = t.clone();
+        b.mode = Mode::Bridge;
+        let steps = up(&b, &observed_complete(&t));
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        for joins in ["a", "b"] {
+            for configured in ["a", "b"] {
+                assert!(
+                    pos(&Step::JoinBridge { pod: joins.into() })
+                        < pos(&Step::ConfigurePod {
+                            pod: configured.into()
+                        })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn leaving_bridge_takes_veths_off_only_once_every_pod_is_configured() {
+        let mut b = topology();
+        b.mode = Mode::Bridge;
+        let mut o = observed_complete(&b);
+        for (name, link) in o.links.iter_mut() {
+            if name.starts_with("t-") {
+                link.controller = Some(99);
+            }
+        }
+        let t = topology();
+        let steps = up(&t, &o);
+        let pos = |s: &Step| steps.iter().position(|x| x == s).unwrap();
+        for leaves in ["a", "b"] {
+            for configured in ["a", "b"] {
+                assert!(
+                    pos(&Step::ConfigurePod {
+                        pod: configured.into()
+                    }) < pos(&Step::LeaveBridge { pod: leaves.into() })
+                );
+            }
+        }
+        // Veths on no bridge have nothing to leave.
+        assert!(!up(&t, &observed_complete(&t))
+            .iter()
+            .any(|s| matches!(s, Step::LeaveBridge { .. })));
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub async fn wire_pod(
     pod::configure(pod, &wiring).await?;
     if topology.mode == Mode::Xdp {
         before_offloads()?;
-        // Before XDP is attached: redirected frames need the pod's NAPI.
+        // Before XDP is attached: redirected frames need the pod's NAPI
+        // (`up` sets them earlier still, before any attach; a no-op then).
         pod::set_offloads(pod, true).await?;
     }
     let veth = host
@@ -59,13 +60,41 @@ pub async fn wire_pod(
     // A veth of an older vethctl, or one whose mark a crash kept from being
     // set, gets it now.
     host.ensure_alias(&veth, &link_mark(&topology.name)).await?;
-    host.ensure_host_veth(pod, &veth, bridge.as_ref().map(|b| b.ifindex))
-        .await?;
+    // Leaving a bridge, the veth stays a port for now (see `leave_bridge`),
+    // and the host reaches the pod over it (route and neighbour) already.
+    let leaving_bridge = bridge.is_none() && veth.up && veth.controller.is_some();
+    if leaving_bridge {
+        host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+    }
+    let controller = match &bridge {
+        Some(b) => Some(b.ifindex),
+        None if leaving_bridge => veth.controller,
+        None => None,
+    };
+    host.ensure_host_veth(pod, &veth, controller).await?;
     sysctl::set_rps(&pod.host_veth, topology.rps)?;
     if bridge.is_none() {
         host.ensure_pod_routes(pod, veth.ifindex, topology).await?;
     }
     Ok(veth)
+}
+
+/// Takes the pod's host-side veth off its bridge (a no-op if it is on
+/// none), once `wire_pod` wired the pod for a mode without one. Only once
+/// every pod is wired: a pod still bridged sends to its peers' MACs, which
+/// a bridge no longer delivers once the peer's port is gone. A pod wired
+/// for routing keeps working through a port meanwhile: it sends to the
+/// port's MAC, which takes its frames up the bridge to the host's routes,
+/// and the host reaches it over the veth by route and neighbour.
+pub async fn leave_bridge(host: &Host, pod: &Pod) -> Result<()> {
+    let veth = host
+        .link(&pod.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+    if veth.controller.is_some() {
+        host.ensure_host_veth(pod, &veth, None).await?;
+    }
+    Ok(())
 }
 
 /// What the maps know of a pod.
@@ -260,7 +289,7 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 /// configuration). Map entries are kept by `up` itself.
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     let records = Store::new(&network.name).records();
-    let mut veths = Vec::new();
+    let mut pods = Vec::new();
     for record in records.iter() {
         let Some(ifindex) = record.host_ifindex else {
             continue;
@@ -275,21 +304,33 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
             continue;
         }
         let pod = record.pod();
-        if network.mode != Mode::Xdp {
-            // Leaving xdp: offloads back to the veth defaults.
-            pod::set_offloads(&pod, false).await?;
-        }
         wire_pod(host, network, &pod, || Ok(()))
             .await
             .with_context(|| format!("endpoint {}", record.key()))?;
-        veths.push(record.host_veth.clone());
+        pods.push(pod);
     }
-    if veths.is_empty() {
+    if pods.is_empty() {
         return Ok(());
     }
     let name = network.name.clone();
     let hooks = Hook::for_mode(network.mode);
+    let veths = pods.iter().map(|p| p.host_veth.clone()).collect::<Vec<_>>();
     tokio::task::spawn_blocking(move || dataplane::attach_all(&name, &veths, hooks))
         .await
-        .context("attach task panicked")?
+        .context("attach task panicked")??;
+    // Off a bridge only now that every endpoint is wired and, in mode tc or
+    // xdp, the programs that take the pods' frames before a bridge would
+    // are attached.
+    for pod in &pods {
+        leave_bridge(host, pod).await?;
+    }
+    if network.mode != Mode::Xdp {
+        // Leaving xdp: offloads back to the veth defaults, only now that
+        // XDP is detached (it redirects into pods by their NAPI, which GRO
+        // off takes away, and needs their tx checksums done in software).
+        for pod in &pods {
+            pod::set_offloads(pod, false).await?;
+        }
+    }
+    Ok(())
 }

@@ -291,6 +291,37 @@ impl Host {
         super::routes::delete(&self.handle, route).await
     }
 
+    /// The pod's addresses as neighbours at its MAC on its host-side veth,
+    /// in state STALE (used at once, confirmed by the kernel later), unless
+    /// the kernel has entries for them already. For a veth about to join
+    /// or leave a bridge while the host routes to the pod over it: the
+    /// host reaches the pod at once, where the pod's ARP or NDP reply
+    /// would be taken by the bridge.
+    pub async fn ensure_pod_neighbours(&self, pod: &Pod, host_veth: u32) -> Result<()> {
+        let ips = std::iter::once(IpAddr::V4(pod.ipv4)).chain(pod.ipv6.map(IpAddr::V6));
+        for ip in ips {
+            let added = self
+                .handle
+                .neighbours()
+                .add(host_veth, ip)
+                .link_layer_address(&pod.mac)
+                .state(rtnetlink::packet_route::neighbour::NeighbourState::Stale)
+                .execute()
+                .await;
+            match added {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => {
+                    return Err(context(format!(
+                        "pod {:?}: adding the host's neighbour {ip}",
+                        pod.name
+                    ))(e))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `<pod ip>/32 dev <host veth> scope link src <node address>` (and the
     /// /128 for IPv6): how the host stack reaches a pod.
     pub async fn ensure_pod_routes(

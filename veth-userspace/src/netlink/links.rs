@@ -109,6 +109,24 @@ pub async fn by_name(handle: &rtnetlink::Handle, name: &str) -> Result<Option<Li
     }
 }
 
+/// Whether the link called `name` is operationally up. Carrier alone is
+/// not enough to send through a link: until the kernel's link watch has
+/// seen the carrier come on (it sets the operational state, then attaches
+/// the link's queueing discipline), frames sent into it are dropped.
+pub async fn is_operational(handle: &rtnetlink::Handle, name: &str) -> Result<bool> {
+    use rtnetlink::packet_route::link::State;
+    let mut stream = handle.link().get().match_name(name.to_string()).execute();
+    match stream.try_next().await {
+        Ok(Some(msg)) => Ok(msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))),
+        Ok(None) => Ok(false),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(context(format!("looking up link {name:?}"))(e)),
+    }
+}
+
 /// The link with index `ifindex`, if any.
 pub async fn by_index(handle: &rtnetlink::Handle, ifindex: u32) -> Result<Option<LinkState>> {
     let mut stream = handle.link().get().match_index(ifindex).execute();
@@ -156,9 +174,14 @@ pub async fn ensure_port(
     {
         return Ok(());
     }
-    let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex)
-        .address(mac.to_vec())
-        .up();
+    let mut msg = rtnetlink::LinkUnspec::new_with_index(link.ifindex).up();
+    // Only a MAC that differs: setting even the same one makes the kernel
+    // announce a changed address (NETDEV_CHANGEADDR), and ARP and NDP then
+    // flush every neighbour of the link (`neigh_changeaddr`), so traffic
+    // through it waits for resolution again.
+    if link.mac != mac {
+        msg = msg.address(mac.to_vec());
+    }
     if let Some(mtu) = mtu {
         msg = msg.mtu(mtu);
     }

@@ -73,15 +73,19 @@ pub async fn ensure(host: &Host, a: &Pod, b: &Pod) -> Result<()> {
             }
         }
     }
+    // Both ends up before either pod routes over the pair: a frame sent
+    // into a veth whose peer is down is dropped.
+    bring_up_end(a, b).await?;
+    bring_up_end(b, a).await?;
+    await_operational(a).await?;
+    await_operational(b).await?;
     configure_end(a, b).await?;
     configure_end(b, a).await
 }
 
-/// `me`'s end: up with the pair's MTU, and exactly the peer's addresses
-/// reachable over it (routes and neighbours of addresses the peer no
-/// longer has go, so a renumbered pod leaves nothing behind).
-async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
-    let (me, peer) = (me.clone(), peer.clone());
+/// `me`'s end up with the pair's MTU and MAC.
+async fn bring_up_end(me: &Pod, peer: &Pod) -> Result<()> {
+    let me = me.clone();
     let label = me.name.clone();
     let mtu = me.mtu.min(peer.mtu);
     netns::run_in(&me.netns.clone(), move |handle| async move {
@@ -89,7 +93,43 @@ async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
             .await?
             .with_context(|| format!("{PAIR_IFNAME} is missing"))?;
         super::sysctl::disable_dad(PAIR_IFNAME)?;
-        links::ensure_up(&handle, &eth1, &pair_mac(&me), Some(mtu)).await?;
+        links::ensure_up(&handle, &eth1, &pair_mac(&me), Some(mtu)).await
+    })
+    .await
+    .with_context(|| format!("pod {label:?}"))
+}
+
+/// Most time the kernel gets to make a new end operational before the
+/// routes go on regardless (a machine that busy loses a few frames).
+const OPERATIONAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until `pod`'s end is operationally up (see
+/// [`links::is_operational`]), at most [`OPERATIONAL_WAIT`].
+async fn await_operational(pod: &Pod) -> Result<()> {
+    let label = pod.name.clone();
+    netns::run_in(&pod.netns.clone(), |handle| async move {
+        let deadline = std::time::Instant::now() + OPERATIONAL_WAIT;
+        while !links::is_operational(&handle, PAIR_IFNAME).await?
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("pod {label:?}"))
+}
+
+/// `me`'s end (up already): exactly the peer's addresses reachable over it
+/// (routes and neighbours of addresses the peer no longer has go, so a
+/// renumbered pod leaves nothing behind).
+async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
+    let (me, peer) = (me.clone(), peer.clone());
+    let label = me.name.clone();
+    netns::run_in(&me.netns.clone(), move |handle| async move {
+        let eth1 = links::by_name(&handle, PAIR_IFNAME)
+            .await?
+            .with_context(|| format!("{PAIR_IFNAME} is missing"))?;
         let mut targets = vec![IpAddr::V4(peer.ipv4)];
         targets.extend(peer.ipv6.map(IpAddr::V6));
         for &target in &targets {
@@ -115,17 +155,26 @@ async fn configure_end(me: &Pod, peer: &Pod) -> Result<()> {
             .await?;
         }
         let wanted: Vec<IpNet> = targets.iter().map(|&t| IpNet::from(t)).collect();
-        for route in routes::main_table(&handle).await? {
-            let ours =
-                route.protocol == routes::PROTOCOL || route.protocol == routes::LEGACY_PROTOCOL;
-            if route.oif == Some(eth1.ifindex) && ours && !wanted.contains(&route.dst) {
-                routes::delete(&handle, &route).await?;
-            }
-        }
+        remove_routes_except(&handle, eth1.ifindex, &wanted).await?;
         forget_neighbours_except(&handle, eth1.ifindex, &targets).await
     })
     .await
     .with_context(|| format!("pod {label:?}"))
+}
+
+/// Removes our routes over `ifindex` other than to `keep`.
+async fn remove_routes_except(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    keep: &[IpNet],
+) -> Result<()> {
+    for route in routes::main_table(handle).await? {
+        let ours = route.protocol == routes::PROTOCOL || route.protocol == routes::LEGACY_PROTOCOL;
+        if route.oif == Some(ifindex) && ours && !keep.contains(&route.dst) {
+            routes::delete(handle, &route).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the permanent neighbour entries of `ifindex` other than `keep`.
@@ -167,10 +216,26 @@ async fn forget_neighbours_except(
     Ok(())
 }
 
-/// Deletes the direct pair (both ends, and their routes with them).
-pub async fn remove(a: &Pod) -> Result<()> {
+/// Deletes the direct pair (both ends, and their routes with them). The
+/// pods' routes over it go first, so traffic is back on `eth0` before the
+/// link goes down: a frame routed into it while it is being deleted would
+/// be dropped.
+pub async fn remove(a: &Pod, b: Option<&Pod>) -> Result<()> {
     if !netns::exists(&a.netns) {
         return Ok(());
+    }
+    for pod in std::iter::once(a).chain(b) {
+        if !netns::exists(&pod.netns) {
+            continue;
+        }
+        netns::run_in(&pod.netns.clone(), |handle| async move {
+            if let Some(eth1) = links::by_name(&handle, PAIR_IFNAME).await? {
+                remove_routes_except(&handle, eth1.ifindex, &[]).await?;
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("pod {:?}", pod.name))?;
     }
     netns::run_in(&a.netns.clone(), |handle| async move {
         if let Some(eth1) = links::by_name(&handle, PAIR_IFNAME).await? {

@@ -430,6 +430,12 @@ pub fn leftovers(topology: &Topology) -> Vec<String> {
             }
         }
     }
+    let lock = Path::new(veth_userspace::state::STATE_ROOT)
+        .join(".locks")
+        .join(&topology.name);
+    if lock.exists() {
+        left.push(format!("lock file {}", lock.display()));
+    }
     // The bridge of mode bridge: found above when it has the prefix.
     if !topology.bridge.starts_with(&prefix) && link_exists(&topology.bridge) {
         left.push(format!("bridge {}", topology.bridge));

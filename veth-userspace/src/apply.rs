@@ -682,9 +682,6 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     Executor::new(host, name, Applied::default(), ledger, Timings::new(false))
         .run(None, &steps)
         .await?;
-    if !StateDir::new(name).exists() {
-        state::remove_network_lock(name)?;
-    }
     Ok(steps)
 }
 

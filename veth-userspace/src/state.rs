@@ -163,13 +163,42 @@ pub fn claim_trace_session(topology: &str) -> Result<TraceClaim> {
 /// namespace (bpffs, /run/netns) is then never raced.
 pub struct Lock {
     _file: File,
+    /// A network lock's file, removed on release when the network is gone
+    /// and nobody else holds or waits on it (see [`network_lock`]).
+    network_file: Option<(PathBuf, PathBuf)>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some((path, state_dir)) = &self.network_file else {
+            return;
+        };
+        if state_dir.exists() {
+            return;
+        }
+        // Only as the sole holder (a shared hold is upgraded, without
+        // waiting): a lock file removed under another holder would let a
+        // new taker lock a new file beside it.
+        // SAFETY: flock on an fd we own.
+        let sole =
+            unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        let same =
+            fs::metadata(path).map(|m| m.ino()).ok() == self._file.metadata().map(|m| m.ino()).ok();
+        if sole && same {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 pub fn lock() -> Result<Lock> {
     fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
     let file = lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), true)?
         .context("a blocking lock returned without the lock")?;
-    Ok(Lock { _file: file })
+    Ok(Lock {
+        _file: file,
+        network_file: None,
+    })
 }
 
 /// How a network's lock is held: shared by work on one endpoint (a CNI
@@ -206,23 +235,16 @@ pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> 
         let Some(file) = flock_file(&path, operation, wait)? else {
             return Ok(None);
         };
-        // `down` removes the file while holding it: a lock on a removed
-        // file guards nothing, so take the one now at the path instead.
+        // The last holder of a gone network's lock removes the file (see
+        // `Lock`'s drop): a lock on a removed file guards nothing, so take
+        // the one now at the path instead.
         let current = fs::metadata(&path).map(|m| m.ino()).ok();
         if current == Some(file.metadata()?.ino()) {
-            return Ok(Some(Lock { _file: file }));
+            return Ok(Some(Lock {
+                _file: file,
+                network_file: Some((path, StateDir::new(name).path().to_path_buf())),
+            }));
         }
-    }
-}
-
-/// Removes network `name`'s lock file once the network is gone; the
-/// caller holds the lock exclusively (see [`network_lock`]).
-pub fn remove_network_lock(name: &str) -> Result<()> {
-    let path = network_lock_path(name);
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }
 

@@ -4,8 +4,9 @@
 //! One node network per configuration `name` ([`network::network`]): the
 //! first ADD (or `vethctl agent --cni-conf`) brings it up — programs
 //! loaded and pinned, node address, masquerade, unreachable routes — under
-//! the exclusive change lock; every ADD and DEL after that holds the lock
-//! shared and only does endpoint work, so many run at once. A configuration
+//! the global lock and the network's, exclusively; every ADD and DEL after
+//! that holds only the network's lock, shared, and does endpoint work, so
+//! many run at once. A configuration
 //! that changes (another mode) converges the network, and its endpoints
 //! with it, on the next ADD.
 

@@ -4,9 +4,9 @@
 //! An endpoint lives in a **network** (a topology whose description comes
 //! from the CNI configuration, see [`crate::cni`]): the network's objects
 //! (programs, maps, node address, masquerade, unreachable routes, bridge)
-//! are made by `up` under the exclusive change lock; an endpoint's own
-//! objects (its veth pair, host routes, links to the programs, map entries,
-//! address) are made and removed here under the shared one, so many ADDs
+//! are made by `up` holding the network's lock exclusively; an endpoint's
+//! own objects (its veth pair, host routes, links to the programs, map
+//! entries, address) are made and removed here with it shared, so many ADDs
 //! proceed at once and none ever touches another endpoint.
 //!
 //! Each endpoint has its own record, `/run/vethctl/<network>/endpoints/

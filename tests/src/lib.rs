@@ -532,7 +532,12 @@ pub fn ping_with(netns: &str, options: &[&str], dst: impl Into<IpAddr>, count: u
         .arg(dst.into().to_string())
         .output()
         .expect("running ping (install iputils-ping)");
-    let text = String::from_utf8_lossy(&out.stdout);
+    pings_received(&out.stdout)
+}
+
+/// The number of replies in `ping -q`'s summary (0 if it has none).
+pub fn pings_received(stdout: &[u8]) -> u32 {
+    let text = String::from_utf8_lossy(stdout);
     // "5 packets transmitted, 5 received, 0% packet loss"
     text.lines()
         .find(|l| l.contains("packets transmitted"))

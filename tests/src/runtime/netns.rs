@@ -73,14 +73,7 @@ pub fn ping_in(netns: &Path, dst: IpAddr, count: u32) -> u32 {
         "ping",
         &["-n", "-q", "-c", &count, "-i", "0.05", "-W", "1", &dst],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "5 packets transmitted, 5 received, 0% packet loss"
-    text.lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    crate::pings_received(&out.stdout)
 }
 
 /// Waits (up to 10 s) for a first ping from `netns` to `dst` to be

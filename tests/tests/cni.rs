@@ -22,7 +22,10 @@ use veth_tests::{
     counter, expect_success, link_exists, set_forwarding, tcp_connects_to, tcp_transfer_to,
     unique_name, vethctl, AddressBlock, TcpSession, TempDir, TestTopology,
 };
-use veth_userspace::{dataplane::Pins, model::gateway_ipv6};
+use veth_userspace::{
+    dataplane::{self, Pins},
+    model::gateway_ipv6,
+};
 
 const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -1882,4 +1885,184 @@ fn a_configuration_named_like_a_topology_file_leaves_its_pods_alone() {
         3,
         "a still reaches b"
     );
+}
+
+/// The id of the program pinned at `pin`.
+fn pinned_program_id(pin: &std::path::Path) -> u64 {
+    let out = veth_tests::run(
+        "bpftool",
+        &["-j", "prog", "show", "pinned", pin.to_str().unwrap()],
+    );
+    let prog: Value = serde_json::from_str(&out).expect("bpftool JSON");
+    prog["id"].as_u64().expect("a program id")
+}
+
+/// The programs of the BPF filters at `veth`'s ingress or egress, as
+/// `tc` shows them.
+fn filter_programs(veth: &str, hook: &str) -> Vec<u64> {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "filter", "show", "dev", veth, hook])
+        .output()
+        .expect("running tc");
+    // No clsact qdisc: tc refuses the dump.
+    let filters: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    filters
+        .iter()
+        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+        .collect()
+}
+
+/// Our programs at each hook of `veth`, as `vethctl status` reports them.
+fn status_programs(net: &CniNet, veth: &str) -> BTreeMap<String, Value> {
+    net.status_pods()[veth]["attached"]
+        .as_array()
+        .expect("attached")
+        .iter()
+        .map(|a| (s(&a["hook"]).to_string(), a.clone()))
+        .collect()
+}
+
+/// Endpoints get their TC programs as `clsact` filters (no RCU grace
+/// period per attach: fast pod start), or as TCX links with
+/// `"tcAttach": "tcx"`; both kinds redirect to each other, follow mode
+/// changes, and run the programs a reload pinned. A bad value is code 7
+/// and makes nothing.
+#[test]
+fn endpoints_attach_as_clsact_filters_or_tcx_links() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    // Held while pinging; never across an ADD that changes the network.
+    let quiet = net.quiet();
+    let pins = Pins::new(&net.name);
+    let (from_pod, to_pod) = (pins.program("from_pod"), pins.program("to_pod"));
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    let mut tcx = net.conf("1.0.0");
+    tcx["tcAttach"] = json!("tcx");
+    net.add_with(&b, &tcx, &[]);
+    let (va, vb) = (net.host_veth(&a), net.host_veth(&b));
+
+    let (ingress, egress) = (pinned_program_id(&from_pod), pinned_program_id(&to_pod));
+    assert_eq!(
+        filter_programs(&va, "ingress"),
+        [ingress],
+        "a: filter at ingress"
+    );
+    assert_eq!(
+        filter_programs(&va, "egress"),
+        [egress],
+        "a: filter at egress"
+    );
+    assert!(
+        !pins.link(&va, dataplane::Hook::Ingress).exists(),
+        "a: no TCX link"
+    );
+    let shown = status_programs(&net, &va);
+    assert_eq!(shown["ingress"]["program_id"], json!(ingress), "{shown:?}");
+    assert_eq!(shown["ingress"]["filter_program_ids"], json!([ingress]));
+    assert_eq!(shown["egress"]["program_id"], json!(egress), "{shown:?}");
+    assert_eq!(shown["ingress"]["tcx_program_ids"], json!([]), "{shown:?}");
+
+    assert!(filter_programs(&vb, "ingress").is_empty(), "b: no filter");
+    let shown = status_programs(&net, &vb);
+    assert_eq!(
+        shown["ingress"]["tcx_program_ids"],
+        json!([ingress]),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown["egress"]["tcx_program_ids"],
+        json!([egress]),
+        "{shown:?}"
+    );
+
+    // Each kind redirects to the other.
+    set_forwarding(&va, false);
+    set_forwarding(&vb, false);
+    a.netns.expect_pings(b.ipv4(), 1, "a to b");
+    let before = net.stats();
+    assert_eq!(a.netns.ping(b.ipv4(), 10), 10, "10 pings from a to b");
+    let after = net.stats();
+    for veth in [&va, &vb] {
+        let redirected = pair_counter(&after, veth, "from_pod", "redirected_packets")
+            - pair_counter(&before, veth, "from_pod", "redirected_packets");
+        assert!(redirected >= 10, "{veth} redirected: {:?}", after[veth]);
+    }
+    set_forwarding(&va, true);
+    set_forwarding(&vb, true);
+    drop(quiet);
+
+    // Mode xdp: XDP takes the filter's place at ingress; egress stays.
+    let c = Pod::new();
+    let mut xdp = net.conf("1.0.0");
+    xdp["mode"] = json!("xdp");
+    net.add_with(&c, &xdp, &[]);
+    assert!(
+        filter_programs(&va, "ingress").is_empty(),
+        "a: ingress in xdp"
+    );
+    // Mode tc's programs redirect, the other modes' only count: a mode
+    // change loads them again.
+    let egress = pinned_program_id(&to_pod);
+    assert_eq!(filter_programs(&va, "egress"), [egress], "a: egress in xdp");
+    assert!(pins.link(&va, dataplane::Hook::Xdp).exists(), "a: XDP link");
+    let quiet = net.quiet();
+    for (from, to, what) in [(&a, &b, "a to b"), (&b, &c, "b to c"), (&c, &a, "c to a")] {
+        from.netns
+            .expect_pings(to.ipv4(), 2, &format!("{what} in xdp"));
+    }
+
+    // Back to tc: the filter is back at ingress.
+    drop(quiet);
+    let d = Pod::new();
+    net.add(&d);
+    let ingress = pinned_program_id(&from_pod);
+    assert_eq!(
+        filter_programs(&va, "ingress"),
+        [ingress],
+        "a: ingress in tc"
+    );
+    assert!(
+        !pins.link(&va, dataplane::Hook::Xdp).exists(),
+        "a: XDP gone"
+    );
+
+    // The programs lost (a crash), mode unchanged: the ADD that loads them
+    // again moves every endpoint onto the new ones.
+    let gone = Renamed::new(&to_pod);
+    let e = Pod::new();
+    net.add(&e);
+    gone.discard();
+    let new_egress = pinned_program_id(&to_pod);
+    assert_ne!(new_egress, egress, "the program was loaded again");
+    assert_eq!(filter_programs(&va, "egress"), [new_egress], "a runs it");
+    let shown = status_programs(&net, &vb);
+    assert_eq!(
+        shown["egress"]["tcx_program_ids"],
+        json!([new_egress]),
+        "b runs it: {shown:?}"
+    );
+    assert!(filter_programs(&vb, "egress").is_empty(), "b has no filter");
+    let quiet = net.quiet();
+    for (from, to, what) in [(&d, &a, "d to a"), (&a, &b, "a to b"), (&b, &e, "b to e")] {
+        from.netns
+            .expect_pings(to.ipv4(), 2, &format!("{what} back in tc"));
+    }
+
+    drop(quiet);
+    let records = net.records();
+    for bad in [json!("fast"), json!(1), json!("TCX")] {
+        let mut conf = net.conf("1.0.0");
+        conf["tcAttach"] = bad.clone();
+        let e = Pod::new();
+        net.run(&net.vars("ADD", &e), &conf).expect_error(
+            7,
+            &["tcAttach", "clsact"],
+            &format!("tcAttach {bad}"),
+        );
+        assert!(!link_exists(&net.host_veth(&e)), "tcAttach {bad}: no veth");
+    }
+    assert_eq!(net.records(), records, "bad tcAttach: no record");
+    net.del(&a, None);
+    assert!(!link_exists(&va), "DEL took a's veth and its filters");
 }

@@ -14,7 +14,7 @@ use crate::{
     applied::{masquerade_fingerprint, pod_fingerprint, Applied, AppliedPod},
     dataplane::{self, Dataplane, Hook, Pins},
     endpoint::{self, wire},
-    model::{host_address_label, Mode, Topology},
+    model::{host_address_label, Mode, TcAttach, Topology},
     netlink::{
         links::{LinkState, MarkedLink},
         nat, netns, pair, pod,
@@ -475,8 +475,11 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
-    if options.repair || recorded_mode.is_some_and(|m| m != topology.mode) {
-        // A runtime's endpoints follow the network's mode too.
+    let reloaded = steps.contains(&Step::LoadPrograms);
+    if options.repair || reloaded || recorded_mode.is_some_and(|m| m != topology.mode) {
+        // A runtime's endpoints follow the network's mode too, and run the
+        // programs just loaded (their links and filters still hold the
+        // old ones, and those the old maps if the layout changed).
         wire::rewire_all(&executor.host, topology).await?;
         executor.timings.mark("rewire the runtime's endpoints");
     }
@@ -1197,7 +1200,7 @@ impl Executor {
                 let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
                 self.finish_attaching().await?;
                 let task = tokio::task::spawn_blocking(move || {
-                    dataplane::attach_all(&name, &veths, hooks)
+                    dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
                 });
                 *self.attaching.lock().expect("attaching lock") = Some(task);
             }

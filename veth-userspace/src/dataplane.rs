@@ -15,11 +15,15 @@ use std::{
 pub mod health;
 pub mod lab;
 
-use crate::model::Mode;
+use crate::model::{Mode, TcAttach};
 use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{links::FdLink, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        links::FdLink,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle},
+        ProgramError, SchedClassifier, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use nix::{
@@ -389,13 +393,24 @@ const SLOTS_LOCK: &str = ".slots.lock";
 /// Most attaches in flight at once.
 const ATTACH_THREADS: usize = 64;
 
-/// Attaches `hooks` to every veth of `host_veths` and pins the links, then
-/// unpins (detaches) their other hooks. Attaches run concurrently: each
-/// TCX attach waits for an RCU grace period (the kernel swaps the hook's
-/// program array, then `synchronize_rcu`), ~16 ms here, and concurrent
-/// waiters share one, so one pod costs about one grace period and many
-/// pods barely more.
-pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Result<()> {
+/// Priority and handle of our `cls_bpf` filters ([`TcAttach::Clsact`]): fixed,
+/// so attaching again replaces the program in place (atomically: frames
+/// see the old program or the new one) and removing takes ours only.
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Attaches `hooks` to every veth of `host_veths` (TC hooks the way `tc`
+/// says), then takes their other hooks away. TCX attaches run
+/// concurrently: each waits for an RCU grace period (the kernel swaps the
+/// hook's program array, then `synchronize_rcu`), ~10 ms here, and
+/// concurrent waiters share one, so one pod costs about one grace period
+/// and many pods barely more. `clsact` filters wait for none.
+pub fn attach_all(
+    topology: &str,
+    host_veths: &[String],
+    hooks: &[Hook],
+    tc: TcAttach,
+) -> Result<()> {
     let pins = Pins::new(topology);
     for veth in host_veths {
         let dir = pins.veth_links_dir(veth);
@@ -405,9 +420,13 @@ pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Resu
         .iter()
         .flat_map(|veth| hooks.iter().map(move |&hook| (veth.as_str(), hook)))
         .collect();
+    let threads = match tc {
+        TcAttach::Tcx => ATTACH_THREADS,
+        TcAttach::Clsact => 1,
+    };
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..work.len().min(ATTACH_THREADS))
+        let workers: Vec<_> = (0..work.len().min(threads))
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let mut dataplane = Dataplane::open(topology)?;
@@ -416,7 +435,7 @@ pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Resu
                         let Some(&(veth, hook)) = work.get(i) else {
                             return Ok(());
                         };
-                        dataplane.attach(veth, hook)?;
+                        dataplane.attach(veth, hook, tc)?;
                     }
                 })
             })
@@ -425,13 +444,55 @@ pub fn attach_all(topology: &str, host_veths: &[String], hooks: &[Hook]) -> Resu
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| anyhow!("an attach thread panicked"))?)
     })?;
-    // Hooks of another mode, only now that the new ones run.
+    // Only now that the new hooks run: the hooks of another mode, and a TC
+    // hook's TCX link where a filter took over (an endpoint an older
+    // vethctl attached). Topology pods never have our filters.
     for veth in host_veths {
-        for hook in HOOKS.iter().filter(|h| !hooks.contains(h)) {
-            unpin_link(&pins.link(veth, *hook))?;
+        for hook in HOOKS {
+            let wanted = hooks.contains(&hook);
+            if !wanted || (tc == TcAttach::Clsact && hook != Hook::Xdp) {
+                unpin_link(&pins.link(veth, hook))?;
+            }
+            if let (false, TcAttach::Clsact, Some(t)) = (wanted, tc, hook.attach_type()) {
+                detach_filter(veth, t)?;
+            }
         }
     }
     Ok(())
+}
+
+/// The errno of a failed netlink request of aya's.
+fn netlink_errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::NetlinkError(e) | ProgramError::TcError(TcError::NetlinkError(e)) => {
+            e.raw_os_error()
+        }
+        _ => None,
+    }
+}
+
+/// Removes our filter at the `attach_type` hook of `host_veth`, if there.
+fn detach_filter(host_veth: &str, attach_type: TcAttachType) -> Result<()> {
+    use aya::programs::Link as _;
+    let context = || format!("removing the {attach_type:?} filter of {host_veth}");
+    let link = match SchedClassifierLink::attached(
+        host_veth,
+        attach_type,
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    ) {
+        Ok(link) => link,
+        // The veth is gone, and its filters with it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(context),
+    };
+    match link.detach() {
+        Ok(()) => Ok(()),
+        // No such filter (ENOENT), or no clsact qdisc to hold one (EINVAL).
+        Err(e) if matches!(netlink_errno(&e), Some(libc::ENOENT | libc::EINVAL)) => Ok(()),
+        Err(e) => Err(e).with_context(context),
+    }
 }
 
 /// Unpins the link pinned at `path` and detaches it before returning. Only
@@ -499,11 +560,12 @@ impl Dataplane {
         MapData::from_pin(&path).with_context(|| format!("opening map {}", path.display()))
     }
 
-    /// Attaches the hook's program to `host_veth` and pins the link. A TCX
-    /// hook that already runs the pinned program keeps its link; one running
-    /// an older program gets the new link before the old one is unpinned,
-    /// so frames never miss the program.
-    fn attach(&mut self, host_veth: &str, hook: Hook) -> Result<()> {
+    /// Attaches the hook's program to `host_veth`: a pinned TCX link or XDP
+    /// link, or our `clsact` filter. A TCX hook that already runs the
+    /// pinned program keeps its link; one running an older program gets
+    /// the new link before the old one is unpinned, and a filter has its
+    /// program replaced in place, so frames never miss the program.
+    fn attach(&mut self, host_veth: &str, hook: Hook, tc: TcAttach) -> Result<()> {
         let path = self.pins.link(host_veth, hook);
         let context = || {
             format!(
@@ -518,6 +580,10 @@ impl Dataplane {
                     Hook::Egress => &mut self.to_pod,
                     _ => &mut self.from_pod,
                 };
+                if tc == TcAttach::Clsact {
+                    return attach_filter(&mut prog.program, host_veth, attach_type)
+                        .with_context(context);
+                }
                 if path.exists() && tcx_runs(host_veth, attach_type, prog.id) {
                     return Ok(());
                 }
@@ -770,6 +836,46 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Attaches `program` as our direct-action filter at the `attach_type`
+/// hook of `host_veth` (its `clsact` qdisc made first), or replaces the
+/// program of the filter already there. The filter stays when this
+/// process exits: it belongs to the veth, and goes with it.
+fn attach_filter(
+    program: &mut SchedClassifier,
+    host_veth: &str,
+    attach_type: TcAttachType,
+) -> Result<()> {
+    match aya::programs::tc::qdisc_add_clsact(host_veth) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).context("adding the clsact qdisc"),
+    }
+    let options = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: CLSACT_PRIORITY,
+            handle: CLSACT_HANDLE,
+            classid: None,
+        })
+    };
+    let id = match program.attach_with_options(host_veth, attach_type, options()) {
+        Ok(id) => id,
+        Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {
+            let ours = SchedClassifierLink::attached(
+                host_veth,
+                attach_type,
+                CLSACT_PRIORITY,
+                CLSACT_HANDLE,
+                None,
+            )?;
+            program.attach_to_link(ours)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Dropping the link would remove the filter.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
 /// True if `prog_id` is attached at this TCX hook of `host_veth`.
 fn tcx_runs(host_veth: &str, attach_type: TcAttachType, prog_id: u32) -> bool {
     SchedClassifier::query_tcx(host_veth, attach_type)
@@ -948,6 +1054,10 @@ pub struct Attachment {
     pub program_id: Option<u32>,
     /// Every program the kernel reports at this TCX hook, ours included.
     pub tcx_program_ids: Vec<u32>,
+    /// Every program of a BPF filter under this hook's `clsact` qdisc
+    /// (where a runtime endpoint's programs are); filled in by `observe`,
+    /// which speaks rtnetlink.
+    pub filter_program_ids: Vec<u32>,
 }
 
 /// What is attached to `host_veth`, from our pins and from the kernel.
@@ -969,6 +1079,7 @@ pub fn attachments(topology: &str, host_veth: &str) -> Vec<Attachment> {
                 link_id: pinned.as_ref().map(|l| l.id()),
                 program_id: pinned.as_ref().map(|l| l.program_id()),
                 tcx_program_ids,
+                filter_program_ids: Vec::new(),
             }
         })
         .collect()

@@ -76,6 +76,36 @@ pub enum Mode {
     Xdp,
 }
 
+/// How the TC programs (mode tc's redirect, every mode's counting) are
+/// attached to a host-side veth.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// A TCX link per hook, pinned under the topology's `links/<veth>/`:
+    /// listed by `bpftool net`, replaced atomically, and each attach or
+    /// detach waits for an RCU grace period under RTNL (~10 ms here). A
+    /// topology file's pods use it, and records of endpoints made before
+    /// `Clsact` existed say nothing and mean it.
+    #[default]
+    Tcx,
+    /// A direct-action `cls_bpf` filter under the veth's `clsact` qdisc
+    /// (the legacy attach Calico and older Cilium use): attached without
+    /// a grace period, so it keeps pod start fast; the filter lives as
+    /// long as the veth. The runtime's endpoints use it, except where a
+    /// chained `bandwidth` plugin needs the `ingress` qdisc, which
+    /// `clsact` excludes.
+    Clsact,
+}
+
+impl TcAttach {
+    pub fn name(self) -> &'static str {
+        match self {
+            TcAttach::Tcx => "tcx",
+            TcAttach::Clsact => "clsact",
+        }
+    }
+}
+
 impl Mode {
     pub const ALL: [Mode; 5] = [Mode::Pair, Mode::Bridge, Mode::Routed, Mode::Tc, Mode::Xdp];
 

@@ -25,7 +25,7 @@ use crate::{
     apply,
     dataplane::Pins,
     endpoint::{self, wire, AddressSource, EndpointError, Record, Store},
-    model::{format_mac, gateway_ipv6, K8sPod, Mode, Topology, GATEWAY_IPV4},
+    model::{format_mac, gateway_ipv6, K8sPod, Mode, TcAttach, Topology, GATEWAY_IPV4},
     netlink::Host,
     preflight,
     state::{self, StateDir},
@@ -206,6 +206,12 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let attachment = req.attachment()?;
     let netns = req.netns()?.to_str().unwrap_or_default().to_string();
     let (network, source) = network::network(&req.config)?;
+    // The chained `bandwidth` plugin shapes what leaves the pod with the
+    // `ingress` qdisc of its host veth, which a `clsact` qdisc excludes.
+    let tc_attach = match req.config.runtime_config.bandwidth {
+        Some(_) => TcAttach::Tcx,
+        None => network::tc_attach(&req.config)?,
+    };
     let host = Host::connect().map_err(failed)?;
     let _lock = ensure_network(&host, &network, &source).await?;
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
@@ -230,6 +236,7 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         addresses: addresses_from,
         host_path: !req.config.runtime_config.port_mappings.is_empty()
             || req.config.runtime_config.bandwidth.is_some(),
+        tc_attach,
     };
     if let Err(e) = wire::add(&host, &network, &mut record).await {
         if let Err(undo) = ipam::release(req, &network.name, &key, &record.addresses) {
@@ -443,6 +450,8 @@ async fn stand_in(host: &Host, req: &Request, network: &str) -> anyhow::Result<R
             _ => AddressSource::Builtin,
         },
         host_path: false,
+        // Unused: DEL deletes the veth, and its filters go with it.
+        tc_attach: TcAttach::default(),
     })
 }
 

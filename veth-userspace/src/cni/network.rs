@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 use veth_cni_protocol::{CniError, Ipam, Mode as CniMode, NetConf};
 
-use crate::model::{validate_topology_name, Mode, Topology};
+use crate::model::{validate_topology_name, Mode, TcAttach, Topology};
 
 /// The configuration key that turns masquerade off (`"ipMasq": false`, the
 /// reference bridge plugin's name for it); on by default, as in topology
@@ -107,6 +107,29 @@ pub fn ranges(ipam: Option<&Ipam>) -> Result<Ranges, CniError> {
         gateway4,
         gateway6,
     })
+}
+
+/// The configuration key saying how an endpoint's TC programs are attached.
+const TC_ATTACH_KEY: &str = "tcAttach";
+
+/// How the configuration has endpoints' TC programs attached: `"clsact"`
+/// (the default: no RCU grace period per attach, so pods start fast) or
+/// `"tcx"` (pinned links bpftool lists; what a chained plugin that needs
+/// the host interface's `ingress` qdisc requires).
+pub fn tc_attach(config: &NetConf) -> Result<TcAttach, CniError> {
+    match config.other.get(TC_ATTACH_KEY) {
+        None | Some(Value::Null) => Ok(TcAttach::Clsact),
+        Some(Value::String(s)) if s == TcAttach::Clsact.name() => Ok(TcAttach::Clsact),
+        Some(Value::String(s)) if s == TcAttach::Tcx.name() => Ok(TcAttach::Tcx),
+        Some(other) => Err(bad(
+            TC_ATTACH_KEY,
+            format!(
+                "expected \"clsact\" (the default) or \"tcx\", found {other}; use \"tcx\" when \
+                 a plugin chained after veth-cni adds an ingress qdisc to the host interface \
+                 (bandwidth with an egressRate in its own configuration)"
+            ),
+        )),
+    }
 }
 
 /// How the description of a network made by veth-cni starts.

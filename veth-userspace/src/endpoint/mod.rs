@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use veth_common::GATEWAY_MAC;
 
 use crate::{
-    model::{pod_mac, K8sPod, Pod, Topology, IFNAME_MAX},
+    model::{pod_mac, K8sPod, Pod, TcAttach, Topology, IFNAME_MAX},
     state::{write_atomically, StateDir},
 };
 
@@ -73,6 +73,10 @@ pub struct Record {
     /// replies and the qdiscs shape them (see `PodIdentity::host_path`).
     #[serde(default)]
     pub host_path: bool,
+    /// How its TC programs are attached (records before `clsact` existed
+    /// say nothing: TCX).
+    #[serde(default)]
+    pub tc_attach: TcAttach,
 }
 
 impl Record {
@@ -307,6 +311,7 @@ mod tests {
                 plugin: "host-local".into(),
             },
             host_path: false,
+            tc_attach: TcAttach::Clsact,
         };
         store.save(&record).unwrap();
         assert_eq!(store.load("c1", "eth0").unwrap(), Some(record.clone()));
@@ -328,6 +333,12 @@ mod tests {
         };
         store.save(&dotted).unwrap();
         assert_eq!(store.records(), std::slice::from_ref(&dotted));
+        // A record of a vethctl before `tc_attach` existed: its endpoint
+        // was attached with TCX.
+        let mut old = serde_json::to_value(&record).unwrap();
+        old.as_object_mut().unwrap().remove("tc_attach");
+        let old: Record = serde_json::from_value(old).unwrap();
+        assert_eq!(old.tc_attach, TcAttach::Tcx);
         store.remove(&dotted).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use super::{EndpointError, Record, Store};
 use crate::{
     dataplane::{self, Dataplane, Hook, Pins, PodEntry},
-    model::{Mode, Pod, Topology},
+    model::{Mode, Pod, TcAttach, Topology},
     netlink::{
         links::LinkState,
         netns,
@@ -180,8 +180,9 @@ async fn attach(
     let veths = vec![pod.host_veth.clone()];
     let entry = entry(&pod, link.ifindex);
     let state_dir = StateDir::new(&network.name).path().to_path_buf();
+    let tc = record.tc_attach;
     tokio::task::spawn_blocking(move || -> Result<()> {
-        dataplane::attach_all(&name, &veths, hooks)?;
+        dataplane::attach_all(&name, &veths, hooks, tc)?;
         Dataplane::open(&name)?.put_endpoint(&entry, &state_dir)?;
         Ok(())
     })
@@ -285,11 +286,13 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 }
 
 /// Wires every endpoint of `network` for its mode again and attaches the
-/// mode's programs (after `up` changed the network: `mode set`, a new
-/// configuration). Map entries are kept by `up` itself.
+/// mode's programs, each endpoint the way its record says (after `up`
+/// changed the network: `mode set`, a new configuration, programs
+/// reloaded). Map entries are kept by `up` itself.
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     let records = Store::new(&network.name).records();
     let mut pods = Vec::new();
+    let mut pods_attached = Vec::new();
     for record in records.iter() {
         let Some(ifindex) = record.host_ifindex else {
             continue;
@@ -307,6 +310,7 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
         wire_pod(host, network, &pod, || Ok(()))
             .await
             .with_context(|| format!("endpoint {}", record.key()))?;
+        pods_attached.push((pod.host_veth.clone(), record.tc_attach));
         pods.push(pod);
     }
     if pods.is_empty() {
@@ -314,10 +318,19 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     }
     let name = network.name.clone();
     let hooks = Hook::for_mode(network.mode);
-    let veths = pods.iter().map(|p| p.host_veth.clone()).collect::<Vec<_>>();
-    tokio::task::spawn_blocking(move || dataplane::attach_all(&name, &veths, hooks))
-        .await
-        .context("attach task panicked")??;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for tc in [TcAttach::Tcx, TcAttach::Clsact] {
+            let veths: Vec<String> = pods_attached
+                .iter()
+                .filter(|(_, t)| *t == tc)
+                .map(|(veth, _)| veth.clone())
+                .collect();
+            dataplane::attach_all(&name, &veths, hooks, tc)?;
+        }
+        Ok(())
+    })
+    .await
+    .context("attach task panicked")??;
     // Off a bridge only now that every endpoint is wired and, in mode tc or
     // xdp, the programs that take the pods' frames before a bridge would
     // are attached.

@@ -9,6 +9,7 @@
 pub mod addresses;
 pub mod ethtool;
 pub mod events;
+pub mod filters;
 pub mod host;
 pub mod inspect;
 pub mod links;

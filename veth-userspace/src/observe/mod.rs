@@ -16,7 +16,7 @@ use crate::{
     dataplane::{
         self,
         health::{self, EndpointMaps},
-        Attachment, Pins,
+        Attachment, Hook, Pins,
     },
     model::{format_mac, Topology},
     netlink::{links::LinkState, Host},
@@ -221,6 +221,25 @@ fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, P
         .collect()
 }
 
+/// What runs at each hook of a host-side veth: its pinned links, and the
+/// BPF filters a runtime endpoint's programs are attached as (the
+/// program of ours there when no link is).
+async fn attached(host: &Host, topology: &str, host_veth: &str, ifindex: u32) -> Vec<Attachment> {
+    let mut attached = dataplane::attachments(topology, host_veth);
+    for a in &mut attached {
+        let ingress = match a.hook {
+            h if h == Hook::Ingress.name() => true,
+            h if h == Hook::Egress.name() => false,
+            _ => continue,
+        };
+        a.filter_program_ids = host.bpf_filter_programs(ifindex, ingress).await;
+        if a.program_id.is_none() {
+            a.program_id = a.filter_program_ids.first().copied();
+        }
+    }
+    attached
+}
+
 /// Status of one topology, from its description and the kernel.
 pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> {
     let mut pods = Vec::with_capacity(topology.pods.len());
@@ -251,10 +270,9 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             pair,
             up: link.as_ref().is_some_and(|l| l.up),
             endpoint: EndpointState::of(link.as_ref(), endpoint, identity, in_devmap),
-            attached: if link.is_some() {
-                dataplane::attachments(&topology.name, &pod.host_veth)
-            } else {
-                Vec::new()
+            attached: match &link {
+                Some(l) => attached(host, &topology.name, &pod.host_veth, l.ifindex).await,
+                None => Vec::new(),
             },
         });
     }

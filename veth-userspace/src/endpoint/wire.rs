@@ -71,6 +71,15 @@ pub async fn wire_pod(
         None if leaving_bridge => veth.controller,
         None => None,
     };
+    if !pod.netns_is_ours() {
+        // The host side of a runtime's endpoint needs IPv6 only to be a
+        // dual-stack pod's gateway. Without it, deleting the veth (DEL)
+        // waits for no IPv6 routes' cached entries, which the kernel frees
+        // in an RCU callback queued by another one: one more `rcu_barrier`
+        // and sleep in `netdev_run_todo` (~15 ms here, `cargo xtask bench
+        // cni`). Set before the link is up, so none are ever made.
+        sysctl::set_ipv6(&pod.host_veth, topology.pod_cidr6.is_some())?;
+    }
     host.ensure_host_veth(pod, &veth, controller).await?;
     sysctl::set_rps(&pod.host_veth, topology.rps)?;
     if bridge.is_none() {

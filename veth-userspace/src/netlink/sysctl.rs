@@ -26,6 +26,23 @@ pub fn disable_dad(ifname: &str) -> Result<()> {
     write(&path, "0")
 }
 
+/// IPv6 on or off on the host-namespace link `ifname` (off: no addresses,
+/// no routes, no neighbour discovery on it).
+pub fn set_ipv6(ifname: &str, on: bool) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    // A kernel without IPv6 has nothing to turn off.
+    if !std::path::Path::new(&path).exists() {
+        return if on {
+            Err(anyhow::anyhow!(
+                "{path} is missing: this kernel has no IPv6"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    write(&path, if on { "0" } else { "1" })
+}
+
 /// On a link of ours (the bridge): when its first IPv4 address of a subnet
 /// is removed, the next one takes its place instead of going with it, so a
 /// node address can be replaced by a new one in the same subnet.

@@ -495,6 +495,101 @@ fn detach_filter(host_veth: &str, attach_type: TcAttachType) -> Result<()> {
     }
 }
 
+/// The map pinned as `name` under `pins`.
+fn open_map(pins: &Pins, name: &str) -> Result<MapData> {
+    let path = pins.map(name);
+    MapData::from_pin(&path).with_context(|| format!("opening map {}", path.display()))
+}
+
+/// Takes one endpoint out of the maps (a CNI DEL): its slot first (the
+/// programs stop using it at once), then its identity, its addresses
+/// where they still name its veth, its DEVMAP entry. Whatever is
+/// already gone is fine. Opens the maps only: a DEL needs no program.
+pub fn remove_endpoint(
+    topology: &str,
+    host_ifindex: u32,
+    ipv4: Ipv4Addr,
+    ipv6: Option<std::net::Ipv6Addr>,
+    lock_dir: &Path,
+) -> Result<()> {
+    let pins = Pins::new(topology);
+    let _lock = crate::state::lock_file(&lock_dir.join(SLOTS_LOCK), true)?;
+    let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(open_map(&pins, MAP_SLOTS)?))?;
+    let slot = slots.get(&host_ifindex, 0).ok();
+    ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")?;
+    if let Some(slot) = slot {
+        let mut identities =
+            Array::<_, PodIdentity>::try_from(Map::Array(open_map(&pins, MAP_PODS)?))?;
+        identities
+            .set(slot, PodIdentity::default(), 0)
+            .context("clearing a freed slot")?;
+    }
+    let mut v4 = HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(open_map(&pins, MAP_ENDPOINTS)?))?;
+    let key = ipv4_key(ipv4.octets());
+    if v4
+        .get(&key, 0)
+        .is_ok_and(|e| e.host_ifindex == host_ifindex)
+    {
+        ignore_missing(v4.remove(&key)).context("removing the IPv4 endpoint")?;
+    }
+    if let Some(ipv6) = ipv6 {
+        let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(
+            open_map(&pins, MAP_ENDPOINTS6)?,
+        ))?;
+        let key = ipv6.octets();
+        if v6
+            .get(&key, 0)
+            .is_ok_and(|e| e.host_ifindex == host_ifindex)
+        {
+            ignore_missing(v6.remove(&key)).context("removing the IPv6 endpoint")?;
+        }
+    }
+    // Not through aya's DevMapHash, which first probes the kernel's
+    // features (a dozen program and map loads: ~2 ms of every DEL).
+    delete_u32_key(&open_map(&pins, MAP_DEVMAP)?, host_ifindex).context("removing a DEVMAP entry")
+}
+
+/// Deletes `key` from a map whose keys are u32 with the bpf syscall
+/// (`BPF_MAP_DELETE_ELEM`); a missing key is fine.
+fn delete_u32_key(map: &MapData, key: u32) -> io::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    // `union bpf_attr` for the map element commands: map_fd, then (8-byte
+    // aligned) key, value and flags.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    // SAFETY: `attr` and the key it points at outlive the call, which
+    // reads `size_of::<Attr>()` bytes of it and writes nothing.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            e => Err(e),
+        },
+    }
+}
+
 /// Unpins the link pinned at `path` and detaches it before returning. Only
 /// removing the pin would leave the detach to a kernel worker
 /// (`bpf_link_put` defers the release when a pin drops the last
@@ -556,8 +651,7 @@ impl Dataplane {
     }
 
     fn map(&self, name: &str) -> Result<MapData> {
-        let path = self.pins.map(name);
-        MapData::from_pin(&path).with_context(|| format!("opening map {}", path.display()))
+        open_map(&self.pins, name)
     }
 
     /// Attaches the hook's program to `host_veth`: a pinned TCX link or XDP
@@ -754,52 +848,6 @@ impl Dataplane {
         Ok(slot)
     }
 
-    /// Takes one endpoint out of the maps (a CNI DEL): its slot first (the
-    /// programs stop using it at once), then its identity, its addresses
-    /// where they still name its veth, its DEVMAP entry. Whatever is
-    /// already gone is fine.
-    pub fn remove_endpoint(
-        &mut self,
-        host_ifindex: u32,
-        ipv4: Ipv4Addr,
-        ipv6: Option<std::net::Ipv6Addr>,
-        lock_dir: &Path,
-    ) -> Result<()> {
-        let _lock = crate::state::lock_file(&lock_dir.join(SLOTS_LOCK), true)?;
-        let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(self.map(MAP_SLOTS)?))?;
-        let slot = slots.get(&host_ifindex, 0).ok();
-        ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")?;
-        if let Some(slot) = slot {
-            let mut identities =
-                Array::<_, PodIdentity>::try_from(Map::Array(self.map(MAP_PODS)?))?;
-            identities
-                .set(slot, PodIdentity::default(), 0)
-                .context("clearing a freed slot")?;
-        }
-        let mut v4 = HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(self.map(MAP_ENDPOINTS)?))?;
-        let key = ipv4_key(ipv4.octets());
-        if v4
-            .get(&key, 0)
-            .is_ok_and(|e| e.host_ifindex == host_ifindex)
-        {
-            ignore_missing(v4.remove(&key)).context("removing the IPv4 endpoint")?;
-        }
-        if let Some(ipv6) = ipv6 {
-            let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(
-                self.map(MAP_ENDPOINTS6)?,
-            ))?;
-            let key = ipv6.octets();
-            if v6
-                .get(&key, 0)
-                .is_ok_and(|e| e.host_ifindex == host_ifindex)
-            {
-                ignore_missing(v6.remove(&key)).context("removing the IPv6 endpoint")?;
-            }
-        }
-        let mut devmap = DevMapHash::<_>::try_from(Map::DevMapHash(self.map(MAP_DEVMAP)?))?;
-        ignore_missing(devmap.remove(host_ifindex)).context("removing a DEVMAP entry")?;
-        Ok(())
-    }
 
     /// Makes a hash map hold exactly `wanted`.
     fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(

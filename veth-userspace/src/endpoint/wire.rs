@@ -214,7 +214,7 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
             );
             let (ipv4, ipv6) = (record.ipv4, record.ipv6);
             tokio::task::spawn_blocking(move || -> Result<()> {
-                Dataplane::open(&name)?.remove_endpoint(ifindex, ipv4, ipv6, &state_dir)
+                dataplane::remove_endpoint(&name, ifindex, ipv4, ipv6, &state_dir)
             })
             .await
             .context("map task panicked")??;

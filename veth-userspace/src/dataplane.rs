@@ -524,7 +524,8 @@ pub fn remove_endpoint(
             .set(slot, PodIdentity::default(), 0)
             .context("clearing a freed slot")?;
     }
-    let mut v4 = HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(open_map(&pins, MAP_ENDPOINTS)?))?;
+    let mut v4 =
+        HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(open_map(&pins, MAP_ENDPOINTS)?))?;
     let key = ipv4_key(ipv4.octets());
     if v4
         .get(&key, 0)
@@ -533,9 +534,10 @@ pub fn remove_endpoint(
         ignore_missing(v4.remove(&key)).context("removing the IPv4 endpoint")?;
     }
     if let Some(ipv6) = ipv6 {
-        let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(
-            open_map(&pins, MAP_ENDPOINTS6)?,
-        ))?;
+        let mut v6 = HashMap::<_, [u8; 16], Endpoint>::try_from(Map::HashMap(open_map(
+            &pins,
+            MAP_ENDPOINTS6,
+        )?))?;
         let key = ipv6.octets();
         if v6
             .get(&key, 0)
@@ -847,7 +849,6 @@ impl Dataplane {
             .context("writing a slot")?;
         Ok(slot)
     }
-
 
     /// Makes a hash map hold exactly `wanted`.
     fn sync_hash<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(

@@ -64,7 +64,8 @@ fn refused(name: &str, text: &str, field: &str, words: &[&str]) -> String {
             "`{command}` must refuse {field}:\n{text}\nstdout: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        // 2: input vethctl refuses, as for clap's usage errors.
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
         assert!(!err.contains("panicked"), "{command}: {err}");
         assert!(err.contains(&format!("{field}: ")), "{command}: {err}");
         for word in words {
@@ -283,7 +284,7 @@ fn input_files_are_bounded() {
         )
         .unwrap_or_else(|| panic!("`vethctl {command} -t /dev/zero` still reading after 10 s"));
         let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
         assert!(
             err.contains("topology file /dev/zero")
                 && err.contains("larger than 1048576 bytes")

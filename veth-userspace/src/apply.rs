@@ -21,7 +21,9 @@ use crate::{
         routes::{self, Route, RouteKind},
         sysctl, Host,
     },
-    plan::{node_addresses, plan_down, plan_up, ForeignLink, Observed, PresentAddress, Step},
+    plan::{
+        node_addresses, plan_down, plan_up, ForeignLink, Observed, PresentAddress, Refusal, Step,
+    },
     state::{self, link_mark, Ledger, LedgerAddress, LedgerLink, StateDir},
 };
 
@@ -612,11 +614,12 @@ fn refuse_shared_bridge(topology: &Topology) -> Result<()> {
             .flatten()
             .is_some_and(|l| l.links.contains_key(&topology.bridge));
         if uses || made {
-            bail!(
+            return Err(Refusal(format!(
                 "bridge: {:?} is the bridge of topology {name:?}, which is up; two topologies \
                  cannot share a bridge: name another one (or bring {name:?} down)",
                 topology.bridge
-            );
+            ))
+            .into());
         }
     }
     Ok(())

@@ -437,7 +437,7 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             // Not eprintln!, which panics when stderr is gone too.
             let _ = writeln!(io::stderr(), "error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code())
         }
     }
 }

@@ -1104,8 +1104,8 @@ pub struct Attachment {
     /// Every program the kernel reports at this TCX hook, ours included.
     pub tcx_program_ids: Vec<u32>,
     /// Every program of a BPF filter under this hook's `clsact` qdisc
-    /// (where a runtime endpoint's programs are); filled in by `observe`,
-    /// which speaks rtnetlink.
+    /// (where a runtime endpoint's programs are), for a TC hook without a
+    /// pinned link; filled in by `observe`, which speaks rtnetlink.
     pub filter_program_ids: Vec<u32>,
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cni;
 pub mod dataplane;
 pub mod endpoint;
+pub mod error;
 pub mod ipam;
 pub mod model;
 pub mod netlink;
@@ -19,3 +20,5 @@ pub mod plan;
 pub mod preflight;
 pub mod state;
 pub mod watch;
+
+pub use error::Error;

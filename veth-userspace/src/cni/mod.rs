@@ -99,8 +99,9 @@ fn cni_error(e: EndpointError) -> CniError {
     }
 }
 
+/// `e` as a CNI error of its kind (a refused description is code 7).
 fn failed(e: anyhow::Error) -> CniError {
-    cni_error(EndpointError::Failed(e))
+    cni_error(EndpointError::from(e))
 }
 
 /// Network `name`'s lock, shared: endpoint work of many ADDs and DELs at

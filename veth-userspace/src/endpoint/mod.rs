@@ -238,27 +238,8 @@ pub fn with_endpoints(mut topology: Topology) -> Topology {
     topology
 }
 
-/// A failure at the library's boundary, typed so that front ends can map
-/// it (CNI error codes, exit codes); the chain says what failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EndpointError {
-    /// The configuration asks for something that cannot be (code 7 in CNI).
-    #[error("{field}: {message}")]
-    InvalidConfig { field: String, message: String },
-    /// The namespace path is not a network namespace (code 4).
-    #[error("{path}: {reason}")]
-    InvalidNetns { path: String, reason: String },
-    /// Something of the same name exists that is not ours; the request
-    /// names it and nothing was changed.
-    #[error("{0}")]
-    Conflict(String),
-    /// A transient condition (code 11): retrying is expected to work.
-    #[error("{0}")]
-    TryAgain(String),
-    /// A kernel or file operation failed.
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
+/// Endpoint work fails with the library's typed error.
+pub use crate::error::Error as EndpointError;
 
 #[cfg(test)]
 mod tests {

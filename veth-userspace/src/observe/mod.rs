@@ -221,21 +221,21 @@ fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, P
         .collect()
 }
 
-/// What runs at each hook of a host-side veth: its pinned links, and the
-/// BPF filters a runtime endpoint's programs are attached as (the
-/// program of ours there when no link is).
+/// What runs at each hook of a host-side veth: its pinned links, and where
+/// a TC hook has none, the BPF filters a runtime endpoint's programs are
+/// attached as (asked only then: a dump per hook and pod would slow
+/// `status` of a 1,000-pod topology).
 async fn attached(host: &Host, topology: &str, host_veth: &str, ifindex: u32) -> Vec<Attachment> {
     let mut attached = dataplane::attachments(topology, host_veth);
     for a in &mut attached {
         let ingress = match a.hook {
+            _ if a.link_id.is_some() => continue,
             h if h == Hook::Ingress.name() => true,
             h if h == Hook::Egress.name() => false,
             _ => continue,
         };
         a.filter_program_ids = host.bpf_filter_programs(ifindex, ingress).await;
-        if a.program_id.is_none() {
-            a.program_id = a.filter_program_ids.first().copied();
-        }
+        a.program_id = a.filter_program_ids.first().copied();
     }
     attached
 }

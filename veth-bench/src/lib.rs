@@ -4,6 +4,7 @@
 
 pub mod crr;
 pub mod disruption;
+pub mod interrupt;
 pub mod workloads;
 
 use std::{

@@ -52,7 +52,7 @@ use std::{
     path::PathBuf,
     process::Command,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Mutex,
     },
     time::Instant,
@@ -60,23 +60,15 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use veth_bench::interrupt;
 use veth_tests::runtime::{
     cni::{CniBinDir, CniConfDir, TestNetwork},
     containerd::{Containerd, ContainerdOptions},
     cri::PodSpec,
 };
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; removing every pod and network made");
-    }
-    Ok(())
+    interrupt::check("removing every pod and network made")
 }
 
 struct Args {
@@ -431,7 +423,7 @@ fn batch(
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
-                    if INTERRUPTED.load(Ordering::SeqCst) || failure.lock().unwrap().is_some() {
+                    if interrupt::is_set() || failure.lock().unwrap().is_some() {
                         return;
                     }
                     let pod = next.fetch_add(1, Ordering::SeqCst);
@@ -627,11 +619,7 @@ fn measure(args: &Args, variants: &mut Vec<Variant>) -> Result<Value> {
 }
 
 fn main() {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    interrupt::catch();
     let args = match args() {
         Ok(a) => a,
         Err(e) => {

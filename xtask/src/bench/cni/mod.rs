@@ -67,6 +67,7 @@ use super::{median, prepare};
 use crate::cmd;
 use exec::Attachment;
 use summary::{Batch, Sample, Verb, BRIDGE, PTP, VETH_BUILTIN, VETH_HOST_LOCAL};
+use veth_bench::interrupt;
 
 pub struct Options {
     pub pods: usize,
@@ -93,17 +94,8 @@ const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 /// VERSION executions per plugin per round.
 const VERSIONS_PER_ROUND: usize = 5;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; everything the benchmark made is being removed");
-    }
-    Ok(())
+    interrupt::check("everything the benchmark made is being removed")
 }
 
 /// One plugin under test.
@@ -480,11 +472,7 @@ pub fn run(options: &Options) -> Result<()> {
         _lock: lock,
     };
     run.remove_leftovers();
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    interrupt::catch();
     let result = measure(
         run,
         options,
@@ -494,11 +482,7 @@ pub fn run(options: &Options) -> Result<()> {
         &out_dir,
         &cri_program,
     );
-    // SAFETY: back to the default disposition.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::signal(libc::SIGTERM, libc::SIG_DFL);
-    }
+    interrupt::release();
     result
 }
 
@@ -783,7 +767,7 @@ fn run_batch(
     thread::scope(|scope| {
         for _ in 0..parallel.min(n) {
             scope.spawn(|| loop {
-                if INTERRUPTED.load(Ordering::SeqCst) || failure.lock().unwrap().is_some() {
+                if interrupt::is_set() || failure.lock().unwrap().is_some() {
                     return;
                 }
                 let pod = next.fetch_add(1, Ordering::SeqCst);
@@ -967,7 +951,7 @@ fn containerd_part(run: &cri::Run) -> Result<ContainerdPart> {
     );
     let started = Instant::now();
     let busy = veth_bench::workloads::busy_ns()?;
-    let measured = cri::measure(run, &INTERRUPTED);
+    let measured = cri::measure(run, &interrupt::INTERRUPTED);
     interrupted()?;
     let wall = started.elapsed();
     let busy_cpus =

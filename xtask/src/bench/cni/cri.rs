@@ -25,9 +25,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    median,
-    summary::{percentile, Row, Target, BRIDGE, VETH_BUILTIN, VETH_HOST_LOCAL},
+use super::summary::{
+    medians_by_round, paired_ratio, percentile, Row, Target, BRIDGE, VETH_BUILTIN, VETH_HOST_LOCAL,
 };
 use crate::cmd;
 
@@ -223,21 +222,7 @@ fn round_medians(
     parallel: usize,
     f: fn(&Sample) -> f64,
 ) -> Vec<(usize, f64)> {
-    let mut rounds: Vec<usize> = values(samples, variant, parallel, f)
-        .map(|(r, _)| r)
-        .collect();
-    rounds.sort_unstable();
-    rounds.dedup();
-    rounds
-        .into_iter()
-        .map(|r| {
-            let v: Vec<f64> = values(samples, variant, parallel, f)
-                .filter(|(sr, _)| *sr == r)
-                .map(|(_, v)| v)
-                .collect();
-            (r, median(&v))
-        })
-        .collect()
+    medians_by_round(values(samples, variant, parallel, f))
 }
 
 fn latency(samples: &[Sample], variant: &str, parallel: usize, f: fn(&Sample) -> f64) -> Latency {
@@ -267,15 +252,10 @@ fn paired(
     if variant == BRIDGE {
         return None;
     }
-    let theirs = round_medians(samples, BRIDGE, parallel, f);
-    let ratios: Vec<f64> = round_medians(samples, variant, parallel, f)
-        .into_iter()
-        .filter_map(|(r, m)| {
-            let b = theirs.iter().find(|(br, _)| *br == r)?.1;
-            (b > 0.0).then(|| m / b)
-        })
-        .collect();
-    (!ratios.is_empty()).then(|| median(&ratios))
+    paired_ratio(
+        &round_medians(samples, variant, parallel, f),
+        &round_medians(samples, BRIDGE, parallel, f),
+    )
 }
 
 fn run_ms(s: &Sample) -> f64 {

@@ -115,21 +115,32 @@ fn round_medians(
     parallel: usize,
     verb: Verb,
 ) -> Vec<(usize, f64)> {
-    let mut rounds: Vec<usize> = ms_of(samples, plugin, parallel, verb)
-        .map(|s| s.round)
-        .collect();
-    rounds.sort_unstable();
-    rounds.dedup();
-    rounds
+    medians_by_round(ms_of(samples, plugin, parallel, verb).map(|s| (s.round, s.ms)))
+}
+
+/// Each round's median of `values` (round, value), by round.
+pub fn medians_by_round(values: impl Iterator<Item = (usize, f64)>) -> Vec<(usize, f64)> {
+    let mut by_round = std::collections::BTreeMap::<usize, Vec<f64>>::new();
+    for (round, value) in values {
+        by_round.entry(round).or_default().push(value);
+    }
+    by_round
         .into_iter()
-        .map(|r| {
-            let ms: Vec<f64> = ms_of(samples, plugin, parallel, verb)
-                .filter(|s| s.round == r)
-                .map(|s| s.ms)
-                .collect();
-            (r, median(&ms))
-        })
+        .map(|(round, values)| (round, median(&values)))
         .collect()
+}
+
+/// Median over the rounds both have of `ours`' round median divided by
+/// `theirs'`; `None` without such a round.
+pub fn paired_ratio(ours: &[(usize, f64)], theirs: &[(usize, f64)]) -> Option<f64> {
+    let ratios: Vec<f64> = ours
+        .iter()
+        .filter_map(|&(round, m)| {
+            let b = theirs.iter().find(|(r, _)| *r == round)?.1;
+            (b > 0.0).then(|| m / b)
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| median(&ratios))
 }
 
 fn latency(
@@ -176,15 +187,10 @@ fn paired(
     if plugin == base {
         return None;
     }
-    let theirs = round_medians(samples, base, parallel, verb);
-    let ratios: Vec<f64> = round_medians(samples, plugin, parallel, verb)
-        .into_iter()
-        .filter_map(|(r, m)| {
-            let b = theirs.iter().find(|(br, _)| *br == r)?.1;
-            (b > 0.0).then(|| m / b)
-        })
-        .collect();
-    (!ratios.is_empty()).then(|| median(&ratios))
+    paired_ratio(
+        &round_medians(samples, plugin, parallel, verb),
+        &round_medians(samples, base, parallel, verb),
+    )
 }
 
 pub fn rows(
@@ -428,6 +434,17 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 200.0);
         assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn round_medians_pair_only_rounds_both_have() {
+        let ours = medians_by_round([(1, 10.0), (0, 4.0), (0, 6.0), (2, 9.0)].into_iter());
+        assert_eq!(ours, [(0, 5.0), (1, 10.0), (2, 9.0)]);
+        // Round 2 is ours only, round 3 theirs only; a zero median pairs with nothing.
+        let theirs = [(0, 10.0), (1, 10.0), (3, 1.0)];
+        assert_eq!(paired_ratio(&ours, &theirs), Some(0.75));
+        assert_eq!(paired_ratio(&ours, &[(0, 0.0)]), None);
+        assert_eq!(paired_ratio(&[], &theirs), None);
     }
 
     #[test]

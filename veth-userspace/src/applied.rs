@@ -61,13 +61,7 @@ impl Applied {
     }
 
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        let path = state.path().join(APPLIED_FILE);
-        let tmp = state.path().join(format!(".{APPLIED_FILE}.tmp"));
-        fs::create_dir_all(state.path())
-            .with_context(|| format!("creating {}", state.path().display()))?;
-        fs::write(&tmp, serde_json::to_vec(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))
+        crate::state::write_atomically(state.path(), APPLIED_FILE, &serde_json::to_vec(self)?)
     }
 }
 

@@ -17,8 +17,8 @@ use crate::{
     },
     netlink::Host,
     observe::{self, rates, trace, StatsReport, StatusReport, Unreadable},
-    preflight,
-    state::{recorded_topologies, StateDir},
+    preflight, privileges,
+    state::{self, recorded_topologies, StateDir},
 };
 
 /// Pods in network namespaces, wired five ways (pair, bridge, routed, tc,
@@ -442,7 +442,41 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// What `command` needs from the kernel ([`privileges`]); `None` for
+/// commands that touch neither the kernel nor vethctl's state.
+fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capability])> {
+    Some(match command {
+        Command::Up { .. } => ("vethctl up", privileges::CHANGE),
+        Command::Down { .. } => ("vethctl down", privileges::CHANGE),
+        Command::Mode { .. } => ("vethctl mode set", privileges::CHANGE),
+        Command::Plan { .. } => ("vethctl plan", privileges::CHANGE),
+        Command::Bench { .. } => ("vethctl bench", privileges::CHANGE),
+        Command::Status { .. } => ("vethctl status", privileges::INSPECT),
+        Command::Stats { .. } => ("vethctl stats", privileges::READ),
+        Command::Trace { .. } => ("vethctl trace", privileges::READ),
+        Command::Agent {
+            bpf_stats,
+            cni_conf,
+            ..
+        } => (
+            "vethctl agent",
+            if !cni_conf.is_empty() {
+                privileges::CHANGE
+            } else if *bpf_stats {
+                privileges::BPF_STATS
+            } else {
+                privileges::READ
+            },
+        ),
+        Command::InstallCni(_) => return None,
+    })
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Some((name, caps)) = needs(&cli.command) {
+        privileges::require(name, caps)?;
+        state::secure_state_root()?;
+    }
     match cli.command {
         Command::Up {
             topology,

@@ -194,8 +194,7 @@ impl Pool {
     }
 
     fn lock(&self) -> Result<File> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
+        crate::state::private_dir(&self.dir)?;
         crate::state::lock_file(&self.dir.join(LOCK_FILE), true)?
             .context("a blocking lock returned without the lock")
     }
@@ -216,11 +215,7 @@ impl Pool {
     }
 
     fn save(&self, taken: &Taken) -> Result<()> {
-        let path = self.dir.join(POOL_FILE);
-        let tmp = self.dir.join(format!(".{POOL_FILE}.tmp"));
-        fs::write(&tmp, serde_json::to_vec_pretty(taken)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))
+        crate::state::write_atomically(&self.dir, POOL_FILE, &serde_json::to_vec_pretty(taken)?)
     }
 }
 

@@ -108,12 +108,116 @@ impl StateDir {
 }
 
 /// Writes `dir/name` whole or not at all (write a temporary file, then
-/// rename it over the old one).
+/// rename it over the old one), private to its owner (see [`private_dir`]).
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::io::Write;
+    private_dir(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    private_file(&tmp, true)
+        .and_then(|mut file| file.write_all(bytes))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, dir.join(name)).with_context(|| format!("saving {}", dir.join(name).display()))
+}
+
+// ---------------------------------------------------------------------------
+// Permissions: everything under /run/vethctl is its owner's alone.
+//
+// A lock file anyone can open is a lock anyone can hold (`flock` needs only
+// a read-only descriptor): a local user would stall `mode set`, `down` and
+// every CNI ADD. Records say which pods run where. So directories are made
+// 0700 and files 0600 by the call that creates them (the umask can only
+// take bits away), never chmod-ed after, so there is no moment at which
+// another user could open them.
+
+const PRIVATE_DIR_MODE: u32 = 0o700;
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and its missing parents, each 0700.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Opens `path` for writing, creating it 0600 if it is missing (and
+/// emptying it with `truncate`).
+pub fn private_file(path: &Path, truncate: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .truncate(truncate)
+        .write(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+/// Makes [`STATE_ROOT`] private, and, when an older
+/// vethctl left it open to others, everything under it: directories 0700,
+/// files 0600. Run at the start of every command that reads or writes
+/// state. The root's mode tells the two apart: this vethctl never makes it
+/// anything but 0700, so a private root needs no walk (one `stat` per
+/// command), and once it is private nobody else can reach what is below,
+/// whatever an older vethctl still running makes there.
+pub fn secure_state_root() -> Result<()> {
+    secure_tree(Path::new(STATE_ROOT))
+}
+
+/// [`secure_state_root`] for `root` (tests use their own).
+pub fn secure_tree(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match fs::symlink_metadata(root) {
+        Ok(meta) if meta.is_dir() => meta.permissions().mode(),
+        // Made private when something is first written.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Ok(_) => anyhow::bail!(
+            "{} is not a directory; vethctl keeps its state there: move it away",
+            root.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    if mode & 0o777 == PRIVATE_DIR_MODE {
+        return Ok(());
+    }
+    // The root first: from then on nobody else gets in, while the walk
+    // closes up what is below.
+    set_mode(root, PRIVATE_DIR_MODE)?;
+    close_below(root)
+}
+
+/// Sets every directory below `dir` to 0700 and every file to 0600.
+/// Symbolic links are left alone (their own mode means nothing, and
+/// following them could reach outside the tree).
+fn close_below(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let path = entry.path();
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            // Removed meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if kind.is_dir() {
+            set_mode(&path, PRIVATE_DIR_MODE)?;
+            close_below(&path)?;
+        } else if kind.is_file() {
+            set_mode(&path, PRIVATE_FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("making {} private", path.display())),
+    }
 }
 
 /// Names of the topologies with recorded state, sorted.
@@ -192,7 +296,7 @@ impl Drop for Lock {
 }
 
 pub fn lock() -> Result<Lock> {
-    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    private_dir(Path::new(STATE_ROOT))?;
     let file = lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), true)?
         .context("a blocking lock returned without the lock")?;
     Ok(Lock {
@@ -225,7 +329,7 @@ pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> 
     use std::os::unix::fs::MetadataExt;
     let path = network_lock_path(name);
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_dir(dir)?;
     }
     let operation = match hold {
         Hold::Shared => libc::LOCK_SH,
@@ -268,12 +372,7 @@ pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
 /// Opens (creating) `path` and `flock`s it with `operation` (`LOCK_EX` or
 /// `LOCK_SH`); see [`lock_file`].
 fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = private_file(path, false).with_context(|| format!("opening {}", path.display()))?;
     let operation = if wait {
         operation
     } else {
@@ -388,13 +487,7 @@ impl Ledger {
 
     /// Writes the ledger atomically (a new file renamed over the old).
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        let path = state.path().join(LEDGER_FILE);
-        let tmp = state.path().join(format!(".{LEDGER_FILE}.tmp"));
-        fs::create_dir_all(state.path())
-            .with_context(|| format!("creating {}", state.path().display()))?;
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))
+        write_atomically(state.path(), LEDGER_FILE, &serde_json::to_vec_pretty(self)?)
     }
 
     /// Whether nothing is recorded.

@@ -27,7 +27,7 @@ use crate::{
     endpoint::{self, wire, AddressSource, EndpointError, Record, Store},
     model::{format_mac, gateway_ipv6, K8sPod, Mode, TcAttach, Topology, GATEWAY_IPV4},
     netlink::Host,
-    preflight,
+    preflight, privileges,
     state::{self, StateDir},
 };
 
@@ -55,24 +55,48 @@ pub fn main() -> ! {
 
 impl Plugin for VethCni {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        privileged()?;
         block_on(add(req))
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
+        privileged()?;
         block_on(del(req))
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
+        privileged()?;
         block_on(check(req))
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
+        privileges::require("veth-cni", privileges::CHANGE).map_err(|e| {
+            CniError::NotAvailable {
+                reason: e.to_string(),
+            }
+        })?;
         status(req)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
+        privileged()?;
         block_on(gc(req))
     }
+}
+
+/// Our code for "run without the privileges it needs" (the runtime runs
+/// plugins as root; a plugin run by hand may not be).
+pub const CODE_PRIVILEGES: u32 = 101;
+
+/// Refuses, before anything is touched, to run without what ADD, DEL,
+/// CHECK and GC need; then closes up state an older vethctl left open.
+fn privileged() -> Result<(), CniError> {
+    privileges::require("veth-cni", privileges::CHANGE).map_err(|e| CniError::Plugin {
+        code: CODE_PRIVILEGES,
+        msg: e.to_string(),
+        details: String::new(),
+    })?;
+    state::secure_state_root().map_err(failed)
 }
 
 fn block_on<T>(
@@ -492,16 +516,10 @@ async fn check(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ready for ADDs: root, and, once the network is up, its programs still
-/// pinned (without them its pods are not forwarded: code 51).
+/// Ready for ADDs (the privileges were checked), and, once the network is
+/// up, its programs still pinned (without them its pods are not forwarded:
+/// code 51).
 fn status(req: &Request) -> Result<(), CniError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(CniError::NotAvailable {
-            reason: "veth-cni runs as root (it creates links and loads eBPF programs); the \
-                     runtime runs plugins as root"
-                .into(),
-        });
-    }
     // A configuration every ADD would refuse (a name too long for a
     // network, no IPv4 range) is refused here too, not reported ready.
     network::network(&req.config)?;

@@ -4,21 +4,18 @@
 //! reads the maps, so a restart loses nothing, and stopping it leaves the
 //! dataplane forwarding (with endpoints then updated only by `up`).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
 use http_body_util::Full;
-use hyper::{
-    body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode,
-};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Bytes, Method, Request, Response, StatusCode};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
 };
 
 use crate::{
-    dataplane,
+    dataplane, http_server,
     netlink::Host,
     observe::metrics::{self, CONTENT_TYPE},
 };
@@ -71,6 +68,11 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         host: Host::connect()?,
         bpf_stats: options.bpf_stats,
     });
+    let mut server = tokio::spawn(http_server::serve(
+        listener,
+        http_server::Limits::agent(),
+        move |req| respond(shared.clone(), req),
+    ));
     // Its own rtnetlink socket: a socket runs one dump at a time, and a
     // scrape's dump would fail (EBUSY) beside the watcher's.
     let mut watcher = tokio::spawn(crate::watch::run(Host::connect()?));
@@ -90,27 +92,16 @@ pub async fn run(options: AgentOptions) -> Result<()> {
                 };
                 anyhow::bail!("keeping endpoints current failed: {why}");
             }
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        eprintln!("vethctl agent: accept: {e}");
-                        continue;
-                    }
+            served = &mut server => {
+                let why = match served {
+                    Ok(never) => match never {},
+                    Err(e) => e.to_string(),
                 };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| respond(shared.clone(), req));
-                    if let Err(e) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        eprintln!("vethctl agent: connection: {e}");
-                    }
-                });
+                anyhow::bail!("serving metrics failed: {why}");
             }
         }
     }
+    server.abort();
     watcher.abort();
     eprintln!("vethctl agent: stopped");
     Ok(())
@@ -119,7 +110,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
 async fn respond(
     shared: Arc<Shared>,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         Response::builder()
             .status(status)
@@ -128,13 +119,13 @@ async fn respond(
             .expect("static response parts are valid")
     };
     if req.method() != Method::GET {
-        return Ok(reply(
+        return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".into(),
-        ));
+        );
     }
-    Ok(match req.uri().path() {
+    match req.uri().path() {
         "/metrics" => match metrics::gather(&shared.host, shared.bpf_stats).await {
             Ok(snapshot) => reply(StatusCode::OK, CONTENT_TYPE, metrics::encode(snapshot)),
             Err(e) => reply(
@@ -153,5 +144,5 @@ async fn respond(
             "text/plain",
             "not found; try /metrics\n".into(),
         ),
-    })
+    }
 }

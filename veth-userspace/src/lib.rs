@@ -12,6 +12,7 @@ pub mod cni;
 pub mod dataplane;
 pub mod endpoint;
 pub mod error;
+pub mod http_server;
 pub mod ipam;
 pub mod model;
 pub mod netlink;

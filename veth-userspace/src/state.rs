@@ -167,8 +167,12 @@ pub fn secure_state_root() -> Result<()> {
 
 /// [`secure_state_root`] for `root` (tests use their own).
 pub fn secure_tree(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     let mode = match fs::symlink_metadata(root) {
+        // Only its owner may change it (a non-root uid with
+        // CAP_DAC_OVERRIDE may not); the owner's next command will.
+        Ok(meta) if meta.is_dir() && meta.uid() != nix::unistd::geteuid().as_raw() => return Ok(()),
         Ok(meta) if meta.is_dir() => meta.permissions().mode(),
         // Made private when something is first written.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -493,6 +497,73 @@ impl Ledger {
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
         self == &Ledger::default()
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_open_tree_is_closed_up_and_links_are_left_alone() {
+        let root = std::env::temp_dir().join(format!("vethctl-perm-{}", std::process::id()));
+        let open = |path: &Path, m: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(m)).unwrap();
+        };
+        fs::create_dir_all(root.join("net").join("endpoints")).unwrap();
+        fs::write(root.join("net").join("topology.toml"), "x").unwrap();
+        fs::write(root.join("net").join("endpoints").join("a.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("link")).unwrap();
+        let outside = mode(Path::new("/etc/hostname"));
+        for (path, m) in [
+            (root.clone(), 0o755),
+            (root.join("net"), 0o777),
+            (root.join("net").join("endpoints"), 0o755),
+            (root.join("net").join("topology.toml"), 0o644),
+            (root.join("net").join("endpoints").join("a.json"), 0o666),
+        ] {
+            open(&path, m);
+        }
+        secure_tree(&root).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("net")), 0o700);
+        assert_eq!(mode(&root.join("net").join("endpoints")), 0o700);
+        assert_eq!(mode(&root.join("net").join("topology.toml")), 0o600);
+        assert_eq!(
+            mode(&root.join("net").join("endpoints").join("a.json")),
+            0o600
+        );
+        assert_eq!(mode(Path::new("/etc/hostname")), outside, "not followed");
+        // A private root is taken as closed up: nothing below is walked.
+        open(&root.join("net").join("topology.toml"), 0o644);
+        secure_tree(&root).unwrap();
+        assert_eq!(mode(&root.join("net").join("topology.toml")), 0o644);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn what_vethctl_writes_is_private_whatever_the_umask() {
+        let root = std::env::temp_dir().join(format!("vethctl-umask-{}", std::process::id()));
+        let dir = root.join("a").join("b");
+        // SAFETY: umask has no preconditions. Restored below; files other
+        // tests of this process make meanwhile in their temporary
+        // directories may come out wider, and none of them checks.
+        let old = unsafe { libc::umask(0) };
+        write_atomically(&dir, "record.json", b"{}").unwrap();
+        let lock = lock_file(&dir.join(".lock"), false).unwrap();
+        unsafe { libc::umask(old) };
+        assert!(lock.is_some());
+        for path in [root.clone(), root.join("a"), dir.clone()] {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+        }
+        assert_eq!(mode(&dir.join("record.json")), 0o600);
+        assert_eq!(mode(&dir.join(".lock")), 0o600);
+        fs::remove_dir_all(&root).unwrap();
     }
 }
 

@@ -78,27 +78,25 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     let mut watcher = tokio::spawn(crate::watch::run(Host::connect()?));
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            // Endpoints would silently go stale: fail, so that whatever
-            // supervises the agent restarts it.
-            ended = &mut watcher => {
-                let why = match ended {
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Ok(Ok(())) => "it stopped".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                anyhow::bail!("keeping endpoints current failed: {why}");
-            }
-            served = &mut server => {
-                let why = match served {
-                    Ok(never) => match never {},
-                    Err(e) => e.to_string(),
-                };
-                anyhow::bail!("serving metrics failed: {why}");
-            }
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+        // Endpoints would silently go stale: fail, so that whatever
+        // supervises the agent restarts it.
+        ended = &mut watcher => {
+            let why = match ended {
+                Ok(Err(e)) => format!("{e:#}"),
+                Ok(Ok(())) => "it stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("keeping endpoints current failed: {why}");
+        }
+        served = &mut server => {
+            let why = match served {
+                Ok(never) => match never {},
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("serving metrics failed: {why}");
         }
     }
     server.abort();

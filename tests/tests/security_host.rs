@@ -232,7 +232,11 @@ fn commands_without_privileges_say_what_they_need() {
         );
         let stderr = lines_of(child.take_stderr());
         let status = child.wait_timeout(Duration::from_secs(10));
-        let said: Vec<String> = stderr.try_iter().collect();
+        // Everything it wrote, up to the end of its stderr.
+        let mut said = Vec::new();
+        while let Ok(line) = stderr.recv_timeout(Duration::from_secs(5)) {
+            said.push(line);
+        }
         assert!(
             status.is_some_and(|s| s.code() == Some(1)),
             "vethctl {args:?} as nobody: {status:?} after {:?}; said {said:?}",
@@ -516,6 +520,15 @@ fn scrape_during(addr: SocketAddr, duration: Duration) -> (Duration, Vec<String>
     (slowest, failures)
 }
 
+/// The slowest of a few scrapes with nothing else going on: what reading
+/// every topology on this machine takes (other tests' too), which the
+/// flood must not add more than a second to.
+fn quiet_scrape_time(addr: SocketAddr) -> Duration {
+    let (slowest, failures) = scrape_during(addr, Duration::from_secs(1));
+    assert!(failures.is_empty(), "scrapes without a flood: {failures:?}");
+    slowest
+}
+
 /// The agent's stderr, its CPU time and its RSS across `during`.
 struct Footprint {
     cpu: Duration,
@@ -532,7 +545,12 @@ fn footprint<T>(agent: &RunningAgent, during: impl FnOnce() -> T) -> (T, Footpri
         cpu: agent.cpu() - cpu,
         rss_before,
         rss_after: agent.rss_kib(),
-        said: agent.said(),
+        // The watcher's lines are about pods of other tests on this machine.
+        said: agent
+            .said()
+            .into_iter()
+            .filter(|l| !l.starts_with("vethctl agent: topology "))
+            .collect(),
     };
     (result, footprint)
 }
@@ -553,14 +571,15 @@ fn raise_nofile() {
 }
 
 /// A few thousand idle and slow clients (far over the agent's cap) while a
-/// scraper asks every 200 ms: every scrape answers within a second, and
-/// the agent's CPU, memory and log stay small.
+/// scraper asks every 200 ms: no scrape takes a second longer than without
+/// the flood, and the agent's CPU, memory and log stay small.
 #[test]
 fn agent_answers_scrapes_through_a_connection_flood() {
     raise_nofile();
     let t = TestTopology::new(&["a"]);
     t.up();
     let agent = RunningAgent::start(&[]);
+    let quiet = quiet_scrape_time(agent.addr);
     let seconds = 8;
     let stop = Arc::new(AtomicBool::new(false));
     let ((made, (slowest, failures)), used) = footprint(&agent, || {
@@ -571,8 +590,8 @@ fn agent_answers_scrapes_through_a_connection_flood() {
         (flooder.join().expect("the flood"), scrapes)
     });
     let summary = format!(
-        "{made} flood connections; slowest scrape {slowest:?}; failures {failures:?}; agent CPU \
-         {:?} in {}s; RSS {} -> {} KiB; {} log lines: {:?}",
+        "{made} flood connections; slowest scrape {slowest:?} (without the flood {quiet:?}); \
+         failures {failures:?}; agent CPU {:?} in {}s; RSS {} -> {} KiB; {} log lines: {:?}",
         used.cpu,
         seconds + 1,
         used.rss_before,
@@ -583,7 +602,7 @@ fn agent_answers_scrapes_through_a_connection_flood() {
     eprintln!("{summary}");
     assert!(made > 3000, "the flood got going: {summary}");
     assert!(
-        failures.is_empty() && slowest < Duration::from_secs(1),
+        failures.is_empty() && slowest < quiet + Duration::from_secs(1),
         "{summary}"
     );
     assert!(
@@ -607,6 +626,7 @@ fn agent_backs_off_when_out_of_descriptors() {
     let t = TestTopology::new(&["a"]);
     t.up();
     let agent = RunningAgent::start(&[]);
+    let quiet = quiet_scrape_time(agent.addr);
     let pid = agent.child.id().to_string();
     let prlimit = |limit: &str| {
         let out = Command::new("prlimit")
@@ -657,7 +677,7 @@ fn agent_backs_off_when_out_of_descriptors() {
     prlimit(&was);
     let (slowest, failures) = scrape_during(agent.addr, Duration::from_secs(2));
     assert!(
-        failures.is_empty() && slowest < Duration::from_secs(1),
-        "after the flood: slowest {slowest:?}, {failures:?}"
+        failures.is_empty() && slowest < quiet + Duration::from_secs(1),
+        "after the flood: slowest {slowest:?} (before it {quiet:?}), {failures:?}"
     );
 }

@@ -545,11 +545,14 @@ fn footprint<T>(agent: &RunningAgent, during: impl FnOnce() -> T) -> (T, Footpri
         cpu: agent.cpu() - cpu,
         rss_before,
         rss_after: agent.rss_kib(),
-        // The watcher's lines are about pods of other tests on this machine.
+        // The HTTP server's lines (the watcher's are about pods of other
+        // tests on this machine).
         said: agent
             .said()
             .into_iter()
-            .filter(|l| !l.starts_with("vethctl agent: topology "))
+            .filter(|l| {
+                l.starts_with("vethctl agent: accept") || l.starts_with("vethctl agent: connection")
+            })
             .collect(),
     };
     (result, footprint)

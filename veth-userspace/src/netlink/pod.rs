@@ -51,11 +51,15 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
         let eth0 = links::by_name(&handle, &pod.ifname)
             .await?
             .with_context(|| {
-                format!(
-                    "{} is missing in namespace {:?}; run `vethctl down` and `vethctl up` to \
-                     recreate the pod",
-                    pod.ifname, pod.netns
-                )
+                // A runtime's endpoint is made again by its own DEL and ADD;
+                // `down` and `up` would cut every pod of its network off.
+                let fix = if pod.netns_is_ours() {
+                    "run `vethctl down` and `vethctl up` to recreate the pod"
+                } else {
+                    "it was removed while the endpoint was being wired; the runtime's retry \
+                     (DEL, then ADD) makes it again"
+                };
+                format!("{} is missing in namespace {:?}; {fix}", pod.ifname, pod.netns)
             })?;
         // No duplicate address detection on eth0: its addresses are ours by
         // construction, and DAD keeps the link-local address unusable for a

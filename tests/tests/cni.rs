@@ -2224,7 +2224,8 @@ fn adds_killed_at_random_moments_are_recovered_by_a_retry() {
     net.add(&peer);
     let conf = net.conf("1.0.0").to_string();
     let mut seed = u64::from(std::process::id());
-    for round in 0..12 {
+    let mut seen = BTreeMap::new();
+    for round in 0..24 {
         let pod = Pod::new();
         let vars = net.vars("ADD", &pod);
         // Remembered for the network's clean-up.
@@ -2240,11 +2241,18 @@ fn adds_killed_at_random_moments_are_recovered_by_a_retry() {
             .unwrap();
         child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // An ADD here takes 10-60 ms: kill it anywhere in that span.
-        std::thread::sleep(Duration::from_micros(2_000 + (seed >> 33) % 50_000));
+        // The plugin starts in ~2 ms and an ADD of an up network takes
+        // ~5-15 ms here: killed anywhere from its start to its end.
+        std::thread::sleep(Duration::from_micros(1_000 + (seed >> 33) % 14_000));
         let _ = child.kill();
         let _ = child.wait();
         let veth = net.host_veth(&pod);
+        let left = match host_link(&veth) {
+            None => "no veth",
+            Some(l) if l["ifalias"].as_str().is_none() => "an unmarked veth",
+            Some(_) => "a marked veth",
+        };
+        *seen.entry(left).or_insert(0) += 1;
         net.add(&pod);
         let link = host_link(&veth).expect("the retried ADD's veth");
         assert_eq!(
@@ -2260,6 +2268,7 @@ fn adds_killed_at_random_moments_are_recovered_by_a_retry() {
         assert_eq!(net.records(), BTreeSet::from([net.record_of(&peer)]));
         assert_eq!(net.allocations().len(), 1, "round {round}: only the peer's");
     }
+    eprintln!("what the killed ADDs left: {seen:?}");
 }
 
 /// A DEL killed after it freed the endpoint's slot but before it cleared
@@ -2391,7 +2400,7 @@ fn static_addresses_that_no_pod_can_have_are_refused() {
         let pod = Pod::new();
         let mut conf = net.conf("1.0.0");
         let list: Vec<Value> = addresses.iter().map(|a| json!({"address": a})).collect();
-        conf["ipam"] = json!({"type": "static", "addresses": list});
+        conf["ipam"] = json!({"type": "static", "subnet": net.block.cidr, "addresses": list});
         let msg = net
             .run(&net.vars("ADD", &pod), &conf)
             .expect_error(7, &["ipam", fragment], &format!("ADD with {addresses:?}"));

@@ -34,6 +34,8 @@ use crate::{
 };
 
 const ENDPOINTS_DIR: &str = "endpoints";
+/// Where the attachments' locks are (see [`Store::lock`]).
+const LOCKS_DIR: &str = "endpoint-locks";
 /// Host-side veth names of runtime endpoints start with this (Calico's are
 /// `cali…`, Cilium's `lxc…`).
 pub const HOST_VETH_PREFIX: &str = "vc";
@@ -175,9 +177,11 @@ impl Store {
     /// undo gave the winner's address back, and later pods got it too.
     pub fn lock(&self, key: &str) -> Result<AttachmentLock> {
         use std::os::unix::fs::MetadataExt;
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let path = self.dir.join(format!(".{key}.lock"));
+        // Beside the records, not among them: their directory holds
+        // records only.
+        let locks = self.dir.with_file_name(LOCKS_DIR);
+        fs::create_dir_all(&locks).with_context(|| format!("creating {}", locks.display()))?;
+        let path = locks.join(key);
         loop {
             let file = crate::state::lock_file(&path, true)?
                 .context("a blocking lock returned without the lock")?;

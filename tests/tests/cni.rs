@@ -2114,11 +2114,19 @@ fn concurrent_adds_of_one_container_id_make_one_endpoint() {
         .netns
         .expect_pings(pod.ipv4(), 2, "the pod ADDed 6 times works");
     let locks = net.state_dir().join("endpoint-locks");
-    assert_eq!(veth_tests::cni::files_in(&locks).len(), 5, "a lock per endpoint");
+    assert_eq!(
+        veth_tests::cni::files_in(&locks).len(),
+        5,
+        "a lock per endpoint"
+    );
     for p in others.iter().chain([&pod]) {
         net.del(p, None);
     }
-    assert_eq!(veth_tests::cni::files_in(&locks), BTreeSet::new(), "no lock left");
+    assert_eq!(
+        veth_tests::cni::files_in(&locks),
+        BTreeSet::new(),
+        "no lock left"
+    );
 }
 
 /// A second ADD of an attachment into another namespace is refused
@@ -2179,7 +2187,15 @@ fn crashed_add(net: &CniNet, pod: &Pod) {
     veth_tests::run(
         "ip",
         &[
-            "link", "add", &record.host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &record.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             &ns,
         ],
     );
@@ -2208,10 +2224,14 @@ fn an_add_killed_before_marking_its_veth_is_recovered() {
             _ => {
                 net.add(&pod);
                 let link = host_link(&veth).expect("the pod's veth");
-                assert_eq!(link["ifalias"].as_str(), Some(link_mark(&net.name).as_str()));
+                assert_eq!(
+                    link["ifalias"].as_str(),
+                    Some(link_mark(&net.name).as_str())
+                );
                 let peer = Pod::new();
                 net.add(&peer);
-                peer.netns.expect_pings(pod.ipv4(), 2, "the retried ADD's pod");
+                peer.netns
+                    .expect_pings(pod.ipv4(), 2, "the retried ADD's pod");
                 net.del(&peer, None);
                 net.del(&pod, None);
             }
@@ -2250,8 +2270,15 @@ fn adds_killed_at_random_moments_are_recovered_by_a_retry() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         // The plugin starts in ~2 ms and an ADD of an up network takes
         // ~5-15 ms here: killed anywhere from its start to its end.
         std::thread::sleep(Duration::from_micros(1_000 + (seed >> 33) % 14_000));
@@ -2275,7 +2302,10 @@ fn adds_killed_at_random_moments_are_recovered_by_a_retry() {
             .expect_pings(pod.ipv4(), 1, &format!("round {round}: the pod works"));
         net.del(&pod, None);
         assert!(!link_exists(&veth), "round {round}: no host side");
-        assert!(pod.netns.link("eth0").is_none(), "round {round}: no pod side");
+        assert!(
+            pod.netns.link("eth0").is_none(),
+            "round {round}: no pod side"
+        );
         assert_eq!(net.records(), BTreeSet::from([net.record_of(&peer)]));
         assert_eq!(net.allocations().len(), 1, "round {round}: only the peer's");
     }
@@ -2337,9 +2367,11 @@ fn proc_1_ns_net_is_refused_for_the_right_reason() {
     } else {
         "cannot be opened"
     };
-    let msg = net
-        .run(&vars, &net.conf("1.0.0"))
-        .expect_error(4, &["CNI_NETNS", why], "ADD into /proc/1/ns/net");
+    let msg = net.run(&vars, &net.conf("1.0.0")).expect_error(
+        4,
+        &["CNI_NETNS", why],
+        "ADD into /proc/1/ns/net",
+    );
     assert!(!msg.contains("no nsfs file"), "{msg}");
     assert_eq!(net.records(), BTreeSet::new());
     assert_eq!(net.allocations(), BTreeSet::new());
@@ -2357,7 +2389,11 @@ fn stdin_beyond_one_mebibyte_is_refused_without_reading_it_all() {
     conf.extend(std::iter::repeat_n(b'x', 64 << 20));
     conf.extend(b"\"}");
     let reply = exec(&net.vars("ADD", &pod), &conf);
-    let msg = reply.expect_error(6, &["stdin", "larger than 1048576 bytes"], "64 MiB on stdin");
+    let msg = reply.expect_error(
+        6,
+        &["stdin", "larger than 1048576 bytes"],
+        "64 MiB on stdin",
+    );
     assert!(!msg.contains("pad"), "{msg}");
     assert_eq!(net.records(), BTreeSet::new());
 }
@@ -2371,25 +2407,45 @@ fn kubernetes_names_are_checked_against_kubernetes_rules() {
     net.bring_up();
     let long = "a".repeat(64);
     for (args, key) in [
-        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\u{1b}[2J", "K8S_POD_NAME"),
-        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\nroot", "K8S_POD_NAME"),
-        ("K8S_POD_NAMESPACE=Default;K8S_POD_NAME=web", "K8S_POD_NAMESPACE"),
-        (&format!("K8S_POD_NAMESPACE={long};K8S_POD_NAME=web"), "K8S_POD_NAMESPACE"),
+        (
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\u{1b}[2J",
+            "K8S_POD_NAME",
+        ),
+        (
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\nroot",
+            "K8S_POD_NAME",
+        ),
+        (
+            "K8S_POD_NAMESPACE=Default;K8S_POD_NAME=web",
+            "K8S_POD_NAMESPACE",
+        ),
+        (
+            &format!("K8S_POD_NAMESPACE={long};K8S_POD_NAME=web"),
+            "K8S_POD_NAMESPACE",
+        ),
     ] {
         let pod = Pod::new();
         let mut vars = net.vars("ADD", &pod);
         vars.push(("CNI_ARGS", args));
-        let msg = net
-            .run(&vars, &net.conf("1.0.0"))
-            .expect_error(4, &["CNI_ARGS", key], &format!("ADD with {args:?}"));
-        assert!(!msg.contains('\u{1b}') && !msg.contains('\n'), "escaped: {msg:?}");
+        let msg = net.run(&vars, &net.conf("1.0.0")).expect_error(
+            4,
+            &["CNI_ARGS", key],
+            &format!("ADD with {args:?}"),
+        );
+        assert!(
+            !msg.contains('\u{1b}') && !msg.contains('\n'),
+            "escaped: {msg:?}"
+        );
         assert!(pod.netns.link("eth0").is_none(), "{args:?}: no pod side");
         assert_eq!(net.records(), BTreeSet::new(), "{args:?}: no record");
         assert_eq!(net.allocations(), BTreeSet::new(), "{args:?}: no address");
     }
     let pod = Pod::new();
     let mut vars = net.vars("ADD", &pod);
-    vars.push(("CNI_ARGS", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d78c.x-1"));
+    vars.push((
+        "CNI_ARGS",
+        "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d78c.x-1",
+    ));
     net.run(&vars, &net.conf("1.0.0")).expect_ok("valid names");
 }
 
@@ -2412,13 +2468,18 @@ fn static_addresses_that_no_pod_can_have_are_refused() {
         let mut conf = net.conf("1.0.0");
         let list: Vec<Value> = addresses.iter().map(|a| json!({"address": a})).collect();
         conf["ipam"] = json!({"type": "static", "subnet": net.block.cidr, "addresses": list});
-        let msg = net
-            .run(&net.vars("ADD", &pod), &conf)
-            .expect_error(7, &["ipam", fragment], &format!("ADD with {addresses:?}"));
+        let msg = net.run(&net.vars("ADD", &pod), &conf).expect_error(
+            7,
+            &["ipam", fragment],
+            &format!("ADD with {addresses:?}"),
+        );
         if fragment == "IPv6 address" {
             assert!(!msg.contains("IPv4 range"), "names IPv6: {msg}");
         }
-        assert!(pod.netns.link("eth0").is_none(), "{addresses:?}: no pod side");
+        assert!(
+            pod.netns.link("eth0").is_none(),
+            "{addresses:?}: no pod side"
+        );
         assert_eq!(net.records(), BTreeSet::new(), "{addresses:?}: no record");
     }
 }
@@ -2439,5 +2500,6 @@ fn up_of_a_cni_networks_recorded_file_counts_its_endpoints() {
     expect_success(&out, "vethctl up -t <recorded file>");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(": 2 pods,"), "{said}");
-    b.netns.expect_pings(a.ipv4(), 2, "the endpoints still work");
+    b.netns
+        .expect_pings(a.ipv4(), 2, "the endpoints still work");
 }

@@ -306,7 +306,11 @@ impl CniArgs {
                     format!(
                         "{key} {reason}; Kubernetes names are {} (lower-case letters, digits \
                          and '-'{}, a letter or digit at each end, at most {max} characters)",
-                        if dots { "DNS-1123 subdomains" } else { "DNS-1123 labels" },
+                        if dots {
+                            "DNS-1123 subdomains"
+                        } else {
+                            "DNS-1123 labels"
+                        },
                         if dots { ", labels joined by '.'" } else { "" },
                     ),
                 ));
@@ -916,7 +920,11 @@ mod tests {
             ("default", "web\nroot", "K8S_POD_NAME holds '\\n'"),
             ("Default", "web", "K8S_POD_NAMESPACE holds 'D'"),
             ("a.b", "web", "K8S_POD_NAMESPACE holds '.'"),
-            (&"a".repeat(64), "web", "K8S_POD_NAMESPACE is 64 characters long"),
+            (
+                &"a".repeat(64),
+                "web",
+                "K8S_POD_NAMESPACE is 64 characters long",
+            ),
             ("default", &long_name, "K8S_POD_NAME is 255 characters long"),
             ("default", "-web", "does not start and end"),
             ("default", "web.", "an empty label"),
@@ -927,7 +935,10 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.starts_with("CNI_ARGS "), "{msg}");
             assert!(msg.contains(fragment), "{ns}/{name}: {msg}");
-            assert!(!msg.contains('\u{1b}') && !msg.contains('\n'), "escaped: {msg}");
+            assert!(
+                !msg.contains('\u{1b}') && !msg.contains('\n'),
+                "escaped: {msg}"
+            );
         }
     }
 

@@ -565,10 +565,18 @@ fn orphans_of(
     identities: &Array<MapData, PodIdentity>,
     host_ifindex: u32,
 ) -> Vec<u32> {
-    let held: BTreeSet<u32> = slots.iter().filter_map(|e| e.ok()).map(|(_, s)| s).collect();
+    let held: BTreeSet<u32> = slots
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|(_, s)| s)
+        .collect();
     (0..identities.len())
         .filter(|slot| !held.contains(slot))
-        .filter(|slot| identities.get(slot, 0).is_ok_and(|i| i.host_ifindex == host_ifindex))
+        .filter(|slot| {
+            identities
+                .get(slot, 0)
+                .is_ok_and(|i| i.host_ifindex == host_ifindex)
+        })
         .collect()
 }
 

@@ -116,7 +116,11 @@ fn unusable(network: &Topology, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Optio
         ));
     }
     if v4.prefix_len() < 31 && (ipv4 == v4.network() || ipv4 == v4.broadcast()) {
-        let which = if ipv4 == v4.network() { "network" } else { "broadcast" };
+        let which = if ipv4 == v4.network() {
+            "network"
+        } else {
+            "broadcast"
+        };
         return Some(format!(
             "IPv4 address {ipv4}, the {which} address of {v4}, which no pod can have; {FIX}"
         ));
@@ -310,15 +314,48 @@ mod tests {
     fn delegated_addresses_must_be_host_addresses_of_their_family_range() {
         let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let v6 = |s: &str| Some(s.parse::<Ipv6Addr>().unwrap());
-        assert_eq!(unusable(&network(true), v4("10.1.0.9"), v6("fd00:1::9")), None);
+        assert_eq!(
+            unusable(&network(true), v4("10.1.0.9"), v6("fd00:1::9")),
+            None
+        );
         assert_eq!(unusable(&network(false), v4("10.1.0.254"), None), None);
         for (net, ipv4, ipv6, fragment) in [
-            (network(false), v4("10.1.0.0"), None, "IPv4 address 10.1.0.0, the network address"),
-            (network(false), v4("10.1.0.255"), None, "the broadcast address of 10.1.0.0/24"),
-            (network(false), v4("10.2.0.9"), None, "outside the network's IPv4 range"),
-            (network(false), v4("10.1.0.9"), v6("fd00:1::9"), "IPv6 address fd00:1::9, but"),
-            (network(true), v4("10.1.0.9"), v6("fd00:2::9"), "outside the network's IPv6 range"),
-            (network(true), v4("10.1.0.9"), v6("fd00:1::"), "subnet-router anycast"),
+            (
+                network(false),
+                v4("10.1.0.0"),
+                None,
+                "IPv4 address 10.1.0.0, the network address",
+            ),
+            (
+                network(false),
+                v4("10.1.0.255"),
+                None,
+                "the broadcast address of 10.1.0.0/24",
+            ),
+            (
+                network(false),
+                v4("10.2.0.9"),
+                None,
+                "outside the network's IPv4 range",
+            ),
+            (
+                network(false),
+                v4("10.1.0.9"),
+                v6("fd00:1::9"),
+                "IPv6 address fd00:1::9, but",
+            ),
+            (
+                network(true),
+                v4("10.1.0.9"),
+                v6("fd00:2::9"),
+                "outside the network's IPv6 range",
+            ),
+            (
+                network(true),
+                v4("10.1.0.9"),
+                v6("fd00:1::"),
+                "subnet-router anycast",
+            ),
         ] {
             let why = unusable(&net, ipv4, ipv6).expect(fragment);
             assert!(why.contains(fragment), "{why}");

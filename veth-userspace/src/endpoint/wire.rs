@@ -253,7 +253,9 @@ async fn is_ours(host: &Host, network: &str, record: &Record, link: &LinkState) 
     }
     Ok(record.host_ifindex.is_none_or(|i| i == link.ifindex)
         && !record.netns.is_empty()
-        && host.is_pod_peer(link, &record.netns, &record.ifname).await?)
+        && host
+            .is_pod_peer(link, &record.netns, &record.ifname)
+            .await?)
 }
 
 /// Whether the endpoint is as its record says: its veth (ours, up), the

@@ -59,7 +59,10 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
                     "it was removed while the endpoint was being wired; the runtime's retry \
                      (DEL, then ADD) makes it again"
                 };
-                format!("{} is missing in namespace {:?}; {fix}", pod.ifname, pod.netns)
+                format!(
+                    "{} is missing in namespace {:?}; {fix}",
+                    pod.ifname, pod.netns
+                )
             })?;
         // No duplicate address detection on eth0: its addresses are ours by
         // construction, and DAD keeps the link-local address unusable for a

@@ -2161,6 +2161,20 @@ fn an_add_of_an_existing_attachment_into_another_namespace_is_refused() {
     assert_eq!(ifindex_of(&veth), ifindex, "answered, not made again");
     assert_eq!(net.records().len(), 2);
     assert_eq!(net.allocations().len(), 2);
+    // Once the first namespace is gone (a runtime that lost its DEL), the
+    // attachment may go elsewhere.
+    let mut pod = pod;
+    pod.netns.delete();
+    let moved = Pod {
+        id: pod.id.clone(),
+        ifname: pod.ifname.clone(),
+        netns: intruder,
+    };
+    net.add(&moved);
+    peer.netns
+        .expect_pings(moved.ipv4(), 2, "the attachment in its new namespace");
+    assert_eq!(net.records().len(), 2);
+    assert_eq!(net.allocations().len(), 2);
 }
 
 /// What an ADD killed between creating the veth pair and marking it left:

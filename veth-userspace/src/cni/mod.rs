@@ -280,7 +280,8 @@ fn release_unowned(req: &Request, store: &Store, record: &Record, key: &str) {
 /// ADDs of one container id, which [`Store::lock`] runs one after the
 /// other). Another namespace is refused: the spec makes an attachment
 /// `(container id, ifname)` one interface in one namespace, and taking
-/// it over deleted the first pod's interface. The same namespace and
+/// it over deleted the first pod's interface (unless that namespace is
+/// gone). The same namespace and
 /// request, with the endpoint as recorded, is answered from the record
 /// (the same result, nothing touched); anything else (a crashed ADD, a
 /// changed configuration) is made again.
@@ -290,7 +291,10 @@ async fn existing_attachment(
     existing: &Record,
     wanted: &Record,
 ) -> Result<Option<Record>, CniError> {
-    if !same_namespace(&existing.netns, &wanted.netns) {
+    // A namespace that is gone took the first pod's interface with it:
+    // nothing is left to protect, and the endpoint is made again.
+    let alive = crate::netlink::netns::exists(&existing.netns);
+    if alive && !same_namespace(&existing.netns, &wanted.netns) {
         return Err(CniError::invalid_env(
             "CNI_NETNS",
             wanted.netns.clone(),

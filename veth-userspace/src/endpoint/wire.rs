@@ -176,12 +176,11 @@ async fn attach(
         }
         host.delete_link(existing.ifindex, &existing.name).await?;
     }
-    host.create_pod_veth(&pod).await?;
+    let ifindex = host.create_marked_pod_veth(&pod, &mark).await?;
     let link = host
-        .link(&pod.host_veth)
+        .link_by_index(ifindex)
         .await?
         .with_context(|| format!("link {:?} vanished right after creation", pod.host_veth))?;
-    host.set_alias(&link, &mark).await?;
     record.host_ifindex = Some(link.ifindex);
     store.save(record)?;
     wire_pod(host, network, &pod, || Ok(())).await?;
@@ -239,14 +238,14 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
 }
 
 /// Whether `link` (named as `record`'s host side) is the endpoint's: it
-/// carries the network's mark, or — the mark not set yet — it is a veth
-/// whose peer is the record's interface in the record's namespace. The
-/// kernel takes no alias in the request that creates a link (it ignores
-/// `IFLA_IFALIAS` there), so an ADD killed between creating the pair and
-/// marking it left an unmarked one; the record, written before the pair
-/// was made, and the pairing, made in the same request as the pod's
-/// interface, prove it ours (without that, DEL and GC dropped the record
-/// and left the pair, and every retried ADD failed on it).
+/// carries the network's mark, or — unmarked — it is a veth whose peer is
+/// the record's interface in the record's namespace. A pair is marked in
+/// the `sendmsg` that makes it now, but an ADD of an earlier vethctl
+/// killed between making and marking it left one unmarked; the record,
+/// written before the pair was made, and the pairing, made in the same
+/// request as the pod's interface, prove it ours (without that, DEL and
+/// GC dropped the record and left the pair, and every retried ADD failed
+/// on it).
 async fn is_ours(host: &Host, network: &str, record: &Record, link: &LinkState) -> Result<bool> {
     if host.alias(link.ifindex).await?.as_deref() == Some(link_mark(network).as_str()) {
         return Ok(true);

@@ -101,6 +101,71 @@ impl Host {
         )))
     }
 
+    /// Creates the pod's veth pair as [`Host::create_pod_veth`] does, its
+    /// host side carrying `alias` (our mark) from its first moment: the
+    /// creating request asks for an unused ifindex, and the request that
+    /// marks that ifindex goes in the same `sendmsg` (see
+    /// [`links::create_and_change`]). Returns the host side's ifindex.
+    pub async fn create_marked_pod_veth(&self, pod: &Pod, alias: &str) -> Result<u32> {
+        let what = || {
+            format!(
+                "pod {:?}: creating veth {:?} with peer {} in namespace {:?}",
+                pod.name, pod.host_veth, pod.ifname, pod.netns
+            )
+        };
+        let ifindex = self.unused_ifindex().await?;
+        let ns = netns::open(&pod.netns)?;
+        let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod.ifname.clone())
+            .address(pod.mac.to_vec())
+            .mtu(pod.mtu)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let mut create = LinkVeth::new(&pod.host_veth, &pod.ifname)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(pod.gateway_mac.to_vec())
+            .mtu(pod.mtu)
+            .build();
+        create.header.index = ifindex;
+        let mark = LinkUnspec::new_with_index(ifindex).alias(alias).build();
+        let [created, marked] =
+            tokio::task::spawn_blocking(move || links::create_and_change(create, mark))
+                .await
+                .context("netlink task panicked")?
+                .with_context(what)?;
+        drop(ns);
+        created.with_context(what)?;
+        if let Err(e) = marked {
+            // Not expected (the index was just made); marked the usual way,
+            // and never left unmarked.
+            eprintln!("{}: marking it in the same request failed: {e}", what());
+            if let Err(e) = links::set_alias(&self.handle, ifindex, &pod.host_veth, alias).await {
+                links::delete(&self.handle, ifindex, &pod.host_veth).await?;
+                return Err(e);
+            }
+        }
+        Ok(ifindex)
+    }
+
+    /// An ifindex no link of the host namespace has, far above those the
+    /// kernel hands out (it counts up from 1; at most 2^31 - 1).
+    async fn unused_ifindex(&self) -> Result<u32> {
+        use std::hash::{BuildHasher, Hasher};
+        loop {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            let ifindex = (1 << 28) | (h.finish() as u32 & 0x0fff_ffff);
+            if links::by_index(&self.handle, ifindex).await?.is_none() {
+                return Ok(ifindex);
+            }
+        }
+    }
+
     /// Brings the host-side veth up with the gateway MAC and the pod's MTU,
     /// as a port of `bridge` or of nothing (a no-op when it is).
     pub async fn ensure_host_veth(

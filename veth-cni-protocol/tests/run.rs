@@ -848,3 +848,19 @@ fn gc_and_status_inputs_from_libcni() {
     assert_eq!((out.exit_code, out.stdout.len()), (0, 0));
     assert_eq!(fake.verbs(), vec![Command::Status]);
 }
+
+#[test]
+fn stdin_is_read_and_taken_only_up_to_the_limit() {
+    // An endless stdin is read no further than one byte past the limit.
+    let stdin = read_stdin(std::io::repeat(b' '));
+    assert_eq!(stdin.len(), MAX_STDIN_BYTES + 1);
+    let fake = Fake::default();
+    let out = run(vars("ADD"), &stdin, &fake);
+    let msg = assert_error(&out, 6);
+    assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    // Whitespace up to the limit is still a configuration's.
+    let mut padded = conf("1.0.0").to_string().into_bytes();
+    padded.resize(MAX_STDIN_BYTES, b' ');
+    let out = run(vars("ADD"), &padded, &fake);
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+}

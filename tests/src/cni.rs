@@ -589,6 +589,15 @@ impl CniNet {
         exec(vars, conf.to_string().as_bytes())
     }
 
+    /// Remembers `pod`'s attachment for the drop's DEL (for an ADD run
+    /// by other means than [`CniNet::run`]).
+    pub fn remember(&self, pod: &Pod) {
+        self.attachments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pod.id.clone(), pod.ifname.clone()));
+    }
+
     /// ADD of `pod` with a 1.0.0 configuration, which must succeed; the
     /// result.
     pub fn add(&self, pod: &Pod) -> Value {

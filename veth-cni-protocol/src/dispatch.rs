@@ -4,7 +4,7 @@
 //! [`run`] answers VERSION itself, parses and validates everything else into
 //! a [`Request`], calls the [`Plugin`] for the verb, and writes the result in
 //! the request's version or the spec's error JSON. It never panics on its
-//! input, and a panic inside the plugin becomes an error result (code 100)
+//! input, and a panic inside the plugin becomes an error result (code 999)
 //! rather than an empty stdout, which libcni would report as "netplugin
 //! failed with no error message".
 //!
@@ -20,9 +20,8 @@
 //! #     fn status(&self, _: &Request) -> Result<(), CniError> { Ok(()) }
 //! #     fn gc(&self, _: &Request) -> Result<(), CniError> { Ok(()) }
 //! # }
-//! use std::io::{Read, Write};
-//! let mut stdin = Vec::new();
-//! let _ = std::io::stdin().read_to_end(&mut stdin); // an I/O error leaves it empty: code 6
+//! use std::io::Write;
+//! let stdin = read_stdin(std::io::stdin()); // at most MAX_STDIN_BYTES + 1
 //! let out = run(std::env::vars_os(), &stdin, &Veth);
 //! for line in &out.stderr {
 //!     eprintln!("veth-cni: {line}");
@@ -40,6 +39,23 @@ use crate::env::{Attachment, Command, Environment};
 use crate::error::CniError;
 use crate::result::CniResult;
 use crate::version::{negotiate, parse_version_number, version_reply, CniVersion};
+
+/// The most stdin a configuration may take: 1 MiB (Kubernetes nodes' are
+/// a few hundred bytes; a `prevResult` with many interfaces a few KiB).
+pub const MAX_STDIN_BYTES: usize = 1 << 20;
+
+/// Stdin, read up to one byte more than [`MAX_STDIN_BYTES`] (so that [`run`]
+/// tells a larger one apart and refuses it) — never without bound: 100 MB
+/// on stdin were read whole before. An I/O error leaves what was read
+/// (empty: code 6).
+pub fn read_stdin(input: impl std::io::Read) -> Vec<u8> {
+    use std::io::Read;
+    let mut stdin = Vec::new();
+    let _ = input
+        .take(MAX_STDIN_BYTES as u64 + 1)
+        .read_to_end(&mut stdin);
+    stdin
+}
 
 /// Everything one invocation brings: the variables, the parsed
 /// configuration, and stdin as received (a delegated plugin gets exactly
@@ -195,6 +211,17 @@ where
         Ok(env) => env,
         Err(e) => return Output::error(&e, &error_version(stdin), Vec::new()),
     };
+    if stdin.len() > MAX_STDIN_BYTES {
+        let e = CniError::decode(
+            "stdin",
+            format!(
+                "larger than {MAX_STDIN_BYTES} bytes (stopped after reading {}); a network \
+                 configuration is a small JSON document: check what the runtime sends",
+                stdin.len()
+            ),
+        );
+        return Output::error(&e, CniVersion::FALLBACK.as_str(), Vec::new());
+    }
     if env.command == Command::Version {
         return Output {
             stdout: version_reply(stdin),

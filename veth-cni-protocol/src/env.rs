@@ -286,6 +286,39 @@ impl CniArgs {
         Ok(args)
     }
 
+    /// The Kubernetes names, if given, as Kubernetes allows them: the
+    /// namespace a DNS-1123 label (at most 63 of `[a-z0-9-]`, alphanumeric
+    /// at both ends), the pod name a DNS-1123 subdomain (at most 253, such
+    /// labels joined by dots). They are shown to people (status tables,
+    /// metrics labels), so nothing else gets through: no escape sequences,
+    /// no newlines.
+    pub fn validate_k8s_names(&self) -> Result<(), CniError> {
+        let checks = [
+            ("K8S_POD_NAMESPACE", &self.pod_namespace, 63, false),
+            ("K8S_POD_NAME", &self.pod_name, 253, true),
+        ];
+        for (key, value, max, dots) in checks {
+            let Some(value) = value else { continue };
+            if let Err(reason) = dns1123(value, max, dots) {
+                return Err(CniError::invalid_env(
+                    "CNI_ARGS",
+                    format!("{key}={value}"),
+                    format!(
+                        "{key} {reason}; Kubernetes names are {} (lower-case letters, digits \
+                         and '-'{}, a letter or digit at each end, at most {max} characters)",
+                        if dots {
+                            "DNS-1123 subdomains"
+                        } else {
+                            "DNS-1123 labels"
+                        },
+                        if dots { ", labels joined by '.'" } else { "" },
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `namespace/name` of the Kubernetes pod, when both are known.
     pub fn k8s_pod(&self) -> Option<String> {
         Some(format!(
@@ -294,6 +327,39 @@ impl CniArgs {
             self.pod_name.as_deref()?
         ))
     }
+}
+
+/// Why `name` is not a DNS-1123 label (`dots`: subdomain) of at most
+/// `max` characters.
+fn dns1123(name: &str, max: usize, dots: bool) -> Result<(), String> {
+    if name.len() > max {
+        return Err(format!("is {} characters long", name.len()));
+    }
+    let labels: Vec<&str> = if dots {
+        name.split('.').collect()
+    } else {
+        vec![name]
+    };
+    for label in labels {
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(format!("holds {c:?}"));
+        }
+        let alnum = |c: Option<char>| c.is_some_and(|c| c != '-');
+        if !alnum(label.chars().next()) || !alnum(label.chars().last()) {
+            return Err(format!(
+                "has {}",
+                if label.is_empty() {
+                    "an empty label".to_string()
+                } else {
+                    format!("{label:?}, which does not start and end with a letter or digit")
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The attachment ADD, DEL and CHECK work on: the spec's
@@ -829,6 +895,51 @@ mod tests {
         }
         assert_eq!(all.k8s_pod().as_deref(), Some("default/web-0"));
         assert_eq!(ok(None, Some("x"), None, None, false, &[]).k8s_pod(), None);
+    }
+
+    #[test]
+    fn kubernetes_names_follow_kubernetes_rules() {
+        let args = |ns: &str, name: &str| CniArgs {
+            pod_namespace: Some(ns.to_string()),
+            pod_name: Some(name.to_string()),
+            ..CniArgs::default()
+        };
+        let long_label = "a".repeat(63);
+        let long_name = [long_label.as_str(); 4].join(".");
+        assert_eq!(long_name.len(), 255);
+        for (ns, name) in [
+            ("default", "web-0"),
+            ("kube-system", "coredns-5d78c9869d-abcde"),
+            (long_label.as_str(), &long_name[..253]),
+            ("a", "a.b.c"),
+        ] {
+            assert_eq!(args(ns, name).validate_k8s_names(), Ok(()), "{ns}/{name}");
+        }
+        for (ns, name, fragment) in [
+            ("default", "web\u{1b}[31m", "K8S_POD_NAME holds '\\u{1b}'"),
+            ("default", "web\nroot", "K8S_POD_NAME holds '\\n'"),
+            ("Default", "web", "K8S_POD_NAMESPACE holds 'D'"),
+            ("a.b", "web", "K8S_POD_NAMESPACE holds '.'"),
+            (
+                &"a".repeat(64),
+                "web",
+                "K8S_POD_NAMESPACE is 64 characters long",
+            ),
+            ("default", &long_name, "K8S_POD_NAME is 255 characters long"),
+            ("default", "-web", "does not start and end"),
+            ("default", "web.", "an empty label"),
+            ("default", "a..b", "an empty label"),
+        ] {
+            let e = args(ns, name).validate_k8s_names().unwrap_err();
+            assert_eq!(e.code(), 4, "{e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("CNI_ARGS "), "{msg}");
+            assert!(msg.contains(fragment), "{ns}/{name}: {msg}");
+            assert!(
+                !msg.contains('\u{1b}') && !msg.contains('\n'),
+                "escaped: {msg}"
+            );
+        }
     }
 
     #[test]

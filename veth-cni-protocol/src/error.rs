@@ -29,9 +29,10 @@ pub const CODE_TRY_AGAIN_LATER: u32 = 11;
 pub const CODE_NOT_AVAILABLE: u32 = 50;
 /// Spec code 51 (STATUS): not available, and existing pods may have limited connectivity.
 pub const CODE_LIMITED_CONNECTIVITY: u32 = 51;
-/// Ours (100+): an internal failure of the plugin (a kernel call failed, a
-/// record could not be written, a bug).
-pub const CODE_INTERNAL: u32 = 100;
+/// An internal failure of the plugin (a kernel call failed, a record could
+/// not be written, something not ours in the way, a bug): 999, libcni's
+/// `ErrInternal`, which runtimes know (the spec leaves 100+ to plugins).
+pub const CODE_INTERNAL: u32 = 999;
 /// The first code the spec leaves to plugins.
 pub const FIRST_PLUGIN_CODE: u32 = 100;
 
@@ -203,7 +204,7 @@ impl CniError {
         }
     }
 
-    /// Code 100: an internal failure.
+    /// Code 999: an internal failure.
     pub fn internal(msg: impl Into<String>) -> Self {
         CniError::Plugin {
             code: CODE_INTERNAL,
@@ -314,7 +315,7 @@ mod tests {
             (CniError::TryAgainLater { reason: s() }, 11),
             (CniError::NotAvailable { reason: s() }, 50),
             (CniError::LimitedConnectivity { reason: s() }, 51),
-            (CniError::internal("boom"), 100),
+            (CniError::internal("boom"), 999),
             (
                 CniError::Plugin {
                     code: 104,

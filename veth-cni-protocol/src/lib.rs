@@ -66,7 +66,7 @@ pub use config::{
     Bandwidth, BuiltinIpam, DelegatedIpam, GcAttachment, Ipam, Mode, NetConf, PortMapping,
     Protocol, RuntimeConfig, RuntimeDns, BUILTIN_IPAM_TYPE,
 };
-pub use dispatch::{run, Output, Plugin, Request};
+pub use dispatch::{read_stdin, run, Output, Plugin, Request, MAX_STDIN_BYTES};
 pub use env::{Attachment, CniArgs, Command, ContainerId, Environment, IfName};
 pub use error::{CniError, ErrorReply};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -739,7 +739,7 @@ mod tests {
         r.validate().unwrap();
         r.ips[1].interface = Some(2);
         let e = r.validate().unwrap_err();
-        assert_eq!(e.code(), 100);
+        assert_eq!(e.code(), 999);
         assert!(e
             .to_string()
             .contains("ips[1].interface is 2 but there are 2 interfaces"));

@@ -783,7 +783,7 @@ fn a_panicking_plugin_still_answers_in_json() {
             &stdin_for(command, CniVersion::V1_1_0),
             &fake,
         );
-        let msg = assert_error(&out, 100);
+        let msg = assert_error(&out, 999);
         assert!(msg.contains("fake plugin exploded"), "{msg}");
         assert!(
             out.stderr
@@ -802,7 +802,7 @@ fn an_inconsistent_add_result_is_not_written() {
         ..Default::default()
     };
     let out = run(vars("ADD"), conf("1.0.0").to_string().as_bytes(), &fake);
-    let msg = assert_error(&out, 100);
+    let msg = assert_error(&out, 999);
     assert!(msg.contains("ips[0].interface is 7"), "{msg}");
 }
 
@@ -847,4 +847,20 @@ fn gc_and_status_inputs_from_libcni() {
     );
     assert_eq!((out.exit_code, out.stdout.len()), (0, 0));
     assert_eq!(fake.verbs(), vec![Command::Status]);
+}
+
+#[test]
+fn stdin_is_read_and_taken_only_up_to_the_limit() {
+    // An endless stdin is read no further than one byte past the limit.
+    let stdin = read_stdin(std::io::repeat(b' '));
+    assert_eq!(stdin.len(), MAX_STDIN_BYTES + 1);
+    let fake = Fake::default();
+    let out = run(vars("ADD"), &stdin, &fake);
+    let msg = assert_error(&out, 6);
+    assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    // Whitespace up to the limit is still a configuration's.
+    let mut padded = conf("1.0.0").to_string().into_bytes();
+    padded.resize(MAX_STDIN_BYTES, b' ');
+    let out = run(vars("ADD"), &padded, &fake);
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
 }

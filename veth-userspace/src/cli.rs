@@ -574,11 +574,12 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;
     apply::up(&topology, &text, options).await?;
+    // A CNI network's file lists no pods: its pods are the runtime's
+    // endpoints, counted too (it said "0 pods" beside 902 endpoints).
+    let pods = crate::endpoint::with_endpoints(topology.clone()).pods.len();
     emit(format_args!(
-        "topology {:?} is up: {} pods, mode {} (see `vethctl status -n {0}`)\n",
-        topology.name,
-        topology.pods.len(),
-        topology.mode
+        "topology {:?} is up: {pods} pods, mode {} (see `vethctl status -n {0}`)\n",
+        topology.name, topology.mode
     ))
 }
 

@@ -515,11 +515,16 @@ pub fn remove_endpoint(
     let pins = Pins::new(topology);
     let _lock = crate::state::lock_file(&lock_dir.join(SLOTS_LOCK), true)?;
     let mut slots = HashMap::<_, u32, u32>::try_from(Map::HashMap(open_map(&pins, MAP_SLOTS)?))?;
-    let slot = slots.get(&host_ifindex, 0).ok();
-    ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")?;
-    if let Some(slot) = slot {
-        let mut identities =
-            Array::<_, PodIdentity>::try_from(Map::Array(open_map(&pins, MAP_PODS)?))?;
+    let mut identities = Array::<_, PodIdentity>::try_from(Map::Array(open_map(&pins, MAP_PODS)?))?;
+    // The slot entry goes last, so that a DEL killed halfway leaves it to
+    // find the identity by. Without one (that, or an ADD killed between
+    // the identity and the slot): the identities naming this veth in
+    // slots nobody holds, which a lookup by slot never found again.
+    let owned: Vec<u32> = match slots.get(&host_ifindex, 0).ok() {
+        Some(slot) => vec![slot],
+        None => orphans_of(&slots, &identities, host_ifindex),
+    };
+    for slot in owned {
         identities
             .set(slot, PodIdentity::default(), 0)
             .context("clearing a freed slot")?;
@@ -548,7 +553,31 @@ pub fn remove_endpoint(
     }
     // Not through aya's DevMapHash, which first probes the kernel's
     // features (a dozen program and map loads: ~2 ms of every DEL).
-    delete_u32_key(&open_map(&pins, MAP_DEVMAP)?, host_ifindex).context("removing a DEVMAP entry")
+    delete_u32_key(&open_map(&pins, MAP_DEVMAP)?, host_ifindex)
+        .context("removing a DEVMAP entry")?;
+    ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")
+}
+
+/// The slots whose identity names `host_ifindex` and that no veth holds
+/// in SLOTS (what a crash between the two writes leaves).
+fn orphans_of(
+    slots: &HashMap<MapData, u32, u32>,
+    identities: &Array<MapData, PodIdentity>,
+    host_ifindex: u32,
+) -> Vec<u32> {
+    let held: BTreeSet<u32> = slots
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|(_, s)| s)
+        .collect();
+    (0..identities.len())
+        .filter(|slot| !held.contains(slot))
+        .filter(|slot| {
+            identities
+                .get(slot, 0)
+                .is_ok_and(|i| i.host_ifindex == host_ifindex)
+        })
+        .collect()
 }
 
 /// Deletes `key` from a map whose keys are u32 with the bpf syscall

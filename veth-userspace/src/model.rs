@@ -291,12 +291,29 @@ pub struct K8sPod {
     pub uid: String,
 }
 
+/// `text` with its control characters escaped (`\u{1b}`, `\n`): names a
+/// runtime gave are shown in tables, metrics and traces, where an escape
+/// sequence or a newline would rewrite what a terminal or a scraper sees.
+/// ADD refuses such names; records of older versions may hold them.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = match c.is_control() {
+                true => c.escape_default().collect(),
+                false => vec![c],
+            };
+            escaped
+        })
+        .collect()
+}
+
 impl fmt::Display for K8sPod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = printable(&self.name);
         if self.namespace.is_empty() {
-            write!(f, "{}", self.name)
+            write!(f, "{name}")
         } else {
-            write!(f, "{}/{}", self.namespace, self.name)
+            write!(f, "{}/{name}", printable(&self.namespace))
         }
     }
 }
@@ -1023,6 +1040,17 @@ pub fn format_mac(mac: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runtime_names_are_shown_with_control_characters_escaped() {
+        let pod = super::K8sPod {
+            namespace: "ns\n".into(),
+            name: "web\u{1b}[2J\u{7f}-ü".into(),
+            uid: String::new(),
+        };
+        assert_eq!(pod.to_string(), "ns\\n/web\\u{1b}[2J\\u{7f}-ü");
+        assert_eq!(super::printable("web-0"), "web-0");
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Topology, ModelError> {

@@ -154,9 +154,19 @@ pub fn install(o: &InstallOptions) -> Result<(PathBuf, PathBuf)> {
 
 /// Reads a configuration list file and returns our plugin's configuration.
 pub fn read_list(path: &Path) -> Result<Value> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() > crate::model::MAX_TOPOLOGY_BYTES {
-        bail!("{} is larger than 1 MiB", path.display());
+    use std::io::Read;
+    let max = crate::model::MAX_TOPOLOGY_BYTES;
+    let mut bytes = Vec::new();
+    // Read no more than the limit allows (and a byte to tell a larger file).
+    fs::File::open(path)
+        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > max {
+        bail!(
+            "{} is larger than {max} bytes; a configuration list is a small JSON file: check \
+             the path",
+            path.display()
+        );
     }
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
 }

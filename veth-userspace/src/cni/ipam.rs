@@ -72,19 +72,11 @@ pub fn allocate(
                     format!("{} gave no IPv4 address; configure an IPv4 range", d.plugin),
                 ));
             };
-            let outside = !network.pod_cidr.contains(&ipv4)
-                || pick6.is_some_and(|a| !network.pod_cidr6.is_some_and(|n| n.contains(&a)));
-            if outside {
+            if let Some(why) = unusable(network, ipv4, pick6) {
                 let _ = release(req, &network.name, key, &source);
                 return Err(CniError::invalid_config(
                     "ipam",
-                    format!(
-                        "{} gave {ipv4}{}, outside the network's first range {}; give every \
-                         range of one family the same subnet",
-                        d.plugin,
-                        pick6.map(|a| format!(" and {a}")).unwrap_or_default(),
-                        network.pod_cidr
-                    ),
+                    format!("{} gave {why}", d.plugin),
                 ));
             }
             Ok((
@@ -108,6 +100,50 @@ pub fn allocate(
             ))
         }
     }
+}
+
+/// Why a delegated IPAM's addresses cannot be a pod's in `network`: one
+/// outside the network's range of its family (named, IPv4 or IPv6), or
+/// the range's network or broadcast address (`static` hands out whatever
+/// it is given; a pod there took the subnet's broadcast traffic, or the
+/// subnet-router anycast address).
+fn unusable(network: &Topology, ipv4: Ipv4Addr, ipv6: Option<Ipv6Addr>) -> Option<String> {
+    let v4 = network.pod_cidr;
+    const FIX: &str = "give every range of one family the same subnet, and host addresses of it";
+    if !v4.contains(&ipv4) {
+        return Some(format!(
+            "IPv4 address {ipv4}, outside the network's IPv4 range {v4}; {FIX}"
+        ));
+    }
+    if v4.prefix_len() < 31 && (ipv4 == v4.network() || ipv4 == v4.broadcast()) {
+        let which = if ipv4 == v4.network() {
+            "network"
+        } else {
+            "broadcast"
+        };
+        return Some(format!(
+            "IPv4 address {ipv4}, the {which} address of {v4}, which no pod can have; {FIX}"
+        ));
+    }
+    let ipv6 = ipv6?;
+    let Some(v6) = network.pod_cidr6 else {
+        return Some(format!(
+            "IPv6 address {ipv6}, but the network has no IPv6 range; add an IPv6 subnet to the \
+             IPAM configuration's ranges, or leave the IPv6 address out"
+        ));
+    };
+    if !v6.contains(&ipv6) {
+        return Some(format!(
+            "IPv6 address {ipv6}, outside the network's IPv6 range {v6}; {FIX}"
+        ));
+    }
+    if v6.prefix_len() < 127 && ipv6 == v6.network() {
+        return Some(format!(
+            "IPv6 address {ipv6}, the subnet-router anycast address of {v6}, which no pod can \
+             have; {FIX}"
+        ));
+    }
+    None
 }
 
 /// Gives attachment `key`'s addresses back (fine if it has none).
@@ -259,5 +295,70 @@ fn run(
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(v6: bool) -> Topology {
+        let mut text = "name = \"n\"\npod_cidr = \"10.1.0.0/24\"\n".to_string();
+        if v6 {
+            text += "pod_cidr6 = \"fd00:1::/64\"\n";
+        }
+        Topology::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn delegated_addresses_must_be_host_addresses_of_their_family_range() {
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let v6 = |s: &str| Some(s.parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            unusable(&network(true), v4("10.1.0.9"), v6("fd00:1::9")),
+            None
+        );
+        assert_eq!(unusable(&network(false), v4("10.1.0.254"), None), None);
+        for (net, ipv4, ipv6, fragment) in [
+            (
+                network(false),
+                v4("10.1.0.0"),
+                None,
+                "IPv4 address 10.1.0.0, the network address",
+            ),
+            (
+                network(false),
+                v4("10.1.0.255"),
+                None,
+                "the broadcast address of 10.1.0.0/24",
+            ),
+            (
+                network(false),
+                v4("10.2.0.9"),
+                None,
+                "outside the network's IPv4 range",
+            ),
+            (
+                network(false),
+                v4("10.1.0.9"),
+                v6("fd00:1::9"),
+                "IPv6 address fd00:1::9, but",
+            ),
+            (
+                network(true),
+                v4("10.1.0.9"),
+                v6("fd00:2::9"),
+                "outside the network's IPv6 range",
+            ),
+            (
+                network(true),
+                v4("10.1.0.9"),
+                v6("fd00:1::"),
+                "subnet-router anycast",
+            ),
+        ] {
+            let why = unusable(&net, ipv4, ipv6).expect(fragment);
+            assert!(why.contains(fragment), "{why}");
+        }
     }
 }

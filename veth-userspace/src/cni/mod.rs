@@ -39,10 +39,8 @@ pub struct VethCni;
 /// function here so that the integration tests' copy of the binary runs
 /// exactly this code.
 pub fn main() -> ! {
-    use std::io::{Read, Write};
-    let mut stdin = Vec::new();
-    // An unreadable stdin stays empty: the protocol answers code 6.
-    let _ = std::io::stdin().read_to_end(&mut stdin);
+    use std::io::Write;
+    let stdin = veth_cni_protocol::read_stdin(std::io::stdin());
     let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
     for line in &out.stderr {
         eprintln!("veth-cni: {line}");
@@ -217,20 +215,27 @@ fn refuse_foreign_topology(name: &str) -> Result<(), CniError> {
     }
 }
 
-fn k8s_of(req: &Request) -> Option<K8sPod> {
-    let args = &req.attachment().ok()?.args;
-    let name = args.pod_name.clone()?;
-    Some(K8sPod {
+/// The Kubernetes pod of an ADD, its names checked against Kubernetes'
+/// rules: they are shown (`vethctl status`, metrics labels, traces), and a
+/// name with escape sequences or newlines rewrote what a terminal showed.
+fn k8s_of(req: &Request) -> Result<Option<K8sPod>, CniError> {
+    let args = &req.attachment()?.args;
+    args.validate_k8s_names()?;
+    let Some(name) = args.pod_name.clone() else {
+        return Ok(None);
+    };
+    Ok(Some(K8sPod {
         namespace: args.pod_namespace.clone().unwrap_or_default(),
         name,
         uid: args.pod_uid.clone().unwrap_or_default(),
-    })
+    }))
 }
 
 async fn add(req: &Request) -> Result<CniResult, CniError> {
     let attachment = req.attachment()?;
     let netns = req.netns()?.to_str().unwrap_or_default().to_string();
     let (network, source) = network::network(&req.config)?;
+    let k8s = k8s_of(req)?;
     // The chained `bandwidth` plugin shapes what leaves the pod with the
     // `ingress` qdisc of its host veth, which a `clsact` qdisc excludes.
     let tc_attach = match req.config.runtime_config.bandwidth {
@@ -241,35 +246,104 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let _lock = ensure_network(&host, &network, &source).await?;
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
-    let (addresses, addresses_from) = ipam::allocate(req, &network, &key)?;
-    if let Err(e) = refuse_taken(&network, &key, &addresses, &addresses_from) {
-        if let Err(undo) = ipam::release(req, &network.name, &key, &addresses_from) {
-            eprintln!("giving {key}'s addresses back after a refused ADD: {undo}");
-        }
-        return Err(e);
-    }
+    let store = Store::new(&network.name);
+    let _attachment = store.lock(&key).map_err(failed)?;
     let mut record = Record {
         container_id: container_id.to_string(),
         ifname: ifname.to_string(),
         netns,
         host_veth: endpoint::host_veth_name(&network.name, container_id, ifname),
         host_ifindex: None,
-        ipv4: addresses.ipv4,
-        ipv6: addresses.ipv6,
+        ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+        ipv6: None,
         mtu: req.config.mtu.unwrap_or(crate::model::DEFAULT_MTU),
-        k8s: k8s_of(req),
-        addresses: addresses_from,
+        k8s,
+        addresses: AddressSource::Builtin,
         host_path: !req.config.runtime_config.port_mappings.is_empty()
             || req.config.runtime_config.bandwidth.is_some(),
         tc_attach,
     };
-    if let Err(e) = wire::add(&host, &network, &mut record).await {
-        if let Err(undo) = ipam::release(req, &network.name, &key, &record.addresses) {
-            eprintln!("giving {key}'s addresses back after a failed ADD: {undo}");
+    if let Some(existing) = store.load(container_id, ifname).map_err(failed)? {
+        if let Some(same) = existing_attachment(&host, &network, &existing, &record).await? {
+            return Ok(result(req, &network, &same));
         }
-        return Err(cni_error(e));
+    }
+    let (addresses, addresses_from) = ipam::allocate(req, &network, &key)?;
+    (record.ipv4, record.ipv6, record.addresses) =
+        (addresses.ipv4, addresses.ipv6, addresses_from.clone());
+    let outcome = match refuse_taken(&network, &key, &addresses, &addresses_from) {
+        Ok(()) => wire::add(&host, &network, &mut record)
+            .await
+            .map_err(cni_error),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = outcome {
+        release_unowned(req, &store, &record, &key);
+        return Err(e);
     }
     Ok(result(req, &network, &record))
+}
+
+/// After a failed ADD: the attachment's addresses go back only if no
+/// record owns them (the undo took this ADD's record away, or there was
+/// none). A record still there is an endpoint made before, whose
+/// addresses this ADD must not free.
+fn release_unowned(req: &Request, store: &Store, record: &Record, key: &str) {
+    match store.load(&record.container_id, &record.ifname) {
+        Ok(None) => {
+            if let Err(undo) = ipam::release(req, &req.config.name, key, &record.addresses) {
+                eprintln!("giving {key}'s addresses back after a failed ADD: {undo}");
+            }
+        }
+        Ok(Some(_)) => {}
+        Err(e) => eprintln!("keeping {key}'s addresses after a failed ADD: {e:#}"),
+    }
+}
+
+/// An ADD of an attachment that has a record (a runtime retrying, or two
+/// ADDs of one container id, which [`Store::lock`] runs one after the
+/// other). Another namespace is refused: the spec makes an attachment
+/// `(container id, ifname)` one interface in one namespace, and taking
+/// it over deleted the first pod's interface (unless that namespace is
+/// gone). The same namespace and
+/// request, with the endpoint as recorded, is answered from the record
+/// (the same result, nothing touched); anything else (a crashed ADD, a
+/// changed configuration) is made again.
+async fn existing_attachment(
+    host: &Host,
+    network: &Topology,
+    existing: &Record,
+    wanted: &Record,
+) -> Result<Option<Record>, CniError> {
+    // A namespace that is gone took the first pod's interface with it:
+    // nothing is left to protect, and the endpoint is made again.
+    let alive = crate::netlink::netns::exists(&existing.netns);
+    if alive && !same_namespace(&existing.netns, &wanted.netns) {
+        return Err(CniError::invalid_env(
+            "CNI_NETNS",
+            wanted.netns.clone(),
+            format!(
+                "container {:?} already has interface {} in network {:?}, in namespace {}; an                  attachment (container id, interface name) is one interface in one namespace:                  DEL it first, or give this one another container id or CNI_IFNAME",
+                existing.container_id, existing.ifname, network.name, existing.netns
+            ),
+        ));
+    }
+    let same_request = existing.mtu == wanted.mtu
+        && existing.k8s == wanted.k8s
+        && existing.host_path == wanted.host_path
+        && existing.tc_attach == wanted.tc_attach;
+    if same_request && wire::check(host, network, existing).await.is_ok() {
+        return Ok(Some(existing.clone()));
+    }
+    Ok(None)
+}
+
+/// Whether two namespace paths are one namespace (the same path, or two
+/// paths of one nsfs inode: `/var/run/netns/x` and `/run/netns/x`).
+fn same_namespace(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    a == b || id(a).is_some_and(|a| Some(a) == id(b))
 }
 
 /// Addresses a delegated IPAM handed out that the network already uses
@@ -399,8 +473,15 @@ async fn del(req: &Request) -> Result<(), CniError> {
     let key = endpoint::key(container_id, ifname);
     // A name that cannot be a network's: nothing of ours exists for it.
     let valid = crate::model::validate_topology_name(&name).is_ok();
-    let _lock = if valid {
-        Some(shared_lock(&name)?)
+    let _locks = if valid {
+        let network = shared_lock(&name)?;
+        // Not for a network that is not up: the lock would make its state
+        // directory.
+        let attachment = match StateDir::new(&name).exists() {
+            true => Some(Store::new(&name).lock(&key).map_err(failed)?),
+            false => None,
+        };
+        Some((network, attachment))
     } else {
         None
     };
@@ -569,6 +650,8 @@ async fn gc(req: &Request) -> Result<(), CniError> {
             kept.insert(record.key());
             continue;
         }
+        // Its lock goes with the record (see `Store::lock`).
+        let _attachment = store.lock(&record.key()).map_err(failed)?;
         wire::remove(&host, &name, &record).await.map_err(failed)?;
         if let AddressSource::Delegated { plugin } = &record.addresses {
             // Each gone attachment's DEL first: a plugin without GC (before

@@ -34,6 +34,8 @@ use crate::{
 };
 
 const ENDPOINTS_DIR: &str = "endpoints";
+/// Where the attachments' locks are (see [`Store::lock`]).
+const LOCKS_DIR: &str = "endpoint-locks";
 /// Host-side veth names of runtime endpoints start with this (Calico's are
 /// `cali…`, Cilium's `lxc…`).
 pub const HOST_VETH_PREFIX: &str = "vc";
@@ -168,6 +170,34 @@ impl Store {
         write_atomically(&self.dir, &Store::file(&record.key()), &json)
     }
 
+    /// Attachment `key`'s lock, held until dropped: the ADDs and DELs of
+    /// one attachment run one after another (a second ADD then finds the
+    /// first's record and answers from it), those of different ones at
+    /// once. Without it, two ADDs of one container id raced: the loser's
+    /// undo gave the winner's address back, and later pods got it too.
+    pub fn lock(&self, key: &str) -> Result<AttachmentLock> {
+        use std::os::unix::fs::MetadataExt;
+        // Beside the records, not among them: their directory holds
+        // records only.
+        let locks = self.dir.with_file_name(LOCKS_DIR);
+        fs::create_dir_all(&locks).with_context(|| format!("creating {}", locks.display()))?;
+        let path = locks.join(key);
+        loop {
+            let file = crate::state::lock_file(&path, true)?
+                .context("a blocking lock returned without the lock")?;
+            // The last holder removes the file once the attachment is gone
+            // (see `AttachmentLock`'s drop): a lock on a removed file
+            // guards nothing, so take the one now at the path instead.
+            if fs::metadata(&path).map(|m| m.ino()).ok() == Some(file.metadata()?.ino()) {
+                return Ok(AttachmentLock {
+                    file,
+                    path,
+                    record: self.dir.join(Store::file(key)),
+                });
+            }
+        }
+    }
+
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Record>> {
         let path = self.dir.join(Store::file(&key(container_id, ifname)));
         match fs::read(&path) {
@@ -222,6 +252,28 @@ impl Store {
     /// The readable records (see [`Store::all`]).
     pub fn records(&self) -> Vec<Record> {
         self.all().map(|(records, _)| records).unwrap_or_default()
+    }
+}
+
+/// One attachment's lock (see [`Store::lock`]). Dropped when the
+/// attachment has no record (a DEL, a failed ADD), it removes its file
+/// first, so no lock file outlives its endpoint.
+pub struct AttachmentLock {
+    file: fs::File,
+    path: PathBuf,
+    record: PathBuf,
+}
+
+impl Drop for AttachmentLock {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Held exclusively: a taker waiting on this file finds it unlinked
+        // and takes a new one (see `Store::lock`).
+        let same = fs::metadata(&self.path).map(|m| m.ino()).ok()
+            == self.file.metadata().map(|m| m.ino()).ok();
+        if same && !self.record.exists() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -165,8 +165,9 @@ async fn attach(
     let mark = link_mark(&network.name);
     if let Some(existing) = host.link(&pod.host_veth).await? {
         // A leftover of an ADD of this very attachment (a crash, or a
-        // runtime that repeats ADD): ours only if it carries our mark.
-        if host.alias(existing.ifindex).await?.as_deref() != Some(mark.as_str()) {
+        // runtime that repeats ADD): ours only if it carries our mark or
+        // is the record's pair.
+        if !is_ours(host, &network.name, record, &existing).await? {
             return Err(EndpointError::Conflict(format!(
                 "host interface {:?} exists and is not vethctl's (no alias {mark:?}); it was left \
                  unchanged — remove it or rename it",
@@ -175,12 +176,11 @@ async fn attach(
         }
         host.delete_link(existing.ifindex, &existing.name).await?;
     }
-    host.create_pod_veth(&pod).await?;
+    let ifindex = host.create_marked_pod_veth(&pod, &mark).await?;
     let link = host
-        .link(&pod.host_veth)
+        .link_by_index(ifindex)
         .await?
         .with_context(|| format!("link {:?} vanished right after creation", pod.host_veth))?;
-    host.set_alias(&link, &mark).await?;
     record.host_ifindex = Some(link.ifindex);
     store.save(record)?;
     wire_pod(host, network, &pod, || Ok(())).await?;
@@ -220,13 +220,12 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
             .context("map task panicked")??;
         }
     }
-    let mark = link_mark(network);
     let link = match record.host_ifindex {
         Some(ifindex) => host.link_by_index(ifindex).await?,
         None => host.link(&record.host_veth).await?,
     };
     if let Some(link) = link.filter(|l| l.name == record.host_veth) {
-        if host.alias(link.ifindex).await?.as_deref() == Some(mark.as_str()) {
+        if is_ours(host, network, record, &link).await? {
             host.delete_link(link.ifindex, &link.name).await?;
         }
     }
@@ -236,6 +235,26 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
     // ~9 ms each here: `cargo xtask bench cni`).
     pins.remove_links(&record.host_veth)?;
     Store::new(network).remove(record)
+}
+
+/// Whether `link` (named as `record`'s host side) is the endpoint's: it
+/// carries the network's mark, or — unmarked — it is a veth whose peer is
+/// the record's interface in the record's namespace. A pair is marked in
+/// the `sendmsg` that makes it now, but an ADD of an earlier vethctl
+/// killed between making and marking it left one unmarked; the record,
+/// written before the pair was made, and the pairing, made in the same
+/// request as the pod's interface, prove it ours (without that, DEL and
+/// GC dropped the record and left the pair, and every retried ADD failed
+/// on it).
+async fn is_ours(host: &Host, network: &str, record: &Record, link: &LinkState) -> Result<bool> {
+    if host.alias(link.ifindex).await?.as_deref() == Some(link_mark(network).as_str()) {
+        return Ok(true);
+    }
+    Ok(record.host_ifindex.is_none_or(|i| i == link.ifindex)
+        && !record.netns.is_empty()
+        && host
+            .is_pod_peer(link, &record.netns, &record.ifname)
+            .await?)
 }
 
 /// Whether the endpoint is as its record says: its veth (ours, up), the

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressMessage},
-        link::{InfoData, InfoVeth},
+        link::{InfoData, InfoVeth, LinkMessage},
         route::RouteScope,
     },
     LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -32,6 +32,31 @@ pub struct HostAddress {
 }
 
 pub use crate::model::POD_IFNAME;
+
+/// The request that makes `pod`'s veth pair, its pod side in the namespace
+/// open as `netns_fd`.
+fn pod_veth_request(pod: &Pod, netns_fd: std::os::fd::RawFd) -> LinkMessage {
+    let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+        .name(pod.ifname.clone())
+        .address(pod.mac.to_vec())
+        .mtu(pod.mtu)
+        .setns_by_fd(netns_fd)
+        // Not `.up()`: the kernel refuses IFF_UP for a peer created in
+        // another namespace (ENOTCONN); `pod::configure` brings it up.
+        .build();
+    LinkVeth::new(&pod.host_veth, &pod.ifname)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .address(pod.gateway_mac.to_vec())
+        .mtu(pod.mtu)
+        .build()
+}
+
+fn creating(pod: &Pod) -> String {
+    format!(
+        "pod {:?}: creating veth {:?} with peer {} in namespace {:?}",
+        pod.name, pod.host_veth, pod.ifname, pod.netns
+    )
+}
 
 /// An rtnetlink connection opened on the calling thread, which must be in
 /// the host namespace (the tool never moves its runtime threads).
@@ -80,25 +105,62 @@ impl Host {
     /// their final MACs, so no pod side ever exists under a temporary name.
     pub async fn create_pod_veth(&self, pod: &Pod) -> Result<()> {
         let ns = netns::open(&pod.netns)?;
-        let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
-            .name(pod.ifname.clone())
-            .address(pod.mac.to_vec())
-            .mtu(pod.mtu)
-            .setns_by_fd(ns.as_raw_fd())
-            // Not `.up()`: the kernel refuses IFF_UP for a peer created in
-            // another namespace (ENOTCONN); `pod::configure` brings it up.
-            .build();
-        let msg = LinkVeth::new(&pod.host_veth, &pod.ifname)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .address(pod.gateway_mac.to_vec())
-            .mtu(pod.mtu)
-            .build();
+        let msg = pod_veth_request(pod, ns.as_raw_fd());
         let result = self.handle.link().add(msg).execute().await;
         drop(ns);
-        result.map_err(context(format!(
-            "pod {:?}: creating veth {:?} with peer {} in namespace {:?}",
-            pod.name, pod.host_veth, pod.ifname, pod.netns
-        )))
+        result.map_err(context(creating(pod)))
+    }
+
+    /// Creates the pod's veth pair as [`Host::create_pod_veth`] does, its
+    /// host side carrying `alias` (our mark) from its first moment: the
+    /// creating request asks for an unused ifindex, and the request that
+    /// marks that ifindex goes in the same `sendmsg` (see
+    /// [`links::create_and_change`]). Returns the host side's ifindex.
+    pub async fn create_marked_pod_veth(&self, pod: &Pod, alias: &str) -> Result<u32> {
+        let ifindex = self.unused_ifindex().await?;
+        let ns = netns::open(&pod.netns)?;
+        let mut create = pod_veth_request(pod, ns.as_raw_fd());
+        create.header.index = ifindex;
+        let mark = LinkUnspec::new_with_index(ifindex).alias(alias).build();
+        let [created, marked] =
+            tokio::task::spawn_blocking(move || links::create_and_change(create, mark))
+                .await
+                .context("netlink task panicked")?
+                .with_context(|| creating(pod))?;
+        drop(ns);
+        created.with_context(|| creating(pod))?;
+        if let Err(e) = marked {
+            // Not expected (the index was just made); marked the usual way,
+            // and never left unmarked.
+            eprintln!(
+                "{}: marking it in the same request failed: {e}",
+                creating(pod)
+            );
+            if let Err(e) = links::set_alias(&self.handle, ifindex, &pod.host_veth, alias).await {
+                links::delete(&self.handle, ifindex, &pod.host_veth).await?;
+                return Err(e);
+            }
+        }
+        Ok(ifindex)
+    }
+
+    /// An ifindex no link of the host namespace has, far above those the
+    /// kernel hands out (it counts up from 1; at most 2^31 - 1).
+    async fn unused_ifindex(&self) -> Result<u32> {
+        use std::hash::{BuildHasher, Hasher};
+        loop {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            let ifindex = (1 << 28) | (h.finish() as u32 & 0x0fff_ffff);
+            if links::by_index(&self.handle, ifindex).await?.is_none() {
+                return Ok(ifindex);
+            }
+        }
     }
 
     /// Brings the host-side veth up with the gateway MAC and the pod's MTU,

@@ -285,3 +285,73 @@ pub async fn rename(handle: &rtnetlink::Handle, ifindex: u32, from: &str, to: &s
         Err(e) => Err(context(what())(e)),
     }
 }
+
+/// Creates a link and changes it in one `sendmsg`: `create` (an
+/// `RTM_NEWLINK` that names the ifindex it wants) and `change` (an
+/// `RTM_SETLINK` of that ifindex). The kernel handles every message of one
+/// `sendmsg` before the call returns, so no signal — `kill -9` included —
+/// falls between the two: the link never exists without the change. (The
+/// kernel takes no `IFLA_IFALIAS` in the request that creates a link.)
+/// Opened on the calling thread, so in its namespace. Returns each
+/// request's outcome; `change` of an index `create` did not make fails
+/// with ENODEV.
+pub fn create_and_change(
+    create: LinkMessage,
+    change: LinkMessage,
+) -> std::io::Result<[std::io::Result<()>; 2]> {
+    use rtnetlink::{
+        packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+        },
+        packet_route::RouteNetlinkMessage,
+        sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},
+    };
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let requests = [
+        (
+            RouteNetlinkMessage::NewLink(create),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ),
+        (
+            RouteNetlinkMessage::SetLink(change),
+            NLM_F_REQUEST | NLM_F_ACK,
+        ),
+    ];
+    let mut buf = Vec::new();
+    for (seq, (payload, flags)) in requests.into_iter().enumerate() {
+        let mut msg = NetlinkMessage::from(payload);
+        msg.header.flags = flags;
+        msg.header.sequence_number = seq as u32 + 1;
+        msg.finalize();
+        let start = buf.len();
+        // Each message starts 4-byte aligned (NLMSG_ALIGN).
+        buf.resize(start + msg.buffer_len().next_multiple_of(4), 0);
+        msg.serialize(&mut buf[start..]);
+    }
+    socket.send(&buf, 0)?;
+    let mut outcomes: [Option<std::io::Result<()>>; 2] = [None, None];
+    while outcomes.iter().any(Option::is_none) {
+        let (bytes, _) = socket.recv_from_full()?;
+        let mut rest = &bytes[..];
+        while rest.len() >= 16 {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                .map_err(|e| std::io::Error::other(format!("decoding a netlink answer: {e}")))?;
+            let len = (msg.header.length as usize).next_multiple_of(4).max(16);
+            rest = rest.get(len..).unwrap_or_default();
+            let slot = match msg.header.sequence_number {
+                1 => 0,
+                2 => 1,
+                _ => continue,
+            };
+            if let NetlinkPayload::Error(e) = msg.payload {
+                outcomes[slot] = Some(match e.code {
+                    None => Ok(()),
+                    Some(_) => Err(e.to_io()),
+                });
+            }
+        }
+    }
+    Ok(outcomes.map(|o| o.unwrap_or(Ok(()))))
+}

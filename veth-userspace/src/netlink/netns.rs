@@ -59,10 +59,22 @@ pub fn exists(name: &str) -> bool {
 pub fn check_pod_netns(name: &str) -> std::result::Result<(), String> {
     use std::os::{fd::AsRawFd, unix::fs::MetadataExt};
     const FIX: &str = "pass the path of the pod's network namespace";
-    if !exists(name) {
-        return Err(format!(
-            "not a network namespace (no nsfs file there); {FIX}"
-        ));
+    match statfs(&path(name)) {
+        Ok(s) if s.filesystem_type() == NSFS_MAGIC => {}
+        Ok(_) => {
+            return Err(format!(
+                "not a network namespace (no nsfs file there); {FIX}"
+            ))
+        }
+        Err(nix::errno::Errno::ENOENT) => return Err(format!("does not exist; {FIX}")),
+        // `/proc/<pid>/ns/net` of a process the plugin may not trace.
+        Err(e @ (nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)) => {
+            return Err(format!(
+                "cannot be opened ({e}: the plugin may not look into that process's \
+                 namespaces); {FIX}"
+            ))
+        }
+        Err(e) => return Err(format!("cannot be looked at ({e}); {FIX}")),
     }
     let file = File::open(path(name)).map_err(|e| format!("cannot be opened: {e}"))?;
     // SAFETY: NS_GET_NSTYPE reads nothing from user memory; the fd is ours.

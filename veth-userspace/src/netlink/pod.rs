@@ -51,9 +51,16 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
         let eth0 = links::by_name(&handle, &pod.ifname)
             .await?
             .with_context(|| {
+                // A runtime's endpoint is made again by its own DEL and ADD;
+                // `down` and `up` would cut every pod of its network off.
+                let fix = if pod.netns_is_ours() {
+                    "run `vethctl down` and `vethctl up` to recreate the pod"
+                } else {
+                    "it was removed while the endpoint was being wired; the runtime's retry \
+                     (DEL, then ADD) makes it again"
+                };
                 format!(
-                    "{} is missing in namespace {:?}; run `vethctl down` and `vethctl up` to \
-                     recreate the pod",
+                    "{} is missing in namespace {:?}; {fix}",
                     pod.ifname, pod.netns
                 )
             })?;

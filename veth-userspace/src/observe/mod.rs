@@ -441,8 +441,8 @@ pub fn pair_stats(
 pub fn k8s_names(pod: &crate::model::Pod) -> (Option<String>, String) {
     match &pod.k8s {
         Some(k8s) if !k8s.name.is_empty() => (
-            Some(k8s.namespace.clone()).filter(|n| !n.is_empty()),
-            k8s.name.clone(),
+            Some(crate::model::printable(&k8s.namespace)).filter(|n| !n.is_empty()),
+            crate::model::printable(&k8s.name),
         ),
         _ => (None, pod.name.clone()),
     }

@@ -180,7 +180,7 @@ impl Store {
         // Beside the records, not among them: their directory holds
         // records only.
         let locks = self.dir.with_file_name(LOCKS_DIR);
-        fs::create_dir_all(&locks).with_context(|| format!("creating {}", locks.display()))?;
+        crate::state::private_dir(&locks)?;
         let path = locks.join(key);
         loop {
             let file = crate::state::lock_file(&path, true)?

@@ -1,0 +1,482 @@
+//! `cargo xtask soak`: the CNI path as a node uses it, for a long time
+//! (issue 18). `--width` ADD/DEL cycles at a time through the real
+//! `veth-cni` binary, executed as containerd executes it (clean
+//! environment, `CNI_*`, configuration on stdin; see `runtime.rs` for the
+//! retries), into pod namespaces the soak makes under
+//! `/run/vethctl-soak/netns/`, with `vethctl agent` running, random
+//! SIGKILLs of the plugin during ADD and DEL, `vethctl mode set` changes
+//! and one map-layout change during the churn (`schedule.rs`), and a
+//! numbered UDP stream and a TCP connection between two long-lived pods
+//! of the same network (`veth_bench::disruption`).
+//!
+//! It reports datagrams lost between the long-lived pods, pods whose ADD
+//! succeeded but that are cut off (each probed after its ADD against a
+//! long-lived pod, and every live pod's mapped state checked against
+//! `vethctl status` every few seconds), addresses two live pods held at
+//! once, what is left at the end that was not there at the start (links,
+//! records, map entries, addresses, pins, locks, routes, interfaces in a
+//! pod's namespace after its DEL), the agent's RSS and fds at start and
+//! end, and ADD/DEL p50/p99 by live pod count — each target PASS or MISS
+//! with the figure. `--quick` fails only on correctness (never on timing).
+//!
+//! Network `vsoak` in 198.19.240.0/21 (RFC 2544; the /24s reserved as the
+//! integration tests reserve theirs); one soak at a time per machine.
+//! Everything is removed at the end, also on failure and on Ctrl-C.
+
+mod churn;
+mod probe;
+mod report;
+mod runtime;
+mod schedule;
+mod snapshot;
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use veth_bench::{
+    disruption::{Config, Traffic},
+    interrupt,
+};
+
+use crate::bench::cni::{exec, reserve_blocks, run_lock};
+use churn::{Ctx, EventRow};
+use report::Counts;
+
+pub struct Options {
+    pub cycles: Option<usize>,
+    pub width: usize,
+    pub quick: bool,
+    pub json: bool,
+    pub max_pods: Option<usize>,
+    pub kill_percent: f64,
+    pub seed: Option<u64>,
+    pub rate: u64,
+}
+
+const NETWORK: &str = "vsoak";
+const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 240, 0), 21);
+/// The /24s of [`SUBNET`], third octets.
+const OCTETS: [u32; 8] = [240, 241, 242, 243, 244, 245, 246, 247];
+const RUN_DIR: &str = "/run/vethctl-soak";
+const LOCK_FILE: &str = "/run/vethctl-soak.lock";
+/// A port of its own, so another agent on the machine does not keep this
+/// one from starting.
+const AGENT_LISTEN: &str = "127.0.0.1:19594";
+const UDP_PORT: u16 = 11240;
+const TCP_PORT: u16 = 11241;
+const ECHO_PORT: u16 = 11242;
+const LONG_LIVED: [&str; 2] = ["long-a", "long-b"];
+
+/// What the soak made, taken away when dropped (also on failure and
+/// Ctrl-C): the agent (by its pid), the network (`down`),
+/// the pod namespaces, the address block reservations and the lock.
+struct Soak {
+    vethctl: PathBuf,
+    agent: Option<Child>,
+    blocks: Vec<PathBuf>,
+    _lock: fs::File,
+}
+
+impl Soak {
+    fn netns_dir() -> PathBuf {
+        Path::new(RUN_DIR).join("netns")
+    }
+
+    fn down(&self) -> Result<()> {
+        if !Path::new("/run/vethctl").join(NETWORK).exists() {
+            return Ok(());
+        }
+        crate::cmd::output(Command::new(&self.vethctl).args(["down", "--name", NETWORK]))
+            .map(|_| ())
+    }
+
+    /// Removes what a soak that died left (the lock says none runs).
+    fn remove_leftovers(&self) {
+        if let Err(e) = self.down() {
+            eprintln!("cleanup: {e:#}");
+        }
+        for entry in fs::read_dir(Self::netns_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            exec::remove_netns(&entry.path());
+        }
+        let _ = fs::remove_dir_all(RUN_DIR);
+    }
+
+    fn start_agent(&mut self, log: &Path) -> Result<()> {
+        let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&self.vethctl)
+            .args(["agent", "--listen", AGENT_LISTEN])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting vethctl agent")?;
+        self.agent = Some(child);
+        Ok(())
+    }
+
+    fn agent_pid(&self) -> u32 {
+        self.agent.as_ref().map_or(0, Child::id)
+    }
+
+    fn agent_alive(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL to the agent this soak started (by its pid only).
+    fn stop_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Soak {
+    fn drop(&mut self) {
+        self.stop_agent();
+        self.remove_leftovers();
+        for block in &self.blocks {
+            let _ = fs::remove_file(block);
+        }
+    }
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let cycles = options
+        .cycles
+        .unwrap_or(if options.quick { 100 } else { 2000 });
+    let max_pods = options
+        .max_pods
+        .unwrap_or(if options.quick { 40 } else { 1000 });
+    if cycles == 0 || !(1..=64).contains(&options.width) {
+        bail!("--cycles must be at least 1 and --width 1 to 64");
+    }
+    if !(1..=1800).contains(&max_pods) {
+        bail!("--max-pods takes 1 to 1800 (the network's /21 holds 2,045 pods, kept for leaks)");
+    }
+    if !(0.0..=100.0).contains(&options.kill_percent) {
+        bail!("--kill-percent takes 0 to 100");
+    }
+    if !(1..=20_000).contains(&options.rate) {
+        bail!("--rate takes 1 to 20000 datagrams per second");
+    }
+    let (vethctl, out_dir) = crate::bench::prepare()?;
+    let lock = run_lock(LOCK_FILE, "cargo xtask soak")?;
+    let blocks = reserve_blocks(&OCTETS)?;
+    let mut soak = Soak {
+        vethctl,
+        agent: None,
+        blocks,
+        _lock: lock,
+    };
+    soak.remove_leftovers();
+    interrupt::catch();
+    let seed = options.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let result = soak_run(&mut soak, options, cycles, max_pods, seed, &out_dir);
+    drop(soak);
+    interrupt::release();
+    let report = result?;
+    let text = report::text(&report);
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    } else {
+        print!("{text}");
+    }
+    fs::write(
+        out_dir.join("soak.json"),
+        serde_json::to_string_pretty(&report.json)?,
+    )?;
+    fs::write(out_dir.join("soak.txt"), &text)?;
+    eprintln!(
+        "results: {} (and soak.txt)",
+        out_dir.join("soak.json").display()
+    );
+    let missed = report::failed(&report.targets, options.quick);
+    if !missed.is_empty() {
+        bail!("soak missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+fn network_config() -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": NETWORK, "type": "veth-cni", "mode": "tc",
+        "ipMasq": false,
+        "ipam": {"type": "veth-builtin", "subnet": format!("{}/{}", SUBNET.0, SUBNET.1)},
+    })
+}
+
+/// A long-lived pod: ADDed once (no kills), DELed at the end.
+struct LongLived {
+    attachment: exec::Attachment,
+    result: Vec<u8>,
+    ipv4: Ipv4Addr,
+}
+
+fn add_long_lived(veth_cni: &Path, config: &Value, index: usize) -> Result<LongLived> {
+    let attachment = exec::Attachment {
+        container_id: churn::container_id(usize::MAX - index),
+        netns: Soak::netns_dir().join(LONG_LIVED[index]),
+        pod_name: LONG_LIVED[index].to_string(),
+    };
+    exec::make_netns(&attachment.netns)?;
+    let out = exec::run(veth_cni, "ADD", &attachment, config)
+        .with_context(|| format!("ADD of the long-lived pod {}", LONG_LIVED[index]))?;
+    let ipv4 = runtime::ips(&out.stdout)
+        .iter()
+        .find_map(|a| a.split('/').next()?.parse().ok())
+        .context("the long-lived pod's ADD result has no IPv4 address")?;
+    Ok(LongLived {
+        attachment,
+        result: out.stdout,
+        ipv4,
+    })
+}
+
+fn del_long_lived(veth_cni: &Path, config: &Value, pod: &LongLived) -> Result<()> {
+    let with_prev = exec::with_prev_result(config, &pod.result)?;
+    exec::run(veth_cni, "DEL", &pod.attachment, &with_prev)?;
+    let later = exec::Attachment {
+        netns: PathBuf::new(),
+        ..pod.attachment.clone()
+    };
+    exec::run(veth_cni, "DEL", &later, config)?;
+    Ok(())
+}
+
+/// Everything the report is made of.
+pub struct Report {
+    pub json: Value,
+    pub targets: Vec<report::Target>,
+    pub latency: Vec<report::LatencyRow>,
+    pub header: String,
+    pub details: String,
+}
+
+fn soak_run(
+    soak: &mut Soak,
+    options: &Options,
+    cycles: usize,
+    max_pods: usize,
+    seed: u64,
+    out_dir: &Path,
+) -> Result<Report> {
+    let started = Instant::now();
+    let veth_cni = soak.vethctl.with_file_name("veth-cni");
+    let config = network_config();
+    fs::create_dir_all(Soak::netns_dir())?;
+    soak.start_agent(&out_dir.join("soak-agent.log"))?;
+    eprintln!(
+        "soak: network {NETWORK} up with two long-lived pods, agent pid {} ...",
+        soak.agent_pid()
+    );
+    let long: Vec<LongLived> = (0..2)
+        .map(|i| add_long_lived(&veth_cni, &config, i))
+        .collect::<Result<_>>()?;
+    // Both stop when dropped, before `soak` cleans up (also on an error).
+    let echo = SocketAddrV4::new(long[0].ipv4, ECHO_PORT);
+    let echo_server = probe::EchoServer::start(&long[0].attachment.netns, echo)?;
+    let traffic = Traffic::start(&Config {
+        client_netns: long[0].attachment.netns.display().to_string(),
+        server_netns: long[1].attachment.netns.display().to_string(),
+        server: long[1].ipv4.into(),
+        udp_port: UDP_PORT,
+        tcp_port: TCP_PORT,
+        rate: options.rate,
+        connections: 1,
+        max_seconds: (cycles as u64 * 2).max(900),
+        tcp_timeout: Duration::from_secs(10),
+    })?;
+    thread::sleep(Duration::from_secs(2));
+    let from = traffic.mark();
+    let snap_start = snapshot::take(NETWORK, SUBNET)?;
+    let agent_start = snapshot::footprint(soak.agent_pid())?;
+
+    let runtime = runtime::Runtime::new(&veth_cni, config.clone(), options.kill_percent, seed);
+    let schedule = schedule::Schedule::new(cycles, max_pods);
+    let levels = schedule.levels().to_vec();
+    let events = schedule::events(cycles);
+    eprintln!(
+        "soak: {cycles} cycles {} wide, plateaus at {levels:?} live pods, {} % of executions killed, {} events, seed {seed}",
+        options.width,
+        options.kill_percent,
+        events.len()
+    );
+    let vethctl = soak.vethctl.clone();
+    let netns_dir = Soak::netns_dir();
+    let ctx = Ctx::new(
+        &runtime,
+        &vethctl,
+        NETWORK,
+        &netns_dir,
+        echo,
+        long.iter()
+            .map(|l| {
+                (
+                    l.attachment.pod_name.clone(),
+                    l.attachment.netns.clone(),
+                    l.ipv4,
+                )
+            })
+            .collect(),
+        schedule,
+        seed,
+        Duration::from_secs(3),
+    );
+    let mut rows = ctx.run(options.width, &events, &traffic)?;
+    ctx.sweep()?;
+    thread::sleep(Duration::from_secs(1));
+    let to = traffic.mark();
+    thread::sleep(Duration::from_millis(500));
+    let loss = traffic.window(from, to);
+    attribute(&mut rows, &loss.lost_sent_ns);
+    let snap_end = snapshot::take(NETWORK, SUBNET)?;
+    let agent_alive = soak.agent_alive();
+    let agent_end = snapshot::footprint(soak.agent_pid()).unwrap_or_default();
+    let mut findings = ctx.findings();
+    let cycles_done = ctx.cycles_done();
+    let mut leaks = std::mem::take(&mut findings.leftovers);
+    leaks.extend(snapshot::leaks(&snap_start, &snap_end));
+
+    // The long-lived pods go as any pod does, then the network.
+    if let Err(e) = traffic.stop() {
+        eprintln!("traffic: {e:#}");
+    }
+    drop(echo_server);
+    for pod in &long {
+        del_long_lived(&veth_cni, &config, pod)?;
+        let left = exec::interfaces_besides_lo(&pod.attachment.netns)?;
+        if !left.is_empty() {
+            leaks.push(snapshot::Leak {
+                kind: "pod interface".into(),
+                what: format!("{} left in {}", left.join(", "), pod.attachment.pod_name),
+            });
+        }
+        exec::remove_netns(&pod.attachment.netns);
+    }
+    soak.stop_agent();
+    soak.down()?;
+    let after_down = snapshot::after_down(NETWORK, SUBNET)?;
+    let agent_log = fs::read_to_string(out_dir.join("soak-agent.log")).unwrap_or_default();
+    let agent_removed = agent_log
+        .lines()
+        .filter(|l| l.contains("endpoint removed"))
+        .count();
+
+    let samples = std::mem::take(&mut *runtime.samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let tally = std::mem::take(&mut *runtime.tally.lock().unwrap_or_else(|e| e.into_inner()));
+    let latency = report::latency_rows(&samples);
+    let counts = Counts {
+        cycles: cycles_done,
+        pods_added: findings.added,
+        unreachable: findings.cut_off.len(),
+        duplicate_addresses: findings.duplicates.len(),
+        double_add_two_addresses: findings.double_add_two_addresses.len(),
+        leaks: leaks.len() + after_down.len(),
+        stuck: findings.stuck.len(),
+        datagrams_sent: loss.sent,
+        datagrams_lost: loss.lost,
+        tcp_broken: loss.connections_broken,
+        agent_alive,
+        agent_rss_kb: (agent_start.rss_kb, agent_end.rss_kb),
+        agent_fds: (agent_start.fds, agent_end.fds),
+    };
+    let targets = report::targets(&counts, &latency);
+    let wall = started.elapsed().as_secs_f64();
+    let header = format!(
+        "soak: {cycles_done} ADD/DEL cycles {} wide through veth-cni (network {NETWORK}, tc, {}/{}), \
+         plateaus at {levels:?} live pods, {} % of ADDs and DELs killed with SIGKILL, seed {seed}, \
+         {wall:.0} s; load average {}\n\
+         kills: {} ADDs and {} DELs killed mid-way ({} came after the plugin had exited); {} \
+         concurrent double ADDs of one id; {} ADD and {} DEL executions failed (retried as a runtime \
+         does)\n\
+         long-lived pods: {} datagrams at {}/s, {} lost, {} send errors, longest gap {:.1} ms; TCP \
+         longest stall {:.1} ms, {} break(s)\n\
+         agent: RSS {:.1} → {:.1} MB, fds {} → {}, {}; it logged \"endpoint removed\" {agent_removed} \
+         time(s); {} status sweeps\n",
+        options.width,
+        SUBNET.0,
+        SUBNET.1,
+        options.kill_percent,
+        fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        tally.add_killed,
+        tally.del_killed,
+        tally.kills_too_late,
+        tally.double_adds,
+        tally.failed_adds,
+        tally.failed_dels,
+        loss.sent,
+        options.rate,
+        loss.lost,
+        loss.send_errors,
+        loss.longest_gap_ms,
+        loss.tcp_longest_stall_ms,
+        loss.connections_broken,
+        agent_start.rss_kb as f64 / 1024.0,
+        agent_end.rss_kb as f64 / 1024.0,
+        agent_start.fds,
+        agent_end.fds,
+        if agent_alive { "alive at the end" } else { "EXITED during the run" },
+        findings.sweeps,
+    );
+    let details = report::details(&rows, &findings, &leaks, &after_down, &tally);
+    let json = json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "cycles": cycles_done,
+        "width": options.width,
+        "max_pods": max_pods,
+        "levels": levels,
+        "kill_percent": options.kill_percent,
+        "seed": seed,
+        "quick": options.quick,
+        "wall_s": wall,
+        "targets": targets,
+        "latency": latency,
+        "counts": counts,
+        "events": rows,
+        "findings": findings,
+        "leaks": leaks,
+        "leaks_after_down": after_down,
+        "executions": tally,
+        "traffic": loss,
+        "agent": {"start": agent_start, "end": agent_end, "alive": agent_alive,
+                  "endpoint_removed_lines": agent_removed},
+        "samples": samples,
+    });
+    Ok(Report {
+        json,
+        targets,
+        latency,
+        header,
+        details,
+    })
+}
+
+/// Each lost datagram goes to the disturbance last started before it
+/// was sent.
+fn attribute(rows: &mut [EventRow], lost_sent_ns: &[u64]) {
+    for &sent in lost_sent_ns {
+        if let Some(row) = rows.iter_mut().rev().find(|r| r.started_ns <= sent) {
+            row.datagrams_lost_after += 1;
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! From what the soak saw to the verdicts (pure): latency by live pod
+//! count, the targets of issue 18 and the text.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::bench::cni::summary::{percentile, Verb};
+
+/// One plugin execution that ran to success without being killed.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpSample {
+    pub verb: Verb,
+    /// Pods attached (ADD succeeded, DEL not finished) when it started,
+    /// the long-lived two included.
+    pub live: usize,
+    pub ms: f64,
+}
+
+/// Live pod counts are put with the nearest of these (on a log scale).
+pub const BUCKETS: [usize; 4] = [10, 100, 500, 1000];
+
+/// The index in [`BUCKETS`] of the bucket `live` falls in: boundaries at
+/// the geometric means (32, 224, 708).
+pub fn bucket_of(live: usize) -> usize {
+    BUCKETS
+        .windows(2)
+        .position(|w| (live * live) < w[0] * w[1])
+        .unwrap_or(BUCKETS.len() - 1)
+}
+
+/// The live pod counts bucket `i` holds, for the table.
+fn bucket_range(i: usize) -> String {
+    let low = if i == 0 {
+        0
+    } else {
+        (BUCKETS[i - 1] * BUCKETS[i]).isqrt() + 1
+    };
+    match BUCKETS.get(i + 1) {
+        Some(next) => format!("{low}–{}", (BUCKETS[i] * next).isqrt()),
+        None => format!("{low}+"),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyRow {
+    pub verb: Verb,
+    /// ~10, ~100, ~500 or ~1000 live pods.
+    pub live_pods: usize,
+    pub live_range: String,
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub fn latency_rows(samples: &[OpSample]) -> Vec<LatencyRow> {
+    let mut rows = Vec::new();
+    for verb in [Verb::Add, Verb::Del] {
+        for (i, &bucket) in BUCKETS.iter().enumerate() {
+            let ms: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.verb == verb && bucket_of(s.live) == i)
+                .map(|s| s.ms)
+                .collect();
+            if ms.is_empty() {
+                continue;
+            }
+            rows.push(LatencyRow {
+                verb,
+                live_pods: bucket,
+                live_range: bucket_range(i),
+                n: ms.len(),
+                p50_ms: percentile(&ms, 50.0),
+                p99_ms: percentile(&ms, 99.0),
+                max_ms: percentile(&ms, 100.0),
+            });
+        }
+    }
+    rows
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    #[serde(rename = "PASS")]
+    Pass,
+    #[serde(rename = "MISS")]
+    Miss,
+    /// Not measurable in this run (too few cycles or pods).
+    #[serde(rename = "N/A")]
+    NotMeasured,
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Verdict {
+        if ok {
+            Verdict::Pass
+        } else {
+            Verdict::Miss
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::NotMeasured => "N/A",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub verdict: Verdict,
+    pub measured: String,
+    /// A correctness target (its miss fails `--quick`), not a timing or
+    /// resource one.
+    pub correctness: bool,
+}
+
+/// The counts the targets judge.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub cycles: usize,
+    pub pods_added: usize,
+    pub unreachable: usize,
+    pub duplicate_addresses: usize,
+    pub double_add_two_addresses: usize,
+    pub leaks: usize,
+    pub stuck: usize,
+    pub datagrams_sent: u64,
+    pub datagrams_lost: u64,
+    pub tcp_broken: u64,
+    pub agent_alive: bool,
+    pub agent_rss_kb: (u64, u64),
+    pub agent_fds: (u64, u64),
+}
+
+pub fn targets(c: &Counts, latency: &[LatencyRow]) -> Vec<Target> {
+    let correct = |what: &str, bad: usize, measured: String| Target {
+        what: what.into(),
+        verdict: Verdict::of(bad == 0),
+        measured,
+        correctness: true,
+    };
+    let mut t = vec![
+        correct(
+            "0 pods cut off: every pod whose ADD succeeded reaches a long-lived pod and stays mapped",
+            c.unreachable,
+            format!("{} of {} pods", c.unreachable, c.pods_added),
+        ),
+        correct(
+            "0 duplicate addresses among live pods",
+            c.duplicate_addresses,
+            format!("{} address(es) held by two live pods", c.duplicate_addresses),
+        ),
+        correct(
+            "one id, one address: concurrent ADDs of one id answer alike",
+            c.double_add_two_addresses,
+            format!("{} id(s) given two addresses", c.double_add_two_addresses),
+        ),
+        correct(
+            "0 leaked objects at the end (links, records, map entries, addresses, pins, locks)",
+            c.leaks,
+            format!("{} leaked", c.leaks),
+        ),
+        correct(
+            "every ADD and DEL succeeds within the runtime's retries",
+            c.stuck,
+            format!("{} pod(s) stuck", c.stuck),
+        ),
+        correct(
+            "0 datagrams lost between the long-lived pods",
+            c.datagrams_lost as usize,
+            format!("{} of {} lost", c.datagrams_lost, c.datagrams_sent),
+        ),
+        correct(
+            "the TCP connection between the long-lived pods never breaks",
+            c.tcp_broken as usize,
+            format!("{} break(s)", c.tcp_broken),
+        ),
+        correct(
+            "the agent runs to the end",
+            usize::from(!c.agent_alive),
+            if c.agent_alive { "alive" } else { "exited" }.into(),
+        ),
+    ];
+    let growth_kb = c.agent_rss_kb.1 as f64 - c.agent_rss_kb.0 as f64;
+    let per_1000 = growth_kb / 1024.0 * 1000.0 / c.cycles.max(1) as f64;
+    t.push(Target {
+        what: "agent RSS growth ≤ 1 MB per 1,000 cycles".into(),
+        verdict: Verdict::of(per_1000 <= 1.0),
+        measured: format!(
+            "{:.1} → {:.1} MB ({per_1000:+.2} MB per 1,000 cycles); fds {} → {}",
+            c.agent_rss_kb.0 as f64 / 1024.0,
+            c.agent_rss_kb.1 as f64 / 1024.0,
+            c.agent_fds.0,
+            c.agent_fds.1
+        ),
+        correctness: false,
+    });
+    let p99 = |live: usize| {
+        latency
+            .iter()
+            .find(|r| r.verb == Verb::Add && r.live_pods == live)
+            .map(|r| r.p99_ms)
+    };
+    let (verdict, measured) = match (p99(10), p99(1000)) {
+        (Some(low), Some(high)) => (
+            Verdict::of(high <= low * 1.2),
+            format!(
+                "{low:.1} ms at ~10, {high:.1} ms at ~1000 ({:+.0} %)",
+                (high / low - 1.0) * 100.0
+            ),
+        ),
+        (low, _) => {
+            let highest = latency
+                .iter()
+                .filter(|r| r.verb == Verb::Add)
+                .max_by_key(|r| r.live_pods);
+            (
+                Verdict::NotMeasured,
+                format!(
+                    "the run never reached ~1000 live pods (--max-pods); ADD p99 {} at ~10{}",
+                    low.map_or("–".into(), |v| format!("{v:.1} ms")),
+                    highest.map_or(String::new(), |r| format!(
+                        ", {:.1} ms at ~{}",
+                        r.p99_ms, r.live_pods
+                    ))
+                ),
+            )
+        }
+    };
+    t.push(Target {
+        what: "ADD p99 flat (within 20 %) from 10 to 1,000 live pods".into(),
+        verdict,
+        measured,
+        correctness: false,
+    });
+    t
+}
+
+pub fn latency_table(rows: &[LatencyRow]) -> String {
+    let mut s = String::from(
+        "| verb | live pods | n | p50 ms | p99 ms | max ms |\n|---|---|--:|--:|--:|--:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | ~{} ({}) | {} | {:.1} | {:.1} | {:.1} |",
+            r.verb.name(),
+            r.live_pods,
+            r.live_range,
+            r.n,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms
+        );
+    }
+    s
+}
+
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut s = String::from("| verdict | target | measured |\n|---|---|---|\n");
+    for t in targets {
+        let _ = writeln!(s, "| {} | {} | {} |", t.verdict.label(), t.what, t.measured);
+    }
+    s
+}
+
+/// The targets that make the run fail: every miss, or with `quick` (what
+/// CI runs) only the correctness ones, never timing.
+pub fn failed(targets: &[Target], quick: bool) -> Vec<&str> {
+    targets
+        .iter()
+        .filter(|t| t.verdict == Verdict::Miss && (t.correctness || !quick))
+        .map(|t| t.what.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_counts_go_to_the_nearest_bucket_on_a_log_scale() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(31), 0);
+        assert_eq!(bucket_of(32), 1);
+        assert_eq!(bucket_of(223), 1);
+        assert_eq!(bucket_of(224), 2);
+        assert_eq!(bucket_of(707), 2);
+        assert_eq!(bucket_of(708), 3);
+        assert_eq!(bucket_of(5000), 3);
+        assert_eq!(bucket_range(0), "0–31");
+        assert_eq!(bucket_range(3), "708+");
+    }
+
+    fn sample(verb: Verb, live: usize, ms: f64) -> OpSample {
+        OpSample { verb, live, ms }
+    }
+
+    #[test]
+    fn add_p99_is_judged_only_when_both_ends_were_measured() {
+        let mut samples: Vec<OpSample> =
+            (0..100).map(|i| sample(Verb::Add, 10, i as f64)).collect();
+        let rows = latency_rows(&samples);
+        let flat = targets(&Counts::default(), &rows);
+        assert_eq!(flat.last().unwrap().verdict, Verdict::NotMeasured);
+        samples.extend((0..100).map(|i| sample(Verb::Add, 1000, 2.0 * i as f64)));
+        samples.push(sample(Verb::Del, 1000, 5.0));
+        let rows = latency_rows(&samples);
+        assert_eq!(rows.len(), 3);
+        let t = targets(&Counts::default(), &rows);
+        assert_eq!(t.last().unwrap().verdict, Verdict::Miss);
+        assert!(!t.last().unwrap().correctness);
+    }
+
+    #[test]
+    fn only_correctness_misses_fail_a_quick_run() {
+        let clean = Counts {
+            agent_alive: true,
+            cycles: 100,
+            agent_rss_kb: (1000, 9000),
+            ..Counts::default()
+        };
+        let t = targets(&clean, &[]);
+        // RSS grew 8 MB in 100 cycles: a miss, but not a correctness one.
+        assert_eq!(failed(&t, false).len(), 1);
+        assert!(failed(&t, true).is_empty());
+        let lossy = Counts {
+            datagrams_lost: 3,
+            ..clean
+        };
+        assert_eq!(
+            failed(&targets(&lossy, &[]), true),
+            ["0 datagrams lost between the long-lived pods"]
+        );
+    }
+}
+
+/// The whole text: the header, the targets, latency, then the details.
+pub fn text(r: &super::Report) -> String {
+    format!(
+        "{}\n{}\nADD and DEL by live pods (successful executions that were not killed):\n\n{}\n{}",
+        r.header,
+        targets_table(&r.targets),
+        latency_table(&r.latency),
+        r.details
+    )
+}
+
+/// Shown at most, per kind of finding.
+const SHOWN: usize = 12;
+
+/// The events and every finding, each list cut at [`SHOWN`].
+pub fn details(
+    events: &[super::churn::EventRow],
+    f: &super::churn::Findings,
+    leaks: &[super::snapshot::Leak],
+    after_down: &[super::snapshot::Leak],
+    tally: &super::runtime::Tally,
+) -> String {
+    let mut s = String::from("disturbances during the churn (datagrams lost between the long-lived pods after each, until the next):\n");
+    for e in events {
+        let _ = writeln!(
+            s,
+            "- at cycle {}: {} ({:.0} ms): {}; {} lost",
+            e.at_cycle, e.what, e.ms, e.outcome, e.datagrams_lost_after
+        );
+    }
+    let mut list = |title: String, items: Vec<String>| {
+        if items.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "\n{title}:");
+        for item in items.iter().take(SHOWN) {
+            let _ = writeln!(s, "- {item}");
+        }
+        if items.len() > SHOWN {
+            let _ = writeln!(s, "- … and {} more (all in soak.json)", items.len() - SHOWN);
+        }
+    };
+    list(
+        format!("cut off ({} pods)", f.cut_off.len()),
+        f.cut_off
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({}): {}; last disturbance: {}",
+                    c.pod,
+                    c.ipv4.map_or("no address".into(), |a| a.to_string()),
+                    c.how,
+                    c.after_event
+                )
+            })
+            .collect(),
+    );
+    list(
+        format!(
+            "addresses held by two live pods at once ({})",
+            f.duplicates.len()
+        ),
+        f.duplicates
+            .iter()
+            .map(|(ip, pods)| {
+                format!(
+                    "{ip}: {}",
+                    pods.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect(),
+    );
+    list(
+        "concurrent ADDs of one id that answered with two addresses".into(),
+        f.double_add_two_addresses.clone(),
+    );
+    list(
+        format!("stuck: the runtime's retries ran out ({})", f.stuck.len()),
+        f.stuck
+            .iter()
+            .map(|st| format!("{}: {}: {}", st.pod, st.what, st.error))
+            .collect(),
+    );
+    list(
+        format!(
+            "leaked at the end, compared with the start ({})",
+            leaks.len()
+        ),
+        leaks
+            .iter()
+            .map(|l| format!("{}: {}", l.kind, l.what))
+            .collect(),
+    );
+    list(
+        format!("left after `vethctl down` ({})", after_down.len()),
+        after_down
+            .iter()
+            .map(|l| format!("{}: {}", l.kind, l.what))
+            .collect(),
+    );
+    let mut failures: Vec<(&String, &usize)> = tally.failures.iter().collect();
+    failures.sort_by(|a, b| b.1.cmp(a.1));
+    list(
+        "plugin failures (not killed), by message".into(),
+        failures.iter().map(|(m, n)| format!("{n}× {m}")).collect(),
+    );
+    list("sweep errors".into(), f.sweep_errors.clone());
+    s
+}

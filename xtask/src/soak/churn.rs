@@ -1,7 +1,7 @@
 //! The churn: `--width` workers taking steps from the schedule (a new pod
 //! made, ADDed and probed; a live pod DELed and its namespace checked and
 //! removed), a sweeper that checks every live pod's mapped state against
-//! `vethctl status` every few seconds, and a disturber that runs the mode
+//! `vethctl status` every second, and a disturber that runs the mode
 //! changes and the map-layout change when their cycle comes.
 
 use std::{
@@ -26,7 +26,7 @@ use super::{
     probe,
     runtime::{ips, Added, Rng, Runtime, Stuck},
     schedule::{Event, Schedule, Step},
-    snapshot::Leak,
+    snapshot::{footprint, Footprint, Leak},
 };
 use crate::bench::cni::exec::{self, Attachment};
 
@@ -54,7 +54,7 @@ pub struct CutOff {
     pub ipv4: Option<Ipv4Addr>,
     /// How it was found: its probe after ADD, or a sweep's state.
     pub how: String,
-    /// The disturbance last started before (or none).
+    /// The disturbance last started before it was found (or none).
     pub after_event: String,
 }
 
@@ -126,6 +126,10 @@ pub struct Ctx<'a> {
     /// The long-lived pods, by name: (namespace, address).
     pub long_lived: Vec<(String, PathBuf, Ipv4Addr)>,
     pub sweep_every: Duration,
+    /// The agent's pid, and after how many cycles its footprint is taken
+    /// warm (its start figure includes its first allocations).
+    agent: (u32, usize),
+    warm: Mutex<Option<Footprint>>,
     churn: Mutex<Churn>,
     failure: Mutex<Option<anyhow::Error>>,
     done: AtomicBool,
@@ -160,6 +164,8 @@ impl<'a> Ctx<'a> {
             echo,
             long_lived,
             sweep_every,
+            agent: (0, usize::MAX),
+            warm: Mutex::new(None),
             churn: Mutex::new(Churn {
                 schedule,
                 pods: BTreeMap::new(),
@@ -173,6 +179,17 @@ impl<'a> Ctx<'a> {
             failure: Mutex::new(None),
             done: AtomicBool::new(false),
         }
+    }
+
+    /// Takes the agent `pid`'s footprint once `warm_at` cycles are done.
+    pub fn with_agent(mut self, pid: u32, warm_at: usize) -> Ctx<'a> {
+        self.agent = (pid, warm_at);
+        self
+    }
+
+    /// The agent's footprint after the warm-up cycles, if taken.
+    pub fn warm(&self) -> Option<Footprint> {
+        *self.warm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn churn(&self) -> MutexGuard<'_, Churn> {
@@ -296,7 +313,11 @@ impl<'a> Ctx<'a> {
                 _ => self.del_pod(index, live),
             };
             self.churn().in_flight -= 1;
-            outcome?;
+            if let Err(e) = outcome {
+                // Stops the other threads at their next step.
+                self.fail(e);
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -341,7 +362,12 @@ impl<'a> Ctx<'a> {
                 let mut holders: BTreeSet<String> = c
                     .pods
                     .iter()
-                    .filter(|(&i, p)| i != index && p.ipv4 == Some(ip) && p.state != State::Adding)
+                    // A pod being deleted may have given its address back.
+                    .filter(|(&i, p)| {
+                        i != index
+                            && p.ipv4 == Some(ip)
+                            && matches!(p.state, State::Probing | State::Live)
+                    })
                     .map(|(_, p)| p.attachment.pod_name.clone())
                     .collect();
                 holders.extend(
@@ -398,26 +424,37 @@ impl<'a> Ctx<'a> {
     }
 
     /// The runtime is done with the pod: its namespace must hold `lo`
-    /// alone, and is removed (kept until the end, when something is left
-    /// in it, so the end's count sees it).
+    /// alone, and is removed (kept until the end when something is left in
+    /// it, so that the end's count sees the host side too).
     fn finish(&self, index: usize, stuck: bool) -> Result<()> {
         let a = self.pod(index)?.attachment;
         let left = exec::interfaces_besides_lo(&a.netns)?;
         if left.is_empty() {
             exec::remove_netns(&a.netns);
-        } else if !stuck {
+        } else {
+            let after = if stuck {
+                "the runtime gave up on it"
+            } else {
+                "its DELs succeeded"
+            };
             self.churn().findings.leftovers.push(Leak {
                 kind: "pod interface".into(),
                 what: format!(
-                    "{} left in {} after its DELs succeeded",
+                    "{} left in {}'s namespace after {after}",
                     left.join(", "),
                     a.pod_name
                 ),
             });
         }
-        let mut c = self.churn();
-        c.pods.remove(&index);
-        c.cycles_done += 1;
+        let done = {
+            let mut c = self.churn();
+            c.pods.remove(&index);
+            c.cycles_done += 1;
+            c.cycles_done
+        };
+        if done == self.agent.1 {
+            *self.warm.lock().unwrap_or_else(|e| e.into_inner()) = footprint(self.agent.0).ok();
+        }
         Ok(())
     }
 
@@ -496,9 +533,13 @@ impl<'a> Ctx<'a> {
         let status: Value = serde_json::from_slice(&out.stdout).context("vethctl status --json")?;
         let after = self.settled();
         let listed = status_pods(&status);
+        // Among pods live throughout (a pod being deleted may have given
+        // its address back before its record went).
         let mut by_ip: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (name, (ip, _)) in &listed {
-            by_ip.entry(ip.clone()).or_default().insert(name.clone());
+            if before.contains_key(name) && after.contains_key(name) {
+                by_ip.entry(ip.clone()).or_default().insert(name.clone());
+            }
         }
         let mut notes = Vec::new();
         let mut probes = 0;
@@ -594,6 +635,12 @@ impl<'a> Ctx<'a> {
                 Ok("ok".into())
             }
             Event::MapLayout => {
+                // As a vethctl of another build would: under the change
+                // locks (all of the node's, then the network's), so no ADD
+                // is half-way through the maps meanwhile.
+                let _global = flock_exclusive(Path::new("/run/vethctl/.lock"))?;
+                let _network =
+                    flock_exclusive(&Path::new("/run/vethctl/.locks").join(self.network))?;
                 let pins = Path::new("/sys/fs/bpf/vethctl").join(self.network);
                 let replaced = veth_bench::disruption::give_pinned_maps_other_layouts(&pins)?;
                 Ok(format!(
@@ -604,6 +651,23 @@ impl<'a> Ctx<'a> {
             }
         }
     }
+}
+
+/// An exclusive `flock` on `path`, held until the file is dropped.
+fn flock_exclusive(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
 }
 
 /// `vethctl status --json`'s pods of the one network: name (the

@@ -12,15 +12,16 @@
 //! It reports datagrams lost between the long-lived pods, pods whose ADD
 //! succeeded but that are cut off (each probed after its ADD against a
 //! long-lived pod, and every live pod's mapped state checked against
-//! `vethctl status` every few seconds), addresses two live pods held at
+//! `vethctl status` every second), addresses two live pods held at
 //! once, what is left at the end that was not there at the start (links,
 //! records, map entries, addresses, pins, locks, routes, interfaces in a
 //! pod's namespace after its DEL), the agent's RSS and fds at start and
 //! end, and ADD/DEL p50/p99 by live pod count — each target PASS or MISS
 //! with the figure. `--quick` fails only on correctness (never on timing).
 //!
-//! Network `vsoak` in 198.19.240.0/21 (RFC 2544; the /24s reserved as the
-//! integration tests reserve theirs); one soak at a time per machine.
+//! Network `vsoak` in a /21 of 198.18.0.0/15 (RFC 2544) whose /24s it
+//! reserves as the integration tests reserve theirs; one soak at a time
+//! per machine.
 //! Everything is removed at the end, also on failure and on Ctrl-C.
 
 mod churn;
@@ -41,15 +42,17 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 use serde_json::{json, Value};
 use veth_bench::{
-    disruption::{Config, Traffic},
+    disruption::{Config, Disruption, Traffic},
     interrupt,
 };
 
 use crate::bench::cni::{exec, reserve_blocks, run_lock};
 use churn::{Ctx, EventRow};
 use report::Counts;
+use snapshot::Footprint;
 
 pub struct Options {
     pub cycles: Option<usize>,
@@ -63,9 +66,10 @@ pub struct Options {
 }
 
 const NETWORK: &str = "vsoak";
-const SUBNET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 240, 0), 21);
-/// The /24s of [`SUBNET`], third octets.
-const OCTETS: [u32; 8] = [240, 241, 242, 243, 244, 245, 246, 247];
+/// The network's range: the first /21 of 198.18.0.0/15 below the
+/// benchmarks' fixed ranges (198.19.192.0/18) whose eight /24s no test
+/// holds, reserved as the integration tests reserve theirs.
+const PREFIX: u8 = 21;
 const RUN_DIR: &str = "/run/vethctl-soak";
 const LOCK_FILE: &str = "/run/vethctl-soak.lock";
 /// A port of its own, so another agent on the machine does not keep this
@@ -159,7 +163,7 @@ impl Drop for Soak {
 pub fn run(options: &Options) -> Result<()> {
     let cycles = options
         .cycles
-        .unwrap_or(if options.quick { 100 } else { 2000 });
+        .unwrap_or(if options.quick { 300 } else { 2000 });
     let max_pods = options
         .max_pods
         .unwrap_or(if options.quick { 40 } else { 1000 });
@@ -177,7 +181,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let (vethctl, out_dir) = crate::bench::prepare()?;
     let lock = run_lock(LOCK_FILE, "cargo xtask soak")?;
-    let blocks = reserve_blocks(&OCTETS)?;
+    let (subnet, blocks) = reserve_subnet()?;
     let mut soak = Soak {
         vethctl,
         agent: None,
@@ -191,37 +195,58 @@ pub fn run(options: &Options) -> Result<()> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let result = soak_run(&mut soak, options, cycles, max_pods, seed, &out_dir);
+    let result = soak_run(
+        &mut soak,
+        options,
+        (cycles, max_pods, seed),
+        subnet,
+        &out_dir,
+    );
     drop(soak);
     interrupt::release();
-    let report = result?;
-    let text = report::text(&report);
+    let measured = result?;
+    let text = report::text(&measured);
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&report.json)?);
+        println!("{}", serde_json::to_string_pretty(&measured)?);
     } else {
         print!("{text}");
     }
-    fs::write(
-        out_dir.join("soak.json"),
-        serde_json::to_string_pretty(&report.json)?,
-    )?;
+    let json_path = out_dir.join("soak.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&measured)?)?;
     fs::write(out_dir.join("soak.txt"), &text)?;
-    eprintln!(
-        "results: {} (and soak.txt)",
-        out_dir.join("soak.json").display()
-    );
-    let missed = report::failed(&report.targets, options.quick);
+    eprintln!("results: {} (and soak.txt)", json_path.display());
+    let missed = report::failed(&measured.targets, options.quick);
     if !missed.is_empty() {
         bail!("soak missed: {}", missed.join("; "));
     }
     Ok(())
 }
 
-fn network_config() -> Value {
+/// A free /21 for the network (see [`PREFIX`]) and its reservations.
+fn reserve_subnet() -> Result<((Ipv4Addr, u8), Vec<PathBuf>)> {
+    // 56 /21s of 8 blocks each, from one that depends on the pid.
+    let start = std::process::id() as usize;
+    let mut last = None;
+    for i in 0..56 {
+        let first = (((start + i) % 56) * 8) as u32;
+        let blocks: Vec<u32> = (first..first + 8).collect();
+        match reserve_blocks(&blocks) {
+            Ok(files) => {
+                let subnet = Ipv4Addr::new(198, 18 + (first / 256) as u8, (first % 256) as u8, 0);
+                return Ok(((subnet, PREFIX), files));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no /21 to try")))
+        .context("every /21 of 198.18.0.0/15 below 198.19.192.0 has a /24 some test holds")
+}
+
+fn network_config(subnet: (Ipv4Addr, u8)) -> Value {
     json!({
         "cniVersion": "1.0.0", "name": NETWORK, "type": "veth-cni", "mode": "tc",
         "ipMasq": false,
-        "ipam": {"type": "veth-builtin", "subnet": format!("{}/{}", SUBNET.0, SUBNET.1)},
+        "ipam": {"type": "veth-builtin", "subnet": format!("{}/{}", subnet.0, subnet.1)},
     })
 }
 
@@ -263,26 +288,64 @@ fn del_long_lived(veth_cni: &Path, config: &Value, pod: &LongLived) -> Result<()
     Ok(())
 }
 
-/// Everything the report is made of.
-pub struct Report {
-    pub json: Value,
-    pub targets: Vec<report::Target>,
-    pub latency: Vec<report::LatencyRow>,
-    pub header: String,
-    pub details: String,
+/// The agent's side of a run.
+#[derive(Debug, Serialize)]
+pub struct Agent {
+    pub start: Footprint,
+    /// After the first 10 % of the cycles: the RSS target is judged from
+    /// here, past the agent's first allocations.
+    pub warm: Footprint,
+    pub end: Footprint,
+    pub alive: bool,
+    /// What it logged removing this network's endpoints.
+    pub endpoint_removed: Vec<String>,
 }
 
-fn soak_run(
+/// Everything one run measured (soak.json), and what the text shows.
+#[derive(Debug, Serialize)]
+pub struct Measured {
+    pub command: String,
+    pub cycles: usize,
+    pub width: usize,
+    pub max_pods: usize,
+    pub subnet: String,
+    pub levels: Vec<usize>,
+    pub kill_percent: f64,
+    pub rate: u64,
+    pub seed: u64,
+    pub quick: bool,
+    pub wall_s: f64,
+    pub loadavg: String,
+    pub targets: Vec<report::Target>,
+    pub latency: Vec<report::LatencyRow>,
+    pub counts: Counts,
+    pub events: Vec<EventRow>,
+    pub findings: churn::Findings,
+    pub leaks: Vec<snapshot::Leak>,
+    pub leaks_after_down: Vec<snapshot::Leak>,
+    pub executions: runtime::Tally,
+    pub traffic: Disruption,
+    pub agent: Agent,
+    pub samples: Vec<report::OpSample>,
+}
+
+/// The long-lived pods and the traffic between them, stopped when
+/// dropped (before `Soak` cleans up, also on an error).
+struct Stage {
+    long: Vec<LongLived>,
+    echo: SocketAddrV4,
+    _echo_server: probe::EchoServer,
+    traffic: Traffic,
+}
+
+fn stage(
     soak: &mut Soak,
-    options: &Options,
+    config: &Value,
+    rate: u64,
     cycles: usize,
-    max_pods: usize,
-    seed: u64,
     out_dir: &Path,
-) -> Result<Report> {
-    let started = Instant::now();
+) -> Result<Stage> {
     let veth_cni = soak.vethctl.with_file_name("veth-cni");
-    let config = network_config();
     fs::create_dir_all(Soak::netns_dir())?;
     soak.start_agent(&out_dir.join("soak-agent.log"))?;
     eprintln!(
@@ -290,9 +353,8 @@ fn soak_run(
         soak.agent_pid()
     );
     let long: Vec<LongLived> = (0..2)
-        .map(|i| add_long_lived(&veth_cni, &config, i))
+        .map(|i| add_long_lived(&veth_cni, config, i))
         .collect::<Result<_>>()?;
-    // Both stop when dropped, before `soak` cleans up (also on an error).
     let echo = SocketAddrV4::new(long[0].ipv4, ECHO_PORT);
     let echo_server = probe::EchoServer::start(&long[0].attachment.netns, echo)?;
     let traffic = Traffic::start(&Config {
@@ -301,69 +363,161 @@ fn soak_run(
         server: long[1].ipv4.into(),
         udp_port: UDP_PORT,
         tcp_port: TCP_PORT,
-        rate: options.rate,
+        rate,
         connections: 1,
         max_seconds: (cycles as u64 * 2).max(900),
         tcp_timeout: Duration::from_secs(10),
     })?;
+    Ok(Stage {
+        long,
+        echo,
+        _echo_server: echo_server,
+        traffic,
+    })
+}
+
+fn soak_run(
+    soak: &mut Soak,
+    options: &Options,
+    (cycles, max_pods, seed): (usize, usize, u64),
+    subnet: (Ipv4Addr, u8),
+    out_dir: &Path,
+) -> Result<Measured> {
+    let started = Instant::now();
+    let config = network_config(subnet);
+    let stage = stage(soak, &config, options.rate, cycles, out_dir)?;
     thread::sleep(Duration::from_secs(2));
-    let from = traffic.mark();
-    let snap_start = snapshot::take(NETWORK, SUBNET)?;
+    let from = stage.traffic.mark();
+    let snap_start = snapshot::take(NETWORK, subnet)?;
     let agent_start = snapshot::footprint(soak.agent_pid())?;
 
+    let veth_cni = soak.vethctl.with_file_name("veth-cni");
     let runtime = runtime::Runtime::new(&veth_cni, config.clone(), options.kill_percent, seed);
     let schedule = schedule::Schedule::new(cycles, max_pods);
     let levels = schedule.levels().to_vec();
     let events = schedule::events(cycles);
     eprintln!(
-        "soak: {cycles} cycles {} wide, plateaus at {levels:?} live pods, {} % of executions killed, {} events, seed {seed}",
+        "soak: {cycles} cycles {} wide, plateaus at {levels:?} live pods, {} % of executions \
+         killed, {} events, seed {seed}",
         options.width,
         options.kill_percent,
         events.len()
     );
     let vethctl = soak.vethctl.clone();
     let netns_dir = Soak::netns_dir();
+    let long_lived = stage
+        .long
+        .iter()
+        .map(|l| {
+            (
+                l.attachment.pod_name.clone(),
+                l.attachment.netns.clone(),
+                l.ipv4,
+            )
+        })
+        .collect();
     let ctx = Ctx::new(
         &runtime,
         &vethctl,
         NETWORK,
         &netns_dir,
-        echo,
-        long.iter()
-            .map(|l| {
-                (
-                    l.attachment.pod_name.clone(),
-                    l.attachment.netns.clone(),
-                    l.ipv4,
-                )
-            })
-            .collect(),
+        stage.echo,
+        long_lived,
         schedule,
         seed,
-        Duration::from_secs(3),
-    );
-    let mut rows = ctx.run(options.width, &events, &traffic)?;
+        Duration::from_secs(1),
+    )
+    .with_agent(soak.agent_pid(), (cycles / 10).max(1));
+    let mut events = ctx.run(options.width, &events, &stage.traffic)?;
     ctx.sweep()?;
     thread::sleep(Duration::from_secs(1));
-    let to = traffic.mark();
+    let to = stage.traffic.mark();
     thread::sleep(Duration::from_millis(500));
-    let loss = traffic.window(from, to);
-    attribute(&mut rows, &loss.lost_sent_ns);
-    let snap_end = snapshot::take(NETWORK, SUBNET)?;
-    let agent_alive = soak.agent_alive();
-    let agent_end = snapshot::footprint(soak.agent_pid()).unwrap_or_default();
+    let traffic = stage.traffic.window(from, to);
+    attribute(&mut events, &traffic.lost_sent_ns);
+    let snap_end = snapshot::take(NETWORK, subnet)?;
+    let agent = Agent {
+        start: agent_start,
+        warm: ctx.warm().unwrap_or(agent_start),
+        end: snapshot::footprint(soak.agent_pid()).unwrap_or_default(),
+        alive: soak.agent_alive(),
+        endpoint_removed: Vec::new(),
+    };
     let mut findings = ctx.findings();
     let cycles_done = ctx.cycles_done();
     let mut leaks = std::mem::take(&mut findings.leftovers);
     leaks.extend(snapshot::leaks(&snap_start, &snap_end));
+    let (more, leaks_after_down, endpoint_removed) = finish(soak, stage, &config, subnet, out_dir)?;
+    leaks.extend(more);
 
-    // The long-lived pods go as any pod does, then the network.
+    let samples = std::mem::take(&mut *runtime.samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let executions = std::mem::take(&mut *runtime.tally.lock().unwrap_or_else(|e| e.into_inner()));
+    let latency = report::latency_rows(&samples);
+    let counts = Counts {
+        cycles: cycles_done,
+        pods_added: findings.added,
+        unreachable: findings.cut_off.len(),
+        duplicate_addresses: findings.duplicates.len(),
+        double_add_two_addresses: findings.double_add_two_addresses.len(),
+        leaks: leaks.len() + leaks_after_down.len(),
+        stuck: findings.stuck.len(),
+        datagrams_sent: traffic.sent,
+        datagrams_lost: traffic.lost,
+        tcp_broken: traffic.connections_broken,
+        agent_alive: agent.alive,
+        agent_rss_kb: (agent.warm.rss_kb, agent.end.rss_kb),
+        agent_fds: (agent.start.fds, agent.end.fds),
+        warm_cycles: (cycles / 10).max(1).min(cycles_done),
+    };
+    Ok(Measured {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        cycles: cycles_done,
+        width: options.width,
+        max_pods,
+        subnet: format!("{}/{}", subnet.0, subnet.1),
+        levels,
+        kill_percent: options.kill_percent,
+        rate: options.rate,
+        seed,
+        quick: options.quick,
+        wall_s: started.elapsed().as_secs_f64(),
+        loadavg: fs::read_to_string("/proc/loadavg").unwrap_or_default(),
+        targets: report::targets(&counts, &latency),
+        latency,
+        counts,
+        events,
+        findings,
+        leaks,
+        leaks_after_down,
+        executions,
+        traffic,
+        agent: Agent {
+            endpoint_removed,
+            ..agent
+        },
+        samples,
+    })
+}
+
+/// The long-lived pods go as any pod does (their namespaces must be empty
+/// after), then the agent and the network. Returns what was left in the
+/// pods' namespaces, what `down` left, and the agent's removals of this
+/// network's endpoints.
+fn finish(
+    soak: &mut Soak,
+    stage: Stage,
+    config: &Value,
+    subnet: (Ipv4Addr, u8),
+    out_dir: &Path,
+) -> Result<(Vec<snapshot::Leak>, Vec<snapshot::Leak>, Vec<String>)> {
+    let veth_cni = soak.vethctl.with_file_name("veth-cni");
+    let Stage { long, traffic, .. } = stage;
     if let Err(e) = traffic.stop() {
         eprintln!("traffic: {e:#}");
     }
-    drop(echo_server);
+    let mut leaks = Vec::new();
     for pod in &long {
-        del_long_lived(&veth_cni, &config, pod)?;
+        del_long_lived(&veth_cni, config, pod)?;
         let left = exec::interfaces_besides_lo(&pod.attachment.netns)?;
         if !left.is_empty() {
             leaks.push(snapshot::Leak {
@@ -375,100 +529,16 @@ fn soak_run(
     }
     soak.stop_agent();
     soak.down()?;
-    let after_down = snapshot::after_down(NETWORK, SUBNET)?;
-    let agent_log = fs::read_to_string(out_dir.join("soak-agent.log")).unwrap_or_default();
-    let agent_removed = agent_log
+    let after_down = snapshot::after_down(NETWORK, subnet)?;
+    // The agent serves every network of the node: only this one's lines.
+    let ours = format!("topology {NETWORK:?}");
+    let removed = fs::read_to_string(out_dir.join("soak-agent.log"))
+        .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("endpoint removed"))
-        .count();
-
-    let samples = std::mem::take(&mut *runtime.samples.lock().unwrap_or_else(|e| e.into_inner()));
-    let tally = std::mem::take(&mut *runtime.tally.lock().unwrap_or_else(|e| e.into_inner()));
-    let latency = report::latency_rows(&samples);
-    let counts = Counts {
-        cycles: cycles_done,
-        pods_added: findings.added,
-        unreachable: findings.cut_off.len(),
-        duplicate_addresses: findings.duplicates.len(),
-        double_add_two_addresses: findings.double_add_two_addresses.len(),
-        leaks: leaks.len() + after_down.len(),
-        stuck: findings.stuck.len(),
-        datagrams_sent: loss.sent,
-        datagrams_lost: loss.lost,
-        tcp_broken: loss.connections_broken,
-        agent_alive,
-        agent_rss_kb: (agent_start.rss_kb, agent_end.rss_kb),
-        agent_fds: (agent_start.fds, agent_end.fds),
-    };
-    let targets = report::targets(&counts, &latency);
-    let wall = started.elapsed().as_secs_f64();
-    let header = format!(
-        "soak: {cycles_done} ADD/DEL cycles {} wide through veth-cni (network {NETWORK}, tc, {}/{}), \
-         plateaus at {levels:?} live pods, {} % of ADDs and DELs killed with SIGKILL, seed {seed}, \
-         {wall:.0} s; load average {}\n\
-         kills: {} ADDs and {} DELs killed mid-way ({} came after the plugin had exited); {} \
-         concurrent double ADDs of one id; {} ADD and {} DEL executions failed (retried as a runtime \
-         does)\n\
-         long-lived pods: {} datagrams at {}/s, {} lost, {} send errors, longest gap {:.1} ms; TCP \
-         longest stall {:.1} ms, {} break(s)\n\
-         agent: RSS {:.1} → {:.1} MB, fds {} → {}, {}; it logged \"endpoint removed\" {agent_removed} \
-         time(s); {} status sweeps\n",
-        options.width,
-        SUBNET.0,
-        SUBNET.1,
-        options.kill_percent,
-        fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        tally.add_killed,
-        tally.del_killed,
-        tally.kills_too_late,
-        tally.double_adds,
-        tally.failed_adds,
-        tally.failed_dels,
-        loss.sent,
-        options.rate,
-        loss.lost,
-        loss.send_errors,
-        loss.longest_gap_ms,
-        loss.tcp_longest_stall_ms,
-        loss.connections_broken,
-        agent_start.rss_kb as f64 / 1024.0,
-        agent_end.rss_kb as f64 / 1024.0,
-        agent_start.fds,
-        agent_end.fds,
-        if agent_alive { "alive at the end" } else { "EXITED during the run" },
-        findings.sweeps,
-    );
-    let details = report::details(&rows, &findings, &leaks, &after_down, &tally);
-    let json = json!({
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "cycles": cycles_done,
-        "width": options.width,
-        "max_pods": max_pods,
-        "levels": levels,
-        "kill_percent": options.kill_percent,
-        "seed": seed,
-        "quick": options.quick,
-        "wall_s": wall,
-        "targets": targets,
-        "latency": latency,
-        "counts": counts,
-        "events": rows,
-        "findings": findings,
-        "leaks": leaks,
-        "leaks_after_down": after_down,
-        "executions": tally,
-        "traffic": loss,
-        "agent": {"start": agent_start, "end": agent_end, "alive": agent_alive,
-                  "endpoint_removed_lines": agent_removed},
-        "samples": samples,
-    });
-    Ok(Report {
-        json,
-        targets,
-        latency,
-        header,
-        details,
-    })
+        .filter(|l| l.contains(&ours) && l.contains("endpoint removed"))
+        .map(str::to_string)
+        .collect();
+    Ok((leaks, after_down, removed))
 }
 
 /// Each lost datagram goes to the disturbance last started before it

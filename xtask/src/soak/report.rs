@@ -133,7 +133,10 @@ pub struct Counts {
     pub datagrams_lost: u64,
     pub tcp_broken: u64,
     pub agent_alive: bool,
+    /// RSS after the warm-up cycles and at the end.
     pub agent_rss_kb: (u64, u64),
+    /// The cycles before the first RSS figure (not judged).
+    pub warm_cycles: usize,
     pub agent_fds: (u64, u64),
 }
 
@@ -187,12 +190,13 @@ pub fn targets(c: &Counts, latency: &[LatencyRow]) -> Vec<Target> {
         ),
     ];
     let growth_kb = c.agent_rss_kb.1 as f64 - c.agent_rss_kb.0 as f64;
-    let per_1000 = growth_kb / 1024.0 * 1000.0 / c.cycles.max(1) as f64;
+    let judged = c.cycles.saturating_sub(c.warm_cycles).max(1);
+    let per_1000 = growth_kb / 1024.0 * 1000.0 / judged as f64;
     t.push(Target {
         what: "agent RSS growth ≤ 1 MB per 1,000 cycles".into(),
         verdict: Verdict::of(per_1000 <= 1.0),
         measured: format!(
-            "{:.1} → {:.1} MB ({per_1000:+.2} MB per 1,000 cycles); fds {} → {}",
+            "{:.1} → {:.1} MB over the last {judged} cycles ({per_1000:+.2} MB per 1,000); fds {} → {}",
             c.agent_rss_kb.0 as f64 / 1024.0,
             c.agent_rss_kb.1 as f64 / 1024.0,
             c.agent_fds.0,
@@ -340,55 +344,116 @@ mod tests {
     }
 }
 
-/// The whole text: the header, the targets, latency, then the details.
-pub fn text(r: &super::Report) -> String {
+/// The whole text: what ran and the headline figures, the targets,
+/// latency, then the details.
+pub fn text(m: &super::Measured) -> String {
     format!(
         "{}\n{}\nADD and DEL by live pods (successful executions that were not killed):\n\n{}\n{}",
-        r.header,
-        targets_table(&r.targets),
-        latency_table(&r.latency),
-        r.details
+        header(m),
+        targets_table(&m.targets),
+        latency_table(&m.latency),
+        details(m)
     )
+}
+
+fn header(m: &super::Measured) -> String {
+    let (e, t, a) = (&m.executions, &m.traffic, &m.agent);
+    let mb = |f: &super::Footprint| f.rss_kb as f64 / 1024.0;
+    let mut s =
+        format!(
+        "soak: {} ADD/DEL cycles {} wide through veth-cni (network {}, tc, {}), plateaus at {:?} \
+         live pods, {} % of ADDs and DELs killed with SIGKILL, seed {}, {:.0} s; load average {}\n",
+        m.cycles,
+        m.width,
+        super::NETWORK,
+        m.subnet,
+        m.levels,
+        m.kill_percent,
+        m.seed,
+        m.wall_s,
+        m.loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "kills: {} ADDs and {} DELs killed mid-way ({} came after the plugin had exited); {} \
+         concurrent double ADDs of one id; {} ADD and {} DEL executions failed (retried as a \
+         runtime does)",
+        e.add_killed, e.del_killed, e.kills_too_late, e.double_adds, e.failed_adds, e.failed_dels
+    );
+    let _ = writeln!(
+        s,
+        "long-lived pods: {} datagrams at {}/s, {} lost, {} send errors, longest gap {:.1} ms; \
+         TCP longest stall {:.1} ms, {} break(s)",
+        t.sent,
+        m.rate,
+        t.lost,
+        t.send_errors,
+        t.longest_gap_ms,
+        t.tcp_longest_stall_ms,
+        t.connections_broken
+    );
+    let _ = writeln!(
+        s,
+        "agent: RSS {:.1} MB at start, {:.1} MB after the first 10 % of the cycles, {:.1} MB at \
+         the end; fds {} → {}; {}; it logged \"endpoint removed\" {} time(s) for this network; \
+         {} status sweeps",
+        mb(&a.start),
+        mb(&a.warm),
+        mb(&a.end),
+        a.start.fds,
+        a.end.fds,
+        if a.alive {
+            "alive at the end"
+        } else {
+            "EXITED during the run"
+        },
+        a.endpoint_removed.len(),
+        m.findings.sweeps
+    );
+    s
 }
 
 /// Shown at most, per kind of finding.
 const SHOWN: usize = 12;
 
+/// A titled list cut at [`SHOWN`] items; nothing when empty.
+fn list(title: &str, items: &[String]) -> String {
+    let mut s = String::new();
+    if items.is_empty() {
+        return s;
+    }
+    let _ = writeln!(s, "\n{title}:");
+    for item in items.iter().take(SHOWN) {
+        let _ = writeln!(s, "- {item}");
+    }
+    if items.len() > SHOWN {
+        let _ = writeln!(s, "- … and {} more (all in soak.json)", items.len() - SHOWN);
+    }
+    s
+}
+
 /// The events and every finding, each list cut at [`SHOWN`].
-pub fn details(
-    events: &[super::churn::EventRow],
-    f: &super::churn::Findings,
-    leaks: &[super::snapshot::Leak],
-    after_down: &[super::snapshot::Leak],
-    tally: &super::runtime::Tally,
-) -> String {
-    let mut s = String::from("disturbances during the churn (datagrams lost between the long-lived pods after each, until the next):\n");
-    for e in events {
+fn details(m: &super::Measured) -> String {
+    let (f, leaks, after_down, tally) = (&m.findings, &m.leaks, &m.leaks_after_down, &m.executions);
+    let mut s = String::from(
+        "disturbances during the churn (datagrams lost between the long-lived pods after each, \
+         until the next):\n",
+    );
+    for e in &m.events {
         let _ = writeln!(
             s,
             "- at cycle {}: {} ({:.0} ms): {}; {} lost",
             e.at_cycle, e.what, e.ms, e.outcome, e.datagrams_lost_after
         );
     }
-    let mut list = |title: String, items: Vec<String>| {
-        if items.is_empty() {
-            return;
-        }
-        let _ = writeln!(s, "\n{title}:");
-        for item in items.iter().take(SHOWN) {
-            let _ = writeln!(s, "- {item}");
-        }
-        if items.len() > SHOWN {
-            let _ = writeln!(s, "- … and {} more (all in soak.json)", items.len() - SHOWN);
-        }
-    };
-    list(
+    let mut add = |title: String, items: Vec<String>| s += &list(&title, &items);
+    add(
         format!("cut off ({} pods)", f.cut_off.len()),
         f.cut_off
             .iter()
             .map(|c| {
                 format!(
-                    "{} ({}): {}; last disturbance: {}",
+                    "{} ({}): {}; last disturbance before it was found: {}",
                     c.pod,
                     c.ipv4.map_or("no address".into(), |a| a.to_string()),
                     c.how,
@@ -397,7 +462,7 @@ pub fn details(
             })
             .collect(),
     );
-    list(
+    add(
         format!(
             "addresses held by two live pods at once ({})",
             f.duplicates.len()
@@ -412,18 +477,18 @@ pub fn details(
             })
             .collect(),
     );
-    list(
+    add(
         "concurrent ADDs of one id that answered with two addresses".into(),
         f.double_add_two_addresses.clone(),
     );
-    list(
+    add(
         format!("stuck: the runtime's retries ran out ({})", f.stuck.len()),
         f.stuck
             .iter()
             .map(|st| format!("{}: {}: {}", st.pod, st.what, st.error))
             .collect(),
     );
-    list(
+    add(
         format!(
             "leaked at the end, compared with the start ({})",
             leaks.len()
@@ -433,7 +498,7 @@ pub fn details(
             .map(|l| format!("{}: {}", l.kind, l.what))
             .collect(),
     );
-    list(
+    add(
         format!("left after `vethctl down` ({})", after_down.len()),
         after_down
             .iter()
@@ -442,10 +507,14 @@ pub fn details(
     );
     let mut failures: Vec<(&String, &usize)> = tally.failures.iter().collect();
     failures.sort_by(|a, b| b.1.cmp(a.1));
-    list(
+    add(
         "plugin failures (not killed), by message".into(),
         failures.iter().map(|(m, n)| format!("{n}× {m}")).collect(),
     );
-    list("sweep errors".into(), f.sweep_errors.clone());
+    add("sweep errors".into(), f.sweep_errors.clone());
+    add(
+        "what the agent logged removing this network's endpoints".into(),
+        m.agent.endpoint_removed.clone(),
+    );
     s
 }

@@ -30,6 +30,9 @@ const ADD_ATTEMPTS: usize = 3;
 /// ms in between.
 const DEL_ATTEMPTS: usize = 6;
 
+/// Characters of a failure message kept.
+const MESSAGE_CHARS: usize = 300;
+
 /// A tiny xorshift64* generator: reproducible runs from `--seed`.
 pub struct Rng(u64);
 
@@ -180,7 +183,14 @@ impl Runtime {
             } else {
                 message
             };
-            let key = format!("{}: {message}", verb.name());
+            // Verifier logs run to kilobytes: the start says what failed.
+            let short: String = message.chars().take(MESSAGE_CHARS).collect();
+            let cut = if short.len() < message.len() {
+                " …"
+            } else {
+                ""
+            };
+            let key = format!("{}: {short}{cut}", verb.name());
             if tally.failures.len() < 20 || tally.failures.contains_key(&key) {
                 *tally.failures.entry(key).or_default() += 1;
             }

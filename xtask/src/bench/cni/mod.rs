@@ -228,14 +228,15 @@ pub fn run_lock(path: &str, task: &str) -> Result<fs::File> {
     Ok(file)
 }
 
-/// Reserves the /24s 198.19.`octets`.0 the way the integration tests
-/// reserve theirs (a file holding the owner's pid; a dead owner's is taken
-/// over), so that no test picks them meanwhile.
-pub fn reserve_blocks(octets: &[u32]) -> Result<Vec<PathBuf>> {
+/// Reserves the integration tests' address blocks `blocks` (block `b` is
+/// 198.(18 + b / 256).(b % 256).0/24) the way the tests reserve theirs (a
+/// file holding the owner's pid; a dead owner's is taken over), so that no
+/// test picks them meanwhile.
+pub fn reserve_blocks(blocks: &[u32]) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(BLOCKS_DIR).with_context(|| format!("creating {BLOCKS_DIR}"))?;
     let mut taken = Vec::new();
-    for &octet in octets {
-        let file = Path::new(BLOCKS_DIR).join((256 + octet).to_string());
+    for &block in blocks {
+        let file = Path::new(BLOCKS_DIR).join(block.to_string());
         let created = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -256,8 +257,10 @@ pub fn reserve_blocks(octets: &[u32]) -> Result<Vec<PathBuf>> {
                 let _ = fs::remove_file(f);
             }
             bail!(
-                "198.19.{octet}.0/24 is reserved by a running test ({} holds pid {}); run \
-                 again when it is done",
+                "198.{}.{}.0/24 is reserved by a running test ({} holds pid {}); run again when \
+                 it is done",
+                18 + block / 256,
+                block % 256,
                 file.display(),
                 fs::read_to_string(&file).unwrap_or_default().trim()
             );
@@ -464,7 +467,7 @@ pub fn run(options: &Options) -> Result<()> {
     // stops the benchmark before it starts.
     let cri_program = cri::build()?;
     let lock = run_lock(LOCK_FILE, "cargo xtask bench cni")?;
-    let blocks = reserve_blocks(&SUBNETS)?;
+    let blocks = reserve_blocks(&SUBNETS.map(|octet| 256 + octet))?;
     let run = Run {
         vethctl,
         plugins: plugins(&veth_cni),

@@ -135,8 +135,8 @@ pub struct Ctx<'a> {
     done: AtomicBool,
 }
 
-/// Pods a sweep probes at most.
-const MAX_PROBES: usize = 8;
+/// Pods a sweep probes at most (at once, 3 s at most).
+const MAX_PROBES: usize = 16;
 
 /// 64 hex digits, as containerd's sandbox ids: the run and the pod.
 pub fn container_id(index: usize) -> String {
@@ -541,29 +541,7 @@ impl<'a> Ctx<'a> {
                 by_ip.entry(ip.clone()).or_default().insert(name.clone());
             }
         }
-        let mut notes = Vec::new();
-        let mut probes = 0;
-        for (name, (netns, ip)) in &before {
-            if after.get(name).map(|a| &a.0) != Some(netns) {
-                continue;
-            }
-            let state = listed
-                .get(name)
-                .map_or("missing from status".to_string(), |(_, s)| s.clone());
-            if state == "ready" {
-                continue;
-            }
-            // A few probes per sweep (each may take 3 s); the others are
-            // judged by the next sweep.
-            let reaches = match ip {
-                Some(ip) if probes < MAX_PROBES && !self.long_lived.iter().any(|l| l.2 == *ip) => {
-                    probes += 1;
-                    probe::reaches(netns, self.echo, u64::from(u32::from(*ip)))?
-                }
-                _ => true,
-            };
-            notes.push((name.clone(), *ip, state, reaches));
-        }
+        let notes = self.not_ready(&listed, &before, &after);
         let mut c = self.churn();
         c.findings.sweeps += 1;
         let event = c.last_event.clone();
@@ -590,6 +568,54 @@ impl<'a> Ctx<'a> {
         }
         c.findings.suspects = suspects;
         Ok(())
+    }
+
+    /// The pods live before and after the look that `status` did not show
+    /// `ready`: (name, address, state, still reaches the long-lived pod).
+    /// Up to [`MAX_PROBES`] are probed, at once; the others (and the
+    /// long-lived pods, whose traffic is measured) count as reaching, and
+    /// are judged by the next sweep.
+    fn not_ready(
+        &self,
+        listed: &BTreeMap<String, (String, String)>,
+        before: &BTreeMap<String, (PathBuf, Option<Ipv4Addr>)>,
+        after: &BTreeMap<String, (PathBuf, Option<Ipv4Addr>)>,
+    ) -> Vec<(String, Option<Ipv4Addr>, String, bool)> {
+        let mut notes: Vec<(String, Option<Ipv4Addr>, String, bool)> = Vec::new();
+        let mut to_probe = Vec::new();
+        for (name, (netns, ip)) in before {
+            if after.get(name).map(|a| &a.0) != Some(netns) {
+                continue;
+            }
+            let state = listed
+                .get(name)
+                .map_or("missing from status".to_string(), |(_, s)| s.clone());
+            if state == "ready" {
+                continue;
+            }
+            let long_lived = self.long_lived.iter().any(|l| Some(l.2) == *ip);
+            if let (Some(ip), false, true) = (ip, long_lived, to_probe.len() < MAX_PROBES) {
+                to_probe.push((notes.len(), netns.clone(), *ip));
+            }
+            notes.push((name.clone(), *ip, state, true));
+        }
+        let answers: Vec<(usize, bool)> = thread::scope(|s| {
+            let probes: Vec<_> = to_probe
+                .iter()
+                .map(|(i, netns, ip)| {
+                    s.spawn(move || {
+                        // A pod deleted meanwhile (namespace gone) is not judged.
+                        let reached = probe::reaches(netns, self.echo, u64::from(u32::from(*ip)));
+                        (*i, reached.unwrap_or(true))
+                    })
+                })
+                .collect();
+            probes.into_iter().filter_map(|p| p.join().ok()).collect()
+        });
+        for (i, reached) in answers {
+            notes[i].3 = reached;
+        }
+        notes
     }
 
     fn disturber(&self, events: &[(usize, Event)], traffic: &Traffic) -> Vec<EventRow> {

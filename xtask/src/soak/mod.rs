@@ -30,6 +30,7 @@ mod report;
 mod runtime;
 mod schedule;
 mod snapshot;
+mod text;
 
 use std::{
     fs,
@@ -95,12 +96,35 @@ impl Soak {
         Path::new(RUN_DIR).join("netns")
     }
 
-    fn down(&self) -> Result<()> {
-        if !Path::new("/run/vethctl").join(NETWORK).exists() {
-            return Ok(());
+    /// `vethctl down` of the network. When it fails (a changed map layout
+    /// makes it fail today: issue 18, finding 5), `up --repair` of the
+    /// network's recorded description first, as the README advises, and
+    /// `down` again; the first failure is returned beside.
+    fn down(&self) -> Result<Option<String>> {
+        let state = Path::new("/run/vethctl").join(NETWORK);
+        if !state.exists() {
+            return Ok(None);
         }
-        crate::cmd::output(Command::new(&self.vethctl).args(["down", "--name", NETWORK]))
-            .map(|_| ())
+        let down =
+            || crate::cmd::output(Command::new(&self.vethctl).args(["down", "--name", NETWORK]));
+        let Err(first) = down() else {
+            return Ok(None);
+        };
+        let copy = std::env::temp_dir().join(format!("vsoak-{}.toml", std::process::id()));
+        fs::copy(state.join("topology.toml"), &copy).with_context(|| {
+            format!("`vethctl down` failed ({first:#}) and the network's description is unreadable")
+        })?;
+        let repaired = crate::cmd::output(
+            Command::new(&self.vethctl)
+                .args(["up", "--repair", "-t"])
+                .arg(&copy),
+        )
+        .and_then(|_| down());
+        let _ = fs::remove_file(&copy);
+        repaired.with_context(|| {
+            format!("`vethctl down` failed ({first:#}), and so did `up --repair` and `down`")
+        })?;
+        Ok(Some(format!("{first:#}")))
     }
 
     /// Removes what a soak that died left (the lock says none runs).
@@ -205,7 +229,7 @@ pub fn run(options: &Options) -> Result<()> {
     drop(soak);
     interrupt::release();
     let measured = result?;
-    let text = report::text(&measured);
+    let text = text::text(&measured);
     if options.json {
         println!("{}", serde_json::to_string_pretty(&measured)?);
     } else {
@@ -528,8 +552,14 @@ fn finish(
         exec::remove_netns(&pod.attachment.netns);
     }
     soak.stop_agent();
-    soak.down()?;
-    let after_down = snapshot::after_down(NETWORK, subnet)?;
+    let down_failed = soak.down()?;
+    let mut after_down = snapshot::after_down(NETWORK, subnet)?;
+    if let Some(error) = down_failed {
+        after_down.push(snapshot::Leak {
+            kind: "down".into(),
+            what: format!("`vethctl down` failed, and worked after `up --repair`: {error}"),
+        });
+    }
     // The agent serves every network of the node: only this one's lines.
     let ours = format!("topology {NETWORK:?}");
     let removed = fs::read_to_string(out_dir.join("soak-agent.log"))

@@ -175,22 +175,7 @@ impl Runtime {
                 Verb::Add => tally.failed_adds += 1,
                 Verb::Del => tally.failed_dels += 1,
             }
-            let message = String::from_utf8_lossy(&done.outcome.stdout)
-                .trim()
-                .to_string();
-            let message = if message.is_empty() {
-                String::from_utf8_lossy(&done.stderr).trim().to_string()
-            } else {
-                message
-            };
-            // Verifier logs run to kilobytes: the start says what failed.
-            let short: String = message.chars().take(MESSAGE_CHARS).collect();
-            let cut = if short.len() < message.len() {
-                " …"
-            } else {
-                ""
-            };
-            let key = format!("{}: {short}{cut}", verb.name());
+            let key = format!("{}: {}", verb.name(), said(&done));
             if tally.failures.len() < 20 || tally.failures.contains_key(&key) {
                 *tally.failures.entry(key).or_default() += 1;
             }
@@ -235,7 +220,7 @@ impl Runtime {
                     last_error = if done.killed() {
                         "killed".into()
                     } else {
-                        done.failure(&self.binary, "ADD", a)
+                        said(&done)
                     };
                     // The runtime undoes the failed ADD before it retries.
                     if let Some(stuck) =
@@ -286,7 +271,7 @@ impl Runtime {
             error = if done.killed() {
                 "killed".into()
             } else {
-                done.failure(&self.binary, "DEL", a)
+                said(&done)
             };
         }
         Ok(Some(Stuck {
@@ -294,6 +279,29 @@ impl Runtime {
             what: format!("{what} failed {DEL_ATTEMPTS} times"),
             error,
         }))
+    }
+}
+
+/// What a failed execution said: the error result's `msg` (else its
+/// output), cut at [`MESSAGE_CHARS`] (verifier logs run to kilobytes).
+fn said(done: &Finished) -> String {
+    let stdout = String::from_utf8_lossy(&done.outcome.stdout);
+    let message = serde_json::from_str::<Value>(&stdout)
+        .ok()
+        .and_then(|v| v["msg"].as_str().map(str::to_string))
+        .unwrap_or_else(|| {
+            let out = stdout.trim();
+            if out.is_empty() {
+                String::from_utf8_lossy(&done.stderr).trim().to_string()
+            } else {
+                out.to_string()
+            }
+        });
+    let short: String = message.chars().take(MESSAGE_CHARS).collect();
+    if short.len() < message.len() {
+        format!("{short} …")
+    } else {
+        short
     }
 }
 

@@ -477,23 +477,7 @@ fn soak_run(
     let samples = std::mem::take(&mut *runtime.samples.lock().unwrap_or_else(|e| e.into_inner()));
     let executions = std::mem::take(&mut *runtime.tally.lock().unwrap_or_else(|e| e.into_inner()));
     let latency = report::latency_rows(&samples);
-    let counts = Counts {
-        cycles: cycles_done,
-        pods_added: findings.added,
-        unreachable: findings.cut_off.len(),
-        duplicate_addresses: findings.duplicates.len(),
-        double_add_two_addresses: findings.double_add_two_addresses.len(),
-        leaks: leaks.len() + leaks_after_down.len(),
-        stuck: findings.stuck.len(),
-        datagrams_sent: traffic.sent,
-        datagrams_lost: traffic.lost,
-        tcp_broken: traffic.connections_broken,
-        agent_alive: agent.alive,
-        agent_rss_kb: (agent.warm.rss_kb, agent.end.rss_kb),
-        agent_fds: (agent.start.fds, agent.end.fds),
-        warm_cycles: (cycles / 10).max(1).min(cycles_done),
-    };
-    Ok(Measured {
+    let mut m = Measured {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         cycles: cycles_done,
         width: options.width,
@@ -506,9 +490,9 @@ fn soak_run(
         quick: options.quick,
         wall_s: started.elapsed().as_secs_f64(),
         loadavg: fs::read_to_string("/proc/loadavg").unwrap_or_default(),
-        targets: report::targets(&counts, &latency),
+        targets: Vec::new(),
         latency,
-        counts,
+        counts: Counts::default(),
         events,
         findings,
         leaks,
@@ -520,7 +504,32 @@ fn soak_run(
             ..agent
         },
         samples,
-    })
+    };
+    m.counts = counts(&m, (cycles / 10).max(1));
+    m.targets = report::targets(&m.counts, &m.latency);
+    Ok(m)
+}
+
+/// The figures the targets judge (the agent's RSS from after the first
+/// `warm_cycles`).
+fn counts(m: &Measured, warm_cycles: usize) -> Counts {
+    let f = &m.findings;
+    Counts {
+        cycles: m.cycles,
+        pods_added: f.added,
+        unreachable: f.cut_off.len(),
+        duplicate_addresses: f.duplicates.len(),
+        double_add_two_addresses: f.double_add_two_addresses.len(),
+        leaks: m.leaks.len() + m.leaks_after_down.len(),
+        stuck: f.stuck.len(),
+        datagrams_sent: m.traffic.sent,
+        datagrams_lost: m.traffic.lost,
+        tcp_broken: m.traffic.connections_broken,
+        agent_alive: m.agent.alive,
+        agent_rss_kb: (m.agent.warm.rss_kb, m.agent.end.rss_kb),
+        agent_fds: (m.agent.start.fds, m.agent.end.fds),
+        warm_cycles: warm_cycles.min(m.cycles),
+    }
 }
 
 /// The long-lived pods go as any pod does (their namespaces must be empty

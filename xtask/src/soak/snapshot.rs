@@ -86,35 +86,48 @@ pub fn take(network: &str, cidr: (Ipv4Addr, u8)) -> Result<Snapshot> {
             snap.pool_addresses.extend(offsets.keys().cloned());
         }
     }
+    snap.marked_links = marked_links(network)?;
+    snap.host_routes = host_routes(cidr)?;
+    Ok(snap)
+}
+
+/// Host links carrying the network's mark (alias `vethctl:<net>`).
+fn marked_links(network: &str) -> Result<BTreeSet<String>> {
     let links: Value = serde_json::from_str(&cmd::output(
         Command::new("ip").args(["-j", "link", "show"]),
     )?)?;
     let mark = format!("vethctl:{network}");
-    for link in links.as_array().into_iter().flatten() {
-        if link["ifalias"].as_str() == Some(&mark) {
-            snap.marked_links
-                .insert(link["ifname"].as_str().unwrap_or("?").to_string());
-        }
-    }
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["ifalias"].as_str() == Some(&mark))
+        .map(|l| l["ifname"].as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// Host routes (any table) into `cidr`, besides the range's own.
+fn host_routes(cidr: (Ipv4Addr, u8)) -> Result<BTreeSet<String>> {
     let routes: Value = serde_json::from_str(&cmd::output(
         Command::new("ip").args(["-j", "-4", "route", "show", "table", "all"]),
     )?)?;
+    let own = format!("{}/{}", cidr.0, cidr.1);
+    let mut found = BTreeSet::new();
     for route in routes.as_array().into_iter().flatten() {
         let dst = route["dst"].as_str().unwrap_or_default();
         let addr = dst
             .split('/')
             .next()
             .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        let own = dst == format!("{}/{}", cidr.0, cidr.1);
-        if addr.is_some_and(|a| within(a, cidr)) && !own {
-            snap.host_routes.insert(format!(
+        if addr.is_some_and(|a| within(a, cidr)) && dst != own {
+            found.insert(format!(
                 "{dst} dev {} table {}",
                 route["dev"].as_str().unwrap_or("-"),
                 route["table"].as_str().unwrap_or("main")
             ));
         }
     }
-    Ok(snap)
+    Ok(found)
 }
 
 fn within(addr: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {

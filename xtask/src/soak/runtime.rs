@@ -7,7 +7,7 @@
 //! retry it forever), which the soak reports.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Mutex,
     thread,
@@ -67,8 +67,9 @@ pub struct Tally {
     pub del_killed: usize,
     /// SIGKILLs that came after the plugin had exited.
     pub kills_too_late: usize,
-    /// Concurrent second ADDs of one id (a runtime retry racing the first).
-    pub double_adds: usize,
+    /// Concurrent second ADDs of one id (a runtime retry racing the
+    /// first), by pod.
+    pub double_added: BTreeSet<String>,
     /// Failed executions that were not killed, by the plugin's message
     /// (container ids and numbers left in; the first few kept).
     pub failures: BTreeMap<String, usize>,
@@ -190,7 +191,9 @@ impl Runtime {
         for attempt in 0..ADD_ATTEMPTS {
             let twin = attempt == 0 && Self::lock(&self.rng).chance(self.double_add_percent);
             let (done, other) = if twin {
-                Self::lock(&self.tally).double_adds += 1;
+                Self::lock(&self.tally)
+                    .double_added
+                    .insert(a.pod_name.clone());
                 thread::scope(|s| {
                     let second = s.spawn(|| self.execute(Verb::Add, a, &self.config, live, false));
                     let first = self.execute(Verb::Add, a, &self.config, live, true);

@@ -70,7 +70,12 @@ fn header(m: &Measured) -> String {
         "kills: {} ADDs and {} DELs killed mid-way ({} came after the plugin had exited); {} \
          concurrent double ADDs of one id; {} ADD and {} DEL executions failed (retried as a \
          runtime does)",
-        e.add_killed, e.del_killed, e.kills_too_late, e.double_adds, e.failed_adds, e.failed_dels
+        e.add_killed,
+        e.del_killed,
+        e.kills_too_late,
+        e.double_added.len(),
+        e.failed_adds,
+        e.failed_dels
     );
     let _ = writeln!(
         s,
@@ -156,16 +161,20 @@ fn details(m: &Measured) -> String {
     );
     add(
         format!(
-            "addresses held by two live pods at once ({})",
+            "addresses held by two live pods at once ({}; * = its ADD ran twice at once)",
             f.duplicates.len()
         ),
         f.duplicates
             .iter()
             .map(|(ip, pods)| {
-                format!(
-                    "{ip}: {}",
-                    pods.iter().cloned().collect::<Vec<_>>().join(", ")
-                )
+                let marked: Vec<String> = pods
+                    .iter()
+                    .map(|p| match tally.double_added.contains(p) {
+                        true => format!("{p}*"),
+                        false => p.clone(),
+                    })
+                    .collect();
+                format!("{ip}: {}", marked.join(", "))
             })
             .collect(),
     );

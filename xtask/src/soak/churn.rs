@@ -54,6 +54,9 @@ pub struct CutOff {
     pub ipv4: Option<Ipv4Addr>,
     /// How it was found: its probe after ADD, or a sweep's state.
     pub how: String,
+    /// A probe went unanswered (else only the mapped state was wrong, as
+    /// `status` reads the pinned maps).
+    pub unanswered: bool,
     /// The disturbance last started before it was found (or none).
     pub after_event: String,
 }
@@ -79,12 +82,20 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn cut(&mut self, pod: &str, ipv4: Option<Ipv4Addr>, how: String, event: &str) {
+    fn cut(
+        &mut self,
+        pod: &str,
+        ipv4: Option<Ipv4Addr>,
+        how: String,
+        unanswered: bool,
+        event: &str,
+    ) {
         if self.cut_off.iter().all(|c| c.pod != pod) {
             self.cut_off.push(CutOff {
                 pod: pod.to_string(),
                 ipv4,
                 how,
+                unanswered,
                 after_event: event.to_string(),
             });
         }
@@ -405,7 +416,7 @@ impl<'a> Ctx<'a> {
             } else {
                 "its ADD result has no IPv4 address".to_string()
             };
-            c.findings.cut(&a.pod_name, ipv4, how, &event);
+            c.findings.cut(&a.pod_name, ipv4, how, true, &event);
         }
         if let Some(p) = c.pods.get_mut(&index) {
             p.state = State::Live;
@@ -561,7 +572,7 @@ impl<'a> Ctx<'a> {
                         " and it no longer reached the long-lived pod"
                     }
                 );
-                c.findings.cut(&name, ip, how, &event);
+                c.findings.cut(&name, ip, how, !reaches, &event);
             } else {
                 suspects.insert(name, state);
             }

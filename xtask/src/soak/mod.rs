@@ -518,6 +518,7 @@ fn counts(m: &Measured, warm_cycles: usize) -> Counts {
         cycles: m.cycles,
         pods_added: f.added,
         unreachable: f.cut_off.len(),
+        unanswered: f.cut_off.iter().filter(|c| c.unanswered).count(),
         duplicate_addresses: f.duplicates.len(),
         double_add_two_addresses: f.double_add_two_addresses.len(),
         leaks: m.leaks.len() + m.leaks_after_down.len(),

@@ -123,6 +123,9 @@ pub struct Counts {
     pub cycles: usize,
     pub pods_added: usize,
     pub unreachable: usize,
+    /// Of those, the ones a probe found unanswering (the others only
+    /// shown unmapped or stale twice in a row).
+    pub unanswered: usize,
     pub duplicate_addresses: usize,
     pub double_add_two_addresses: usize,
     pub leaks: usize,
@@ -158,7 +161,13 @@ fn correctness(c: &Counts) -> Vec<Target> {
         correct(
             "0 pods cut off: every pod whose ADD succeeded reaches a long-lived pod and stays mapped",
             c.unreachable,
-            format!("{} of {} pods", c.unreachable, c.pods_added),
+            format!(
+                "{} of {} pods ({} no longer answered a probe; {} only shown not ready twice in a row)",
+                c.unreachable,
+                c.pods_added,
+                c.unanswered,
+                c.unreachable - c.unanswered
+            ),
         ),
         correct(
             "0 duplicate addresses among live pods",

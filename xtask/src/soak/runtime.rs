@@ -30,6 +30,8 @@ const ADD_ATTEMPTS: usize = 3;
 /// ms in between.
 const DEL_ATTEMPTS: usize = 6;
 
+/// Different failure messages kept.
+const FAILURE_KINDS: usize = 20;
 /// Characters of a failure message kept.
 const MESSAGE_CHARS: usize = 300;
 
@@ -71,7 +73,7 @@ pub struct Tally {
     /// first), by pod.
     pub double_added: BTreeSet<String>,
     /// Failed executions that were not killed, by the plugin's message
-    /// (container ids and numbers left in; the first few kept).
+    /// (the first [`FAILURE_KINDS`] different messages).
     pub failures: BTreeMap<String, usize>,
     pub failed_adds: usize,
     pub failed_dels: usize,
@@ -156,7 +158,8 @@ impl Runtime {
         may_kill: bool,
     ) -> Result<Finished> {
         let kill = self.kill_after(verb, may_kill);
-        let done = exec::run_killable(&self.binary, verb.name(), a, config, kill)?;
+        let plugin = std::process::Command::new(&self.binary);
+        let done = exec::run_killable(plugin, &self.binary, verb.name(), a, config, kill)?;
         let mut tally = Self::lock(&self.tally);
         if done.killed() {
             match verb {
@@ -177,7 +180,7 @@ impl Runtime {
                 Verb::Del => tally.failed_dels += 1,
             }
             let key = format!("{}: {}", verb.name(), said(&done));
-            if tally.failures.len() < 20 || tally.failures.contains_key(&key) {
+            if tally.failures.len() < FAILURE_KINDS || tally.failures.contains_key(&key) {
                 *tally.failures.entry(key).or_default() += 1;
             }
         }

@@ -161,7 +161,7 @@ fn execute(
     attachment: &Attachment,
     config: &Value,
 ) -> Result<Outcome> {
-    let done = execute_killable(cmd, binary, command, attachment, config, None)?;
+    let done = run_killable(cmd, binary, command, attachment, config, None)?;
     if done.status != 0 {
         bail!("{}", done.failure(binary, command, attachment));
     }
@@ -196,27 +196,11 @@ impl Finished {
     }
 }
 
-/// [`run`] that also returns a failed execution, and with `kill_after`
-/// sends the plugin SIGKILL that long after its start (as a node's crash
-/// or an OOM kill would; a plugin done by then is not touched).
+/// Runs `cmd` (the plugin, or a tracer around it) as [`run`] does, but
+/// also returns a failed execution; with `kill_after` the plugin gets
+/// SIGKILL that long after its start (as a node's crash or an OOM kill
+/// would; a plugin done by then is not touched).
 pub fn run_killable(
-    binary: &Path,
-    command: &str,
-    attachment: &Attachment,
-    config: &Value,
-    kill_after: Option<Duration>,
-) -> Result<Finished> {
-    execute_killable(
-        Command::new(binary),
-        binary,
-        command,
-        attachment,
-        config,
-        kill_after,
-    )
-}
-
-fn execute_killable(
     mut cmd: Command,
     binary: &Path,
     command: &str,

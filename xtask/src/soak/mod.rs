@@ -590,3 +590,28 @@ fn attribute(rows: &mut [EventRow], lost_sent_ns: &[u64]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(started_ns: u64) -> EventRow {
+        EventRow {
+            at_cycle: 0,
+            what: String::new(),
+            ms: 0.0,
+            outcome: String::new(),
+            started_ns,
+            datagrams_lost_after: 0,
+        }
+    }
+
+    #[test]
+    fn a_lost_datagram_goes_to_the_disturbance_before_it() {
+        let mut rows = vec![row(100), row(200)];
+        attribute(&mut rows, &[50, 150, 199, 200, 900]);
+        // 50 was lost before any disturbance: nobody's.
+        assert_eq!(rows[0].datagrams_lost_after, 2);
+        assert_eq!(rows[1].datagrams_lost_after, 2);
+    }
+}

@@ -336,6 +336,33 @@ mod tests {
         assert!(ips(b"nonsense").is_empty());
     }
 
+    fn finished(status: i32, stdout: &str, stderr: &str) -> Finished {
+        Finished {
+            status,
+            outcome: exec::Outcome {
+                elapsed: Duration::ZERO,
+                cpu: Duration::ZERO,
+                stdout: stdout.as_bytes().to_vec(),
+            },
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_failure_says_the_plugins_message_cut_short() {
+        let error = r#"{"cniVersion":"1.0.0","code":100,"msg":"invalid key size 4, expected 8"}"#;
+        assert_eq!(
+            said(&finished(256, error, "")),
+            "invalid key size 4, expected 8"
+        );
+        assert_eq!(said(&finished(256, "", "panicked")), "panicked");
+        let long = format!(r#"{{"code":100,"msg":"{}"}}"#, "x".repeat(5000));
+        let short = said(&finished(256, &long, ""));
+        assert!(short.ends_with(" …") && short.chars().count() == MESSAGE_CHARS + 2);
+        assert!(finished(libc::SIGKILL, "", "").killed());
+        assert!(!finished(256, "", "").killed());
+    }
+
     #[test]
     fn the_generator_is_reproducible_and_spread() {
         let (mut a, mut b) = (Rng::new(7), Rng::new(7));

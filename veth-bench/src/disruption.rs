@@ -30,7 +30,7 @@ use serde::Serialize;
 /// What traffic to run, between which pods.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Namespace (under /run/netns) of the sending pod.
+    /// Namespace of the sending pod: a name under /run/netns or a path.
     pub client_netns: String,
     /// Namespace of the receiving pod.
     pub server_netns: String,
@@ -144,9 +144,15 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Moves the calling thread (only it) into `/run/netns/NETNS`.
+/// Moves the calling thread (only it) into `/run/netns/NETNS`, or into
+/// the namespace bound at NETNS when it is a path (a runtime's, such as
+/// containerd's `/var/run/netns/cni-…`).
 fn enter(netns: &str) -> Result<()> {
-    let path = format!("/run/netns/{netns}");
+    let path = if netns.starts_with('/') {
+        netns.to_string()
+    } else {
+        format!("/run/netns/{netns}")
+    };
     let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
     // SAFETY: a plain syscall on a live fd.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

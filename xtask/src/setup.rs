@@ -78,7 +78,7 @@ fn ensure_packages() -> Result<u32> {
     apt.install_missing(PACKAGES)?;
     let llvm = debian_llvm_major()?;
     apt.install_missing(&[format!("llvm-{llvm}-dev")])?;
-    println!("ok: debian packages (rustc-web on LLVM {llvm})");
+    eprintln!("ok: debian packages (rustc-web on LLVM {llvm})");
     Ok(llvm)
 }
 
@@ -97,7 +97,7 @@ impl Apt {
         if missing.is_empty() {
             return Ok(());
         }
-        println!("installing: {}", missing.join(" "));
+        eprintln!("installing: {}", missing.join(" "));
         // A fresh machine has no package index; refreshing it once per run is enough.
         if !self.index_updated {
             cmd::run(Command::new("apt-get").arg("update"))?;
@@ -134,10 +134,10 @@ fn debian_llvm_major() -> Result<u32> {
 fn ensure_bpf_linker(llvm: u32) -> Result<()> {
     let cargo_home = cargo_home()?;
     if bpf_linker_matches(&cargo_home, llvm) {
-        println!("ok: bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm})");
+        eprintln!("ok: bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm})");
         return Ok(());
     }
-    println!("installing: bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm} (takes about a minute)");
+    eprintln!("installing: bpf-linker {BPF_LINKER_VERSION} for LLVM {llvm} (takes about a minute)");
     cmd::run(
         cmd::cargo()
             .arg("install")
@@ -193,10 +193,10 @@ fn installed_with_feature(cargo_home: &Path, feature: &str) -> bool {
 
 fn ensure_bpffs() -> Result<()> {
     if bpffs_mounted()? {
-        println!("ok: bpffs at {BPFFS}");
+        eprintln!("ok: bpffs at {BPFFS}");
         return Ok(());
     }
-    println!("mounting: bpffs at {BPFFS}");
+    eprintln!("mounting: bpffs at {BPFFS}");
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpffs", BPFFS]))
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::{cmd, setup};
 
 /// Set-up, a build of vethctl, and the directory results go to.
-fn prepare() -> Result<(PathBuf, PathBuf)> {
+pub fn prepare() -> Result<(PathBuf, PathBuf)> {
     setup::run()?;
     // Release: control-plane timings are what users run.
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "veth-userspace"]))?;

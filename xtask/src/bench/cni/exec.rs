@@ -155,12 +155,59 @@ pub fn run_traced(
 }
 
 fn execute(
-    mut cmd: Command,
+    cmd: Command,
     binary: &Path,
     command: &str,
     attachment: &Attachment,
     config: &Value,
 ) -> Result<Outcome> {
+    let done = run_killable(cmd, binary, command, attachment, config, None)?;
+    if done.status != 0 {
+        bail!("{}", done.failure(binary, command, attachment));
+    }
+    Ok(done.outcome)
+}
+
+/// How one execution ended, whatever its exit.
+pub struct Finished {
+    /// The wait status (0: exited with 0; 9: killed by SIGKILL).
+    pub status: i32,
+    pub outcome: Outcome,
+    pub stderr: Vec<u8>,
+}
+
+impl Finished {
+    /// Whether SIGKILL ended it.
+    pub fn killed(&self) -> bool {
+        libc::WIFSIGNALED(self.status) && libc::WTERMSIG(self.status) == libc::SIGKILL
+    }
+
+    /// What a failed execution said, for messages.
+    pub fn failure(&self, binary: &Path, command: &str, attachment: &Attachment) -> String {
+        format!(
+            "{} {command} of {} in {} failed (wait status {:#x}): {} {}",
+            binary.display(),
+            attachment.container_id,
+            attachment.netns.display(),
+            self.status,
+            String::from_utf8_lossy(&self.outcome.stdout).trim(),
+            String::from_utf8_lossy(&self.stderr).trim()
+        )
+    }
+}
+
+/// Runs `cmd` (the plugin, or a tracer around it) as [`run`] does, but
+/// also returns a failed execution; with `kill_after` the plugin gets
+/// SIGKILL that long after its start (as a node's crash or an OOM kill
+/// would; a plugin done by then is not touched).
+pub fn run_killable(
+    mut cmd: Command,
+    binary: &Path,
+    command: &str,
+    attachment: &Attachment,
+    config: &Value,
+    kill_after: Option<Duration>,
+) -> Result<Finished> {
     let stdin = serde_json::to_vec(config)?;
     cmd.env_clear()
         .env(
@@ -181,6 +228,9 @@ fn execute(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
+    if let Some(after) = kill_after {
+        kill_later(child.id(), after)?;
+    }
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading is judged by its exit.
         let _ = input.write_all(&stdin);
@@ -195,22 +245,42 @@ fn execute(
         err.read_to_end(&mut stderr)?;
     }
     let (status, cpu) = wait4(child.id())?;
-    let elapsed = started.elapsed();
-    if status != 0 {
-        bail!(
-            "{} {command} of {} in {} failed (wait status {status:#x}): {} {}",
-            binary.display(),
-            attachment.container_id,
-            attachment.netns.display(),
-            String::from_utf8_lossy(&stdout).trim(),
-            String::from_utf8_lossy(&stderr).trim()
-        );
-    }
-    Ok(Outcome {
-        elapsed,
-        cpu,
-        stdout,
+    Ok(Finished {
+        status,
+        outcome: Outcome {
+            elapsed: started.elapsed(),
+            cpu,
+            stdout,
+        },
+        stderr,
     })
+}
+
+/// SIGKILL to `pid` after `after`, through a pidfd taken now (the child
+/// is not reaped yet), so a pid reused after its exit is never hit.
+fn kill_later(pid: u32, after: Duration) -> Result<()> {
+    // SAFETY: a plain syscall; the fd it returns is ours to close.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open of the plugin");
+    }
+    let fd = fd as libc::c_int;
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        // SAFETY: signals the process the pidfd names (ESRCH once it
+        // exited), then closes the fd we own.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+            libc::close(fd);
+        }
+    });
+    Ok(())
 }
 
 /// Reaps `pid`: its wait status and the CPU time (user + system) it and

@@ -40,9 +40,9 @@
 //! containerd harness); xtask builds it in release and judges its figures.
 
 mod cri;
-mod exec;
+pub mod exec;
 mod profile;
-mod summary;
+pub mod summary;
 
 use std::{
     collections::BTreeMap,
@@ -212,28 +212,31 @@ impl Drop for Run {
     }
 }
 
-/// Takes the benchmark's lock, or says who holds it.
-fn lock() -> Result<fs::File> {
+/// Takes the lock at `path` that lets one `task` run at a time on the
+/// machine, or says who holds it.
+pub fn run_lock(path: &str, task: &str) -> Result<fs::File> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(LOCK_FILE)
-        .with_context(|| format!("opening {LOCK_FILE}"))?;
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another `cargo xtask bench cni` is running on this machine ({LOCK_FILE} is locked); wait for it");
+        bail!("another `{task}` is running on this machine ({path} is locked); wait for it");
     }
     Ok(file)
 }
 
-/// Reserves the plugins' /24s the way the integration tests reserve
-/// theirs (a file holding the owner's pid; a dead owner's is taken over).
-fn reserve_blocks() -> Result<Vec<PathBuf>> {
+/// Reserves the integration tests' address blocks `blocks` (block `b` is
+/// 198.(18 + b / 256).(b % 256).0/24) the way the tests reserve theirs (a
+/// file holding the owner's pid; a dead owner's is taken over), so that no
+/// test picks them meanwhile.
+pub fn reserve_blocks(blocks: &[u32]) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(BLOCKS_DIR).with_context(|| format!("creating {BLOCKS_DIR}"))?;
     let mut taken = Vec::new();
-    for octet in SUBNETS {
-        let file = Path::new(BLOCKS_DIR).join((256 + octet).to_string());
+    for &block in blocks {
+        let file = Path::new(BLOCKS_DIR).join(block.to_string());
         let created = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -254,8 +257,10 @@ fn reserve_blocks() -> Result<Vec<PathBuf>> {
                 let _ = fs::remove_file(f);
             }
             bail!(
-                "198.19.{octet}.0/24 is reserved by a running test ({} holds pid {}); run the \
-                 benchmark again when it is done",
+                "198.{}.{}.0/24 is reserved by a running test ({} holds pid {}); run again when \
+                 it is done",
+                18 + block / 256,
+                block % 256,
                 file.display(),
                 fs::read_to_string(&file).unwrap_or_default().trim()
             );
@@ -461,8 +466,8 @@ pub fn run(options: &Options) -> Result<()> {
     // The containerd part's program, built now so that a build failure
     // stops the benchmark before it starts.
     let cri_program = cri::build()?;
-    let lock = lock()?;
-    let blocks = reserve_blocks()?;
+    let lock = run_lock(LOCK_FILE, "cargo xtask bench cni")?;
+    let blocks = reserve_blocks(&SUBNETS.map(|octet| 256 + octet))?;
     let run = Run {
         vethctl,
         plugins: plugins(&veth_cni),

@@ -7,11 +7,16 @@
 
 use std::time::Duration;
 
+use veth_bench::disruption::give_pinned_maps_other_layouts;
 use veth_tests::{
     cni::{CniNet, Pod},
-    ip_json, link_exists, wait_until, Agent,
+    expect_pings, expect_success, ip_json, link_exists, wait_until, Agent, TestTopology,
 };
-use veth_userspace::{dataplane::health::EndpointMaps, netlink::Host, watch};
+use veth_userspace::{
+    dataplane::{health::EndpointMaps, Pins},
+    netlink::Host,
+    watch,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -104,4 +109,55 @@ fn an_agent_restart_maps_an_unmapped_endpoint_again() {
         mapped(&net, &b)
     });
     b.netns.expect_pings(a.ipv4(), 3, "b to a after the agent started");
+}
+
+/// Stands in for an upgrade that changed map layouts: every map pinned for
+/// `name` replaced by one of a layout vethctl never uses.
+fn change_map_layouts(name: &str) {
+    let replaced = give_pinned_maps_other_layouts(Pins::new(name).root())
+        .expect("replacing the pinned maps");
+    assert!(!replaced.is_empty(), "maps pinned for {name}");
+}
+
+/// 18.5: after the map layouts changed, DEL of a pod succeeds and leaves
+/// nothing, and the next ADD remakes the maps (as `up --repair` would):
+/// it succeeds, and old and new pods reach each other.
+#[test]
+fn a_changed_map_layout_is_remade_by_the_next_add_and_del_still_works() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    change_map_layouts(&net.name);
+    net.del(&b, None);
+    assert!(!link_exists(&net.host_veth(&b)), "DEL took b's veth");
+    assert!(
+        !net.records().contains(&net.record_of(&b)),
+        "DEL took b's record"
+    );
+    let c = Pod::new();
+    net.add(&c);
+    assert!(mapped(&net, &a), "a is in the remade maps");
+    assert!(mapped(&net, &c), "c is in the remade maps");
+    c.netns.expect_pings(a.ipv4(), 3, "the new pod to the old one");
+    a.netns.expect_pings(c.ipv4(), 3, "the old pod to the new one");
+}
+
+/// 18.5: plain `up` of an unchanged description remakes maps whose layout
+/// changed (before, it failed with "invalid key size" until `up --repair`).
+#[test]
+fn plain_up_remakes_maps_whose_layout_changed() {
+    let t = TestTopology::new(&["a", "b"]);
+    t.up();
+    change_map_layouts(t.name());
+    let out = t.vethctl(&["up"]);
+    expect_success(&out, "vethctl up after a layout change");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was pinned by a vethctl with another layout"),
+        "up says which maps it made afresh: {stderr}"
+    );
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    expect_pings(&a.netns, b.ipv4, 3, "a to b after up");
 }

@@ -246,8 +246,12 @@ pub async fn observe(
         .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
         .collect();
     let pins = Pins::new(name);
+    // A map pinned with another layout (an upgrade) is made afresh by a
+    // load, which plain `up` then does as `up --repair` would.
     let programs_current = desired.is_some_and(|t| {
-        pins.programs_exist() && applied.programs.as_deref() == Some(&programs_digest(t))
+        pins.programs_exist()
+            && applied.programs.as_deref() == Some(&programs_digest(t))
+            && dataplane::maps_current(name)
     });
     let linked = match desired {
         Some(t) => {

@@ -112,7 +112,9 @@ fn shared_lock(name: &str) -> Result<state::Lock, CniError> {
         .ok_or_else(|| CniError::internal("a blocking lock returned without the lock"))
 }
 
-/// The network is up as `source` describes it, with its programs pinned.
+/// The network is up as `source` describes it, with its programs pinned
+/// and its maps in this vethctl's layouts (after an upgrade that changed
+/// one, the first ADD remakes them, as `up` does).
 fn is_current(network: &Topology, source: &str) -> bool {
     StateDir::new(&network.name)
         .load_text()
@@ -121,6 +123,7 @@ fn is_current(network: &Topology, source: &str) -> bool {
         .as_deref()
         == Some(source)
         && Pins::new(&network.name).programs_exist()
+        && crate::dataplane::maps_current(&network.name)
 }
 
 /// Brings the network up (or converges it to a changed configuration)

@@ -204,22 +204,52 @@ async fn attach(
 /// entries, its links to the programs, its veth pair (and with it the host
 /// routes and the interface in the pod's namespace) — and its record. A
 /// veth is deleted only if it is the recorded one and carries our mark.
+/// Each part is tried even when one before failed (a failure kept the
+/// record, so a repeated DEL tries again); the first error is returned.
 pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
     let pins = Pins::new(network);
-    if let Some(ifindex) = record.host_ifindex {
-        if pins.exist() {
-            let (name, state_dir) = (
-                network.to_string(),
-                StateDir::new(network).path().to_path_buf(),
-            );
-            let (ipv4, ipv6) = (record.ipv4, record.ipv6);
+    let mut first_error = None;
+    let mut note = |result: Result<()>| {
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    };
+    // Maps of another layout (an upgrade) cannot be read; the load that
+    // remakes them fills them from the records, which no longer list this
+    // endpoint once its record goes.
+    if let (Some(ifindex), true) = (
+        record.host_ifindex,
+        pins.exist() && dataplane::maps_current(network),
+    ) {
+        let (name, state_dir) = (
+            network.to_string(),
+            StateDir::new(network).path().to_path_buf(),
+        );
+        let (ipv4, ipv6) = (record.ipv4, record.ipv6);
+        note(
             tokio::task::spawn_blocking(move || -> Result<()> {
                 dataplane::remove_endpoint(&name, ifindex, ipv4, ipv6, &state_dir)
             })
             .await
-            .context("map task panicked")??;
-        }
+            .context("map task panicked")
+            .and_then(|r| r),
+        );
     }
+    note(remove_veth(host, network, record).await);
+    // Unpinned only now: the device's unregistration detached the programs
+    // in one RCU grace period, and a link whose device is gone goes without
+    // another (unpinning first cost one grace period per hook, under RTNL,
+    // ~9 ms each here: `cargo xtask bench cni`).
+    note(pins.remove_links(&record.host_veth));
+    match first_error {
+        Some(e) => Err(e),
+        None => Store::new(network).remove(record),
+    }
+}
+
+/// Deletes the endpoint's veth pair, if it is the recorded one and carries
+/// the network's mark.
+async fn remove_veth(host: &Host, network: &str, record: &Record) -> Result<()> {
     let mark = link_mark(network);
     let link = match record.host_ifindex {
         Some(ifindex) => host.link_by_index(ifindex).await?,
@@ -230,12 +260,7 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
             host.delete_link(link.ifindex, &link.name).await?;
         }
     }
-    // Unpinned only now: the device's unregistration detached the programs
-    // in one RCU grace period, and a link whose device is gone goes without
-    // another (unpinning first cost one grace period per hook, under RTNL,
-    // ~9 ms each here: `cargo xtask bench cni`).
-    pins.remove_links(&record.host_veth)?;
-    Store::new(network).remove(record)
+    Ok(())
 }
 
 /// Whether the endpoint is as its record says: its veth (ours, up), the

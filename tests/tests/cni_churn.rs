@@ -5,9 +5,9 @@
 //! never left half made. Every check is on the kernel: map entries, links,
 //! addresses, and packets between namespaces the tests made.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
-use veth_bench::disruption::give_pinned_maps_other_layouts;
+use veth_bench::disruption::{give_pinned_maps_other_layouts, transitions, Config, Traffic};
 use veth_tests::{
     cni::{CniNet, Pod},
     expect_pings, expect_success, ip_json, link_exists, wait_until, Agent, TestTopology,
@@ -160,4 +160,74 @@ fn plain_up_remakes_maps_whose_layout_changed() {
     );
     let (a, b) = (t.pod("a"), t.pod("b"));
     expect_pings(&a.netns, b.ipv4, 3, "a to b after up");
+}
+
+/// 18.3: `vethctl mode set` on a CNI network rewires its endpoints for
+/// every mode the plugin accepts with the rules topology pods follow: a
+/// numbered UDP stream and TCP connections between two pods lose nothing
+/// in any transition (routed <-> bridge, where the kernel drops what a
+/// veth receives while it becomes or stops being a bridge port, is not
+/// walked; see the README), and the command says that the next ADD
+/// converges the network back to its configuration's mode.
+#[test]
+fn mode_set_on_a_cni_network_loses_nothing_in_any_mode() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    let netns_name = |pod: &Pod| {
+        std::path::Path::new(pod.netns.path())
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a namespace under /run/netns")
+            .to_string()
+    };
+    let traffic = Traffic::start(&Config {
+        client_netns: netns_name(&a),
+        server_netns: netns_name(&b),
+        server: IpAddr::V4(b.ipv4()),
+        udp_port: 11194,
+        tcp_port: 11195,
+        rate: 2000,
+        connections: 3,
+        max_seconds: 300,
+        tcp_timeout: Duration::from_secs(10),
+    })
+    .expect("traffic between pods a and b");
+    let modes: Vec<String> = ["tc", "xdp", "routed", "bridge"].map(String::from).to_vec();
+    let mut report = Vec::new();
+    let mut said = Vec::new();
+    let mut from = traffic.mark();
+    for (_, to_mode) in transitions(&modes, &[("routed", "bridge"), ("bridge", "routed")]) {
+        let started = traffic.now_ns();
+        let out = veth_tests::vethctl(&["mode", "set", &to_mode, "-n", &net.name], &[], None);
+        expect_success(&out, &format!("vethctl mode set {to_mode}"));
+        said.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        std::thread::sleep(Duration::from_millis(300));
+        wait_until(Duration::from_secs(10), "every connection answers", || {
+            traffic.all_connections_answered_since(started)
+        });
+        let to = traffic.mark();
+        std::thread::sleep(Duration::from_millis(100));
+        let d = traffic.window(from, to);
+        report.push((to_mode.clone(), d.sent, d.lost, d.send_errors, d.connections_broken));
+        from = to;
+        a.netns.expect_pings(b.ipv4(), 2, &format!("a to b in mode {to_mode}"));
+    }
+    traffic.stop().expect("the traffic threads ran to the end");
+    let lossy: Vec<_> = report
+        .iter()
+        .filter(|(_, sent, lost, errors, broken)| *sent == 0 || *lost > 0 || *errors > 0 || *broken > 0)
+        .collect();
+    assert!(
+        lossy.is_empty(),
+        "(mode, sent, lost, send errors, broken) with a loss: {lossy:?} of {report:?}"
+    );
+    for said in said {
+        assert!(
+            said.contains("the next ADD converges it back"),
+            "mode set says what the next ADD does: {said}"
+        );
+    }
 }

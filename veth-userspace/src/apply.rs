@@ -287,6 +287,7 @@ pub async fn observe(
         masquerade_owned: ledger.nat_table,
         pins: ledger.pins,
         unproven,
+        rewire_endpoints: false,
     })
 }
 
@@ -451,7 +452,14 @@ async fn up_locked(
     refuse_address_clashes(topology)?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
-    let (observed, ledger) = observe_for(&host, topology, options.repair).await?;
+    let (mut observed, ledger) = observe_for(&host, topology, options.repair).await?;
+    // A runtime's endpoints follow the network's mode too, and run the
+    // programs loaded (their links and filters still hold the old ones,
+    // and those the old maps if the layout changed).
+    observed.rewire_endpoints = !endpoint::Store::new(&topology.name).records().is_empty()
+        && (options.repair
+            || !observed.programs_current
+            || recorded_mode.is_some_and(|m| m != topology.mode));
     timings.mark("observe the kernel");
     let steps = plan_up(topology, &observed)?;
     warn_unproven(&topology.name, &observed);
@@ -481,14 +489,6 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
-    let reloaded = steps.contains(&Step::LoadPrograms);
-    if options.repair || reloaded || recorded_mode.is_some_and(|m| m != topology.mode) {
-        // A runtime's endpoints follow the network's mode too, and run the
-        // programs just loaded (their links and filters still hold the
-        // old ones, and those the old maps if the layout changed).
-        wire::rewire_all(&executor.host, topology).await?;
-        executor.timings.mark("rewire the runtime's endpoints");
-    }
     Ok((topology.clone(), steps))
 }
 
@@ -1126,25 +1126,7 @@ impl Executor {
             Step::JoinBridge { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
-                let bridge = self
-                    .host
-                    .link(&topology.bridge)
-                    .await?
-                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
-                let veth =
-                    self.host.link(&pod.host_veth).await?.with_context(|| {
-                        format!("host-side veth {:?} is missing", pod.host_veth)
-                    })?;
-                // Until the pods are readdressed the host still routes to
-                // them over their veths, and a port's ARP and NDP replies
-                // go to the bridge: the host's neighbours on the veth are
-                // in place first.
-                if veth.up && veth.controller.is_none() {
-                    self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
-                }
-                self.host
-                    .ensure_host_veth(pod, &veth, Some(bridge.ifindex))
-                    .await?;
+                wire::join_bridge(&self.host, topology, pod).await?;
             }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
@@ -1192,6 +1174,12 @@ impl Executor {
                 }
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
+            Step::RewireEndpoints => {
+                // The topology pods' attach first: both end in the same
+                // pins directory.
+                self.finish_attaching().await?;
+                wire::rewire_all(&self.host, need()?).await?;
+            }
             Step::AttachPrograms { pods } => {
                 let topology = need()?;
                 let veths = pods

@@ -88,6 +88,26 @@ pub async fn wire_pod(
     Ok(veth)
 }
 
+/// Makes the pod's host-side veth a port of the topology's bridge, before
+/// the pod is readdressed for it: until then the host still routes to the
+/// pod over its veth, and a port's ARP and NDP replies go to the bridge,
+/// so the host's neighbours on the veth are put in place first.
+pub async fn join_bridge(host: &Host, topology: &Topology, pod: &Pod) -> Result<()> {
+    let bridge = host
+        .link(&topology.bridge)
+        .await?
+        .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
+    let veth = host
+        .link(&pod.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+    if veth.up && veth.controller.is_none() {
+        host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+    }
+    host.ensure_host_veth(pod, &veth, Some(bridge.ifindex))
+        .await
+}
+
 /// Takes the pod's host-side veth off its bridge (a no-op if it is on
 /// none), once `wire_pod` wired the pod for a mode without one. Only once
 /// every pod is wired: a pod still bridged sends to its peers' MACs, which
@@ -322,39 +342,33 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 /// Wires every endpoint of `network` for its mode again and attaches the
 /// mode's programs, each endpoint the way its record says (after `up`
 /// changed the network: `mode set`, a new configuration, programs
-/// reloaded). Map entries are kept by `up` itself.
+/// reloaded). Map entries are kept by `up` itself. In the order `up`
+/// rewires a topology's pods (see `plan::plan_up`), so the old path works
+/// until the new one does: xdp offloads before any XDP attach, bridge
+/// ports before pods are readdressed for them, the programs before the
+/// pods' wiring, and leaving a bridge last.
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
-    let records = Store::new(&network.name).records();
-    let mut pods = Vec::new();
-    let mut pods_attached = Vec::new();
-    for record in records.iter() {
-        let Some(ifindex) = record.host_ifindex else {
-            continue;
-        };
-        // A pod whose namespace (and with it its veth) went before its DEL
-        // has nothing left to rewire; failing here failed the whole `up`.
-        let alive = host
-            .link_by_index(ifindex)
-            .await?
-            .is_some_and(|l| l.name == record.host_veth);
-        if !alive || !netns::exists(&record.netns) {
-            continue;
-        }
-        let pod = record.pod();
-        wire_pod(host, network, &pod, || Ok(()))
-            .await
-            .with_context(|| format!("endpoint {}", record.key()))?;
-        pods_attached.push((pod.host_veth.clone(), record.tc_attach));
-        pods.push(pod);
-    }
+    let pods = live_endpoints(host, network).await?;
     if pods.is_empty() {
         return Ok(());
     }
+    for (pod, _) in &pods {
+        if network.mode == Mode::Xdp {
+            pod::set_offloads(pod, true).await?;
+        }
+        if network.mode == Mode::Bridge {
+            join_bridge(host, network, pod).await?;
+        }
+    }
     let name = network.name.clone();
     let hooks = Hook::for_mode(network.mode);
+    let attached: Vec<(String, TcAttach)> = pods
+        .iter()
+        .map(|(pod, tc)| (pod.host_veth.clone(), *tc))
+        .collect();
     tokio::task::spawn_blocking(move || -> Result<()> {
         for tc in [TcAttach::Tcx, TcAttach::Clsact] {
-            let veths: Vec<String> = pods_attached
+            let veths: Vec<String> = attached
                 .iter()
                 .filter(|(_, t)| *t == tc)
                 .map(|(veth, _)| veth.clone())
@@ -365,19 +379,47 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     })
     .await
     .context("attach task panicked")??;
-    // Off a bridge only now that every endpoint is wired and, in mode tc or
-    // xdp, the programs that take the pods' frames before a bridge would
-    // are attached.
-    for pod in &pods {
-        leave_bridge(host, pod).await?;
+    for (pod, _) in &pods {
+        wire_pod(host, network, pod, || Ok(()))
+            .await
+            .with_context(|| format!("endpoint {}", pod.name))?;
+    }
+    if network.mode != Mode::Bridge {
+        // Off a bridge only now that every endpoint is wired and, in mode
+        // tc or xdp, the programs that take the pods' frames before a
+        // bridge would are attached.
+        for (pod, _) in &pods {
+            leave_bridge(host, pod).await?;
+        }
     }
     if network.mode != Mode::Xdp {
         // Leaving xdp: offloads back to the veth defaults, only now that
         // XDP is detached (it redirects into pods by their NAPI, which GRO
         // off takes away, and needs their tx checksums done in software).
-        for pod in &pods {
+        for (pod, _) in &pods {
             pod::set_offloads(pod, false).await?;
         }
     }
     Ok(())
+}
+
+/// The network's endpoints whose veth and namespace are still there, with
+/// how their programs are attached. A pod whose namespace (and with it its
+/// veth) went before its DEL has nothing left to rewire; failing on it
+/// failed the whole `up`.
+async fn live_endpoints(host: &Host, network: &Topology) -> Result<Vec<(Pod, TcAttach)>> {
+    let mut pods = Vec::new();
+    for record in Store::new(&network.name).records() {
+        let Some(ifindex) = record.host_ifindex else {
+            continue;
+        };
+        let alive = host
+            .link_by_index(ifindex)
+            .await?
+            .is_some_and(|l| l.name == record.host_veth);
+        if alive && netns::exists(&record.netns) {
+            pods.push((record.pod(), record.tc_attach));
+        }
+    }
+    Ok(pods)
 }

@@ -231,3 +231,65 @@ fn mode_set_on_a_cni_network_loses_nothing_in_any_mode() {
         );
     }
 }
+
+/// The nf_tables table of network `name` exists.
+fn nat_table_exists(name: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", &format!("vethctl_{name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The unreachable route of the network's range exists.
+fn unreachable_exists(net: &CniNet) -> bool {
+    veth_tests::run("ip", &["route", "show", "type", "unreachable"]).contains(&net.block.cidr)
+}
+
+/// 18.6: a network whose record (`/run/vethctl/<net>`) is lost gets it
+/// back from the kernel's marks on the next ADD: that ADD succeeds with an
+/// address no live pod has, old and new pods reach each other, and the
+/// DEL of a pod from before removes its veth.
+#[test]
+fn a_lost_record_is_rebuilt_and_new_pods_join_the_old_ones() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    std::fs::remove_dir_all(net.state_dir()).expect("losing the record");
+    let c = Pod::new();
+    net.add(&c);
+    let addresses: std::collections::BTreeSet<_> = [&a, &b, &c].map(Pod::ipv4).into();
+    assert_eq!(addresses.len(), 3, "three distinct addresses: {addresses:?}");
+    assert!(mapped(&net, &a) && mapped(&net, &b) && mapped(&net, &c));
+    c.netns.expect_pings(a.ipv4(), 3, "the new pod to an old one");
+    a.netns.expect_pings(c.ipv4(), 3, "an old pod to the new one");
+    b.netns.expect_pings(a.ipv4(), 3, "the old pods to each other");
+    let (a_veth, a_ipv4) = (net.host_veth(&a), a.ipv4());
+    net.del(&a, None);
+    assert!(!link_exists(&a_veth), "DEL of a pod from before took its veth");
+    c.netns.expect_pings(b.ipv4(), 3, "the others still reach each other");
+    // Its address is free again and no other's is: the next pod gets it.
+    let d = Pod::new();
+    net.add(&d);
+    assert_eq!(d.ipv4(), a_ipv4, "the address DEL gave back");
+}
+
+/// 18.6: `vethctl down` of a network whose record is gone still removes
+/// everything that carries its mark: veths, node address, unreachable
+/// route, nf_tables table, pins.
+#[test]
+fn down_of_a_network_whose_record_is_gone_removes_what_carries_its_mark() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    assert!(nat_table_exists(&net.name) && unreachable_exists(&net));
+    std::fs::remove_dir_all(net.state_dir()).expect("losing the record");
+    let out = veth_tests::vethctl(&["down", "-n", &net.name], &[], None);
+    expect_success(&out, "vethctl down");
+    assert_eq!(net.leftovers(), Vec::<String>::new(), "nothing of it is left");
+    assert!(!nat_table_exists(&net.name), "its nf_tables table is gone");
+    assert!(!unreachable_exists(&net), "its unreachable route is gone");
+}

@@ -669,6 +669,9 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _locks = state::change_lock(name)?;
     let host = Host::connect()?;
+    // A record that is gone is rebuilt from what carries the network's
+    // mark, so that this removes it all the same.
+    crate::recover::rebuild_if_lost(&host, name, endpoint::AddressSource::Builtin).await?;
     // A runtime's endpoints first: their veths, map entries and records
     // (their namespaces are the runtime's and stay).
     for record in endpoint::Store::new(name).records() {

@@ -18,6 +18,7 @@ pub mod netlink;
 pub mod observe;
 pub mod plan;
 pub mod preflight;
+pub mod recover;
 pub mod state;
 pub mod watch;
 

@@ -66,16 +66,20 @@ fn the_agent_never_unmaps_a_pod_added_after_its_link_dump() {
         "the pod added after the dump keeps its map entries"
     );
     assert!(mapped(&net, &a), "the pod of before keeps them too");
-    b.netns.expect_pings(a.ipv4(), 3, "the new pod to its neighbour");
-    a.netns.expect_pings(b.ipv4(), 3, "the neighbour to the new pod");
+    b.netns
+        .expect_pings(a.ipv4(), 3, "the new pod to its neighbour");
+    a.netns
+        .expect_pings(b.ipv4(), 3, "the neighbour to the new pod");
     // A pod really gone is still forgotten on such a dump.
     let gone_ifindex = ifindex_of(&net.host_veth(&a));
     let mut a = a;
     let a_veth = net.host_veth(&a);
     a.netns.delete();
-    wait_until(Duration::from_secs(10), "a's veth gone with its namespace", || {
-        !link_exists(&a_veth)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "a's veth gone with its namespace",
+        || !link_exists(&a_veth),
+    );
     let dump = rt.block_on(host.links()).expect("a link dump");
     rt.block_on(watch::reconcile_with(&host, &dump));
     let maps = EndpointMaps::open(&net.name).unwrap().unwrap();
@@ -108,14 +112,15 @@ fn an_agent_restart_maps_an_unmapped_endpoint_again() {
     wait_until(Duration::from_secs(10), "b mapped again", || {
         mapped(&net, &b)
     });
-    b.netns.expect_pings(a.ipv4(), 3, "b to a after the agent started");
+    b.netns
+        .expect_pings(a.ipv4(), 3, "b to a after the agent started");
 }
 
 /// Stands in for an upgrade that changed map layouts: every map pinned for
 /// `name` replaced by one of a layout vethctl never uses.
 fn change_map_layouts(name: &str) {
-    let replaced = give_pinned_maps_other_layouts(Pins::new(name).root())
-        .expect("replacing the pinned maps");
+    let replaced =
+        give_pinned_maps_other_layouts(Pins::new(name).root()).expect("replacing the pinned maps");
     assert!(!replaced.is_empty(), "maps pinned for {name}");
 }
 
@@ -140,8 +145,10 @@ fn a_changed_map_layout_is_remade_by_the_next_add_and_del_still_works() {
     net.add(&c);
     assert!(mapped(&net, &a), "a is in the remade maps");
     assert!(mapped(&net, &c), "c is in the remade maps");
-    c.netns.expect_pings(a.ipv4(), 3, "the new pod to the old one");
-    a.netns.expect_pings(c.ipv4(), 3, "the old pod to the new one");
+    c.netns
+        .expect_pings(a.ipv4(), 3, "the new pod to the old one");
+    a.netns
+        .expect_pings(c.ipv4(), 3, "the old pod to the new one");
 }
 
 /// 18.5: plain `up` of an unchanged description remakes maps whose layout
@@ -211,14 +218,23 @@ fn mode_set_on_a_cni_network_loses_nothing_in_any_mode() {
         let to = traffic.mark();
         std::thread::sleep(Duration::from_millis(100));
         let d = traffic.window(from, to);
-        report.push((to_mode.clone(), d.sent, d.lost, d.send_errors, d.connections_broken));
+        report.push((
+            to_mode.clone(),
+            d.sent,
+            d.lost,
+            d.send_errors,
+            d.connections_broken,
+        ));
         from = to;
-        a.netns.expect_pings(b.ipv4(), 2, &format!("a to b in mode {to_mode}"));
+        a.netns
+            .expect_pings(b.ipv4(), 2, &format!("a to b in mode {to_mode}"));
     }
     traffic.stop().expect("the traffic threads ran to the end");
     let lossy: Vec<_> = report
         .iter()
-        .filter(|(_, sent, lost, errors, broken)| *sent == 0 || *lost > 0 || *errors > 0 || *broken > 0)
+        .filter(|(_, sent, lost, errors, broken)| {
+            *sent == 0 || *lost > 0 || *errors > 0 || *broken > 0
+        })
         .collect();
     assert!(
         lossy.is_empty(),
@@ -260,15 +276,26 @@ fn a_lost_record_is_rebuilt_and_new_pods_join_the_old_ones() {
     let c = Pod::new();
     net.add(&c);
     let addresses: std::collections::BTreeSet<_> = [&a, &b, &c].map(Pod::ipv4).into();
-    assert_eq!(addresses.len(), 3, "three distinct addresses: {addresses:?}");
+    assert_eq!(
+        addresses.len(),
+        3,
+        "three distinct addresses: {addresses:?}"
+    );
     assert!(mapped(&net, &a) && mapped(&net, &b) && mapped(&net, &c));
-    c.netns.expect_pings(a.ipv4(), 3, "the new pod to an old one");
-    a.netns.expect_pings(c.ipv4(), 3, "an old pod to the new one");
-    b.netns.expect_pings(a.ipv4(), 3, "the old pods to each other");
+    c.netns
+        .expect_pings(a.ipv4(), 3, "the new pod to an old one");
+    a.netns
+        .expect_pings(c.ipv4(), 3, "an old pod to the new one");
+    b.netns
+        .expect_pings(a.ipv4(), 3, "the old pods to each other");
     let (a_veth, a_ipv4) = (net.host_veth(&a), a.ipv4());
     net.del(&a, None);
-    assert!(!link_exists(&a_veth), "DEL of a pod from before took its veth");
-    c.netns.expect_pings(b.ipv4(), 3, "the others still reach each other");
+    assert!(
+        !link_exists(&a_veth),
+        "DEL of a pod from before took its veth"
+    );
+    c.netns
+        .expect_pings(b.ipv4(), 3, "the others still reach each other");
     // Its address is free again and no other's is: the next pod gets it.
     let d = Pod::new();
     net.add(&d);
@@ -289,7 +316,11 @@ fn down_of_a_network_whose_record_is_gone_removes_what_carries_its_mark() {
     std::fs::remove_dir_all(net.state_dir()).expect("losing the record");
     let out = veth_tests::vethctl(&["down", "-n", &net.name], &[], None);
     expect_success(&out, "vethctl down");
-    assert_eq!(net.leftovers(), Vec::<String>::new(), "nothing of it is left");
+    assert_eq!(
+        net.leftovers(),
+        Vec::<String>::new(),
+        "nothing of it is left"
+    );
     assert!(!nat_table_exists(&net.name), "its nf_tables table is gone");
     assert!(!unreachable_exists(&net), "its unreachable route is gone");
 }

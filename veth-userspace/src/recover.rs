@@ -84,7 +84,11 @@ pub async fn rebuild_if_lost(
         rebuilt.ledger.addresses.len(),
         rebuilt.ledger.unreachable.len(),
         if rebuilt.ledger.pins { "yes" } else { "no" },
-        if rebuilt.ledger.nat_table { "yes" } else { "no" },
+        if rebuilt.ledger.nat_table {
+            "yes"
+        } else {
+            "no"
+        },
         rebuilt.endpoints.len()
     );
     Ok(Some(rebuilt))

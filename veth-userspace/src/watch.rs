@@ -227,8 +227,10 @@ async fn remap_network(host: &Host, name: &str) -> Result<()> {
         if !ours {
             continue;
         }
-        Dataplane::open(name)?
-            .put_endpoint(&wire::entry(&record.pod(), ifindex), StateDir::new(name).path())?;
+        Dataplane::open(name)?.put_endpoint(
+            &wire::entry(&record.pod(), ifindex),
+            StateDir::new(name).path(),
+        )?;
         eprintln!(
             "vethctl agent: network {name:?}: endpoint {} (ifindex {ifindex}) had no map \
              entries; mapped again",
@@ -258,10 +260,7 @@ async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) {
     let link = match host.link_by_index(pod.host_ifindex).await {
         Ok(link) => link,
         Err(e) => {
-            eprintln!(
-                "vethctl agent: looking up link {}: {e:#}",
-                pod.host_ifindex
-            );
+            eprintln!("vethctl agent: looking up link {}: {e:#}", pod.host_ifindex);
             return;
         }
     };

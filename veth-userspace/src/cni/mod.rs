@@ -177,8 +177,8 @@ async fn recover_record(
     network: &Topology,
     ipam: &AddressSource,
 ) -> Result<(), CniError> {
-    let _network = state::network_lock(&network.name, state::Hold::Exclusive, true)
-        .map_err(failed)?;
+    let _network =
+        state::network_lock(&network.name, state::Hold::Exclusive, true).map_err(failed)?;
     let rebuilt = crate::recover::rebuild_if_lost(host, &network.name, ipam.clone())
         .await
         .map_err(failed)?;
@@ -209,9 +209,14 @@ pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
     let conf = install::validate(list)?;
     let (network, source) = network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
     let host = Host::connect()?;
-    ensure_network(&host, &network, &source, &address_source(conf.ipam.as_ref()))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure_network(
+        &host,
+        &network,
+        &source,
+        &address_source(conf.ipam.as_ref()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(network.name)
 }
 

@@ -324,3 +324,48 @@ fn down_of_a_network_whose_record_is_gone_removes_what_carries_its_mark() {
     assert!(!nat_table_exists(&net.name), "its nf_tables table is gone");
     assert!(!unreachable_exists(&net), "its unreachable route is gone");
 }
+
+/// 18.1 as a node meets it: with the agent running, 160 pods added 4 at a
+/// time; after the agent had a full pass, every pod whose ADD succeeded is
+/// mapped and reaches its neighbour.
+#[test]
+fn with_the_agent_running_every_pod_added_concurrently_stays_mapped() {
+    const WIDE: usize = 4;
+    const EACH: usize = 40;
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let _agent = Agent::start();
+    let pods: Vec<Pod> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WIDE)
+            .map(|_| {
+                let net = &net;
+                scope.spawn(move || {
+                    (0..EACH)
+                        .map(|_| {
+                            let pod = Pod::new();
+                            net.add(&pod);
+                            pod
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("an ADD worker"))
+            .collect()
+    });
+    // One full pass of the agent after the last ADD.
+    std::thread::sleep(watch::RECONCILE_EVERY + Duration::from_millis(500));
+    let unmapped: Vec<String> = pods
+        .iter()
+        .filter(|p| !mapped(&net, p))
+        .map(|p| net.host_veth(p))
+        .collect();
+    assert!(unmapped.is_empty(), "pods left unmapped: {unmapped:?}");
+    for (i, pod) in pods.iter().enumerate() {
+        let next = &pods[(i + 1) % pods.len()];
+        pod.netns
+            .expect_pings(next.ipv4(), 1, &format!("pod {i} to its neighbour"));
+    }
+}

@@ -369,3 +369,29 @@ fn with_the_agent_running_every_pod_added_concurrently_stays_mapped() {
             .expect_pings(next.ipv4(), 1, &format!("pod {i} to its neighbour"));
     }
 }
+
+/// 18.6: an unreadable record (description and ledger garbage) is set
+/// aside and rebuilt from the kernel's marks: the next ADD succeeds and
+/// its pod reaches the old ones, whose records could still be read.
+#[test]
+fn an_unreadable_record_is_rebuilt_and_the_next_add_works() {
+    let net = CniNet::builtin("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add(&a);
+    net.add(&b);
+    for file in ["topology.toml", "ledger.json"] {
+        std::fs::write(net.state_dir().join(file), "{ garbage").expect("damaging the record");
+    }
+    let c = Pod::new();
+    net.add(&c);
+    assert!(mapped(&net, &a) && mapped(&net, &b) && mapped(&net, &c));
+    c.netns
+        .expect_pings(a.ipv4(), 3, "the new pod to an old one");
+    b.netns
+        .expect_pings(c.ipv4(), 3, "an old pod to the new one");
+    assert!(
+        net.state_dir().join("ledger.unreadable").exists(),
+        "the unreadable ledger is kept aside"
+    );
+}

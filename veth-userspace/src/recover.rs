@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     dataplane::{health::EndpointMaps, Pins},
@@ -45,6 +45,31 @@ pub fn record_lost(name: &str) -> bool {
         && Store::new(name).records().is_empty()
 }
 
+/// Sets aside (as `<file>.unreadable`) a description or ledger of network
+/// `name` that cannot be read, so that the record counts as lost and is
+/// rebuilt; true if it did. Kept, not deleted: someone may want to look.
+fn set_aside_unreadable(name: &str) -> Result<bool> {
+    let state = StateDir::new(name);
+    let description = state.load().is_err().then(|| state.topology_path());
+    let ledger = Ledger::load(&state)
+        .is_err()
+        .then(|| state.path().join(crate::state::LEDGER_FILE));
+    let mut set_aside = false;
+    for path in [description, ledger].into_iter().flatten() {
+        let aside = path.with_extension("unreadable");
+        std::fs::rename(&path, &aside)
+            .with_context(|| format!("setting {} aside", path.display()))?;
+        eprintln!(
+            "vethctl: network {name:?}: {} cannot be read; set aside as {} and rebuilt from \
+             the kernel",
+            path.display(),
+            aside.display()
+        );
+        set_aside = true;
+    }
+    Ok(set_aside)
+}
+
 /// What was rebuilt.
 #[derive(Debug, Default)]
 pub struct Rebuilt {
@@ -53,8 +78,9 @@ pub struct Rebuilt {
 }
 
 /// Rebuilds network `name`'s ledger and endpoint records from the kernel's
-/// marks if its record is lost (see [`record_lost`]) and the kernel holds
-/// anything of it; `None` otherwise. Endpoints get `addresses` as their
+/// marks if its record is lost (see [`record_lost`]) or unreadable (its
+/// description or ledger; endpoint records that can be read are kept) and
+/// the kernel holds anything of it; `None` otherwise. Endpoints get `addresses` as their
 /// addresses' source (the configuration's IPAM, when an ADD asks). The
 /// caller holds the network's lock exclusively.
 pub async fn rebuild_if_lost(
@@ -62,7 +88,8 @@ pub async fn rebuild_if_lost(
     name: &str,
     addresses: AddressSource,
 ) -> Result<Option<Rebuilt>> {
-    if !record_lost(name) {
+    let unreadable = set_aside_unreadable(name)?;
+    if !unreadable && !record_lost(name) {
         return Ok(None);
     }
     let rebuilt = rebuild(host, name, addresses).await?;
@@ -104,15 +131,22 @@ async fn rebuild(host: &Host, name: &str, addresses: AddressSource) -> Result<Re
         .collect();
     let pins = Pins::new(name);
     let maps = EndpointMaps::open(name).ok().flatten();
+    // Endpoints whose records could still be read keep them.
+    let recorded: std::collections::BTreeSet<u32> = Store::new(name)
+        .records()
+        .iter()
+        .filter_map(|r| r.host_ifindex)
+        .collect();
     let mut rebuilt = Rebuilt {
         ledger: Ledger {
             pins: pins.exist(),
-            nat_table: nat::table_is_ours(name)?,
+            // Without nf_tables there is no table of ours.
+            nat_table: nat::table_is_ours(name).unwrap_or(false),
             ..Ledger::default()
         },
         endpoints: Vec::new(),
     };
-    for m in &ours {
+    for m in ours.iter().filter(|m| !recorded.contains(&m.link.ifindex)) {
         let link = &m.link;
         let mapped = maps
             .as_ref()

@@ -4,16 +4,17 @@
 //! directory. Without it every ADD was refused (the network's own node
 //! address looked like someone else's) and `down` removed nothing.
 //!
-//! Only what proves itself ours is taken back: links with the alias
-//! `vethctl:<name>`, IPv4 addresses on lo labelled `lo:<name>`, addresses
-//! on a bridge so marked, unreachable routes of vethctl's protocol and
-//! metric over a range that holds one of those addresses or a mapped
-//! endpoint's, the nf_tables table `vethctl_<name>` with the comment
-//! `vethctl:<name>`, and the pins under `/sys/fs/bpf/vethctl/<name>`. A marked
-//! veth with a slot in the network's maps is a runtime endpoint: it gets a
-//! record again (its addresses from its slot) under a stand-in id, which
-//! the DEL of its attachment finds by the host-side veth name (a hash of
-//! network, container id and interface).
+//! Only a network whose pins (`/sys/fs/bpf/vethctl/<name>`, which only
+//! vethctl makes) are there is rebuilt, and of it only what carries its
+//! mark: links with the alias `vethctl:<name>`, IPv4 addresses on lo
+//! labelled `lo:<name>`, addresses on a bridge so marked, unreachable
+//! routes of vethctl's protocol and metric over a range that holds one of
+//! those addresses or a mapped endpoint's, the nf_tables table
+//! `vethctl_<name>` with the comment `vethctl:<name>`, and the pins. A
+//! marked veth with a slot in the network's maps is a runtime endpoint: it
+//! gets a record again (its addresses from its slot) under a stand-in id,
+//! which the DEL of its attachment finds by the host-side veth name (a hash
+//! of network, container id and interface).
 
 use std::net::IpAddr;
 
@@ -88,6 +89,12 @@ pub async fn rebuild_if_lost(
     name: &str,
     addresses: AddressSource,
 ) -> Result<Option<Rebuilt>> {
+    // The anchor: only vethctl pins programs and maps there. A label or an
+    // alias alone is no proof (anyone can set one), so without the pins
+    // nothing is taken back.
+    if !Pins::new(name).exist() {
+        return Ok(None);
+    }
     let unreadable = set_aside_unreadable(name)?;
     if !unreadable && !record_lost(name) {
         return Ok(None);

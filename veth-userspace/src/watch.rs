@@ -125,27 +125,12 @@ async fn on_link(host: &Host, ifindex: u32) {
             return;
         }
     };
-    let mut changes = Vec::new();
-    each_topology(|topology| {
-        let mapped = EndpointMaps::open(&topology.name)
-            .and_then(|maps| maps.map(|m| m.pod(ifindex)).transpose())
-            .map(Option::flatten);
-        match mapped {
-            Ok(Some(pod)) => {
-                if changes_anything(&pod, judge(topology, &pod, link.as_ref())) {
-                    changes.push((topology.name.clone(), pod));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => eprintln!(
-                "vethctl agent: topology {:?}, link {ifindex}: {e:#}",
-                topology.name
-            ),
-        }
-    });
-    for (name, pod) in changes {
-        confirm_and_act(host, &name, &pod).await;
-    }
+    act_on_changes(
+        host,
+        |maps| Ok(maps.pod(ifindex)?.into_iter().collect()),
+        |_| link.as_ref(),
+    )
+    .await;
 }
 
 /// Checks every mapped pod of every topology against a fresh link dump.
@@ -163,22 +148,35 @@ pub async fn reconcile(host: &Host) {
 /// every change is decided again by [`confirm_and_act`].
 pub async fn reconcile_with(host: &Host, links: &[LinkState]) {
     let links: BTreeMap<u32, &LinkState> = links.iter().map(|l| (l.ifindex, l)).collect();
+    act_on_changes(host, EndpointMaps::pods, |ifindex| {
+        links.get(&ifindex).copied()
+    })
+    .await;
+}
+
+/// Every pod that `read` picks from a topology's maps and whose verdict,
+/// given the link `link_of` says is at its ifindex, would change something,
+/// decided again by [`confirm_and_act`].
+async fn act_on_changes<'a>(
+    host: &Host,
+    read: impl Fn(&EndpointMaps) -> Result<Vec<MappedPod>>,
+    link_of: impl Fn(u32) -> Option<&'a LinkState>,
+) {
     let mut changes = Vec::new();
     each_topology(|topology| {
         let pods = EndpointMaps::open(&topology.name)
-            .and_then(|maps| maps.map(|m| m.pods()).transpose())
+            .and_then(|maps| maps.map(|m| read(&m)).transpose())
             .map(Option::unwrap_or_default);
         match pods {
             Ok(pods) => changes.extend(
                 pods.into_iter()
                     .filter(|pod| {
-                        let link = links.get(&pod.host_ifindex).copied();
-                        changes_anything(pod, judge(topology, pod, link))
+                        changes_anything(pod, judge(topology, pod, link_of(pod.host_ifindex)))
                     })
                     .map(|pod| (topology.name.clone(), pod)),
             ),
             Err(e) => eprintln!(
-                "vethctl agent: reconciling topology {:?}: {e:#}",
+                "vethctl agent: topology {:?}: reading its maps: {e:#}",
                 topology.name
             ),
         }

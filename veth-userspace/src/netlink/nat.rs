@@ -119,6 +119,24 @@ pub fn apply(
 
 /// Whether the topology's table exists.
 pub fn table_exists(topology: &str) -> Result<bool> {
+    get_table(topology, |_, _| {})
+}
+
+/// Whether the topology's table exists and carries its comment (the mark
+/// [`apply`] gives it): the proof it is ours when no record says so.
+pub fn table_is_ours(topology: &str) -> Result<bool> {
+    let mut comment = None;
+    let exists = get_table(topology, |type_, attrs| {
+        if type_ == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+            comment = attribute(attrs, NFTA_TABLE_USERDATA).and_then(userdata_comment);
+        }
+    })?;
+    Ok(exists && comment.as_deref() == Some(table_comment(topology).as_bytes()))
+}
+
+/// Asks for the topology's table, handing the reply to `on_reply`; false
+/// if there is none.
+fn get_table(topology: &str, on_reply: impl FnMut(u16, &[u8])) -> Result<bool> {
     let mut request = Vec::new();
     message(
         &mut request,
@@ -129,7 +147,7 @@ pub fn table_exists(topology: &str) -> Result<bool> {
         0,
         &attr_str(NFTA_TABLE_NAME, &table_name(topology)),
     );
-    match send_batch(&request) {
+    match exchange(&request, on_reply) {
         Ok(()) => Ok(true),
         Err(e)
             if e.downcast_ref::<io::Error>()
@@ -140,40 +158,6 @@ pub fn table_exists(topology: &str) -> Result<bool> {
         }
         Err(e) => {
             Err(e).with_context(|| format!("looking up nf_tables table {}", table_name(topology)))
-        }
-    }
-}
-
-/// Whether the topology's table exists and carries its comment (the mark
-/// [`apply`] gives it): the proof it is ours when no record says so.
-pub fn table_is_ours(topology: &str) -> Result<bool> {
-    let mut request = Vec::new();
-    message(
-        &mut request,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
-        NLM_F_REQUEST | NLM_F_ACK,
-        1,
-        NFPROTO_INET,
-        0,
-        &attr_str(NFTA_TABLE_NAME, &table_name(topology)),
-    );
-    let mut comment = None;
-    let sent = exchange(&request, |type_, attrs| {
-        if type_ == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
-            comment = attribute(attrs, NFTA_TABLE_USERDATA).and_then(userdata_comment);
-        }
-    });
-    match sent {
-        Ok(()) => Ok(comment.as_deref() == Some(table_comment(topology).as_bytes())),
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .and_then(io::Error::raw_os_error)
-                == Some(libc::ENOENT) =>
-        {
-            Ok(false)
-        }
-        Err(e) => {
-            Err(e).with_context(|| format!("reading nf_tables table {}", table_name(topology)))
         }
     }
 }

@@ -228,6 +228,17 @@ fn mode_set_on_a_cni_network_loses_nothing_in_any_mode() {
         from = to;
         a.netns
             .expect_pings(b.ipv4(), 2, &format!("a to b in mode {to_mode}"));
+        let ours_over_veths: Vec<String> =
+            veth_tests::run("ip", &["route", "show", "proto", "118"])
+                .lines()
+                .filter(|r| r.contains(&net.host_veth(&a)) || r.contains(&net.host_veth(&b)))
+                .map(str::to_string)
+                .collect();
+        assert_eq!(
+            ours_over_veths.is_empty(),
+            to_mode == "bridge",
+            "host routes over the endpoints' veths in mode {to_mode}: {ours_over_veths:?}"
+        );
     }
     traffic.stop().expect("the traffic threads ran to the end");
     let lossy: Vec<_> = report

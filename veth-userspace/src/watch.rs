@@ -377,6 +377,12 @@ mod tests {
             Verdict::Forget,
             "an unrelated veth reusing the ifindex"
         );
+        assert!(changes_anything(&pod, Verdict::Forget));
+        assert!(
+            !changes_anything(&pod, Verdict::Ready(true)),
+            "ready already"
+        );
+        assert!(changes_anything(&pod, Verdict::Ready(false)));
         let mut dummy = veth(name, true, true);
         dummy.kind = Some("dummy".into());
         assert_eq!(judge(&t, &pod, Some(&dummy)), Verdict::Forget);

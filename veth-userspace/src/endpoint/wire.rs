@@ -13,7 +13,7 @@ use crate::{
         links::LinkState,
         netns,
         pod::{self, PodWiring},
-        sysctl, Host,
+        routes, sysctl, Host,
     },
     state::{link_mark, StateDir},
 };
@@ -384,7 +384,9 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
             .await
             .with_context(|| format!("endpoint {}", pod.name))?;
     }
-    if network.mode != Mode::Bridge {
+    if network.mode == Mode::Bridge {
+        remove_host_routes(host, &pods).await?;
+    } else {
         // Off a bridge only now that every endpoint is wired and, in mode
         // tc or xdp, the programs that take the pods' frames before a
         // bridge would are attached.
@@ -398,6 +400,28 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
         // off takes away, and needs their tx checksums done in software).
         for (pod, _) in &pods {
             pod::set_offloads(pod, false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the host routes of ours over the endpoints' veths, once they
+/// are bridge ports and readdressed for the bridge (the host reaches them
+/// through the bridge's subnet then), as `up` removes a topology's pods'.
+async fn remove_host_routes(host: &Host, pods: &[(Pod, TcAttach)]) -> Result<()> {
+    let mut veths = std::collections::BTreeSet::new();
+    for (pod, _) in pods {
+        if let Some(link) = host.link(&pod.host_veth).await? {
+            veths.insert(link.ifindex);
+        }
+    }
+    for route in host.routes().await? {
+        let over_ours = route.oif.is_some_and(|oif| veths.contains(&oif));
+        if over_ours
+            && route.kind == routes::RouteKind::Unicast
+            && route.protocol == routes::PROTOCOL
+        {
+            host.remove_route(&route).await?;
         }
     }
     Ok(())

@@ -253,7 +253,9 @@ fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
 enum ModeAction {
     /// Rewire the pods of a topology that is up for MODE (pair, bridge,
     /// routed, tc, xdp), keeping namespaces and addresses; nothing of the old
-    /// wiring stays. Connections may pause while it switches.
+    /// wiring stays. Connections may pause while it switches. A CNI
+    /// network's endpoints are rewired too (not for pair); its next ADD
+    /// converges it back to the mode of its CNI configuration.
     Set {
         /// pair, bridge, routed, tc or xdp.
         mode: Mode,

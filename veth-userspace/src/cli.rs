@@ -253,7 +253,9 @@ fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
 enum ModeAction {
     /// Rewire the pods of a topology that is up for MODE (pair, bridge,
     /// routed, tc, xdp), keeping namespaces and addresses; nothing of the old
-    /// wiring stays. Connections may pause while it switches.
+    /// wiring stays. Connections may pause while it switches. A CNI
+    /// network's endpoints are rewired too (not for pair); its next ADD
+    /// converges it back to the mode of its CNI configuration.
     Set {
         /// pair, bridge, routed, tc or xdp.
         mode: Mode,
@@ -673,15 +675,34 @@ async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
     let name = select.name_or_default()?;
     // The recorded description is read under the lock the change is made
     // under, so nothing recorded meanwhile is lost.
+    let mut by_cni = false;
     apply::up_from_record(
         &name,
-        |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
+        |text| {
+            let text = text.with_context(|| not_up(&name))?;
+            by_cni = crate::cni::network::made_by_cni(&text);
+            if by_cni && mode == Mode::Pair {
+                anyhow::bail!(
+                    "network {name:?} was made by veth-cni, whose endpoints are wired in mode tc, \
+                     xdp, routed or bridge; mode pair joins the two pods of a topology file"
+                );
+            }
+            Ok(with_mode(&text, mode)?)
+        },
         apply::UpOptions {
             timings,
             ..apply::UpOptions::default()
         },
     )
     .await?;
+    if by_cni {
+        // Its description is the CNI configuration's, which ADD compares.
+        return emit(format_args!(
+            "network {name:?} is now in mode {mode}; it was made by veth-cni, and the next ADD \
+             converges it back to the mode of its CNI configuration: set \"mode\": \"{mode}\" \
+             there to keep this one\n"
+        ));
+    }
     emit(format_args!("topology {name:?} is now in mode {mode}\n"))
 }
 

@@ -20,6 +20,7 @@ pub mod observe;
 pub mod plan;
 pub mod preflight;
 pub mod privileges;
+pub mod recover;
 pub mod state;
 pub mod watch;
 

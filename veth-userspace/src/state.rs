@@ -396,7 +396,7 @@ fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<
 // ---------------------------------------------------------------------------
 // The ledger: what a topology created, so that it removes only its own.
 
-const LEDGER_FILE: &str = "ledger.json";
+pub const LEDGER_FILE: &str = "ledger.json";
 
 /// Every object a topology created, in `/run/vethctl/<topology>/ledger.json`.
 ///

@@ -2329,8 +2329,7 @@ fn no_redirect_to_a_device_missing_from_the_devmap() {
 /// fit the MTU (a raw socket with `PACKET_VNET_HDR` can make segments of
 /// any size, which the kernel would forward whole). Segments larger than
 /// the pod's own MTU (its host-side veth's, here loopback's 1500) are
-/// dropped in every mode the TC program runs; segments that fit are
-/// judged like any frame.
+/// dropped in every mode the TC program runs.
 #[test]
 fn gso_segments_over_the_mtu_are_dropped() {
     in_private_netns(|| {
@@ -2338,7 +2337,10 @@ fn gso_segments_over_the_mtu_are_dropped() {
         for redirect in [true, false] {
             let hook = Hook::Tc { redirect };
             let dp = Dataplane::load(redirect, true);
-            // A test run takes at most about 3.5 KB of frame.
+            // A test run takes at most about 3.5 KB of frame. It leaves the
+            // skb's transport header unset, from which the kernel measures
+            // a segment, so segments that fit cannot be shown here: real
+            // GSO frames that fit are delivered in `attacks.rs`.
             let cases = [
                 (
                     "2 segments of 1473 bytes (IP packets of 1501) to a pod",
@@ -2360,20 +2362,6 @@ fn gso_segments_over_the_mtu_are_dropped() {
                     1453,
                     2,
                     Expect::Drop(DropReason::OversizedGso),
-                ),
-                (
-                    "3 segments of 1000 bytes to a pod",
-                    udp4_sized(B, 3 * 1000 + ETH_HLEN + IPV4_HLEN + 8),
-                    1000,
-                    3,
-                    Expect::Redirect(endpoint_b()),
-                ),
-                (
-                    "2 segments of 1472 bytes (IP packets of 1500) to a pod",
-                    udp4_sized(B, 2 * 1472 + ETH_HLEN + IPV4_HLEN + 8),
-                    1472,
-                    2,
-                    Expect::Redirect(endpoint_b()),
                 ),
             ];
             for (what, frame, gso_size, segs, expect) in cases {

@@ -98,6 +98,33 @@ pub fn ipv4_key(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
+/// The IPv6 link-local address (fe80::/64) a kernel gives an interface
+/// with this MAC by default (`addr_gen_mode` 0, EUI-64: the MAC with its
+/// universal/local bit flipped and ff:fe in the middle, RFC 4291 app. A).
+/// The programs let a pod send from this address only.
+#[inline(always)]
+pub fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
+    let [a, b, c, d, e, f] = mac;
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ]
+}
+
 /// The addresses a pod owns, in its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -108,7 +108,9 @@ pub fn check_ipv4<F: Frame>(ctx: &F, ip: *const Ipv4Hdr) -> Result<(), DropReaso
 /// The options between the fixed IPv4 header and `header_end` hold no
 /// source route, and each one fits the header (as the kernel's
 /// `ip_options_compile` demands). After an end-of-options byte the rest
-/// is padding, which the kernel ignores too.
+/// is padding, which the kernel ignores too. Each option is read with the
+/// byte after it, so a header that ends the frame with a one-byte option
+/// is dropped as malformed (no packet a pod needs looks like that).
 #[inline(always)]
 fn check_ipv4_options<F: Frame>(ctx: &F, header_end: usize) -> Result<(), DropReason> {
     let mut at = EthHdr::LEN + Ipv4Hdr::LEN;
@@ -119,36 +121,40 @@ fn check_ipv4_options<F: Frame>(ctx: &F, header_end: usize) -> Result<(), DropRe
         if at >= MAX_IPV4_HEADER_END {
             return Err(DropReason::MalformedIpv4);
         }
-        // The option's type with the byte before it (two-byte reads only:
-        // see `check_ipv4`); the fixed header precedes the first one.
-        let Some(kind) = ptr_at::<F, [u8; 2]>(ctx, at - 1) else {
-            return Err(DropReason::MalformedIpv4);
-        };
-        // SAFETY: bounds-checked by `ptr_at`.
-        match unsafe { (*kind)[1] } {
-            IPOPT_END => break,
-            IPOPT_NOOP => {
-                at += 1;
-                continue;
-            }
-            IPOPT_LSRR | IPOPT_SSRR => return Err(DropReason::Ipv4SourceRoute),
-            _ => {}
-        }
-        // Type and length.
-        if at + 2 > header_end {
-            return Err(DropReason::MalformedIpv4);
-        }
+        // Type and length (of a multi-byte option).
         let Some(option) = ptr_at::<F, [u8; 2]>(ctx, at) else {
             return Err(DropReason::MalformedIpv4);
         };
         // SAFETY: bounds-checked by `ptr_at`.
-        let length = usize::from(unsafe { (*option)[1] });
-        if length < 2 || at + length > header_end {
+        let [kind, length] = unsafe { *option };
+        match kind {
+            IPOPT_END => break,
+            IPOPT_LSRR | IPOPT_SSRR => return Err(DropReason::Ipv4SourceRoute),
+            _ => {}
+        }
+        let length = option_length(kind, length);
+        if length == 0 || at + length > header_end {
             return Err(DropReason::MalformedIpv4);
         }
         at += length;
     }
     Ok(())
+}
+
+/// The length of an option: 1 for a no-operation, else its length byte
+/// (0 if that is below 2, the least a multi-byte option takes). Computed
+/// without a branch, so that the verifier walks one path per option
+/// rather than one per mix of no-operations and others.
+#[inline(always)]
+fn option_length(kind: u8, length: u8) -> usize {
+    // 0 for a no-operation, 1 for anything else.
+    let multi = (usize::from(kind ^ IPOPT_NOOP) + 0xff) >> 8;
+    // SAFETY: a plain stack read; volatile so that LLVM cannot turn the
+    // arithmetic back into a branch.
+    let multi = unsafe { core::ptr::read_volatile(&multi) };
+    // 0 for a length byte of 0 or 1, else the byte.
+    let long_enough = (usize::from(length) + 0xfe) >> 8;
+    multi * usize::from(length) * long_enough + (1 - multi)
 }
 
 /// An IPv6 packet from the pod is neither a router message, nor a

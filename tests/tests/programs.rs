@@ -1599,12 +1599,24 @@ fn table() -> Vec<Case> {
         ),
         case(
             "spoofed neighbour: advertisement for its own address behind a fragment header",
-            icmp6_target(A6, 136, A6, &fragment_header(58, 0, false), NEXTHDR_FRAGMENT),
+            icmp6_target(
+                A6,
+                136,
+                A6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
             Drop(SpoofedNeighbour),
         ),
         case(
             "spoofed neighbour: solicitation behind a fragment header",
-            icmp6_target(A6, 135, B6, &fragment_header(58, 0, false), NEXTHDR_FRAGMENT),
+            icmp6_target(
+                A6,
+                135,
+                B6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
             Drop(SpoofedNeighbour),
         ),
         case(
@@ -1646,7 +1658,11 @@ fn table() -> Vec<Case> {
                 A6,
                 137,
                 B6,
-                &[extension_header(NEXTHDR_FRAGMENT), fragment_header(58, 0, false)].concat(),
+                &[
+                    extension_header(NEXTHDR_FRAGMENT),
+                    fragment_header(58, 0, false),
+                ]
+                .concat(),
                 0,
             ),
             Drop(RouterMessage),
@@ -1697,7 +1713,13 @@ fn table() -> Vec<Case> {
         ),
         case(
             "pass ipv6: echo request behind a fragment header",
-            icmp6_target(A6, 128, Ipv6Addr::UNSPECIFIED, &fragment_header(58, 0, true), NEXTHDR_FRAGMENT),
+            icmp6_target(
+                A6,
+                128,
+                Ipv6Addr::UNSPECIFIED,
+                &fragment_header(58, 0, true),
+                NEXTHDR_FRAGMENT,
+            ),
             Pass,
         ),
         case(
@@ -1728,7 +1750,11 @@ fn table() -> Vec<Case> {
             ipv6_from_a(
                 B6,
                 NEXTHDR_FRAGMENT,
-                &[fragment_header(IPPROTO_UDP, 0, true), udp(1, 2, &pattern(24))].concat(),
+                &[
+                    fragment_header(IPPROTO_UDP, 0, true),
+                    udp(1, 2, &pattern(24)),
+                ]
+                .concat(),
             ),
             to_b,
         ),

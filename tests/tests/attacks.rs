@@ -777,6 +777,23 @@ fn sources_fragments_and_segments(mode: &'static str) {
         eui64_link_local(b.mac),
         eui64_link_local(c.mac),
     );
+    // The programs take a pod's link-local address to be the EUI-64 of its
+    // MAC, as the kernel makes it by default (addr_gen_mode 0).
+    for pod in [&a, &b, &c] {
+        let shown = run(
+            "ip",
+            &[
+                "-n", &pod.netns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+            ],
+        );
+        let want = format!("{}/64", eui64_link_local(pod.mac));
+        if !shown.contains(&want) {
+            lab.failures.push(format!(
+                "[{mode}] {}: eth0 has not {want}: {shown}",
+                pod.name
+            ));
+        }
+    }
     let socket = PacketSocket::open(&a.netns, "eth0");
     let send = |lab: &mut Lab,
                 what: &str,

@@ -136,7 +136,7 @@ impl Ipv4 {
     /// the IHL that counts them.
     pub fn with_options(self, options: &[u8]) -> Ipv4 {
         assert!(
-            options.len() % 4 == 0 && options.len() <= 40,
+            options.len().is_multiple_of(4) && options.len() <= 40,
             "IPv4 options"
         );
         Ipv4 {

@@ -111,9 +111,8 @@ fn carries_control(ctx: &TcContext) -> bool {
     // SAFETY: bounds-checked by `ptr_at` (each closure reads its header).
     match unsafe { (*eth).ether_type } {
         // IPv4 options too: they may reach past the fixed headers.
-        ETH_P_IP_BE => ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN).is_some_and(|ip| unsafe {
-            may_carry_control((*ip).proto) || (*ip).vihl & 0x0f != 5
-        }),
+        ETH_P_IP_BE => ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN)
+            .is_some_and(|ip| unsafe { may_carry_control((*ip).proto) || (*ip).vihl & 0x0f != 5 }),
         ETH_P_IPV6_BE => ptr_at::<TcContext, Ipv6Hdr>(ctx, EthHdr::LEN)
             .is_some_and(|ip| unsafe { may_carry_control((*ip).next_hdr) }),
         _ => false,

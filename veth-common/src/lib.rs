@@ -98,6 +98,33 @@ pub fn ipv4_key(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
+/// The IPv6 link-local address (fe80::/64) a kernel gives an interface
+/// with this MAC by default (`addr_gen_mode` 0, EUI-64: the MAC with its
+/// universal/local bit flipped and ff:fe in the middle, RFC 4291 app. A).
+/// The programs let a pod send from this address only.
+#[inline(always)]
+pub fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
+    let [a, b, c, d, e, f] = mac;
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ]
+}
+
 /// The addresses a pod owns, in its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,7 +162,9 @@ pub enum DropReason {
     SpoofedMac = 1,
     /// IPv4 source address is not the pod's.
     SpoofedIpv4 = 2,
-    /// IPv6 source address is neither the pod's nor link-local.
+    /// IPv6 source address is not the pod's: neither its global address
+    /// nor its own link-local one (EUI-64 of its MAC), nor `::` on a
+    /// duplicate address detection solicitation or an MLD report.
     SpoofedIpv6 = 3,
     /// ARP sender (hardware or protocol address) is not the pod's.
     SpoofedArp = 4,
@@ -159,19 +188,30 @@ pub enum DropReason {
     UnknownVeth = 11,
     /// An ICMPv6 router advertisement or redirect, or an ICMP redirect:
     /// pods are not routers, and on a shared bridge such a message would
-    /// reroute other pods' traffic.
+    /// reroute other pods' traffic. Also a router solicitation behind a
+    /// Fragment header (RFC 6980 forbids fragmented neighbour discovery).
     RouterMessage = 12,
     /// An IPv6 neighbour advertisement for an address that is not the
-    /// pod's (its global address or a link-local one).
+    /// pod's (its global address or its own link-local one), a duplicate
+    /// address detection solicitation for such an address, or a neighbour
+    /// solicitation or advertisement behind a Fragment header (RFC 6980).
     SpoofedNeighbour = 13,
+    /// A GSO packet whose segments are larger than the pod's MTU (only
+    /// a raw socket with `PACKET_VNET_HDR` makes one): the kernel forwards
+    /// such a packet whole, past every MTU on the way.
+    OversizedGso = 14,
+    /// An IPv4 packet with a loose or strict source route option (LSRR,
+    /// SSRR): it asks whoever forwards it to route it by the pod's say.
+    Ipv4SourceRoute = 15,
 }
 
-/// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
-/// changing the map's value size).
+/// Number of slots in [`PairCounters::drop_reasons`]. All 16 are used: a
+/// new reason means a larger map value, which `up` handles as a layout
+/// change (the pinned counters are made afresh).
 pub const DROP_REASON_SLOTS: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RedirectFailed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIpv4,
@@ -186,6 +226,8 @@ impl DropReason {
         DropReason::UnknownVeth,
         DropReason::RouterMessage,
         DropReason::SpoofedNeighbour,
+        DropReason::OversizedGso,
+        DropReason::Ipv4SourceRoute,
     ];
 
     /// Stable name used in CLI, JSON and metrics labels.
@@ -205,6 +247,8 @@ impl DropReason {
             DropReason::UnknownVeth => "unknown_veth",
             DropReason::RouterMessage => "router_message",
             DropReason::SpoofedNeighbour => "spoofed_neighbour",
+            DropReason::OversizedGso => "oversized_gso",
+            DropReason::Ipv4SourceRoute => "ipv4_source_route",
         }
     }
 

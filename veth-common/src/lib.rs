@@ -315,6 +315,7 @@ pub mod verdict {
 /// destination options headers together. A multiple of 8, so events stay
 /// 8-byte aligned in the ring.
 pub const TRACE_HEADER_BYTES: usize = 128;
+const _: () = assert!(TRACE_HEADER_BYTES.is_power_of_two());
 
 /// One sampled frame, as the programs saw it: what they decided, and the
 /// frame's first bytes, which `vethctl trace` decodes (the programs parse
@@ -341,7 +342,8 @@ pub struct TraceEvent {
     /// How many bytes of `headers` are the frame's: `min(len,
     /// TRACE_HEADER_BYTES)`, 0 if they could not be read.
     pub captured: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: u16,
+    pub _pad3: u32,
     /// The frame's first `captured` bytes, from the Ethernet header on.
     pub headers: [u8; TRACE_HEADER_BYTES],
 }
@@ -362,7 +364,8 @@ impl Default for TraceEvent {
             reason: 0,
             _pad: 0,
             captured: 0,
-            _pad2: [0; 6],
+            _pad2: 0,
+            _pad3: 0,
             headers: [0; TRACE_HEADER_BYTES],
         }
     }

@@ -122,7 +122,8 @@ fn session<F: Capture>(ctx: &F, index: u32, ring: &Ring, seen: &Seen) {
         (*event).verdict = verdict;
         (*event).reason = reason;
         (*event)._pad = 0;
-        (*event)._pad2 = [0; 6];
+        (*event)._pad2 = 0;
+        (*event)._pad3 = 0;
         (*event).captured = capture(ctx, len, (*event).headers.as_mut_ptr());
     }
     entry.submit(0);
@@ -133,11 +134,13 @@ fn session<F: Capture>(ctx: &F, index: u32, ring: &Ring, seen: &Seen) {
 #[inline(always)]
 fn capture<F: Capture>(ctx: &F, len: u32, dst: *mut u8) -> u16 {
     const MAX: u32 = TRACE_HEADER_BYTES as u32;
-    // The verifier needs the helper's size proven within 1..=MAX.
-    let want = if len > MAX { MAX } else { len };
-    if want == 0 {
+    if len == 0 {
         return 0;
     }
+    // min(len, MAX), written so that the verifier sees 1..=MAX whatever
+    // the compiler does with the comparison: a mask bounds it (MAX is a
+    // power of two).
+    let want = ((if len > MAX { MAX } else { len } - 1) & (MAX - 1)) + 1;
     // SAFETY: `dst` is the event's `headers`, MAX bytes.
     if unsafe { ctx.copy_head(dst, want) } {
         want as u16

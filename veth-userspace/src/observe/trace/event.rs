@@ -193,3 +193,151 @@ impl FlowEvent {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use veth_common::{verdict, TRACE_HEADER_BYTES};
+
+    use super::{
+        super::decode::{decode, tests::*, IPPROTO_FRAGMENT, IPPROTO_ICMPV6, IPPROTO_TCP},
+        *,
+    };
+
+    /// 2026-12-06T20:37:15Z at monotonic 1.5 s.
+    fn clock() -> WallClock {
+        WallClock::from_readings(1_796_589_435_000_000_000, 1_500_000_000)
+    }
+
+    fn event_of(frame: &[u8]) -> TraceEvent {
+        let mut event = TraceEvent {
+            timestamp_ns: 1_500_250_000,
+            ifindex: 7,
+            peer_ifindex: 8,
+            len: frame.len() as u32,
+            hook: hook::FROM_POD,
+            verdict: verdict::REDIRECTED,
+            ..TraceEvent::default()
+        };
+        let n = frame.len().min(TRACE_HEADER_BYTES);
+        event.headers[..n].copy_from_slice(&frame[..n]);
+        event.captured = n as u16;
+        event
+    }
+
+    fn line(event: &TraceEvent) -> String {
+        flow_event(event).to_line()
+    }
+
+    fn flow_event(event: &TraceEvent) -> FlowEvent {
+        let pods = BTreeMap::from([(7, "web".to_string()), (8, "api".to_string())]);
+        let decoded = decode(super::super::decode::captured(event));
+        resolve("demo", event, &decoded, &pods, &clock())
+    }
+
+    #[test]
+    fn ipv4_events_resolve_to_pods_and_flows() {
+        let event = event_of(&ipv4(IPPROTO_TCP, 0, &[], &udp(4321, 80)));
+        assert_eq!(
+            line(&event),
+            "2026-12-06T20:37:15.000250Z demo web -> api redirected \
+             tcp 10.200.0.2:4321 -> 10.200.0.3:80 len 42"
+        );
+        let to_host = TraceEvent {
+            peer_ifindex: 0,
+            verdict: verdict::PASSED,
+            ..event_of(&ipv4(1, 0, &[], &[8, 0, 0, 0, 0, 1, 0, 1]))
+        };
+        assert_eq!(
+            line(&to_host),
+            "2026-12-06T20:37:15.000250Z demo web -> host passed \
+             icmp 10.200.0.2 -> 10.200.0.3 echo-request len 42"
+        );
+        let arp = TraceEvent {
+            hook: hook::TO_POD,
+            verdict: verdict::PASSED,
+            peer_ifindex: 0,
+            ..event_of(&ethernet(0x0806, &[0; 28]))
+        };
+        assert_eq!(
+            line(&arp),
+            "2026-12-06T20:37:15.000250Z demo host -> web passed arp len 42"
+        );
+        let dropped = TraceEvent {
+            verdict: verdict::DROPPED,
+            reason: 2,
+            ..event
+        };
+        assert_eq!(flow_event(&dropped).drop_reason, Some("spoofed_ipv4"));
+        assert!(line(&dropped).contains(" dropped(spoofed_ipv4) "));
+    }
+
+    #[test]
+    fn ipv6_events_show_addresses_ports_and_icmpv6_types() {
+        let udp6 = event_of(&ipv6(17, &udp(5353, 53)));
+        assert_eq!(
+            line(&udp6),
+            "2026-12-06T20:37:15.000250Z demo web -> api redirected \
+             udp [fd00:c8::2]:5353 -> [fd00:c8::3]:53 len 62"
+        );
+        let unreachable = event_of(&ipv6(IPPROTO_ICMPV6, &[1, 4, 0, 0]));
+        assert!(
+            line(&unreachable)
+                .contains(" icmpv6 fd00:c8::2 -> fd00:c8::3 destination-unreachable code 4 "),
+            "{}",
+            line(&unreachable)
+        );
+        let mut later = fragment_header(17, 1232, true);
+        later.extend([0; 8]);
+        let fragment = event_of(&ipv6(IPPROTO_FRAGMENT, &later));
+        assert!(
+            line(&fragment).contains(" udp fd00:c8::2 -> fd00:c8::3 fragment offset 1232 more "),
+            "{}",
+            line(&fragment)
+        );
+        let esp = event_of(&ipv6(50, &[0; 8]));
+        assert!(line(&esp).contains(" proto 50 fd00:c8::2 -> fd00:c8::3 "));
+    }
+
+    #[test]
+    fn json_fields() {
+        let event = event_of(&ipv6(17, &udp(5353, 53)));
+        let json = serde_json::to_value(flow_event(&event)).unwrap();
+        let expected = serde_json::json!({
+            "time": "2026-12-06T20:37:15.000250Z",
+            "monotonic_ns": 1_500_250_000u64,
+            "topology": "demo",
+            "hook": "from_pod",
+            "pod": "web",
+            "peer_pod": "api",
+            "verdict": "redirected",
+            "drop_reason": null,
+            "ethertype": "ipv6",
+            "protocol": "udp",
+            "ip_protocol": 17,
+            "src": "[fd00:c8::2]:5353",
+            "dst": "[fd00:c8::3]:53",
+            "src_ip": "fd00:c8::2",
+            "dst_ip": "fd00:c8::3",
+            "src_port": 5353,
+            "dst_port": 53,
+            "icmp_type": null,
+            "icmp_code": null,
+            "fragment_offset": null,
+            "more_fragments": null,
+            "len": 62,
+        });
+        assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn an_event_without_bytes_shows_what_the_programs_decided() {
+        let event = TraceEvent {
+            captured: 0,
+            ..event_of(&ipv6(17, &udp(5353, 53)))
+        };
+        assert_eq!(
+            line(&event),
+            "2026-12-06T20:37:15.000250Z demo web -> api redirected 0x0000 len 62"
+        );
+    }
+}

@@ -206,3 +206,167 @@ impl Filter {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        super::decode::{decode, tests::*, IPPROTO_FRAGMENT},
+        *,
+    };
+
+    fn event(verdict: u8, reason: u8) -> TraceEvent {
+        TraceEvent {
+            verdict,
+            reason,
+            ..TraceEvent::default()
+        }
+    }
+
+    fn passes(filter: &Filter, event: &TraceEvent, frame: &[u8]) -> bool {
+        filter.matches(event, &decode(frame))
+    }
+
+    #[test]
+    fn bad_values_name_what_is_accepted() {
+        assert_eq!(
+            "redirect".parse::<Verdict>().unwrap_err(),
+            "\"redirect\" is not a verdict; use one of: redirected, passed, dropped"
+        );
+        assert_eq!("Dropped".parse::<Verdict>(), Ok(Verdict::Dropped));
+        assert_eq!(
+            "sctp".parse::<Protocol>().unwrap_err(),
+            "\"sctp\" is not a protocol; use one of: tcp, udp, icmp, icmpv6"
+        );
+        let reason = parse_drop_reason("spoofed").unwrap_err();
+        assert!(reason.starts_with("\"spoofed\" is not a drop reason; use one of: "));
+        for r in DropReason::ALL {
+            assert!(reason.contains(r.name()), "{reason}");
+            assert_eq!(parse_drop_reason(r.name()), Ok(r));
+        }
+        assert!(parse_address("10.0.0.256").unwrap_err().contains("neither"));
+        assert!(parse_address("fd00::/129").is_err());
+        assert_eq!(
+            parse_address("10.200.0.7/24").unwrap().to_string(),
+            "10.200.0.0/24"
+        );
+        assert_eq!(parse_address("fd00::5").unwrap().to_string(), "fd00::5/128");
+        for bad in ["0", "65536", "http", "-1"] {
+            assert!(parse_port(bad).unwrap_err().contains("1 to 65535"), "{bad}");
+        }
+        assert_eq!(parse_port("53"), Ok(53));
+    }
+
+    #[test]
+    fn verdicts_and_drop_reasons() {
+        let frame = ipv4(17, 0, &[], &udp(1, 2));
+        let redirected = event(veth_common::verdict::REDIRECTED, 0);
+        let spoofed = event(veth_common::verdict::DROPPED, DropReason::SpoofedIpv4 as u8);
+        let only_dropped = Filter {
+            verdicts: vec![Verdict::Dropped],
+            ..Filter::default()
+        };
+        assert!(!passes(&only_dropped, &redirected, &frame));
+        assert!(passes(&only_dropped, &spoofed, &frame));
+        let either = Filter {
+            verdicts: vec![Verdict::Dropped, Verdict::Redirected],
+            ..Filter::default()
+        };
+        assert!(passes(&either, &redirected, &frame));
+        let by_reason = |r| Filter {
+            drop_reasons: vec![r],
+            ..Filter::default()
+        };
+        assert!(passes(
+            &by_reason(DropReason::SpoofedIpv4),
+            &spoofed,
+            &frame
+        ));
+        assert!(!passes(
+            &by_reason(DropReason::SpoofedMac),
+            &spoofed,
+            &frame
+        ));
+        // Reason code 0 of a frame that was not dropped is no reason.
+        assert!(!passes(
+            &by_reason(DropReason::RedirectFailed),
+            &redirected,
+            &frame
+        ));
+        assert!(passes(&Filter::default(), &redirected, &frame));
+    }
+
+    #[test]
+    fn addresses_either_way_or_one_side() {
+        let e = event(0, 0);
+        let v4 = ipv4(17, 0, &[], &udp(1, 2));
+        let v6 = ipv6(17, &udp(1, 2));
+        let arp = ethernet(0x0806, &[0; 28]);
+        let ip = |s: &str| Filter {
+            addresses: vec![parse_address(s).unwrap()],
+            ..Filter::default()
+        };
+        assert!(passes(&ip("10.200.0.3"), &e, &v4), "destination");
+        assert!(passes(&ip("10.200.0.2"), &e, &v4), "source");
+        assert!(passes(&ip("10.200.0.0/24"), &e, &v4));
+        assert!(!passes(&ip("10.201.0.0/24"), &e, &v4));
+        assert!(!passes(&ip("10.200.0.0/24"), &e, &v6), "other family");
+        assert!(passes(&ip("fd00:c8::/64"), &e, &v6));
+        assert!(!passes(&ip("10.200.0.0/16"), &e, &arp), "no addresses");
+        let src = Filter {
+            src_addresses: vec![parse_address(A6).unwrap()],
+            ..Filter::default()
+        };
+        let dst = Filter {
+            dst_addresses: vec![parse_address(A6).unwrap()],
+            ..Filter::default()
+        };
+        assert!(passes(&src, &e, &v6));
+        assert!(!passes(&dst, &e, &v6));
+    }
+
+    #[test]
+    fn ports_and_protocols() {
+        let e = event(0, 0);
+        let dns = ipv6(17, &udp(5353, 53));
+        let icmp6 = ipv6(58, &[128, 0, 0, 0]);
+        let mut later = fragment_header(17, 1232, false);
+        later.extend(udp(5353, 53));
+        let fragment = ipv6(IPPROTO_FRAGMENT, &later);
+        let port = |p| Filter {
+            ports: vec![p],
+            ..Filter::default()
+        };
+        assert!(passes(&port(53), &e, &dns));
+        assert!(passes(&port(5353), &e, &dns));
+        assert!(!passes(&port(80), &e, &dns));
+        assert!(!passes(&port(53), &e, &icmp6));
+        assert!(
+            !passes(&port(53), &e, &fragment),
+            "no ports in a later fragment"
+        );
+        let dst_53 = Filter {
+            dst_ports: vec![53],
+            ..Filter::default()
+        };
+        let src_53 = Filter {
+            src_ports: vec![53],
+            ..Filter::default()
+        };
+        assert!(passes(&dst_53, &e, &dns));
+        assert!(!passes(&src_53, &e, &dns));
+        let proto = |p| Filter {
+            protocols: vec![p],
+            ..Filter::default()
+        };
+        assert!(passes(&proto(Protocol::Icmpv6), &e, &icmp6));
+        assert!(!passes(&proto(Protocol::Icmp), &e, &icmp6));
+        assert!(passes(&proto(Protocol::Udp), &e, &fragment));
+        // Every criterion must hold.
+        let udp_to_80 = Filter {
+            protocols: vec![Protocol::Udp],
+            dst_ports: vec![80],
+            ..Filter::default()
+        };
+        assert!(!passes(&udp_to_80, &e, &dns));
+    }
+}

@@ -312,8 +312,8 @@ pub mod verdict {
 /// How many of a traced frame's first bytes an event carries: Ethernet
 /// (14) and IPv6 (40) leave 74 bytes for IPv6 extension headers and the
 /// TCP/UDP ports or ICMP type, enough for hop-by-hop, routing, fragment and
-/// destination options headers together. A multiple of 8, so events stay
-/// 8-byte aligned in the ring.
+/// destination options headers together. A power of two: the programs
+/// bound the copy's length with a mask the verifier can follow.
 pub const TRACE_HEADER_BYTES: usize = 128;
 const _: () = assert!(TRACE_HEADER_BYTES.is_power_of_two());
 

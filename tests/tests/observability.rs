@@ -412,30 +412,27 @@ fn trace_config(t: &TestTopology) -> Value {
     entries.iter().find(|e| e["key"] == 0).expect("entry 0")["value"].clone()
 }
 
-/// Reads a `trace --count COUNT --json` session's events, running
-/// `traffic` until it has printed them all; checks that it then exits 0.
-fn collect_events(
+/// Reads a `trace --count COUNT` session's lines, running `traffic` until
+/// it has printed them all; checks that it then exits 0.
+fn collect_lines(
     trace: &mut ChildGuard,
     lines: &Receiver<String>,
     stderr: &Receiver<String>,
     count: usize,
     mut traffic: impl FnMut(),
-) -> Vec<Value> {
-    let mut events: Vec<Value> = Vec::new();
+) -> Vec<String> {
+    let mut printed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    'traffic: while events.len() < count {
+    'traffic: while printed.len() < count {
         assert!(
             Instant::now() < deadline,
-            "trace printed only {events:?}; stderr: {:?}",
+            "trace printed only {printed:?}; stderr: {:?}",
             stderr.try_iter().collect::<Vec<_>>()
         );
         traffic();
-        while events.len() < count {
+        while printed.len() < count {
             match lines.recv_timeout(Duration::from_secs(2)) {
-                Ok(line) => events.push(
-                    serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("trace line {line:?}: {e}")),
-                ),
+                Ok(line) => printed.push(line),
                 Err(RecvTimeoutError::Timeout) => continue 'traffic,
                 Err(RecvTimeoutError::Disconnected) => break 'traffic,
             }
@@ -447,9 +444,25 @@ fn collect_events(
         "trace exits 0 after --count events: {status}; stderr: {:?}",
         stderr.try_iter().collect::<Vec<_>>()
     );
-    events.extend(lines.iter().map(|l| serde_json::from_str(&l).unwrap()));
-    assert_eq!(events.len(), count, "--count {count}: {events:#?}");
-    events
+    printed.extend(lines.iter());
+    assert_eq!(printed.len(), count, "--count {count}: {printed:#?}");
+    printed
+}
+
+/// [`collect_lines`] of a `--json` session, parsed.
+fn collect_events(
+    trace: &mut ChildGuard,
+    lines: &Receiver<String>,
+    stderr: &Receiver<String>,
+    count: usize,
+    traffic: impl FnMut(),
+) -> Vec<Value> {
+    collect_lines(trace, lines, stderr, count, traffic)
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("trace line {line:?}: {e}"))
+        })
+        .collect()
 }
 
 #[test]
@@ -599,6 +612,33 @@ fn trace_decodes_ipv6_and_filters_one_flow() {
     assert!(
         !sink.containing(PAYLOAD).is_empty(),
         "b received the traced datagrams"
+    );
+    let mut trace = t.spawn_vethctl(&[
+        "trace",
+        "--pod",
+        "a",
+        "--src-port",
+        &sport.to_string(),
+        "--dst-ip",
+        &b6s,
+        "--port",
+        &port,
+        "--count",
+        "1",
+    ]);
+    let (lines, stderr) = (lines_of(trace.take_stdout()), lines_of(trace.take_stderr()));
+    let text = collect_lines(&mut trace, &lines, &stderr, 1, traffic).remove(0);
+    let (time, rest) = text.split_once(' ').expect("time first");
+    assert_eq!(
+        rest,
+        format!(
+            "{} a -> b redirected udp [{a6}]:{sport} -> [{b6}]:{PORT} len {udp_frame_len}",
+            t.name()
+        )
+    );
+    assert!(
+        started.as_str() <= time && time <= rfc3339_now().as_str() && time.len() == 27,
+        "RFC 3339 time with microseconds: {time}"
     );
 
     let mut trace = t.spawn_vethctl(&[

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::io::unix::AsyncFd;
 use veth_common::{TraceConfig, TraceEvent};
 
@@ -119,8 +119,16 @@ fn show(
     request: &TraceRequest,
     out: &mut impl Write,
 ) -> Result<bool> {
-    if item.len() < std::mem::size_of::<TraceEvent>() {
-        return Ok(false);
+    // Records of another size come from programs another vethctl loaded
+    // (an upgrade not yet followed by `up`): nothing in them can be read.
+    if item.len() != std::mem::size_of::<TraceEvent>() {
+        bail!(
+            "topology {:?}: its programs send trace events of {} bytes, this vethctl reads \
+             {}: they were loaded by another vethctl version; `vethctl up` reloads them",
+            topology.name,
+            item.len(),
+            std::mem::size_of::<TraceEvent>()
+        );
     }
     // SAFETY: the programs write whole TraceEvents; read unaligned.
     let event: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
@@ -141,4 +149,86 @@ fn show(
 fn monotonic_now() -> Result<Duration> {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
     Ok(Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> TraceRequest {
+        TraceRequest {
+            pod: None,
+            sample_every: 1,
+            count: None,
+            filter: Filter::default(),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn records_of_older_programs_are_an_error_that_says_what_to_do() {
+        let topology = Topology::default_topology();
+        let clock = WallClock::from_readings(0, 0);
+        let mut out = Vec::new();
+        // A TraceEvent before events carried frame bytes was 40 bytes.
+        let err = show(
+            &[0; 40],
+            &topology,
+            &BTreeMap::new(),
+            &clock,
+            &request(),
+            &mut out,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("events of 40 bytes") && err.contains("`vethctl up` reloads them"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_record_is_printed_only_if_it_passes_the_filter() {
+        let topology = Topology::default_topology();
+        let clock = WallClock::from_readings(0, 0);
+        let event = TraceEvent {
+            len: 60,
+            verdict: veth_common::verdict::PASSED,
+            ..TraceEvent::default()
+        };
+        // SAFETY: TraceEvent is plain old data without padding holes.
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const TraceEvent).cast(),
+                std::mem::size_of::<TraceEvent>(),
+            )
+        };
+        let mut out = Vec::new();
+        let mut udp_only = request();
+        udp_only.filter.protocols = vec![filter::Protocol::Udp];
+        assert!(!show(
+            bytes,
+            &topology,
+            &BTreeMap::new(),
+            &clock,
+            &udp_only,
+            &mut out
+        )
+        .unwrap());
+        assert!(out.is_empty());
+        assert!(show(
+            bytes,
+            &topology,
+            &BTreeMap::new(),
+            &clock,
+            &request(),
+            &mut out
+        )
+        .unwrap());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000Z demo if0 -> host passed 0x0000 len 60\n"
+        );
+    }
 }

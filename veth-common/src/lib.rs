@@ -353,9 +353,20 @@ pub mod verdict {
     pub const DROPPED: u8 = 2;
 }
 
-/// One sampled frame, as the programs saw it.
+/// How many of a traced frame's first bytes an event carries: Ethernet
+/// (14) and IPv6 (40) leave 74 bytes for IPv6 extension headers and the
+/// TCP/UDP ports or ICMP type, enough for hop-by-hop, routing, fragment and
+/// destination options headers together. A power of two: the programs
+/// bound the copy's length with a mask the verifier can follow.
+pub const TRACE_HEADER_BYTES: usize = 128;
+const _: () = assert!(TRACE_HEADER_BYTES.is_power_of_two());
+
+/// One sampled frame, as the programs saw it: what they decided, and the
+/// frame's first bytes, which `vethctl trace` decodes (the programs parse
+/// nothing for tracing, so decoding IPv6 extension headers costs the
+/// kernel side no instructions and no verifier complexity).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceEvent {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
@@ -363,7 +374,7 @@ pub struct TraceEvent {
     pub ifindex: u32,
     /// For a redirect: host-side ifindex of the destination pod; else 0.
     pub peer_ifindex: u32,
-    /// `skb->len`.
+    /// `skb->len` (XDP: the frame's length).
     pub len: u32,
     /// [`hook`] value.
     pub hook: u8,
@@ -371,16 +382,37 @@ pub struct TraceEvent {
     pub verdict: u8,
     /// [`DropReason`] for dropped frames.
     pub reason: u8,
-    /// IP protocol (6 TCP, 17 UDP, 1 ICMP), 0 if not IPv4.
-    pub protocol: u8,
-    /// EtherType in host order (0x0800 IPv4, 0x0806 ARP, 0x86dd IPv6).
-    pub ethertype: u16,
-    /// TCP/UDP ports in host order; 0 for other protocols.
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub _pad: u16,
-    pub src_ipv4: [u8; 4],
-    pub dst_ipv4: [u8; 4],
+    pub _pad: u8,
+    /// How many bytes of `headers` are the frame's: `min(len,
+    /// TRACE_HEADER_BYTES)`, 0 if they could not be read.
+    pub captured: u16,
+    pub _pad2: u16,
+    pub _pad3: u32,
+    /// The frame's first `captured` bytes, from the Ethernet header on.
+    pub headers: [u8; TRACE_HEADER_BYTES],
+}
+
+// No holes: the programs write every byte before the headers.
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 32 + TRACE_HEADER_BYTES);
+
+// Arrays this long have no derived Default.
+impl Default for TraceEvent {
+    fn default() -> Self {
+        TraceEvent {
+            timestamp_ns: 0,
+            ifindex: 0,
+            peer_ifindex: 0,
+            len: 0,
+            hook: 0,
+            verdict: 0,
+            reason: 0,
+            _pad: 0,
+            captured: 0,
+            _pad2: 0,
+            _pad3: 0,
+            headers: [0; TRACE_HEADER_BYTES],
+        }
+    }
 }
 
 #[cfg(feature = "user")]

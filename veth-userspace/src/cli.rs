@@ -171,13 +171,73 @@ enum Command {
         /// Trace about one frame in N (1 = every frame).
         #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         sample: u32,
-        /// Stop after this many events (at least 1).
+        /// Stop after this many events (at least 1) that pass the filters.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
+        #[command(flatten)]
+        filter: TraceFilter,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `trace` filters: each flag may be repeated (any of its values);
+/// different flags must all match.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Filters (applied to the sampled events)")]
+struct TraceFilter {
+    /// Only frames with this verdict: redirected, passed or dropped.
+    #[arg(long, value_name = "VERDICT", value_parser = parse_verdict)]
+    verdict: Vec<trace::filter::Verdict>,
+    /// Only frames dropped for this reason (a name as in `stats`, e.g. spoofed_ipv4).
+    #[arg(long, value_name = "REASON", value_parser = trace::filter::parse_drop_reason)]
+    drop_reason: Vec<veth_common::DropReason>,
+    /// Only frames from or to this address or CIDR (IPv4 or IPv6).
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    ip: Vec<ipnet::IpNet>,
+    /// Only frames from this address or CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    src_ip: Vec<ipnet::IpNet>,
+    /// Only frames to this address or CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    dst_ip: Vec<ipnet::IpNet>,
+    /// Only TCP/UDP frames from or to this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    port: Vec<u16>,
+    /// Only TCP/UDP frames from this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    src_port: Vec<u16>,
+    /// Only TCP/UDP frames to this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    dst_port: Vec<u16>,
+    /// Only this transport protocol: tcp, udp, icmp or icmpv6.
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    protocol: Vec<trace::filter::Protocol>,
+}
+
+fn parse_verdict(s: &str) -> Result<trace::filter::Verdict, String> {
+    s.parse()
+}
+
+fn parse_protocol(s: &str) -> Result<trace::filter::Protocol, String> {
+    s.parse()
+}
+
+impl From<TraceFilter> for trace::Filter {
+    fn from(f: TraceFilter) -> trace::Filter {
+        trace::Filter {
+            verdicts: f.verdict,
+            drop_reasons: f.drop_reason,
+            addresses: f.ip,
+            src_addresses: f.src_ip,
+            dst_addresses: f.dst_ip,
+            ports: f.port,
+            src_ports: f.src_port,
+            dst_ports: f.dst_port,
+            protocols: f.protocol,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -549,12 +609,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             pod,
             sample,
             count,
+            filter,
             json,
         } => {
             let request = trace::TraceRequest {
                 pod,
                 sample_every: sample,
                 count,
+                filter: filter.into(),
                 json,
             };
             trace_follow(&select, &request).await

@@ -474,6 +474,7 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Some((name, caps)) = needs(&cli.command) {
+        crate::kernel::check()?;
         privileges::require(name, caps)?;
         state::secure_state_root()?;
     }

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod error;
 pub mod http_server;
 pub mod ipam;
+pub mod kernel;
 pub mod model;
 pub mod netlink;
 pub mod observe;

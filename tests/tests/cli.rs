@@ -39,3 +39,45 @@ fn an_old_kernel_is_refused_with_the_hooks_it_lacks() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// `--version` names the commit HEAD is at and the SHA-256 of the very
+/// object vethctl loads.
+#[test]
+fn version_names_commit_object_and_minimum_kernel() {
+    use sha2::{Digest, Sha256};
+    let out = Command::new(vethctl_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap();
+    assert!(
+        text.contains(&format!("\ncommit: {}\n", head.trim())),
+        "{text}"
+    );
+    let sha: String = Sha256::digest(veth_userspace::dataplane::object())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        text.contains(&format!("\nbpf object: sha256 {}\n", &sha[..12])),
+        "{text}"
+    );
+    assert!(text.ends_with("minimum kernel: Linux 6.6\n"), "{text}");
+    let short = Command::new(vethctl_bin()).arg("-V").output().unwrap();
+    let short = String::from_utf8(short.stdout).unwrap();
+    assert_eq!(
+        short,
+        format!(
+            "vethctl {} (commit {})\n",
+            veth_userspace::version::VERSION,
+            head.trim()
+        )
+    );
+}

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     apply, endpoint,
@@ -418,7 +418,7 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -440,6 +440,21 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code())
         }
     }
+}
+
+/// The command line, with the version texts that are known only at run
+/// time (the eBPF object's digest).
+fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The clap command with its version texts, as parsing, completions and
+/// the man page see it.
+fn command() -> clap::Command {
+    Cli::command()
+        .version(crate::version::short())
+        .long_version(crate::version::long())
 }
 
 /// What `command` needs from the kernel ([`privileges`]); `None` for

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod preflight;
 pub mod privileges;
 pub mod state;
+pub mod version;
 pub mod watch;
 
 pub use error::Error;

@@ -81,3 +81,53 @@ fn version_names_commit_object_and_minimum_kernel() {
         )
     );
 }
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `status` ends with a count by state; `--check` passes while every pod is
+/// ready and fails with status 5, naming the pod, once a veth goes down.
+#[test]
+fn status_summarises_and_check_fails_on_a_pod_not_ready() {
+    require_root();
+    let t = TestTopology::new(&["a", "b"]);
+    t.up();
+    let out = t.vethctl(&["status", "--check"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.ends_with("\n2 pods: 2 ready\n"), "{stdout}");
+
+    let veth = t.pod("a").host_veth.clone();
+    veth_tests::run("ip", &["link", "set", "dev", &veth, "down"]);
+    let out = t.vethctl(&["status", "--check"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    assert!(stdout.ends_with("\n2 pods: 1 ready, 1 down\n"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("1 pod not ready: {}/a (down)", t.name())),
+        "{stderr}"
+    );
+    // Without --check the same state is reported, not failed.
+    assert!(t.vethctl(&["status"]).status.success());
+    // JSON stays JSON; --check still decides the status.
+    let out = t.vethctl(&["status", "--json", "--check"]);
+    assert_eq!(out.status.code(), Some(5));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON");
+}
+
+/// One pod is "1 pod", not "1 pods".
+#[test]
+fn one_pod_is_singular() {
+    require_root();
+    let t = TestTopology::new(&["solo"]);
+    let out = t.vethctl(&["up"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(" is up: 1 pod, mode tc"), "{stdout}");
+    let (stdout, _) = text(&t.vethctl(&["status"]));
+    assert!(stdout.ends_with("\n1 pod: 1 ready\n"), "{stdout}");
+}

@@ -16,7 +16,7 @@ use crate::{
         MAX_TOPOLOGY_BYTES,
     },
     netlink::Host,
-    observe::{self, rates, trace, StatsReport, StatusReport, Unreadable},
+    observe::{self, rates, summary::Summary, trace, StatsReport, StatusReport, Unreadable},
     preflight, privileges,
     state::{self, recorded_topologies, StateDir},
 };
@@ -63,13 +63,18 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Show pods, their interfaces on both sides and what is attached.
+    /// Show pods, their interfaces on both sides and what is attached,
+    /// and a last line that counts them by state (`3 pods: 3 ready`).
     Status {
         #[command(flatten)]
         select: Select,
         /// Print JSON (documented in README.md) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit with status 5, naming them on stderr, when a pod is not
+        /// ready or a topology cannot be read (for health checks).
+        #[arg(long)]
+        check: bool,
     },
     /// Show per-pair counters: redirected, passed to the host stack, dropped.
     Stats {
@@ -434,6 +439,10 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if reader_gone(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<NotReady>() => {
+            let _ = writeln!(io::stderr(), "vethctl: {e}");
+            std::process::ExitCode::from(NOT_READY_EXIT)
+        }
         Err(e) => {
             // Not eprintln!, which panics when stderr is gone too.
             let _ = writeln!(io::stderr(), "error: {e:#}");
@@ -500,7 +509,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             timings,
         } => up(topology, apply::UpOptions { repair, timings }).await,
         Command::Down { select } => down(&select).await,
-        Command::Status { select, json } => status(&select, json).await,
+        Command::Status {
+            select,
+            json,
+            check,
+        } => status(&select, json, check).await,
         Command::Stats {
             select,
             json,
@@ -593,8 +606,9 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     // A CNI network's file lists no pods: its pods are the runtime's
     // endpoints, counted too (it said "0 pods" beside 902 endpoints).
     let pods = crate::endpoint::with_endpoints(topology.clone()).pods.len();
+    let pods = observe::summary::count(pods, "pod", "pods");
     emit(format_args!(
-        "topology {:?} is up: {pods} pods, mode {} (see `vethctl status -n {0}`)\n",
+        "topology {:?} is up: {pods}, mode {} (see `vethctl status -n {0}`)\n",
         topology.name, topology.mode
     ))
 }
@@ -605,7 +619,7 @@ async fn down(select: &Select) -> Result<()> {
     emit(format_args!("topology {name:?} is down\n"))
 }
 
-async fn status(select: &Select, json: bool) -> Result<()> {
+async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     let host = Host::connect()?;
     let (topologies, unreadable) = select.recorded()?;
     let mut report = StatusReport {
@@ -622,8 +636,23 @@ async fn status(select: &Select, json: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    print(json, &report, StatusReport::to_table)
+    let summary = Summary::of(&report);
+    print(json, &report, |r| format!("{}{summary}\n", r.to_table()))?;
+    if check && !summary.all_ready() {
+        return Err(NotReady(summary.problems()).into());
+    }
+    Ok(())
 }
+
+/// `status --check` found something not ready; exit status 5.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotReady(String);
+
+/// Exit status of `status --check` when something is not ready: apart from
+/// the failures of [`crate::Error::exit_code`], so a health check can tell
+/// "not ready" from "could not look".
+const NOT_READY_EXIT: u8 = 5;
 
 async fn stats(select: &Select, json: bool) -> Result<()> {
     let host = Host::connect()?;
@@ -756,7 +785,7 @@ fn install_cni(o: InstallCni) -> Result<()> {
     ))
 }
 
-fn print<T: serde::Serialize>(json: bool, report: &T, table: fn(&T) -> String) -> Result<()> {
+fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> String) -> Result<()> {
     if json {
         emit(format_args!("{}\n", serde_json::to_string_pretty(report)?))
     } else {

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod rates;
+pub mod summary;
 pub mod trace;
 
 use std::collections::BTreeMap;

@@ -131,3 +131,87 @@ fn one_pod_is_singular() {
     let (stdout, _) = text(&t.vethctl(&["status"]));
     assert!(stdout.ends_with("\n1 pod: 1 ready\n"), "{stdout}");
 }
+
+fn uninstall(bin: &std::path::Path, conf: &std::path::Path) -> std::process::Output {
+    let (bin, conf) = (bin.to_str().unwrap(), conf.to_str().unwrap());
+    veth_tests::vethctl(
+        &["uninstall-cni", "--bin-dir", bin, "--conf-dir", conf],
+        &[],
+        None,
+    )
+}
+
+/// `uninstall-cni` removes what `install-cni` wrote, but not while the
+/// network has a pod (its DEL needs the plugin), and never a file that only
+/// has the name: nothing at all is removed then.
+#[test]
+fn uninstall_cni_removes_only_its_own_files_and_waits_for_pods() {
+    use veth_tests::cni::{plugin_bin, CniNet, Pod};
+    let net = CniNet::builtin("tc");
+    let (bin, conf) = (
+        veth_tests::TempDir::new("uninstall-bin"),
+        veth_tests::TempDir::new("uninstall-conf"),
+    );
+    let plugin_file = bin.path().join("veth-cni");
+    let list_file = conf.path().join("10-vethctl.conflist");
+    let install = veth_tests::vethctl(
+        &[
+            "install-cni",
+            "--name",
+            &net.name,
+            "--subnet",
+            &net.block.cidr.to_string(),
+            "--chain",
+            "",
+            "--plugin",
+            plugin_bin().to_str().unwrap(),
+            "--bin-dir",
+            bin.path().to_str().unwrap(),
+            "--conf-dir",
+            conf.path().to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    veth_tests::expect_success(&install, "install-cni");
+
+    let pod = Pod::new();
+    let result = net.add(&pod);
+    let out = uninstall(bin.path(), conf.path());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("still has 1 pod: drain the node first"),
+        "{stderr}"
+    );
+    assert!(plugin_file.exists() && list_file.exists());
+
+    net.del(&pod, Some(&result));
+    let out = uninstall(bin.path(), conf.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("removed "), "{stdout}");
+    assert!(!plugin_file.exists() && !list_file.exists());
+    // Again: nothing there, nothing to do.
+    assert!(uninstall(bin.path(), conf.path()).status.success());
+
+    // Files that merely carry the names stay, both of them.
+    std::fs::write(&plugin_file, "#!/bin/sh\nexec /usr/lib/cni/bridge\n").unwrap();
+    std::fs::write(
+        &list_file,
+        "{\"name\": \"x\", \"plugins\": [{\"type\": \"bridge\"}]}\n",
+    )
+    .unwrap();
+    let out = uninstall(bin.path(), conf.path());
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("was not written by `vethctl install-cni`"),
+        "{stderr}"
+    );
+    assert!(plugin_file.exists() && list_file.exists());
+    // Our plugin beside a foreign list: still nothing goes.
+    std::fs::copy(plugin_bin(), &plugin_file).unwrap();
+    assert_eq!(uninstall(bin.path(), conf.path()).status.code(), Some(3));
+    assert!(plugin_file.exists() && list_file.exists());
+}

@@ -163,6 +163,14 @@ enum Command {
     /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
     /// libcni both use it. It is validated as the plugin would first.
     InstallCni(InstallCni),
+    /// Remove the plugin and the configuration list `install-cni` wrote.
+    ///
+    /// Each file goes only if its content shows it is ours (the plugin's
+    /// marker; the list exactly as written, naming veth-cni), never for its
+    /// name alone, and nothing goes while the network still has pods (drain
+    /// the node first). Networks that are up and their pins stay: `vethctl
+    /// down -n NAME` removes them.
+    UninstallCni(UninstallCni),
     /// Follow a sampled stream of flow events from the programs.
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
@@ -223,6 +231,19 @@ struct InstallCni {
     /// --bin-dir); empty for none.
     #[arg(long, value_delimiter = ',', default_value = "portmap,bandwidth")]
     chain: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UninstallCni {
+    /// The runtime's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    conf_dir: PathBuf,
+    /// File name of the list `install-cni` wrote.
+    #[arg(long, default_value = "10-vethctl.conflist", value_name = "FILE")]
+    conf_file: String,
 }
 
 fn not_up(name: &str) -> String {
@@ -492,13 +513,23 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
                 privileges::READ
             },
         ),
+        // Reads the networks' endpoint records (root's).
+        Command::UninstallCni(_) => ("vethctl uninstall-cni", privileges::READ),
         Command::InstallCni(_) => return None,
     })
 }
 
+/// Whether `command` uses the kernel's eBPF hooks, so an old kernel is
+/// refused first; taking vethctl off a node must work on any kernel.
+fn needs_kernel(command: &Command) -> bool {
+    !matches!(command, Command::UninstallCni(_) | Command::InstallCni(_))
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     if let Some((name, caps)) = needs(&cli.command) {
-        crate::kernel::check()?;
+        if needs_kernel(&cli.command) {
+            crate::kernel::check()?;
+        }
         privileges::require(name, caps)?;
         state::secure_state_root()?;
     }
@@ -587,6 +618,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             trace_follow(&select, &request).await
         }
         Command::InstallCni(options) => install_cni(options),
+        Command::UninstallCni(options) => uninstall_cni(options),
     }
 }
 
@@ -782,6 +814,22 @@ fn install_cni(o: InstallCni) -> Result<()> {
         conf.display(),
         options.name,
         options.name
+    ))
+}
+
+fn uninstall_cni(o: UninstallCni) -> Result<()> {
+    let removed = crate::cni::uninstall::uninstall(&crate::cni::uninstall::UninstallOptions {
+        bin_dir: o.bin_dir,
+        conf_dir: o.conf_dir,
+        conf_file: o.conf_file,
+    })?;
+    if removed.is_empty() {
+        return emit("nothing to remove: neither file is there\n");
+    }
+    let names: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+    emit(format_args!(
+        "removed {}; networks that are up stay until `vethctl down -n NAME`\n",
+        names.join(" and ")
     ))
 }
 

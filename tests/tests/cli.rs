@@ -215,3 +215,83 @@ fn uninstall_cni_removes_only_its_own_files_and_waits_for_pods() {
     assert_eq!(uninstall(bin.path(), conf.path()).status.code(), Some(3));
     assert!(plugin_file.exists() && list_file.exists());
 }
+
+/// Completion scripts come from the clap definitions: every command is in
+/// them, and bash and zsh parse theirs.
+#[test]
+fn completions_cover_every_command_and_parse() {
+    for (shell, interpreter) in [("bash", "bash"), ("zsh", "zsh"), ("fish", "fish")] {
+        let out = Command::new(vethctl_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for command in ["up", "status", "uninstall-cni", "completions", "man"] {
+            assert!(script.contains(command), "{shell}: {command}");
+        }
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {interpreter}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            let dir = veth_tests::TempDir::new("vethctl-completions");
+            let file = dir.path().join(shell);
+            std::fs::write(&file, &script).unwrap();
+            let check = Command::new(interpreter)
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let out = Command::new(vethctl_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+/// The man page documents every subcommand and option, and man renders it.
+#[test]
+fn the_man_page_documents_every_command() {
+    let out = Command::new(vethctl_bin()).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.starts_with(".ie"), "roff");
+    for section in [
+        "VETHCTL UP",
+        "VETHCTL STATUS",
+        "VETHCTL UNINSTALL-CNI",
+        "VETHCTL AGENT",
+    ] {
+        assert!(page.contains(&format!(".SH \"{section}\"")), "{section}");
+    }
+    assert!(page.contains("\\-\\-check"), "status --check is documented");
+    let has_man = Command::new("sh").args(["-c", "command -v man"]).output();
+    if has_man.is_ok_and(|o| o.status.success()) {
+        let dir = veth_tests::TempDir::new("vethctl-man");
+        let file = dir.path().join("vethctl.1");
+        std::fs::write(&file, &page).unwrap();
+        let shown = Command::new("man")
+            .arg("-l")
+            .arg(&file)
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.status.success() && text.contains("VETHCTL UNINSTALL-CNI"),
+            "{text}"
+        );
+    }
+}

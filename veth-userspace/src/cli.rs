@@ -171,6 +171,12 @@ enum Command {
     /// the node first). Networks that are up and their pins stay: `vethctl
     /// down -n NAME` removes them.
     UninstallCni(UninstallCni),
+    /// Print a completion script for SHELL (bash, elvish, fish, powershell,
+    /// zsh), e.g. `vethctl completions bash >
+    /// /usr/share/bash-completion/completions/vethctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `vethctl man | man -l -`.
+    Man,
     /// Follow a sampled stream of flow events from the programs.
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
@@ -515,14 +521,20 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
         ),
         // Reads the networks' endpoint records (root's).
         Command::UninstallCni(_) => ("vethctl uninstall-cni", privileges::READ),
-        Command::InstallCni(_) => return None,
+        Command::InstallCni(_) | Command::Completions { .. } | Command::Man => return None,
     })
 }
 
 /// Whether `command` uses the kernel's eBPF hooks, so an old kernel is
 /// refused first; taking vethctl off a node must work on any kernel.
 fn needs_kernel(command: &Command) -> bool {
-    !matches!(command, Command::UninstallCni(_) | Command::InstallCni(_))
+    !matches!(
+        command,
+        Command::UninstallCni(_)
+            | Command::InstallCni(_)
+            | Command::Completions { .. }
+            | Command::Man
+    )
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -619,6 +631,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::InstallCni(options) => install_cni(options),
         Command::UninstallCni(options) => uninstall_cni(options),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
 }
 
@@ -831,6 +845,30 @@ fn uninstall_cni(o: UninstallCni) -> Result<()> {
         "removed {}; networks that are up stay until `vethctl down -n NAME`\n",
         names.join(" and ")
     ))
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "vethctl", &mut script);
+    emit(String::from_utf8_lossy(&script))
+}
+
+/// The manual page: the top-level command, then each subcommand's page
+/// appended as a section, so one `vethctl.1` documents them all.
+fn man() -> Result<()> {
+    let command = command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("vethctl {}", sub.get_name());
+        let sub = sub.clone().name(&name).display_name(&name);
+        page.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub);
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+    }
+    emit(String::from_utf8_lossy(&page))
 }
 
 fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> String) -> Result<()> {

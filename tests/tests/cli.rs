@@ -295,3 +295,21 @@ fn the_man_page_documents_every_command() {
         );
     }
 }
+
+/// `stats --watch` into a pipe writes plain tables one after another, with
+/// no clear-screen codes.
+#[test]
+fn watch_into_a_pipe_is_plain_text() {
+    require_root();
+    let t = TestTopology::new(&["a", "b"]);
+    t.up();
+    let out = t.vethctl(&["stats", "--watch", "--interval", "0.1", "--count", "2"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    assert_eq!(stdout.matches("TOPOLOGY").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("\n\nTOPOLOGY") || stdout.contains("\n\n"),
+        "{stdout}"
+    );
+}

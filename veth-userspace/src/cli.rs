@@ -737,6 +737,7 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
         let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
     }
     let options = rates::WatchOptions {
+        redraw: io::IsTerminal::is_terminal(&io::stdout()),
         // In range: checked by parse_interval.
         interval: std::time::Duration::from_secs_f64(interval),
         count,

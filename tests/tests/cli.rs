@@ -313,3 +313,33 @@ fn watch_into_a_pipe_is_plain_text() {
         "{stdout}"
     );
 }
+
+/// `status --json` has both families of the network: pod ranges and node
+/// addresses; an IPv4-only topology has `null` for IPv6.
+#[test]
+fn status_json_has_both_families() {
+    require_root();
+    let t = TestTopology::dual_stack("tc", &["a"]);
+    t.up();
+    let top = &t.status();
+    let (cidr6, node6) = (
+        t.topology.pod_cidr6.expect("dual stack").to_string(),
+        t.topology.host_address6.expect("dual stack").to_string(),
+    );
+    assert_eq!(top["pod_cidr6"], cidr6.as_str(), "{top}");
+    assert_eq!(top["host_address6"], node6.as_str(), "{top}");
+    let (table, _) = text(&t.vethctl(&["status"]));
+    assert!(
+        table.contains(&format!(" {cidr6}  node address ")),
+        "{table}"
+    );
+    assert!(table.contains(&format!(" {node6} (on lo)")), "{table}");
+
+    let v4 = TestTopology::new(&["b"]);
+    v4.up();
+    let top = &v4.status();
+    assert!(
+        top["pod_cidr6"].is_null() && top["host_address6"].is_null(),
+        "{top}"
+    );
+}

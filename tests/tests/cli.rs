@@ -343,3 +343,41 @@ fn status_json_has_both_families() {
         "{top}"
     );
 }
+
+/// `plan --json` lists the steps of a fresh `up` with their kind, fields
+/// and text, and none once the topology is up.
+#[test]
+fn plan_json_lists_steps_and_none_after_up() {
+    require_root();
+    let t = TestTopology::new(&["a", "b"]);
+    let out = t.vethctl(&["plan", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(plan["topology"], t.name());
+    assert_eq!(plan["mode"], "tc");
+    let steps = plan["steps"].as_array().unwrap();
+    let veth = steps
+        .iter()
+        .find(|s| s["step"] == "create_veth" && s["pod"] == "a")
+        .unwrap_or_else(|| panic!("no create_veth for a: {stdout}"));
+    assert_eq!(veth["host_veth"], t.pod("a").host_veth.as_str());
+    assert!(veth["text"].as_str().unwrap().contains("a"), "{veth}");
+    assert!(
+        steps.iter().any(|s| s["step"] == "load_programs"),
+        "{stdout}"
+    );
+    // The text form lists the same steps.
+    let (table, _) = text(&t.vethctl(&["plan"]));
+    assert_eq!(table.lines().count(), steps.len() + 1, "{table}");
+    t.up();
+    let (stdout, _) = text(&t.vethctl(&["plan", "--json"]));
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let kinds: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    assert_eq!(kinds, ["enable_forwarding", "sync_dataplane"], "{stdout}");
+}

@@ -99,6 +99,10 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Print JSON: the topology, its mode and the steps, each with its
+        /// kind (`"step"`), its fields and its text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the path between two pods of a topology that is up:
     /// request/response latency (sockperf), connection rate (built in),
@@ -565,7 +569,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, json, interval, count).await,
         Command::Stats { select, json, .. } => stats(&select, json).await,
-        Command::Plan { topology } => plan(topology).await,
+        Command::Plan { topology, json } => plan(topology, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -746,11 +750,14 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>) -> Result<()> {
+async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
     let (topology, _) = topology_or_default(path.as_deref())?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;
+    if json {
+        return emit(format_args!("{}\n", plan_json(&topology, &steps)?));
+    }
     let mut text = format!(
         "plan for topology {:?} (mode {}):\n",
         topology.name, topology.mode
@@ -759,6 +766,23 @@ async fn plan(path: Option<PathBuf>) -> Result<()> {
         text += &format!("  {step}\n");
     }
     emit(text)
+}
+
+/// `plan --json`: `{"topology", "mode", "steps": [{"step", ..., "text"}]}`.
+fn plan_json(topology: &Topology, steps: &[crate::plan::Step]) -> Result<String> {
+    let steps = steps
+        .iter()
+        .map(|step| {
+            let mut value = serde_json::to_value(step)?;
+            value["text"] = step.to_string().into();
+            Ok(value)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "topology": topology.name,
+        "mode": topology.mode.to_string(),
+        "steps": steps,
+    }))?)
 }
 
 async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {

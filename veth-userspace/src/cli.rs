@@ -687,7 +687,14 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
         }
     }
     let summary = Summary::of(&report);
-    print(json, &report, |r| format!("{}{summary}\n", r.to_table()))?;
+    print(json, &report, |r| {
+        if r.topologies.is_empty() && r.unreadable.is_empty() {
+            // The table already says that no topology is up.
+            r.to_table()
+        } else {
+            format!("{}{summary}\n", r.to_table())
+        }
+    })?;
     if check && !summary.all_ready() {
         return Err(NotReady(summary.problems()).into());
     }

@@ -32,6 +32,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(file).display());
     }
 
+    emit_git_commit(&workspace);
+
     for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
         if !Path::new(tool).exists() {
             fail(&format!(
@@ -92,6 +94,34 @@ fn main() {
         .join("veth-ebpf");
     std::fs::copy(&object, out_dir.join("veth-ebpf.o"))
         .unwrap_or_else(|e| fail(&format!("copying {}: {e}", object.display())));
+}
+
+/// Sets `VETHCTL_GIT_COMMIT` for `vethctl --version`: the commit the build
+/// is from, or "unknown" outside a git checkout (a source tarball) or
+/// without git. Reruns when HEAD moves, so the commit is never stale.
+fn emit_git_commit(workspace: &Path) {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=VETHCTL_GIT_COMMIT={commit}");
+    // HEAD itself (a branch switch) and the branch it points at (a commit);
+    // in a worktree they live in different git directories.
+    let mut watched = vec!["HEAD".to_string()];
+    watched.extend(git(&["rev-parse", "--symbolic-full-name", "HEAD"]));
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+    }
 }
 
 /// PATH with ~/.cargo/bin, where `cargo install bpf-linker` puts the linker.

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     apply, endpoint,
@@ -16,7 +16,7 @@ use crate::{
         MAX_TOPOLOGY_BYTES,
     },
     netlink::Host,
-    observe::{self, rates, trace, StatsReport, StatusReport, Unreadable},
+    observe::{self, rates, summary::Summary, trace, StatsReport, StatusReport, Unreadable},
     preflight, privileges,
     state::{self, recorded_topologies, StateDir},
 };
@@ -63,13 +63,18 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Show pods, their interfaces on both sides and what is attached.
+    /// Show pods, their interfaces on both sides and what is attached,
+    /// and a last line that counts them by state (`3 pods: 3 ready`).
     Status {
         #[command(flatten)]
         select: Select,
         /// Print JSON (documented in README.md) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit with status 5, naming them on stderr, when a pod is not
+        /// ready or a topology cannot be read (for health checks).
+        #[arg(long)]
+        check: bool,
     },
     /// Show per-pair counters: redirected, passed to the host stack, dropped.
     Stats {
@@ -94,6 +99,10 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Print JSON: the topology, its mode and the steps, each with its
+        /// kind (`"step"`), its fields and its text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the path between two pods of a topology that is up:
     /// request/response latency (sockperf), connection rate (built in),
@@ -158,6 +167,20 @@ enum Command {
     /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
     /// libcni both use it. It is validated as the plugin would first.
     InstallCni(InstallCni),
+    /// Remove the plugin and the configuration list `install-cni` wrote.
+    ///
+    /// Each file goes only if its content shows it is ours (the plugin's
+    /// marker; the list exactly as written, naming veth-cni), never for its
+    /// name alone, and nothing goes while the network still has pods (drain
+    /// the node first). Networks that are up and their pins stay: `vethctl
+    /// down -n NAME` removes them.
+    UninstallCni(UninstallCni),
+    /// Print a completion script for SHELL (bash, elvish, fish, powershell,
+    /// zsh), e.g. `vethctl completions bash >
+    /// /usr/share/bash-completion/completions/vethctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `vethctl man | man -l -`.
+    Man,
     /// Follow a sampled stream of flow events from the programs.
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
@@ -278,6 +301,19 @@ struct InstallCni {
     /// --bin-dir); empty for none.
     #[arg(long, value_delimiter = ',', default_value = "portmap,bandwidth")]
     chain: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct UninstallCni {
+    /// The runtime's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    conf_dir: PathBuf,
+    /// File name of the list `install-cni` wrote.
+    #[arg(long, default_value = "10-vethctl.conflist", value_name = "FILE")]
+    conf_file: String,
 }
 
 fn not_up(name: &str) -> String {
@@ -480,7 +516,7 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -496,12 +532,31 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if reader_gone(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<NotReady>() => {
+            let _ = writeln!(io::stderr(), "vethctl: {e}");
+            std::process::ExitCode::from(NOT_READY_EXIT)
+        }
         Err(e) => {
             // Not eprintln!, which panics when stderr is gone too.
             let _ = writeln!(io::stderr(), "error: {e:#}");
             std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code())
         }
     }
+}
+
+/// The command line, with the version texts that are known only at run
+/// time (the eBPF object's digest).
+fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The clap command with its version texts, as parsing, completions and
+/// the man page see it.
+fn command() -> clap::Command {
+    Cli::command()
+        .version(crate::version::short())
+        .long_version(crate::version::long())
 }
 
 /// What `command` needs from the kernel ([`privileges`]); `None` for
@@ -530,12 +585,29 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
                 privileges::READ
             },
         ),
-        Command::InstallCni(_) => return None,
+        // Reads the networks' endpoint records (root's).
+        Command::UninstallCni(_) => ("vethctl uninstall-cni", privileges::READ),
+        Command::InstallCni(_) | Command::Completions { .. } | Command::Man => return None,
     })
+}
+
+/// Whether `command` uses the kernel's eBPF hooks, so an old kernel is
+/// refused first; taking vethctl off a node must work on any kernel.
+fn needs_kernel(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::UninstallCni(_)
+            | Command::InstallCni(_)
+            | Command::Completions { .. }
+            | Command::Man
+    )
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Some((name, caps)) = needs(&cli.command) {
+        if needs_kernel(&cli.command) {
+            crate::kernel::check()?;
+        }
         privileges::require(name, caps)?;
         state::secure_state_root()?;
     }
@@ -546,7 +618,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             timings,
         } => up(topology, apply::UpOptions { repair, timings }).await,
         Command::Down { select } => down(&select).await,
-        Command::Status { select, json } => status(&select, json).await,
+        Command::Status {
+            select,
+            json,
+            check,
+        } => status(&select, json, check).await,
         Command::Stats {
             select,
             json,
@@ -555,7 +631,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, json, interval, count).await,
         Command::Stats { select, json, .. } => stats(&select, json).await,
-        Command::Plan { topology } => plan(topology).await,
+        Command::Plan { topology, json } => plan(topology, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -622,6 +698,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             trace_follow(&select, &request).await
         }
         Command::InstallCni(options) => install_cni(options),
+        Command::UninstallCni(options) => uninstall_cni(options),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
 }
 
@@ -641,8 +720,9 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     // A CNI network's file lists no pods: its pods are the runtime's
     // endpoints, counted too (it said "0 pods" beside 902 endpoints).
     let pods = crate::endpoint::with_endpoints(topology.clone()).pods.len();
+    let pods = observe::summary::count(pods, "pod", "pods");
     emit(format_args!(
-        "topology {:?} is up: {pods} pods, mode {} (see `vethctl status -n {0}`)\n",
+        "topology {:?} is up: {pods}, mode {} (see `vethctl status -n {0}`)\n",
         topology.name, topology.mode
     ))
 }
@@ -653,7 +733,7 @@ async fn down(select: &Select) -> Result<()> {
     emit(format_args!("topology {name:?} is down\n"))
 }
 
-async fn status(select: &Select, json: bool) -> Result<()> {
+async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     let host = Host::connect()?;
     let (topologies, unreadable) = select.recorded()?;
     let mut report = StatusReport {
@@ -670,8 +750,30 @@ async fn status(select: &Select, json: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    print(json, &report, StatusReport::to_table)
+    let summary = Summary::of(&report);
+    print(json, &report, |r| {
+        if r.topologies.is_empty() && r.unreadable.is_empty() {
+            // The table already says that no topology is up.
+            r.to_table()
+        } else {
+            format!("{}{summary}\n", r.to_table())
+        }
+    })?;
+    if check && !summary.all_ready() {
+        return Err(NotReady(summary.problems()).into());
+    }
+    Ok(())
 }
+
+/// `status --check` found something not ready; exit status 5.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotReady(String);
+
+/// Exit status of `status --check` when something is not ready: apart from
+/// the failures of [`crate::Error::exit_code`], so a health check can tell
+/// "not ready" from "could not look".
+const NOT_READY_EXIT: u8 = 5;
 
 async fn stats(select: &Select, json: bool) -> Result<()> {
     let host = Host::connect()?;
@@ -710,6 +812,7 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
         let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
     }
     let options = rates::WatchOptions {
+        redraw: io::IsTerminal::is_terminal(&io::stdout()),
         // In range: checked by parse_interval.
         interval: std::time::Duration::from_secs_f64(interval),
         count,
@@ -718,11 +821,14 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>) -> Result<()> {
+async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
     let (topology, _) = topology_or_default(path.as_deref())?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;
+    if json {
+        return emit(format_args!("{}\n", plan_json(&topology, &steps)?));
+    }
     let mut text = format!(
         "plan for topology {:?} (mode {}):\n",
         topology.name, topology.mode
@@ -731,6 +837,23 @@ async fn plan(path: Option<PathBuf>) -> Result<()> {
         text += &format!("  {step}\n");
     }
     emit(text)
+}
+
+/// `plan --json`: `{"topology", "mode", "steps": [{"step", ..., "text"}]}`.
+fn plan_json(topology: &Topology, steps: &[crate::plan::Step]) -> Result<String> {
+    let steps = steps
+        .iter()
+        .map(|step| {
+            let mut value = serde_json::to_value(step)?;
+            value["text"] = step.to_string().into();
+            Ok(value)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "topology": topology.name,
+        "mode": topology.mode.to_string(),
+        "steps": steps,
+    }))?)
 }
 
 async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
@@ -823,7 +946,47 @@ fn install_cni(o: InstallCni) -> Result<()> {
     ))
 }
 
-fn print<T: serde::Serialize>(json: bool, report: &T, table: fn(&T) -> String) -> Result<()> {
+fn uninstall_cni(o: UninstallCni) -> Result<()> {
+    let removed = crate::cni::uninstall::uninstall(&crate::cni::uninstall::UninstallOptions {
+        bin_dir: o.bin_dir,
+        conf_dir: o.conf_dir,
+        conf_file: o.conf_file,
+    })?;
+    if removed.is_empty() {
+        return emit("nothing to remove: neither file is there\n");
+    }
+    let names: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+    emit(format_args!(
+        "removed {}; networks that are up stay until `vethctl down -n NAME`\n",
+        names.join(" and ")
+    ))
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "vethctl", &mut script);
+    emit(String::from_utf8_lossy(&script))
+}
+
+/// The manual page: the top-level command, then each subcommand's page
+/// appended as a section, so one `vethctl.1` documents them all.
+fn man() -> Result<()> {
+    let command = command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("vethctl {}", sub.get_name());
+        let sub = sub.clone().name(&name).display_name(&name);
+        page.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub);
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+    }
+    emit(String::from_utf8_lossy(&page))
+}
+
+fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> String) -> Result<()> {
     if json {
         emit(format_args!("{}\n", serde_json::to_string_pretty(report)?))
     } else {

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod error;
 pub mod http_server;
 pub mod ipam;
+pub mod kernel;
 pub mod model;
 pub mod netlink;
 pub mod observe;
@@ -22,6 +23,7 @@ pub mod preflight;
 pub mod privileges;
 pub mod recover;
 pub mod state;
+pub mod version;
 pub mod watch;
 
 pub use error::Error;

@@ -105,7 +105,10 @@ impl Observed {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `plan --json` names each step (`"step": "create_veth"`) beside its
+/// fields.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Host-wide IPv4 (and IPv6) forwarding on.
     EnableForwarding,
@@ -207,6 +210,7 @@ pub enum Step {
     /// A route over one of the topology's links that no pod wants any more
     /// (a renumbered pod, mode bridge).
     RemoveRoute {
+        #[serde(serialize_with = "as_text")]
         route: Route,
     },
     DeleteLink {
@@ -225,6 +229,11 @@ pub enum Step {
     RemovePins,
     /// Remove `/run/vethctl/<topology>` (with the ledger).
     RemoveState,
+}
+
+/// A value as its `Display` text (a route as `ip route` shows it).
+fn as_text<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 impl fmt::Display for Step {

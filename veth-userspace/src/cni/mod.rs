@@ -13,6 +13,7 @@
 pub mod install;
 pub mod ipam;
 pub mod network;
+pub mod uninstall;
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -40,6 +41,8 @@ pub struct VethCni;
 /// exactly this code.
 pub fn main() -> ! {
     use std::io::Write;
+    // Keeps the marker in the binary: `uninstall-cni` looks for it.
+    std::hint::black_box(uninstall::PLUGIN_MARKER);
     let stdin = veth_cni_protocol::read_stdin(std::io::stdin());
     let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
     for line in &out.stderr {

@@ -817,6 +817,7 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
         interval: std::time::Duration::from_secs_f64(interval),
         count,
         json,
+        all: !select.is_some(),
     };
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }

@@ -87,6 +87,9 @@ pub struct WatchOptions {
     /// Redraw the table in place (a terminal); otherwise tables follow one
     /// another, a blank line apart, with no control codes (a file, a pipe).
     pub redraw: bool,
+    /// Watching every topology (none selected): one taken down meanwhile
+    /// leaves the watch instead of ending it.
+    pub all: bool,
 }
 
 /// One refresh of the table: after the codes that home the cursor and
@@ -107,14 +110,8 @@ pub async fn watch(
     options: &WatchOptions,
     out: &mut impl Write,
 ) -> Result<()> {
-    let snapshot = || async {
-        let mut all = Vec::with_capacity(topologies.len());
-        for t in topologies {
-            all.push(super::stats(host, t).await?);
-        }
-        anyhow::Ok((Instant::now(), all))
-    };
-    let (mut taken, mut before) = snapshot().await?;
+    let mut watched = topologies.to_vec();
+    let (mut taken, mut before) = snapshot(host, &mut watched, options.all).await?;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut shown = 0;
@@ -123,7 +120,7 @@ pub async fn watch(
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep(options.interval) => {}
         }
-        let (now, after) = snapshot().await?;
+        let (now, after) = snapshot(host, &mut watched, options.all).await?;
         let elapsed = now - taken;
         let current = rates(&before, &after, elapsed);
         if options.json {
@@ -139,6 +136,37 @@ pub async fn watch(
         shown += 1;
     }
     Ok(())
+}
+
+/// The counters of every watched topology, now. Watching all of them
+/// (`all`), one that can no longer be read — taken down since the watch
+/// began — leaves the watch with a note instead of ending it: with many
+/// topologies on a node, one going away is ordinary.
+async fn snapshot(
+    host: &Host,
+    watched: &mut Vec<Topology>,
+    all: bool,
+) -> Result<(Instant, Vec<TopologyStats>)> {
+    let mut stats = Vec::with_capacity(watched.len());
+    let mut kept = Vec::with_capacity(watched.len());
+    for t in watched.drain(..) {
+        match super::stats(host, &t).await {
+            Ok(s) => {
+                stats.push(s);
+                kept.push(t);
+            }
+            Err(e) if all => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "vethctl: topology {:?} can no longer be read, no longer watched: {e:#}",
+                    t.name
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    *watched = kept;
+    Ok((Instant::now(), stats))
 }
 
 /// `12.3k`, `4.56M`, `1.20G`: rates at a glance.

@@ -13,9 +13,13 @@
 //! redirect requires), and a pod whose veth or `eth0` is down keeps
 //! receiving redirects that the kernel then drops.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use futures::FutureExt;
 
 use crate::{
     dataplane::{
@@ -69,22 +73,83 @@ pub async fn run(host: Host) -> Result<()> {
     let mut events = LinkEvents::subscribe()?;
     remap_endpoints(&host).await;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    // A pass slower than the period is followed by one pass, not a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut pending = Pending::default();
         tokio::select! {
-            event = events.next() => match event {
-                Some(LinkEvent::Changed { ifindex }) => on_link(&host, ifindex).await,
-                // Looked up, not believed: taking a port off a bridge sends
-                // an RTM_DELLINK (of family AF_BRIDGE) for a link that
-                // stays, and forgetting that pod's endpoint would leave it
-                // unmapped until the next `up` (seen when leaving mode
-                // bridge: `bench disruption`). A link really gone is not
-                // found, and its pod is forgotten as before.
-                Some(LinkEvent::Removed { ifindex }) => on_link(&host, ifindex).await,
-                Some(LinkEvent::Namespaces) => reconcile(&host).await,
-                None => anyhow::bail!("the rtnetlink event stream ended"),
-            },
-            _ = tick.tick() => reconcile(&host).await,
+            event = events.next() => pending.note(event.context(STREAM_ENDED)?),
+            _ = tick.tick() => pending.note_everything(),
         }
+        // Everything that arrived while the last pass ran joins this one:
+        // the rtnetlink connection queues events without bound, and a node
+        // making pods sends them faster than one pass per event can follow
+        // (the queue grew the agent by ~49 MB per 1,000 CNI ADD/DEL cycles).
+        while let Some(event) = events.next().now_or_never() {
+            pending.note(event.context(STREAM_ENDED)?);
+        }
+        act_on(&host, &pending).await;
+    }
+}
+
+const STREAM_ENDED: &str = "the rtnetlink event stream ended";
+
+/// Link events not acted on yet, folded: any number of them costs one
+/// pass and holds at most [`MAX_PENDING_LINKS`] ifindexes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Links whose pods (if any) to look at again.
+    links: BTreeSet<u32>,
+    /// Every mapped pod to look at again (a periodic pass, namespaces that
+    /// came or went, or more links than a full pass costs).
+    everything: bool,
+}
+
+/// Past this many links, one full pass (a link dump) is cheaper than
+/// asking the kernel about each.
+pub const MAX_PENDING_LINKS: usize = 64;
+
+impl Pending {
+    pub fn note(&mut self, event: LinkEvent) {
+        match event {
+            // Removed is looked up, not believed: taking a port off a
+            // bridge sends an RTM_DELLINK (of family AF_BRIDGE) for a link
+            // that stays, and forgetting that pod's endpoint would leave it
+            // unmapped until the next `up` (seen when leaving mode bridge:
+            // `bench disruption`). A link really gone is not found, and
+            // its pod is forgotten.
+            LinkEvent::Changed { ifindex } | LinkEvent::Removed { ifindex } => {
+                if !self.everything {
+                    self.links.insert(ifindex);
+                    if self.links.len() > MAX_PENDING_LINKS {
+                        self.note_everything();
+                    }
+                }
+            }
+            LinkEvent::Namespaces => self.note_everything(),
+        }
+    }
+
+    pub fn note_everything(&mut self) {
+        self.everything = true;
+        self.links.clear();
+    }
+
+    /// The links to look at one by one (none when `everything`).
+    pub fn links(&self) -> &BTreeSet<u32> {
+        &self.links
+    }
+
+    pub fn everything(&self) -> bool {
+        self.everything
+    }
+}
+
+async fn act_on(host: &Host, pending: &Pending) {
+    if pending.everything() {
+        reconcile(host).await;
+    } else if !pending.links().is_empty() {
+        on_links(host, pending.links()).await;
     }
 }
 
@@ -116,19 +181,28 @@ fn unless_changing(name: &str) -> Option<crate::state::Lock> {
     }
 }
 
-async fn on_link(host: &Host, ifindex: u32) {
-    // The link as it is now, not as the event said: events can arrive late.
-    let link = match host.link_by_index(ifindex).await {
-        Ok(link) => link,
-        Err(e) => {
-            eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
-            return;
+/// Checks the pods (if any) behind `ifindexes` against their links as they
+/// are now, not as the events said: events can arrive late. A link that
+/// could not be looked up is left for the next pass.
+async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
+    let mut links = BTreeMap::new();
+    for &ifindex in ifindexes {
+        match host.link_by_index(ifindex).await {
+            Ok(link) => {
+                links.insert(ifindex, link);
+            }
+            Err(e) => eprintln!("vethctl agent: looking up link {ifindex}: {e:#}"),
         }
-    };
+    }
     act_on_changes(
         host,
-        |maps| Ok(maps.pod(ifindex)?.into_iter().collect()),
-        |_| link.as_ref(),
+        |maps| {
+            links
+                .keys()
+                .filter_map(|&ifindex| maps.pod(ifindex).transpose())
+                .collect()
+        },
+        |ifindex| links.get(&ifindex).and_then(Option::as_ref),
     )
     .await;
 }
@@ -386,5 +460,34 @@ mod tests {
         let mut dummy = veth(name, true, true);
         dummy.kind = Some("dummy".into());
         assert_eq!(judge(&t, &pod, Some(&dummy)), Verdict::Forget);
+    }
+
+    #[test]
+    fn a_storm_of_link_events_folds_into_one_bounded_pass() {
+        let mut pending = Pending::default();
+        for ifindex in [7, 9, 7, 7] {
+            pending.note(LinkEvent::Changed { ifindex });
+        }
+        pending.note(LinkEvent::Removed { ifindex: 9 });
+        assert_eq!(pending.links().iter().copied().collect::<Vec<_>>(), [7, 9]);
+        assert!(!pending.everything());
+        // Every pod's veth changing many times: one full pass, no list.
+        for round in 0..100 {
+            for ifindex in 0..1_000 {
+                pending.note(if round % 2 == 0 {
+                    LinkEvent::Changed { ifindex }
+                } else {
+                    LinkEvent::Removed { ifindex }
+                });
+                assert!(pending.links().len() <= MAX_PENDING_LINKS);
+            }
+        }
+        assert!(pending.everything());
+        assert!(pending.links().is_empty());
+        let mut namespaces = Pending::default();
+        namespaces.note(LinkEvent::Changed { ifindex: 3 });
+        namespaces.note(LinkEvent::Namespaces);
+        namespaces.note(LinkEvent::Changed { ifindex: 4 });
+        assert!(namespaces.everything() && namespaces.links().is_empty());
     }
 }

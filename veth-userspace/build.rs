@@ -21,6 +21,7 @@ fn main() {
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
+    commit_env(&workspace);
     for dir in ["veth-ebpf/src", "veth-common/src"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
@@ -92,6 +93,35 @@ fn main() {
         .join("veth-ebpf");
     std::fs::copy(&object, out_dir.join("veth-ebpf.o"))
         .unwrap_or_else(|e| fail(&format!("copying {}: {e}", object.display())));
+}
+
+/// `VETHCTL_COMMIT` for the binaries (`vethctl_build_info`): the
+/// environment's `VETHCTL_COMMIT` if set (a packager building from a
+/// tarball), else what `git` says of the checkout, else "unknown".
+fn commit_env(workspace: &Path) {
+    println!("cargo:rerun-if-env-changed=VETHCTL_COMMIT");
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .current_dir(workspace)
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    };
+    // A new commit or another branch checked out: run again.
+    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
+    for what in ["HEAD"].into_iter().chain(reference.as_deref()) {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", what]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let commit = env::var("VETHCTL_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=VETHCTL_COMMIT={commit}");
 }
 
 /// PATH with ~/.cargo/bin, where `cargo install bpf-linker` puts the linker.

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod applied;
 pub mod apply;
 pub mod bench;
+pub mod build_info;
 pub mod cli;
 pub mod cni;
 pub mod dataplane;

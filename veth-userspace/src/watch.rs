@@ -25,6 +25,7 @@ use crate::{
         links::LinkState,
         Host,
     },
+    observe::passes::{self, Pass},
     state::{self, StateDir},
 };
 
@@ -117,16 +118,20 @@ async fn on_link(host: &Host, ifindex: u32) {
         Ok(link) => link,
         Err(e) => {
             eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
+            passes::finished(Pass::LinkEvent, false);
             return;
         }
     };
+    let mut ok = true;
     each_topology(|topology| {
-        apply(topology, ifindex, |pod| judge(topology, pod, link.as_ref()));
+        ok &= apply(topology, ifindex, |pod| judge(topology, pod, link.as_ref()));
     });
+    passes::finished(Pass::LinkEvent, ok);
 }
 
-/// Applies `verdict` to the pod of `topology` behind `ifindex`, if any.
-fn apply(topology: &Topology, ifindex: u32, verdict: impl Fn(&MappedPod) -> Verdict) {
+/// Applies `verdict` to the pod of `topology` behind `ifindex`, if any;
+/// `false` if that failed.
+fn apply(topology: &Topology, ifindex: u32, verdict: impl Fn(&MappedPod) -> Verdict) -> bool {
     let result = (|| -> Result<()> {
         let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
             return Ok(());
@@ -136,12 +141,13 @@ fn apply(topology: &Topology, ifindex: u32, verdict: impl Fn(&MappedPod) -> Verd
         }
         Ok(())
     })();
-    if let Err(e) = result {
+    if let Err(e) = &result {
         eprintln!(
             "vethctl agent: topology {:?}, link {ifindex}: {e:#}",
             topology.name
         );
     }
+    result.is_ok()
 }
 
 /// Checks every mapped pod of every topology against one link dump.
@@ -150,9 +156,11 @@ pub async fn reconcile(host: &Host) {
         Ok(links) => links.into_iter().map(|l| (l.ifindex, l)).collect(),
         Err(e) => {
             eprintln!("vethctl agent: listing links: {e:#}");
+            passes::finished(Pass::Reconcile, false);
             return;
         }
     };
+    let mut ok = true;
     each_topology(|topology| {
         let result = (|| -> Result<()> {
             let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
@@ -165,12 +173,14 @@ pub async fn reconcile(host: &Host) {
             Ok(())
         })();
         if let Err(e) = result {
+            ok = false;
             eprintln!(
                 "vethctl agent: reconciling topology {:?}: {e:#}",
                 topology.name
             );
         }
     });
+    passes::finished(Pass::Reconcile, ok);
 }
 
 fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdict) -> Result<()> {

@@ -54,11 +54,11 @@ fn redirects_from_metrics(text: &str, topology: &str) -> Redirects {
     for sample in parse_metrics(text) {
         let Some(unit) = UNITS
             .into_iter()
-            .find(|u| sample.name == format!("veth_pair_{u}_total"))
+            .find(|u| sample.name == format!("vethctl_pair_{u}_total"))
         else {
             continue;
         };
-        if !sample.has_labels(&[("topology", topology), ("path", "redirect")]) {
+        if !sample.has_labels(&[("topology", topology), ("verdict", "redirected")]) {
             continue;
         }
         let direction = DIRECTIONS
@@ -284,7 +284,7 @@ fn prometheus_scrapes_the_agent() {
         "a -> b pings answered"
     );
     let query = format!(
-        "veth_pair_packets_total{{topology=\"{}\",pod=\"a\",direction=\"from_pod\",path=\"redirect\"}}",
+        "vethctl_pair_packets_total{{topology=\"{}\",pod=\"a\",direction=\"from_pod\",verdict=\"redirected\"}}",
         t.name()
     );
     prometheus.wait_for(&query, "at least the pings", |v| v >= f64::from(PINGS));
@@ -297,11 +297,13 @@ fn prometheus_scrapes_the_agent() {
     });
 }
 
-/// Every `veth_pair_packets_total` series of `topology`: labels -> value.
+/// Every `vethctl_pair_packets_total` series of `topology`: labels -> value.
 fn packet_series(text: &str, topology: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
     parse_metrics(text)
         .into_iter()
-        .filter(|s| s.name == "veth_pair_packets_total" && s.has_labels(&[("topology", topology)]))
+        .filter(|s| {
+            s.name == "vethctl_pair_packets_total" && s.has_labels(&[("topology", topology)])
+        })
         .map(|s| (s.labels, s.value))
         .collect()
 }
@@ -345,7 +347,7 @@ fn metrics_survive_an_agent_restart() {
     for (labels, old) in &before {
         let new = after[labels];
         assert!(new >= *old, "{labels:?} went back from {old} to {new}");
-        if labels["path"] == "redirect" {
+        if labels["verdict"] == "redirected" {
             assert_eq!(
                 new - old,
                 f64::from(PINGS),
@@ -371,7 +373,7 @@ fn removed_pod_series_disappear() {
     let text = agent.scrape();
     assert!(!pod_series(&text, t.name(), "c").is_empty(), "c is shown");
     assert_eq!(
-        metric_value(&text, "veth_pods", &[("topology", t.name())]),
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]),
         Some(3.0)
     );
 
@@ -394,7 +396,7 @@ fn removed_pod_series_disappear() {
         );
     }
     assert_eq!(
-        metric_value(&text, "veth_pods", &[("topology", t.name())]),
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]),
         Some(2.0)
     );
 }
@@ -566,5 +568,96 @@ fn stats_watch_reports_rates() {
     assert!(
         busy,
         "a's redirect rate is shown while it pings: {reports:#?}"
+    );
+}
+
+/// A real scrape passes `promtool check metrics` (Prometheus's own lint of
+/// names, types, HELP and suffixes), and every family carries the one
+/// application prefix `vethctl_`, per-pod drop reasons included.
+#[test]
+fn a_scrape_passes_promtool_with_one_prefix() {
+    let t = TestTopology::dual_stack("tc", &["a", "b"]);
+    t.up();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "a -> b pings answered");
+    let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_port()));
+    let agent = Agent::start_with(addr, &["--per-pod-drops", "--bpf-stats"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = agent.scrape();
+    assert!(
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]) == Some(2.0),
+        "{text}"
+    );
+    let dir = TempDir::new("vethctl-promtool");
+    let file = dir.path().join("scrape.txt");
+    std::fs::write(&file, &text).expect("writing the scrape");
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("metrics")
+        .stdin(std::fs::File::open(&file).expect("the scrape"))
+        .output()
+        .expect("running promtool (Debian's prometheus package; `cargo xtask setup`)");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(
+        families.len() > 10 && families.iter().all(|f| f.starts_with("vethctl_")),
+        "one prefix for every family: {families:?}"
+    );
+    for family in [
+        "vethctl_build_info",
+        "vethctl_pair_drops_total",
+        "vethctl_drops_total",
+        "vethctl_endpoints",
+        "vethctl_endpoint_ready",
+        "vethctl_agent_passes_total",
+    ] {
+        assert!(families.contains(&family), "{family} in {families:?}");
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "vethctl_endpoints",
+            &[("topology", t.name()), ("state", "ready")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+}
+
+/// A clean `up` fills the maps before its programs run on the pods' veths:
+/// the pods' first frames (IPv6 DAD, router solicitations, the test's
+/// pings) are never dropped as coming from an unknown veth.
+#[test]
+fn a_fresh_up_counts_no_unknown_veth_drops() {
+    let t = TestTopology::dual_stack("tc", &["a", "b", "c"]);
+    t.up();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "a -> b pings answered");
+    // IPv6 DAD and router solicitations go out during the first seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = t.vethctl(&["stats", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        json["topologies"][0]["unknown_veth_drops"], 0,
+        "frames dropped as from an unknown veth: {json}"
+    );
+    let agent = Agent::start();
+    assert_eq!(
+        metric_value(
+            &agent.scrape(),
+            "vethctl_drops_total",
+            &[("topology", t.name()), ("reason", "unknown_veth")]
+        ),
+        Some(0.0)
     );
 }

@@ -15,6 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
+use veth_tests::cni::{CniNet, Pod};
 use veth_tests::{
     bpftool_map_dump, bpftool_map_lookup, counter, free_port, http_get, lines_of, metric_value,
     parse_metrics, percent_encode, ping, wait_until, Agent, ChildGuard, Sample, TempDir,
@@ -659,5 +660,61 @@ fn a_fresh_up_counts_no_unknown_veth_drops() {
             &[("topology", t.name()), ("reason", "unknown_veth")]
         ),
         Some(0.0)
+    );
+}
+
+/// A runtime's pods, attached as `clsact` filters, count as attached (an
+/// "attached < pods" alert stays quiet on a CNI node), carry their
+/// Kubernetes `namespace` label, are ready in the endpoint gauges, and
+/// their first frames are never dropped as from an unknown veth (the
+/// endpoint is in the maps before the programs run).
+#[test]
+fn cni_pods_count_as_attached_and_drop_nothing_as_unknown() {
+    let net = CniNet::dual("tc");
+    net.bring_up();
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add_with(
+        &a,
+        &net.conf("1.0.0"),
+        &[("CNI_ARGS", "K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0")],
+    );
+    net.add(&b);
+    a.netns.expect_pings(b.ipv4(), 3, "a to b");
+    // IPv6 DAD and router solicitations go out during the first seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = veth_tests::vethctl(&["stats", "-n", &net.name, "--json"], &[], None);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        json["topologies"][0]["unknown_veth_drops"], 0,
+        "frames dropped as from an unknown veth: {json}"
+    );
+
+    let agent = Agent::start();
+    let text = agent.scrape();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("topology", net.name.as_str())];
+        all.extend_from_slice(labels);
+        metric_value(&text, name, &all).unwrap_or_else(|| panic!("{name}{all:?} in {text}"))
+    };
+    assert_eq!(value("vethctl_pods", &[]), 2.0);
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            value("vethctl_attached_programs", &[("hook", hook)]),
+            2.0,
+            "{hook}"
+        );
+    }
+    assert_eq!(value("vethctl_endpoints", &[("state", "ready")]), 2.0);
+    assert_eq!(
+        value(
+            "vethctl_endpoint_ready",
+            &[("namespace", "prod"), ("pod", "web-0")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("vethctl_drops_total", &[("reason", "unknown_veth")]),
+        0.0
     );
 }

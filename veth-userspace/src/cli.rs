@@ -134,7 +134,9 @@ enum Command {
         #[command(subcommand)]
         action: ModeAction,
     },
-    /// Serve Prometheus metrics read from the pinned maps at each scrape.
+    /// The node's daemon: keeps endpoints true to their veths and serves
+    /// Prometheus metrics read from the pinned maps at each scrape, with
+    /// /healthz and /readyz on the same listener. One per node.
     Agent {
         /// Address to serve on. Anything but loopback exposes your pods'
         /// traffic figures to the network: choose it explicitly.

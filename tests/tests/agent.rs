@@ -4,19 +4,22 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    process::Stdio,
+    process::{Command, Stdio},
     time::Duration,
 };
 
+use veth_common::names::{MAP_ENDPOINTS, PROG_FROM_POD};
 use veth_tests::{
-    free_port, http_get, lines_of, wait_until, Agent, ChildGuard, TempDir, TestTopology,
+    cni::CniNet, free_port, http_get, lines_of, wait_until, Agent, ChildGuard, TempDir,
+    TestTopology,
 };
 use veth_userspace::{dataplane::Pins, state::AGENT_LOCK};
 
 /// `/healthz` answers while the agent runs; `/readyz` answers 200 while a
 /// topology's programs are pinned and its maps agree with its veths, 503
-/// naming the topology and what is wrong when its programs are gone, and
-/// 200 again once `up` has repaired it.
+/// naming the topology and what is wrong when its programs are gone or a
+/// pod's endpoint is missing from the maps, and 200 again once `up` has
+/// repaired it.
 #[test]
 fn healthz_says_alive_and_readyz_follows_the_dataplane() {
     let t = TestTopology::new(&["a", "b"]);
@@ -38,7 +41,7 @@ fn healthz_says_alive_and_readyz_follows_the_dataplane() {
     assert!(about_ours(&body).is_empty(), "{code}: {body}");
 
     let pins = Pins::new(t.name());
-    let program = pins.program("from_pod");
+    let program = pins.program(PROG_FROM_POD);
     std::fs::remove_file(&program).expect("unpinning from_pod");
     let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
     assert_eq!(code, 503, "{body}");
@@ -56,6 +59,67 @@ fn healthz_says_alive_and_readyz_follows_the_dataplane() {
     t.up();
     let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
     assert!(about_ours(&body).is_empty(), "{code}: {body}");
+
+    // The maps lose b's endpoint while its veth stays: unmapped.
+    let key: Vec<String> = t.pod("b").ipv4.octets().iter().map(u8::to_string).collect();
+    let endpoints = pins.map(MAP_ENDPOINTS).display().to_string();
+    let out = Command::new("bpftool")
+        .args(["map", "delete", "pinned", &endpoints, "key"])
+        .args(&key)
+        .output()
+        .expect("running bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        about_ours(&body),
+        [format!(
+            "topology {:?}: pod \"b\" is unmapped in the maps",
+            t.name()
+        )],
+        "{body}"
+    );
+    t.up();
+    let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
+    assert!(about_ours(&body).is_empty(), "{code}: {body}");
+}
+
+/// An agent started with `--cni-conf` brings its network up and is ready
+/// while the network is; once the network is taken down, `/readyz` answers
+/// 503 naming it.
+#[test]
+fn readyz_wants_the_cni_networks_up() {
+    let net = CniNet::builtin("tc");
+    let dir = TempDir::new("vethctl-agent-conf");
+    let list = dir.path().join("10-veth.conflist");
+    let conf = net.conf("1.0.0");
+    let text = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "plugins": [conf],
+    });
+    std::fs::write(&list, text.to_string()).expect("writing the configuration list");
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let agent = Agent::start_with(addr, &["--cni-conf", &list.display().to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ours = |body: &str| {
+        body.lines()
+            .filter(|l| l.contains(&format!("{:?}", net.name)))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
+    assert!(ours(&body).is_empty(), "{code}: {body}");
+
+    let out = veth_tests::vethctl(&["down", "-n", &net.name], &[], None);
+    assert!(out.status.success(), "{out:?}");
+    let (code, body) = http_get(agent.addr, "/readyz").expect("GET /readyz");
+    assert_eq!(code, 503, "{body}");
+    let ours = ours(&body);
+    assert!(
+        ours.len() == 1 && ours[0].contains("CNI network") && ours[0].contains("is not up"),
+        "{body}"
+    );
 }
 
 /// A second agent with the same lock refuses to start and names the

@@ -632,6 +632,21 @@ fn a_scrape_passes_promtool_with_one_prefix() {
         Some(2.0),
         "{text}"
     );
+    // The agent's first reconcile runs at start: it succeeded, and says when.
+    wait_until(Duration::from_secs(10), "a reconcile succeeded", || {
+        let text = agent.scrape();
+        let stamp = metric_value(
+            &text,
+            "vethctl_agent_last_success_timestamp_seconds",
+            &[("pass", "reconcile")],
+        );
+        let runs = metric_value(
+            &text,
+            "vethctl_agent_passes_total",
+            &[("pass", "reconcile")],
+        );
+        stamp.is_some_and(|s| s > 1.7e9) && runs.is_some_and(|r| r >= 1.0)
+    });
 }
 
 /// A clean `up` fills the maps before its programs run on the pods' veths:

@@ -21,7 +21,6 @@ fn main() {
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
 
-    commit_env(&workspace);
     for dir in ["veth-ebpf/src", "veth-common/src"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
@@ -32,6 +31,8 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(file).display());
     }
+
+    emit_git_commit(&workspace);
 
     for tool in [DEBIAN_CARGO, DEBIAN_RUSTC] {
         if !Path::new(tool).exists() {
@@ -95,33 +96,32 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("copying {}: {e}", object.display())));
 }
 
-/// `VETHCTL_COMMIT` for the binaries (`vethctl_build_info`): the
-/// environment's `VETHCTL_COMMIT` if set (a packager building from a
-/// tarball), else what `git` says of the checkout, else "unknown".
-fn commit_env(workspace: &Path) {
-    println!("cargo:rerun-if-env-changed=VETHCTL_COMMIT");
+/// Sets `VETHCTL_GIT_COMMIT` for `vethctl --version`: the commit the build
+/// is from, or "unknown" outside a git checkout (a source tarball) or
+/// without git. Reruns when HEAD moves, so the commit is never stale.
+fn emit_git_commit(workspace: &Path) {
     let git = |args: &[&str]| -> Option<String> {
         let out = Command::new("git")
-            .current_dir(workspace)
             .args(args)
+            .current_dir(workspace)
             .output()
             .ok()?;
-        let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
-        (out.status.success() && !text.is_empty()).then_some(text)
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
     };
-    // A new commit or another branch checked out: run again.
-    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
-    for what in ["HEAD"].into_iter().chain(reference.as_deref()) {
-        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", what]) {
-            println!("cargo:rerun-if-changed={path}");
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=VETHCTL_GIT_COMMIT={commit}");
+    // HEAD itself (a branch switch) and the branch it points at (a commit);
+    // in a worktree they live in different git directories.
+    let mut watched = vec!["HEAD".to_string()];
+    watched.extend(git(&["rev-parse", "--symbolic-full-name", "HEAD"]));
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
-    let commit = env::var("VETHCTL_COMMIT")
-        .ok()
-        .filter(|c| !c.is_empty())
-        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
-        .unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=VETHCTL_COMMIT={commit}");
 }
 
 /// PATH with ~/.cargo/bin, where `cargo install bpf-linker` puts the linker.

@@ -115,6 +115,9 @@ pub struct Ipv4 {
     /// None: the real total length.
     pub total_len: Option<u16>,
     pub ttl: u8,
+    /// Options after the fixed header (a multiple of 4 bytes; `vihl`
+    /// must count them: see [`Ipv4::with_options`]).
+    pub options: Vec<u8>,
 }
 
 impl Ipv4 {
@@ -125,16 +128,32 @@ impl Ipv4 {
             vihl: 0x45,
             total_len: None,
             ttl: 64,
+            options: Vec::new(),
         }
     }
 
-    /// The IPv4 packet (20-byte header, whatever `vihl` says) carrying a
-    /// UDP datagram with `payload`, both checksums right.
+    /// This header with `options` (a multiple of 4 bytes, at most 40) and
+    /// the IHL that counts them.
+    pub fn with_options(self, options: &[u8]) -> Ipv4 {
+        assert!(
+            options.len().is_multiple_of(4) && options.len() <= 40,
+            "IPv4 options"
+        );
+        Ipv4 {
+            vihl: 0x40 | (5 + options.len() / 4) as u8,
+            options: options.to_vec(),
+            ..self
+        }
+    }
+
+    /// The IPv4 packet (20-byte header and the options, whatever `vihl`
+    /// says) carrying a UDP datagram with `payload`, both checksums right.
     pub fn udp(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let udp = frames::udp(sport, dport, payload);
-        let mut ip = [0u8; 20];
+        let mut ip = vec![0u8; 20];
+        ip.extend_from_slice(&self.options);
         ip[0] = self.vihl;
-        let total_len = self.total_len.unwrap_or((20 + udp.len()) as u16);
+        let total_len = self.total_len.unwrap_or((ip.len() + udp.len()) as u16);
         ip[2..4].copy_from_slice(&total_len.to_be_bytes());
         ip[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
         ip[6] = 0x40; // DF
@@ -144,13 +163,92 @@ impl Ipv4 {
         ip[16..20].copy_from_slice(&self.dst.octets());
         let check = internet_checksum(&[&ip]);
         ip[10..12].copy_from_slice(&check.to_be_bytes());
+        let pseudo = self.udp_pseudo_header(udp.len());
+        [&ip[..], &with_udp_checksum(&pseudo, udp)].concat()
+    }
+
+    /// Like [`Ipv4::udp`], with the UDP checksum left as a GSO sender
+    /// hands it to the kernel (`CHECKSUM_PARTIAL`): the pseudo-header sum
+    /// only, which the kernel completes per segment.
+    pub fn udp_partial(&self, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut packet = self.udp(sport, dport, payload);
+        let at = packet.len() - payload.len() - 8;
+        let udp_len = packet.len() - at;
+        let partial = !internet_checksum(&[&self.udp_pseudo_header(udp_len)]);
+        packet[at + 6..at + 8].copy_from_slice(&partial.to_be_bytes());
+        packet
+    }
+
+    fn udp_pseudo_header(&self, udp_len: usize) -> [u8; 12] {
         let mut pseudo = [0u8; 12];
         pseudo[0..4].copy_from_slice(&self.src.octets());
         pseudo[4..8].copy_from_slice(&self.dst.octets());
         pseudo[9] = IPPROTO_UDP;
-        pseudo[10..12].copy_from_slice(&(udp.len() as u16).to_be_bytes());
-        [&ip[..], &with_udp_checksum(&pseudo, udp)].concat()
+        pseudo[10..12].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        pseudo
     }
+}
+
+/// IPv6 next header: ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 next header: Fragment.
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+
+/// An IPv6 atomic fragment header (offset 0, no more fragments, RFC 6946)
+/// before `next`: a host's bridge defragmenter strips it.
+pub fn atomic_fragment_header(next: u8) -> [u8; 8] {
+    [next, 0, 0, 0, 0x5e, 0xed, 0x00, 0x01]
+}
+
+/// An IPv6 packet carrying the ICMPv6 `message` (its checksum filled in)
+/// behind the raw `extension` headers; `first_next` names the first of
+/// them (ICMPv6 when there are none). Hop limit 255, as neighbour
+/// discovery requires.
+pub fn ipv6_icmp(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    extension: &[u8],
+    first_next: u8,
+    message: &[u8],
+) -> Vec<u8> {
+    let mut message = message.to_vec();
+    let mut pseudo = [0u8; 40];
+    pseudo[0..16].copy_from_slice(&src.octets());
+    pseudo[16..32].copy_from_slice(&dst.octets());
+    pseudo[32..36].copy_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo[39] = IPPROTO_ICMPV6;
+    message[2..4].fill(0);
+    let check = internet_checksum(&[&pseudo, &message]);
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    frames::ipv6(src, dst, 255, first_next, &[extension, &message].concat())
+}
+
+/// A neighbour discovery option of experimental type 253 (RFC 4727)
+/// carrying `marker`, padded to a multiple of 8 bytes: receivers ignore
+/// it, captures find the frame by it.
+pub fn nd_marker_option(marker: &[u8]) -> Vec<u8> {
+    let units = (2 + marker.len()).div_ceil(8);
+    let mut option = vec![253, units as u8];
+    option.extend_from_slice(marker);
+    option.resize(units * 8, 0);
+    option
+}
+
+/// `struct virtio_net_hdr` (native byte order) for an IPv4 UDP packet
+/// the kernel is to cut into segments of `gso_size` bytes of payload
+/// (`VIRTIO_NET_HDR_GSO_UDP_L4`), completing the UDP checksum of each.
+pub fn vnet_udp4_gso(gso_size: u16) -> [u8; 10] {
+    const F_NEEDS_CSUM: u8 = 1;
+    const GSO_UDP_L4: u8 = 5;
+    let csum_start: u16 = 14 + 20;
+    let mut hdr = [0u8; 10];
+    hdr[0] = F_NEEDS_CSUM;
+    hdr[1] = GSO_UDP_L4;
+    hdr[2..4].copy_from_slice(&(csum_start + 8).to_ne_bytes());
+    hdr[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+    hdr[6..8].copy_from_slice(&csum_start.to_ne_bytes());
+    hdr[8..10].copy_from_slice(&6u16.to_ne_bytes());
+    hdr
 }
 
 /// A well-formed IPv4 UDP packet.
@@ -307,6 +405,23 @@ impl PacketSocket {
             &mark,
         )
         .unwrap_or_else(|e| panic!("SO_MARK on {}: {e}", socket.what));
+        socket
+    }
+
+    /// Like [`PacketSocket::open`], with `PACKET_VNET_HDR`: every frame sent
+    /// starts with a `struct virtio_net_hdr` (see [`vnet_udp4_gso`]), which
+    /// can make it a GSO packet with segments of any size. Needs only
+    /// CAP_NET_RAW, a default container capability.
+    pub fn open_vnet(netns: &str, ifname: &str) -> PacketSocket {
+        const PACKET_VNET_HDR: libc::c_int = 15;
+        let socket = PacketSocket::open(netns, ifname);
+        setsockopt(
+            socket.fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            &1i32,
+        )
+        .unwrap_or_else(|e| panic!("PACKET_VNET_HDR on {}: {e}", socket.what));
         socket
     }
 

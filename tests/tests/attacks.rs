@@ -1,7 +1,9 @@
 //! What a hostile pod can send, and what must come of it: frames whose
 //! headers are not in the linear part of the skb (an AF_PACKET TX ring, a
 //! large `send()`), VLAN tags in the frame and out of band, malformed IPv4
-//! and IPv6 headers and unknown EtherTypes, in every mode the programs run
+//! and IPv6 headers and unknown EtherTypes, neighbour discovery behind a
+//! Fragment header, other pods' link-local and `::` sources, IPv4 source
+//! routes and GSO segments over the MTU, in every mode the programs run
 //! (tc, xdp, routed, bridge); a stale endpoint whose ifindex an unrelated
 //! veth took over; and two trace sessions at once.
 //!
@@ -23,14 +25,15 @@ use std::{
 use serde_json::Value;
 use veth_tests::{
     attack::{
-        self, add_vlan_device, arp_request, ethertype_of, frame, ipv4_udp, ipv6_udp, ipv6_udp_with,
-        marker, payload, Capture, HostLink, Ipv4, Netns, PacketSocket, TxRing, UdpSink,
-        UnreachableRoutes, VlanPush, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
-        ETH_P_LOCAL_EXP, ETH_P_QINQ1,
+        self, add_vlan_device, arp_request, atomic_fragment_header, ethertype_of, frame, ipv4_udp,
+        ipv6_icmp, ipv6_udp, ipv6_udp_with, marker, nd_marker_option, payload, vnet_udp4_gso,
+        Capture, HostLink, Ipv4, Netns, PacketSocket, TxRing, UdpSink, UnreachableRoutes, VlanPush,
+        ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_LOCAL_EXP, ETH_P_QINQ1,
+        IPPROTO_ICMPV6, NEXTHDR_FRAGMENT,
     },
     counter, expect_pings, lines_of, ping, run, Agent, ChildGuard, TestTopology,
 };
-use veth_userspace::model::Pod;
+use veth_userspace::model::{eui64_link_local, Pod};
 
 /// The UDP port b listens on.
 const PORT: u16 = 40404;
@@ -750,6 +753,247 @@ fn malformed_frames_are_dropped_in_routed() {
 #[test]
 fn malformed_frames_are_dropped_in_bridge() {
     malformed("bridge");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Sources, fragments, source routes and GSO (issue 17, round two).
+
+/// What a pod still got through after round one: neighbour discovery
+/// behind an IPv6 Fragment header (on a bridge, the host's defragmenter
+/// strips the header of an atomic fragment and the victim takes a plain
+/// advertisement), another pod's link-local or the `::` source on
+/// ordinary packets (on a bridge, b answers c), IPv4 source routes, and
+/// GSO packets whose segments exceed every MTU on the way (a raw socket
+/// with `PACKET_VNET_HDR`, CAP_NET_RAW only). Pod a's own link-local
+/// source, a record-route option and GSO segments that fit still work.
+fn sources_fragments_and_segments(mode: &'static str) {
+    let mut lab = Lab::new(mode, None);
+    let (a, b, c) = (lab.a.clone(), lab.b.clone(), lab.c.clone());
+    let dst = lab.dst_mac();
+    let (a4, b4, c4) = (a.ipv4, b.ipv4, c.ipv4);
+    let (b6, c6) = (v6(&b), v6(&c));
+    let (a_ll, b_ll, c_ll) = (
+        eui64_link_local(a.mac),
+        eui64_link_local(b.mac),
+        eui64_link_local(c.mac),
+    );
+    // The programs take a pod's link-local address to be the EUI-64 of its
+    // MAC, as the kernel makes it by default (addr_gen_mode 0).
+    for pod in [&a, &b, &c] {
+        let shown = run(
+            "ip",
+            &[
+                "-n", &pod.netns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+            ],
+        );
+        let want = format!("{}/64", eui64_link_local(pod.mac));
+        if !shown.contains(&want) {
+            lab.failures.push(format!(
+                "[{mode}] {}: eth0 has not {want}: {shown}",
+                pod.name
+            ));
+        }
+    }
+    let socket = PacketSocket::open(&a.netns, "eth0");
+    let send = |lab: &mut Lab,
+                what: &str,
+                expect,
+                dst_mac: [u8; 6],
+                ethertype: u16,
+                l3: &dyn Fn(&[u8]) -> Vec<u8>| {
+        lab.probe(what, expect, |m| {
+            socket.send(&frame(dst_mac, a.mac, &[], ethertype, &l3(m)))
+        });
+    };
+    // Sources.
+    let spoofed6 = Expect::Dropped("spoofed_ipv6");
+    send(
+        &mut lab,
+        "UDP from c's link-local address",
+        spoofed6,
+        dst,
+        ETH_P_IPV6,
+        &|m| ipv6_udp(c_ll, b6, PORT, &payload(m, 64)),
+    );
+    send(
+        &mut lab,
+        "UDP from c's link-local address to b's link-local",
+        spoofed6,
+        dst,
+        ETH_P_IPV6,
+        &|m| ipv6_udp(c_ll, b_ll, PORT, &payload(m, 64)),
+    );
+    send(&mut lab, "UDP from ::", spoofed6, dst, ETH_P_IPV6, &|m| {
+        ipv6_udp(Ipv6Addr::UNSPECIFIED, b6, PORT, &payload(m, 64))
+    });
+    // On the bridge a's own link-local source reaches b; the routed
+    // modes' host never forwards it (the address is the link's).
+    let own_link_local = if mode == "bridge" {
+        Expect::Delivered
+    } else {
+        Expect::NotDelivered
+    };
+    send(
+        &mut lab,
+        "UDP from a's own link-local address",
+        own_link_local,
+        dst,
+        ETH_P_IPV6,
+        &|m| ipv6_udp(a_ll, b6, PORT, &payload(m, 64)),
+    );
+    // Neighbour discovery behind a Fragment header, and DAD for another.
+    let fragment = atomic_fragment_header(IPPROTO_ICMPV6);
+    send(
+        &mut lab,
+        "neighbour advertisement for c's address behind an atomic fragment",
+        Expect::Dropped("spoofed_neighbour"),
+        dst,
+        ETH_P_IPV6,
+        &|m| {
+            let mut na = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+            na.extend_from_slice(&c6.octets());
+            na.extend_from_slice(&[2, 1]);
+            na.extend_from_slice(&a.mac);
+            na.extend_from_slice(&nd_marker_option(m));
+            ipv6_icmp(a_ll, b6, &fragment, NEXTHDR_FRAGMENT, &na)
+        },
+    );
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    send(
+        &mut lab,
+        "router advertisement behind an atomic fragment",
+        Expect::Dropped("router_message"),
+        multicast_mac(all_nodes),
+        ETH_P_IPV6,
+        &|m| {
+            // Hop limit 64, lifetime 1800 s; MTU 1280; prefix 2001:db8::/64.
+            let mut ra = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+            ra.extend_from_slice(&[1, 1]);
+            ra.extend_from_slice(&a.mac);
+            ra.extend_from_slice(&[5, 1, 0, 0, 0, 0, 0x05, 0x00]);
+            ra.extend_from_slice(&[3, 4, 64, 0xc0, 0, 1, 0x51, 0x80, 0, 0, 0x38, 0x40]);
+            ra.extend_from_slice(&[0; 4]);
+            ra.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0).octets());
+            ra.extend_from_slice(&nd_marker_option(m));
+            ipv6_icmp(a_ll, all_nodes, &fragment, NEXTHDR_FRAGMENT, &ra)
+        },
+    );
+    let c_solicited = solicited_node(c6);
+    send(
+        &mut lab,
+        "duplicate address detection from :: for c's address",
+        Expect::Dropped("spoofed_neighbour"),
+        multicast_mac(c_solicited),
+        ETH_P_IPV6,
+        &|m| {
+            let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+            ns.extend_from_slice(&c6.octets());
+            ns.extend_from_slice(&nd_marker_option(m));
+            ipv6_icmp(Ipv6Addr::UNSPECIFIED, c_solicited, &[], IPPROTO_ICMPV6, &ns)
+        },
+    );
+    // IPv4 options: source routes are dropped, a record route is not.
+    for (name, kind) in [("loose", 131), ("strict", 137)] {
+        let mut route = vec![kind, 7, 4];
+        route.extend_from_slice(&c4.octets());
+        route.push(0);
+        send(
+            &mut lab,
+            &format!("UDP with a {name} source route via c"),
+            Expect::Dropped("ipv4_source_route"),
+            dst,
+            ETH_P_IP,
+            &|m| {
+                Ipv4::new(a4, b4)
+                    .with_options(&route)
+                    .udp(40000, PORT, &payload(m, 64))
+            },
+        );
+    }
+    send(
+        &mut lab,
+        "UDP with a record route option",
+        Expect::Delivered,
+        dst,
+        ETH_P_IP,
+        &|m| {
+            Ipv4::new(a4, b4)
+                .with_options(&[7, 7, 4, 0, 0, 0, 0, 0])
+                .udp(40000, PORT, &payload(m, 64))
+        },
+    );
+    // GSO: one 9042-byte frame of three 3000-byte segments for b, whose
+    // MTU is 1500; segments that fit are delivered.
+    let vnet = PacketSocket::open_vnet(&a.netns, "eth0");
+    let gso = |lab: &mut Lab, what: &str, expect, segment: u16| {
+        lab.probe(what, expect, |m| {
+            let packet =
+                Ipv4::new(a4, b4).udp_partial(40000, PORT, &payload(m, 3 * usize::from(segment)));
+            let f = frame(dst, a.mac, &[], ETH_P_IP, &packet);
+            vnet.send(&[&vnet_udp4_gso(segment)[..], &f].concat())
+        });
+    };
+    // XDP takes no GSO packets: the kernel hands them to the host stack,
+    // which answers "fragmentation needed" for segments over b's MTU.
+    let oversized = if mode == "xdp" {
+        Expect::NotDelivered
+    } else {
+        Expect::Dropped("oversized_gso")
+    };
+    gso(
+        &mut lab,
+        "UDP GSO, 3 segments of 3000 bytes",
+        oversized,
+        3000,
+    );
+    gso(
+        &mut lab,
+        "UDP GSO, 3 segments of 1400 bytes",
+        Expect::Delivered,
+        1400,
+    );
+    lab.finish();
+}
+
+/// The solicited-node multicast group of `addr` (RFC 4291).
+fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let o = addr.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// The Ethernet multicast MAC of an IPv6 group (RFC 2464).
+fn multicast_mac(group: Ipv6Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+#[test]
+fn sources_fragments_and_segments_are_checked_in_tc() {
+    sources_fragments_and_segments("tc");
+}
+
+#[test]
+fn sources_fragments_and_segments_are_checked_in_xdp() {
+    sources_fragments_and_segments("xdp");
+}
+
+#[test]
+fn sources_fragments_and_segments_are_checked_in_routed() {
+    sources_fragments_and_segments("routed");
+}
+
+#[test]
+fn sources_fragments_and_segments_are_checked_in_bridge() {
+    sources_fragments_and_segments("bridge");
 }
 
 // ---------------------------------------------------------------------------

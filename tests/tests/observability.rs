@@ -8,20 +8,21 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     process::{Command, Stdio},
-    sync::mpsc::RecvTimeoutError,
-    time::{Duration, Instant},
+    sync::mpsc::{Receiver, RecvTimeoutError},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
+use veth_tests::attack::{udp_socket, UdpSink};
 use veth_tests::cni::{CniNet, Pod};
 use veth_tests::{
     bpftool_map_dump, bpftool_map_lookup, counter, free_port, http_get, lines_of, metric_value,
     parse_metrics, percent_encode, ping, wait_until, Agent, ChildGuard, Sample, TempDir,
     TestTopology,
 };
-use veth_userspace::dataplane::Pins;
+use veth_userspace::{dataplane::Pins, observe::trace::clock::rfc3339_micros};
 
 /// Pings per test.
 const PINGS: u32 = 20;
@@ -414,6 +415,59 @@ fn trace_config(t: &TestTopology) -> Value {
     entries.iter().find(|e| e["key"] == 0).expect("entry 0")["value"].clone()
 }
 
+/// Reads a `trace --count COUNT` session's lines, running `traffic` until
+/// it has printed them all; checks that it then exits 0.
+fn collect_lines(
+    trace: &mut ChildGuard,
+    lines: &Receiver<String>,
+    stderr: &Receiver<String>,
+    count: usize,
+    mut traffic: impl FnMut(),
+) -> Vec<String> {
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'traffic: while printed.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "trace printed only {printed:?}; stderr: {:?}",
+            stderr.try_iter().collect::<Vec<_>>()
+        );
+        traffic();
+        while printed.len() < count {
+            match lines.recv_timeout(Duration::from_secs(2)) {
+                Ok(line) => printed.push(line),
+                Err(RecvTimeoutError::Timeout) => continue 'traffic,
+                Err(RecvTimeoutError::Disconnected) => break 'traffic,
+            }
+        }
+    }
+    let status = trace.expect_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "trace exits 0 after --count events: {status}; stderr: {:?}",
+        stderr.try_iter().collect::<Vec<_>>()
+    );
+    printed.extend(lines.iter());
+    assert_eq!(printed.len(), count, "--count {count}: {printed:#?}");
+    printed
+}
+
+/// [`collect_lines`] of a `--json` session, parsed.
+fn collect_events(
+    trace: &mut ChildGuard,
+    lines: &Receiver<String>,
+    stderr: &Receiver<String>,
+    count: usize,
+    traffic: impl FnMut(),
+) -> Vec<Value> {
+    collect_lines(trace, lines, stderr, count, traffic)
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("trace line {line:?}: {e}"))
+        })
+        .collect()
+}
+
 #[test]
 fn trace_shows_a_generated_flow() {
     const EVENTS: usize = 4;
@@ -453,35 +507,9 @@ fn trace_shows_a_generated_flow() {
 
     // IPv6 neighbour discovery on a's pair is traced too and may take some
     // of the events; ping again until trace has its count.
-    let mut events: Vec<Value> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    'pinging: while events.len() < EVENTS {
-        assert!(
-            Instant::now() < deadline,
-            "trace printed only {events:?}; stderr: {:?}",
-            stderr.try_iter().collect::<Vec<_>>()
-        );
+    let events = collect_events(&mut trace, &lines, &stderr, EVENTS, || {
         assert_eq!(ping(&a.netns, b.ipv4, 2), 2, "a -> b pings answered");
-        while events.len() < EVENTS {
-            match lines.recv_timeout(Duration::from_secs(2)) {
-                Ok(line) => events.push(
-                    serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("trace line {line:?}: {e}")),
-                ),
-                Err(RecvTimeoutError::Timeout) => continue 'pinging,
-                Err(RecvTimeoutError::Disconnected) => break 'pinging,
-            }
-        }
-    }
-    let status = trace.expect_exit(Duration::from_secs(10));
-    assert!(
-        status.success(),
-        "trace exits 0 after --count events: {status}; stderr: {:?}",
-        stderr.try_iter().collect::<Vec<_>>()
-    );
-    events.extend(lines.iter().map(|l| serde_json::from_str(&l).unwrap()));
-    assert_eq!(events.len(), EVENTS, "--count {EVENTS}: {events:#?}");
-
+    });
     for event in &events {
         assert_eq!(event["topology"], t.name(), "{event}");
         assert!(
@@ -498,8 +526,11 @@ fn trace_shows_a_generated_flow() {
             && e["drop_reason"].is_null()
             && e["ethertype"] == "ipv4"
             && e["protocol"] == "icmp"
+            && e["icmp_type"] == 8
             && e["src"] == a_ip.as_str()
             && e["dst"] == b_ip.as_str()
+            && e["src_ip"] == a_ip.as_str()
+            && e["src_port"].is_null()
             && e["len"] == ECHO_FRAME_BYTES),
         "an a -> b echo request, redirected: {events:#?}"
     );
@@ -507,6 +538,151 @@ fn trace_shows_a_generated_flow() {
         trace_config(&t)["sample_every"],
         0,
         "tracing is switched off when trace exits"
+    );
+}
+
+/// The wall clock now, as `trace` prints it (RFC 3339 in UTC, fixed
+/// width, so strings compare like times).
+fn rfc3339_now() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    rfc3339_micros(i128::try_from(now.as_nanos()).unwrap())
+}
+
+/// IPv6 is decoded like IPv4 (addresses, ports, ICMPv6 types), times are
+/// wall-clock, and filters select one flow out of several on a's pair:
+/// UDP from a to b's port 40053, beside UDP to another port of b, UDP to c
+/// and IPv6 pings.
+#[test]
+fn trace_decodes_ipv6_and_filters_one_flow() {
+    const PORT: u16 = 40053;
+    const OTHER_PORT: u16 = 40054;
+    const PAYLOAD: &[u8] = b"vethctl trace ipv6";
+    let t = TestTopology::dual_stack("tc", &["a", "b", "c"]);
+    t.up();
+    let (a, b, c) = (t.pod("a"), t.pod("b"), t.pod("c"));
+    let v6 = |pod: &veth_userspace::model::Pod| IpAddr::V6(pod.ipv6.expect("dual stack"));
+    let (a6, b6, c6) = (v6(a), v6(b), v6(c));
+    let sink = UdpSink::start(&b.netns, &[b6], PORT);
+    let socket = udp_socket(&a.netns, b6);
+    let sport = socket.local_addr().unwrap().port();
+    let traffic = || {
+        for (dst, port) in [(b6, PORT), (b6, OTHER_PORT), (c6, PORT)] {
+            socket
+                .send_to(PAYLOAD, SocketAddr::new(dst, port))
+                .unwrap_or_else(|e| panic!("UDP a -> {dst}:{port}: {e}"));
+        }
+        ping(&a.netns, b6, 1);
+    };
+
+    let started = rfc3339_now();
+    let (b6s, port) = (b6.to_string(), PORT.to_string());
+    let mut trace = t.spawn_vethctl(&[
+        "trace",
+        "--pod",
+        "a",
+        "--protocol",
+        "udp",
+        "--dst-ip",
+        &b6s,
+        "--dst-port",
+        &port,
+        "--count",
+        "3",
+        "--json",
+    ]);
+    let (lines, stderr) = (lines_of(trace.take_stdout()), lines_of(trace.take_stderr()));
+    let udp = collect_events(&mut trace, &lines, &stderr, 3, traffic);
+    let ended = rfc3339_now();
+    let udp_frame_len = 14 + 40 + 8 + PAYLOAD.len() as u64;
+    for e in &udp {
+        let expected = serde_json::json!({
+            "topology": t.name(), "hook": "from_pod", "pod": "a", "peer_pod": "b",
+            "verdict": "redirected", "drop_reason": null, "ethertype": "ipv6",
+            "protocol": "udp", "ip_protocol": 17,
+            "src": format!("[{a6}]:{sport}"), "dst": format!("[{b6}]:{PORT}"),
+            "src_ip": a6.to_string(), "dst_ip": b6s, "src_port": sport, "dst_port": PORT,
+            "icmp_type": null, "icmp_code": null, "fragment_offset": null,
+            "more_fragments": null, "len": udp_frame_len,
+            "time": e["time"], "monotonic_ns": e["monotonic_ns"],
+        });
+        assert_eq!(e, &expected, "only the a -> b:{PORT} flow");
+        let time = e["time"].as_str().expect("time is a string");
+        assert!(
+            started.as_str() <= time && time <= ended.as_str(),
+            "wall-clock time {time} within [{started}, {ended}]"
+        );
+    }
+    assert!(
+        !sink.containing(PAYLOAD).is_empty(),
+        "b received the traced datagrams"
+    );
+    let mut trace = t.spawn_vethctl(&[
+        "trace",
+        "--pod",
+        "a",
+        "--src-port",
+        &sport.to_string(),
+        "--dst-ip",
+        &b6s,
+        "--port",
+        &port,
+        "--count",
+        "1",
+    ]);
+    let (lines, stderr) = (lines_of(trace.take_stdout()), lines_of(trace.take_stderr()));
+    let text = collect_lines(&mut trace, &lines, &stderr, 1, traffic).remove(0);
+    let (time, rest) = text.split_once(' ').expect("time first");
+    assert_eq!(
+        rest,
+        format!(
+            "{} a -> b redirected udp [{a6}]:{sport} -> [{b6}]:{PORT} len {udp_frame_len}",
+            t.name()
+        )
+    );
+    assert!(
+        started.as_str() <= time && time <= rfc3339_now().as_str() && time.len() == 27,
+        "RFC 3339 time with microseconds: {time}"
+    );
+
+    let mut trace = t.spawn_vethctl(&[
+        "trace",
+        "--pod",
+        "a",
+        "--protocol",
+        "icmpv6",
+        "--ip",
+        &b6s,
+        "--verdict",
+        "redirected",
+        "--count",
+        "6",
+        "--json",
+    ]);
+    let (lines, stderr) = (lines_of(trace.take_stdout()), lines_of(trace.take_stderr()));
+    let icmp = collect_events(&mut trace, &lines, &stderr, 6, traffic);
+    let (a6s, b6s) = (a6.to_string(), b6.to_string());
+    for e in &icmp {
+        let ends = (e["src_ip"].as_str().unwrap(), e["dst_ip"].as_str().unwrap());
+        assert!(
+            e["protocol"] == "icmpv6"
+                && e["verdict"] == "redirected"
+                && (ends == (&a6s, &b6s) || ends == (&b6s, &a6s))
+                && e["src_port"].is_null(),
+            "only redirected ICMPv6 between a and b: {e}"
+        );
+    }
+    let echo = |icmp_type: u8, from: &str, to: &str| {
+        icmp.iter().any(|e| {
+            e["icmp_type"] == icmp_type
+                && e["icmp_code"] == 0
+                && e["src"] == from
+                && e["dst"] == to
+                && e["len"] == 14 + 40 + 64
+        })
+    };
+    assert!(
+        echo(128, &a6s, &b6s) && echo(129, &b6s, &a6s),
+        "echo request a -> b and reply b -> a: {icmp:#?}"
     );
 }
 

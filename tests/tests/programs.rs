@@ -135,7 +135,11 @@ const NODE6: Ipv6Addr = v6(1);
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 /// The pods' gateway (Calico style, resolved to `GATEWAY_MAC`).
 const GATEWAY_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Pod A's own link-local address: the EUI-64 of its MAC, as its kernel
+/// makes it.
 const LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x858, 0xc6ff, 0xfe12, 2);
+/// Pod B's link-local address (EUI-64 of `B_MAC`).
+const B_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x858, 0xc6ff, 0xfe12, 3);
 
 fn endpoint(host_ifindex: u32, pod_mac: [u8; 6], slot: u32, mtu: u32) -> Endpoint {
     Endpoint {
@@ -382,6 +386,28 @@ impl Dataplane {
         })
     }
 
+    /// Runs `from_pod` once on `frame` as a GSO skb of `segs` segments of
+    /// `gso_size` bytes (`struct __sk_buff` fields a test run may set).
+    fn run_tc_gso(&self, frame: &[u8], gso_size: u32, segs: u32) -> Result<Ran, ProgramError> {
+        // struct __sk_buff is 192 bytes; gso_segs at 164, gso_size at 176.
+        let mut ctx = vec![0u8; 192];
+        ctx[164..168].copy_from_slice(&segs.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self.classifier(PROG_FROM_POD).test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Ran {
+            return_value: result.return_value as i32,
+            frame: out,
+        })
+    }
+
     /// Runs `xdp_from_pod` once on `frame`.
     fn run_xdp(&self, frame: &[u8]) -> Result<Ran, ProgramError> {
         self.run_xdp_with_meta(frame, 0)
@@ -581,6 +607,70 @@ fn icmp6_target(
 /// An 8-byte extension header (next header `next`, length 0, padding).
 fn extension_header(next: u8) -> Vec<u8> {
     vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// IPv6 next header: Fragment.
+const NEXTHDR_FRAGMENT: u8 = 44;
+
+/// An IPv6 Fragment header: next header `next`, fragment offset `offset`
+/// (in 8-byte units), `more` fragments to come. Offset 0 without `more`
+/// is an atomic fragment (RFC 6946).
+fn fragment_header(next: u8, offset: u16, more: bool) -> Vec<u8> {
+    let field = (offset << 3) | u16::from(more);
+    let mut header = vec![next, 0];
+    header.extend_from_slice(&field.to_be_bytes());
+    header.extend_from_slice(&0x5eed_f00du32.to_be_bytes());
+    header
+}
+
+/// A duplicate address detection solicitation (ICMPv6 135 from `::` to
+/// the solicited-node group of `target`) from pod A's MAC.
+fn dad(target: Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    let mut message = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&t);
+    let packet = ipv6(Ipv6Addr::UNSPECIFIED, group, 255, IPPROTO_ICMPV6, &message);
+    ethernet(ipv6_multicast_mac(group), M, ETH_P_IPV6, &packet)
+}
+
+/// An IPv6 packet from A to `dst` whose payload is `payload` behind the
+/// first next header `next` (extension headers are part of `payload`).
+fn ipv6_from_a(dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    ethernet(
+        GATEWAY_MAC,
+        M,
+        ETH_P_IPV6,
+        &ipv6(A6, dst, 64, next, payload),
+    )
+}
+
+/// A UDP datagram from A to B over IPv4 with header `options`.
+fn udp4_with_options(options: &[u8]) -> Vec<u8> {
+    ethernet(
+        GATEWAY_MAC,
+        M,
+        ETH_P_IP,
+        &ipv4_with_options(A, B, 64, IPPROTO_UDP, options, &udp(1, 2, &pattern(20))),
+    )
+}
+
+/// An IPv4 source route option (LSRR 131 or SSRR 137) with one hop, B,
+/// padded with end-of-options to 8 bytes.
+fn source_route(kind: u8) -> Vec<u8> {
+    let mut option = vec![kind, 7, 4];
+    option.extend_from_slice(&B.octets());
+    option.push(0);
+    option
 }
 
 /// An ICMP (IPv4) message of `icmp_type` from pod A to the node.
@@ -1189,14 +1279,65 @@ fn table() -> Vec<Case> {
             Pass,
         ),
         case(
-            "pass ipv6: febf:: source (top of fe80::/10) to a pod",
+            "spoofed ipv6: febf::1 (in fe80::/10, not the pod's own)",
             udp6(Ipv6Addr::new(0xfebf, 0, 0, 0, 0, 0, 0, 1), B6, 64),
-            Pass,
+            Drop(SpoofedIpv6),
         ),
         case(
-            "pass ipv6: unspecified :: source to a pod",
+            "spoofed ipv6: another pod's link-local address (EUI-64 of its MAC)",
+            udp6(B_LINK_LOCAL, B6, 64),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: another pod's link-local address, to its link-local",
+            udp6(B_LINK_LOCAL, LINK_LOCAL, 64),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: the pod's interface id under fe80:0:0:1::/64",
+            udp6(
+                Ipv6Addr::new(0xfe80, 0, 0, 1, 0x858, 0xc6ff, 0xfe12, 2),
+                B6,
+                64,
+            ),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: fe80::1",
+            udp6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), NODE6, 64),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: unspecified :: source on UDP to a pod",
             udp6(Ipv6Addr::UNSPECIFIED, B6, 64),
-            Pass,
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: :: source on a neighbour advertisement",
+            icmp6_target(Ipv6Addr::UNSPECIFIED, 136, A6, &[], IPPROTO_ICMPV6),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: :: source on an echo request",
+            icmp6_target(Ipv6Addr::UNSPECIFIED, 128, A6, &[], IPPROTO_ICMPV6),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: :: source on a router solicitation",
+            icmp6_target(Ipv6Addr::UNSPECIFIED, 133, A6, &[], IPPROTO_ICMPV6),
+            Drop(SpoofedIpv6),
+        ),
+        case(
+            "spoofed ipv6: :: source on a non-first fragment",
+            edited(
+                ipv6_from_a(
+                    B6,
+                    NEXTHDR_FRAGMENT,
+                    &[fragment_header(IPPROTO_UDP, 1, false), pattern(16)].concat(),
+                ),
+                |f| f[ETH_HLEN + 8..ETH_HLEN + 24].fill(0),
+            ),
+            Drop(SpoofedIpv6),
         ),
         case(
             "pass ipv6: neighbour solicitation from link-local",
@@ -1209,14 +1350,24 @@ fn table() -> Vec<Case> {
             Pass,
         ),
         case(
-            "pass ipv6: duplicate address detection from ::",
-            icmp6(
-                Ipv6Addr::UNSPECIFIED,
-                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2),
-                ipv6_multicast_mac(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2)),
-                135,
-            ),
+            "pass ipv6: duplicate address detection from :: for its address",
+            dad(A6),
             Pass,
+        ),
+        case(
+            "pass ipv6: duplicate address detection from :: for its link-local",
+            dad(LINK_LOCAL),
+            Pass,
+        ),
+        case(
+            "spoofed neighbour: duplicate address detection for another pod's address",
+            dad(B6),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: duplicate address detection for another's link-local",
+            dad(B_LINK_LOCAL),
+            Drop(SpoofedNeighbour),
         ),
         case(
             "pass ipv6: router solicitation from the pod's own address",
@@ -1417,6 +1568,197 @@ fn table() -> Vec<Case> {
             Drop(SpoofedNeighbour),
         ),
         case(
+            "spoofed neighbour: advertisement for another pod's link-local address",
+            icmp6_target(LINK_LOCAL, 136, B_LINK_LOCAL, &[], 58),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: advertisement for fe80::1",
+            icmp6_target(
+                LINK_LOCAL,
+                136,
+                Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+                &[],
+                58,
+            ),
+            Drop(SpoofedNeighbour),
+        ),
+        // Neighbour discovery behind a Fragment header is never valid
+        // (RFC 6980); a host's bridge defragmenter strips the header of an
+        // atomic fragment, and the victim then takes it as a plain one.
+        case(
+            "spoofed neighbour: advertisement for another pod behind an atomic fragment",
+            icmp6_target(
+                LINK_LOCAL,
+                136,
+                B6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: advertisement for its own address behind a fragment header",
+            icmp6_target(
+                A6,
+                136,
+                A6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: solicitation behind a fragment header",
+            icmp6_target(
+                A6,
+                135,
+                B6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "spoofed neighbour: duplicate address detection behind a fragment header",
+            icmp6_target(
+                Ipv6Addr::UNSPECIFIED,
+                135,
+                A6,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(SpoofedNeighbour),
+        ),
+        case(
+            "router message: router advertisement behind an atomic fragment",
+            icmp6_target(
+                LINK_LOCAL,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: router advertisement in a first fragment (more to come)",
+            icmp6_target(
+                LINK_LOCAL,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &fragment_header(58, 0, true),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: redirect behind hop-by-hop and fragment headers",
+            icmp6_target(
+                A6,
+                137,
+                B6,
+                &[
+                    extension_header(NEXTHDR_FRAGMENT),
+                    fragment_header(58, 0, false),
+                ]
+                .concat(),
+                0,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: router solicitation behind a fragment header",
+            icmp6_target(
+                A6,
+                133,
+                Ipv6Addr::UNSPECIFIED,
+                &fragment_header(58, 0, false),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "router message: advertisement behind fragment and destination options",
+            icmp6_target(
+                LINK_LOCAL,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &[fragment_header(60, 0, false), extension_header(58)].concat(),
+                NEXTHDR_FRAGMENT,
+            ),
+            Drop(RouterMessage),
+        ),
+        case(
+            "malformed ipv6: fragment header cut short",
+            ipv6_from_a(NODE6, NEXTHDR_FRAGMENT, &fragment_header(58, 0, false)[..4]),
+            Drop(MalformedIpv6),
+        ),
+        case(
+            "malformed ipv6: fragment header after three extension headers",
+            icmp6_target(
+                A6,
+                134,
+                Ipv6Addr::UNSPECIFIED,
+                &[
+                    extension_header(60),
+                    extension_header(43),
+                    extension_header(NEXTHDR_FRAGMENT),
+                    fragment_header(58, 0, false),
+                ]
+                .concat(),
+                0,
+            ),
+            Drop(MalformedIpv6),
+        ),
+        case(
+            "pass ipv6: echo request behind a fragment header",
+            icmp6_target(
+                A6,
+                128,
+                Ipv6Addr::UNSPECIFIED,
+                &fragment_header(58, 0, true),
+                NEXTHDR_FRAGMENT,
+            ),
+            Pass,
+        ),
+        case(
+            "redirect ipv6: non-first fragment whose data reads like an advertisement",
+            ipv6_from_a(
+                B6,
+                NEXTHDR_FRAGMENT,
+                &[
+                    fragment_header(58, 1, false),
+                    vec![136, 0, 0, 0, 0x60, 0, 0, 0],
+                    NODE6.octets().to_vec(),
+                ]
+                .concat(),
+            ),
+            to_b,
+        ),
+        case(
+            "redirect ipv6: non-first fragment whose data reads like a hop-by-hop header",
+            ipv6_from_a(
+                B6,
+                NEXTHDR_FRAGMENT,
+                &[fragment_header(0, 2, true), vec![255; 16]].concat(),
+            ),
+            to_b,
+        ),
+        case(
+            "redirect ipv6: first fragment of a UDP datagram",
+            ipv6_from_a(
+                B6,
+                NEXTHDR_FRAGMENT,
+                &[
+                    fragment_header(IPPROTO_UDP, 0, true),
+                    udp(1, 2, &pattern(24)),
+                ]
+                .concat(),
+            ),
+            to_b,
+        ),
+        case(
             "malformed ipv6: four extension headers before ICMPv6",
             icmp6_target(
                 A6,
@@ -1465,11 +1807,117 @@ fn table() -> Vec<Case> {
             Pass,
         ),
         case(
+            "pass ipv6: MLDv2 report from :: behind a hop-by-hop header",
+            icmp6_target(
+                Ipv6Addr::UNSPECIFIED,
+                143,
+                Ipv6Addr::UNSPECIFIED,
+                &extension_header(58),
+                0,
+            ),
+            Pass,
+        ),
+        case(
+            "pass ipv6: MLDv1 report from :: behind a hop-by-hop header",
+            icmp6_target(
+                Ipv6Addr::UNSPECIFIED,
+                131,
+                Ipv6Addr::UNSPECIFIED,
+                &extension_header(58),
+                0,
+            ),
+            Pass,
+        ),
+        case(
             "pass ipv6: echo request behind a destination options header",
             icmp6_target(A6, 128, Ipv6Addr::UNSPECIFIED, &extension_header(58), 60),
             Pass,
         ),
         case("pass ipv4: ICMP echo request to the node", icmp4(8), Pass),
+        // IPv4 fragments: only a first fragment starts with the ICMP
+        // header; the data of a later one is not read as one.
+        case(
+            "pass ipv4: non-first ICMP fragment whose data starts with 5",
+            ipv4_edited(icmp4(5), |ip| set_u16(ip, 6, 0x2001)),
+            Pass,
+        ),
+        case(
+            "router message: ICMP redirect in a first fragment (more to come)",
+            ipv4_edited(icmp4(5), |ip| set_u16(ip, 6, 0x2000)),
+            Drop(RouterMessage),
+        ),
+        // IPv4 options that route: source routes are dropped wherever
+        // they sit before the end of the options.
+        case(
+            "source route: LSRR",
+            udp4_with_options(&source_route(131)),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "source route: SSRR",
+            udp4_with_options(&source_route(137)),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "source route: LSRR after three NOPs",
+            udp4_with_options(&[vec![1, 1, 1], source_route(131), vec![0]].concat()),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "source route: SSRR after a router alert",
+            udp4_with_options(&[vec![148, 4, 0, 0], source_route(137)].concat()),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "source route: LSRR at the end of a 40-byte option area",
+            udp4_with_options(&[vec![1; 32], source_route(131)].concat()),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "source route: ICMP redirect with an LSRR",
+            ethernet(
+                GATEWAY_MAC,
+                M,
+                ETH_P_IP,
+                &ipv4_with_options(A, NODE, 64, IPPROTO_ICMP, &source_route(131), &[5; 12]),
+            ),
+            Drop(Ipv4SourceRoute),
+        ),
+        case(
+            "redirect ipv4: LSRR after the end-of-options byte (ignored)",
+            udp4_with_options(&[vec![0], source_route(131), vec![0; 3]].concat()),
+            to_b,
+        ),
+        case(
+            "redirect ipv4: record route",
+            udp4_with_options(&[7, 7, 4, 0, 0, 0, 0, 0]),
+            to_b,
+        ),
+        case(
+            "redirect ipv4: 40 bytes of NOPs (IHL 15)",
+            udp4_with_options(&[1; 40]),
+            to_b,
+        ),
+        case(
+            "malformed ipv4: option length 1",
+            udp4_with_options(&[148, 1, 0, 0]),
+            Drop(MalformedIpv4),
+        ),
+        case(
+            "malformed ipv4: option length 0",
+            udp4_with_options(&[1, 148, 0, 0]),
+            Drop(MalformedIpv4),
+        ),
+        case(
+            "malformed ipv4: option longer than the header",
+            udp4_with_options(&[148, 8, 0, 0]),
+            Drop(MalformedIpv4),
+        ),
+        case(
+            "malformed ipv4: option type in the header's last byte",
+            udp4_with_options(&[1, 1, 1, 148]),
+            Drop(MalformedIpv4),
+        ),
         case("redirect ipv6: hop limit 2", udp6(A6, B6, 2), to_b),
         case("redirect ipv6: hop limit 64", udp6(A6, B6, 64), to_b),
         case("redirect ipv6: hop limit 255", udp6(A6, B6, 255), to_b),
@@ -1493,11 +1941,12 @@ fn table() -> Vec<Case> {
         ),
     ];
     // Every reason but the ones the table cannot produce from a frame
-    // (redirect_failed, unknown_veth: tests of their own) has a row.
+    // (redirect_failed, unknown_veth, oversized_gso: tests of their own)
+    // has a row.
     for reason in DropReason::ALL {
         let covered = t.iter().any(|c| matches!(c.expect, Drop(r) if r == reason));
         assert!(
-            covered || matches!(reason, RedirectFailed | UnknownVeth),
+            covered || matches!(reason, RedirectFailed | UnknownVeth | OversizedGso),
             "no row for {}",
             reason.name()
         );
@@ -1902,6 +2351,70 @@ fn no_redirect_to_a_device_missing_from_the_devmap() {
 
 /// `to_pod` (TC egress of the host-side veth) only counts: every frame
 /// continues unchanged and is counted as passed into the pod of its slot.
+/// A GSO skb is as long as all its segments together; each segment must
+/// fit the MTU (a raw socket with `PACKET_VNET_HDR` can make segments of
+/// any size, which the kernel would forward whole). Segments larger than
+/// the pod's own MTU (its host-side veth's, here loopback's 1500) are
+/// dropped in every mode the TC program runs.
+#[test]
+fn gso_segments_over_the_mtu_are_dropped() {
+    in_private_netns(|| {
+        let mut failures = Vec::new();
+        for redirect in [true, false] {
+            let hook = Hook::Tc { redirect };
+            let dp = Dataplane::load(redirect, true);
+            // A test run takes at most about 3.5 KB of frame. It leaves the
+            // skb's transport header unset, from which the kernel measures
+            // a segment, so segments that fit cannot be shown here: real
+            // GSO frames that fit are delivered in `attacks.rs`.
+            let cases = [
+                (
+                    "2 segments of 1473 bytes (IP packets of 1501) to a pod",
+                    udp4_sized(B, 2 * 1473 + ETH_HLEN + IPV4_HLEN + 8),
+                    1473,
+                    2,
+                    Expect::Drop(DropReason::OversizedGso),
+                ),
+                (
+                    "2 segments of 1600 bytes to the node",
+                    udp4_sized(NODE, 2 * 1600 + ETH_HLEN + IPV4_HLEN + 8),
+                    1600,
+                    2,
+                    Expect::Drop(DropReason::OversizedGso),
+                ),
+                (
+                    "2 segments of 1453 bytes (IP packets of 1501) over IPv6 to a pod",
+                    udp6_sized(B6, 2 * 1453 + ETH_HLEN + IPV6_HLEN + 8),
+                    1453,
+                    2,
+                    Expect::Drop(DropReason::OversizedGso),
+                ),
+            ];
+            for (what, frame, gso_size, segs, expect) in cases {
+                let expect = outcome(hook, expect);
+                let before = dp.snapshot();
+                let ran = dp
+                    .run_tc_gso(&frame, gso_size, segs)
+                    .unwrap_or_else(|e| panic!("{what}: test run: {e:?}"));
+                let got = deltas(&before, &dp.snapshot());
+                let want = expected_counters(expect, frame.len() as u64);
+                if ran.return_value != return_code(hook, expect) || got != want {
+                    failures.push(format!(
+                        "{}: {what}: expected {} (code {}), got code {}; counters expected\n{}\n  got\n{}",
+                        hook.label(),
+                        describe(expect),
+                        return_code(hook, expect),
+                        ran.return_value,
+                        indent(&format_counters(&want)),
+                        indent(&format_counters(&got))
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    });
+}
+
 #[test]
 fn to_pod_passes_and_counts_every_frame() {
     in_private_netns(|| {

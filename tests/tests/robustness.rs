@@ -397,6 +397,27 @@ fn out_of_range_options_are_refused_with_a_message() {
         (vec!["stats", "--watch", "--count", "0"], vec!["--count"]),
         (vec!["trace", "--sample", "0"], vec!["--sample"]),
         (vec!["trace", "--count", "0"], vec!["--count"]),
+        (
+            vec!["trace", "--verdict", "redirect"],
+            vec!["--verdict", "redirected, passed, dropped"],
+        ),
+        (
+            vec!["trace", "--drop-reason", "spoofed"],
+            vec!["--drop-reason", "spoofed_ipv4", "router_message"],
+        ),
+        (
+            vec!["trace", "--src-ip", "10.0.0.256"],
+            vec!["--src-ip", "IP address", "CIDR"],
+        ),
+        (vec!["trace", "--ip", "fd00::/129"], vec!["--ip", "CIDR"]),
+        (
+            vec!["trace", "--dst-port", "65536"],
+            vec!["--dst-port", "1 to 65535"],
+        ),
+        (
+            vec!["trace", "--protocol", "sctp"],
+            vec!["--protocol", "tcp, udp, icmp, icmpv6"],
+        ),
         (vec!["bench", "--rounds", "0"], vec!["--rounds"]),
         (
             vec!["bench", "--seconds", "18446744073709551615"],

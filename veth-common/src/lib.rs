@@ -98,6 +98,33 @@ pub fn ipv4_key(octets: [u8; 4]) -> u32 {
     u32::from_ne_bytes(octets)
 }
 
+/// The IPv6 link-local address (fe80::/64) a kernel gives an interface
+/// with this MAC by default (`addr_gen_mode` 0, EUI-64: the MAC with its
+/// universal/local bit flipped and ff:fe in the middle, RFC 4291 app. A).
+/// The programs let a pod send from this address only.
+#[inline(always)]
+pub fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
+    let [a, b, c, d, e, f] = mac;
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ]
+}
+
 /// The addresses a pod owns, in its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,7 +162,9 @@ pub enum DropReason {
     SpoofedMac = 1,
     /// IPv4 source address is not the pod's.
     SpoofedIpv4 = 2,
-    /// IPv6 source address is neither the pod's nor link-local.
+    /// IPv6 source address is not the pod's: neither its global address
+    /// nor its own link-local one (EUI-64 of its MAC), nor `::` on a
+    /// duplicate address detection solicitation or an MLD report.
     SpoofedIpv6 = 3,
     /// ARP sender (hardware or protocol address) is not the pod's.
     SpoofedArp = 4,
@@ -159,19 +188,30 @@ pub enum DropReason {
     UnknownVeth = 11,
     /// An ICMPv6 router advertisement or redirect, or an ICMP redirect:
     /// pods are not routers, and on a shared bridge such a message would
-    /// reroute other pods' traffic.
+    /// reroute other pods' traffic. Also a router solicitation behind a
+    /// Fragment header (RFC 6980 forbids fragmented neighbour discovery).
     RouterMessage = 12,
     /// An IPv6 neighbour advertisement for an address that is not the
-    /// pod's (its global address or a link-local one).
+    /// pod's (its global address or its own link-local one), a duplicate
+    /// address detection solicitation for such an address, or a neighbour
+    /// solicitation or advertisement behind a Fragment header (RFC 6980).
     SpoofedNeighbour = 13,
+    /// A GSO packet whose segments are larger than the pod's MTU (only
+    /// a raw socket with `PACKET_VNET_HDR` makes one): the kernel forwards
+    /// such a packet whole, past every MTU on the way.
+    OversizedGso = 14,
+    /// An IPv4 packet with a loose or strict source route option (LSRR,
+    /// SSRR): it asks whoever forwards it to route it by the pod's say.
+    Ipv4SourceRoute = 15,
 }
 
-/// Number of slots in [`PairCounters::drop_reasons`] (room to grow without
-/// changing the map's value size).
+/// Number of slots in [`PairCounters::drop_reasons`]. All 16 are used: a
+/// new reason means a larger map value, which `up` handles as a layout
+/// change (the pinned counters are made afresh).
 pub const DROP_REASON_SLOTS: usize = 16;
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RedirectFailed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIpv4,
@@ -186,6 +226,8 @@ impl DropReason {
         DropReason::UnknownVeth,
         DropReason::RouterMessage,
         DropReason::SpoofedNeighbour,
+        DropReason::OversizedGso,
+        DropReason::Ipv4SourceRoute,
     ];
 
     /// Stable name used in CLI, JSON and metrics labels.
@@ -205,6 +247,8 @@ impl DropReason {
             DropReason::UnknownVeth => "unknown_veth",
             DropReason::RouterMessage => "router_message",
             DropReason::SpoofedNeighbour => "spoofed_neighbour",
+            DropReason::OversizedGso => "oversized_gso",
+            DropReason::Ipv4SourceRoute => "ipv4_source_route",
         }
     }
 
@@ -309,9 +353,20 @@ pub mod verdict {
     pub const DROPPED: u8 = 2;
 }
 
-/// One sampled frame, as the programs saw it.
+/// How many of a traced frame's first bytes an event carries: Ethernet
+/// (14) and IPv6 (40) leave 74 bytes for IPv6 extension headers and the
+/// TCP/UDP ports or ICMP type, enough for hop-by-hop, routing, fragment and
+/// destination options headers together. A power of two: the programs
+/// bound the copy's length with a mask the verifier can follow.
+pub const TRACE_HEADER_BYTES: usize = 128;
+const _: () = assert!(TRACE_HEADER_BYTES.is_power_of_two());
+
+/// One sampled frame, as the programs saw it: what they decided, and the
+/// frame's first bytes, which `vethctl trace` decodes (the programs parse
+/// nothing for tracing, so decoding IPv6 extension headers costs the
+/// kernel side no instructions and no verifier complexity).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceEvent {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
@@ -319,7 +374,7 @@ pub struct TraceEvent {
     pub ifindex: u32,
     /// For a redirect: host-side ifindex of the destination pod; else 0.
     pub peer_ifindex: u32,
-    /// `skb->len`.
+    /// `skb->len` (XDP: the frame's length).
     pub len: u32,
     /// [`hook`] value.
     pub hook: u8,
@@ -327,16 +382,37 @@ pub struct TraceEvent {
     pub verdict: u8,
     /// [`DropReason`] for dropped frames.
     pub reason: u8,
-    /// IP protocol (6 TCP, 17 UDP, 1 ICMP), 0 if not IPv4.
-    pub protocol: u8,
-    /// EtherType in host order (0x0800 IPv4, 0x0806 ARP, 0x86dd IPv6).
-    pub ethertype: u16,
-    /// TCP/UDP ports in host order; 0 for other protocols.
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub _pad: u16,
-    pub src_ipv4: [u8; 4],
-    pub dst_ipv4: [u8; 4],
+    pub _pad: u8,
+    /// How many bytes of `headers` are the frame's: `min(len,
+    /// TRACE_HEADER_BYTES)`, 0 if they could not be read.
+    pub captured: u16,
+    pub _pad2: u16,
+    pub _pad3: u32,
+    /// The frame's first `captured` bytes, from the Ethernet header on.
+    pub headers: [u8; TRACE_HEADER_BYTES],
+}
+
+// No holes: the programs write every byte before the headers.
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 32 + TRACE_HEADER_BYTES);
+
+// Arrays this long have no derived Default.
+impl Default for TraceEvent {
+    fn default() -> Self {
+        TraceEvent {
+            timestamp_ns: 0,
+            ifindex: 0,
+            peer_ifindex: 0,
+            len: 0,
+            hook: 0,
+            verdict: 0,
+            reason: 0,
+            _pad: 0,
+            captured: 0,
+            _pad2: 0,
+            _pad3: 0,
+            headers: [0; TRACE_HEADER_BYTES],
+        }
+    }
 }
 
 #[cfg(feature = "user")]

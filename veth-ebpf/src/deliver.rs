@@ -9,11 +9,15 @@
 //! 3. the pod's own source MAC (`spoofed_mac`);
 //! 4. IPv4, IPv6 or ARP (`unsupported_ethertype`);
 //! 5. a well-formed network header (`malformed_ipv4`/`_ipv6`/`_arp`);
-//! 6. the pod's own sender address (`spoofed_ipv4`/`_ipv6`/`_arp`; IPv6
-//!    link-local and unspecified sources are allowed for neighbour
-//!    discovery, and ARP may announce 0.0.0.0 for duplicate detection);
-//! 7. no router messages, no neighbour advertisement for another's address
-//!    (`router_message`, `spoofed_neighbour`; see [`crate::control`]).
+//! 6. the pod's own sender address (`spoofed_ipv4`/`_ipv6`/`_arp`; an IPv6
+//!    source may also be the pod's own link-local address, and `::` on
+//!    duplicate address detection and MLD reports; ARP may announce
+//!    0.0.0.0 for duplicate detection);
+//! 7. no router messages, no neighbour advertisement for another's address,
+//!    no neighbour discovery behind a Fragment header, no IPv4 source
+//!    route (`router_message`, `spoofed_neighbour`, `ipv4_source_route`;
+//!    see [`crate::control`]);
+//! 8. a GSO packet's segments fit the pod's MTU (`oversized_gso`).
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -25,7 +29,8 @@ use crate::{
     maps::{DEVMAP, ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
         arp_well_formed, checksum_after_ttl_decrement, ipv4_well_formed, ipv6_well_formed,
-        is_group_mac, is_link_local_or_unspecified, is_vlan, network_header, ptr_at, Frame, L3,
+        is_group_mac, is_own_link_local, is_unspecified, is_vlan, network_header, ptr_at, Frame,
+        L3,
     },
 };
 
@@ -84,16 +89,22 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
     if checks {
         // The bytes after the Ethernet header, non-linear ones included.
         let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
-        if let Err(reason) = check_sender(&l3, me, l3_len, own_ipv6) {
-            return Decision::Drop(reason);
-        }
+        let unspecified = match check_sender(&l3, me, l3_len, own_ipv6) {
+            Ok(unspecified) => unspecified,
+            Err(reason) => return Decision::Drop(reason),
+        };
         let control = match l3 {
             L3::Ipv4(ip) => control::check_ipv4(ctx, ip),
-            L3::Ipv6(ip) => control::check_ipv6(ctx, ip, me),
+            L3::Ipv6(ip) => control::check_ipv6(ctx, ip, me, unspecified),
             L3::Arp(_) => Ok(()),
         };
         if let Err(reason) = control {
             return Decision::Drop(reason);
+        }
+        // The host-side veth has the pod's MTU. (A pod's own stack never
+        // makes larger segments; the kernel would forward them whole.)
+        if !ctx.segments_fit_mtu_of(0) {
+            return Decision::Drop(DropReason::OversizedGso);
         }
     }
     if !redirect || me.host_path != 0 || is_group_mac(dst_mac) {
@@ -109,9 +120,15 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
 }
 
 /// Steps 5 and 6: the network header is well formed and its sender is the
-/// pod (`own_ipv6`: an IPv6 source is the pod's global address).
+/// pod (`own_ipv6`: an IPv6 source is the pod's global address). True for
+/// an IPv6 source `::`, which only some control messages may have.
 #[inline(always)]
-fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32, own_ipv6: bool) -> Result<(), DropReason> {
+fn check_sender(
+    l3: &L3,
+    me: &PodIdentity,
+    l3_len: u32,
+    own_ipv6: bool,
+) -> Result<bool, DropReason> {
     // SAFETY: `network_header` bounds-checked the fixed part of each header.
     unsafe {
         match *l3 {
@@ -127,9 +144,14 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32, own_ipv6: bool) -> Resul
                 if !ipv6_well_formed((*ip).vcf[0], (*ip).payload_len, l3_len) {
                     return Err(DropReason::MalformedIpv6);
                 }
-                if !own_ipv6 && !is_link_local_or_unspecified(&(*ip).src_addr) {
-                    return Err(DropReason::SpoofedIpv6);
+                let src = &(*ip).src_addr;
+                if own_ipv6 || is_own_link_local(me, src) {
+                    return Ok(false);
                 }
+                if is_unspecified(src) {
+                    return Ok(true);
+                }
+                return Err(DropReason::SpoofedIpv6);
             }
             L3::Arp(arp) => {
                 if !arp_well_formed((*arp).htype, (*arp).ptype, (*arp).hlen, (*arp).plen) {
@@ -142,7 +164,7 @@ fn check_sender(l3: &L3, me: &PodIdentity, l3_len: u32, own_ipv6: bool) -> Resul
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// `addr` is the pod's own (global) IPv6 address.

@@ -101,23 +101,22 @@ fn linear_len(ctx: &TcContext) -> u32 {
     (ctx.data_end() - ctx.data()) as u32
 }
 
-/// The IPv4 protocol or IPv6 next header says "maybe a control message".
+/// The IPv4 protocol or IPv6 next header says "maybe a control message",
+/// or the IPv4 header has options.
 #[inline(always)]
 fn carries_control(ctx: &TcContext) -> bool {
     let Some(eth) = ptr_at::<TcContext, EthHdr>(ctx, 0) else {
         return false;
     };
-    // SAFETY: bounds-checked by `ptr_at`.
-    let next = match unsafe { (*eth).ether_type } {
-        ETH_P_IP_BE => {
-            ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN).map(|ip| unsafe { (*ip).proto })
-        }
-        ETH_P_IPV6_BE => {
-            ptr_at::<TcContext, Ipv6Hdr>(ctx, EthHdr::LEN).map(|ip| unsafe { (*ip).next_hdr })
-        }
-        _ => None,
-    };
-    next.is_some_and(may_carry_control)
+    // SAFETY: bounds-checked by `ptr_at` (each closure reads its header).
+    match unsafe { (*eth).ether_type } {
+        // IPv4 options too: they may reach past the fixed headers.
+        ETH_P_IP_BE => ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN)
+            .is_some_and(|ip| unsafe { may_carry_control((*ip).proto) || (*ip).vihl & 0x0f != 5 }),
+        ETH_P_IPV6_BE => ptr_at::<TcContext, Ipv6Hdr>(ctx, EthHdr::LEN)
+            .is_some_and(|ip| unsafe { may_carry_control((*ip).next_hdr) }),
+        _ => false,
+    }
 }
 
 /// 1 in mode tc; 0 in the kernel-path modes (bridge, routed, pair), where

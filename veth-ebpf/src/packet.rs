@@ -3,6 +3,7 @@
 use core::mem;
 
 use aya_ebpf::{
+    bindings::bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
     cty::c_void,
     helpers::generated::bpf_check_mtu,
     programs::{TcContext, XdpContext},
@@ -11,7 +12,7 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use veth_common::DropReason;
+use veth_common::{eui64_link_local, DropReason, PodIdentity};
 
 /// EtherTypes as they sit in the frame (network order).
 pub const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
@@ -38,9 +39,29 @@ pub trait Frame {
         if !self.is_gso() {
             return self.len() <= mtu + EthHdr::LEN as u32;
         }
+        self.segments_fit_mtu_of(ifindex)
+    }
+
+    /// True unless the frame is a GSO skb with a segment larger than the
+    /// MTU of device `ifindex` (0: the device it arrived on). Without
+    /// `BPF_MTU_CHK_SEGS` the kernel passes every GSO skb.
+    #[inline(always)]
+    fn segments_fit_mtu_of(&self, ifindex: u32) -> bool {
+        if !self.is_gso() {
+            return true;
+        }
         let mut mtu_len: u32 = 0;
-        // SAFETY: valid context, a live out-parameter, no flags.
-        unsafe { bpf_check_mtu(self.raw(), ifindex, &mut mtu_len, 0, 0) == 0 }
+        // SAFETY: valid context, a live out-parameter (0: check the skb's
+        // own length, as BPF_MTU_CHK_SEGS requires).
+        unsafe {
+            bpf_check_mtu(
+                self.raw(),
+                ifindex,
+                &mut mtu_len,
+                0,
+                u64::from(BPF_MTU_CHK_SEGS),
+            ) == 0
+        }
     }
 
     /// A GSO skb, whose length is the sum of its segments.
@@ -199,16 +220,17 @@ pub fn is_group_mac(mac: [u8; 6]) -> bool {
     mac[0] & 1 == 1
 }
 
-/// fe80::/10 (link-local) or :: (unspecified, used by DAD).
+/// `addr` is the link-local address the pod's kernel gave its `eth0`:
+/// fe80::/64 with the EUI-64 interface id of the pod's MAC.
 #[inline(always)]
-pub fn is_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
-    is_link_local(addr) || addr.iter().all(|b| *b == 0)
+pub fn is_own_link_local(me: &PodIdentity, addr: &[u8; 16]) -> bool {
+    *addr == eui64_link_local(me.mac)
 }
 
-/// fe80::/10.
+/// `::`, the source of duplicate address detection.
 #[inline(always)]
-pub fn is_link_local(addr: &[u8; 16]) -> bool {
-    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
+pub fn is_unspecified(addr: &[u8; 16]) -> bool {
+    *addr == [0; 16]
 }
 
 /// The IPv4 header checksum after decrementing TTL by one, updated
@@ -321,18 +343,21 @@ mod tests {
     }
 
     #[test]
-    fn link_local_and_unspecified() {
-        let mut ll = [0u8; 16];
-        ll[0] = 0xfe;
-        ll[1] = 0x80;
-        assert!(is_link_local_or_unspecified(&ll));
-        ll[1] = 0xbf;
-        assert!(is_link_local_or_unspecified(&ll));
-        ll[1] = 0xc0; // fec0::/10 is not link-local
-        assert!(!is_link_local_or_unspecified(&ll));
-        assert!(is_link_local_or_unspecified(&[0; 16]));
-        let mut global = [0u8; 16];
-        global[0] = 0xfd;
-        assert!(!is_link_local_or_unspecified(&global));
+    fn only_the_pods_own_link_local_address_is_its_own() {
+        let me = PodIdentity {
+            mac: [0x0a, 0x58, 0xc6, 0x12, 0x00, 0x02],
+            ..PodIdentity::default()
+        };
+        let own = [
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x08, 0x58, 0xc6, 0xff, 0xfe, 0x12, 0x00, 0x02,
+        ];
+        assert!(is_own_link_local(&me, &own));
+        for (byte, flip) in [(1, 0x01), (7, 0x01), (8, 0x02), (11, 0x01), (15, 0x01)] {
+            let mut other = own;
+            other[byte] ^= flip;
+            assert!(!is_own_link_local(&me, &other), "byte {byte}");
+        }
+        assert!(is_unspecified(&[0; 16]));
+        assert!(!is_unspecified(&own));
     }
 }

@@ -5,28 +5,64 @@
 //! A session is off unless its listener has set a sampling rate and keeps
 //! renewing its deadline; with every session off, the cost is one array
 //! lookup and a compare per session and frame.
+//!
+//! An event carries the frame's first bytes rather than fields parsed
+//! here: `vethctl trace` decodes them (IPv4, IPv6 with its extension
+//! headers, ports, ICMP types), so the programs stay free of a second
+//! parser the verifier would have to follow.
 use aya_ebpf::{
     btf_maps::RingBuf,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    programs::{TcContext, XdpContext},
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use veth_common::{TraceConfig, TraceEvent, TRACE_RING_BYTES};
+use veth_common::{TraceConfig, TraceEvent, TRACE_HEADER_BYTES, TRACE_RING_BYTES};
 
 use crate::{
     counters::Verdict,
     maps::{TRACE_CONFIG, TRACE_EVENTS_0, TRACE_EVENTS_1, TRACE_EVENTS_2, TRACE_EVENTS_3},
-    packet::{ptr_at, Frame},
+    packet::Frame,
 };
-
-const ETH_P_IP: u16 = 0x0800;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 type Ring = RingBuf<TraceEvent, TRACE_RING_BYTES>;
 
+/// A frame whose first bytes can be copied out, linear or not.
+pub trait Capture: Frame {
+    /// Copies the frame's first `len` bytes (1..=[`TRACE_HEADER_BYTES`])
+    /// to `dst`; false if the kernel refused.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes of writes.
+    unsafe fn copy_head(&self, dst: *mut u8, len: u32) -> bool;
+}
+
+impl Capture for TcContext {
+    #[inline(always)]
+    unsafe fn copy_head(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: valid context; the caller vouches for `dst`.
+        unsafe { bpf_skb_load_bytes(self.raw(), 0, dst.cast(), len) == 0 }
+    }
+}
+
+impl Capture for XdpContext {
+    #[inline(always)]
+    unsafe fn copy_head(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: valid context; the caller vouches for `dst`.
+        unsafe { bpf_xdp_load_bytes(self.raw().cast(), 0, dst.cast(), len) == 0 }
+    }
+}
+
 /// Emits an event for this frame to every session that wants it.
 #[inline(always)]
-pub fn maybe_emit<F: Frame>(ctx: &F, hook: u8, ifindex: u32, peer_ifindex: u32, verdict: Verdict) {
+pub fn maybe_emit<F: Capture>(
+    ctx: &F,
+    hook: u8,
+    ifindex: u32,
+    peer_ifindex: u32,
+    verdict: Verdict,
+) {
     let event = Seen {
         hook,
         ifindex,
@@ -51,7 +87,7 @@ struct Seen {
 // constant for the verifier. Nothing past the first test runs while the
 // session is off.
 #[inline(always)]
-fn session<F: Frame>(ctx: &F, index: u32, ring: &Ring, seen: &Seen) {
+fn session<F: Capture>(ctx: &F, index: u32, ring: &Ring, seen: &Seen) {
     let Some(config) = TRACE_CONFIG.get(index) else {
         return;
     };
@@ -67,53 +103,54 @@ fn session<F: Frame>(ctx: &F, index: u32, ring: &Ring, seen: &Seen) {
     if sample_every > 1 && unsafe { bpf_get_prandom_u32() } % sample_every != 0 {
         return;
     }
-    let (verdict, reason) = seen.verdict.code();
-    let mut event = TraceEvent {
-        timestamp_ns: now,
-        ifindex: seen.ifindex,
-        peer_ifindex: seen.peer_ifindex,
-        len: ctx.len(),
-        hook: seen.hook,
-        verdict,
-        reason,
-        ..TraceEvent::default()
+    // Reserved in the ring and filled in place: the event is too large for
+    // the 512-byte stack beside the programs' own frames.
+    let Some(mut entry) = ring.reserve(0) else {
+        return;
     };
-    fill_flow(ctx, &mut event);
-    let _ = ring.output(event, 0);
+    let event: *mut TraceEvent = entry.as_mut_ptr();
+    let (verdict, reason) = seen.verdict.code();
+    let len = ctx.len();
+    // SAFETY: `event` points to a whole reserved TraceEvent; every field
+    // before `headers` is written, so no stale ring bytes reach userspace.
+    unsafe {
+        (*event).timestamp_ns = now;
+        (*event).ifindex = seen.ifindex;
+        (*event).peer_ifindex = seen.peer_ifindex;
+        (*event).len = len;
+        (*event).hook = seen.hook;
+        (*event).verdict = verdict;
+        (*event).reason = reason;
+        (*event)._pad = 0;
+        (*event)._pad2 = 0;
+        (*event)._pad3 = 0;
+        (*event).captured = capture(ctx, len, (*event).headers.as_mut_ptr());
+    }
+    entry.submit(0);
+}
+
+/// Copies up to [`TRACE_HEADER_BYTES`] of the frame to `dst`; returns how
+/// many (0 if none could be read).
+#[inline(always)]
+fn capture<F: Capture>(ctx: &F, len: u32, dst: *mut u8) -> u16 {
+    const MAX: u32 = TRACE_HEADER_BYTES as u32;
+    if len == 0 {
+        return 0;
+    }
+    // min(len, MAX), written so that the verifier sees 1..=MAX whatever
+    // the compiler does with the comparison: a mask bounds it (MAX is a
+    // power of two).
+    let want = ((if len > MAX { MAX } else { len } - 1) & (MAX - 1)) + 1;
+    // SAFETY: `dst` is the event's `headers`, MAX bytes.
+    if unsafe { ctx.copy_head(dst, want) } {
+        want as u16
+    } else {
+        0
+    }
 }
 
 /// The session traces every pair, or the pair at either end of this frame.
 #[inline(always)]
 fn selects(config: &TraceConfig, seen: &Seen) -> bool {
     config.ifindex == 0 || config.ifindex == seen.ifindex || config.ifindex == seen.peer_ifindex
-}
-
-/// Ethertype, and for IPv4 the addresses, protocol and TCP/UDP ports.
-#[inline(always)]
-fn fill_flow<F: Frame>(ctx: &F, event: &mut TraceEvent) {
-    let Some(eth) = ptr_at::<F, EthHdr>(ctx, 0) else {
-        return;
-    };
-    // SAFETY: every pointer below comes bounds-checked from `ptr_at`.
-    unsafe {
-        event.ethertype = u16::from_be((*eth).ether_type);
-        if event.ethertype != ETH_P_IP {
-            return;
-        }
-        let Some(ip) = ptr_at::<F, Ipv4Hdr>(ctx, EthHdr::LEN) else {
-            return;
-        };
-        event.src_ipv4 = (*ip).src_addr;
-        event.dst_ipv4 = (*ip).dst_addr;
-        event.protocol = (*ip).proto;
-        // Ports only after an option-less header: a constant offset keeps
-        // the verifier simple, and options are rare in pod traffic.
-        if (event.protocol == IPPROTO_TCP || event.protocol == IPPROTO_UDP) && (*ip).vihl == 0x45 {
-            if let Some(ports) = ptr_at::<F, [u8; 4]>(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
-                let ports = *ports;
-                event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-                event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-            }
-        }
-    }
 }

@@ -246,8 +246,12 @@ pub async fn observe(
         .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
         .collect();
     let pins = Pins::new(name);
+    // A map pinned with another layout (an upgrade) is made afresh by a
+    // load, which plain `up` then does as `up --repair` would.
     let programs_current = desired.is_some_and(|t| {
-        pins.programs_exist() && applied.programs.as_deref() == Some(&programs_digest(t))
+        pins.programs_exist()
+            && applied.programs.as_deref() == Some(&programs_digest(t))
+            && dataplane::maps_current(name)
     });
     let linked = match desired {
         Some(t) => {
@@ -283,6 +287,7 @@ pub async fn observe(
         masquerade_owned: ledger.nat_table,
         pins: ledger.pins,
         unproven,
+        rewire_endpoints: false,
     })
 }
 
@@ -447,7 +452,14 @@ async fn up_locked(
     refuse_address_clashes(topology)?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
-    let (observed, ledger) = observe_for(&host, topology, options.repair).await?;
+    let (mut observed, ledger) = observe_for(&host, topology, options.repair).await?;
+    // A runtime's endpoints follow the network's mode too, and run the
+    // programs loaded (their links and filters still hold the old ones,
+    // and those the old maps if the layout changed).
+    observed.rewire_endpoints = !endpoint::Store::new(&topology.name).records().is_empty()
+        && (options.repair
+            || !observed.programs_current
+            || recorded_mode.is_some_and(|m| m != topology.mode));
     timings.mark("observe the kernel");
     let steps = plan_up(topology, &observed)?;
     warn_unproven(&topology.name, &observed);
@@ -477,14 +489,6 @@ async fn up_locked(
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
-    let reloaded = steps.contains(&Step::LoadPrograms);
-    if options.repair || reloaded || recorded_mode.is_some_and(|m| m != topology.mode) {
-        // A runtime's endpoints follow the network's mode too, and run the
-        // programs just loaded (their links and filters still hold the
-        // old ones, and those the old maps if the layout changed).
-        wire::rewire_all(&executor.host, topology).await?;
-        executor.timings.mark("rewire the runtime's endpoints");
-    }
     Ok((topology.clone(), steps))
 }
 
@@ -665,6 +669,9 @@ async fn observe_for(host: &Host, topology: &Topology, repair: bool) -> Result<(
 pub async fn down(name: &str) -> Result<Vec<Step>> {
     let _locks = state::change_lock(name)?;
     let host = Host::connect()?;
+    // A record that is gone is rebuilt from what carries the network's
+    // mark, so that this removes it all the same.
+    crate::recover::rebuild_if_lost(&host, name, endpoint::AddressSource::Builtin).await?;
     // A runtime's endpoints first: their veths, map entries and records
     // (their namespaces are the runtime's and stay).
     for record in endpoint::Store::new(name).records() {
@@ -1122,25 +1129,7 @@ impl Executor {
             Step::JoinBridge { pod } => {
                 let topology = need()?;
                 let pod = topology.pod(pod).context("pod missing from the topology")?;
-                let bridge = self
-                    .host
-                    .link(&topology.bridge)
-                    .await?
-                    .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
-                let veth =
-                    self.host.link(&pod.host_veth).await?.with_context(|| {
-                        format!("host-side veth {:?} is missing", pod.host_veth)
-                    })?;
-                // Until the pods are readdressed the host still routes to
-                // them over their veths, and a port's ARP and NDP replies
-                // go to the bridge: the host's neighbours on the veth are
-                // in place first.
-                if veth.up && veth.controller.is_none() {
-                    self.host.ensure_pod_neighbours(pod, veth.ifindex).await?;
-                }
-                self.host
-                    .ensure_host_veth(pod, &veth, Some(bridge.ifindex))
-                    .await?;
+                wire::join_bridge(&self.host, topology, pod).await?;
             }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
@@ -1188,6 +1177,12 @@ impl Executor {
                 }
             }
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
+            Step::RewireEndpoints => {
+                // The topology pods' attach first: both end in the same
+                // pins directory.
+                self.finish_attaching().await?;
+                wire::rewire_all(&self.host, need()?).await?;
+            }
             Step::AttachPrograms { pods } => {
                 let topology = need()?;
                 let veths = pods

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     apply, endpoint,
@@ -16,7 +16,7 @@ use crate::{
         MAX_TOPOLOGY_BYTES,
     },
     netlink::Host,
-    observe::{self, rates, trace, StatsReport, StatusReport, Unreadable},
+    observe::{self, rates, summary::Summary, trace, StatsReport, StatusReport, Unreadable},
     preflight, privileges,
     state::{self, recorded_topologies, StateDir},
 };
@@ -63,13 +63,18 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Show pods, their interfaces on both sides and what is attached.
+    /// Show pods, their interfaces on both sides and what is attached,
+    /// and a last line that counts them by state (`3 pods: 3 ready`).
     Status {
         #[command(flatten)]
         select: Select,
         /// Print JSON (documented in README.md) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit with status 5, naming them on stderr, when a pod is not
+        /// ready or a topology cannot be read (for health checks).
+        #[arg(long)]
+        check: bool,
     },
     /// Show per-pair counters: redirected, passed to the host stack, dropped.
     Stats {
@@ -94,6 +99,10 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Print JSON: the topology, its mode and the steps, each with its
+        /// kind (`"step"`), its fields and its text.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the path between two pods of a topology that is up:
     /// request/response latency (sockperf), connection rate (built in),
@@ -169,6 +178,20 @@ enum Command {
     /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
     /// libcni both use it. It is validated as the plugin would first.
     InstallCni(InstallCni),
+    /// Remove the plugin and the configuration list `install-cni` wrote.
+    ///
+    /// Each file goes only if its content shows it is ours (the plugin's
+    /// marker; the list exactly as written, naming veth-cni), never for its
+    /// name alone, and nothing goes while the network still has pods (drain
+    /// the node first). Networks that are up and their pins stay: `vethctl
+    /// down -n NAME` removes them.
+    UninstallCni(UninstallCni),
+    /// Print a completion script for SHELL (bash, elvish, fish, powershell,
+    /// zsh), e.g. `vethctl completions bash >
+    /// /usr/share/bash-completion/completions/vethctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `vethctl man | man -l -`.
+    Man,
     /// Follow a sampled stream of flow events from the programs.
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
@@ -182,13 +205,73 @@ enum Command {
         /// Trace about one frame in N (1 = every frame).
         #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         sample: u32,
-        /// Stop after this many events (at least 1).
+        /// Stop after this many events (at least 1) that pass the filters.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
+        #[command(flatten)]
+        filter: TraceFilter,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `trace` filters: each flag may be repeated (any of its values);
+/// different flags must all match.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Filters (applied to the sampled events)")]
+struct TraceFilter {
+    /// Only frames with this verdict: redirected, passed or dropped.
+    #[arg(long, value_name = "VERDICT", value_parser = parse_verdict)]
+    verdict: Vec<trace::filter::Verdict>,
+    /// Only frames dropped for this reason (a name as in `stats`, e.g. spoofed_ipv4).
+    #[arg(long, value_name = "REASON", value_parser = trace::filter::parse_drop_reason)]
+    drop_reason: Vec<veth_common::DropReason>,
+    /// Only frames from or to this address or CIDR (IPv4 or IPv6).
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    ip: Vec<ipnet::IpNet>,
+    /// Only frames from this address or CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    src_ip: Vec<ipnet::IpNet>,
+    /// Only frames to this address or CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = trace::filter::parse_address)]
+    dst_ip: Vec<ipnet::IpNet>,
+    /// Only TCP/UDP frames from or to this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    port: Vec<u16>,
+    /// Only TCP/UDP frames from this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    src_port: Vec<u16>,
+    /// Only TCP/UDP frames to this port.
+    #[arg(long, value_name = "PORT", value_parser = trace::filter::parse_port)]
+    dst_port: Vec<u16>,
+    /// Only this transport protocol: tcp, udp, icmp or icmpv6.
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    protocol: Vec<trace::filter::Protocol>,
+}
+
+fn parse_verdict(s: &str) -> Result<trace::filter::Verdict, String> {
+    s.parse()
+}
+
+fn parse_protocol(s: &str) -> Result<trace::filter::Protocol, String> {
+    s.parse()
+}
+
+impl From<TraceFilter> for trace::Filter {
+    fn from(f: TraceFilter) -> trace::Filter {
+        trace::Filter {
+            verdicts: f.verdict,
+            drop_reasons: f.drop_reason,
+            addresses: f.ip,
+            src_addresses: f.src_ip,
+            dst_addresses: f.dst_ip,
+            ports: f.port,
+            src_ports: f.src_port,
+            dst_ports: f.dst_port,
+            protocols: f.protocol,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +314,19 @@ struct InstallCni {
     chain: Vec<String>,
 }
 
+#[derive(Debug, Args)]
+struct UninstallCni {
+    /// The runtime's CNI plugin directory.
+    #[arg(long, default_value = "/opt/cni/bin", value_name = "DIR")]
+    bin_dir: PathBuf,
+    /// The runtime's CNI configuration directory.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    conf_dir: PathBuf,
+    /// File name of the list `install-cni` wrote.
+    #[arg(long, default_value = "10-vethctl.conflist", value_name = "FILE")]
+    conf_file: String,
+}
+
 fn not_up(name: &str) -> String {
     format!("topology {name:?} is not up (bring it up with `vethctl up`)")
 }
@@ -264,7 +360,9 @@ fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
 enum ModeAction {
     /// Rewire the pods of a topology that is up for MODE (pair, bridge,
     /// routed, tc, xdp), keeping namespaces and addresses; nothing of the old
-    /// wiring stays. Connections may pause while it switches.
+    /// wiring stays. Connections may pause while it switches. A CNI
+    /// network's endpoints are rewired too (not for pair); its next ADD
+    /// converges it back to the mode of its CNI configuration.
     Set {
         /// pair, bridge, routed, tc or xdp.
         mode: Mode,
@@ -429,7 +527,7 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -445,12 +543,31 @@ pub fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if reader_gone(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.is::<NotReady>() => {
+            let _ = writeln!(io::stderr(), "vethctl: {e}");
+            std::process::ExitCode::from(NOT_READY_EXIT)
+        }
         Err(e) => {
             // Not eprintln!, which panics when stderr is gone too.
             let _ = writeln!(io::stderr(), "error: {e:#}");
             std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code())
         }
     }
+}
+
+/// The command line, with the version texts that are known only at run
+/// time (the eBPF object's digest).
+fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The clap command with its version texts, as parsing, completions and
+/// the man page see it.
+fn command() -> clap::Command {
+    Cli::command()
+        .version(crate::version::short())
+        .long_version(crate::version::long())
 }
 
 /// What `command` needs from the kernel ([`privileges`]); `None` for
@@ -479,12 +596,29 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
                 privileges::READ
             },
         ),
-        Command::InstallCni(_) => return None,
+        // Reads the networks' endpoint records (root's).
+        Command::UninstallCni(_) => ("vethctl uninstall-cni", privileges::READ),
+        Command::InstallCni(_) | Command::Completions { .. } | Command::Man => return None,
     })
+}
+
+/// Whether `command` uses the kernel's eBPF hooks, so an old kernel is
+/// refused first; taking vethctl off a node must work on any kernel.
+fn needs_kernel(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::UninstallCni(_)
+            | Command::InstallCni(_)
+            | Command::Completions { .. }
+            | Command::Man
+    )
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Some((name, caps)) = needs(&cli.command) {
+        if needs_kernel(&cli.command) {
+            crate::kernel::check()?;
+        }
         privileges::require(name, caps)?;
         state::secure_state_root()?;
     }
@@ -495,7 +629,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             timings,
         } => up(topology, apply::UpOptions { repair, timings }).await,
         Command::Down { select } => down(&select).await,
-        Command::Status { select, json } => status(&select, json).await,
+        Command::Status {
+            select,
+            json,
+            check,
+        } => status(&select, json, check).await,
         Command::Stats {
             select,
             json,
@@ -504,7 +642,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, json, interval, count).await,
         Command::Stats { select, json, .. } => stats(&select, json).await,
-        Command::Plan { topology } => plan(topology).await,
+        Command::Plan { topology, json } => plan(topology, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -562,17 +700,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             pod,
             sample,
             count,
+            filter,
             json,
         } => {
             let request = trace::TraceRequest {
                 pod,
                 sample_every: sample,
                 count,
+                filter: filter.into(),
                 json,
             };
             trace_follow(&select, &request).await
         }
         Command::InstallCni(options) => install_cni(options),
+        Command::UninstallCni(options) => uninstall_cni(options),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
 }
 
@@ -592,8 +735,9 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     // A CNI network's file lists no pods: its pods are the runtime's
     // endpoints, counted too (it said "0 pods" beside 902 endpoints).
     let pods = crate::endpoint::with_endpoints(topology.clone()).pods.len();
+    let pods = observe::summary::count(pods, "pod", "pods");
     emit(format_args!(
-        "topology {:?} is up: {pods} pods, mode {} (see `vethctl status -n {0}`)\n",
+        "topology {:?} is up: {pods}, mode {} (see `vethctl status -n {0}`)\n",
         topology.name, topology.mode
     ))
 }
@@ -604,7 +748,7 @@ async fn down(select: &Select) -> Result<()> {
     emit(format_args!("topology {name:?} is down\n"))
 }
 
-async fn status(select: &Select, json: bool) -> Result<()> {
+async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     let host = Host::connect()?;
     let (topologies, unreadable) = select.recorded()?;
     let mut report = StatusReport {
@@ -621,8 +765,30 @@ async fn status(select: &Select, json: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    print(json, &report, StatusReport::to_table)
+    let summary = Summary::of(&report);
+    print(json, &report, |r| {
+        if r.topologies.is_empty() && r.unreadable.is_empty() {
+            // The table already says that no topology is up.
+            r.to_table()
+        } else {
+            format!("{}{summary}\n", r.to_table())
+        }
+    })?;
+    if check && !summary.all_ready() {
+        return Err(NotReady(summary.problems()).into());
+    }
+    Ok(())
 }
+
+/// `status --check` found something not ready; exit status 5.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotReady(String);
+
+/// Exit status of `status --check` when something is not ready: apart from
+/// the failures of [`crate::Error::exit_code`], so a health check can tell
+/// "not ready" from "could not look".
+const NOT_READY_EXIT: u8 = 5;
 
 async fn stats(select: &Select, json: bool) -> Result<()> {
     let host = Host::connect()?;
@@ -661,6 +827,7 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
         let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
     }
     let options = rates::WatchOptions {
+        redraw: io::IsTerminal::is_terminal(&io::stdout()),
         // In range: checked by parse_interval.
         interval: std::time::Duration::from_secs_f64(interval),
         count,
@@ -669,11 +836,14 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>) -> Result<()> {
+async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
     let (topology, _) = topology_or_default(path.as_deref())?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;
+    if json {
+        return emit(format_args!("{}\n", plan_json(&topology, &steps)?));
+    }
     let mut text = format!(
         "plan for topology {:?} (mode {}):\n",
         topology.name, topology.mode
@@ -684,19 +854,55 @@ async fn plan(path: Option<PathBuf>) -> Result<()> {
     emit(text)
 }
 
+/// `plan --json`: `{"topology", "mode", "steps": [{"step", ..., "text"}]}`.
+fn plan_json(topology: &Topology, steps: &[crate::plan::Step]) -> Result<String> {
+    let steps = steps
+        .iter()
+        .map(|step| {
+            let mut value = serde_json::to_value(step)?;
+            value["text"] = step.to_string().into();
+            Ok(value)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::to_string_pretty(&serde_json::json!({
+        "topology": topology.name,
+        "mode": topology.mode.to_string(),
+        "steps": steps,
+    }))?)
+}
+
 async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
     let name = select.name_or_default()?;
     // The recorded description is read under the lock the change is made
     // under, so nothing recorded meanwhile is lost.
+    let mut by_cni = false;
     apply::up_from_record(
         &name,
-        |text| Ok(with_mode(&text.with_context(|| not_up(&name))?, mode)?),
+        |text| {
+            let text = text.with_context(|| not_up(&name))?;
+            by_cni = crate::cni::network::made_by_cni(&text);
+            if by_cni && mode == Mode::Pair {
+                anyhow::bail!(
+                    "network {name:?} was made by veth-cni, whose endpoints are wired in mode tc, \
+                     xdp, routed or bridge; mode pair joins the two pods of a topology file"
+                );
+            }
+            Ok(with_mode(&text, mode)?)
+        },
         apply::UpOptions {
             timings,
             ..apply::UpOptions::default()
         },
     )
     .await?;
+    if by_cni {
+        // Its description is the CNI configuration's, which ADD compares.
+        return emit(format_args!(
+            "network {name:?} is now in mode {mode}; it was made by veth-cni, and the next ADD \
+             converges it back to the mode of its CNI configuration: set \"mode\": \"{mode}\" \
+             there to keep this one\n"
+        ));
+    }
     emit(format_args!("topology {name:?} is now in mode {mode}\n"))
 }
 
@@ -755,7 +961,47 @@ fn install_cni(o: InstallCni) -> Result<()> {
     ))
 }
 
-fn print<T: serde::Serialize>(json: bool, report: &T, table: fn(&T) -> String) -> Result<()> {
+fn uninstall_cni(o: UninstallCni) -> Result<()> {
+    let removed = crate::cni::uninstall::uninstall(&crate::cni::uninstall::UninstallOptions {
+        bin_dir: o.bin_dir,
+        conf_dir: o.conf_dir,
+        conf_file: o.conf_file,
+    })?;
+    if removed.is_empty() {
+        return emit("nothing to remove: neither file is there\n");
+    }
+    let names: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+    emit(format_args!(
+        "removed {}; networks that are up stay until `vethctl down -n NAME`\n",
+        names.join(" and ")
+    ))
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "vethctl", &mut script);
+    emit(String::from_utf8_lossy(&script))
+}
+
+/// The manual page: the top-level command, then each subcommand's page
+/// appended as a section, so one `vethctl.1` documents them all.
+fn man() -> Result<()> {
+    let command = command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("vethctl {}", sub.get_name());
+        let sub = sub.clone().name(&name).display_name(&name);
+        page.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub);
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+    }
+    emit(String::from_utf8_lossy(&page))
+}
+
+fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> String) -> Result<()> {
     if json {
         emit(format_args!("{}\n", serde_json::to_string_pretty(report)?))
     } else {

@@ -355,36 +355,84 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<V
     Ok(replaced)
 }
 
-/// Unpins the maps whose pinned layout (type, key and value size, entries)
-/// differs from this vethctl's object, so that loading makes them afresh:
-/// the loader would reuse them as they are, and the programs would then
-/// fail verification. Programs still attached keep their old maps until
-/// their links are replaced.
+/// Unpins the maps whose pinned layout differs from this vethctl's object
+/// (see [`incompatible_maps`]), so that loading makes them afresh: the
+/// loader would reuse them as they are, and the programs would then fail
+/// verification. Programs still attached keep their old maps until their
+/// links are replaced.
 fn unpin_incompatible_maps(pins: &Pins) -> Result<Vec<String>> {
-    let object = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
-    let mut replaced = Vec::new();
-    for name in PINNED_MAPS {
+    let replaced = incompatible_maps(pins)?;
+    for name in &replaced {
+        remove_file_if_present(&pins.map(name))?;
+    }
+    Ok(replaced)
+}
+
+/// Whether every map pinned for `topology` has the layout this vethctl's
+/// programs use (a map not pinned yet is made by the next load). False
+/// after an upgrade that changed a layout, until the next program load
+/// makes those maps afresh: until then nothing of this vethctl can read or
+/// write them ("invalid key size").
+pub fn maps_current(topology: &str) -> bool {
+    incompatible_maps(&Pins::new(topology)).is_ok_and(|maps| maps.is_empty())
+}
+
+/// The pinned maps whose type, key size, value size or size differ from
+/// this vethctl's object.
+fn incompatible_maps(pins: &Pins) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    for (name, wanted) in object_layouts()? {
         let path = pins.map(name);
-        let Some(wanted) = object.maps.get(name) else {
-            continue;
-        };
         if !path.exists() {
             continue;
         }
         let same = aya::maps::MapInfo::from_pin(&path).is_ok_and(|pinned| {
-            pinned
-                .map_type()
-                .is_ok_and(|t| t as u32 == wanted.map_type())
-                && pinned.key_size() == wanted.key_size()
-                && pinned.value_size() == wanted.value_size()
-                && pinned.max_entries() == wanted.max_entries()
+            pinned.map_type().is_ok_and(|t| t as u32 == wanted.map_type)
+                && pinned.key_size() == wanted.key_size
+                && pinned.value_size() == wanted.value_size
+                && pinned.max_entries() == wanted.max_entries
         });
         if !same {
-            remove_file_if_present(&path)?;
-            replaced.push(name.to_string());
+            changed.push(name.to_string());
         }
     }
-    Ok(replaced)
+    Ok(changed)
+}
+
+/// What a map of the object looks like to the kernel.
+#[derive(Clone, Copy)]
+struct MapLayout {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The layouts of the pinned maps as this vethctl's object has them,
+/// parsed once per process (every ADD asks).
+fn object_layouts() -> Result<&'static [(&'static str, MapLayout)]> {
+    static LAYOUTS: std::sync::OnceLock<Vec<(&'static str, MapLayout)>> =
+        std::sync::OnceLock::new();
+    if let Some(layouts) = LAYOUTS.get() {
+        return Ok(layouts);
+    }
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the eBPF object")?;
+    let layouts = PINNED_MAPS
+        .iter()
+        .filter_map(|&name| {
+            let map = object.maps.get(name)?;
+            Some((
+                name,
+                MapLayout {
+                    map_type: map.map_type(),
+                    key_size: map.key_size(),
+                    value_size: map.value_size(),
+                    max_entries: map.max_entries(),
+                },
+            ))
+        })
+        .collect();
+    Ok(LAYOUTS.get_or_init(|| layouts))
 }
 
 /// Serializes slot choice between concurrent endpoint changes (CNI ADDs).

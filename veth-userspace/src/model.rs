@@ -337,25 +337,7 @@ impl Pod {
 
 /// The IPv6 link-local address of an interface with this MAC (EUI-64).
 pub fn eui64_link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let [a, b, c, d, e, f] = mac;
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        a ^ 0x02,
-        b,
-        c,
-        0xff,
-        0xfe,
-        d,
-        e,
-        f,
-    ])
+    Ipv6Addr::from(veth_common::eui64_link_local(mac))
 }
 
 impl Topology {

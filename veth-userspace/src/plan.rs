@@ -70,6 +70,9 @@ pub struct Observed {
     /// Recorded objects that exist but do not carry the mark that would
     /// prove them the topology's: left alone (and named on stderr).
     pub unproven: Vec<String>,
+    /// The network has runtime endpoints (CNI ADDs) that this `up` must
+    /// wire again: the mode changes, programs are reloaded, or a repair.
+    pub rewire_endpoints: bool,
 }
 
 /// A link that is not the topology's.
@@ -102,7 +105,10 @@ impl Observed {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `plan --json` names each step (`"step": "create_veth"`) beside its
+/// fields.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Host-wide IPv4 (and IPv6) forwarding on.
     EnableForwarding,
@@ -196,9 +202,15 @@ pub enum Step {
     ResetOffloads {
         pod: String,
     },
+    /// Wire the runtime's endpoints (CNI ADDs) for the mode and attach the
+    /// programs loaded: after the paths they move to exist (a bridge, the
+    /// maps synced) and before what they leave goes (a bridge, its
+    /// addresses, routes).
+    RewireEndpoints,
     /// A route over one of the topology's links that no pod wants any more
     /// (a renumbered pod, mode bridge).
     RemoveRoute {
+        #[serde(serialize_with = "as_text")]
         route: Route,
     },
     DeleteLink {
@@ -217,6 +229,11 @@ pub enum Step {
     RemovePins,
     /// Remove `/run/vethctl/<topology>` (with the ledger).
     RemoveState,
+}
+
+/// A value as its `Display` text (a route as `ip route` shows it).
+fn as_text<T: fmt::Display, S: serde::Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 impl fmt::Display for Step {
@@ -255,6 +272,7 @@ impl fmt::Display for Step {
             Step::LeaveBridge { pod } => write!(f, "take pod {pod}'s veth off the bridge"),
             Step::LoadPrograms => write!(f, "load and pin the eBPF programs"),
             Step::SyncDataplane => write!(f, "sync eBPF maps and links"),
+            Step::RewireEndpoints => write!(f, "rewire the runtime's endpoints"),
             Step::AttachPrograms { pods } => match pods.as_slice() {
                 [pod] => write!(f, "attach programs for pod {pod}"),
                 _ if pods.len() <= 5 => write!(f, "attach programs for pods {}", pods.join(", ")),
@@ -605,6 +623,9 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
                 });
             }
         }
+    }
+    if observed.rewire_endpoints {
+        steps.push(Step::RewireEndpoints);
     }
 
     let mut wanted_links: BTreeSet<&str> =

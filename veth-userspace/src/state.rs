@@ -459,7 +459,7 @@ impl Drop for AgentLock {
 // ---------------------------------------------------------------------------
 // The ledger: what a topology created, so that it removes only its own.
 
-const LEDGER_FILE: &str = "ledger.json";
+pub const LEDGER_FILE: &str = "ledger.json";
 
 /// Every object a topology created, in `/run/vethctl/<topology>/ledger.json`.
 ///

@@ -18,7 +18,11 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    dataplane::health::{EndpointMaps, MappedPod},
+    dataplane::{
+        health::{EndpointMaps, MappedPod},
+        Dataplane,
+    },
+    endpoint::{wire, Store},
     model::Topology,
     netlink::{
         events::{LinkEvent, LinkEvents},
@@ -64,6 +68,7 @@ pub fn judge(topology: &Topology, pod: &MappedPod, link: Option<&LinkState>) -> 
 /// agent runs) and reconciles periodically.
 pub async fn run(host: Host) -> Result<()> {
     let mut events = LinkEvents::subscribe()?;
+    remap_endpoints(&host).await;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
         tokio::select! {
@@ -122,65 +127,180 @@ async fn on_link(host: &Host, ifindex: u32) {
             return;
         }
     };
-    let mut ok = true;
-    each_topology(|topology| {
-        ok &= apply(topology, ifindex, |pod| judge(topology, pod, link.as_ref()));
-    });
+    let ok = act_on_changes(
+        host,
+        |maps| Ok(maps.pod(ifindex)?.into_iter().collect()),
+        |_| link.as_ref(),
+    )
+    .await;
     passes::finished(Pass::LinkEvent, ok);
 }
 
-/// Applies `verdict` to the pod of `topology` behind `ifindex`, if any;
-/// `false` if that failed.
-fn apply(topology: &Topology, ifindex: u32, verdict: impl Fn(&MappedPod) -> Verdict) -> bool {
+/// Checks every mapped pod of every topology against a fresh link dump.
+pub async fn reconcile(host: &Host) {
+    let ok = match host.links().await {
+        Ok(links) => reconcile_with(host, &links).await,
+        Err(e) => {
+            eprintln!("vethctl agent: listing links: {e:#}");
+            false
+        }
+    };
+    passes::finished(Pass::Reconcile, ok);
+}
+
+/// Checks every mapped pod of every topology against `links`, a link dump
+/// taken at some moment before. The dump only points at pods that may need
+/// a change: an ADD between the dump and the map read has a veth the dump
+/// lacks (its pod was taken for gone and unmapped while it worked), so
+/// every change is decided again by [`confirm_and_act`]. `false` if any of
+/// it failed.
+pub async fn reconcile_with(host: &Host, links: &[LinkState]) -> bool {
+    let links: BTreeMap<u32, &LinkState> = links.iter().map(|l| (l.ifindex, l)).collect();
+    act_on_changes(host, EndpointMaps::pods, |ifindex| {
+        links.get(&ifindex).copied()
+    })
+    .await
+}
+
+/// Every pod that `read` picks from a topology's maps and whose verdict,
+/// given the link `link_of` says is at its ifindex, would change something,
+/// decided again by [`confirm_and_act`]. `false` if any of it failed.
+async fn act_on_changes<'a>(
+    host: &Host,
+    read: impl Fn(&EndpointMaps) -> Result<Vec<MappedPod>>,
+    link_of: impl Fn(u32) -> Option<&'a LinkState>,
+) -> bool {
+    let mut ok = true;
+    let mut changes = Vec::new();
+    each_topology(|topology| {
+        let pods = EndpointMaps::open(&topology.name)
+            .and_then(|maps| maps.map(|m| read(&m)).transpose())
+            .map(Option::unwrap_or_default);
+        match pods {
+            Ok(pods) => changes.extend(
+                pods.into_iter()
+                    .filter(|pod| {
+                        changes_anything(pod, judge(topology, pod, link_of(pod.host_ifindex)))
+                    })
+                    .map(|pod| (topology.name.clone(), pod)),
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!(
+                    "vethctl agent: topology {:?}: reading its maps: {e:#}",
+                    topology.name
+                )
+            }
+        }
+    });
+    for (name, pod) in changes {
+        ok &= confirm_and_act(host, &name, &pod).await;
+    }
+    ok
+}
+
+/// Maps again every runtime endpoint that its record and its veth say is
+/// attached but that has no slot: what an agent before
+/// [`confirm_and_act`] unmapped while its ADD ran (every frame of the pod
+/// then dropped as `unknown_veth`). Run when the agent starts; `vethctl up`
+/// of the network repairs it too.
+pub async fn remap_endpoints(host: &Host) {
+    for name in state::recorded_topologies().unwrap_or_default() {
+        if let Err(e) = remap_network(host, &name).await {
+            eprintln!("vethctl agent: network {name:?}: mapping its endpoints: {e:#}");
+        }
+    }
+}
+
+async fn remap_network(host: &Host, name: &str) -> Result<()> {
+    // Exclusive: with no ADD or DEL half done, an endpoint recorded with a
+    // veth but no slot is cut off, not being made or taken away.
+    let Some(_lock) = state::network_lock(name, state::Hold::Exclusive, true)? else {
+        return Ok(());
+    };
+    let Some(maps) = EndpointMaps::open(name)? else {
+        return Ok(());
+    };
+    let mark = state::link_mark(name);
+    for record in Store::new(name).records() {
+        let Some(ifindex) = record.host_ifindex else {
+            continue;
+        };
+        if maps.pod(ifindex)?.is_some() {
+            continue;
+        }
+        let ours = match host.link_by_index(ifindex).await? {
+            Some(link) if link.name == record.host_veth => {
+                host.alias(ifindex).await?.as_deref() == Some(mark.as_str())
+            }
+            _ => false,
+        };
+        if !ours {
+            continue;
+        }
+        Dataplane::open(name)?.put_endpoint(
+            &wire::entry(&record.pod(), ifindex),
+            StateDir::new(name).path(),
+        )?;
+        eprintln!(
+            "vethctl agent: network {name:?}: endpoint {} (ifindex {ifindex}) had no map \
+             entries; mapped again",
+            record.key()
+        );
+    }
+    Ok(())
+}
+
+/// Whether `verdict` would change what the maps hold of `pod`.
+fn changes_anything(pod: &MappedPod, verdict: Verdict) -> bool {
+    match verdict {
+        Verdict::Forget => true,
+        Verdict::Ready(ready) => (pod.identity.ready != 0) != ready,
+    }
+}
+
+/// Acts on `pod` (as read from topology `name`'s maps) only on a view newer
+/// than its map entry: the kernel asked about its one ifindex now, then the
+/// topology and its endpoint records read again, then its entry read again
+/// and found unchanged. An ADD writes record, veth and entry in that order,
+/// each before the next, so an entry read before the kernel was asked had
+/// its veth made before too: a veth not found now is gone, not yet to come.
+/// `false` if it failed.
+async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) -> bool {
+    // The agent's socket is in the namespace the agent runs in, the node's,
+    // where every network's host-side veths are.
+    let link = match host.link_by_index(pod.host_ifindex).await {
+        Ok(link) => link,
+        Err(e) => {
+            eprintln!("vethctl agent: looking up link {}: {e:#}", pod.host_ifindex);
+            return false;
+        }
+    };
+    let Some(_lock) = unless_changing(name) else {
+        return true;
+    };
     let result = (|| -> Result<()> {
-        let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
+        let Some(topology) = StateDir::new(name).load()? else {
             return Ok(());
         };
-        if let Some(pod) = maps.pod(ifindex)? {
-            act(&topology.name, &mut maps, &pod, verdict(&pod))?;
+        let topology = crate::endpoint::with_endpoints(topology);
+        let Some(mut maps) = EndpointMaps::open(name)? else {
+            return Ok(());
+        };
+        // Rewritten since (a new ADD of the veth, a DEL): the next pass
+        // judges it afresh.
+        if maps.pod(pod.host_ifindex)?.as_ref() != Some(pod) {
+            return Ok(());
         }
-        Ok(())
+        act(name, &mut maps, pod, judge(&topology, pod, link.as_ref()))
     })();
     if let Err(e) = &result {
         eprintln!(
-            "vethctl agent: topology {:?}, link {ifindex}: {e:#}",
-            topology.name
+            "vethctl agent: topology {name:?}, link {}: {e:#}",
+            pod.host_ifindex
         );
     }
     result.is_ok()
-}
-
-/// Checks every mapped pod of every topology against one link dump.
-pub async fn reconcile(host: &Host) {
-    let links: BTreeMap<u32, LinkState> = match host.links().await {
-        Ok(links) => links.into_iter().map(|l| (l.ifindex, l)).collect(),
-        Err(e) => {
-            eprintln!("vethctl agent: listing links: {e:#}");
-            passes::finished(Pass::Reconcile, false);
-            return;
-        }
-    };
-    let mut ok = true;
-    each_topology(|topology| {
-        let result = (|| -> Result<()> {
-            let Some(mut maps) = EndpointMaps::open(&topology.name)? else {
-                return Ok(());
-            };
-            for pod in maps.pods()? {
-                let verdict = judge(topology, &pod, links.get(&pod.host_ifindex));
-                act(&topology.name, &mut maps, &pod, verdict)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            ok = false;
-            eprintln!(
-                "vethctl agent: reconciling topology {:?}: {e:#}",
-                topology.name
-            );
-        }
-    });
-    passes::finished(Pass::Reconcile, ok);
 }
 
 fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdict) -> Result<()> {
@@ -272,6 +392,12 @@ mod tests {
             Verdict::Forget,
             "an unrelated veth reusing the ifindex"
         );
+        assert!(changes_anything(&pod, Verdict::Forget));
+        assert!(
+            !changes_anything(&pod, Verdict::Ready(true)),
+            "ready already"
+        );
+        assert!(changes_anything(&pod, Verdict::Ready(false)));
         let mut dummy = veth(name, true, true);
         dummy.kind = Some("dummy".into());
         assert_eq!(judge(&t, &pod, Some(&dummy)), Verdict::Forget);

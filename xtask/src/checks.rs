@@ -20,7 +20,7 @@ enum Outcome {
 }
 
 pub fn run(test_args: &[String]) -> Result<()> {
-    setup::run()?;
+    setup::run(setup::Needs::Everything)?;
     let mut failure = None;
     let mut outcomes = Vec::new();
     for mut step in steps(test_args) {

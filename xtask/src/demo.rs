@@ -40,7 +40,7 @@ struct Pod {
 }
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::run(setup::Needs::Demo)?;
     cmd::run(cmd::cargo().args(["build", "-p", "veth-userspace"]))?;
     let vethctl = cmd::target_dir().join("debug/vethctl");
 

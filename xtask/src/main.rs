@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install missing Debian packages and bpf-linker and mount bpffs (needs root).
+    /// Install missing Debian packages (those of the demo and of the tests)
+    /// and bpf-linker, and mount bpffs (needs root).
     Setup,
     /// Set up, then build the whole workspace.
     Build,
@@ -189,7 +190,7 @@ enum Bench {
 // whenever RUST_BACKTRACE is set, burying the one line that matters.
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup => setup::run(setup::Needs::Everything),
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
         Task::Demo => demo::run(),
@@ -284,6 +285,6 @@ fn main() -> ExitCode {
 }
 
 fn build() -> Result<()> {
-    setup::run()?;
+    setup::run(setup::Needs::Demo)?;
     cmd::run(cmd::cargo().args(["build", "--workspace"]))
 }

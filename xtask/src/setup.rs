@@ -11,17 +11,25 @@ use serde_json::Value;
 
 use crate::cmd;
 
-/// Everything except `llvm-NN-dev`, whose NN is only known once `rustc-web` is in.
+/// Building and the demo (`cargo xtask build`, `cargo xtask demo`):
+/// everything except `llvm-NN-dev`, whose NN is only known once `rustc-web`
+/// is in.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
+    // The demo: pods' namespaces, ping and a TCP transfer between them;
+    // its hints show a map with bpftool.
     "iproute2",
-    "bpftool",
-    "ethtool",
-    "iperf3",
-    "tcpdump",
     "iputils-ping",
+    "iperf3",
+    "bpftool",
+];
+
+/// Only the tests and benchmarks (`cargo xtask test`, `bench`, `setup`).
+const TEST_PACKAGES: &[&str] = &[
+    "ethtool",
+    "tcpdump",
     "sockperf",
     "procps",
     "util-linux",
@@ -44,16 +52,28 @@ const PACKAGES: &[&str] = &[
     "libc6-dev",
     // protoc: the k8s-cri crate generates the CRI client from its .proto.
     "protobuf-compiler",
+    // systemd-analyze: tests/tests/packaging.rs verifies the agent's unit
+    // (it needs no systemd as PID 1).
+    "systemd",
 ];
+
+/// What a task needs installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Building and `cargo xtask demo`.
+    Demo,
+    /// The tests and benchmarks as well.
+    Everything,
+}
 
 /// Debian's rustc, which builds the eBPF crate; bpf-linker must share its LLVM.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+pub fn run(needs: Needs) -> Result<()> {
     ensure_root()?;
-    let llvm = ensure_packages()?;
+    let llvm = ensure_packages(needs)?;
     ensure_bpf_linker(llvm)?;
     ensure_bpffs()
 }
@@ -73,9 +93,12 @@ fn ensure_root() -> Result<()> {
 }
 
 /// Installs missing packages and returns the LLVM major of Debian's rustc.
-fn ensure_packages() -> Result<u32> {
+fn ensure_packages(needs: Needs) -> Result<u32> {
     let mut apt = Apt::default();
     apt.install_missing(PACKAGES)?;
+    if needs == Needs::Everything {
+        apt.install_missing(TEST_PACKAGES)?;
+    }
     let llvm = debian_llvm_major()?;
     apt.install_missing(&[format!("llvm-{llvm}-dev")])?;
     eprintln!("ok: debian packages (rustc-web on LLVM {llvm})");
@@ -208,4 +231,31 @@ fn bpffs_mounted() -> Result<bool> {
         let mut fields = line.split_whitespace().skip(1);
         fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_installs_what_it_runs_and_nothing_twice() {
+        let mut all: Vec<&str> = PACKAGES.iter().chain(TEST_PACKAGES).copied().collect();
+        all.sort();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(before, all.len(), "a package in both lists");
+        // demo.rs runs ip, ping, iperf3 and shows bpftool.
+        for demo in ["iproute2", "iputils-ping", "iperf3", "bpftool"] {
+            assert!(PACKAGES.contains(&demo), "{demo}");
+        }
+        for test_only in [
+            "containerd",
+            "podman",
+            "prometheus",
+            "gcc",
+            "protobuf-compiler",
+        ] {
+            assert!(!PACKAGES.contains(&test_only), "{test_only}");
+        }
+    }
 }

@@ -31,7 +31,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
 }
 
 /// The network's own pool: its ranges less the node addresses.
-fn pool(network: &Topology) -> Pool {
+pub(crate) fn pool(network: &Topology) -> Pool {
     let offset = u32::from(network.host_address) - u32::from(network.pod_cidr.network());
     Pool::new(
         StateDir::new(&network.name).path(),

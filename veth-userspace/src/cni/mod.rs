@@ -13,6 +13,7 @@
 pub mod install;
 pub mod ipam;
 pub mod network;
+pub mod uninstall;
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -40,6 +41,8 @@ pub struct VethCni;
 /// exactly this code.
 pub fn main() -> ! {
     use std::io::Write;
+    // Keeps the marker in the binary: `uninstall-cni` looks for it.
+    std::hint::black_box(uninstall::PLUGIN_MARKER);
     let stdin = veth_cni_protocol::read_stdin(std::io::stdin());
     let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
     for line in &out.stderr {
@@ -134,7 +137,9 @@ fn shared_lock(name: &str) -> Result<state::Lock, CniError> {
         .ok_or_else(|| CniError::internal("a blocking lock returned without the lock"))
 }
 
-/// The network is up as `source` describes it, with its programs pinned.
+/// The network is up as `source` describes it, with its programs pinned
+/// and its maps in this vethctl's layouts (after an upgrade that changed
+/// one, the first ADD remakes them, as `up` does).
 fn is_current(network: &Topology, source: &str) -> bool {
     StateDir::new(&network.name)
         .load_text()
@@ -143,6 +148,7 @@ fn is_current(network: &Topology, source: &str) -> bool {
         .as_deref()
         == Some(source)
         && Pins::new(&network.name).programs_exist()
+        && crate::dataplane::maps_current(&network.name)
 }
 
 /// Brings the network up (or converges it to a changed configuration)
@@ -151,6 +157,7 @@ async fn ensure_network(
     host: &Host,
     network: &Topology,
     source: &str,
+    ipam: &AddressSource,
 ) -> Result<state::Lock, CniError> {
     for _ in 0..3 {
         let shared = shared_lock(&network.name)?;
@@ -167,6 +174,7 @@ async fn ensure_network(
             if is_current(network, source) {
                 continue;
             }
+            recover_record(host, network, ipam).await?;
             refuse_foreign_topology(&network.name)?;
             preflight::check(host, network)
                 .await
@@ -185,6 +193,40 @@ async fn ensure_network(
     })
 }
 
+/// A network whose record (`/run/vethctl/<name>`) is gone gets it back
+/// from what carries its mark in the kernel ([`crate::recover`]), its
+/// endpoints' addresses taken in the pool again, before anything decides
+/// what is the network's own.
+async fn recover_record(
+    host: &Host,
+    network: &Topology,
+    ipam: &AddressSource,
+) -> Result<(), CniError> {
+    let _network =
+        state::network_lock(&network.name, state::Hold::Exclusive, true).map_err(failed)?;
+    let rebuilt = crate::recover::rebuild_if_lost(host, &network.name, ipam.clone())
+        .await
+        .map_err(failed)?;
+    for record in rebuilt.map(|r| r.endpoints).unwrap_or_default() {
+        if record.addresses == AddressSource::Builtin {
+            ipam::pool(network)
+                .claim(&record.key(), record.ipv4)
+                .map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a configuration's addresses come from.
+fn address_source(ipam: Option<&veth_cni_protocol::Ipam>) -> AddressSource {
+    match ipam {
+        Some(veth_cni_protocol::Ipam::Delegated(d)) => AddressSource::Delegated {
+            plugin: d.plugin.clone(),
+        },
+        _ => AddressSource::Builtin,
+    }
+}
+
 /// Brings up the network of a configuration list (`vethctl agent
 /// --cni-conf`), so that its programs are loaded before the first pod
 /// starts; returns its name. A network that is current is left alone.
@@ -192,9 +234,14 @@ pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
     let conf = install::validate(list)?;
     let (network, source) = network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
     let host = Host::connect()?;
-    ensure_network(&host, &network, &source)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure_network(
+        &host,
+        &network,
+        &source,
+        &address_source(conf.ipam.as_ref()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(network.name)
 }
 
@@ -243,7 +290,8 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         None => network::tc_attach(&req.config)?,
     };
     let host = Host::connect().map_err(failed)?;
-    let _lock = ensure_network(&host, &network, &source).await?;
+    let ipam = address_source(req.config.ipam.as_ref());
+    let _lock = ensure_network(&host, &network, &source, &ipam).await?;
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
     let store = Store::new(&network.name);
@@ -487,7 +535,13 @@ async fn del(req: &Request) -> Result<(), CniError> {
     };
     let record = if valid {
         match Store::new(&name).load(container_id, ifname) {
-            Ok(record) => record,
+            Ok(Some(record)) => Some(record),
+            // A record rebuilt from the kernel ([`crate::recover`]) is
+            // keyed by its host veth, whose name the attachment gives.
+            Ok(None) => crate::recover::recovered_endpoint(
+                &name,
+                &endpoint::host_veth_name(&name, container_id, ifname),
+            ),
             // An unreadable record must not block the pod's removal
             // forever: what the attachment's names point at goes instead.
             Err(e) => {
@@ -517,6 +571,7 @@ async fn del(req: &Request) -> Result<(), CniError> {
         if crate::model::validate_topology_name(&name).is_ok()
             || !matches!(source, AddressSource::Builtin)
         {
+            let key = record.as_ref().map_or(key, Record::key);
             ipam::release(req, &name, &key, &source)?;
         }
     }
@@ -644,9 +699,18 @@ async fn gc(req: &Request) -> Result<(), CniError> {
     for (path, e) in &unreadable {
         eprintln!("GC: skipping {}: {e:#}", path.display());
     }
+    // A record rebuilt from the kernel is the attachment whose host veth
+    // it has.
+    let valid_veths: BTreeSet<String> = req
+        .config
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| endpoint::host_veth_name(&name, &a.container_id, &a.ifname))
+        .collect();
     let mut kept = BTreeSet::new();
     for record in records {
-        if valid.contains(&record.key()) {
+        if valid.contains(&record.key()) || valid_veths.contains(&record.host_veth) {
             kept.insert(record.key());
             continue;
         }

@@ -13,7 +13,7 @@ use crate::{
         links::LinkState,
         netns,
         pod::{self, PodWiring},
-        sysctl, Host,
+        routes, sysctl, Host,
     },
     state::{link_mark, StateDir},
 };
@@ -86,6 +86,26 @@ pub async fn wire_pod(
         host.ensure_pod_routes(pod, veth.ifindex, topology).await?;
     }
     Ok(veth)
+}
+
+/// Makes the pod's host-side veth a port of the topology's bridge, before
+/// the pod is readdressed for it: until then the host still routes to the
+/// pod over its veth, and a port's ARP and NDP replies go to the bridge,
+/// so the host's neighbours on the veth are put in place first.
+pub async fn join_bridge(host: &Host, topology: &Topology, pod: &Pod) -> Result<()> {
+    let bridge = host
+        .link(&topology.bridge)
+        .await?
+        .with_context(|| format!("bridge {:?} is missing", topology.bridge))?;
+    let veth = host
+        .link(&pod.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", pod.host_veth))?;
+    if veth.up && veth.controller.is_none() {
+        host.ensure_pod_neighbours(pod, veth.ifindex).await?;
+    }
+    host.ensure_host_veth(pod, &veth, Some(bridge.ifindex))
+        .await
 }
 
 /// Takes the pod's host-side veth off its bridge (a no-op if it is on
@@ -207,22 +227,52 @@ async fn attach(
 /// entries, its links to the programs, its veth pair (and with it the host
 /// routes and the interface in the pod's namespace) — and its record. A
 /// veth is deleted only if it is the recorded one and carries our mark.
+/// Each part is tried even when one before failed (a failure kept the
+/// record, so a repeated DEL tries again); the first error is returned.
 pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
     let pins = Pins::new(network);
-    if let Some(ifindex) = record.host_ifindex {
-        if pins.exist() {
-            let (name, state_dir) = (
-                network.to_string(),
-                StateDir::new(network).path().to_path_buf(),
-            );
-            let (ipv4, ipv6) = (record.ipv4, record.ipv6);
+    let mut first_error = None;
+    let mut note = |result: Result<()>| {
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    };
+    // Maps of another layout (an upgrade) cannot be read; the load that
+    // remakes them fills them from the records, which no longer list this
+    // endpoint once its record goes.
+    if let (Some(ifindex), true) = (
+        record.host_ifindex,
+        pins.exist() && dataplane::maps_current(network),
+    ) {
+        let (name, state_dir) = (
+            network.to_string(),
+            StateDir::new(network).path().to_path_buf(),
+        );
+        let (ipv4, ipv6) = (record.ipv4, record.ipv6);
+        note(
             tokio::task::spawn_blocking(move || -> Result<()> {
                 dataplane::remove_endpoint(&name, ifindex, ipv4, ipv6, &state_dir)
             })
             .await
-            .context("map task panicked")??;
-        }
+            .context("map task panicked")
+            .and_then(|r| r),
+        );
     }
+    note(remove_veth(host, network, record).await);
+    // Unpinned only now: the device's unregistration detached the programs
+    // in one RCU grace period, and a link whose device is gone goes without
+    // another (unpinning first cost one grace period per hook, under RTNL,
+    // ~9 ms each here: `cargo xtask bench cni`).
+    note(pins.remove_links(&record.host_veth));
+    match first_error {
+        Some(e) => Err(e),
+        None => Store::new(network).remove(record),
+    }
+}
+
+/// Deletes the endpoint's veth pair, if it is the recorded one and ours
+/// (see [`is_ours`]).
+async fn remove_veth(host: &Host, network: &str, record: &Record) -> Result<()> {
     let link = match record.host_ifindex {
         Some(ifindex) => host.link_by_index(ifindex).await?,
         None => host.link(&record.host_veth).await?,
@@ -232,12 +282,7 @@ pub async fn remove(host: &Host, network: &str, record: &Record) -> Result<()> {
             host.delete_link(link.ifindex, &link.name).await?;
         }
     }
-    // Unpinned only now: the device's unregistration detached the programs
-    // in one RCU grace period, and a link whose device is gone goes without
-    // another (unpinning first cost one grace period per hook, under RTNL,
-    // ~9 ms each here: `cargo xtask bench cni`).
-    pins.remove_links(&record.host_veth)?;
-    Store::new(network).remove(record)
+    Ok(())
 }
 
 /// Whether `link` (named as `record`'s host side) is the endpoint's: it
@@ -319,39 +364,33 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 /// Wires every endpoint of `network` for its mode again and attaches the
 /// mode's programs, each endpoint the way its record says (after `up`
 /// changed the network: `mode set`, a new configuration, programs
-/// reloaded). Map entries are kept by `up` itself.
+/// reloaded). Map entries are kept by `up` itself. In the order `up`
+/// rewires a topology's pods (see `plan::plan_up`), so the old path works
+/// until the new one does: xdp offloads before any XDP attach, bridge
+/// ports before pods are readdressed for them, the programs before the
+/// pods' wiring, and leaving a bridge last.
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
-    let records = Store::new(&network.name).records();
-    let mut pods = Vec::new();
-    let mut pods_attached = Vec::new();
-    for record in records.iter() {
-        let Some(ifindex) = record.host_ifindex else {
-            continue;
-        };
-        // A pod whose namespace (and with it its veth) went before its DEL
-        // has nothing left to rewire; failing here failed the whole `up`.
-        let alive = host
-            .link_by_index(ifindex)
-            .await?
-            .is_some_and(|l| l.name == record.host_veth);
-        if !alive || !netns::exists(&record.netns) {
-            continue;
-        }
-        let pod = record.pod();
-        wire_pod(host, network, &pod, || Ok(()))
-            .await
-            .with_context(|| format!("endpoint {}", record.key()))?;
-        pods_attached.push((pod.host_veth.clone(), record.tc_attach));
-        pods.push(pod);
-    }
+    let pods = live_endpoints(host, network).await?;
     if pods.is_empty() {
         return Ok(());
     }
+    for (pod, _) in &pods {
+        if network.mode == Mode::Xdp {
+            pod::set_offloads(pod, true).await?;
+        }
+        if network.mode == Mode::Bridge {
+            join_bridge(host, network, pod).await?;
+        }
+    }
     let name = network.name.clone();
     let hooks = Hook::for_mode(network.mode);
+    let attached: Vec<(String, TcAttach)> = pods
+        .iter()
+        .map(|(pod, tc)| (pod.host_veth.clone(), *tc))
+        .collect();
     tokio::task::spawn_blocking(move || -> Result<()> {
         for tc in [TcAttach::Tcx, TcAttach::Clsact] {
-            let veths: Vec<String> = pods_attached
+            let veths: Vec<String> = attached
                 .iter()
                 .filter(|(_, t)| *t == tc)
                 .map(|(veth, _)| veth.clone())
@@ -362,19 +401,71 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     })
     .await
     .context("attach task panicked")??;
-    // Off a bridge only now that every endpoint is wired and, in mode tc or
-    // xdp, the programs that take the pods' frames before a bridge would
-    // are attached.
-    for pod in &pods {
-        leave_bridge(host, pod).await?;
+    for (pod, _) in &pods {
+        wire_pod(host, network, pod, || Ok(()))
+            .await
+            .with_context(|| format!("endpoint {}", pod.name))?;
+    }
+    if network.mode == Mode::Bridge {
+        remove_host_routes(host, &pods).await?;
+    } else {
+        // Off a bridge only now that every endpoint is wired and, in mode
+        // tc or xdp, the programs that take the pods' frames before a
+        // bridge would are attached.
+        for (pod, _) in &pods {
+            leave_bridge(host, pod).await?;
+        }
     }
     if network.mode != Mode::Xdp {
         // Leaving xdp: offloads back to the veth defaults, only now that
         // XDP is detached (it redirects into pods by their NAPI, which GRO
         // off takes away, and needs their tx checksums done in software).
-        for pod in &pods {
+        for (pod, _) in &pods {
             pod::set_offloads(pod, false).await?;
         }
     }
     Ok(())
+}
+
+/// Removes the host routes of ours over the endpoints' veths, once they
+/// are bridge ports and readdressed for the bridge (the host reaches them
+/// through the bridge's subnet then), as `up` removes a topology's pods'.
+async fn remove_host_routes(host: &Host, pods: &[(Pod, TcAttach)]) -> Result<()> {
+    let mut veths = std::collections::BTreeSet::new();
+    for (pod, _) in pods {
+        if let Some(link) = host.link(&pod.host_veth).await? {
+            veths.insert(link.ifindex);
+        }
+    }
+    for route in host.routes().await? {
+        let over_ours = route.oif.is_some_and(|oif| veths.contains(&oif));
+        if over_ours
+            && route.kind == routes::RouteKind::Unicast
+            && route.protocol == routes::PROTOCOL
+        {
+            host.remove_route(&route).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The network's endpoints whose veth and namespace are still there, with
+/// how their programs are attached. A pod whose namespace (and with it its
+/// veth) went before its DEL has nothing left to rewire; failing on it
+/// failed the whole `up`.
+async fn live_endpoints(host: &Host, network: &Topology) -> Result<Vec<(Pod, TcAttach)>> {
+    let mut pods = Vec::new();
+    for record in Store::new(&network.name).records() {
+        let Some(ifindex) = record.host_ifindex else {
+            continue;
+        };
+        let alive = host
+            .link_by_index(ifindex)
+            .await?
+            .is_some_and(|l| l.name == record.host_veth);
+        if alive && netns::exists(&record.netns) {
+            pods.push((record.pod(), record.tc_attach));
+        }
+    }
+    Ok(pods)
 }

@@ -119,6 +119,24 @@ pub fn apply(
 
 /// Whether the topology's table exists.
 pub fn table_exists(topology: &str) -> Result<bool> {
+    get_table(topology, |_, _| {})
+}
+
+/// Whether the topology's table exists and carries its comment (the mark
+/// [`apply`] gives it): the proof it is ours when no record says so.
+pub fn table_is_ours(topology: &str) -> Result<bool> {
+    let mut comment = None;
+    let exists = get_table(topology, |type_, attrs| {
+        if type_ == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+            comment = attribute(attrs, NFTA_TABLE_USERDATA).and_then(userdata_comment);
+        }
+    })?;
+    Ok(exists && comment.as_deref() == Some(table_comment(topology).as_bytes()))
+}
+
+/// Asks for the topology's table, handing the reply to `on_reply`; false
+/// if there is none.
+fn get_table(topology: &str, on_reply: impl FnMut(u16, &[u8])) -> Result<bool> {
     let mut request = Vec::new();
     message(
         &mut request,
@@ -129,7 +147,7 @@ pub fn table_exists(topology: &str) -> Result<bool> {
         0,
         &attr_str(NFTA_TABLE_NAME, &table_name(topology)),
     );
-    match send_batch(&request) {
+    match exchange(&request, on_reply) {
         Ok(()) => Ok(true),
         Err(e)
             if e.downcast_ref::<io::Error>()
@@ -142,6 +160,36 @@ pub fn table_exists(topology: &str) -> Result<bool> {
             Err(e).with_context(|| format!("looking up nf_tables table {}", table_name(topology)))
         }
     }
+}
+
+/// The value of the first attribute of `kind` in `attrs`.
+fn attribute(mut attrs: &[u8], kind: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let type_ = u16::from_ne_bytes([attrs[2], attrs[3]]) & !(NLA_F_NESTED | 0x4000);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if type_ == kind {
+            return Some(&attrs[4..len]);
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    None
+}
+
+/// The comment in a table's user data (see [`table_userdata`]), without
+/// its NUL.
+fn userdata_comment(mut data: &[u8]) -> Option<Vec<u8>> {
+    while data.len() >= 2 {
+        let (kind, len) = (data[0], usize::from(data[1]));
+        let value = data.get(2..2 + len)?;
+        if kind == UDATA_TABLE_COMMENT {
+            return Some(value.strip_suffix(&[0]).unwrap_or(value).to_vec());
+        }
+        data = &data[2 + len..];
+    }
+    None
 }
 
 /// Removes the topology's table (if any).
@@ -396,6 +444,12 @@ fn message(
 /// Sends a batch and reads the acknowledgements of the messages that asked
 /// for one; the first error is returned (and the kernel applied nothing).
 fn send_batch(batch: &[u8]) -> Result<()> {
+    exchange(batch, |_, _| {})
+}
+
+/// [`send_batch`], handing every other reply (its type and its attributes)
+/// to `on_reply`.
+fn exchange(batch: &[u8], mut on_reply: impl FnMut(u16, &[u8])) -> Result<()> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -465,6 +519,8 @@ fn send_batch(batch: &[u8]) -> Result<()> {
                     );
                 }
                 acks += 1;
+            } else if len >= 20 {
+                on_reply(type_, &rest[20..len]);
             }
             rest = &rest[len.next_multiple_of(4).min(rest.len())..];
         }
@@ -489,6 +545,17 @@ fn count_ack_requests(batch: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tables_comment_is_read_back_from_its_user_data() {
+        let data = table_userdata(&table_comment("net1"));
+        let mut attrs = attr_str(NFTA_TABLE_NAME, "vethctl_net1");
+        attrs.extend(attr(NFTA_TABLE_USERDATA, &data));
+        let found = attribute(&attrs, NFTA_TABLE_USERDATA).and_then(userdata_comment);
+        assert_eq!(found.as_deref(), Some(b"vethctl:net1".as_slice()));
+        assert_eq!(attribute(&attrs, 99), None);
+        assert_eq!(userdata_comment(&[UDATA_TABLE_COMMENT, 9, b'x']), None);
+    }
 
     #[test]
     fn masks_follow_the_prefix_length() {

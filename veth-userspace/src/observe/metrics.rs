@@ -22,7 +22,6 @@ use prometheus_client::{
 use veth_common::{DropReason, PairCounters, Verdicts};
 
 use crate::{
-    build_info,
     dataplane::{self, Hook, Pins, ProgramStats, HOOKS},
     model::Topology,
     netlink::{links::LinkState, Host},
@@ -32,6 +31,7 @@ use crate::{
         EndpointState, TopologyStats,
     },
     state::{self, StateDir},
+    version as build_info,
 };
 
 /// What a scrape includes beyond the defaults.

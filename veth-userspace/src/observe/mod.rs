@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod passes;
 pub mod rates;
 pub mod readiness;
+pub mod summary;
 pub mod trace;
 
 use std::collections::BTreeMap;
@@ -102,7 +103,11 @@ pub struct TopologyStatus {
     pub name: String,
     pub mode: String,
     pub pod_cidr: String,
+    /// `null` for IPv4-only topologies, like `host_address6`.
+    pub pod_cidr6: Option<String>,
     pub host_address: String,
+    /// The IPv6 node address.
+    pub host_address6: Option<String>,
     pub pin_dir: String,
     pub pods: Vec<PodStatus>,
 }
@@ -304,7 +309,9 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
         name: topology.name.clone(),
         mode: topology.mode.to_string(),
         pod_cidr: topology.pod_cidr.to_string(),
+        pod_cidr6: topology.pod_cidr6.map(|n| n.to_string()),
         host_address: topology.host_address.to_string(),
+        host_address6: topology.host_address6.map(|a| a.to_string()),
         pin_dir: Pins::new(&topology.name).root().display().to_string(),
         pods,
     })
@@ -314,9 +321,16 @@ impl StatusReport {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         for t in &self.topologies {
+            let v6 = |v: &Option<String>| v.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
             out += &format!(
-                "topology {}  mode {}  pod_cidr {}  node address {} (on lo)  pins {}\n",
-                t.name, t.mode, t.pod_cidr, t.host_address, t.pin_dir
+                "topology {}  mode {}  pod_cidr {}{}  node address {}{} (on lo)  pins {}\n",
+                t.name,
+                t.mode,
+                t.pod_cidr,
+                v6(&t.pod_cidr6),
+                t.host_address,
+                v6(&t.host_address6),
+                t.pin_dir
             );
             let mut rows = vec![row([
                 "POD",

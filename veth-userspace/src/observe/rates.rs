@@ -87,6 +87,19 @@ pub struct WatchOptions {
     /// Stop after this many refreshes.
     pub count: Option<u64>,
     pub json: bool,
+    /// Redraw the table in place (a terminal); otherwise tables follow one
+    /// another, a blank line apart, with no control codes (a file, a pipe).
+    pub redraw: bool,
+}
+
+/// One refresh of the table: after the codes that home the cursor and
+/// clear the screen on a terminal, or after a blank line elsewhere.
+fn frame(table: &str, redraw: bool, first: bool) -> String {
+    match (redraw, first) {
+        (true, _) => format!("\x1b[H\x1b[2J{table}"),
+        (false, true) => table.to_string(),
+        (false, false) => format!("\n{table}"),
+    }
 }
 
 /// Prints per-pair rates every interval until Ctrl-C or `count`: a table
@@ -121,8 +134,8 @@ pub async fn watch(
                 serde_json::json!({ "interval_seconds": elapsed.as_secs_f64(), "pairs": current });
             writeln!(out, "{line}")?;
         } else {
-            // Home the cursor and clear the screen: redraw in place.
-            write!(out, "\x1b[H\x1b[2J{}", to_table(&current, elapsed))?;
+            let table = to_table(&current, elapsed);
+            write!(out, "{}", frame(&table, options.redraw, shown == 0))?;
         }
         out.flush()?;
         (taken, before) = (now, after);
@@ -181,6 +194,14 @@ mod tests {
     use super::*;
     use crate::observe::PairStats;
     use veth_common::Verdicts;
+
+    #[test]
+    fn only_a_terminal_gets_control_codes() {
+        assert_eq!(frame("T\n", true, true), "\x1b[H\x1b[2JT\n");
+        assert_eq!(frame("T\n", true, false), "\x1b[H\x1b[2JT\n");
+        assert_eq!(frame("T\n", false, true), "T\n");
+        assert_eq!(frame("T\n", false, false), "\nT\n");
+    }
 
     fn stats(pod: &str, redirected: u64, bytes: u64, drops: u64) -> TopologyStats {
         let total = Verdicts {

@@ -15,7 +15,7 @@ pub fn run(rounds: usize) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    setup::run()?;
+    setup::run(setup::Needs::Everything)?;
     let dir = cmd::target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("checks.json");

@@ -23,7 +23,7 @@ use crate::{cmd, setup};
 
 /// Set-up, a build of vethctl, and the directory results go to.
 pub fn prepare() -> Result<(PathBuf, PathBuf)> {
-    setup::run()?;
+    setup::run(setup::Needs::Everything)?;
     // Release: control-plane timings are what users run.
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "veth-userspace"]))?;
     let dir = cmd::target_dir().join("bench");

@@ -1197,6 +1197,10 @@ impl Executor {
                     .collect::<Result<Vec<_>>>()?;
                 let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
                 self.finish_attaching().await?;
+                // The maps know the pods before the programs run on their
+                // veths, which would otherwise drop the pods' first frames
+                // (IPv6 DAD, router solicitations) as from an unknown veth.
+                self.sync_dataplane(topology).await?;
                 let task = tokio::task::spawn_blocking(move || {
                     dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
                 });

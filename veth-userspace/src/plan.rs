@@ -571,8 +571,8 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
         steps.push(Step::LoadPrograms);
     }
     // Attaching waits for an RCU grace period; it runs while the pods are
-    // configured. Until the maps are synced the programs do not know the
-    // new pods and pass their frames to the host stack.
+    // configured. The maps are synced first (see `apply`): programs that
+    // did not know a pod would drop its frames as from an unknown veth.
     let attach: Vec<String> = topology
         .pods
         .iter()

@@ -986,43 +986,12 @@ impl Executor {
                 let topology = need()?;
                 pair::remove(&topology.pods[0], topology.pods.get(1)).await?;
             }
-            Step::ConfigureMasquerade => {
-                let topology = need()?;
-                if topology.uplink.masquerade {
-                    let mut nets = vec![nat::Masquerade {
-                        network: topology.pod_cidr.network().into(),
-                        prefix_len: topology.pod_cidr.prefix_len(),
-                    }];
-                    nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
-                        network: c.network().into(),
-                        prefix_len: c.prefix_len(),
-                    }));
-                    self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
-                    nat::apply(
-                        &topology.name,
-                        &topology.object_prefix(),
-                        topology.uplink.interface.as_deref(),
-                        &nets,
-                    )?;
-                } else if self.ledger.lock().expect("ledger lock").nat_table {
-                    nat::remove(&self.name)?;
-                    self.note(|l| l.nat_table = false);
-                }
-            }
+            Step::ConfigureMasquerade => self.configure_masquerade(need()?)?,
             Step::RemoveMasquerade => {
                 nat::remove(&self.name)?;
                 self.note(|l| l.nat_table = false);
             }
-            Step::AddUnreachable { net } => {
-                self.intend(|l| l.unreachable.insert(*net))?;
-                if let Err(e) = self.host.add_unreachable(*net).await {
-                    // Someone else's route: not ours to remove later.
-                    self.note(|l| {
-                        l.unreachable.remove(net);
-                    });
-                    return Err(e);
-                }
-            }
+            Step::AddUnreachable { net } => self.add_unreachable(*net).await?,
             Step::RemoveUnreachable { net } => {
                 self.host.remove_route(&routes::unreachable(*net)).await?;
                 self.note(|l| {
@@ -1032,95 +1001,18 @@ impl Executor {
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }
-            Step::CreateBridge { name } => {
-                let topology = need()?;
-                let mac = topology.bridge_mac();
-                self.intend(|l| {
-                    let link = LedgerLink {
-                        kind: "bridge".into(),
-                        ifindex: None,
-                        mac: Some(mac),
-                    };
-                    l.links.insert(name.clone(), link.clone()) != Some(link)
-                })?;
-                self.host.create_bridge(name, mac).await?;
-                self.mark_new_link(name).await?;
-            }
-            Step::ConfigureBridge { name } => {
-                let topology = need()?;
-                let bridge = self
-                    .host
-                    .link(name)
-                    .await?
-                    .with_context(|| format!("bridge {name:?} is missing"))?;
-                self.host
-                    .ensure_own_bridge(&bridge, topology.bridge_mac(), &link_mark(&self.name))
-                    .await?;
-                // A new node address replaces an old one of the same subnet
-                // without going with it.
-                sysctl::promote_secondaries(&bridge.name)?;
-            }
-            Step::AddAddress { address } => {
-                self.intend(|l| l.addresses.insert(address.clone()))?;
-                let device = self.device(&address.device).await?;
-                let label = host_address_label(&self.name);
-                let label = (address.device == "lo").then_some(label.as_str());
-                let added = self
-                    .host
-                    .add_address(
-                        device.ifindex,
-                        &device.name,
-                        address.address,
-                        address.prefix_len,
-                        label,
-                    )
-                    .await?;
-                if !added {
-                    // Someone else added it meanwhile: used, not ours.
-                    self.note(|l| {
-                        l.addresses.remove(address);
-                    });
-                }
-            }
+            Step::CreateBridge { name } => self.create_bridge(need()?, name).await?,
+            Step::ConfigureBridge { name } => self.configure_bridge(need()?, name).await?,
+            Step::AddAddress { address } => self.add_address(address).await?,
             Step::RemoveAddress { address, ifindex } => {
-                if let Some(others) = self.would_take_others(address, *ifindex).await? {
-                    eprintln!(
-                        "vethctl: topology {:?}: {address} is left in place: removing it would \
-                         remove {others} with it (the link does not promote secondary \
-                         addresses); remove it by hand",
-                        self.name
-                    );
-                    return Ok(());
-                }
-                self.host
-                    .remove_address(
-                        *ifindex,
-                        &address.device,
-                        address.address,
-                        address.prefix_len,
-                    )
-                    .await?;
-                self.note(|l| {
-                    l.addresses.remove(address);
-                });
+                self.remove_address(address, *ifindex).await?
             }
             Step::CreateNetns { netns } => {
                 self.intend(|l| l.netns.insert(netns.clone()))?;
                 netns::create(netns)?
             }
             Step::CreateVeth { pod, host_veth } => {
-                self.veths.lock().expect("veths lock").remove(host_veth);
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                self.intend(|l| {
-                    let link = LedgerLink {
-                        kind: "veth".into(),
-                        ifindex: None,
-                        mac: None,
-                    };
-                    l.links.insert(host_veth.clone(), link.clone()) != Some(link)
-                })?;
-                self.host.create_pod_veth(pod).await?;
-                self.mark_new_link(host_veth).await?;
+                self.create_veth(need()?, pod, host_veth).await?
             }
             Step::RenameLink { ifindex, from, to } => {
                 self.veths.lock().expect("veths lock").remove(from);
@@ -1128,54 +1020,14 @@ impl Executor {
             }
             Step::JoinBridge { pod } => {
                 let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                wire::join_bridge(&self.host, topology, pod).await?;
+                wire::join_bridge(&self.host, topology, pod_in(topology, pod)?).await?;
             }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                self.configure_pod(topology, pod).await?;
+                self.configure_pod(topology, pod_in(topology, pod)?).await?;
             }
-            Step::LeaveBridge { pod } => {
-                let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
-                    // The kernel disables a port before it stops handing it
-                    // frames (`del_nbp`) and drops what arrives in between;
-                    // the programs of mode tc and xdp take the pod's frames
-                    // before the bridge would, once they are attached.
-                    self.finish_attaching().await?;
-                }
-                wire::leave_bridge(&self.host, pod).await?;
-            }
-            Step::LoadPrograms => {
-                let topology = need()?.clone();
-                self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
-                // Loading verifies programs and may take a moment: off the
-                // runtime.
-                let replaced = tokio::task::spawn_blocking(move || {
-                    dataplane::load_programs(
-                        &topology.name,
-                        topology.counters,
-                        topology.mode == Mode::Tc,
-                    )
-                })
-                .await
-                .context("loading task panicked")??;
-                for map in &replaced {
-                    eprintln!(
-                        "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
-                         layout; made afresh (what it held, such as counters, starts over)",
-                        self.name
-                    );
-                }
-                if !replaced.is_empty() {
-                    // Fresh maps know no veth, and the new programs drop
-                    // frames of a veth they do not know: filled before any
-                    // of them is attached (`SyncDataplane` runs later too).
-                    self.sync_dataplane(need()?).await?;
-                }
-            }
+            Step::LeaveBridge { pod } => self.leave_bridge(need()?, pod).await?,
+            Step::LoadPrograms => self.load_programs(need()?).await?,
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
             Step::RewireEndpoints => {
                 // The topology pods' attach first: both end in the same
@@ -1183,52 +1035,13 @@ impl Executor {
                 self.finish_attaching().await?;
                 wire::rewire_all(&self.host, need()?).await?;
             }
-            Step::AttachPrograms { pods } => {
-                let topology = need()?;
-                let veths = pods
-                    .iter()
-                    .map(|p| {
-                        Ok(topology
-                            .pod(p)
-                            .context("pod missing from the topology")?
-                            .host_veth
-                            .clone())
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
-                self.finish_attaching().await?;
-                // The maps know the pods before the programs run on their
-                // veths, which would otherwise drop the pods' first frames
-                // (IPv6 DAD, router solicitations) as from an unknown veth.
-                self.sync_dataplane(topology).await?;
-                let task = tokio::task::spawn_blocking(move || {
-                    dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
-                });
-                *self.attaching.lock().expect("attaching lock") = Some(task);
-            }
+            Step::AttachPrograms { pods } => self.attach_programs(need()?, pods).await?,
             Step::SetXdpOffloads { pod } => {
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                self.set_xdp_offloads(pod).await?;
+                self.set_xdp_offloads(pod_in(need()?, pod)?).await?;
             }
-            Step::ResetOffloads { pod } => {
-                // Only once XDP is detached.
-                self.finish_attaching().await?;
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                pod::set_offloads(pod, false).await?;
-                let mut applied = self.applied.lock().expect("applied record lock");
-                applied.xdp_offloads.remove(&pod.name);
-            }
+            Step::ResetOffloads { pod } => self.reset_offloads(need()?, pod).await?,
             Step::RemoveRoute { route } => self.host.remove_route(route).await?,
-            Step::DeleteLink { name, ifindex } => {
-                self.veths.lock().expect("veths lock").remove(name);
-                self.host.delete_link(*ifindex, name).await?;
-                self.note(|l| {
-                    l.links.retain(|recorded, entry| match entry.ifindex {
-                        Some(i) => i != *ifindex,
-                        None => recorded != name,
-                    })
-                });
-            }
+            Step::DeleteLink { name, ifindex } => self.delete_link(name, *ifindex).await?,
             Step::DeleteNetns { netns } => {
                 netns::delete(netns)?;
                 self.note(|l| {
@@ -1246,6 +1059,219 @@ impl Executor {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        Ok(())
+    }
+
+    /// Masquerades the pod networks when the uplink asks for it; otherwise
+    /// removes a NAT table this topology made earlier.
+    fn configure_masquerade(&self, topology: &Topology) -> Result<()> {
+        if topology.uplink.masquerade {
+            let mut nets = vec![nat::Masquerade {
+                network: topology.pod_cidr.network().into(),
+                prefix_len: topology.pod_cidr.prefix_len(),
+            }];
+            nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
+                network: c.network().into(),
+                prefix_len: c.prefix_len(),
+            }));
+            self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
+            nat::apply(
+                &topology.name,
+                &topology.object_prefix(),
+                topology.uplink.interface.as_deref(),
+                &nets,
+            )?;
+        } else if self.ledger.lock().expect("ledger lock").nat_table {
+            nat::remove(&self.name)?;
+            self.note(|l| l.nat_table = false);
+        }
+        Ok(())
+    }
+
+    async fn add_unreachable(&self, net: IpNet) -> Result<()> {
+        self.intend(|l| l.unreachable.insert(net))?;
+        if let Err(e) = self.host.add_unreachable(net).await {
+            // Someone else's route: not ours to remove later.
+            self.note(|l| {
+                l.unreachable.remove(&net);
+            });
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn create_bridge(&self, topology: &Topology, name: &str) -> Result<()> {
+        let mac = topology.bridge_mac();
+        self.intend(|l| {
+            let link = LedgerLink {
+                kind: "bridge".into(),
+                ifindex: None,
+                mac: Some(mac),
+            };
+            l.links.insert(name.to_string(), link.clone()) != Some(link)
+        })?;
+        self.host.create_bridge(name, mac).await?;
+        self.mark_new_link(name).await?;
+        Ok(())
+    }
+
+    async fn configure_bridge(&self, topology: &Topology, name: &str) -> Result<()> {
+        let bridge = self
+            .host
+            .link(name)
+            .await?
+            .with_context(|| format!("bridge {name:?} is missing"))?;
+        self.host
+            .ensure_own_bridge(&bridge, topology.bridge_mac(), &link_mark(&self.name))
+            .await?;
+        // A new node address replaces an old one of the same subnet
+        // without going with it.
+        sysctl::promote_secondaries(&bridge.name)
+    }
+
+    async fn add_address(&self, address: &LedgerAddress) -> Result<()> {
+        self.intend(|l| l.addresses.insert(address.clone()))?;
+        let device = self.device(&address.device).await?;
+        let label = host_address_label(&self.name);
+        let label = (address.device == "lo").then_some(label.as_str());
+        let added = self
+            .host
+            .add_address(
+                device.ifindex,
+                &device.name,
+                address.address,
+                address.prefix_len,
+                label,
+            )
+            .await?;
+        if !added {
+            // Someone else added it meanwhile: used, not ours.
+            self.note(|l| {
+                l.addresses.remove(address);
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a node address unless that would take others' addresses with
+    /// it; then it stays, with a warning.
+    async fn remove_address(&self, address: &LedgerAddress, ifindex: u32) -> Result<()> {
+        if let Some(others) = self.would_take_others(address, ifindex).await? {
+            eprintln!(
+                "vethctl: topology {:?}: {address} is left in place: removing it would \
+                 remove {others} with it (the link does not promote secondary \
+                 addresses); remove it by hand",
+                self.name
+            );
+            return Ok(());
+        }
+        self.host
+            .remove_address(
+                ifindex,
+                &address.device,
+                address.address,
+                address.prefix_len,
+            )
+            .await?;
+        self.note(|l| {
+            l.addresses.remove(address);
+        });
+        Ok(())
+    }
+
+    async fn create_veth(&self, topology: &Topology, pod: &str, host_veth: &str) -> Result<()> {
+        self.veths.lock().expect("veths lock").remove(host_veth);
+        let pod = pod_in(topology, pod)?;
+        self.intend(|l| {
+            let link = LedgerLink {
+                kind: "veth".into(),
+                ifindex: None,
+                mac: None,
+            };
+            l.links.insert(host_veth.to_string(), link.clone()) != Some(link)
+        })?;
+        self.host.create_pod_veth(pod).await?;
+        self.mark_new_link(host_veth).await?;
+        Ok(())
+    }
+
+    async fn leave_bridge(&self, topology: &Topology, pod: &str) -> Result<()> {
+        let pod = pod_in(topology, pod)?;
+        if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+            // The kernel disables a port before it stops handing it
+            // frames (`del_nbp`) and drops what arrives in between;
+            // the programs of mode tc and xdp take the pod's frames
+            // before the bridge would, once they are attached.
+            self.finish_attaching().await?;
+        }
+        wire::leave_bridge(&self.host, pod).await
+    }
+
+    async fn load_programs(&self, topology: &Topology) -> Result<()> {
+        let owned = topology.clone();
+        self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
+        // Loading verifies programs and may take a moment: off the
+        // runtime.
+        let replaced = tokio::task::spawn_blocking(move || {
+            dataplane::load_programs(&owned.name, owned.counters, owned.mode == Mode::Tc)
+        })
+        .await
+        .context("loading task panicked")??;
+        for map in &replaced {
+            eprintln!(
+                "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
+                 layout; made afresh (what it held, such as counters, starts over)",
+                self.name
+            );
+        }
+        if !replaced.is_empty() {
+            // Fresh maps know no veth, and the new programs drop
+            // frames of a veth they do not know: filled before any
+            // of them is attached (`SyncDataplane` runs later too).
+            self.sync_dataplane(topology).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts attaching the mode's programs to the pods' veths in the
+    /// background; the next step that needs them waits (`finish_attaching`).
+    async fn attach_programs(&self, topology: &Topology, pods: &[String]) -> Result<()> {
+        let veths = pods
+            .iter()
+            .map(|p| Ok(pod_in(topology, p)?.host_veth.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
+        self.finish_attaching().await?;
+        // The maps know the pods before the programs run on their
+        // veths, which would otherwise drop the pods' first frames
+        // (IPv6 DAD, router solicitations) as from an unknown veth.
+        self.sync_dataplane(topology).await?;
+        let task = tokio::task::spawn_blocking(move || {
+            dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
+        });
+        *self.attaching.lock().expect("attaching lock") = Some(task);
+        Ok(())
+    }
+
+    async fn reset_offloads(&self, topology: &Topology, pod: &str) -> Result<()> {
+        // Only once XDP is detached.
+        self.finish_attaching().await?;
+        let pod = pod_in(topology, pod)?;
+        pod::set_offloads(pod, false).await?;
+        let mut applied = self.applied.lock().expect("applied record lock");
+        applied.xdp_offloads.remove(&pod.name);
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str, ifindex: u32) -> Result<()> {
+        self.veths.lock().expect("veths lock").remove(name);
+        self.host.delete_link(ifindex, name).await?;
+        self.note(|l| {
+            l.links.retain(|recorded, entry| match entry.ifindex {
+                Some(i) => i != ifindex,
+                None => recorded != name,
+            })
+        });
         Ok(())
     }
 
@@ -1319,4 +1345,9 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// The topology's pod a step names (the plan only names pods it has).
+fn pod_in<'a>(topology: &'a Topology, pod: &str) -> Result<&'a crate::model::Pod> {
+    topology.pod(pod).context("pod missing from the topology")
 }

@@ -44,7 +44,52 @@ pub async fn observe(
     desired: Option<&Topology>,
     applied: Applied,
 ) -> Result<Observed> {
-    let mark = link_mark(name);
+    let (netns, dead_netns) = observe_netns(ledger);
+    let all = host.marked_links().await?;
+    let marked = MarkedLinks::new(&all);
+    let mut unproven = Vec::new();
+    let links = claim_links(host, name, ledger, &marked, &mut unproven).await?;
+    let foreign_links = foreign_links(desired, &marked, &links);
+    let addresses =
+        observe_addresses(host, name, ledger, desired, &marked, &links, &mut unproven).await?;
+    let (routes, unreachable, foreign_routes) =
+        observe_routes(host, ledger, desired, &marked, &links, &addresses).await?;
+    let direct_pair = direct_pair_exists(recorded, desired, &netns).await?;
+    let netns_inodes = netns
+        .iter()
+        .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
+        .collect();
+    let (programs_current, linked) = observe_programs(name, desired, &applied);
+    let masquerade_table = if desired.is_some() || ledger.nat_table {
+        nat::table_exists(name)?
+    } else {
+        false
+    };
+    Ok(Observed {
+        netns,
+        dead_netns,
+        links,
+        foreign_links,
+        addresses,
+        unreachable,
+        routes,
+        foreign_routes,
+        direct_pair,
+        netns_inodes,
+        applied,
+        programs_current,
+        linked,
+        masquerade_table,
+        masquerade_owned: ledger.nat_table,
+        pins: ledger.pins,
+        unproven,
+        rewire_endpoints: false,
+    })
+}
+
+/// The ledger's namespaces that exist, and those whose mount point is left
+/// without a namespace (a crash between the two).
+fn observe_netns(ledger: &Ledger) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut netns = BTreeSet::new();
     let mut dead_netns = BTreeSet::new();
     for n in &ledger.netns {
@@ -54,21 +99,43 @@ pub async fn observe(
             dead_netns.insert(n.clone());
         }
     }
+    (netns, dead_netns)
+}
 
-    let all = host.marked_links().await?;
-    let by_index: BTreeMap<u32, &MarkedLink> = all.iter().map(|m| (m.link.ifindex, m)).collect();
-    let by_name: BTreeMap<&str, &MarkedLink> =
-        all.iter().map(|m| (m.link.name.as_str(), m)).collect();
+/// The host's links with their marks, looked up by ifindex and by name.
+struct MarkedLinks<'a> {
+    by_index: BTreeMap<u32, &'a MarkedLink>,
+    by_name: BTreeMap<&'a str, &'a MarkedLink>,
+}
+
+impl<'a> MarkedLinks<'a> {
+    fn new(all: &'a [MarkedLink]) -> Self {
+        Self {
+            by_index: all.iter().map(|m| (m.link.ifindex, m)).collect(),
+            by_name: all.iter().map(|m| (m.link.name.as_str(), m)).collect(),
+        }
+    }
+}
+
+/// The ledger's links that the kernel proves ours, by recorded name; those
+/// it cannot prove go to `unproven`.
+async fn claim_links(
+    host: &Host,
+    name: &str,
+    ledger: &Ledger,
+    marked: &MarkedLinks<'_>,
+    unproven: &mut Vec<String>,
+) -> Result<BTreeMap<String, LinkState>> {
+    let mark = link_mark(name);
     let mut links = BTreeMap::new();
     let mut claimed = BTreeSet::new();
-    let mut unproven = Vec::new();
     let mut to_prove = Vec::new();
     for (recorded_name, entry) in &ledger.links {
         let kind_matches = |m: &&&MarkedLink| m.link.kind.as_deref() == Some(entry.kind.as_str());
         // Made and confirmed: the ifindex proves it, whatever its name now.
         if let Some(m) = entry
             .ifindex
-            .and_then(|i| by_index.get(&i))
+            .and_then(|i| marked.by_index.get(&i))
             .filter(kind_matches)
             .filter(|m| !claimed.contains(&m.link.ifindex))
         {
@@ -77,16 +144,17 @@ pub async fn observe(
             continue;
         }
         // Recorded before it was made (a crashed `up`): only with our mark.
-        let Some(m) = by_name
+        let Some(m) = marked
+            .by_name
             .get(recorded_name.as_str())
             .filter(kind_matches)
             .filter(|m| !claimed.contains(&m.link.ifindex))
         else {
             continue;
         };
-        let marked = m.alias.as_deref() == Some(mark.as_str())
+        let has_mark = m.alias.as_deref() == Some(mark.as_str())
             || (m.alias.is_none() && entry.mac.is_some_and(|mac| m.link.mac == mac));
-        if marked {
+        if has_mark {
             claimed.insert(m.link.ifindex);
             links.insert(recorded_name.clone(), m.link.clone());
         } else if m.alias.is_none() && m.link.is_veth() && ledger.netns.contains(recorded_name) {
@@ -102,16 +170,25 @@ pub async fn observe(
             .is_pod_peer(&link, &recorded_name, crate::model::POD_IFNAME)
             .await?
         {
-            claimed.insert(link.ifindex);
             links.insert(recorded_name, link);
         } else {
             unproven.push(format!("link {recorded_name}"));
         }
     }
+    Ok(links)
+}
+
+/// Others' links standing where `desired` wants a host veth or its bridge.
+fn foreign_links(
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+) -> BTreeMap<String, ForeignLink> {
+    let claimed: BTreeSet<u32> = links.values().map(|l| l.ifindex).collect();
     let mut foreign_links = BTreeMap::new();
     if let Some(t) = desired {
         for wanted in t.pods.iter().map(|p| &p.host_veth).chain([&t.bridge]) {
-            if let Some(m) = by_name.get(wanted.as_str()) {
+            if let Some(m) = marked.by_name.get(wanted.as_str()) {
                 if !claimed.contains(&m.link.ifindex) {
                     foreign_links.insert(
                         wanted.clone(),
@@ -124,16 +201,27 @@ pub async fn observe(
             }
         }
     }
+    foreign_links
+}
 
-    // Addresses: the ledger's that exist (an IPv4 one on lo with our label)
-    // and the wanted ones that exist (someone else's unless recorded).
+/// Addresses: the ledger's that exist (an IPv4 one on lo with our label)
+/// and the wanted ones that exist (someone else's unless recorded).
+async fn observe_addresses(
+    host: &Host,
+    name: &str,
+    ledger: &Ledger,
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+    unproven: &mut Vec<String>,
+) -> Result<BTreeMap<LedgerAddress, PresentAddress>> {
     let label = host_address_label(name);
     let host_addresses = host.addresses().await?;
     let ifindex_of = |device: &str| -> Option<u32> {
         links
             .get(device)
             .map(|l: &LinkState| l.ifindex)
-            .or_else(|| by_name.get(device).map(|m| m.link.ifindex))
+            .or_else(|| marked.by_name.get(device).map(|m| m.link.ifindex))
     };
     let find = |a: &LedgerAddress| -> Option<(u32, &crate::netlink::host::HostAddress)> {
         let ifindex = ifindex_of(&a.device)?;
@@ -150,9 +238,9 @@ pub async fn observe(
     let mut addresses = BTreeMap::new();
     for a in &ledger.addresses {
         if let Some((ifindex, h)) = find(a) {
-            let marked = !(a.device == "lo" && a.address.is_ipv4())
+            let has_mark = !(a.device == "lo" && a.address.is_ipv4())
                 || h.label.as_deref() == Some(label.as_str());
-            if marked {
+            if has_mark {
                 addresses.insert(
                     a.clone(),
                     PresentAddress {
@@ -175,22 +263,30 @@ pub async fn observe(
             });
         }
     }
+    Ok(addresses)
+}
 
-    // Routes: ours over our links, our unreachable ranges, and others'
-    // routes to a pod's address.
+/// Routes found by [`observe_routes`]: ours by link, our unreachable
+/// ranges, and others' routes to a pod's address with their device.
+type ObservedRoutes = (
+    BTreeMap<String, Vec<Route>>,
+    BTreeSet<IpNet>,
+    Vec<(Route, String)>,
+);
+
+/// Routes: ours over our links, our unreachable ranges, and others'
+/// routes to a pod's address.
+async fn observe_routes(
+    host: &Host,
+    ledger: &Ledger,
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+    addresses: &BTreeMap<LedgerAddress, PresentAddress>,
+) -> Result<ObservedRoutes> {
     let our_ifindexes: BTreeMap<u32, &String> =
         links.iter().map(|(name, l)| (l.ifindex, name)).collect();
-    let pod_addresses: BTreeSet<IpNet> = desired
-        .map(|t| {
-            t.pods
-                .iter()
-                .flat_map(|p| {
-                    std::iter::once(IpNet::from(IpAddr::V4(p.ipv4)))
-                        .chain(p.ipv6.map(|v6| IpNet::from(IpAddr::V6(v6))))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let pod_addresses = pod_addresses(desired);
     // The kernel's own routes of addresses of ours (an IPv6 /128 on lo has
     // one in the main table) are not someone else's.
     let our_addresses: BTreeSet<IpNet> = addresses
@@ -224,27 +320,54 @@ pub async fn observe(
             {
                 let dev = route
                     .oif
-                    .and_then(|i| by_index.get(&i))
+                    .and_then(|i| marked.by_index.get(&i))
                     .map_or_else(|| "-".to_string(), |m| m.link.name.clone());
                 foreign_routes.push((route, dev));
             }
             _ => {}
         }
     }
+    Ok((routes, unreachable, foreign_routes))
+}
 
-    // Only a two-pod topology can have (had) a direct pair.
-    let direct_pair = match [recorded, desired]
+/// Every pod address of `desired`, IPv4 and IPv6, as host routes.
+fn pod_addresses(desired: Option<&Topology>) -> BTreeSet<IpNet> {
+    desired
+        .map(|t| {
+            t.pods
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(IpNet::from(IpAddr::V4(p.ipv4)))
+                        .chain(p.ipv6.map(|v6| IpNet::from(IpAddr::V6(v6))))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Only a two-pod topology can have (had) a direct pair.
+async fn direct_pair_exists(
+    recorded: Option<&Topology>,
+    desired: Option<&Topology>,
+    netns: &BTreeSet<String>,
+) -> Result<bool> {
+    match [recorded, desired]
         .into_iter()
         .flatten()
         .find(|t| t.pods.len() == 2)
     {
-        Some(t) if netns.contains(&t.pods[0].netns) => pair::exists(&t.pods[0]).await?,
-        _ => false,
-    };
-    let netns_inodes = netns
-        .iter()
-        .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
-        .collect();
+        Some(t) if netns.contains(&t.pods[0].netns) => pair::exists(&t.pods[0]).await,
+        _ => Ok(false),
+    }
+}
+
+/// Whether the pinned programs are the ones `desired` needs, and the host
+/// veths that have all of the mode's program links pinned.
+fn observe_programs(
+    name: &str,
+    desired: Option<&Topology>,
+    applied: &Applied,
+) -> (bool, BTreeSet<String>) {
     let pins = Pins::new(name);
     // A map pinned with another layout (an upgrade) is made afresh by a
     // load, which plain `up` then does as `up --repair` would.
@@ -264,31 +387,7 @@ pub async fn observe(
         }
         None => BTreeSet::new(),
     };
-    let masquerade_table = if desired.is_some() || ledger.nat_table {
-        nat::table_exists(name)?
-    } else {
-        false
-    };
-    Ok(Observed {
-        netns,
-        dead_netns,
-        links,
-        foreign_links,
-        addresses,
-        unreachable,
-        routes,
-        foreign_routes,
-        direct_pair,
-        netns_inodes,
-        applied,
-        programs_current,
-        linked,
-        masquerade_table,
-        masquerade_owned: ledger.nat_table,
-        pins: ledger.pins,
-        unproven,
-        rewire_endpoints: false,
-    })
+    (programs_current, linked)
 }
 
 /// The ledger of topology `name`: its own, or, for a topology brought up

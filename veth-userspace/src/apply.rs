@@ -1091,12 +1091,7 @@ impl Executor {
                 self.note(|l| l.nat_table = false);
             }
             Step::AddUnreachable { net } => self.add_unreachable(*net).await?,
-            Step::RemoveUnreachable { net } => {
-                self.host.remove_route(&routes::unreachable(*net)).await?;
-                self.note(|l| {
-                    l.unreachable.remove(net);
-                });
-            }
+            Step::RemoveUnreachable { net } => self.remove_unreachable(*net).await?,
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }
@@ -1141,12 +1136,7 @@ impl Executor {
             Step::ResetOffloads { pod } => self.reset_offloads(need()?, pod).await?,
             Step::RemoveRoute { route } => self.host.remove_route(route).await?,
             Step::DeleteLink { name, ifindex } => self.delete_link(name, *ifindex).await?,
-            Step::DeleteNetns { netns } => {
-                netns::delete(netns)?;
-                self.note(|l| {
-                    l.netns.remove(netns);
-                });
-            }
+            Step::DeleteNetns { netns } => self.delete_netns(netns)?,
             Step::AwaitVethsGone { ifindexes } => self.await_veths_gone(ifindexes).await?,
             Step::RemovePins => {
                 Pins::new(&self.name).remove_all()?;
@@ -1196,6 +1186,14 @@ impl Executor {
             });
             return Err(e);
         }
+        Ok(())
+    }
+
+    async fn remove_unreachable(&self, net: IpNet) -> Result<()> {
+        self.host.remove_route(&routes::unreachable(net)).await?;
+        self.note(|l| {
+            l.unreachable.remove(&net);
+        });
         Ok(())
     }
 
@@ -1359,6 +1357,14 @@ impl Executor {
         pod::set_offloads(pod, false).await?;
         let mut applied = self.applied.lock().expect("applied record lock");
         applied.xdp_offloads.remove(&pod.name);
+        Ok(())
+    }
+
+    fn delete_netns(&self, netns: &str) -> Result<()> {
+        netns::delete(netns)?;
+        self.note(|l| {
+            l.netns.remove(netns);
+        });
         Ok(())
     }
 

@@ -1169,10 +1169,14 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     matching.first().map(|s| s.value)
 }
 
-/// `vethctl agent` on a free loopback port, killed when dropped.
+/// `vethctl agent` on a free loopback port, killed when dropped, with a
+/// lock file of its own (tests run agents side by side; one per node is
+/// tested apart).
 pub struct Agent {
     pub addr: SocketAddr,
     child: ChildGuard,
+    // Dropped after the child (fields drop in order).
+    _lock_dir: TempDir,
 }
 
 impl Agent {
@@ -1193,18 +1197,29 @@ impl Agent {
     /// Starts an agent on `addr` and waits until it says it is serving;
     /// `Err` with its output if it exits instead.
     pub fn start_on(addr: SocketAddr) -> Result<Agent, String> {
+        Agent::start_with(addr, &[])
+    }
+
+    /// [`Agent::start_on`] with more arguments for `vethctl agent`.
+    pub fn start_with(addr: SocketAddr, more: &[&str]) -> Result<Agent, String> {
         let listen = addr.to_string();
-        let mut child = ChildGuard::vethctl(
-            &["agent", "--listen", &listen],
-            Stdio::null(),
-            Stdio::piped(),
-        );
+        let lock_dir = TempDir::new("vethctl-agent-lock");
+        let lock = Agent::lock_file_in(&lock_dir);
+        let mut args = vec!["agent", "--listen", &listen, "--lock-file", &lock];
+        args.extend_from_slice(more);
+        let mut child = ChildGuard::vethctl(&args, Stdio::null(), Stdio::piped());
         let stderr = lines_of(child.take_stderr());
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut said = Vec::new();
         loop {
             match stderr.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("serving") => return Ok(Agent { addr, child }),
+                Ok(line) if line.contains("serving") => {
+                    return Ok(Agent {
+                        addr,
+                        child,
+                        _lock_dir: lock_dir,
+                    })
+                }
                 Ok(line) => said.push(line),
                 Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(_) => {
@@ -1216,6 +1231,11 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Where an agent given `dir` keeps its lock.
+    pub fn lock_file_in(dir: &TempDir) -> String {
+        dir.path().join("agent.lock").display().to_string()
     }
 
     /// GET /metrics, which must answer 200.

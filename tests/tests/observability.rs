@@ -16,6 +16,7 @@ use std::{
 
 use serde_json::Value;
 use veth_tests::attack::{udp_socket, UdpSink};
+use veth_tests::cni::{CniNet, Pod};
 use veth_tests::{
     bpftool_map_dump, bpftool_map_lookup, counter, free_port, http_get, lines_of, metric_value,
     parse_metrics, percent_encode, ping, wait_until, Agent, ChildGuard, Sample, TempDir,
@@ -55,11 +56,11 @@ fn redirects_from_metrics(text: &str, topology: &str) -> Redirects {
     for sample in parse_metrics(text) {
         let Some(unit) = UNITS
             .into_iter()
-            .find(|u| sample.name == format!("veth_pair_{u}_total"))
+            .find(|u| sample.name == format!("vethctl_pair_{u}_total"))
         else {
             continue;
         };
-        if !sample.has_labels(&[("topology", topology), ("path", "redirect")]) {
+        if !sample.has_labels(&[("topology", topology), ("verdict", "redirected")]) {
             continue;
         }
         let direction = DIRECTIONS
@@ -285,7 +286,7 @@ fn prometheus_scrapes_the_agent() {
         "a -> b pings answered"
     );
     let query = format!(
-        "veth_pair_packets_total{{topology=\"{}\",pod=\"a\",direction=\"from_pod\",path=\"redirect\"}}",
+        "vethctl_pair_packets_total{{topology=\"{}\",pod=\"a\",direction=\"from_pod\",verdict=\"redirected\"}}",
         t.name()
     );
     prometheus.wait_for(&query, "at least the pings", |v| v >= f64::from(PINGS));
@@ -298,11 +299,13 @@ fn prometheus_scrapes_the_agent() {
     });
 }
 
-/// Every `veth_pair_packets_total` series of `topology`: labels -> value.
+/// Every `vethctl_pair_packets_total` series of `topology`: labels -> value.
 fn packet_series(text: &str, topology: &str) -> BTreeMap<BTreeMap<String, String>, f64> {
     parse_metrics(text)
         .into_iter()
-        .filter(|s| s.name == "veth_pair_packets_total" && s.has_labels(&[("topology", topology)]))
+        .filter(|s| {
+            s.name == "vethctl_pair_packets_total" && s.has_labels(&[("topology", topology)])
+        })
         .map(|s| (s.labels, s.value))
         .collect()
 }
@@ -346,7 +349,7 @@ fn metrics_survive_an_agent_restart() {
     for (labels, old) in &before {
         let new = after[labels];
         assert!(new >= *old, "{labels:?} went back from {old} to {new}");
-        if labels["path"] == "redirect" {
+        if labels["verdict"] == "redirected" {
             assert_eq!(
                 new - old,
                 f64::from(PINGS),
@@ -372,7 +375,7 @@ fn removed_pod_series_disappear() {
     let text = agent.scrape();
     assert!(!pod_series(&text, t.name(), "c").is_empty(), "c is shown");
     assert_eq!(
-        metric_value(&text, "veth_pods", &[("topology", t.name())]),
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]),
         Some(3.0)
     );
 
@@ -395,7 +398,7 @@ fn removed_pod_series_disappear() {
         );
     }
     assert_eq!(
-        metric_value(&text, "veth_pods", &[("topology", t.name())]),
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]),
         Some(2.0)
     );
 }
@@ -742,5 +745,171 @@ fn stats_watch_reports_rates() {
     assert!(
         busy,
         "a's redirect rate is shown while it pings: {reports:#?}"
+    );
+}
+
+/// A real scrape passes `promtool check metrics` (Prometheus's own lint of
+/// names, types, HELP and suffixes), and every family carries the one
+/// application prefix `vethctl_`, per-pod drop reasons included.
+#[test]
+fn a_scrape_passes_promtool_with_one_prefix() {
+    let t = TestTopology::dual_stack("tc", &["a", "b"]);
+    t.up();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    assert_eq!(ping(&a.netns, b.ipv4, 3), 3, "a -> b pings answered");
+    let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, free_port()));
+    let agent = Agent::start_with(addr, &["--per-pod-drops", "--bpf-stats"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = agent.scrape();
+    assert!(
+        metric_value(&text, "vethctl_pods", &[("topology", t.name())]) == Some(2.0),
+        "{text}"
+    );
+    let dir = TempDir::new("vethctl-promtool");
+    let file = dir.path().join("scrape.txt");
+    std::fs::write(&file, &text).expect("writing the scrape");
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("metrics")
+        .stdin(std::fs::File::open(&file).expect("the scrape"))
+        .output()
+        .expect("running promtool (Debian's prometheus package; `cargo xtask setup`)");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(
+        families.len() > 10 && families.iter().all(|f| f.starts_with("vethctl_")),
+        "one prefix for every family: {families:?}"
+    );
+    for family in [
+        "vethctl_build_info",
+        "vethctl_pair_drops_total",
+        "vethctl_drops_total",
+        "vethctl_endpoints",
+        "vethctl_endpoint_ready",
+        "vethctl_agent_passes_total",
+    ] {
+        assert!(families.contains(&family), "{family} in {families:?}");
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "vethctl_endpoints",
+            &[("topology", t.name()), ("state", "ready")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    // The agent's first reconcile runs at start: it succeeded, and says when.
+    wait_until(Duration::from_secs(10), "a reconcile succeeded", || {
+        let text = agent.scrape();
+        let stamp = metric_value(
+            &text,
+            "vethctl_agent_last_success_timestamp_seconds",
+            &[("pass", "reconcile")],
+        );
+        let runs = metric_value(
+            &text,
+            "vethctl_agent_passes_total",
+            &[("pass", "reconcile")],
+        );
+        stamp.is_some_and(|s| s > 1.7e9) && runs.is_some_and(|r| r >= 1.0)
+    });
+}
+
+/// A clean `up` fills the maps before its programs run on the pods' veths:
+/// the pods' first frames (IPv6 DAD, router solicitations, the test's
+/// pings) are never dropped as coming from an unknown veth.
+#[test]
+fn a_fresh_up_counts_no_unknown_veth_drops() {
+    let t = TestTopology::dual_stack("tc", &["a", "b", "c"]);
+    t.up();
+    let (a, b) = (t.pod("a"), t.pod("b"));
+    // Traffic right after `up`; what is judged is the drop counter below
+    // (a reply later than ping's 1 s on a loaded machine is no failure).
+    assert!(ping(&a.netns, b.ipv4, 3) >= 1, "a -> b pings answered");
+    // IPv6 DAD and router solicitations go out during the first seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = t.vethctl(&["stats", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        json["topologies"][0]["unknown_veth_drops"], 0,
+        "frames dropped as from an unknown veth: {json}"
+    );
+    let agent = Agent::start();
+    assert_eq!(
+        metric_value(
+            &agent.scrape(),
+            "vethctl_drops_total",
+            &[("topology", t.name()), ("reason", "unknown_veth")]
+        ),
+        Some(0.0)
+    );
+}
+
+/// A runtime's pods, attached as `clsact` filters, count as attached (an
+/// "attached < pods" alert stays quiet on a CNI node), carry their
+/// Kubernetes `namespace` label, are ready in the endpoint gauges, and
+/// their first frames are never dropped as from an unknown veth (the
+/// endpoint is in the maps before the programs run).
+#[test]
+fn cni_pods_count_as_attached_and_drop_nothing_as_unknown() {
+    let net = CniNet::dual("tc");
+    // No `bring_up`: its throwaway pod's DEL takes the endpoint out of the
+    // maps before the veth goes, and frames the pod sends meanwhile count
+    // as from an unknown veth (documented; here only ADDs are judged).
+    let (a, b) = (Pod::new(), Pod::new());
+    net.add_with(
+        &a,
+        &net.conf("1.0.0"),
+        &[("CNI_ARGS", "K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0")],
+    );
+    net.add(&b);
+    a.netns.expect_pings(b.ipv4(), 3, "a to b");
+    // IPv6 DAD and router solicitations go out during the first seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = veth_tests::vethctl(&["stats", "-n", &net.name, "--json"], &[], None);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert_eq!(
+        json["topologies"][0]["unknown_veth_drops"], 0,
+        "frames dropped as from an unknown veth: {json}"
+    );
+
+    let agent = Agent::start();
+    let text = agent.scrape();
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("topology", net.name.as_str())];
+        all.extend_from_slice(labels);
+        metric_value(&text, name, &all).unwrap_or_else(|| panic!("{name}{all:?} in {text}"))
+    };
+    assert_eq!(value("vethctl_pods", &[]), 2.0);
+    for hook in ["ingress", "egress"] {
+        assert_eq!(
+            value("vethctl_attached_programs", &[("hook", hook)]),
+            2.0,
+            "{hook}"
+        );
+    }
+    assert_eq!(value("vethctl_endpoints", &[("state", "ready")]), 2.0);
+    assert_eq!(
+        value(
+            "vethctl_endpoint_ready",
+            &[("namespace", "prod"), ("pod", "web-0")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("vethctl_drops_total", &[("reason", "unknown_veth")]),
+        0.0
     );
 }

@@ -92,6 +92,9 @@ fn the_agent_runs_with_only_the_units_capabilities() {
             .arg(vethctl_bin())
             .args(["agent", "--cni-conf", conf.to_str().unwrap()])
             .args(["--listen", &addr.to_string()])
+            // Its own lock: the node's agent may run meanwhile.
+            .arg("--lock-file")
+            .arg(dir.path().join("agent.lock"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

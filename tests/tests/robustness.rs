@@ -521,21 +521,21 @@ fn one_unreadable_state_file_affects_only_that_topology() {
     assert_eq!(
         metric_value(
             &metrics,
-            "veth_topology_unreadable",
+            "vethctl_topology_unreadable",
             &[("topology", bad.name())]
         ),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        metric_value(&metrics, "veth_pods", &[("topology", good.name())]),
+        metric_value(&metrics, "vethctl_pods", &[("topology", good.name())]),
         Some(2.0),
         "{metrics}"
     );
     assert_eq!(
         metric_value(
             &metrics,
-            "veth_topology_unreadable",
+            "vethctl_topology_unreadable",
             &[("topology", good.name())]
         ),
         None

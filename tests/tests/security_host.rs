@@ -23,7 +23,7 @@ use std::{
 
 use veth_tests::{
     bpftool_map_dump, cni::plugin_bin, free_port, http_get, lines_of, metric_value, ping,
-    vethctl_bin, wait_until, ChildGuard, TestTopology,
+    vethctl_bin, wait_until, Agent, ChildGuard, TempDir, TestTopology,
 };
 use veth_userspace::{dataplane::Pins, state::STATE_ROOT};
 
@@ -292,6 +292,7 @@ struct RunningAgent {
     addr: SocketAddr,
     child: ChildGuard,
     stderr: Receiver<String>,
+    _lock_dir: TempDir,
 }
 
 impl RunningAgent {
@@ -306,8 +307,10 @@ impl RunningAgent {
             }
             None => Command::new(vethctl_bin()),
         };
+        let lock_dir = TempDir::new("vethctl-agent-lock");
         command
             .args(["agent", "--listen", &addr.to_string()])
+            .args(["--lock-file", &Agent::lock_file_in(&lock_dir)])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -326,6 +329,7 @@ impl RunningAgent {
             addr,
             child,
             stderr,
+            _lock_dir: lock_dir,
         }
     }
 
@@ -411,12 +415,12 @@ fn agent_runs_as_nobody_with_only_dac_override() {
     let redirected = |text: &str| {
         metric_value(
             text,
-            "veth_pair_packets_total",
+            "vethctl_pair_packets_total",
             &[
                 ("topology", t.name()),
                 ("pod", "a"),
                 ("direction", "from_pod"),
-                ("path", "redirect"),
+                ("verdict", "redirected"),
             ],
         )
         .unwrap_or_else(|| panic!("a's redirect counter in {text}"))
@@ -510,7 +514,7 @@ fn scrape_during(addr: SocketAddr, duration: Duration) -> (Duration, Vec<String>
     while Instant::now() < end {
         let started = Instant::now();
         match http_get(addr, "/metrics") {
-            Ok((200, body)) if body.contains("veth_pods") => {}
+            Ok((200, body)) if body.contains("vethctl_pods") => {}
             Ok((code, body)) => failures.push(format!("{code}: {}", &body[..body.len().min(200)])),
             Err(e) => failures.push(e.to_string()),
         }

@@ -3,6 +3,9 @@
 //! over the pinned maps. It holds no counters of its own: every scrape
 //! reads the maps, so a restart loses nothing, and stopping it leaves the
 //! dataplane forwarding (with endpoints then updated only by `up`).
+//! `/healthz` says it is alive, `/readyz` whether the node's dataplane is
+//! ready (see [`crate::observe::readiness`]). One agent per node: a lock
+//! file ([`crate::state::AgentLock`]) keeps a second from starting.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -17,7 +20,11 @@ use tokio::{
 use crate::{
     dataplane, http_server,
     netlink::Host,
-    observe::metrics::{self, CONTENT_TYPE},
+    observe::{
+        metrics::{self, MetricsOptions},
+        passes, readiness,
+    },
+    state::AgentLock,
 };
 
 /// Default listen address: loopback only; anything wider is a choice.
@@ -30,15 +37,23 @@ pub struct AgentOptions {
     /// CNI configuration lists whose networks are brought up at start (the
     /// node's dataplane loaded before the first pod).
     pub cni_confs: Vec<std::path::PathBuf>,
+    /// Export drop reasons per pod as well as per network.
+    pub per_pod_drops: bool,
+    /// The lock file that keeps a second agent from starting.
+    pub lock_file: std::path::PathBuf,
 }
 
 struct Shared {
     host: Host,
-    bpf_stats: bool,
+    metrics: MetricsOptions,
+    /// The networks of `--cni-conf`, which `/readyz` wants up.
+    cni_networks: Vec<String>,
 }
 
 /// Serves until SIGINT or SIGTERM.
 pub async fn run(options: AgentOptions) -> Result<()> {
+    let _lock = AgentLock::take(&options.lock_file)?;
+    let mut cni_networks = Vec::new();
     for path in &options.cni_confs {
         let list = crate::cni::install::read_list(path)?;
         let name = crate::cni::bring_up(&list)
@@ -48,6 +63,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             "vethctl agent: network {name:?} of {} is up",
             path.display()
         );
+        cni_networks.push(name);
     }
     // Held for the agent's lifetime: the kernel counts only while it is open.
     let _stats = options
@@ -61,12 +77,17 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         )
     })?;
     eprintln!(
-        "vethctl agent: serving http://{}/metrics (Ctrl-C or SIGTERM to stop; the dataplane keeps forwarding)",
-        listener.local_addr()?
+        "vethctl agent: serving http://{}/metrics, /healthz and /readyz (PID {}; Ctrl-C or SIGTERM to stop; the dataplane keeps forwarding)",
+        listener.local_addr()?,
+        std::process::id()
     );
     let shared = Arc::new(Shared {
         host: Host::connect()?,
-        bpf_stats: options.bpf_stats,
+        metrics: MetricsOptions {
+            bpf_stats: options.bpf_stats,
+            per_pod_drops: options.per_pod_drops,
+        },
+        cni_networks,
     });
     let mut server = tokio::spawn(http_server::serve(
         listener,
@@ -124,23 +145,56 @@ async fn respond(
         );
     }
     match req.uri().path() {
-        "/metrics" => match metrics::gather(&shared.host, shared.bpf_stats).await {
-            Ok(snapshot) => reply(StatusCode::OK, CONTENT_TYPE, metrics::encode(snapshot)),
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
+        "/metrics" => {
+            let accept = req.headers().get(hyper::header::ACCEPT);
+            let openmetrics = metrics::wants_openmetrics(accept.and_then(|a| a.to_str().ok()));
+            match metrics::gather(&shared.host, shared.metrics).await {
+                Ok(mut snapshot) => {
+                    snapshot.passes = passes::snapshot();
+                    let text = metrics::encode(snapshot);
+                    match openmetrics {
+                        true => reply(StatusCode::OK, metrics::CONTENT_TYPE, text),
+                        false => reply(
+                            StatusCode::OK,
+                            metrics::TEXT_CONTENT_TYPE,
+                            metrics::to_text_format(&text),
+                        ),
+                    }
+                }
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("reading the dataplane failed: {e:#}\n"),
+                ),
+            }
+        }
+        // Alive: it answers. Nothing more, so that a slow kernel never
+        // gets a working agent restarted.
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match readiness::problems(&shared.host, &shared.cni_networks).await {
+            Ok(problems) if problems.is_empty() => {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            }
+            Ok(problems) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                format!("reading the dataplane failed: {e:#}\n"),
+                format!("not ready:\n{}\n", problems.join("\n")),
+            ),
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: reading the dataplane failed: {e:#}\n"),
             ),
         },
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "vethctl agent: metrics at /metrics\n".into(),
+            "vethctl agent: /metrics, /healthz, /readyz\n".into(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics\n".into(),
+            "not found; try /metrics, /healthz or /readyz\n".into(),
         ),
     }
 }

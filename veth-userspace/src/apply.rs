@@ -44,7 +44,52 @@ pub async fn observe(
     desired: Option<&Topology>,
     applied: Applied,
 ) -> Result<Observed> {
-    let mark = link_mark(name);
+    let (netns, dead_netns) = observe_netns(ledger);
+    let all = host.marked_links().await?;
+    let marked = MarkedLinks::new(&all);
+    let mut unproven = Vec::new();
+    let links = claim_links(host, name, ledger, &marked, &mut unproven).await?;
+    let foreign_links = foreign_links(desired, &marked, &links);
+    let addresses =
+        observe_addresses(host, name, ledger, desired, &marked, &links, &mut unproven).await?;
+    let (routes, unreachable, foreign_routes) =
+        observe_routes(host, ledger, desired, &marked, &links, &addresses).await?;
+    let direct_pair = direct_pair_exists(recorded, desired, &netns).await?;
+    let netns_inodes = netns
+        .iter()
+        .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
+        .collect();
+    let (programs_current, linked) = observe_programs(name, desired, &applied);
+    let masquerade_table = if desired.is_some() || ledger.nat_table {
+        nat::table_exists(name)?
+    } else {
+        false
+    };
+    Ok(Observed {
+        netns,
+        dead_netns,
+        links,
+        foreign_links,
+        addresses,
+        unreachable,
+        routes,
+        foreign_routes,
+        direct_pair,
+        netns_inodes,
+        applied,
+        programs_current,
+        linked,
+        masquerade_table,
+        masquerade_owned: ledger.nat_table,
+        pins: ledger.pins,
+        unproven,
+        rewire_endpoints: false,
+    })
+}
+
+/// The ledger's namespaces that exist, and those whose mount point is left
+/// without a namespace (a crash between the two).
+fn observe_netns(ledger: &Ledger) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut netns = BTreeSet::new();
     let mut dead_netns = BTreeSet::new();
     for n in &ledger.netns {
@@ -54,21 +99,43 @@ pub async fn observe(
             dead_netns.insert(n.clone());
         }
     }
+    (netns, dead_netns)
+}
 
-    let all = host.marked_links().await?;
-    let by_index: BTreeMap<u32, &MarkedLink> = all.iter().map(|m| (m.link.ifindex, m)).collect();
-    let by_name: BTreeMap<&str, &MarkedLink> =
-        all.iter().map(|m| (m.link.name.as_str(), m)).collect();
+/// The host's links with their marks, looked up by ifindex and by name.
+struct MarkedLinks<'a> {
+    by_index: BTreeMap<u32, &'a MarkedLink>,
+    by_name: BTreeMap<&'a str, &'a MarkedLink>,
+}
+
+impl<'a> MarkedLinks<'a> {
+    fn new(all: &'a [MarkedLink]) -> Self {
+        Self {
+            by_index: all.iter().map(|m| (m.link.ifindex, m)).collect(),
+            by_name: all.iter().map(|m| (m.link.name.as_str(), m)).collect(),
+        }
+    }
+}
+
+/// The ledger's links that the kernel proves ours, by recorded name; those
+/// it cannot prove go to `unproven`.
+async fn claim_links(
+    host: &Host,
+    name: &str,
+    ledger: &Ledger,
+    marked: &MarkedLinks<'_>,
+    unproven: &mut Vec<String>,
+) -> Result<BTreeMap<String, LinkState>> {
+    let mark = link_mark(name);
     let mut links = BTreeMap::new();
     let mut claimed = BTreeSet::new();
-    let mut unproven = Vec::new();
     let mut to_prove = Vec::new();
     for (recorded_name, entry) in &ledger.links {
         let kind_matches = |m: &&&MarkedLink| m.link.kind.as_deref() == Some(entry.kind.as_str());
         // Made and confirmed: the ifindex proves it, whatever its name now.
         if let Some(m) = entry
             .ifindex
-            .and_then(|i| by_index.get(&i))
+            .and_then(|i| marked.by_index.get(&i))
             .filter(kind_matches)
             .filter(|m| !claimed.contains(&m.link.ifindex))
         {
@@ -77,16 +144,17 @@ pub async fn observe(
             continue;
         }
         // Recorded before it was made (a crashed `up`): only with our mark.
-        let Some(m) = by_name
+        let Some(m) = marked
+            .by_name
             .get(recorded_name.as_str())
             .filter(kind_matches)
             .filter(|m| !claimed.contains(&m.link.ifindex))
         else {
             continue;
         };
-        let marked = m.alias.as_deref() == Some(mark.as_str())
+        let has_mark = m.alias.as_deref() == Some(mark.as_str())
             || (m.alias.is_none() && entry.mac.is_some_and(|mac| m.link.mac == mac));
-        if marked {
+        if has_mark {
             claimed.insert(m.link.ifindex);
             links.insert(recorded_name.clone(), m.link.clone());
         } else if m.alias.is_none() && m.link.is_veth() && ledger.netns.contains(recorded_name) {
@@ -102,16 +170,25 @@ pub async fn observe(
             .is_pod_peer(&link, &recorded_name, crate::model::POD_IFNAME)
             .await?
         {
-            claimed.insert(link.ifindex);
             links.insert(recorded_name, link);
         } else {
             unproven.push(format!("link {recorded_name}"));
         }
     }
+    Ok(links)
+}
+
+/// Others' links standing where `desired` wants a host veth or its bridge.
+fn foreign_links(
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+) -> BTreeMap<String, ForeignLink> {
+    let claimed: BTreeSet<u32> = links.values().map(|l| l.ifindex).collect();
     let mut foreign_links = BTreeMap::new();
     if let Some(t) = desired {
         for wanted in t.pods.iter().map(|p| &p.host_veth).chain([&t.bridge]) {
-            if let Some(m) = by_name.get(wanted.as_str()) {
+            if let Some(m) = marked.by_name.get(wanted.as_str()) {
                 if !claimed.contains(&m.link.ifindex) {
                     foreign_links.insert(
                         wanted.clone(),
@@ -124,16 +201,27 @@ pub async fn observe(
             }
         }
     }
+    foreign_links
+}
 
-    // Addresses: the ledger's that exist (an IPv4 one on lo with our label)
-    // and the wanted ones that exist (someone else's unless recorded).
+/// Addresses: the ledger's that exist (an IPv4 one on lo with our label)
+/// and the wanted ones that exist (someone else's unless recorded).
+async fn observe_addresses(
+    host: &Host,
+    name: &str,
+    ledger: &Ledger,
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+    unproven: &mut Vec<String>,
+) -> Result<BTreeMap<LedgerAddress, PresentAddress>> {
     let label = host_address_label(name);
     let host_addresses = host.addresses().await?;
     let ifindex_of = |device: &str| -> Option<u32> {
         links
             .get(device)
             .map(|l: &LinkState| l.ifindex)
-            .or_else(|| by_name.get(device).map(|m| m.link.ifindex))
+            .or_else(|| marked.by_name.get(device).map(|m| m.link.ifindex))
     };
     let find = |a: &LedgerAddress| -> Option<(u32, &crate::netlink::host::HostAddress)> {
         let ifindex = ifindex_of(&a.device)?;
@@ -150,9 +238,9 @@ pub async fn observe(
     let mut addresses = BTreeMap::new();
     for a in &ledger.addresses {
         if let Some((ifindex, h)) = find(a) {
-            let marked = !(a.device == "lo" && a.address.is_ipv4())
+            let has_mark = !(a.device == "lo" && a.address.is_ipv4())
                 || h.label.as_deref() == Some(label.as_str());
-            if marked {
+            if has_mark {
                 addresses.insert(
                     a.clone(),
                     PresentAddress {
@@ -175,22 +263,30 @@ pub async fn observe(
             });
         }
     }
+    Ok(addresses)
+}
 
-    // Routes: ours over our links, our unreachable ranges, and others'
-    // routes to a pod's address.
+/// Routes found by [`observe_routes`]: ours by link, our unreachable
+/// ranges, and others' routes to a pod's address with their device.
+type ObservedRoutes = (
+    BTreeMap<String, Vec<Route>>,
+    BTreeSet<IpNet>,
+    Vec<(Route, String)>,
+);
+
+/// Routes: ours over our links, our unreachable ranges, and others'
+/// routes to a pod's address.
+async fn observe_routes(
+    host: &Host,
+    ledger: &Ledger,
+    desired: Option<&Topology>,
+    marked: &MarkedLinks<'_>,
+    links: &BTreeMap<String, LinkState>,
+    addresses: &BTreeMap<LedgerAddress, PresentAddress>,
+) -> Result<ObservedRoutes> {
     let our_ifindexes: BTreeMap<u32, &String> =
         links.iter().map(|(name, l)| (l.ifindex, name)).collect();
-    let pod_addresses: BTreeSet<IpNet> = desired
-        .map(|t| {
-            t.pods
-                .iter()
-                .flat_map(|p| {
-                    std::iter::once(IpNet::from(IpAddr::V4(p.ipv4)))
-                        .chain(p.ipv6.map(|v6| IpNet::from(IpAddr::V6(v6))))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let pod_addresses = pod_addresses(desired);
     // The kernel's own routes of addresses of ours (an IPv6 /128 on lo has
     // one in the main table) are not someone else's.
     let our_addresses: BTreeSet<IpNet> = addresses
@@ -224,27 +320,54 @@ pub async fn observe(
             {
                 let dev = route
                     .oif
-                    .and_then(|i| by_index.get(&i))
+                    .and_then(|i| marked.by_index.get(&i))
                     .map_or_else(|| "-".to_string(), |m| m.link.name.clone());
                 foreign_routes.push((route, dev));
             }
             _ => {}
         }
     }
+    Ok((routes, unreachable, foreign_routes))
+}
 
-    // Only a two-pod topology can have (had) a direct pair.
-    let direct_pair = match [recorded, desired]
+/// Every pod address of `desired`, IPv4 and IPv6, as host routes.
+fn pod_addresses(desired: Option<&Topology>) -> BTreeSet<IpNet> {
+    desired
+        .map(|t| {
+            t.pods
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(IpNet::from(IpAddr::V4(p.ipv4)))
+                        .chain(p.ipv6.map(|v6| IpNet::from(IpAddr::V6(v6))))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Only a two-pod topology can have (had) a direct pair.
+async fn direct_pair_exists(
+    recorded: Option<&Topology>,
+    desired: Option<&Topology>,
+    netns: &BTreeSet<String>,
+) -> Result<bool> {
+    match [recorded, desired]
         .into_iter()
         .flatten()
         .find(|t| t.pods.len() == 2)
     {
-        Some(t) if netns.contains(&t.pods[0].netns) => pair::exists(&t.pods[0]).await?,
-        _ => false,
-    };
-    let netns_inodes = netns
-        .iter()
-        .filter_map(|n| Some((n.clone(), netns::inode(n)?)))
-        .collect();
+        Some(t) if netns.contains(&t.pods[0].netns) => pair::exists(&t.pods[0]).await,
+        _ => Ok(false),
+    }
+}
+
+/// Whether the pinned programs are the ones `desired` needs, and the host
+/// veths that have all of the mode's program links pinned.
+fn observe_programs(
+    name: &str,
+    desired: Option<&Topology>,
+    applied: &Applied,
+) -> (bool, BTreeSet<String>) {
     let pins = Pins::new(name);
     // A map pinned with another layout (an upgrade) is made afresh by a
     // load, which plain `up` then does as `up --repair` would.
@@ -264,31 +387,7 @@ pub async fn observe(
         }
         None => BTreeSet::new(),
     };
-    let masquerade_table = if desired.is_some() || ledger.nat_table {
-        nat::table_exists(name)?
-    } else {
-        false
-    };
-    Ok(Observed {
-        netns,
-        dead_netns,
-        links,
-        foreign_links,
-        addresses,
-        unreachable,
-        routes,
-        foreign_routes,
-        direct_pair,
-        netns_inodes,
-        applied,
-        programs_current,
-        linked,
-        masquerade_table,
-        masquerade_owned: ledger.nat_table,
-        pins: ledger.pins,
-        unproven,
-        rewire_endpoints: false,
-    })
+    (programs_current, linked)
 }
 
 /// The ledger of topology `name`: its own, or, for a topology brought up
@@ -986,141 +1085,28 @@ impl Executor {
                 let topology = need()?;
                 pair::remove(&topology.pods[0], topology.pods.get(1)).await?;
             }
-            Step::ConfigureMasquerade => {
-                let topology = need()?;
-                if topology.uplink.masquerade {
-                    let mut nets = vec![nat::Masquerade {
-                        network: topology.pod_cidr.network().into(),
-                        prefix_len: topology.pod_cidr.prefix_len(),
-                    }];
-                    nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
-                        network: c.network().into(),
-                        prefix_len: c.prefix_len(),
-                    }));
-                    self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
-                    nat::apply(
-                        &topology.name,
-                        &topology.object_prefix(),
-                        topology.uplink.interface.as_deref(),
-                        &nets,
-                    )?;
-                } else if self.ledger.lock().expect("ledger lock").nat_table {
-                    nat::remove(&self.name)?;
-                    self.note(|l| l.nat_table = false);
-                }
-            }
+            Step::ConfigureMasquerade => self.configure_masquerade(need()?)?,
             Step::RemoveMasquerade => {
                 nat::remove(&self.name)?;
                 self.note(|l| l.nat_table = false);
             }
-            Step::AddUnreachable { net } => {
-                self.intend(|l| l.unreachable.insert(*net))?;
-                if let Err(e) = self.host.add_unreachable(*net).await {
-                    // Someone else's route: not ours to remove later.
-                    self.note(|l| {
-                        l.unreachable.remove(net);
-                    });
-                    return Err(e);
-                }
-            }
-            Step::RemoveUnreachable { net } => {
-                self.host.remove_route(&routes::unreachable(*net)).await?;
-                self.note(|l| {
-                    l.unreachable.remove(net);
-                });
-            }
+            Step::AddUnreachable { net } => self.add_unreachable(*net).await?,
+            Step::RemoveUnreachable { net } => self.remove_unreachable(*net).await?,
             Step::EnableForwarding => {
                 sysctl::enable_forwarding(need()?.pod_cidr6.is_some())?;
             }
-            Step::CreateBridge { name } => {
-                let topology = need()?;
-                let mac = topology.bridge_mac();
-                self.intend(|l| {
-                    let link = LedgerLink {
-                        kind: "bridge".into(),
-                        ifindex: None,
-                        mac: Some(mac),
-                    };
-                    l.links.insert(name.clone(), link.clone()) != Some(link)
-                })?;
-                self.host.create_bridge(name, mac).await?;
-                self.mark_new_link(name).await?;
-            }
-            Step::ConfigureBridge { name } => {
-                let topology = need()?;
-                let bridge = self
-                    .host
-                    .link(name)
-                    .await?
-                    .with_context(|| format!("bridge {name:?} is missing"))?;
-                self.host
-                    .ensure_own_bridge(&bridge, topology.bridge_mac(), &link_mark(&self.name))
-                    .await?;
-                // A new node address replaces an old one of the same subnet
-                // without going with it.
-                sysctl::promote_secondaries(&bridge.name)?;
-            }
-            Step::AddAddress { address } => {
-                self.intend(|l| l.addresses.insert(address.clone()))?;
-                let device = self.device(&address.device).await?;
-                let label = host_address_label(&self.name);
-                let label = (address.device == "lo").then_some(label.as_str());
-                let added = self
-                    .host
-                    .add_address(
-                        device.ifindex,
-                        &device.name,
-                        address.address,
-                        address.prefix_len,
-                        label,
-                    )
-                    .await?;
-                if !added {
-                    // Someone else added it meanwhile: used, not ours.
-                    self.note(|l| {
-                        l.addresses.remove(address);
-                    });
-                }
-            }
+            Step::CreateBridge { name } => self.create_bridge(need()?, name).await?,
+            Step::ConfigureBridge { name } => self.configure_bridge(need()?, name).await?,
+            Step::AddAddress { address } => self.add_address(address).await?,
             Step::RemoveAddress { address, ifindex } => {
-                if let Some(others) = self.would_take_others(address, *ifindex).await? {
-                    eprintln!(
-                        "vethctl: topology {:?}: {address} is left in place: removing it would \
-                         remove {others} with it (the link does not promote secondary \
-                         addresses); remove it by hand",
-                        self.name
-                    );
-                    return Ok(());
-                }
-                self.host
-                    .remove_address(
-                        *ifindex,
-                        &address.device,
-                        address.address,
-                        address.prefix_len,
-                    )
-                    .await?;
-                self.note(|l| {
-                    l.addresses.remove(address);
-                });
+                self.remove_address(address, *ifindex).await?
             }
             Step::CreateNetns { netns } => {
                 self.intend(|l| l.netns.insert(netns.clone()))?;
                 netns::create(netns)?
             }
             Step::CreateVeth { pod, host_veth } => {
-                self.veths.lock().expect("veths lock").remove(host_veth);
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                self.intend(|l| {
-                    let link = LedgerLink {
-                        kind: "veth".into(),
-                        ifindex: None,
-                        mac: None,
-                    };
-                    l.links.insert(host_veth.clone(), link.clone()) != Some(link)
-                })?;
-                self.host.create_pod_veth(pod).await?;
-                self.mark_new_link(host_veth).await?;
+                self.create_veth(need()?, pod, host_veth).await?
             }
             Step::RenameLink { ifindex, from, to } => {
                 self.veths.lock().expect("veths lock").remove(from);
@@ -1128,54 +1114,14 @@ impl Executor {
             }
             Step::JoinBridge { pod } => {
                 let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                wire::join_bridge(&self.host, topology, pod).await?;
+                wire::join_bridge(&self.host, topology, pod_in(topology, pod)?).await?;
             }
             Step::ConfigurePod { pod } => {
                 let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                self.configure_pod(topology, pod).await?;
+                self.configure_pod(topology, pod_in(topology, pod)?).await?;
             }
-            Step::LeaveBridge { pod } => {
-                let topology = need()?;
-                let pod = topology.pod(pod).context("pod missing from the topology")?;
-                if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
-                    // The kernel disables a port before it stops handing it
-                    // frames (`del_nbp`) and drops what arrives in between;
-                    // the programs of mode tc and xdp take the pod's frames
-                    // before the bridge would, once they are attached.
-                    self.finish_attaching().await?;
-                }
-                wire::leave_bridge(&self.host, pod).await?;
-            }
-            Step::LoadPrograms => {
-                let topology = need()?.clone();
-                self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
-                // Loading verifies programs and may take a moment: off the
-                // runtime.
-                let replaced = tokio::task::spawn_blocking(move || {
-                    dataplane::load_programs(
-                        &topology.name,
-                        topology.counters,
-                        topology.mode == Mode::Tc,
-                    )
-                })
-                .await
-                .context("loading task panicked")??;
-                for map in &replaced {
-                    eprintln!(
-                        "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
-                         layout; made afresh (what it held, such as counters, starts over)",
-                        self.name
-                    );
-                }
-                if !replaced.is_empty() {
-                    // Fresh maps know no veth, and the new programs drop
-                    // frames of a veth they do not know: filled before any
-                    // of them is attached (`SyncDataplane` runs later too).
-                    self.sync_dataplane(need()?).await?;
-                }
-            }
+            Step::LeaveBridge { pod } => self.leave_bridge(need()?, pod).await?,
+            Step::LoadPrograms => self.load_programs(need()?).await?,
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
             Step::RewireEndpoints => {
                 // The topology pods' attach first: both end in the same
@@ -1183,54 +1129,14 @@ impl Executor {
                 self.finish_attaching().await?;
                 wire::rewire_all(&self.host, need()?).await?;
             }
-            Step::AttachPrograms { pods } => {
-                let topology = need()?;
-                let veths = pods
-                    .iter()
-                    .map(|p| {
-                        Ok(topology
-                            .pod(p)
-                            .context("pod missing from the topology")?
-                            .host_veth
-                            .clone())
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
-                self.finish_attaching().await?;
-                let task = tokio::task::spawn_blocking(move || {
-                    dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
-                });
-                *self.attaching.lock().expect("attaching lock") = Some(task);
-            }
+            Step::AttachPrograms { pods } => self.attach_programs(need()?, pods).await?,
             Step::SetXdpOffloads { pod } => {
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                self.set_xdp_offloads(pod).await?;
+                self.set_xdp_offloads(pod_in(need()?, pod)?).await?;
             }
-            Step::ResetOffloads { pod } => {
-                // Only once XDP is detached.
-                self.finish_attaching().await?;
-                let pod = need()?.pod(pod).context("pod missing from the topology")?;
-                pod::set_offloads(pod, false).await?;
-                let mut applied = self.applied.lock().expect("applied record lock");
-                applied.xdp_offloads.remove(&pod.name);
-            }
+            Step::ResetOffloads { pod } => self.reset_offloads(need()?, pod).await?,
             Step::RemoveRoute { route } => self.host.remove_route(route).await?,
-            Step::DeleteLink { name, ifindex } => {
-                self.veths.lock().expect("veths lock").remove(name);
-                self.host.delete_link(*ifindex, name).await?;
-                self.note(|l| {
-                    l.links.retain(|recorded, entry| match entry.ifindex {
-                        Some(i) => i != *ifindex,
-                        None => recorded != name,
-                    })
-                });
-            }
-            Step::DeleteNetns { netns } => {
-                netns::delete(netns)?;
-                self.note(|l| {
-                    l.netns.remove(netns);
-                });
-            }
+            Step::DeleteLink { name, ifindex } => self.delete_link(name, *ifindex).await?,
+            Step::DeleteNetns { netns } => self.delete_netns(netns)?,
             Step::AwaitVethsGone { ifindexes } => self.await_veths_gone(ifindexes).await?,
             Step::RemovePins => {
                 Pins::new(&self.name).remove_all()?;
@@ -1242,6 +1148,235 @@ impl Executor {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        Ok(())
+    }
+
+    /// Masquerades the pod networks when the uplink asks for it; otherwise
+    /// removes a NAT table this topology made earlier.
+    fn configure_masquerade(&self, topology: &Topology) -> Result<()> {
+        if topology.uplink.masquerade {
+            let mut nets = vec![nat::Masquerade {
+                network: topology.pod_cidr.network().into(),
+                prefix_len: topology.pod_cidr.prefix_len(),
+            }];
+            nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
+                network: c.network().into(),
+                prefix_len: c.prefix_len(),
+            }));
+            self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
+            nat::apply(
+                &topology.name,
+                &topology.object_prefix(),
+                topology.uplink.interface.as_deref(),
+                &nets,
+            )?;
+        } else if self.ledger.lock().expect("ledger lock").nat_table {
+            nat::remove(&self.name)?;
+            self.note(|l| l.nat_table = false);
+        }
+        Ok(())
+    }
+
+    async fn add_unreachable(&self, net: IpNet) -> Result<()> {
+        self.intend(|l| l.unreachable.insert(net))?;
+        if let Err(e) = self.host.add_unreachable(net).await {
+            // Someone else's route: not ours to remove later.
+            self.note(|l| {
+                l.unreachable.remove(&net);
+            });
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn remove_unreachable(&self, net: IpNet) -> Result<()> {
+        self.host.remove_route(&routes::unreachable(net)).await?;
+        self.note(|l| {
+            l.unreachable.remove(&net);
+        });
+        Ok(())
+    }
+
+    async fn create_bridge(&self, topology: &Topology, name: &str) -> Result<()> {
+        let mac = topology.bridge_mac();
+        self.intend(|l| {
+            let link = LedgerLink {
+                kind: "bridge".into(),
+                ifindex: None,
+                mac: Some(mac),
+            };
+            l.links.insert(name.to_string(), link.clone()) != Some(link)
+        })?;
+        self.host.create_bridge(name, mac).await?;
+        self.mark_new_link(name).await?;
+        Ok(())
+    }
+
+    async fn configure_bridge(&self, topology: &Topology, name: &str) -> Result<()> {
+        let bridge = self
+            .host
+            .link(name)
+            .await?
+            .with_context(|| format!("bridge {name:?} is missing"))?;
+        self.host
+            .ensure_own_bridge(&bridge, topology.bridge_mac(), &link_mark(&self.name))
+            .await?;
+        // A new node address replaces an old one of the same subnet
+        // without going with it.
+        sysctl::promote_secondaries(&bridge.name)
+    }
+
+    async fn add_address(&self, address: &LedgerAddress) -> Result<()> {
+        self.intend(|l| l.addresses.insert(address.clone()))?;
+        let device = self.device(&address.device).await?;
+        let label = host_address_label(&self.name);
+        let label = (address.device == "lo").then_some(label.as_str());
+        let added = self
+            .host
+            .add_address(
+                device.ifindex,
+                &device.name,
+                address.address,
+                address.prefix_len,
+                label,
+            )
+            .await?;
+        if !added {
+            // Someone else added it meanwhile: used, not ours.
+            self.note(|l| {
+                l.addresses.remove(address);
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a node address unless that would take others' addresses with
+    /// it; then it stays, with a warning.
+    async fn remove_address(&self, address: &LedgerAddress, ifindex: u32) -> Result<()> {
+        if let Some(others) = self.would_take_others(address, ifindex).await? {
+            eprintln!(
+                "vethctl: topology {:?}: {address} is left in place: removing it would \
+                 remove {others} with it (the link does not promote secondary \
+                 addresses); remove it by hand",
+                self.name
+            );
+            return Ok(());
+        }
+        self.host
+            .remove_address(
+                ifindex,
+                &address.device,
+                address.address,
+                address.prefix_len,
+            )
+            .await?;
+        self.note(|l| {
+            l.addresses.remove(address);
+        });
+        Ok(())
+    }
+
+    async fn create_veth(&self, topology: &Topology, pod: &str, host_veth: &str) -> Result<()> {
+        self.veths.lock().expect("veths lock").remove(host_veth);
+        let pod = pod_in(topology, pod)?;
+        self.intend(|l| {
+            let link = LedgerLink {
+                kind: "veth".into(),
+                ifindex: None,
+                mac: None,
+            };
+            l.links.insert(host_veth.to_string(), link.clone()) != Some(link)
+        })?;
+        self.host.create_pod_veth(pod).await?;
+        self.mark_new_link(host_veth).await?;
+        Ok(())
+    }
+
+    async fn leave_bridge(&self, topology: &Topology, pod: &str) -> Result<()> {
+        let pod = pod_in(topology, pod)?;
+        if matches!(topology.mode, Mode::Tc | Mode::Xdp) {
+            // The kernel disables a port before it stops handing it
+            // frames (`del_nbp`) and drops what arrives in between;
+            // the programs of mode tc and xdp take the pod's frames
+            // before the bridge would, once they are attached.
+            self.finish_attaching().await?;
+        }
+        wire::leave_bridge(&self.host, pod).await
+    }
+
+    async fn load_programs(&self, topology: &Topology) -> Result<()> {
+        let owned = topology.clone();
+        self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
+        // Loading verifies programs and may take a moment: off the
+        // runtime.
+        let replaced = tokio::task::spawn_blocking(move || {
+            dataplane::load_programs(&owned.name, owned.counters, owned.mode == Mode::Tc)
+        })
+        .await
+        .context("loading task panicked")??;
+        for map in &replaced {
+            eprintln!(
+                "vethctl: topology {:?}: map {map} was pinned by a vethctl with another \
+                 layout; made afresh (what it held, such as counters, starts over)",
+                self.name
+            );
+        }
+        if !replaced.is_empty() {
+            // Fresh maps know no veth, and the new programs drop
+            // frames of a veth they do not know: filled before any
+            // of them is attached (`SyncDataplane` runs later too).
+            self.sync_dataplane(topology).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts attaching the mode's programs to the pods' veths in the
+    /// background; the next step that needs them waits (`finish_attaching`).
+    async fn attach_programs(&self, topology: &Topology, pods: &[String]) -> Result<()> {
+        let veths = pods
+            .iter()
+            .map(|p| Ok(pod_in(topology, p)?.host_veth.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let (name, hooks) = (self.name.clone(), Hook::for_mode(topology.mode));
+        self.finish_attaching().await?;
+        // The maps know the pods before the programs run on their
+        // veths, which would otherwise drop the pods' first frames
+        // (IPv6 DAD, router solicitations) as from an unknown veth.
+        self.sync_dataplane(topology).await?;
+        let task = tokio::task::spawn_blocking(move || {
+            dataplane::attach_all(&name, &veths, hooks, TcAttach::Tcx)
+        });
+        *self.attaching.lock().expect("attaching lock") = Some(task);
+        Ok(())
+    }
+
+    async fn reset_offloads(&self, topology: &Topology, pod: &str) -> Result<()> {
+        // Only once XDP is detached.
+        self.finish_attaching().await?;
+        let pod = pod_in(topology, pod)?;
+        pod::set_offloads(pod, false).await?;
+        let mut applied = self.applied.lock().expect("applied record lock");
+        applied.xdp_offloads.remove(&pod.name);
+        Ok(())
+    }
+
+    fn delete_netns(&self, netns: &str) -> Result<()> {
+        netns::delete(netns)?;
+        self.note(|l| {
+            l.netns.remove(netns);
+        });
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str, ifindex: u32) -> Result<()> {
+        self.veths.lock().expect("veths lock").remove(name);
+        self.host.delete_link(ifindex, name).await?;
+        self.note(|l| {
+            l.links.retain(|recorded, entry| match entry.ifindex {
+                Some(i) => i != ifindex,
+                None => recorded != name,
+            })
+        });
         Ok(())
     }
 
@@ -1315,4 +1450,9 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// The topology's pod a step names (the plan only names pods it has).
+fn pod_in<'a>(topology: &'a Topology, pod: &str) -> Result<&'a crate::model::Pod> {
+    topology.pod(pod).context("pod missing from the topology")
 }

@@ -143,17 +143,28 @@ enum Command {
         #[command(subcommand)]
         action: ModeAction,
     },
-    /// Serve Prometheus metrics read from the pinned maps at each scrape.
+    /// The node's daemon: keeps endpoints true to their veths and serves
+    /// Prometheus metrics read from the pinned maps at each scrape, with
+    /// /healthz and /readyz on the same listener. One per node.
     Agent {
         /// Address to serve on. Anything but loopback exposes your pods'
         /// traffic figures to the network: choose it explicitly.
         #[arg(long, default_value = crate::agent::DEFAULT_LISTEN, value_name = "ADDR")]
         listen: std::net::SocketAddr,
         /// Turn on the kernel's per-program run-time statistics while the
-        /// agent runs (veth_program_run_seconds_total); costs two clock
+        /// agent runs (vethctl_program_run_seconds_total); costs two clock
         /// reads per packet.
         #[arg(long)]
         bpf_stats: bool,
+        /// Export drop reasons per pod (vethctl_pair_drops_total) as well
+        /// as per network: a series per pod and reason, most of them 0.
+        #[arg(long)]
+        per_pod_drops: bool,
+        /// The file that makes this the node's only agent (a second one
+        /// refuses to start, naming this one's PID). A lab that runs one
+        /// agent per simulated node gives each its own.
+        #[arg(long, value_name = "FILE", default_value = crate::state::AGENT_LOCK)]
+        lock_file: PathBuf,
         /// Bring up the network of this CNI configuration list at start
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
@@ -672,11 +683,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             listen,
             bpf_stats,
             cni_conf,
+            per_pod_drops,
+            lock_file,
         } => {
             crate::agent::run(crate::agent::AgentOptions {
                 listen,
                 bpf_stats,
                 cni_confs: cni_conf,
+                per_pod_drops,
+                lock_file,
             })
             .await
         }

@@ -670,28 +670,10 @@ impl TopologyFile {
     pub fn validate_keeping(self, previous: &Assigned) -> Result<Topology, ModelError> {
         validate_topology_name(&self.name)?;
         let prefix = object_prefix(&self.name);
-
-        let cidr = self.pod_cidr.trunc();
-        if cidr != self.pod_cidr {
-            return Err(invalid(
-                "pod_cidr",
-                format!(
-                    "{} has host bits set; write the network address: {cidr}",
-                    self.pod_cidr
-                ),
-            ));
-        }
-        refuse_reserved4(cidr)?;
-        if cidr.prefix_len() > 30 {
-            return Err(invalid(
-                "pod_cidr",
-                format!("{cidr} is too small for a host address and pods; use a /30 or larger"),
-            ));
-        }
+        let cidr = validate_pod_cidr(self.pod_cidr)?;
         let usable = |addr: Ipv4Addr| {
             cidr.contains(&addr) && addr != cidr.network() && addr != cidr.broadcast()
         };
-
         let host_address = match self.host_address {
             Some(addr) if !usable(addr) => {
                 return Err(invalid(
@@ -703,46 +685,8 @@ impl TopologyFile {
             None => cidr.hosts().next().expect("a /30 or larger has hosts"),
         };
         let host_address_label = host_address_label(&self.name);
-
-        if self.pods.len() > MAX_PODS {
-            return Err(invalid(
-                "pods",
-                format!(
-                    "{} pods are more than the {MAX_PODS} a topology can have (one counter slot \
-                     each); split them over several topologies",
-                    self.pods.len()
-                ),
-            ));
-        }
-
         // Names first, so address errors can name the pods involved.
-        let mut seen_names: BTreeMap<&str, usize> = BTreeMap::new();
-        for (i, pod) in self.pods.iter().enumerate() {
-            validate_pod_name(i, &pod.name)?;
-            if let Some(first) = seen_names.insert(&pod.name, i) {
-                return Err(invalid(
-                    format!("pods[{i}].name"),
-                    format!(
-                        "pod name {:?} is already used by pods[{first}]; pod names must be unique",
-                        pod.name
-                    ),
-                ));
-            }
-            let ifname = format!("{prefix}{}", pod.name);
-            if ifname.len() > IFNAME_MAX {
-                let room = IFNAME_MAX - prefix.len();
-                return Err(invalid(
-                    format!("pods[{i}].name"),
-                    format!(
-                        "host interface name {ifname:?} would be {} characters, Linux allows \
-                         {IFNAME_MAX}; shorten the pod name to at most {room} characters (or the \
-                         topology name)",
-                        ifname.len()
-                    ),
-                ));
-            }
-        }
-
+        validate_pod_names(&self.pods, &prefix)?;
         let ipv4s = assign_addresses(
             "ipv4",
             &format!("pod_cidr {cidr}"),
@@ -755,153 +699,13 @@ impl TopologyFile {
             usable,
             cidr.hosts(),
         )?;
-
-        let (host_address6, ipv6s) = match self.pod_cidr6 {
-            None => {
-                if let Some(i) = self.pods.iter().position(|p| p.ipv6.is_some()) {
-                    return Err(invalid(
-                        format!("pods[{i}].ipv6"),
-                        "an IPv6 address needs pod_cidr6; add pod_cidr6 (e.g. \"fd00:10:200::/64\") or remove ipv6",
-                    ));
-                }
-                if self.host_address6.is_some() {
-                    return Err(invalid(
-                        "host_address6",
-                        "host_address6 needs pod_cidr6; add pod_cidr6 or remove host_address6",
-                    ));
-                }
-                (None, vec![None; self.pods.len()])
-            }
-            Some(cidr6) => {
-                let cidr6_net = cidr6.trunc();
-                if cidr6_net != cidr6 {
-                    return Err(invalid(
-                        "pod_cidr6",
-                        format!(
-                            "{cidr6} has host bits set; write the network address: {cidr6_net}"
-                        ),
-                    ));
-                }
-                refuse_reserved6(cidr6_net)?;
-                if cidr6_net.prefix_len() > 120 {
-                    return Err(invalid(
-                        "pod_cidr6",
-                        format!("{cidr6_net} is too small; use a /120 or larger (a /64 is usual)"),
-                    ));
-                }
-                let usable6 =
-                    |addr: Ipv6Addr| cidr6_net.contains(&addr) && addr != cidr6_net.network();
-                let host6 = match self.host_address6 {
-                    Some(addr) if !usable6(addr) => {
-                        return Err(invalid(
-                            "host_address6",
-                            format!("{addr} is not a usable address of pod_cidr6 {cidr6_net}; pick one inside it or omit host_address6"),
-                        ))
-                    }
-                    Some(addr) => addr,
-                    None => nth_address6(cidr6_net, 1),
-                };
-                let ipv6s = assign_addresses(
-                    "ipv6",
-                    &format!("pod_cidr6 {cidr6_net}"),
-                    host6,
-                    self.pods
-                        .iter()
-                        .map(|p| (p.ipv6, p.name.as_str()))
-                        .collect(),
-                    |name| previous.get(name).and_then(|a| a.1),
-                    usable6,
-                    (1u128..)
-                        .map(|n| nth_address6(cidr6_net, n))
-                        .take_while(|a| cidr6_net.contains(a)),
-                )?;
-                (Some(host6), ipv6s.into_iter().map(Some).collect())
-            }
-        };
-
-        validate_mtu("mtu", self.mtu)?;
-        for (i, pod) in self.pods.iter().enumerate() {
-            if let Some(mtu) = pod.mtu {
-                validate_mtu(&format!("pods[{i}].mtu"), mtu)?;
-            }
-        }
-        if self.mode == Mode::Pair && self.pods.len() != 2 {
-            return Err(invalid(
-                "mode",
-                format!(
-                    "mode \"pair\" joins exactly two pods with one veth pair, and this topology has {}; \
-                     use two pods or another mode",
-                    self.pods.len()
-                ),
-            ));
-        }
-        if self.mode == Mode::Xdp {
-            let too_big = std::iter::once(("mtu".to_string(), self.mtu)).chain(
-                self.pods
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, p)| Some((format!("pods[{i}].mtu"), p.mtu?))),
-            );
-            for (field, mtu) in too_big {
-                if mtu > XDP_MAX_MTU {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "MTU {mtu} is too large for XDP on veth (at most {XDP_MAX_MTU} with 4 KiB \
-                             pages); lower it or use mode tc"
-                        ),
-                    ));
-                }
-            }
-        }
+        let (host_address6, ipv6s) = self.ipv6_addresses(previous)?;
+        self.validate_mode_and_mtus()?;
         if let Some(ifname) = &self.uplink.interface {
-            validate_ifname("uplink.interface", ifname).map_err(|e| ModelError {
-                message: format!(
-                    "{}; name the host interface traffic leaves the node by (e.g. \"eth0\")",
-                    e.message
-                ),
-                ..e
-            })?;
-            if ifname.starts_with(&prefix) {
-                return Err(invalid(
-                    "uplink.interface",
-                    format!("{ifname:?} is one of this topology's own interfaces; name the host interface traffic leaves the node by (e.g. \"eth0\")"),
-                ));
-            }
+            validate_uplink_interface(ifname, &prefix)?;
         }
-
-        let bridge = self
-            .bridge
-            .unwrap_or_else(|| format!("{prefix}{BRIDGE_SUFFIX}"));
-        validate_ifname("bridge", &bridge)?;
-        if let Some(i) = self
-            .pods
-            .iter()
-            .position(|p| format!("{prefix}{}", p.name) == bridge)
-        {
-            return Err(invalid(
-                format!("pods[{i}].name"),
-                format!("pod {:?} would share its host interface name with the bridge {bridge:?}; rename the pod or set `bridge`", self.pods[i].name),
-            ));
-        }
-        let mut pods = Vec::with_capacity(self.pods.len());
-        for ((pod, ipv4), ipv6) in self.pods.into_iter().zip(ipv4s).zip(ipv6s) {
-            let name_in_kernel = format!("{prefix}{}", pod.name);
-            pods.push(Pod {
-                netns: name_in_kernel.clone(),
-                ifname: POD_IFNAME.to_string(),
-                host_veth: name_in_kernel,
-                k8s: None,
-                host_path: false,
-                mac: pod_mac(ipv4),
-                gateway_mac: GATEWAY_MAC,
-                ipv4,
-                ipv6,
-                mtu: pod.mtu.unwrap_or(self.mtu),
-                name: pod.name,
-            });
-        }
-
+        let bridge = validate_bridge(self.bridge, &prefix, &self.pods)?;
+        let pods = pods_in_kernel(self.pods, &prefix, self.mtu, ipv4s, ipv6s);
         Ok(Topology {
             name: self.name,
             mode: self.mode,
@@ -920,6 +724,248 @@ impl TopologyFile {
             pods,
         })
     }
+
+    /// The node's and each pod's IPv6 address, all `None` without
+    /// `pod_cidr6` (where asking for one is an error).
+    fn ipv6_addresses(
+        &self,
+        previous: &Assigned,
+    ) -> Result<(Option<Ipv6Addr>, Vec<Option<Ipv6Addr>>), ModelError> {
+        let Some(cidr6) = self.pod_cidr6 else {
+            if let Some(i) = self.pods.iter().position(|p| p.ipv6.is_some()) {
+                return Err(invalid(
+                    format!("pods[{i}].ipv6"),
+                    "an IPv6 address needs pod_cidr6; add pod_cidr6 (e.g. \"fd00:10:200::/64\") or remove ipv6",
+                ));
+            }
+            if self.host_address6.is_some() {
+                return Err(invalid(
+                    "host_address6",
+                    "host_address6 needs pod_cidr6; add pod_cidr6 or remove host_address6",
+                ));
+            }
+            return Ok((None, vec![None; self.pods.len()]));
+        };
+        let cidr6_net = validate_pod_cidr6(cidr6)?;
+        let usable6 = |addr: Ipv6Addr| cidr6_net.contains(&addr) && addr != cidr6_net.network();
+        let host6 = match self.host_address6 {
+            Some(addr) if !usable6(addr) => {
+                return Err(invalid(
+                    "host_address6",
+                    format!("{addr} is not a usable address of pod_cidr6 {cidr6_net}; pick one inside it or omit host_address6"),
+                ))
+            }
+            Some(addr) => addr,
+            None => nth_address6(cidr6_net, 1),
+        };
+        let ipv6s = assign_addresses(
+            "ipv6",
+            &format!("pod_cidr6 {cidr6_net}"),
+            host6,
+            self.pods
+                .iter()
+                .map(|p| (p.ipv6, p.name.as_str()))
+                .collect(),
+            |name| previous.get(name).and_then(|a| a.1),
+            usable6,
+            (1u128..)
+                .map(|n| nth_address6(cidr6_net, n))
+                .take_while(|a| cidr6_net.contains(a)),
+        )?;
+        Ok((Some(host6), ipv6s.into_iter().map(Some).collect()))
+    }
+
+    /// MTUs in the kernel's range, two pods for mode pair, and MTUs XDP
+    /// on veth can carry for mode xdp.
+    fn validate_mode_and_mtus(&self) -> Result<(), ModelError> {
+        validate_mtu("mtu", self.mtu)?;
+        for (i, pod) in self.pods.iter().enumerate() {
+            if let Some(mtu) = pod.mtu {
+                validate_mtu(&format!("pods[{i}].mtu"), mtu)?;
+            }
+        }
+        if self.mode == Mode::Pair && self.pods.len() != 2 {
+            return Err(invalid(
+                "mode",
+                format!(
+                    "mode \"pair\" joins exactly two pods with one veth pair, and this topology has {}; \
+                     use two pods or another mode",
+                    self.pods.len()
+                ),
+            ));
+        }
+        if self.mode != Mode::Xdp {
+            return Ok(());
+        }
+        let too_big = std::iter::once(("mtu".to_string(), self.mtu)).chain(
+            self.pods
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((format!("pods[{i}].mtu"), p.mtu?))),
+        );
+        for (field, mtu) in too_big {
+            if mtu > XDP_MAX_MTU {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "MTU {mtu} is too large for XDP on veth (at most {XDP_MAX_MTU} with 4 KiB \
+                         pages); lower it or use mode tc"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `pod_cidr` as a network address, outside reserved ranges, with room for
+/// the node and pods.
+fn validate_pod_cidr(pod_cidr: Ipv4Net) -> Result<Ipv4Net, ModelError> {
+    let cidr = pod_cidr.trunc();
+    if cidr != pod_cidr {
+        return Err(invalid(
+            "pod_cidr",
+            format!("{pod_cidr} has host bits set; write the network address: {cidr}"),
+        ));
+    }
+    refuse_reserved4(cidr)?;
+    if cidr.prefix_len() > 30 {
+        return Err(invalid(
+            "pod_cidr",
+            format!("{cidr} is too small for a host address and pods; use a /30 or larger"),
+        ));
+    }
+    Ok(cidr)
+}
+
+/// `pod_cidr6` as a network address, outside reserved ranges, /120 or
+/// larger.
+fn validate_pod_cidr6(cidr6: Ipv6Net) -> Result<Ipv6Net, ModelError> {
+    let cidr6_net = cidr6.trunc();
+    if cidr6_net != cidr6 {
+        return Err(invalid(
+            "pod_cidr6",
+            format!("{cidr6} has host bits set; write the network address: {cidr6_net}"),
+        ));
+    }
+    refuse_reserved6(cidr6_net)?;
+    if cidr6_net.prefix_len() > 120 {
+        return Err(invalid(
+            "pod_cidr6",
+            format!("{cidr6_net} is too small; use a /120 or larger (a /64 is usual)"),
+        ));
+    }
+    Ok(cidr6_net)
+}
+
+/// At most [`MAX_PODS`] pods, each with a valid, unique name whose host
+/// interface name fits Linux's limit.
+fn validate_pod_names(pods: &[PodFile], prefix: &str) -> Result<(), ModelError> {
+    if pods.len() > MAX_PODS {
+        return Err(invalid(
+            "pods",
+            format!(
+                "{} pods are more than the {MAX_PODS} a topology can have (one counter slot \
+                 each); split them over several topologies",
+                pods.len()
+            ),
+        ));
+    }
+    let mut seen_names: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, pod) in pods.iter().enumerate() {
+        validate_pod_name(i, &pod.name)?;
+        if let Some(first) = seen_names.insert(&pod.name, i) {
+            return Err(invalid(
+                format!("pods[{i}].name"),
+                format!(
+                    "pod name {:?} is already used by pods[{first}]; pod names must be unique",
+                    pod.name
+                ),
+            ));
+        }
+        let ifname = format!("{prefix}{}", pod.name);
+        if ifname.len() > IFNAME_MAX {
+            let room = IFNAME_MAX - prefix.len();
+            return Err(invalid(
+                format!("pods[{i}].name"),
+                format!(
+                    "host interface name {ifname:?} would be {} characters, Linux allows \
+                     {IFNAME_MAX}; shorten the pod name to at most {room} characters (or the \
+                     topology name)",
+                    ifname.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The uplink is a valid interface name and none of the topology's own.
+fn validate_uplink_interface(ifname: &str, prefix: &str) -> Result<(), ModelError> {
+    validate_ifname("uplink.interface", ifname).map_err(|e| ModelError {
+        message: format!(
+            "{}; name the host interface traffic leaves the node by (e.g. \"eth0\")",
+            e.message
+        ),
+        ..e
+    })?;
+    if ifname.starts_with(prefix) {
+        return Err(invalid(
+            "uplink.interface",
+            format!("{ifname:?} is one of this topology's own interfaces; name the host interface traffic leaves the node by (e.g. \"eth0\")"),
+        ));
+    }
+    Ok(())
+}
+
+/// The bridge's name (given or derived), valid and no pod's host interface.
+fn validate_bridge(
+    bridge: Option<String>,
+    prefix: &str,
+    pods: &[PodFile],
+) -> Result<String, ModelError> {
+    let bridge = bridge.unwrap_or_else(|| format!("{prefix}{BRIDGE_SUFFIX}"));
+    validate_ifname("bridge", &bridge)?;
+    if let Some(i) = pods
+        .iter()
+        .position(|p| format!("{prefix}{}", p.name) == bridge)
+    {
+        return Err(invalid(
+            format!("pods[{i}].name"),
+            format!("pod {:?} would share its host interface name with the bridge {bridge:?}; rename the pod or set `bridge`", pods[i].name),
+        ));
+    }
+    Ok(bridge)
+}
+
+/// The validated pods with their kernel names and assigned addresses.
+fn pods_in_kernel(
+    pods: Vec<PodFile>,
+    prefix: &str,
+    mtu: u32,
+    ipv4s: Vec<Ipv4Addr>,
+    ipv6s: Vec<Option<Ipv6Addr>>,
+) -> Vec<Pod> {
+    pods.into_iter()
+        .zip(ipv4s)
+        .zip(ipv6s)
+        .map(|((pod, ipv4), ipv6)| {
+            let name_in_kernel = format!("{prefix}{}", pod.name);
+            Pod {
+                netns: name_in_kernel.clone(),
+                ifname: POD_IFNAME.to_string(),
+                host_veth: name_in_kernel,
+                k8s: None,
+                host_path: false,
+                mac: pod_mac(ipv4),
+                gateway_mac: GATEWAY_MAC,
+                ipv4,
+                ipv6,
+                mtu: pod.mtu.unwrap_or(mtu),
+                name: pod.name,
+            }
+        })
+        .collect()
 }
 
 /// The `n`th address of an IPv6 prefix.

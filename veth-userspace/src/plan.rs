@@ -451,48 +451,81 @@ fn refuse_foreign(topology: &Topology, observed: &Observed) -> Result<(), Refusa
 /// are new or not as the last `up` left them are touched.
 pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Refusal> {
     refuse_foreign(topology, observed)?;
-    let bridged = topology.mode == Mode::Bridge;
     let mut steps = vec![Step::EnableForwarding];
+    let ranges = pod_ranges(topology);
+    let wanted_addresses = node_addresses(topology);
+    add_node_objects(topology, observed, &ranges, &wanted_addresses, &mut steps);
+    let rewired = ensure_pod_links(topology, observed, &mut steps);
+    make_kernel_paths(topology, observed, &rewired, &mut steps);
+    load_and_attach(topology, observed, &rewired, &mut steps);
+    configure_pods(topology, observed, &rewired, &mut steps);
+    remove_stale_routes(topology, observed, &mut steps);
+    remove_unwanted(topology, observed, &ranges, &wanted_addresses, &mut steps);
+    Ok(steps)
+}
+
+/// The node-wide objects: masquerading, unreachable pod ranges, the bridge
+/// and the node addresses.
+fn add_node_objects(
+    topology: &Topology,
+    observed: &Observed,
+    ranges: &BTreeSet<IpNet>,
+    wanted_addresses: &BTreeSet<LedgerAddress>,
+    steps: &mut Vec<Step>,
+) {
     let masquerade_as_recorded = observed.applied.masquerade.as_deref()
         == Some(&masquerade_fingerprint(topology))
         && observed.masquerade_table == topology.uplink.masquerade;
     if !masquerade_as_recorded {
         steps.push(Step::ConfigureMasquerade);
     }
-    let ranges = pod_ranges(topology);
     steps.extend(
         ranges
             .difference(&observed.unreachable)
             .map(|&net| Step::AddUnreachable { net }),
     );
-    if bridged {
-        let name = topology.bridge.clone();
-        match observed.links.get(&topology.bridge) {
-            Some(ours) => {
-                if ours.name != topology.bridge {
-                    steps.push(Step::RenameLink {
-                        ifindex: ours.ifindex,
-                        from: ours.name.clone(),
-                        to: name.clone(),
-                    });
-                }
-                steps.push(Step::ConfigureBridge { name });
-            }
-            // Someone else's: used as it is.
-            None if observed.foreign_links.contains_key(&topology.bridge) => {}
-            None => {
-                steps.push(Step::CreateBridge { name: name.clone() });
-                steps.push(Step::ConfigureBridge { name });
-            }
-        }
+    if topology.mode == Mode::Bridge {
+        ensure_bridge(topology, observed, steps);
     }
-    let wanted_addresses = node_addresses(topology);
     steps.extend(
         wanted_addresses
             .iter()
             .filter(|a| !observed.addresses.contains_key(a))
             .map(|a| Step::AddAddress { address: a.clone() }),
     );
+}
+
+/// Our bridge renamed back and configured, or made; someone else's is used
+/// as it is.
+fn ensure_bridge(topology: &Topology, observed: &Observed, steps: &mut Vec<Step>) {
+    let name = topology.bridge.clone();
+    match observed.links.get(&topology.bridge) {
+        Some(ours) => {
+            if ours.name != topology.bridge {
+                steps.push(Step::RenameLink {
+                    ifindex: ours.ifindex,
+                    from: ours.name.clone(),
+                    to: name.clone(),
+                });
+            }
+            steps.push(Step::ConfigureBridge { name });
+        }
+        // Someone else's: used as it is.
+        None if observed.foreign_links.contains_key(&topology.bridge) => {}
+        None => {
+            steps.push(Step::CreateBridge { name: name.clone() });
+            steps.push(Step::ConfigureBridge { name });
+        }
+    }
+}
+
+/// Each pod's namespace and veth pair, made or renamed back; returns the
+/// pods to (re)wire: new ones and those not as the last `up` left them.
+fn ensure_pod_links<'t>(
+    topology: &'t Topology,
+    observed: &Observed,
+    steps: &mut Vec<Step>,
+) -> BTreeSet<&'t str> {
     let mut rewired = BTreeSet::new();
     for pod in &topology.pods {
         let has_netns = observed.netns.contains(&pod.netns);
@@ -531,6 +564,28 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
             rewired.insert(pod.name.as_str());
         }
     }
+    rewired
+}
+
+/// The topology's pods named in `rewired`, in the topology's order.
+fn rewired_pods<'a>(
+    topology: &'a Topology,
+    rewired: &'a BTreeSet<&str>,
+) -> impl Iterator<Item = &'a Pod> + 'a {
+    topology
+        .pods
+        .iter()
+        .filter(move |p| rewired.contains(p.name.as_str()))
+}
+
+/// XDP offloads, bridge ports and the direct pair: what must stand before
+/// the programs are (re)attached.
+fn make_kernel_paths(
+    topology: &Topology,
+    observed: &Observed,
+    rewired: &BTreeSet<&str>,
+    steps: &mut Vec<Step>,
+) {
     // Every pod can receive frames XDP redirects as soon as the first XDP
     // program runs: without GRO its eth0 has no NAPI and the kernel drops
     // them (veth_xdp_xmit), so no attach starts before all have it.
@@ -552,27 +607,31 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     // while the programs attached now still run: leaving mode tc or xdp,
     // those redirect the pods' frames before the bridge could see them
     // (and before a new port is forwarding), and pods never wait for them.
-    if bridged {
-        steps.extend(
-            topology
-                .pods
-                .iter()
-                .filter(|p| rewired.contains(p.name.as_str()))
-                .map(|p| Step::JoinBridge {
-                    pod: p.name.clone(),
-                }),
-        );
+    if topology.mode == Mode::Bridge {
+        steps.extend(rewired_pods(topology, rewired).map(|p| Step::JoinBridge {
+            pod: p.name.clone(),
+        }));
     }
     if topology.mode == Mode::Pair {
         steps.push(Step::ConfigureDirectPair);
     }
+}
+
+/// Programs loaded when not current, and attached to every pod that is
+/// rewired or lacks its links.
+fn load_and_attach(
+    topology: &Topology,
+    observed: &Observed,
+    rewired: &BTreeSet<&str>,
+    steps: &mut Vec<Step>,
+) {
     let reload = !observed.programs_current;
     if reload {
         steps.push(Step::LoadPrograms);
     }
     // Attaching waits for an RCU grace period; it runs while the pods are
-    // configured. Until the maps are synced the programs do not know the
-    // new pods and pass their frames to the host stack.
+    // configured. The maps are synced first (see `apply`): programs that
+    // did not know a pod would drop its frames as from an unknown veth.
     let attach: Vec<String> = topology
         .pods
         .iter()
@@ -584,22 +643,24 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     if !attach.is_empty() {
         steps.push(Step::AttachPrograms { pods: attach });
     }
+}
+
+/// Rewired pods configured (and out of a bridge the mode no longer has),
+/// the direct pair gone when unused, the dataplane synced, and what mode
+/// xdp set undone.
+fn configure_pods(
+    topology: &Topology,
+    observed: &Observed,
+    rewired: &BTreeSet<&str>,
+    steps: &mut Vec<Step>,
+) {
     // In the topology's order, like everything else.
-    steps.extend(
-        topology
-            .pods
-            .iter()
-            .filter(|p| rewired.contains(p.name.as_str()))
-            .map(|p| Step::ConfigurePod {
-                pod: p.name.clone(),
-            }),
-    );
-    if !bridged {
+    steps.extend(rewired_pods(topology, rewired).map(|p| Step::ConfigurePod {
+        pod: p.name.clone(),
+    }));
+    if topology.mode != Mode::Bridge {
         steps.extend(
-            topology
-                .pods
-                .iter()
-                .filter(|p| rewired.contains(p.name.as_str()))
+            rewired_pods(topology, rewired)
                 .filter(|p| {
                     observed
                         .links
@@ -627,14 +688,22 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     if observed.rewire_endpoints {
         steps.push(Step::RewireEndpoints);
     }
+}
 
-    let mut wanted_links: BTreeSet<&str> =
-        topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
-    if bridged {
-        wanted_links.insert(&topology.bridge);
+/// The links the topology keeps: its pods' host veths and, bridged, its
+/// bridge.
+fn wanted_links(topology: &Topology) -> BTreeSet<&str> {
+    let mut wanted: BTreeSet<&str> = topology.pods.iter().map(|p| p.host_veth.as_str()).collect();
+    if topology.mode == Mode::Bridge {
+        wanted.insert(&topology.bridge);
     }
-    // Routes over links that stay and that no pod wants (any more): the
-    // new ones are in place (ConfigurePod) before these go.
+    wanted
+}
+
+/// Routes over links that stay and that no pod wants (any more): the new
+/// ones are in place (ConfigurePod) before these go.
+fn remove_stale_routes(topology: &Topology, observed: &Observed, steps: &mut Vec<Step>) {
+    let wanted_links = wanted_links(topology);
     let wanted_routes: BTreeSet<(&str, IpNet)> = topology
         .pods
         .iter()
@@ -658,6 +727,18 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
             }
         }
     }
+}
+
+/// Our links, addresses, unreachable ranges and namespaces that the
+/// topology no longer wants.
+fn remove_unwanted(
+    topology: &Topology,
+    observed: &Observed,
+    ranges: &BTreeSet<IpNet>,
+    wanted_addresses: &BTreeSet<LedgerAddress>,
+    steps: &mut Vec<Step>,
+) {
+    let wanted_links = wanted_links(topology);
     for (recorded, link) in &observed.links {
         if !wanted_links.contains(recorded.as_str()) {
             steps.push(Step::DeleteLink {
@@ -677,7 +758,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     steps.extend(
         observed
             .unreachable
-            .difference(&ranges)
+            .difference(ranges)
             .map(|&net| Step::RemoveUnreachable { net }),
     );
     let wanted_netns: BTreeSet<&str> = topology.pods.iter().map(|p| p.netns.as_str()).collect();
@@ -689,7 +770,6 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
             });
         }
     }
-    Ok(steps)
 }
 
 /// The last `up` wired this pod as the topology now wants it, and what the

@@ -393,6 +393,69 @@ fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<
     Err(error).with_context(|| format!("locking {}", path.display()))
 }
 
+/// Where `vethctl agent` records that it runs: one agent per node, since
+/// two would both act on every network.
+pub const AGENT_LOCK: &str = "/run/vethctl/agent.lock";
+
+/// The running agent's hold on its lock file, which holds its PID; the
+/// file goes when the agent stops (the lock, also when it is killed).
+pub struct AgentLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl AgentLock {
+    /// Takes the agent lock at `path` (its directory made private if
+    /// missing) and writes our PID into it; an error naming the PID of
+    /// the agent that holds it.
+    pub fn take(path: &Path) -> Result<AgentLock> {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        if let Some(dir) = path.parent() {
+            private_dir(dir)?;
+        }
+        loop {
+            let Some(mut file) = lock_file(path, false)? else {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "PID unknown yet".to_string(),
+                    pid => format!("PID {pid}"),
+                };
+                anyhow::bail!(
+                    "another vethctl agent ({holder}) is running on this node: it holds {}. \
+                     One agent per node; stop that one first (or, for a lab node of its own, \
+                     give this one another --lock-file)",
+                    path.display()
+                );
+            };
+            // A stopping agent removes the file: a lock on the removed one
+            // guards nothing, so take the one now at the path instead.
+            if fs::metadata(path).map(|m| m.ino()).ok() != Some(file.metadata()?.ino()) {
+                continue;
+            }
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()))
+                .with_context(|| format!("writing our PID into {}", path.display()))?;
+            return Ok(AgentLock {
+                file,
+                path: path.to_path_buf(),
+            });
+        }
+    }
+}
+
+impl Drop for AgentLock {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        // Only our own file: another agent may have taken over the path.
+        let same = fs::metadata(&self.path).map(|m| m.ino()).ok()
+            == self.file.metadata().map(|m| m.ino()).ok();
+        if same {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The ledger: what a topology created, so that it removes only its own.
 

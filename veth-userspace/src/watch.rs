@@ -33,6 +33,7 @@ use crate::{
         links::LinkState,
         Host,
     },
+    observe::passes::{self, Pass},
     state::{self, StateDir},
 };
 
@@ -186,15 +187,19 @@ fn unless_changing(name: &str) -> Option<crate::state::Lock> {
 /// could not be looked up is left for the next pass.
 async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
     let mut links = BTreeMap::new();
+    let mut looked_up = true;
     for &ifindex in ifindexes {
         match host.link_by_index(ifindex).await {
             Ok(link) => {
                 links.insert(ifindex, link);
             }
-            Err(e) => eprintln!("vethctl agent: looking up link {ifindex}: {e:#}"),
+            Err(e) => {
+                eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
+                looked_up = false;
+            }
         }
     }
-    act_on_changes(
+    let ok = act_on_changes(
         host,
         |maps| {
             links
@@ -205,37 +210,44 @@ async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
         |ifindex| links.get(&ifindex).and_then(Option::as_ref),
     )
     .await;
+    passes::finished(Pass::LinkEvent, looked_up && ok);
 }
 
 /// Checks every mapped pod of every topology against a fresh link dump.
 pub async fn reconcile(host: &Host) {
-    match host.links().await {
+    let ok = match host.links().await {
         Ok(links) => reconcile_with(host, &links).await,
-        Err(e) => eprintln!("vethctl agent: listing links: {e:#}"),
-    }
+        Err(e) => {
+            eprintln!("vethctl agent: listing links: {e:#}");
+            false
+        }
+    };
+    passes::finished(Pass::Reconcile, ok);
 }
 
 /// Checks every mapped pod of every topology against `links`, a link dump
 /// taken at some moment before. The dump only points at pods that may need
 /// a change: an ADD between the dump and the map read has a veth the dump
 /// lacks (its pod was taken for gone and unmapped while it worked), so
-/// every change is decided again by [`confirm_and_act`].
-pub async fn reconcile_with(host: &Host, links: &[LinkState]) {
+/// every change is decided again by [`confirm_and_act`]. `false` if any of
+/// it failed.
+pub async fn reconcile_with(host: &Host, links: &[LinkState]) -> bool {
     let links: BTreeMap<u32, &LinkState> = links.iter().map(|l| (l.ifindex, l)).collect();
     act_on_changes(host, EndpointMaps::pods, |ifindex| {
         links.get(&ifindex).copied()
     })
-    .await;
+    .await
 }
 
 /// Every pod that `read` picks from a topology's maps and whose verdict,
 /// given the link `link_of` says is at its ifindex, would change something,
-/// decided again by [`confirm_and_act`].
+/// decided again by [`confirm_and_act`]. `false` if any of it failed.
 async fn act_on_changes<'a>(
     host: &Host,
     read: impl Fn(&EndpointMaps) -> Result<Vec<MappedPod>>,
     link_of: impl Fn(u32) -> Option<&'a LinkState>,
-) {
+) -> bool {
+    let mut ok = true;
     let mut changes = Vec::new();
     each_topology(|topology| {
         let pods = EndpointMaps::open(&topology.name)
@@ -249,15 +261,19 @@ async fn act_on_changes<'a>(
                     })
                     .map(|pod| (topology.name.clone(), pod)),
             ),
-            Err(e) => eprintln!(
-                "vethctl agent: topology {:?}: reading its maps: {e:#}",
-                topology.name
-            ),
+            Err(e) => {
+                ok = false;
+                eprintln!(
+                    "vethctl agent: topology {:?}: reading its maps: {e:#}",
+                    topology.name
+                )
+            }
         }
     });
     for (name, pod) in changes {
-        confirm_and_act(host, &name, &pod).await;
+        ok &= confirm_and_act(host, &name, &pod).await;
     }
+    ok
 }
 
 /// Maps again every runtime endpoint that its record and its veth say is
@@ -326,18 +342,19 @@ fn changes_anything(pod: &MappedPod, verdict: Verdict) -> bool {
 /// and found unchanged. An ADD writes record, veth and entry in that order,
 /// each before the next, so an entry read before the kernel was asked had
 /// its veth made before too: a veth not found now is gone, not yet to come.
-async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) {
+/// `false` if it failed.
+async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) -> bool {
     // The agent's socket is in the namespace the agent runs in, the node's,
     // where every network's host-side veths are.
     let link = match host.link_by_index(pod.host_ifindex).await {
         Ok(link) => link,
         Err(e) => {
             eprintln!("vethctl agent: looking up link {}: {e:#}", pod.host_ifindex);
-            return;
+            return false;
         }
     };
     let Some(_lock) = unless_changing(name) else {
-        return;
+        return true;
     };
     let result = (|| -> Result<()> {
         let Some(topology) = StateDir::new(name).load()? else {
@@ -354,12 +371,13 @@ async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) {
         }
         act(name, &mut maps, pod, judge(&topology, pod, link.as_ref()))
     })();
-    if let Err(e) = result {
+    if let Err(e) = &result {
         eprintln!(
             "vethctl agent: topology {name:?}, link {}: {e:#}",
             pod.host_ifindex
         );
     }
+    result.is_ok()
 }
 
 fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdict) -> Result<()> {

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
-//! cheap checks fail first: fmt, clippy, the tests, and the benchmark's
-//! quick mode.
+//! cheap checks fail first: fmt, clippy, the tests, the benchmark's quick
+//! mode and the CNI soak's.
 
 use std::process::Command;
 
@@ -68,6 +68,12 @@ fn steps(test_args: &[String]) -> Vec<Step> {
     let mut bench = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
     bench.args(["bench", "paths", "--quick"]);
 
+    // The CNI path under churn, short: fails on correctness (pods cut off,
+    // duplicate addresses, leaks, stuck pods, lost datagrams), never on
+    // timing.
+    let mut soak = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    soak.args(["soak", "--quick"]);
+
     vec![
         Step {
             name: "fmt",
@@ -84,6 +90,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         Step {
             name: "bench",
             command: bench,
+        },
+        Step {
+            name: "soak",
+            command: soak,
         },
     ]
 }

@@ -210,9 +210,12 @@ async fn attach(
     let entry = entry(&pod, link.ifindex);
     let state_dir = StateDir::new(&network.name).path().to_path_buf();
     let tc = record.tc_attach;
+    // The endpoint before the programs: attached first, they would drop
+    // the pod's first frames (IPv6 DAD, router solicitations) as from an
+    // unknown veth.
     tokio::task::spawn_blocking(move || -> Result<()> {
-        dataplane::attach_all(&name, &veths, hooks, tc)?;
         Dataplane::open(&name)?.put_endpoint(&entry, &state_dir)?;
+        dataplane::attach_all(&name, &veths, hooks, tc)?;
         Ok(())
     })
     .await

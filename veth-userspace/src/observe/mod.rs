@@ -3,7 +3,9 @@
 //! rates for `stats --watch`, Prometheus metrics and flow traces.
 
 pub mod metrics;
+pub mod passes;
 pub mod rates;
+pub mod readiness;
 pub mod summary;
 pub mod trace;
 
@@ -34,7 +36,7 @@ pub struct StatusReport {
 
 /// A recorded topology whose description cannot be read (damaged, or
 /// written by another vethctl). It affects that topology only: `status`
-/// and `stats` list it apart, the agent exports `veth_topology_unreadable`.
+/// and `stats` list it apart, the agent exports `vethctl_topology_unreadable`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Unreadable {
     pub name: String,
@@ -190,6 +192,28 @@ impl EndpointState {
         }
     }
 
+    pub const ALL: [EndpointState; 5] = [
+        EndpointState::Ready,
+        EndpointState::Down,
+        EndpointState::Stale,
+        EndpointState::Unmapped,
+        EndpointState::Missing,
+    ];
+
+    /// Judges `pod` from the topology's [`mapped_endpoints`] and its veth.
+    pub(crate) fn of_pod(
+        mapped: &MappedEndpoints,
+        pod: &crate::model::Pod,
+        link: Option<&LinkState>,
+    ) -> EndpointState {
+        match mapped.get(&pod.ipv4) {
+            Some((endpoint, identity, in_devmap)) => {
+                EndpointState::of(link, Some(endpoint), Some(identity), *in_devmap)
+            }
+            None => EndpointState::of(link, None, None, false),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EndpointState::Ready => "ready",
@@ -201,9 +225,13 @@ impl EndpointState {
     }
 }
 
+/// A topology's IPv4 endpoints, each with the identity in its slot and
+/// whether its ifindex is in the DEVMAP.
+pub(crate) type MappedEndpoints = BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity, bool)>;
+
 /// The IPv4 endpoints of a topology, each with the identity in its slot and
 /// whether its ifindex is in the DEVMAP.
-fn mapped_endpoints(topology: &str) -> BTreeMap<std::net::Ipv4Addr, (Endpoint, PodIdentity, bool)> {
+pub(crate) fn mapped_endpoints(topology: &str) -> MappedEndpoints {
     let devmap = health::devmap_ifindexes(topology).unwrap_or_default();
     let identities: BTreeMap<u32, PodIdentity> = EndpointMaps::open(topology)
         .ok()
@@ -251,10 +279,6 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
     let mapped = mapped_endpoints(&topology.name);
     for pod in &topology.pods {
         let link = host.link(&pod.host_veth).await?;
-        let (endpoint, identity, in_devmap) = match mapped.get(&pod.ipv4) {
-            Some((endpoint, identity, in_devmap)) => (Some(endpoint), Some(identity), *in_devmap),
-            None => (None, None, false),
-        };
         let pod_ifindex = link.as_ref().and_then(|l| l.peer_ifindex);
         let pair = link
             .as_ref()
@@ -274,7 +298,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             host_mac: link.as_ref().map(|l| format_mac(&l.mac)),
             pair,
             up: link.as_ref().is_some_and(|l| l.up),
-            endpoint: EndpointState::of(link.as_ref(), endpoint, identity, in_devmap),
+            endpoint: EndpointState::of_pod(&mapped, pod, link.as_ref()),
             attached: match &link {
                 Some(l) => attached(host, &topology.name, &pod.host_veth, l.ifindex).await,
                 None => Vec::new(),
@@ -512,11 +536,11 @@ impl StatsReport {
                 "POD",
                 "HOST VETH",
                 "DIRECTION",
-                "REDIR PKTS",
-                "REDIR BYTES",
-                "PASS PKTS",
-                "PASS BYTES",
-                "DROP PKTS",
+                "REDIRECTED PKTS",
+                "REDIRECTED BYTES",
+                "PASSED PKTS",
+                "PASSED BYTES",
+                "DROPPED PKTS",
             ])];
             for p in &t.pairs {
                 for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {

@@ -22,7 +22,7 @@ pub struct PairRate {
     pub bits_per_second: f64,
     pub redirected_packets_per_second: f64,
     pub passed_packets_per_second: f64,
-    pub drops_per_second: f64,
+    pub dropped_packets_per_second: f64,
 }
 
 /// Rates of the pairs present in both snapshots, busiest first (by bits,
@@ -66,7 +66,10 @@ pub fn rates(
                     p.total.passed_packets,
                     o.total.passed_packets,
                 ),
-                drops_per_second: per_second(p.total.dropped_packets, o.total.dropped_packets),
+                dropped_packets_per_second: per_second(
+                    p.total.dropped_packets,
+                    o.total.dropped_packets,
+                ),
             })
         })
         .collect();
@@ -191,9 +194,9 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration) -> String {
         "HOST VETH",
         "PKT/S",
         "BIT/S",
-        "REDIR PKT/S",
-        "HOST PKT/S",
-        "DROP/S",
+        "REDIRECTED PKT/S",
+        "PASSED PKT/S",
+        "DROPPED PKT/S",
     ])];
     for r in rates {
         rows.push(row([
@@ -204,7 +207,7 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration) -> String {
             &si(r.bits_per_second),
             &si(r.redirected_packets_per_second),
             &si(r.passed_packets_per_second),
-            &si(r.drops_per_second),
+            &si(r.dropped_packets_per_second),
         ]));
     }
     format!(
@@ -264,7 +267,7 @@ mod tests {
         assert_eq!(r[0].bits_per_second, 4_000_000.0);
         assert_eq!(r[1].pod, "a");
         assert_eq!(r[1].packets_per_second, 102.0);
-        assert_eq!(r[1].drops_per_second, 2.0);
+        assert_eq!(r[1].dropped_packets_per_second, 2.0);
     }
 
     #[test]

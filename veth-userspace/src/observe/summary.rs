@@ -7,13 +7,7 @@ use std::fmt;
 use super::{EndpointState, StatusReport};
 
 /// Every state, in the order the summary names them.
-const STATES: [EndpointState; 5] = [
-    EndpointState::Ready,
-    EndpointState::Down,
-    EndpointState::Stale,
-    EndpointState::Unmapped,
-    EndpointState::Missing,
-];
+const STATES: [EndpointState; 5] = EndpointState::ALL;
 
 /// Names shown when `--check` fails; the rest are counted.
 const NAMED: usize = 10;

@@ -117,12 +117,21 @@ impl Bench {
     fn start_agent(&mut self) -> Result<()> {
         let child = Command::new(&self.vethctl)
             .args(["agent", "--listen", AGENT_LISTEN])
+            // Its own lock: the node's agent may run meanwhile.
+            .arg("--lock-file")
+            .arg(self.agent_lock())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting vethctl agent")?;
         self.agent = Some(child);
         Ok(())
+    }
+
+    /// The lock file of the agent this benchmark starts, beside its
+    /// topology file.
+    fn agent_lock(&self) -> PathBuf {
+        self.file.with_extension("agent.lock")
     }
 
     /// SIGKILL to the agent this benchmark started (by its pid only).
@@ -143,6 +152,8 @@ impl Drop for Bench {
             .stdout(Stdio::null())
             .status();
         let _ = fs::remove_file(&self.file);
+        // Left behind by the SIGKILLs.
+        let _ = fs::remove_file(self.agent_lock());
     }
 }
 

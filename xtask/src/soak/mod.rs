@@ -73,8 +73,8 @@ const NETWORK: &str = "vsoak";
 const PREFIX: u8 = 21;
 const RUN_DIR: &str = "/run/vethctl-soak";
 const LOCK_FILE: &str = "/run/vethctl-soak.lock";
-/// A port of its own, so another agent on the machine does not keep this
-/// one from starting.
+/// A port (and a lock file) of its own, so another agent on the machine
+/// does not keep this one from starting.
 const AGENT_LISTEN: &str = "127.0.0.1:19594";
 const UDP_PORT: u16 = 11240;
 const TCP_PORT: u16 = 11241;
@@ -146,6 +146,10 @@ impl Soak {
         let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&self.vethctl)
             .args(["agent", "--listen", AGENT_LISTEN])
+            // Its own lock, in the soak's run directory (removed at the
+            // end): the node's agent may run meanwhile.
+            .arg("--lock-file")
+            .arg(Path::new(RUN_DIR).join("agent.lock"))
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0)

@@ -19,7 +19,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use futures::FutureExt;
 
 use crate::{
     dataplane::{
@@ -76,20 +75,28 @@ pub async fn run(host: Host) -> Result<()> {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     // A pass slower than the period is followed by one pass, not a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = Pending::default();
     loop {
-        let mut pending = Pending::default();
-        tokio::select! {
-            event = events.next() => pending.note(event.context(STREAM_ENDED)?),
-            _ = tick.tick() => pending.note_everything(),
+        if pending.is_empty() {
+            tokio::select! {
+                event = events.next() => pending.note(event.context(STREAM_ENDED)?),
+                _ = tick.tick() => pending.note_everything(),
+            }
         }
-        // Everything that arrived while the last pass ran joins this one:
-        // the rtnetlink connection queues events without bound, and a node
-        // making pods sends them faster than one pass per event can follow
-        // (the queue grew the agent by ~49 MB per 1,000 CNI ADD/DEL cycles).
-        while let Some(event) = events.next().now_or_never() {
-            pending.note(event.context(STREAM_ENDED)?);
+        let now = std::mem::take(&mut pending);
+        let pass = act_on(&host, &now);
+        tokio::pin!(pass);
+        // Events keep being read while the pass runs, folded into the
+        // next one: the rtnetlink connection queues them without bound,
+        // and a node making pods sends them faster than one pass per event
+        // can follow (the queue grew the agent by ~49 MB per 1,000 CNI
+        // ADD/DEL cycles of `cargo xtask soak`).
+        loop {
+            tokio::select! {
+                () = &mut pass => break,
+                event = events.next() => pending.note(event.context(STREAM_ENDED)?),
+            }
         }
-        act_on(&host, &pending).await;
     }
 }
 
@@ -129,6 +136,10 @@ impl Pending {
             }
             LinkEvent::Namespaces => self.note_everything(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.links.is_empty()
     }
 
     pub fn note_everything(&mut self) {

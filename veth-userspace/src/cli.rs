@@ -169,6 +169,11 @@ enum Command {
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
         cni_conf: Vec<PathBuf>,
+        /// Log lines at this level and above (error, warn, info, debug);
+        /// without it, RUST_LOG's level if set, else info. Each line on
+        /// stderr has an RFC 3339 UTC timestamp and the level.
+        #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
+        log_level: Option<veth_cni_protocol::LogLevel>,
     },
     /// Install the CNI plugin (`veth-cni`) and a configuration list for a
     /// container runtime (containerd, CRI-O, podman), as Kubernetes node
@@ -685,7 +690,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             cni_conf,
             per_pod_drops,
             lock_file,
+            log_level,
         } => {
+            crate::logging::init_agent(log_level);
             crate::agent::run(crate::agent::AgentOptions {
                 listen,
                 bpf_stats,
@@ -1008,4 +1015,13 @@ fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> Stri
     } else {
         emit(table(report))
     }
+}
+
+fn parse_log_level(s: &str) -> Result<veth_cni_protocol::LogLevel, String> {
+    veth_cni_protocol::LogLevel::parse(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a log level; use {}",
+            veth_cni_protocol::LogLevel::choices()
+        )
+    })
 }

@@ -15,6 +15,8 @@ pub mod error;
 pub mod http_server;
 pub mod ipam;
 pub mod kernel;
+pub mod lock_wait;
+pub mod logging;
 pub mod model;
 pub mod netlink;
 pub mod observe;

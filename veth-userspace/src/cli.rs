@@ -317,6 +317,13 @@ struct InstallCni {
     /// --bin-dir); empty for none.
     #[arg(long, value_delimiter = ',', default_value = "portmap,bandwidth")]
     chain: Vec<String>,
+    /// The plugin's log file (absolute path, created 0600, appended to);
+    /// without it the plugin logs only errors, on stderr.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<String>,
+    /// What goes into --log-file: error (default), warn, info or debug.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -958,6 +965,8 @@ fn install_cni(o: InstallCni) -> Result<()> {
         subnet6: o.subnet6,
         mtu: o.mtu,
         chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
+        log_file: o.log_file,
+        log_level: o.log_level,
     };
     let (plugin, conf) = crate::cni::install::install(&options)?;
     emit(format_args!(

@@ -22,6 +22,7 @@ pub mod netlink;
 pub mod observe;
 pub mod plan;
 pub mod preflight;
+pub mod progress;
 pub mod privileges;
 pub mod recover;
 pub mod state;

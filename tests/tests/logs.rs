@@ -11,8 +11,8 @@ use std::{
 
 use veth_tests::{
     cni::{exec, CniNet, Pod},
-    expect_success, free_port, http_get, lines_of, run, vethctl_bin, wait_until, Agent,
-    ChildGuard, TempDir, TestTopology,
+    expect_success, free_port, http_get, lines_of, run, vethctl_bin, wait_until, Agent, ChildGuard,
+    TempDir, TestTopology,
 };
 
 /// `2026-12-06T21:19:23.123Z INFO  rest`: the level and what follows.
@@ -79,7 +79,8 @@ fn agent_lines_carry_time_and_level_and_warn_hides_info() {
         .map(|(_, text)| text)
         .collect();
     assert!(
-        info.iter().any(|t| t.starts_with("vethctl agent: serving http://"))
+        info.iter()
+            .any(|t| t.starts_with("vethctl agent: serving http://"))
             && info.contains(&"vethctl agent: stopped"),
         "{lines:#?}"
     );
@@ -163,7 +164,11 @@ fn cni_log_settings_are_checked_and_never_fail_an_add() {
     conf["logLevel"] = "debug".into();
     let reply = net.run(&net.vars("ADD", &pod), &conf);
     reply.expect_ok("ADD with an unusable logFile");
-    assert!(reply.stderr.contains("logFile /proc/self/cni.log"), "{}", reply.stderr);
+    assert!(
+        reply.stderr.contains("logFile /proc/self/cni.log"),
+        "{}",
+        reply.stderr
+    );
 }
 
 /// A second `up` blocked on the network's lock says what it waits for and
@@ -214,6 +219,9 @@ fn up_on_a_terminal_counts_pods() {
     );
     t.up();
     // `script` gives vethctl a terminal and copies what it wrote.
-    let typescript = run("script", &["--quiet", "--return", "--command", &cmd, "/dev/null"]);
+    let typescript = run(
+        "script",
+        &["--quiet", "--return", "--command", &cmd, "/dev/null"],
+    );
     assert!(typescript.contains("pods wired 3/3"), "{typescript:?}");
 }

@@ -27,7 +27,9 @@ pub fn announce(file: &File, what: &str) -> Announcement {
                 return;
             }
             let holder = id
-                .and_then(|(dev, ino)| holder_pid(&std::fs::read_to_string("/proc/locks").ok()?, dev, ino))
+                .and_then(|(dev, ino)| {
+                    holder_pid(&std::fs::read_to_string("/proc/locks").ok()?, dev, ino)
+                })
                 .map(|pid| format!(" (PID {pid})"))
                 .unwrap_or_default();
             crate::logging::notice(&format!(

@@ -229,7 +229,10 @@ mod tests {
     #[test]
     fn a_line_has_time_level_prefix_and_message() {
         let line = format_line(UNIX_EPOCH, log::Level::Warn, "ADD 0123456789ab: ", "hi");
-        assert_eq!(line, "1970-01-01T00:00:00.000Z WARN  ADD 0123456789ab: hi\n");
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.000Z WARN  ADD 0123456789ab: hi\n"
+        );
     }
 
     #[test]

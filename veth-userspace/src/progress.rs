@@ -42,7 +42,8 @@ impl Counter {
         let due = self.drawn.is_none_or(|at| at.elapsed() >= REDRAW) || self.done == self.total;
         if self.on && due {
             self.drawn = Some(Instant::now());
-            let _ = std::io::stderr().write_all(render(self.what, self.done, self.total).as_bytes());
+            let _ =
+                std::io::stderr().write_all(render(self.what, self.done, self.total).as_bytes());
         }
     }
 }

@@ -385,20 +385,31 @@ pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
 /// say that `wait` (what the lock is) is awaited, and who holds it.
 fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result<Option<File>> {
     let file = private_file(path, false).with_context(|| format!("opening {}", path.display()))?;
-    let _announce = wait.map(|what| crate::lock_wait::announce(&file, what));
-    let operation = match wait {
-        Some(_) => operation,
-        None => operation | libc::LOCK_NB,
+    let flock = |operation| {
+        // SAFETY: flock on an fd we own.
+        match unsafe { libc::flock(file.as_raw_fd(), operation) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
     };
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-        return Ok(Some(file));
-    }
-    let error = io::Error::last_os_error();
-    if wait.is_none() && error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(None);
-    }
-    Err(error).with_context(|| format!("locking {}", path.display()))
+    // Tried first without blocking: most locks are free, and only a real
+    // wait needs its announcement (a thread).
+    let error = match flock(operation | libc::LOCK_NB) {
+        Ok(()) => return Ok(Some(file)),
+        Err(e) => e,
+    };
+    let blocked = error.raw_os_error() == Some(libc::EWOULDBLOCK);
+    let result = match wait {
+        Some(what) if blocked => {
+            let _announce = crate::lock_wait::announce(&file, what);
+            flock(operation)
+        }
+        None if blocked => return Ok(None),
+        _ => Err(error),
+    };
+    result
+        .map(|()| Some(file))
+        .with_context(|| format!("locking {}", path.display()))
 }
 
 /// Where `vethctl agent` records that it runs: one agent per node, since

@@ -232,7 +232,10 @@ mod tests {
         let mut o = options();
         o.log_level = Some("loud".into());
         let e = format!("{:#}", install(&o).unwrap_err());
-        assert!(e.contains("logLevel") && e.contains("error, warn, info or debug"), "{e}");
+        assert!(
+            e.contains("logLevel") && e.contains("error, warn, info or debug"),
+            "{e}"
+        );
         let mut o = options();
         o.log_file = Some("cni.log".into());
         assert!(format!("{:#}", install(&o).unwrap_err()).contains("logFile"));

@@ -107,7 +107,10 @@ fn logged<T>(req: &Request, work: impl FnOnce() -> Result<T, CniError>) -> Resul
         Some(a) => log::debug!(
             "network {name:?}: ifname {} netns {}",
             a.ifname,
-            a.netns.as_deref().unwrap_or(std::path::Path::new("-")).display()
+            a.netns
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
         ),
         None => log::debug!("network {name:?}"),
     }

@@ -815,6 +815,7 @@ impl NetConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::LogLevel;
     use serde_json::json;
 
     fn base() -> Value {
@@ -1536,6 +1537,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.valid_attachments, None);
+    }
+
+    #[test]
+    fn log_keys_are_ours_strict_in_add_lenient_in_del() {
+        let c = parse(
+            &with(json!({"logFile": "/var/log/vethctl/cni.log", "logLevel": "Debug"})),
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.file.as_deref(),
+            Some(std::path::Path::new("/var/log/vethctl/cni.log"))
+        );
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert!(c.other.is_empty(), "{:?}", c.other);
+        assert_eq!(
+            parse(&base(), Command::Add).unwrap().log,
+            LogConfig::default()
+        );
+
+        let bad = with(json!({"logLevel": "loud"}));
+        let (code, msg) = err(&bad, Command::Add);
+        assert_eq!(code, 7);
+        assert!(
+            msg.contains("logLevel") && msg.contains("error, warn, info or debug"),
+            "{msg}"
+        );
+        let del = parse(&bad, Command::Del).unwrap();
+        assert_eq!(del.log, LogConfig::default());
+        assert!(del.warnings[0].contains("logLevel"), "{:?}", del.warnings);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - `mode`: `"tc"` (default), `"xdp"`, `"routed"` or `"bridge"`. `"pair"` is
 //!   refused: it joins two named pods of a topology file with a second veth
 //!   pair, and a CNI ADD attaches one pod at a time.
+//! - `logFile`, `logLevel`: the plugin's log (see [`crate::logging`]).
 //! - `mtu`: of the pod's veth pair, 1280 (the IPv6 minimum) to 65535 — the
 //!   bounds `vethctl` applies to topology files.
 //! - `ipam`, one of:
@@ -58,6 +59,7 @@ use serde_json::{Map, Value};
 
 use crate::env::{is_cni_name, Command};
 use crate::error::CniError;
+use crate::logging::{parse_log_file, parse_log_level, LogConfig, LOG_FILE_KEY, LOG_LEVEL_KEY};
 use crate::result::{CniResult, Dns};
 use crate::version::{negotiate, CniVersion};
 
@@ -213,9 +215,11 @@ pub struct NetConf {
     pub other: Map<String, Value>,
     /// What a best-effort DEL or GC went ahead without.
     pub warnings: Vec<String>,
+    /// `logFile` and `logLevel` (see [`crate::logging`]).
+    pub log: LogConfig,
 }
 
-const KNOWN_KEYS: [&str; 12] = [
+const KNOWN_KEYS: [&str; 14] = [
     "cniVersion",
     "cniVersions",
     "name",
@@ -228,6 +232,8 @@ const KNOWN_KEYS: [&str; 12] = [
     "prevResult",
     VALID_ATTACHMENTS,
     LEGACY_ATTACHMENTS,
+    LOG_FILE_KEY,
+    LOG_LEVEL_KEY,
 ];
 
 const VALID_ATTACHMENTS: &str = "cni.dev/valid-attachments";
@@ -655,6 +661,17 @@ impl Leniency {
     }
 }
 
+fn parse_log_config(obj: &Map<String, Value>) -> Result<LogConfig, CniError> {
+    let present = |key| obj.get(key).filter(|v: &&Value| !v.is_null());
+    Ok(LogConfig {
+        file: present(LOG_FILE_KEY).map(parse_log_file).transpose()?,
+        level: present(LOG_LEVEL_KEY)
+            .map(parse_log_level)
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
 impl NetConf {
     /// Parse the configuration `command` received on stdin.
     pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
@@ -730,6 +747,8 @@ impl NetConf {
             .map(parse_mode)
             .transpose();
         let mode = lenient.take(mode, None)?.unwrap_or_default();
+        let log = parse_log_config(&obj);
+        let log = lenient.take(log, LogConfig::default())?;
         let mtu = obj
             .get("mtu")
             .filter(|v| !v.is_null())
@@ -788,6 +807,7 @@ impl NetConf {
             valid_attachments,
             other: obj,
             warnings: lenient.warnings,
+            log,
         })
     }
 }
@@ -795,6 +815,7 @@ impl NetConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::LogLevel;
     use serde_json::json;
 
     fn base() -> Value {
@@ -1516,6 +1537,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.valid_attachments, None);
+    }
+
+    #[test]
+    fn log_keys_are_ours_strict_in_add_lenient_in_del() {
+        let c = parse(
+            &with(json!({"logFile": "/var/log/vethctl/cni.log", "logLevel": "Debug"})),
+            Command::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.file.as_deref(),
+            Some(std::path::Path::new("/var/log/vethctl/cni.log"))
+        );
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert!(c.other.is_empty(), "{:?}", c.other);
+        assert_eq!(
+            parse(&base(), Command::Add).unwrap().log,
+            LogConfig::default()
+        );
+
+        let bad = with(json!({"logLevel": "loud"}));
+        let (code, msg) = err(&bad, Command::Add);
+        assert_eq!(code, 7);
+        assert!(
+            msg.contains("logLevel") && msg.contains("error, warn, info or debug"),
+            "{msg}"
+        );
+        let del = parse(&bad, Command::Del).unwrap();
+        assert_eq!(del.log, LogConfig::default());
+        assert!(del.warnings[0].contains("logLevel"), "{:?}", del.warnings);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   `prevResult`, GC's `cni.dev/valid-attachments`), everything else kept.
 //! - [`version`]: the versions we speak, which one a request is answered in
 //!   (`cniVersions` honoured, never newer than `cniVersion`), VERSION.
+//! - [`logging`]: the plugin's `logFile` and `logLevel` keys.
 //! - [`result`]: the ADD result, rendered field by field per version and
 //!   parsed back from any of them.
 //! - [`error`]: the spec's error result and codes as one typed error.
@@ -59,6 +60,7 @@ pub mod config;
 pub mod dispatch;
 pub mod env;
 pub mod error;
+pub mod logging;
 pub mod result;
 pub mod version;
 
@@ -69,5 +71,6 @@ pub use config::{
 pub use dispatch::{read_stdin, run, Output, Plugin, Request, MAX_STDIN_BYTES};
 pub use env::{Attachment, CniArgs, Command, ContainerId, Environment, IfName};
 pub use error::{CniError, ErrorReply};
+pub use logging::{LogConfig, LogLevel};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use version::{negotiate, version_reply, CniVersion};

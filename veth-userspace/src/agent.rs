@@ -59,7 +59,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         let name = crate::cni::bring_up(&list)
             .await
             .with_context(|| format!("bringing up the network of {}", path.display()))?;
-        eprintln!(
+        log::info!(
             "vethctl agent: network {name:?} of {} is up",
             path.display()
         );
@@ -76,7 +76,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             options.listen
         )
     })?;
-    eprintln!(
+    log::info!(
         "vethctl agent: serving http://{}/metrics, /healthz and /readyz (PID {}; Ctrl-C or SIGTERM to stop; the dataplane keeps forwarding)",
         listener.local_addr()?,
         std::process::id()
@@ -122,7 +122,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     }
     server.abort();
     watcher.abort();
-    eprintln!("vethctl agent: stopped");
+    log::info!("vethctl agent: stopped");
     Ok(())
 }
 

@@ -963,6 +963,13 @@ impl Executor {
     }
 
     async fn run_steps(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
+        let pods = |s: &Step| matches!(s, Step::ConfigurePod { .. });
+        // `--timings` prints a line per step, which a counter would garble.
+        let wired = match self.timings.on {
+            true => 0,
+            false => steps.iter().filter(|s| pods(s)).count(),
+        };
+        let mut progress = crate::progress::Counter::new("pods wired", wired);
         for (done, step) in steps.iter().enumerate() {
             if self.crash_after == Some(done) {
                 eprintln!("vethctl: {CRASH_AFTER_STEPS_ENV}={done}: aborting before \"{step}\"");
@@ -972,6 +979,9 @@ impl Executor {
                 .await
                 .with_context(|| format!("topology {:?}: {step}", self.name))?;
             self.timings.mark(step);
+            if pods(step) {
+                progress.tick();
+            }
         }
         self.finish_attaching().await
     }

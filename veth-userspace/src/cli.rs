@@ -169,6 +169,11 @@ enum Command {
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
         cni_conf: Vec<PathBuf>,
+        /// Log lines at this level and above (error, warn, info, debug);
+        /// without it, RUST_LOG's level if set, else info. Each line on
+        /// stderr has an RFC 3339 UTC timestamp and the level.
+        #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
+        log_level: Option<veth_cni_protocol::LogLevel>,
     },
     /// Install the CNI plugin (`veth-cni`) and a configuration list for a
     /// container runtime (containerd, CRI-O, podman), as Kubernetes node
@@ -312,6 +317,13 @@ struct InstallCni {
     /// --bin-dir); empty for none.
     #[arg(long, value_delimiter = ',', default_value = "portmap,bandwidth")]
     chain: Vec<String>,
+    /// The plugin's log file (absolute path, created 0600, appended to);
+    /// without it the plugin logs only errors, on stderr.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<String>,
+    /// What goes into --log-file: error (default), warn, info or debug.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -685,7 +697,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             cni_conf,
             per_pod_drops,
             lock_file,
+            log_level,
         } => {
+            crate::logging::init_agent(log_level);
             crate::agent::run(crate::agent::AgentOptions {
                 listen,
                 bpf_stats,
@@ -951,6 +965,8 @@ fn install_cni(o: InstallCni) -> Result<()> {
         subnet6: o.subnet6,
         mtu: o.mtu,
         chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
+        log_file: o.log_file,
+        log_level: o.log_level,
     };
     let (plugin, conf) = crate::cni::install::install(&options)?;
     emit(format_args!(
@@ -1008,4 +1024,13 @@ fn print<T: serde::Serialize>(json: bool, report: &T, table: impl Fn(&T) -> Stri
     } else {
         emit(table(report))
     }
+}
+
+fn parse_log_level(s: &str) -> Result<veth_cni_protocol::LogLevel, String> {
+    veth_cni_protocol::LogLevel::parse(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a log level; use {}",
+            veth_cni_protocol::LogLevel::choices()
+        )
+    })
 }

@@ -299,9 +299,7 @@ impl RateLimitedLog {
         } else {
             String::new()
         };
-        // Not eprintln!, which panics when stderr is gone.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "vethctl agent: {kind}: {message}{more}");
+        log::error!("vethctl agent: {kind}: {message}{more}");
     }
 }
 

@@ -301,8 +301,13 @@ impl Drop for Lock {
 
 pub fn lock() -> Result<Lock> {
     private_dir(Path::new(STATE_ROOT))?;
-    let file = lock_file(&Path::new(STATE_ROOT).join(LOCK_FILE), true)?
-        .context("a blocking lock returned without the lock")?;
+    let what = "vethctl's node-wide lock";
+    let file = flock_file(
+        &Path::new(STATE_ROOT).join(LOCK_FILE),
+        libc::LOCK_EX,
+        Some(what),
+    )?
+    .context("a blocking lock returned without the lock")?;
     Ok(Lock {
         _file: file,
         network_file: None,
@@ -339,8 +344,9 @@ pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> 
         Hold::Shared => libc::LOCK_SH,
         Hold::Exclusive => libc::LOCK_EX,
     };
+    let what = format!("the lock of network {name:?}");
     loop {
-        let Some(file) = flock_file(&path, operation, wait)? else {
+        let Some(file) = flock_file(&path, operation, wait.then_some(what.as_str()))? else {
             return Ok(None);
         };
         // The last holder of a gone network's lock removes the file (see
@@ -370,27 +376,40 @@ pub fn change_lock(name: &str) -> Result<(Lock, Lock)> {
 /// the file is dropped (or its process dies). With `wait`, blocks until
 /// the lock is ours; without, `None` if someone else holds it.
 pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
-    flock_file(path, libc::LOCK_EX, wait)
+    let what = format!("the lock {}", path.display());
+    flock_file(path, libc::LOCK_EX, wait.then_some(what.as_str()))
 }
 
 /// Opens (creating) `path` and `flock`s it with `operation` (`LOCK_EX` or
-/// `LOCK_SH`); see [`lock_file`].
-fn flock_file(path: &Path, operation: libc::c_int, wait: bool) -> Result<Option<File>> {
+/// `LOCK_SH`); see [`lock_file`]. `wait`: block, and after a second of it
+/// say that `wait` (what the lock is) is awaited, and who holds it.
+fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result<Option<File>> {
     let file = private_file(path, false).with_context(|| format!("opening {}", path.display()))?;
-    let operation = if wait {
-        operation
-    } else {
-        operation | libc::LOCK_NB
+    let flock = |operation| {
+        // SAFETY: flock on an fd we own.
+        match unsafe { libc::flock(file.as_raw_fd(), operation) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
     };
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-        return Ok(Some(file));
-    }
-    let error = io::Error::last_os_error();
-    if !wait && error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(None);
-    }
-    Err(error).with_context(|| format!("locking {}", path.display()))
+    // Tried first without blocking: most locks are free, and only a real
+    // wait needs its announcement (a thread).
+    let error = match flock(operation | libc::LOCK_NB) {
+        Ok(()) => return Ok(Some(file)),
+        Err(e) => e,
+    };
+    let blocked = error.raw_os_error() == Some(libc::EWOULDBLOCK);
+    let result = match wait {
+        Some(what) if blocked => {
+            let _announce = crate::lock_wait::announce(&file, what);
+            flock(operation)
+        }
+        None if blocked => return Ok(None),
+        _ => Err(error),
+    };
+    result
+        .map(|()| Some(file))
+        .with_context(|| format!("locking {}", path.display()))
 }
 
 /// Where `vethctl agent` records that it runs: one agent per node, since

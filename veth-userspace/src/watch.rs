@@ -187,7 +187,7 @@ fn unless_changing(name: &str) -> Option<crate::state::Lock> {
     match state::network_lock(name, state::Hold::Shared, false) {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("vethctl agent: {e:#}");
+            log::error!("vethctl agent: {e:#}");
             None
         }
     }
@@ -205,7 +205,7 @@ async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
                 links.insert(ifindex, link);
             }
             Err(e) => {
-                eprintln!("vethctl agent: looking up link {ifindex}: {e:#}");
+                log::error!("vethctl agent: looking up link {ifindex}: {e:#}");
                 looked_up = false;
             }
         }
@@ -229,7 +229,7 @@ pub async fn reconcile(host: &Host) {
     let ok = match host.links().await {
         Ok(links) => reconcile_with(host, &links).await,
         Err(e) => {
-            eprintln!("vethctl agent: listing links: {e:#}");
+            log::error!("vethctl agent: listing links: {e:#}");
             false
         }
     };
@@ -274,7 +274,7 @@ async fn act_on_changes<'a>(
             ),
             Err(e) => {
                 ok = false;
-                eprintln!(
+                log::error!(
                     "vethctl agent: topology {:?}: reading its maps: {e:#}",
                     topology.name
                 )
@@ -295,7 +295,7 @@ async fn act_on_changes<'a>(
 pub async fn remap_endpoints(host: &Host) {
     for name in state::recorded_topologies().unwrap_or_default() {
         if let Err(e) = remap_network(host, &name).await {
-            eprintln!("vethctl agent: network {name:?}: mapping its endpoints: {e:#}");
+            log::error!("vethctl agent: network {name:?}: mapping its endpoints: {e:#}");
         }
     }
 }
@@ -330,7 +330,7 @@ async fn remap_network(host: &Host, name: &str) -> Result<()> {
             &wire::entry(&record.pod(), ifindex),
             StateDir::new(name).path(),
         )?;
-        eprintln!(
+        log::warn!(
             "vethctl agent: network {name:?}: endpoint {} (ifindex {ifindex}) had no map \
              entries; mapped again",
             record.key()
@@ -360,7 +360,7 @@ async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) -> bool {
     let link = match host.link_by_index(pod.host_ifindex).await {
         Ok(link) => link,
         Err(e) => {
-            eprintln!("vethctl agent: looking up link {}: {e:#}", pod.host_ifindex);
+            log::error!("vethctl agent: looking up link {}: {e:#}", pod.host_ifindex);
             return false;
         }
     };
@@ -383,7 +383,7 @@ async fn confirm_and_act(host: &Host, name: &str, pod: &MappedPod) -> bool {
         act(name, &mut maps, pod, judge(&topology, pod, link.as_ref()))
     })();
     if let Err(e) = &result {
-        eprintln!(
+        log::error!(
             "vethctl agent: topology {name:?}, link {}: {e:#}",
             pod.host_ifindex
         );
@@ -395,7 +395,7 @@ fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdic
     match verdict {
         Verdict::Ready(ready) => {
             if maps.set_ready(pod, ready)? {
-                eprintln!(
+                log::info!(
                     "vethctl agent: topology {topology:?}: pod {} (ifindex {}) is {}",
                     pod.ipv4(),
                     pod.host_ifindex,
@@ -409,7 +409,7 @@ fn act(topology: &str, maps: &mut EndpointMaps, pod: &MappedPod, verdict: Verdic
         }
         Verdict::Forget => {
             maps.forget(pod)?;
-            eprintln!(
+            log::info!(
                 "vethctl agent: topology {topology:?}: pod {} lost its veth (ifindex {}); \
                  endpoint removed",
                 pod.ipv4(),

@@ -34,6 +34,9 @@ pub struct InstallOptions {
     pub mtu: Option<u32>,
     /// Plugins to chain after ours (`portmap`, `bandwidth`).
     pub chain: Vec<String>,
+    /// The plugin's `logFile` and `logLevel` (checked as the plugin does).
+    pub log_file: Option<String>,
+    pub log_level: Option<String>,
 }
 
 /// The configuration list: `cniVersion` 1.0.0 with `cniVersions` listing
@@ -54,6 +57,12 @@ pub fn conflist(o: &InstallOptions) -> Value {
     let mut ours = json!({"type": PLUGIN_TYPE, "mode": o.mode, "ipam": ipam});
     if let Some(mtu) = o.mtu {
         ours["mtu"] = json!(mtu);
+    }
+    if let Some(file) = &o.log_file {
+        ours[veth_cni_protocol::logging::LOG_FILE_KEY] = json!(file);
+    }
+    if let Some(level) = &o.log_level {
+        ours[veth_cni_protocol::logging::LOG_LEVEL_KEY] = json!(level);
     }
     // So the runtime tells us too which pods have hostPorts or bandwidth
     // limits: they take the host stack (see `Record::host_path`).
@@ -188,6 +197,8 @@ mod tests {
             subnet6: Some("fd00:10:244::/64".into()),
             mtu: None,
             chain: vec!["portmap".into()],
+            log_file: None,
+            log_level: None,
         }
     }
 
@@ -218,5 +229,28 @@ mod tests {
         let mut o = options();
         o.name = "much-too-long-name".into();
         assert!(format!("{:#}", install(&o).unwrap_err()).contains("name"));
+        let mut o = options();
+        o.log_level = Some("loud".into());
+        let e = format!("{:#}", install(&o).unwrap_err());
+        assert!(
+            e.contains("logLevel") && e.contains("error, warn, info or debug"),
+            "{e}"
+        );
+        let mut o = options();
+        o.log_file = Some("cni.log".into());
+        assert!(format!("{:#}", install(&o).unwrap_err()).contains("logFile"));
+    }
+
+    #[test]
+    fn log_settings_go_into_our_entry() {
+        let mut o = options();
+        o.log_file = Some("/var/log/vethctl/cni.log".into());
+        o.log_level = Some("info".into());
+        let list = conflist(&o);
+        assert_eq!(list["plugins"][0]["logFile"], "/var/log/vethctl/cni.log");
+        assert_eq!(list["plugins"][0]["logLevel"], "info");
+        let conf = validate(&list).unwrap();
+        assert_eq!(conf.log.level, veth_cni_protocol::LogLevel::Info);
+        assert!(conf.other.get("logFile").is_none());
     }
 }

@@ -47,6 +47,7 @@ pub fn main() -> ! {
     let out = veth_cni_protocol::run(std::env::vars_os(), &stdin, &VethCni);
     for line in &out.stderr {
         eprintln!("veth-cni: {line}");
+        log::warn!("{line}");
     }
     // The runtime reads stdout; if it went away there is no one to tell.
     let _ = std::io::stdout().write_all(&out.stdout);
@@ -56,33 +57,69 @@ pub fn main() -> ! {
 
 impl Plugin for VethCni {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        privileged()?;
-        block_on(add(req))
+        logged(req, || {
+            privileged()?;
+            block_on(add(req))
+        })
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        privileged()?;
-        block_on(del(req))
+        logged(req, || {
+            privileged()?;
+            block_on(del(req))
+        })
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        privileged()?;
-        block_on(check(req))
+        logged(req, || {
+            privileged()?;
+            block_on(check(req))
+        })
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        privileges::require("veth-cni", privileges::CHANGE).map_err(|e| {
-            CniError::NotAvailable {
-                reason: e.to_string(),
-            }
-        })?;
-        status(req)
+        logged(req, || {
+            privileges::require("veth-cni", privileges::CHANGE).map_err(|e| {
+                CniError::NotAvailable {
+                    reason: e.to_string(),
+                }
+            })?;
+            status(req)
+        })
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        privileged()?;
-        block_on(gc(req))
+        logged(req, || {
+            privileged()?;
+            block_on(gc(req))
+        })
     }
+}
+
+/// Runs a verb's `work` with the log its configuration asks for, the
+/// start and the outcome logged.
+fn logged<T>(req: &Request, work: impl FnOnce() -> Result<T, CniError>) -> Result<T, CniError> {
+    let attachment = req.env.attachment.as_ref();
+    let id = attachment.map(|a| a.container_id.to_string());
+    crate::logging::init_cni(&req.config.log, req.command().as_str(), id.as_deref());
+    let name = &req.config.name;
+    match attachment {
+        Some(a) => log::debug!(
+            "network {name:?}: ifname {} netns {}",
+            a.ifname,
+            a.netns
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        ),
+        None => log::debug!("network {name:?}"),
+    }
+    let outcome = work();
+    match &outcome {
+        Ok(_) => log::info!("network {name:?}: done"),
+        Err(e) => log::error!("network {name:?}: failed (code {}): {e}", e.code()),
+    }
+    outcome
 }
 
 /// Our code for "run without the privileges it needs" (the runtime runs
@@ -340,11 +377,11 @@ fn release_unowned(req: &Request, store: &Store, record: &Record, key: &str) {
     match store.load(&record.container_id, &record.ifname) {
         Ok(None) => {
             if let Err(undo) = ipam::release(req, &req.config.name, key, &record.addresses) {
-                eprintln!("giving {key}'s addresses back after a failed ADD: {undo}");
+                log::error!("giving {key}'s addresses back after a failed ADD: {undo}");
             }
         }
         Ok(Some(_)) => {}
-        Err(e) => eprintln!("keeping {key}'s addresses after a failed ADD: {e:#}"),
+        Err(e) => log::error!("keeping {key}'s addresses after a failed ADD: {e:#}"),
     }
 }
 
@@ -545,7 +582,7 @@ async fn del(req: &Request) -> Result<(), CniError> {
             // An unreadable record must not block the pod's removal
             // forever: what the attachment's names point at goes instead.
             Err(e) => {
-                eprintln!("veth-cni: DEL: {e:#}; removing what the attachment's names point at");
+                log::warn!("{e:#}; removing what the attachment's names point at");
                 let host = Host::connect().map_err(failed)?;
                 Some(stand_in(&host, req, &name).await.map_err(failed)?)
             }
@@ -697,7 +734,7 @@ async fn gc(req: &Request) -> Result<(), CniError> {
     let store = Store::new(&name);
     let (records, unreadable) = store.all().map_err(failed)?;
     for (path, e) in &unreadable {
-        eprintln!("GC: skipping {}: {e:#}", path.display());
+        log::warn!("skipping {}: {e:#}", path.display());
     }
     // A record rebuilt from the kernel is the attachment whose host veth
     // it has.
@@ -726,7 +763,7 @@ async fn gc(req: &Request) -> Result<(), CniError> {
                 ("CNI_NETNS", ""),
             ];
             if let Err(e) = ipam::exec(req, plugin, "DEL", &vars) {
-                eprintln!("GC: {plugin} DEL of {}: {e}", record.key());
+                log::warn!("{plugin} DEL of {}: {e}", record.key());
             }
         }
     }
@@ -738,8 +775,8 @@ async fn gc(req: &Request) -> Result<(), CniError> {
         if versions.iter().any(|v| v == CniVersion::V1_1_0.as_str()) {
             ipam::exec(req, &d.plugin, "GC", &[])?;
         } else {
-            eprintln!(
-                "GC: {} speaks {versions:?}, which have no GC; the DELs of the attachments gone \
+            log::info!(
+                "{} speaks {versions:?}, which have no GC; the DELs of the attachments gone \
                  freed their addresses",
                 d.plugin
             );

@@ -25,7 +25,7 @@ use veth_bench::{disruption::Traffic, interrupt};
 use super::{
     probe,
     runtime::{ips, Added, Rng, Runtime, Stuck},
-    schedule::{Event, Schedule, Step},
+    schedule::{Event, Schedule, Step, CONFIGURED_MODE},
     snapshot::{footprint, Footprint, Leak},
 };
 use crate::bench::cni::exec::{self, Attachment};
@@ -656,7 +656,40 @@ impl<'a> Ctx<'a> {
                 datagrams_lost_after: 0,
             });
         }
+        self.back_to_configured_mode(&mut rows, traffic);
         rows
+    }
+
+    /// Events the churn outran are skipped; the network still goes back to
+    /// its configuration's mode (as the next ADD would make it), so the
+    /// end's snapshot compares like with like (a bridge left by `mode set
+    /// bridge` is no leak).
+    fn back_to_configured_mode(&self, rows: &mut Vec<EventRow>, traffic: &Traffic) {
+        let last_mode = rows
+            .iter()
+            .rev()
+            .find_map(|r| r.what.strip_prefix("mode set "));
+        if last_mode.is_none_or(|m| m == CONFIGURED_MODE) {
+            return;
+        }
+        let event = Event::Mode(CONFIGURED_MODE);
+        let (started_ns, started) = (traffic.now_ns(), Instant::now());
+        let outcome = self
+            .disturb(&event)
+            .unwrap_or_else(|e| format!("FAILED: {e:#}"));
+        let at = self.churn().schedule.adds();
+        eprintln!(
+            "soak: at cycle {at}: {} (the configuration's): {outcome}",
+            event.label()
+        );
+        rows.push(EventRow {
+            at_cycle: at,
+            what: event.label(),
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            outcome,
+            started_ns,
+            datagrams_lost_after: 0,
+        });
     }
 
     fn disturb(&self, event: &Event) -> Result<String> {

@@ -2591,3 +2591,29 @@ fn kernel_minimum_frame_sizes_for_test_runs() {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     });
 }
+
+// ---------------------------------------------------------------------------
+// The benchmark references (never attached by vethctl): what `bench paths`
+// measures as "limit" and "limit+map" must redirect every frame.
+
+#[test]
+fn the_limit_references_redirect_a_frame() {
+    use veth_userspace::dataplane::reference::{Reference, ReferenceProgram};
+    in_private_netns(|| {
+        let frame = udp4(A, B, 64);
+        for reference in Reference::ALL {
+            // Frames arrive on loopback, host-side veth A; B's is elsewhere.
+            let program = ReferenceProgram::load(reference, LO, GONE_IFINDEX)
+                .unwrap_or_else(|e| panic!("loading {}: {e:#}", reference.path()));
+            let rc = program.test_run(&frame).expect("test run");
+            assert_eq!(rc, TC_ACT_REDIRECT, "{} redirects", reference.path());
+            let counted = u64::from(reference == Reference::LimitMap);
+            assert_eq!(program.frames().unwrap(), counted, "{}", reference.path());
+        }
+        // limit+map redirects only what its map knows; loopback is not in it.
+        let program = ReferenceProgram::load(Reference::LimitMap, GONE_IFINDEX, GONE_IFINDEX + 1)
+            .expect("loading limit+map");
+        assert_eq!(program.test_run(&frame).unwrap(), TC_ACT_UNSPEC);
+        assert_eq!(program.frames().unwrap(), 0);
+    });
+}

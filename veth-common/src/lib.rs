@@ -51,6 +51,21 @@ pub mod names {
     /// pod sends. Only `cargo xtask bench checks` loads a private,
     /// never-attached copy with 0, to measure what the checks cost.
     pub const GLOBAL_CHECKS_ENABLED: &str = "CHECKS_ENABLED";
+    /// Benchmark reference, never attached by vethctl: a TCX program that
+    /// only `bpf_redirect_peer`s every frame to the other of two pods
+    /// ("limit" in `cargo xtask bench paths`).
+    pub const PROG_BENCH_LIMIT: &str = "bench_limit";
+    /// Benchmark reference: [`PROG_BENCH_LIMIT`] plus one hash lookup
+    /// ([`MAP_BENCH_PEERS`]) and one per-CPU counter ([`MAP_BENCH_FRAMES`]).
+    pub const PROG_BENCH_LIMIT_MAP: &str = "bench_limit_map";
+    /// Hash map (u32 -> u32): host-side ifindex -> the other pod's.
+    pub const MAP_BENCH_PEERS: &str = "BENCH_PEERS";
+    /// Per-CPU array of one u64: frames `bench_limit_map` redirected.
+    pub const MAP_BENCH_FRAMES: &str = "BENCH_FRAMES";
+    /// `.rodata` globals (u32): the two host-side ifindexes of
+    /// [`PROG_BENCH_LIMIT`].
+    pub const GLOBAL_BENCH_HOST_A: &str = "BENCH_HOST_A";
+    pub const GLOBAL_BENCH_HOST_B: &str = "BENCH_HOST_B";
 }
 
 /// Upper bound of pods (endpoints) per topology.

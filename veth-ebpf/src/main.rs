@@ -4,6 +4,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod bench_reference;
 mod control;
 mod counters;
 mod deliver;

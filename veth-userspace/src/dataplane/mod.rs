@@ -14,6 +14,7 @@ use std::{
 
 pub mod health;
 pub mod lab;
+pub mod reference;
 
 use crate::model::{Mode, TcAttach};
 use anyhow::{anyhow, Context, Result};

@@ -7,6 +7,7 @@ pub mod cni;
 pub mod control;
 pub mod counting;
 pub mod disruption;
+mod limit;
 pub mod paths;
 mod report;
 
@@ -145,8 +146,15 @@ impl Drop for BpfStats {
 
 /// (run_time_ns, run_cnt) of the program pinned at `pin`.
 pub fn program_stats(pin: &str) -> Result<(u64, u64)> {
+    bpftool_program_stats(&["pinned", pin])
+}
+
+/// The same for a program bpftool finds by `which` (`pinned PATH`, `id N`).
+fn bpftool_program_stats(which: &[&str]) -> Result<(u64, u64)> {
     let info: Value = serde_json::from_str(&cmd::output(
-        Command::new("bpftool").args(["-j", "prog", "show", "pinned", pin]),
+        Command::new("bpftool")
+            .args(["-j", "prog", "show"])
+            .args(which),
     )?)?;
     Ok((
         info["run_time_ns"].as_u64().unwrap_or(0),
@@ -165,4 +173,10 @@ pub fn program_probe(name: &str, mode: &str) -> veth_bench::ProgramProbe {
     };
     let pin = format!("/sys/fs/bpf/vethctl/{name}/{program}");
     std::sync::Arc::new(move || program_stats(&pin).ok())
+}
+
+/// A probe for the (unpinned) program with kernel id `id`.
+pub fn program_probe_by_id(id: u32) -> veth_bench::ProgramProbe {
+    let id = id.to_string();
+    std::sync::Arc::new(move || bpftool_program_stats(&["id", &id]).ok())
 }

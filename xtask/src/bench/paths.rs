@@ -10,7 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use veth_bench::{measure, Sample, Target, Workload};
 
-use super::{prepare, program_probe, report, BpfStats, Spec, UpTopology};
+use super::{
+    limit::{self, LimitTopology},
+    prepare, program_probe, program_probe_by_id, report, BpfStats, Spec, UpTopology,
+};
 
 /// A path: its name in the report, the mode, the benchmark topology and
 /// whether it steers flows (`rps = true`).
@@ -97,10 +100,12 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("--endpoints takes 2 to {MAX_ENDPOINTS} pods");
     }
     let (vethctl, dir) = prepare()?;
+    limit::build()?;
     // For the program's time per run in every sample. It costs every
     // program run two clock reads, on every path that runs a program
     // (all but pair and loopback).
     let _stats = BpfStats::enable()?;
+    let limits = limit_targets()?;
     let mut topologies = Vec::new();
     for p in &PATHS {
         let redirects = matches!(p.mode, "tc" | "xdp");
@@ -140,6 +145,7 @@ pub fn run(options: &Options) -> Result<()> {
             program: None,
         },
     );
+    targets.extend(limits.iter().map(|(t, _)| t.clone()));
 
     let samples = run_rounds(&targets, &Workload::ALL, rounds, seconds)?;
     let summary = report::summarize(&samples, None);
@@ -154,7 +160,27 @@ pub fn run(options: &Options) -> Result<()> {
         println!("quick check: every path carried traffic in every workload");
     }
     drop(topologies);
+    drop(limits);
     Ok(())
+}
+
+/// The reference paths ("limit", "limit+map"), each up on its own two pods
+/// and held until the returned topologies are dropped.
+fn limit_targets() -> Result<Vec<(Target, LimitTopology)>> {
+    limit::LIMITS
+        .iter()
+        .map(|spec| {
+            let t = LimitTopology::up(spec)?;
+            let target = Target {
+                path: spec.path.to_string(),
+                client_netns: t.client_netns.clone(),
+                server_netns: t.server_netns.clone(),
+                server_ip: t.server_ip.clone(),
+                program: Some(program_probe_by_id(t.program_id)),
+            };
+            Ok((target, t))
+        })
+        .collect()
 }
 
 /// The same latency and packet-rate figures for the redirect path with
@@ -170,7 +196,9 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
         bail!("--sizes takes 2 to 1000 pods each; --rounds and --seconds at least 1");
     }
     let (vethctl, dir) = prepare()?;
+    limit::build()?;
     let _stats = BpfStats::enable()?;
+    let limits = limit_targets()?;
     let mut topologies = Vec::new();
     let mut targets = Vec::new();
     for (i, &pods) in sizes.iter().enumerate() {
@@ -195,6 +223,8 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
         });
         topologies.push(t);
     }
+    // After the sizes: the first target is the ratio's baseline.
+    targets.extend(limits.iter().map(|(t, _)| t.clone()));
     let workloads = [
         Workload::TcpRr,
         Workload::TcpRrSameCpu,
@@ -214,6 +244,7 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
     report::write_files(&dir, "scale", &summary, &samples)?;
     println!("results: {0}/scale.json, {0}/scale.csv", dir.display());
     drop(topologies);
+    drop(limits);
     Ok(())
 }
 

@@ -26,9 +26,16 @@ pub struct Summary {
     pub ratio_to_bridge: Option<f64>,
     /// Median over rounds of (this path / pair) in the same round.
     pub ratio_to_pair: Option<f64>,
+    /// Median over rounds of (this path / limit) in the same round: how
+    /// far it is from a program that only redirects.
+    pub ratio_to_limit: Option<f64>,
     /// Median over rounds of (this path / the run's baseline), if it has one.
     pub ratio_to_baseline: Option<f64>,
 }
+
+/// The reference path every run measures: a TCX program doing nothing but
+/// `bpf_redirect_peer` (see `limit.rs`).
+pub const LIMIT: &str = "limit";
 
 pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
     let mut by_key: BTreeMap<(Workload, &str), Vec<&Sample>> = BTreeMap::new();
@@ -67,6 +74,7 @@ pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
                 spread: Spread::of(workload, list),
                 ratio_to_bridge: paired(workload, path, "bridge"),
                 ratio_to_pair: paired(workload, path, "pair"),
+                ratio_to_limit: paired(workload, path, LIMIT),
                 ratio_to_baseline: baseline.and_then(|b| paired(workload, path, b)),
             });
         }
@@ -88,37 +96,34 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// The table printed at the end and copied into BENCHMARKS.md.
-/// `baseline`: the path the third ratio column is relative to, if any
-/// (e.g. the smallest topology in a scale run); else × bridge and × pair.
+/// `baseline`: the path the first ratio column is relative to, if any
+/// (e.g. the smallest topology in a scale run), then × limit; else
+/// × bridge, × pair and × limit.
 pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<&str>) -> String {
     let mut out = format!(
         "medians over {rounds} interleaved round(s) of {seconds} s per path; ratios are per-round paired medians\n\n"
     );
-    let (first, second) = match baseline {
-        Some(b) => (format!("× {b}"), String::from("-")),
-        None => (String::from("× bridge"), String::from("× pair")),
-    };
+    let columns = ratio_columns(baseline);
+    let headers: String = columns.iter().map(|(h, _)| format!(" {h} |")).collect();
     out += &format!(
-        "| workload | path | median (min–max) | unit | {first} | {second} | p50 µs | p99 µs | retrans | loss % | CPU | program ns/run |\n"
+        "| workload | path | median (min–max) | unit |{headers} p50 µs | p99 µs | retrans | loss % | CPU | program ns/run |\n"
     );
-    out += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    out += &format!("|{}\n", " --- |".repeat(10 + columns.len()));
     for summary in summary {
-        let (r1, r2) = match baseline {
-            Some(_) => (summary.ratio_to_baseline, None),
-            None => (summary.ratio_to_bridge, summary.ratio_to_pair),
-        };
+        let ratios: String = columns
+            .iter()
+            .map(|(_, ratio)| format!(" {} |", fmt_opt(ratio(summary), |r| format!("{r:.2}"))))
+            .collect();
         let s = &summary.spread;
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}–{}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}–{}) | {} |{ratios} {} | {} | {} | {} | {} | {} |",
             s.workload.name(),
             summary.path,
             fmt_value(s.median),
             fmt_value(s.min),
             fmt_value(s.max),
             s.unit,
-            fmt_opt(r1, |r| format!("{r:.2}")),
-            fmt_opt(r2, |r| format!("{r:.2}")),
             fmt_opt(s.p50_us, |v| format!("{v:.1}")),
             fmt_opt(s.p99_us, |v| format!("{v:.1}")),
             fmt_opt(s.retransmits, |v| format!("{v:.0}")),
@@ -137,6 +142,21 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
         }
     }
     out
+}
+
+/// A ratio column of the table: its header and its value.
+type RatioColumn = (String, fn(&Summary) -> Option<f64>);
+
+fn ratio_columns(baseline: Option<&str>) -> Vec<RatioColumn> {
+    let limit: RatioColumn = (format!("× {LIMIT}"), |s| s.ratio_to_limit);
+    match baseline {
+        Some(b) => vec![(format!("× {b}"), |s| s.ratio_to_baseline), limit],
+        None => vec![
+            ("× bridge".into(), |s| s.ratio_to_bridge),
+            ("× pair".into(), |s| s.ratio_to_pair),
+            limit,
+        ],
+    }
 }
 
 /// Writes `<stem>.json`, `<stem>.csv` and, for a run with bridge in it,
@@ -299,7 +319,8 @@ fn group_label(workload: Workload) -> (&'static str, &'static str) {
 }
 
 /// Two panels under a legend strip. Top: every workload, each path's
-/// median divided by bridge's median, min–max as error bars. Bottom: the
+/// median divided by bridge's median, min–max as error bars, the limit's
+/// level as a dashed line across each workload's bars. Bottom: the
 /// request/response latencies, p50 as the bar and p99 as a whisker.
 fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
     let mut paths: Vec<&str> = Vec::new();
@@ -352,7 +373,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
         * 1.05;
     let mut rates = ChartBuilder::on(&top)
         .caption(
-            "rate relative to bridge: path median ÷ bridge median (higher is better)",
+            "rate relative to bridge: path median ÷ bridge median (higher is better); dashed: limit",
             ("sans-serif", 17),
         )
         .margin_left(15)
@@ -392,6 +413,17 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
                 i,
             )?;
             whisker(&mut rates, xm, (lo, mid, hi))?;
+        }
+        // The limit's level across the group: each bar's distance to it is
+        // its distance to what the kernel allows.
+        if let Some(limit) = find(workload, LIMIT) {
+            let (x0, y) = ((g * width) as f64, limit.spread.median / base);
+            rates.draw_series(DashedLineSeries::new(
+                [(x0, y), (x0 + paths.len() as f64, y)],
+                6,
+                4,
+                BLACK.stroke_width(2),
+            ))?;
         }
         let at = rates.backend_coord(&((g * width) as f64 + (paths.len() as f64) / 2.0, 0.0));
         draw_group_label(&root, at, workload)?;
@@ -503,9 +535,75 @@ mod tests {
     }
 
     #[test]
+    fn every_path_has_its_paired_ratio_to_the_limit() {
+        // The limit moves with the machine's noise; tc stays at half of it.
+        let samples = [
+            sample("limit", 0, 400.0),
+            sample("tc", 0, 200.0),
+            sample("bridge", 0, 100.0),
+            sample("pair", 0, 200.0),
+            sample("limit", 1, 40.0),
+            sample("tc", 1, 20.0),
+            sample("bridge", 1, 10.0),
+            sample("pair", 1, 20.0),
+            sample("limit", 2, 100.0),
+            sample("tc", 2, 40.0),
+            sample("bridge", 2, 20.0),
+            sample("pair", 2, 50.0),
+        ];
+        let summary = summarize(&samples, None);
+        let ratio = |path: &str| {
+            summary
+                .iter()
+                .find(|s| s.path == path)
+                .unwrap()
+                .ratio_to_limit
+        };
+        assert_eq!(ratio("tc"), Some(0.5));
+        assert_eq!(ratio("limit"), Some(1.0));
+        assert_eq!(ratio("bridge"), Some(0.25));
+        let table = table(&summary, 3, 1, None);
+        assert!(table.contains("| unit | × bridge | × pair | × limit | p50 µs |"));
+        assert_eq!(table.lines().nth(3).unwrap().matches("---").count(), 13);
+        assert!(table.contains(
+            "| udp_64b_rate | tc | 40.00 (20.00–200) | packets/s received | 2.00 | 1.00 | 0.50 |"
+        ));
+    }
+
+    #[test]
+    fn a_run_without_the_limit_shows_a_dash() {
+        let samples = [sample("bridge", 0, 100.0), sample("tc", 0, 200.0)];
+        let summary = summarize(&samples, None);
+        assert_eq!(summary[1].ratio_to_limit, None);
+        assert!(table(&summary, 1, 1, None).contains("| 2.00 | - | - |"));
+    }
+
+    #[test]
+    fn a_scale_run_shows_its_baseline_then_the_limit() {
+        let samples = [
+            sample("tc-2pods", 0, 100.0),
+            sample("tc-1000pods", 0, 80.0),
+            sample("limit", 0, 160.0),
+        ];
+        let summary = summarize(&samples, Some("tc-2pods"));
+        let table = table(&summary, 1, 1, Some("tc-2pods"));
+        assert!(table.contains("| unit | × tc-2pods | × limit | p50 µs |"));
+        assert!(table
+            .contains("| tc-1000pods | 80.00 (80.00–80.00) | packets/s received | 0.80 | 0.50 |"));
+    }
+
+    #[test]
     fn the_chart_has_both_panels_and_every_path() {
         let paths = [
-            "loopback", "pair", "bridge", "routed", "tc", "tc-rps", "xdp",
+            "loopback",
+            "pair",
+            "bridge",
+            "routed",
+            "tc",
+            "tc-rps",
+            "xdp",
+            "limit",
+            "limit+map",
         ];
         let mut samples = Vec::new();
         for round in 0..3 {
@@ -526,9 +624,10 @@ mod tests {
         chart(&file, &summary).unwrap();
         let svg = fs::read_to_string(&file).unwrap();
         let _ = fs::remove_file(&file);
-        for label in paths
-            .iter()
-            .chain(&["tcp_rr_same_cpu", "tcp_crr", "log scale"])
+        for label in
+            paths
+                .iter()
+                .chain(&["tcp_rr_same_cpu", "tcp_crr", "log scale", "dashed: limit"])
         {
             assert!(svg.contains(label), "{label} in the chart");
         }

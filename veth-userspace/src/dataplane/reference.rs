@@ -1,0 +1,129 @@
+//! The benchmark references (`bench_limit`, `bench_limit_map`), loaded
+//! privately and attached only by the benchmark, to the host-side veths of
+//! a two-pod topology the benchmark made itself; never pinned, so they
+//! detach when this is dropped (or the process holding it exits). vethctl
+//! never loads them: they redirect every frame unchecked.
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use veth_common::names::{
+    GLOBAL_BENCH_HOST_A, GLOBAL_BENCH_HOST_B, MAP_BENCH_FRAMES, MAP_BENCH_PEERS, PROG_BENCH_LIMIT,
+    PROG_BENCH_LIMIT_MAP,
+};
+
+use super::{program, OBJECT};
+
+/// Which reference program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    /// Only `bpf_redirect_peer` to the other pod.
+    Limit,
+    /// The same plus one hash lookup and one per-CPU counter.
+    LimitMap,
+}
+
+impl Reference {
+    pub const ALL: [Reference; 2] = [Reference::Limit, Reference::LimitMap];
+
+    /// Its name as a path in the benchmark reports.
+    pub fn path(self) -> &'static str {
+        match self {
+            Reference::Limit => "limit",
+            Reference::LimitMap => "limit+map",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Reference> {
+        Reference::ALL.into_iter().find(|r| r.path() == path)
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Reference::Limit => PROG_BENCH_LIMIT,
+            Reference::LimitMap => PROG_BENCH_LIMIT_MAP,
+        }
+    }
+}
+
+/// One reference program, loaded for the pods behind host-side veths
+/// `host_a` and `host_b` (ifindexes): frames arriving on one are
+/// redirected into the other's pod.
+pub struct ReferenceProgram {
+    ebpf: Ebpf,
+    reference: Reference,
+}
+
+impl ReferenceProgram {
+    pub fn load(reference: Reference, host_a: u32, host_b: u32) -> Result<ReferenceProgram> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_BENCH_HOST_A, &host_a, true)
+            .override_global(GLOBAL_BENCH_HOST_B, &host_b, true)
+            .load(OBJECT)
+            .context("loading the eBPF object (are you root?)")?;
+        let mut peers: HashMap<_, u32, u32> = ebpf
+            .map_mut(MAP_BENCH_PEERS)
+            .context("BENCH_PEERS missing")?
+            .try_into()?;
+        peers.insert(host_a, host_b, 0)?;
+        peers.insert(host_b, host_a, 0)?;
+        program::<SchedClassifier>(&mut ebpf, reference.program())?
+            .load()
+            .with_context(|| format!("loading {}", reference.program()))?;
+        Ok(ReferenceProgram { ebpf, reference })
+    }
+
+    fn classifier(&self) -> Result<&SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(self.reference.program())
+            .context("reference program missing")?
+            .try_into()?)
+    }
+
+    /// Attaches it at TCX ingress of `host_veth` (a device of the caller's
+    /// namespace) until this is dropped.
+    pub fn attach(&mut self, host_veth: &str) -> Result<()> {
+        let name = self.reference.program();
+        if host_veth.is_empty() {
+            bail!("no host-side veth to attach {name} to");
+        }
+        program::<SchedClassifier>(&mut self.ebpf, name)?
+            .attach(host_veth, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {name} to {host_veth}"))?;
+        Ok(())
+    }
+
+    /// The kernel's id of the program, for its run-time statistics.
+    pub fn id(&self) -> Result<u32> {
+        Ok(self.classifier()?.info()?.id())
+    }
+
+    /// Frames `bench_limit_map` counted, over all CPUs (0 for `bench_limit`).
+    pub fn frames(&self) -> Result<u64> {
+        let frames: PerCpuArray<_, u64> = self
+            .ebpf
+            .map(MAP_BENCH_FRAMES)
+            .context("BENCH_FRAMES missing")?
+            .try_into()?;
+        Ok(frames.get(&0, 0)?.iter().sum())
+    }
+
+    /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` (which
+    /// makes it arrive on loopback, ifindex 1); its return code.
+    pub fn test_run(&self, frame: &[u8]) -> Result<i32> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .classifier()?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(result.return_value as i32)
+    }
+}

@@ -550,12 +550,12 @@ fn footprint<T>(agent: &RunningAgent, during: impl FnOnce() -> T) -> (T, Footpri
         rss_before,
         rss_after: agent.rss_kib(),
         // The HTTP server's lines (the watcher's are about pods of other
-        // tests on this machine).
+        // tests on this machine), after the log line's time and level.
         said: agent
             .said()
             .into_iter()
             .filter(|l| {
-                l.starts_with("vethctl agent: accept") || l.starts_with("vethctl agent: connection")
+                l.contains(" vethctl agent: accept") || l.contains(" vethctl agent: connection")
             })
             .collect(),
     };

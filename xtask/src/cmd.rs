@@ -67,6 +67,14 @@ pub fn workspace_root() -> &'static Path {
         .expect("xtask lives one level below the workspace root")
 }
 
+/// Builds `bin` of the tests package in release (the benchmarks' helper
+/// programs live there: xtask must not build the eBPF object itself) and
+/// returns its path.
+pub fn build_tests_bin(bin: &str) -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-q", "-p", "veth-tests", "--bin", bin]))?;
+    Ok(target_dir().join("release").join(bin))
+}
+
 pub fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -37,17 +37,12 @@ pub const LIMITS: [LimitSpec; 2] = [
     },
 ];
 
+/// The program that loads and holds a reference program (tests package).
+const HOLDER: &str = "bench-reference";
+
 /// Builds the program holder (the eBPF object comes with veth-userspace).
 pub fn build() -> Result<()> {
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "veth-tests",
-        "--bin",
-        "bench-reference",
-    ]))
+    cmd::build_tests_bin(HOLDER).map(drop)
 }
 
 /// The two pods and the program, taken down when dropped.
@@ -120,7 +115,7 @@ impl LimitTopology {
                 ],
             )?;
         }
-        let mut holder = Command::new(cmd::target_dir().join("release/bench-reference"))
+        let mut holder = Command::new(cmd::target_dir().join("release").join(HOLDER))
             .args([spec.path, &pods[0], &pods[1]])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -33,16 +33,7 @@ use crate::cmd;
 /// Builds `cri-pod-start` (release, like the veth-cni it starts pods with)
 /// and returns its path.
 pub fn build() -> Result<PathBuf> {
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "veth-tests",
-        "--bin",
-        "cri-pod-start",
-    ]))?;
-    Ok(cmd::target_dir().join("release/cri-pod-start"))
+    cmd::build_tests_bin("cri-pod-start")
 }
 
 /// How to run it.

@@ -162,9 +162,11 @@ enum Command {
         per_pod_drops: bool,
         /// The file that makes this the node's only agent (a second one
         /// refuses to start, naming this one's PID). A lab that runs one
-        /// agent per simulated node gives each its own.
-        #[arg(long, value_name = "FILE", default_value = crate::state::AGENT_LOCK)]
-        lock_file: PathBuf,
+        /// agent per simulated node gives each its own. Default:
+        /// /run/vethctl/agent.lock, or in a node namespace (`ip netns exec
+        /// NODE vethctl agent`) the node's own under /run/vethctl/_nodes/.
+        #[arg(long, value_name = "FILE")]
+        lock_file: Option<PathBuf>,
         /// Bring up the network of this CNI configuration list at start
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
@@ -705,7 +707,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bpf_stats,
                 cni_confs: cni_conf,
                 per_pod_drops,
-                lock_file,
+                lock_file: lock_file.unwrap_or_else(|| crate::node::current().agent_lock()),
             })
             .await
         }
@@ -759,6 +761,7 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
 async fn down(select: &Select) -> Result<()> {
     let name = select.name_or_default()?;
     apply::down(&name).await?;
+    crate::node::current().forget_if_empty()?;
     emit(format_args!("topology {name:?} is down\n"))
 }
 

@@ -20,18 +20,30 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 
-/// Where namespace `name` is: `/run/netns/<name>` for one of ours, the
-/// name itself for a runtime's namespace given by absolute path (CNI's
-/// `CNI_NETNS`, see [`crate::model::Pod::netns_is_ours`]).
+/// Where namespace `name` is: `/run/netns/<name>` for one of ours (made
+/// unique per node in the shared /run/netns: `/run/netns/<node>-<name>`
+/// when a node namespace made it, see [`crate::node`]), the name itself
+/// for a runtime's namespace given by absolute path (CNI's `CNI_NETNS`,
+/// see [`crate::model::Pod::netns_is_ours`]).
 pub fn path(name: &str) -> PathBuf {
     if name.starts_with('/') {
         PathBuf::from(name)
     } else {
-        Path::new(NETNS_RUN_DIR).join(name)
+        Path::new(NETNS_RUN_DIR).join(kernel_name(name))
     }
 }
 
-/// Names of the named namespaces that start with `prefix`.
+/// The name under /run/netns of our namespace `name` on this node, as
+/// `ip netns` shows it (a runtime's path stays as it is).
+pub fn kernel_name(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    format!("{}{name}", crate::node::current().netns_prefix())
+}
+
+/// Names of the named namespaces that start with `prefix` (names under
+/// /run/netns, whichever node made them).
 pub fn list(prefix: &str) -> Result<Vec<String>> {
     let entries = match fs::read_dir(NETNS_RUN_DIR) {
         Ok(entries) => entries,
@@ -107,48 +119,77 @@ pub fn create(name: &str) -> Result<()> {
     if exists(name) {
         return Ok(());
     }
-    make_run_dir_shared()?;
     let target = path(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&target)
-        .with_context(|| format!("creating {}", target.display()))?;
     // unshare(CLONE_NEWNET) moves only the calling thread: do it on a
     // thread of its own, which ends right after pinning the namespace.
-    let thread_target = target.clone();
-    std::thread::Builder::new()
-        .name(format!("netns-new-{name}"))
-        .spawn(move || -> Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &thread_target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .context("bind-mounting the new namespace")
-        })?
-        .join()
-        .map_err(|_| anyhow!("namespace thread panicked"))?
-        .with_context(|| format!("creating network namespace {name:?}"))
+    on_host_mounts(&format!("netns-new-{name}"), move || {
+        make_run_dir_shared()?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the new namespace")
+    })
+    .with_context(|| format!("creating network namespace {name:?}"))
 }
 
 /// Removes the namespace's name; the namespace goes away with its last
 /// user. Missing namespaces are fine (idempotent `down`).
 pub fn delete(name: &str) -> Result<()> {
     let target = path(name);
-    match umount2(&target, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
-    }
-    match fs::remove_file(&target) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", target.display())),
-    }
+    on_host_mounts(&format!("netns-del-{name}"), move || {
+        match umount2(&target, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
+        }
+        match fs::remove_file(&target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", target.display())),
+        }
+    })
+}
+
+/// Runs `f` on a thread of its own in the host's mount namespace, where
+/// the bind mounts that keep our namespaces alive must be made and
+/// removed: under `ip netns exec` the process has a mount namespace of its
+/// own, a slave of the host's, so its mounts would neither reach the host
+/// nor outlive it (see [`crate::node`]). On the host, just a thread.
+fn on_host_mounts<F>(label: &str, f: F) -> Result<()>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let host_mounts =
+        match crate::node::current().host_mount_ns() {
+            Some(path) => Some(File::open(&path).with_context(|| {
+                format!("opening the host's mount namespace {}", path.display())
+            })?),
+            None => None,
+        };
+    std::thread::Builder::new()
+        .name(label.chars().take(15).collect())
+        .spawn(move || -> Result<()> {
+            if let Some(ns) = host_mounts {
+                // setns(CLONE_NEWNS) refuses a thread that shares its
+                // filesystem context (root, cwd) with others.
+                unshare(CloneFlags::CLONE_FS).context("unshare(CLONE_FS)")?;
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .context("entering the host's mount namespace")?;
+            }
+            f()
+        })?
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
 }
 
 /// Opens a namespace, e.g. to hand its fd to the kernel (`IFLA_NET_NS_FD`).

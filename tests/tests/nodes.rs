@@ -133,6 +133,20 @@ fn the_same_network_on_two_nodes_keeps_apart_and_outlives_its_commands() {
         "status in node A shows only A's pods: {:?}",
         netns_of(&a)
     );
+    // `vethctl --node B` from the host is the same command as under
+    // `ip netns exec B`.
+    let out = veth_tests::vethctl(
+        &["--node", &b.name, "status", "-n", &name, "--json"],
+        &[],
+        None,
+    );
+    veth_tests::expect_success(&out, "vethctl --node B status");
+    let via_flag: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(
+        via_flag["topologies"][0]["pods"],
+        b.vethctl_json(&["status", "-n", &name])["topologies"][0]["pods"],
+        "--node B sees B's pods"
+    );
 
     a.vethctl_ok(&["down", "-n", &name]);
     assert!(a.pod_namespaces().is_empty(), "A's pod namespaces are gone");
@@ -186,19 +200,27 @@ fn cni_on_two_nodes_gives_addresses_from_each_nodes_own_ledger() {
     let block = AddressBlock::reserve(&name);
     let conf = cni_conf(&name, &block);
     let (pod_a, pod_b) = (CniPod::new(), CniPod::new());
-    let mut firsts = Vec::new();
+    let firsts: Vec<Vec<String>> = [(&a, &pod_a), (&b, &pod_b)]
+        .iter()
+        .map(|(node, pod)| {
+            let result = cni(node, "ADD", pod, &conf);
+            let ips: Vec<String> = result["ips"]
+                .as_array()
+                .expect("ips[]")
+                .iter()
+                .map(|ip| ip["address"].as_str().unwrap_or_default().to_string())
+                .collect();
+            assert_eq!(ips.len(), 2, "IPv4 and IPv6 for {}: {result}", node.name);
+            ips
+        })
+        .collect();
+    assert_eq!(
+        firsts[0], firsts[1],
+        "each node allocates from its own ledger: the same first addresses"
+    );
+    assert!(!Path::new("/run/vethctl").join(&name).exists());
     for (node, pod) in [(&a, &pod_a), (&b, &pod_b)] {
-        let result = cni(node, "ADD", pod, &conf);
-        let ips: Vec<String> = result["ips"]
-            .as_array()
-            .expect("ips[]")
-            .iter()
-            .map(|ip| ip["address"].as_str().unwrap_or_default().to_string())
-            .collect();
-        assert_eq!(ips.len(), 2, "IPv4 and IPv6 for {}: {result}", node.name);
-        firsts.push(ips);
-        // The plugin has exited; the pod reaches its node through the
-        // node's programs, over both families.
+        // The plugin has exited; the pod reaches its node's address.
         let node_pods = status_pods(node, &name);
         assert_eq!(
             node_pods.len(),
@@ -211,7 +233,11 @@ fn cni_on_two_nodes_gives_addresses_from_each_nodes_own_ledger() {
             3,
             &format!("pod to node {}", node.name),
         );
-        let records = node.state_root().unwrap().join(&name).join("endpoints");
+        let records = node
+            .state_root()
+            .expect("a state root")
+            .join(&name)
+            .join("endpoints");
         assert_eq!(
             std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0),
             1,
@@ -219,11 +245,6 @@ fn cni_on_two_nodes_gives_addresses_from_each_nodes_own_ledger() {
             records.display()
         );
     }
-    assert_eq!(
-        firsts[0], firsts[1],
-        "each node allocates from its own ledger: the same first addresses"
-    );
-    assert!(!Path::new("/run/vethctl").join(&name).exists());
 
     for (node, pod) in [(&a, &pod_a), (&b, &pod_b)] {
         cni(node, "DEL", pod, &conf);
@@ -339,4 +360,18 @@ fn each_node_runs_its_own_agent() {
         2
     );
     let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn a_node_that_does_not_exist_is_named_with_the_fix() {
+    let out = veth_tests::vethctl(&["--node", "no-such-node", "status"], &[], None);
+    assert!(
+        !out.status.success(),
+        "--node of a missing namespace must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-node") && err.contains("ip netns add"),
+        "the error names the node and the fix: {err}"
+    );
 }

@@ -27,6 +27,11 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "vethctl", version, about, long_about = None)]
 pub struct Cli {
+    /// Act for node NODE of a lab on this machine: a network namespace
+    /// made with `ip netns add NODE`. Same as running the command under
+    /// `ip netns exec NODE`: the node's own state, pins and pods.
+    #[arg(long, global = true, value_name = "NODE")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -542,6 +547,13 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
     let cli = parse();
+    // Before the runtime starts any thread (see `enter_node`).
+    if let Some(node) = &cli.node {
+        if let Err(e) = crate::netlink::netns::enter_node(node) {
+            let _ = writeln!(io::stderr(), "error: {e:#}");
+            return std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code());
+        }
+    }
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

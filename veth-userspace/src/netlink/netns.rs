@@ -192,6 +192,53 @@ where
         .map_err(|_| anyhow!("namespace thread panicked"))?
 }
 
+/// Makes this whole process act for node `name` (a namespace under
+/// /run/netns made with `ip netns add`), as `ip netns exec NAME` would:
+/// the node's network namespace, and a mount namespace of our own (a
+/// slave of the host's) with that namespace's `/sys`. Must run while the
+/// process has one thread (first thing in `main`): namespaces belong to
+/// threads, and threads made later inherit them. Then [`crate::node`]
+/// finds the node as a command run under `ip netns exec` does.
+pub fn enter_node(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("--node {name:?}: give the name of a namespace under {NETNS_RUN_DIR} (as `ip netns list` shows it)");
+    }
+    // Not `path`: it names namespaces after the node, which is not known
+    // before we are in it.
+    let target = Path::new(NETNS_RUN_DIR).join(name);
+    if !statfs(&target).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC) {
+        bail!("--node {name:?}: no network namespace {}; make it with `ip netns add {name}` (see `ip netns list`)", target.display());
+    }
+    let ns = File::open(&target).with_context(|| format!("opening {}", target.display()))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {name:?}"))?;
+    unshare(CloneFlags::CLONE_NEWNS)
+        .context("unshare(CLONE_NEWNS) (is the process still single-threaded?)")?;
+    // Our mounts must not reach the host; the host's still reach us
+    // (namespaces the node makes, see `create`).
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("making / a slave mount")?;
+    // A sysfs mounted now shows the node's interfaces in /sys/class/net.
+    match umount2("/sys", MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e).context("unmounting the host's /sys"),
+    }
+    mount(
+        Some(name),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting the node's /sys")
+}
+
 /// Opens a namespace, e.g. to hand its fd to the kernel (`IFLA_NET_NS_FD`).
 pub fn open(name: &str) -> Result<File> {
     if !exists(name) {

@@ -339,13 +339,29 @@ mod tests {
         o.chain = vec!["portmap".into(), "bandwidth".into()];
         o.plugins_from = Some(from);
         let installed = install(&o).unwrap();
-        let mut copied: Vec<_> = installed.copied.iter().map(|p| p.file_name().unwrap()).collect();
+        let mut copied: Vec<_> = installed
+            .copied
+            .iter()
+            .map(|p| p.file_name().unwrap())
+            .collect();
         copied.sort();
         assert_eq!(copied, ["bandwidth", "loopback"]);
-        assert_eq!(fs::read_to_string(bin.join("portmap")).unwrap(), "node's portmap");
-        assert_eq!(fs::read_to_string(bin.join("loopback")).unwrap(), "image's loopback");
-        assert!(!bin.join("host-local").exists(), "not needed: built-in IPAM");
-        let mode = fs::metadata(bin.join("bandwidth")).unwrap().permissions().mode();
+        assert_eq!(
+            fs::read_to_string(bin.join("portmap")).unwrap(),
+            "node's portmap"
+        );
+        assert_eq!(
+            fs::read_to_string(bin.join("loopback")).unwrap(),
+            "image's loopback"
+        );
+        assert!(
+            !bin.join("host-local").exists(),
+            "not needed: built-in IPAM"
+        );
+        let mode = fs::metadata(bin.join("bandwidth"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
         fs::remove_dir_all(root).unwrap();
     }

@@ -331,7 +331,9 @@ fn only_others(body: &str, ours: &str) -> bool {
 /// CNI directories; the agent, from the image, brings the network up and
 /// answers /healthz and /readyz; two pods containerd starts over CRI get
 /// networked by the installed plugin and ping each other through the
-/// redirect, and the agent in the container counts them. The podman
+/// redirect, and the agent in the container counts them; then the
+/// README's uninstall from the image: `uninstall-cni` takes only our
+/// plugin and list, `down` the whole network. The podman
 /// arguments come from the manifest; what the test changes is what an
 /// operator would (the ConfigMap's network and range, where the CNI
 /// directories are) plus the agent's port and lock file, so that it runs
@@ -488,5 +490,12 @@ fn the_image_runs_as_the_daemonset_and_networks_a_containerd_pod() {
         "the reference plugins stay"
     );
     assert!(!conf.path().join("10-vethctl.conflist").exists());
+    // And the network goes with `down` run as the agent runs; the network's
+    // guard then finds nothing of it left (pins, links, state, addresses).
+    let mut down = agent;
+    down.args = vec!["down".into(), "-n".into(), net.name.clone()];
+    let out = podman_run(&podman, &["--rm"], &down);
+    assert!(out.contains("is down"), "vethctl down: {out}");
+    assert!(!Path::new("/sys/fs/bpf/vethctl").join(&net.name).exists());
     assert_eq!(podman.containers().unwrap(), Vec::<String>::new());
 }

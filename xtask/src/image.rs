@@ -5,7 +5,7 @@
 //! containernetworking-plugins), exactly the shared libraries `ldd` says
 //! they load, and the licences and copyright files of all of it. Every file
 //! and the image's creation time carry the commit's time, so the same
-//! commit gives the same image ID. The image is saved as an OCI archive
+//! binaries give the same image ID. The image is saved as an OCI archive
 //! (`target/image/vethctl.oci.tar`) for `ctr images import` on nodes and
 //! for the tests, which load it into a podman of their own.
 
@@ -35,6 +35,8 @@ const DEBIAN_PLUGIN_DIR: &str = "/usr/lib/cni";
 const IMAGE_PLUGIN_DIR: &str = "usr/lib/cni";
 
 pub fn run() -> Result<()> {
+    // podman and containernetworking-plugins come with the tests' packages.
+    crate::setup::run(crate::setup::Needs::Everything)?;
     let built = build()?;
     println!(
         "built {} and {} ({}), saved as {} ({:.1} MB)",

@@ -39,7 +39,7 @@ enum Task {
     /// `:VERSION-COMMIT`) with podman FROM scratch, nothing pulled: vethctl,
     /// veth-cni, the reference plugins loopback, portmap, bandwidth and
     /// host-local, and the libraries they load; saved as the OCI archive
-    /// target/image/vethctl.oci.tar. Same commit, same image ID.
+    /// target/image/vethctl.oci.tar. Same binaries, same image ID.
     Image,
     /// The CNI path under churn, crashes and mode changes for a long time
     /// (needs root): ADD/DEL cycles through veth-cni with the agent

@@ -152,6 +152,19 @@ fn runs(manifest: &Manifest, node: &Node) -> (PodmanRun, PodmanRun) {
     (init, agent)
 }
 
+/// A line of `vethctl --version` after `prefix` ("vethctl ", "commit: ").
+fn version_field(prefix: &str) -> String {
+    let out = Command::new(vethctl_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("`vethctl --version` has no {prefix:?} line"))
+        .to_string()
+}
+
 /// The manifest against the image, the CLI and the systemd unit: every
 /// field translates to podman; both containers run the image `cargo xtask
 /// image` tags with vethctl's version; the agent reads the list the init
@@ -162,19 +175,7 @@ fn runs(manifest: &Manifest, node: &Node) -> (PodmanRun, PodmanRun) {
 fn the_daemonset_agrees_with_the_image_the_cli_and_the_unit() {
     let manifest = manifest();
     let (init, agent) = runs(&manifest, &Node::default());
-    let version = String::from_utf8(
-        Command::new(vethctl_bin())
-            .arg("--version")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let version = version
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("vethctl ");
+    let version = version_field("vethctl ");
     for run in [&init, &agent] {
         assert_eq!(run.image, format!("localhost/vethctl:{version}"));
     }
@@ -383,9 +384,20 @@ fn the_image_runs_as_the_daemonset_and_networks_a_containerd_pod() {
     podman
         .podman(&["load", "-q", "-i", archive.to_str().unwrap()])
         .expect("podman load of the image archive");
-    podman
-        .podman(&["image", "exists", &agent.image])
+    let revision = podman
+        .podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .Labels \"org.opencontainers.image.revision\"}}",
+            &agent.image,
+        ])
         .expect("the manifest's image is in the archive");
+    assert_eq!(
+        revision.trim(),
+        version_field("commit: "),
+        "the image is of another commit than this build: `cargo xtask image` rebuilds it"
+    );
 
     let init_name = format!("{}-install-cni", net.name);
     let out = podman_run(&podman, &["--rm", &format!("--name={init_name}")], &init);

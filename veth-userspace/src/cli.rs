@@ -331,6 +331,11 @@ struct InstallCni {
     /// What goes into --log-file: error (default), warn, info or debug.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Copy the plugins the list needs (loopback, --chain, a delegated
+    /// --ipam) from DIR into --bin-dir where it lacks them; a plugin
+    /// already there is left as it is. The image's are in /usr/lib/cni.
+    #[arg(long, value_name = "DIR")]
+    plugins_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -982,12 +987,16 @@ fn install_cni(o: InstallCni) -> Result<()> {
         chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
         log_file: o.log_file,
         log_level: o.log_level,
+        plugins_from: o.plugins_from,
     };
-    let (plugin, conf) = crate::cni::install::install(&options)?;
+    let installed = crate::cni::install::install(&options)?;
+    for copied in &installed.copied {
+        emit(format_args!("copied {}\n", copied.display()))?;
+    }
     emit(format_args!(
         "installed {} and {}; the runtime's next pod uses network {:?} (`vethctl status -n {}`)\n",
-        plugin.display(),
-        conf.display(),
+        installed.plugin.display(),
+        installed.conf.display(),
         options.name,
         options.name
     ))

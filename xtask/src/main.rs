@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod image;
 mod setup;
 mod soak;
 
@@ -34,6 +35,12 @@ enum Task {
     },
     /// Set up, bring up the demo topology and send traffic through it.
     Demo,
+    /// Build the node image (`localhost/vethctl:VERSION` and
+    /// `:VERSION-COMMIT`) with podman FROM scratch, nothing pulled: vethctl,
+    /// veth-cni, the reference plugins loopback, portmap, bandwidth and
+    /// host-local, and the libraries they load; saved as the OCI archive
+    /// target/image/vethctl.oci.tar. Same binaries, same image ID.
+    Image,
     /// The CNI path under churn, crashes and mode changes for a long time
     /// (needs root): ADD/DEL cycles through veth-cni with the agent
     /// running, kill -9 of the plugin, `mode set` and a map-layout change,
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
         Task::Demo => demo::run(),
+        Task::Image => image::run(),
         Task::Soak {
             cycles,
             width,

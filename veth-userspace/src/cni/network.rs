@@ -16,7 +16,7 @@ use crate::model::{validate_topology_name, Mode, ModelError, TcAttach, Topology}
 pub const MASQUERADE_KEY: &str = "ipMasq";
 
 /// The pod ranges of a network and its node (gateway) addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ranges {
     pub v4: Ipv4Net,
     pub v6: Option<Ipv6Net>,
@@ -195,18 +195,6 @@ fn delegated_ranges(config: &Map<String, Value>) -> Result<Ranges, CniError> {
         }
     }
     Ok(ranges)
-}
-
-impl Default for Ranges {
-    fn default() -> Ranges {
-        Ranges {
-            v4: Ipv4Net::default(),
-            v6: None,
-            gateway4: None,
-            gateway6: None,
-            keys: Keys::default(),
-        }
-    }
 }
 
 /// The ranges of `ipam`: the built-in's `subnet`/`subnet6`, or a delegated

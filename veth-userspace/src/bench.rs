@@ -2,13 +2,16 @@
 //! a topology that is up, in whatever mode it is in, with what the dataplane
 //! counted meanwhile: the proof of which path the traffic took.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use veth_bench::{measure, Sample, Spread, Target, Workload};
+use veth_common::PairCounters;
 
 use crate::{
     dataplane,
-    model::Topology,
+    model::{Pod, Topology},
     netlink::{netns, Host},
 };
 
@@ -46,6 +49,53 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
     if options.rounds == 0 || options.seconds == 0 || options.workloads.is_empty() {
         bail!("--rounds, --seconds and --workloads need at least 1");
     }
+    let (client, server) = client_and_server(topology, options)?;
+    // The program the client's frames pass first, timed by the kernel's
+    // BPF statistics for as long as `_stats` is open. Mode pair's direct
+    // link has no program.
+    let program = match topology.mode.to_string().as_str() {
+        "pair" => None,
+        "xdp" => Some(veth_common::names::PROG_XDP_FROM_POD),
+        _ => Some(veth_common::names::PROG_FROM_POD),
+    };
+    let _stats = match program {
+        Some(_) => Some(dataplane::enable_bpf_stats()?),
+        None => None,
+    };
+    let target = target(topology, client, server, program);
+    let ifindex = Host::connect()?
+        .link(&client.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", client.host_veth))?
+        .ifindex;
+    let before = dataplane::read_counters(&topology.name)?;
+    let samples = run_rounds(target, options, &client.name, &server.name).await?;
+    let after = dataplane::read_counters(&topology.name)?;
+    Ok(BenchReport {
+        topology: topology.name.clone(),
+        mode: topology.mode.to_string(),
+        client: client.name.clone(),
+        server: server.name.clone(),
+        rounds: options.rounds,
+        seconds: options.seconds,
+        results: options
+            .workloads
+            .iter()
+            .map(|&w| {
+                let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == w).collect();
+                Spread::of(w, &of)
+            })
+            .collect(),
+        client_frames: PathCounts::between(&before, &after, ifindex),
+        samples,
+    })
+}
+
+/// The two pods `options` names, distinct and up.
+fn client_and_server<'a>(
+    topology: &'a Topology,
+    options: &BenchOptions,
+) -> Result<(&'a Pod, &'a Pod)> {
     let pod = |name: &str, flag: &str| {
         topology.pod_named(name).with_context(|| {
             let names: Vec<String> = topology.pods.iter().map(|p| p.display_name()).collect();
@@ -73,21 +123,19 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
             );
         }
     }
-    // The program the client's frames pass first, timed by the kernel's
-    // BPF statistics for as long as `_stats` is open. Mode pair's direct
-    // link has no program.
-    let mode = topology.mode.to_string();
-    let program = match mode.as_str() {
-        "pair" => None,
-        "xdp" => Some(veth_common::names::PROG_XDP_FROM_POD),
-        _ => Some(veth_common::names::PROG_FROM_POD),
-    };
-    let _stats = match program {
-        Some(_) => Some(dataplane::enable_bpf_stats()?),
-        None => None,
-    };
-    let target = Target {
-        path: mode,
+    Ok((client, server))
+}
+
+/// What the workloads run against: the pods' namespaces, the server's
+/// address and, if the path has one, a probe of `program`'s run time.
+fn target(
+    topology: &Topology,
+    client: &Pod,
+    server: &Pod,
+    program: Option<&'static str>,
+) -> Target {
+    Target {
+        path: topology.mode.to_string(),
         client_netns: client.netns.clone(),
         server_netns: server.netns.clone(),
         server_ip: server.ipv4.to_string(),
@@ -99,23 +147,25 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
             });
             probe
         }),
-    };
-    let ifindex = Host::connect()?
-        .link(&client.host_veth)
-        .await?
-        .with_context(|| format!("host-side veth {:?} is missing", client.host_veth))?
-        .ifindex;
-    let before = dataplane::read_counters(&topology.name)?;
+    }
+}
+
+/// Every workload once per round, interleaved round by round as in `cargo
+/// xtask bench`, off the runtime (the tools run for minutes).
+async fn run_rounds(
+    target: Target,
+    options: &BenchOptions,
+    client: &str,
+    server: &str,
+) -> Result<Vec<Sample>> {
     let (workloads, rounds, seconds) = (options.workloads.clone(), options.rounds, options.seconds);
-    let (client_name, server_name) = (client.name.clone(), server.name.clone());
-    // The tools run for minutes: off the runtime.
-    let samples = tokio::task::spawn_blocking(move || -> Result<Vec<Sample>> {
+    let (client, server) = (client.to_string(), server.to_string());
+    tokio::task::spawn_blocking(move || -> Result<Vec<Sample>> {
         let mut samples = Vec::new();
-        // Workloads interleave round by round, as in `cargo xtask bench`.
         for round in 0..rounds {
             for &workload in &workloads {
                 eprintln!(
-                    "round {}/{rounds}: {} from {client_name} to {server_name}",
+                    "round {}/{rounds}: {} from {client} to {server}",
                     round + 1,
                     workload.name(),
                 );
@@ -128,36 +178,28 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
         Ok(samples)
     })
     .await
-    .context("benchmark task panicked")??;
-    let after = dataplane::read_counters(&topology.name)?;
-    let delta = |f: fn(&veth_common::Verdicts) -> u64| {
-        let get = |m: &std::collections::BTreeMap<u32, veth_common::PairCounters>| {
-            m.get(&ifindex).map_or(0, |c| f(&c.from_pod))
+    .context("benchmark task panicked")?
+}
+
+impl PathCounts {
+    /// What the pair of host ifindex `ifindex` counted from its pod between
+    /// two reads of the counters.
+    fn between(
+        before: &BTreeMap<u32, PairCounters>,
+        after: &BTreeMap<u32, PairCounters>,
+        ifindex: u32,
+    ) -> PathCounts {
+        let delta = |f: fn(&veth_common::Verdicts) -> u64| {
+            let get =
+                |m: &BTreeMap<u32, PairCounters>| m.get(&ifindex).map_or(0, |c| f(&c.from_pod));
+            get(after).saturating_sub(get(before))
         };
-        get(&after).saturating_sub(get(&before))
-    };
-    Ok(BenchReport {
-        topology: topology.name.clone(),
-        mode: topology.mode.to_string(),
-        client: client.name.clone(),
-        server: server.name.clone(),
-        rounds: options.rounds,
-        seconds: options.seconds,
-        results: options
-            .workloads
-            .iter()
-            .map(|&w| {
-                let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == w).collect();
-                Spread::of(w, &of)
-            })
-            .collect(),
-        client_frames: PathCounts {
+        PathCounts {
             redirected: delta(|v| v.redirected_packets),
             passed: delta(|v| v.passed_packets),
             dropped: delta(|v| v.dropped_packets),
-        },
-        samples,
-    })
+        }
+    }
 }
 
 /// The report as a table.

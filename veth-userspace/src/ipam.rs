@@ -1,4 +1,6 @@
-//! The built-in address allocator: a pool per network, keyed by endpoint
+//! The built-in address allocator, the pool itself (no CNI in it; which
+//! source an ADD's addresses come from is [`crate::cni::ipam`]'s choice):
+//! a pool per network, keyed by endpoint
 //! id, so an endpoint keeps its addresses for as long as it exists, however
 //! others come and go (the lowest free address is handed out; a released
 //! one is free again). A CNI ADD and a topology file's pods without fixed

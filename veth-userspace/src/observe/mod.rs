@@ -92,8 +92,12 @@ impl Unreadable {
     }
 }
 
-/// The lines that report unreadable topologies below a table.
-fn unreadable_lines(unreadable: &[Unreadable]) -> String {
+/// The lines below the tables: the topologies that cannot be read, or
+/// that none is up.
+fn closing_lines(shown: usize, unreadable: &[Unreadable]) -> String {
+    if shown == 0 && unreadable.is_empty() {
+        return "no topology is up (start one with `vethctl up`)\n".to_string();
+    }
     unreadable
         .iter()
         .map(|u| format!("UNREADABLE: {}\n", u.message()))
@@ -327,11 +331,7 @@ impl StatusReport {
             out += &t.pod_table(width);
             out += &t.stale_line();
         }
-        out += &unreadable_lines(&self.unreadable);
-        if self.topologies.is_empty() && self.unreadable.is_empty() {
-            out += "no topology is up (start one with `vethctl up`)\n";
-        }
-        out
+        out + &closing_lines(self.topologies.len(), &self.unreadable)
     }
 }
 
@@ -593,11 +593,7 @@ impl StatsReport {
             out += &t.pair_table(width);
             out += &t.drop_lines();
         }
-        out += &unreadable_lines(&self.unreadable);
-        if self.topologies.is_empty() && self.unreadable.is_empty() {
-            out += "no topology is up (start one with `vethctl up`)\n";
-        }
-        out
+        out + &closing_lines(self.topologies.len(), &self.unreadable)
     }
 }
 

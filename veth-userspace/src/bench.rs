@@ -13,6 +13,7 @@ use crate::{
     dataplane,
     model::{Pod, Topology},
     netlink::{netns, Host},
+    observe::table::{render, row, wrap, Width},
 };
 
 pub struct BenchOptions {
@@ -202,45 +203,40 @@ impl PathCounts {
     }
 }
 
-/// The report as a table.
-pub fn table(report: &BenchReport) -> String {
+/// The report as a table: fitting 80 columns, the median with its range
+/// and unit, p99 latency and the program's time per run; wide, also p50,
+/// retransmits, loss and CPU time per unit.
+pub fn table(report: &BenchReport, width: Width) -> String {
     let mut out = format!(
         "topology {} (mode {}): {} -> {}, {} round(s) of {} s, medians (min-max)\n",
         report.topology, report.mode, report.client, report.server, report.rounds, report.seconds
     );
-    out += &format!(
-        "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
-        "workload", "median (min-max)", "p50 us", "p99 us", "retrans", "loss %", "CPU", "prog ns"
+    let mut rows = vec![match width {
+        Width::Fit => row(["WORKLOAD", "MEDIAN (MIN-MAX)", "UNIT", "P99 US", "PROG NS"]),
+        Width::Wide => row([
+            "WORKLOAD",
+            "MEDIAN (MIN-MAX)",
+            "UNIT",
+            "P50 US",
+            "P99 US",
+            "RETRANS",
+            "LOSS %",
+            "CPU",
+            "PROG NS",
+        ]),
+    }];
+    rows.extend(report.results.iter().map(|r| result_row(r, width)));
+    out += &render(&rows);
+    let mut notes = String::from(
+        "PROG NS: time per run of the program the frames pass (kernel BPF statistics, on \
+         during the run)\n",
     );
-    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in &report.results {
-        out += &format!(
-            "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
-            r.workload.name(),
-            format!(
-                "{} ({}-{}) {}",
-                short(r.median),
-                short(r.min),
-                short(r.max),
-                r.unit
-            ),
-            num(r.p50_us),
-            num(r.p99_us),
-            r.retransmits.map_or("-".into(), |v| format!("{v:.0}")),
-            num(r.loss_percent),
-            r.cpu_ns_per_unit
-                .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
-            r.program_ns_per_run
-                .map_or("-".into(), |v| format!("{v:.0}")),
-        );
-    }
-    out += "prog ns: time per run of the program the frames pass (kernel BPF statistics, on during the run)\n";
-    for r in &report.results {
-        out += &format!("{}: {}\n", r.workload.name(), r.workload.description());
+        notes += &format!("{}: {}\n", r.workload.name(), r.workload.description());
     }
     let c = &report.client_frames;
     let total = (c.redirected + c.passed + c.dropped).max(1);
-    out += &format!(
+    notes += &format!(
         "frames from {}: {} redirected ({:.1}%), {} passed to the host stack, {} dropped\n",
         report.client,
         c.redirected,
@@ -248,7 +244,31 @@ pub fn table(report: &BenchReport) -> String {
         c.passed,
         c.dropped
     );
-    out
+    out + &wrap(&notes, width)
+}
+
+/// One workload's row of [`table`].
+fn result_row(r: &Spread, width: Width) -> Vec<String> {
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let median = format!("{} ({}-{})", short(r.median), short(r.min), short(r.max));
+    let program = r
+        .program_ns_per_run
+        .map_or("-".into(), |v| format!("{v:.0}"));
+    match width {
+        Width::Fit => row([r.workload.name(), &median, r.unit, &num(r.p99_us), &program]),
+        Width::Wide => row([
+            r.workload.name(),
+            &median,
+            r.unit,
+            &num(r.p50_us),
+            &num(r.p99_us),
+            &r.retransmits.map_or("-".into(), |v| format!("{v:.0}")),
+            &num(r.loss_percent),
+            &r.cpu_ns_per_unit
+                .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
+            &program,
+        ]),
+    }
 }
 
 /// 12.3k, 4.56 — compact numbers for the table.

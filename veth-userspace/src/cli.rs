@@ -181,9 +181,9 @@ struct BenchArgs {
     /// Seconds per measurement (1 to 3600).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
-    /// Print JSON (every sample included) instead of a table.
-    #[arg(long)]
-    json: bool,
+    // Wide adds p50, retransmits, loss and CPU; JSON has every sample.
+    #[command(flatten)]
+    output: Output,
 }
 
 // `vethctl agent`: where it listens, what it exports, what it brings up.
@@ -241,7 +241,7 @@ struct TraceArgs {
     json: bool,
 }
 
-// How `status` and `stats` print their report (a plain comment: the
+// How `status`, `stats` and `bench` print their report (a plain comment: the
 // commands' own help stays theirs).
 #[derive(Debug, Args)]
 struct Output {
@@ -947,11 +947,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
         seconds: args.seconds,
     };
     let report = crate::bench::run(&topology, &options).await?;
-    if args.json {
-        emit(format_args!("{}\n", serde_json::to_string_pretty(&report)?))
-    } else {
-        emit(crate::bench::table(&report))
-    }
+    print(args.output.json(), &report, |r| {
+        crate::bench::table(r, args.output.width())
+    })
 }
 
 async fn agent(args: AgentArgs) -> Result<()> {

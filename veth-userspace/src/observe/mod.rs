@@ -329,7 +329,7 @@ impl StatusReport {
         for t in &self.topologies {
             out += &t.header(width);
             out += &t.pod_table(width);
-            out += &t.stale_line();
+            out += &table::wrap(&t.stale_line(), width);
         }
         out + &closing_lines(self.topologies.len(), &self.unreadable)
     }
@@ -396,7 +396,7 @@ impl TopologyStatus {
             return String::new();
         }
         format!(
-            "STALE: the maps would send frames for {} to a device that is not\ntheir veth \
+            "STALE: the maps would send frames for {} to a device that is not their veth \
              (were they edited by hand?); `vethctl up --repair -t FILE` rewrites them\n",
             stale.join(", ")
         )

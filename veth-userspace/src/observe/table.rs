@@ -93,6 +93,34 @@ pub(crate) fn shorten_middle(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` with lines longer than [`FIT`] broken between words, the
+/// continuations indented (a word longer than the width stays whole);
+/// `Width::Wide` leaves it as it is.
+pub(crate) fn wrap(text: &str, width: Width) -> String {
+    if width == Width::Wide {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut current = String::new();
+        for word in line.split(' ') {
+            let fits = current.chars().count() + 1 + word.chars().count() <= FIT;
+            if !current.is_empty() && !fits {
+                out += &current;
+                out.push('\n');
+                current = " ".to_string();
+            }
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current += word;
+        }
+        out += &current;
+        out.push('\n');
+    }
+    out
+}
+
 /// The widest line of `text`, in characters.
 pub fn widest_line(text: &str) -> usize {
     text.lines().map(|l| l.chars().count()).max().unwrap_or(0)
@@ -106,6 +134,20 @@ mod tests {
     fn tables_align_columns() {
         let t = render(&[row(["A", "BBB"]), row(["CCCC", "D"])]);
         assert_eq!(t, "A     BBB\nCCCC  D\n");
+    }
+
+    #[test]
+    fn prose_wraps_between_words() {
+        let line = "word ".repeat(30);
+        let wrapped = wrap(line.trim_end(), Width::Fit);
+        assert!(widest_line(&wrapped) <= FIT, "{wrapped}");
+        assert!(
+            wrapped.lines().skip(1).all(|l| l.starts_with("  word")),
+            "{wrapped}"
+        );
+        assert_eq!(wrapped.split_whitespace().count(), 30);
+        assert_eq!(wrap("short\n", Width::Fit), "short\n");
+        assert_eq!(wrap(&line, Width::Wide), line);
     }
 
     #[test]

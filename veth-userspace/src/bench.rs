@@ -281,3 +281,58 @@ fn short(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::table::{widest_line, FIT};
+
+    /// Every workload with the widest figures a run gives: the default
+    /// table fits 80 columns, `-o wide` has the side figures.
+    #[test]
+    fn the_table_fits_80_columns_and_wide_has_the_side_figures() {
+        let results = Workload::ALL
+            .iter()
+            .map(|&workload| Spread {
+                workload,
+                unit: workload.unit(),
+                rounds: 3,
+                median: 112_200.0,
+                min: 104_900.0,
+                max: 998_100.0,
+                p50_us: Some(2376.0),
+                p99_us: Some(12_376.0),
+                retransmits: Some(388.0),
+                loss_percent: Some(52.5),
+                cpu_ns_per_unit: Some(546_785.0),
+                program_ns_per_run: Some(1947.0),
+            })
+            .collect();
+        let report = BenchReport {
+            topology: "lab".into(),
+            mode: "tc".into(),
+            client: "client".into(),
+            server: "server".into(),
+            rounds: 3,
+            seconds: 5,
+            results,
+            client_frames: PathCounts {
+                redirected: 342_554_000,
+                passed: 4,
+                dropped: 0,
+            },
+            samples: Vec::new(),
+        };
+        let fit = table(&report, Width::Fit);
+        assert!(widest_line(&fit) <= FIT, "{fit}");
+        assert!(fit.contains("112.2k (104.9k-998.1k)"), "{fit}");
+        assert!(
+            !fit.contains("ns/transaction") && !fit.contains("RETRANS"),
+            "{fit}"
+        );
+        let wide = table(&report, Width::Wide);
+        for side in ["P50 US", "RETRANS", "LOSS %", "546785 ns/transaction"] {
+            assert!(wide.contains(side), "{side}: {wide}");
+        }
+    }
+}

@@ -837,6 +837,36 @@ fn lock_live(run: &Run) -> std::sync::MutexGuard<'_, BTreeMap<String, (usize, At
 }
 
 /// `n` executions of `verb` for the round's pods, `parallel` at a time.
+/// The ADD results, for the DELs' prevResult.
+static RESULTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+/// One ADD (its result kept for the DEL) or DEL (with the ADD's result as
+/// prevResult) of `a` by `plugin`, the attachment tracked as live between
+/// them so that an interrupted run removes it.
+fn add_or_del(run: &Run, plugin: usize, verb: Verb, a: &Attachment) -> Result<exec::Outcome> {
+    let p = &run.plugins[plugin];
+    match verb {
+        Verb::Add => {
+            lock_live(run).insert(a.container_id.clone(), (plugin, a.clone()));
+            exec::run(&p.binary, "ADD", a, &p.config).inspect(|out| {
+                RESULTS
+                    .lock()
+                    .unwrap()
+                    .insert(a.container_id.clone(), out.stdout.clone());
+            })
+        }
+        Verb::Del => {
+            let prev = RESULTS.lock().unwrap().remove(&a.container_id);
+            prev.context("no ADD result to pass as prevResult")
+                .and_then(|prev| exec::with_prev_result(&p.config, &prev))
+                .and_then(|config| exec::run(&p.binary, "DEL", a, &config))
+                .inspect(|_| {
+                    lock_live(run).remove(&a.container_id);
+                })
+        }
+    }
+}
+
 fn run_batch(
     run: &Run,
     measured: &mut Measured,
@@ -853,8 +883,6 @@ fn run_batch(
         netns: run.netns(pod).to_path_buf(),
         pod_name: format!("pod-{pod}"),
     };
-    // The ADD results, for the DELs' prevResult.
-    static RESULTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::new());
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -869,27 +897,7 @@ fn run_batch(
                 if pod >= n {
                     return;
                 }
-                let a = attachment(pod);
-                let outcome = match verb {
-                    Verb::Add => {
-                        lock_live(run).insert(a.container_id.clone(), (plugin, a.clone()));
-                        exec::run(&p.binary, "ADD", &a, &p.config).inspect(|out| {
-                            RESULTS
-                                .lock()
-                                .unwrap()
-                                .insert(a.container_id.clone(), out.stdout.clone());
-                        })
-                    }
-                    Verb::Del => {
-                        let prev = RESULTS.lock().unwrap().remove(&a.container_id);
-                        prev.context("no ADD result to pass as prevResult")
-                            .and_then(|prev| exec::with_prev_result(&p.config, &prev))
-                            .and_then(|config| exec::run(&p.binary, "DEL", &a, &config))
-                            .inspect(|_| {
-                                lock_live(run).remove(&a.container_id);
-                            })
-                    }
-                };
+                let outcome = add_or_del(run, plugin, verb, &attachment(pod));
                 match outcome {
                     Ok(out) => samples.lock().unwrap().push(Sample {
                         plugin: p.name.to_string(),

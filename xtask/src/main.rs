@@ -4,6 +4,8 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+#[cfg(test)]
+mod fn_length;
 mod image;
 mod setup;
 mod soak;

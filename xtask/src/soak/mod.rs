@@ -27,6 +27,7 @@
 mod churn;
 mod probe;
 mod report;
+mod rss;
 mod runtime;
 mod schedule;
 mod snapshot;
@@ -320,10 +321,11 @@ fn del_long_lived(veth_cni: &Path, config: &Value, pod: &LongLived) -> Result<()
 #[derive(Debug, Serialize)]
 pub struct Agent {
     pub start: Footprint,
-    /// After the first 10 % of the cycles: the RSS target is judged from
-    /// here, past the agent's first allocations.
-    pub warm: Footprint,
     pub end: Footprint,
+    /// Its RSS as each cycle ended, with the live pod count.
+    pub rss: Vec<rss::Sample>,
+    /// The stretches at a constant live count the RSS target judges.
+    pub judged: Vec<rss::Stretch>,
     pub alive: bool,
     /// What it logged removing this network's endpoints.
     pub endpoint_removed: Vec<String>,
@@ -455,7 +457,7 @@ fn soak_run(
         seed,
         Duration::from_secs(1),
     )
-    .with_agent(soak.agent_pid(), (cycles / 10).max(1));
+    .with_agent(soak.agent_pid());
     let mut events = ctx.run(options.width, &events, &stage.traffic)?;
     ctx.sweep()?;
     thread::sleep(Duration::from_secs(1));
@@ -464,10 +466,12 @@ fn soak_run(
     let traffic = stage.traffic.window(from, to);
     attribute(&mut events, &traffic.lost_sent_ns);
     let snap_end = snapshot::take(NETWORK, subnet)?;
+    let rss = ctx.rss_samples();
     let agent = Agent {
         start: agent_start,
-        warm: ctx.warm().unwrap_or(agent_start),
         end: snapshot::footprint(soak.agent_pid()).unwrap_or_default(),
+        judged: rss::stretches(&rss),
+        rss,
         alive: soak.agent_alive(),
         endpoint_removed: Vec::new(),
     };
@@ -509,14 +513,13 @@ fn soak_run(
         },
         samples,
     };
-    m.counts = counts(&m, (cycles / 10).max(1));
+    m.counts = counts(&m);
     m.targets = report::targets(&m.counts, &m.latency);
     Ok(m)
 }
 
-/// The figures the targets judge (the agent's RSS from after the first
-/// `warm_cycles`).
-fn counts(m: &Measured, warm_cycles: usize) -> Counts {
+/// The figures the targets judge.
+fn counts(m: &Measured) -> Counts {
     let f = &m.findings;
     Counts {
         cycles: m.cycles,
@@ -531,9 +534,8 @@ fn counts(m: &Measured, warm_cycles: usize) -> Counts {
         datagrams_lost: m.traffic.lost,
         tcp_broken: m.traffic.connections_broken,
         agent_alive: m.agent.alive,
-        agent_rss_kb: (m.agent.warm.rss_kb, m.agent.end.rss_kb),
+        agent_rss: m.agent.judged.clone(),
         agent_fds: (m.agent.start.fds, m.agent.end.fds),
-        warm_cycles: warm_cycles.min(m.cycles),
     }
 }
 

@@ -1,0 +1,175 @@
+//! The agent's RSS judged for growth (pure). Its RSS follows the live pod
+//! count, and glibc keeps the memory of the highest count reached: after
+//! a peak of 1,000 pods the RSS stays near the peak's on the way down, so
+//! comparing an early figure with the end reads the peak as growth (10.9
+//! → 39.4 MB in the first long soak, with no leak: flat at a constant
+//! count). Growth is therefore judged only between samples at the same
+//! live count: within each plateau of the schedule, where the count holds
+//! while pods are added and deleted, past the plateau's first fifth (the
+//! count has just climbed there). A leak grows the RSS in every plateau;
+//! the peak's memory does not.
+
+use serde::Serialize;
+
+/// The agent's RSS when a cycle ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    /// Cycles done (pods added and deleted) so far.
+    pub cycle: usize,
+    /// Pods attached then, the long-lived two included.
+    pub live: usize,
+    /// The plateau (live churned pods) the schedule was churning at, if
+    /// any.
+    pub plateau: Option<usize>,
+    pub rss_kb: u64,
+}
+
+/// One plateau's judged stretch: the live count held throughout.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Stretch {
+    pub plateau: usize,
+    pub from: Sample,
+    pub to: Sample,
+    /// The RSS when the live count next fell to this plateau's after the
+    /// peak (shown, not judged: it keeps the peak's memory).
+    pub way_down_kb: Option<u64>,
+}
+
+impl Stretch {
+    pub fn cycles(&self) -> usize {
+        self.to.cycle - self.from.cycle
+    }
+
+    pub fn growth_kb(&self) -> i64 {
+        self.to.rss_kb as i64 - self.from.rss_kb as i64
+    }
+}
+
+/// Fewer cycles judged than this in all: no verdict.
+pub const MIN_JUDGED_CYCLES: usize = 50;
+
+/// Each plateau's stretch past its first fifth, in the order reached.
+pub fn stretches(samples: &[Sample]) -> Vec<Stretch> {
+    let mut out = Vec::new();
+    let mut rest = samples;
+    while let Some(start) = rest.iter().position(|s| s.plateau.is_some()) {
+        let plateau = rest[start].plateau;
+        let len = rest[start..]
+            .iter()
+            .take_while(|s| s.plateau == plateau)
+            .count();
+        let run = &rest[start..start + len];
+        rest = &rest[start + len..];
+        let (first, last) = (run[0], run[len - 1]);
+        let settled = first.cycle + (last.cycle - first.cycle) / 5;
+        let Some(from) = run.iter().find(|s| s.cycle >= settled) else {
+            continue;
+        };
+        let level = plateau.unwrap_or_default();
+        let peak = samples.iter().map(|s| s.live).max().unwrap_or(0);
+        let peak_at = samples.iter().position(|s| s.live == peak).unwrap_or(0);
+        let way_down = samples[peak_at..]
+            .iter()
+            .find(|s| s.live <= last.live && peak > last.live)
+            .map(|s| s.rss_kb);
+        out.push(Stretch {
+            plateau: level,
+            from: *from,
+            to: last,
+            way_down_kb: way_down,
+        });
+    }
+    out
+}
+
+/// MB per 1,000 cycles over every plateau's stretch together; `None`
+/// when fewer than [`MIN_JUDGED_CYCLES`] were judged.
+pub fn growth_per_1000(stretches: &[Stretch]) -> Option<f64> {
+    let cycles: usize = stretches.iter().map(Stretch::cycles).sum();
+    let kb: i64 = stretches.iter().map(Stretch::growth_kb).sum();
+    (cycles >= MIN_JUDGED_CYCLES).then(|| kb as f64 / 1024.0 * 1000.0 / cycles as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run through plateaus of 10, 100 and 500 churned pods, 200 cycles
+    /// each, then every pod deleted; RSS from `rss(cycle, live)`.
+    fn run(rss: impl Fn(usize, usize) -> f64) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        let mut cycle = 0;
+        let mut live = 2;
+        let mut peak = 0;
+        for level in [10, 100, 500] {
+            // Climbing: cycles end only when pods are deleted.
+            live = level + 2;
+            peak = peak.max(live);
+            for _ in 0..200 {
+                cycle += 1;
+                samples.push(Sample {
+                    cycle,
+                    live,
+                    plateau: Some(level),
+                    rss_kb: (rss(cycle, peak) * 1024.0) as u64,
+                });
+            }
+        }
+        while live > 2 {
+            live -= 1;
+            cycle += 1;
+            samples.push(Sample {
+                cycle,
+                live,
+                plateau: None,
+                rss_kb: (rss(cycle, peak) * 1024.0) as u64,
+            });
+        }
+        samples
+    }
+
+    #[test]
+    fn the_peaks_retained_memory_is_not_growth() {
+        // 10 MB plus 30 kB per pod of the highest count reached, kept on
+        // the way down (10.9 → 25 MB from start to end).
+        let samples = run(|_, peak| 10.0 + peak as f64 * 0.03);
+        let first = samples.first().unwrap().rss_kb;
+        assert!(samples.last().unwrap().rss_kb > first + 10 * 1024);
+        let s = stretches(&samples);
+        assert_eq!(
+            s.iter().map(|s| s.plateau).collect::<Vec<_>>(),
+            [10, 100, 500]
+        );
+        assert_eq!(s[0].from.cycle, 40);
+        assert_eq!(s[0].cycles(), 160);
+        assert!(s[0].way_down_kb.unwrap() > s[0].to.rss_kb + 10 * 1024);
+        let g = growth_per_1000(&s).unwrap();
+        assert!(g.abs() < 0.01, "{g}");
+    }
+
+    #[test]
+    fn a_leak_misses_whatever_the_peak() {
+        // The same, plus 2 MB per 1,000 cycles.
+        let samples = run(|cycle, peak| 10.0 + peak as f64 * 0.03 + cycle as f64 * 0.002);
+        let g = growth_per_1000(&stretches(&samples)).unwrap();
+        assert!((g - 2.0).abs() < 0.05, "{g}");
+        // Just past the target, with no peak to hide in.
+        let samples = run(|cycle, _| 10.0 + cycle as f64 * 0.0012);
+        let g = growth_per_1000(&stretches(&samples)).unwrap();
+        assert!(g > 1.0, "{g}");
+    }
+
+    #[test]
+    fn too_few_cycles_at_a_count_give_no_verdict() {
+        let samples: Vec<Sample> = (1..=40)
+            .map(|cycle| Sample {
+                cycle,
+                live: 12,
+                plateau: Some(10),
+                rss_kb: 1000 + cycle as u64,
+            })
+            .collect();
+        assert_eq!(growth_per_1000(&stretches(&samples)), None);
+        assert!(stretches(&[]).is_empty());
+    }
+}

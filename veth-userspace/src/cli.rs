@@ -169,6 +169,13 @@ enum Command {
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
         cni_conf: Vec<PathBuf>,
+        /// Keep only this network's endpoints current, and serve only its
+        /// metrics and readiness (with the networks of --cni-conf);
+        /// repeatable. Without it: every network of the node, present and
+        /// future. Agents of disjoint networks may run side by side, each
+        /// with its own --lock-file.
+        #[arg(long = "network", value_name = "NAME", value_parser = parse_network_name)]
+        networks: Vec<String>,
         /// Log lines at this level and above (error, warn, info, debug);
         /// without it, RUST_LOG's level if set, else info. Each line on
         /// stderr has an RFC 3339 UTC timestamp and the level.
@@ -697,6 +704,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             cni_conf,
             per_pod_drops,
             lock_file,
+            networks,
             log_level,
         } => {
             crate::logging::init_agent(log_level);
@@ -706,6 +714,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 cni_confs: cni_conf,
                 per_pod_drops,
                 lock_file,
+                networks,
             })
             .await
         }
@@ -1033,4 +1042,10 @@ fn parse_log_level(s: &str) -> Result<veth_cni_protocol::LogLevel, String> {
             veth_cni_protocol::LogLevel::choices()
         )
     })
+}
+
+fn parse_network_name(s: &str) -> Result<String, String> {
+    validate_topology_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }

@@ -51,7 +51,7 @@ use veth_bench::{
     interrupt,
 };
 
-use crate::bench::cni::{exec, reserve_blocks, run_lock};
+use crate::bench::cni::{exec, reserve_range, run_lock};
 use churn::{Ctx, EventRow};
 use report::Counts;
 use snapshot::Footprint;
@@ -253,22 +253,8 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// A free /21 for the network (see [`PREFIX`]) and its reservations.
 fn reserve_subnet() -> Result<((Ipv4Addr, u8), Vec<PathBuf>)> {
-    // 56 /21s of 8 blocks each, from one that depends on the pid.
-    let start = std::process::id() as usize;
-    let mut last = None;
-    for i in 0..56 {
-        let first = (((start + i) % 56) * 8) as u32;
-        let blocks: Vec<u32> = (first..first + 8).collect();
-        match reserve_blocks(&blocks) {
-            Ok(files) => {
-                let subnet = Ipv4Addr::new(198, 18 + (first / 256) as u8, (first % 256) as u8, 0);
-                return Ok(((subnet, PREFIX), files));
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no /21 to try")))
-        .context("every /21 of 198.18.0.0/15 below 198.19.192.0 has a /24 some test holds")
+    let (subnet, files) = reserve_range(1 << (24 - PREFIX))?;
+    Ok(((subnet, PREFIX), files))
 }
 
 fn network_config(subnet: (Ipv4Addr, u8)) -> Value {

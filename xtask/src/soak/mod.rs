@@ -146,7 +146,9 @@ impl Soak {
     fn start_agent(&mut self, log: &Path) -> Result<()> {
         let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&self.vethctl)
-            .args(["agent", "--listen", AGENT_LISTEN])
+            // This network's only: the node's other networks (tests
+            // running beside) are not the soak's to act on or measure.
+            .args(["agent", "--listen", AGENT_LISTEN, "--network", NETWORK])
             // Its own lock, in the soak's run directory (removed at the
             // end): the node's agent may run meanwhile.
             .arg("--lock-file")
@@ -562,7 +564,7 @@ fn finish(
             what: format!("`vethctl down` failed, and worked after `up --repair`: {error}"),
         });
     }
-    // The agent serves every network of the node: only this one's lines.
+    // Only this network's lines (the agent serves no other).
     let ours = format!("topology {NETWORK:?}");
     let removed = fs::read_to_string(out_dir.join("soak-agent.log"))
         .unwrap_or_default()

@@ -206,8 +206,8 @@ fn correctness(c: &Counts) -> Vec<Target> {
     ]
 }
 
-/// Judged between samples at one live count (see [`rss`]): within each
-/// plateau of the schedule, together.
+/// Judged between samples at one live count (see [`rss`]): within the
+/// top plateau of the schedule; every plateau shown.
 fn agent_rss(c: &Counts) -> Target {
     let mb = |kb: u64| kb as f64 / 1024.0;
     let each: Vec<String> = c
@@ -229,9 +229,9 @@ fn agent_rss(c: &Counts) -> Target {
         what: "agent RSS growth ≤ 1 MB per 1,000 cycles (at equal live counts)".into(),
         verdict,
         measured: format!(
-            "{} per 1,000 cycles ({}); fds {} → {}",
+            "{} per 1,000 cycles at the top plateau ({}); fds {} → {}",
             growth.map_or(
-                "not measured (too few cycles at a plateau)".into(),
+                format!("not judged (under {} cycles there)", rss::MIN_JUDGED_CYCLES),
                 |g| format!("{g:+.2} MB")
             ),
             each.join("; "),

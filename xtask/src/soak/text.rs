@@ -42,7 +42,7 @@ fn targets_table(targets: &[Target]) -> String {
 fn rss_table(a: &Agent) -> String {
     let mb = |kb: u64| kb as f64 / 1024.0;
     let mut s = String::from(
-        "Agent RSS at a constant live count (each plateau past its first fifth; judged):\n\n\
+        "Agent RSS at a constant live count (each plateau past its first fifth; the top one judged):\n\n\
          | churned pods | cycles | RSS MB from → to | MB per 1,000 cycles | on the way down (not judged) |\n\
          |--:|--:|---|--:|--:|\n",
     );

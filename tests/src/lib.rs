@@ -1185,10 +1185,18 @@ impl Agent {
     /// Starts an agent on a free loopback port (retrying with another
     /// port if one was taken meanwhile) and waits until it serves.
     pub fn start() -> Agent {
+        Agent::for_networks(&[])
+    }
+
+    /// [`Agent::start`] with `vethctl agent --network` for each of
+    /// `networks` (none: every network), so that it acts on the test's own
+    /// networks only and never on those of tests running beside it.
+    pub fn for_networks(networks: &[&str]) -> Agent {
+        let more: Vec<&str> = networks.iter().flat_map(|n| ["--network", n]).collect();
         let mut last = String::new();
         for _ in 0..5 {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            match Agent::start_on(addr) {
+            match Agent::start_with(addr, &more) {
                 Ok(agent) => return agent,
                 Err(e) => last = e,
             }

@@ -96,7 +96,7 @@ fn event(
 fn changes_lose_no_datagram_and_break_no_connection() {
     let mut t = TestTopology::dual_stack("tc", &["a", "b"]);
     t.up();
-    let mut agent = Agent::start();
+    let mut agent = Agent::for_networks(&[t.name()]);
     let traffic = Traffic::start(&Config {
         client_netns: t.pod("a").netns.clone(),
         server_netns: t.pod("b").netns.clone(),
@@ -130,7 +130,7 @@ fn changes_lose_no_datagram_and_break_no_connection() {
         || {
             agent.child().signal(libc::SIGKILL);
             agent.child().expect_exit(Duration::from_secs(10));
-            agent = Agent::start();
+            agent = Agent::for_networks(&[t.name()]);
         },
     );
     event(

@@ -1,6 +1,6 @@
 //! `vethctl agent`: the node's daemon. It keeps every topology's endpoints
-//! true to their veths ([`crate::watch`]) and serves a Prometheus endpoint
-//! over the pinned maps. It holds no counters of its own: every scrape
+//! (or those of `--network`) true to their veths ([`crate::watch`]) and
+//! serves a Prometheus endpoint over the pinned maps. It holds no counters of its own: every scrape
 //! reads the maps, so a restart loses nothing, and stopping it leaves the
 //! dataplane forwarding (with endpoints then updated only by `up`).
 //! `/healthz` says it is alive, `/readyz` whether the node's dataplane is
@@ -24,7 +24,7 @@ use crate::{
         metrics::{self, MetricsOptions},
         passes, readiness,
     },
-    state::AgentLock,
+    state::{AgentLock, Scope},
 };
 
 /// Default listen address: loopback only; anything wider is a choice.
@@ -41,6 +41,9 @@ pub struct AgentOptions {
     pub per_pod_drops: bool,
     /// The lock file that keeps a second agent from starting.
     pub lock_file: std::path::PathBuf,
+    /// The networks it keeps current and reports on (with those of
+    /// `cni_confs`); every recorded one when empty.
+    pub networks: Vec<String>,
 }
 
 struct Shared {
@@ -48,6 +51,7 @@ struct Shared {
     metrics: MetricsOptions,
     /// The networks of `--cni-conf`, which `/readyz` wants up.
     cni_networks: Vec<String>,
+    scope: Scope,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -81,6 +85,11 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         listener.local_addr()?,
         std::process::id()
     );
+    // A scoped agent keeps the networks it brought up too.
+    let scope = match options.networks.is_empty() {
+        true => Scope::all(),
+        false => Scope::only(options.networks.iter().chain(&cni_networks).cloned()),
+    };
     let shared = Arc::new(Shared {
         host: Host::connect()?,
         metrics: MetricsOptions {
@@ -88,6 +97,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
             per_pod_drops: options.per_pod_drops,
         },
         cni_networks,
+        scope: scope.clone(),
     });
     let mut server = tokio::spawn(http_server::serve(
         listener,
@@ -96,7 +106,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     ));
     // Its own rtnetlink socket: a socket runs one dump at a time, and a
     // scrape's dump would fail (EBUSY) beside the watcher's.
-    let mut watcher = tokio::spawn(crate::watch::run(Host::connect()?));
+    let mut watcher = tokio::spawn(crate::watch::run(Host::connect()?, scope));
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     tokio::select! {
@@ -148,7 +158,7 @@ async fn respond(
         "/metrics" => {
             let accept = req.headers().get(hyper::header::ACCEPT);
             let openmetrics = metrics::wants_openmetrics(accept.and_then(|a| a.to_str().ok()));
-            match metrics::gather(&shared.host, shared.metrics).await {
+            match metrics::gather(&shared.host, shared.metrics, &shared.scope).await {
                 Ok(mut snapshot) => {
                     snapshot.passes = passes::snapshot();
                     let text = metrics::encode(snapshot);
@@ -171,21 +181,23 @@ async fn respond(
         // Alive: it answers. Nothing more, so that a slow kernel never
         // gets a working agent restarted.
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => match readiness::problems(&shared.host, &shared.cni_networks).await {
-            Ok(problems) if problems.is_empty() => {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
+        "/readyz" => {
+            match readiness::problems(&shared.host, &shared.cni_networks, &shared.scope).await {
+                Ok(problems) if problems.is_empty() => {
+                    reply(StatusCode::OK, "text/plain", "ready\n".into())
+                }
+                Ok(problems) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready:\n{}\n", problems.join("\n")),
+                ),
+                Err(e) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: reading the dataplane failed: {e:#}\n"),
+                ),
             }
-            Ok(problems) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready:\n{}\n", problems.join("\n")),
-            ),
-            Err(e) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: reading the dataplane failed: {e:#}\n"),
-            ),
-        },
+        }
         "/" => reply(
             StatusCode::OK,
             "text/plain",

@@ -494,8 +494,7 @@ impl Timings {
 /// again (which also puts right what was changed inside a pod's namespace).
 pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result<Vec<Step>> {
     let timings = Timings::new(options.timings);
-    let _locks = state::change_lock(&topology.name)?;
-    timings.mark("wait for the lock");
+    let _locks = state::change_lock_marked(&topology.name, |what| timings.mark(what))?;
     Ok(up_locked(topology, source, options, timings).await?.1)
 }
 
@@ -512,8 +511,7 @@ where
     F: FnOnce(Option<String>) -> Result<(Topology, String)>,
 {
     let timings = Timings::new(options.timings);
-    let _locks = state::change_lock(name)?;
-    timings.mark("wait for the lock");
+    let _locks = state::change_lock_marked(name, |what| timings.mark(what))?;
     let (topology, source) = derive(StateDir::new(name).load_text()?)?;
     if topology.name != name {
         bail!(

@@ -213,6 +213,13 @@ struct AgentArgs {
     /// (programs loaded before the first pod); repeatable.
     #[arg(long, value_name = "FILE")]
     cni_conf: Vec<PathBuf>,
+    /// Keep only this network's endpoints current, and serve only its
+    /// metrics and readiness (with the networks of --cni-conf);
+    /// repeatable. Without it: every network of the node, present and
+    /// future. Agents of disjoint networks may run side by side, each
+    /// with its own --lock-file.
+    #[arg(long = "network", value_name = "NAME", value_parser = parse_network_name)]
+    networks: Vec<String>,
     /// Log lines at this level and above (error, warn, info, debug);
     /// without it, RUST_LOG's level if set, else info. Each line on
     /// stderr has an RFC 3339 UTC timestamp and the level.
@@ -967,6 +974,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         lock_file: args
             .lock_file
             .unwrap_or_else(|| crate::node::current().agent_lock()),
+        networks: args.networks,
     })
     .await
 }
@@ -1080,4 +1088,10 @@ fn parse_log_level(s: &str) -> Result<veth_cni_protocol::LogLevel, String> {
             veth_cni_protocol::LogLevel::choices()
         )
     })
+}
+
+fn parse_network_name(s: &str) -> Result<String, String> {
+    validate_topology_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }

@@ -231,6 +231,41 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// The networks an agent keeps current and reports on: all that are
+/// recorded, or only those named (`vethctl agent --network`), so that two
+/// agents on one node (a lab's simulated nodes, tests) never act on each
+/// other's networks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    only: Option<std::collections::BTreeSet<String>>,
+}
+
+impl Scope {
+    /// Every recorded network, present and future.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    /// Only the networks `names`; all of them when `names` is empty.
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Scope {
+        let names: std::collections::BTreeSet<String> = names.into_iter().map(Into::into).collect();
+        Scope {
+            only: (!names.is_empty()).then_some(names),
+        }
+    }
+
+    pub fn includes(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|n| n.contains(name))
+    }
+
+    /// The recorded networks within the scope, sorted.
+    pub fn recorded(&self) -> Result<Vec<String>> {
+        let mut names = recorded_topologies()?;
+        names.retain(|n| self.includes(n));
+        Ok(names)
+    }
+}
+
 /// Names of the topologies with recorded state, sorted.
 pub fn recorded_topologies() -> Result<Vec<String>> {
     let root = root();
@@ -395,13 +430,12 @@ pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> 
     if let Some(dir) = path.parent() {
         private_dir(dir)?;
     }
-    let operation = match hold {
-        Hold::Shared => libc::LOCK_SH,
-        Hold::Exclusive => libc::LOCK_EX,
-    };
     let what = format!("the lock of network {name:?}");
     loop {
-        let Some(file) = flock_file(&path, operation, wait.then_some(what.as_str()))? else {
+        let taken = lock_path(&path, wait.then_some(what.as_str()), |file, block| {
+            network_flock(file, hold, block)
+        })?;
+        let Some(file) = taken else {
             return Ok(None);
         };
         // The last holder of a gone network's lock removes the file (see
@@ -421,9 +455,17 @@ pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> 
 /// namespace is shared: other topologies' ranges, bpffs), then the
 /// network's, exclusively.
 pub fn change_lock(name: &str) -> Result<(Lock, Lock)> {
+    change_lock_marked(name, |_| {})
+}
+
+/// [`change_lock`], calling `mark` with what was awaited as each lock is
+/// had (`--timings`).
+pub fn change_lock_marked(name: &str, mark: impl Fn(&str)) -> Result<(Lock, Lock)> {
     let global = lock()?;
+    mark("wait for the node-wide lock");
     let network = network_lock(name, Hold::Exclusive, true)?
         .context("a blocking lock returned without the lock")?;
+    mark("wait for the network's lock");
     Ok((global, network))
 }
 
@@ -439,17 +481,28 @@ pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
 /// `LOCK_SH`); see [`lock_file`]. `wait`: block, and after a second of it
 /// say that `wait` (what the lock is) is awaited, and who holds it.
 fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result<Option<File>> {
-    let file = private_file(path, false).with_context(|| format!("opening {}", path.display()))?;
-    let flock = |operation| {
-        // SAFETY: flock on an fd we own.
-        match unsafe { libc::flock(file.as_raw_fd(), operation) } {
-            0 => Ok(()),
-            _ => Err(io::Error::last_os_error()),
-        }
-    };
-    // Tried first without blocking: most locks are free, and only a real
-    // wait needs its announcement (a thread).
-    let error = match flock(operation | libc::LOCK_NB) {
+    lock_path(path, wait, |file, block| flock(file, operation, block))
+}
+
+/// Opens (creating) `path` and takes `take(file, block)`: first without
+/// blocking (most locks are free, and only a real wait needs its
+/// announcement, a thread), then, with `wait`, blocking.
+fn lock_path(
+    path: &Path,
+    wait: Option<&str>,
+    take: impl Fn(&File, bool) -> io::Result<()>,
+) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Readable too: a shared record lock (a network's turnstile) needs it.
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let error = match take(&file, false) {
         Ok(()) => return Ok(Some(file)),
         Err(e) => e,
     };
@@ -457,7 +510,7 @@ fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result
     let result = match wait {
         Some(what) if blocked => {
             let _announce = crate::lock_wait::announce(&file, what);
-            flock(operation)
+            take(&file, true)
         }
         None if blocked => return Ok(None),
         _ => Err(error),
@@ -465,6 +518,67 @@ fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result
     result
         .map(|()| Some(file))
         .with_context(|| format!("locking {}", path.display()))
+}
+
+fn flock(file: &File, operation: libc::c_int, block: bool) -> io::Result<()> {
+    let operation = if block {
+        operation
+    } else {
+        operation | libc::LOCK_NB
+    };
+    // SAFETY: flock on an fd we own.
+    match unsafe { libc::flock(file.as_raw_fd(), operation) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// A network's lock, writers first. `flock` grants a shared hold whenever
+/// no exclusive one is held, waiting or not: with ADDs and DELs
+/// overlapping (8 at a time in `cargo xtask soak`) a change waiting for
+/// the exclusive hold waited for a moment with none, 0.3–9 s with 500
+/// endpoints (`mode set` took up to 47 s in the soak). So a turnstile
+/// goes first: an OFD record lock on the file's first byte (kept apart
+/// from `flock` by the kernel), which a change holds from before it waits
+/// for the `flock` until it has it, and which endpoint work passes (holds
+/// shared for as long as its own `flock` takes). New endpoint work waits
+/// behind a waiting change, the work in progress ends, the change runs.
+fn network_flock(file: &File, hold: Hold, block: bool) -> io::Result<()> {
+    let (record, operation) = match hold {
+        Hold::Shared => (libc::F_RDLCK, libc::LOCK_SH),
+        Hold::Exclusive => (libc::F_WRLCK, libc::LOCK_EX),
+    };
+    turnstile(file, record, block)?;
+    let locked = flock(file, operation, block);
+    let _ = turnstile(file, libc::F_UNLCK, false);
+    locked
+}
+
+/// Sets the OFD record lock `kind` on the file's first byte.
+fn turnstile(file: &File, kind: libc::c_int, block: bool) -> io::Result<()> {
+    // SAFETY: a zeroed `struct flock` is valid; the fields that matter are
+    // set below (l_pid must be 0 for OFD locks).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = 0;
+    lock.l_len = 1;
+    let command = if block {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    // SAFETY: fcntl on an fd we own with a valid `struct flock`.
+    match unsafe { libc::fcntl(file.as_raw_fd(), command, &lock) } {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            // A conflicting record lock, as flock's EWOULDBLOCK.
+            e if e.raw_os_error() == Some(libc::EACCES) => {
+                Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK))
+            }
+            e => Err(e),
+        },
+    }
 }
 
 /// Where `vethctl agent` on the host records that it runs: one agent per

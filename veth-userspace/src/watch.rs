@@ -1,5 +1,6 @@
-//! Keeps every topology's endpoints true to the veths behind them, for as
-//! long as `vethctl agent` runs: a pod whose veth goes down is marked not
+//! Keeps the endpoints of every topology in the agent's scope (all, or
+//! those of `vethctl agent --network`) true to the veths behind them, for
+//! as long as `vethctl agent` runs: a pod whose veth goes down is marked not
 //! ready, and one whose veth goes away is forgotten, within milliseconds of
 //! the kernel's link event; a periodic pass over all links catches what
 //! events miss (a full socket buffer, an agent started late).
@@ -33,7 +34,7 @@ use crate::{
         Host,
     },
     observe::passes::{self, Pass},
-    state::{self, StateDir},
+    state::{self, Scope, StateDir},
 };
 
 /// How often every endpoint is checked against a fresh link dump.
@@ -69,9 +70,9 @@ pub fn judge(topology: &Topology, pod: &MappedPod, link: Option<&LinkState>) -> 
 
 /// Follows link events until the event stream ends (it does not while the
 /// agent runs) and reconciles periodically.
-pub async fn run(host: Host) -> Result<()> {
+pub async fn run(host: Host, scope: Scope) -> Result<()> {
     let mut events = LinkEvents::subscribe()?;
-    remap_endpoints(&host).await;
+    remap_endpoints(&host, &scope).await;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     // A pass slower than the period is followed by one pass, not a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,7 +85,7 @@ pub async fn run(host: Host) -> Result<()> {
             }
         }
         let now = std::mem::take(&mut pending);
-        let pass = act_on(&host, &now);
+        let pass = act_on(&host, &scope, &now);
         tokio::pin!(pass);
         // Events keep being read while the pass runs, folded into the
         // next one: the rtnetlink connection queues them without bound,
@@ -157,19 +158,19 @@ impl Pending {
     }
 }
 
-async fn act_on(host: &Host, pending: &Pending) {
+async fn act_on(host: &Host, scope: &Scope, pending: &Pending) {
     if pending.everything() {
-        reconcile(host).await;
+        reconcile(host, scope).await;
     } else if !pending.links().is_empty() {
-        on_links(host, pending.links()).await;
+        on_links(host, scope, pending.links()).await;
     }
 }
 
-/// Runs `f` on every recorded topology whose description can be read and
-/// that no change holds (see [`unless_changing`]), read under its lock,
-/// with its runtime endpoints.
-fn each_topology(mut f: impl FnMut(&Topology)) {
-    for name in state::recorded_topologies().unwrap_or_default() {
+/// Runs `f` on every recorded topology of `scope` whose description can
+/// be read and that no change holds (see [`unless_changing`]), read under
+/// its lock, with its runtime endpoints.
+fn each_topology(scope: &Scope, mut f: impl FnMut(&Topology)) {
+    for name in scope.recorded().unwrap_or_default() {
         let Some(_lock) = unless_changing(&name) else {
             continue;
         };
@@ -196,7 +197,7 @@ fn unless_changing(name: &str) -> Option<crate::state::Lock> {
 /// Checks the pods (if any) behind `ifindexes` against their links as they
 /// are now, not as the events said: events can arrive late. A link that
 /// could not be looked up is left for the next pass.
-async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
+async fn on_links(host: &Host, scope: &Scope, ifindexes: &BTreeSet<u32>) {
     let mut links = BTreeMap::new();
     let mut looked_up = true;
     for &ifindex in ifindexes {
@@ -212,6 +213,7 @@ async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
     }
     let ok = act_on_changes(
         host,
+        scope,
         |maps| {
             links
                 .keys()
@@ -224,10 +226,11 @@ async fn on_links(host: &Host, ifindexes: &BTreeSet<u32>) {
     passes::finished(Pass::LinkEvent, looked_up && ok);
 }
 
-/// Checks every mapped pod of every topology against a fresh link dump.
-pub async fn reconcile(host: &Host) {
+/// Checks every mapped pod of every topology of `scope` against a fresh
+/// link dump.
+pub async fn reconcile(host: &Host, scope: &Scope) {
     let ok = match host.links().await {
-        Ok(links) => reconcile_with(host, &links).await,
+        Ok(links) => reconcile_with(host, scope, &links).await,
         Err(e) => {
             log::error!("vethctl agent: listing links: {e:#}");
             false
@@ -242,9 +245,9 @@ pub async fn reconcile(host: &Host) {
 /// lacks (its pod was taken for gone and unmapped while it worked), so
 /// every change is decided again by [`confirm_and_act`]. `false` if any of
 /// it failed.
-pub async fn reconcile_with(host: &Host, links: &[LinkState]) -> bool {
+pub async fn reconcile_with(host: &Host, scope: &Scope, links: &[LinkState]) -> bool {
     let links: BTreeMap<u32, &LinkState> = links.iter().map(|l| (l.ifindex, l)).collect();
-    act_on_changes(host, EndpointMaps::pods, |ifindex| {
+    act_on_changes(host, scope, EndpointMaps::pods, |ifindex| {
         links.get(&ifindex).copied()
     })
     .await
@@ -255,12 +258,13 @@ pub async fn reconcile_with(host: &Host, links: &[LinkState]) -> bool {
 /// decided again by [`confirm_and_act`]. `false` if any of it failed.
 async fn act_on_changes<'a>(
     host: &Host,
+    scope: &Scope,
     read: impl Fn(&EndpointMaps) -> Result<Vec<MappedPod>>,
     link_of: impl Fn(u32) -> Option<&'a LinkState>,
 ) -> bool {
     let mut ok = true;
     let mut changes = Vec::new();
-    each_topology(|topology| {
+    each_topology(scope, |topology| {
         let pods = EndpointMaps::open(&topology.name)
             .and_then(|maps| maps.map(|m| read(&m)).transpose())
             .map(Option::unwrap_or_default);
@@ -292,8 +296,8 @@ async fn act_on_changes<'a>(
 /// [`confirm_and_act`] unmapped while its ADD ran (every frame of the pod
 /// then dropped as `unknown_veth`). Run when the agent starts; `vethctl up`
 /// of the network repairs it too.
-pub async fn remap_endpoints(host: &Host) {
-    for name in state::recorded_topologies().unwrap_or_default() {
+pub async fn remap_endpoints(host: &Host, scope: &Scope) {
+    for name in scope.recorded().unwrap_or_default() {
         if let Err(e) = remap_network(host, &name).await {
             log::error!("vethctl agent: network {name:?}: mapping its endpoints: {e:#}");
         }

@@ -128,6 +128,24 @@ enum Bench {
         #[arg(long)]
         profile: bool,
     },
+    /// How long `vethctl mode set` holds a CNI network (every ADD and DEL
+    /// waits meanwhile) with --pods endpoints attached through veth-cni,
+    /// for each transition of the soak's mode walk, with its slowest steps.
+    ModeSet {
+        /// Endpoints attached before the mode changes (1 to 1000).
+        #[arg(long, default_value_t = 500)]
+        pods: usize,
+        /// ADDs in flight at once while attaching them.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Print the transitions as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Run the vethctl and veth-cni of this directory (another build,
+        /// to compare) instead of building this checkout's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
     Control {
         /// Topology sizes to bring up and down.
@@ -259,6 +277,15 @@ fn main() -> ExitCode {
             quick,
             profile,
         }),
+        Task::Bench {
+            bench:
+                Bench::ModeSet {
+                    pods,
+                    parallel,
+                    json,
+                    bin_dir,
+                },
+        } => bench::mode_set::run(pods, parallel, json, bin_dir),
         Task::Bench {
             bench: Bench::Control { sizes, adds },
         } => bench::control::run(&sizes, adds),

@@ -202,11 +202,17 @@ async fn set_default_routes(
 /// [`super::ethtool`]); otherwise the veth defaults (GRO off, offload on).
 pub async fn set_offloads(pod: &Pod, xdp_receiver: bool) -> Result<()> {
     let ifname = pod.ifname.clone();
-    netns::run_in(&pod.netns, move |_| async move {
-        ethtool::set_offloads(&ifname, xdp_receiver, !xdp_receiver)
-    })
-    .await
-    .with_context(|| format!("pod {:?}", pod.name))
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The ioctls need the namespace's thread, not a runtime or an rtnetlink
+    // socket there (`netns::run_in`'s): one of these per endpoint and mode
+    // change.
+    netns::on_thread(&pod.netns, move || {
+        let _ = tx.send(ethtool::set_offloads(&ifname, xdp_receiver, !xdp_receiver));
+        Ok(())
+    })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the namespace thread ended without a result"))?
+        .with_context(|| format!("pod {:?}", pod.name))
 }
 
 /// Removes every neighbour entry of `ifindex` that resolves to `mac`.

@@ -413,7 +413,12 @@ fn float_gauge_family(
 /// Reads every recorded topology's counters, links, pins and program
 /// statistics. A topology whose maps are gone (a crashed `up`) is reported
 /// without pairs rather than failing the scrape.
-pub async fn gather(host: &Host, options: MetricsOptions) -> anyhow::Result<MetricsSnapshot> {
+/// Reads the maps of every recorded topology within `scope`.
+pub async fn gather(
+    host: &Host,
+    options: MetricsOptions,
+    scope: &state::Scope,
+) -> anyhow::Result<MetricsSnapshot> {
     let started = Instant::now();
     // One dump for all topologies.
     let links: BTreeMap<String, LinkState> = host
@@ -424,7 +429,7 @@ pub async fn gather(host: &Host, options: MetricsOptions) -> anyhow::Result<Metr
         .collect();
     let mut topologies = Vec::new();
     let mut unreadable = Vec::new();
-    for name in state::recorded_topologies()? {
+    for name in scope.recorded()? {
         // One unreadable topology (e.g. recorded by a newer vethctl) must
         // not blank the metrics of all the others.
         match StateDir::new(&name).load() {

@@ -18,14 +18,19 @@ use crate::{
 };
 
 /// What keeps the node from being ready; empty when it is.
-pub async fn problems(host: &Host, cni_networks: &[String]) -> Result<Vec<String>> {
+/// Only the topologies within `scope` are looked at.
+pub async fn problems(
+    host: &Host,
+    cni_networks: &[String],
+    scope: &state::Scope,
+) -> Result<Vec<String>> {
     let links: BTreeMap<String, LinkState> = host
         .links()
         .await?
         .into_iter()
         .map(|l| (l.name.clone(), l))
         .collect();
-    let recorded = state::recorded_topologies()?;
+    let recorded = scope.recorded()?;
     let mut problems: Vec<String> = cni_networks
         .iter()
         .filter(|n| !recorded.contains(n))

@@ -8,6 +8,7 @@ pub mod control;
 pub mod counting;
 pub mod disruption;
 mod limit;
+pub mod mode_set;
 pub mod paths;
 mod report;
 

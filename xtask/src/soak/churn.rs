@@ -23,10 +23,10 @@ use serde_json::Value;
 use veth_bench::{disruption::Traffic, interrupt};
 
 use super::{
-    probe,
+    probe, rss,
     runtime::{ips, Added, Rng, Runtime, Stuck},
     schedule::{Event, Schedule, Step, CONFIGURED_MODE},
-    snapshot::{footprint, Footprint, Leak},
+    snapshot::{footprint, Leak},
 };
 use crate::bench::cni::exec::{self, Attachment};
 
@@ -126,6 +126,18 @@ struct Churn {
     last_event: String,
 }
 
+impl Churn {
+    /// Pods attached (ADD succeeded, DEL not finished), the long-lived two
+    /// included.
+    fn live(&self) -> usize {
+        2 + self
+            .pods
+            .values()
+            .filter(|p| p.state != State::Adding)
+            .count()
+    }
+}
+
 /// Everything the churn's threads share.
 pub struct Ctx<'a> {
     pub runtime: &'a Runtime,
@@ -137,10 +149,9 @@ pub struct Ctx<'a> {
     /// The long-lived pods, by name: (namespace, address).
     pub long_lived: Vec<(String, PathBuf, Ipv4Addr)>,
     pub sweep_every: Duration,
-    /// The agent's pid, and after how many cycles its footprint is taken
-    /// warm (its start figure includes its first allocations).
-    agent: (u32, usize),
-    warm: Mutex<Option<Footprint>>,
+    /// The agent's pid, whose RSS is sampled as each cycle ends.
+    agent: u32,
+    rss: Mutex<Vec<rss::Sample>>,
     churn: Mutex<Churn>,
     failure: Mutex<Option<anyhow::Error>>,
     done: AtomicBool,
@@ -175,8 +186,8 @@ impl<'a> Ctx<'a> {
             echo,
             long_lived,
             sweep_every,
-            agent: (0, usize::MAX),
-            warm: Mutex::new(None),
+            agent: 0,
+            rss: Mutex::new(Vec::new()),
             churn: Mutex::new(Churn {
                 schedule,
                 pods: BTreeMap::new(),
@@ -192,15 +203,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Takes the agent `pid`'s footprint once `warm_at` cycles are done.
-    pub fn with_agent(mut self, pid: u32, warm_at: usize) -> Ctx<'a> {
-        self.agent = (pid, warm_at);
+    /// Samples the agent `pid`'s RSS as each cycle ends.
+    pub fn with_agent(mut self, pid: u32) -> Ctx<'a> {
+        self.agent = pid;
         self
     }
 
-    /// The agent's footprint after the warm-up cycles, if taken.
-    pub fn warm(&self) -> Option<Footprint> {
-        *self.warm.lock().unwrap_or_else(|e| e.into_inner())
+    /// The agent's RSS as each cycle ended, with the live count.
+    pub fn rss_samples(&self) -> Vec<rss::Sample> {
+        std::mem::take(&mut *self.rss.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn churn(&self) -> MutexGuard<'_, Churn> {
@@ -282,7 +293,7 @@ impl<'a> Ctx<'a> {
                     .filter(|(_, p)| p.state == State::Live)
                     .map(|(&i, _)| i)
                     .collect();
-                let live = 2 + c.pods.values().filter(|p| p.state != State::Adding).count();
+                let live = c.live();
                 let in_flight = c.in_flight;
                 match c.schedule.next(population, deletable.len(), in_flight) {
                     Step::Done => return Ok(()),
@@ -457,14 +468,22 @@ impl<'a> Ctx<'a> {
                 ),
             });
         }
-        let done = {
+        let (cycle, live, plateau) = {
             let mut c = self.churn();
             c.pods.remove(&index);
             c.cycles_done += 1;
-            c.cycles_done
+            (c.cycles_done, c.live(), c.schedule.plateau())
         };
-        if done == self.agent.1 {
-            *self.warm.lock().unwrap_or_else(|e| e.into_inner()) = footprint(self.agent.0).ok();
+        if let Ok(f) = footprint(self.agent) {
+            self.rss
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(rss::Sample {
+                    cycle,
+                    live,
+                    plateau,
+                    rss_kb: f.rss_kb,
+                });
         }
         Ok(())
     }
@@ -485,7 +504,7 @@ impl<'a> Ctx<'a> {
                 started.elapsed().as_secs_f64(),
                 c.cycles_done,
                 c.schedule.adds(),
-                c.pods.values().filter(|p| p.state != State::Adding).count() + 2,
+                c.live(),
                 c.findings.cut_off.len(),
                 c.findings.stuck.len()
             );

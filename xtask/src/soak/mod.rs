@@ -27,6 +27,7 @@
 mod churn;
 mod probe;
 mod report;
+mod rss;
 mod runtime;
 mod schedule;
 mod snapshot;
@@ -50,7 +51,7 @@ use veth_bench::{
     interrupt,
 };
 
-use crate::bench::cni::{exec, reserve_blocks, run_lock};
+use crate::bench::cni::{exec, reserve_range, run_lock};
 use churn::{Ctx, EventRow};
 use report::Counts;
 use snapshot::Footprint;
@@ -145,7 +146,9 @@ impl Soak {
     fn start_agent(&mut self, log: &Path) -> Result<()> {
         let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&self.vethctl)
-            .args(["agent", "--listen", AGENT_LISTEN])
+            // This network's only: the node's other networks (tests
+            // running beside) are not the soak's to act on or measure.
+            .args(["agent", "--listen", AGENT_LISTEN, "--network", NETWORK])
             // Its own lock, in the soak's run directory (removed at the
             // end): the node's agent may run meanwhile.
             .arg("--lock-file")
@@ -252,22 +255,8 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// A free /21 for the network (see [`PREFIX`]) and its reservations.
 fn reserve_subnet() -> Result<((Ipv4Addr, u8), Vec<PathBuf>)> {
-    // 56 /21s of 8 blocks each, from one that depends on the pid.
-    let start = std::process::id() as usize;
-    let mut last = None;
-    for i in 0..56 {
-        let first = (((start + i) % 56) * 8) as u32;
-        let blocks: Vec<u32> = (first..first + 8).collect();
-        match reserve_blocks(&blocks) {
-            Ok(files) => {
-                let subnet = Ipv4Addr::new(198, 18 + (first / 256) as u8, (first % 256) as u8, 0);
-                return Ok(((subnet, PREFIX), files));
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no /21 to try")))
-        .context("every /21 of 198.18.0.0/15 below 198.19.192.0 has a /24 some test holds")
+    let (subnet, files) = reserve_range(1 << (24 - PREFIX))?;
+    Ok(((subnet, PREFIX), files))
 }
 
 fn network_config(subnet: (Ipv4Addr, u8)) -> Value {
@@ -320,10 +309,11 @@ fn del_long_lived(veth_cni: &Path, config: &Value, pod: &LongLived) -> Result<()
 #[derive(Debug, Serialize)]
 pub struct Agent {
     pub start: Footprint,
-    /// After the first 10 % of the cycles: the RSS target is judged from
-    /// here, past the agent's first allocations.
-    pub warm: Footprint,
     pub end: Footprint,
+    /// Its RSS as each cycle ended, with the live pod count.
+    pub rss: Vec<rss::Sample>,
+    /// The stretches at a constant live count the RSS target judges.
+    pub judged: Vec<rss::Stretch>,
     pub alive: bool,
     /// What it logged removing this network's endpoints.
     pub endpoint_removed: Vec<String>,
@@ -455,7 +445,7 @@ fn soak_run(
         seed,
         Duration::from_secs(1),
     )
-    .with_agent(soak.agent_pid(), (cycles / 10).max(1));
+    .with_agent(soak.agent_pid());
     let mut events = ctx.run(options.width, &events, &stage.traffic)?;
     ctx.sweep()?;
     thread::sleep(Duration::from_secs(1));
@@ -464,10 +454,12 @@ fn soak_run(
     let traffic = stage.traffic.window(from, to);
     attribute(&mut events, &traffic.lost_sent_ns);
     let snap_end = snapshot::take(NETWORK, subnet)?;
+    let rss = ctx.rss_samples();
     let agent = Agent {
         start: agent_start,
-        warm: ctx.warm().unwrap_or(agent_start),
         end: snapshot::footprint(soak.agent_pid()).unwrap_or_default(),
+        judged: rss::stretches(&rss),
+        rss,
         alive: soak.agent_alive(),
         endpoint_removed: Vec::new(),
     };
@@ -509,14 +501,13 @@ fn soak_run(
         },
         samples,
     };
-    m.counts = counts(&m, (cycles / 10).max(1));
+    m.counts = counts(&m);
     m.targets = report::targets(&m.counts, &m.latency);
     Ok(m)
 }
 
-/// The figures the targets judge (the agent's RSS from after the first
-/// `warm_cycles`).
-fn counts(m: &Measured, warm_cycles: usize) -> Counts {
+/// The figures the targets judge.
+fn counts(m: &Measured) -> Counts {
     let f = &m.findings;
     Counts {
         cycles: m.cycles,
@@ -531,9 +522,8 @@ fn counts(m: &Measured, warm_cycles: usize) -> Counts {
         datagrams_lost: m.traffic.lost,
         tcp_broken: m.traffic.connections_broken,
         agent_alive: m.agent.alive,
-        agent_rss_kb: (m.agent.warm.rss_kb, m.agent.end.rss_kb),
+        agent_rss: m.agent.judged.clone(),
         agent_fds: (m.agent.start.fds, m.agent.end.fds),
-        warm_cycles: warm_cycles.min(m.cycles),
     }
 }
 
@@ -574,7 +564,7 @@ fn finish(
             what: format!("`vethctl down` failed, and worked after `up --repair`: {error}"),
         });
     }
-    // The agent serves every network of the node: only this one's lines.
+    // Only this network's lines (the agent serves no other).
     let ours = format!("topology {NETWORK:?}");
     let removed = fs::read_to_string(out_dir.join("soak-agent.log"))
         .unwrap_or_default()

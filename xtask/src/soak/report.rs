@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::rss::{self, Stretch};
 use crate::bench::cni::summary::{percentile, Verb};
 
 /// One plugin execution that ran to success without being killed.
@@ -134,10 +135,8 @@ pub struct Counts {
     pub datagrams_lost: u64,
     pub tcp_broken: u64,
     pub agent_alive: bool,
-    /// RSS after the warm-up cycles and at the end.
-    pub agent_rss_kb: (u64, u64),
-    /// The cycles before the first RSS figure (not judged).
-    pub warm_cycles: usize,
+    /// The agent's RSS at each plateau's constant live count.
+    pub agent_rss: Vec<Stretch>,
     pub agent_fds: (u64, u64),
 }
 
@@ -207,18 +206,35 @@ fn correctness(c: &Counts) -> Vec<Target> {
     ]
 }
 
-/// Judged from the warm figure, past the agent's first allocations.
+/// Judged between samples at one live count (see [`rss`]): within the
+/// top plateau of the schedule; every plateau shown.
 fn agent_rss(c: &Counts) -> Target {
-    let growth_kb = c.agent_rss_kb.1 as f64 - c.agent_rss_kb.0 as f64;
-    let judged = c.cycles.saturating_sub(c.warm_cycles).max(1);
-    let per_1000 = growth_kb / 1024.0 * 1000.0 / judged as f64;
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let each: Vec<String> = c
+        .agent_rss
+        .iter()
+        .map(|s| {
+            format!(
+                "{} pods: {:.1} → {:.1} MB over {} cycles",
+                s.plateau,
+                mb(s.from.rss_kb),
+                mb(s.to.rss_kb),
+                s.cycles()
+            )
+        })
+        .collect();
+    let growth = rss::growth_per_1000(&c.agent_rss);
+    let verdict = growth.map_or(Verdict::NotMeasured, |g| Verdict::of(g <= 1.0));
     Target {
-        what: "agent RSS growth ≤ 1 MB per 1,000 cycles".into(),
-        verdict: Verdict::of(per_1000 <= 1.0),
+        what: "agent RSS growth ≤ 1 MB per 1,000 cycles (at equal live counts)".into(),
+        verdict,
         measured: format!(
-            "{:.1} → {:.1} MB over the last {judged} cycles ({per_1000:+.2} MB per 1,000); fds {} → {}",
-            c.agent_rss_kb.0 as f64 / 1024.0,
-            c.agent_rss_kb.1 as f64 / 1024.0,
+            "{} per 1,000 cycles at the top plateau ({}); fds {} → {}",
+            growth.map_or(
+                format!("not judged (under {} cycles there)", rss::MIN_JUDGED_CYCLES),
+                |g| format!("{g:+.2} MB")
+            ),
+            each.join("; "),
             c.agent_fds.0,
             c.agent_fds.1
         ),
@@ -319,14 +335,20 @@ mod tests {
 
     #[test]
     fn only_correctness_misses_fail_a_quick_run() {
+        let leaking = |cycle: usize| rss::Sample {
+            cycle,
+            live: 12,
+            plateau: Some(10),
+            rss_kb: 1000 + 80 * cycle as u64,
+        };
         let clean = Counts {
             agent_alive: true,
             cycles: 100,
-            agent_rss_kb: (1000, 9000),
+            agent_rss: rss::stretches(&(1..=1000).map(leaking).collect::<Vec<_>>()),
             ..Counts::default()
         };
         let t = targets(&clean, &[]);
-        // RSS grew 8 MB in 100 cycles: a miss, but not a correctness one.
+        // RSS grew 8 MB per 100 cycles: a miss, but not a correctness one.
         assert_eq!(failed(&t, false).len(), 1);
         assert!(failed(&t, true).is_empty());
         let lossy = Counts {

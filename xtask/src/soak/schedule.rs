@@ -50,6 +50,15 @@ impl Schedule {
         &self.levels
     }
 
+    /// The plateau (live churned pods) being churned at: its count holds
+    /// while pods are deleted and added; `None` while climbing or at the
+    /// end.
+    pub fn plateau(&self) -> Option<usize> {
+        (self.churned > 0)
+            .then(|| self.levels.get(self.phase).copied())
+            .flatten()
+    }
+
     /// ADDs handed out so far.
     pub fn adds(&self) -> usize {
         self.adds
@@ -189,6 +198,24 @@ mod tests {
         assert_eq!((top, adds, dels), (40, 100, 100));
         // Fewer cycles than pods: the maximum is the cycles.
         assert_eq!(walk(5, 1000).0, 5);
+    }
+
+    #[test]
+    fn the_plateau_is_named_only_while_its_count_holds() {
+        let mut s = Schedule::new(5, 3);
+        for population in 0..3 {
+            assert_eq!(s.next(population, population, 0), Step::Add);
+            assert_eq!(s.plateau(), None, "climbing");
+        }
+        assert_eq!(s.next(3, 3, 0), Step::Del);
+        assert_eq!(s.plateau(), Some(3), "churning");
+        assert_eq!(s.next(2, 2, 0), Step::Add);
+        assert_eq!(s.plateau(), Some(3));
+        assert_eq!(s.next(3, 3, 0), Step::Del);
+        assert_eq!(s.next(2, 2, 0), Step::Add);
+        // Every cycle handed out: the pods go, the count falls.
+        assert_eq!(s.next(3, 3, 0), Step::Del);
+        assert_eq!(s.plateau(), None, "deleting every pod");
     }
 
     #[test]

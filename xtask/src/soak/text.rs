@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     report::{LatencyRow, Target},
-    Footprint, Measured,
+    Agent, Footprint, Measured,
 };
 
 fn latency_table(rows: &[LatencyRow]) -> String {
@@ -36,14 +36,55 @@ fn targets_table(targets: &[Target]) -> String {
     s
 }
 
+/// The agent's RSS at each plateau (what the target judges), and at the
+/// same live count on the way down (kept from the peak, not judged), then
+/// every 10th of the samples.
+fn rss_table(a: &Agent) -> String {
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let mut s = String::from(
+        "Agent RSS at a constant live count (each plateau past its first fifth; the top one judged):\n\n\
+         | churned pods | cycles | RSS MB from → to | MB per 1,000 cycles | on the way down (not judged) |\n\
+         |--:|--:|---|--:|--:|\n",
+    );
+    for st in &a.judged {
+        let _ = writeln!(
+            s,
+            "| {} | {}–{} | {:.1} → {:.1} | {:+.2} | {} |",
+            st.plateau,
+            st.from.cycle,
+            st.to.cycle,
+            mb(st.from.rss_kb),
+            mb(st.to.rss_kb),
+            st.growth_kb() as f64 / 1024.0 * 1000.0 / st.cycles().max(1) as f64,
+            st.way_down_kb
+                .map_or("–".into(), |kb| format!("{:.1} MB", mb(kb)))
+        );
+    }
+    let step = (a.rss.len() / 10).max(1);
+    let shown: Vec<String> = a
+        .rss
+        .iter()
+        .step_by(step)
+        .chain(a.rss.last())
+        .map(|r| format!("{}: {} pods {:.1} MB", r.cycle, r.live, mb(r.rss_kb)))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nRSS by cycle (cycle: live pods, RSS): {}",
+        shown.join("; ")
+    );
+    s
+}
+
 /// The whole text: what ran and the headline figures, the targets,
 /// latency, then the details.
 pub fn text(m: &Measured) -> String {
     format!(
-        "{}\n{}\nADD and DEL by live pods (successful executions that were not killed):\n\n{}\n{}",
+        "{}\n{}\nADD and DEL by live pods (successful executions that were not killed):\n\n{}\n{}\n{}",
         header(m),
         targets_table(&m.targets),
         latency_table(&m.latency),
+        rss_table(&m.agent),
         details(m)
     )
 }
@@ -91,11 +132,9 @@ fn header(m: &Measured) -> String {
     );
     let _ = writeln!(
         s,
-        "agent: RSS {:.1} MB at start, {:.1} MB after the first 10 % of the cycles, {:.1} MB at \
-         the end; fds {} → {}; {}; it logged \"endpoint removed\" {} time(s) for this network; \
-         {} status sweeps",
+        "agent: RSS {:.1} MB at start, {:.1} MB at the end; fds {} → {}; {}; it logged \
+         \"endpoint removed\" {} time(s) for this network; {} status sweeps",
         mb(&a.start),
-        mb(&a.warm),
         mb(&a.end),
         a.start.fds,
         a.end.fds,

@@ -232,6 +232,31 @@ pub fn run_lock(path: &str, task: &str) -> Result<fs::File> {
 /// 198.(18 + b / 256).(b % 256).0/24) the way the tests reserve theirs (a
 /// file holding the owner's pid; a dead owner's is taken over), so that no
 /// test picks them meanwhile.
+/// A free range of `blocks` /24s (a power of two, aligned) of
+/// 198.18.0.0/15 below the benchmarks' fixed ranges (198.19.192.0/18),
+/// reserved as the integration tests reserve theirs: its first address
+/// and the reservations. Tried from one that depends on the pid.
+pub fn reserve_range(blocks: u32) -> Result<(std::net::Ipv4Addr, Vec<PathBuf>)> {
+    let ranges = 448 / blocks;
+    let start = std::process::id();
+    let mut last = None;
+    for i in 0..ranges {
+        let first = ((start + i) % ranges) * blocks;
+        let wanted: Vec<u32> = (first..first + blocks).collect();
+        match reserve_blocks(&wanted) {
+            Ok(files) => {
+                let subnet =
+                    std::net::Ipv4Addr::new(198, 18 + (first / 256) as u8, (first % 256) as u8, 0);
+                return Ok((subnet, files));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no range to try"))).with_context(|| {
+        format!("every range of {blocks} /24s of 198.18.0.0/15 below 198.19.192.0 has one some test holds")
+    })
+}
+
 pub fn reserve_blocks(blocks: &[u32]) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(BLOCKS_DIR).with_context(|| format!("creating {BLOCKS_DIR}"))?;
     let mut taken = Vec::new();

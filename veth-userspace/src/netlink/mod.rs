@@ -19,6 +19,8 @@ pub mod pair;
 pub mod pod;
 pub mod routes;
 pub mod sysctl;
+pub mod underlay;
+pub mod vxlan;
 
 use std::fmt::Display;
 

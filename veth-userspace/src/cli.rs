@@ -42,9 +42,15 @@ enum Command {
     /// namespace and host-side veth are still the same, are left alone, and
     /// links keep running programs that did not change.
     Up {
-        /// Topology description (TOML); see README.md for the format.
+        /// Topology description (TOML); see README.md for the format. A
+        /// cluster file (with `[[nodes]]`) without --node brings up the
+        /// whole cluster on this machine, one namespace per node.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Bring up only this node's part of the cluster file, here (run it
+        /// on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        node: Option<String>,
         /// Wire every pod again and reload the programs, putting right what
         /// was changed by hand inside pods' namespaces (addresses, MAC,
         /// routes), which a plain `up` does not look at.
@@ -62,6 +68,10 @@ enum Command {
     Down {
         #[command(flatten)]
         select: Select,
+        /// One node of a cluster: on the machine of a lab, that node and
+        /// its namespace; elsewhere, this node's part.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Show pods, their interfaces on both sides and what is attached,
     /// and a last line that counts them by state (`3 pods: 3 ready`).
@@ -413,6 +423,9 @@ impl Select {
 
     /// The topology name, if one was selected.
     fn name(&self) -> Result<Option<String>> {
+        if let Some((cluster, _)) = read_cluster(self.topology.as_deref())? {
+            return Ok(Some(cluster.name));
+        }
         if let Some(path) = &self.topology {
             return Ok(Some(read_topology(path)?.0.name));
         }
@@ -637,10 +650,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up {
             topology,
+            node,
             repair,
             timings,
-        } => up(topology, apply::UpOptions { repair, timings }).await,
-        Command::Down { select } => down(&select).await,
+        } => up(topology, node, apply::UpOptions { repair, timings }).await,
+        Command::Down { select, node } => down(&select, node.as_deref()).await,
         Command::Status {
             select,
             json,
@@ -741,8 +755,24 @@ fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
     }
 }
 
-async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
-    let (topology, text) = topology_or_default(path.as_deref())?;
+async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptions) -> Result<()> {
+    let (topology, text) = match (read_cluster(path.as_deref())?, node) {
+        (Some((cluster, text)), None) => {
+            crate::lab::up(&cluster, &text, options).await?;
+            return emit(format_args!(
+                "cluster {:?} is up: {} nodes, cross_node {} (see `vethctl status`)\n",
+                cluster.name,
+                cluster.nodes.len(),
+                cluster.cross_node
+            ));
+        }
+        (Some((cluster, _)), Some(node)) => {
+            let (topology, text) = cluster.node_part(&node)?;
+            (apply::keeping_recorded(&topology, &text)?, text)
+        }
+        (None, Some(_)) => bail!("--node: the topology file has no [[nodes]]; it is not a cluster file"),
+        (None, None) => topology_or_default(path.as_deref())?,
+    };
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;
     apply::up(&topology, &text, options).await?;
@@ -756,10 +786,38 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     ))
 }
 
-async fn down(select: &Select) -> Result<()> {
-    let name = select.name_or_default()?;
-    apply::down(&name).await?;
-    emit(format_args!("topology {name:?} is down\n"))
+async fn down(select: &Select, node: Option<&str>) -> Result<()> {
+    let name = match read_cluster(select.topology.as_deref())? {
+        Some((cluster, _)) => cluster.name,
+        None => select.name_or_default()?,
+    };
+    match (crate::lab::is_up(&name), node) {
+        (true, None) => {
+            crate::lab::down(&name)?;
+            emit(format_args!("cluster {name:?} is down\n"))
+        }
+        (true, Some(node)) => {
+            crate::lab::down_node(&name, node)?;
+            emit(format_args!("node {node:?} of cluster {name:?} is down\n"))
+        }
+        (false, _) => {
+            apply::down(&name).await?;
+            emit(format_args!("topology {name:?} is down\n"))
+        }
+    }
+}
+
+/// The cluster file at `path`, if it is one (it has `[[nodes]]`).
+fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cluster, String)>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
+    if !crate::model::cluster::is_cluster(&text) {
+        return Ok(None);
+    }
+    let cluster = crate::model::cluster::Cluster::from_toml(&text)
+        .with_context(|| format!("invalid cluster file {}", path.display()))?;
+    Ok(Some((cluster, text)))
 }
 
 async fn status(select: &Select, json: bool, check: bool) -> Result<()> {

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod error;
 pub mod http_server;
 pub mod ipam;
+pub mod lab;
 pub mod kernel;
 pub mod lock_wait;
 pub mod logging;

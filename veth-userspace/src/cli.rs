@@ -770,7 +770,9 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
             let (topology, text) = cluster.node_part(&node)?;
             (apply::keeping_recorded(&topology, &text)?, text)
         }
-        (None, Some(_)) => bail!("--node: the topology file has no [[nodes]]; it is not a cluster file"),
+        (None, Some(_)) => {
+            bail!("--node: the topology file has no [[nodes]]; it is not a cluster file")
+        }
         (None, None) => topology_or_default(path.as_deref())?,
     };
     // Everything that can be refused is, before anything is made.

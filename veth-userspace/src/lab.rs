@@ -29,6 +29,7 @@ use crate::{
 
 const CLUSTER_FILE: &str = "cluster.toml";
 const RECORD_FILE: &str = "lab.json";
+const HOME_FILE: &str = "netns";
 
 /// What a lab made.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -44,16 +45,27 @@ pub fn dir(name: &str) -> PathBuf {
     Path::new(STATE_ROOT).join("labs").join(name)
 }
 
-/// Whether a lab called `name` is recorded on this machine.
+/// Whether a lab called `name` is recorded on this machine, made from
+/// this network namespace: inside one of its nodes, `name` is the node's
+/// own network.
 pub fn is_up(name: &str) -> bool {
     dir(name).join(CLUSTER_FILE).exists()
+        && std::fs::read_to_string(dir(name).join(HOME_FILE)).ok() == home()
+}
+
+/// Which network namespace the lab was made from (device and inode of
+/// `/proc/self/ns/net`).
+fn home() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/ns/net").ok()?;
+    Some(format!("{}:{}", m.dev(), m.ino()))
 }
 
 /// The cluster file a lab was brought up with.
 pub fn recorded_cluster(name: &str) -> Result<Cluster> {
     let path = dir(name).join(CLUSTER_FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Cluster::from_toml(&text).with_context(|| format!("invalid cluster file {}", path.display()))
 }
 
@@ -112,6 +124,11 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
     let name = &cluster.name;
     let _lock = lock(name)?;
     let mut record = load(name)?;
+    if dir(name).join(CLUSTER_FILE).exists() && !is_up(name) {
+        bail!("lab {name:?} was made from another network namespace; bring it down there");
+    }
+    let home = home().context("reading /proc/self/ns/net")?;
+    write_atomically(&dir(name), HOME_FILE, home.as_bytes())?;
     write_atomically(&dir(name), CLUSTER_FILE, text.as_bytes())?;
     let switch = switch_netns(name);
     claim_netns(name, &mut record, &switch)?;
@@ -186,8 +203,7 @@ pub fn down(name: &str) -> Result<()> {
     for ns in std::mem::take(&mut record.netns) {
         netns::delete(&ns)?;
     }
-    std::fs::remove_dir_all(dir(name))
-        .with_context(|| format!("removing {}", dir(name).display()))
+    std::fs::remove_dir_all(dir(name)).with_context(|| format!("removing {}", dir(name).display()))
 }
 
 /// Brings one node of the lab down and removes its machine; the other
@@ -208,7 +224,9 @@ pub fn down_node(name: &str, node: &str) -> Result<()> {
 fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
     let ns = node_netns(name, node);
     if record.netns.contains(&ns) && netns::exists(&ns) {
-        on_nodes(name, &[node], |_| vec!["down".into(), "-n".into(), name.into()])?;
+        on_nodes(name, &[node], |_| {
+            vec!["down".into(), "-n".into(), name.into()]
+        })?;
         netns::delete(&ns)?;
     }
     record.netns.remove(&ns);
@@ -217,6 +235,7 @@ fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
 }
 
 fn lock(name: &str) -> Result<std::fs::File> {
+    crate::state::private_dir(&dir(name))?;
     lock_file(&dir(name).join(".lock"), true)?.context("a blocking lock returned without the lock")
 }
 
@@ -260,28 +279,57 @@ fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> R
     }
 }
 
-/// This binary run with `args` inside network namespace `ns`, as `ip netns
-/// exec` would start it (without its fresh /sys: the programs' pins stay
-/// on the machine's bpffs).
+/// This binary run with `args` inside network namespace `ns`, started as
+/// `ip netns exec` starts a command: in the namespace, in a mount
+/// namespace of its own whose /sys is a sysfs of that network namespace
+/// (so /sys/class/net lists the node's interfaces, not the machine's).
 pub fn run_on_node(ns: &str, args: &[String]) -> Result<Output> {
     let file = netns::open(ns)?;
     let exe = std::env::current_exe().context("finding the vethctl binary")?;
     let fd = file.as_raw_fd();
     let mut command = Command::new(exe);
     command.args(args);
-    // SAFETY: only setns(2), async-signal-safe, runs between fork and exec;
-    // `file` outlives the spawn.
+    // SAFETY: only async-signal-safe system calls run between fork and
+    // exec, on strings made before the fork; `file` outlives the spawn.
     unsafe {
-        command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(move || enter_node(fd));
     }
     let output = command
         .output()
         .with_context(|| format!("running vethctl in namespace {ns:?}"))?;
     drop(file);
     Ok(output)
+}
+
+/// What iproute2's `netns_switch` does: setns, a private mount namespace
+/// (mounts below / no longer propagate back), and a fresh /sys.
+fn enter_node(fd: i32) -> std::io::Result<()> {
+    let check = |rc: i32| match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    let root = c"/";
+    let sys = c"/sys";
+    let sysfs = c"sysfs";
+    let none = c"none";
+    // SAFETY: plain system calls on valid NUL-terminated strings.
+    unsafe {
+        check(libc::setns(fd, libc::CLONE_NEWNET))?;
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        check(libc::umount2(sys.as_ptr(), libc::MNT_DETACH))?;
+        check(libc::mount(
+            sysfs.as_ptr(),
+            sys.as_ptr(),
+            sysfs.as_ptr(),
+            0,
+            std::ptr::null(),
+        ))
+    }
 }

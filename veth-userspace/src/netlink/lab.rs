@@ -81,7 +81,10 @@ pub async fn plug_node(nic: &NodeNic) -> Result<()> {
                 .add(msg)
                 .execute()
                 .await
-                .map_err(context(format!("plugging node {:?} into the switch", n.port)))?;
+                .map_err(context(format!(
+                    "plugging node {:?} into the switch",
+                    n.port
+                )))?;
         }
         let bridge = links::by_name(&handle, SWITCH_BRIDGE)
             .await?

@@ -27,6 +27,11 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "vethctl", version, about, long_about = None)]
 pub struct Cli {
+    /// Act for node NODE of a lab on this machine: a network namespace
+    /// made with `ip netns add NODE`. Same as running the command under
+    /// `ip netns exec NODE`: the node's own state, pins and pods.
+    #[arg(long, global = true, value_name = "NODE")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,14 +48,14 @@ enum Command {
     /// links keep running programs that did not change.
     Up {
         /// Topology description (TOML); see README.md for the format. A
-        /// cluster file (with `[[nodes]]`) without --node brings up the
-        /// whole cluster on this machine, one namespace per node.
+        /// cluster file (with `[[nodes]]`) without --cluster-node brings up
+        /// the whole cluster on this machine, one namespace per node.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
-        /// Bring up only this node's part of the cluster file, here (run it
+        /// Bring up only node NAME's part of the cluster file, here (run it
         /// on that node).
         #[arg(long, value_name = "NAME", requires = "topology")]
-        node: Option<String>,
+        cluster_node: Option<String>,
         /// Wire every pod again and reload the programs, putting right what
         /// was changed by hand inside pods' namespaces (addresses, MAC,
         /// routes), which a plain `up` does not look at.
@@ -71,7 +76,7 @@ enum Command {
         /// One node of a cluster: on the machine of a lab, that node and
         /// its namespace; elsewhere, this node's part.
         #[arg(long, value_name = "NAME")]
-        node: Option<String>,
+        cluster_node: Option<String>,
     },
     /// Show pods, their interfaces on both sides and what is attached,
     /// and a last line that counts them by state (`3 pods: 3 ready`).
@@ -172,9 +177,11 @@ enum Command {
         per_pod_drops: bool,
         /// The file that makes this the node's only agent (a second one
         /// refuses to start, naming this one's PID). A lab that runs one
-        /// agent per simulated node gives each its own.
-        #[arg(long, value_name = "FILE", default_value = crate::state::AGENT_LOCK)]
-        lock_file: PathBuf,
+        /// agent per simulated node gives each its own. Default:
+        /// /run/vethctl/agent.lock, or in a node namespace (`ip netns exec
+        /// NODE vethctl agent`) the node's own under /run/vethctl/_nodes/.
+        #[arg(long, value_name = "FILE")]
+        lock_file: Option<PathBuf>,
         /// Bring up the network of this CNI configuration list at start
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
@@ -553,6 +560,13 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
     let cli = parse();
+    // Before the runtime starts any thread (see `enter_node`).
+    if let Some(node) = &cli.node {
+        if let Err(e) = crate::netlink::netns::enter_node(node) {
+            let _ = writeln!(io::stderr(), "error: {e:#}");
+            return std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code());
+        }
+    }
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -650,11 +664,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up {
             topology,
-            node,
+            cluster_node,
             repair,
             timings,
-        } => up(topology, node, apply::UpOptions { repair, timings }).await,
-        Command::Down { select, node } => down(&select, node.as_deref()).await,
+        } => up(topology, cluster_node, apply::UpOptions { repair, timings }).await,
+        Command::Down {
+            select,
+            cluster_node,
+        } => down(&select, cluster_node.as_deref()).await,
         Command::Status {
             select,
             json,
@@ -719,7 +736,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bpf_stats,
                 cni_confs: cni_conf,
                 per_pod_drops,
-                lock_file,
+                lock_file: lock_file.unwrap_or_else(|| crate::node::current().agent_lock()),
             })
             .await
         }
@@ -771,7 +788,7 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
             (apply::keeping_recorded(&topology, &text)?, text)
         }
         (None, Some(_)) => {
-            bail!("--node: the topology file has no [[nodes]]; it is not a cluster file")
+            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
         }
         (None, None) => topology_or_default(path.as_deref())?,
     };
@@ -804,6 +821,7 @@ async fn down(select: &Select, node: Option<&str>) -> Result<()> {
         }
         (false, _) => {
             apply::down(&name).await?;
+            crate::node::current().forget_if_empty()?;
             emit(format_args!("topology {name:?} is down\n"))
         }
     }

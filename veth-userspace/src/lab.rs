@@ -1,7 +1,7 @@
 //! A whole cluster on one machine (`vethctl up -t CLUSTER` without
 //! `--node`): a switch and one namespace per node (see
 //! [`crate::netlink::lab`]), then on each node exactly what an operator
-//! runs on a real one, `vethctl up -t CLUSTER --node NAME`: this binary
+//! runs on a real one, `vethctl up -t CLUSTER --cluster-node NAME`: this binary
 //! again, started inside the node's namespace. One code path for the lab
 //! and for a real node.
 //!
@@ -12,7 +12,6 @@
 use std::{
     collections::BTreeSet,
     net::IpAddr,
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -152,7 +151,7 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     on_nodes(name, &nodes, |node| {
         let mut a = args.clone();
-        a.extend(["--node".to_string(), node.to_string()]);
+        a.extend(["--cluster-node".to_string(), node.to_string()]);
         a
     })?;
     let gone: Vec<String> = record
@@ -279,57 +278,14 @@ fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> R
     }
 }
 
-/// This binary run with `args` inside network namespace `ns`, started as
-/// `ip netns exec` starts a command: in the namespace, in a mount
-/// namespace of its own whose /sys is a sysfs of that network namespace
-/// (so /sys/class/net lists the node's interfaces, not the machine's).
+/// This binary run with `args` for the node in namespace `ns` (`vethctl
+/// --node NS …`, the same as `ip netns exec NS vethctl …`).
 pub fn run_on_node(ns: &str, args: &[String]) -> Result<Output> {
-    let file = netns::open(ns)?;
     let exe = std::env::current_exe().context("finding the vethctl binary")?;
-    let fd = file.as_raw_fd();
-    let mut command = Command::new(exe);
-    command.args(args);
-    // SAFETY: only async-signal-safe system calls run between fork and
-    // exec, on strings made before the fork; `file` outlives the spawn.
-    unsafe {
-        command.pre_exec(move || enter_node(fd));
-    }
-    let output = command
+    Command::new(exe)
+        .arg("--node")
+        .arg(ns)
+        .args(args)
         .output()
-        .with_context(|| format!("running vethctl in namespace {ns:?}"))?;
-    drop(file);
-    Ok(output)
-}
-
-/// What iproute2's `netns_switch` does: setns, a private mount namespace
-/// (mounts below / no longer propagate back), and a fresh /sys.
-fn enter_node(fd: i32) -> std::io::Result<()> {
-    let check = |rc: i32| match rc {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    };
-    let root = c"/";
-    let sys = c"/sys";
-    let sysfs = c"sysfs";
-    let none = c"none";
-    // SAFETY: plain system calls on valid NUL-terminated strings.
-    unsafe {
-        check(libc::setns(fd, libc::CLONE_NEWNET))?;
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(
-            none.as_ptr(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SLAVE | libc::MS_REC,
-            std::ptr::null(),
-        ))?;
-        check(libc::umount2(sys.as_ptr(), libc::MNT_DETACH))?;
-        check(libc::mount(
-            sysfs.as_ptr(),
-            sys.as_ptr(),
-            sysfs.as_ptr(),
-            0,
-            std::ptr::null(),
-        ))
-    }
+        .with_context(|| format!("running vethctl for node namespace {ns:?}"))
 }

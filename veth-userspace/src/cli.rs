@@ -842,14 +842,28 @@ fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cl
 
 async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     let host = Host::connect()?;
-    let (topologies, unreadable) = select.recorded()?;
+    let lab = select.name()?.filter(|n| crate::lab::is_up(n));
+    let (topologies, unreadable) = match lab {
+        Some(_) => Default::default(),
+        None => select.recorded()?,
+    };
     let mut report = StatusReport {
         topologies: Vec::new(),
+        nodes: Vec::new(),
         unreadable,
     };
     for topology in topologies {
         match observe::status(&host, &topology).await {
-            Ok(status) => report.topologies.push(status),
+            Ok(status) => {
+                let pods = status
+                    .pods
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok());
+                report
+                    .nodes
+                    .extend(observe::nodes::of_network(&topology, pods.collect()));
+                report.topologies.push(status)
+            }
             // One topology's trouble is reported beside the others.
             Err(e) if !select.is_some() => report
                 .unreadable
@@ -857,13 +871,23 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
+    let labs = match lab {
+        Some(lab) => vec![lab],
+        None if !select.is_some() => crate::lab::recorded_labs(),
+        None => Vec::new(),
+    };
+    report.nodes.extend(observe::nodes::of_labs(&labs));
     let summary = Summary::of(&report);
     print(json, &report, |r| {
+        let nodes = match r.nodes.is_empty() {
+            true => String::new(),
+            false => observe::nodes::table(&r.nodes),
+        };
         if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            r.to_table()
+            format!("{}{nodes}", r.to_table())
         } else {
-            format!("{}{summary}\n", r.to_table())
+            format!("{}{summary}\n{nodes}", r.to_table())
         }
     })?;
     if check && !summary.all_ready() {

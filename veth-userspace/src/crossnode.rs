@@ -317,7 +317,7 @@ fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteR
             None => {
                 out.push(RemoteRoute {
                     dst: IpNet::V4(p.pod_cidr),
-                    via: IpAddr::V4(p.address),
+                    via: Some(IpAddr::V4(p.address)),
                     oif: underlay,
                     onlink: false,
                 });
@@ -326,7 +326,7 @@ fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteR
                 if let (Some(v6), Some(a6)) = (p.pod_cidr6, p.address6) {
                     out.push(RemoteRoute {
                         dst: IpNet::V6(v6),
-                        via: IpAddr::V6(a6),
+                        via: Some(IpAddr::V6(a6)),
                         oif: underlay,
                         onlink: false,
                     });
@@ -335,14 +335,24 @@ fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteR
             Some(vx) => {
                 out.push(RemoteRoute {
                     dst: IpNet::V4(p.pod_cidr),
-                    via: IpAddr::V4(p.gateway),
+                    via: Some(IpAddr::V4(p.gateway)),
                     oif: vx,
                     onlink: true,
                 });
                 if let (Some(v6), Some(gw6)) = (p.pod_cidr6, p.gateway6) {
+                    // IPv6 takes an on-link next hop only where a lookup of
+                    // it leads to the same device: a host-gw route to the
+                    // range being replaced would not, so the next hop gets
+                    // its own route first.
+                    out.push(RemoteRoute {
+                        dst: IpNet::V6(ipnet::Ipv6Net::new(gw6, 128).expect("a /128")),
+                        via: None,
+                        oif: vx,
+                        onlink: false,
+                    });
                     out.push(RemoteRoute {
                         dst: IpNet::V6(v6),
-                        via: IpAddr::V6(gw6),
+                        via: Some(IpAddr::V6(gw6)),
                         oif: vx,
                         onlink: true,
                     });

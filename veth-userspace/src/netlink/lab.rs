@@ -102,8 +102,6 @@ pub async fn plug_node(nic: &NodeNic) -> Result<()> {
         let eth0 = links::by_name(&handle, NODE_NIC)
             .await?
             .context("the node has no eth0")?;
-        let mac = eth0.mac.clone();
-        links::ensure_up(&handle, &eth0, &mac, Some(n.mtu)).await?;
         for a in &n.addresses {
             let mut request = handle.address().add(eth0.ifindex, a.addr(), a.prefix_len());
             if a.addr().is_ipv6() {
@@ -119,6 +117,10 @@ pub async fn plug_node(nic: &NodeNic) -> Result<()> {
                 Err(e) => return Err(context(format!("adding {a} to the node's eth0"))(e)),
             }
         }
+        // Addresses first: the kernel announces them as the link comes up.
+        super::sysctl::announce_on_up(NODE_NIC)?;
+        let mac = eth0.mac.clone();
+        links::ensure_up(&handle, &eth0, &mac, Some(n.mtu)).await?;
         for gw in &n.gateways {
             let msg = match gw {
                 IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()

@@ -812,11 +812,11 @@ async fn down(select: &Select, node: Option<&str>) -> Result<()> {
     };
     match (crate::lab::is_up(&name), node) {
         (true, None) => {
-            crate::lab::down(&name)?;
+            crate::lab::down(&name).await?;
             emit(format_args!("cluster {name:?} is down\n"))
         }
         (true, Some(node)) => {
-            crate::lab::down_node(&name, node)?;
+            crate::lab::down_node(&name, node).await?;
             emit(format_args!("node {node:?} of cluster {name:?} is down\n"))
         }
         (false, _) => {

@@ -161,7 +161,7 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
         .cloned()
         .collect();
     for node in gone {
-        remove_node(name, &mut record, &node)?;
+        remove_node(name, &mut record, &node).await?;
     }
     Ok(())
 }
@@ -180,6 +180,7 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
         node_netns: node_netns(&cluster.name, node),
         port: node.to_string(),
         mtu: u.mtu,
+        mac: crate::model::cluster::nic_mac(n.address),
         addresses,
         gateways: u
             .gateway
@@ -192,12 +193,12 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
 
 /// Brings the whole lab down: each node's part on its node, then the
 /// machines and the switch.
-pub fn down(name: &str) -> Result<()> {
+pub async fn down(name: &str) -> Result<()> {
     let _lock = lock(name)?;
     let mut record = load(name)?;
     let nodes: Vec<String> = record.nodes.iter().cloned().collect();
     for node in nodes {
-        remove_node(name, &mut record, &node)?;
+        remove_node(name, &mut record, &node).await?;
     }
     for ns in std::mem::take(&mut record.netns) {
         netns::delete(&ns)?;
@@ -207,7 +208,7 @@ pub fn down(name: &str) -> Result<()> {
 
 /// Brings one node of the lab down and removes its machine; the other
 /// nodes are not touched (their routes to it stay until their next `up`).
-pub fn down_node(name: &str, node: &str) -> Result<()> {
+pub async fn down_node(name: &str, node: &str) -> Result<()> {
     let _lock = lock(name)?;
     let mut record = load(name)?;
     if !record.nodes.contains(node) {
@@ -217,16 +218,17 @@ pub fn down_node(name: &str, node: &str) -> Result<()> {
             nodes.join(", ")
         );
     }
-    remove_node(name, &mut record, node)
+    remove_node(name, &mut record, node).await
 }
 
-fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
+async fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
     let ns = node_netns(name, node);
     if record.netns.contains(&ns) && netns::exists(&ns) {
         on_nodes(name, &[node], |_| {
             vec!["down".into(), "-n".into(), name.into()]
         })?;
         netns::delete(&ns)?;
+        lab::unplug_node(&switch_netns(name), node).await?;
     }
     record.netns.remove(&ns);
     record.nodes.remove(node);

@@ -177,6 +177,14 @@ pub fn is_cluster(text: &str) -> bool {
         .is_ok_and(|t| t.contains_key("nodes"))
 }
 
+/// MAC of a lab node's `eth0`, from its underlay address: a node plugged
+/// in again keeps it, as a machine keeps its NIC's, so its peers' ARP
+/// caches stay right.
+pub fn nic_mac(underlay: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = underlay.octets();
+    [0x0e, 0x59, a, b, c, d]
+}
+
 /// The lab's namespace of node `node` of cluster `cluster`: a '.' never
 /// appears in pod names, so it never meets a pod's namespace.
 pub fn node_netns(cluster: &str, node: &str) -> String {

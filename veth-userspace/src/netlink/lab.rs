@@ -32,6 +32,7 @@ pub struct NodeNic {
     /// The switch's port (named after the node, in the switch namespace).
     pub port: String,
     pub mtu: u32,
+    pub mac: [u8; 6],
     pub addresses: Vec<IpNet>,
     /// Default routes' next hops (the underlay's gateways).
     pub gateways: Vec<IpAddr>,
@@ -64,11 +65,21 @@ pub async fn make_switch(switch_netns: &str, mtu: u32) -> Result<()> {
 pub async fn plug_node(nic: &NodeNic) -> Result<()> {
     netns::create(&nic.node_netns)?;
     let node_ns = netns::open(&nic.node_netns)?;
+    let plugged = netns::run_in(&nic.node_netns, |handle| async move {
+        Ok(links::by_name(&handle, NODE_NIC).await?.is_some())
+    })
+    .await?;
+    if !plugged {
+        // A port left from a node namespace the kernel has not finished
+        // destroying (it does so in the background) leads nowhere.
+        unplug_node(&nic.switch_netns, &nic.port).await?;
+    }
     let n = nic.clone();
     netns::run_in(&nic.switch_netns, move |handle| async move {
         if links::by_name(&handle, &n.port).await?.is_none() {
             let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
                 .name(NODE_NIC.to_string())
+                .address(n.mac.to_vec())
                 .mtu(n.mtu)
                 .setns_by_fd(node_ns.as_fd().as_raw_fd())
                 .build();
@@ -117,10 +128,7 @@ pub async fn plug_node(nic: &NodeNic) -> Result<()> {
                 Err(e) => return Err(context(format!("adding {a} to the node's eth0"))(e)),
             }
         }
-        // Addresses first: the kernel announces them as the link comes up.
-        super::sysctl::announce_on_up(NODE_NIC)?;
-        let mac = eth0.mac.clone();
-        links::ensure_up(&handle, &eth0, &mac, Some(n.mtu)).await?;
+        links::ensure_up(&handle, &eth0, &n.mac, Some(n.mtu)).await?;
         for gw in &n.gateways {
             let msg = match gw {
                 IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
@@ -135,6 +143,21 @@ pub async fn plug_node(nic: &NodeNic) -> Result<()> {
             super::replace_route(&handle, msg, format!("default route via {gw}")).await?;
         }
         Ok(())
+    })
+    .await
+}
+
+/// Removes the switch's port `port` (the lab's own, in its own namespace).
+pub async fn unplug_node(switch_netns: &str, port: &str) -> Result<()> {
+    if !netns::exists(switch_netns) {
+        return Ok(());
+    }
+    let port = port.to_string();
+    netns::run_in(switch_netns, move |handle| async move {
+        match links::by_name(&handle, &port).await? {
+            Some(link) => links::delete(&handle, link.ifindex, &port).await,
+            None => Ok(()),
+        }
     })
     .await
 }

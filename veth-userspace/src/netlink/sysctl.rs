@@ -26,19 +26,6 @@ pub fn disable_dad(ifname: &str) -> Result<()> {
     write(&path, "0")
 }
 
-/// `ifname` announces its addresses when it comes up (a gratuitous ARP,
-/// an unsolicited neighbour advertisement), in the namespace of the
-/// calling thread: a machine plugged in again with a new MAC is not sent
-/// frames for its old one until its peers' caches time out.
-pub fn announce_on_up(ifname: &str) -> Result<()> {
-    write(&format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify"), "1")?;
-    let ndisc = format!("/proc/sys/net/ipv6/conf/{ifname}/ndisc_notify");
-    if std::path::Path::new(&ndisc).exists() {
-        write(&ndisc, "1")?;
-    }
-    Ok(())
-}
-
 /// IPv6 on or off on the host-namespace link `ifname` (off: no addresses,
 /// no routes, no neighbour discovery on it).
 pub fn set_ipv6(ifname: &str, on: bool) -> Result<()> {

@@ -883,9 +883,12 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
             true => String::new(),
             false => observe::nodes::table(&r.nodes),
         };
-        if r.topologies.is_empty() && r.unreadable.is_empty() {
+        if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
+            // A lab's machine: its networks are its nodes'.
+            nodes
+        } else if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            format!("{}{nodes}", r.to_table())
+            r.to_table()
         } else {
             format!("{}{summary}\n{nodes}", r.to_table())
         }

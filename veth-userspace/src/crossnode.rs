@@ -85,11 +85,45 @@ pub fn refuse_unbuilt(node: &NodePart) -> Result<(), String> {
     }
 }
 
+/// How much of a change [`apply`] makes. A node alone makes all of it;
+/// the lab changes a cluster's mode in three rounds over all its nodes, so
+/// that no node sends what another cannot take yet: every node ready to
+/// receive the new way (a VXLAN device made), then every node sending it
+/// (routes replaced), then what is left of the old way removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Prepare,
+    Route,
+    Full,
+}
+
+/// Where the lab says which [`Stage`] a node's `up` is (unset: `Full`).
+pub const STAGE_ENV: &str = "VETHCTL_CROSS_NODE_STAGE";
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Route => "route",
+            Stage::Full => "full",
+        }
+    }
+
+    fn current() -> Stage {
+        match std::env::var(STAGE_ENV).as_deref() {
+            Ok("prepare") => Stage::Prepare,
+            Ok("route") => Stage::Route,
+            _ => Stage::Full,
+        }
+    }
+}
+
 /// Converges network `name`'s cross-node wiring to `node`. New routes
 /// replace old ones in place (a change of mode moves each range at once),
 /// and what is no longer wanted goes last.
 pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
     refuse_unbuilt(node).map_err(|e| anyhow!(e))?;
+    let stage = Stage::current();
     let state = StateDir::new(name);
     let mut record = Record::load(&state)?.unwrap_or_default();
     let underlay = host.link(&node.interface).await?.ok_or_else(|| {
@@ -114,6 +148,9 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
         }
         _ => None,
     };
+    if stage == Stage::Prepare {
+        return record.save(&state);
+    }
     let routes = wanted_routes(node, underlay.ifindex, vx);
     refuse_foreign_routes(host, &record, &routes).await?;
     record.routes.extend(routes.iter().map(|r| r.dst));
@@ -124,7 +161,7 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
     let wanted: BTreeSet<IpNet> = routes.iter().map(|r| r.dst).collect();
     remove_routes(host, &record.routes - &wanted).await?;
     record.routes = wanted;
-    if vx.is_none() {
+    if vx.is_none() && stage == Stage::Full {
         remove_vxlan(host, &mut record).await?;
     }
     remove_addresses(host, &mut record, &wanted_addresses).await?;

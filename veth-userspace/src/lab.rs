@@ -21,6 +21,7 @@ use ipnet::IpNet;
 
 use crate::{
     apply::UpOptions,
+    crossnode::{Stage, STAGE_ENV},
     model::cluster::{node_netns, switch_netns, Cluster},
     netlink::{lab, netns},
     state::{lock_file, write_atomically, STATE_ROOT},
@@ -123,6 +124,10 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
     let name = &cluster.name;
     let _lock = lock(name)?;
     let mut record = load(name)?;
+    let previous = is_up(name)
+        .then(|| recorded_cluster(name).ok())
+        .flatten()
+        .map(|c| c.cross_node);
     if dir(name).join(CLUSTER_FILE).exists() && !is_up(name) {
         bail!("lab {name:?} was made from another network namespace; bring it down there");
     }
@@ -149,11 +154,17 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
         args.push("--timings".into());
     }
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-    on_nodes(name, &nodes, |node| {
-        let mut a = args.clone();
-        a.extend(["--cluster-node".to_string(), node.to_string()]);
-        a
-    })?;
+    let stages = match previous {
+        Some(p) if p != cluster.cross_node => vec![Stage::Prepare, Stage::Route, Stage::Full],
+        _ => vec![Stage::Full],
+    };
+    for stage in stages {
+        on_nodes(name, &nodes, stage, |node| {
+            let mut a = args.clone();
+            a.extend(["--cluster-node".to_string(), node.to_string()]);
+            a
+        })?;
+    }
     let gone: Vec<String> = record
         .nodes
         .iter()
@@ -224,7 +235,7 @@ pub async fn down_node(name: &str, node: &str) -> Result<()> {
 async fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
     let ns = node_netns(name, node);
     if record.netns.contains(&ns) && netns::exists(&ns) {
-        on_nodes(name, &[node], |_| {
+        on_nodes(name, &[node], Stage::Full, |_| {
             vec!["down".into(), "-n".into(), name.into()]
         })?;
         netns::delete(&ns)?;
@@ -249,13 +260,18 @@ fn path_arg(path: &Path) -> Result<String> {
 /// Runs this binary with `args(node)` on each node (inside its namespace),
 /// all at once; their output is printed line by line after the node's
 /// name. Fails naming every node whose command failed.
-fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> Result<()> {
+fn on_nodes(
+    name: &str,
+    nodes: &[&str],
+    stage: Stage,
+    args: impl Fn(&str) -> Vec<String>,
+) -> Result<()> {
     let runs: Vec<(String, std::thread::JoinHandle<Result<Output>>)> = nodes
         .iter()
         .map(|node| {
             let ns = node_netns(name, node);
             let a = args(node);
-            let handle = std::thread::spawn(move || run_on_node(&ns, &a));
+            let handle = std::thread::spawn(move || run_on_node(&ns, &a, stage));
             (node.to_string(), handle)
         })
         .collect();
@@ -282,9 +298,10 @@ fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> R
 
 /// This binary run with `args` for the node in namespace `ns` (`vethctl
 /// --node NS …`, the same as `ip netns exec NS vethctl …`).
-pub fn run_on_node(ns: &str, args: &[String]) -> Result<Output> {
+pub fn run_on_node(ns: &str, args: &[String], stage: Stage) -> Result<Output> {
     let exe = std::env::current_exe().context("finding the vethctl binary")?;
     Command::new(exe)
+        .env(STAGE_ENV, stage.name())
         .arg("--node")
         .arg(ns)
         .args(args)

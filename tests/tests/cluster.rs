@@ -48,13 +48,17 @@ impl Lab {
     }
 
     fn write(&self, cross_node: &str) {
+        self.write_nodes(cross_node, &NODES);
+    }
+
+    fn write_nodes(&self, cross_node: &str, nodes: &[&str]) {
         let mut text = format!(
             "name = \"{}\"\nmode = \"tc\"\ncross_node = \"{cross_node}\"\n\
              cluster_cidr = \"10.244.0.0/16\"\ncluster_cidr6 = \"fd00:10:244::/56\"\n\
              [underlay]\ncidr6 = \"fd00:198:18::/64\"\ngateway = \"{GATEWAY}\"\n",
             self.name
         );
-        for node in NODES {
+        for node in nodes {
             text.push_str(&format!(
                 "[[nodes]]\nname = \"{node}\"\n[[nodes.pods]]\nname = \"a\"\n[[nodes.pods]]\nname = \"b\"\n"
             ));
@@ -440,4 +444,43 @@ fn one_node_down_leaves_the_others_working() {
     // `up` brings it back.
     lab.up();
     expect_pings(&a1, a3, 3, "n1 -> n3 once it is back");
+}
+
+/// A node taken out of the file goes (its namespace, and the others'
+/// routes, FDB entries and neighbours for it); put back, it comes back.
+#[test]
+fn nodes_leave_and_join_with_the_file() {
+    let lab = Lab::new("vxlan");
+    lab.up();
+    let (a1, ..) = lab.pod("n1", "a");
+    let (_, a2, _) = lab.pod("n2", "a");
+    let (_, a3, _) = lab.pod("n3", "a");
+    expect_pings(&a1, a3, 3, "n1 -> n3 before");
+    lab.write_nodes("vxlan", &["n1", "n2"]);
+    lab.up();
+    assert!(!netns::exists(&lab.node_ns("n3")), "n3's namespace is gone");
+    let n1 = lab.node_ns("n1");
+    let routes = run("ip", &["-n", &n1, "route", "show", "proto", "118"]);
+    assert!(
+        !routes.contains("10.244.2.0/24"),
+        "n1 still routes to n3: {routes}"
+    );
+    let fdb = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &n1,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            &format!("{}-vx", lab.name),
+        ],
+    );
+    assert!(!fdb.contains("198.18.0.3"), "n1 still has n3's VTEP: {fdb}");
+    expect_pings(&a1, a2, 3, "n1 -> n2 without n3");
+    lab.write("vxlan");
+    lab.up();
+    expect_pings(&a1, a3, 3, "n1 -> n3 back");
 }

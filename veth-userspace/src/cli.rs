@@ -114,6 +114,9 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// With a cluster file: node NAME's part (run it on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        cluster_node: Option<String>,
         /// Print JSON: the topology, its mode and the steps, each with its
         /// kind (`"step"`), its fields and its text.
         #[arg(long)]
@@ -685,7 +688,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, json, interval, count).await,
         Command::Stats { select, json, .. } => stats(&select, json).await,
-        Command::Plan { topology, json } => plan(topology, json).await,
+        Command::Plan {
+            topology,
+            cluster_node,
+            json,
+        } => plan(topology, cluster_node, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -827,6 +834,35 @@ async fn down(select: &Select, node: Option<&str>) -> Result<()> {
     }
 }
 
+/// A cluster node's part, or a one-node description (the built-in one
+/// without a file).
+fn node_part_or_topology(
+    path: Option<&Path>,
+    cluster_node: Option<String>,
+) -> Result<(Topology, String)> {
+    match (read_cluster(path)?, cluster_node) {
+        (Some((cluster, _)), Some(node)) => {
+            let (topology, text) = cluster.node_part(&node)?;
+            Ok((apply::keeping_recorded(&topology, &text)?, text))
+        }
+        (Some((cluster, _)), None) => bail!(
+            "--cluster-node: {:?} is a cluster file; name the node whose part to plan (its \
+             nodes: {})",
+            cluster.name,
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, Some(_)) => {
+            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
+        }
+        (None, None) => topology_or_default(path),
+    }
+}
+
 /// The cluster file at `path`, if it is one (it has `[[nodes]]`).
 fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cluster, String)>> {
     let Some(path) = path else { return Ok(None) };
@@ -956,8 +992,8 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
-    let (topology, _) = topology_or_default(path.as_deref())?;
+async fn plan(path: Option<PathBuf>, cluster_node: Option<String>, json: bool) -> Result<()> {
+    let (topology, _) = node_part_or_topology(path.as_deref(), cluster_node)?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;

@@ -790,14 +790,7 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
                 cluster.cross_node
             ));
         }
-        (Some((cluster, _)), Some(node)) => {
-            let (topology, text) = cluster.node_part(&node)?;
-            (apply::keeping_recorded(&topology, &text)?, text)
-        }
-        (None, Some(_)) => {
-            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
-        }
-        (None, None) => topology_or_default(path.as_deref())?,
+        (_, node) => node_part_or_topology(path.as_deref(), node)?,
     };
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;

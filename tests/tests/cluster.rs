@@ -31,6 +31,8 @@ struct Lab {
     name: String,
     file: PathBuf,
     internet: Option<String>,
+    /// More `[underlay]` keys.
+    underlay: String,
 }
 
 impl Lab {
@@ -42,7 +44,16 @@ impl Lab {
             name,
             file,
             internet: None,
+            underlay: String::new(),
         };
+        lab.write(cross_node);
+        lab
+    }
+
+    /// A lab whose nodes are plugged into the host's bridge `bridge`.
+    fn on_bridge(cross_node: &str, bridge: &str) -> Lab {
+        let mut lab = Lab::new(cross_node);
+        lab.underlay = format!("bridge = \"{bridge}\"\n");
         lab.write(cross_node);
         lab
     }
@@ -55,8 +66,8 @@ impl Lab {
         let mut text = format!(
             "name = \"{}\"\nmode = \"tc\"\ncross_node = \"{cross_node}\"\n\
              cluster_cidr = \"10.244.0.0/16\"\ncluster_cidr6 = \"fd00:10:244::/56\"\n\
-             [underlay]\ncidr6 = \"fd00:198:18::/64\"\ngateway = \"{GATEWAY}\"\n",
-            self.name
+             [underlay]\ncidr6 = \"fd00:198:18::/64\"\ngateway = \"{GATEWAY}\"\n{}",
+            self.name, self.underlay
         );
         for node in nodes {
             text.push_str(&format!(
@@ -483,4 +494,40 @@ fn nodes_leave_and_join_with_the_file() {
     lab.write("vxlan");
     lab.up();
     expect_pings(&a1, a3, 3, "n1 -> n3 back");
+}
+
+/// A bridge of the host's namespace, someone else's as far as the lab is
+/// concerned; deleted when dropped.
+struct HostBridge(String);
+
+impl Drop for HostBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// `[underlay] bridge` names an existing bridge: the nodes are plugged into
+/// it (ports `<cluster>_<node>`, marked), and `down` removes the ports and
+/// leaves the bridge.
+#[test]
+fn nodes_on_an_existing_bridge() {
+    require_root();
+    let bridge = HostBridge(format!("{}b", unique_name()));
+    run("ip", &["link", "add", &bridge.0, "type", "bridge"]);
+    run("ip", &["link", "set", &bridge.0, "up"]);
+    let lab = Lab::on_bridge("host-gw", &bridge.0);
+    lab.up();
+    let ports = run("ip", &["-br", "link", "show", "master", &bridge.0]);
+    for node in NODES {
+        assert!(ports.contains(&format!("{}_{node}", lab.name)), "{ports}");
+    }
+    let (a1, ..) = lab.pod("n1", "a");
+    let (_, b3, b3v6) = lab.pod("n3", "b");
+    expect_pings(&a1, b3, 3, "n1 -> n3 over the host's bridge");
+    expect_pings(&a1, b3v6, 3, "n1 -> n3 over the host's bridge, IPv6");
+    let name = lab.name.clone();
+    drop(lab);
+    let ports = run("ip", &["-br", "link", "show", "master", &bridge.0]);
+    assert!(!ports.contains(&name), "ports left: {ports}");
+    assert!(veth_tests::link_exists(&bridge.0), "the bridge stays");
 }

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use crate::{
     apply::UpOptions,
     crossnode::{Stage, STAGE_ENV},
-    model::cluster::{node_netns, switch_netns, Cluster},
+    model::cluster::{host_port, node_netns, switch_netns, Cluster},
     netlink::{lab, netns},
     state::{lock_file, write_atomically, STATE_ROOT},
 };
@@ -134,9 +134,11 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
     let home = home().context("reading /proc/self/ns/net")?;
     write_atomically(&dir(name), HOME_FILE, home.as_bytes())?;
     write_atomically(&dir(name), CLUSTER_FILE, text.as_bytes())?;
-    let switch = switch_netns(name);
-    claim_netns(name, &mut record, &switch)?;
-    lab::make_switch(&switch, cluster.underlay.mtu).await?;
+    if cluster.underlay.bridge.is_none() {
+        let switch = switch_netns(name);
+        claim_netns(name, &mut record, &switch)?;
+        lab::make_switch(&switch, cluster.underlay.mtu).await?;
+    }
     for node in &cluster.nodes {
         let ns = node_netns(name, &node.name);
         claim_netns(name, &mut record, &ns)?;
@@ -172,9 +174,20 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
         .cloned()
         .collect();
     for node in gone {
-        remove_node(name, &mut record, &node).await?;
+        remove_node(name, &mut record, &node, &switch(cluster)).await?;
     }
     Ok(())
+}
+
+/// Where a cluster's nodes are plugged in.
+fn switch(cluster: &Cluster) -> lab::Switch {
+    match &cluster.underlay.bridge {
+        Some(bridge) => lab::Switch::HostBridge {
+            bridge: bridge.clone(),
+            mark: format!("vethctl-lab:{}", cluster.name),
+        },
+        None => lab::Switch::Namespace(switch_netns(&cluster.name)),
+    }
 }
 
 /// The machine of node `node`: its NIC on the switch with its underlay
@@ -187,9 +200,12 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
         addresses.push(IpNet::new(a6.into(), c6.prefix_len()).expect("valid"));
     }
     lab::NodeNic {
-        switch_netns: switch_netns(&cluster.name),
+        switch: switch(cluster),
         node_netns: node_netns(&cluster.name, node),
-        port: node.to_string(),
+        port: match &u.bridge {
+            Some(_) => host_port(&cluster.name, node),
+            None => node.to_string(),
+        },
         mtu: u.mtu,
         mac: crate::model::cluster::nic_mac(n.address),
         addresses,
@@ -207,9 +223,10 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
 pub async fn down(name: &str) -> Result<()> {
     let _lock = lock(name)?;
     let mut record = load(name)?;
+    let switch = recorded_switch(name);
     let nodes: Vec<String> = record.nodes.iter().cloned().collect();
     for node in nodes {
-        remove_node(name, &mut record, &node).await?;
+        remove_node(name, &mut record, &node, &switch).await?;
     }
     for ns in std::mem::take(&mut record.netns) {
         netns::delete(&ns)?;
@@ -229,17 +246,34 @@ pub async fn down_node(name: &str, node: &str) -> Result<()> {
             nodes.join(", ")
         );
     }
-    remove_node(name, &mut record, node).await
+    remove_node(name, &mut record, node, &recorded_switch(name)).await
 }
 
-async fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
+/// The switch of the lab as recorded (its own, if the record is gone).
+fn recorded_switch(name: &str) -> lab::Switch {
+    match recorded_cluster(name) {
+        Ok(cluster) => switch(&cluster),
+        Err(_) => lab::Switch::Namespace(switch_netns(name)),
+    }
+}
+
+async fn remove_node(
+    name: &str,
+    record: &mut Record,
+    node: &str,
+    switch: &lab::Switch,
+) -> Result<()> {
     let ns = node_netns(name, node);
     if record.netns.contains(&ns) && netns::exists(&ns) {
         on_nodes(name, &[node], Stage::Full, |_| {
             vec!["down".into(), "-n".into(), name.into()]
         })?;
         netns::delete(&ns)?;
-        lab::unplug_node(&switch_netns(name), node).await?;
+        let port = match switch {
+            lab::Switch::HostBridge { .. } => host_port(name, node),
+            lab::Switch::Namespace(_) => node.to_string(),
+        };
+        lab::unplug_node(switch, &port).await?;
     }
     record.netns.remove(&ns);
     record.nodes.remove(node);

@@ -75,6 +75,9 @@ struct UnderlayFile {
     cidr6: Option<Ipv6Net>,
     gateway: Option<Ipv4Addr>,
     gateway6: Option<Ipv6Addr>,
+    /// An existing bridge of the host to plug the lab's nodes into,
+    /// instead of a switch of the lab's own.
+    bridge: Option<String>,
     #[serde(default = "default_vni")]
     vni: u32,
     #[serde(default = "default_port")]
@@ -91,6 +94,7 @@ impl Default for UnderlayFile {
             cidr6: None,
             gateway: None,
             gateway6: None,
+            bridge: None,
             vni: default_vni(),
             port: default_port(),
             mtu: default_underlay_mtu(),
@@ -141,6 +145,7 @@ pub struct Underlay {
     pub cidr6: Option<Ipv6Net>,
     pub gateway: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
+    pub bridge: Option<String>,
     pub vni: u32,
     pub port: u16,
     pub mtu: u32,
@@ -189,6 +194,11 @@ pub fn nic_mac(underlay: Ipv4Addr) -> [u8; 6] {
 /// appears in pod names, so it never meets a pod's namespace.
 pub fn node_netns(cluster: &str, node: &str) -> String {
     format!("{cluster}.{node}")
+}
+
+/// A lab node's port on an existing bridge of the host (`underlay.bridge`).
+pub fn host_port(cluster: &str, node: &str) -> String {
+    format!("{cluster}_{node}")
 }
 
 /// The lab's switch namespace ('_' appears in no node or pod name).
@@ -352,6 +362,22 @@ impl ClusterFile {
             .map(|c| exact6("cluster_cidr6", c))
             .transpose()?;
         validate_node_names(&self.nodes)?;
+        if let Some(bridge) = &self.underlay.bridge {
+            super::validate_ifname("underlay.bridge", bridge)?;
+            for (i, n) in self.nodes.iter().enumerate() {
+                let port = host_port(&self.name, &n.name);
+                if port.len() > super::IFNAME_MAX {
+                    return Err(invalid(
+                        format!("nodes[{i}].name"),
+                        format!(
+                            "its port on underlay.bridge, {port:?}, would be longer than the \
+                             {} characters Linux allows; shorten the node or cluster name",
+                            super::IFNAME_MAX
+                        ),
+                    ));
+                }
+            }
+        }
         let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
         if self.cross_node == CrossNode::HostGw
             && cluster_cidr6.is_some()
@@ -694,6 +720,7 @@ impl UnderlayFile {
             cidr6,
             gateway: self.gateway,
             gateway6: self.gateway6,
+            bridge: self.bridge,
             vni: self.vni,
             port: self.port,
             mtu: self.mtu,

@@ -161,22 +161,10 @@ impl Lab {
 
     /// `vethctl stats --json` of node `node`: pod name -> pair.
     fn stats(&self, node: &str) -> std::collections::BTreeMap<String, Value> {
-        let out = self.vethctl(&[
-            "--node",
-            &self.node_ns(node),
-            "stats",
-            "--json",
-            "-n",
-            &self.name,
-        ]);
-        expect_success(&out, "vethctl stats on a node");
-        let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-        json["topologies"][0]["pairs"]
-            .as_array()
-            .expect("pairs[]")
-            .iter()
-            .map(|p| (p["pod"].as_str().unwrap().to_string(), p.clone()))
-            .collect()
+        let ns = self.node_ns(node);
+        veth_tests::pairs_by_pod(
+            &self.vethctl(&["--node", &ns, "stats", "--json", "-n", &self.name]),
+        )
     }
 
     fn namespaces(&self) -> Vec<String> {
@@ -436,16 +424,23 @@ fn cross_node_mode_changes_live() {
     );
 }
 
-/// `down --cluster-node` takes one node and its namespace away; the
-/// others keep talking.
-#[test]
-fn one_node_down_leaves_the_others_working() {
+/// A vxlan lab that is up; the namespace of n1's pod a, and the IPv4
+/// addresses of pod a on n2 and n3, which it reaches.
+fn vxlan_lab_pinging() -> (Lab, String, IpAddr, IpAddr) {
     let lab = Lab::new("vxlan");
     lab.up();
     let (a1, ..) = lab.pod("n1", "a");
     let (_, a2, _) = lab.pod("n2", "a");
     let (_, a3, _) = lab.pod("n3", "a");
     expect_pings(&a1, a3, 3, "n1 -> n3 before");
+    (lab, a1, a2, a3)
+}
+
+/// `down --cluster-node` takes one node and its namespace away; the
+/// others keep talking.
+#[test]
+fn one_node_down_leaves_the_others_working() {
+    let (lab, a1, a2, a3) = vxlan_lab_pinging();
     let out = lab.vethctl(&["down", "-n", &lab.name, "--cluster-node", "n3"]);
     expect_success(&out, "down --cluster-node n3");
     assert!(!netns::exists(&lab.node_ns("n3")), "n3's namespace is gone");
@@ -461,12 +456,7 @@ fn one_node_down_leaves_the_others_working() {
 /// routes, FDB entries and neighbours for it); put back, it comes back.
 #[test]
 fn nodes_leave_and_join_with_the_file() {
-    let lab = Lab::new("vxlan");
-    lab.up();
-    let (a1, ..) = lab.pod("n1", "a");
-    let (_, a2, _) = lab.pod("n2", "a");
-    let (_, a3, _) = lab.pod("n3", "a");
-    expect_pings(&a1, a3, 3, "n1 -> n3 before");
+    let (lab, a1, a2, a3) = vxlan_lab_pinging();
     lab.write_nodes("vxlan", &["n1", "n2"]);
     lab.up();
     assert!(!netns::exists(&lab.node_ns("n3")), "n3's namespace is gone");

@@ -350,52 +350,39 @@ async fn remove_vxlan(host: &Host, record: &mut Record) -> Result<()> {
 fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteRoute> {
     let mut out = Vec::new();
     for p in &node.peers {
-        match vx {
-            None => {
-                out.push(RemoteRoute {
-                    dst: IpNet::V4(p.pod_cidr),
-                    via: Some(IpAddr::V4(p.address)),
-                    oif: underlay,
-                    onlink: false,
-                });
-                // The model makes sure there is one (no IPv6 route can
-                // have an IPv4 next hop).
-                if let (Some(v6), Some(a6)) = (p.pod_cidr6, p.address6) {
-                    out.push(RemoteRoute {
-                        dst: IpNet::V6(v6),
-                        via: Some(IpAddr::V6(a6)),
-                        oif: underlay,
-                        onlink: false,
-                    });
-                }
-            }
-            Some(vx) => {
-                out.push(RemoteRoute {
-                    dst: IpNet::V4(p.pod_cidr),
-                    via: Some(IpAddr::V4(p.gateway)),
-                    oif: vx,
-                    onlink: true,
-                });
-                if let (Some(v6), Some(gw6)) = (p.pod_cidr6, p.gateway6) {
-                    // IPv6 takes an on-link next hop only where a lookup of
-                    // it leads to the same device: a host-gw route to the
-                    // range being replaced would not, so the next hop gets
-                    // its own route first.
-                    out.push(RemoteRoute {
-                        dst: IpNet::V6(ipnet::Ipv6Net::new(gw6, 128).expect("a /128")),
-                        via: None,
-                        oif: vx,
-                        onlink: false,
-                    });
-                    out.push(RemoteRoute {
-                        dst: IpNet::V6(v6),
-                        via: Some(IpAddr::V6(gw6)),
-                        oif: vx,
-                        onlink: true,
-                    });
-                }
-            }
+        // (IPv4 next hop, IPv6 next hop, interface, on-link)
+        let (via4, via6, oif, onlink) = match vx {
+            // The model makes sure an IPv6 range has an IPv6 underlay
+            // address (no IPv6 route can have an IPv4 next hop).
+            None => (p.address, p.address6, underlay, false),
+            Some(vx) => (p.gateway, p.gateway6, vx, true),
+        };
+        out.push(RemoteRoute {
+            dst: IpNet::V4(p.pod_cidr),
+            via: Some(IpAddr::V4(via4)),
+            oif,
+            onlink,
+        });
+        let (Some(v6), Some(via6)) = (p.pod_cidr6, via6) else {
+            continue;
+        };
+        if onlink {
+            // IPv6 takes an on-link next hop only where a lookup of it
+            // leads to the same device: a host-gw route to the range being
+            // replaced would not, so the next hop gets its own route first.
+            out.push(RemoteRoute {
+                dst: IpNet::V6(ipnet::Ipv6Net::new(via6, 128).expect("a /128")),
+                via: None,
+                oif,
+                onlink: false,
+            });
         }
+        out.push(RemoteRoute {
+            dst: IpNet::V6(v6),
+            via: Some(IpAddr::V6(via6)),
+            oif,
+            onlink,
+        });
     }
     out
 }

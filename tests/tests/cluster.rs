@@ -230,6 +230,43 @@ fn udp_source(client_ns: &str, server_ns: &str, dst: IpAddr) -> IpAddr {
     panic!("no UDP datagram from {client_ns} reached {addr}");
 }
 
+/// Frames matching `filter` that the switch port of `node` carried while
+/// `during` ran, as tcpdump in the switch namespace saw them.
+fn captured(lab: &Lab, node: &str, filter: &str, during: impl FnOnce()) -> usize {
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.switch_ns(),
+            "tcpdump",
+            "-n",
+            "-l",
+            "-i",
+            node,
+        ])
+        .args(filter.split_whitespace())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump (install it)");
+    // It says "listening on" once it captures.
+    let mut stderr = std::io::BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("listening") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            panic!("tcpdump ended: {said}");
+        }
+        said += &line;
+    }
+    during();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signals the child we started.
+    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGINT) };
+    let out = tcpdump.wait_with_output().expect("tcpdump");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// Packets the node's VXLAN device sent, or `None` without one.
 fn vxlan_tx(node_ns: &str, device: &str) -> Option<u64> {
     let out = Command::new("ip")
@@ -306,7 +343,24 @@ fn exercise(cross_node: &str) {
         vxlan_tx(&lab.node_ns("n1"), &vx),
         forwarded(&lab.node_ns("n1")),
     );
-    assert_eq!(ping(&a1, b2, 20), 20, "{cross_node}: 20 pings n1 -> n2");
+    // On the wire to n2: VXLAN from n1's underlay address, or the pods'
+    // own ICMP, plain.
+    let (encapsulated, plain) = (
+        "udp port 8472 and src host 198.18.0.1",
+        "icmp and src host 10.244.0.2 and dst host 10.244.1.3",
+    );
+    let filter = if cross_node == "vxlan" {
+        encapsulated
+    } else {
+        plain
+    };
+    let seen = captured(&lab, "n2", filter, || {
+        assert_eq!(ping(&a1, b2, 20), 20, "{cross_node}: 20 pings n1 -> n2");
+    });
+    assert!(
+        seen >= 20,
+        "{cross_node}: the switch saw {seen} frames of `{filter}` for 20 pings"
+    );
     let (tx_after, fwd_after) = (
         vxlan_tx(&lab.node_ns("n1"), &vx),
         forwarded(&lab.node_ns("n1")),

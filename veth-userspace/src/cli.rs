@@ -902,7 +902,7 @@ async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
         let table = r.to_table(output.width());
         let nodes = match r.nodes.is_empty() {
             true => String::new(),
-            false => observe::nodes::table(&r.nodes),
+            false => observe::nodes::table(&r.nodes, output.width()),
         };
         if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
             // A lab's machine: its networks are its nodes'.

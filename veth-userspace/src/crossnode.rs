@@ -75,13 +75,17 @@ pub fn recorded(name: &str) -> Result<bool> {
     Ok(Record::load(&StateDir::new(name))?.is_some())
 }
 
-/// Refuses what this vethctl cannot build yet.
-pub fn refuse_unbuilt(node: &NodePart) -> Result<(), String> {
+/// Refuses what this vethctl cannot build yet (a description it cannot
+/// take: refused before anything is made).
+pub fn refuse_unbuilt(node: &NodePart) -> Result<(), crate::model::ModelError> {
     match node.cross_node {
         CrossNode::HostGw | CrossNode::Vxlan => Ok(()),
-        other => Err(format!(
-            "node.cross_node: {other:?} is not built by this vethctl yet; use \"host-gw\" or \"vxlan\""
-        )),
+        other => Err(crate::model::ModelError {
+            field: "cross_node".into(),
+            message: format!(
+                "\"{other}\" is not built by this vethctl yet; use \"host-gw\" or \"vxlan\""
+            ),
+        }),
     }
 }
 
@@ -122,7 +126,7 @@ impl Stage {
 /// replace old ones in place (a change of mode moves each range at once),
 /// and what is no longer wanted goes last.
 pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
-    refuse_unbuilt(node).map_err(|e| anyhow!(e))?;
+    refuse_unbuilt(node)?;
     let stage = Stage::current();
     let state = StateDir::new(name);
     let mut record = Record::load(&state)?.unwrap_or_default();

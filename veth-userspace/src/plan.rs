@@ -502,7 +502,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     configure_pods(topology, observed, &rewired, &mut steps);
     match &topology.node {
         Some(node) => {
-            crate::crossnode::refuse_unbuilt(node).map_err(Refusal)?;
+            crate::crossnode::refuse_unbuilt(node).map_err(|e| Refusal(e.to_string()))?;
             steps.push(Step::ConfigureCrossNode);
         }
         None if observed.cross_node => steps.push(Step::RemoveCrossNode),
@@ -1046,7 +1046,7 @@ mod tests {
             let t = node_part(mode);
             let err = plan_up(&t, &Observed::default()).unwrap_err().0;
             assert!(
-                err.starts_with("node.cross_node:") && err.contains("host-gw"),
+                err.starts_with("cross_node:") && err.contains("host-gw"),
                 "{err}"
             );
         }

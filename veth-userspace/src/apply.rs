@@ -84,6 +84,7 @@ pub async fn observe(
         pins: ledger.pins,
         unproven,
         rewire_endpoints: false,
+        cross_node: crate::crossnode::recorded(name)?,
     })
 }
 
@@ -1151,6 +1152,8 @@ impl Executor {
                 Pins::new(&self.name).remove_all()?;
                 self.record_in_memory(|l| l.pins = false);
             }
+            Step::ConfigureCrossNode => self.configure_cross_node(topology).await?,
+            Step::RemoveCrossNode => crate::crossnode::remove(&self.host, &self.name).await?,
             Step::RemoveState => {
                 StateDir::new(&self.name).remove()?;
                 self.state_removed
@@ -1160,17 +1163,32 @@ impl Executor {
         Ok(())
     }
 
+    async fn configure_cross_node(&self, topology: Option<&Topology>) -> Result<()> {
+        let node = topology
+            .and_then(|t| t.node.as_ref())
+            .context("configuring cross-node routes needs the node's description")?;
+        crate::crossnode::apply(&self.host, &self.name, node).await
+    }
+
     /// Masquerades the pod networks when the uplink asks for it; otherwise
     /// removes a NAT table this topology made earlier.
     fn configure_masquerade(&self, topology: &Topology) -> Result<()> {
         if topology.uplink.masquerade {
+            let node = topology.node.as_ref();
             let mut nets = vec![nat::Masquerade {
                 network: topology.pod_cidr.network().into(),
                 prefix_len: topology.pod_cidr.prefix_len(),
+                unmasked: node
+                    .map(|n| (n.cluster_cidr.network().into(), n.cluster_cidr.prefix_len())),
             }];
-            nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
-                network: c.network().into(),
-                prefix_len: c.prefix_len(),
+            nets.extend(topology.pod_cidr6.map(|c| {
+                nat::Masquerade {
+                    network: c.network().into(),
+                    prefix_len: c.prefix_len(),
+                    unmasked: node
+                        .and_then(|n| n.cluster_cidr6)
+                        .map(|k| (k.network().into(), k.prefix_len())),
+                }
             }));
             self.record_and_save(|l| !std::mem::replace(&mut l.nat_table, true))?;
             nat::apply(

@@ -49,9 +49,15 @@ enum Command {
     /// namespace and host-side veth are still the same, are left alone, and
     /// links keep running programs that did not change.
     Up {
-        /// Topology description (TOML); see README.md for the format.
+        /// Topology description (TOML); see README.md for the format. A
+        /// cluster file (with `[[nodes]]`) without --cluster-node brings up
+        /// the whole cluster on this machine, one namespace per node.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Bring up only node NAME's part of the cluster file, here (run it
+        /// on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        cluster_node: Option<String>,
         /// Wire every pod again and reload the programs, putting right what
         /// was changed by hand inside pods' namespaces (addresses, MAC,
         /// routes), which a plain `up` does not look at.
@@ -69,6 +75,10 @@ enum Command {
     Down {
         #[command(flatten)]
         select: Select,
+        /// One node of a cluster: on the machine of a lab, that node and
+        /// its namespace; elsewhere, this node's part.
+        #[arg(long, value_name = "NAME")]
+        cluster_node: Option<String>,
     },
     /// Show pods, their addresses and endpoint state (`-o wide`: both ends
     /// of each pair, MACs and the programs attached), and a last line that
@@ -105,6 +115,9 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// With a cluster file: node NAME's part (run it on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        cluster_node: Option<String>,
         /// Print JSON: the topology, its mode and the steps, each with its
         /// kind (`"step"`), its fields and its text.
         #[arg(long)]
@@ -478,6 +491,9 @@ impl Select {
 
     /// The topology name, if one was selected.
     fn name(&self) -> Result<Option<String>> {
+        if let Some((cluster, _)) = read_cluster(self.topology.as_deref())? {
+            return Ok(Some(cluster.name));
+        }
         if let Some(path) = &self.topology {
             return Ok(Some(read_topology(path)?.0.name));
         }
@@ -709,10 +725,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up {
             topology,
+            cluster_node,
             repair,
             timings,
-        } => up(topology, apply::UpOptions { repair, timings }).await,
-        Command::Down { select } => down(&select).await,
+        } => up(topology, cluster_node, apply::UpOptions { repair, timings }).await,
+        Command::Down {
+            select,
+            cluster_node,
+        } => down(&select, cluster_node.as_deref()).await,
         Command::Status {
             select,
             output,
@@ -726,7 +746,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, &output, interval, count).await,
         Command::Stats { select, output, .. } => stats(&select, &output).await,
-        Command::Plan { topology, json } => plan(topology, json).await,
+        Command::Plan {
+            topology,
+            cluster_node,
+            json,
+        } => plan(topology, cluster_node, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -753,8 +777,19 @@ fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
     }
 }
 
-async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
-    let (topology, text) = topology_or_default(path.as_deref())?;
+async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptions) -> Result<()> {
+    let (topology, text) = match (read_cluster(path.as_deref())?, node) {
+        (Some((cluster, text)), None) => {
+            crate::lab::up(&cluster, &text, options).await?;
+            return emit(format_args!(
+                "cluster {:?} is up: {} nodes, cross_node {} (see `vethctl status`)\n",
+                cluster.name,
+                cluster.nodes.len(),
+                cluster.cross_node
+            ));
+        }
+        (_, node) => node_part_or_topology(path.as_deref(), node)?,
+    };
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;
     apply::up(&topology, &text, options).await?;
@@ -768,23 +803,94 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     ))
 }
 
-async fn down(select: &Select) -> Result<()> {
-    let name = select.name_or_default()?;
-    apply::down(&name).await?;
-    crate::node::current().forget_if_empty()?;
-    emit(format_args!("topology {name:?} is down\n"))
+async fn down(select: &Select, node: Option<&str>) -> Result<()> {
+    let name = match read_cluster(select.topology.as_deref())? {
+        Some((cluster, _)) => cluster.name,
+        None => select.name_or_default()?,
+    };
+    match (crate::lab::is_up(&name), node) {
+        (true, None) => {
+            crate::lab::down(&name).await?;
+            emit(format_args!("cluster {name:?} is down\n"))
+        }
+        (true, Some(node)) => {
+            crate::lab::down_node(&name, node).await?;
+            emit(format_args!("node {node:?} of cluster {name:?} is down\n"))
+        }
+        (false, _) => {
+            apply::down(&name).await?;
+            crate::node::current().forget_if_empty()?;
+            emit(format_args!("topology {name:?} is down\n"))
+        }
+    }
+}
+
+/// A cluster node's part, or a one-node description (the built-in one
+/// without a file).
+fn node_part_or_topology(
+    path: Option<&Path>,
+    cluster_node: Option<String>,
+) -> Result<(Topology, String)> {
+    match (read_cluster(path)?, cluster_node) {
+        (Some((cluster, _)), Some(node)) => {
+            let (topology, text) = cluster.node_part(&node)?;
+            Ok((apply::keeping_recorded(&topology, &text)?, text))
+        }
+        (Some((cluster, _)), None) => bail!(
+            "--cluster-node: {:?} is a cluster file; name the node whose part to plan (its \
+             nodes: {})",
+            cluster.name,
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, Some(_)) => {
+            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
+        }
+        (None, None) => topology_or_default(path),
+    }
+}
+
+/// The cluster file at `path`, if it is one (it has `[[nodes]]`).
+fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cluster, String)>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
+    if !crate::model::cluster::is_cluster(&text) {
+        return Ok(None);
+    }
+    let cluster = crate::model::cluster::Cluster::from_toml(&text)
+        .with_context(|| format!("invalid cluster file {}", path.display()))?;
+    Ok(Some((cluster, text)))
 }
 
 async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
     let host = Host::connect()?;
-    let (topologies, unreadable) = select.recorded()?;
+    let lab = select.name()?.filter(|n| crate::lab::is_up(n));
+    let (topologies, unreadable) = match lab {
+        Some(_) => Default::default(),
+        None => select.recorded()?,
+    };
     let mut report = StatusReport {
         topologies: Vec::new(),
+        nodes: Vec::new(),
         unreadable,
     };
     for topology in topologies {
         match observe::status(&host, &topology).await {
-            Ok(status) => report.topologies.push(status),
+            Ok(status) => {
+                let pods = status
+                    .pods
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok());
+                report
+                    .nodes
+                    .extend(observe::nodes::of_network(&topology, pods.collect()));
+                report.topologies.push(status)
+            }
             // One topology's trouble is reported beside the others.
             Err(e) if !select.is_some() => report
                 .unreadable
@@ -792,14 +898,27 @@ async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
+    let labs = match lab {
+        Some(lab) => vec![lab],
+        None if !select.is_some() => crate::lab::recorded_labs(),
+        None => Vec::new(),
+    };
+    report.nodes.extend(observe::nodes::of_labs(&labs));
     let summary = Summary::of(&report);
     print(output.json(), &report, |r| {
         let table = r.to_table(output.width());
-        if r.topologies.is_empty() && r.unreadable.is_empty() {
+        let nodes = match r.nodes.is_empty() {
+            true => String::new(),
+            false => observe::nodes::table(&r.nodes, output.width()),
+        };
+        if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
+            // A lab's machine: its networks are its nodes'.
+            nodes
+        } else if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
             table
         } else {
-            format!("{table}{summary}\n")
+            format!("{table}{summary}\n{nodes}")
         }
     })?;
     if check && !summary.all_ready() {
@@ -871,8 +990,8 @@ async fn stats_watch(
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
-    let (topology, _) = topology_or_default(path.as_deref())?;
+async fn plan(path: Option<PathBuf>, cluster_node: Option<String>, json: bool) -> Result<()> {
+    let (topology, _) = node_part_or_topology(path.as_deref(), cluster_node)?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;

@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod demo_nodes;
 #[cfg(test)]
 mod fn_length;
 mod image;
@@ -36,7 +37,13 @@ enum Task {
         test_args: Vec<String>,
     },
     /// Set up, bring up the demo topology and send traffic through it.
-    Demo,
+    Demo {
+        /// Instead, a cluster of this many nodes on this machine (one
+        /// namespace each, pods bridged, VXLAN between nodes); pings across
+        /// nodes.
+        #[arg(long, value_name = "N")]
+        nodes: Option<u32>,
+    },
     /// Build the node image (`localhost/vethctl:VERSION` and
     /// `:VERSION-COMMIT`) with podman FROM scratch, nothing pulled: vethctl,
     /// veth-cni, the reference plugins loopback, portmap, bandwidth and
@@ -220,7 +227,8 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(setup::Needs::Everything),
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
-        Task::Demo => demo::run(),
+        Task::Demo { nodes: None } => demo::run(),
+        Task::Demo { nodes: Some(n) } => demo_nodes::run(n),
         Task::Image => image::run(),
         Task::Soak {
             cycles,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod filters;
 pub mod host;
 pub mod inspect;
+pub mod lab;
 pub mod links;
 pub mod nat;
 pub mod netns;
@@ -19,6 +20,8 @@ pub mod pair;
 pub mod pod;
 pub mod routes;
 pub mod sysctl;
+pub mod underlay;
+pub mod vxlan;
 
 use std::fmt::Display;
 

@@ -19,6 +19,7 @@ pub mod pair;
 pub mod pod;
 pub mod routes;
 pub mod sysctl;
+pub mod tunnel;
 
 use std::fmt::Display;
 

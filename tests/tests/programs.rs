@@ -3280,3 +3280,34 @@ fn from_tunnel_drops_frames_without_a_known_tunnel_source() {
         );
     });
 }
+
+/// Every program of the object passes this kernel's verifier; prints the
+/// size of each as the kernel holds it (`bpftool prog show`'s xlated and
+/// jited), for the report of what a change costs.
+#[test]
+fn every_program_loads_and_its_size_is_reported() {
+    in_private_netns(|| {
+        let dp = Dataplane::load(true, true);
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_XDP_FROM_POD,
+            PROG_FROM_UNDERLAY,
+            PROG_FROM_TUNNEL,
+        ] {
+            let info = dp
+                .ebpf
+                .program(name)
+                .expect("program in the object")
+                .info()
+                .unwrap_or_else(|e| panic!("{name}: not loaded: {e}"));
+            let xlated = info.size_translated().unwrap_or(0);
+            eprintln!(
+                "{name}: xlated {xlated} B ({} insns), jited {} B",
+                xlated / 8,
+                info.size_jitted()
+            );
+            assert!(xlated > 0, "{name}: the kernel reports no instructions");
+        }
+    });
+}

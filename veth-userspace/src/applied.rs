@@ -67,8 +67,13 @@ impl Applied {
 
 /// What the masquerade table is made of.
 pub fn masquerade_fingerprint(topology: &Topology) -> String {
+    let cluster = topology
+        .node
+        .as_ref()
+        .map(|n| format!("|{}|{:?}", n.cluster_cidr, n.cluster_cidr6))
+        .unwrap_or_default();
     digest(&format!(
-        "{:?}|{}|{:?}|{}",
+        "{:?}|{}|{:?}|{}{cluster}",
         topology.uplink,
         topology.pod_cidr,
         topology.pod_cidr6,

@@ -84,6 +84,7 @@ pub async fn observe(
         pins: ledger.pins,
         unproven,
         rewire_endpoints: false,
+        cross_node: crate::crossnode::recorded(name)?,
     })
 }
 
@@ -1152,6 +1153,13 @@ impl Executor {
                 Pins::new(&self.name).remove_all()?;
                 self.note(|l| l.pins = false);
             }
+            Step::ConfigureCrossNode => {
+                let node = topology
+                    .and_then(|t| t.node.as_ref())
+                    .context("configuring cross-node routes needs the node's description")?;
+                crate::crossnode::apply(&self.host, &self.name, node).await?;
+            }
+            Step::RemoveCrossNode => crate::crossnode::remove(&self.host, &self.name).await?,
             Step::RemoveState => {
                 StateDir::new(&self.name).remove()?;
                 self.state_removed
@@ -1165,13 +1173,21 @@ impl Executor {
     /// removes a NAT table this topology made earlier.
     fn configure_masquerade(&self, topology: &Topology) -> Result<()> {
         if topology.uplink.masquerade {
+            let node = topology.node.as_ref();
             let mut nets = vec![nat::Masquerade {
                 network: topology.pod_cidr.network().into(),
                 prefix_len: topology.pod_cidr.prefix_len(),
+                unmasked: node
+                    .map(|n| (n.cluster_cidr.network().into(), n.cluster_cidr.prefix_len())),
             }];
-            nets.extend(topology.pod_cidr6.map(|c| nat::Masquerade {
-                network: c.network().into(),
-                prefix_len: c.prefix_len(),
+            nets.extend(topology.pod_cidr6.map(|c| {
+                nat::Masquerade {
+                    network: c.network().into(),
+                    prefix_len: c.prefix_len(),
+                    unmasked: node
+                        .and_then(|n| n.cluster_cidr6)
+                        .map(|k| (k.network().into(), k.prefix_len())),
+                }
             }));
             self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
             nat::apply(

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod cni;
+pub mod crossnode;
 pub mod dataplane;
 pub mod endpoint;
 pub mod error;

@@ -12,6 +12,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use veth_common::GATEWAY_MAC;
 
+pub mod cluster;
+pub mod node;
+
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 /// Longest topology name: it prefixes every interface, so keep it short.
@@ -179,6 +182,9 @@ pub struct TopologyFile {
     pub bridge: Option<String>,
     #[serde(default)]
     pub pods: Vec<PodFile>,
+    /// This network is one node's part of a cluster (derived from a
+    /// cluster file by `up --node`, see [`cluster`]).
+    pub node: Option<node::NodeFile>,
 }
 
 fn yes() -> bool {
@@ -242,6 +248,8 @@ pub struct Topology {
     /// The bridge of mode bridge (made only in that mode).
     pub bridge: String,
     pub pods: Vec<Pod>,
+    /// The node's part of a cluster, when this network is one.
+    pub node: Option<node::NodePart>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -705,6 +713,16 @@ impl TopologyFile {
             validate_uplink_interface(ifname, &prefix)?;
         }
         let bridge = validate_bridge(self.bridge, &prefix, &self.pods)?;
+        let node = match self.node {
+            Some(node) => Some(validate_node(
+                node,
+                &prefix,
+                cidr,
+                self.pod_cidr6,
+                &self.pods,
+            )?),
+            None => None,
+        };
         let pods = pods_in_kernel(self.pods, &prefix, self.mtu, ipv4s, ipv6s);
         Ok(Topology {
             name: self.name,
@@ -722,6 +740,7 @@ impl TopologyFile {
             },
             bridge,
             pods,
+            node,
         })
     }
 
@@ -936,6 +955,30 @@ fn validate_bridge(
         ));
     }
     Ok(bridge)
+}
+
+/// The node's part, whose VXLAN device is no pod's host interface.
+fn validate_node(
+    node: node::NodeFile,
+    prefix: &str,
+    cidr: Ipv4Net,
+    cidr6: Option<Ipv6Net>,
+    pods: &[PodFile],
+) -> Result<node::NodePart, ModelError> {
+    let part = node.validate(prefix, cidr, cidr6.map(|c| c.trunc()))?;
+    if let Some(i) = pods
+        .iter()
+        .position(|p| format!("{prefix}{}", p.name) == part.vxlan_device)
+    {
+        return Err(invalid(
+            format!("pods[{i}].name"),
+            format!(
+                "pod {:?} would share its host interface name with the VXLAN device {:?}; rename the pod",
+                pods[i].name, part.vxlan_device
+            ),
+        ));
+    }
+    Ok(part)
 }
 
 /// The validated pods with their kernel names and assigned addresses.

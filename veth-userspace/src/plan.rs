@@ -73,6 +73,8 @@ pub struct Observed {
     /// The network has runtime endpoints (CNI ADDs) that this `up` must
     /// wire again: the mode changes, programs are reloaded, or a repair.
     pub rewire_endpoints: bool,
+    /// Cross-node wiring is recorded (see [`crate::crossnode`]).
+    pub cross_node: bool,
 }
 
 /// A link that is not the topology's.
@@ -229,6 +231,12 @@ pub enum Step {
     RemovePins,
     /// Remove `/run/vethctl/<topology>` (with the ledger).
     RemoveState,
+    /// A cluster node's underlay addresses, VXLAN device and routes to the
+    /// other nodes' pod ranges, converged as a whole.
+    ConfigureCrossNode,
+    /// Remove the cross-node wiring (the network is no node of a cluster
+    /// any more, or goes down).
+    RemoveCrossNode,
 }
 
 /// A value as its `Display` text (a route as `ip route` shows it).
@@ -297,6 +305,8 @@ impl fmt::Display for Step {
             ),
             Step::RemovePins => write!(f, "unpin programs, maps and links"),
             Step::RemoveState => write!(f, "remove state"),
+            Step::ConfigureCrossNode => write!(f, "configure routes to the other nodes"),
+            Step::RemoveCrossNode => write!(f, "remove routes to the other nodes"),
         }
     }
 }
@@ -459,6 +469,14 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     make_kernel_paths(topology, observed, &rewired, &mut steps);
     load_and_attach(topology, observed, &rewired, &mut steps);
     configure_pods(topology, observed, &rewired, &mut steps);
+    match &topology.node {
+        Some(node) => {
+            crate::crossnode::refuse_unbuilt(node).map_err(Refusal)?;
+            steps.push(Step::ConfigureCrossNode);
+        }
+        None if observed.cross_node => steps.push(Step::RemoveCrossNode),
+        None => {}
+    }
     remove_stale_routes(topology, observed, &mut steps);
     remove_unwanted(topology, observed, &ranges, &wanted_addresses, &mut steps);
     Ok(steps)
@@ -818,6 +836,9 @@ fn create_veth(pod: &Pod) -> Step {
 /// `up`; nothing that is not the topology's is touched.
 pub fn plan_down(observed: &Observed) -> Vec<Step> {
     let mut steps = Vec::new();
+    if observed.cross_node {
+        steps.push(Step::RemoveCrossNode);
+    }
     if observed.pins {
         steps.push(Step::RemovePins);
     }
@@ -903,6 +924,7 @@ mod tests {
             o.netns_inodes.insert(p.netns.clone(), 100 + i as u64);
             let mut veth = link(&p.host_veth, ifindex, "veth");
             veth.mac = p.gateway_mac.to_vec();
+            veth.mtu = p.mtu;
             o.links.insert(p.host_veth.clone(), veth);
             o.linked.insert(p.host_veth.clone());
             o.routes.insert(
@@ -952,6 +974,50 @@ mod tests {
             device: "lo".into(),
             address: address.parse().unwrap(),
             prefix_len,
+        }
+    }
+
+    const CLUSTER: &str =
+        "name = \"t\"\ncross_node = \"vxlan\"\ncluster_cidr = \"10.244.0.0/16\"\n\
+        [[nodes]]\nname = \"n1\"\n[[nodes.pods]]\nname = \"a\"\n[[nodes]]\nname = \"n2\"\n";
+
+    fn node_part(cross_node: &str) -> Topology {
+        let text = CLUSTER.replace("vxlan", cross_node);
+        let cluster = crate::model::cluster::Cluster::from_toml(&text).unwrap();
+        cluster.node_part("n1").unwrap().0
+    }
+
+    #[test]
+    fn a_node_converges_its_cross_node_wiring_after_its_pods() {
+        let t = node_part("vxlan");
+        let steps = up(&t, &observed_complete(&t));
+        assert_eq!(
+            names(&steps),
+            [
+                "enable IP forwarding",
+                "sync eBPF maps and links",
+                "configure routes to the other nodes"
+            ]
+        );
+        // Leaving the cluster removes it; a node's down too, before its state.
+        let mut o = observed_complete(&topology());
+        o.cross_node = true;
+        assert!(up(&topology(), &o).contains(&Step::RemoveCrossNode));
+        let down = plan_down(&o);
+        assert_eq!(down.first(), Some(&Step::RemoveCrossNode));
+        assert_eq!(down.last(), Some(&Step::RemoveState));
+        assert!(!plan_down(&observed_complete(&topology())).contains(&Step::RemoveCrossNode));
+    }
+
+    #[test]
+    fn cross_node_modes_not_built_here_are_refused_before_anything() {
+        for mode in ["ebpf", "ebpf-vxlan"] {
+            let t = node_part(mode);
+            let err = plan_up(&t, &Observed::default()).unwrap_err().0;
+            assert!(
+                err.starts_with("node.cross_node:") && err.contains("host-gw"),
+                "{err}"
+            );
         }
     }
 

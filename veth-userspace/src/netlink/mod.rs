@@ -20,6 +20,8 @@ pub mod pod;
 pub mod routes;
 pub mod sysctl;
 pub mod tunnel;
+pub mod underlay;
+pub mod vxlan;
 
 use std::fmt::Display;
 

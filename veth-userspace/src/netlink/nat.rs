@@ -85,6 +85,10 @@ const CHAIN: &str = "postrouting";
 pub struct Masquerade {
     pub network: IpAddr,
     pub prefix_len: u8,
+    /// Destinations reached with the pods' own source: `network` itself
+    /// when `None`; a cluster's whole range on a node, so pods on other
+    /// nodes see who talks to them.
+    pub unmasked: Option<(IpAddr, u8)>,
 }
 
 /// The table of a topology.
@@ -312,13 +316,25 @@ fn masquerade_expressions(net: &Masquerade, object_prefix: &str, uplink: Option<
         IpAddr::V6(v6) => (NFPROTO_IPV6, 8, 24, v6.octets().to_vec()),
     };
     let mask = prefix_mask(network.len(), net.prefix_len);
+    let (unmasked, unmasked_mask) = match net.unmasked {
+        Some((IpAddr::V4(v4), len)) if network.len() == 4 => {
+            (v4.octets().to_vec(), prefix_mask(4, len))
+        }
+        Some((IpAddr::V6(v6), len)) if network.len() == 16 => {
+            (v6.octets().to_vec(), prefix_mask(16, len))
+        }
+        _ => (network.clone(), mask.clone()),
+    };
     let mut exprs = Vec::new();
     exprs.extend(meta(NFT_META_NFPROTO));
     exprs.extend(cmp(NFT_CMP_EQ, &[nfproto]));
-    for (offset, op) in [(saddr_offset, NFT_CMP_EQ), (daddr_offset, NFT_CMP_NEQ)] {
+    for (offset, op, net, mask) in [
+        (saddr_offset, NFT_CMP_EQ, &network, &mask),
+        (daddr_offset, NFT_CMP_NEQ, &unmasked, &unmasked_mask),
+    ] {
         exprs.extend(payload(offset, network.len() as u32));
-        exprs.extend(bitwise(&mask));
-        exprs.extend(cmp(op, &network));
+        exprs.extend(bitwise(mask));
+        exprs.extend(cmp(op, net));
     }
     exprs.extend(meta(NFT_META_OIFNAME));
     match uplink {
@@ -572,10 +588,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_keeps_the_source_towards_the_whole_cluster_range() {
+        let node = Masquerade {
+            network: "10.244.1.0".parse().unwrap(),
+            prefix_len: 24,
+            unmasked: Some(("10.244.0.0".parse().unwrap(), 16)),
+        };
+        let exprs = masquerade_expressions(&node, "lab-", None);
+        let contains = |needle: &[u8]| exprs.windows(needle.len()).any(|w| w == needle);
+        // saddr & /24 == 10.244.1.0, daddr & /16 != 10.244.0.0
+        assert!(contains(&cmp(NFT_CMP_EQ, &[10, 244, 1, 0])));
+        assert!(contains(&bitwise(&[255, 255, 0, 0])));
+        assert!(contains(&cmp(NFT_CMP_NEQ, &[10, 244, 0, 0])));
+        assert!(!contains(&cmp(NFT_CMP_NEQ, &[10, 244, 1, 0])));
+    }
+
+    #[test]
     fn batch_replaces_the_table_atomically() {
         let nets = [Masquerade {
             network: "10.200.0.0".parse().unwrap(),
             prefix_len: 24,
+            unmasked: None,
         }];
         let batch = encode_batch("vethctl_demo", "vethctl:demo", "demo-", None, &nets);
         let mut types = Vec::new();

@@ -1,0 +1,386 @@
+//! A node's wiring towards the other nodes of its cluster: its underlay
+//! addresses, the VXLAN device of mode `vxlan`, and a route per remote pod
+//! range. Converged as a whole by one step of `up` ([`apply`]) and removed
+//! by `down` ([`remove`]).
+//!
+//! What it makes is recorded in the network's state directory before it is
+//! made (`cross-node.json`): routes also carry vethctl's route protocol,
+//! the VXLAN device its alias and its VTEP MAC, and only recorded objects
+//! are ever changed or removed. An underlay address that was there already
+//! (the operator's, or the lab's) is used and never removed.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ipnet::IpNet;
+
+use crate::{
+    model::node::{CrossNode, NodePart},
+    netlink::{
+        links::LinkState,
+        routes::{RouteKind, PROTOCOL},
+        underlay::{self, RemoteRoute},
+        vxlan::{self, RemoteVtep, Vxlan},
+        Host,
+    },
+    state::{link_mark, write_atomically, LedgerAddress, StateDir},
+};
+
+const RECORD_FILE: &str = "cross-node.json";
+
+/// What the cross-node wiring made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    #[serde(default)]
+    pub vxlan: Option<RecordedVxlan>,
+    /// Destinations of the routes to remote pod ranges.
+    #[serde(default)]
+    pub routes: BTreeSet<IpNet>,
+    /// Underlay addresses added (not found).
+    #[serde(default)]
+    pub addresses: BTreeSet<LedgerAddress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedVxlan {
+    pub name: String,
+    /// Set once it exists: the proof it is ours, whatever it is called.
+    pub ifindex: Option<u32>,
+    pub mac: [u8; 6],
+}
+
+impl Record {
+    pub fn load(state: &StateDir) -> Result<Option<Record>> {
+        let path = state.path().join(RECORD_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
+                format!(
+                    "{} is unreadable, and it is what proves which cross-node routes and devices \
+                     are this network's; restore it, or remove them by hand and then the file",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, state: &StateDir) -> Result<()> {
+        write_atomically(state.path(), RECORD_FILE, &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Whether network `name` has cross-node wiring recorded.
+pub fn recorded(name: &str) -> Result<bool> {
+    Ok(Record::load(&StateDir::new(name))?.is_some())
+}
+
+/// Refuses what this vethctl cannot build yet.
+pub fn refuse_unbuilt(node: &NodePart) -> Result<(), String> {
+    match node.cross_node {
+        CrossNode::HostGw | CrossNode::Vxlan => Ok(()),
+        other => Err(format!(
+            "node.cross_node: {other:?} is not built by this vethctl yet; use \"host-gw\" or \"vxlan\""
+        )),
+    }
+}
+
+/// Converges network `name`'s cross-node wiring to `node`. New routes
+/// replace old ones in place (a change of mode moves each range at once),
+/// and what is no longer wanted goes last.
+pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
+    refuse_unbuilt(node).map_err(|e| anyhow!(e))?;
+    let state = StateDir::new(name);
+    let mut record = Record::load(&state)?.unwrap_or_default();
+    let underlay = host.link(&node.interface).await?.ok_or_else(|| {
+        anyhow!(
+            "node.interface: this node has no interface {:?}; name the underlay interface in \
+             [underlay] interface",
+            node.interface
+        )
+    })?;
+    let wanted_addresses = underlay_addresses(node);
+    ensure_addresses(
+        host,
+        &state,
+        &mut record,
+        underlay.ifindex,
+        &wanted_addresses,
+    )
+    .await?;
+    let vx = match node.cross_node {
+        CrossNode::Vxlan => {
+            Some(ensure_vxlan(host, name, &state, &mut record, node, &underlay).await?)
+        }
+        _ => None,
+    };
+    let routes = wanted_routes(node, underlay.ifindex, vx);
+    refuse_foreign_routes(host, &record, &routes).await?;
+    record.routes.extend(routes.iter().map(|r| r.dst));
+    record.save(&state)?;
+    for r in &routes {
+        underlay::replace(host.handle(), r).await?;
+    }
+    let wanted: BTreeSet<IpNet> = routes.iter().map(|r| r.dst).collect();
+    remove_routes(host, &record.routes - &wanted).await?;
+    record.routes = wanted;
+    if vx.is_none() {
+        remove_vxlan(host, &mut record).await?;
+    }
+    remove_addresses(host, &mut record, &wanted_addresses).await?;
+    record.save(&state)
+}
+
+/// Removes everything network `name`'s record holds, and the record.
+pub async fn remove(host: &Host, name: &str) -> Result<()> {
+    let state = StateDir::new(name);
+    let Some(mut record) = Record::load(&state)? else {
+        return Ok(());
+    };
+    remove_routes(host, std::mem::take(&mut record.routes)).await?;
+    remove_vxlan(host, &mut record).await?;
+    remove_addresses(host, &mut record, &[]).await?;
+    let path = state.path().join(RECORD_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+fn underlay_addresses(node: &NodePart) -> Vec<LedgerAddress> {
+    let mut out = vec![LedgerAddress {
+        device: node.interface.clone(),
+        address: IpAddr::V4(node.address.addr()),
+        prefix_len: node.address.prefix_len(),
+    }];
+    out.extend(node.address6.map(|a| LedgerAddress {
+        device: node.interface.clone(),
+        address: IpAddr::V6(a.addr()),
+        prefix_len: a.prefix_len(),
+    }));
+    out
+}
+
+/// Adds the wanted underlay addresses that are missing (recorded first).
+async fn ensure_addresses(
+    host: &Host,
+    state: &StateDir,
+    record: &mut Record,
+    ifindex: u32,
+    wanted: &[LedgerAddress],
+) -> Result<()> {
+    let present = host.addresses().await?;
+    for a in wanted {
+        if present
+            .iter()
+            .any(|p| p.ifindex == ifindex && p.address == a.address)
+        {
+            continue;
+        }
+        if record.addresses.insert(a.clone()) {
+            record.save(state)?;
+        }
+        host.add_address(ifindex, &a.device, a.address, a.prefix_len, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes the recorded addresses not in `wanted`.
+async fn remove_addresses(
+    host: &Host,
+    record: &mut Record,
+    wanted: &[LedgerAddress],
+) -> Result<()> {
+    let gone: Vec<LedgerAddress> = record
+        .addresses
+        .iter()
+        .filter(|a| !wanted.contains(a))
+        .cloned()
+        .collect();
+    for a in gone {
+        if let Some(link) = host.link(&a.device).await? {
+            host.remove_address(link.ifindex, &a.device, a.address, a.prefix_len)
+                .await?;
+        }
+        record.addresses.remove(&a);
+    }
+    Ok(())
+}
+
+/// The VXLAN device made or found (ours only), up, with one FDB entry and
+/// neighbour per remote node. Returns its ifindex.
+async fn ensure_vxlan(
+    host: &Host,
+    name: &str,
+    state: &StateDir,
+    record: &mut Record,
+    node: &NodePart,
+    underlay: &LinkState,
+) -> Result<u32> {
+    let want = Vxlan {
+        name: node.vxlan_device.clone(),
+        vni: node.vni,
+        port: node.port,
+        local: node.address.addr(),
+        underlay_ifindex: underlay.ifindex,
+        mac: node.vtep_mac,
+        mtu: node.pod_mtu(),
+    };
+    let mut link = own_vxlan(host, record).await?;
+    let settings_changed = record.vxlan.as_ref().is_some_and(|r| r.mac != want.mac)
+        || link.as_ref().is_some_and(|l| l.name != want.name);
+    if settings_changed {
+        remove_vxlan(host, record).await?;
+        link = None;
+    }
+    let link = match link {
+        Some(link) => link,
+        None => {
+            if let Some(other) = host.link(&want.name).await? {
+                bail!(
+                    "node: a link {:?} (ifindex {}) exists and is not this network's; it stands \
+                     where the VXLAN device goes: remove or rename it",
+                    other.name,
+                    other.ifindex
+                );
+            }
+            record.vxlan = Some(RecordedVxlan {
+                name: want.name.clone(),
+                ifindex: None,
+                mac: want.mac,
+            });
+            record.save(state)?;
+            vxlan::create(host.handle(), &want).await?;
+            let link = host
+                .link(&want.name)
+                .await?
+                .context("the VXLAN device vanished as it was made")?;
+            host.set_alias(&link, &link_mark(name)).await?;
+            record.vxlan = Some(RecordedVxlan {
+                name: want.name.clone(),
+                ifindex: Some(link.ifindex),
+                mac: want.mac,
+            });
+            record.save(state)?;
+            link
+        }
+    };
+    vxlan::configure(host.handle(), &link, &want).await?;
+    let remotes: Vec<RemoteVtep> = node
+        .peers
+        .iter()
+        .map(|p| RemoteVtep {
+            mac: p.vtep_mac,
+            underlay: IpAddr::V4(p.address),
+            gateways: std::iter::once(IpAddr::V4(p.gateway))
+                .chain(p.gateway6.map(IpAddr::V6))
+                .collect(),
+        })
+        .collect();
+    vxlan::sync_remotes(host.handle(), link.ifindex, &remotes).await?;
+    Ok(link.ifindex)
+}
+
+/// The recorded VXLAN device, if the kernel proves it ours: by ifindex,
+/// or (recorded before a crash kept the ifindex) by name, kind and MAC.
+async fn own_vxlan(host: &Host, record: &Record) -> Result<Option<LinkState>> {
+    let Some(rec) = &record.vxlan else {
+        return Ok(None);
+    };
+    let link = match rec.ifindex {
+        Some(i) => host.link_by_index(i).await?,
+        None => host
+            .link(&rec.name)
+            .await?
+            .filter(|l| l.mac == rec.mac.to_vec()),
+    };
+    Ok(link.filter(|l| l.kind.as_deref() == Some("vxlan")))
+}
+
+async fn remove_vxlan(host: &Host, record: &mut Record) -> Result<()> {
+    if let Some(link) = own_vxlan(host, record).await? {
+        host.delete_link(link.ifindex, &link.name).await?;
+    }
+    record.vxlan = None;
+    Ok(())
+}
+
+/// host-gw: each remote range via the node's underlay address (IPv6 via
+/// its IPv6 underlay address, or its IPv4 one on an IPv4-only underlay);
+/// vxlan: via its node address in that range, over the device.
+fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteRoute> {
+    let mut out = Vec::new();
+    for p in &node.peers {
+        match vx {
+            None => {
+                out.push(RemoteRoute {
+                    dst: IpNet::V4(p.pod_cidr),
+                    via: IpAddr::V4(p.address),
+                    oif: underlay,
+                    onlink: false,
+                });
+                if let Some(v6) = p.pod_cidr6 {
+                    let via = match (p.address6, node.address6) {
+                        (Some(a6), Some(_)) => IpAddr::V6(a6),
+                        _ => IpAddr::V4(p.address),
+                    };
+                    out.push(RemoteRoute {
+                        dst: IpNet::V6(v6),
+                        via,
+                        oif: underlay,
+                        onlink: false,
+                    });
+                }
+            }
+            Some(vx) => {
+                out.push(RemoteRoute {
+                    dst: IpNet::V4(p.pod_cidr),
+                    via: IpAddr::V4(p.gateway),
+                    oif: vx,
+                    onlink: true,
+                });
+                if let (Some(v6), Some(gw6)) = (p.pod_cidr6, p.gateway6) {
+                    out.push(RemoteRoute {
+                        dst: IpNet::V6(v6),
+                        via: IpAddr::V6(gw6),
+                        oif: vx,
+                        onlink: true,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A route to a remote range that is not ours would be replaced: refuse.
+async fn refuse_foreign_routes(host: &Host, record: &Record, routes: &[RemoteRoute]) -> Result<()> {
+    let present = host.routes().await?;
+    for r in routes {
+        if let Some(other) = present
+            .iter()
+            .find(|p| p.dst == r.dst && (p.protocol != PROTOCOL || !record.routes.contains(&p.dst)))
+        {
+            bail!(
+                "node: the route {other} to another node's pod range is not this network's; \
+                 remove it (or pick other pod ranges)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deletes our routes (vethctl's protocol) to `dsts`.
+async fn remove_routes(host: &Host, dsts: BTreeSet<IpNet>) -> Result<()> {
+    if dsts.is_empty() {
+        return Ok(());
+    }
+    for r in host.routes().await? {
+        if r.protocol == PROTOCOL && r.kind == RouteKind::Unicast && dsts.contains(&r.dst) {
+            host.remove_route(&r).await?;
+        }
+    }
+    Ok(())
+}

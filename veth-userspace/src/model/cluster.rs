@@ -1,0 +1,946 @@
+//! Cluster files: one description for several nodes (`[[nodes]]`), each
+//! with its pods in its own pod range, joined over an underlay by a
+//! cross-node mode. A node's part is the one-node description
+//! [`Cluster::node_text`] derives (the file's settings, the node's range
+//! and pods, and a `[node]` table, see [`super::node`]): what `vethctl up
+//! -t FILE --node NAME` brings up on that node. Pure.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use super::{
+    invalid,
+    node::{self, CrossNode, NodeFile, PeerFile},
+    overlaps4, overlaps6, ModelError, PodFile, Topology,
+};
+
+/// Keys of a one-node file that a cluster file passes on to every node.
+const SHARED_KEYS: [&str; 6] = ["name", "mode", "counters", "rps", "uplink", "bridge"];
+/// Keys only a cluster file has.
+const CLUSTER_KEYS: [&str; 7] = [
+    "cross_node",
+    "cluster_cidr",
+    "cluster_cidr6",
+    "node_prefix_len",
+    "node_prefix_len6",
+    "underlay",
+    "nodes",
+];
+/// The default underlay: RFC 2544's benchmarking range, which no real
+/// network routes, so a lab's switch never looks like one.
+pub const DEFAULT_UNDERLAY_CIDR: &str = "198.18.0.0/24";
+/// Longest node name: it names a switch port in the lab.
+pub const NODE_NAME_MAX: usize = 12;
+
+/// What a cluster file says beyond the settings it shares with one-node
+/// files (those are checked in each node's part).
+#[derive(Debug, Deserialize)]
+struct ClusterFile {
+    name: String,
+    #[serde(default)]
+    cross_node: CrossNode,
+    cluster_cidr: Option<Ipv4Net>,
+    cluster_cidr6: Option<Ipv6Net>,
+    #[serde(default = "default_prefix_len")]
+    node_prefix_len: u8,
+    #[serde(default = "default_prefix_len6")]
+    node_prefix_len6: u8,
+    #[serde(default)]
+    underlay: UnderlayFile,
+    #[serde(default)]
+    nodes: Vec<NodeEntry>,
+}
+
+fn default_prefix_len() -> u8 {
+    24
+}
+
+fn default_prefix_len6() -> u8 {
+    64
+}
+
+/// `[underlay]`: the network the nodes share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnderlayFile {
+    #[serde(default = "default_interface")]
+    interface: String,
+    #[serde(default = "default_underlay_cidr")]
+    cidr: Ipv4Net,
+    cidr6: Option<Ipv6Net>,
+    gateway: Option<Ipv4Addr>,
+    gateway6: Option<Ipv6Addr>,
+    #[serde(default = "default_vni")]
+    vni: u32,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_underlay_mtu")]
+    mtu: u32,
+}
+
+impl Default for UnderlayFile {
+    fn default() -> Self {
+        UnderlayFile {
+            interface: default_interface(),
+            cidr: default_underlay_cidr(),
+            cidr6: None,
+            gateway: None,
+            gateway6: None,
+            vni: default_vni(),
+            port: default_port(),
+            mtu: default_underlay_mtu(),
+        }
+    }
+}
+
+fn default_interface() -> String {
+    "eth0".into()
+}
+
+fn default_underlay_cidr() -> Ipv4Net {
+    DEFAULT_UNDERLAY_CIDR.parse().expect("a valid prefix")
+}
+
+fn default_vni() -> u32 {
+    node::DEFAULT_VNI
+}
+
+fn default_port() -> u16 {
+    node::DEFAULT_VXLAN_PORT
+}
+
+fn default_underlay_mtu() -> u32 {
+    super::DEFAULT_MTU
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    name: String,
+    pod_cidr: Option<Ipv4Net>,
+    pod_cidr6: Option<Ipv6Net>,
+    /// Underlay address; default: the next free one of `[underlay] cidr`.
+    address: Option<Ipv4Addr>,
+    address6: Option<Ipv6Addr>,
+    // Checked here for the file's line numbers; copied as written.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pods: Vec<PodFile>,
+}
+
+/// The underlay, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub interface: String,
+    pub cidr: Ipv4Net,
+    pub cidr6: Option<Ipv6Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// One node, every address decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub pod_cidr6: Option<Ipv6Net>,
+    pub address: Ipv4Addr,
+    pub address6: Option<Ipv6Addr>,
+}
+
+/// A validated cluster file.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub cross_node: CrossNode,
+    pub cluster_cidr: Ipv4Net,
+    pub cluster_cidr6: Option<Ipv6Net>,
+    pub underlay: Underlay,
+    pub nodes: Vec<ClusterNode>,
+    /// Each node's part, validated, in the order of `nodes`.
+    pub parts: Vec<Topology>,
+    text: String,
+}
+
+/// Whether `text` is a cluster file (it has `[[nodes]]`); one that does not
+/// parse is left to the one-node parser, whose errors name the line.
+pub fn is_cluster(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("nodes"))
+}
+
+/// The lab's namespace of node `node` of cluster `cluster`: a '.' never
+/// appears in pod names, so it never meets a pod's namespace.
+pub fn node_netns(cluster: &str, node: &str) -> String {
+    format!("{cluster}.{node}")
+}
+
+/// The lab's switch namespace ('_' appears in no node or pod name).
+pub fn switch_netns(cluster: &str) -> String {
+    format!("{cluster}_underlay")
+}
+
+impl Cluster {
+    pub fn from_toml(text: &str) -> Result<Cluster, ModelError> {
+        if text.len() > super::MAX_TOPOLOGY_BYTES {
+            return Err(super::too_large(text.len() as u64));
+        }
+        refuse_one_node_keys(text)?;
+        let file: ClusterFile = toml::from_str(text).map_err(|e| {
+            let field = match e.span() {
+                Some(span) => {
+                    let (line, column) = super::line_column(text, span.start);
+                    format!("line {line}, column {column}")
+                }
+                None => "cluster file".to_string(),
+            };
+            invalid(field, e.message().trim_end().to_string())
+        })?;
+        file.validate(text)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Node `name`'s part: the one-node description, validated.
+    pub fn node_part(&self, name: &str) -> Result<(Topology, String), ModelError> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+                invalid(
+                    "--node",
+                    format!(
+                        "cluster {:?} has no node {name:?}; its nodes are {}",
+                        self.name,
+                        names.join(", ")
+                    ),
+                )
+            })?;
+        Ok((self.parts[i].clone(), self.node_text(i)))
+    }
+
+    /// The one-node description of node number `i`: the file's shared
+    /// settings (comments kept), the node's pod range, pods and MTU, and
+    /// its `[node]` table.
+    fn node_text(&self, i: usize) -> String {
+        let mut doc: toml_edit::DocumentMut = self.text.parse().expect("parsed before");
+        let pods = doc["nodes"]
+            .as_array_of_tables()
+            .and_then(|a| a.get(i))
+            .and_then(|t| t.get("pods"))
+            .cloned();
+        for key in CLUSTER_KEYS {
+            doc.remove(key);
+        }
+        let me = &self.nodes[i];
+        doc["pod_cidr"] = toml_edit::value(me.pod_cidr.to_string());
+        if let Some(v6) = me.pod_cidr6 {
+            doc["pod_cidr6"] = toml_edit::value(v6.to_string());
+        }
+        doc["mtu"] = toml_edit::value(i64::from(self.pod_mtu()));
+        if let Some(pods) = pods {
+            doc["pods"] = pods;
+        }
+        let node = toml::to_string(&NodeTable {
+            node: self.node_file(me),
+        })
+        .expect("a node table serializes");
+        let node: toml_edit::DocumentMut = node.parse().expect("serialized TOML parses");
+        doc["node"] = node["node"].clone();
+        doc.to_string()
+    }
+
+    fn node_file(&self, me: &ClusterNode) -> NodeFile {
+        let u = &self.underlay;
+        NodeFile {
+            name: me.name.clone(),
+            cross_node: self.cross_node,
+            cluster_cidr: self.cluster_cidr,
+            cluster_cidr6: self.cluster_cidr6,
+            interface: u.interface.clone(),
+            address: Ipv4Net::new(me.address, u.cidr.prefix_len()).expect("a valid length"),
+            address6: me
+                .address6
+                .zip(u.cidr6)
+                .map(|(a, c)| Ipv6Net::new(a, c.prefix_len()).expect("a valid length")),
+            vni: u.vni,
+            port: u.port,
+            underlay_mtu: u.mtu,
+            peers: self
+                .nodes
+                .iter()
+                .filter(|n| n.name != me.name)
+                .map(|n| PeerFile {
+                    name: n.name.clone(),
+                    address: n.address,
+                    address6: n.address6,
+                    pod_cidr: n.pod_cidr,
+                    pod_cidr6: n.pod_cidr6,
+                })
+                .collect(),
+        }
+    }
+
+    /// The pods' MTU: the underlay's, minus VXLAN's overhead when the mode
+    /// encapsulates.
+    pub fn pod_mtu(&self) -> u32 {
+        node::pod_mtu(
+            self.cross_node,
+            self.underlay.mtu,
+            self.underlay.cidr6.is_some(),
+        )
+    }
+}
+
+#[derive(serde::Serialize)]
+struct NodeTable {
+    node: NodeFile,
+}
+
+/// A one-node key in a cluster file is a mistake with a known fix; an
+/// unknown key, a typo.
+fn refuse_one_node_keys(text: &str) -> Result<(), ModelError> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Ok(()); // The parser below names the line.
+    };
+    for key in table.keys() {
+        let fix = match key.as_str() {
+            k if SHARED_KEYS.contains(&k) || CLUSTER_KEYS.contains(&k) => continue,
+            "pod_cidr" | "pod_cidr6" => "a cluster file gives each node its range: set cluster_cidr (and cluster_cidr6), and pod_cidr per [[nodes]] if you want to choose",
+            "host_address" | "host_address6" => "each node's address is the first of its pod range; remove it",
+            "pods" => "pods belong to a node: move them under [[nodes.pods]]",
+            "mtu" => "pods get the underlay's MTU (minus VXLAN's overhead): set [underlay] mtu",
+            _ => "remove it or check its spelling",
+        };
+        return Err(invalid(
+            key.clone(),
+            format!("not a key of a cluster file; {fix}"),
+        ));
+    }
+    Ok(())
+}
+
+impl ClusterFile {
+    fn validate(self, text: &str) -> Result<Cluster, ModelError> {
+        super::validate_topology_name(&self.name)?;
+        let cluster_cidr = self.cluster_cidr.ok_or_else(|| {
+            invalid(
+                "cluster_cidr",
+                "a cluster file needs cluster_cidr, the range every node's pod range is carved \
+                 from; add e.g. cluster_cidr = \"10.244.0.0/16\"",
+            )
+        })?;
+        let cluster_cidr = exact4("cluster_cidr", cluster_cidr)?;
+        let cluster_cidr6 = self
+            .cluster_cidr6
+            .map(|c| exact6("cluster_cidr6", c))
+            .transpose()?;
+        validate_node_names(&self.nodes)?;
+        let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
+        let pod_cidrs = carve4(cluster_cidr, self.node_prefix_len, &self.nodes)?;
+        let pod_cidrs6 = match cluster_cidr6 {
+            Some(c6) => carve6(c6, self.node_prefix_len6, &self.nodes)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => {
+                if let Some(i) = self.nodes.iter().position(|n| n.pod_cidr6.is_some()) {
+                    return Err(invalid(
+                        format!("nodes[{i}].pod_cidr6"),
+                        "an IPv6 pod range needs cluster_cidr6; add cluster_cidr6 or remove it",
+                    ));
+                }
+                vec![None; self.nodes.len()]
+            }
+        };
+        let (addresses, addresses6) = underlay.addresses(&self.nodes)?;
+        let nodes: Vec<ClusterNode> = self
+            .nodes
+            .iter()
+            .zip(pod_cidrs)
+            .zip(pod_cidrs6)
+            .zip(addresses.into_iter().zip(addresses6))
+            .map(|(((n, v4), v6), (a4, a6))| ClusterNode {
+                name: n.name.clone(),
+                pod_cidr: v4,
+                pod_cidr6: v6,
+                address: a4,
+                address6: a6,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            name: self.name,
+            cross_node: self.cross_node,
+            cluster_cidr,
+            cluster_cidr6,
+            underlay,
+            nodes,
+            parts: Vec::new(),
+            text: text.to_string(),
+        };
+        for i in 0..cluster.nodes.len() {
+            let part = Topology::from_toml(&cluster.node_text(i))
+                .map_err(|e| in_node(i, &cluster.nodes[i].name, e))?;
+            refuse_large_pod_mtu(i, &part, cluster.pod_mtu())?;
+            cluster.parts.push(part);
+        }
+        Ok(cluster)
+    }
+}
+
+/// An error in node `i`'s part, named where the cluster file says it.
+fn in_node(i: usize, name: &str, e: ModelError) -> ModelError {
+    let field = match e.field.as_str() {
+        f if f.starts_with("pods") || f.starts_with("pod_cidr") => format!("nodes[{i}].{f}"),
+        f if f.starts_with("node.") => format!("nodes[{i}] ({})", &f["node.".len()..]),
+        f => format!("{f} (in node {name:?})"),
+    };
+    ModelError { field, ..e }
+}
+
+fn refuse_large_pod_mtu(i: usize, part: &Topology, mtu: u32) -> Result<(), ModelError> {
+    match part.pods.iter().position(|p| p.mtu > mtu) {
+        Some(j) => Err(invalid(
+            format!("nodes[{i}].pods[{j}].mtu"),
+            format!(
+                "MTU {} is more than the {mtu} the underlay carries in this cross_node mode; \
+                 lower it or omit it",
+                part.pods[j].mtu
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn exact4(field: &str, net: Ipv4Net) -> Result<Ipv4Net, ModelError> {
+    match net.trunc() {
+        t if t == net => Ok(t),
+        t => Err(invalid(
+            field,
+            format!("{net} has host bits set; write the network address: {t}"),
+        )),
+    }
+}
+
+fn exact6(field: &str, net: Ipv6Net) -> Result<Ipv6Net, ModelError> {
+    match net.trunc() {
+        t if t == net => Ok(t),
+        t => Err(invalid(
+            field,
+            format!("{net} has host bits set; write the network address: {t}"),
+        )),
+    }
+}
+
+fn validate_node_names(nodes: &[NodeEntry]) -> Result<(), ModelError> {
+    if nodes.is_empty() {
+        return Err(invalid(
+            "nodes",
+            "a cluster needs at least one [[nodes]] entry",
+        ));
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let ok = !n.name.is_empty()
+            && n.name.len() <= NODE_NAME_MAX
+            && n.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && !n.name.ends_with('-')
+            && n.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(invalid(
+                format!("nodes[{i}].name"),
+                format!(
+                    "node name {:?} is not allowed; use 1 to {NODE_NAME_MAX} lowercase letters, \
+                     digits and '-', starting with a letter",
+                    n.name
+                ),
+            ));
+        }
+        if let Some(first) = seen.insert(&n.name, i) {
+            return Err(invalid(
+                format!("nodes[{i}].name"),
+                format!(
+                    "node name {:?} is already used by nodes[{first}]; node names must be unique",
+                    n.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each node's IPv4 pod range: given, or the next `/len` of the cluster
+/// range that no node was given.
+fn carve4(cluster: Ipv4Net, len: u8, nodes: &[NodeEntry]) -> Result<Vec<Ipv4Net>, ModelError> {
+    if len < cluster.prefix_len() || len > 30 {
+        return Err(invalid(
+            "node_prefix_len",
+            format!(
+                "/{len} node ranges cannot be carved from cluster_cidr {cluster}; use {} to 30",
+                cluster.prefix_len()
+            ),
+        ));
+    }
+    let given: Vec<(usize, Ipv4Net)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.pod_cidr?)))
+        .collect();
+    check_given(&given, |a, b| overlaps4(*a, *b), "pod_cidr")?;
+    if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.contains(g)) {
+        return Err(outside(
+            &format!("nodes[{i}].pod_cidr"),
+            g,
+            "cluster_cidr",
+            cluster,
+        ));
+    }
+    let mut free = cluster
+        .subnets(len)
+        .expect("checked length")
+        .filter(|s| given.iter().all(|(_, g)| !overlaps4(*s, *g)));
+    nodes
+        .iter()
+        .map(|n| match n.pod_cidr {
+            Some(given) => Ok(given),
+            None => free
+                .next()
+                .ok_or_else(|| too_many("cluster_cidr", cluster, len, nodes.len())),
+        })
+        .collect()
+}
+
+/// [`carve4`] for IPv6.
+fn carve6(cluster: Ipv6Net, len: u8, nodes: &[NodeEntry]) -> Result<Vec<Ipv6Net>, ModelError> {
+    if len < cluster.prefix_len() || len > 120 {
+        return Err(invalid(
+            "node_prefix_len6",
+            format!(
+                "/{len} node ranges cannot be carved from cluster_cidr6 {cluster}; use {} to 120",
+                cluster.prefix_len()
+            ),
+        ));
+    }
+    let given: Vec<(usize, Ipv6Net)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i, n.pod_cidr6?)))
+        .collect();
+    check_given(&given, |a, b| overlaps6(*a, *b), "pod_cidr6")?;
+    if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.contains(g)) {
+        return Err(outside(
+            &format!("nodes[{i}].pod_cidr6"),
+            g,
+            "cluster_cidr6",
+            cluster,
+        ));
+    }
+    let mut free = cluster
+        .subnets(len)
+        .expect("checked length")
+        .filter(|s| given.iter().all(|(_, g)| !overlaps6(*s, *g)));
+    nodes
+        .iter()
+        .map(|n| match n.pod_cidr6 {
+            Some(given) => Ok(given),
+            None => free
+                .next()
+                .ok_or_else(|| too_many("cluster_cidr6", cluster, len, nodes.len())),
+        })
+        .collect()
+}
+
+fn outside(
+    field: &str,
+    net: impl std::fmt::Display,
+    key: &str,
+    cluster: impl std::fmt::Display,
+) -> ModelError {
+    invalid(
+        field,
+        format!("{net} is outside {key} {cluster}; pick a range inside it (or omit it to have one carved)"),
+    )
+}
+
+fn check_given<N: std::fmt::Display>(
+    given: &[(usize, N)],
+    overlaps: impl Fn(&N, &N) -> bool,
+    key: &str,
+) -> Result<(), ModelError> {
+    for (k, (i, a)) in given.iter().enumerate() {
+        if let Some((j, b)) = given[..k].iter().find(|(_, b)| overlaps(a, b)) {
+            return Err(invalid(
+                format!("nodes[{i}].{key}"),
+                format!(
+                    "{a} overlaps {b} of nodes[{j}]; every node needs a range of its own (or \
+                     omit {key} to have one carved)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn too_many(field: &str, cluster: impl std::fmt::Display, len: u8, nodes: usize) -> ModelError {
+    invalid(
+        field,
+        format!(
+            "{cluster} has no free /{len} left for every one of the {nodes} nodes; use a larger \
+             {field} or a longer node prefix length"
+        ),
+    )
+}
+
+impl UnderlayFile {
+    fn validate(self, cluster: Ipv4Net, cluster6: Option<Ipv6Net>) -> Result<Underlay, ModelError> {
+        super::validate_ifname("underlay.interface", &self.interface)?;
+        let cidr = exact4("underlay.cidr", self.cidr)?;
+        if overlaps4(cidr, cluster) {
+            return Err(invalid(
+                "underlay.cidr",
+                format!(
+                    "{cidr} overlaps cluster_cidr {cluster}; the underlay needs a range of its own"
+                ),
+            ));
+        }
+        if cidr.prefix_len() > 29 {
+            return Err(invalid(
+                "underlay.cidr",
+                format!("{cidr} is too small for nodes and a gateway; use a /29 or larger"),
+            ));
+        }
+        let cidr6 = self
+            .cidr6
+            .map(|c| exact6("underlay.cidr6", c))
+            .transpose()?;
+        if let (Some(c6), Some(k6)) = (cidr6, cluster6) {
+            if overlaps6(c6, k6) {
+                return Err(invalid(
+                    "underlay.cidr6",
+                    format!(
+                        "{c6} overlaps cluster_cidr6 {k6}; the underlay needs a range of its own"
+                    ),
+                ));
+            }
+        }
+        if let Some(g) = self.gateway.filter(|g| !usable4(cidr, *g)) {
+            return Err(invalid(
+                "underlay.gateway",
+                format!("{g} is not a usable address of underlay.cidr {cidr}; pick one inside it"),
+            ));
+        }
+        match (self.gateway6, cidr6) {
+            (Some(g), Some(c6)) if !c6.contains(&g) || g == c6.network() => {
+                return Err(invalid(
+                    "underlay.gateway6",
+                    format!(
+                        "{g} is not a usable address of underlay.cidr6 {c6}; pick one inside it"
+                    ),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "underlay.gateway6",
+                    "gateway6 needs underlay.cidr6; add it or remove gateway6",
+                ))
+            }
+            _ => {}
+        }
+        super::validate_mtu("underlay.mtu", self.mtu)?;
+        if self.vni == 0 || self.vni >= 1 << 24 {
+            return Err(invalid(
+                "underlay.vni",
+                format!("VNI {} is out of range; use 1 to 16777215", self.vni),
+            ));
+        }
+        if self.port == 0 {
+            return Err(invalid(
+                "underlay.port",
+                "port 0 is not a UDP port; use 8472 (Linux and flannel) or 4789 (IANA)",
+            ));
+        }
+        Ok(Underlay {
+            interface: self.interface,
+            cidr,
+            cidr6,
+            gateway: self.gateway,
+            gateway6: self.gateway6,
+            vni: self.vni,
+            port: self.port,
+            mtu: self.mtu,
+        })
+    }
+}
+
+fn usable4(cidr: Ipv4Net, a: Ipv4Addr) -> bool {
+    cidr.contains(&a) && a != cidr.network() && a != cidr.broadcast()
+}
+
+impl Underlay {
+    /// Each node's underlay addresses: given, or the next free ones.
+    fn addresses(
+        &self,
+        nodes: &[NodeEntry],
+    ) -> Result<(Vec<Ipv4Addr>, Vec<Option<Ipv6Addr>>), ModelError> {
+        let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+        taken.extend(self.gateway.map(|g| (g, "underlay.gateway".to_string())));
+        for (i, n) in nodes.iter().enumerate() {
+            let Some(a) = n.address else { continue };
+            let field = format!("nodes[{i}].address");
+            if !usable4(self.cidr, a) {
+                return Err(invalid(
+                    field,
+                    format!("{a} is not a usable address of underlay.cidr {}; pick one inside it or omit it", self.cidr),
+                ));
+            }
+            if let Some(other) = taken.insert(a, field.clone()) {
+                return Err(invalid(
+                    field,
+                    format!("{a} is already {other}; pick another"),
+                ));
+            }
+        }
+        let mut free = self.cidr.hosts().filter(|a| !taken.contains_key(a));
+        let v4 = nodes
+            .iter()
+            .map(|n| match n.address {
+                Some(a) => Ok(a),
+                None => free.next().ok_or_else(|| {
+                    invalid(
+                        "underlay.cidr",
+                        format!(
+                            "{} has no address left for every node; use a larger one",
+                            self.cidr
+                        ),
+                    )
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(cidr6) = self.cidr6 else {
+            if let Some(i) = nodes.iter().position(|n| n.address6.is_some()) {
+                return Err(invalid(
+                    format!("nodes[{i}].address6"),
+                    "an IPv6 underlay address needs underlay.cidr6; add it or remove address6",
+                ));
+            }
+            return Ok((v4, vec![None; nodes.len()]));
+        };
+        // IPv6 addresses follow the IPv4 ones' host numbers when not given,
+        // so `198.18.0.2` is `…::2`.
+        let v6 = nodes
+            .iter()
+            .zip(&v4)
+            .enumerate()
+            .map(|(i, (n, a4))| {
+                let a = n.address6.unwrap_or_else(|| {
+                    let host = u32::from(*a4) - u32::from(self.cidr.network());
+                    Ipv6Addr::from(u128::from(cidr6.network()) + u128::from(host))
+                });
+                if !cidr6.contains(&a) || a == cidr6.network() {
+                    return Err(invalid(
+                        format!("nodes[{i}].address6"),
+                        format!("{a} is not a usable address of underlay.cidr6 {cidr6}"),
+                    ));
+                }
+                Ok(Some(a))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((v4, v6))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"# a lab
+name = "lab"
+mode = "bridge"
+cross_node = "vxlan"
+cluster_cidr = "10.244.0.0/16"
+cluster_cidr6 = "fd00:10:244::/56"
+[underlay]
+gateway = "198.18.0.254"
+[[nodes]]
+name = "n1"
+[[nodes.pods]]
+name = "a"
+[[nodes.pods]]
+name = "b"
+[[nodes]]
+name = "n2"
+pod_cidr = "10.244.0.0/24"
+[[nodes.pods]]
+name = "a"
+[[nodes]]
+name = "n3"
+"#;
+
+    fn err(text: &str) -> ModelError {
+        Cluster::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn ranges_are_carved_in_order_around_given_ones() {
+        let c = Cluster::from_toml(THREE).unwrap();
+        let ranges: Vec<String> = c.nodes.iter().map(|n| n.pod_cidr.to_string()).collect();
+        assert_eq!(ranges, ["10.244.1.0/24", "10.244.0.0/24", "10.244.2.0/24"]);
+        let v6: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| n.pod_cidr6.unwrap().to_string())
+            .collect();
+        assert_eq!(
+            v6,
+            [
+                "fd00:10:244::/64",
+                "fd00:10:244:1::/64",
+                "fd00:10:244:2::/64"
+            ]
+        );
+        let addrs: Vec<String> = c.nodes.iter().map(|n| n.address.to_string()).collect();
+        assert_eq!(addrs, ["198.18.0.1", "198.18.0.2", "198.18.0.3"]);
+    }
+
+    #[test]
+    fn a_node_part_is_a_one_node_network_that_knows_the_others() {
+        let c = Cluster::from_toml(THREE).unwrap();
+        let (t, text) = c.node_part("n2").unwrap();
+        assert_eq!(Topology::from_toml(&text).unwrap(), t);
+        assert_eq!(t.name, "lab");
+        assert_eq!(t.pod_cidr.to_string(), "10.244.0.0/24");
+        assert_eq!(t.pods.len(), 1);
+        assert_eq!(t.pods[0].mtu, 1450, "VXLAN over an IPv4 underlay");
+        let node = t.node.unwrap();
+        assert_eq!(node.address.to_string(), "198.18.0.2/24");
+        assert_eq!(node.vxlan_device, "lab-vx");
+        let peers: Vec<(&str, String, String)> = node
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.pod_cidr.to_string(),
+                    p.gateway.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("n1", "10.244.1.0/24".into(), "10.244.1.1".into()),
+                ("n3", "10.244.2.0/24".into(), "10.244.2.1".into())
+            ]
+        );
+        assert_eq!(node.peers[0].vtep_mac, [0x0e, 0x58, 198, 18, 0, 1]);
+        assert!(text.starts_with("# a lab"), "comments kept: {text}");
+        let e = c.node_part("n9").unwrap_err();
+        assert!(e.message.contains("n1, n2, n3"), "{e}");
+    }
+
+    #[test]
+    fn host_gw_keeps_the_underlay_mtu_and_ipv6_underlays_cost_more() {
+        let host_gw = THREE.replace("\"vxlan\"", "\"host-gw\"");
+        let c = Cluster::from_toml(&host_gw).unwrap();
+        assert_eq!(c.parts[0].pods[0].mtu, 1500);
+        let v6 = THREE.replace(
+            "[underlay]\n",
+            "[underlay]\ncidr6 = \"fd00:198:18::/64\"\nmtu = 9000\n",
+        );
+        let c = Cluster::from_toml(&v6).unwrap();
+        assert_eq!(c.parts[0].pods[0].mtu, 8930);
+        assert_eq!(c.nodes[2].address6.unwrap().to_string(), "fd00:198:18::3");
+    }
+
+    #[test]
+    fn every_cross_node_mode_parses() {
+        for mode in CrossNode::ALL {
+            let text = THREE.replace("\"vxlan\"", &format!("\"{mode}\""));
+            assert_eq!(Cluster::from_toml(&text).unwrap().cross_node, mode);
+        }
+        let e = err(&THREE.replace("\"vxlan\"", "\"ipip\""));
+        assert!(e.field.starts_with("line 4"), "{e}");
+    }
+
+    #[test]
+    fn mistakes_name_the_field_and_the_fix() {
+        let cases: [(String, &str, &str); 10] = [
+            (
+                THREE.replace("pod_cidr = \"10.244.0.0/24\"", "pod_cidr = \"10.9.0.0/24\""),
+                "nodes[1].pod_cidr",
+                "outside cluster_cidr",
+            ),
+            (
+                THREE.replace(
+                    "name = \"n3\"",
+                    "name = \"n3\"\npod_cidr = \"10.244.0.128/25\"",
+                ),
+                "nodes[2].pod_cidr",
+                "overlaps 10.244.0.0/24 of nodes[1]",
+            ),
+            (
+                THREE.replace("\"n3\"", "\"n1\""),
+                "nodes[2].name",
+                "already used",
+            ),
+            (
+                THREE.replace("10.244.0.0/16", "10.244.0.0/23"),
+                "cluster_cidr",
+                "no free /24",
+            ),
+            (
+                THREE.replace("[underlay]\n", "[underlay]\ncidr = \"10.244.9.0/24\"\n"),
+                "underlay.cidr",
+                "overlaps cluster_cidr",
+            ),
+            (
+                format!("pod_cidr = \"10.1.0.0/24\"\n{THREE}"),
+                "pod_cidr",
+                "cluster_cidr",
+            ),
+            (format!("mtu = 9000\n{THREE}"), "mtu", "[underlay] mtu"),
+            (
+                THREE.replace("name = \"b\"", "name = \"b\"\nmtu = 1500"),
+                "nodes[0].pods[1].mtu",
+                "1450",
+            ),
+            (
+                THREE.replace("name = \"b\"", "name = \"B\""),
+                "nodes[0].pods[1].name",
+                "not allowed",
+            ),
+            (
+                THREE.replace("cluster_cidr = \"10.244.0.0/16\"\n", ""),
+                "cluster_cidr",
+                "needs cluster_cidr",
+            ),
+        ];
+        for (text, field, says) in cases {
+            let e = err(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn one_node_files_are_not_cluster_files() {
+        assert!(is_cluster(THREE));
+        assert!(!is_cluster(crate::model::DEFAULT_TOPOLOGY));
+        let e = Topology::from_toml(THREE).unwrap_err();
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Routes from a node to the other nodes' pod ranges: over the underlay
+//! interface via their underlay addresses (host-gw), or over the VXLAN
+//! device via their node addresses (vxlan). Each carries vethctl's route
+//! protocol, and is written with "replace", so moving a range from one
+//! path to the other is one atomic change of the kernel's table.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use ipnet::IpNet;
+use rtnetlink::{
+    packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteVia},
+    RouteMessageBuilder,
+};
+
+use super::routes::PROTOCOL;
+
+/// One route to a remote pod range.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemoteRoute {
+    pub dst: IpNet,
+    /// The next hop: the remote node's underlay address or its node address.
+    pub via: IpAddr,
+    pub oif: u32,
+    /// The next hop is not on a subnet of the interface (the VXLAN device
+    /// has no address): the kernel takes it as directly reachable.
+    pub onlink: bool,
+}
+
+impl std::fmt::Display for RemoteRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via {} (interface {})", self.dst, self.via, self.oif)
+    }
+}
+
+fn message(r: &RemoteRoute) -> RouteMessage {
+    let mut msg = match (r.dst, r.via) {
+        (IpNet::V4(d), IpAddr::V4(v)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .gateway(v)
+            .build(),
+        (IpNet::V6(d), IpAddr::V6(v)) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .gateway(v)
+            .build(),
+        // An IPv6 range via an IPv4 next hop (RTA_VIA): an IPv4-only
+        // underlay carries the pods' IPv6 too.
+        (IpNet::V6(d), IpAddr::V4(v)) => {
+            let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(d.addr(), d.prefix_len())
+                .build();
+            msg.attributes.push(RouteAttribute::Via(RouteVia::Inet(v)));
+            msg
+        }
+        (IpNet::V4(d), IpAddr::V6(v)) => {
+            let mut msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(d.addr(), d.prefix_len())
+                .build();
+            msg.attributes.push(RouteAttribute::Via(RouteVia::Inet6(v)));
+            msg
+        }
+    };
+    msg.header.protocol = RouteProtocol::from(PROTOCOL);
+    msg.attributes.push(RouteAttribute::Oif(r.oif));
+    if r.onlink {
+        msg.header.flags |= rtnetlink::packet_route::route::RouteFlags::Onlink;
+    }
+    msg
+}
+
+/// Adds or replaces the route to `r.dst` (the one of the same metric).
+pub async fn replace(handle: &rtnetlink::Handle, r: &RemoteRoute) -> Result<()> {
+    super::replace_route(handle, message(r), format!("routing {r}")).await
+}

@@ -1154,10 +1154,14 @@ impl Executor {
                 self.note(|l| l.pins = false);
             }
             Step::ConfigureCrossNode => {
-                let node = topology
-                    .and_then(|t| t.node.as_ref())
+                let (node, t) = topology
+                    .and_then(|t| Some((t.node.as_ref()?, t)))
                     .context("configuring cross-node routes needs the node's description")?;
-                crate::crossnode::apply(&self.host, &self.name, node).await?;
+                let ranges = crate::crossnode::PodRanges {
+                    v4: t.pod_cidr,
+                    v6: t.pod_cidr6,
+                };
+                crate::crossnode::apply(&self.host, &self.name, node, ranges).await?;
             }
             Step::RemoveCrossNode => crate::crossnode::remove(&self.host, &self.name).await?,
             Step::RemoveState => {

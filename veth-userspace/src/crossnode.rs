@@ -11,6 +11,11 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
+pub use ebpf::PodRanges;
+use ebpf::{enter_programs_path, leave_programs_path, programs_path};
+
+mod ebpf;
+
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 
@@ -39,6 +44,10 @@ pub struct Record {
     /// Underlay addresses added (not found).
     #[serde(default)]
     pub addresses: BTreeSet<LedgerAddress>,
+    /// The collect-metadata VXLAN device of `ebpf-vxlan` (ours by its
+    /// alias), recorded before it is made.
+    #[serde(default)]
+    pub tunnel: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,20 +84,17 @@ pub fn recorded(name: &str) -> Result<bool> {
     Ok(Record::load(&StateDir::new(name))?.is_some())
 }
 
-/// Refuses what this vethctl cannot build yet.
+/// Refuses what this vethctl cannot build (every mode is built now).
 pub fn refuse_unbuilt(node: &NodePart) -> Result<(), String> {
     match node.cross_node {
-        CrossNode::HostGw | CrossNode::Vxlan => Ok(()),
-        other => Err(format!(
-            "node.cross_node: {other:?} is not built by this vethctl yet; use \"host-gw\" or \"vxlan\""
-        )),
+        CrossNode::HostGw | CrossNode::Vxlan | CrossNode::Ebpf | CrossNode::EbpfVxlan => Ok(()),
     }
 }
 
 /// Converges network `name`'s cross-node wiring to `node`. New routes
 /// replace old ones in place (a change of mode moves each range at once),
 /// and what is no longer wanted goes last.
-pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
+pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) -> Result<()> {
     refuse_unbuilt(node).map_err(|e| anyhow!(e))?;
     let state = StateDir::new(name);
     let mut record = Record::load(&state)?.unwrap_or_default();
@@ -108,6 +114,10 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
         &wanted_addresses,
     )
     .await?;
+    if !programs_path(node) {
+        // Before a kernel VXLAN device may take the UDP port.
+        leave_programs_path(host, name, &state, &mut record).await?;
+    }
     let vx = match node.cross_node {
         CrossNode::Vxlan => {
             Some(ensure_vxlan(host, name, &state, &mut record, node, &underlay).await?)
@@ -127,6 +137,9 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
     if vx.is_none() {
         remove_vxlan(host, &mut record).await?;
     }
+    if programs_path(node) {
+        enter_programs_path(host, name, node, &underlay, ranges, &state, &mut record).await?;
+    }
     remove_addresses(host, &mut record, &wanted_addresses).await?;
     record.save(&state)
 }
@@ -137,6 +150,7 @@ pub async fn remove(host: &Host, name: &str) -> Result<()> {
     let Some(mut record) = Record::load(&state)? else {
         return Ok(());
     };
+    leave_programs_path(host, name, &state, &mut record).await?;
     remove_routes(host, std::mem::take(&mut record.routes)).await?;
     remove_vxlan(host, &mut record).await?;
     remove_addresses(host, &mut record, &[]).await?;

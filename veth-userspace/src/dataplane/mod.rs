@@ -252,6 +252,18 @@ impl Pins {
         self.root.join("node-links").join(device).join("ingress")
     }
 
+    /// The node's devices with a pinned link.
+    pub fn node_link_devices(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("node-links");
+        match fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+        }
+    }
+
     /// One directory per host-side veth (bpffs refuses '.' in names).
     fn veth_links_dir(&self, host_veth: &str) -> PathBuf {
         self.links_dir().join(host_veth)

@@ -8,11 +8,6 @@ use veth_common::TUNNEL_MAC;
 
 use super::{links, links::LinkState, Host};
 
-/// Outer headers a VXLAN frame adds over an IPv4 underlay (IPv4, UDP,
-/// VXLAN, inner Ethernet); over IPv6, 20 more.
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
-pub const VXLAN_OVERHEAD_V6: u32 = 70;
-
 /// What the device should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TunnelDevice {

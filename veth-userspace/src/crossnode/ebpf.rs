@@ -1,0 +1,147 @@
+//! Cross-node `ebpf` and `ebpf-vxlan` for a node: the programs at the
+//! underlay interface (and at the collect-metadata VXLAN device), the
+//! remote-route maps, and the switch of the path, through
+//! [`crate::dataplane::cross_node`].
+//!
+//! The host-gw routes stay in both modes: they carry the node's own
+//! traffic to other nodes' pods (and mode xdp's cross-node frames, which
+//! XDP passes to the stack); the pods' frames bypass them. So host-gw <->
+//! ebpf changes no route: onto the programs' path, the receiving program
+//! is attached before the path switches; off it, the path switches before
+//! the program goes.
+
+use anyhow::Result;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::Record;
+use crate::{
+    dataplane::cross_node::{self, LocalNode, NodeDevice, Path, RemoteNode},
+    model::node::{CrossNode, NodePart},
+    netlink::{links::LinkState, tunnel::TunnelDevice, Host},
+    state::{link_mark, StateDir},
+};
+
+/// This node's own pod ranges (the network's).
+#[derive(Clone, Copy, Debug)]
+pub struct PodRanges {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
+/// The programs, not the kernel, send the pods' frames to other nodes.
+pub fn programs_path(node: &NodePart) -> bool {
+    matches!(node.cross_node, CrossNode::Ebpf | CrossNode::EbpfVxlan)
+}
+
+/// The collect-metadata VXLAN device of network `name`.
+fn tunnel_device(name: &str, node: &NodePart) -> TunnelDevice {
+    TunnelDevice {
+        name: format!("{name}-md"),
+        port: node.port,
+        mtu: node.pod_mtu(),
+        alias: link_mark(name),
+    }
+}
+
+pub async fn enter_programs_path(
+    host: &Host,
+    name: &str,
+    node: &NodePart,
+    underlay: &LinkState,
+    ranges: PodRanges,
+    state: &StateDir,
+    record: &mut Record,
+) -> Result<()> {
+    cross_node::attach(name, NodeDevice::Underlay, &underlay.name)?;
+    let path = match node.cross_node {
+        CrossNode::EbpfVxlan => {
+            let device = tunnel_device(name, node);
+            record.tunnel = Some(device.name.clone());
+            record.save(state)?;
+            let ifindex = host.ensure_tunnel(&device).await?;
+            cross_node::attach(name, NodeDevice::Tunnel, &device.name)?;
+            Path::Tunnel {
+                tunnel_ifindex: ifindex,
+            }
+        }
+        _ => Path::Native,
+    };
+    cross_node::sync(
+        name,
+        &local_node(node, underlay, ranges),
+        path,
+        &remotes(node),
+    )?;
+    if path == Path::Native {
+        remove_tunnel(host, name, node, record).await?;
+    }
+    Ok(())
+}
+
+/// Back to the kernel's path: the path switches first, then the programs
+/// and the tunnel device go. Nothing recorded, nothing to do.
+pub async fn leave_programs_path(
+    host: &Host,
+    name: &str,
+    state: &StateDir,
+    record: &mut Record,
+) -> Result<()> {
+    let pins = crate::dataplane::Pins::new(name);
+    if pins.exist() && cross_node::read_config(name).is_ok_and(|c| c != Default::default()) {
+        let local = LocalNode::default();
+        cross_node::sync(name, &local, Path::Kernel, &[])?;
+    }
+    for device in pins.node_link_devices()? {
+        cross_node::detach(name, &device)?;
+    }
+    if let Some(tunnel) = record.tunnel.take() {
+        let device = TunnelDevice {
+            name: tunnel,
+            port: 0,
+            mtu: 0,
+            alias: link_mark(name),
+        };
+        host.remove_tunnel(&device).await?;
+        record.save(state)?;
+    }
+    Ok(())
+}
+
+async fn remove_tunnel(
+    host: &Host,
+    name: &str,
+    node: &NodePart,
+    record: &mut Record,
+) -> Result<()> {
+    if record.tunnel.take().is_some() {
+        cross_node::detach(name, &tunnel_device(name, node).name)?;
+        host.remove_tunnel(&tunnel_device(name, node)).await?;
+    }
+    Ok(())
+}
+
+fn local_node(node: &NodePart, underlay: &LinkState, ranges: PodRanges) -> LocalNode {
+    LocalNode {
+        underlay_ifindex: underlay.ifindex,
+        pod_cidr: Some(ranges.v4),
+        pod_cidr6: ranges.v6,
+        cluster_cidr: Some(node.cluster_cidr),
+        cluster_cidr6: node.cluster_cidr6,
+        vni: node.vni,
+    }
+}
+
+/// The other nodes; an IPv6 underlay address only where this node has one
+/// too (else IPv6 pods go by the IPv4 one).
+fn remotes(node: &NodePart) -> Vec<RemoteNode> {
+    node.peers
+        .iter()
+        .map(|p| RemoteNode {
+            name: p.name.clone(),
+            underlay_ipv4: Some(p.address),
+            underlay_ipv6: p.address6.filter(|_| node.address6.is_some()),
+            pod_cidr: Some(p.pod_cidr),
+            pod_cidr6: p.pod_cidr6,
+        })
+        .collect()
+}

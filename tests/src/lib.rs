@@ -9,6 +9,7 @@
 pub mod attack;
 pub mod cni;
 pub mod frames;
+pub mod node;
 pub mod outside;
 pub mod runtime;
 use std::{

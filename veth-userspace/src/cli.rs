@@ -27,6 +27,11 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "vethctl", version, about, long_about = None)]
 pub struct Cli {
+    /// Act for node NODE of a lab on this machine: a network namespace
+    /// made with `ip netns add NODE`. Same as running the command under
+    /// `ip netns exec NODE`: the node's own state, pins and pods.
+    #[arg(long, global = true, value_name = "NODE")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -162,9 +167,11 @@ enum Command {
         per_pod_drops: bool,
         /// The file that makes this the node's only agent (a second one
         /// refuses to start, naming this one's PID). A lab that runs one
-        /// agent per simulated node gives each its own.
-        #[arg(long, value_name = "FILE", default_value = crate::state::AGENT_LOCK)]
-        lock_file: PathBuf,
+        /// agent per simulated node gives each its own. Default:
+        /// /run/vethctl/agent.lock, or in a node namespace (`ip netns exec
+        /// NODE vethctl agent`) the node's own under /run/vethctl/_nodes/.
+        #[arg(long, value_name = "FILE")]
+        lock_file: Option<PathBuf>,
         /// Bring up the network of this CNI configuration list at start
         /// (programs loaded before the first pod); repeatable.
         #[arg(long, value_name = "FILE")]
@@ -540,6 +547,13 @@ fn reader_gone(e: &anyhow::Error) -> bool {
 /// The whole `vethctl` program: parse arguments, run, report errors.
 pub fn main() -> std::process::ExitCode {
     let cli = parse();
+    // Before the runtime starts any thread (see `enter_node`).
+    if let Some(node) = &cli.node {
+        if let Err(e) = crate::netlink::netns::enter_node(node) {
+            let _ = writeln!(io::stderr(), "error: {e:#}");
+            return std::process::ExitCode::from(crate::Error::kind_of(&e).exit_code());
+        }
+    }
     // Two workers are plenty: namespace work runs on threads of its own.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -705,7 +719,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 bpf_stats,
                 cni_confs: cni_conf,
                 per_pod_drops,
-                lock_file,
+                lock_file: lock_file.unwrap_or_else(|| crate::node::current().agent_lock()),
             })
             .await
         }
@@ -759,6 +773,7 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
 async fn down(select: &Select) -> Result<()> {
     let name = select.name_or_default()?;
     apply::down(&name).await?;
+    crate::node::current().forget_if_empty()?;
     emit(format_args!("topology {name:?} is down\n"))
 }
 

@@ -20,6 +20,7 @@ pub mod lock_wait;
 pub mod logging;
 pub mod model;
 pub mod netlink;
+pub mod node;
 pub mod observe;
 pub mod plan;
 pub mod preflight;

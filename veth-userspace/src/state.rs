@@ -13,12 +13,18 @@ use anyhow::{Context, Result};
 
 use crate::model::{Assigned, Topology};
 
-pub const STATE_ROOT: &str = "/run/vethctl";
+/// The host's state root; a node namespace has its own, see [`root`].
+pub const STATE_ROOT: &str = crate::node::HOST_STATE_ROOT;
 const TOPOLOGY_FILE: &str = "topology.toml";
 /// The addresses pods were given, so that they keep them (see
 /// [`Topology::from_toml_keeping`]).
 const ADDRESSES_FILE: &str = "pod-addresses.json";
 const LOCK_FILE: &str = ".lock";
+
+/// This node's state root: [`STATE_ROOT`] on the host (see [`crate::node`]).
+pub fn root() -> PathBuf {
+    crate::node::current().state_root()
+}
 
 /// `/run/vethctl/<topology>/`.
 #[derive(Clone, Debug)]
@@ -29,7 +35,7 @@ pub struct StateDir {
 impl StateDir {
     pub fn new(topology: &str) -> StateDir {
         StateDir {
-            dir: Path::new(STATE_ROOT).join(topology),
+            dir: root().join(topology),
         }
     }
 
@@ -162,7 +168,8 @@ pub fn private_file(path: &Path, truncate: bool) -> io::Result<File> {
 /// command), and once it is private nobody else can reach what is below,
 /// whatever an older vethctl still running makes there.
 pub fn secure_state_root() -> Result<()> {
-    secure_tree(Path::new(STATE_ROOT))
+    secure_tree(Path::new(STATE_ROOT))?;
+    secure_tree(&root())
 }
 
 /// [`secure_state_root`] for `root` (tests use their own).
@@ -226,10 +233,11 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// Names of the topologies with recorded state, sorted.
 pub fn recorded_topologies() -> Result<Vec<String>> {
-    let entries = match fs::read_dir(STATE_ROOT) {
+    let root = root();
+    let entries = match fs::read_dir(&root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {STATE_ROOT}")),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
@@ -300,18 +308,65 @@ impl Drop for Lock {
 }
 
 pub fn lock() -> Result<Lock> {
-    private_dir(Path::new(STATE_ROOT))?;
+    use std::os::unix::fs::MetadataExt;
+    let root = root();
+    let path = root.join(LOCK_FILE);
     let what = "vethctl's node-wide lock";
-    let file = flock_file(
-        &Path::new(STATE_ROOT).join(LOCK_FILE),
-        libc::LOCK_EX,
-        Some(what),
-    )?
-    .context("a blocking lock returned without the lock")?;
-    Ok(Lock {
-        _file: file,
-        network_file: None,
-    })
+    loop {
+        private_dir(&root)?;
+        let file = flock_file(&path, libc::LOCK_EX, Some(what))?
+            .context("a blocking lock returned without the lock")?;
+        // A node namespace's last `down` removes its root, lock file and
+        // all (see [`remove_node_root_if_idle`]): a lock on a removed file
+        // guards nothing, so take the one now at the path instead.
+        if fs::metadata(&path).map(|m| m.ino()).ok() == Some(file.metadata()?.ino()) {
+            return Ok(Lock {
+                _file: file,
+                network_file: None,
+            });
+        }
+    }
+}
+
+/// Removes a node namespace's state root `root` when nothing is recorded
+/// there any more (only the node-wide lock, the node's name and an empty
+/// `.locks` are left) and nobody holds or awaits the node-wide lock.
+pub fn remove_node_root_if_idle(root: &Path) -> Result<()> {
+    const LEFT_BEHIND: [&str; 3] = [LOCK_FILE, NETWORK_LOCKS, crate::node::NAME_FILE];
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", root.display())),
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    if names.iter().any(|n| !LEFT_BEHIND.contains(&n.as_str())) {
+        return Ok(());
+    }
+    let Some(_held) = lock_file(&root.join(LOCK_FILE), false)? else {
+        return Ok(());
+    };
+    // Under the lock: a network lock file left means a network is being
+    // worked on (its holder removes the file when the network is gone).
+    if fs::remove_dir(root.join(NETWORK_LOCKS)).is_err_and(|e| e.kind() != io::ErrorKind::NotFound)
+    {
+        return Ok(());
+    }
+    for name in [crate::node::NAME_FILE, LOCK_FILE] {
+        match fs::remove_file(root.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {}", root.join(name).display()))
+            }
+        }
+    }
+    match fs::remove_dir(root) {
+        Ok(()) => Ok(()),
+        // Someone made state there meanwhile: it stays.
+        Err(_) => Ok(()),
+    }
 }
 
 /// How a network's lock is held: shared by work on one endpoint (a CNI
@@ -329,7 +384,7 @@ pub enum Hold {
 const NETWORK_LOCKS: &str = ".locks";
 
 fn network_lock_path(name: &str) -> PathBuf {
-    Path::new(STATE_ROOT).join(NETWORK_LOCKS).join(name)
+    root().join(NETWORK_LOCKS).join(name)
 }
 
 /// Network `name`'s lock, held as `hold`; without `wait`, `None` when it
@@ -412,8 +467,9 @@ fn flock_file(path: &Path, operation: libc::c_int, wait: Option<&str>) -> Result
         .with_context(|| format!("locking {}", path.display()))
 }
 
-/// Where `vethctl agent` records that it runs: one agent per node, since
-/// two would both act on every network.
+/// Where `vethctl agent` on the host records that it runs: one agent per
+/// node, since two would both act on every network (a node namespace's
+/// agent uses [`crate::node::Node::agent_lock`]).
 pub const AGENT_LOCK: &str = "/run/vethctl/agent.lock";
 
 /// The running agent's hold on its lock file, which holds its PID; the

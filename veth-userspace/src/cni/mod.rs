@@ -703,7 +703,7 @@ fn status(req: &Request) -> Result<(), CniError> {
         let reason = format!(
             "network {name:?} is recorded but its eBPF programs are not pinned under {} \
              (bpffs remounted?); run `vethctl up --repair -n {name}` or let the next ADD load them",
-            Pins::new(name).root().display()
+            Pins::new(name).shown_root().display()
         );
         return Err(if endpoints > 0 {
             CniError::LimitedConnectivity { reason }

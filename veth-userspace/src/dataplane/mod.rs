@@ -52,7 +52,7 @@ pub fn object() -> &'static [u8] {
     OBJECT
 }
 
-pub const BPFFS: &str = "/sys/fs/bpf";
+pub const BPFFS: &str = crate::node::HOST_BPFFS;
 /// `BPF_FS_MAGIC` from linux/magic.h.
 const BPF_FS_MAGIC: FsType = FsType(0xcafe_4a11);
 
@@ -225,12 +225,17 @@ pub struct Pins {
 impl Pins {
     pub fn new(topology: &str) -> Pins {
         Pins {
-            root: Path::new(BPFFS).join("vethctl").join(topology),
+            root: crate::node::current().pins_root().join(topology),
         }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// [`Pins::root`] where people on the host find it (bpftool, ls).
+    pub fn shown_root(&self) -> PathBuf {
+        crate::node::current().shown(&self.root)
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -324,10 +329,20 @@ fn remove_file_if_present(path: &Path) -> Result<()> {
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf if it is not there (fresh machines).
+/// Mounts bpffs at /sys/fs/bpf if it is not there (fresh machines). A node
+/// namespace pins on the host's bpffs (see [`crate::node`]), which it
+/// cannot mount from its own mount namespace: the host must have it.
 pub fn ensure_bpffs() -> Result<()> {
-    if statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
+    let bpffs = crate::node::current().bpffs();
+    if statfs(&bpffs).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
         return Ok(());
+    }
+    if bpffs != Path::new(BPFFS) {
+        anyhow::bail!(
+            "the host has no bpffs at {BPFFS} (seen from this node namespace as {}); \
+             mount it on the host: `mount -t bpf bpffs {BPFFS}`",
+            bpffs.display()
+        );
     }
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     mount(

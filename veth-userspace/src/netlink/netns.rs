@@ -20,18 +20,30 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// `NSFS_MAGIC` from linux/magic.h: the filesystem of namespace files.
 const NSFS_MAGIC: FsType = FsType(0x6e73_6673);
 
-/// Where namespace `name` is: `/run/netns/<name>` for one of ours, the
-/// name itself for a runtime's namespace given by absolute path (CNI's
-/// `CNI_NETNS`, see [`crate::model::Pod::netns_is_ours`]).
+/// Where namespace `name` is: `/run/netns/<name>` for one of ours (made
+/// unique per node in the shared /run/netns: `/run/netns/<node>-<name>`
+/// when a node namespace made it, see [`crate::node`]), the name itself
+/// for a runtime's namespace given by absolute path (CNI's `CNI_NETNS`,
+/// see [`crate::model::Pod::netns_is_ours`]).
 pub fn path(name: &str) -> PathBuf {
     if name.starts_with('/') {
         PathBuf::from(name)
     } else {
-        Path::new(NETNS_RUN_DIR).join(name)
+        Path::new(NETNS_RUN_DIR).join(kernel_name(name))
     }
 }
 
-/// Names of the named namespaces that start with `prefix`.
+/// The name under /run/netns of our namespace `name` on this node, as
+/// `ip netns` shows it (a runtime's path stays as it is).
+pub fn kernel_name(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    format!("{}{name}", crate::node::current().netns_prefix())
+}
+
+/// Names of the named namespaces that start with `prefix` (names under
+/// /run/netns, whichever node made them).
 pub fn list(prefix: &str) -> Result<Vec<String>> {
     let entries = match fs::read_dir(NETNS_RUN_DIR) {
         Ok(entries) => entries,
@@ -107,48 +119,124 @@ pub fn create(name: &str) -> Result<()> {
     if exists(name) {
         return Ok(());
     }
-    make_run_dir_shared()?;
     let target = path(name);
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&target)
-        .with_context(|| format!("creating {}", target.display()))?;
     // unshare(CLONE_NEWNET) moves only the calling thread: do it on a
     // thread of its own, which ends right after pinning the namespace.
-    let thread_target = target.clone();
-    std::thread::Builder::new()
-        .name(format!("netns-new-{name}"))
-        .spawn(move || -> Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &thread_target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .context("bind-mounting the new namespace")
-        })?
-        .join()
-        .map_err(|_| anyhow!("namespace thread panicked"))?
-        .with_context(|| format!("creating network namespace {name:?}"))
+    on_host_mounts(&format!("netns-new-{name}"), move || {
+        make_run_dir_shared()?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the new namespace")
+    })
+    .with_context(|| format!("creating network namespace {name:?}"))
 }
 
 /// Removes the namespace's name; the namespace goes away with its last
 /// user. Missing namespaces are fine (idempotent `down`).
 pub fn delete(name: &str) -> Result<()> {
     let target = path(name);
-    match umount2(&target, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
+    on_host_mounts(&format!("netns-del-{name}"), move || {
+        match umount2(&target, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e).with_context(|| format!("unmounting {}", target.display())),
+        }
+        match fs::remove_file(&target) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", target.display())),
+        }
+    })
+}
+
+/// Runs `f` on a thread of its own in the host's mount namespace, where
+/// the bind mounts that keep our namespaces alive must be made and
+/// removed: under `ip netns exec` the process has a mount namespace of its
+/// own, a slave of the host's, so its mounts would neither reach the host
+/// nor outlive it (see [`crate::node`]). On the host, just a thread.
+fn on_host_mounts<F>(label: &str, f: F) -> Result<()>
+where
+    F: FnOnce() -> Result<()> + Send + 'static,
+{
+    let host_mounts =
+        match crate::node::current().host_mount_ns() {
+            Some(path) => Some(File::open(&path).with_context(|| {
+                format!("opening the host's mount namespace {}", path.display())
+            })?),
+            None => None,
+        };
+    std::thread::Builder::new()
+        .name(label.chars().take(15).collect())
+        .spawn(move || -> Result<()> {
+            if let Some(ns) = host_mounts {
+                // setns(CLONE_NEWNS) refuses a thread that shares its
+                // filesystem context (root, cwd) with others.
+                unshare(CloneFlags::CLONE_FS).context("unshare(CLONE_FS)")?;
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .context("entering the host's mount namespace")?;
+            }
+            f()
+        })?
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+}
+
+/// Makes this whole process act for node `name` (a namespace under
+/// /run/netns made with `ip netns add`), as `ip netns exec NAME` would:
+/// the node's network namespace, and a mount namespace of our own (a
+/// slave of the host's) with that namespace's `/sys`. Must run while the
+/// process has one thread (first thing in `main`): namespaces belong to
+/// threads, and threads made later inherit them. Then [`crate::node`]
+/// finds the node as a command run under `ip netns exec` does.
+pub fn enter_node(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("--node {name:?}: give the name of a namespace under {NETNS_RUN_DIR} (as `ip netns list` shows it)");
     }
-    match fs::remove_file(&target) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", target.display())),
+    // Not `path`: it names namespaces after the node, which is not known
+    // before we are in it.
+    let target = Path::new(NETNS_RUN_DIR).join(name);
+    if !statfs(&target).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC) {
+        bail!("--node {name:?}: no network namespace {}; make it with `ip netns add {name}` (see `ip netns list`)", target.display());
     }
+    let ns = File::open(&target).with_context(|| format!("opening {}", target.display()))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {name:?}"))?;
+    unshare(CloneFlags::CLONE_NEWNS)
+        .context("unshare(CLONE_NEWNS) (is the process still single-threaded?)")?;
+    // Our mounts must not reach the host; the host's still reach us
+    // (namespaces the node makes, see `create`).
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("making / a slave mount")?;
+    // A sysfs mounted now shows the node's interfaces in /sys/class/net.
+    match umount2("/sys", MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(e).context("unmounting the host's /sys"),
+    }
+    mount(
+        Some(name),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting the node's /sys")
 }
 
 /// Opens a namespace, e.g. to hand its fd to the kernel (`IFLA_NET_NS_FD`).

@@ -73,7 +73,7 @@ impl Unreadable {
     pub fn objects(name: &str, error: &anyhow::Error) -> Unreadable {
         Unreadable {
             name: name.to_string(),
-            path: Pins::new(name).root().display().to_string(),
+            path: Pins::new(name).shown_root().display().to_string(),
             error: format!("{error:#}"),
             fix: format!(
                 "finish it with `vethctl up -t FILE`, or remove it with `vethctl down -n {name}`"
@@ -287,7 +287,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
         pods.push(PodStatus {
             name: pod.name.clone(),
             k8s: pod.k8s.as_ref().map(|k| k.to_string()),
-            netns: pod.netns.clone(),
+            netns: crate::netlink::netns::kernel_name(&pod.netns),
             ipv4: pod.ipv4.to_string(),
             ipv6: pod.ipv6.map(|v| v.to_string()),
             pod_ifname: pod.ifname.clone(),
@@ -312,7 +312,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
         pod_cidr6: topology.pod_cidr6.map(|n| n.to_string()),
         host_address: topology.host_address.to_string(),
         host_address6: topology.host_address6.map(|a| a.to_string()),
-        pin_dir: Pins::new(&topology.name).root().display().to_string(),
+        pin_dir: Pins::new(&topology.name).shown_root().display().to_string(),
         pods,
     })
 }

@@ -52,7 +52,7 @@ fn topology_problems(topology: &Topology, links: &BTreeMap<String, LinkState>) -
     if !pins.programs_exist() {
         return vec![format!(
             "topology {name:?}: programs are not loaded (no pins under {}); `vethctl up` loads them",
-            pins.root().display()
+            pins.shown_root().display()
         )];
     }
     let mapped = mapped_endpoints(name);

@@ -52,6 +52,9 @@ pub async fn enter_programs_path(
     state: &StateDir,
     record: &mut Record,
 ) -> Result<()> {
+    let local = local_node(node, underlay, ranges);
+    // The receiving programs check sources against these: in first.
+    cross_node::sync_routes(name, &local, &remotes(node))?;
     cross_node::attach(name, NodeDevice::Underlay, &underlay.name)?;
     let path = match node.cross_node {
         CrossNode::EbpfVxlan => {
@@ -87,12 +90,18 @@ pub async fn leave_programs_path(
     record: &mut Record,
 ) -> Result<()> {
     let pins = crate::dataplane::Pins::new(name);
-    if pins.exist() && cross_node::read_config(name).is_ok_and(|c| c != Default::default()) {
-        let local = LocalNode::default();
-        cross_node::sync(name, &local, Path::Kernel, &[])?;
+    let on_programs = cross_node::read_config(name).is_ok_and(|c| c != Default::default());
+    let local = LocalNode::default();
+    if pins.exist() && on_programs {
+        cross_node::set_path(name, &local, Path::Kernel)?;
     }
     for device in pins.node_link_devices()? {
         cross_node::detach(name, &device)?;
+    }
+    // Only now: a receiving program still attached would drop what comes
+    // from nodes it no longer knows.
+    if pins.exist() && on_programs {
+        cross_node::sync_routes(name, &local, &[])?;
     }
     if let Some(tunnel) = record.tunnel.take() {
         let device = TunnelDevice {

@@ -184,22 +184,35 @@ fn key6(net: Ipv6Net) -> (u32, [u8; 16]) {
 }
 
 /// Makes the topology's cross-node maps hold what `local` and `remotes`
-/// describe, and the programs take `path`. Onto a programs' path, the
-/// routes go in first; onto the kernel's, the path switches first.
+/// describe, and the programs take `path`, in the order that loses
+/// nothing: onto a programs' path, the routes go in first; onto the
+/// kernel's, the path switches first. For callers whose receiving programs
+/// are attached already (see [`sync_routes`] and [`set_path`] otherwise).
 pub fn sync(topology: &str, local: &LocalNode, path: Path, remotes: &[RemoteNode]) -> Result<()> {
+    if path == Path::Kernel {
+        set_path(topology, local, path)?;
+        sync_routes(topology, local, remotes)
+    } else {
+        sync_routes(topology, local, remotes)?;
+        set_path(topology, local, path)
+    }
+}
+
+/// Makes the remote-route tries and the known nodes hold what `local` and
+/// `remotes` describe (the path the programs take stays). The receiving
+/// programs check sources against them: fill them before attaching those,
+/// empty them only after detaching.
+pub fn sync_routes(topology: &str, local: &LocalNode, remotes: &[RemoteNode]) -> Result<()> {
     let wanted = desired(local, remotes)?;
     let pins = Pins::new(topology);
-    let config = config_for(local, path);
-    if path == Path::Kernel {
-        write_config(&pins, config)?;
-    }
     converge_trie(&pins, MAP_REMOTE_ROUTES, &wanted.routes)?;
     converge_trie(&pins, MAP_REMOTE_ROUTES6, &wanted.routes6)?;
-    converge_nodes(&pins, &wanted.nodes)?;
-    if path != Path::Kernel {
-        write_config(&pins, config)?;
-    }
-    Ok(())
+    converge_nodes(&pins, &wanted.nodes)
+}
+
+/// Switches the path the pods' frames to other nodes take: one map write.
+pub fn set_path(topology: &str, local: &LocalNode, path: Path) -> Result<()> {
+    write_config(&Pins::new(topology), config_for(local, path))
 }
 
 fn config_for(local: &LocalNode, path: Path) -> CrossNodeConfig {

@@ -342,6 +342,30 @@ fn vxlan(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8])
     ethernet(dst_mac, [0x02, 0, 0, 0, 0, 0x66], ETH_P_IP, &packet)
 }
 
+/// A frame a stranger puts on the switch, its marker, whether the pod must
+/// get it, and the drop reason it must be counted under otherwise.
+struct Injection {
+    what: &'static str,
+    frame: Vec<u8>,
+    mark: Vec<u8>,
+    delivered: bool,
+    reason: Option<&'static str>,
+}
+
+type Case = (&'static str, Vec<u8>, Vec<u8>, bool, Option<&'static str>);
+
+impl From<Case> for Injection {
+    fn from((what, frame, mark, delivered, reason): Case) -> Injection {
+        Injection {
+            what,
+            frame,
+            mark,
+            delivered,
+            reason,
+        }
+    }
+}
+
 fn mac_of(netns: &str, ifname: &str) -> [u8; 6] {
     let text = run("ip", &["-n", netns, "-j", "link", "show", ifname]);
     let links: Value = serde_json::from_str(&text).expect("ip -j");
@@ -371,8 +395,7 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
     let sink = UdpSink::start(&netns(&a1), &[IpAddr::V4(pod)], UDP_PORT);
     let remote_pod = Ipv4Addr::new(10, 98, 3, 5);
     let inner = |src: Ipv4Addr, mark: &[u8]| datagram(TUNNEL_MAC, src, pod, mark);
-    // (what, frame, delivered, drop reason counted)
-    let cases: Vec<(&str, Vec<u8>, Vec<u8>, bool, Option<&str>)> = if mode == "ebpf" {
+    let cases: Vec<Case> = if mode == "ebpf" {
         let (m1, m2) = (marker(), marker());
         vec![
             (
@@ -434,7 +457,14 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
             ),
         ]
     };
-    for (what, frame, mark, delivered, reason) in cases {
+    for Injection {
+        what,
+        frame,
+        mark,
+        delivered,
+        reason,
+    } in cases.into_iter().map(Injection::from)
+    {
         let dropped_before = reason.map(|r| drops(&lab.pair(1, "a"), r));
         for _ in 0..3 {
             sock.send(&frame);
@@ -457,6 +487,32 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
             assert_eq!(after - before, 3, "[{mode}] {what}: counted as {reason}");
         }
     }
+    // For the pod range but no pod: dropped, and counted for the node.
+    let underlay_drops = || {
+        lab.node(1).vethctl_json(&["stats", "-n", &lab.network])["topologies"][0]["underlay_drops"]
+            .as_u64()
+            .expect("underlay_drops")
+    };
+    let before = underlay_drops();
+    let no_pod = Ipv4Addr::new(10, 98, 1, 200);
+    let frame = match mode {
+        "ebpf" => datagram(node_mac, stranger_ip, no_pod, &marker()),
+        _ => vxlan(
+            node_mac,
+            stranger_ip,
+            underlay(1),
+            VNI,
+            &datagram(TUNNEL_MAC, remote_pod, no_pod, &marker()),
+        ),
+    };
+    for _ in 0..3 {
+        sock.send(&frame);
+    }
+    wait_until(
+        Duration::from_secs(2),
+        &format!("[{mode}] 3 underlay drops"),
+        || underlay_drops() == before + 3,
+    );
 }
 
 #[test]

@@ -107,6 +107,8 @@ fn decide(route: Option<&RemoteRoute>, config: &CrossNodeConfig, ttl: u8) -> Dec
 /// Sends a checked frame to the node of `hop`: the verdict to count for
 /// the sending pod and the program's return code.
 #[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
 pub fn send(ctx: &TcContext, hop: &Hop) -> (Verdict, i32) {
     let Some(ipv4) = decrement_ttl(ctx) else {
         return dropped(DropReason::RedirectFailed);
@@ -127,6 +129,8 @@ pub fn send(ctx: &TcContext, hop: &Hop) -> (Verdict, i32) {
 }
 
 #[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
 fn dropped(reason: DropReason) -> (Verdict, i32) {
     (Verdict::Dropped(reason), TC_ACT_SHOT as i32)
 }

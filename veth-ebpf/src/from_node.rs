@@ -166,6 +166,8 @@ fn bytes(words: [u32; 4]) -> [u8; 16] {
 /// for one, else (no endpoint, or one that cannot take it now) to the host
 /// stack.
 #[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
 fn hand_over(ctx: &TcContext, decision: Option<Decision>) -> i32 {
     let Some(Decision::Redirect(target)) = decision else {
         return CONTINUE;
@@ -185,6 +187,8 @@ fn hand_over(ctx: &TcContext, decision: Option<Decision>) -> i32 {
 
 /// Drops a frame for a pod range, counted for its pod if it has one.
 #[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
 fn refuse(ctx: &TcContext, endpoint: Option<&Endpoint>, reason: DropReason) -> i32 {
     let bytes = u64::from(ctx.len());
     match endpoint {

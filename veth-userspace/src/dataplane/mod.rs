@@ -1092,8 +1092,14 @@ where
 /// without a pod (no device has ifindex 0).
 pub const UNKNOWN_VETH_IFINDEX: u32 = 0;
 
-/// Per-pair counters of a topology, summed over CPUs, by host ifindex, and
-/// the unknown-veth counters under [`UNKNOWN_VETH_IFINDEX`].
+/// The key under which [`read_counters`] reports the node's cross-node
+/// counters: frames from the underlay or tunnel device that belong to no
+/// pod (no device has this ifindex: the kernel's are below 2^31).
+pub const UNDERLAY_IFINDEX: u32 = u32::MAX;
+
+/// Per-pair counters of a topology, summed over CPUs, by host ifindex, the
+/// unknown-veth counters under [`UNKNOWN_VETH_IFINDEX`] and the underlay's
+/// under [`UNDERLAY_IFINDEX`].
 /// Reads the pinned maps, so it works from any process while the topology
 /// is up.
 pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
@@ -1120,6 +1126,13 @@ pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
         .get(&UNKNOWN_VETH_SLOT, 0)
         .context("reading unknown-veth counters")?;
     sums.insert(UNKNOWN_VETH_IFINDEX, sum_per_cpu(unknown.iter()));
+    // Pinned by every vethctl that has cross-node programs.
+    if pins.map(MAP_UNDERLAY_COUNTERS).exists() {
+        sums.insert(
+            UNDERLAY_IFINDEX,
+            cross_node::read_underlay_counters(topology)?,
+        );
+    }
     Ok(sums)
 }
 

@@ -609,6 +609,7 @@ mod tests {
                     name: "demo".into(),
                     pairs: vec![pair],
                     unknown_veth_drops: 0,
+                    underlay_drops: 0,
                 },
                 pods: 1,
                 attached: BTreeMap::from([("ingress", 1), ("egress", 1)]),

@@ -408,6 +408,11 @@ pub struct TopologyStats {
     /// topology's program but has no pod (one being removed, or a veth
     /// someone attached the pinned program to).
     pub unknown_veth_drops: u64,
+    /// Frames from the node's underlay interface or tunnel device for its
+    /// pod ranges that no pod has, dropped (cross-node `ebpf`,
+    /// `ebpf-vxlan`: from a stranger, or another VNI); the reasons count in
+    /// the network's drops.
+    pub underlay_drops: u64,
 }
 
 /// One pod's pair. Top-level counters are both directions added up;
@@ -471,6 +476,9 @@ pub fn pair_stats(
         unknown_veth_drops: counters
             .get(&dataplane::UNKNOWN_VETH_IFINDEX)
             .map_or(0, |c| c.from_pod.dropped_packets),
+        underlay_drops: counters
+            .get(&dataplane::UNDERLAY_IFINDEX)
+            .map_or(0, |c| c.to_pod.dropped_packets),
     }
 }
 
@@ -576,6 +584,12 @@ impl StatsReport {
                 out += &format!(
                     "frames from veths without a pod, dropped: {}\n",
                     t.unknown_veth_drops
+                );
+            }
+            if t.underlay_drops > 0 {
+                out += &format!(
+                    "frames from other nodes' side for no pod, dropped: {}\n",
+                    t.underlay_drops
                 );
             }
         }

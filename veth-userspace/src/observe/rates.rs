@@ -252,6 +252,7 @@ mod tests {
                 drops: BTreeMap::new(),
             }],
             unknown_veth_drops: 0,
+            underlay_drops: 0,
         }
     }
 

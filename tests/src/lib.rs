@@ -1208,30 +1208,13 @@ impl Agent {
         let lock = Agent::lock_file_in(&lock_dir);
         let mut args = vec!["agent", "--listen", &listen, "--lock-file", &lock];
         args.extend_from_slice(more);
-        let mut child = ChildGuard::vethctl(&args, Stdio::null(), Stdio::piped());
-        let stderr = lines_of(child.take_stderr());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut said = Vec::new();
-        loop {
-            match stderr.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("serving") => {
-                    return Ok(Agent {
-                        addr,
-                        child,
-                        _lock_dir: lock_dir,
-                    })
-                }
-                Ok(line) => said.push(line),
-                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(_) => {
-                    let status = child.wait_timeout(Duration::from_secs(5));
-                    return Err(format!(
-                        "agent on {addr} did not start ({status:?}): {}",
-                        said.join("\n")
-                    ));
-                }
-            }
-        }
+        let child = ChildGuard::vethctl(&args, Stdio::null(), Stdio::piped());
+        let child = serving(child).map_err(|said| format!("agent on {addr}: {said}"))?;
+        Ok(Agent {
+            addr,
+            child,
+            _lock_dir: lock_dir,
+        })
     }
 
     /// Where an agent given `dir` keeps its lock.
@@ -1250,6 +1233,26 @@ impl Agent {
     /// The child process, e.g. to signal it.
     pub fn child(&mut self) -> &mut ChildGuard {
         &mut self.child
+    }
+}
+
+/// Waits (up to 30 s) until `child`, an agent started with its stderr
+/// piped, says it is serving; `Err` with what it said if it exits or
+/// stays silent instead.
+pub fn serving(mut child: ChildGuard) -> Result<ChildGuard, String> {
+    let stderr = lines_of(child.take_stderr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = Vec::new();
+    loop {
+        match stderr.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains("serving") => return Ok(child),
+            Ok(line) => said.push(line),
+            Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => {
+                let status = child.wait_timeout(Duration::from_secs(5));
+                return Err(format!("did not start ({status:?}): {}", said.join("\n")));
+            }
+        }
     }
 }
 

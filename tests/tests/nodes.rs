@@ -6,14 +6,14 @@
 //! one node leaves the other's pods working, and the last `down` leaves
 //! nothing. Real namespaces, programs and packets.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path, sync::mpsc::Receiver, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
 
 use serde_json::{json, Value};
 use veth_tests::{
     cni::{exec_with, plugin_bin, Pod as CniPod, REFERENCE_PLUGINS},
-    counter, expect_pings, free_port, lines_of,
+    counter, expect_pings, free_port,
     node::TestNode,
-    ping, run, unique_name, wait_until, AddressBlock,
+    ping, run, serving, unique_name, wait_until, AddressBlock, ChildGuard,
 };
 
 /// A dual-stack tc network named `name` with pods a and b, as a file.
@@ -268,31 +268,11 @@ fn block_host(cidr: &str, n: u8) -> IpAddr {
     IpAddr::from([x, y, z, n])
 }
 
-/// An agent running in a node, its stderr read on (so it never blocks).
-struct NodeAgent {
-    child: veth_tests::ChildGuard,
-    _stderr: Receiver<String>,
-}
-
 /// Starts `vethctl agent` in `node` on 127.0.0.1:`port` and waits until
 /// it serves; `Err` with what it said if it exits instead.
-fn start_agent(node: &TestNode, port: u16) -> Result<NodeAgent, String> {
+fn start_agent(node: &TestNode, port: u16) -> Result<ChildGuard, String> {
     let listen = format!("127.0.0.1:{port}");
-    let mut child = node.spawn_vethctl(&["agent", "--listen", &listen]);
-    let stderr = lines_of(child.take_stderr());
-    let mut said = Vec::new();
-    loop {
-        match stderr.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if line.contains("serving") => {
-                return Ok(NodeAgent {
-                    child,
-                    _stderr: stderr,
-                })
-            }
-            Ok(line) => said.push(line),
-            Err(_) => return Err(said.join("\n")),
-        }
-    }
+    serving(node.spawn_vethctl(&["agent", "--listen", &listen]))
 }
 
 fn scrape(node: &TestNode, port: u16) -> String {
@@ -321,10 +301,7 @@ fn each_node_runs_its_own_agent() {
         wait_until(
             Duration::from_secs(5),
             "the agent's PID in its lock",
-            || {
-                std::fs::read_to_string(&lock)
-                    .is_ok_and(|pid| pid.trim() == agent.child.id().to_string())
-            },
+            || std::fs::read_to_string(&lock).is_ok_and(|pid| pid.trim() == agent.id().to_string()),
         );
     }
     assert!(
@@ -341,13 +318,13 @@ fn each_node_runs_its_own_agent() {
         .err()
         .expect("a second agent in node A must not start");
     assert!(
-        said.contains(&agent_a.child.id().to_string()),
+        said.contains(&agent_a.id().to_string()),
         "the refusal names the running agent's PID: {said}"
     );
     // The host's agent lock is not the nodes'.
     assert!(
         std::fs::read_to_string("/run/vethctl/agent.lock")
-            .map_or(true, |pid| pid.trim() != agent_a.child.id().to_string()),
+            .map_or(true, |pid| pid.trim() != agent_a.id().to_string()),
         "node A's agent does not hold the host's lock"
     );
     drop((agent_a, agent_b));

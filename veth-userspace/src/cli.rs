@@ -47,9 +47,15 @@ enum Command {
     /// namespace and host-side veth are still the same, are left alone, and
     /// links keep running programs that did not change.
     Up {
-        /// Topology description (TOML); see README.md for the format.
+        /// Topology description (TOML); see README.md for the format. A
+        /// cluster file (with `[[nodes]]`) without --cluster-node brings up
+        /// the whole cluster on this machine, one namespace per node.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// Bring up only node NAME's part of the cluster file, here (run it
+        /// on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        cluster_node: Option<String>,
         /// Wire every pod again and reload the programs, putting right what
         /// was changed by hand inside pods' namespaces (addresses, MAC,
         /// routes), which a plain `up` does not look at.
@@ -67,6 +73,10 @@ enum Command {
     Down {
         #[command(flatten)]
         select: Select,
+        /// One node of a cluster: on the machine of a lab, that node and
+        /// its namespace; elsewhere, this node's part.
+        #[arg(long, value_name = "NAME")]
+        cluster_node: Option<String>,
     },
     /// Show pods, their interfaces on both sides and what is attached,
     /// and a last line that counts them by state (`3 pods: 3 ready`).
@@ -420,6 +430,9 @@ impl Select {
 
     /// The topology name, if one was selected.
     fn name(&self) -> Result<Option<String>> {
+        if let Some((cluster, _)) = read_cluster(self.topology.as_deref())? {
+            return Ok(Some(cluster.name));
+        }
         if let Some(path) = &self.topology {
             return Ok(Some(read_topology(path)?.0.name));
         }
@@ -651,10 +664,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up {
             topology,
+            cluster_node,
             repair,
             timings,
-        } => up(topology, apply::UpOptions { repair, timings }).await,
-        Command::Down { select } => down(&select).await,
+        } => up(topology, cluster_node, apply::UpOptions { repair, timings }).await,
+        Command::Down {
+            select,
+            cluster_node,
+        } => down(&select, cluster_node.as_deref()).await,
         Command::Status {
             select,
             json,
@@ -755,8 +772,26 @@ fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
     }
 }
 
-async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
-    let (topology, text) = topology_or_default(path.as_deref())?;
+async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptions) -> Result<()> {
+    let (topology, text) = match (read_cluster(path.as_deref())?, node) {
+        (Some((cluster, text)), None) => {
+            crate::lab::up(&cluster, &text, options).await?;
+            return emit(format_args!(
+                "cluster {:?} is up: {} nodes, cross_node {} (see `vethctl status`)\n",
+                cluster.name,
+                cluster.nodes.len(),
+                cluster.cross_node
+            ));
+        }
+        (Some((cluster, _)), Some(node)) => {
+            let (topology, text) = cluster.node_part(&node)?;
+            (apply::keeping_recorded(&topology, &text)?, text)
+        }
+        (None, Some(_)) => {
+            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
+        }
+        (None, None) => topology_or_default(path.as_deref())?,
+    };
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;
     apply::up(&topology, &text, options).await?;
@@ -770,23 +805,65 @@ async fn up(path: Option<PathBuf>, options: apply::UpOptions) -> Result<()> {
     ))
 }
 
-async fn down(select: &Select) -> Result<()> {
-    let name = select.name_or_default()?;
-    apply::down(&name).await?;
-    crate::node::current().forget_if_empty()?;
-    emit(format_args!("topology {name:?} is down\n"))
+async fn down(select: &Select, node: Option<&str>) -> Result<()> {
+    let name = match read_cluster(select.topology.as_deref())? {
+        Some((cluster, _)) => cluster.name,
+        None => select.name_or_default()?,
+    };
+    match (crate::lab::is_up(&name), node) {
+        (true, None) => {
+            crate::lab::down(&name)?;
+            emit(format_args!("cluster {name:?} is down\n"))
+        }
+        (true, Some(node)) => {
+            crate::lab::down_node(&name, node)?;
+            emit(format_args!("node {node:?} of cluster {name:?} is down\n"))
+        }
+        (false, _) => {
+            apply::down(&name).await?;
+            crate::node::current().forget_if_empty()?;
+            emit(format_args!("topology {name:?} is down\n"))
+        }
+    }
+}
+
+/// The cluster file at `path`, if it is one (it has `[[nodes]]`).
+fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cluster, String)>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
+    if !crate::model::cluster::is_cluster(&text) {
+        return Ok(None);
+    }
+    let cluster = crate::model::cluster::Cluster::from_toml(&text)
+        .with_context(|| format!("invalid cluster file {}", path.display()))?;
+    Ok(Some((cluster, text)))
 }
 
 async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     let host = Host::connect()?;
-    let (topologies, unreadable) = select.recorded()?;
+    let lab = select.name()?.filter(|n| crate::lab::is_up(n));
+    let (topologies, unreadable) = match lab {
+        Some(_) => Default::default(),
+        None => select.recorded()?,
+    };
     let mut report = StatusReport {
         topologies: Vec::new(),
+        nodes: Vec::new(),
         unreadable,
     };
     for topology in topologies {
         match observe::status(&host, &topology).await {
-            Ok(status) => report.topologies.push(status),
+            Ok(status) => {
+                let pods = status
+                    .pods
+                    .iter()
+                    .filter_map(|p| serde_json::to_value(p).ok());
+                report
+                    .nodes
+                    .extend(observe::nodes::of_network(&topology, pods.collect()));
+                report.topologies.push(status)
+            }
             // One topology's trouble is reported beside the others.
             Err(e) if !select.is_some() => report
                 .unreadable
@@ -794,13 +871,23 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
+    let labs = match lab {
+        Some(lab) => vec![lab],
+        None if !select.is_some() => crate::lab::recorded_labs(),
+        None => Vec::new(),
+    };
+    report.nodes.extend(observe::nodes::of_labs(&labs));
     let summary = Summary::of(&report);
     print(json, &report, |r| {
+        let nodes = match r.nodes.is_empty() {
+            true => String::new(),
+            false => observe::nodes::table(&r.nodes),
+        };
         if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            r.to_table()
+            format!("{}{nodes}", r.to_table())
         } else {
-            format!("{}{summary}\n", r.to_table())
+            format!("{}{summary}\n{nodes}", r.to_table())
         }
     })?;
     if check && !summary.all_ready() {

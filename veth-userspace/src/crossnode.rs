@@ -322,7 +322,7 @@ async fn remove_vxlan(host: &Host, record: &mut Record) -> Result<()> {
 }
 
 /// host-gw: each remote range via the node's underlay address (IPv6 via
-/// its IPv6 underlay address, or its IPv4 one on an IPv4-only underlay);
+/// its IPv6 underlay address);
 /// vxlan: via its node address in that range, over the device.
 fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteRoute> {
     let mut out = Vec::new();
@@ -335,14 +335,12 @@ fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteR
                     oif: underlay,
                     onlink: false,
                 });
-                if let Some(v6) = p.pod_cidr6 {
-                    let via = match (p.address6, node.address6) {
-                        (Some(a6), Some(_)) => IpAddr::V6(a6),
-                        _ => IpAddr::V4(p.address),
-                    };
+                // The model makes sure there is one (no IPv6 route can
+                // have an IPv4 next hop).
+                if let (Some(v6), Some(a6)) = (p.pod_cidr6, p.address6) {
                     out.push(RemoteRoute {
                         dst: IpNet::V6(v6),
-                        via,
+                        via: IpAddr::V6(a6),
                         oif: underlay,
                         onlink: false,
                     });

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http_server;
 pub mod ipam;
 pub mod kernel;
+pub mod lab;
 pub mod lock_wait;
 pub mod logging;
 pub mod model;

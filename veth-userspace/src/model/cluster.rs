@@ -3,7 +3,7 @@
 //! cross-node mode. A node's part is the one-node description
 //! [`Cluster::node_text`] derives (the file's settings, the node's range
 //! and pods, and a `[node]` table, see [`super::node`]): what `vethctl up
-//! -t FILE --node NAME` brings up on that node. Pure.
+//! -t FILE --cluster-node NAME` brings up on that node. Pure.
 
 use std::{
     collections::BTreeMap,
@@ -220,7 +220,7 @@ impl Cluster {
             .ok_or_else(|| {
                 let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
                 invalid(
-                    "--node",
+                    "--cluster-node",
                     format!(
                         "cluster {:?} has no node {name:?}; its nodes are {}",
                         self.name,
@@ -296,11 +296,7 @@ impl Cluster {
     /// The pods' MTU: the underlay's, minus VXLAN's overhead when the mode
     /// encapsulates.
     pub fn pod_mtu(&self) -> u32 {
-        node::pod_mtu(
-            self.cross_node,
-            self.underlay.mtu,
-            self.underlay.cidr6.is_some(),
-        )
+        node::pod_mtu(self.cross_node, self.underlay.mtu)
     }
 }
 
@@ -349,6 +345,17 @@ impl ClusterFile {
             .transpose()?;
         validate_node_names(&self.nodes)?;
         let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
+        if self.cross_node == CrossNode::HostGw
+            && cluster_cidr6.is_some()
+            && underlay.cidr6.is_none()
+        {
+            return Err(invalid(
+                "underlay.cidr6",
+                "cross_node = \"host-gw\" routes the IPv6 pod ranges via the nodes' IPv6 underlay \
+                 addresses (the kernel has no IPv6 route via an IPv4 next hop); set [underlay] \
+                 cidr6 (e.g. \"fd00:198:18::/64\") or remove cluster_cidr6",
+            ));
+        }
         let pod_cidrs = carve4(cluster_cidr, self.node_prefix_len, &self.nodes)?;
         let pod_cidrs6 = match cluster_cidr6 {
             Some(c6) => carve6(c6, self.node_prefix_len6, &self.nodes)?
@@ -774,6 +781,7 @@ cross_node = "vxlan"
 cluster_cidr = "10.244.0.0/16"
 cluster_cidr6 = "fd00:10:244::/56"
 [underlay]
+cidr6 = "fd00:198:18::/64"
 gateway = "198.18.0.254"
 [[nodes]]
 name = "n1"
@@ -853,16 +861,15 @@ name = "n3"
     }
 
     #[test]
-    fn host_gw_keeps_the_underlay_mtu_and_ipv6_underlays_cost_more() {
+    fn host_gw_keeps_the_underlay_mtu_and_routes_ipv6_over_an_ipv6_underlay() {
         let host_gw = THREE.replace("\"vxlan\"", "\"host-gw\"");
-        let c = Cluster::from_toml(&host_gw).unwrap();
-        assert_eq!(c.parts[0].pods[0].mtu, 1500);
-        let v6 = THREE.replace(
-            "[underlay]\n",
-            "[underlay]\ncidr6 = \"fd00:198:18::/64\"\nmtu = 9000\n",
-        );
-        let c = Cluster::from_toml(&v6).unwrap();
-        assert_eq!(c.parts[0].pods[0].mtu, 8930);
+        let e = err(&host_gw.replace("cidr6 = \"fd00:198:18::/64\"\n", ""));
+        assert_eq!(e.field, "underlay.cidr6", "{e}");
+        let jumbo = |t: &str| t.replace("[underlay]\n", "[underlay]\nmtu = 9000\n");
+        let c = Cluster::from_toml(&jumbo(&host_gw)).unwrap();
+        assert_eq!(c.parts[0].pods[0].mtu, 9000);
+        let c = Cluster::from_toml(&jumbo(THREE)).unwrap();
+        assert_eq!(c.parts[0].pods[0].mtu, 8950);
         assert_eq!(c.nodes[2].address6.unwrap().to_string(), "fd00:198:18::3");
     }
 

@@ -1,5 +1,5 @@
 //! One node's part of a cluster: the `[node]` table of the description a
-//! node is brought up with (`vethctl up -t CLUSTER --node NAME` derives it
+//! node is brought up with (`vethctl up -t CLUSTER --cluster-node NAME` derives it
 //! from the cluster file, see [`super::cluster`]). It says where the node
 //! sits on the underlay and where every other node's pods are, which is all
 //! the cross-node wiring needs. Pure.
@@ -57,11 +57,10 @@ impl std::fmt::Display for CrossNode {
     }
 }
 
-/// VXLAN's overhead on an IPv4 underlay: outer Ethernet 14 + IPv4 20 +
-/// UDP 8 + VXLAN 8 (why flannel's pods get 1450 on a 1500 network).
-pub const VXLAN_OVERHEAD4: u32 = 50;
-/// The same on an IPv6 underlay (IPv6 header 40).
-pub const VXLAN_OVERHEAD6: u32 = 70;
+/// VXLAN's overhead between IPv4 VTEPs (the only kind made here): outer
+/// Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8, why flannel's pods get 1450 on
+/// a 1500 network. (IPv6 VTEPs would cost 70.)
+pub const VXLAN_OVERHEAD: u32 = 50;
 /// VXLAN's port on Linux and in flannel (IANA's is 4789).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 /// VNI of flannel's `flannel.1`.
@@ -249,18 +248,16 @@ impl NodeFile {
 impl NodePart {
     /// The largest pod MTU the cross-node mode carries over the underlay.
     pub fn pod_mtu(&self) -> u32 {
-        pod_mtu(self.cross_node, self.underlay_mtu, self.address6.is_some())
+        pod_mtu(self.cross_node, self.underlay_mtu)
     }
 }
 
-/// The pods' MTU for `cross_node` on an underlay of `underlay_mtu`: VXLAN
-/// costs 50 bytes (70 when the underlay also carries IPv6: the VTEP may
-/// speak it).
-pub fn pod_mtu(cross_node: CrossNode, underlay_mtu: u32, underlay6: bool) -> u32 {
-    match (cross_node.encapsulates(), underlay6) {
-        (false, _) => underlay_mtu,
-        (true, false) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD4),
-        (true, true) => underlay_mtu.saturating_sub(VXLAN_OVERHEAD6),
+/// The pods' MTU for `cross_node` on an underlay of `underlay_mtu`: the
+/// VTEPs speak IPv4, so VXLAN costs 50 bytes.
+pub fn pod_mtu(cross_node: CrossNode, underlay_mtu: u32) -> u32 {
+    match cross_node.encapsulates() {
+        false => underlay_mtu,
+        true => underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
     }
 }
 

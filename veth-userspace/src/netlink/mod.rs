@@ -12,6 +12,7 @@ pub mod events;
 pub mod filters;
 pub mod host;
 pub mod inspect;
+pub mod lab;
 pub mod links;
 pub mod nat;
 pub mod netns;

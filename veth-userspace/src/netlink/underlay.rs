@@ -6,10 +6,10 @@
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use ipnet::IpNet;
 use rtnetlink::{
-    packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteVia},
+    packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol},
     RouteMessageBuilder,
 };
 
@@ -33,7 +33,7 @@ impl std::fmt::Display for RemoteRoute {
     }
 }
 
-fn message(r: &RemoteRoute) -> RouteMessage {
+fn message(r: &RemoteRoute) -> Result<RouteMessage> {
     let mut msg = match (r.dst, r.via) {
         (IpNet::V4(d), IpAddr::V4(v)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
             .destination_prefix(d.addr(), d.prefix_len())
@@ -43,32 +43,19 @@ fn message(r: &RemoteRoute) -> RouteMessage {
             .destination_prefix(d.addr(), d.prefix_len())
             .gateway(v)
             .build(),
-        // An IPv6 range via an IPv4 next hop (RTA_VIA): an IPv4-only
-        // underlay carries the pods' IPv6 too.
-        (IpNet::V6(d), IpAddr::V4(v)) => {
-            let mut msg = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(d.addr(), d.prefix_len())
-                .build();
-            msg.attributes.push(RouteAttribute::Via(RouteVia::Inet(v)));
-            msg
-        }
-        (IpNet::V4(d), IpAddr::V6(v)) => {
-            let mut msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(d.addr(), d.prefix_len())
-                .build();
-            msg.attributes.push(RouteAttribute::Via(RouteVia::Inet6(v)));
-            msg
-        }
+        // The kernel has no IPv6 route via an IPv4 next hop (RTA_VIA is
+        // IPv4's only): the model asks for an IPv6 underlay instead.
+        _ => bail!("routing {r}: the next hop is not of the range's family"),
     };
     msg.header.protocol = RouteProtocol::from(PROTOCOL);
     msg.attributes.push(RouteAttribute::Oif(r.oif));
     if r.onlink {
         msg.header.flags |= rtnetlink::packet_route::route::RouteFlags::Onlink;
     }
-    msg
+    Ok(msg)
 }
 
 /// Adds or replaces the route to `r.dst` (the one of the same metric).
 pub async fn replace(handle: &rtnetlink::Handle, r: &RemoteRoute) -> Result<()> {
-    super::replace_route(handle, message(r), format!("routing {r}")).await
+    super::replace_route(handle, message(r)?, format!("routing {r}")).await
 }

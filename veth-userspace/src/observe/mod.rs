@@ -3,6 +3,7 @@
 //! rates for `stats --watch`, Prometheus metrics and flow traces.
 
 pub mod metrics;
+pub mod nodes;
 pub mod passes;
 pub mod rates;
 pub mod readiness;
@@ -29,6 +30,10 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub topologies: Vec<TopologyStatus>,
+    /// The nodes of clusters: this node's, or on the machine of a lab,
+    /// each of its nodes (see [`nodes`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<nodes::NodeStatus>,
     /// Recorded topologies whose description cannot be read: the others
     /// are reported all the same.
     pub unreadable: Vec<Unreadable>,
@@ -129,6 +134,9 @@ pub struct PodStatus {
     pub host_veth: String,
     pub host_ifindex: Option<u32>,
     pub host_mac: Option<String>,
+    /// The cluster node the pod is on, when the network is a node's part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Both ends as `ip link` shows them: `eth0@if12 <-> demo-web@if2`.
     pub pair: Option<String>,
     /// True when the host side exists and is up.
@@ -296,6 +304,7 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
             host_veth: pod.host_veth.clone(),
             host_ifindex: link.as_ref().map(|l| l.ifindex),
             host_mac: link.as_ref().map(|l| format_mac(&l.mac)),
+            node: topology.node.as_ref().map(|n| n.name.clone()),
             pair,
             up: link.as_ref().is_some_and(|l| l.up),
             endpoint: EndpointState::of_pod(&mapped, pod, link.as_ref()),
@@ -761,6 +770,7 @@ mod tests {
 
         let report = StatusReport {
             topologies: Vec::new(),
+            nodes: Vec::new(),
             unreadable,
         };
         let table = report.to_table();

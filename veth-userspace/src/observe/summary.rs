@@ -121,6 +121,7 @@ mod tests {
             host_veth: String::new(),
             host_ifindex: None,
             host_mac: None,
+            node: None,
             pair: None,
             up: true,
             endpoint,
@@ -130,6 +131,7 @@ mod tests {
 
     fn report(pods: Vec<PodStatus>) -> StatusReport {
         StatusReport {
+            nodes: Vec::new(),
             topologies: vec![TopologyStatus {
                 name: "demo".into(),
                 mode: "tc".into(),

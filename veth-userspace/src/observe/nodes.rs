@@ -1,0 +1,106 @@
+//! `status` of a cluster's nodes: each node's name, namespace, underlay
+//! addresses and pod ranges, and its pods (each saying its `node`). On a
+//! node the network's own description says it; on the machine of a lab
+//! each node is asked, as an operator would ask it (`vethctl --node NS
+//! status --json`).
+
+use serde::Serialize;
+
+use crate::model::{cluster::node_netns, Topology};
+
+/// One node of a cluster.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub cluster: String,
+    pub name: String,
+    /// The node's network namespace (`null` on a real node: the host).
+    pub netns: Option<String>,
+    pub cross_node: String,
+    /// Underlay addresses with their prefix length.
+    pub underlay: Vec<String>,
+    pub pod_ranges: Vec<String>,
+    /// The pods as `status --json` of the node shows them.
+    pub pods: Vec<serde_json::Value>,
+    /// Why the node could not be asked, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The node a network is part of, if it is one; `pods` are its pods'
+/// statuses.
+pub fn of_network(topology: &Topology, pods: Vec<serde_json::Value>) -> Option<NodeStatus> {
+    let node = topology.node.as_ref()?;
+    let current = crate::node::current();
+    Some(NodeStatus {
+        cluster: topology.name.clone(),
+        name: node.name.clone(),
+        netns: current.name().map(str::to_string),
+        cross_node: node.cross_node.to_string(),
+        underlay: std::iter::once(node.address.to_string())
+            .chain(node.address6.map(|a| a.to_string()))
+            .collect(),
+        pod_ranges: std::iter::once(topology.pod_cidr.to_string())
+            .chain(topology.pod_cidr6.map(|c| c.to_string()))
+            .collect(),
+        pods,
+        error: None,
+    })
+}
+
+/// Every node of the labs `labs` (made from this namespace), asked in
+/// turn.
+pub fn of_labs(labs: &[String]) -> Vec<NodeStatus> {
+    let mut out = Vec::new();
+    for lab in labs {
+        let cluster = match crate::lab::recorded_cluster(lab) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        for (node, part) in cluster.nodes.iter().zip(&cluster.parts) {
+            let ns = node_netns(&cluster.name, &node.name);
+            let args = ["status", "--json", "-n", &cluster.name].map(String::from);
+            let asked = crate::lab::run_on_node(&ns, &args);
+            let (pods, error) = match asked {
+                Ok(o) if o.status.success() => (pods_of(&o.stdout), None),
+                Ok(o) => (
+                    Vec::new(),
+                    Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                ),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            };
+            let mut status = of_network(part, pods).expect("a cluster's part is a node");
+            status.netns = Some(ns);
+            status.error = error;
+            out.push(status);
+        }
+    }
+    out
+}
+
+/// The pods of the one network in a node's `status --json`.
+fn pods_of(json: &[u8]) -> Vec<serde_json::Value> {
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["topologies"][0]["pods"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The nodes as a short table after the pods' (one line per node).
+pub fn table(nodes: &[NodeStatus]) -> String {
+    let mut out = String::from("NODE        NETNS            UNDERLAY          PODS  RANGES\n");
+    for n in nodes {
+        out.push_str(&format!(
+            "{:<11} {:<16} {:<17} {:>4}  {}{}\n",
+            n.name,
+            n.netns.as_deref().unwrap_or("-"),
+            n.underlay.first().map(String::as_str).unwrap_or("-"),
+            n.pods.len(),
+            n.pod_ranges.join(" "),
+            n.error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}

@@ -336,15 +336,7 @@ impl TestTopology {
 
     /// `vethctl stats --json` of this topology: pod name -> pair object.
     pub fn stats(&self) -> std::collections::BTreeMap<String, Value> {
-        let out = self.vethctl(&["stats", "--json"]);
-        expect_success(&out, "vethctl stats --json");
-        let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-        json["topologies"][0]["pairs"]
-            .as_array()
-            .expect("pairs[]")
-            .iter()
-            .map(|p| (p["pod"].as_str().unwrap().to_string(), p.clone()))
-            .collect()
+        pairs_by_pod(&self.vethctl(&["stats", "--json"]))
     }
 
     /// `vethctl status --json` of this topology.
@@ -498,6 +490,19 @@ fn force_cleanup(topology: &Topology) {
     }
     let _ = std::fs::remove_dir_all(Pins::new(&topology.name).root());
     let _ = std::fs::remove_dir_all(StateDir::new(&topology.name).path());
+}
+
+/// The pairs of the first topology of `vethctl stats --json`'s output,
+/// which must have succeeded: pod name -> pair object.
+pub fn pairs_by_pod(out: &Output) -> std::collections::BTreeMap<String, Value> {
+    expect_success(out, "vethctl stats --json");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    json["topologies"][0]["pairs"]
+        .as_array()
+        .expect("pairs[]")
+        .iter()
+        .map(|p| (p["pod"].as_str().unwrap().to_string(), p.clone()))
+        .collect()
 }
 
 /// Output of a command that must succeed.

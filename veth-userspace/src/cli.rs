@@ -114,6 +114,9 @@ enum Command {
         /// Topology description (TOML); default: the built-in one.
         #[arg(long, short = 't', value_name = "FILE")]
         topology: Option<PathBuf>,
+        /// With a cluster file: node NAME's part (run it on that node).
+        #[arg(long, value_name = "NAME", requires = "topology")]
+        cluster_node: Option<String>,
         /// Print JSON: the topology, its mode and the steps, each with its
         /// kind (`"step"`), its fields and its text.
         #[arg(long)]
@@ -685,7 +688,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             count,
         } => stats_watch(&select, json, interval, count).await,
         Command::Stats { select, json, .. } => stats(&select, json).await,
-        Command::Plan { topology, json } => plan(topology, json).await,
+        Command::Plan {
+            topology,
+            cluster_node,
+            json,
+        } => plan(topology, cluster_node, json).await,
         Command::Mode {
             action:
                 ModeAction::Set {
@@ -783,14 +790,7 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
                 cluster.cross_node
             ));
         }
-        (Some((cluster, _)), Some(node)) => {
-            let (topology, text) = cluster.node_part(&node)?;
-            (apply::keeping_recorded(&topology, &text)?, text)
-        }
-        (None, Some(_)) => {
-            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
-        }
-        (None, None) => topology_or_default(path.as_deref())?,
+        (_, node) => node_part_or_topology(path.as_deref(), node)?,
     };
     // Everything that can be refused is, before anything is made.
     preflight::check(&Host::connect()?, &topology).await?;
@@ -812,11 +812,11 @@ async fn down(select: &Select, node: Option<&str>) -> Result<()> {
     };
     match (crate::lab::is_up(&name), node) {
         (true, None) => {
-            crate::lab::down(&name)?;
+            crate::lab::down(&name).await?;
             emit(format_args!("cluster {name:?} is down\n"))
         }
         (true, Some(node)) => {
-            crate::lab::down_node(&name, node)?;
+            crate::lab::down_node(&name, node).await?;
             emit(format_args!("node {node:?} of cluster {name:?} is down\n"))
         }
         (false, _) => {
@@ -824,6 +824,35 @@ async fn down(select: &Select, node: Option<&str>) -> Result<()> {
             crate::node::current().forget_if_empty()?;
             emit(format_args!("topology {name:?} is down\n"))
         }
+    }
+}
+
+/// A cluster node's part, or a one-node description (the built-in one
+/// without a file).
+fn node_part_or_topology(
+    path: Option<&Path>,
+    cluster_node: Option<String>,
+) -> Result<(Topology, String)> {
+    match (read_cluster(path)?, cluster_node) {
+        (Some((cluster, _)), Some(node)) => {
+            let (topology, text) = cluster.node_part(&node)?;
+            Ok((apply::keeping_recorded(&topology, &text)?, text))
+        }
+        (Some((cluster, _)), None) => bail!(
+            "--cluster-node: {:?} is a cluster file; name the node whose part to plan (its \
+             nodes: {})",
+            cluster.name,
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, Some(_)) => {
+            bail!("--cluster-node: the topology file has no [[nodes]]; it is not a cluster file")
+        }
+        (None, None) => topology_or_default(path),
     }
 }
 
@@ -883,9 +912,12 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
             true => String::new(),
             false => observe::nodes::table(&r.nodes),
         };
-        if r.topologies.is_empty() && r.unreadable.is_empty() {
+        if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
+            // A lab's machine: its networks are its nodes'.
+            nodes
+        } else if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            format!("{}{nodes}", r.to_table())
+            r.to_table()
         } else {
             format!("{}{summary}\n{nodes}", r.to_table())
         }
@@ -953,8 +985,8 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
-async fn plan(path: Option<PathBuf>, json: bool) -> Result<()> {
-    let (topology, _) = topology_or_default(path.as_deref())?;
+async fn plan(path: Option<PathBuf>, cluster_node: Option<String>, json: bool) -> Result<()> {
+    let (topology, _) = node_part_or_topology(path.as_deref(), cluster_node)?;
     // What `up` would refuse, `plan` refuses too.
     preflight::check(&Host::connect()?, &topology).await?;
     let steps = apply::plan(&topology).await?;

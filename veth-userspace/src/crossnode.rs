@@ -91,11 +91,45 @@ pub fn refuse_unbuilt(node: &NodePart) -> Result<(), String> {
     }
 }
 
+/// How much of a change [`apply`] makes. A node alone makes all of it;
+/// the lab changes a cluster's mode in three rounds over all its nodes, so
+/// that no node sends what another cannot take yet: every node ready to
+/// receive the new way (a VXLAN device made), then every node sending it
+/// (routes replaced), then what is left of the old way removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Prepare,
+    Route,
+    Full,
+}
+
+/// Where the lab says which [`Stage`] a node's `up` is (unset: `Full`).
+pub const STAGE_ENV: &str = "VETHCTL_CROSS_NODE_STAGE";
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Prepare => "prepare",
+            Stage::Route => "route",
+            Stage::Full => "full",
+        }
+    }
+
+    fn current() -> Stage {
+        match std::env::var(STAGE_ENV).as_deref() {
+            Ok("prepare") => Stage::Prepare,
+            Ok("route") => Stage::Route,
+            _ => Stage::Full,
+        }
+    }
+}
+
 /// Converges network `name`'s cross-node wiring to `node`. New routes
 /// replace old ones in place (a change of mode moves each range at once),
 /// and what is no longer wanted goes last.
 pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) -> Result<()> {
     refuse_unbuilt(node).map_err(|e| anyhow!(e))?;
+    let stage = Stage::current();
     let state = StateDir::new(name);
     let mut record = Record::load(&state)?.unwrap_or_default();
     let underlay = host.link(&node.interface).await?.ok_or_else(|| {
@@ -124,6 +158,9 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         }
         _ => None,
     };
+    if stage == Stage::Prepare {
+        return record.save(&state);
+    }
     let routes = wanted_routes(node, underlay.ifindex, vx);
     refuse_foreign_routes(host, &record, &routes).await?;
     record.routes.extend(routes.iter().map(|r| r.dst));
@@ -134,7 +171,7 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
     let wanted: BTreeSet<IpNet> = routes.iter().map(|r| r.dst).collect();
     remove_routes(host, &record.routes - &wanted).await?;
     record.routes = wanted;
-    if vx.is_none() {
+    if vx.is_none() && stage == Stage::Full {
         remove_vxlan(host, &mut record).await?;
     }
     if programs_path(node) {
@@ -327,42 +364,39 @@ async fn remove_vxlan(host: &Host, record: &mut Record) -> Result<()> {
 fn wanted_routes(node: &NodePart, underlay: u32, vx: Option<u32>) -> Vec<RemoteRoute> {
     let mut out = Vec::new();
     for p in &node.peers {
-        match vx {
-            None => {
-                out.push(RemoteRoute {
-                    dst: IpNet::V4(p.pod_cidr),
-                    via: IpAddr::V4(p.address),
-                    oif: underlay,
-                    onlink: false,
-                });
-                // The model makes sure there is one (no IPv6 route can
-                // have an IPv4 next hop).
-                if let (Some(v6), Some(a6)) = (p.pod_cidr6, p.address6) {
-                    out.push(RemoteRoute {
-                        dst: IpNet::V6(v6),
-                        via: IpAddr::V6(a6),
-                        oif: underlay,
-                        onlink: false,
-                    });
-                }
-            }
-            Some(vx) => {
-                out.push(RemoteRoute {
-                    dst: IpNet::V4(p.pod_cidr),
-                    via: IpAddr::V4(p.gateway),
-                    oif: vx,
-                    onlink: true,
-                });
-                if let (Some(v6), Some(gw6)) = (p.pod_cidr6, p.gateway6) {
-                    out.push(RemoteRoute {
-                        dst: IpNet::V6(v6),
-                        via: IpAddr::V6(gw6),
-                        oif: vx,
-                        onlink: true,
-                    });
-                }
-            }
+        // (IPv4 next hop, IPv6 next hop, interface, on-link)
+        let (via4, via6, oif, onlink) = match vx {
+            // The model makes sure an IPv6 range has an IPv6 underlay
+            // address (no IPv6 route can have an IPv4 next hop).
+            None => (p.address, p.address6, underlay, false),
+            Some(vx) => (p.gateway, p.gateway6, vx, true),
+        };
+        out.push(RemoteRoute {
+            dst: IpNet::V4(p.pod_cidr),
+            via: Some(IpAddr::V4(via4)),
+            oif,
+            onlink,
+        });
+        let (Some(v6), Some(via6)) = (p.pod_cidr6, via6) else {
+            continue;
+        };
+        if onlink {
+            // IPv6 takes an on-link next hop only where a lookup of it
+            // leads to the same device: a host-gw route to the range being
+            // replaced would not, so the next hop gets its own route first.
+            out.push(RemoteRoute {
+                dst: IpNet::V6(ipnet::Ipv6Net::new(via6, 128).expect("a /128")),
+                via: None,
+                oif,
+                onlink: false,
+            });
         }
+        out.push(RemoteRoute {
+            dst: IpNet::V6(v6),
+            via: Some(IpAddr::V6(via6)),
+            oif,
+            onlink,
+        });
     }
     out
 }

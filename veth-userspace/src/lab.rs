@@ -21,7 +21,8 @@ use ipnet::IpNet;
 
 use crate::{
     apply::UpOptions,
-    model::cluster::{node_netns, switch_netns, Cluster},
+    crossnode::{Stage, STAGE_ENV},
+    model::cluster::{host_port, node_netns, switch_netns, Cluster},
     netlink::{lab, netns},
     state::{lock_file, write_atomically, STATE_ROOT},
 };
@@ -123,15 +124,21 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
     let name = &cluster.name;
     let _lock = lock(name)?;
     let mut record = load(name)?;
+    let previous = is_up(name)
+        .then(|| recorded_cluster(name).ok())
+        .flatten()
+        .map(|c| c.cross_node);
     if dir(name).join(CLUSTER_FILE).exists() && !is_up(name) {
         bail!("lab {name:?} was made from another network namespace; bring it down there");
     }
     let home = home().context("reading /proc/self/ns/net")?;
     write_atomically(&dir(name), HOME_FILE, home.as_bytes())?;
     write_atomically(&dir(name), CLUSTER_FILE, text.as_bytes())?;
-    let switch = switch_netns(name);
-    claim_netns(name, &mut record, &switch)?;
-    lab::make_switch(&switch, cluster.underlay.mtu).await?;
+    if cluster.underlay.bridge.is_none() {
+        let switch = switch_netns(name);
+        claim_netns(name, &mut record, &switch)?;
+        lab::make_switch(&switch, cluster.underlay.mtu).await?;
+    }
     for node in &cluster.nodes {
         let ns = node_netns(name, &node.name);
         claim_netns(name, &mut record, &ns)?;
@@ -149,11 +156,17 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
         args.push("--timings".into());
     }
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-    on_nodes(name, &nodes, |node| {
-        let mut a = args.clone();
-        a.extend(["--cluster-node".to_string(), node.to_string()]);
-        a
-    })?;
+    let stages = match previous {
+        Some(p) if p != cluster.cross_node => vec![Stage::Prepare, Stage::Route, Stage::Full],
+        _ => vec![Stage::Full],
+    };
+    for stage in stages {
+        on_nodes(name, &nodes, stage, |node| {
+            let mut a = args.clone();
+            a.extend(["--cluster-node".to_string(), node.to_string()]);
+            a
+        })?;
+    }
     let gone: Vec<String> = record
         .nodes
         .iter()
@@ -161,9 +174,20 @@ pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()>
         .cloned()
         .collect();
     for node in gone {
-        remove_node(name, &mut record, &node)?;
+        remove_node(name, &mut record, &node, &switch(cluster)).await?;
     }
     Ok(())
+}
+
+/// Where a cluster's nodes are plugged in.
+fn switch(cluster: &Cluster) -> lab::Switch {
+    match &cluster.underlay.bridge {
+        Some(bridge) => lab::Switch::HostBridge {
+            bridge: bridge.clone(),
+            mark: format!("vethctl-lab:{}", cluster.name),
+        },
+        None => lab::Switch::Namespace(switch_netns(&cluster.name)),
+    }
 }
 
 /// The machine of node `node`: its NIC on the switch with its underlay
@@ -176,10 +200,14 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
         addresses.push(IpNet::new(a6.into(), c6.prefix_len()).expect("valid"));
     }
     lab::NodeNic {
-        switch_netns: switch_netns(&cluster.name),
+        switch: switch(cluster),
         node_netns: node_netns(&cluster.name, node),
-        port: node.to_string(),
+        port: match &u.bridge {
+            Some(_) => host_port(&cluster.name, node),
+            None => node.to_string(),
+        },
         mtu: u.mtu,
+        mac: crate::model::cluster::nic_mac(n.address),
         addresses,
         gateways: u
             .gateway
@@ -192,12 +220,13 @@ fn machine(cluster: &Cluster, node: &str) -> lab::NodeNic {
 
 /// Brings the whole lab down: each node's part on its node, then the
 /// machines and the switch.
-pub fn down(name: &str) -> Result<()> {
+pub async fn down(name: &str) -> Result<()> {
     let _lock = lock(name)?;
     let mut record = load(name)?;
+    let switch = recorded_switch(name);
     let nodes: Vec<String> = record.nodes.iter().cloned().collect();
     for node in nodes {
-        remove_node(name, &mut record, &node)?;
+        remove_node(name, &mut record, &node, &switch).await?;
     }
     for ns in std::mem::take(&mut record.netns) {
         netns::delete(&ns)?;
@@ -207,7 +236,7 @@ pub fn down(name: &str) -> Result<()> {
 
 /// Brings one node of the lab down and removes its machine; the other
 /// nodes are not touched (their routes to it stay until their next `up`).
-pub fn down_node(name: &str, node: &str) -> Result<()> {
+pub async fn down_node(name: &str, node: &str) -> Result<()> {
     let _lock = lock(name)?;
     let mut record = load(name)?;
     if !record.nodes.contains(node) {
@@ -217,16 +246,34 @@ pub fn down_node(name: &str, node: &str) -> Result<()> {
             nodes.join(", ")
         );
     }
-    remove_node(name, &mut record, node)
+    remove_node(name, &mut record, node, &recorded_switch(name)).await
 }
 
-fn remove_node(name: &str, record: &mut Record, node: &str) -> Result<()> {
+/// The switch of the lab as recorded (its own, if the record is gone).
+fn recorded_switch(name: &str) -> lab::Switch {
+    match recorded_cluster(name) {
+        Ok(cluster) => switch(&cluster),
+        Err(_) => lab::Switch::Namespace(switch_netns(name)),
+    }
+}
+
+async fn remove_node(
+    name: &str,
+    record: &mut Record,
+    node: &str,
+    switch: &lab::Switch,
+) -> Result<()> {
     let ns = node_netns(name, node);
     if record.netns.contains(&ns) && netns::exists(&ns) {
-        on_nodes(name, &[node], |_| {
+        on_nodes(name, &[node], Stage::Full, |_| {
             vec!["down".into(), "-n".into(), name.into()]
         })?;
         netns::delete(&ns)?;
+        let port = match switch {
+            lab::Switch::HostBridge { .. } => host_port(name, node),
+            lab::Switch::Namespace(_) => node.to_string(),
+        };
+        lab::unplug_node(switch, &port).await?;
     }
     record.netns.remove(&ns);
     record.nodes.remove(node);
@@ -247,13 +294,18 @@ fn path_arg(path: &Path) -> Result<String> {
 /// Runs this binary with `args(node)` on each node (inside its namespace),
 /// all at once; their output is printed line by line after the node's
 /// name. Fails naming every node whose command failed.
-fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> Result<()> {
+fn on_nodes(
+    name: &str,
+    nodes: &[&str],
+    stage: Stage,
+    args: impl Fn(&str) -> Vec<String>,
+) -> Result<()> {
     let runs: Vec<(String, std::thread::JoinHandle<Result<Output>>)> = nodes
         .iter()
         .map(|node| {
             let ns = node_netns(name, node);
             let a = args(node);
-            let handle = std::thread::spawn(move || run_on_node(&ns, &a));
+            let handle = std::thread::spawn(move || run_on_node(&ns, &a, stage));
             (node.to_string(), handle)
         })
         .collect();
@@ -280,9 +332,10 @@ fn on_nodes(name: &str, nodes: &[&str], args: impl Fn(&str) -> Vec<String>) -> R
 
 /// This binary run with `args` for the node in namespace `ns` (`vethctl
 /// --node NS …`, the same as `ip netns exec NS vethctl …`).
-pub fn run_on_node(ns: &str, args: &[String]) -> Result<Output> {
+pub fn run_on_node(ns: &str, args: &[String], stage: Stage) -> Result<Output> {
     let exe = std::env::current_exe().context("finding the vethctl binary")?;
     Command::new(exe)
+        .env(STAGE_ENV, stage.name())
         .arg("--node")
         .arg(ns)
         .args(args)

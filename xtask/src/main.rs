@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod demo_nodes;
 mod setup;
 mod soak;
 
@@ -33,7 +34,13 @@ enum Task {
         test_args: Vec<String>,
     },
     /// Set up, bring up the demo topology and send traffic through it.
-    Demo,
+    Demo {
+        /// Instead, a cluster of this many nodes on this machine (one
+        /// namespace each, pods bridged, VXLAN between nodes); pings across
+        /// nodes.
+        #[arg(long, value_name = "N")]
+        nodes: Option<u32>,
+    },
     /// The CNI path under churn, crashes and mode changes for a long time
     /// (needs root): ADD/DEL cycles through veth-cni with the agent
     /// running, kill -9 of the plugin, `mode set` and a map-layout change,
@@ -193,7 +200,8 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(setup::Needs::Everything),
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
-        Task::Demo => demo::run(),
+        Task::Demo { nodes: None } => demo::run(),
+        Task::Demo { nodes: Some(n) } => demo_nodes::run(n),
         Task::Soak {
             cycles,
             width,

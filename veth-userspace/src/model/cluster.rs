@@ -75,6 +75,9 @@ struct UnderlayFile {
     cidr6: Option<Ipv6Net>,
     gateway: Option<Ipv4Addr>,
     gateway6: Option<Ipv6Addr>,
+    /// An existing bridge of the host to plug the lab's nodes into,
+    /// instead of a switch of the lab's own.
+    bridge: Option<String>,
     #[serde(default = "default_vni")]
     vni: u32,
     #[serde(default = "default_port")]
@@ -91,6 +94,7 @@ impl Default for UnderlayFile {
             cidr6: None,
             gateway: None,
             gateway6: None,
+            bridge: None,
             vni: default_vni(),
             port: default_port(),
             mtu: default_underlay_mtu(),
@@ -141,6 +145,7 @@ pub struct Underlay {
     pub cidr6: Option<Ipv6Net>,
     pub gateway: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
+    pub bridge: Option<String>,
     pub vni: u32,
     pub port: u16,
     pub mtu: u32,
@@ -177,10 +182,23 @@ pub fn is_cluster(text: &str) -> bool {
         .is_ok_and(|t| t.contains_key("nodes"))
 }
 
+/// MAC of a lab node's `eth0`, from its underlay address: a node plugged
+/// in again keeps it, as a machine keeps its NIC's, so its peers' ARP
+/// caches stay right.
+pub fn nic_mac(underlay: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = underlay.octets();
+    [0x0e, 0x59, a, b, c, d]
+}
+
 /// The lab's namespace of node `node` of cluster `cluster`: a '.' never
 /// appears in pod names, so it never meets a pod's namespace.
 pub fn node_netns(cluster: &str, node: &str) -> String {
     format!("{cluster}.{node}")
+}
+
+/// A lab node's port on an existing bridge of the host (`underlay.bridge`).
+pub fn host_port(cluster: &str, node: &str) -> String {
+    format!("{cluster}_{node}")
 }
 
 /// The lab's switch namespace ('_' appears in no node or pod name).
@@ -344,6 +362,22 @@ impl ClusterFile {
             .map(|c| exact6("cluster_cidr6", c))
             .transpose()?;
         validate_node_names(&self.nodes)?;
+        if let Some(bridge) = &self.underlay.bridge {
+            super::validate_ifname("underlay.bridge", bridge)?;
+            for (i, n) in self.nodes.iter().enumerate() {
+                let port = host_port(&self.name, &n.name);
+                if port.len() > super::IFNAME_MAX {
+                    return Err(invalid(
+                        format!("nodes[{i}].name"),
+                        format!(
+                            "its port on underlay.bridge, {port:?}, would be longer than the \
+                             {} characters Linux allows; shorten the node or cluster name",
+                            super::IFNAME_MAX
+                        ),
+                    ));
+                }
+            }
+        }
         let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
         if self.cross_node == CrossNode::HostGw
             && cluster_cidr6.is_some()
@@ -356,9 +390,9 @@ impl ClusterFile {
                  cidr6 (e.g. \"fd00:198:18::/64\") or remove cluster_cidr6",
             ));
         }
-        let pod_cidrs = carve4(cluster_cidr, self.node_prefix_len, &self.nodes)?;
+        let pod_cidrs = carve(cluster_cidr, self.node_prefix_len, &self.nodes)?;
         let pod_cidrs6 = match cluster_cidr6 {
-            Some(c6) => carve6(c6, self.node_prefix_len6, &self.nodes)?
+            Some(c6) => carve(c6, self.node_prefix_len6, &self.nodes)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -490,83 +524,98 @@ fn validate_node_names(nodes: &[NodeEntry]) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Each node's IPv4 pod range: given, or the next `/len` of the cluster
-/// range that no node was given.
-fn carve4(cluster: Ipv4Net, len: u8, nodes: &[NodeEntry]) -> Result<Vec<Ipv4Net>, ModelError> {
-    if len < cluster.prefix_len() || len > 30 {
-        return Err(invalid(
-            "node_prefix_len",
-            format!(
-                "/{len} node ranges cannot be carved from cluster_cidr {cluster}; use {} to 30",
-                cluster.prefix_len()
-            ),
-        ));
-    }
-    let given: Vec<(usize, Ipv4Net)> = nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((i, n.pod_cidr?)))
-        .collect();
-    check_given(&given, |a, b| overlaps4(*a, *b), "pod_cidr")?;
-    if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.contains(g)) {
-        return Err(outside(
-            &format!("nodes[{i}].pod_cidr"),
-            g,
-            "cluster_cidr",
-            cluster,
-        ));
-    }
-    let mut free = cluster
-        .subnets(len)
-        .expect("checked length")
-        .filter(|s| given.iter().all(|(_, g)| !overlaps4(*s, *g)));
-    nodes
-        .iter()
-        .map(|n| match n.pod_cidr {
-            Some(given) => Ok(given),
-            None => free
-                .next()
-                .ok_or_else(|| too_many("cluster_cidr", cluster, len, nodes.len())),
-        })
-        .collect()
+/// What carving node ranges needs of a prefix type (IPv4 or IPv6).
+trait Prefix: Copy + PartialEq + std::fmt::Display + 'static {
+    /// A node's key, the cluster's key and the length's key.
+    const KEYS: (&'static str, &'static str, &'static str);
+    const MAX_LEN: u8;
+    fn len(self) -> u8;
+    fn holds(self, other: Self) -> bool;
+    fn meets(self, other: Self) -> bool;
+    fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>>;
+    fn of(node: &NodeEntry) -> Option<Self>;
 }
 
-/// [`carve4`] for IPv6.
-fn carve6(cluster: Ipv6Net, len: u8, nodes: &[NodeEntry]) -> Result<Vec<Ipv6Net>, ModelError> {
-    if len < cluster.prefix_len() || len > 120 {
+impl Prefix for Ipv4Net {
+    const KEYS: (&'static str, &'static str, &'static str) =
+        ("pod_cidr", "cluster_cidr", "node_prefix_len");
+    const MAX_LEN: u8 = 30;
+    fn len(self) -> u8 {
+        self.prefix_len()
+    }
+    fn holds(self, other: Self) -> bool {
+        self.contains(&other)
+    }
+    fn meets(self, other: Self) -> bool {
+        overlaps4(self, other)
+    }
+    fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>> {
+        Box::new(self.subnets(len).expect("checked length"))
+    }
+    fn of(node: &NodeEntry) -> Option<Self> {
+        node.pod_cidr
+    }
+}
+
+impl Prefix for Ipv6Net {
+    const KEYS: (&'static str, &'static str, &'static str) =
+        ("pod_cidr6", "cluster_cidr6", "node_prefix_len6");
+    const MAX_LEN: u8 = 120;
+    fn len(self) -> u8 {
+        self.prefix_len()
+    }
+    fn holds(self, other: Self) -> bool {
+        self.contains(&other)
+    }
+    fn meets(self, other: Self) -> bool {
+        overlaps6(self, other)
+    }
+    fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>> {
+        Box::new(self.subnets(len).expect("checked length"))
+    }
+    fn of(node: &NodeEntry) -> Option<Self> {
+        node.pod_cidr6
+    }
+}
+
+/// Each node's pod range: given, or the next `/len` of the cluster range
+/// that no node was given.
+fn carve<P: Prefix>(cluster: P, len: u8, nodes: &[NodeEntry]) -> Result<Vec<P>, ModelError> {
+    let (key, cluster_key, len_key) = P::KEYS;
+    if len < cluster.len() || len > P::MAX_LEN {
         return Err(invalid(
-            "node_prefix_len6",
+            len_key,
             format!(
-                "/{len} node ranges cannot be carved from cluster_cidr6 {cluster}; use {} to 120",
-                cluster.prefix_len()
+                "/{len} node ranges cannot be carved from {cluster_key} {cluster}; use {} to {}",
+                cluster.len(),
+                P::MAX_LEN
             ),
         ));
     }
-    let given: Vec<(usize, Ipv6Net)> = nodes
+    let given: Vec<(usize, P)> = nodes
         .iter()
         .enumerate()
-        .filter_map(|(i, n)| Some((i, n.pod_cidr6?)))
+        .filter_map(|(i, n)| Some((i, P::of(n)?)))
         .collect();
-    check_given(&given, |a, b| overlaps6(*a, *b), "pod_cidr6")?;
-    if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.contains(g)) {
+    check_given(&given, |a, b| a.meets(*b), key)?;
+    if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.holds(*g)) {
         return Err(outside(
-            &format!("nodes[{i}].pod_cidr6"),
+            &format!("nodes[{i}].{key}"),
             g,
-            "cluster_cidr6",
+            cluster_key,
             cluster,
         ));
     }
     let mut free = cluster
-        .subnets(len)
-        .expect("checked length")
-        .filter(|s| given.iter().all(|(_, g)| !overlaps6(*s, *g)));
+        .split(len)
+        .filter(|s| given.iter().all(|(_, g)| !s.meets(*g)));
     nodes
         .iter()
-        .map(|n| match n.pod_cidr6 {
+        .map(|n| match P::of(n) {
             Some(given) => Ok(given),
             None => free
                 .next()
-                .ok_or_else(|| too_many("cluster_cidr6", cluster, len, nodes.len())),
+                .ok_or_else(|| too_many(cluster_key, cluster, len, nodes.len())),
         })
         .collect()
 }
@@ -686,6 +735,7 @@ impl UnderlayFile {
             cidr6,
             gateway: self.gateway,
             gateway6: self.gateway6,
+            bridge: self.bridge,
             vni: self.vni,
             port: self.port,
             mtu: self.mtu,

@@ -19,8 +19,9 @@ use super::routes::PROTOCOL;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RemoteRoute {
     pub dst: IpNet,
-    /// The next hop: the remote node's underlay address or its node address.
-    pub via: IpAddr,
+    /// The next hop: the remote node's underlay address or its node
+    /// address; none for a route to a next hop itself.
+    pub via: Option<IpAddr>,
     pub oif: u32,
     /// The next hop is not on a subnet of the interface (the VXLAN device
     /// has no address): the kernel takes it as directly reachable.
@@ -29,19 +30,29 @@ pub struct RemoteRoute {
 
 impl std::fmt::Display for RemoteRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} via {} (interface {})", self.dst, self.via, self.oif)
+        match self.via {
+            Some(via) => write!(f, "{} via {via} (interface {})", self.dst, self.oif),
+            None => write!(f, "{} (interface {})", self.dst, self.oif),
+        }
     }
 }
 
 fn message(r: &RemoteRoute) -> Result<RouteMessage> {
     let mut msg = match (r.dst, r.via) {
-        (IpNet::V4(d), IpAddr::V4(v)) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        (IpNet::V4(d), Some(IpAddr::V4(v))) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
             .destination_prefix(d.addr(), d.prefix_len())
             .gateway(v)
             .build(),
-        (IpNet::V6(d), IpAddr::V6(v)) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+        (IpNet::V6(d), Some(IpAddr::V6(v))) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
             .destination_prefix(d.addr(), d.prefix_len())
             .gateway(v)
+            .build(),
+        (IpNet::V4(d), None) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build(),
+        (IpNet::V6(d), None) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(d.addr(), d.prefix_len())
             .build(),
         // The kernel has no IPv6 route via an IPv4 next hop (RTA_VIA is
         // IPv4's only): the model asks for an IPv6 underlay instead.

@@ -59,7 +59,7 @@ pub fn of_labs(labs: &[String]) -> Vec<NodeStatus> {
         for (node, part) in cluster.nodes.iter().zip(&cluster.parts) {
             let ns = node_netns(&cluster.name, &node.name);
             let args = ["status", "--json", "-n", &cluster.name].map(String::from);
-            let asked = crate::lab::run_on_node(&ns, &args);
+            let asked = crate::lab::run_on_node(&ns, &args, crate::crossnode::Stage::Full);
             let (pods, error) = match asked {
                 Ok(o) if o.status.success() => (pods_of(&o.stdout), None),
                 Ok(o) => (

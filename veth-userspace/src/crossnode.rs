@@ -12,7 +12,9 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 pub use ebpf::PodRanges;
-use ebpf::{enter_programs_path, leave_programs_path, programs_path};
+use ebpf::{
+    finish_programs_path, leave_programs_path, prepare_programs_path, programs_path, switch_to,
+};
 
 mod ebpf;
 
@@ -148,10 +150,16 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         &wanted_addresses,
     )
     .await?;
-    if !programs_path(node) {
-        // Before a kernel VXLAN device may take the UDP port.
+    // The programs' way, ready to receive (nothing sent differently yet);
+    // or left before a kernel VXLAN device may take the UDP port.
+    let programs = if programs_path(node) {
+        let path =
+            prepare_programs_path(host, name, node, &underlay, ranges, &state, &mut record).await?;
+        Some(path)
+    } else {
         leave_programs_path(host, name, &state, &mut record).await?;
-    }
+        None
+    };
     let vx = match node.cross_node {
         CrossNode::Vxlan => {
             Some(ensure_vxlan(host, name, &state, &mut record, node, &underlay).await?)
@@ -174,8 +182,11 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
     if vx.is_none() && stage == Stage::Full {
         remove_vxlan(host, &mut record).await?;
     }
-    if programs_path(node) {
-        enter_programs_path(host, name, node, &underlay, ranges, &state, &mut record).await?;
+    if let Some(path) = programs {
+        switch_to(name, node, &underlay, ranges, path)?;
+        if stage == Stage::Full {
+            finish_programs_path(host, name, node, &mut record).await?;
+        }
     }
     remove_addresses(host, &mut record, &wanted_addresses).await?;
     record.save(&state)

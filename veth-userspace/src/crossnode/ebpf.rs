@@ -6,9 +6,11 @@
 //! The host-gw routes stay in both modes: they carry the node's own
 //! traffic to other nodes' pods (and mode xdp's cross-node frames, which
 //! XDP passes to the stack); the pods' frames bypass them. So host-gw <->
-//! ebpf changes no route: onto the programs' path, the receiving program
-//! is attached before the path switches; off it, the path switches before
-//! the program goes.
+//! ebpf changes no route. In the lab's rounds ([`super::Stage`]): every
+//! node ready to receive the programs' way (routes, programs, tunnel
+//! device), then every node sending it (one map write), then the tunnel
+//! device removed where no longer used. Off the programs' way, the path
+//! switches before the programs go.
 
 use anyhow::Result;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -43,7 +45,11 @@ fn tunnel_device(name: &str, node: &NodePart) -> TunnelDevice {
     }
 }
 
-pub async fn enter_programs_path(
+/// Ready to receive the programs' way: the remote routes (which the
+/// receiving programs check sources against) first, then the underlay's
+/// program, and for `ebpf-vxlan` the tunnel device with its program.
+/// Nothing is sent differently yet. Returns the path to switch to.
+pub async fn prepare_programs_path(
     host: &Host,
     name: &str,
     node: &NodePart,
@@ -51,31 +57,41 @@ pub async fn enter_programs_path(
     ranges: PodRanges,
     state: &StateDir,
     record: &mut Record,
-) -> Result<()> {
+) -> Result<Path> {
     let local = local_node(node, underlay, ranges);
-    // The receiving programs check sources against these: in first.
     cross_node::sync_routes(name, &local, &remotes(node))?;
     cross_node::attach(name, NodeDevice::Underlay, &underlay.name)?;
-    let path = match node.cross_node {
-        CrossNode::EbpfVxlan => {
-            let device = tunnel_device(name, node);
-            record.tunnel = Some(device.name.clone());
-            record.save(state)?;
-            let ifindex = host.ensure_tunnel(&device).await?;
-            cross_node::attach(name, NodeDevice::Tunnel, &device.name)?;
-            Path::Tunnel {
-                tunnel_ifindex: ifindex,
-            }
-        }
-        _ => Path::Native,
-    };
-    cross_node::sync(
-        name,
-        &local_node(node, underlay, ranges),
-        path,
-        &remotes(node),
-    )?;
-    if path == Path::Native {
+    if node.cross_node != CrossNode::EbpfVxlan {
+        return Ok(Path::Native);
+    }
+    let device = tunnel_device(name, node);
+    record.tunnel = Some(device.name.clone());
+    record.save(state)?;
+    let tunnel_ifindex = host.ensure_tunnel(&device).await?;
+    cross_node::attach(name, NodeDevice::Tunnel, &device.name)?;
+    Ok(Path::Tunnel { tunnel_ifindex })
+}
+
+/// Sends the programs' way from now on (one map write).
+pub fn switch_to(
+    name: &str,
+    node: &NodePart,
+    underlay: &LinkState,
+    ranges: PodRanges,
+    path: Path,
+) -> Result<()> {
+    cross_node::set_path(name, &local_node(node, underlay, ranges), path)
+}
+
+/// What the programs' way no longer needs once every node sends the new
+/// way: the tunnel device of `ebpf-vxlan` after a change to `ebpf`.
+pub async fn finish_programs_path(
+    host: &Host,
+    name: &str,
+    node: &NodePart,
+    record: &mut Record,
+) -> Result<()> {
+    if node.cross_node == CrossNode::Ebpf {
         remove_tunnel(host, name, node, record).await?;
     }
     Ok(())

@@ -153,8 +153,19 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
     // The programs' way, ready to receive (nothing sent differently yet);
     // or left before a kernel VXLAN device may take the UDP port.
     let programs = if programs_path(node) {
+        // A kernel VXLAN device holds the UDP port the tunnel device needs:
+        // it goes first, its routes with it, so this node sends the new way
+        // at once (frames of that moment to or from nodes not changed yet
+        // are lost).
+        let took_port = node.cross_node == CrossNode::EbpfVxlan && record.vxlan.is_some();
+        if took_port {
+            remove_vxlan(host, &mut record).await?;
+        }
         let path =
             prepare_programs_path(host, name, node, &underlay, ranges, &state, &mut record).await?;
+        if took_port {
+            switch_to(name, node, &underlay, ranges, path)?;
+        }
         Some(path)
     } else {
         leave_programs_path(host, name, &state, &mut record).await?;

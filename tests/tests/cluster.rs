@@ -630,3 +630,37 @@ fn ebpf_modes_change_live() {
     let (sent, got) = session.finish();
     assert_eq!(sent, got, "the TCP connection survived every change intact");
 }
+
+/// vxlan -> ebpf-vxlan -> vxlan: the kernel's VXLAN device and the
+/// collect-metadata one take turns on the UDP port (both changes succeed,
+/// pods reach each other after each), and what a ping stream lost in the
+/// handover is reported.
+#[test]
+fn vxlan_and_ebpf_vxlan_take_turns_on_the_port() {
+    let lab = Lab::new("vxlan");
+    lab.up();
+    let (a1, ..) = lab.pod("n1", "a");
+    let (_, b3, _) = lab.pod("n3", "b");
+    expect_pings(&a1, b3, 3, "vxlan before the changes");
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &a1, "ping", "-n", "-q", "-i", "0.01", "-c", "600", "-W", "1",
+        ])
+        .arg(b3.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    for mode in ["ebpf-vxlan", "vxlan"] {
+        lab.switch(mode);
+        expect_pings(&a1, b3, 3, &format!("after the change to {mode}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = pinger.wait_with_output().expect("ping");
+    let received = veth_tests::pings_received(&out.stdout);
+    eprintln!(
+        "live vxlan -> ebpf-vxlan -> vxlan: {} of 600 pings lost",
+        600 - received
+    );
+    assert!(received > 0, "the stream went on");
+}

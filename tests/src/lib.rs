@@ -8,6 +8,7 @@
 
 pub mod attack;
 pub mod cni;
+pub mod daemonset;
 pub mod frames;
 pub mod node;
 pub mod outside;

@@ -98,7 +98,7 @@ impl TestNode {
             })
     }
 
-    /// The node's pins on the host's bpffs: `<PINS_NODES>/<cookie>`.
+    /// The node's pins on the host's bpffs: `<PINS_NODES>/<boot>-<cookie>`.
     pub fn pins_root(&self) -> Option<PathBuf> {
         let cookie = self.state_root()?.file_name()?.to_owned();
         Some(Path::new(PINS_NODES).join(cookie))

@@ -1,5 +1,6 @@
 //! The command line as an operator meets it: the kernel check, `--version`,
-//! `status --check`, `uninstall-cni`, completions and the man page.
+//! `status --check`, tables within 80 columns, `uninstall-cni`, completions
+//! and the man page.
 
 use std::process::Command;
 
@@ -328,12 +329,11 @@ fn status_json_has_both_families() {
     );
     assert_eq!(top["pod_cidr6"], cidr6.as_str(), "{top}");
     assert_eq!(top["host_address6"], node6.as_str(), "{top}");
-    let (table, _) = text(&t.vethctl(&["status"]));
-    assert!(
-        table.contains(&format!(" {cidr6}  node address ")),
-        "{table}"
-    );
-    assert!(table.contains(&format!(" {node6} (on lo)")), "{table}");
+    for output in ["table", "wide"] {
+        let (table, _) = text(&t.vethctl(&["status", "-o", output]));
+        assert!(table.contains(&format!(" {cidr6}")), "{table}");
+        assert!(table.contains(&format!(" {node6} (on lo)")), "{table}");
+    }
 
     let v4 = TestTopology::new(&["b"]);
     v4.up();
@@ -380,4 +380,53 @@ fn plan_json_lists_steps_and_none_after_up() {
         .filter_map(|s| s["step"].as_str())
         .collect();
     assert_eq!(kinds, ["enable_forwarding", "sync_dataplane"], "{stdout}");
+}
+
+/// The default tables of `status`, `stats` and `stats --watch` fit 80
+/// columns for a dual-stack topology of three pods with the longest names
+/// it allows and traffic counted; `-o wide` has the columns left out, and
+/// `-o json` is `--json`.
+#[test]
+fn tables_fit_80_columns_and_wide_has_the_rest() {
+    require_root();
+    let t = TestTopology::dual_stack("tc", &["gateway", "backend", "payment"]);
+    t.up();
+    let (a, b) = (t.pod("gateway"), t.pod("payment"));
+    assert_eq!(veth_tests::ping(&a.netns, b.ipv4, 2), 2);
+    assert_eq!(
+        veth_tests::ping(&a.netns, b.ipv6.expect("dual stack"), 2),
+        2
+    );
+    let shown = |args: &[&str]| {
+        let out = t.vethctl(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+    let watch = ["stats", "--watch", "--interval", "0.1", "--count", "1"];
+    for args in [&["status"][..], &["stats"], &watch] {
+        let table = shown(args);
+        let widest = table.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest <= 80, "{args:?} is {widest} columns:\n{table}");
+        assert!(table.contains("payment"), "{args:?}:\n{table}");
+    }
+    let wide = |command: &[&str], columns: &[&str]| {
+        let args: Vec<&str> = command.iter().chain(&["-o", "wide"]).copied().collect();
+        let table = shown(&args);
+        for column in columns {
+            assert!(table.contains(column), "{args:?} lacks {column}:\n{table}");
+        }
+        let (fit, _) = text(&t.vethctl(command));
+        assert!(!fit.contains(columns[0]), "{command:?}:\n{fit}");
+    };
+    wide(
+        &["status"],
+        &["POD MAC", "NETNS", "HOST SIDE", "PROGRAMS", &a.host_veth],
+    );
+    wide(&["stats"], &["REDIRECTED BYTES", "HOST VETH", &a.host_veth]);
+    wide(&watch, &["REDIRECTED PKT/S", "HOST VETH", &a.host_veth]);
+    let json: serde_json::Value = serde_json::from_str(&shown(&["status", "-o", "json"])).unwrap();
+    assert_eq!(json["topologies"][0]["pods"].as_array().unwrap().len(), 3);
+    let both = t.vethctl(&["stats", "-o", "wide", "--json"]);
+    assert_eq!(both.status.code(), Some(2), "-o and --json conflict");
 }

@@ -672,111 +672,116 @@ fn parse_log_config(obj: &Map<String, Value>) -> Result<LogConfig, CniError> {
     })
 }
 
+/// The value of `key`, parsed, unless absent or `null`.
+fn optional<T>(
+    obj: &Map<String, Value>,
+    key: &str,
+    parse: impl FnOnce(&Value) -> Result<T, CniError>,
+) -> Result<Option<T>, CniError> {
+    obj.get(key).filter(|v| !v.is_null()).map(parse).transpose()
+}
+
+/// The JSON object on stdin.
+fn decode_object(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
+    const WHAT: &str = "the network configuration on stdin";
+    if stdin.iter().all(u8::is_ascii_whitespace) {
+        return Err(CniError::decode(
+            WHAT,
+            "stdin is empty; the runtime passes the network configuration as JSON",
+        ));
+    }
+    let value: Value =
+        serde_json::from_slice(stdin).map_err(|e| CniError::decode(WHAT, e.to_string()))?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(CniError::decode(
+            WHAT,
+            format!("expected a JSON object, found {}", type_name(&value)),
+        )),
+    }
+}
+
+/// The version asked for (`cniVersion`), the versions listed
+/// (`cniVersions`) and the one the answer is in, which must have `command`.
+fn parse_versions(
+    obj: &Map<String, Value>,
+    command: Command,
+) -> Result<(Option<String>, Vec<String>, CniVersion), CniError> {
+    let requested = opt_str(obj.get("cniVersion"), "cniVersion")?
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let cni_versions = str_list(obj.get("cniVersions"), "cniVersions")?;
+    let cni_version = negotiate(requested.as_deref(), &cni_versions)?;
+    let needs = match command {
+        Command::Check if !cni_version.has_check() => Some(CniVersion::V0_4_0),
+        Command::Status | Command::Gc if !cni_version.has_status_and_gc() => {
+            Some(CniVersion::V1_1_0)
+        }
+        _ => None,
+    };
+    if let Some(needs) = needs {
+        return Err(CniError::IncompatibleVersion {
+            message: format!(
+                "{command} needs cniVersion {needs} or later, and this configuration is answered in {cni_version}"
+            ),
+            details: format!("{command} does not exist before CNI {needs}"),
+        });
+    }
+    Ok((requested, cni_versions, cni_version))
+}
+
+/// `name`: required, and a valid network name.
+fn parse_name(obj: &Map<String, Value>) -> Result<String, CniError> {
+    match opt_str(obj.get("name"), "name")? {
+        Some(n) if is_cni_name(n) => Ok(n.to_string()),
+        Some(n) => Err(bad(
+            "name",
+            format!(
+                "{n:?} is not a network name (a letter or digit, then letters, digits, \
+                 '_', '.' or '-')"
+            ),
+        )),
+        None => Err(bad(
+            "name",
+            "missing; the runtime injects the network's name",
+        )),
+    }
+}
+
+/// `type`: required, the plugin's binary.
+fn parse_type(obj: &Map<String, Value>) -> Result<String, CniError> {
+    match opt_str(obj.get("type"), "type")? {
+        Some(t) if !t.is_empty() => Ok(t.to_string()),
+        _ => Err(bad("type", "missing; it names this plugin's binary")),
+    }
+}
+
 impl NetConf {
     /// Parse the configuration `command` received on stdin.
     pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, CniError> {
-        const WHAT: &str = "the network configuration on stdin";
-        if stdin.iter().all(u8::is_ascii_whitespace) {
-            return Err(CniError::decode(
-                WHAT,
-                "stdin is empty; the runtime passes the network configuration as JSON",
-            ));
-        }
-        let value: Value =
-            serde_json::from_slice(stdin).map_err(|e| CniError::decode(WHAT, e.to_string()))?;
-        let Value::Object(mut obj) = value else {
-            return Err(CniError::decode(
-                WHAT,
-                format!("expected a JSON object, found {}", type_name(&value)),
-            ));
-        };
-
-        let requested = opt_str(obj.get("cniVersion"), "cniVersion")?
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        let cni_versions = str_list(obj.get("cniVersions"), "cniVersions")?;
-        let cni_version = negotiate(requested.as_deref(), &cni_versions)?;
-        let needs = match command {
-            Command::Check if !cni_version.has_check() => Some(CniVersion::V0_4_0),
-            Command::Status | Command::Gc if !cni_version.has_status_and_gc() => {
-                Some(CniVersion::V1_1_0)
-            }
-            _ => None,
-        };
-        if let Some(needs) = needs {
-            return Err(CniError::IncompatibleVersion {
-                message: format!(
-                    "{command} needs cniVersion {needs} or later, and this configuration is answered in {cni_version}"
-                ),
-                details: format!("{command} does not exist before CNI {needs}"),
-            });
-        }
-
-        let name = match opt_str(obj.get("name"), "name")? {
-            Some(n) if is_cni_name(n) => n.to_string(),
-            Some(n) => {
-                return Err(bad(
-                    "name",
-                    format!(
-                        "{n:?} is not a network name (a letter or digit, then letters, digits, \
-                         '_', '.' or '-')"
-                    ),
-                ))
-            }
-            None => {
-                return Err(bad(
-                    "name",
-                    "missing; the runtime injects the network's name",
-                ))
-            }
-        };
-
+        let mut obj = decode_object(stdin)?;
+        let (requested, cni_versions, cni_version) = parse_versions(&obj, command)?;
+        let name = parse_name(&obj)?;
+        // What DEL and GC can go without, they do (with a warning).
         let mut lenient = Leniency {
             command,
             warnings: Vec::new(),
         };
-        let plugin_type = match opt_str(obj.get("type"), "type") {
-            Ok(Some(t)) if !t.is_empty() => Ok(t.to_string()),
-            Ok(_) => Err(bad("type", "missing; it names this plugin's binary")),
-            Err(e) => Err(e),
-        };
-        let plugin_type = lenient.take(plugin_type, String::new())?;
-        let mode = obj
-            .get("mode")
-            .filter(|v| !v.is_null())
-            .map(parse_mode)
-            .transpose();
-        let mode = lenient.take(mode, None)?.unwrap_or_default();
-        let log = parse_log_config(&obj);
-        let log = lenient.take(log, LogConfig::default())?;
-        let mtu = obj
-            .get("mtu")
-            .filter(|v| !v.is_null())
-            .map(parse_mtu)
-            .transpose();
-        let mtu = lenient.take(mtu, None)?;
-        let ipam = obj
-            .get("ipam")
-            .filter(|v| !v.is_null())
-            .map(|v| parse_ipam(v, &plugin_type))
-            .transpose();
+        let plugin_type = lenient.take(parse_type(&obj), String::new())?;
+        let mode = lenient.take(optional(&obj, "mode", parse_mode), None)?;
+        let log = lenient.take(parse_log_config(&obj), LogConfig::default())?;
+        let mtu = lenient.take(optional(&obj, "mtu", parse_mtu), None)?;
+        let ipam = optional(&obj, "ipam", |v| parse_ipam(v, &plugin_type));
         let ipam = lenient.take(ipam, None)?;
-        let dns = obj
-            .get("dns")
-            .filter(|v| !v.is_null())
-            .map(|v| Dns::from_value(v, "dns"))
-            .transpose();
-        let dns = lenient.take(dns, None)?;
+        let dns = lenient.take(optional(&obj, "dns", |v| Dns::from_value(v, "dns")), None)?;
         let runtime_config = obj
             .get("runtimeConfig")
             .map(parse_runtime_config)
             .unwrap_or_else(|| Ok(RuntimeConfig::default()));
         let runtime_config = lenient.take(runtime_config, RuntimeConfig::default())?;
-        let prev_result = obj
-            .get("prevResult")
-            .filter(|v| !v.is_null())
-            .map(|v| CniResult::from_value(v, cni_version, "prevResult"))
-            .transpose();
+        let prev_result = optional(&obj, "prevResult", |v| {
+            CniResult::from_value(v, cni_version, "prevResult")
+        });
         let prev_result = lenient.take(prev_result, None)?;
         if command == Command::Check && prev_result.is_none() {
             return Err(bad(
@@ -788,7 +793,6 @@ impl NetConf {
             Command::Gc => Some(parse_valid_attachments(&obj, &name)?),
             _ => None,
         };
-
         for key in KNOWN_KEYS {
             obj.remove(key);
         }
@@ -798,7 +802,7 @@ impl NetConf {
             cni_versions,
             name,
             plugin_type,
-            mode,
+            mode: mode.unwrap_or_default(),
             mtu,
             ipam,
             dns,

@@ -396,6 +396,109 @@ const VARS: [&str; 6] = [
     "CNI_PATH",
 ];
 
+/// The `CNI_*` variables that are set and not empty (empty is unset, as
+/// in the reference skel).
+type Found = BTreeMap<&'static str, String>;
+
+/// The `CNI_*` variables of `vars`; one that is not UTF-8 is code 4.
+fn cni_vars<I, K, V>(vars: I) -> Result<Found, CniError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let mut found = Found::new();
+    for (key, value) in vars {
+        let Some(name) = VARS.iter().find(|n| OsStr::new(n) == key.as_ref()) else {
+            continue;
+        };
+        let value = value.as_ref();
+        let Some(value) = value.to_str() else {
+            return Err(CniError::invalid_env(
+                name,
+                value.to_string_lossy(),
+                "not valid UTF-8",
+            ));
+        };
+        found.insert(name, value.to_string());
+    }
+    found.retain(|_, v| !v.is_empty());
+    Ok(found)
+}
+
+/// `CNI_COMMAND`, and that the variables `command` needs are set.
+fn command_of(found: &Found) -> Result<Command, CniError> {
+    let Some(command) = found.get("CNI_COMMAND") else {
+        return Err(CniError::invalid_env(
+            "CNI_COMMAND",
+            "",
+            "not set; the runtime sets ADD, DEL, CHECK, STATUS, GC or VERSION",
+        ));
+    };
+    let command = Command::parse(command).ok_or_else(|| {
+        CniError::invalid_env(
+            "CNI_COMMAND",
+            command,
+            "unknown command; expected ADD, DEL, CHECK, STATUS, GC or VERSION",
+        )
+    })?;
+    let required: &[&'static str] = match command {
+        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
+        Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
+        Command::Gc => &["CNI_PATH"],
+        Command::Status | Command::Version => &[],
+    };
+    let missing: Vec<&'static str> = required
+        .iter()
+        .copied()
+        .filter(|v| !found.contains_key(v))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CniError::MissingEnv {
+            command: command.as_str(),
+            vars: missing,
+        });
+    }
+    Ok(command)
+}
+
+/// The attachment of ADD, DEL or CHECK. Checked for DEL too (these name
+/// what gets removed), except what DEL goes ahead without, noted in
+/// `warnings`: a namespace or `CNI_ARGS` that cannot be used.
+fn attachment_of(
+    found: &Found,
+    command: Command,
+    warnings: &mut Vec<String>,
+) -> Result<Attachment, CniError> {
+    let get = |name: &str| found.get(name).map(String::as_str);
+    let container_id = ContainerId::new(get("CNI_CONTAINERID").unwrap_or_default())?;
+    let ifname = IfName::new(get("CNI_IFNAME").unwrap_or_default())?;
+    let netns = match get("CNI_NETNS").map(validate_netns) {
+        None => None,
+        Some(Ok(path)) => Some(path),
+        Some(Err(e)) if command == Command::Del => {
+            warnings.push(format!("{e}; DEL goes ahead without the namespace"));
+            None
+        }
+        Some(Err(e)) => return Err(e),
+    };
+    let args = match get("CNI_ARGS").map(CniArgs::parse) {
+        None => CniArgs::default(),
+        Some(Ok(args)) => args,
+        Some(Err(e)) if command == Command::Del => {
+            warnings.push(format!("{e}; DEL goes ahead without them"));
+            CniArgs::default()
+        }
+        Some(Err(e)) => return Err(e),
+    };
+    Ok(Attachment {
+        container_id,
+        ifname,
+        netns,
+        args,
+    })
+}
+
 impl Environment {
     /// Read and validate the `CNI_*` variables from `vars` (for example
     /// `std::env::vars_os()`); other variables are ignored. A `CNI_*` value
@@ -406,101 +509,25 @@ impl Environment {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
-        let mut found: BTreeMap<&'static str, String> = BTreeMap::new();
-        for (key, value) in vars {
-            let Some(name) = VARS.iter().find(|n| OsStr::new(n) == key.as_ref()) else {
-                continue;
-            };
-            let value = value.as_ref();
-            let Some(value) = value.to_str() else {
-                return Err(CniError::invalid_env(
-                    name,
-                    value.to_string_lossy(),
-                    "not valid UTF-8",
-                ));
-            };
-            found.insert(name, value.to_string());
-        }
-        // Empty is unset, as in the reference skel.
-        found.retain(|_, v| !v.is_empty());
-        let get = |name: &str| found.get(name).map(String::as_str);
-
-        let Some(command) = get("CNI_COMMAND") else {
-            return Err(CniError::invalid_env(
-                "CNI_COMMAND",
-                "",
-                "not set; the runtime sets ADD, DEL, CHECK, STATUS, GC or VERSION",
-            ));
-        };
-        let command = Command::parse(command).ok_or_else(|| {
-            CniError::invalid_env(
-                "CNI_COMMAND",
-                command,
-                "unknown command; expected ADD, DEL, CHECK, STATUS, GC or VERSION",
-            )
-        })?;
-
-        let required: &[&'static str] = match command {
-            Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
-            Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
-            Command::Gc => &["CNI_PATH"],
-            Command::Status | Command::Version => &[],
-        };
-        let missing: Vec<&'static str> = required
-            .iter()
-            .copied()
-            .filter(|v| get(v).is_none())
-            .collect();
-        if !missing.is_empty() {
-            return Err(CniError::MissingEnv {
-                command: command.as_str(),
-                vars: missing,
-            });
-        }
-
+        let found = cni_vars(vars)?;
+        let command = command_of(&found)?;
         let mut warnings = Vec::new();
         let attachment = if command.has_attachment() {
-            // Checked for DEL too: these name what gets removed.
-            let container_id = ContainerId::new(get("CNI_CONTAINERID").unwrap_or_default())?;
-            let ifname = IfName::new(get("CNI_IFNAME").unwrap_or_default())?;
-            let netns = match get("CNI_NETNS").map(validate_netns) {
-                None => None,
-                Some(Ok(path)) => Some(path),
-                Some(Err(e)) if command == Command::Del => {
-                    warnings.push(format!("{e}; DEL goes ahead without the namespace"));
-                    None
-                }
-                Some(Err(e)) => return Err(e),
-            };
-            let args = match get("CNI_ARGS").map(CniArgs::parse) {
-                None => CniArgs::default(),
-                Some(Ok(args)) => args,
-                Some(Err(e)) if command == Command::Del => {
-                    warnings.push(format!("{e}; DEL goes ahead without them"));
-                    CniArgs::default()
-                }
-                Some(Err(e)) => return Err(e),
-            };
-            Some(Attachment {
-                container_id,
-                ifname,
-                netns,
-                args,
-            })
+            Some(attachment_of(&found, command, &mut warnings)?)
         } else {
             None
         };
-
         let path = match command {
             Command::Version => Vec::new(),
-            _ => get("CNI_PATH")
+            _ => found
+                .get("CNI_PATH")
+                .map(String::as_str)
                 .unwrap_or_default()
                 .split(':')
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from)
                 .collect(),
         };
-
         Ok(Environment {
             command,
             attachment,

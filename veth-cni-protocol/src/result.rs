@@ -266,14 +266,7 @@ impl CniResult {
             .interfaces
             .unwrap_or_default()
             .into_iter()
-            .map(|i| Interface {
-                name: i.name.unwrap_or_default(),
-                mac: i.mac.filter(|s| !s.is_empty()),
-                mtu: i.mtu.filter(|&m| m > 0),
-                sandbox: i.sandbox.filter(|s| !s.is_empty()),
-                socket_path: i.socket_path.filter(|s| !s.is_empty()),
-                pci_id: i.pci_id.filter(|s| !s.is_empty()),
-            })
+            .map(Interface::from)
             .collect();
         let mut ips = Vec::new();
         for (n, ip) in raw.ips.unwrap_or_default().into_iter().enumerate() {
@@ -389,6 +382,20 @@ struct RawInterface {
     socket_path: Option<String>,
     #[serde(rename = "pciID", default)]
     pci_id: Option<String>,
+}
+
+/// Empty strings and a zero MTU read as absent.
+impl From<RawInterface> for Interface {
+    fn from(i: RawInterface) -> Interface {
+        Interface {
+            name: i.name.unwrap_or_default(),
+            mac: i.mac.filter(|s| !s.is_empty()),
+            mtu: i.mtu.filter(|&m| m > 0),
+            sandbox: i.sandbox.filter(|s| !s.is_empty()),
+            socket_path: i.socket_path.filter(|s| !s.is_empty()),
+            pci_id: i.pci_id.filter(|s| !s.is_empty()),
+        }
+    }
 }
 
 #[derive(Deserialize)]

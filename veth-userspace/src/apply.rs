@@ -566,7 +566,7 @@ async fn up_locked(
     let state = StateDir::new(&topology.name);
     // The ledger first (with every object the steps may make), then the
     // description: nothing is made before both are saved.
-    let ledger = with_intents(ledger, topology, &steps);
+    let ledger = with_objects_to_make(ledger, topology, &steps);
     ledger.save(&state)?;
     state.save(source)?;
     state.save_addresses(&topology.assigned())?;
@@ -594,7 +594,7 @@ async fn up_locked(
 
 /// `ledger` with an entry for every object `steps` may make, written
 /// before the first of them is made.
-fn with_intents(mut ledger: Ledger, topology: &Topology, steps: &[Step]) -> Ledger {
+fn with_objects_to_make(mut ledger: Ledger, topology: &Topology, steps: &[Step]) -> Ledger {
     for step in steps {
         match step {
             Step::CreateNetns { netns } => {
@@ -842,15 +842,16 @@ impl Executor {
         applied.save(&StateDir::new(&self.name))
     }
 
-    /// Changes the ledger in memory (saved after the last step).
-    fn note(&self, change: impl FnOnce(&mut Ledger)) {
+    /// Changes the ledger in memory only (saved after the last step): for
+    /// what a step removed, or learnt of an object the ledger already has.
+    fn record_in_memory(&self, change: impl FnOnce(&mut Ledger)) {
         change(&mut self.ledger.lock().expect("ledger lock"));
     }
 
     /// Records an object before it is made: saves the ledger at once if
-    /// `record` added anything (it says so; usually the intents saved
-    /// before the steps have it already).
-    fn intend(&self, record: impl FnOnce(&mut Ledger) -> bool) -> Result<()> {
+    /// `record` added anything (it says so; usually the ledger saved
+    /// before the steps has it already, see [`with_objects_to_make`]).
+    fn record_and_save(&self, record: impl FnOnce(&mut Ledger) -> bool) -> Result<()> {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         if record(&mut ledger) {
             ledger.save(&StateDir::new(&self.name))?;
@@ -929,7 +930,7 @@ impl Executor {
                 continue;
             }
             self.host.ensure_alias(&now, &link_mark(&self.name)).await?;
-            self.note(|l| {
+            self.record_in_memory(|l| {
                 if let Some(entry) = l.links.get_mut(&recorded) {
                     if entry.ifindex.is_none() {
                         entry.ifindex = Some(now.ifindex);
@@ -1034,7 +1035,7 @@ impl Executor {
             .await?
             .with_context(|| format!("link {name:?} vanished right after creation"))?;
         self.host.set_alias(&link, &link_mark(&self.name)).await?;
-        self.note(|l| {
+        self.record_in_memory(|l| {
             if let Some(entry) = l.links.get_mut(name) {
                 entry.ifindex = Some(link.ifindex);
             }
@@ -1099,7 +1100,7 @@ impl Executor {
             Step::ConfigureMasquerade => self.configure_masquerade(need()?)?,
             Step::RemoveMasquerade => {
                 nat::remove(&self.name)?;
-                self.note(|l| l.nat_table = false);
+                self.record_in_memory(|l| l.nat_table = false);
             }
             Step::AddUnreachable { net } => self.add_unreachable(*net).await?,
             Step::RemoveUnreachable { net } => self.remove_unreachable(*net).await?,
@@ -1113,7 +1114,7 @@ impl Executor {
                 self.remove_address(address, *ifindex).await?
             }
             Step::CreateNetns { netns } => {
-                self.intend(|l| l.netns.insert(netns.clone()))?;
+                self.record_and_save(|l| l.netns.insert(netns.clone()))?;
                 netns::create(netns)?
             }
             Step::CreateVeth { pod, host_veth } => {
@@ -1151,18 +1152,9 @@ impl Executor {
             Step::AwaitVethsGone { ifindexes } => self.await_veths_gone(ifindexes).await?,
             Step::RemovePins => {
                 Pins::new(&self.name).remove_all()?;
-                self.note(|l| l.pins = false);
+                self.record_in_memory(|l| l.pins = false);
             }
-            Step::ConfigureCrossNode => {
-                let (node, t) = topology
-                    .and_then(|t| Some((t.node.as_ref()?, t)))
-                    .context("configuring cross-node routes needs the node's description")?;
-                let ranges = crate::crossnode::PodRanges {
-                    v4: t.pod_cidr,
-                    v6: t.pod_cidr6,
-                };
-                crate::crossnode::apply(&self.host, &self.name, node, ranges).await?;
-            }
+            Step::ConfigureCrossNode => self.configure_cross_node(topology).await?,
             Step::RemoveCrossNode => crate::crossnode::remove(&self.host, &self.name).await?,
             Step::RemoveState => {
                 StateDir::new(&self.name).remove()?;
@@ -1171,6 +1163,17 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    async fn configure_cross_node(&self, topology: Option<&Topology>) -> Result<()> {
+        let (node, t) = topology
+            .and_then(|t| Some((t.node.as_ref()?, t)))
+            .context("configuring cross-node routes needs the node's description")?;
+        let ranges = crate::crossnode::PodRanges {
+            v4: t.pod_cidr,
+            v6: t.pod_cidr6,
+        };
+        crate::crossnode::apply(&self.host, &self.name, node, ranges).await
     }
 
     /// Masquerades the pod networks when the uplink asks for it; otherwise
@@ -1193,7 +1196,7 @@ impl Executor {
                         .map(|k| (k.network().into(), k.prefix_len())),
                 }
             }));
-            self.intend(|l| !std::mem::replace(&mut l.nat_table, true))?;
+            self.record_and_save(|l| !std::mem::replace(&mut l.nat_table, true))?;
             nat::apply(
                 &topology.name,
                 &topology.object_prefix(),
@@ -1202,16 +1205,16 @@ impl Executor {
             )?;
         } else if self.ledger.lock().expect("ledger lock").nat_table {
             nat::remove(&self.name)?;
-            self.note(|l| l.nat_table = false);
+            self.record_in_memory(|l| l.nat_table = false);
         }
         Ok(())
     }
 
     async fn add_unreachable(&self, net: IpNet) -> Result<()> {
-        self.intend(|l| l.unreachable.insert(net))?;
+        self.record_and_save(|l| l.unreachable.insert(net))?;
         if let Err(e) = self.host.add_unreachable(net).await {
             // Someone else's route: not ours to remove later.
-            self.note(|l| {
+            self.record_in_memory(|l| {
                 l.unreachable.remove(&net);
             });
             return Err(e);
@@ -1221,7 +1224,7 @@ impl Executor {
 
     async fn remove_unreachable(&self, net: IpNet) -> Result<()> {
         self.host.remove_route(&routes::unreachable(net)).await?;
-        self.note(|l| {
+        self.record_in_memory(|l| {
             l.unreachable.remove(&net);
         });
         Ok(())
@@ -1229,7 +1232,7 @@ impl Executor {
 
     async fn create_bridge(&self, topology: &Topology, name: &str) -> Result<()> {
         let mac = topology.bridge_mac();
-        self.intend(|l| {
+        self.record_and_save(|l| {
             let link = LedgerLink {
                 kind: "bridge".into(),
                 ifindex: None,
@@ -1257,7 +1260,7 @@ impl Executor {
     }
 
     async fn add_address(&self, address: &LedgerAddress) -> Result<()> {
-        self.intend(|l| l.addresses.insert(address.clone()))?;
+        self.record_and_save(|l| l.addresses.insert(address.clone()))?;
         let device = self.device(&address.device).await?;
         let label = host_address_label(&self.name);
         let label = (address.device == "lo").then_some(label.as_str());
@@ -1273,7 +1276,7 @@ impl Executor {
             .await?;
         if !added {
             // Someone else added it meanwhile: used, not ours.
-            self.note(|l| {
+            self.record_in_memory(|l| {
                 l.addresses.remove(address);
             });
         }
@@ -1300,7 +1303,7 @@ impl Executor {
                 address.prefix_len,
             )
             .await?;
-        self.note(|l| {
+        self.record_in_memory(|l| {
             l.addresses.remove(address);
         });
         Ok(())
@@ -1309,7 +1312,7 @@ impl Executor {
     async fn create_veth(&self, topology: &Topology, pod: &str, host_veth: &str) -> Result<()> {
         self.veths.lock().expect("veths lock").remove(host_veth);
         let pod = pod_in(topology, pod)?;
-        self.intend(|l| {
+        self.record_and_save(|l| {
             let link = LedgerLink {
                 kind: "veth".into(),
                 ifindex: None,
@@ -1336,7 +1339,7 @@ impl Executor {
 
     async fn load_programs(&self, topology: &Topology) -> Result<()> {
         let owned = topology.clone();
-        self.intend(|l| !std::mem::replace(&mut l.pins, true))?;
+        self.record_and_save(|l| !std::mem::replace(&mut l.pins, true))?;
         // Loading verifies programs and may take a moment: off the
         // runtime.
         let replaced = tokio::task::spawn_blocking(move || {
@@ -1392,7 +1395,7 @@ impl Executor {
 
     fn delete_netns(&self, netns: &str) -> Result<()> {
         netns::delete(netns)?;
-        self.note(|l| {
+        self.record_in_memory(|l| {
             l.netns.remove(netns);
         });
         Ok(())
@@ -1401,7 +1404,7 @@ impl Executor {
     async fn delete_link(&self, name: &str, ifindex: u32) -> Result<()> {
         self.veths.lock().expect("veths lock").remove(name);
         self.host.delete_link(ifindex, name).await?;
-        self.note(|l| {
+        self.record_in_memory(|l| {
             l.links.retain(|recorded, entry| match entry.ifindex {
                 Some(i) => i != ifindex,
                 None => recorded != name,

@@ -2,14 +2,18 @@
 //! a topology that is up, in whatever mode it is in, with what the dataplane
 //! counted meanwhile: the proof of which path the traffic took.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use veth_bench::{measure, Sample, Spread, Target, Workload};
+use veth_common::PairCounters;
 
 use crate::{
     dataplane,
-    model::Topology,
+    model::{Pod, Topology},
     netlink::{netns, Host},
+    observe::table::{render, row, wrap, Width},
 };
 
 pub struct BenchOptions {
@@ -46,6 +50,53 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
     if options.rounds == 0 || options.seconds == 0 || options.workloads.is_empty() {
         bail!("--rounds, --seconds and --workloads need at least 1");
     }
+    let (client, server) = client_and_server(topology, options)?;
+    // The program the client's frames pass first, timed by the kernel's
+    // BPF statistics for as long as `_stats` is open. Mode pair's direct
+    // link has no program.
+    let program = match topology.mode.to_string().as_str() {
+        "pair" => None,
+        "xdp" => Some(veth_common::names::PROG_XDP_FROM_POD),
+        _ => Some(veth_common::names::PROG_FROM_POD),
+    };
+    let _stats = match program {
+        Some(_) => Some(dataplane::enable_bpf_stats()?),
+        None => None,
+    };
+    let target = target(topology, client, server, program);
+    let ifindex = Host::connect()?
+        .link(&client.host_veth)
+        .await?
+        .with_context(|| format!("host-side veth {:?} is missing", client.host_veth))?
+        .ifindex;
+    let before = dataplane::read_counters(&topology.name)?;
+    let samples = run_rounds(target, options, &client.name, &server.name).await?;
+    let after = dataplane::read_counters(&topology.name)?;
+    Ok(BenchReport {
+        topology: topology.name.clone(),
+        mode: topology.mode.to_string(),
+        client: client.name.clone(),
+        server: server.name.clone(),
+        rounds: options.rounds,
+        seconds: options.seconds,
+        results: options
+            .workloads
+            .iter()
+            .map(|&w| {
+                let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == w).collect();
+                Spread::of(w, &of)
+            })
+            .collect(),
+        client_frames: PathCounts::between(&before, &after, ifindex),
+        samples,
+    })
+}
+
+/// The two pods `options` names, distinct and up.
+fn client_and_server<'a>(
+    topology: &'a Topology,
+    options: &BenchOptions,
+) -> Result<(&'a Pod, &'a Pod)> {
     let pod = |name: &str, flag: &str| {
         topology.pod_named(name).with_context(|| {
             let names: Vec<String> = topology.pods.iter().map(|p| p.display_name()).collect();
@@ -73,21 +124,19 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
             );
         }
     }
-    // The program the client's frames pass first, timed by the kernel's
-    // BPF statistics for as long as `_stats` is open. Mode pair's direct
-    // link has no program.
-    let mode = topology.mode.to_string();
-    let program = match mode.as_str() {
-        "pair" => None,
-        "xdp" => Some(veth_common::names::PROG_XDP_FROM_POD),
-        _ => Some(veth_common::names::PROG_FROM_POD),
-    };
-    let _stats = match program {
-        Some(_) => Some(dataplane::enable_bpf_stats()?),
-        None => None,
-    };
-    let target = Target {
-        path: mode,
+    Ok((client, server))
+}
+
+/// What the workloads run against: the pods' namespaces, the server's
+/// address and, if the path has one, a probe of `program`'s run time.
+fn target(
+    topology: &Topology,
+    client: &Pod,
+    server: &Pod,
+    program: Option<&'static str>,
+) -> Target {
+    Target {
+        path: topology.mode.to_string(),
         client_netns: client.netns.clone(),
         server_netns: server.netns.clone(),
         server_ip: server.ipv4.to_string(),
@@ -99,23 +148,25 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
             });
             probe
         }),
-    };
-    let ifindex = Host::connect()?
-        .link(&client.host_veth)
-        .await?
-        .with_context(|| format!("host-side veth {:?} is missing", client.host_veth))?
-        .ifindex;
-    let before = dataplane::read_counters(&topology.name)?;
+    }
+}
+
+/// Every workload once per round, interleaved round by round as in `cargo
+/// xtask bench`, off the runtime (the tools run for minutes).
+async fn run_rounds(
+    target: Target,
+    options: &BenchOptions,
+    client: &str,
+    server: &str,
+) -> Result<Vec<Sample>> {
     let (workloads, rounds, seconds) = (options.workloads.clone(), options.rounds, options.seconds);
-    let (client_name, server_name) = (client.name.clone(), server.name.clone());
-    // The tools run for minutes: off the runtime.
-    let samples = tokio::task::spawn_blocking(move || -> Result<Vec<Sample>> {
+    let (client, server) = (client.to_string(), server.to_string());
+    tokio::task::spawn_blocking(move || -> Result<Vec<Sample>> {
         let mut samples = Vec::new();
-        // Workloads interleave round by round, as in `cargo xtask bench`.
         for round in 0..rounds {
             for &workload in &workloads {
                 eprintln!(
-                    "round {}/{rounds}: {} from {client_name} to {server_name}",
+                    "round {}/{rounds}: {} from {client} to {server}",
                     round + 1,
                     workload.name(),
                 );
@@ -128,77 +179,64 @@ pub async fn run(topology: &Topology, options: &BenchOptions) -> Result<BenchRep
         Ok(samples)
     })
     .await
-    .context("benchmark task panicked")??;
-    let after = dataplane::read_counters(&topology.name)?;
-    let delta = |f: fn(&veth_common::Verdicts) -> u64| {
-        let get = |m: &std::collections::BTreeMap<u32, veth_common::PairCounters>| {
-            m.get(&ifindex).map_or(0, |c| f(&c.from_pod))
+    .context("benchmark task panicked")?
+}
+
+impl PathCounts {
+    /// What the pair of host ifindex `ifindex` counted from its pod between
+    /// two reads of the counters.
+    fn between(
+        before: &BTreeMap<u32, PairCounters>,
+        after: &BTreeMap<u32, PairCounters>,
+        ifindex: u32,
+    ) -> PathCounts {
+        let delta = |f: fn(&veth_common::Verdicts) -> u64| {
+            let get =
+                |m: &BTreeMap<u32, PairCounters>| m.get(&ifindex).map_or(0, |c| f(&c.from_pod));
+            get(after).saturating_sub(get(before))
         };
-        get(&after).saturating_sub(get(&before))
-    };
-    Ok(BenchReport {
-        topology: topology.name.clone(),
-        mode: topology.mode.to_string(),
-        client: client.name.clone(),
-        server: server.name.clone(),
-        rounds: options.rounds,
-        seconds: options.seconds,
-        results: options
-            .workloads
-            .iter()
-            .map(|&w| {
-                let of: Vec<&Sample> = samples.iter().filter(|s| s.workload == w).collect();
-                Spread::of(w, &of)
-            })
-            .collect(),
-        client_frames: PathCounts {
+        PathCounts {
             redirected: delta(|v| v.redirected_packets),
             passed: delta(|v| v.passed_packets),
             dropped: delta(|v| v.dropped_packets),
-        },
-        samples,
-    })
+        }
+    }
 }
 
-/// The report as a table.
-pub fn table(report: &BenchReport) -> String {
+/// The report as a table: fitting 80 columns, the median with its range
+/// and unit, p99 latency and the program's time per run; wide, also p50,
+/// retransmits, loss and CPU time per unit.
+pub fn table(report: &BenchReport, width: Width) -> String {
     let mut out = format!(
         "topology {} (mode {}): {} -> {}, {} round(s) of {} s, medians (min-max)\n",
         report.topology, report.mode, report.client, report.server, report.rounds, report.seconds
     );
-    out += &format!(
-        "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
-        "workload", "median (min-max)", "p50 us", "p99 us", "retrans", "loss %", "CPU", "prog ns"
+    let mut rows = vec![match width {
+        Width::Fit => row(["WORKLOAD", "MEDIAN (MIN-MAX)", "UNIT", "P99 US", "PROG NS"]),
+        Width::Wide => row([
+            "WORKLOAD",
+            "MEDIAN (MIN-MAX)",
+            "UNIT",
+            "P50 US",
+            "P99 US",
+            "RETRANS",
+            "LOSS %",
+            "CPU",
+            "PROG NS",
+        ]),
+    }];
+    rows.extend(report.results.iter().map(|r| result_row(r, width)));
+    out += &render(&rows);
+    let mut notes = String::from(
+        "PROG NS: time per run of the program the frames pass (kernel BPF statistics, on \
+         during the run)\n",
     );
-    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     for r in &report.results {
-        out += &format!(
-            "{:<17} {:>32} {:>9} {:>9} {:>8} {:>7} {:>19} {:>8}\n",
-            r.workload.name(),
-            format!(
-                "{} ({}-{}) {}",
-                short(r.median),
-                short(r.min),
-                short(r.max),
-                r.unit
-            ),
-            num(r.p50_us),
-            num(r.p99_us),
-            r.retransmits.map_or("-".into(), |v| format!("{v:.0}")),
-            num(r.loss_percent),
-            r.cpu_ns_per_unit
-                .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
-            r.program_ns_per_run
-                .map_or("-".into(), |v| format!("{v:.0}")),
-        );
-    }
-    out += "prog ns: time per run of the program the frames pass (kernel BPF statistics, on during the run)\n";
-    for r in &report.results {
-        out += &format!("{}: {}\n", r.workload.name(), r.workload.description());
+        notes += &format!("{}: {}\n", r.workload.name(), r.workload.description());
     }
     let c = &report.client_frames;
     let total = (c.redirected + c.passed + c.dropped).max(1);
-    out += &format!(
+    notes += &format!(
         "frames from {}: {} redirected ({:.1}%), {} passed to the host stack, {} dropped\n",
         report.client,
         c.redirected,
@@ -206,7 +244,31 @@ pub fn table(report: &BenchReport) -> String {
         c.passed,
         c.dropped
     );
-    out
+    out + &wrap(&notes, width)
+}
+
+/// One workload's row of [`table`].
+fn result_row(r: &Spread, width: Width) -> Vec<String> {
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let median = format!("{} ({}-{})", short(r.median), short(r.min), short(r.max));
+    let program = r
+        .program_ns_per_run
+        .map_or("-".into(), |v| format!("{v:.0}"));
+    match width {
+        Width::Fit => row([r.workload.name(), &median, r.unit, &num(r.p99_us), &program]),
+        Width::Wide => row([
+            r.workload.name(),
+            &median,
+            r.unit,
+            &num(r.p50_us),
+            &num(r.p99_us),
+            &r.retransmits.map_or("-".into(), |v| format!("{v:.0}")),
+            &num(r.loss_percent),
+            &r.cpu_ns_per_unit
+                .map_or("-".into(), |v| format!("{v:.0} {}", r.workload.cpu_unit())),
+            &program,
+        ]),
+    }
 }
 
 /// 12.3k, 4.56 — compact numbers for the table.
@@ -217,5 +279,60 @@ fn short(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::table::{widest_line, FIT};
+
+    /// Every workload with the widest figures a run gives: the default
+    /// table fits 80 columns, `-o wide` has the side figures.
+    #[test]
+    fn the_table_fits_80_columns_and_wide_has_the_side_figures() {
+        let results = Workload::ALL
+            .iter()
+            .map(|&workload| Spread {
+                workload,
+                unit: workload.unit(),
+                rounds: 3,
+                median: 112_200.0,
+                min: 104_900.0,
+                max: 998_100.0,
+                p50_us: Some(2376.0),
+                p99_us: Some(12_376.0),
+                retransmits: Some(388.0),
+                loss_percent: Some(52.5),
+                cpu_ns_per_unit: Some(546_785.0),
+                program_ns_per_run: Some(1947.0),
+            })
+            .collect();
+        let report = BenchReport {
+            topology: "lab".into(),
+            mode: "tc".into(),
+            client: "client".into(),
+            server: "server".into(),
+            rounds: 3,
+            seconds: 5,
+            results,
+            client_frames: PathCounts {
+                redirected: 342_554_000,
+                passed: 4,
+                dropped: 0,
+            },
+            samples: Vec::new(),
+        };
+        let fit = table(&report, Width::Fit);
+        assert!(widest_line(&fit) <= FIT, "{fit}");
+        assert!(fit.contains("112.2k (104.9k-998.1k)"), "{fit}");
+        assert!(
+            !fit.contains("ns/transaction") && !fit.contains("RETRANS"),
+            "{fit}"
+        );
+        let wide = table(&report, Width::Wide);
+        for side in ["P50 US", "RETRANS", "LOSS %", "546785 ns/transaction"] {
+            assert!(wide.contains(side), "{side}: {wide}");
+        }
     }
 }

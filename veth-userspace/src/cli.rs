@@ -16,7 +16,9 @@ use crate::{
         MAX_TOPOLOGY_BYTES,
     },
     netlink::Host,
-    observe::{self, rates, summary::Summary, trace, StatsReport, StatusReport, Unreadable},
+    observe::{
+        self, rates, summary::Summary, table::Width, trace, StatsReport, StatusReport, Unreadable,
+    },
     preflight, privileges,
     state::{self, recorded_topologies, StateDir},
 };
@@ -78,14 +80,14 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         cluster_node: Option<String>,
     },
-    /// Show pods, their interfaces on both sides and what is attached,
-    /// and a last line that counts them by state (`3 pods: 3 ready`).
+    /// Show pods, their addresses and endpoint state (`-o wide`: both ends
+    /// of each pair, MACs and the programs attached), and a last line that
+    /// counts them by state (`3 pods: 3 ready`).
     Status {
         #[command(flatten)]
         select: Select,
-        /// Print JSON (documented in README.md) instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
         /// Exit with status 5, naming them on stderr, when a pod is not
         /// ready or a topology cannot be read (for health checks).
         #[arg(long)]
@@ -95,9 +97,8 @@ enum Command {
     Stats {
         #[command(flatten)]
         select: Select,
-        /// Print JSON (documented in README.md) instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
         /// Refresh a table of per-pair rates in place (with --json: one
         /// JSON line of rates per interval).
         #[arg(long, short = 'w')]
@@ -130,32 +131,7 @@ enum Command {
     /// Client and server run inside the pods' namespaces, pinned to CPU 1
     /// and CPU 0 (or both to CPU 1 for `_same_cpu` workloads). Needs
     /// sockperf and iperf3 installed.
-    Bench {
-        #[command(flatten)]
-        select: Select,
-        /// Pod that sends (default: the first pod).
-        #[arg(long)]
-        client: Option<String>,
-        /// Pod that answers (default: the second pod).
-        #[arg(long)]
-        server: Option<String>,
-        /// Comma-separated: tcp_rr, tcp_rr_same_cpu, udp_rr,
-        /// udp_rr_same_cpu, tcp_crr, tcp_crr_same_cpu, tcp_bulk,
-        /// tcp_bulk_per_cpu, udp_64b_rate. `_same_cpu`: client and server on
-        /// one CPU (what the path costs); without it, on CPUs 1 and 0 (what
-        /// an application sees, cross-CPU wake-ups included).
-        #[arg(long, value_delimiter = ',', default_value = "tcp_rr,tcp_rr_same_cpu,udp_rr,udp_rr_same_cpu,tcp_crr,tcp_crr_same_cpu,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
-        workloads: Vec<veth_bench::Workload>,
-        /// Rounds of every workload (1 to 1000).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
-        rounds: u64,
-        /// Seconds per measurement (1 to 3600).
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        seconds: u64,
-        /// Print JSON (every sample included) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
     /// Switch a live topology between wiring modes.
     Mode {
         #[command(subcommand)]
@@ -164,37 +140,7 @@ enum Command {
     /// The node's daemon: keeps endpoints true to their veths and serves
     /// Prometheus metrics read from the pinned maps at each scrape, with
     /// /healthz and /readyz on the same listener. One per node.
-    Agent {
-        /// Address to serve on. Anything but loopback exposes your pods'
-        /// traffic figures to the network: choose it explicitly.
-        #[arg(long, default_value = crate::agent::DEFAULT_LISTEN, value_name = "ADDR")]
-        listen: std::net::SocketAddr,
-        /// Turn on the kernel's per-program run-time statistics while the
-        /// agent runs (vethctl_program_run_seconds_total); costs two clock
-        /// reads per packet.
-        #[arg(long)]
-        bpf_stats: bool,
-        /// Export drop reasons per pod (vethctl_pair_drops_total) as well
-        /// as per network: a series per pod and reason, most of them 0.
-        #[arg(long)]
-        per_pod_drops: bool,
-        /// The file that makes this the node's only agent (a second one
-        /// refuses to start, naming this one's PID). A lab that runs one
-        /// agent per simulated node gives each its own. Default:
-        /// /run/vethctl/agent.lock, or in a node namespace (`ip netns exec
-        /// NODE vethctl agent`) the node's own under /run/vethctl/_nodes/.
-        #[arg(long, value_name = "FILE")]
-        lock_file: Option<PathBuf>,
-        /// Bring up the network of this CNI configuration list at start
-        /// (programs loaded before the first pod); repeatable.
-        #[arg(long, value_name = "FILE")]
-        cni_conf: Vec<PathBuf>,
-        /// Log lines at this level and above (error, warn, info, debug);
-        /// without it, RUST_LOG's level if set, else info. Each line on
-        /// stderr has an RFC 3339 UTC timestamp and the level.
-        #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
-        log_level: Option<veth_cni_protocol::LogLevel>,
-    },
+    Agent(AgentArgs),
     /// Install the CNI plugin (`veth-cni`) and a configuration list for a
     /// container runtime (containerd, CRI-O, podman), as Kubernetes node
     /// set-up does.
@@ -221,24 +167,124 @@ enum Command {
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
     /// few seconds after the listener goes away, even after `kill -9`.
-    Trace {
-        #[command(flatten)]
-        select: Select,
-        /// Only this pod's pair (frames it sends, receives, or is redirected).
-        #[arg(long, short = 'p')]
-        pod: Option<String>,
-        /// Trace about one frame in N (1 = every frame).
-        #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        sample: u32,
-        /// Stop after this many events (at least 1) that pass the filters.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-        count: Option<u64>,
-        #[command(flatten)]
-        filter: TraceFilter,
-        /// One JSON object per line instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Trace(TraceArgs),
+}
+
+// `vethctl bench`: which pods, which workloads, how long.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    select: Select,
+    /// Pod that sends (default: the first pod).
+    #[arg(long)]
+    client: Option<String>,
+    /// Pod that answers (default: the second pod).
+    #[arg(long)]
+    server: Option<String>,
+    /// Comma-separated: tcp_rr, tcp_rr_same_cpu, udp_rr,
+    /// udp_rr_same_cpu, tcp_crr, tcp_crr_same_cpu, tcp_bulk,
+    /// tcp_bulk_per_cpu, udp_64b_rate. `_same_cpu`: client and server on
+    /// one CPU (what the path costs); without it, on CPUs 1 and 0 (what
+    /// an application sees, cross-CPU wake-ups included).
+    #[arg(long, value_delimiter = ',', default_value = "tcp_rr,tcp_rr_same_cpu,udp_rr,udp_rr_same_cpu,tcp_crr,tcp_crr_same_cpu,tcp_bulk,udp_64b_rate", value_parser = parse_workload)]
+    workloads: Vec<veth_bench::Workload>,
+    /// Rounds of every workload (1 to 1000).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
+    /// Seconds per measurement (1 to 3600).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+    // Wide adds p50, retransmits, loss and CPU; JSON has every sample.
+    #[command(flatten)]
+    output: Output,
+}
+
+// `vethctl agent`: where it listens, what it exports, what it brings up.
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Address to serve on. Anything but loopback exposes your pods'
+    /// traffic figures to the network: choose it explicitly.
+    #[arg(long, default_value = crate::agent::DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// Turn on the kernel's per-program run-time statistics while the
+    /// agent runs (vethctl_program_run_seconds_total); costs two clock
+    /// reads per packet.
+    #[arg(long)]
+    bpf_stats: bool,
+    /// Export drop reasons per pod (vethctl_pair_drops_total) as well
+    /// as per network: a series per pod and reason, most of them 0.
+    #[arg(long)]
+    per_pod_drops: bool,
+    /// The file that makes this the node's only agent (a second one
+    /// refuses to start, naming this one's PID). A lab that runs one
+    /// agent per simulated node gives each its own. Default:
+    /// /run/vethctl/agent.lock, or in a node namespace (`ip netns exec
+    /// NODE vethctl agent`) the node's own under /run/vethctl/_nodes/.
+    #[arg(long, value_name = "FILE")]
+    lock_file: Option<PathBuf>,
+    /// Bring up the network of this CNI configuration list at start
+    /// (programs loaded before the first pod); repeatable.
+    #[arg(long, value_name = "FILE")]
+    cni_conf: Vec<PathBuf>,
+    /// Log lines at this level and above (error, warn, info, debug);
+    /// without it, RUST_LOG's level if set, else info. Each line on
+    /// stderr has an RFC 3339 UTC timestamp and the level.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_log_level)]
+    log_level: Option<veth_cni_protocol::LogLevel>,
+}
+
+// `vethctl trace`: which frames, how many, in what form.
+#[derive(Debug, Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    select: Select,
+    /// Only this pod's pair (frames it sends, receives, or is redirected).
+    #[arg(long, short = 'p')]
+    pod: Option<String>,
+    /// Trace about one frame in N (1 = every frame).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    sample: u32,
+    /// Stop after this many events (at least 1) that pass the filters.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    #[command(flatten)]
+    filter: TraceFilter,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+// How `status`, `stats` and `bench` print their report (a plain comment: the
+// commands' own help stays theirs).
+#[derive(Debug, Args)]
+struct Output {
+    /// table: the main columns, within 80 characters; wide: every column,
+    /// nothing shortened; json: everything (documented in README.md).
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
+    output: Format,
+    /// The same as `-o json`.
+    #[arg(long, conflicts_with = "output")]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Wide,
+    Json,
+}
+
+impl Output {
+    fn json(&self) -> bool {
+        self.json || self.output == Format::Json
+    }
+
+    fn width(&self) -> Width {
+        match self.output {
+            Format::Wide => Width::Wide,
+            Format::Table | Format::Json => Width::Fit,
+        }
+    }
 }
 
 /// `trace` filters: each flag may be repeated (any of its values);
@@ -344,6 +390,11 @@ struct InstallCni {
     /// What goes into --log-file: error (default), warn, info or debug.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Copy the plugins the list needs (loopback, --chain, a delegated
+    /// --ipam) from DIR into --bin-dir where it lacks them; a plugin
+    /// already there is left as it is. The image's are in /usr/lib/cni.
+    #[arg(long, value_name = "DIR")]
+    plugins_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -624,11 +675,11 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
         Command::Status { .. } => ("vethctl status", privileges::INSPECT),
         Command::Stats { .. } => ("vethctl stats", privileges::READ),
         Command::Trace { .. } => ("vethctl trace", privileges::READ),
-        Command::Agent {
+        Command::Agent(AgentArgs {
             bpf_stats,
             cni_conf,
             ..
-        } => (
+        }) => (
             "vethctl agent",
             if !cni_conf.is_empty() {
                 privileges::CHANGE
@@ -677,17 +728,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => down(&select, cluster_node.as_deref()).await,
         Command::Status {
             select,
-            json,
+            output,
             check,
-        } => status(&select, json, check).await,
+        } => status(&select, &output, check).await,
         Command::Stats {
             select,
-            json,
+            output,
             watch: true,
             interval,
             count,
-        } => stats_watch(&select, json, interval, count).await,
-        Command::Stats { select, json, .. } => stats(&select, json).await,
+        } => stats_watch(&select, &output, interval, count).await,
+        Command::Stats { select, output, .. } => stats(&select, &output).await,
         Command::Plan {
             topology,
             cluster_node,
@@ -701,69 +752,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     timings,
                 },
         } => mode_set(&select, mode, timings).await,
-        Command::Bench {
-            select,
-            client,
-            server,
-            workloads,
-            rounds,
-            seconds,
-            json,
-        } => {
-            let options = |topology: &Topology| -> Result<crate::bench::BenchOptions> {
-                let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
-                Ok(crate::bench::BenchOptions {
-                    client: client
-                        .clone()
-                        .or_else(|| nth(0))
-                        .context("--client: the topology has no pods")?,
-                    server: server
-                        .clone()
-                        .or_else(|| nth(1))
-                        .context("--server: the topology has only one pod")?,
-                    workloads: workloads.clone(),
-                    // At most 1000: checked by clap.
-                    rounds: rounds as usize,
-                    seconds,
-                })
-            };
-            bench(&select, options, json).await
-        }
-        Command::Agent {
-            listen,
-            bpf_stats,
-            cni_conf,
-            per_pod_drops,
-            lock_file,
-            log_level,
-        } => {
-            crate::logging::init_agent(log_level);
-            crate::agent::run(crate::agent::AgentOptions {
-                listen,
-                bpf_stats,
-                cni_confs: cni_conf,
-                per_pod_drops,
-                lock_file: lock_file.unwrap_or_else(|| crate::node::current().agent_lock()),
-            })
-            .await
-        }
-        Command::Trace {
-            select,
-            pod,
-            sample,
-            count,
-            filter,
-            json,
-        } => {
-            let request = trace::TraceRequest {
-                pod,
-                sample_every: sample,
-                count,
-                filter: filter.into(),
-                json,
-            };
-            trace_follow(&select, &request).await
-        }
+        Command::Bench(args) => bench(args).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Trace(args) => trace_follow(args).await,
         Command::InstallCni(options) => install_cni(options),
         Command::UninstallCni(options) => uninstall_cni(options),
         Command::Completions { shell } => completions(shell),
@@ -869,7 +860,7 @@ fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cl
     Ok(Some((cluster, text)))
 }
 
-async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
+async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
     let host = Host::connect()?;
     let lab = select.name()?.filter(|n| crate::lab::is_up(n));
     let (topologies, unreadable) = match lab {
@@ -907,19 +898,20 @@ async fn status(select: &Select, json: bool, check: bool) -> Result<()> {
     };
     report.nodes.extend(observe::nodes::of_labs(&labs));
     let summary = Summary::of(&report);
-    print(json, &report, |r| {
+    print(output.json(), &report, |r| {
+        let table = r.to_table(output.width());
         let nodes = match r.nodes.is_empty() {
             true => String::new(),
-            false => observe::nodes::table(&r.nodes),
+            false => observe::nodes::table(&r.nodes, output.width()),
         };
         if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
             // A lab's machine: its networks are its nodes'.
             nodes
         } else if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            r.to_table()
+            table
         } else {
-            format!("{}{summary}\n{nodes}", r.to_table())
+            format!("{table}{summary}\n{nodes}")
         }
     })?;
     if check && !summary.all_ready() {
@@ -938,7 +930,7 @@ struct NotReady(String);
 /// "not ready" from "could not look".
 const NOT_READY_EXIT: u8 = 5;
 
-async fn stats(select: &Select, json: bool) -> Result<()> {
+async fn stats(select: &Select, output: &Output) -> Result<()> {
     let host = Host::connect()?;
     let (topologies, unreadable) = select.recorded()?;
     let mut report = StatsReport {
@@ -954,10 +946,15 @@ async fn stats(select: &Select, json: bool) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    print(json, &report, StatsReport::to_table)
+    print(output.json(), &report, |r| r.to_table(output.width()))
 }
 
-async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u64>) -> Result<()> {
+async fn stats_watch(
+    select: &Select,
+    output: &Output,
+    interval: f64,
+    count: Option<u64>,
+) -> Result<()> {
     let (mut topologies, mut unreadable) = select.recorded()?;
     let host = Host::connect()?;
     if !select.is_some() {
@@ -979,7 +976,8 @@ async fn stats_watch(select: &Select, json: bool, interval: f64, count: Option<u
         // In range: checked by parse_interval.
         interval: std::time::Duration::from_secs_f64(interval),
         count,
-        json,
+        json: output.json(),
+        width: output.width(),
         all: !select.is_some(),
     };
     rates::watch(&host, &topologies, &options, &mut Stdout).await
@@ -1055,28 +1053,58 @@ async fn mode_set(select: &Select, mode: Mode, timings: bool) -> Result<()> {
     emit(format_args!("topology {name:?} is now in mode {mode}\n"))
 }
 
-async fn bench(
-    select: &Select,
-    options: impl FnOnce(&Topology) -> Result<crate::bench::BenchOptions>,
-    json: bool,
-) -> Result<()> {
-    let topology = load_recorded(&select.name_or_default()?)?;
-    let report = crate::bench::run(&topology, &options(&topology)?).await?;
-    if json {
-        emit(format_args!("{}\n", serde_json::to_string_pretty(&report)?))
-    } else {
-        emit(crate::bench::table(&report))
-    }
+async fn bench(args: BenchArgs) -> Result<()> {
+    let topology = load_recorded(&args.select.name_or_default()?)?;
+    let nth = |i: usize| topology.pods.get(i).map(|p| p.name.clone());
+    let options = crate::bench::BenchOptions {
+        client: args
+            .client
+            .or_else(|| nth(0))
+            .context("--client: the topology has no pods")?,
+        server: args
+            .server
+            .or_else(|| nth(1))
+            .context("--server: the topology has only one pod")?,
+        workloads: args.workloads,
+        // At most 1000: checked by clap.
+        rounds: args.rounds as usize,
+        seconds: args.seconds,
+    };
+    let report = crate::bench::run(&topology, &options).await?;
+    print(args.output.json(), &report, |r| {
+        crate::bench::table(r, args.output.width())
+    })
 }
 
-async fn trace_follow(select: &Select, request: &trace::TraceRequest) -> Result<()> {
-    let topology = match select.name()? {
+async fn agent(args: AgentArgs) -> Result<()> {
+    crate::logging::init_agent(args.log_level);
+    crate::agent::run(crate::agent::AgentOptions {
+        listen: args.listen,
+        bpf_stats: args.bpf_stats,
+        cni_confs: args.cni_conf,
+        per_pod_drops: args.per_pod_drops,
+        lock_file: args
+            .lock_file
+            .unwrap_or_else(|| crate::node::current().agent_lock()),
+    })
+    .await
+}
+
+async fn trace_follow(args: TraceArgs) -> Result<()> {
+    let topology = match args.select.name()? {
         Some(name) => load_recorded(&name)?,
         None => Topology::default_topology(),
     };
+    let request = trace::TraceRequest {
+        pod: args.pod,
+        sample_every: args.sample,
+        count: args.count,
+        filter: args.filter.into(),
+        json: args.json,
+    };
     let host = Host::connect()?;
     let pods = observe::pods_by_ifindex(&host, &topology).await?;
-    trace::follow(&topology, pods, request, &mut Stdout).await?;
+    trace::follow(&topology, pods, &request, &mut Stdout).await?;
     Ok(())
 }
 
@@ -1101,12 +1129,16 @@ fn install_cni(o: InstallCni) -> Result<()> {
         chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
         log_file: o.log_file,
         log_level: o.log_level,
+        plugins_from: o.plugins_from,
     };
-    let (plugin, conf) = crate::cni::install::install(&options)?;
+    let installed = crate::cni::install::install(&options)?;
+    for copied in &installed.copied {
+        emit(format_args!("copied {}\n", copied.display()))?;
+    }
     emit(format_args!(
         "installed {} and {}; the runtime's next pod uses network {:?} (`vethctl status -n {}`)\n",
-        plugin.display(),
-        conf.display(),
+        installed.plugin.display(),
+        installed.conf.display(),
         options.name,
         options.name
     ))

@@ -452,3 +452,45 @@ async fn remove_routes(host: &Host, dsts: BTreeSet<IpNet>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cluster::Cluster;
+
+    fn node(cross_node: &str) -> NodePart {
+        let text = format!(
+            "name = \"lab\"\ncross_node = \"{cross_node}\"\ncluster_cidr = \"10.244.0.0/16\"\n\
+             cluster_cidr6 = \"fd00:10:244::/56\"\n[underlay]\ncidr6 = \"fd00:198:18::/64\"\n\
+             [[nodes]]\nname = \"n1\"\n[[nodes]]\nname = \"n2\"\n"
+        );
+        let cluster = Cluster::from_toml(&text).unwrap();
+        cluster.node_part("n1").unwrap().0.node.unwrap()
+    }
+
+    fn shown(routes: &[RemoteRoute]) -> Vec<String> {
+        routes
+            .iter()
+            .map(|r| format!("{r}{}", if r.onlink { " onlink" } else { "" }))
+            .collect()
+    }
+
+    #[test]
+    fn host_gw_routes_via_the_underlay_and_vxlan_over_the_device() {
+        assert_eq!(
+            shown(&wanted_routes(&node("host-gw"), 2, None)),
+            [
+                "10.244.1.0/24 via 198.18.0.2 (interface 2)",
+                "fd00:10:244:1::/64 via fd00:198:18::2 (interface 2)",
+            ]
+        );
+        assert_eq!(
+            shown(&wanted_routes(&node("vxlan"), 2, Some(9))),
+            [
+                "10.244.1.0/24 via 10.244.1.1 (interface 9) onlink",
+                "fd00:10:244:1::1/128 (interface 9)",
+                "fd00:10:244:1::/64 via fd00:10:244:1::1 (interface 9) onlink",
+            ]
+        );
+    }
+}

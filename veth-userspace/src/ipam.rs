@@ -1,8 +1,9 @@
-//! The built-in address allocator: a pool per network, keyed by endpoint
-//! id, so an endpoint keeps its addresses for as long as it exists, however
-//! others come and go (the lowest free address is handed out; a released
-//! one is free again). A CNI ADD and a topology file's pods without fixed
-//! addresses both draw from it.
+//! The built-in address allocator, the pool itself (no CNI in it: which
+//! source an ADD's addresses come from is [`crate::cni::ipam`]'s choice).
+//! A pool per network, keyed by endpoint id, so an endpoint keeps its
+//! addresses for as long as it exists, however others come and go (the
+//! lowest free address is handed out; a released one is free again). A CNI
+//! ADD and a topology file's pods without fixed addresses both draw from it.
 //!
 //! The pool lives in one JSON file, rewritten atomically (write, then
 //! rename) under an exclusive `flock`, so concurrent ADDs never hand out an

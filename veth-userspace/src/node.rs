@@ -69,7 +69,14 @@ impl Node {
     }
 
     fn resolve() -> Result<Node> {
-        let cookie = netns_cookie()?;
+        // Kernels before 5.14 have no cookie: the nsfs inode is as unique
+        // while the namespace lives, and falling back to the host's paths
+        // from inside a node would let it act on the host's networks.
+        let cookie = netns_cookie().or_else(|e| {
+            ns_id(Path::new("/proc/self/ns/net"))
+                .map(|(_, inode)| inode)
+                .ok_or(e)
+        })?;
         let Some(host) = host_process() else {
             return Ok(Node::host(cookie));
         };
@@ -111,7 +118,7 @@ impl Node {
     }
 
     /// Where this node's state, locks and ledgers live: `/run/vethctl` on
-    /// the host, `/run/vethctl/_nodes/<cookie>` for a node namespace.
+    /// the host, `/run/vethctl/_nodes/<boot>-<cookie>` for a node namespace.
     pub fn state_root(&self) -> PathBuf {
         match self.place {
             Place::Host => PathBuf::from(HOST_STATE_ROOT),
@@ -132,13 +139,13 @@ impl Node {
     }
 
     /// Where this node's networks are pinned, one directory each:
-    /// `<bpffs>/vethctl` on the host, `<bpffs>/vethctl/_nodes/<cookie>`
+    /// `<bpffs>/vethctl` on the host, `<bpffs>/vethctl/_nodes/<boot>-<cookie>`
     /// for a node namespace.
     pub fn pins_root(&self) -> PathBuf {
         let root = self.bpffs().join("vethctl");
         match self.place {
             Place::Host => root,
-            Place::Namespace { .. } => root.join(NODES_DIR).join(self.cookie.to_string()),
+            Place::Namespace { .. } => root.join(NODES_DIR).join(node_key(self.cookie)),
         }
     }
 
@@ -203,7 +210,21 @@ impl Node {
 fn node_root(cookie: u64) -> PathBuf {
     Path::new(HOST_STATE_ROOT)
         .join(NODES_DIR)
-        .join(cookie.to_string())
+        .join(node_key(cookie))
+}
+
+/// A node's directory name: the cookie, which is unique only within one
+/// boot, after the boot's id, because `/run` is not always a tmpfs (it is
+/// a plain directory on some machines, this one included) and a directory
+/// left from before a reboot must never be taken for a new namespace's.
+fn node_key(cookie: u64) -> String {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot: String = boot
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    format!("{boot}-{cookie}")
 }
 
 /// `SO_NETNS_COOKIE` of this thread's network namespace.
@@ -295,21 +316,26 @@ mod tests {
     #[test]
     fn a_node_keeps_its_own_under_the_hosts_roots() {
         let node = in_namespace(Some("/proc/2"));
-        assert_eq!(node.state_root(), Path::new("/run/vethctl/_nodes/42"));
+        let key = node_key(42);
+        assert!(key.ends_with("-42") && key.len() == 8 + 3, "{key}");
+        assert_eq!(
+            node.state_root(),
+            Path::new("/run/vethctl/_nodes").join(&key)
+        );
         assert_eq!(
             node.pins_root(),
-            Path::new("/proc/2/root/sys/fs/bpf/vethctl/_nodes/42")
+            Path::new("/proc/2/root/sys/fs/bpf/vethctl/_nodes").join(&key)
         );
         assert_eq!(node.netns_prefix(), "n1-");
         assert_eq!(node.host_mount_ns(), Some(PathBuf::from("/proc/2/ns/mnt")));
         assert_eq!(
             node.shown(&node.pins_root()),
-            Path::new("/sys/fs/bpf/vethctl/_nodes/42")
+            Path::new("/sys/fs/bpf/vethctl/_nodes").join(&key)
         );
         let shared = in_namespace(None);
         assert_eq!(
             shared.pins_root(),
-            Path::new("/sys/fs/bpf/vethctl/_nodes/42")
+            Path::new("/sys/fs/bpf/vethctl/_nodes").join(&key)
         );
         assert_eq!(shared.host_mount_ns(), None);
     }

@@ -367,78 +367,11 @@ fn pod_host_routes(topology: &Topology, pod: &Pod) -> Vec<(IpNet, Option<IpAddr>
 /// Refuses a topology that would have to take over or remove something
 /// that is not its own.
 fn refuse_foreign(topology: &Topology, observed: &Observed) -> Result<(), Refusal> {
-    let whose = |alias: &Option<String>| match alias {
-        Some(a) if a.starts_with("vethctl:") => {
-            format!(" (it is marked as topology {:?}'s)", &a["vethctl:".len()..])
-        }
-        _ => String::new(),
-    };
     for (i, pod) in topology.pods.iter().enumerate() {
-        if let Some(foreign) = observed.foreign_links.get(&pod.host_veth) {
-            let ours_renamed = match observed.links.get(&pod.host_veth) {
-                Some(link) => format!(
-                    "; the pod's own veth is now called {:?} and cannot get its name back",
-                    link.name
-                ),
-                None => String::new(),
-            };
-            return Err(Refusal(format!(
-                "pods[{i}] ({:?}): link {:?} exists and topology {:?} has no record of making \
-                 it{}{ours_renamed}; remove or rename it (`ip link del {}` if a crashed vethctl \
-                 left it), or rename the pod",
-                pod.name,
-                pod.host_veth,
-                topology.name,
-                whose(&foreign.alias),
-                pod.host_veth
-            )));
-        }
-        for (route, dev) in &observed.foreign_routes {
-            let mine = route.dst == IpNet::from(IpAddr::V4(pod.ipv4))
-                || pod
-                    .ipv6
-                    .is_some_and(|v6| route.dst == IpNet::from(IpAddr::V6(v6)));
-            if mine {
-                return Err(Refusal(format!(
-                    "pods[{i}] ({:?}): the host already has a route to {} (dev {dev}, proto {}) \
-                     that vethctl did not make; remove it or give the pod another address",
-                    pod.name, route.dst, route.protocol
-                )));
-            }
-        }
+        refuse_foreign_veth(topology, observed, i, pod)?;
+        refuse_foreign_route(observed, i, pod)?;
     }
-    if let Some(foreign) = observed.foreign_links.get(&topology.bridge) {
-        let link = &foreign.link;
-        if link.kind.as_deref() != Some("bridge") {
-            return Err(Refusal(format!(
-                "bridge: {:?} is an existing interface (kind {}), not a bridge; name a bridge, or \
-                 a name no interface has (vethctl then makes the bridge)",
-                topology.bridge,
-                link.kind.as_deref().unwrap_or("none")
-            )));
-        }
-        if topology.mode == Mode::Bridge {
-            let other = foreign
-                .alias
-                .as_deref()
-                .filter(|a| a.starts_with("vethctl:") && *a != link_mark(&topology.name));
-            if let Some(other) = other {
-                return Err(Refusal(format!(
-                    "bridge: {:?} is the bridge of topology {:?}; two topologies cannot share a \
-                     bridge: name another one",
-                    topology.bridge,
-                    &other["vethctl:".len()..]
-                )));
-            }
-            if !link.up {
-                return Err(Refusal(format!(
-                    "bridge: {:?} is down and vethctl did not make it, so it does not change it; \
-                     bring it up (`ip link set {} up`) or name another bridge",
-                    topology.bridge, topology.bridge
-                )));
-            }
-        }
-    }
+    refuse_foreign_bridge(topology, observed)?;
     if observed.masquerade_table && !observed.masquerade_owned && topology.uplink.masquerade {
         let table = crate::netlink::nat::table_name(&topology.name);
         return Err(Refusal(format!(
@@ -446,6 +379,104 @@ fn refuse_foreign(topology: &Topology, observed: &Observed) -> Result<(), Refusa
              record of making it; delete it (`nft delete table inet {table}`) if a crashed \
              vethctl left it",
             topology.name
+        )));
+    }
+    Ok(())
+}
+
+/// The topology a link's alias marks it as, if any: `" (it is marked as
+/// topology "x"'s)"`.
+fn marked_as(alias: &Option<String>) -> String {
+    match alias {
+        Some(a) if a.starts_with("vethctl:") => {
+            format!(" (it is marked as topology {:?}'s)", &a["vethctl:".len()..])
+        }
+        _ => String::new(),
+    }
+}
+
+/// A link with the name of pod `i`'s host veth that the topology did not make.
+fn refuse_foreign_veth(
+    topology: &Topology,
+    observed: &Observed,
+    i: usize,
+    pod: &Pod,
+) -> Result<(), Refusal> {
+    let Some(foreign) = observed.foreign_links.get(&pod.host_veth) else {
+        return Ok(());
+    };
+    let ours_renamed = match observed.links.get(&pod.host_veth) {
+        Some(link) => format!(
+            "; the pod's own veth is now called {:?} and cannot get its name back",
+            link.name
+        ),
+        None => String::new(),
+    };
+    Err(Refusal(format!(
+        "pods[{i}] ({:?}): link {:?} exists and topology {:?} has no record of making \
+         it{}{ours_renamed}; remove or rename it (`ip link del {}` if a crashed vethctl \
+         left it), or rename the pod",
+        pod.name,
+        pod.host_veth,
+        topology.name,
+        marked_as(&foreign.alias),
+        pod.host_veth
+    )))
+}
+
+/// A host route to pod `i`'s address that vethctl did not make.
+fn refuse_foreign_route(observed: &Observed, i: usize, pod: &Pod) -> Result<(), Refusal> {
+    for (route, dev) in &observed.foreign_routes {
+        let mine = route.dst == IpNet::from(IpAddr::V4(pod.ipv4))
+            || pod
+                .ipv6
+                .is_some_and(|v6| route.dst == IpNet::from(IpAddr::V6(v6)));
+        if mine {
+            return Err(Refusal(format!(
+                "pods[{i}] ({:?}): the host already has a route to {} (dev {dev}, proto {}) \
+                 that vethctl did not make; remove it or give the pod another address",
+                pod.name, route.dst, route.protocol
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A bridge of the topology's bridge name that is not a bridge, or (mode
+/// bridge) another topology's, or down.
+fn refuse_foreign_bridge(topology: &Topology, observed: &Observed) -> Result<(), Refusal> {
+    let Some(foreign) = observed.foreign_links.get(&topology.bridge) else {
+        return Ok(());
+    };
+    let link = &foreign.link;
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(Refusal(format!(
+            "bridge: {:?} is an existing interface (kind {}), not a bridge; name a bridge, or \
+             a name no interface has (vethctl then makes the bridge)",
+            topology.bridge,
+            link.kind.as_deref().unwrap_or("none")
+        )));
+    }
+    if topology.mode != Mode::Bridge {
+        return Ok(());
+    }
+    let other = foreign
+        .alias
+        .as_deref()
+        .filter(|a| a.starts_with("vethctl:") && *a != link_mark(&topology.name));
+    if let Some(other) = other {
+        return Err(Refusal(format!(
+            "bridge: {:?} is the bridge of topology {:?}; two topologies cannot share a \
+             bridge: name another one",
+            topology.bridge,
+            &other["vethctl:".len()..]
+        )));
+    }
+    if !link.up {
+        return Err(Refusal(format!(
+            "bridge: {:?} is down and vethctl did not make it, so it does not change it; \
+             bring it up (`ip link set {} up`) or name another bridge",
+            topology.bridge, topology.bridge
         )));
     }
     Ok(())

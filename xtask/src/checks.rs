@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
-//! cheap checks fail first: fmt, clippy, the tests, the benchmark's quick
-//! mode and the CNI soak's.
+//! cheap checks fail first: fmt, clippy, the node image (which a test
+//! runs), the tests, the benchmark's quick mode and the CNI soak's.
 
 use std::process::Command;
 
@@ -56,6 +56,11 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         "warnings",
     ]);
 
+    // The node image the packaging test runs as the DaemonSet does
+    // (target/image/vethctl.oci.tar).
+    let mut image = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    image.arg("image");
+
     let mut test = cmd::cargo();
     test.args(["test", "--workspace"]);
     // The extra arguments are for the test binaries (e.g. --nocapture), not for cargo.
@@ -82,6 +87,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         Step {
             name: "clippy",
             command: clippy,
+        },
+        Step {
+            name: "image",
+            command: image,
         },
         Step {
             name: "test",

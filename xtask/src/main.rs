@@ -5,6 +5,9 @@ mod checks;
 mod cmd;
 mod demo;
 mod demo_nodes;
+#[cfg(test)]
+mod fn_length;
+mod image;
 mod setup;
 mod soak;
 
@@ -41,6 +44,12 @@ enum Task {
         #[arg(long, value_name = "N")]
         nodes: Option<u32>,
     },
+    /// Build the node image (`localhost/vethctl:VERSION` and
+    /// `:VERSION-COMMIT`) with podman FROM scratch, nothing pulled: vethctl,
+    /// veth-cni, the reference plugins loopback, portmap, bandwidth and
+    /// host-local, and the libraries they load; saved as the OCI archive
+    /// target/image/vethctl.oci.tar. Same binaries, same image ID.
+    Image,
     /// The CNI path under churn, crashes and mode changes for a long time
     /// (needs root): ADD/DEL cycles through veth-cni with the agent
     /// running, kill -9 of the plugin, `mode set` and a map-layout change,
@@ -202,6 +211,7 @@ fn main() -> ExitCode {
         Task::Test { test_args } => checks::run(&test_args),
         Task::Demo { nodes: None } => demo::run(),
         Task::Demo { nodes: Some(n) } => demo_nodes::run(n),
+        Task::Image => image::run(),
         Task::Soak {
             cycles,
             width,

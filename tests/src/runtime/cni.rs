@@ -38,12 +38,17 @@ pub struct CniBinDir {
 }
 
 impl CniBinDir {
+    /// An empty bin dir (for an installer to fill, as on a fresh node).
+    pub fn empty() -> CniBinDir {
+        CniBinDir {
+            dir: Arc::new(TempDir::new("vethctl-cni-bin")),
+        }
+    }
+
     /// A bin dir with symlinks to the [`REFERENCE_PLUGINS`] of
     /// [`DEBIAN_PLUGIN_DIR`].
     pub fn with_reference_plugins() -> Result<CniBinDir> {
-        let bin = CniBinDir {
-            dir: Arc::new(TempDir::new("vethctl-cni-bin")),
-        };
+        let bin = CniBinDir::empty();
         for name in REFERENCE_PLUGINS {
             let plugin = Path::new(DEBIAN_PLUGIN_DIR).join(name);
             if !plugin.exists() {

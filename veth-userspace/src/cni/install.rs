@@ -37,6 +37,47 @@ pub struct InstallOptions {
     /// The plugin's `logFile` and `logLevel` (checked as the plugin does).
     pub log_file: Option<String>,
     pub log_level: Option<String>,
+    /// Where to copy the other plugins the list needs from when `bin_dir`
+    /// lacks them (an image's own copies; see [`needed_plugins`]).
+    pub plugins_from: Option<PathBuf>,
+}
+
+/// The plugins besides ours that the runtime runs for this list:
+/// `loopback` (containerd runs it for every pod and finds it only in its
+/// one bin dir), the chained ones and a delegated IPAM.
+pub fn needed_plugins(o: &InstallOptions) -> Vec<String> {
+    let mut names = vec!["loopback".to_string()];
+    names.extend(o.chain.iter().cloned());
+    if o.ipam != veth_cni_protocol::BUILTIN_IPAM_TYPE {
+        names.push(o.ipam.clone());
+    }
+    names.dedup();
+    names
+}
+
+/// Copies each of `names` that `bin_dir` lacks from `from`, as Calico's
+/// installer does from its image. A plugin already there is the node's
+/// (its package's, another network's): never replaced. All are read before
+/// any is written, so a missing one leaves the bin dir as it was. Returns
+/// what was copied.
+fn copy_missing_plugins(from: &Path, bin_dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    for name in names.iter().filter(|n| !bin_dir.join(n).exists()) {
+        let source = from.join(name);
+        let binary = fs::read(&source).with_context(|| {
+            format!(
+                "--plugins-from {}: reading {} (the list needs it and {} has none)",
+                from.display(),
+                source.display(),
+                bin_dir.display()
+            )
+        })?;
+        missing.push((name, binary));
+    }
+    missing
+        .into_iter()
+        .map(|(name, binary)| write_whole(bin_dir, name, &binary, 0o755))
+        .collect()
 }
 
 /// The configuration list: `cniVersion` 1.0.0 with `cniVersions` listing
@@ -129,12 +170,26 @@ fn write_whole(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBu
     Ok(target)
 }
 
-/// Installs the plugin and the list; returns the two paths. The list is
-/// validated first (nothing is written for a bad one), and chained plugins
-/// must be in the bin directory already (the runtime would fail every pod).
-pub fn install(o: &InstallOptions) -> Result<(PathBuf, PathBuf)> {
+/// What [`install`] wrote.
+#[derive(Debug)]
+pub struct Installed {
+    pub plugin: PathBuf,
+    pub conf: PathBuf,
+    /// Plugins copied from `plugins_from` (those the bin dir lacked).
+    pub copied: Vec<PathBuf>,
+}
+
+/// Installs the plugin and the list. The list is validated first (nothing
+/// is written for a bad one); the chained plugins are copied from
+/// `plugins_from` if given and missing, and must then be in the bin
+/// directory (the runtime would fail every pod).
+pub fn install(o: &InstallOptions) -> Result<Installed> {
     let list = conflist(o);
     validate(&list).context("the configuration would be refused by the plugin")?;
+    let copied = match &o.plugins_from {
+        Some(from) => copy_missing_plugins(from, &o.bin_dir, &needed_plugins(o))?,
+        None => Vec::new(),
+    };
     for chained in &o.chain {
         if !o.bin_dir.join(chained).is_file() {
             bail!(
@@ -158,7 +213,11 @@ pub fn install(o: &InstallOptions) -> Result<(PathBuf, PathBuf)> {
     let plugin = write_whole(&o.bin_dir, PLUGIN_TYPE, &binary, 0o755)?;
     let text = serde_json::to_string_pretty(&list)? + "\n";
     let conf = write_whole(&o.conf_dir, &o.conf_file, text.as_bytes(), 0o644)?;
-    Ok((plugin, conf))
+    Ok(Installed {
+        plugin,
+        conf,
+        copied,
+    })
 }
 
 /// Reads a configuration list file and returns our plugin's configuration.
@@ -199,6 +258,7 @@ mod tests {
             chain: vec!["portmap".into()],
             log_file: None,
             log_level: None,
+            plugins_from: None,
         }
     }
 
@@ -252,5 +312,74 @@ mod tests {
         let conf = validate(&list).unwrap();
         assert_eq!(conf.log.level, veth_cni_protocol::LogLevel::Info);
         assert!(conf.other.get("logFile").is_none());
+    }
+
+    /// A temporary directory for the file-writing tests.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vethctl-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn plugins_from_fills_in_only_what_the_bin_dir_lacks() {
+        let root = scratch("plugins-from");
+        let (from, bin, conf) = (root.join("image"), root.join("bin"), root.join("conf"));
+        fs::create_dir_all(&from).unwrap();
+        fs::create_dir_all(&bin).unwrap();
+        for name in ["veth-cni", "loopback", "portmap", "bandwidth", "host-local"] {
+            fs::write(from.join(name), format!("image's {name}")).unwrap();
+        }
+        fs::write(bin.join("portmap"), "node's portmap").unwrap();
+        let mut o = options();
+        o.plugin = from.join("veth-cni");
+        o.bin_dir = bin.clone();
+        o.conf_dir = conf;
+        o.chain = vec!["portmap".into(), "bandwidth".into()];
+        o.plugins_from = Some(from);
+        let installed = install(&o).unwrap();
+        let mut copied: Vec<_> = installed
+            .copied
+            .iter()
+            .map(|p| p.file_name().unwrap())
+            .collect();
+        copied.sort();
+        assert_eq!(copied, ["bandwidth", "loopback"]);
+        assert_eq!(
+            fs::read_to_string(bin.join("portmap")).unwrap(),
+            "node's portmap"
+        );
+        assert_eq!(
+            fs::read_to_string(bin.join("loopback")).unwrap(),
+            "image's loopback"
+        );
+        assert!(
+            !bin.join("host-local").exists(),
+            "not needed: built-in IPAM"
+        );
+        let mode = fs::metadata(bin.join("bandwidth"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn plugins_from_without_a_needed_plugin_names_it_and_writes_no_list() {
+        let root = scratch("plugins-from-missing");
+        let (from, bin, conf) = (root.join("image"), root.join("bin"), root.join("conf"));
+        fs::create_dir_all(&from).unwrap();
+        fs::write(from.join("loopback"), "x").unwrap();
+        let mut o = options();
+        o.bin_dir = bin.clone();
+        o.conf_dir = conf.clone();
+        o.plugins_from = Some(from);
+        let e = format!("{:#}", install(&o).unwrap_err());
+        assert!(e.contains("--plugins-from") && e.contains("portmap"), "{e}");
+        assert!(!conf.join("10-vethctl.conflist").exists());
+        assert!(!bin.join("loopback").exists(), "nothing copied either");
+        fs::remove_dir_all(root).unwrap();
     }
 }

@@ -1,4 +1,5 @@
-//! Addresses for an ADD: vethctl's own pool, or a delegated IPAM plugin
+//! Where an ADD's addresses come from, and giving them back: the pool of
+//! [`crate::ipam`] (`"type": "veth-builtin"`), or a delegated IPAM plugin
 //! (`host-local`) run from `CNI_PATH` as the spec's section 4 says — with
 //! our own variables and exactly the configuration we were given — and
 //! given back on DEL, on a failed ADD, and on GC.

@@ -19,14 +19,14 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
 use veth_cni_protocol::{
-    CniError, CniResult, CniVersion, Dns, Interface, IpConfig, Plugin, Request, Route,
+    CniError, CniResult, CniVersion, Dns, Interface, IpConfig, NetConf, Plugin, Request, Route,
 };
 
 use crate::{
     apply,
     dataplane::Pins,
     endpoint::{self, wire, AddressSource, EndpointError, Record, Store},
-    model::{format_mac, gateway_ipv6, K8sPod, Mode, TcAttach, Topology, GATEWAY_IPV4},
+    model::{format_mac, gateway_ipv6, K8sPod, Mode, ModelError, TcAttach, Topology, GATEWAY_IPV4},
     netlink::Host,
     preflight, privileges,
     state::{self, StateDir},
@@ -192,6 +192,7 @@ fn is_current(network: &Topology, source: &str) -> bool {
 /// unless it is current, and returns the shared lock endpoint work holds.
 async fn ensure_network(
     host: &Host,
+    config: &NetConf,
     network: &Topology,
     source: &str,
     ipam: &AddressSource,
@@ -213,9 +214,13 @@ async fn ensure_network(
             }
             recover_record(host, network, ipam).await?;
             refuse_foreign_topology(&network.name)?;
-            preflight::check(host, network)
-                .await
-                .map_err(|e| CniError::invalid_config("ipam", format!("{e:#}")))?;
+            preflight::check(host, network).await.map_err(|e| {
+                match e.downcast_ref::<ModelError>() {
+                    // A range that clashes: in the configuration's words.
+                    Some(clash) => network::keys(config).error(clash),
+                    None => failed(e),
+                }
+            })?;
         }
         apply::up(network, source, apply::UpOptions::default())
             .await
@@ -273,6 +278,7 @@ pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
     let host = Host::connect()?;
     ensure_network(
         &host,
+        &conf,
         &network,
         &source,
         &address_source(conf.ipam.as_ref()),
@@ -328,7 +334,7 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     };
     let host = Host::connect().map_err(failed)?;
     let ipam = address_source(req.config.ipam.as_ref());
-    let _lock = ensure_network(&host, &network, &source, &ipam).await?;
+    let _lock = ensure_network(&host, &req.config, &network, &source, &ipam).await?;
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
     let store = Store::new(&network.name);

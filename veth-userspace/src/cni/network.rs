@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 use veth_cni_protocol::{CniError, Ipam, Mode as CniMode, NetConf};
 
-use crate::model::{validate_topology_name, Mode, TcAttach, Topology};
+use crate::model::{validate_topology_name, Mode, ModelError, TcAttach, Topology};
 
 /// The configuration key that turns masquerade off (`"ipMasq": false`, the
 /// reference bridge plugin's name for it); on by default, as in topology
@@ -16,23 +16,191 @@ use crate::model::{validate_topology_name, Mode, TcAttach, Topology};
 pub const MASQUERADE_KEY: &str = "ipMasq";
 
 /// The pod ranges of a network and its node (gateway) addresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ranges {
     pub v4: Ipv4Net,
     pub v6: Option<Ipv6Net>,
     pub gateway4: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
+    /// Where the configuration gave each of them.
+    pub keys: Keys,
+}
+
+/// The configuration's keys for the values of its network, so that an
+/// error about a value names the key the user wrote (`ipam.subnet`,
+/// `ipam.ranges[1][0].gateway`), not the topology field vethctl made of it
+/// (`pod_cidr`, `host_address6`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    v4: Option<String>,
+    v6: Option<String>,
+    gateway4: Option<String>,
+    gateway6: Option<String>,
+}
+
+impl Keys {
+    /// The topology fields a configuration's values become, each with the
+    /// configuration's key; longer names first, as they are replaced in
+    /// messages (`pod_cidr6` before `pod_cidr`).
+    fn fields(&self) -> [(&'static str, Option<&str>); 6] {
+        [
+            ("pod_cidr6", self.v6.as_deref()),
+            ("pod_cidr", self.v4.as_deref()),
+            ("host_address6", self.gateway6.as_deref()),
+            ("host_address", self.gateway4.as_deref()),
+            ("mtu", Some("mtu")),
+            ("mode", Some("mode")),
+        ]
+    }
+
+    /// The configuration's key for topology field `field`: `ipam` for one
+    /// the configuration did not write.
+    pub fn key(&self, field: &str) -> &str {
+        self.fields()
+            .into_iter()
+            .find(|(name, _)| *name == field)
+            .map_or("ipam", |(_, key)| key.unwrap_or("ipam"))
+    }
+
+    /// `e`, about the topology made of the configuration, in the
+    /// configuration's words: its field and the fields its message names
+    /// are the configuration's keys.
+    pub fn error(&self, e: &ModelError) -> CniError {
+        let mut message = e.message.clone();
+        for (field, key) in self.fields() {
+            if let Some(key) = key.filter(|k| *k != field) {
+                message = replace_word(&message, field, key);
+            }
+        }
+        bad(self.key(&e.field), message)
+    }
+}
+
+/// `text` with `word` replaced by `with` where it stands alone (not inside
+/// a longer name: `pod_cidr` is not replaced in `pod_cidr6`).
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let (before, after) = (&rest[..at], &rest[at + word.len()..]);
+        let alone = !before.ends_with(is_name) && !after.starts_with(is_name);
+        out += before;
+        out += if alone { with } else { word };
+        rest = after;
+    }
+    out + rest
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> CniError {
     CniError::invalid_config(field, reason)
 }
 
+/// A subnet a delegated IPAM's configuration gives: its key, its value and
+/// its gateway's.
+struct Written<'a> {
+    key: String,
+    subnet: &'a Value,
+    gateway: Option<&'a Value>,
+}
+
+/// The subnets of a delegated IPAM's configuration, in order: the older
+/// single `subnet` (with `gateway`), then each of `ranges`.
+fn written_subnets(config: &Map<String, Value>) -> Vec<Written<'_>> {
+    let mut found = Vec::new();
+    if let Some(subnet) = config.get("subnet") {
+        found.push(Written {
+            key: "ipam.subnet".to_string(),
+            subnet,
+            gateway: config.get("gateway"),
+        });
+    }
+    let ranges = config.get("ranges").and_then(Value::as_array);
+    for (i, set) in ranges.into_iter().flatten().enumerate() {
+        let set = set.as_array().into_iter().flatten();
+        for (j, range) in set
+            .enumerate()
+            .filter_map(|(j, r)| Some((j, r.as_object()?)))
+        {
+            if let Some(subnet) = range.get("subnet") {
+                found.push(Written {
+                    key: format!("ipam.ranges[{i}][{j}].subnet"),
+                    subnet,
+                    gateway: range.get("gateway"),
+                });
+            }
+        }
+    }
+    found
+}
+
+impl Written<'_> {
+    /// The key of the gateway beside this subnet.
+    fn gateway_key(&self) -> String {
+        self.key.replace(".subnet", ".gateway")
+    }
+}
+
+/// A written subnet's network and gateway, checked.
+fn parse_written(w: &Written) -> Result<(IpNet, Option<IpAddr>), CniError> {
+    let net: IpNet = w
+        .subnet
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad(&w.key, format!("{} is not a CIDR", w.subnet)))?;
+    let Some(gateway) = w.gateway else {
+        return Ok((net, None));
+    };
+    let parsed: Option<IpAddr> = gateway.as_str().and_then(|g| g.parse().ok());
+    match parsed {
+        Some(g) if g.is_ipv4() == net.addr().is_ipv4() => Ok((net, Some(g))),
+        _ => Err(bad(
+            &w.gateway_key(),
+            format!(
+                "{gateway} is not an address of {}'s family; give the node's address in {net}, \
+                 or leave the gateway out (the first address of the subnet)",
+                w.key
+            ),
+        )),
+    }
+}
+
+/// The ranges of a delegated IPAM: the first subnet of each family names
+/// the network (its unreachable route, its masquerade).
+fn delegated_ranges(config: &Map<String, Value>) -> Result<Ranges, CniError> {
+    let mut ranges = Ranges::default();
+    for written in written_subnets(config) {
+        let (net, gateway) = parse_written(&written)?;
+        let gateway_key = Some(written.gateway_key()).filter(|_| gateway.is_some());
+        // parse_written checked that a gateway is of its subnet's family.
+        match (net, gateway) {
+            (IpNet::V4(n), gateway) if ranges.keys.v4.is_none() => {
+                ranges.v4 = n.trunc();
+                ranges.gateway4 = gateway.and_then(|g| match g {
+                    IpAddr::V4(g) => Some(g),
+                    IpAddr::V6(_) => None,
+                });
+                (ranges.keys.v4, ranges.keys.gateway4) = (Some(written.key), gateway_key);
+            }
+            (IpNet::V6(n), gateway) if ranges.keys.v6.is_none() => {
+                ranges.v6 = Some(n.trunc());
+                ranges.gateway6 = gateway.and_then(|g| match g {
+                    IpAddr::V6(g) => Some(g),
+                    IpAddr::V4(_) => None,
+                });
+                (ranges.keys.v6, ranges.keys.gateway6) = (Some(written.key), gateway_key);
+            }
+            // A second range of one family: the first names the network.
+            _ => {}
+        }
+    }
+    Ok(ranges)
+}
+
 /// The ranges of `ipam`: the built-in's `subnet`/`subnet6`, or a delegated
 /// `host-local`'s `ranges` (or its older single `subnet`/`gateway`).
 pub fn ranges(ipam: Option<&Ipam>) -> Result<Ranges, CniError> {
-    let (mut v4, mut v6, mut gateway4, mut gateway6) = (None, None, None, None);
-    match ipam {
+    let ranges = match ipam {
         None => {
             return Err(bad(
                 "ipam",
@@ -41,72 +209,26 @@ pub fn ranges(ipam: Option<&Ipam>) -> Result<Ranges, CniError> {
                  \"<pod CIDR>\"}]]}",
             ))
         }
-        Some(Ipam::Builtin(b)) => {
-            v4 = b.subnet;
-            v6 = b.subnet6;
-        }
-        Some(Ipam::Delegated(d)) => {
-            let mut found = Vec::new();
-            if let Some(subnet) = d.config.get("subnet") {
-                found.push(("ipam.subnet".to_string(), subnet, d.config.get("gateway")));
-            }
-            if let Some(ranges) = d.config.get("ranges").and_then(Value::as_array) {
-                for (i, set) in ranges.iter().enumerate() {
-                    for (j, range) in set.as_array().into_iter().flatten().enumerate() {
-                        let Some(range) = range.as_object() else {
-                            continue;
-                        };
-                        if let Some(subnet) = range.get("subnet") {
-                            found.push((
-                                format!("ipam.ranges[{i}][{j}].subnet"),
-                                subnet,
-                                range.get("gateway"),
-                            ));
-                        }
-                    }
-                }
-            }
-            for (field, subnet, gateway) in found {
-                let net: IpNet = subnet
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad(&field, format!("{subnet} is not a CIDR")))?;
-                let gateway: Option<IpAddr> = gateway.and_then(|g| g.as_str()?.parse().ok());
-                match net {
-                    IpNet::V4(n) if v4.is_none() => {
-                        v4 = Some(n.trunc());
-                        gateway4 = gateway.and_then(|g| match g {
-                            IpAddr::V4(g) => Some(g),
-                            _ => None,
-                        });
-                    }
-                    IpNet::V6(n) if v6.is_none() => {
-                        v6 = Some(n.trunc());
-                        gateway6 = gateway.and_then(|g| match g {
-                            IpAddr::V6(g) => Some(g),
-                            _ => None,
-                        });
-                    }
-                    // A second range of one family: the first names the
-                    // network (its unreachable route, its masquerade).
-                    _ => {}
-                }
-            }
-        }
-    }
-    let Some(v4) = v4 else {
+        Some(Ipam::Builtin(b)) => Ranges {
+            v4: b.subnet.unwrap_or_default(),
+            v6: b.subnet6,
+            keys: Keys {
+                v4: b.subnet.map(|_| "ipam.subnet".to_string()),
+                v6: b.subnet6.map(|_| "ipam.subnet6".to_string()),
+                ..Keys::default()
+            },
+            ..Ranges::default()
+        },
+        Some(Ipam::Delegated(d)) => delegated_ranges(&d.config)?,
+    };
+    if ranges.keys.v4.is_none() {
         return Err(bad(
             "ipam",
             "no IPv4 pod range found: vethctl networks are IPv4 or dual stack; give an IPv4 \
              subnet (ipam.subnet, or ipam.ranges[0][0].subnet for host-local)",
         ));
-    };
-    Ok(Ranges {
-        v4,
-        v6,
-        gateway4,
-        gateway6,
-    })
+    }
+    Ok(ranges)
 }
 
 /// The configuration key saying how an endpoint's TC programs are attached.
@@ -139,6 +261,13 @@ const DESCRIPTION_HEADER: &str = "# The node network of CNI configuration ";
 /// is one [`network`] wrote, not a topology file's.
 pub fn made_by_cni(recorded: &str) -> bool {
     recorded.starts_with(DESCRIPTION_HEADER)
+}
+
+/// The configuration's keys for the values of its network (see [`Keys`]).
+pub fn keys(config: &NetConf) -> Keys {
+    ranges(config.ipam.as_ref())
+        .map(|r| r.keys)
+        .unwrap_or_default()
 }
 
 /// The network `config` describes: a topology named like the configuration
@@ -198,15 +327,7 @@ pub fn network(config: &NetConf) -> Result<(Topology, String), CniError> {
          # are the runtime's endpoints (`vethctl status -n {}`).\n{body}",
         config.name, config.name
     );
-    let topology = Topology::from_toml(&source).map_err(|e| {
-        let field = match e.field.as_str() {
-            "pod_cidr" | "pod_cidr6" => "ipam",
-            "mtu" => "mtu",
-            "host_address" | "host_address6" => "ipam",
-            _ => "configuration",
-        };
-        bad(field, format!("{}: {}", e.field, e.message))
-    })?;
+    let topology = Topology::from_toml(&source).map_err(|e| ranges.keys.error(&e))?;
     Ok((topology, source))
 }
 
@@ -282,11 +403,116 @@ mod tests {
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "veth-cni",
             "ipam": {"type": "veth-builtin", "subnet": "127.0.0.0/24"}}),
         );
-        assert!(e.to_string().starts_with("ipam:"), "{e}");
+        assert!(e.to_string().starts_with("ipam.subnet:"), "{e}");
         let e = err(
             serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "veth-cni",
             "ipMasq": "yes", "ipam": {"type": "veth-builtin", "subnet": "10.1.0.0/24"}}),
         );
         assert!(e.to_string().starts_with("ipMasq:"), "{e}");
+    }
+
+    /// Every refusal of a value the configuration gives names the key the
+    /// user wrote and never a topology field (`pod_cidr`, `host_address`).
+    #[test]
+    fn refusals_speak_the_configurations_words() {
+        let builtin = |ipam: serde_json::Value| serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "veth-cni", "ipam": ipam});
+        let host_local = |ranges: serde_json::Value| {
+            builtin(serde_json::json!({"type": "host-local", "ranges": ranges}))
+        };
+        let cases = [
+            (
+                builtin(serde_json::json!({"type": "veth-builtin", "subnet": "127.0.0.0/24"})),
+                "ipam.subnet: 127.0.0.0/24 overlaps",
+            ),
+            (
+                builtin(
+                    serde_json::json!({"type": "veth-builtin", "subnet": "10.1.0.0/24",
+                    "subnet6": "fd00::/124"}),
+                ),
+                "ipam.subnet6: fd00::/124 is too small",
+            ),
+            (
+                builtin(
+                    serde_json::json!({"type": "veth-builtin", "subnet": "10.1.0.0/24",
+                    "subnet6": "ff02::/64"}),
+                ),
+                "ipam.subnet6: ff02::/64 overlaps",
+            ),
+            (
+                host_local(
+                    serde_json::json!([[{"subnet": "10.88.0.0/16", "gateway": "10.9.9.9"}]]),
+                ),
+                "ipam.ranges[0][0].gateway: 10.9.9.9 is not a usable address of \
+                 ipam.ranges[0][0].subnet 10.88.0.0/16; pick one inside it or omit \
+                 ipam.ranges[0][0].gateway",
+            ),
+            (
+                host_local(serde_json::json!([[{"subnet": "10.88.0.0/16"}],
+                    [{"subnet": "fd88::/64", "gateway": "fd99::1"}]])),
+                "ipam.ranges[1][0].gateway: fd99::1 is not a usable address of \
+                 ipam.ranges[1][0].subnet fd88::/64",
+            ),
+            (
+                host_local(serde_json::json!([[{"subnet": "10.88.0.0/16", "gateway": "fd00::1"}]])),
+                "ipam.ranges[0][0].gateway: \"fd00::1\" is not an address of \
+                 ipam.ranges[0][0].subnet's family",
+            ),
+            (
+                builtin(
+                    serde_json::json!({"type": "host-local", "subnet": "10.88.0.0/16",
+                    "gateway": "10.88.0"}),
+                ),
+                "ipam.gateway: \"10.88.0\" is not an address",
+            ),
+            (
+                host_local(serde_json::json!([[{"subnet": "10.88.0.0/33"}]])),
+                "ipam.ranges[0][0].subnet: \"10.88.0.0/33\" is not a CIDR",
+            ),
+            (
+                host_local(serde_json::json!([[{"subnet": "169.254.9.0/24"}]])),
+                "ipam.ranges[0][0].subnet: 169.254.9.0/24 overlaps",
+            ),
+        ];
+        for (config, expected) in cases {
+            let e = network(&conf(config.clone())).unwrap_err().to_string();
+            assert!(e.starts_with(expected), "{config}:\n{e}\nnot {expected}");
+            for vethctl_word in ["pod_cidr", "host_address", "topology"] {
+                assert!(!e.contains(vethctl_word), "{config}: {e}");
+            }
+        }
+        // The MTU of mode xdp: the key is the configuration's own.
+        let e = network(&conf(
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "veth-cni", "mode": "xdp", "mtu": 9000,
+            "ipam": {"type": "veth-builtin", "subnet": "10.1.0.0/24"}}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("mtu: MTU 9000 is too large for XDP"), "{e}");
+    }
+
+    /// A range that clashes with the host (found by the preflight check,
+    /// in the topology's words) is reported with the configuration's key.
+    #[test]
+    fn a_clash_is_named_by_the_key_that_gave_the_range() {
+        let config = conf(serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "veth-cni", "ipam": {"type": "host-local", "ranges": [
+                [{"subnet": "10.88.0.0/16"}], [{"subnet": "fd88::/64"}]]}}));
+        let clash = ModelError {
+            field: "pod_cidr6".into(),
+            message: "fd88::/64 overlaps the route `fd88::/48 dev wg0`; pick a pod_cidr6 the \
+                      host does not use"
+                .into(),
+        };
+        let e = keys(&config).error(&clash).to_string();
+        assert_eq!(
+            e,
+            "ipam.ranges[1][0].subnet: fd88::/64 overlaps the route `fd88::/48 dev wg0`; pick \
+             a ipam.ranges[1][0].subnet the host does not use"
+        );
+        assert_eq!(
+            replace_word("pod_cidr6 pod_cidr x_pod_cidr", "pod_cidr", "K"),
+            "pod_cidr6 K x_pod_cidr"
+        );
     }
 }

@@ -362,50 +362,11 @@ impl ClusterFile {
             .map(|c| exact6("cluster_cidr6", c))
             .transpose()?;
         validate_node_names(&self.nodes)?;
-        if let Some(bridge) = &self.underlay.bridge {
-            super::validate_ifname("underlay.bridge", bridge)?;
-            for (i, n) in self.nodes.iter().enumerate() {
-                let port = host_port(&self.name, &n.name);
-                if port.len() > super::IFNAME_MAX {
-                    return Err(invalid(
-                        format!("nodes[{i}].name"),
-                        format!(
-                            "its port on underlay.bridge, {port:?}, would be longer than the \
-                             {} characters Linux allows; shorten the node or cluster name",
-                            super::IFNAME_MAX
-                        ),
-                    ));
-                }
-            }
-        }
-        let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
-        if self.cross_node == CrossNode::HostGw
-            && cluster_cidr6.is_some()
-            && underlay.cidr6.is_none()
-        {
-            return Err(invalid(
-                "underlay.cidr6",
-                "cross_node = \"host-gw\" routes the IPv6 pod ranges via the nodes' IPv6 underlay \
-                 addresses (the kernel has no IPv6 route via an IPv4 next hop); set [underlay] \
-                 cidr6 (e.g. \"fd00:198:18::/64\") or remove cluster_cidr6",
-            ));
-        }
+        self.validate_bridge_ports()?;
         let pod_cidrs = carve(cluster_cidr, self.node_prefix_len, &self.nodes)?;
-        let pod_cidrs6 = match cluster_cidr6 {
-            Some(c6) => carve(c6, self.node_prefix_len6, &self.nodes)?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => {
-                if let Some(i) = self.nodes.iter().position(|n| n.pod_cidr6.is_some()) {
-                    return Err(invalid(
-                        format!("nodes[{i}].pod_cidr6"),
-                        "an IPv6 pod range needs cluster_cidr6; add cluster_cidr6 or remove it",
-                    ));
-                }
-                vec![None; self.nodes.len()]
-            }
-        };
+        let pod_cidrs6 = self.carve6(cluster_cidr6)?;
+        let underlay = self.underlay.validate(cluster_cidr, cluster_cidr6)?;
+        refuse_host_gw_without_ipv6(self.cross_node, cluster_cidr6, &underlay)?;
         let (addresses, addresses6) = underlay.addresses(&self.nodes)?;
         let nodes: Vec<ClusterNode> = self
             .nodes
@@ -439,6 +400,63 @@ impl ClusterFile {
         }
         Ok(cluster)
     }
+}
+
+impl ClusterFile {
+    /// Each node's port on `underlay.bridge` (if set) is a name Linux takes.
+    fn validate_bridge_ports(&self) -> Result<(), ModelError> {
+        let Some(bridge) = &self.underlay.bridge else {
+            return Ok(());
+        };
+        super::validate_ifname("underlay.bridge", bridge)?;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let port = host_port(&self.name, &n.name);
+            if port.len() > super::IFNAME_MAX {
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!(
+                        "its port on underlay.bridge, {port:?}, would be longer than the {} \
+                         characters Linux allows; shorten the node or cluster name",
+                        super::IFNAME_MAX
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each node's IPv6 pod range, all `None` without `cluster_cidr6`.
+    fn carve6(&self, cluster_cidr6: Option<Ipv6Net>) -> Result<Vec<Option<Ipv6Net>>, ModelError> {
+        if let Some(c6) = cluster_cidr6 {
+            let ranges = carve(c6, self.node_prefix_len6, &self.nodes)?;
+            return Ok(ranges.into_iter().map(Some).collect());
+        }
+        if let Some(i) = self.nodes.iter().position(|n| n.pod_cidr6.is_some()) {
+            return Err(invalid(
+                format!("nodes[{i}].pod_cidr6"),
+                "an IPv6 pod range needs cluster_cidr6; add cluster_cidr6 or remove it",
+            ));
+        }
+        Ok(vec![None; self.nodes.len()])
+    }
+}
+
+/// host-gw routes IPv6 ranges via IPv6 underlay addresses: the kernel has
+/// no IPv6 route via an IPv4 next hop.
+fn refuse_host_gw_without_ipv6(
+    cross_node: CrossNode,
+    cluster_cidr6: Option<Ipv6Net>,
+    underlay: &Underlay,
+) -> Result<(), ModelError> {
+    if cross_node == CrossNode::HostGw && cluster_cidr6.is_some() && underlay.cidr6.is_none() {
+        return Err(invalid(
+            "underlay.cidr6",
+            "cross_node = \"host-gw\" routes the IPv6 pod ranges via the nodes' IPv6 underlay \
+             addresses (the kernel has no IPv6 route via an IPv4 next hop); set [underlay] \
+             cidr6 (e.g. \"fd00:198:18::/64\") or remove cluster_cidr6",
+        ));
+    }
+    Ok(())
 }
 
 /// An error in node `i`'s part, named where the cluster file says it.

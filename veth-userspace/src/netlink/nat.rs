@@ -201,6 +201,65 @@ pub fn remove(topology: &str) -> Result<()> {
     apply(topology, "", None, &[])
 }
 
+/// nf_tables messages in one netlink batch, numbered in order.
+struct Batch {
+    out: Vec<u8>,
+    seq: u32,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        let mut batch = Batch {
+            out: Vec::new(),
+            seq: 1,
+        };
+        batch.push(
+            NFNL_MSG_BATCH_BEGIN,
+            NFPROTO_UNSPEC,
+            NLM_F_REQUEST,
+            Vec::new(),
+        );
+        batch
+    }
+
+    /// A message of `kind`: the batch markers are addressed to the
+    /// nf_tables subsystem by their resource id, the others by their type.
+    fn push(&mut self, kind: u16, family: u8, flags: u16, attrs: Vec<u8>) {
+        let marker = kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END;
+        let (type_, res_id) = if marker {
+            (kind, NFNL_SUBSYS_NFTABLES)
+        } else {
+            ((NFNL_SUBSYS_NFTABLES << 8) | kind, 0)
+        };
+        message(
+            &mut self.out,
+            type_,
+            flags,
+            self.seq,
+            family,
+            res_id,
+            &attrs,
+        );
+        self.seq += 1;
+    }
+
+    /// A message that creates an `inet` object.
+    fn create(&mut self, kind: u16, attrs: Vec<u8>) {
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
+        self.push(kind, NFPROTO_INET, flags, attrs);
+    }
+
+    fn end(mut self) -> Vec<u8> {
+        self.push(
+            NFNL_MSG_BATCH_END,
+            NFPROTO_UNSPEC,
+            NLM_F_REQUEST,
+            Vec::new(),
+        );
+        self.out
+    }
+}
+
 /// One batch: create-if-missing then delete the table (so the delete never
 /// fails), then, if there is anything to masquerade, create it afresh.
 /// The kernel applies a batch atomically.
@@ -211,92 +270,44 @@ pub fn encode_batch(
     uplink: Option<&str>,
     nets: &[Masquerade],
 ) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut seq = 1;
-    let mut msg = |out: &mut Vec<u8>, kind: u16, family: u8, flags: u16, attrs: Vec<u8>| {
-        let type_ = if kind == NFNL_MSG_BATCH_BEGIN || kind == NFNL_MSG_BATCH_END {
-            kind
-        } else {
-            (NFNL_SUBSYS_NFTABLES << 8) | kind
-        };
-        let res_id = if type_ == kind {
-            NFNL_SUBSYS_NFTABLES
-        } else {
-            0
-        };
-        message(out, type_, flags, seq, family, res_id, &attrs);
-        seq += 1;
-    };
+    let mut batch = Batch::new();
     let table_attr = || attr_str(NFTA_TABLE_NAME, table);
-    msg(
-        &mut out,
-        NFNL_MSG_BATCH_BEGIN,
-        NFPROTO_UNSPEC,
-        NLM_F_REQUEST,
-        Vec::new(),
-    );
-    msg(
-        &mut out,
-        NFT_MSG_NEWTABLE,
-        NFPROTO_INET,
-        NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-        table_attr(),
-    );
-    msg(
-        &mut out,
+    batch.create(NFT_MSG_NEWTABLE, table_attr());
+    batch.push(
         NFT_MSG_DELTABLE,
         NFPROTO_INET,
         NLM_F_REQUEST | NLM_F_ACK,
         table_attr(),
     );
-    if !nets.is_empty() {
-        let mut commented = table_attr();
-        commented.extend(attr(NFTA_TABLE_USERDATA, &table_userdata(comment)));
-        msg(
-            &mut out,
-            NFT_MSG_NEWTABLE,
-            NFPROTO_INET,
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            commented,
-        );
-        let mut chain = attr_str(NFTA_CHAIN_TABLE, table);
-        chain.extend(attr_str(NFTA_CHAIN_NAME, CHAIN));
-        let mut hook = attr_u32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING);
-        hook.extend(attr_u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC));
-        chain.extend(attr(NFTA_CHAIN_HOOK | NLA_F_NESTED, &hook));
-        chain.extend(attr_u32(NFTA_CHAIN_POLICY, NF_ACCEPT));
-        chain.extend(attr_str(NFTA_CHAIN_TYPE, "nat"));
-        msg(
-            &mut out,
-            NFT_MSG_NEWCHAIN,
-            NFPROTO_INET,
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            chain,
-        );
-        for net in nets {
-            let mut rule = attr_str(NFTA_RULE_TABLE, table);
-            rule.extend(attr_str(NFTA_RULE_CHAIN, CHAIN));
-            rule.extend(attr(
-                NFTA_RULE_EXPRESSIONS | NLA_F_NESTED,
-                &masquerade_expressions(net, object_prefix, uplink),
-            ));
-            msg(
-                &mut out,
-                NFT_MSG_NEWRULE,
-                NFPROTO_INET,
-                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-                rule,
-            );
-        }
+    if nets.is_empty() {
+        return batch.end();
     }
-    msg(
-        &mut out,
-        NFNL_MSG_BATCH_END,
-        NFPROTO_UNSPEC,
-        NLM_F_REQUEST,
-        Vec::new(),
-    );
-    out
+    let mut commented = table_attr();
+    commented.extend(attr(NFTA_TABLE_USERDATA, &table_userdata(comment)));
+    batch.create(NFT_MSG_NEWTABLE, commented);
+    batch.create(NFT_MSG_NEWCHAIN, nat_chain(table));
+    for net in nets {
+        let mut rule = attr_str(NFTA_RULE_TABLE, table);
+        rule.extend(attr_str(NFTA_RULE_CHAIN, CHAIN));
+        rule.extend(attr(
+            NFTA_RULE_EXPRESSIONS | NLA_F_NESTED,
+            &masquerade_expressions(net, object_prefix, uplink),
+        ));
+        batch.create(NFT_MSG_NEWRULE, rule);
+    }
+    batch.end()
+}
+
+/// The attributes of the table's source-NAT chain at postrouting.
+fn nat_chain(table: &str) -> Vec<u8> {
+    let mut chain = attr_str(NFTA_CHAIN_TABLE, table);
+    chain.extend(attr_str(NFTA_CHAIN_NAME, CHAIN));
+    let mut hook = attr_u32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING);
+    hook.extend(attr_u32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC));
+    chain.extend(attr(NFTA_CHAIN_HOOK | NLA_F_NESTED, &hook));
+    chain.extend(attr_u32(NFTA_CHAIN_POLICY, NF_ACCEPT));
+    chain.extend(attr_str(NFTA_CHAIN_TYPE, "nat"));
+    chain
 }
 
 /// A table's user data as `nft` writes it: one comment TLV (type, length,

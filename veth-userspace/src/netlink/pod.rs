@@ -45,116 +45,156 @@ pub async fn configure(pod: &Pod, wiring: &PodWiring) -> Result<()> {
     let wiring = wiring.clone();
     let label = pod.name.clone();
     netns::run_in(&pod.netns.clone(), move |handle| async move {
-        if let Some(lo) = links::by_name(&handle, "lo").await? {
-            links::ensure_up(&handle, &lo, &lo.mac, None).await?;
-        }
-        let eth0 = links::by_name(&handle, &pod.ifname)
-            .await?
-            .with_context(|| {
-                // A runtime's endpoint is made again by its own DEL and ADD;
-                // `down` and `up` would cut every pod of its network off.
-                let fix = if pod.netns_is_ours() {
-                    "run `vethctl down` and `vethctl up` to recreate the pod"
-                } else {
-                    "it was removed while the endpoint was being wired; the runtime's retry \
-                     (DEL, then ADD) makes it again"
-                };
-                format!(
-                    "{} is missing in namespace {:?}; {fix}",
-                    pod.ifname, pod.netns
-                )
-            })?;
-        // No duplicate address detection on eth0: its addresses are ours by
-        // construction, and DAD keeps the link-local address unusable for a
-        // second after every (re)configuration.
-        sysctl::disable_dad(&pod.ifname)?;
-        // New addresses are added before stale ones go (see
-        // `addresses::ensure_exactly`): a new address of the old one's
-        // subnet is a secondary, which must outlive the old primary.
-        sysctl::promote_secondaries(&pod.ifname)?;
-        links::ensure_up(&handle, &eth0, &pod.mac, Some(pod.mtu)).await?;
+        let eth0 = bring_up_links(&handle, &pod).await?;
+        let addressing = Addressing::of(&pod, &wiring);
+        let mut wanted = vec![(IpAddr::V4(pod.ipv4), addressing.prefix4)];
+        wanted.extend(pod.ipv6.map(|v6| (IpAddr::V6(v6), addressing.prefix6)));
+        addresses::ensure_exactly(&handle, &eth0, &wanted).await?;
+        set_gateway_neighbours(&handle, &pod, eth0.ifindex, &wiring).await?;
+        set_default_routes(&handle, eth0.ifindex, &wiring, &addressing).await
+    })
+    .await
+    .with_context(|| format!("pod {label:?}"))
+}
 
-        let routed_gateways = {
-            let mut g = vec![IpAddr::V4(GATEWAY_IPV4)];
-            if pod.ipv6.is_some() {
-                g.push(IpAddr::V6(gateway_ipv6()));
-            }
-            g
-        };
-        let (prefix4, prefix6, gateway4, gateway6) = match &wiring {
-            PodWiring::Routed => (32, 128, GATEWAY_IPV4, pod.ipv6.map(|_| gateway_ipv6())),
+/// Brings `lo` and `eth0` up with the pod's MAC and MTU; returns `eth0`.
+async fn bring_up_links(handle: &rtnetlink::Handle, pod: &Pod) -> Result<links::LinkState> {
+    if let Some(lo) = links::by_name(handle, "lo").await? {
+        links::ensure_up(handle, &lo, &lo.mac, None).await?;
+    }
+    let eth0 = links::by_name(handle, &pod.ifname)
+        .await?
+        .with_context(|| {
+            // A runtime's endpoint is made again by its own DEL and ADD;
+            // `down` and `up` would cut every pod of its network off.
+            let fix = if pod.netns_is_ours() {
+                "run `vethctl down` and `vethctl up` to recreate the pod"
+            } else {
+                "it was removed while the endpoint was being wired; the runtime's retry \
+                 (DEL, then ADD) makes it again"
+            };
+            format!(
+                "{} is missing in namespace {:?}; {fix}",
+                pod.ifname, pod.netns
+            )
+        })?;
+    // No duplicate address detection on eth0: its addresses are ours by
+    // construction, and DAD keeps the link-local address unusable for a
+    // second after every (re)configuration.
+    sysctl::disable_dad(&pod.ifname)?;
+    // New addresses are added before stale ones go (see
+    // `addresses::ensure_exactly`): a new address of the old one's
+    // subnet is a secondary, which must outlive the old primary.
+    sysctl::promote_secondaries(&pod.ifname)?;
+    links::ensure_up(handle, &eth0, &pod.mac, Some(pod.mtu)).await?;
+    Ok(eth0)
+}
+
+/// The prefix lengths of the pod's addresses and its default gateways.
+struct Addressing {
+    prefix4: u8,
+    prefix6: u8,
+    gateway4: Ipv4Addr,
+    /// `None` for a single-stack pod.
+    gateway6: Option<Ipv6Addr>,
+}
+
+impl Addressing {
+    fn of(pod: &Pod, wiring: &PodWiring) -> Addressing {
+        match wiring {
+            PodWiring::Routed => Addressing {
+                prefix4: 32,
+                prefix6: 128,
+                gateway4: GATEWAY_IPV4,
+                gateway6: pod.ipv6.map(|_| gateway_ipv6()),
+            },
             PodWiring::Bridged {
                 prefix4,
                 prefix6,
                 gateway4,
                 gateway6,
-            } => (
-                *prefix4,
-                *prefix6,
-                *gateway4,
-                gateway6.filter(|_| pod.ipv6.is_some()),
-            ),
-        };
-        let mut wanted = vec![(IpAddr::V4(pod.ipv4), prefix4)];
-        wanted.extend(pod.ipv6.map(|v6| (IpAddr::V6(v6), prefix6)));
-        addresses::ensure_exactly(&handle, &eth0, &wanted).await?;
+            } => Addressing {
+                prefix4: *prefix4,
+                prefix6: *prefix6,
+                gateway4: *gateway4,
+                gateway6: gateway6.filter(|_| pod.ipv6.is_some()),
+            },
+        }
+    }
+}
 
-        for gateway in &routed_gateways {
-            match wiring {
-                PodWiring::Routed => {
-                    set_permanent_neighbour(&handle, eth0.ifindex, *gateway, &pod.gateway_mac)
-                        .await?
-                }
-                PodWiring::Bridged { .. } => {
-                    delete_neighbour(&handle, eth0.ifindex, *gateway).await?
-                }
+/// Routed: the link-local gateways are permanent neighbours at the host
+/// side's MAC. Bridged: they are not, and neither is anything learnt at
+/// that MAC.
+async fn set_gateway_neighbours(
+    handle: &rtnetlink::Handle,
+    pod: &Pod,
+    ifindex: u32,
+    wiring: &PodWiring,
+) -> Result<()> {
+    let mut routed_gateways = vec![IpAddr::V4(GATEWAY_IPV4)];
+    if pod.ipv6.is_some() {
+        routed_gateways.push(IpAddr::V6(gateway_ipv6()));
+    }
+    for gateway in routed_gateways {
+        match wiring {
+            PodWiring::Routed => {
+                set_permanent_neighbour(handle, ifindex, gateway, &pod.gateway_mac).await?
             }
+            PodWiring::Bridged { .. } => delete_neighbour(handle, ifindex, gateway).await?,
         }
-        if matches!(wiring, PodWiring::Bridged { .. }) {
-            // Entries learnt while routed point at the host side's MAC, which
-            // on a bridge port would hand frames to the host, not the peer.
-            forget_neighbours_at(&handle, eth0.ifindex, &pod.gateway_mac).await?;
-        }
+    }
+    if matches!(wiring, PodWiring::Bridged { .. }) {
+        // Entries learnt while routed point at the host side's MAC, which
+        // on a bridge port would hand frames to the host, not the peer.
+        forget_neighbours_at(handle, ifindex, &pod.gateway_mac).await?;
+    }
+    Ok(())
+}
 
-        let mut default4 = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway4)
-            .output_interface(eth0.ifindex);
-        if matches!(wiring, PodWiring::Routed) {
-            default4 = default4.onlink();
-        }
-        replace_route(
-            &handle,
-            default4.build(),
-            format!("adding the default route via {gateway4}"),
+/// The default routes via the gateways (on-link when routed); a
+/// single-stack pod keeps nothing of IPv6 wiring.
+async fn set_default_routes(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    wiring: &PodWiring,
+    addressing: &Addressing,
+) -> Result<()> {
+    let gateway4 = addressing.gateway4;
+    let mut default4 = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway4)
+        .output_interface(ifindex);
+    if matches!(wiring, PodWiring::Routed) {
+        default4 = default4.onlink();
+    }
+    replace_route(
+        handle,
+        default4.build(),
+        format!("adding the default route via {gateway4}"),
+    )
+    .await?;
+    if let Some(gateway6) = addressing.gateway6 {
+        let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gateway6)
+            .output_interface(ifindex)
+            .build();
+        return replace_route(
+            handle,
+            default6,
+            format!("adding the IPv6 default route via {gateway6}"),
         )
-        .await?;
-        if let Some(gateway6) = gateway6 {
-            let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
-                .gateway(gateway6)
-                .output_interface(eth0.ifindex)
-                .build();
-            replace_route(
-                &handle,
-                default6,
-                format!("adding the IPv6 default route via {gateway6}"),
-            )
-            .await?;
-        } else {
-            // Single stack (again): nothing of IPv6 wiring stays.
-            delete_neighbour(&handle, eth0.ifindex, IpAddr::V6(gateway_ipv6())).await?;
-            let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
-                .output_interface(eth0.ifindex)
-                .build();
-            match handle.route().del(default6).execute().await {
-                Ok(()) => {}
-                Err(e) if is_gone(&e) => {}
-                Err(e) => return Err(context("removing the IPv6 default route")(e)),
-            }
-        }
-        Ok(())
-    })
-    .await
-    .with_context(|| format!("pod {label:?}"))
+        .await;
+    }
+    // Single stack (again): nothing of IPv6 wiring stays.
+    delete_neighbour(handle, ifindex, IpAddr::V6(gateway_ipv6())).await?;
+    let default6 = RouteMessageBuilder::<Ipv6Addr>::new()
+        .output_interface(ifindex)
+        .build();
+    match handle.route().del(default6).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => Ok(()),
+        Err(e) => Err(context("removing the IPv6 default route")(e)),
+    }
 }
 
 /// `xdp_receiver`: the pod receives frames redirected by XDP (mode xdp),

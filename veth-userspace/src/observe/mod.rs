@@ -8,6 +8,7 @@ pub mod passes;
 pub mod rates;
 pub mod readiness;
 pub mod summary;
+pub mod table;
 pub mod trace;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use anyhow::Result;
 use serde::Serialize;
 use veth_common::{DropReason, Endpoint, PairCounters, PodIdentity, Verdicts};
 
+use self::table::{render_fitting, row, Width};
 use crate::{
     dataplane::{
         self,
@@ -95,8 +97,12 @@ impl Unreadable {
     }
 }
 
-/// The lines that report unreadable topologies below a table.
-fn unreadable_lines(unreadable: &[Unreadable]) -> String {
+/// The lines below the tables: the topologies that cannot be read, or
+/// that none is up.
+fn closing_lines(shown: usize, unreadable: &[Unreadable]) -> String {
+    if shown == 0 && unreadable.is_empty() {
+        return "no topology is up (start one with `vethctl up`)\n".to_string();
+    }
     unreadable
         .iter()
         .map(|u| format!("UNREADABLE: {}\n", u.message()))
@@ -327,21 +333,43 @@ pub async fn status(host: &Host, topology: &Topology) -> Result<TopologyStatus> 
 }
 
 impl StatusReport {
-    pub fn to_table(&self) -> String {
+    pub fn to_table(&self, width: Width) -> String {
         let mut out = String::new();
         for t in &self.topologies {
-            let v6 = |v: &Option<String>| v.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
-            out += &format!(
-                "topology {}  mode {}  pod_cidr {}{}  node address {}{} (on lo)  pins {}\n",
-                t.name,
-                t.mode,
-                t.pod_cidr,
-                v6(&t.pod_cidr6),
-                t.host_address,
-                v6(&t.host_address6),
-                t.pin_dir
-            );
-            let mut rows = vec![row([
+            out += &t.header(width);
+            out += &t.pod_table(width);
+            out += &table::wrap(&t.stale_line(), width);
+        }
+        out + &closing_lines(self.topologies.len(), &self.unreadable)
+    }
+}
+
+impl TopologyStatus {
+    /// The topology's line (two when fitting 80 columns): mode, pod ranges,
+    /// node addresses and, wide, its pins.
+    fn header(&self, width: Width) -> String {
+        let v6 = |v: &Option<String>| v.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
+        let (name, cidr6, node6) = (&self.name, v6(&self.pod_cidr6), v6(&self.host_address6));
+        let ranges = format!(
+            "topology {name}  mode {}  pod_cidr {}{cidr6}",
+            self.mode, self.pod_cidr
+        );
+        let node = format!("node address {}{node6} (on lo)", self.host_address);
+        match width {
+            Width::Fit => format!("{ranges}\n{node}\n"),
+            Width::Wide => format!("{ranges}  {node}  pins {}\n", self.pin_dir),
+        }
+    }
+
+    /// One row per pod. Fitting 80 columns: name, addresses and endpoint
+    /// state (IPv6 only for a dual-stack topology); wide adds the network
+    /// namespace, both ends with their peers' ifindexes (the host veth's
+    /// name among them), the pod's MAC and the programs attached.
+    fn pod_table(&self, width: Width) -> String {
+        let dual_stack = self.pod_cidr6.is_some();
+        let mut rows = vec![match width {
+            Width::Fit => vec!["POD", "IPV4", "IPV6", "ENDPOINT"],
+            Width::Wide => vec![
                 "POD",
                 "NETNS",
                 "IPV4",
@@ -351,53 +379,83 @@ impl StatusReport {
                 "POD MAC",
                 "ENDPOINT",
                 "PROGRAMS INGRESS/EGRESS/XDP",
-            ])];
-            for p in &t.pods {
-                let attached = p
-                    .attached
-                    .iter()
-                    .map(|a| match a.program_id {
-                        Some(id) => format!("prog {id}"),
-                        None => "-".to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" / ");
+            ],
+        }
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()];
+        rows.extend(self.pods.iter().map(|p| p.row(width)));
+        if width == Width::Fit && !dual_stack {
+            for r in &mut rows {
+                r.remove(2);
+            }
+        }
+        render_fitting(&rows, width, 0)
+    }
+
+    /// The warning below the table when pods are stale.
+    fn stale_line(&self) -> String {
+        let stale: Vec<&str> = self
+            .pods
+            .iter()
+            .filter(|p| p.endpoint == EndpointState::Stale)
+            .map(|p| p.name.as_str())
+            .collect();
+        if stale.is_empty() {
+            return String::new();
+        }
+        format!(
+            "STALE: the maps would send frames for {} to a device that is not their veth \
+             (were they edited by hand?); `vethctl up --repair -t FILE` rewrites them\n",
+            stale.join(", ")
+        )
+    }
+}
+
+impl PodStatus {
+    fn row(&self, width: Width) -> Vec<String> {
+        let name = self.k8s.as_ref().unwrap_or(&self.name);
+        let ipv6 = self.ipv6.as_deref().unwrap_or("-");
+        let state = self.endpoint.name();
+        match width {
+            Width::Fit => row([name, &self.ipv4, ipv6, state]),
+            Width::Wide => {
                 let opt = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
-                rows.push(row([
-                    p.k8s.as_ref().unwrap_or(&p.name),
-                    &p.netns,
-                    &p.ipv4,
-                    p.ipv6.as_deref().unwrap_or("-"),
-                    &format!("{}@if{}", p.pod_ifname, opt(p.host_ifindex)),
-                    &match p.host_ifindex {
-                        Some(_) => format!("{}@if{}", p.host_veth, opt(p.pod_ifindex)),
-                        None => format!("{} (missing)", p.host_veth),
-                    },
-                    &p.pod_mac,
-                    p.endpoint.name(),
-                    if attached.is_empty() { "-" } else { &attached },
-                ]));
-            }
-            out += &render(&rows);
-            let stale: Vec<&str> = t
-                .pods
-                .iter()
-                .filter(|p| p.endpoint == EndpointState::Stale)
-                .map(|p| p.name.as_str())
-                .collect();
-            if !stale.is_empty() {
-                out += &format!(
-                    "STALE: the maps would send frames for {} to a device that is not their veth \
-                     (were they edited by hand?); `vethctl up --repair -t FILE` rewrites them\n",
-                    stale.join(", ")
-                );
+                let host_side = match self.host_ifindex {
+                    Some(_) => format!("{}@if{}", self.host_veth, opt(self.pod_ifindex)),
+                    None => format!("{} (missing)", self.host_veth),
+                };
+                row([
+                    name,
+                    &self.netns,
+                    &self.ipv4,
+                    ipv6,
+                    &format!("{}@if{}", self.pod_ifname, opt(self.host_ifindex)),
+                    &host_side,
+                    &self.pod_mac,
+                    state,
+                    &self.programs(),
+                ])
             }
         }
-        out += &unreadable_lines(&self.unreadable);
-        if self.topologies.is_empty() && self.unreadable.is_empty() {
-            out += "no topology is up (start one with `vethctl up`)\n";
+    }
+
+    /// `prog 254 / prog 255 / -`: the program at each hook.
+    fn programs(&self) -> String {
+        let attached = self
+            .attached
+            .iter()
+            .map(|a| match a.program_id {
+                Some(id) => format!("prog {id}"),
+                None => "-".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" / ");
+        if attached.is_empty() {
+            "-".to_string()
+        } else {
+            attached
         }
-        out
     }
 }
 
@@ -545,11 +603,31 @@ pub async fn host_ifindexes(host: &Host, topology: &Topology) -> Result<BTreeMap
 }
 
 impl StatsReport {
-    pub fn to_table(&self) -> String {
+    pub fn to_table(&self, width: Width) -> String {
         let mut out = String::new();
         for t in &self.topologies {
             out += &format!("topology {}\n", t.name);
-            let mut rows = vec![row([
+            out += &t.pair_table(width);
+            out += &t.drop_lines();
+        }
+        out + &closing_lines(self.topologies.len(), &self.unreadable)
+    }
+}
+
+impl TopologyStats {
+    /// Two rows per pair, one per direction: packets by verdict, and wide
+    /// also the host veth and bytes.
+    fn pair_table(&self, width: Width) -> String {
+        let mut rows = vec![match width {
+            Width::Fit => row([
+                "POD",
+                "DIRECTION",
+                "REDIRECTED PKTS",
+                "REMOTE PKTS",
+                "PASSED PKTS",
+                "DROPPED PKTS",
+            ]),
+            Width::Wide => row([
                 "POD",
                 "HOST VETH",
                 "DIRECTION",
@@ -559,84 +637,68 @@ impl StatsReport {
                 "PASSED PKTS",
                 "PASSED BYTES",
                 "DROPPED PKTS",
-            ])];
-            for p in &t.pairs {
-                for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {
-                    rows.push(row([
-                        &p.display_name(),
+            ]),
+        }];
+        for p in &self.pairs {
+            for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {
+                let (name, n) = (p.display_name(), |n: u64| n.to_string());
+                rows.push(match width {
+                    Width::Fit => row([
+                        &name,
+                        direction,
+                        &n(v.redirected_packets),
+                        &n(v.remote_packets),
+                        &n(v.passed_packets),
+                        &n(v.dropped_packets),
+                    ]),
+                    Width::Wide => row([
+                        &name,
                         &p.host_veth,
                         direction,
-                        &v.redirected_packets.to_string(),
-                        &v.redirected_bytes.to_string(),
-                        &v.remote_packets.to_string(),
-                        &v.passed_packets.to_string(),
-                        &v.passed_bytes.to_string(),
-                        &v.dropped_packets.to_string(),
-                    ]));
-                }
-            }
-            out += &render(&rows);
-            let drops: Vec<String> = t
-                .pairs
-                .iter()
-                .flat_map(|p| {
-                    p.drops
-                        .iter()
-                        .filter(|(_, n)| **n > 0)
-                        .map(move |(reason, n)| format!("{} {reason} {n}", p.pod))
-                })
-                .collect();
-            if !drops.is_empty() {
-                out += &format!("drops by reason: {}\n", drops.join(", "));
-            }
-            if t.unknown_veth_drops > 0 {
-                out += &format!(
-                    "frames from veths without a pod, dropped: {}\n",
-                    t.unknown_veth_drops
-                );
-            }
-            if t.underlay_drops > 0 {
-                out += &format!(
-                    "frames from other nodes' side for no pod, dropped: {}\n",
-                    t.underlay_drops
-                );
+                        &n(v.redirected_packets),
+                        &n(v.redirected_bytes),
+                        &n(v.remote_packets),
+                        &n(v.passed_packets),
+                        &n(v.passed_bytes),
+                        &n(v.dropped_packets),
+                    ]),
+                });
             }
         }
-        out += &unreadable_lines(&self.unreadable);
-        if self.topologies.is_empty() && self.unreadable.is_empty() {
-            out += "no topology is up (start one with `vethctl up`)\n";
+        render_fitting(&rows, width, 0)
+    }
+
+    /// Drops by reason (only those that happened), drops of frames from
+    /// veths without a pod, and of frames from other nodes for no pod.
+    fn drop_lines(&self) -> String {
+        let mut out = String::new();
+        let drops: Vec<String> = self
+            .pairs
+            .iter()
+            .flat_map(|p| {
+                p.drops
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(move |(reason, n)| format!("{} {reason} {n}", p.pod))
+            })
+            .collect();
+        if !drops.is_empty() {
+            out += &format!("drops by reason: {}\n", drops.join(", "));
+        }
+        if self.unknown_veth_drops > 0 {
+            out += &format!(
+                "frames from veths without a pod, dropped: {}\n",
+                self.unknown_veth_drops
+            );
+        }
+        if self.underlay_drops > 0 {
+            out += &format!(
+                "frames from other nodes' side for no pod, dropped: {}\n",
+                self.underlay_drops
+            );
         }
         out
     }
-}
-
-pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|c| c.to_string()).collect()
-}
-
-/// Left-aligned columns, two spaces apart.
-pub(crate) fn render(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
-            .collect();
-        out += line.join("  ").trim_end();
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -743,7 +805,7 @@ mod tests {
             topologies: vec![stats],
             unreadable: unreadable.clone(),
         };
-        let table = report.to_table();
+        let table = report.to_table(Width::Fit);
         assert!(table.starts_with("topology demo\n"), "{table}");
         let last = table.lines().last().unwrap();
         assert!(
@@ -773,14 +835,123 @@ mod tests {
             nodes: Vec::new(),
             unreadable,
         };
-        let table = report.to_table();
+        let table = report.to_table(Width::Fit);
         assert!(!table.contains("no topology is up"), "{table}");
         assert!(table.contains("UNREADABLE"), "{table}");
     }
 
+    /// A dual-stack network of a runtime: three pods, one with a long
+    /// Kubernetes name, all attached.
+    fn cni_status() -> StatusReport {
+        let pod = |i: u8, k8s: &str| PodStatus {
+            name: format!("0123456789a{i}"),
+            k8s: Some(k8s.to_string()),
+            netns: format!("/var/run/netns/cni-3f2a9c1e-5b7d-4e21-9a0b-8c6d2e4f{i:04}"),
+            ipv4: format!("10.244.1.{}", 100 + i),
+            ipv6: Some(format!("fd00:10:244:1::{:x}", 0xa00 + u32::from(i))),
+            pod_ifname: "eth0".into(),
+            pod_ifindex: Some(2),
+            pod_mac: format!("0a:58:0a:f4:01:{:02x}", 100 + i),
+            host_veth: format!("veth0123456789{i}"),
+            host_ifindex: Some(4000 + u32::from(i)),
+            host_mac: Some("ee:ee:ee:ee:ee:ee".into()),
+            node: None,
+            pair: None,
+            up: true,
+            endpoint: EndpointState::Ready,
+            attached: vec![],
+        };
+        StatusReport {
+            nodes: Vec::new(),
+            topologies: vec![TopologyStatus {
+                name: "k8spods".into(),
+                mode: "tc".into(),
+                pod_cidr: "10.244.1.0/24".into(),
+                pod_cidr6: Some("fd00:10:244:1::/64".into()),
+                host_address: "10.244.1.1".into(),
+                host_address6: Some("fd00:10:244:1::1".into()),
+                pin_dir: "/sys/fs/bpf/vethctl/k8spods".into(),
+                pods: vec![
+                    pod(1, "default/web-7d4b9c8f6-x2x9z"),
+                    pod(2, "kube-system/coredns-5d78c9869d-qj8lt"),
+                    pod(
+                        3,
+                        "monitoring/prometheus-operator-kube-state-metrics-6f8b7c9d5-abcde",
+                    ),
+                ],
+            }],
+            unreadable: vec![],
+        }
+    }
+
     #[test]
-    fn tables_align_columns() {
-        let t = render(&[row(["A", "BBB"]), row(["CCCC", "D"])]);
-        assert_eq!(t, "A     BBB\nCCCC  D\n");
+    fn status_fits_80_columns_and_wide_shows_the_rest() {
+        let report = cni_status();
+        let fit = report.to_table(Width::Fit);
+        assert!(table::widest_line(&fit) <= table::FIT, "{fit}");
+        for shown in ["IPV6", "fd00:10:244:1::a02", "ready"] {
+            assert!(fit.contains(shown), "{shown}: {fit}");
+        }
+        assert!(
+            fit.contains("monitoring/prom") && fit.contains("abcde"),
+            "{fit}"
+        );
+        for wide_only in [
+            "NETNS",
+            "POD MAC",
+            "PROGRAMS",
+            "veth0123",
+            "pins /sys/fs/bpf",
+        ] {
+            assert!(!fit.contains(wide_only), "{wide_only}: {fit}");
+        }
+        let wide = report.to_table(Width::Wide);
+        for shown in [
+            "NETNS",
+            "POD MAC",
+            "PROGRAMS INGRESS/EGRESS/XDP",
+            "eth0@if4001",
+            "veth01234567891@if2",
+            "/var/run/netns/cni-3f2a9c1e",
+            "monitoring/prometheus-operator-kube-state-metrics-6f8b7c9d5-abcde",
+            "pins /sys/fs/bpf/vethctl/k8spods",
+        ] {
+            assert!(wide.contains(shown), "{shown}: {wide}");
+        }
+    }
+
+    #[test]
+    fn stats_fit_80_columns_and_wide_shows_bytes() {
+        let mut topology = Topology::default_topology();
+        for (i, pod) in topology.pods.iter_mut().enumerate() {
+            pod.k8s = Some(crate::model::K8sPod {
+                namespace: "monitoring".into(),
+                name: format!("prometheus-operator-kube-state-metrics-6f8b7c9d5-{i}"),
+                uid: String::new(),
+            });
+        }
+        let ifindexes: BTreeMap<String, u32> = topology
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.host_veth.clone(), 10 + i as u32))
+            .collect();
+        let mut c = PairCounters::default();
+        c.from_pod.redirected_packets = 123_456_789;
+        c.from_pod.redirected_bytes = 98_765_432_100;
+        let counters = ifindexes.values().map(|i| (*i, c)).collect();
+        let report = StatsReport {
+            topologies: vec![pair_stats(&topology, &ifindexes, &counters)],
+            unreadable: vec![],
+        };
+        let fit = report.to_table(Width::Fit);
+        assert!(table::widest_line(&fit) <= table::FIT, "{fit}");
+        assert!(fit.contains("123456789") && !fit.contains("BYTES"), "{fit}");
+        let wide = report.to_table(Width::Wide);
+        assert!(
+            wide.contains("98765432100") && wide.contains("HOST VETH"),
+            "{wide}"
+        );
+        assert!(wide.contains("kube-state-metrics-6f8b7c9d5-2"), "{wide}");
     }
 }

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use super::table::{render_fitting, row, Width};
+
 use crate::model::{cluster::node_netns, Topology};
 
 /// One node of a cluster.
@@ -85,22 +87,52 @@ fn pods_of(json: &[u8]) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// The nodes as a short table after the pods' (one line per node).
-pub fn table(nodes: &[NodeStatus]) -> String {
-    let mut out = String::from("NODE        NETNS            UNDERLAY          PODS  RANGES\n");
+/// The nodes as a table after the pods' (one line per node): by default
+/// the IPv4 underlay address and pod range; `-o wide` adds the namespace,
+/// every address and range, and why a node could not be asked.
+pub fn table(nodes: &[NodeStatus], width: Width) -> String {
+    let wide = width == Width::Wide;
+    let mut rows = vec![match wide {
+        true => row([
+            "CLUSTER",
+            "NODE",
+            "NETNS",
+            "PODS",
+            "UNDERLAY",
+            "POD RANGES",
+            "ERROR",
+        ]),
+        false => row([
+            "CLUSTER",
+            "NODE",
+            "PODS",
+            "UNDERLAY",
+            "POD RANGE",
+            "CROSS-NODE",
+        ]),
+    }];
     for n in nodes {
-        out.push_str(&format!(
-            "{:<11} {:<16} {:<17} {:>4}  {}{}\n",
-            n.name,
-            n.netns.as_deref().unwrap_or("-"),
-            n.underlay.first().map(String::as_str).unwrap_or("-"),
-            n.pods.len(),
-            n.pod_ranges.join(" "),
-            n.error
-                .as_deref()
-                .map(|e| format!("  ({e})"))
-                .unwrap_or_default()
-        ));
+        let pods = n.pods.len().to_string();
+        let first = |v: &[String]| v.first().cloned().unwrap_or_else(|| "-".into());
+        rows.push(match wide {
+            true => row([
+                &n.cluster,
+                &n.name,
+                n.netns.as_deref().unwrap_or("-"),
+                &pods,
+                &n.underlay.join(" "),
+                &n.pod_ranges.join(" "),
+                n.error.as_deref().unwrap_or("-"),
+            ]),
+            false => row([
+                &n.cluster,
+                &n.name,
+                &pods,
+                &first(&n.underlay),
+                &first(&n.pod_ranges),
+                &n.cross_node,
+            ]),
+        });
     }
-    out
+    render_fitting(&rows, width, 1)
 }

@@ -9,7 +9,10 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{render, row, TopologyStats};
+use super::{
+    table::{render_fitting, row, Width},
+    TopologyStats,
+};
 use crate::{model::Topology, netlink::Host};
 
 /// Traffic of one pair over an interval, both directions added up.
@@ -88,6 +91,8 @@ pub struct WatchOptions {
     /// Stop after this many refreshes.
     pub count: Option<u64>,
     pub json: bool,
+    /// The table's columns (`-o wide`: all of them).
+    pub width: Width,
     /// Redraw the table in place (a terminal); otherwise tables follow one
     /// another, a blank line apart, with no control codes (a file, a pipe).
     pub redraw: bool,
@@ -132,7 +137,7 @@ pub async fn watch(
                 serde_json::json!({ "interval_seconds": elapsed.as_secs_f64(), "pairs": current });
             writeln!(out, "{line}")?;
         } else {
-            let table = to_table(&current, elapsed);
+            let table = to_table(&current, elapsed, options.width);
             write!(out, "{}", frame(&table, options.redraw, shown == 0))?;
         }
         out.flush()?;
@@ -188,16 +193,22 @@ pub fn si(value: f64) -> String {
     }
 }
 
-pub fn to_table(rates: &[PairRate], elapsed: Duration) -> String {
+/// The rates as a table: packets per second by verdict and, wide, the
+/// host veth and the verdicts' column names in full.
+pub fn to_table(rates: &[PairRate], elapsed: Duration, width: Width) -> String {
+    let verdicts = match width {
+        Width::Fit => ["REDIRECTED", "PASSED", "DROPPED"],
+        Width::Wide => ["REDIRECTED PKT/S", "PASSED PKT/S", "DROPPED PKT/S"],
+    };
     let mut rows = vec![row([
         "TOPOLOGY",
         "POD",
         "HOST VETH",
         "PKT/S",
         "BIT/S",
-        "REDIRECTED PKT/S",
-        "PASSED PKT/S",
-        "DROPPED PKT/S",
+        verdicts[0],
+        verdicts[1],
+        verdicts[2],
     ])];
     for r in rates {
         rows.push(row([
@@ -211,10 +222,20 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration) -> String {
             &si(r.dropped_packets_per_second),
         ]));
     }
+    if width == Width::Fit {
+        for r in &mut rows {
+            r.remove(2);
+        }
+    }
+    // Fitting 80 columns, the verdicts' headers leave their unit to this line.
+    let what = match width {
+        Width::Fit => "packets/s per pair",
+        Width::Wide => "per-pair rates",
+    };
     format!(
-        "per-pair rates over {:.1} s, both directions, busiest first (Ctrl-C to stop)\n{}",
+        "{what} over {:.1} s, both directions, busiest first (Ctrl-C to stop)\n{}",
         elapsed.as_secs_f64(),
-        render(&rows)
+        render_fitting(&rows, width, 1)
     )
 }
 

@@ -491,6 +491,17 @@ pub fn run(options: &Options) -> Result<()> {
     result
 }
 
+/// How a run is laid out: `pods` per plugin in `rounds` of up to `batch`,
+/// each at every parallelism of `parallels`.
+struct Shape<'a> {
+    pods: usize,
+    batch: usize,
+    rounds: usize,
+    parallels: &'a [usize],
+    /// Part of every container id, so that leftovers of a run are its own.
+    run_id: u32,
+}
+
 fn measure(
     mut run: Run,
     options: &Options,
@@ -500,115 +511,25 @@ fn measure(
     out_dir: &Path,
     cri_program: &Path,
 ) -> Result<()> {
-    let netns_dir = Path::new(RUN_DIR).join("netns");
-    fs::create_dir_all(&netns_dir)?;
-    for i in 0..batch {
-        let path = netns_dir.join(format!("pod-{i}"));
-        exec::make_netns(&path)?;
-        run.namespaces.push(path);
-    }
-    let rounds = pods.div_ceil(batch);
-    let run_id = std::process::id();
-    println!(
-        "bench cni: {pods} pods per plugin, one at a time{}, in {rounds} round(s) of up to {batch}; plugins: {}",
-        parallels
-            .iter()
-            .skip(1)
-            .map(|p| format!(" and {p} at a time"))
-            .collect::<String>(),
-        run.plugins.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
-    );
+    make_namespaces(&mut run, batch)?;
+    let shape = Shape {
+        pods,
+        batch,
+        rounds: pods.div_ceil(batch),
+        parallels,
+        run_id: std::process::id(),
+    };
+    announce(&run, &shape);
     let meter = LoadMeter::start()?;
-
-    // Not counted: the first ADD and DEL of each plugin.
-    let mut facts = Vec::new();
-    for (index, plugin) in run.plugins.iter().enumerate() {
-        interrupted()?;
-        let attachment = Attachment {
-            container_id: exec::container_id(run_id, index, 0, 0, 0),
-            netns: run.netns(0).to_path_buf(),
-            pod_name: "warm-up".into(),
-        };
-        let (add, del) = add_del(&run, index, &attachment)?;
-        facts.push(PluginFacts {
-            plugin: plugin.name,
-            binary: plugin.binary.display().to_string(),
-            config: plugin.config.clone(),
-            first_add_ms: add,
-            first_del_ms: del,
-            version_p50_ms: f64::NAN,
-            version_samples_ms: Vec::new(),
-        });
-        check_empty(&run, plugin.name, 1)?;
-    }
-
+    let mut facts = warm_up(&run, shape.run_id)?;
     let lock_watch = LockWatch::start(VETHCTL_LOCK);
     let mut measured = Measured {
         samples: Vec::new(),
         batches: Vec::new(),
         grace_ms: Vec::new(),
     };
-    for round in 0..rounds {
-        let n = batch.min(pods - round * batch);
-        let started = Instant::now();
-        let mut order: Vec<(usize, usize)> = Vec::new();
-        let mut modes: Vec<usize> = parallels.to_vec();
-        if round % 2 == 1 {
-            modes.reverse();
-        }
-        for &parallel in &modes {
-            for k in 0..run.plugins.len() {
-                order.push(((round + k) % run.plugins.len(), parallel));
-            }
-        }
-        for (plugin, parallel) in order {
-            measured.grace_ms.push(grace_period_ms()?);
-            run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Add)?;
-            run_batch(&run, &mut measured, plugin, parallel, round, n, Verb::Del)?;
-            check_empty(&run, run.plugins[plugin].name, n)?;
-        }
-        for (index, plugin) in run.plugins.iter().enumerate() {
-            for _ in 0..VERSIONS_PER_ROUND {
-                interrupted()?;
-                let attachment = Attachment {
-                    container_id: exec::container_id(run_id, index, 0, round, 0),
-                    netns: run.netns(0).to_path_buf(),
-                    pod_name: "version".into(),
-                };
-                let out = exec::run(&plugin.binary, "VERSION", &attachment, &plugin.config)?;
-                facts[index]
-                    .version_samples_ms
-                    .push(out.elapsed.as_secs_f64() * 1e3);
-            }
-        }
-        let p50 = |plugin: &str, verb: Verb| {
-            median(
-                &measured
-                    .samples
-                    .iter()
-                    .filter(|s| {
-                        s.round == round && s.plugin == plugin && s.verb == verb && s.parallel == 1
-                    })
-                    .map(|s| s.ms)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        eprintln!(
-            "round {}/{rounds}: {n} pods, {:.1} s; ADD/DEL p50 one at a time: {}; load {}",
-            round + 1,
-            started.elapsed().as_secs_f64(),
-            run.plugins
-                .iter()
-                .map(|p| format!(
-                    "{} {:.0}/{:.0} ms",
-                    p.name,
-                    p50(p.name, Verb::Add),
-                    p50(p.name, Verb::Del)
-                ))
-                .collect::<Vec<_>>()
-                .join(", "),
-            loadavg()
-        );
+    for round in 0..shape.rounds {
+        run_round(&run, &shape, round, &mut measured, &mut facts)?;
     }
     for f in &mut facts {
         f.version_p50_ms = median(&f.version_samples_ms);
@@ -626,88 +547,263 @@ fn measure(
         veth_cni: &run.plugins[0].binary,
         vethctl: &run.vethctl,
         pods,
-        rounds,
+        rounds: shape.rounds,
         parallel: options.parallel,
         quick: options.quick,
     })?;
-    let containerd_targets = match &containerd.output {
-        Some(out) => cri::targets(&containerd.rows, &out.parallel),
-        None => vec![summary::Target {
-            what: "RunPodSandbox p50 through containerd: veth-cni ≤ bridge".into(),
-            verdict: "NOT RUN",
-            measured: containerd.reason.clone(),
-        }],
-    };
-    let containerd_missed = containerd_targets.iter().any(|t| t.verdict == "MISS");
-    targets.extend(containerd_targets);
+    targets.extend(containerd.targets());
     let missed = targets.iter().any(|t| t.verdict == "MISS");
     let profile = if options.profile || (missed && !options.quick) {
         interrupted()?;
         eprintln!("profiling where the time goes (strace -f -T, not counted above) ...");
-        Some(profile::run(&run, run_id)?)
+        Some(profile::run(&run, shape.run_id)?)
     } else {
         None
     };
+    let results = Results {
+        shape: &shape,
+        machine: &machine,
+        rows: &rows,
+        targets: &targets,
+        facts: &facts,
+        measured: &measured,
+        containerd: &containerd,
+        profile: profile.as_ref(),
+    };
+    results.write(out_dir)?;
+    if containerd.output.is_none() {
+        bail!("the containerd part failed: {}", containerd.reason);
+    }
+    Ok(())
+}
 
-    let mut text = format!(
-        "bench cni: {pods} pods per plugin in {rounds} interleaved round(s) of up to {batch}; \
-         p50/p99 over every execution, (rounds) = lowest–highest round median, × = median over \
-         rounds of the round medians' ratio\n"
+/// One network namespace per pod of a batch, reused by every round.
+fn make_namespaces(run: &mut Run, batch: usize) -> Result<()> {
+    let netns_dir = Path::new(RUN_DIR).join("netns");
+    fs::create_dir_all(&netns_dir)?;
+    for i in 0..batch {
+        let path = netns_dir.join(format!("pod-{i}"));
+        exec::make_netns(&path)?;
+        run.namespaces.push(path);
+    }
+    Ok(())
+}
+
+/// What the run is about to do.
+fn announce(run: &Run, shape: &Shape) {
+    let Shape {
+        pods,
+        batch,
+        rounds,
+        parallels,
+        ..
+    } = shape;
+    println!(
+        "bench cni: {pods} pods per plugin, one at a time{}, in {rounds} round(s) of up to {batch}; plugins: {}",
+        parallels
+            .iter()
+            .skip(1)
+            .map(|p| format!(" and {p} at a time"))
+            .collect::<String>(),
+        run.plugins.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
     );
-    text += &format!(
-        "machine: {} CPUs, load average {} at start and {} at end, {:.2} CPUs busy with other \
-         work on average over {:.0} s; another vethctl held the global change lock (which only a \
-         network's first ADD waits for) {:.1} % of the time{}\n\n",
-        machine.cpus,
-        machine.loadavg_start,
-        machine.loadavg_end,
-        machine.other_busy_cpus,
-        machine.wall_s,
-        machine.vethctl_lock_held_by_others_percent,
-        if machine.busy {
-            " — THE MACHINE WAS BUSY: absolute figures are inflated and spread; read the paired ratios"
-        } else {
-            ""
+}
+
+/// The first ADD and DEL of each plugin, not counted with the others.
+fn warm_up(run: &Run, run_id: u32) -> Result<Vec<PluginFacts>> {
+    let mut facts = Vec::new();
+    for (index, plugin) in run.plugins.iter().enumerate() {
+        interrupted()?;
+        let attachment = Attachment {
+            container_id: exec::container_id(run_id, index, 0, 0, 0),
+            netns: run.netns(0).to_path_buf(),
+            pod_name: "warm-up".into(),
+        };
+        let (add, del) = add_del(run, index, &attachment)?;
+        facts.push(PluginFacts {
+            plugin: plugin.name,
+            binary: plugin.binary.display().to_string(),
+            config: plugin.config.clone(),
+            first_add_ms: add,
+            first_del_ms: del,
+            version_p50_ms: f64::NAN,
+            version_samples_ms: Vec::new(),
+        });
+        check_empty(run, plugin.name, 1)?;
+    }
+    Ok(facts)
+}
+
+/// (plugin, parallelism) in the order round `round` runs them: plugins
+/// rotate from round to round and the parallelisms alternate, so that no
+/// plugin is always first or always after the same one.
+fn round_order(round: usize, plugins: usize, parallels: &[usize]) -> Vec<(usize, usize)> {
+    let mut modes: Vec<usize> = parallels.to_vec();
+    if round % 2 == 1 {
+        modes.reverse();
+    }
+    modes
+        .iter()
+        .flat_map(|&parallel| (0..plugins).map(move |k| ((round + k) % plugins, parallel)))
+        .collect()
+}
+
+/// One round: a batch of ADDs then DELs per plugin and parallelism, then
+/// each plugin's VERSION, and a line on stderr.
+fn run_round(
+    run: &Run,
+    shape: &Shape,
+    round: usize,
+    measured: &mut Measured,
+    facts: &mut [PluginFacts],
+) -> Result<()> {
+    let n = shape.batch.min(shape.pods - round * shape.batch);
+    let started = Instant::now();
+    for (plugin, parallel) in round_order(round, run.plugins.len(), shape.parallels) {
+        measured.grace_ms.push(grace_period_ms()?);
+        run_batch(run, measured, plugin, parallel, round, n, Verb::Add)?;
+        run_batch(run, measured, plugin, parallel, round, n, Verb::Del)?;
+        check_empty(run, run.plugins[plugin].name, n)?;
+    }
+    for (index, plugin) in run.plugins.iter().enumerate() {
+        for _ in 0..VERSIONS_PER_ROUND {
+            interrupted()?;
+            let attachment = Attachment {
+                container_id: exec::container_id(shape.run_id, index, 0, round, 0),
+                netns: run.netns(0).to_path_buf(),
+                pod_name: "version".into(),
+            };
+            let out = exec::run(&plugin.binary, "VERSION", &attachment, &plugin.config)?;
+            facts[index]
+                .version_samples_ms
+                .push(out.elapsed.as_secs_f64() * 1e3);
         }
+    }
+    let p50 = |plugin: &str, verb: Verb| {
+        median(
+            &measured
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.round == round && s.plugin == plugin && s.verb == verb && s.parallel == 1
+                })
+                .map(|s| s.ms)
+                .collect::<Vec<_>>(),
+        )
+    };
+    eprintln!(
+        "round {}/{}: {n} pods, {:.1} s; ADD/DEL p50 one at a time: {}; load {}",
+        round + 1,
+        shape.rounds,
+        started.elapsed().as_secs_f64(),
+        run.plugins
+            .iter()
+            .map(|p| format!(
+                "{} {:.0}/{:.0} ms",
+                p.name,
+                p50(p.name, Verb::Add),
+                p50(p.name, Verb::Del)
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        loadavg()
     );
-    text += &summary::table(&rows, &targets);
-    if missed {
-        text += "\n";
-        text += &summary::limits(
-            &rows,
-            &measured.grace_ms,
-            parallels,
-            machine.vethctl_lock_held_by_others_percent,
-        );
+    Ok(())
+}
+
+/// Everything a run found, for its report (cni.txt) and its record
+/// (cni.json).
+struct Results<'a> {
+    shape: &'a Shape<'a>,
+    machine: &'a Machine,
+    rows: &'a [summary::Row],
+    targets: &'a [summary::Target],
+    facts: &'a [PluginFacts],
+    measured: &'a Measured,
+    containerd: &'a ContainerdPart,
+    profile: Option<&'a profile::Profile>,
+}
+
+impl Results<'_> {
+    /// Prints the report and writes it with the record to `out_dir`.
+    fn write(&self, out_dir: &Path) -> Result<()> {
+        let text = self.text();
+        print!("{text}");
+        let json_path = out_dir.join("cni.json");
+        fs::write(&json_path, serde_json::to_string_pretty(&self.json())?)?;
+        fs::write(out_dir.join("cni.txt"), &text)?;
+        println!("results: {} (and cni.txt)", json_path.display());
+        Ok(())
     }
-    text += &containerd.text(&rows, containerd_missed);
-    text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
-    for f in &facts {
+
+    fn text(&self) -> String {
+        let Shape {
+            pods,
+            batch,
+            rounds,
+            ..
+        } = self.shape;
+        let machine = self.machine;
+        let mut text = format!(
+            "bench cni: {pods} pods per plugin in {rounds} interleaved round(s) of up to {batch}; \
+             p50/p99 over every execution, (rounds) = lowest–highest round median, × = median over \
+             rounds of the round medians' ratio\n"
+        );
         text += &format!(
-            "- {}: first ADD {:.1} ms / DEL {:.1} ms; VERSION {:.1} ms\n",
-            f.plugin, f.first_add_ms, f.first_del_ms, f.version_p50_ms
+            "machine: {} CPUs, load average {} at start and {} at end, {:.2} CPUs busy with other \
+             work on average over {:.0} s; another vethctl held the global change lock (which only a \
+             network's first ADD waits for) {:.1} % of the time{}\n\n",
+            machine.cpus,
+            machine.loadavg_start,
+            machine.loadavg_end,
+            machine.other_busy_cpus,
+            machine.wall_s,
+            machine.vethctl_lock_held_by_others_percent,
+            if machine.busy {
+                " — THE MACHINE WAS BUSY: absolute figures are inflated and spread; read the paired ratios"
+            } else {
+                ""
+            }
         );
+        text += &summary::table(self.rows, self.targets);
+        if self.targets.iter().any(|t| t.verdict == "MISS") {
+            text += "\n";
+            text += &summary::limits(
+                self.rows,
+                &self.measured.grace_ms,
+                self.shape.parallels,
+                machine.vethctl_lock_held_by_others_percent,
+            );
+        }
+        text += &self.containerd.text(self.rows, self.containerd.missed());
+        text += "\nnot counted above (per plugin): first ADD / its DEL; VERSION p50 (process start and exit)\n";
+        for f in self.facts {
+            text += &format!(
+                "- {}: first ADD {:.1} ms / DEL {:.1} ms; VERSION {:.1} ms\n",
+                f.plugin, f.first_add_ms, f.first_del_ms, f.version_p50_ms
+            );
+        }
+        if let Some(profile) = self.profile {
+            text += "\n";
+            text += &profile.text;
+        }
+        text
     }
-    if let Some(profile) = &profile {
-        text += "\n";
-        text += &profile.text;
-    }
-    print!("{text}");
-    let json_path = out_dir.join("cni.json");
-    fs::write(
-        &json_path,
-        serde_json::to_string_pretty(&json!({
+
+    fn json(&self) -> Value {
+        let measured = self.measured;
+        json!({
             "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "pods": pods,
-            "batch": batch,
-            "rounds": rounds,
-            "parallel": parallels,
-            "machine": machine,
-            "rows": rows,
-            "targets": targets,
-            "plugins": facts,
-            "containerd": containerd,
-            "profile": profile,
+            "pods": self.shape.pods,
+            "batch": self.shape.batch,
+            "rounds": self.shape.rounds,
+            "parallel": self.shape.parallels,
+            "machine": self.machine,
+            "rows": self.rows,
+            "targets": self.targets,
+            "plugins": self.facts,
+            "containerd": self.containerd,
+            "profile": self.profile,
             "rcu_grace_period_ms": {
                 "p50": median(&measured.grace_ms),
                 "p99": summary::percentile(&measured.grace_ms, 99.0),
@@ -715,14 +811,8 @@ fn measure(
             },
             "samples": measured.samples,
             "batches": measured.batches,
-        }))?,
-    )?;
-    fs::write(out_dir.join("cni.txt"), &text)?;
-    println!("results: {} (and cni.txt)", json_path.display());
-    if containerd.output.is_none() {
-        bail!("the containerd part failed: {}", containerd.reason);
+        })
     }
-    Ok(())
 }
 
 /// One ADD and its DEL of `attachment`, in ms (for the uncounted runs).
@@ -747,6 +837,36 @@ fn lock_live(run: &Run) -> std::sync::MutexGuard<'_, BTreeMap<String, (usize, At
 }
 
 /// `n` executions of `verb` for the round's pods, `parallel` at a time.
+/// The ADD results, for the DELs' prevResult.
+static RESULTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+/// One ADD (its result kept for the DEL) or DEL (with the ADD's result as
+/// prevResult) of `a` by `plugin`, the attachment tracked as live between
+/// them so that an interrupted run removes it.
+fn add_or_del(run: &Run, plugin: usize, verb: Verb, a: &Attachment) -> Result<exec::Outcome> {
+    let p = &run.plugins[plugin];
+    match verb {
+        Verb::Add => {
+            lock_live(run).insert(a.container_id.clone(), (plugin, a.clone()));
+            exec::run(&p.binary, "ADD", a, &p.config).inspect(|out| {
+                RESULTS
+                    .lock()
+                    .unwrap()
+                    .insert(a.container_id.clone(), out.stdout.clone());
+            })
+        }
+        Verb::Del => {
+            let prev = RESULTS.lock().unwrap().remove(&a.container_id);
+            prev.context("no ADD result to pass as prevResult")
+                .and_then(|prev| exec::with_prev_result(&p.config, &prev))
+                .and_then(|config| exec::run(&p.binary, "DEL", a, &config))
+                .inspect(|_| {
+                    lock_live(run).remove(&a.container_id);
+                })
+        }
+    }
+}
+
 fn run_batch(
     run: &Run,
     measured: &mut Measured,
@@ -763,8 +883,6 @@ fn run_batch(
         netns: run.netns(pod).to_path_buf(),
         pod_name: format!("pod-{pod}"),
     };
-    // The ADD results, for the DELs' prevResult.
-    static RESULTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::new());
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -779,27 +897,7 @@ fn run_batch(
                 if pod >= n {
                     return;
                 }
-                let a = attachment(pod);
-                let outcome = match verb {
-                    Verb::Add => {
-                        lock_live(run).insert(a.container_id.clone(), (plugin, a.clone()));
-                        exec::run(&p.binary, "ADD", &a, &p.config).inspect(|out| {
-                            RESULTS
-                                .lock()
-                                .unwrap()
-                                .insert(a.container_id.clone(), out.stdout.clone());
-                        })
-                    }
-                    Verb::Del => {
-                        let prev = RESULTS.lock().unwrap().remove(&a.container_id);
-                        prev.context("no ADD result to pass as prevResult")
-                            .and_then(|prev| exec::with_prev_result(&p.config, &prev))
-                            .and_then(|config| exec::run(&p.binary, "DEL", &a, &config))
-                            .inspect(|_| {
-                                lock_live(run).remove(&a.container_id);
-                            })
-                    }
-                };
+                let outcome = add_or_del(run, plugin, verb, &attachment(pod));
                 match outcome {
                     Ok(out) => samples.lock().unwrap().push(Sample {
                         plugin: p.name.to_string(),
@@ -901,6 +999,23 @@ struct ContainerdPart {
 impl ContainerdPart {
     /// Its section of the printed text: the table, and what limits it when
     /// a target was missed (against the direct ADDs of the same run).
+    /// The containerd part's targets, or one NOT RUN target saying why.
+    fn targets(&self) -> Vec<summary::Target> {
+        match &self.output {
+            Some(out) => cri::targets(&self.rows, &out.parallel),
+            None => vec![summary::Target {
+                what: "RunPodSandbox p50 through containerd: veth-cni ≤ bridge".into(),
+                verdict: "NOT RUN",
+                measured: self.reason.clone(),
+            }],
+        }
+    }
+
+    /// Whether a target of the containerd part was missed.
+    fn missed(&self) -> bool {
+        self.targets().iter().any(|t| t.verdict == "MISS")
+    }
+
     fn text(&self, exec_rows: &[summary::Row], missed: bool) -> String {
         let Some(out) = &self.output else {
             return format!(

@@ -201,59 +201,85 @@ type Key = (usize, Verb, String, String);
 /// (calls, seconds, longest call's seconds)
 type Sum = (usize, f64, f64);
 
+/// What the traced runs add up to: per (plugin, verb, program, call) the
+/// calls, their seconds and the slowest; per (plugin, verb) the wall times.
+#[derive(Default)]
+struct Traced {
+    sums: BTreeMap<Key, Sum>,
+    walls: BTreeMap<(usize, Verb), Vec<f64>>,
+}
+
+impl Traced {
+    /// Adds one traced execution of plugin `index`.
+    fn add(&mut self, index: usize, verb: Verb, trace: &str, elapsed_ms: f64) {
+        self.walls
+            .entry((index, verb))
+            .or_default()
+            .push(elapsed_ms);
+        let (calls, programs) = parse(trace);
+        for call in calls {
+            let program = programs
+                .get(&call.pid)
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            let e = self
+                .sums
+                .entry((index, verb, program, call.what))
+                .or_insert((0, 0.0, 0.0));
+            e.0 += 1;
+            e.1 += call.seconds;
+            e.2 = f64::max(e.2, call.seconds);
+        }
+    }
+}
+
+/// One ADD and its DEL of pod `pod` by plugin `index` under strace.
+fn trace_add_del(
+    run: &Run,
+    dir: &Path,
+    (index, pod, run_id): (usize, usize, u32),
+    traced: &mut Traced,
+) -> Result<()> {
+    let plugin = &run.plugins[index];
+    let attachment = exec::Attachment {
+        container_id: exec::container_id(run_id, index, 99, 0, pod),
+        netns: run.netns(pod).to_path_buf(),
+        pod_name: format!("trace-{pod}"),
+    };
+    super::lock_live(run).insert(attachment.container_id.clone(), (index, attachment.clone()));
+    let add_trace = dir.join("add");
+    let add = exec::run_traced(
+        &plugin.binary,
+        &add_trace,
+        "ADD",
+        &attachment,
+        &plugin.config,
+    )?;
+    let del_config = exec::with_prev_result(&plugin.config, &add.stdout)?;
+    let del_trace = dir.join("del");
+    let del = exec::run_traced(&plugin.binary, &del_trace, "DEL", &attachment, &del_config)?;
+    super::lock_live(run).remove(&attachment.container_id);
+    for (verb, trace, out) in [(Verb::Add, &add_trace, &add), (Verb::Del, &del_trace, &del)] {
+        let ms = out.elapsed.as_secs_f64() * 1e3;
+        traced.add(index, verb, &fs::read_to_string(trace)?, ms);
+    }
+    Ok(())
+}
+
 pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
     let dir = Path::new(RUN_DIR).join("trace");
     fs::create_dir_all(&dir)?;
     let pods = PODS.min(run.namespaces.len());
-    let mut sums: BTreeMap<Key, Sum> = BTreeMap::new();
-    let mut walls: BTreeMap<(usize, Verb), Vec<f64>> = BTreeMap::new();
+    let mut traced = Traced::default();
     for pod in 0..pods {
-        for (index, plugin) in run.plugins.iter().enumerate() {
+        for index in 0..run.plugins.len() {
             super::interrupted()?;
-            let attachment = exec::Attachment {
-                container_id: exec::container_id(run_id, index, 99, 0, pod),
-                netns: run.netns(pod).to_path_buf(),
-                pod_name: format!("trace-{pod}"),
-            };
-            super::lock_live(run)
-                .insert(attachment.container_id.clone(), (index, attachment.clone()));
-            let add_trace = dir.join("add");
-            let add = exec::run_traced(
-                &plugin.binary,
-                &add_trace,
-                "ADD",
-                &attachment,
-                &plugin.config,
-            )?;
-            let del_config = exec::with_prev_result(&plugin.config, &add.stdout)?;
-            let del_trace = dir.join("del");
-            let del =
-                exec::run_traced(&plugin.binary, &del_trace, "DEL", &attachment, &del_config)?;
-            super::lock_live(run).remove(&attachment.container_id);
-            for (verb, trace, out) in [(Verb::Add, &add_trace, &add), (Verb::Del, &del_trace, &del)]
-            {
-                walls
-                    .entry((index, verb))
-                    .or_default()
-                    .push(out.elapsed.as_secs_f64() * 1e3);
-                let (calls, programs) = parse(&fs::read_to_string(trace)?);
-                for call in calls {
-                    let program = programs
-                        .get(&call.pid)
-                        .cloned()
-                        .unwrap_or_else(|| "?".into());
-                    let e = sums
-                        .entry((index, verb, program, call.what))
-                        .or_insert((0, 0.0, 0.0));
-                    e.0 += 1;
-                    e.1 += call.seconds;
-                    e.2 = f64::max(e.2, call.seconds);
-                }
-            }
+            trace_add_del(run, &dir, (index, pod, run_id), &mut traced)?;
         }
         super::check_empty(run, "a traced plugin", pod + 1)?;
     }
-    let mut entries: Vec<Entry> = sums
+    let mut entries: Vec<Entry> = traced
+        .sums
         .into_iter()
         .map(
             |((index, verb, program, what), (calls, seconds, max))| Entry {
@@ -272,7 +298,8 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
             .cmp(&(&b.plugin, b.verb))
             .then(b.ms_per_op.total_cmp(&a.ms_per_op))
     });
-    let traced_wall_ms: Vec<(String, Verb, f64)> = walls
+    let traced_wall_ms: Vec<(String, Verb, f64)> = traced
+        .walls
         .iter()
         .map(|((index, verb), ms)| {
             (
@@ -282,6 +309,18 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
             )
         })
         .collect();
+    let text = text(pods, &traced_wall_ms, &entries);
+    let _ = fs::remove_dir_all(&dir);
+    Ok(Profile {
+        traced_wall_ms,
+        entries,
+        text,
+    })
+}
+
+/// The profile as a table: the calls of each plugin and verb that took at
+/// least 0.3 ms per execution, the largest first.
+fn text(pods: usize, traced_wall_ms: &[(String, Verb, f64)], entries: &[Entry]) -> String {
     let mut text = format!(
         "where the time goes: {pods} ADD+DEL per plugin under strace -f -T (slower than \
          untraced: strace adds some 0.05 ms to every call, so many short calls — files, \
@@ -291,7 +330,7 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
          | plugin | verb | wall under strace ms | program | syscall | calls/op | ms/op | slowest call ms |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
-    for (plugin, verb, wall) in &traced_wall_ms {
+    for (plugin, verb, wall) in traced_wall_ms {
         for e in entries
             .iter()
             .filter(|e| {
@@ -314,12 +353,7 @@ pub fn run(run: &Run, run_id: u32) -> Result<Profile> {
             );
         }
     }
-    let _ = fs::remove_dir_all(&dir);
-    Ok(Profile {
-        traced_wall_ms,
-        entries,
-        text,
-    })
+    text
 }
 
 #[cfg(test)]

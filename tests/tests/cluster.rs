@@ -349,7 +349,7 @@ fn exercise(cross_node: &str) {
         "udp port 8472 and src host 198.18.0.1",
         "icmp and src host 10.244.0.2 and dst host 10.244.1.3",
     );
-    let filter = if cross_node == "vxlan" {
+    let filter = if cross_node.contains("vxlan") {
         encapsulated
     } else {
         plain
@@ -369,6 +369,16 @@ fn exercise(cross_node: &str) {
         "vxlan" => {
             let sent = tx_after.unwrap() - tx.expect("a VXLAN device on n1");
             assert!(sent >= 20, "vxlan: the device sent {sent} of 20 pings");
+        }
+        // The programs send it: no kernel VXLAN device, no forwarding.
+        "ebpf" | "ebpf-vxlan" => {
+            assert_eq!(tx_after, None, "{cross_node}: no kernel VXLAN device on n1");
+            assert_eq!(fwd_after, fwd, "{cross_node}: n1 forwarded nothing");
+            let remote = counter(&lab.stats("n1")["a"], "from_pod", "remote_packets");
+            assert!(
+                remote >= 20,
+                "{cross_node}: n1/a sent {remote} frames to other nodes"
+            );
         }
         _ => {
             assert_eq!(tx_after, None, "host-gw: no VXLAN device on n1");
@@ -436,6 +446,16 @@ fn host_gw_cluster_of_three_nodes() {
 #[test]
 fn vxlan_cluster_of_three_nodes() {
     exercise("vxlan");
+}
+
+#[test]
+fn ebpf_cluster_of_three_nodes() {
+    exercise("ebpf");
+}
+
+#[test]
+fn ebpf_vxlan_cluster_of_three_nodes() {
+    exercise("ebpf-vxlan");
 }
 
 /// host-gw -> vxlan -> host-gw while pods ping every 10 ms across nodes
@@ -574,4 +594,73 @@ fn nodes_on_an_existing_bridge() {
     let ports = run("ip", &["-br", "link", "show", "master", &bridge.0]);
     assert!(!ports.contains(&name), "ports left: {ports}");
     assert!(veth_tests::link_exists(&bridge.0), "the bridge stays");
+}
+
+/// host-gw -> ebpf -> ebpf-vxlan -> ebpf -> host-gw while pods ping every
+/// 10 ms across nodes and a TCP connection keeps sending: no ping is lost
+/// and the connection survives (the programs' way is ready on every node
+/// before any node sends it; host-gw's routes stay under ebpf).
+#[test]
+fn ebpf_modes_change_live() {
+    let lab = Lab::new("host-gw");
+    lab.up();
+    let (a1, ..) = lab.pod("n1", "a");
+    let (b3_ns, b3, _) = lab.pod("n3", "b");
+    expect_pings(&a1, b3, 3, "before the changes");
+    let mut session = TcpSession::open(&a1, &b3_ns, b3, Duration::from_secs(10));
+    session.send(1 << 20);
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &a1, "ping", "-n", "-q", "-i", "0.01", "-c", "800", "-W", "1",
+        ])
+        .arg(b3.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    for mode in ["ebpf", "ebpf-vxlan", "ebpf", "host-gw"] {
+        lab.switch(mode);
+        session.send(1 << 20);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = pinger.wait_with_output().expect("ping");
+    let received = veth_tests::pings_received(&out.stdout);
+    eprintln!("live host-gw -> ebpf -> ebpf-vxlan -> ebpf -> host-gw: {received}/800 answered");
+    assert_eq!(received, 800, "{} of 800 pings lost", 800 - received);
+    let (sent, got) = session.finish();
+    assert_eq!(sent, got, "the TCP connection survived every change intact");
+}
+
+/// vxlan -> ebpf-vxlan -> vxlan: the kernel's VXLAN device and the
+/// collect-metadata one take turns on the UDP port (both changes succeed,
+/// pods reach each other after each), and what a ping stream lost in the
+/// handover is reported.
+#[test]
+fn vxlan_and_ebpf_vxlan_take_turns_on_the_port() {
+    let lab = Lab::new("vxlan");
+    lab.up();
+    let (a1, ..) = lab.pod("n1", "a");
+    let (_, b3, _) = lab.pod("n3", "b");
+    expect_pings(&a1, b3, 3, "vxlan before the changes");
+    let pinger = Command::new("ip")
+        .args([
+            "netns", "exec", &a1, "ping", "-n", "-q", "-i", "0.01", "-c", "600", "-W", "1",
+        ])
+        .arg(b3.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    std::thread::sleep(Duration::from_millis(500));
+    for mode in ["ebpf-vxlan", "vxlan"] {
+        lab.switch(mode);
+        expect_pings(&a1, b3, 3, &format!("after the change to {mode}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = pinger.wait_with_output().expect("ping");
+    let received = veth_tests::pings_received(&out.stdout);
+    eprintln!(
+        "live vxlan -> ebpf-vxlan -> vxlan: {} of 600 pings lost",
+        600 - received
+    );
+    assert!(received > 0, "the stream went on");
 }

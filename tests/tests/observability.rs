@@ -319,9 +319,10 @@ fn metrics_survive_an_agent_restart() {
     let mut agent = Agent::start();
     let addr = agent.addr;
     let before = packet_series(&agent.scrape(), t.name());
+    // Verdicts: redirected, remote (across nodes), passed, dropped.
     assert_eq!(
         before.len(),
-        2 * 2 * 3,
+        2 * 2 * 4,
         "pods x directions x paths: {before:?}"
     );
 

@@ -25,18 +25,23 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, DevMapHash, HashMap, MapData, PerCpuArray,
+    },
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use veth_common::{
     ipv4_key,
     names::{
-        GLOBAL_CHECKS_ENABLED, GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP,
-        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, PROG_FROM_POD,
-        PROG_TO_POD, PROG_XDP_FROM_POD,
+        GLOBAL_CHECKS_ENABLED, GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE,
+        MAP_DEVMAP, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS,
+        MAP_REMOTE_ROUTES, MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD,
+        PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
-    DropReason, Endpoint, PairCounters, PodIdentity, Verdicts, GATEWAY_MAC, UNKNOWN_VETH_SLOT,
+    CrossNodeConfig, DropReason, Endpoint, KnownNode, PairCounters, PodIdentity, RemoteRoute,
+    Verdicts, GATEWAY_MAC, UNKNOWN_VETH_SLOT,
 };
 use veth_tests::frames::{
     arp, ethernet, hex, ipv4, ipv4_checksum_is_valid, ipv4_header_checksum, ipv4_multicast_mac,
@@ -76,6 +81,8 @@ const SLOT_STALE: u32 = 3;
 const SLOT_REUSED: u32 = 4;
 const SLOT_SMALL_MTU: u32 = 5;
 const SLOT_GONE: u32 = 6;
+/// Where [`Dataplane::snapshot`] puts `UNDERLAY_COUNTERS` (no slot is this).
+const UNDERLAY: u32 = u32::MAX;
 /// Past the end of PODS: an endpoint pointing there is never redirected to.
 const SLOT_BEYOND: u32 = 20000;
 /// The slots whose counters every row compares (all the test uses).
@@ -290,6 +297,11 @@ struct Dataplane {
     endpoints6: HashMap<MapData, [u8; 16], Endpoint>,
     devmap: DevMapHash<MapData>,
     counters: PerCpuArray<MapData, PairCounters>,
+    remote_routes: LpmTrie<MapData, [u8; 4], RemoteRoute>,
+    remote_routes6: LpmTrie<MapData, [u8; 16], RemoteRoute>,
+    nodes: HashMap<MapData, [u8; 16], KnownNode>,
+    cross_node: Array<MapData, CrossNodeConfig>,
+    underlay_counters: PerCpuArray<MapData, PairCounters>,
 }
 
 impl Dataplane {
@@ -323,7 +335,12 @@ impl Dataplane {
             .override_global(GLOBAL_CHECKS_ENABLED, &1u8, true)
             .load(veth_userspace::dataplane::object())
             .expect("loading the eBPF object");
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_FROM_UNDERLAY,
+            PROG_FROM_TUNNEL,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("program {name} in the object"))
@@ -351,6 +368,13 @@ impl Dataplane {
         let counters = take(MAP_PAIR_COUNTERS)
             .try_into()
             .expect("PAIR_COUNTERS type");
+        let remote_routes = take(MAP_REMOTE_ROUTES).try_into().expect("REMOTE_ROUTES");
+        let remote_routes6 = take(MAP_REMOTE_ROUTES6).try_into().expect("REMOTE_ROUTES6");
+        let nodes = take(MAP_NODES).try_into().expect("NODES type");
+        let cross_node = take(MAP_CROSS_NODE).try_into().expect("CROSS_NODE type");
+        let underlay_counters = take(MAP_UNDERLAY_COUNTERS)
+            .try_into()
+            .expect("UNDERLAY_COUNTERS type");
         Dataplane {
             ebpf,
             slots,
@@ -359,6 +383,11 @@ impl Dataplane {
             endpoints6,
             devmap,
             counters,
+            remote_routes,
+            remote_routes6,
+            nodes,
+            cross_node,
+            underlay_counters,
         }
     }
 
@@ -461,11 +490,23 @@ impl Dataplane {
         sum
     }
 
+    /// The watched slots' counters, and the underlay's under [`UNDERLAY`].
     fn snapshot(&self) -> BTreeMap<u32, PairCounters> {
-        WATCHED
+        let mut all: BTreeMap<u32, PairCounters> = WATCHED
             .iter()
             .map(|&slot| (slot, self.pair(slot)))
-            .collect()
+            .collect();
+        let mut underlay = PairCounters::default();
+        for cpu in self
+            .underlay_counters
+            .get(&0, 0)
+            .expect("UNDERLAY_COUNTERS")
+            .iter()
+        {
+            underlay.accumulate(cpu);
+        }
+        all.insert(UNDERLAY, underlay);
+        all
     }
 }
 
@@ -478,6 +519,8 @@ fn deltas(
         Verdicts {
             redirected_packets: a.redirected_packets.wrapping_sub(b.redirected_packets),
             redirected_bytes: a.redirected_bytes.wrapping_sub(b.redirected_bytes),
+            remote_packets: a.remote_packets.wrapping_sub(b.remote_packets),
+            remote_bytes: a.remote_bytes.wrapping_sub(b.remote_bytes),
             passed_packets: a.passed_packets.wrapping_sub(b.passed_packets),
             passed_bytes: a.passed_bytes.wrapping_sub(b.passed_bytes),
             dropped_packets: a.dropped_packets.wrapping_sub(b.dropped_packets),
@@ -1941,15 +1984,21 @@ fn table() -> Vec<Case> {
         ),
     ];
     // Every reason but the ones the table cannot produce from a frame
-    // (redirect_failed, unknown_veth, oversized_gso: tests of their own)
-    // has a row.
+    // (redirect_failed, unknown_veth, oversized_gso, and the cross-node
+    // ones: tests of their own) has a row.
     for reason in DropReason::ALL {
         let covered = t.iter().any(|c| matches!(c.expect, Drop(r) if r == reason));
-        assert!(
-            covered || matches!(reason, RedirectFailed | UnknownVeth | OversizedGso),
-            "no row for {}",
-            reason.name()
+        let own_tests = matches!(
+            reason,
+            RedirectFailed
+                | UnknownVeth
+                | OversizedGso
+                | UnknownNode
+                | WrongVni
+                | NoRemoteRoute
+                | NoUnderlayRoute
         );
+        assert!(covered || own_tests, "no row for {}", reason.name());
     }
     t
 }
@@ -2179,6 +2228,8 @@ fn format_counters(deltas: &BTreeMap<u32, PairCounters>) -> String {
             for (field, value) in [
                 ("redirected_packets", v.redirected_packets),
                 ("redirected_bytes", v.redirected_bytes),
+                ("remote_packets", v.remote_packets),
+                ("remote_bytes", v.remote_bytes),
                 ("passed_packets", v.passed_packets),
                 ("passed_bytes", v.passed_bytes),
                 ("dropped_packets", v.dropped_packets),
@@ -2203,13 +2254,17 @@ fn format_counters(deltas: &BTreeMap<u32, PairCounters>) -> String {
 /// Runs the whole table through `hook` and fails with every row that did
 /// not behave, plus a pass/fail count per group.
 fn run_table(hook: Hook) {
-    let dp = Dataplane::load(hook.loaded_with_redirect(), true);
+    run_rows(&Dataplane::load(hook.loaded_with_redirect(), true), hook);
+}
+
+/// [`run_table`] on a dataplane the caller set up.
+fn run_rows(dp: &Dataplane, hook: Hook) {
     let mut failures = Vec::new();
     let mut groups: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
     for row in table() {
         let group = row.name.split(':').next().unwrap_or_default().to_owned();
         let tally = groups.entry(group).or_default();
-        match check(&dp, hook, &row.name, &row.frame, row.expect) {
+        match check(dp, hook, &row.name, &row.frame, row.expect) {
             Ok(true) => tally.0 += 1,
             Ok(false) => tally.2 += 1,
             Err(message) => {
@@ -2615,5 +2670,644 @@ fn the_limit_references_redirect_a_frame() {
             .expect("loading limit+map");
         assert_eq!(program.test_run(&frame).unwrap(), TC_ACT_UNSPEC);
         assert_eq!(program.frames().unwrap(), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Across nodes: `from_pod` / `xdp_from_pod` for another node's pods, and
+// `from_underlay` / `from_tunnel` for frames from other nodes. Loopback
+// stands for the underlay and the tunnel device (a redirect's target is
+// not followed by a test run); the redirect itself, the neighbour
+// resolution and the tunnel key's use are the end-to-end tests' (a test
+// run carries no tunnel metadata, so `from_tunnel` can only be shown to
+// refuse frames without it here).
+
+mod cross_node {
+    use super::*;
+    use veth_common::{cross_node_mode, node_key_v4, route_kind, TUNNEL_MAC};
+
+    /// Node 2: pods in 198.19.1.0/24 and fd00:198:19:1::/64, underlay
+    /// 192.0.2.2 and 2001:db8::2. Node 3: pods in fd00:198:19:3::/64,
+    /// IPv4 underlay only. The cluster: 198.19.0.0/16, fd00:198:19::/48.
+    pub const POD_ON_2: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 5);
+    pub const POD_ON_2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x19, 1, 0, 0, 0, 5);
+    pub const POD_ON_3_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x19, 3, 0, 0, 0, 5);
+    pub const NOBODYS: Ipv4Addr = Ipv4Addr::new(198, 19, 9, 9);
+    pub const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    pub const NODE_2_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    pub const NODE_3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+    /// This node's own underlay address, and a stranger on the underlay.
+    pub const THIS_NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    pub const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+    pub const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
+    /// In this node's pod range, no endpoint (the node's own, say).
+    pub const LOCAL_NOT_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+    pub const VNI: u32 = 42;
+    const UNDERLAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+    fn route(node_ipv4: Ipv4Addr, node_ipv6: Option<Ipv6Addr>) -> RemoteRoute {
+        RemoteRoute {
+            kind: route_kind::REMOTE,
+            node_ipv4: node_ipv4.octets(),
+            node_ipv6: node_ipv6.map_or([0; 16], |a| a.octets()),
+        }
+    }
+
+    fn kind(kind: u32) -> RemoteRoute {
+        RemoteRoute {
+            kind,
+            ..RemoteRoute::default()
+        }
+    }
+
+    /// The tables as `dataplane::cross_node::sync` writes them, and the
+    /// path `mode`.
+    pub fn load(mode: u32) -> Dataplane {
+        let mut dp = Dataplane::load(true, true);
+        let v4 = [
+            (16, [198, 19, 0, 0], kind(route_kind::UNROUTABLE)),
+            (24, [198, 18, 0, 0], kind(route_kind::LOCAL)),
+            (24, [198, 19, 1, 0], route(NODE_2, Some(NODE_2_6))),
+        ];
+        for (len, addr, r) in v4 {
+            dp.remote_routes
+                .insert(&Key::new(len, addr), r, 0)
+                .expect("REMOTE_ROUTES insert");
+        }
+        let net6 = |a: u16, b: u16, c: u16, d: u16| Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0).octets();
+        let v6 = [
+            (
+                48,
+                net6(0xfd00, 0x198, 0x19, 0),
+                kind(route_kind::UNROUTABLE),
+            ),
+            (64, net6(0xfd00, 0x198, 0x18, 0), kind(route_kind::LOCAL)),
+            (
+                64,
+                net6(0xfd00, 0x198, 0x19, 1),
+                route(NODE_2, Some(NODE_2_6)),
+            ),
+            (64, net6(0xfd00, 0x198, 0x19, 3), route(NODE_3, None)),
+        ];
+        for (len, addr, r) in v6 {
+            dp.remote_routes6
+                .insert(&Key::new(len, addr), r, 0)
+                .expect("REMOTE_ROUTES6 insert");
+        }
+        let known = KnownNode {
+            ipv4: NODE_2.octets(),
+            ipv6: NODE_2_6.octets(),
+        };
+        dp.nodes
+            .insert(node_key_v4(NODE_2.octets()), known, 0)
+            .expect("NODES");
+        dp.nodes.insert(NODE_2_6.octets(), known, 0).expect("NODES");
+        dp.cross_node
+            .set(
+                0,
+                CrossNodeConfig {
+                    mode,
+                    underlay_ifindex: LO,
+                    tunnel_ifindex: LO,
+                    vni: VNI,
+                },
+                0,
+            )
+            .expect("CROSS_NODE set");
+        dp
+    }
+
+    /// A UDP datagram arriving from the underlay.
+    pub fn from_wire4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+        let packet = ipv4(src, dst, ttl, IPPROTO_UDP, &udp(40000, 5001, &pattern(32)));
+        ethernet(UNDERLAY_MAC, PEER_MAC, ETH_P_IP, &packet)
+    }
+
+    pub fn from_wire6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+        let packet = ipv6(src, dst, 64, IPPROTO_UDP, &udp(40000, 5001, &pattern(32)));
+        ethernet(UNDERLAY_MAC, PEER_MAC, ETH_P_IPV6, &packet)
+    }
+
+    /// The frame with its TTL or hop limit one less (IPv4 checksum redone).
+    pub fn routed(frame: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            ETH_P_IP => {
+                out[IPV4_TTL_AT] -= 1;
+                refresh_ipv4_checksum(&mut out);
+            }
+            _ => out[IPV6_HOP_LIMIT_AT] -= 1,
+        }
+        out
+    }
+
+    /// Routed, with the inner MACs every node's tunnel device takes.
+    pub fn tunnelled(frame: &[u8]) -> Vec<u8> {
+        let mut out = routed(frame);
+        out[..6].copy_from_slice(&TUNNEL_MAC);
+        out[6..12].copy_from_slice(&GATEWAY_MAC);
+        out
+    }
+
+    /// One counter delta: `set` edits a zero `PairCounters` of `slot`.
+    pub fn moved(slot: u32, set: impl FnOnce(&mut PairCounters)) -> BTreeMap<u32, PairCounters> {
+        let mut c = PairCounters::default();
+        set(&mut c);
+        BTreeMap::from([(slot, c)])
+    }
+
+    pub fn sent_remote(len: usize) -> BTreeMap<u32, PairCounters> {
+        moved(SLOT_A, |c| {
+            c.from_pod.remote_packets = 1;
+            c.from_pod.remote_bytes = len as u64;
+        })
+    }
+
+    pub fn received_remote(slot: u32, len: usize) -> BTreeMap<u32, PairCounters> {
+        moved(slot, |c| {
+            c.to_pod.remote_packets = 1;
+            c.to_pod.remote_bytes = len as u64;
+        })
+    }
+
+    pub fn dropped(
+        slot: u32,
+        from_pod: bool,
+        reason: DropReason,
+        len: usize,
+    ) -> BTreeMap<u32, PairCounters> {
+        moved(slot, |c| {
+            let half = if from_pod {
+                &mut c.from_pod
+            } else {
+                &mut c.to_pod
+            };
+            half.dropped_packets = 1;
+            half.dropped_bytes = len as u64;
+            c.drop_reasons[reason as usize] = 1;
+        })
+    }
+
+    pub fn passed_from_a(len: usize) -> BTreeMap<u32, PairCounters> {
+        moved(SLOT_A, |c| {
+            c.from_pod.passed_packets = 1;
+            c.from_pod.passed_bytes = len as u64;
+        })
+    }
+
+    /// One row: what ran, the frame in, and the return code, frame out and
+    /// counter deltas wanted.
+    pub struct Row {
+        pub name: &'static str,
+        pub program: &'static str,
+        pub frame: Vec<u8>,
+        pub code: i32,
+        pub out: Vec<u8>,
+        pub counters: BTreeMap<u32, PairCounters>,
+    }
+
+    pub fn row(
+        name: &'static str,
+        program: &'static str,
+        frame: Vec<u8>,
+        code: i32,
+        out: Vec<u8>,
+        counters: BTreeMap<u32, PairCounters>,
+    ) -> Row {
+        Row {
+            name,
+            program,
+            frame,
+            code,
+            out,
+            counters,
+        }
+    }
+
+    /// Runs every row and fails with all that differ.
+    pub fn run(dp: &Dataplane, rows: Vec<Row>) {
+        let mut failures = Vec::new();
+        for r in &rows {
+            let before = dp.snapshot();
+            let ran = match r.program {
+                PROG_XDP_FROM_POD => dp.run_xdp(&r.frame),
+                name => dp.run_tc(name, &r.frame),
+            }
+            .unwrap_or_else(|e| panic!("{}: test run: {e:?}", r.name));
+            let got = deltas(&before, &dp.snapshot());
+            let mut problems = String::new();
+            if ran.return_value != r.code {
+                let _ = writeln!(
+                    problems,
+                    "  verdict: expected {}, got {}",
+                    r.code, ran.return_value
+                );
+            }
+            if ran.frame != r.out {
+                let _ = writeln!(
+                    problems,
+                    "  frame out differs: {}\n  got\n{}",
+                    differences(&r.out, &ran.frame),
+                    indent(&dump(&ran.frame))
+                );
+            }
+            if got != r.counters {
+                let _ = writeln!(
+                    problems,
+                    "  counters: expected\n{}\n  got\n{}",
+                    indent(&format_counters(&r.counters)),
+                    indent(&format_counters(&got))
+                );
+            }
+            if !problems.is_empty() {
+                failures.push(format!("{} ({}):\n{problems}", r.name, r.program));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} rows differ:\n\n{}",
+            failures.len(),
+            rows.len(),
+            failures.join("\n")
+        );
+    }
+
+    pub const NATIVE: u32 = cross_node_mode::NATIVE;
+    pub const TUNNEL: u32 = cross_node_mode::TUNNEL;
+    pub const KERNEL: u32 = cross_node_mode::KERNEL;
+}
+
+/// From a pod, native routing (`ebpf`): another node's pods are sent out
+/// (TTL one less, MACs left to `bpf_redirect_neigh`), the cluster range
+/// nobody has is dropped, the rest is as before; XDP passes what TC would
+/// send (it can neither resolve neighbours nor set tunnel keys).
+#[test]
+fn from_pod_sends_other_nodes_pods_natively() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let dp = load(NATIVE);
+        let to_2 = udp4(A, POD_ON_2, 64);
+        let to_2_6 = udp6(A6, POD_ON_2_6, 64);
+        let to_3_6 = udp6(A6, POD_ON_3_6, 64);
+        let nobody = udp4(A, NOBODYS, 64);
+        let expiring = udp4(A, POD_ON_2, 1);
+        let spoofed = udp4(v4(77), POD_ON_2, 64);
+        let local_not_pod = udp4(A, LOCAL_NOT_POD, 64);
+        let n = |f: &Vec<u8>| f.len();
+        run(
+            &dp,
+            vec![
+                row(
+                    "IPv4 to node 2's pod",
+                    PROG_FROM_POD,
+                    to_2.clone(),
+                    TC_ACT_REDIRECT,
+                    routed(&to_2),
+                    sent_remote(n(&to_2)),
+                ),
+                row(
+                    "IPv6 to node 2's pod (IPv6 next hop)",
+                    PROG_FROM_POD,
+                    to_2_6.clone(),
+                    TC_ACT_REDIRECT,
+                    routed(&to_2_6),
+                    sent_remote(n(&to_2_6)),
+                ),
+                row(
+                    "IPv6 to node 3's pod: IPv4 underlay, no FIB route to it here",
+                    PROG_FROM_POD,
+                    to_3_6.clone(),
+                    TC_ACT_SHOT,
+                    routed(&to_3_6),
+                    dropped(SLOT_A, true, DropReason::NoUnderlayRoute, n(&to_3_6)),
+                ),
+                row(
+                    "cluster range no node has",
+                    PROG_FROM_POD,
+                    nobody.clone(),
+                    TC_ACT_SHOT,
+                    nobody.clone(),
+                    dropped(SLOT_A, true, DropReason::NoRemoteRoute, n(&nobody)),
+                ),
+                row(
+                    "TTL 1 expires in the host stack",
+                    PROG_FROM_POD,
+                    expiring.clone(),
+                    TC_ACT_UNSPEC,
+                    expiring.clone(),
+                    passed_from_a(n(&expiring)),
+                ),
+                row(
+                    "spoofed source, checked first",
+                    PROG_FROM_POD,
+                    spoofed.clone(),
+                    TC_ACT_SHOT,
+                    spoofed.clone(),
+                    dropped(SLOT_A, true, DropReason::SpoofedIpv4, n(&spoofed)),
+                ),
+                row(
+                    "own range, not a pod: host stack",
+                    PROG_FROM_POD,
+                    local_not_pod.clone(),
+                    TC_ACT_UNSPEC,
+                    local_not_pod.clone(),
+                    passed_from_a(n(&local_not_pod)),
+                ),
+                row(
+                    "XDP: node 2's pod passed to the stack",
+                    PROG_XDP_FROM_POD,
+                    to_2.clone(),
+                    XDP_PASS,
+                    to_2.clone(),
+                    passed_from_a(n(&to_2)),
+                ),
+                row(
+                    "XDP: cluster range no node has",
+                    PROG_XDP_FROM_POD,
+                    nobody.clone(),
+                    XDP_DROP,
+                    nobody.clone(),
+                    dropped(SLOT_A, true, DropReason::NoRemoteRoute, n(&nobody)),
+                ),
+            ],
+        );
+    });
+}
+
+/// From a pod, `ebpf-vxlan`: the frame goes to the tunnel device with the
+/// inner MACs every node's tunnel device takes as its own.
+#[test]
+fn from_pod_tunnels_to_other_nodes_pods() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let dp = load(TUNNEL);
+        let to_2 = udp4(A, POD_ON_2, 64);
+        let to_2_6 = udp6(A6, POD_ON_2_6, 64);
+        let nobody = udp4(A, NOBODYS, 64);
+        run(
+            &dp,
+            vec![
+                row(
+                    "IPv4 to node 2's pod",
+                    PROG_FROM_POD,
+                    to_2.clone(),
+                    TC_ACT_REDIRECT,
+                    tunnelled(&to_2),
+                    sent_remote(to_2.len()),
+                ),
+                row(
+                    "IPv6 to node 2's pod",
+                    PROG_FROM_POD,
+                    to_2_6.clone(),
+                    TC_ACT_REDIRECT,
+                    tunnelled(&to_2_6),
+                    sent_remote(to_2_6.len()),
+                ),
+                row(
+                    "cluster range no node has",
+                    PROG_FROM_POD,
+                    nobody.clone(),
+                    TC_ACT_SHOT,
+                    nobody.clone(),
+                    dropped(SLOT_A, true, DropReason::NoRemoteRoute, nobody.len()),
+                ),
+            ],
+        );
+    });
+}
+
+/// With the kernel's path (one node, `host-gw`, `vxlan`), frames for other
+/// nodes are the host stack's, routes or not.
+#[test]
+fn from_pod_leaves_other_nodes_to_the_kernel_path() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let dp = load(KERNEL);
+        let to_2 = udp4(A, POD_ON_2, 64);
+        let nobody = udp4(A, NOBODYS, 64);
+        run(
+            &dp,
+            vec![
+                row(
+                    "IPv4 to node 2's pod",
+                    PROG_FROM_POD,
+                    to_2.clone(),
+                    TC_ACT_UNSPEC,
+                    to_2.clone(),
+                    passed_from_a(to_2.len()),
+                ),
+                row(
+                    "cluster range no node has",
+                    PROG_FROM_POD,
+                    nobody.clone(),
+                    TC_ACT_UNSPEC,
+                    nobody.clone(),
+                    passed_from_a(nobody.len()),
+                ),
+            ],
+        );
+    });
+}
+
+/// The local path is untouched by cross-node routing: the whole table,
+/// with both paths' maps filled, in both hooks.
+#[test]
+fn the_whole_table_is_the_same_with_cross_node_routing() {
+    use cross_node::*;
+    in_private_netns(|| {
+        for mode in [NATIVE, TUNNEL] {
+            let dp = load(mode);
+            run_rows(&dp, Hook::Tc { redirect: true });
+            run_rows(&dp, Hook::Xdp { redirect: true });
+        }
+    });
+}
+
+/// At the underlay: frames for local pods from known nodes (a remote
+/// node's pod range, or a node's own address) are handed to the pod as
+/// local delivery does; from anyone else, dropped and counted for the
+/// pod, or apart when no pod has the address; the node's own traffic
+/// passes.
+#[test]
+fn from_underlay_hands_known_nodes_frames_to_pods_and_drops_strangers() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let dp = load(NATIVE);
+        let pod_to_b = from_wire4(POD_ON_2, B, 63);
+        let node_to_b = from_wire4(NODE_2, B, 63);
+        let stranger_to_b = from_wire4(STRANGER, B, 63);
+        let local_spoof = from_wire4(v4(77), B, 63);
+        let stranger_to_range = from_wire4(STRANGER, LOCAL_NOT_POD, 63);
+        let node_to_range = from_wire4(NODE_2, LOCAL_NOT_POD, 63);
+        let own_traffic = from_wire4(STRANGER, THIS_NODE, 63);
+        let not_ready = from_wire4(POD_ON_2, NOT_READY, 63);
+        let pod6_to_b = from_wire6(POD_ON_2_6, B6);
+        let stranger6_to_b = from_wire6(STRANGER6, B6);
+        let arp = arp_request();
+        let n = |f: &Vec<u8>| f.len();
+        let ep = endpoint_b();
+        let u = PROG_FROM_UNDERLAY;
+        let unknown = DropReason::UnknownNode;
+        run(
+            &dp,
+            vec![
+                row(
+                    "node 2's pod to B",
+                    u,
+                    pod_to_b.clone(),
+                    TC_ACT_REDIRECT,
+                    rewritten(&pod_to_b, &ep),
+                    received_remote(SLOT_B, n(&pod_to_b)),
+                ),
+                row(
+                    "node 2 itself to B",
+                    u,
+                    node_to_b.clone(),
+                    TC_ACT_REDIRECT,
+                    rewritten(&node_to_b, &ep),
+                    received_remote(SLOT_B, n(&node_to_b)),
+                ),
+                row(
+                    "IPv6: node 2's pod to B",
+                    u,
+                    pod6_to_b.clone(),
+                    TC_ACT_REDIRECT,
+                    rewritten(&pod6_to_b, &ep),
+                    received_remote(SLOT_B, n(&pod6_to_b)),
+                ),
+                row(
+                    "a stranger to B",
+                    u,
+                    stranger_to_b.clone(),
+                    TC_ACT_SHOT,
+                    stranger_to_b.clone(),
+                    dropped(SLOT_B, false, unknown, n(&stranger_to_b)),
+                ),
+                row(
+                    "IPv6: a stranger to B",
+                    u,
+                    stranger6_to_b.clone(),
+                    TC_ACT_SHOT,
+                    stranger6_to_b.clone(),
+                    dropped(SLOT_B, false, unknown, n(&stranger6_to_b)),
+                ),
+                row(
+                    "a local pod's address from the underlay",
+                    u,
+                    local_spoof.clone(),
+                    TC_ACT_SHOT,
+                    local_spoof.clone(),
+                    dropped(SLOT_B, false, unknown, n(&local_spoof)),
+                ),
+                row(
+                    "a stranger to the pod range, no pod",
+                    u,
+                    stranger_to_range.clone(),
+                    TC_ACT_SHOT,
+                    stranger_to_range.clone(),
+                    dropped(UNDERLAY, false, unknown, n(&stranger_to_range)),
+                ),
+                row(
+                    "node 2 to the pod range, no pod: host stack",
+                    u,
+                    node_to_range.clone(),
+                    TC_ACT_UNSPEC,
+                    node_to_range.clone(),
+                    BTreeMap::new(),
+                ),
+                row(
+                    "to a pod not ready: host stack",
+                    u,
+                    not_ready.clone(),
+                    TC_ACT_UNSPEC,
+                    not_ready.clone(),
+                    BTreeMap::new(),
+                ),
+                row(
+                    "the node's own traffic",
+                    u,
+                    own_traffic.clone(),
+                    TC_ACT_UNSPEC,
+                    own_traffic.clone(),
+                    BTreeMap::new(),
+                ),
+                row(
+                    "ARP",
+                    u,
+                    arp.clone(),
+                    TC_ACT_UNSPEC,
+                    arp.clone(),
+                    BTreeMap::new(),
+                ),
+            ],
+        );
+    });
+}
+
+/// At the tunnel device: a frame without tunnel metadata (all a test run
+/// can make) comes from no known node: dropped, counted for the pod or
+/// apart. Known node and VNI are the end-to-end tests'.
+#[test]
+fn from_tunnel_drops_frames_without_a_known_tunnel_source() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let dp = load(TUNNEL);
+        let to_b = from_wire4(POD_ON_2, B, 63);
+        let arp = arp_request();
+        let t = PROG_FROM_TUNNEL;
+        let unknown = DropReason::UnknownNode;
+        run(
+            &dp,
+            vec![
+                row(
+                    "node 2's pod to B, no metadata",
+                    t,
+                    to_b.clone(),
+                    TC_ACT_SHOT,
+                    to_b.clone(),
+                    dropped(SLOT_B, false, unknown, to_b.len()),
+                ),
+                row(
+                    "ARP, no metadata",
+                    t,
+                    arp.clone(),
+                    TC_ACT_SHOT,
+                    arp.clone(),
+                    dropped(UNDERLAY, false, unknown, arp.len()),
+                ),
+            ],
+        );
+    });
+}
+
+/// Every program of the object passes this kernel's verifier; prints the
+/// size of each as the kernel holds it (`bpftool prog show`'s xlated and
+/// jited), for the report of what a change costs.
+#[test]
+fn every_program_loads_and_its_size_is_reported() {
+    in_private_netns(|| {
+        let dp = Dataplane::load(true, true);
+        for name in [
+            PROG_FROM_POD,
+            PROG_TO_POD,
+            PROG_XDP_FROM_POD,
+            PROG_FROM_UNDERLAY,
+            PROG_FROM_TUNNEL,
+        ] {
+            let info = dp
+                .ebpf
+                .program(name)
+                .expect("program in the object")
+                .info()
+                .unwrap_or_else(|e| panic!("{name}: not loaded: {e}"));
+            let xlated = info.size_translated().unwrap_or(0);
+            eprintln!(
+                "{name}: xlated {xlated} B ({} insns), jited {} B",
+                xlated / 8,
+                info.size_jitted()
+            );
+            assert!(xlated > 0, "{name}: the kernel reports no instructions");
+        }
     });
 }

@@ -66,6 +66,27 @@ pub mod names {
     /// [`PROG_BENCH_LIMIT`].
     pub const GLOBAL_BENCH_HOST_A: &str = "BENCH_HOST_A";
     pub const GLOBAL_BENCH_HOST_B: &str = "BENCH_HOST_B";
+
+    /// TC ingress of the node's underlay interface (cross-node `ebpf`):
+    /// frames from other nodes for local pods, handed over with
+    /// `bpf_redirect_peer` if their source is a known node.
+    pub const PROG_FROM_UNDERLAY: &str = "from_underlay";
+    /// TC ingress of the node's collect-metadata VXLAN device (cross-node
+    /// `ebpf-vxlan`): decapsulated frames, checked by tunnel key.
+    pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
+    /// LPM trie: IPv4 prefix -> [`crate::RemoteRoute`] (Cilium's ipcache):
+    /// other nodes' pod ranges, this node's own, and the cluster range.
+    pub const MAP_REMOTE_ROUTES: &str = "REMOTE_ROUTES";
+    /// LPM trie: IPv6 prefix -> [`crate::RemoteRoute`].
+    pub const MAP_REMOTE_ROUTES6: &str = "REMOTE_ROUTES6";
+    /// Hash map: a known node's underlay address ([`crate::node_key`]) ->
+    /// [`crate::KnownNode`].
+    pub const MAP_NODES: &str = "NODES";
+    /// Array of one [`crate::CrossNodeConfig`]: how this node reaches others.
+    pub const MAP_CROSS_NODE: &str = "CROSS_NODE";
+    /// Per-CPU array of one [`crate::PairCounters`]: frames from the
+    /// underlay or the tunnel device that belong to no pod.
+    pub const MAP_UNDERLAY_COUNTERS: &str = "UNDERLAY_COUNTERS";
 }
 
 /// Upper bound of pods (endpoints) per topology.
@@ -218,15 +239,39 @@ pub enum DropReason {
     /// An IPv4 packet with a loose or strict source route option (LSRR,
     /// SSRR): it asks whoever forwards it to route it by the pod's say.
     Ipv4SourceRoute = 15,
+    /// A frame from the underlay (or the tunnel device) for a pod range
+    /// whose source is not a known node: neither a node's underlay address
+    /// nor (native routing) inside a remote node's pod range; for VXLAN, an
+    /// outer source that is not a node, or no tunnel metadata at all.
+    UnknownNode = 16,
+    /// A VXLAN frame whose VNI is not this network's.
+    WrongVni = 17,
+    /// A frame from a pod for the cluster range that no node has (a node
+    /// removed, or not known yet): never left to the node's default route.
+    NoRemoteRoute = 18,
+    /// IPv6 over an IPv4-only underlay: the node's FIB has no route or no
+    /// resolved neighbour towards the remote node's underlay address.
+    NoUnderlayRoute = 19,
 }
 
-/// Number of slots in [`PairCounters::drop_reasons`]. All 16 are used: a
-/// new reason means a larger map value, which `up` handles as a layout
-/// change (the pinned counters are made afresh).
-pub const DROP_REASON_SLOTS: usize = 16;
+/// Number of slots in [`PairCounters::drop_reasons`]: room for every
+/// reason (checked at compile time below, so no reason ever shares a slot)
+/// and a few more. Growing it changes the map value, which `up` handles as
+/// a layout change (the pinned counters are made afresh).
+pub const DROP_REASON_SLOTS: usize = 24;
+
+// Every reason has its own slot: the programs index by the code.
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::ALL.len() {
+        assert!((DropReason::ALL[i] as usize) < DROP_REASON_SLOTS);
+        assert!(DropReason::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::RedirectFailed,
         DropReason::SpoofedMac,
         DropReason::SpoofedIpv4,
@@ -243,6 +288,10 @@ impl DropReason {
         DropReason::SpoofedNeighbour,
         DropReason::OversizedGso,
         DropReason::Ipv4SourceRoute,
+        DropReason::UnknownNode,
+        DropReason::WrongVni,
+        DropReason::NoRemoteRoute,
+        DropReason::NoUnderlayRoute,
     ];
 
     /// Stable name used in CLI, JSON and metrics labels.
@@ -264,6 +313,10 @@ impl DropReason {
             DropReason::SpoofedNeighbour => "spoofed_neighbour",
             DropReason::OversizedGso => "oversized_gso",
             DropReason::Ipv4SourceRoute => "ipv4_source_route",
+            DropReason::UnknownNode => "unknown_node",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::NoRemoteRoute => "no_remote_route",
+            DropReason::NoUnderlayRoute => "no_underlay_route",
         }
     }
 
@@ -278,9 +331,14 @@ impl DropReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Verdicts {
-    /// Sent with `bpf_redirect_peer`, bypassing bridge and host stack.
+    /// Sent with `bpf_redirect_peer` between pods of this node, bypassing
+    /// bridge and host stack.
     pub redirected_packets: u64,
     pub redirected_bytes: u64,
+    /// Across nodes, by the programs (cross-node `ebpf`, `ebpf-vxlan`):
+    /// from the pod, sent to another node; to the pod, received from one.
+    pub remote_packets: u64,
+    pub remote_bytes: u64,
     /// Left to the host stack (`TC_ACT_OK`).
     pub passed_packets: u64,
     pub passed_bytes: u64,
@@ -296,6 +354,8 @@ impl Verdicts {
             .redirected_packets
             .wrapping_add(other.redirected_packets);
         self.redirected_bytes = self.redirected_bytes.wrapping_add(other.redirected_bytes);
+        self.remote_packets = self.remote_packets.wrapping_add(other.remote_packets);
+        self.remote_bytes = self.remote_bytes.wrapping_add(other.remote_bytes);
         self.passed_packets = self.passed_packets.wrapping_add(other.passed_packets);
         self.passed_bytes = self.passed_bytes.wrapping_add(other.passed_bytes);
         self.dropped_packets = self.dropped_packets.wrapping_add(other.dropped_packets);
@@ -333,6 +393,90 @@ impl PairCounters {
         }
     }
 }
+
+/// Most entries of each remote-route trie (IPv4, IPv6): a few per node.
+pub const MAX_REMOTE_ROUTES: usize = 16384;
+/// Most known nodes (underlay addresses, IPv4 and IPv6 together).
+pub const MAX_NODES: usize = 8192;
+
+/// What a prefix of [`names::MAP_REMOTE_ROUTES`] is.
+pub mod route_kind {
+    /// Another node's pod range: send to that node.
+    pub const REMOTE: u32 = 1;
+    /// This node's own pod range: its endpoints are in `ENDPOINTS`; other
+    /// addresses there (the node's own) are the host stack's.
+    pub const LOCAL: u32 = 2;
+    /// The cluster range outside every node's range: nobody has it; from a
+    /// pod, dropped (`no_remote_route`).
+    pub const UNROUTABLE: u32 = 3;
+}
+
+/// Value of the remote-route tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteRoute {
+    /// A [`route_kind`] value.
+    pub kind: u32,
+    /// The remote node's IPv4 underlay address (0.0.0.0: none).
+    pub node_ipv4: [u8; 4],
+    /// The remote node's IPv6 underlay address (all zero: none). Native
+    /// IPv6 frames need it for `bpf_redirect_neigh`, else a FIB lookup of
+    /// the IPv4 one.
+    pub node_ipv6: [u8; 16],
+}
+
+/// Value of [`names::MAP_NODES`]: a node whose frames the underlay and
+/// tunnel programs accept, under each of its underlay addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownNode {
+    /// The node's IPv4 underlay address (0.0.0.0: none).
+    pub ipv4: [u8; 4],
+    /// The node's IPv6 underlay address (all zero: none).
+    pub ipv6: [u8; 16],
+}
+
+/// Key of [`names::MAP_NODES`] for an IPv4 address: mapped into IPv6
+/// (`::ffff:a.b.c.d`), so one map holds both families.
+#[inline(always)]
+pub fn node_key_v4(octets: [u8; 4]) -> [u8; 16] {
+    let [a, b, c, d] = octets;
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
+}
+
+/// [`CrossNodeConfig::mode`] values.
+pub mod cross_node_mode {
+    /// Frames for other nodes are the kernel's (single node, `host-gw`,
+    /// `vxlan`).
+    pub const KERNEL: u32 = 0;
+    /// Native routing by the programs (`ebpf`).
+    pub const NATIVE: u32 = 1;
+    /// Collect-metadata VXLAN by the programs (`ebpf-vxlan`).
+    pub const TUNNEL: u32 = 2;
+}
+
+/// The only entry of [`names::MAP_CROSS_NODE`]. A map value rather than a
+/// load-time global: switching between the kernel path and the programs'
+/// is one map write, with no program reload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossNodeConfig {
+    /// A [`cross_node_mode`] value.
+    pub mode: u32,
+    /// The node's underlay interface (its `eth0`).
+    pub underlay_ifindex: u32,
+    /// The collect-metadata VXLAN device (`ebpf-vxlan`), else 0.
+    pub tunnel_ifindex: u32,
+    /// This network's VXLAN network identifier.
+    pub vni: u32,
+}
+
+/// MAC of every collect-metadata VXLAN device vethctl makes: frames sent
+/// through the tunnel carry it as their inner destination, so that the
+/// receiving node's device takes them as its own whatever node sent them.
+/// (The inner source is [`GATEWAY_MAC`]: a VXLAN device drops frames whose
+/// inner source is its own MAC.)
+pub const TUNNEL_MAC: [u8; 6] = [0x0e, 0xee, 0xee, 0xee, 0xee, 0xee];
 
 /// Size of each trace session's ring buffer in bytes (a power of two, page
 /// multiple).
@@ -438,4 +582,7 @@ mod user {
     unsafe impl aya::Pod for crate::PairCounters {}
     unsafe impl aya::Pod for crate::TraceConfig {}
     unsafe impl aya::Pod for crate::TraceEvent {}
+    unsafe impl aya::Pod for crate::RemoteRoute {}
+    unsafe impl aya::Pod for crate::KnownNode {}
+    unsafe impl aya::Pod for crate::CrossNodeConfig {}
 }

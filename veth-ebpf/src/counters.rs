@@ -1,7 +1,7 @@
 //! Counting verdicts into the per-CPU pair counters.
 use veth_common::{verdict, DropReason, PairCounters, Verdicts};
 
-use crate::maps::PAIR_COUNTERS;
+use crate::maps::{PAIR_COUNTERS, UNDERLAY_COUNTERS};
 
 /// 1 unless the topology turned counting off (`counters = false`). A
 /// `.rodata` global: userspace sets it at load time, the map is frozen, and
@@ -19,7 +19,10 @@ pub enum Direction {
 /// What happened to a frame.
 #[derive(Clone, Copy)]
 pub enum Verdict {
+    /// To another pod of this node.
     Redirected,
+    /// Sent to another node (from a pod), or received from one (to a pod).
+    Remote,
     Passed,
     Dropped(DropReason),
 }
@@ -29,7 +32,9 @@ impl Verdict {
     #[inline(always)]
     pub fn code(self) -> (u8, u8) {
         match self {
-            Verdict::Redirected => (verdict::REDIRECTED, 0),
+            // A trace event's peer ifindex is 0 for a frame sent to
+            // another node.
+            Verdict::Redirected | Verdict::Remote => (verdict::REDIRECTED, 0),
             Verdict::Passed => (verdict::PASSED, 0),
             Verdict::Dropped(reason) => (verdict::DROPPED, reason as u8),
         }
@@ -39,12 +44,35 @@ impl Verdict {
 /// Counts one frame of `bytes` for the pair in `slot`.
 #[inline(always)]
 pub fn count(slot: u32, direction: Direction, verdict: Verdict, bytes: u64) {
+    if counting() {
+        add(PAIR_COUNTERS.get_ptr_mut(slot), direction, verdict, bytes);
+    }
+}
+
+/// Counts one frame from the underlay or the tunnel device that belongs
+/// to no pod.
+#[inline(always)]
+pub fn count_underlay(verdict: Verdict, bytes: u64) {
+    if counting() {
+        add(
+            UNDERLAY_COUNTERS.get_ptr_mut(0),
+            Direction::ToPod,
+            verdict,
+            bytes,
+        );
+    }
+}
+
+#[inline(always)]
+fn counting() -> bool {
     // SAFETY: a plain read of a static; volatile so the compiler keeps the
     // load and the loader's value is what counts.
-    if unsafe { core::ptr::read_volatile(&COUNTERS_ENABLED) } == 0 {
-        return;
-    }
-    let Some(counters) = PAIR_COUNTERS.get_ptr_mut(slot) else {
+    unsafe { core::ptr::read_volatile(&COUNTERS_ENABLED) != 0 }
+}
+
+#[inline(always)]
+fn add(counters: Option<*mut PairCounters>, direction: Direction, verdict: Verdict, bytes: u64) {
+    let Some(counters) = counters else {
         return;
     };
     // SAFETY: the value is this CPU's slot of a per-CPU map and programs run
@@ -58,6 +86,10 @@ pub fn count(slot: u32, direction: Direction, verdict: Verdict, bytes: u64) {
         Verdict::Redirected => {
             half.redirected_packets += 1;
             half.redirected_bytes += bytes;
+        }
+        Verdict::Remote => {
+            half.remote_packets += 1;
+            half.remote_bytes += bytes;
         }
         Verdict::Passed => {
             half.passed_packets += 1;

@@ -25,12 +25,12 @@ use network_types::{
 use veth_common::{ipv4_key, DropReason, Endpoint, PodIdentity};
 
 use crate::{
-    control,
+    control, cross_node,
     maps::{DEVMAP, ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
-        arp_well_formed, checksum_after_ttl_decrement, ipv4_well_formed, ipv6_well_formed,
-        is_group_mac, is_own_link_local, is_unspecified, is_vlan, network_header, ptr_at, Frame,
-        L3,
+        arp_well_formed, checksum_after_ttl_decrement, copy_mac, ipv4_well_formed,
+        ipv6_well_formed, is_group_mac, is_own_link_local, is_unspecified, is_vlan, network_header,
+        ptr_at, Frame, L3,
     },
 };
 
@@ -43,6 +43,8 @@ static CHECKS_ENABLED: u8 = 1;
 pub enum Decision {
     /// Rewritten for this endpoint: hand it over.
     Redirect(Endpoint),
+    /// For another node's pod range: send it there (TC; XDP passes it).
+    Remote(cross_node::Hop),
     Pass,
     Drop(DropReason),
 }
@@ -182,8 +184,25 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
     unsafe {
         let dst = (*ip).dst_addr;
         let Some(endpoint) = ENDPOINTS.get(ipv4_key(dst)) else {
-            return Decision::Pass;
+            return cross_node::route_ipv4(dst, (*ip).ttl);
         };
+        deliver_ipv4_to(ctx, eth, ip, endpoint)
+    }
+}
+
+/// Hands a checked IPv4 packet to the local `endpoint` if it can take it
+/// (ready, its MTU, TTL to spare), rewritten as the node would route it;
+/// else leaves it to the host stack. Also for frames from other nodes.
+#[inline(always)]
+pub fn deliver_ipv4_to<F: Frame>(
+    ctx: &F,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    endpoint: &Endpoint,
+) -> Decision {
+    // SAFETY: as in `deliver_ipv4`.
+    unsafe {
+        let dst = (*ip).dst_addr;
         // TTL 1 must expire here, with an ICMP error from the host stack.
         if (*ip).ttl <= 1
             || !still_owned(endpoint, |p| p.ipv4 == dst)
@@ -205,8 +224,23 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
     unsafe {
         let dst = (*ip).dst_addr;
         let Some(endpoint) = ENDPOINTS6.get(dst) else {
-            return Decision::Pass;
+            return cross_node::route_ipv6(dst, (*ip).hop_limit);
         };
+        deliver_ipv6_to(ctx, eth, ip, endpoint)
+    }
+}
+
+/// IPv6 likewise.
+#[inline(always)]
+pub fn deliver_ipv6_to<F: Frame>(
+    ctx: &F,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    endpoint: &Endpoint,
+) -> Decision {
+    // SAFETY: as in `deliver_ipv4`.
+    unsafe {
+        let dst = (*ip).dst_addr;
         if (*ip).hop_limit <= 1
             || !still_owned(endpoint, |p| p.ipv6 == dst)
             || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
@@ -250,22 +284,5 @@ unsafe fn rewrite_macs(eth: *mut EthHdr, endpoint: &Endpoint) {
     unsafe {
         copy_mac(&raw mut (*eth).src_addr, &endpoint.gateway_mac);
         copy_mac(&raw mut (*eth).dst_addr, &endpoint.pod_mac);
-    }
-}
-
-/// Byte by byte: a plain array assignment between a map value and the
-/// packet compiles to a call of a BPF `memmove` (the compiler cannot rule
-/// out overlap), which showed up in profiles.
-#[inline(always)]
-unsafe fn copy_mac(dst: *mut [u8; 6], src: &[u8; 6]) {
-    let dst = dst.cast::<u8>();
-    // SAFETY: `dst` is a bounds-checked 6-byte field.
-    unsafe {
-        core::ptr::write_volatile(dst, src[0]);
-        core::ptr::write_volatile(dst.add(1), src[1]);
-        core::ptr::write_volatile(dst.add(2), src[2]);
-        core::ptr::write_volatile(dst.add(3), src[3]);
-        core::ptr::write_volatile(dst.add(4), src[4]);
-        core::ptr::write_volatile(dst.add(5), src[5]);
     }
 }

@@ -10,7 +10,9 @@
 //! another pod of the topology is rewritten as if the node had routed it
 //! (MACs, TTL/hop limit) and handed with `bpf_redirect_peer` straight to
 //! the destination pod's `eth0`, skipping the host's IP stack and any
-//! bridge. Everything else continues to the host stack untouched.
+//! bridge. With cross-node `ebpf` or `ebpf-vxlan`, a packet for another
+//! node's pod range is sent there by [`crate::cross_node`]. Everything else
+//! continues to the host stack untouched.
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::bpf_redirect_peer,
@@ -27,6 +29,7 @@ use network_types::{
 use crate::{
     control::{may_carry_control, CONTROL_HEADER_BYTES},
     counters::{count, Direction, Verdict},
+    cross_node,
     deliver::{decide, slot_of, Decision},
     packet::{ptr_at, CHECKED_HEADER_BYTES, ETH_P_IPV6_BE, ETH_P_IP_BE},
     trace::maybe_emit,
@@ -67,6 +70,10 @@ pub fn from_pod(ctx: TcContext) -> i32 {
                 let dropped = Verdict::Dropped(DropReason::RedirectFailed);
                 (dropped, target.host_ifindex, TC_ACT_SHOT as i32)
             }
+        }
+        Decision::Remote(hop) => {
+            let (verdict, action) = cross_node::send(&ctx, &hop);
+            (verdict, 0, action)
         }
         Decision::Pass => (Verdict::Passed, 0, CONTINUE),
         Decision::Drop(reason) => (Verdict::Dropped(reason), 0, TC_ACT_SHOT as i32),

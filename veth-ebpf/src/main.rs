@@ -7,7 +7,9 @@
 mod bench_reference;
 mod control;
 mod counters;
+mod cross_node;
 mod deliver;
+mod from_node;
 mod from_pod;
 mod maps;
 mod packet;

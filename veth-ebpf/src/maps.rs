@@ -1,12 +1,13 @@
 //! Every map of the dataplane, in one place. BTF-defined so that the kernel
 //! knows key and value types and `bpftool map dump` prints named fields.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use veth_common::{
-    Endpoint, PairCounters, PodIdentity, TraceConfig, TraceEvent, MAX_ENDPOINTS, MAX_PAIRS,
-    TRACE_RING_BYTES, TRACE_SESSIONS,
+    CrossNodeConfig, Endpoint, KnownNode, PairCounters, PodIdentity, RemoteRoute, TraceConfig,
+    TraceEvent, MAX_ENDPOINTS, MAX_NODES, MAX_PAIRS, MAX_REMOTE_ROUTES, TRACE_RING_BYTES,
+    TRACE_SESSIONS,
 };
 
 /// Pods the programs may redirect to: IPv4 (`ipv4_key`) -> endpoint.
@@ -53,3 +54,27 @@ pub static TRACE_EVENTS_3: RingBuf<TraceEvent, TRACE_RING_BYTES> = RingBuf::new(
 /// device `up` wired (the kernel removes a device's entries when it goes).
 #[btf_map]
 pub static DEVMAP: DevMapHash<MAX_PAIRS> = DevMapHash::new();
+
+/// Other nodes' pod ranges, this node's own and the cluster's (IPv4): the
+/// prefix -> node cache that decides, for a destination that is not a
+/// local endpoint, whether it is another node's (Cilium's ipcache).
+#[btf_map]
+pub static REMOTE_ROUTES: LpmTrie<[u8; 4], RemoteRoute, MAX_REMOTE_ROUTES> = LpmTrie::new();
+
+/// The same for IPv6.
+#[btf_map]
+pub static REMOTE_ROUTES6: LpmTrie<[u8; 16], RemoteRoute, MAX_REMOTE_ROUTES> = LpmTrie::new();
+
+/// Known nodes by underlay address (IPv4 mapped into IPv6): the sources
+/// the underlay and tunnel programs accept frames for pods from.
+#[btf_map]
+pub static NODES: HashMap<[u8; 16], KnownNode, MAX_NODES> = HashMap::new();
+
+/// How this node reaches the others (one entry).
+#[btf_map]
+pub static CROSS_NODE: Array<CrossNodeConfig, 1> = Array::new();
+
+/// Frames from the underlay or the tunnel device that belong to no pod
+/// (dropped ones, whose destination is no endpoint).
+#[btf_map]
+pub static UNDERLAY_COUNTERS: PerCpuArray<PairCounters, 1> = PerCpuArray::new();

@@ -41,7 +41,10 @@ pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
                 XDP_DROP,
             ),
         },
-        Decision::Pass => (Verdict::Passed, 0, XDP_PASS),
+        // XDP can neither set a tunnel key nor resolve the next hop's MAC:
+        // frames for other nodes take the host stack's path (see
+        // `cross_node`).
+        Decision::Remote(_) | Decision::Pass => (Verdict::Passed, 0, XDP_PASS),
         Decision::Drop(reason) => (Verdict::Dropped(reason), 0, XDP_DROP),
     };
     count(slot, Direction::FromPod, verdict, bytes);

@@ -1164,10 +1164,14 @@ impl Executor {
     }
 
     async fn configure_cross_node(&self, topology: Option<&Topology>) -> Result<()> {
-        let node = topology
-            .and_then(|t| t.node.as_ref())
+        let (node, t) = topology
+            .and_then(|t| Some((t.node.as_ref()?, t)))
             .context("configuring cross-node routes needs the node's description")?;
-        crate::crossnode::apply(&self.host, &self.name, node).await
+        let ranges = crate::crossnode::PodRanges {
+            v4: t.pod_cidr,
+            v6: t.pod_cidr6,
+        };
+        crate::crossnode::apply(&self.host, &self.name, node, ranges).await
     }
 
     /// Masquerades the pod networks when the uplink asks for it; otherwise

@@ -11,6 +11,13 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
+pub use ebpf::PodRanges;
+use ebpf::{
+    finish_programs_path, leave_programs_path, prepare_programs_path, programs_path, switch_to,
+};
+
+mod ebpf;
+
 use anyhow::{anyhow, bail, Context, Result};
 use ipnet::IpNet;
 
@@ -39,6 +46,10 @@ pub struct Record {
     /// Underlay addresses added (not found).
     #[serde(default)]
     pub addresses: BTreeSet<LedgerAddress>,
+    /// The collect-metadata VXLAN device of `ebpf-vxlan` (ours by its
+    /// alias), recorded before it is made.
+    #[serde(default)]
+    pub tunnel: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,20 +84,6 @@ impl Record {
 /// Whether network `name` has cross-node wiring recorded.
 pub fn recorded(name: &str) -> Result<bool> {
     Ok(Record::load(&StateDir::new(name))?.is_some())
-}
-
-/// Refuses what this vethctl cannot build yet (a description it cannot
-/// take: refused before anything is made).
-pub fn refuse_unbuilt(node: &NodePart) -> Result<(), crate::model::ModelError> {
-    match node.cross_node {
-        CrossNode::HostGw | CrossNode::Vxlan => Ok(()),
-        other => Err(crate::model::ModelError {
-            field: "cross_node".into(),
-            message: format!(
-                "\"{other}\" is not built by this vethctl yet; use \"host-gw\" or \"vxlan\""
-            ),
-        }),
-    }
 }
 
 /// How much of a change [`apply`] makes. A node alone makes all of it;
@@ -125,8 +122,7 @@ impl Stage {
 /// Converges network `name`'s cross-node wiring to `node`. New routes
 /// replace old ones in place (a change of mode moves each range at once),
 /// and what is no longer wanted goes last.
-pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
-    refuse_unbuilt(node)?;
+pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) -> Result<()> {
     let stage = Stage::current();
     let state = StateDir::new(name);
     let mut record = Record::load(&state)?.unwrap_or_default();
@@ -146,6 +142,27 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
         &wanted_addresses,
     )
     .await?;
+    // The programs' way, ready to receive (nothing sent differently yet);
+    // or left before a kernel VXLAN device may take the UDP port.
+    let programs = if programs_path(node) {
+        // A kernel VXLAN device holds the UDP port the tunnel device needs:
+        // it goes first, its routes with it, so this node sends the new way
+        // at once (frames of that moment to or from nodes not changed yet
+        // are lost).
+        let took_port = node.cross_node == CrossNode::EbpfVxlan && record.vxlan.is_some();
+        if took_port {
+            remove_vxlan(host, &mut record).await?;
+        }
+        let path =
+            prepare_programs_path(host, name, node, &underlay, ranges, &state, &mut record).await?;
+        if took_port {
+            switch_to(name, node, &underlay, ranges, path)?;
+        }
+        Some(path)
+    } else {
+        leave_programs_path(host, name, &state, &mut record).await?;
+        None
+    };
     let vx = match node.cross_node {
         CrossNode::Vxlan => {
             Some(ensure_vxlan(host, name, &state, &mut record, node, &underlay).await?)
@@ -168,6 +185,12 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart) -> Result<()> {
     if vx.is_none() && stage == Stage::Full {
         remove_vxlan(host, &mut record).await?;
     }
+    if let Some(path) = programs {
+        switch_to(name, node, &underlay, ranges, path)?;
+        if stage == Stage::Full {
+            finish_programs_path(host, name, node, &mut record).await?;
+        }
+    }
     remove_addresses(host, &mut record, &wanted_addresses).await?;
     record.save(&state)
 }
@@ -178,6 +201,7 @@ pub async fn remove(host: &Host, name: &str) -> Result<()> {
     let Some(mut record) = Record::load(&state)? else {
         return Ok(());
     };
+    leave_programs_path(host, name, &state, &mut record).await?;
     remove_routes(host, std::mem::take(&mut record.routes)).await?;
     remove_vxlan(host, &mut record).await?;
     remove_addresses(host, &mut record, &[]).await?;

@@ -122,10 +122,6 @@ fn claim_netns(name: &str, record: &mut Record, ns: &str) -> Result<()> {
 /// nodes gone from the file are brought down and their machines removed.
 pub async fn up(cluster: &Cluster, text: &str, options: UpOptions) -> Result<()> {
     let name = &cluster.name;
-    // What a node would refuse is refused before any machine is made.
-    for node in cluster.parts.iter().filter_map(|p| p.node.as_ref()) {
-        crate::crossnode::refuse_unbuilt(node)?;
-    }
     let _lock = lock(name)?;
     let mut record = load(name)?;
     let previous = is_up(name)

@@ -501,10 +501,7 @@ pub fn plan_up(topology: &Topology, observed: &Observed) -> Result<Vec<Step>, Re
     load_and_attach(topology, observed, &rewired, &mut steps);
     configure_pods(topology, observed, &rewired, &mut steps);
     match &topology.node {
-        Some(node) => {
-            crate::crossnode::refuse_unbuilt(node).map_err(|e| Refusal(e.to_string()))?;
-            steps.push(Step::ConfigureCrossNode);
-        }
+        Some(_) => steps.push(Step::ConfigureCrossNode),
         None if observed.cross_node => steps.push(Step::RemoveCrossNode),
         None => {}
     }
@@ -1041,14 +1038,11 @@ mod tests {
     }
 
     #[test]
-    fn cross_node_modes_not_built_here_are_refused_before_anything() {
+    fn the_ebpf_cross_node_modes_are_configured_like_the_others() {
         for mode in ["ebpf", "ebpf-vxlan"] {
             let t = node_part(mode);
-            let err = plan_up(&t, &Observed::default()).unwrap_err().0;
-            assert!(
-                err.starts_with("cross_node:") && err.contains("host-gw"),
-                "{err}"
-            );
+            let steps = plan_up(&t, &Observed::default()).expect("planned");
+            assert!(steps.contains(&Step::ConfigureCrossNode), "{mode}");
         }
     }
 

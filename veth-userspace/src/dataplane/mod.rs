@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod cross_node;
 pub mod health;
 pub mod lab;
 pub mod reference;
@@ -34,9 +35,10 @@ use nix::{
 use veth_common::{
     ipv4_key,
     names::{
-        GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP, MAP_ENDPOINTS,
-        MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
-        PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD,
+        GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
+        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS, MAP_REMOTE_ROUTES,
+        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_UNDERLAY_COUNTERS,
+        PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
     Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
@@ -138,7 +140,7 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 16] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
@@ -150,6 +152,20 @@ const PINNED_MAPS: [&str; 11] = [
     MAP_TRACE_EVENTS[1],
     MAP_TRACE_EVENTS[2],
     MAP_TRACE_EVENTS[3],
+    MAP_REMOTE_ROUTES,
+    MAP_REMOTE_ROUTES6,
+    MAP_NODES,
+    MAP_CROSS_NODE,
+    MAP_UNDERLAY_COUNTERS,
+];
+
+/// Every program, pinned by its name in the topology's pin directory.
+const PROGRAMS: [&str; 5] = [
+    PROG_FROM_POD,
+    PROG_TO_POD,
+    PROG_XDP_FROM_POD,
+    PROG_FROM_UNDERLAY,
+    PROG_FROM_TUNNEL,
 ];
 
 /// Every hook a host-side veth can get, with the program for each.
@@ -234,6 +250,25 @@ impl Pins {
         self.root.join("links")
     }
 
+    /// Links of the node's own devices (underlay, tunnel), apart from the
+    /// host-side veths' (`links/` lists pods' veths only), e.g.
+    /// `node-links/eth0/ingress`.
+    pub fn node_link(&self, device: &str) -> PathBuf {
+        self.root.join("node-links").join(device).join("ingress")
+    }
+
+    /// The node's devices with a pinned link.
+    pub fn node_link_devices(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("node-links");
+        match fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+        }
+    }
+
     /// One directory per host-side veth (bpffs refuses '.' in names).
     fn veth_links_dir(&self, host_veth: &str) -> PathBuf {
         self.links_dir().join(host_veth)
@@ -262,9 +297,7 @@ impl Pins {
 
     /// Every program is pinned (a crash can leave only some).
     pub fn programs_exist(&self) -> bool {
-        [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD]
-            .iter()
-            .all(|name| self.program(name).exists())
+        PROGRAMS.iter().all(|name| self.program(name).exists())
     }
 
     /// Unpins everything: links detach, programs and maps are freed once
@@ -351,7 +384,12 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<V
         .override_global(GLOBAL_REDIRECT_ENABLED, &u8::from(redirect), true)
         .load(OBJECT)
         .context("loading the eBPF object (are you root?)")?;
-    for name in [PROG_FROM_POD, PROG_TO_POD] {
+    for name in [
+        PROG_FROM_POD,
+        PROG_TO_POD,
+        PROG_FROM_UNDERLAY,
+        PROG_FROM_TUNNEL,
+    ] {
         let prog = classifier(&mut ebpf, name)?;
         prog.load()
             .with_context(|| format!("loading program {name} into the kernel"))?;
@@ -359,7 +397,7 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<V
     program::<Xdp>(&mut ebpf, PROG_XDP_FROM_POD)?
         .load()
         .with_context(|| format!("loading program {PROG_XDP_FROM_POD} into the kernel"))?;
-    for name in [PROG_FROM_POD, PROG_TO_POD, PROG_XDP_FROM_POD] {
+    for name in PROGRAMS {
         let prog = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
@@ -1054,8 +1092,14 @@ where
 /// without a pod (no device has ifindex 0).
 pub const UNKNOWN_VETH_IFINDEX: u32 = 0;
 
-/// Per-pair counters of a topology, summed over CPUs, by host ifindex, and
-/// the unknown-veth counters under [`UNKNOWN_VETH_IFINDEX`].
+/// The key under which [`read_counters`] reports the node's cross-node
+/// counters: frames from the underlay or tunnel device that belong to no
+/// pod (no device has this ifindex: the kernel's are below 2^31).
+pub const UNDERLAY_IFINDEX: u32 = u32::MAX;
+
+/// Per-pair counters of a topology, summed over CPUs, by host ifindex, the
+/// unknown-veth counters under [`UNKNOWN_VETH_IFINDEX`] and the underlay's
+/// under [`UNDERLAY_IFINDEX`].
 /// Reads the pinned maps, so it works from any process while the topology
 /// is up.
 pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
@@ -1082,6 +1126,13 @@ pub fn read_counters(topology: &str) -> Result<BTreeMap<u32, PairCounters>> {
         .get(&UNKNOWN_VETH_SLOT, 0)
         .context("reading unknown-veth counters")?;
     sums.insert(UNKNOWN_VETH_IFINDEX, sum_per_cpu(unknown.iter()));
+    // Pinned by every vethctl that has cross-node programs.
+    if pins.map(MAP_UNDERLAY_COUNTERS).exists() {
+        sums.insert(
+            UNDERLAY_IFINDEX,
+            cross_node::read_underlay_counters(topology)?,
+        );
+    }
     Ok(sums)
 }
 

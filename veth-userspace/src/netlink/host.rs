@@ -146,7 +146,7 @@ impl Host {
 
     /// An ifindex no link of the host namespace has, far above those the
     /// kernel hands out (it counts up from 1; at most 2^31 - 1).
-    async fn unused_ifindex(&self) -> Result<u32> {
+    pub(super) async fn unused_ifindex(&self) -> Result<u32> {
         use std::hash::{BuildHasher, Hasher};
         loop {
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();

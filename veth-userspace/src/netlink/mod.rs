@@ -20,6 +20,7 @@ pub mod pair;
 pub mod pod;
 pub mod routes;
 pub mod sysctl;
+pub mod tunnel;
 pub mod underlay;
 pub mod vxlan;
 

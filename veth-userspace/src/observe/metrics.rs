@@ -154,9 +154,10 @@ impl MetricsSnapshot {
         counter_family(
             e,
             "vethctl_pair_packets",
-            "Packets per pair and direction, by verdict: redirected (to another pod by the program: \
-             bpf_redirect_peer in mode tc, a DEVMAP redirect in mode xdp), passed (to the host stack), \
-             dropped (by the program)",
+            "Packets per pair and direction, by verdict: redirected (to another pod of the node by the \
+             program: bpf_redirect_peer in mode tc, a DEVMAP redirect in mode xdp), remote (by the \
+             programs across nodes, cross_node ebpf or ebpf-vxlan: from_pod sent to another node, \
+             to_pod received from one), passed (to the host stack), dropped (by the program)",
             &packets,
         )?;
         counter_family(
@@ -341,9 +342,10 @@ fn pod_labels<const N: usize>(
 
 /// (verdict label, packets, bytes) of one direction, in the words of
 /// [`Verdicts`]' fields.
-fn verdicts(v: &Verdicts) -> [(&'static str, u64, u64); 3] {
+fn verdicts(v: &Verdicts) -> [(&'static str, u64, u64); 4] {
     [
         ("redirected", v.redirected_packets, v.redirected_bytes),
+        ("remote", v.remote_packets, v.remote_bytes),
         ("passed", v.passed_packets, v.passed_bytes),
         ("dropped", v.dropped_packets, v.dropped_bytes),
     ]
@@ -612,6 +614,7 @@ mod tests {
                     name: "demo".into(),
                     pairs: vec![pair],
                     unknown_veth_drops: 0,
+                    underlay_drops: 0,
                 },
                 pods: 1,
                 attached: BTreeMap::from([("ingress", 1), ("egress", 1)]),

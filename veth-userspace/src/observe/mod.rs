@@ -475,6 +475,11 @@ pub struct TopologyStats {
     /// topology's program but has no pod (one being removed, or a veth
     /// someone attached the pinned program to).
     pub unknown_veth_drops: u64,
+    /// Frames from the node's underlay interface or tunnel device for its
+    /// pod ranges that no pod has, dropped (cross-node `ebpf`,
+    /// `ebpf-vxlan`: from a stranger, or another VNI); the reasons count in
+    /// the network's drops.
+    pub underlay_drops: u64,
 }
 
 /// One pod's pair. Top-level counters are both directions added up;
@@ -538,6 +543,9 @@ pub fn pair_stats(
         unknown_veth_drops: counters
             .get(&dataplane::UNKNOWN_VETH_IFINDEX)
             .map_or(0, |c| c.from_pod.dropped_packets),
+        underlay_drops: counters
+            .get(&dataplane::UNDERLAY_IFINDEX)
+            .map_or(0, |c| c.to_pod.dropped_packets),
     }
 }
 
@@ -615,6 +623,7 @@ impl TopologyStats {
                 "POD",
                 "DIRECTION",
                 "REDIRECTED PKTS",
+                "REMOTE PKTS",
                 "PASSED PKTS",
                 "DROPPED PKTS",
             ]),
@@ -624,6 +633,7 @@ impl TopologyStats {
                 "DIRECTION",
                 "REDIRECTED PKTS",
                 "REDIRECTED BYTES",
+                "REMOTE PKTS",
                 "PASSED PKTS",
                 "PASSED BYTES",
                 "DROPPED PKTS",
@@ -637,6 +647,7 @@ impl TopologyStats {
                         &name,
                         direction,
                         &n(v.redirected_packets),
+                        &n(v.remote_packets),
                         &n(v.passed_packets),
                         &n(v.dropped_packets),
                     ]),
@@ -646,6 +657,7 @@ impl TopologyStats {
                         direction,
                         &n(v.redirected_packets),
                         &n(v.redirected_bytes),
+                        &n(v.remote_packets),
                         &n(v.passed_packets),
                         &n(v.passed_bytes),
                         &n(v.dropped_packets),
@@ -656,8 +668,8 @@ impl TopologyStats {
         render_fitting(&rows, width, 0)
     }
 
-    /// Drops by reason (only those that happened) and drops of frames from
-    /// veths without a pod.
+    /// Drops by reason (only those that happened), drops of frames from
+    /// veths without a pod, and of frames from other nodes for no pod.
     fn drop_lines(&self) -> String {
         let mut out = String::new();
         let drops: Vec<String> = self
@@ -677,6 +689,12 @@ impl TopologyStats {
             out += &format!(
                 "frames from veths without a pod, dropped: {}\n",
                 self.unknown_veth_drops
+            );
+        }
+        if self.underlay_drops > 0 {
+            out += &format!(
+                "frames from other nodes' side for no pod, dropped: {}\n",
+                self.underlay_drops
             );
         }
         out

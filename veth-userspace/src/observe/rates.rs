@@ -51,10 +51,11 @@ pub fn rates(
         .filter_map(|(t, p)| {
             let o = old.get(&(t.name.as_str(), p.pod.as_str()))?;
             let packets = |v: &veth_common::Verdicts| {
-                v.redirected_packets + v.passed_packets + v.dropped_packets
+                v.redirected_packets + v.remote_packets + v.passed_packets + v.dropped_packets
             };
-            let bytes =
-                |v: &veth_common::Verdicts| v.redirected_bytes + v.passed_bytes + v.dropped_bytes;
+            let bytes = |v: &veth_common::Verdicts| {
+                v.redirected_bytes + v.remote_bytes + v.passed_bytes + v.dropped_bytes
+            };
             Some(PairRate {
                 topology: t.name.clone(),
                 pod: p.pod.clone(),
@@ -272,6 +273,7 @@ mod tests {
                 drops: BTreeMap::new(),
             }],
             unknown_veth_drops: 0,
+            underlay_drops: 0,
         }
     }
 

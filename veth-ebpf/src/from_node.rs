@@ -1,0 +1,199 @@
+//! Frames from other nodes: TC ingress of the node's underlay interface
+//! (cross-node `ebpf`) and of its collect-metadata VXLAN device
+//! (`ebpf-vxlan`).
+//!
+//! A frame for a local pod is handed to the pod with `bpf_redirect_peer`,
+//! rewritten as local delivery does (`deliver`), only if it comes from a
+//! known node; anything else for a pod range is dropped and counted
+//! (`unknown_node`, `wrong_vni`), in the destination pod's counters or, for
+//! no pod, in `UNDERLAY_COUNTERS`. The node's own traffic passes untouched.
+//!
+//! "From a known node": at the underlay, native routing has no outer
+//! header, so the source address must be a known node's underlay address
+//! or lie in a remote node's pod range; through the tunnel, the outer
+//! source (the tunnel key's) must be a known node and the VNI ours.
+use aya_ebpf::{
+    bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+use veth_common::{ipv4_key, node_key_v4, route_kind, DropReason, Endpoint};
+
+use crate::{
+    counters::{count, count_underlay, Direction, Verdict},
+    deliver::{deliver_ipv4_to, deliver_ipv6_to, Decision},
+    maps::{CROSS_NODE, ENDPOINTS, ENDPOINTS6, NODES, REMOTE_ROUTES, REMOTE_ROUTES6},
+    packet::{ptr_at, ETH_P_IPV6_BE, ETH_P_IP_BE},
+};
+
+/// Lets the frame continue to the host stack (and other TC programs).
+const CONTINUE: i32 = TC_ACT_UNSPEC;
+
+#[classifier]
+pub fn from_underlay(ctx: TcContext) -> i32 {
+    match network(&ctx) {
+        Some(Network::V4(eth, ip)) => underlay_ipv4(&ctx, eth, ip),
+        Some(Network::V6(eth, ip)) => underlay_ipv6(&ctx, eth, ip),
+        None => CONTINUE,
+    }
+}
+
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    let from = tunnel_source(&ctx);
+    match network(&ctx) {
+        Some(Network::V4(eth, ip)) => {
+            // SAFETY: bounds-checked by `network`; a read-only map lookup.
+            let endpoint = unsafe { ENDPOINTS.get(ipv4_key((*ip).dst_addr)) };
+            match from {
+                Ok(()) => hand_over(&ctx, endpoint.map(|e| deliver_ipv4_to(&ctx, eth, ip, e))),
+                Err(reason) => refuse(&ctx, endpoint, reason),
+            }
+        }
+        Some(Network::V6(eth, ip)) => {
+            // SAFETY: bounds-checked by `network`; a read-only map lookup.
+            let endpoint = unsafe { ENDPOINTS6.get((*ip).dst_addr) };
+            match from {
+                Ok(()) => hand_over(&ctx, endpoint.map(|e| deliver_ipv6_to(&ctx, eth, ip, e))),
+                Err(reason) => refuse(&ctx, endpoint, reason),
+            }
+        }
+        // Only IP is ever sent through the tunnel.
+        None => match from {
+            Ok(()) => CONTINUE,
+            Err(reason) => refuse(&ctx, None, reason),
+        },
+    }
+}
+
+enum Network {
+    V4(*mut EthHdr, *mut Ipv4Hdr),
+    V6(*mut EthHdr, *mut Ipv6Hdr),
+}
+
+/// The frame's Ethernet and fixed IP headers, for IPv4 and IPv6 only.
+#[inline(always)]
+fn network(ctx: &TcContext) -> Option<Network> {
+    let eth = ptr_at::<TcContext, EthHdr>(ctx, 0)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP_BE => Some(Network::V4(eth, ptr_at(ctx, EthHdr::LEN)?)),
+        ETH_P_IPV6_BE => Some(Network::V6(eth, ptr_at(ctx, EthHdr::LEN)?)),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn underlay_ipv4(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> i32 {
+    // SAFETY: bounds-checked by `network`.
+    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    // SAFETY: read-only map lookups (also below).
+    let endpoint = unsafe { ENDPOINTS.get(ipv4_key(dst)) };
+    if endpoint.is_none() && REMOTE_ROUTES.get(&Key::new(32, dst)).is_none() {
+        return CONTINUE;
+    }
+    let remote_pod = REMOTE_ROUTES
+        .get(&Key::new(32, src))
+        .is_some_and(|r| r.kind == route_kind::REMOTE);
+    if !remote_pod && unsafe { NODES.get(node_key_v4(src)) }.is_none() {
+        return refuse(ctx, endpoint, DropReason::UnknownNode);
+    }
+    hand_over(ctx, endpoint.map(|e| deliver_ipv4_to(ctx, eth, ip, e)))
+}
+
+#[inline(always)]
+fn underlay_ipv6(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> i32 {
+    // SAFETY: bounds-checked by `network`.
+    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    // SAFETY: read-only map lookups (also below).
+    let endpoint = unsafe { ENDPOINTS6.get(dst) };
+    if endpoint.is_none() && REMOTE_ROUTES6.get(&Key::new(128, dst)).is_none() {
+        return CONTINUE;
+    }
+    let remote_pod = REMOTE_ROUTES6
+        .get(&Key::new(128, src))
+        .is_some_and(|r| r.kind == route_kind::REMOTE);
+    if !remote_pod && unsafe { NODES.get(src) }.is_none() {
+        return refuse(ctx, endpoint, DropReason::UnknownNode);
+    }
+    hand_over(ctx, endpoint.map(|e| deliver_ipv6_to(ctx, eth, ip, e)))
+}
+
+/// The tunnel key names a known node and our VNI.
+#[inline(always)]
+fn tunnel_source(ctx: &TcContext) -> Result<(), DropReason> {
+    // SAFETY: an all-zero key is valid for the helper to fill in.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let size = core::mem::size_of::<bpf_tunnel_key>() as u32;
+    // SAFETY: valid context, a live key of `size` bytes. The helper fails
+    // (-EPROTO) when the flag does not name the tunnel's family.
+    let node = unsafe {
+        if bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size, 0) == 0 {
+            node_key_v4(key.__bindgen_anon_1.remote_ipv4.to_be_bytes())
+        } else if bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size, u64::from(BPF_F_TUNINFO_IPV6))
+            == 0
+        {
+            bytes(key.__bindgen_anon_1.remote_ipv6)
+        } else {
+            // No tunnel metadata: not from the tunnel at all.
+            return Err(DropReason::UnknownNode);
+        }
+    };
+    // SAFETY: a read-only map lookup.
+    if unsafe { NODES.get(node) }.is_none() {
+        return Err(DropReason::UnknownNode);
+    }
+    match CROSS_NODE.get(0) {
+        Some(config) if config.vni == key.tunnel_id => Ok(()),
+        _ => Err(DropReason::WrongVni),
+    }
+}
+
+/// Bytes in packet order of the kernel's `__u32[4]` (which holds them so).
+#[inline(always)]
+fn bytes(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
+/// A frame from a known node: to its local pod if `deliver` rewrote it
+/// for one, else (no endpoint, or one that cannot take it now) to the host
+/// stack.
+#[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
+fn hand_over(ctx: &TcContext, decision: Option<Decision>) -> i32 {
+    let Some(Decision::Redirect(target)) = decision else {
+        return CONTINUE;
+    };
+    let bytes = u64::from(ctx.len());
+    // SAFETY: plain helper call; flags must be 0.
+    let rc = unsafe { bpf_redirect_peer(target.host_ifindex, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        count(target.slot, Direction::ToPod, Verdict::Remote, bytes);
+        TC_ACT_REDIRECT as i32
+    } else {
+        let dropped = Verdict::Dropped(DropReason::RedirectFailed);
+        count(target.slot, Direction::ToPod, dropped, bytes);
+        TC_ACT_SHOT as i32
+    }
+}
+
+/// Drops a frame for a pod range, counted for its pod if it has one.
+#[inline(always)]
+// The TC_ACT_* bindings are u32 for the bpf target and i32 on the host.
+#[allow(clippy::unnecessary_cast)]
+fn refuse(ctx: &TcContext, endpoint: Option<&Endpoint>, reason: DropReason) -> i32 {
+    let bytes = u64::from(ctx.len());
+    match endpoint {
+        Some(e) => count(e.slot, Direction::ToPod, Verdict::Dropped(reason), bytes),
+        None => count_underlay(Verdict::Dropped(reason), bytes),
+    }
+    TC_ACT_SHOT as i32
+}

@@ -615,6 +615,7 @@ mod tests {
                     pairs: vec![pair],
                     unknown_veth_drops: 0,
                     underlay_drops: 0,
+                    across_nodes: false,
                 },
                 pods: 1,
                 attached: BTreeMap::from([("ingress", 1), ("egress", 1)]),

@@ -480,6 +480,10 @@ pub struct TopologyStats {
     /// `ebpf-vxlan`: from a stranger, or another VNI); the reasons count in
     /// the network's drops.
     pub underlay_drops: u64,
+    /// Whether the network is a node of a cluster: only then has the
+    /// table a column for frames sent to other nodes (0 everywhere else).
+    #[serde(skip)]
+    pub across_nodes: bool,
 }
 
 /// One pod's pair. Top-level counters are both directions added up;
@@ -546,6 +550,7 @@ pub fn pair_stats(
         underlay_drops: counters
             .get(&dataplane::UNDERLAY_IFINDEX)
             .map_or(0, |c| c.to_pod.dropped_packets),
+        across_nodes: topology.node.is_some(),
     }
 }
 
@@ -615,54 +620,36 @@ impl StatsReport {
 }
 
 impl TopologyStats {
-    /// Two rows per pair, one per direction: packets by verdict, and wide
-    /// also the host veth and bytes.
+    /// Two rows per pair, one per direction: packets by verdict (frames
+    /// sent to other nodes only on a cluster's node), and wide also the
+    /// host veth and bytes.
     fn pair_table(&self, width: Width) -> String {
-        let mut rows = vec![match width {
-            Width::Fit => row([
-                "POD",
-                "DIRECTION",
-                "REDIRECTED PKTS",
-                "REMOTE PKTS",
-                "PASSED PKTS",
-                "DROPPED PKTS",
-            ]),
-            Width::Wide => row([
-                "POD",
-                "HOST VETH",
-                "DIRECTION",
-                "REDIRECTED PKTS",
-                "REDIRECTED BYTES",
-                "REMOTE PKTS",
-                "PASSED PKTS",
-                "PASSED BYTES",
-                "DROPPED PKTS",
-            ]),
-        }];
+        let wide = width == Width::Wide;
+        type Cell = fn(&PairStats, &str, &Verdicts) -> String;
+        let columns: [(&str, bool, Cell); 9] = [
+            ("POD", true, |p, _, _| p.display_name()),
+            ("HOST VETH", wide, |p, _, _| p.host_veth.clone()),
+            ("DIRECTION", true, |_, d, _| d.to_string()),
+            ("REDIRECTED PKTS", true, |_, _, v| {
+                v.redirected_packets.to_string()
+            }),
+            ("REDIRECTED BYTES", wide, |_, _, v| {
+                v.redirected_bytes.to_string()
+            }),
+            ("REMOTE PKTS", self.across_nodes, |_, _, v| {
+                v.remote_packets.to_string()
+            }),
+            ("PASSED PKTS", true, |_, _, v| v.passed_packets.to_string()),
+            ("PASSED BYTES", wide, |_, _, v| v.passed_bytes.to_string()),
+            ("DROPPED PKTS", true, |_, _, v| {
+                v.dropped_packets.to_string()
+            }),
+        ];
+        let shown: Vec<_> = columns.iter().filter(|c| c.1).collect();
+        let mut rows = vec![shown.iter().map(|c| c.0.to_string()).collect()];
         for p in &self.pairs {
             for (direction, v) in [("from_pod", &p.from_pod), ("to_pod", &p.to_pod)] {
-                let (name, n) = (p.display_name(), |n: u64| n.to_string());
-                rows.push(match width {
-                    Width::Fit => row([
-                        &name,
-                        direction,
-                        &n(v.redirected_packets),
-                        &n(v.remote_packets),
-                        &n(v.passed_packets),
-                        &n(v.dropped_packets),
-                    ]),
-                    Width::Wide => row([
-                        &name,
-                        &p.host_veth,
-                        direction,
-                        &n(v.redirected_packets),
-                        &n(v.redirected_bytes),
-                        &n(v.remote_packets),
-                        &n(v.passed_packets),
-                        &n(v.passed_bytes),
-                        &n(v.dropped_packets),
-                    ]),
-                });
+                rows.push(shown.iter().map(|c| (c.2)(p, direction, v)).collect());
             }
         }
         render_fitting(&rows, width, 0)

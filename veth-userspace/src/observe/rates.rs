@@ -274,6 +274,7 @@ mod tests {
             }],
             unknown_veth_drops: 0,
             underlay_drops: 0,
+            across_nodes: false,
         }
     }
 

@@ -34,6 +34,8 @@ const VNI: u32 = 1;
 /// MAC of every node's collect-metadata VXLAN device (`veth_common::TUNNEL_MAC`).
 const TUNNEL_MAC: [u8; 6] = [0x0e, 0xee, 0xee, 0xee, 0xee, 0xee];
 const UDP_PORT: u16 = 5301;
+/// MAC of n1's kernel VXLAN device: `0e:58:` and its underlay address.
+const VTEP_MAC_1: [u8; 6] = [0x0e, 0x58, 192, 0, 2, 1];
 
 fn underlay(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, i as u8)
@@ -342,26 +344,35 @@ fn vxlan(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8])
     ethernet(dst_mac, [0x02, 0, 0, 0, 0, 0x66], ETH_P_IP, &packet)
 }
 
+/// Where a frame that must not reach the pod is counted: for the pod
+/// under a reason, or for the node (`underlay_drops`) when no pod is
+/// known yet (the outer header of the kernel's VXLAN).
+#[derive(Clone, Copy)]
+enum Counted {
+    Pod(&'static str),
+    Underlay,
+}
+
 /// A frame a stranger puts on the switch, its marker, whether the pod must
-/// get it, and the drop reason it must be counted under otherwise.
+/// get it, and where it must be counted otherwise.
 struct Injection {
     what: &'static str,
     frame: Vec<u8>,
     mark: Vec<u8>,
     delivered: bool,
-    reason: Option<&'static str>,
+    counted: Option<Counted>,
 }
 
-type Case = (&'static str, Vec<u8>, Vec<u8>, bool, Option<&'static str>);
+type Case = (&'static str, Vec<u8>, Vec<u8>, bool, Option<Counted>);
 
 impl From<Case> for Injection {
-    fn from((what, frame, mark, delivered, reason): Case) -> Injection {
+    fn from((what, frame, mark, delivered, counted): Case) -> Injection {
         Injection {
             what,
             frame,
             mark,
             delivered,
-            reason,
+            counted,
         }
     }
 }
@@ -377,11 +388,132 @@ fn mac_of(netns: &str, ifname: &str) -> [u8; 6] {
     bytes.try_into().expect("6 bytes")
 }
 
-/// A stranger on the switch puts frames for a pod of n1 on the wire: from
-/// an address that is no node's they are dropped (`unknown_node`), through
-/// the tunnel with another VNI too (`wrong_vni`); the same frames from a
-/// node's pod range (`ebpf`) or a node's address with our VNI
-/// (`ebpf-vxlan`) arrive, so what is dropped is dropped for its source.
+impl Lab {
+    /// What node `i` dropped from the underlay for no pod.
+    fn underlay_drops(&self, i: usize) -> u64 {
+        self.node(i).vethctl_json(&["stats", "-n", &self.network])["topologies"][0]
+            ["underlay_drops"]
+            .as_u64()
+            .expect("underlay_drops")
+    }
+
+    /// How many times `counted` has counted so far.
+    fn counted(&self, counted: Counted) -> u64 {
+        match counted {
+            Counted::Pod(reason) => drops(&self.pair(1, "a"), reason),
+            Counted::Underlay => self.underlay_drops(1),
+        }
+    }
+}
+
+/// A stranger on the switch with a route to n1's pod range via n1 pings
+/// pod a of n1: no reply, each request counted `unknown_node` for the pod;
+/// n2 itself still reaches the pod.
+fn strangers_pings_go_unanswered(lab: &Lab, mode: &str, stranger: &Netns) {
+    let a1 = lab.pod(1, "a");
+    run(
+        "ip",
+        &[
+            "-n",
+            &stranger.name,
+            "route",
+            "add",
+            &pod_cidr(1),
+            "via",
+            &underlay(1).to_string(),
+        ],
+    );
+    let before = drops(&lab.pair(1, "a"), "unknown_node");
+    let replies = veth_tests::ping(&stranger.name, addr(&a1, "ipv4"), 3);
+    let dropped = drops(&lab.pair(1, "a"), "unknown_node") - before;
+    assert_eq!(
+        (replies, dropped),
+        (0, 3),
+        "[{mode}] a stranger's pings to n1.a: (replies, counted unknown_node)"
+    );
+    expect_pings(
+        &lab.node(2).name,
+        addr(&a1, "ipv4"),
+        3,
+        &format!("[{mode}] n2 itself -> n1.a"),
+    );
+}
+
+/// The cases for `mode`: plain frames for every mode (the underlay's
+/// program checks them in all four), VXLAN ones for the tunnelled modes.
+fn injections(mode: &str, node_mac: [u8; 6], stranger_ip: Ipv4Addr, pod: Ipv4Addr) -> Vec<Case> {
+    let remote_pod = Ipv4Addr::new(10, 98, 3, 5);
+    let (m1, m2, m3) = (marker(), marker(), marker());
+    let mut cases: Vec<Case> = vec![
+        (
+            "from a stranger's address",
+            datagram(node_mac, stranger_ip, pod, &m1),
+            m1,
+            false,
+            Some(Counted::Pod("unknown_node")),
+        ),
+        (
+            "from node 3's address",
+            datagram(node_mac, underlay(3), pod, &m2),
+            m2,
+            true,
+            None,
+        ),
+    ];
+    if !mode.contains("vxlan") {
+        cases.push((
+            "from node 3's pod range",
+            datagram(node_mac, remote_pod, pod, &m3),
+            m3,
+            true,
+            None,
+        ));
+        return cases;
+    }
+    // The inner frame to what takes it on n1: every node's tunnel device
+    // (`ebpf-vxlan`), or n1's VTEP (`vxlan`), whose outer checks find no
+    // pod to count for.
+    let kernel = mode == "vxlan";
+    let inner_mac = if kernel { VTEP_MAC_1 } else { TUNNEL_MAC };
+    let counted: fn(&'static str) -> Counted = if kernel {
+        |_| Counted::Underlay
+    } else {
+        Counted::Pod
+    };
+    let inner = |mark: &[u8]| datagram(inner_mac, remote_pod, pod, mark);
+    let (m4, m5, m6) = (marker(), marker(), marker());
+    let to_n1 = |src, vni, mark: &[u8]| vxlan(node_mac, src, underlay(1), vni, &inner(mark));
+    cases.extend([
+        (
+            "VXLAN from a stranger",
+            to_n1(stranger_ip, VNI, &m4),
+            m4,
+            false,
+            Some(counted("unknown_node")),
+        ),
+        (
+            "VXLAN from node 3's address, another VNI",
+            to_n1(underlay(3), VNI + 98, &m5),
+            m5,
+            false,
+            Some(counted("wrong_vni")),
+        ),
+        (
+            "VXLAN from node 3's address, our VNI",
+            to_n1(underlay(3), VNI, &m6),
+            m6,
+            true,
+            None,
+        ),
+    ]);
+    cases
+}
+
+/// A stranger on the switch pings a pod of n1 and puts frames for it on
+/// the wire: from an address that is no node's they are dropped
+/// (`unknown_node`), through the tunnel with another VNI too
+/// (`wrong_vni`); the same frames from a node's address or pod range, or
+/// with our VNI, arrive, so what is dropped is dropped for its source.
 fn strangers_frames_never_reach_a_pod(mode: &str) {
     let lab = Lab::new(mode);
     let a1 = lab.pod(1, "a");
@@ -390,82 +522,20 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
     };
     let stranger_ip = Ipv4Addr::new(192, 0, 2, 66);
     let stranger = lab.stranger(stranger_ip);
+    strangers_pings_go_unanswered(&lab, mode, &stranger);
     let sock = PacketSocket::open(&stranger.name, "eth0");
     let node_mac = mac_of(&lab.node(1).name, "eth0");
     let sink = UdpSink::start(&netns(&a1), &[IpAddr::V4(pod)], UDP_PORT);
-    let remote_pod = Ipv4Addr::new(10, 98, 3, 5);
-    let inner = |src: Ipv4Addr, mark: &[u8]| datagram(TUNNEL_MAC, src, pod, mark);
-    let cases: Vec<Case> = if mode == "ebpf" {
-        let (m1, m2) = (marker(), marker());
-        vec![
-            (
-                "from a stranger's address",
-                datagram(node_mac, stranger_ip, pod, &m1),
-                m1,
-                false,
-                Some("unknown_node"),
-            ),
-            (
-                "from node 3's pod range",
-                datagram(node_mac, remote_pod, pod, &m2),
-                m2,
-                true,
-                None,
-            ),
-        ]
-    } else {
-        let (m1, m2, m3) = (marker(), marker(), marker());
-        vec![
-            (
-                "VXLAN from a stranger",
-                vxlan(
-                    node_mac,
-                    stranger_ip,
-                    underlay(1),
-                    VNI,
-                    &inner(remote_pod, &m1),
-                ),
-                m1,
-                false,
-                Some("unknown_node"),
-            ),
-            (
-                "VXLAN from node 3's address, another VNI",
-                vxlan(
-                    node_mac,
-                    underlay(3),
-                    underlay(1),
-                    VNI + 98,
-                    &inner(remote_pod, &m2),
-                ),
-                m2,
-                false,
-                Some("wrong_vni"),
-            ),
-            (
-                "VXLAN from node 3's address, our VNI",
-                vxlan(
-                    node_mac,
-                    underlay(3),
-                    underlay(1),
-                    VNI,
-                    &inner(remote_pod, &m3),
-                ),
-                m3,
-                true,
-                None,
-            ),
-        ]
-    };
+    let cases = injections(mode, node_mac, stranger_ip, pod);
     for Injection {
         what,
         frame,
         mark,
         delivered,
-        reason,
+        counted,
     } in cases.into_iter().map(Injection::from)
     {
-        let dropped_before = reason.map(|r| drops(&lab.pair(1, "a"), r));
+        let counted_before = counted.map(|c| lab.counted(c));
         for _ in 0..3 {
             sock.send(&frame);
         }
@@ -482,28 +552,22 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
                 "[{mode}] {what}: reached the pod"
             );
         }
-        if let (Some(reason), Some(before)) = (reason, dropped_before) {
-            let after = drops(&lab.pair(1, "a"), reason);
-            assert_eq!(after - before, 3, "[{mode}] {what}: counted as {reason}");
+        if let (Some(c), Some(before)) = (counted, counted_before) {
+            assert_eq!(lab.counted(c) - before, 3, "[{mode}] {what}: counted");
         }
     }
     // For the pod range but no pod: dropped, and counted for the node.
-    let underlay_drops = || {
-        lab.node(1).vethctl_json(&["stats", "-n", &lab.network])["topologies"][0]["underlay_drops"]
-            .as_u64()
-            .expect("underlay_drops")
-    };
-    let before = underlay_drops();
+    let before = lab.underlay_drops(1);
     let no_pod = Ipv4Addr::new(10, 98, 1, 200);
     let frame = match mode {
-        "ebpf" => datagram(node_mac, stranger_ip, no_pod, &marker()),
-        _ => vxlan(
+        "ebpf-vxlan" => vxlan(
             node_mac,
             stranger_ip,
             underlay(1),
             VNI,
-            &datagram(TUNNEL_MAC, remote_pod, no_pod, &marker()),
+            &datagram(TUNNEL_MAC, Ipv4Addr::new(10, 98, 3, 5), no_pod, &marker()),
         ),
+        _ => datagram(node_mac, stranger_ip, no_pod, &marker()),
     };
     for _ in 0..3 {
         sock.send(&frame);
@@ -511,7 +575,7 @@ fn strangers_frames_never_reach_a_pod(mode: &str) {
     wait_until(
         Duration::from_secs(2),
         &format!("[{mode}] 3 underlay drops"),
-        || underlay_drops() == before + 3,
+        || lab.underlay_drops(1) == before + 3,
     );
 }
 
@@ -523,6 +587,16 @@ fn ebpf_frames_from_a_stranger_on_the_underlay_never_reach_a_pod() {
 #[test]
 fn ebpf_vxlan_frames_from_a_stranger_or_another_vni_never_reach_a_pod() {
     strangers_frames_never_reach_a_pod("ebpf-vxlan");
+}
+
+#[test]
+fn host_gw_frames_from_a_stranger_on_the_underlay_never_reach_a_pod() {
+    strangers_frames_never_reach_a_pod("host-gw");
+}
+
+#[test]
+fn vxlan_frames_from_a_stranger_or_another_vni_never_reach_a_pod() {
+    strangers_frames_never_reach_a_pod("vxlan");
 }
 
 /// `host-gw` -> `ebpf` -> `host-gw`, node after node, under a ping stream

@@ -2698,11 +2698,13 @@ mod cross_node {
     pub const NODE_3: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
     /// This node's own underlay address, and a stranger on the underlay.
     pub const THIS_NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    pub const THIS_NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
     pub const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
     pub const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x66);
     /// In this node's pod range, no endpoint (the node's own, say).
     pub const LOCAL_NOT_POD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
     pub const VNI: u32 = 42;
+    pub const VXLAN_PORT: u16 = 8472;
     const UNDERLAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
     const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
@@ -2771,6 +2773,7 @@ mod cross_node {
                     underlay_ifindex: LO,
                     tunnel_ifindex: LO,
                     vni: VNI,
+                    port: u32::from(VXLAN_PORT),
                 },
                 0,
             )
@@ -2782,6 +2785,32 @@ mod cross_node {
     pub fn from_wire4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
         let packet = ipv4(src, dst, ttl, IPPROTO_UDP, &udp(40000, 5001, &pattern(32)));
         ethernet(UNDERLAY_MAC, PEER_MAC, ETH_P_IP, &packet)
+    }
+
+    /// A VXLAN datagram (`vni`) from `src` to this node; `header`: how
+    /// many bytes of the VXLAN header it carries (8: all, then an inner
+    /// frame).
+    pub fn vxlan4(src: Ipv4Addr, vni: u32, header: usize) -> Vec<u8> {
+        let body = udp(40001, VXLAN_PORT, &vxlan_body(vni, header));
+        let packet = ipv4(src, THIS_NODE, 64, IPPROTO_UDP, &body);
+        ethernet(UNDERLAY_MAC, PEER_MAC, ETH_P_IP, &packet)
+    }
+
+    pub fn vxlan6(src: Ipv6Addr, vni: u32) -> Vec<u8> {
+        let body = udp(40001, VXLAN_PORT, &vxlan_body(vni, 8));
+        let packet = ipv6(src, THIS_NODE6, 64, IPPROTO_UDP, &body);
+        ethernet(UNDERLAY_MAC, PEER_MAC, ETH_P_IPV6, &packet)
+    }
+
+    fn vxlan_body(vni: u32, header: usize) -> Vec<u8> {
+        let mut body = vec![0x08, 0, 0, 0];
+        body.extend_from_slice(&(vni << 8).to_be_bytes());
+        if header < body.len() {
+            body.truncate(header);
+        } else {
+            body.extend_from_slice(&from_wire4(POD_ON_2, B, 63));
+        }
+        body
     }
 
     pub fn from_wire6(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
@@ -2936,6 +2965,8 @@ mod cross_node {
     pub const NATIVE: u32 = cross_node_mode::NATIVE;
     pub const TUNNEL: u32 = cross_node_mode::TUNNEL;
     pub const KERNEL: u32 = cross_node_mode::KERNEL;
+    pub const GUARD: u32 = cross_node_mode::GUARD;
+    pub const GUARD_VXLAN: u32 = cross_node_mode::GUARD_VXLAN;
 }
 
 /// From a pod, native routing (`ebpf`): another node's pods are sent out
@@ -3083,31 +3114,30 @@ fn from_pod_tunnels_to_other_nodes_pods() {
 fn from_pod_leaves_other_nodes_to_the_kernel_path() {
     use cross_node::*;
     in_private_netns(|| {
-        let dp = load(KERNEL);
-        let to_2 = udp4(A, POD_ON_2, 64);
-        let nobody = udp4(A, NOBODYS, 64);
-        run(
-            &dp,
-            vec![
-                row(
-                    "IPv4 to node 2's pod",
-                    PROG_FROM_POD,
-                    to_2.clone(),
-                    TC_ACT_UNSPEC,
-                    to_2.clone(),
-                    passed_from_a(to_2.len()),
-                ),
-                row(
-                    "cluster range no node has",
-                    PROG_FROM_POD,
-                    nobody.clone(),
-                    TC_ACT_UNSPEC,
-                    nobody.clone(),
-                    passed_from_a(nobody.len()),
-                ),
-            ],
-        );
+        for mode in [KERNEL, GUARD, GUARD_VXLAN] {
+            from_pod_leaves_other_nodes_to_the_kernel(load(mode));
+        }
     });
+}
+
+fn from_pod_leaves_other_nodes_to_the_kernel(dp: Dataplane) {
+    use cross_node::*;
+    let passes = |name, frame: Vec<u8>| {
+        let counted = passed_from_a(frame.len());
+        row(
+            name,
+            PROG_FROM_POD,
+            frame.clone(),
+            TC_ACT_UNSPEC,
+            frame,
+            counted,
+        )
+    };
+    let rows = vec![
+        passes("IPv4 to node 2's pod", udp4(A, POD_ON_2, 64)),
+        passes("cluster range no node has", udp4(A, NOBODYS, 64)),
+    ];
+    run(&dp, rows);
 }
 
 /// The local path is untouched by cross-node routing: the whole table,
@@ -3242,6 +3272,99 @@ fn from_underlay_hands_known_nodes_frames_to_pods_and_drops_strangers() {
                 ),
             ],
         );
+    });
+}
+
+/// The kernel's modes (`host-gw`, `vxlan`): the same checks at the
+/// underlay, but what passes goes on to the host stack unchanged and
+/// uncounted (the kernel routes it to the pod); in `vxlan` a datagram to
+/// the VXLAN port must come from a known node with our VNI too.
+#[test]
+fn from_underlay_only_checks_in_the_kernels_modes() {
+    use cross_node::*;
+    in_private_netns(|| {
+        let pod_to_b = from_wire4(POD_ON_2, B, 63);
+        let node_to_b = from_wire4(NODE_2, B, 63);
+        let pod6_to_b = from_wire6(POD_ON_2_6, B6);
+        let stranger_to_b = from_wire4(STRANGER, B, 63);
+        let stranger6_to_b = from_wire6(STRANGER6, B6);
+        let stranger_to_range = from_wire4(STRANGER, LOCAL_NOT_POD, 63);
+        let own_traffic = from_wire4(STRANGER, THIS_NODE, 63);
+        let vxlan_from_node = vxlan4(NODE_2, VNI, 8);
+        let vxlan_from_stranger = vxlan4(STRANGER, VNI, 8);
+        let n = |f: &Vec<u8>| f.len();
+        let u = PROG_FROM_UNDERLAY;
+        let unknown = DropReason::UnknownNode;
+        let passes = |name, frame: &Vec<u8>| {
+            row(
+                name,
+                u,
+                frame.clone(),
+                TC_ACT_UNSPEC,
+                frame.clone(),
+                BTreeMap::new(),
+            )
+        };
+        let drops = |name, frame: &Vec<u8>, slot, reason| {
+            let counted = dropped(slot, false, reason, n(frame));
+            row(name, u, frame.clone(), TC_ACT_SHOT, frame.clone(), counted)
+        };
+        let both_modes = || {
+            vec![
+                passes("node 2's pod to B", &pod_to_b),
+                passes("node 2 itself to B", &node_to_b),
+                passes("IPv6: node 2's pod to B", &pod6_to_b),
+                drops("a stranger to B", &stranger_to_b, SLOT_B, unknown),
+                drops("IPv6: a stranger to B", &stranger6_to_b, SLOT_B, unknown),
+                drops(
+                    "a stranger to the pod range, no pod",
+                    &stranger_to_range,
+                    UNDERLAY,
+                    unknown,
+                ),
+                passes("the node's own traffic", &own_traffic),
+                passes("VXLAN from node 2", &vxlan_from_node),
+            ]
+        };
+        let mut host_gw = both_modes();
+        host_gw.push(passes(
+            "host-gw: the VXLAN port is the node's own",
+            &vxlan_from_stranger,
+        ));
+        run(&load(GUARD), host_gw);
+        let to_port_from = |src| vxlan4(src, VNI, 8);
+        let fragment = ipv4_edited(to_port_from(STRANGER), |ip| {
+            ip[6..8].copy_from_slice(&[0, 3])
+        });
+        let other_port = edited(to_port_from(STRANGER), |f| f[ETH_HLEN + 22] ^= 1);
+        let wrong_vni = vxlan4(NODE_2, VNI + 1, 8);
+        let short = vxlan4(NODE_2, VNI, 4);
+        let stranger6 = vxlan6(STRANGER6, VNI);
+        let mut vxlan = both_modes();
+        vxlan.extend([
+            drops(
+                "VXLAN from a stranger",
+                &vxlan_from_stranger,
+                UNDERLAY,
+                unknown,
+            ),
+            drops("IPv6: VXLAN from a stranger", &stranger6, UNDERLAY, unknown),
+            drops(
+                "VXLAN from node 2, another VNI",
+                &wrong_vni,
+                UNDERLAY,
+                DropReason::WrongVni,
+            ),
+            drops(
+                "VXLAN from node 2, no VNI",
+                &short,
+                UNDERLAY,
+                DropReason::Truncated,
+            ),
+            passes("UDP from a stranger to another port", &other_port),
+            passes("a later fragment: no UDP header to see", &fragment),
+        ]);
+        run(&load(GUARD_VXLAN), vxlan);
     });
 }
 

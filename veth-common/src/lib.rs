@@ -446,13 +446,22 @@ pub fn node_key_v4(octets: [u8; 4]) -> [u8; 16] {
 
 /// [`CrossNodeConfig::mode`] values.
 pub mod cross_node_mode {
-    /// Frames for other nodes are the kernel's (single node, `host-gw`,
-    /// `vxlan`).
+    /// Frames for other nodes are the kernel's and nothing checks what
+    /// comes from the underlay (a single node; a cluster node on its way
+    /// out of a cluster).
     pub const KERNEL: u32 = 0;
     /// Native routing by the programs (`ebpf`).
     pub const NATIVE: u32 = 1;
     /// Collect-metadata VXLAN by the programs (`ebpf-vxlan`).
     pub const TUNNEL: u32 = 2;
+    /// The kernel routes (`host-gw`); `from_underlay` only checks: a frame
+    /// for a pod range passes on to the host stack if a known node sent
+    /// it, else it is dropped.
+    pub const GUARD: u32 = 3;
+    /// The kernel's VXLAN device (`vxlan`); `from_underlay` checks as in
+    /// [`GUARD`] and also UDP frames to [`crate::CrossNodeConfig::port`]:
+    /// outer source a known node, VNI ours.
+    pub const GUARD_VXLAN: u32 = 4;
 }
 
 /// The only entry of [`names::MAP_CROSS_NODE`]. A map value rather than a
@@ -469,6 +478,9 @@ pub struct CrossNodeConfig {
     pub tunnel_ifindex: u32,
     /// This network's VXLAN network identifier.
     pub vni: u32,
+    /// This network's VXLAN UDP port (host order; checked in
+    /// [`cross_node_mode::GUARD_VXLAN`]).
+    pub port: u32,
 }
 
 /// MAC of every collect-metadata VXLAN device vethctl makes: frames sent

@@ -63,7 +63,7 @@ pub struct Hop {
 fn config() -> Option<&'static CrossNodeConfig> {
     CROSS_NODE
         .get(0)
-        .filter(|c| c.mode != cross_node_mode::KERNEL)
+        .filter(|c| c.mode == cross_node_mode::NATIVE || c.mode == cross_node_mode::TUNNEL)
 }
 
 /// An IPv4 destination that is no local endpoint (`ttl`: the packet's).

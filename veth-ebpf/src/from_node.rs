@@ -12,6 +12,12 @@
 //! header, so the source address must be a known node's underlay address
 //! or lie in a remote node's pod range; through the tunnel, the outer
 //! source (the tunnel key's) must be a known node and the VNI ours.
+//!
+//! In the kernel's cross-node modes (`host-gw`, `vxlan`) the same program
+//! only checks: a frame for a pod range from a known node goes on to the
+//! host stack, which routes it as without the program; with the kernel's
+//! VXLAN device, a UDP frame to the network's VXLAN port must also come
+//! from a known node's underlay address and carry our VNI.
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
@@ -23,7 +29,9 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use veth_common::{ipv4_key, node_key_v4, route_kind, DropReason, Endpoint};
+use veth_common::{
+    cross_node_mode, ipv4_key, node_key_v4, route_kind, CrossNodeConfig, DropReason, Endpoint,
+};
 
 use crate::{
     counters::{count, count_underlay, Direction, Verdict},
@@ -35,11 +43,21 @@ use crate::{
 /// Lets the frame continue to the host stack (and other TC programs).
 const CONTINUE: i32 = TC_ACT_UNSPEC;
 
+/// UDP, as IPv4's protocol and IPv6's next header.
+const IPPROTO_UDP: u8 = 17;
+/// UDP header, then the VXLAN header's flags and reserved bytes before
+/// the VNI.
+const UDP_LEN: usize = 8;
+const VNI_AT: usize = UDP_LEN + 4;
+
 #[classifier]
 pub fn from_underlay(ctx: TcContext) -> i32 {
+    let Some(config) = CROSS_NODE.get(0) else {
+        return CONTINUE;
+    };
     match network(&ctx) {
-        Some(Network::V4(eth, ip)) => underlay_ipv4(&ctx, eth, ip),
-        Some(Network::V6(eth, ip)) => underlay_ipv6(&ctx, eth, ip),
+        Some(Network::V4(eth, ip)) => underlay_ipv4(&ctx, eth, ip, config),
+        Some(Network::V6(eth, ip)) => underlay_ipv6(&ctx, eth, ip, config),
         None => CONTINUE,
     }
 }
@@ -90,13 +108,29 @@ fn network(ctx: &TcContext) -> Option<Network> {
 }
 
 #[inline(always)]
-fn underlay_ipv4(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> i32 {
+fn underlay_ipv4(
+    ctx: &TcContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    config: &CrossNodeConfig,
+) -> i32 {
     // SAFETY: bounds-checked by `network`.
-    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    let (src, dst, proto, vihl, frags) = unsafe {
+        let ip = &*ip;
+        (ip.src_addr, ip.dst_addr, ip.proto, ip.vihl, ip.frags)
+    };
     // SAFETY: read-only map lookups (also below).
     let endpoint = unsafe { ENDPOINTS.get(ipv4_key(dst)) };
     if endpoint.is_none() && REMOTE_ROUTES.get(&Key::new(32, dst)).is_none() {
-        return CONTINUE;
+        // Only a first fragment (offset 0) starts with the UDP header; a
+        // later one joins a datagram only after its checked first part.
+        let first_fragment = frags[0] & 0x1f == 0 && frags[1] == 0;
+        if proto != IPPROTO_UDP || !first_fragment {
+            return CONTINUE;
+        }
+        // At most 14 + 60: the IHL is four bits.
+        let udp_at = EthHdr::LEN + usize::from(vihl & 0x0f) * 4;
+        return check_vxlan(ctx, config, udp_at, node_key_v4(src));
     }
     let remote_pod = REMOTE_ROUTES
         .get(&Key::new(32, src))
@@ -104,17 +138,30 @@ fn underlay_ipv4(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> i32 {
     if !remote_pod && unsafe { NODES.get(node_key_v4(src)) }.is_none() {
         return refuse(ctx, endpoint, DropReason::UnknownNode);
     }
+    if checks_only(config) {
+        return CONTINUE;
+    }
     hand_over(ctx, endpoint.map(|e| deliver_ipv4_to(ctx, eth, ip, e)))
 }
 
 #[inline(always)]
-fn underlay_ipv6(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> i32 {
+fn underlay_ipv6(
+    ctx: &TcContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    config: &CrossNodeConfig,
+) -> i32 {
     // SAFETY: bounds-checked by `network`.
-    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    let (src, dst, next_header) = unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).next_hdr) };
     // SAFETY: read-only map lookups (also below).
     let endpoint = unsafe { ENDPOINTS6.get(dst) };
     if endpoint.is_none() && REMOTE_ROUTES6.get(&Key::new(128, dst)).is_none() {
-        return CONTINUE;
+        // The kernel's VXLAN device here listens on IPv4 only: an IPv6
+        // datagram reaches it with no extension header, if at all.
+        if next_header != IPPROTO_UDP {
+            return CONTINUE;
+        }
+        return check_vxlan(ctx, config, EthHdr::LEN + Ipv6Hdr::LEN, src);
     }
     let remote_pod = REMOTE_ROUTES6
         .get(&Key::new(128, src))
@@ -122,7 +169,51 @@ fn underlay_ipv6(ctx: &TcContext, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> i32 {
     if !remote_pod && unsafe { NODES.get(src) }.is_none() {
         return refuse(ctx, endpoint, DropReason::UnknownNode);
     }
+    if checks_only(config) {
+        return CONTINUE;
+    }
     hand_over(ctx, endpoint.map(|e| deliver_ipv6_to(ctx, eth, ip, e)))
+}
+
+/// The kernel's cross-node modes: a known node's frame goes on to the
+/// host stack, which routes it to the pod.
+#[inline(always)]
+fn checks_only(config: &CrossNodeConfig) -> bool {
+    config.mode == cross_node_mode::GUARD || config.mode == cross_node_mode::GUARD_VXLAN
+}
+
+/// With the kernel's VXLAN device, a UDP datagram (header at `udp_at`) to
+/// the network's VXLAN port passes only from a known node (`node`: its
+/// key in `NODES`) with our VNI: the device would hand anything it takes
+/// to the pods. One too short to show its VNI cannot be checked: dropped.
+#[inline(always)]
+fn check_vxlan(ctx: &TcContext, config: &CrossNodeConfig, udp_at: usize, node: [u8; 16]) -> i32 {
+    if config.mode != cross_node_mode::GUARD_VXLAN {
+        return CONTINUE;
+    }
+    // Source and destination port; too short for them, the kernel drops it.
+    let Some(ports) = ptr_at::<TcContext, [u8; 4]>(ctx, udp_at) else {
+        return CONTINUE;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let [_, _, p0, p1] = unsafe { *ports };
+    if u32::from(u16::from_be_bytes([p0, p1])) != config.port {
+        return CONTINUE;
+    }
+    // SAFETY: a read-only map lookup.
+    if unsafe { NODES.get(node) }.is_none() {
+        return refuse(ctx, None, DropReason::UnknownNode);
+    }
+    // The VNI's three bytes and the reserved one after them.
+    let Some(vni) = ptr_at::<TcContext, [u8; 4]>(ctx, udp_at + VNI_AT) else {
+        return refuse(ctx, None, DropReason::Truncated);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let [v0, v1, v2, _] = unsafe { *vni };
+    if u32::from_be_bytes([0, v0, v1, v2]) != config.vni {
+        return refuse(ctx, None, DropReason::WrongVni);
+    }
+    CONTINUE
 }
 
 /// The tunnel key names a known node and our VNI.

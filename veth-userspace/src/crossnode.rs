@@ -13,7 +13,8 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 pub use ebpf::PodRanges;
 use ebpf::{
-    finish_programs_path, leave_programs_path, prepare_programs_path, programs_path, switch_to,
+    finish_programs_path, guard, guard_kernel_path, prepare_programs_path, programs_path,
+    remove_programs, switch_to,
 };
 
 mod ebpf;
@@ -160,7 +161,7 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         }
         Some(path)
     } else {
-        leave_programs_path(host, name, &state, &mut record).await?;
+        guard_kernel_path(host, name, node, &underlay, ranges, &mut record).await?;
         None
     };
     let vx = match node.cross_node {
@@ -169,6 +170,10 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         }
         _ => None,
     };
+    if programs.is_none() {
+        // A VXLAN device made just now: its port checked from now on.
+        guard(name, node, &underlay, ranges, &record)?;
+    }
     if stage == Stage::Prepare {
         return record.save(&state);
     }
@@ -190,6 +195,9 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         if stage == Stage::Full {
             finish_programs_path(host, name, node, &mut record).await?;
         }
+    } else {
+        // A VXLAN device removed just now: its port no longer checked.
+        guard(name, node, &underlay, ranges, &record)?;
     }
     remove_addresses(host, &mut record, &wanted_addresses).await?;
     record.save(&state)
@@ -201,7 +209,7 @@ pub async fn remove(host: &Host, name: &str) -> Result<()> {
     let Some(mut record) = Record::load(&state)? else {
         return Ok(());
     };
-    leave_programs_path(host, name, &state, &mut record).await?;
+    remove_programs(host, name, &state, &mut record).await?;
     remove_routes(host, std::mem::take(&mut record.routes)).await?;
     remove_vxlan(host, &mut record).await?;
     remove_addresses(host, &mut record, &[]).await?;

@@ -9,8 +9,13 @@
 //! ebpf changes no route. In the lab's rounds ([`super::Stage`]): every
 //! node ready to receive the programs' way (routes, programs, tunnel
 //! device), then every node sending it (one map write), then the tunnel
-//! device removed where no longer used. Off the programs' way, the path
-//! switches before the programs go.
+//! device removed where no longer used.
+//!
+//! In `host-gw` and `vxlan` the kernel sends, and the same maps and
+//! underlay program check what other nodes send ([`guard_kernel_path`]):
+//! the program stays attached in all four modes, so a change of mode
+//! switches one map entry and never leaves the underlay unchecked. Only
+//! `down` ([`remove_programs`]) takes it away, after the path switched.
 
 use anyhow::Result;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -97,9 +102,51 @@ pub async fn finish_programs_path(
     Ok(())
 }
 
-/// Back to the kernel's path: the path switches first, then the programs
-/// and the tunnel device go. Nothing recorded, nothing to do.
-pub async fn leave_programs_path(
+/// The kernel sends (`host-gw`, `vxlan`), the underlay's program checks:
+/// the known nodes in first, then the path (the pods' frames leave the
+/// programs' way, and a known node's frames go on to the host stack), the
+/// program attached if it was not, and what only the programs' way used
+/// (another device's program, the tunnel device) removed.
+pub async fn guard_kernel_path(
+    host: &Host,
+    name: &str,
+    node: &NodePart,
+    underlay: &LinkState,
+    ranges: PodRanges,
+    record: &mut Record,
+) -> Result<()> {
+    let local = local_node(node, underlay, ranges);
+    cross_node::sync_routes(name, &local, &remotes(node))?;
+    guard(name, node, underlay, ranges, record)?;
+    cross_node::attach(name, NodeDevice::Underlay, &underlay.name)?;
+    let pins = crate::dataplane::Pins::new(name);
+    for device in pins.node_link_devices()? {
+        if device != underlay.name {
+            cross_node::detach(name, &device)?;
+        }
+    }
+    remove_tunnel(host, name, node, record).await
+}
+
+/// The kernel's check at the underlay for what this node has now: with a
+/// kernel VXLAN device (recorded), its port too.
+pub fn guard(
+    name: &str,
+    node: &NodePart,
+    underlay: &LinkState,
+    ranges: PodRanges,
+    record: &Record,
+) -> Result<()> {
+    let path = match record.vxlan {
+        Some(_) => Path::GuardVxlan,
+        None => Path::Guard,
+    };
+    cross_node::set_path(name, &local_node(node, underlay, ranges), path)
+}
+
+/// For `down`: the path switches to the unchecked kernel's first, then the
+/// programs and the tunnel device go. Nothing recorded, nothing to do.
+pub async fn remove_programs(
     host: &Host,
     name: &str,
     state: &StateDir,
@@ -153,6 +200,7 @@ fn local_node(node: &NodePart, underlay: &LinkState, ranges: PodRanges) -> Local
         cluster_cidr: Some(node.cluster_cidr),
         cluster_cidr6: node.cluster_cidr6,
         vni: node.vni,
+        port: node.port,
     }
 }
 

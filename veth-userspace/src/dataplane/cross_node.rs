@@ -1,7 +1,8 @@
 //! Cross-node `ebpf` and `ebpf-vxlan`: the maps that say where other
 //! nodes' pods are (remote-route tries, known nodes, this node's
 //! configuration) and the programs at the node's underlay interface and
-//! collect-metadata VXLAN device.
+//! collect-metadata VXLAN device. In `host-gw` and `vxlan` the same maps
+//! and underlay program only check what comes from other nodes.
 //!
 //! Inputs are plain values ([`LocalNode`], [`RemoteNode`]) so that the
 //! cluster plan and a control plane can call the same functions. Writing
@@ -50,8 +51,10 @@ pub struct LocalNode {
     /// (`no_remote_route`), never left to the node's default route.
     pub cluster_cidr: Option<Ipv4Net>,
     pub cluster_cidr6: Option<Ipv6Net>,
-    /// This network's VXLAN network identifier (`ebpf-vxlan`).
+    /// This network's VXLAN network identifier and UDP port (`vxlan`,
+    /// `ebpf-vxlan`).
     pub vni: u32,
+    pub port: u16,
 }
 
 /// Another node of the cluster.
@@ -64,11 +67,19 @@ pub struct RemoteNode {
     pub pod_cidr6: Option<Ipv6Net>,
 }
 
-/// Who sends this node's pods' frames to other nodes.
+/// Who sends this node's pods' frames to other nodes, and what the
+/// underlay's program does with frames from them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// The kernel (one node, `host-gw`, `vxlan`): the programs pass them.
+    /// The kernel, and nothing at the underlay checks (one node).
     Kernel,
+    /// The kernel (`host-gw`); `from_underlay` passes a frame for a pod
+    /// range on to it only from a known node.
+    Guard,
+    /// The kernel's VXLAN device (`vxlan`); `from_underlay` checks as with
+    /// `Guard`, and passes a datagram to the VXLAN port only from a known
+    /// node with our VNI.
+    GuardVxlan,
     /// The programs, natively over the underlay (`ebpf`).
     Native,
     /// The programs, through the collect-metadata VXLAN device with this
@@ -185,8 +196,8 @@ fn key6(net: Ipv6Net) -> (u32, [u8; 16]) {
 
 /// Makes the topology's cross-node maps hold what `local` and `remotes`
 /// describe, and the programs take `path`, in the order that loses
-/// nothing: onto a programs' path, the routes go in first; onto the
-/// kernel's, the path switches first. For callers whose receiving programs
+/// nothing: onto a path whose programs send or check, the routes go in
+/// first; onto the unchecked kernel's, the path switches first. For callers whose receiving programs
 /// are attached already (see [`sync_routes`] and [`set_path`] otherwise).
 pub fn sync(topology: &str, local: &LocalNode, path: Path, remotes: &[RemoteNode]) -> Result<()> {
     if path == Path::Kernel {
@@ -218,6 +229,8 @@ pub fn set_path(topology: &str, local: &LocalNode, path: Path) -> Result<()> {
 fn config_for(local: &LocalNode, path: Path) -> CrossNodeConfig {
     let (mode, tunnel_ifindex) = match path {
         Path::Kernel => (cross_node_mode::KERNEL, 0),
+        Path::Guard => (cross_node_mode::GUARD, 0),
+        Path::GuardVxlan => (cross_node_mode::GUARD_VXLAN, 0),
         Path::Native => (cross_node_mode::NATIVE, 0),
         Path::Tunnel { tunnel_ifindex } => (cross_node_mode::TUNNEL, tunnel_ifindex),
     };
@@ -226,6 +239,7 @@ fn config_for(local: &LocalNode, path: Path) -> CrossNodeConfig {
         underlay_ifindex: local.underlay_ifindex,
         tunnel_ifindex,
         vni: local.vni,
+        port: u32::from(local.port),
     }
 }
 
@@ -401,6 +415,7 @@ mod tests {
             cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
             cluster_cidr6: None,
             vni: 1,
+            port: 8472,
         }
     }
 
@@ -457,6 +472,15 @@ mod tests {
         assert_eq!(
             config_for(&local(), Path::Kernel).mode,
             cross_node_mode::KERNEL
+        );
+        let c = config_for(&local(), Path::GuardVxlan);
+        assert_eq!(
+            (c.mode, c.port, c.vni),
+            (cross_node_mode::GUARD_VXLAN, 8472, 1)
+        );
+        assert_eq!(
+            config_for(&local(), Path::Guard).mode,
+            cross_node_mode::GUARD
         );
     }
 }

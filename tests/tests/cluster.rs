@@ -438,6 +438,8 @@ fn exercise(cross_node: &str) {
     assert!(counter(&after["a"], "from_pod", "dropped_packets") >= 5);
 }
 
+/// Longest a TCP session may sit idle while the lab switches modes.
+const SWITCH_IDLE: Duration = Duration::from_secs(120);
 #[test]
 fn host_gw_cluster_of_three_nodes() {
     exercise("host-gw");
@@ -469,7 +471,10 @@ fn cross_node_mode_changes_live() {
     let (a1, ..) = lab.pod("n1", "a");
     let (b3_ns, b3, _) = lab.pod("n3", "b");
     expect_pings(&a1, b3, 3, "before the changes");
-    let mut session = TcpSession::open(&a1, &b3_ns, b3, Duration::from_secs(10));
+    // The receiver's read timeout is how long the connection may sit idle:
+    // the sender waits while each switch runs (several `up`s on three
+    // nodes), which took over 10 s under CI load.
+    let mut session = TcpSession::open(&a1, &b3_ns, b3, SWITCH_IDLE);
     session.send(1 << 20);
     let pinger = Command::new("ip")
         .args([
@@ -607,7 +612,10 @@ fn ebpf_modes_change_live() {
     let (a1, ..) = lab.pod("n1", "a");
     let (b3_ns, b3, _) = lab.pod("n3", "b");
     expect_pings(&a1, b3, 3, "before the changes");
-    let mut session = TcpSession::open(&a1, &b3_ns, b3, Duration::from_secs(10));
+    // The receiver's read timeout is how long the connection may sit idle:
+    // the sender waits while each switch runs (several `up`s on three
+    // nodes), which took over 10 s under CI load.
+    let mut session = TcpSession::open(&a1, &b3_ns, b3, SWITCH_IDLE);
     session.send(1 << 20);
     let pinger = Command::new("ip")
         .args([

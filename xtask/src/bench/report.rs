@@ -646,6 +646,27 @@ mod tests {
     }
 
     #[test]
+    fn a_twins_run_shows_each_path_against_its_twin_then_the_reference() {
+        let samples = [
+            sample("host-gw", 0, 100.0),
+            sample("ebpf", 0, 120.0),
+            sample("same-node", 0, 200.0),
+            sample("host-gw", 1, 10.0),
+            sample("ebpf", 1, 11.0),
+            sample("same-node", 1, 20.0),
+        ];
+        let compare = Compare::Twins(&[("ebpf", "host-gw")], "same-node");
+        let summary = summarize(&samples, compare);
+        let ebpf = summary.iter().find(|s| s.path == "ebpf").unwrap();
+        assert!((ebpf.ratio_to_twin.unwrap() - 1.15).abs() < 1e-9);
+        assert_eq!(summary[0].ratio_to_twin, None);
+        let table = table(&summary, 2, 1, compare);
+        assert!(table.contains("| unit | × twin | × same-node | p50 µs |"));
+        assert!(table.contains("| host-gw | 55.00 (10.00–100) | packets/s received | - | 0.50 |"));
+        assert_eq!(compare.chart_paths(), Some(("host-gw", "same-node")));
+    }
+
+    #[test]
     fn the_chart_has_both_panels_and_every_path() {
         let paths = [
             "loopback",

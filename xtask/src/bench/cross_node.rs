@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use veth_bench::{Sample, Target, Workload};
+use veth_bench::{interrupt, Sample, Target, Workload};
 
 use super::{
     median,
@@ -147,20 +147,16 @@ pub fn run(options: &Options) -> Result<()> {
     }
     let (vethctl, dir) = prepare()?;
     let _stats = BpfStats::enable()?;
-    let tag = std::process::id() % 100_000;
-    let mut labs = Vec::new();
-    for (i, mode) in MODES.iter().enumerate() {
-        labs.push(Lab::up(&vethctl, &dir, &format!("bx{tag}{i}"), mode, i)?);
-    }
-    let mut targets: Vec<Target> = labs.iter().map(Lab::target).collect();
-    targets.push(labs[0].same_node_target());
     let workloads: &[Workload] = if options.quick {
         &QUICK_WORKLOADS
     } else {
         &Workload::ALL
     };
-    let samples = run_rounds(&targets, workloads, rounds, seconds)?;
-    drop(labs);
+    // Ctrl-C stops the run between measurements and still takes the labs down.
+    interrupt::catch();
+    let samples = measure_labs(&vethctl, &dir, workloads, rounds, seconds);
+    interrupt::release();
+    let samples = samples?;
     let compare = Compare::Twins(&TWINS, SAME_NODE);
     let summary = report::summarize(&samples, compare);
     println!("{}", report::table(&summary, rounds, seconds, compare));
@@ -184,6 +180,25 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("{missed} of {} cross-node targets missed", verdicts.len());
     }
     Ok(())
+}
+
+/// Every workload through every lab, the labs up only meanwhile.
+fn measure_labs(
+    vethctl: &Path,
+    dir: &Path,
+    workloads: &[Workload],
+    rounds: usize,
+    seconds: u64,
+) -> Result<Vec<Sample>> {
+    let tag = std::process::id() % 100_000;
+    let mut labs = Vec::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        interrupt::check("the labs made so far are being removed")?;
+        labs.push(Lab::up(vethctl, dir, &format!("bx{tag}{i}"), mode, i)?);
+    }
+    let mut targets: Vec<Target> = labs.iter().map(Lab::target).collect();
+    targets.push(labs[0].same_node_target());
+    run_rounds(&targets, workloads, rounds, seconds)
 }
 
 /// A two-node lab in one cross-node mode, brought down when dropped.

@@ -276,6 +276,8 @@ pub(super) fn run_rounds(
                     workload.name(),
                     target.path
                 ));
+                // Only a run that catches signals (cross-node) sees one here.
+                veth_bench::interrupt::check("what the benchmark made is being removed")?;
                 let sample = measure(workload, target, round, seconds)
                     .with_context(|| format!("{} through {}", workload.name(), target.path))?;
                 samples.push(sample);

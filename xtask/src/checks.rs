@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
 //! cheap checks fail first: fmt, clippy, the node image (which a test
-//! runs), the tests, the benchmark's quick mode and the CNI soak's.
+//! runs), the tests, the benchmarks' quick modes (paths, cross-node) and the
+//! CNI soak's.
 
 use std::process::Command;
 
@@ -73,6 +74,11 @@ fn steps(test_args: &[String]) -> Vec<Step> {
     let mut bench = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
     bench.args(["bench", "paths", "--quick"]);
 
+    // The same across nodes: every cross-node mode must carry traffic
+    // (about 30 s on the 2-core test machine, labs included).
+    let mut cross_node = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    cross_node.args(["bench", "cross-node", "--quick"]);
+
     // The CNI path under churn, short: fails on correctness (pods cut off,
     // duplicate addresses, leaks, stuck pods, lost datagrams), never on
     // timing.
@@ -99,6 +105,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         Step {
             name: "bench",
             command: bench,
+        },
+        Step {
+            name: "bench-xn",
+            command: cross_node,
         },
         Step {
             name: "soak",

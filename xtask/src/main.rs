@@ -179,6 +179,22 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Pods on different nodes: the four cross-node modes (host-gw, ebpf,
+    /// vxlan, ebpf-vxlan) side by side, one two-node lab each, with the
+    /// same workloads as `paths` and issue 20's targets judged on paired
+    /// per-round ratios (ebpf ÷ host-gw, ebpf-vxlan ÷ vxlan).
+    CrossNode {
+        /// Interleaved rounds per mode and workload.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// One short round of three workloads: fails only if a mode
+        /// carries no traffic, never on a timing.
+        #[arg(long)]
+        quick: bool,
+    },
     /// What changes cost running traffic: datagrams lost and TCP
     /// connections broken across an agent kill -9, program reloads and
     /// every `mode set` transition.
@@ -317,6 +333,18 @@ fn main() -> ExitCode {
             rounds,
             seconds,
             endpoints,
+            quick,
+        }),
+        Task::Bench {
+            bench:
+                Bench::CrossNode {
+                    rounds,
+                    seconds,
+                    quick,
+                },
+        } => bench::cross_node::run(&bench::cross_node::Options {
+            rounds,
+            seconds,
             quick,
         }),
     };

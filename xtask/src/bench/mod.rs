@@ -6,6 +6,7 @@ pub mod checks;
 pub mod cni;
 pub mod control;
 pub mod counting;
+pub mod cross_node;
 pub mod disruption;
 mod limit;
 pub mod mode_set;
@@ -172,7 +173,11 @@ pub fn program_probe(name: &str, mode: &str) -> veth_bench::ProgramProbe {
     } else {
         "from_pod"
     };
-    let pin = format!("/sys/fs/bpf/vethctl/{name}/{program}");
+    pin_probe(format!("/sys/fs/bpf/vethctl/{name}/{program}"))
+}
+
+/// A probe for the program pinned at `pin`.
+pub fn pin_probe(pin: String) -> veth_bench::ProgramProbe {
     std::sync::Arc::new(move || program_stats(&pin).ok())
 }
 

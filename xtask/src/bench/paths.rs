@@ -12,7 +12,9 @@ use veth_bench::{measure, Sample, Target, Workload};
 
 use super::{
     limit::{self, LimitTopology},
-    prepare, program_probe, program_probe_by_id, report, BpfStats, Spec, UpTopology,
+    prepare, program_probe, program_probe_by_id,
+    report::{self, Compare},
+    BpfStats, Spec, UpTopology,
 };
 
 /// A path: its name in the report, the mode, the benchmark topology and
@@ -148,9 +150,12 @@ pub fn run(options: &Options) -> Result<()> {
     targets.extend(limits.iter().map(|(t, _)| t.clone()));
 
     let samples = run_rounds(&targets, &Workload::ALL, rounds, seconds)?;
-    let summary = report::summarize(&samples, None);
-    println!("{}", report::table(&summary, rounds, seconds, None));
-    report::write_files(&dir, "paths", &summary, &samples)?;
+    let summary = report::summarize(&samples, Compare::Paths);
+    println!(
+        "{}",
+        report::table(&summary, rounds, seconds, Compare::Paths)
+    );
+    report::write_files(&dir, "paths", &summary, &samples, Compare::Paths)?;
     println!(
         "results: {0}/paths.json, {0}/paths.csv, {0}/paths.svg",
         dir.display()
@@ -236,12 +241,10 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
     ];
     let samples = run_rounds(&targets, &workloads, rounds, seconds)?;
     let baseline = targets[0].path.clone();
-    let summary = report::summarize(&samples, Some(&baseline));
-    println!(
-        "{}",
-        report::table(&summary, rounds, seconds, Some(&baseline))
-    );
-    report::write_files(&dir, "scale", &summary, &samples)?;
+    let compare = Compare::Baseline(&baseline);
+    let summary = report::summarize(&samples, compare);
+    println!("{}", report::table(&summary, rounds, seconds, compare));
+    report::write_files(&dir, "scale", &summary, &samples, compare)?;
     println!("results: {0}/scale.json, {0}/scale.csv", dir.display());
     drop(topologies);
     drop(limits);
@@ -250,7 +253,7 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
 
 /// Every workload on every target, round after round, the target order
 /// rotating each round so no path always goes first.
-fn run_rounds(
+pub(super) fn run_rounds(
     targets: &[Target],
     workloads: &[Workload],
     rounds: usize,
@@ -273,6 +276,8 @@ fn run_rounds(
                     workload.name(),
                     target.path
                 ));
+                // Only a run that catches signals (cross-node) sees one here.
+                veth_bench::interrupt::check("what the benchmark made is being removed")?;
                 let sample = measure(workload, target, round, seconds)
                     .with_context(|| format!("{} through {}", workload.name(), target.path))?;
                 samples.push(sample);

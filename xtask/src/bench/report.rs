@@ -31,13 +31,58 @@ pub struct Summary {
     pub ratio_to_limit: Option<f64>,
     /// Median over rounds of (this path / the run's baseline), if it has one.
     pub ratio_to_baseline: Option<f64>,
+    /// Median over rounds of (this path / its twin), if the run pairs it
+    /// with one (cross-node: `ebpf` with `host-gw`).
+    pub ratio_to_twin: Option<f64>,
+}
+
+/// What a run's ratio columns compare each path with, in the same round.
+#[derive(Clone, Copy, Debug)]
+pub enum Compare<'a> {
+    /// `bench paths`: × bridge, × pair, × limit; the chart against bridge.
+    Paths,
+    /// × one path of the run (a scale run's smallest), then × limit.
+    Baseline(&'a str),
+    /// × each path's twin (`(path, twin)` pairs), then × one path of the
+    /// run; the chart against the first pair's twin.
+    Twins(&'a [(&'a str, &'a str)], &'a str),
+}
+
+impl Compare<'_> {
+    /// The path the chart divides by and the one drawn dashed across it.
+    fn chart_paths(&self) -> Option<(&str, &str)> {
+        match *self {
+            Compare::Paths => Some(("bridge", LIMIT)),
+            Compare::Baseline(_) => None,
+            Compare::Twins(twins, reference) => twins.first().map(|(_, twin)| (*twin, reference)),
+        }
+    }
 }
 
 /// The reference path every run measures: a TCX program doing nothing but
 /// `bpf_redirect_peer` (see `limit.rs`).
 pub const LIMIT: &str = "limit";
 
-pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
+/// `path`'s value ÷ `base`'s in the same round, for every round that
+/// measured both under `workload` (and `base` moved something).
+pub fn paired_ratios(samples: &[Sample], workload: Workload, path: &str, base: &str) -> Vec<f64> {
+    let value = |p: &str, round: usize| {
+        samples
+            .iter()
+            .find(|s| s.workload == workload && s.path == p && s.round == round)
+            .map(|s| s.value)
+    };
+    samples
+        .iter()
+        .filter(|s| s.workload == workload && s.path == path)
+        .filter_map(|s| {
+            let b = value(base, s.round)?;
+            (b > 0.0).then(|| s.value / b)
+        })
+        .collect()
+}
+
+pub fn summarize(samples: &[Sample], compare: Compare) -> Vec<Summary> {
     let mut by_key: BTreeMap<(Workload, &str), Vec<&Sample>> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     for s in samples {
@@ -46,21 +91,8 @@ pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
         }
         by_key.entry((s.workload, &s.path)).or_default().push(s);
     }
-    let value_in = |workload: Workload, path: &str, round: usize| {
-        by_key
-            .get(&(workload, path))
-            .and_then(|v| v.iter().find(|s| s.round == round))
-            .map(|s| s.value)
-    };
     let paired = |workload: Workload, path: &str, base: &str| -> Option<f64> {
-        let ratios: Vec<f64> = by_key
-            .get(&(workload, path))?
-            .iter()
-            .filter_map(|s| {
-                let b = value_in(workload, base, s.round)?;
-                (b > 0.0).then(|| s.value / b)
-            })
-            .collect();
+        let ratios = paired_ratios(samples, workload, path, base);
         (!ratios.is_empty()).then(|| median(&ratios))
     };
     let mut out = Vec::new();
@@ -69,6 +101,14 @@ pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
             let Some(list) = by_key.get(&(workload, *path)) else {
                 continue;
             };
+            let (baseline, twin) = match compare {
+                Compare::Paths => (None, None),
+                Compare::Baseline(b) => (Some(b), None),
+                Compare::Twins(twins, b) => (
+                    Some(b),
+                    twins.iter().find(|(p, _)| p == path).map(|(_, t)| *t),
+                ),
+            };
             out.push(Summary {
                 path: path.to_string(),
                 spread: Spread::of(workload, list),
@@ -76,6 +116,7 @@ pub fn summarize(samples: &[Sample], baseline: Option<&str>) -> Vec<Summary> {
                 ratio_to_pair: paired(workload, path, "pair"),
                 ratio_to_limit: paired(workload, path, LIMIT),
                 ratio_to_baseline: baseline.and_then(|b| paired(workload, path, b)),
+                ratio_to_twin: twin.and_then(|t| paired(workload, path, t)),
             });
         }
     }
@@ -96,14 +137,12 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 }
 
 /// The table printed at the end and copied into BENCHMARKS.md.
-/// `baseline`: the path the first ratio column is relative to, if any
-/// (e.g. the smallest topology in a scale run), then × limit; else
-/// × bridge, × pair and × limit.
-pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<&str>) -> String {
+/// Its ratio columns are `compare`'s.
+pub fn table(summary: &[Summary], rounds: usize, seconds: u64, compare: Compare) -> String {
     let mut out = format!(
         "medians over {rounds} interleaved round(s) of {seconds} s per path; ratios are per-round paired medians\n\n"
     );
-    let columns = ratio_columns(baseline);
+    let columns = ratio_columns(compare);
     let headers: String = columns.iter().map(|(h, _)| format!(" {h} |")).collect();
     out += &format!(
         "| workload | path | median (min–max) | unit |{headers} p50 µs | p99 µs | retrans | loss % | CPU | program ns/run |\n"
@@ -147,11 +186,15 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, baseline: Option<
 /// A ratio column of the table: its header and its value.
 type RatioColumn = (String, fn(&Summary) -> Option<f64>);
 
-fn ratio_columns(baseline: Option<&str>) -> Vec<RatioColumn> {
+fn ratio_columns(compare: Compare) -> Vec<RatioColumn> {
     let limit: RatioColumn = (format!("× {LIMIT}"), |s| s.ratio_to_limit);
-    match baseline {
-        Some(b) => vec![(format!("× {b}"), |s| s.ratio_to_baseline), limit],
-        None => vec![
+    match compare {
+        Compare::Baseline(b) => vec![(format!("× {b}"), |s| s.ratio_to_baseline), limit],
+        Compare::Twins(_, b) => vec![
+            ("× twin".into(), |s| s.ratio_to_twin),
+            (format!("× {b}"), |s| s.ratio_to_baseline),
+        ],
+        Compare::Paths => vec![
             ("× bridge".into(), |s| s.ratio_to_bridge),
             ("× pair".into(), |s| s.ratio_to_pair),
             limit,
@@ -159,9 +202,15 @@ fn ratio_columns(baseline: Option<&str>) -> Vec<RatioColumn> {
     }
 }
 
-/// Writes `<stem>.json`, `<stem>.csv` and, for a run with bridge in it,
-/// the chart as `<stem>.svg` and `<stem>.png`.
-pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sample]) -> Result<()> {
+/// Writes `<stem>.json`, `<stem>.csv` and, for a run whose chart has its
+/// reference path in it, the chart as `<stem>.svg` and `<stem>.png`.
+pub fn write_files(
+    dir: &Path,
+    stem: &str,
+    summary: &[Summary],
+    samples: &[Sample],
+    compare: Compare,
+) -> Result<()> {
     fs::write(
         dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(
@@ -190,9 +239,12 @@ pub fn write_files(dir: &Path, stem: &str, summary: &[Summary], samples: &[Sampl
         );
     }
     fs::write(dir.join(format!("{stem}.csv")), csv)?;
-    if summary.iter().any(|s| s.ratio_to_bridge.is_some()) {
+    let charted = compare
+        .chart_paths()
+        .filter(|(base, _)| summary.iter().any(|s| s.path == *base));
+    if let Some(reference) = charted {
         let svg = dir.join(format!("{stem}.svg"));
-        chart(&svg, summary)?;
+        chart(&svg, stem, summary, reference)?;
         // plotters' bitmap backend would need a font library; Debian's
         // librsvg renders the SVG with the system's fonts instead.
         cmd::run(
@@ -319,10 +371,11 @@ fn group_label(workload: Workload) -> (&'static str, &'static str) {
 }
 
 /// Two panels under a legend strip. Top: every workload, each path's
-/// median divided by bridge's median, min–max as error bars, the limit's
-/// level as a dashed line across each workload's bars. Bottom: the
-/// request/response latencies, p50 as the bar and p99 as a whisker.
-fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
+/// median divided by `base`'s median (bridge in `bench paths`), min–max as
+/// error bars, the `dashed` path's level (the limit) as a dashed line
+/// across each workload's bars. Bottom: the request/response latencies,
+/// p50 as the bar and p99 as a whisker.
+fn chart(path: &Path, stem: &str, summary: &[Summary], (base, dashed): (&str, &str)) -> Result<()> {
     let mut paths: Vec<&str> = Vec::new();
     for s in summary {
         if !paths.contains(&s.path.as_str()) {
@@ -338,7 +391,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
             .iter()
             .find(|s| s.spread.workload == w && s.path == p)
     };
-    let bridge_median = |w: Workload| find(w, "bridge").map(|s| s.spread.median);
+    let base_median = |w: Workload| find(w, base).map(|s| s.spread.median);
 
     let root = SVGBackend::new(path, (1280, 1060)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -347,7 +400,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
 
     // Legend strip, above both panels, so it never covers a bar.
     head.draw(&Text::new(
-        "vethctl bench paths: medians over interleaved rounds; error bars: min–max over rounds",
+        format!("vethctl bench {stem}: medians over interleaved rounds; error bars: min–max over rounds"),
         (20, 10),
         ("sans-serif", 20).into_font(),
     ))?;
@@ -362,18 +415,18 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
         ))?;
     }
 
-    // Top panel: every workload relative to bridge.
+    // Top panel: every workload relative to the base.
     let width = paths.len() + 1;
     let span = (workloads.len() * width) as f64;
     let ymax = summary
         .iter()
-        .filter_map(|s| Some(s.spread.max / bridge_median(s.spread.workload)?))
+        .filter_map(|s| Some(s.spread.max / base_median(s.spread.workload)?))
         .filter(|v| v.is_finite())
         .fold(1.5f64, f64::max)
         * 1.05;
     let mut rates = ChartBuilder::on(&top)
         .caption(
-            "rate relative to bridge: path median ÷ bridge median (higher is better); dashed: limit",
+            format!("rate relative to {base}: path median ÷ {base} median (higher is better); dashed: {dashed}"),
             ("sans-serif", 17),
         )
         .margin_left(15)
@@ -385,14 +438,14 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
-        .y_desc("× bridge")
+        .y_desc(format!("× {base}"))
         .draw()?;
     rates.draw_series(std::iter::once(PathElement::new(
         vec![(0.0, 1.0), (span, 1.0)],
         BLACK.stroke_width(1),
     )))?;
     for (g, &workload) in workloads.iter().enumerate() {
-        let Some(base) = bridge_median(workload).filter(|b| *b > 0.0) else {
+        let Some(base) = base_median(workload).filter(|b| *b > 0.0) else {
             continue;
         };
         for (i, p) in paths.iter().enumerate() {
@@ -416,7 +469,7 @@ fn chart(path: &Path, summary: &[Summary]) -> Result<()> {
         }
         // The limit's level across the group: each bar's distance to it is
         // its distance to what the kernel allows.
-        if let Some(limit) = find(workload, LIMIT) {
+        if let Some(limit) = find(workload, dashed) {
             let (x0, y) = ((g * width) as f64, limit.spread.median / base);
             rates.draw_series(DashedLineSeries::new(
                 [(x0, y), (x0 + paths.len() as f64, y)],
@@ -522,14 +575,14 @@ mod tests {
             sample("tc", 2, 100.0),
             sample("pair", 2, 100.0),
         ];
-        let summary = summarize(&samples, Some("pair"));
+        let summary = summarize(&samples, Compare::Baseline("pair"));
         let tc = summary.iter().find(|s| s.path == "tc").unwrap();
         assert_eq!(tc.ratio_to_bridge, Some(2.0));
         assert_eq!(tc.ratio_to_pair, Some(1.0));
         assert_eq!(tc.ratio_to_baseline, Some(1.0));
         assert_eq!(tc.spread.median, 100.0);
         assert_eq!((tc.spread.min, tc.spread.max), (20.0, 200.0));
-        assert!(table(&summary, 3, 1, None).contains(
+        assert!(table(&summary, 3, 1, Compare::Paths).contains(
             "| udp_64b_rate | tc | 100 (20.00–200) | packets/s received | 2.00 | 1.00 |"
         ));
     }
@@ -551,7 +604,7 @@ mod tests {
             sample("bridge", 2, 20.0),
             sample("pair", 2, 50.0),
         ];
-        let summary = summarize(&samples, None);
+        let summary = summarize(&samples, Compare::Paths);
         let ratio = |path: &str| {
             summary
                 .iter()
@@ -562,7 +615,7 @@ mod tests {
         assert_eq!(ratio("tc"), Some(0.5));
         assert_eq!(ratio("limit"), Some(1.0));
         assert_eq!(ratio("bridge"), Some(0.25));
-        let table = table(&summary, 3, 1, None);
+        let table = table(&summary, 3, 1, Compare::Paths);
         assert!(table.contains("| unit | × bridge | × pair | × limit | p50 µs |"));
         assert_eq!(table.lines().nth(3).unwrap().matches("---").count(), 13);
         assert!(table.contains(
@@ -573,9 +626,9 @@ mod tests {
     #[test]
     fn a_run_without_the_limit_shows_a_dash() {
         let samples = [sample("bridge", 0, 100.0), sample("tc", 0, 200.0)];
-        let summary = summarize(&samples, None);
+        let summary = summarize(&samples, Compare::Paths);
         assert_eq!(summary[1].ratio_to_limit, None);
-        assert!(table(&summary, 1, 1, None).contains("| 2.00 | - | - |"));
+        assert!(table(&summary, 1, 1, Compare::Paths).contains("| 2.00 | - | - |"));
     }
 
     #[test]
@@ -585,11 +638,32 @@ mod tests {
             sample("tc-1000pods", 0, 80.0),
             sample("limit", 0, 160.0),
         ];
-        let summary = summarize(&samples, Some("tc-2pods"));
-        let table = table(&summary, 1, 1, Some("tc-2pods"));
+        let summary = summarize(&samples, Compare::Baseline("tc-2pods"));
+        let table = table(&summary, 1, 1, Compare::Baseline("tc-2pods"));
         assert!(table.contains("| unit | × tc-2pods | × limit | p50 µs |"));
         assert!(table
             .contains("| tc-1000pods | 80.00 (80.00–80.00) | packets/s received | 0.80 | 0.50 |"));
+    }
+
+    #[test]
+    fn a_twins_run_shows_each_path_against_its_twin_then_the_reference() {
+        let samples = [
+            sample("host-gw", 0, 100.0),
+            sample("ebpf", 0, 120.0),
+            sample("same-node", 0, 200.0),
+            sample("host-gw", 1, 10.0),
+            sample("ebpf", 1, 11.0),
+            sample("same-node", 1, 20.0),
+        ];
+        let compare = Compare::Twins(&[("ebpf", "host-gw")], "same-node");
+        let summary = summarize(&samples, compare);
+        let ebpf = summary.iter().find(|s| s.path == "ebpf").unwrap();
+        assert!((ebpf.ratio_to_twin.unwrap() - 1.15).abs() < 1e-9);
+        assert_eq!(summary[0].ratio_to_twin, None);
+        let table = table(&summary, 2, 1, compare);
+        assert!(table.contains("| unit | × twin | × same-node | p50 µs |"));
+        assert!(table.contains("| host-gw | 55.00 (10.00–100) | packets/s received | - | 0.50 |"));
+        assert_eq!(compare.chart_paths(), Some(("host-gw", "same-node")));
     }
 
     #[test]
@@ -619,9 +693,9 @@ mod tests {
                 }
             }
         }
-        let summary = summarize(&samples, None);
+        let summary = summarize(&samples, Compare::Paths);
         let file = std::env::temp_dir().join(format!("xtask-chart-{}.svg", std::process::id()));
-        chart(&file, &summary).unwrap();
+        chart(&file, "paths", &summary, ("bridge", LIMIT)).unwrap();
         let svg = fs::read_to_string(&file).unwrap();
         let _ = fs::remove_file(&file);
         for label in

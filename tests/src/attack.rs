@@ -881,10 +881,14 @@ impl UdpSink {
                             from,
                             data: buf[..n.min(256)].to_vec(),
                         }),
+                        // A signal meant for another thread of the test
+                        // (EINTR) is a retry, like the timeout.
                         Err(e)
                             if matches!(
                                 e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                                io::ErrorKind::WouldBlock
+                                    | io::ErrorKind::TimedOut
+                                    | io::ErrorKind::Interrupted
                             ) => {}
                         Err(e) => return Err(e.into()),
                     }

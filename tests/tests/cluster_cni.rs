@@ -90,27 +90,39 @@ impl Lab {
     /// (no `--subnet`: the node's part gives its ranges and mode) writes
     /// in the node, as the plugin gets it from the list.
     fn conf(&self, node: &str) -> Value {
-        let dir = TempDir::new("vethctl-cluster-cni");
-        let (bin, conf) = (dir.path().join("bin"), dir.path().join("conf"));
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.node_ns(node)])
-            .arg(vethctl_bin())
-            .args(["install-cni", "--name", &self.name, "--chain", ""])
-            .arg("--plugin")
-            .arg(plugin_bin())
-            .arg("--bin-dir")
-            .arg(&bin)
-            .arg("--conf-dir")
-            .arg(&conf)
-            .output()
-            .expect("running vethctl install-cni");
+        let (out, dir) = self.install_cni_in(node, &[]);
         expect_success(&out, &format!("install-cni on {node}"));
-        let text = std::fs::read_to_string(conf.join("10-vethctl.conflist")).expect("the list");
+        let list = dir.path().join("conf").join("10-vethctl.conflist");
+        let text = std::fs::read_to_string(list).expect("the list");
         let list: Value = serde_json::from_str(&text).expect("a JSON list");
         let mut plugin = list["plugins"][0].clone();
         plugin["name"] = list["name"].clone();
         plugin["cniVersion"] = list["cniVersion"].clone();
         plugin
+    }
+
+    /// `vethctl install-cni --name LAB ARGS` in node `node`, into a
+    /// directory of the test's (returned with what the command said).
+    fn install_cni_in(&self, node: &str, args: &[&str]) -> (std::process::Output, TempDir) {
+        let dir = TempDir::new("vethctl-cluster-cni");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(node)])
+            .arg(vethctl_bin())
+            .args(["install-cni", "--name", &self.name, "--chain", ""])
+            .args(args)
+            .arg("--plugin")
+            .arg(plugin_bin())
+            .arg("--bin-dir")
+            .arg(dir.path().join("bin"))
+            .arg("--conf-dir")
+            .arg(dir.path().join("conf"))
+            .output()
+            .expect("running vethctl install-cni");
+        (out, dir)
+    }
+
+    fn install_cni(&self, node: &str, args: &[&str]) -> std::process::Output {
+        self.install_cni_in(node, args).0
     }
 
     /// `veth-cni` `command` for `pod` in node `node`'s namespace.
@@ -165,6 +177,25 @@ fn cni_pods_reach_pods_on_other_nodes(cross_node: &str) {
         let range6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, n.into(), 0, 0, 0, 0);
         assert_eq!(ipam["subnet6"], format!("{range6}/64"), "{conf}");
     }
+    // Another node's range, or another mode, is refused, naming the key
+    // and the node's value; nothing is made.
+    let stray = CniPod::new();
+    lab.cni("n1", "ADD", &stray, &confs[1]).expect_error(
+        7,
+        &["ipam.subnet", "10.244.0.0/24"],
+        "n2's range on n1",
+    );
+    assert!(
+        stray.netns.link("eth0").is_none(),
+        "a refused ADD made nothing"
+    );
+    let out = lab.install_cni("n1", &["--mode", "bridge"]);
+    assert!(
+        !out.status.success(),
+        "install-cni --mode bridge on a tc node"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mode") && stderr.contains("tc"), "{stderr}");
     let mut ips = Vec::new();
     for ((node, pod), conf) in NODES.iter().zip(&pods).zip(&confs) {
         let reply = lab.cni(node, "ADD", pod, conf);

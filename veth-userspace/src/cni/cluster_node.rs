@@ -75,8 +75,8 @@ fn matches(config: &NetConf, part: &Topology) -> Result<(), CniError> {
             key,
             format!(
                 "{what}, but network {:?} is node {node:?}'s part of a cluster, whose {} is \
-                 {wanted}: give the node's (`vethctl status -n {}` shows it; `install-cni \
-                 --subnet` takes it)",
+                 {wanted}: give the node's (`vethctl status -n {}` shows it; `install-cni` \
+                 without --subnet writes it)",
                 part.name,
                 key.trim_start_matches("ipam."),
                 part.name

@@ -229,9 +229,9 @@ fn cni_pods_reach_pods_on_other_nodes(cross_node: &str) {
     let (n1, n2) = (&pods[0], &pods[1]);
     let node_nss: Vec<String> = NODES.iter().map(|n| lab.node_ns(n)).collect();
     let before: Vec<(u64, u64)> = node_nss.iter().map(|ns| forwarded(ns)).collect();
-    for family in 0..2 {
+    for ip in &ips[1] {
         n1.netns.expect_pings(
-            ips[1][family],
+            *ip,
             3,
             &format!("{cross_node}: CNI pod on n1 -> CNI pod on n2"),
         );

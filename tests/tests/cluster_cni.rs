@@ -26,6 +26,7 @@ const NODES: [&str; 2] = ["n1", "n2"];
 struct Lab {
     name: String,
     file: PathBuf,
+    cross_node: String,
 }
 
 impl Lab {
@@ -33,25 +34,39 @@ impl Lab {
         require_root();
         let name = unique_name();
         let file = std::env::temp_dir().join(format!("vethctl-cluster-cni-{name}.toml"));
+        let lab = Lab {
+            name,
+            file,
+            cross_node: cross_node.to_string(),
+        };
+        lab.write(&[]);
+        expect_success(&lab.vethctl_up(), "vethctl up -t CLUSTER");
+        lab
+    }
+
+    /// The cluster file: pods a and b on every node, and `more` on n1.
+    fn write(&self, more: &[&str]) {
         let mut text = format!(
-            "name = \"{name}\"\nmode = \"tc\"\ncross_node = \"{cross_node}\"\n\
+            "name = \"{}\"\nmode = \"tc\"\ncross_node = \"{}\"\n\
              cluster_cidr = \"10.244.0.0/16\"\ncluster_cidr6 = \"fd00:10:244::/56\"\n\
-             [underlay]\ncidr6 = \"fd00:198:18::/64\"\n"
+             [underlay]\ncidr6 = \"fd00:198:18::/64\"\n",
+            self.name, self.cross_node
         );
         for node in NODES {
-            text += &format!(
-                "[[nodes]]\nname = \"{node}\"\n[[nodes.pods]]\nname = \"a\"\n\
-                 [[nodes.pods]]\nname = \"b\"\n"
-            );
+            text += &format!("[[nodes]]\nname = \"{node}\"\n");
+            let extra = more.iter().filter(|_| node == "n1");
+            for pod in ["a", "b"].iter().chain(extra) {
+                text += &format!("[[nodes.pods]]\nname = \"{pod}\"\n");
+            }
         }
-        std::fs::write(&file, text).expect("writing the cluster file");
-        let lab = Lab { name, file };
-        let out = Command::new(vethctl_bin())
-            .args(["up", "-t", lab.file.to_str().unwrap()])
+        std::fs::write(&self.file, text).expect("writing the cluster file");
+    }
+
+    fn vethctl_up(&self) -> std::process::Output {
+        Command::new(vethctl_bin())
+            .args(["up", "-t", self.file.to_str().unwrap()])
             .output()
-            .expect("running vethctl");
-        expect_success(&out, "vethctl up -t CLUSTER");
-        lab
+            .expect("running vethctl")
     }
 
     fn node_ns(&self, node: &str) -> String {
@@ -226,6 +241,17 @@ fn cni_pods_reach_pods_on_other_nodes(cross_node: &str) {
         );
         ips.push(got);
     }
+    // A pod added to the file later never gets a CNI pod's address: the
+    // lowest free one (.4) is n1's CNI pod's, and `up` refuses.
+    lab.write(&["c"]);
+    let out = lab.vethctl_up();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("10.244.0.4") && stderr.contains(&pods[0].id),
+        "up with pod c on n1: {stderr}"
+    );
+    lab.write(&[]);
+    expect_success(&lab.vethctl_up(), "up without pod c");
     let (n1, n2) = (&pods[0], &pods[1]);
     let node_nss: Vec<String> = NODES.iter().map(|n| lab.node_ns(n)).collect();
     let before: Vec<(u64, u64)> = node_nss.iter().map(|ns| forwarded(ns)).collect();
@@ -273,7 +299,10 @@ fn cni_pods_reach_pods_on_other_nodes(cross_node: &str) {
             "DEL removed the host veth on {node}: {links}"
         );
     }
-    // File pods are untouched by the CNI pods' DELs.
+    // File pods are untouched by the CNI pods' DELs; the address is free
+    // again for a file pod.
+    lab.write(&["c"]);
+    expect_success(&lab.vethctl_up(), "pod c on n1 after the DELs");
     let (b2, _) = Lab::host("n2", 3);
     expect_pings(
         &lab.file_pod_ns("n1", "a"),

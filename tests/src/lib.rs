@@ -716,6 +716,27 @@ pub fn tcp_connects_to(
     connected
 }
 
+/// What a namespace's IP stack forwarded: (`IpForwDatagrams`,
+/// `Ip6OutForwDatagrams`).
+pub fn forwarded(netns: &str) -> (u64, u64) {
+    let snmp = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    let v4 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ForwDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("IpForwDatagrams");
+    let snmp6 = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp6"]);
+    let v6 = snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Ip6OutForwDatagrams");
+    (v4, v6)
+}
+
 /// A counter of a pair from `stats --json`, e.g. `("from_pod", "redirected_packets")`.
 pub fn counter(pair: &Value, direction: &str, field: &str) -> u64 {
     let value = if direction.is_empty() {

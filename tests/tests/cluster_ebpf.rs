@@ -22,7 +22,7 @@ use std::{
 use serde_json::Value;
 use veth_tests::{
     attack::{marker, payload, udp_send, Capture, Ipv4, Netns, PacketSocket, UdpSink},
-    counter, drops, expect_pings,
+    counter, drops, expect_pings, forwarded,
     frames::{ethernet, ETH_P_IP},
     node::TestNode,
     run, tcp_connects_to, unique_name, wait_until, TempDir,
@@ -182,26 +182,6 @@ fn plug(switch: &str, port: &str, netns: &str) {
         &["-n", switch, "link", "set", port, "master", "br0", "up"],
     );
     run("ip", &["-n", netns, "link", "set", "eth0", "up"]);
-}
-
-/// (`IpForwDatagrams`, `Ip6OutForwDatagrams`) of a namespace.
-fn forwarded(netns: &str) -> (u64, u64) {
-    let snmp = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp"]);
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
-    let v4 = names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "ForwDatagrams")
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("IpForwDatagrams");
-    let snmp6 = run("ip", &["netns", "exec", netns, "cat", "/proc/net/snmp6"]);
-    let v6 = snmp6
-        .lines()
-        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Ip6OutForwDatagrams");
-    (v4, v6)
 }
 
 fn addr(pod: &Value, family: &str) -> IpAddr {

@@ -548,6 +548,7 @@ async fn up_locked(
         .flatten()
         .map(|t| t.mode);
     refuse_address_clashes(topology)?;
+    refuse_endpoint_clashes(topology, &endpoint::Store::new(&topology.name).records())?;
     refuse_shared_bridge(topology)?;
     let host = Host::connect()?;
     let (mut observed, ledger) = observe_for(&host, topology, options.repair).await?;
@@ -689,6 +690,37 @@ fn refuse_address_clashes(topology: &Topology) -> Result<()> {
         if let Ok(Some(other)) = StateDir::new(&name).load() {
             if let Some(clash) = topology.address_clash(&other) {
                 return Err(clash.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a file pod an address a runtime's endpoint of the network has
+/// (a cluster node's part takes CNI pods beside its file's, and a pod
+/// added to the file later is assigned without the runtime's ledger): two
+/// pods with one address take each other's traffic.
+fn refuse_endpoint_clashes(topology: &Topology, records: &[endpoint::Record]) -> Result<()> {
+    for (i, pod) in topology.pods.iter().enumerate() {
+        let ours = [Some(IpAddr::V4(pod.ipv4)), pod.ipv6.map(IpAddr::V6)];
+        for record in records {
+            let theirs = [Some(IpAddr::V4(record.ipv4)), record.ipv6.map(IpAddr::V6)];
+            if let Some(ip) = ours
+                .iter()
+                .flatten()
+                .find(|ip| theirs.contains(&Some(**ip)))
+            {
+                return Err(crate::model::ModelError {
+                    field: format!("pods[{i}]"),
+                    message: format!(
+                        "pod {:?} would get {ip}, which the runtime's pod {} already has; give \
+                         it a free address (ipv4/ipv6) or remove that pod through its runtime \
+                         first",
+                        pod.name,
+                        record.key()
+                    ),
+                }
+                .into());
             }
         }
     }

@@ -370,13 +370,17 @@ struct InstallCni {
     /// status -n NAME` shows its pods.
     #[arg(long, default_value = "vethnet")]
     name: String,
-    /// tc, xdp, routed or bridge.
-    #[arg(long, default_value = "tc")]
-    mode: String,
-    /// This node's IPv4 pod range.
+    /// tc, xdp, routed or bridge (default: tc, or the mode of the cluster
+    /// node's part --name names).
+    #[arg(long)]
+    mode: Option<String>,
+    /// This node's IPv4 pod range; optional when --name names a cluster
+    /// node's part up on this node (`vethctl up -t CLUSTER --cluster-node
+    /// NODE`): its pod range.
     #[arg(long, value_name = "CIDR")]
-    subnet: String,
-    /// This node's IPv6 pod range (dual stack).
+    subnet: Option<String>,
+    /// This node's IPv6 pod range (dual stack; without --subnet, a cluster
+    /// node part's IPv6 pod range).
     #[arg(long, value_name = "CIDR")]
     subnet6: Option<String>,
     /// `veth-builtin` (vethctl's own allocator) or a delegated IPAM plugin
@@ -1123,16 +1127,34 @@ fn install_cni(o: InstallCni) -> Result<()> {
             .context("finding vethctl's own path")?
             .with_file_name(crate::cni::install::PLUGIN_TYPE),
     };
+    // A cluster node's part gives what the options leave out.
+    let part =
+        crate::cni::cluster_node::recorded_part(&o.name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Both ranges from the record, or neither (a --subnet alone is IPv4 only).
+    let from_part = part.as_ref().filter(|_| o.subnet.is_none());
+    let subnet = match (o.subnet, &part) {
+        (Some(subnet), _) => subnet,
+        (None, Some(part)) => part.pod_cidr.to_string(),
+        (None, None) => bail!(
+            "--subnet: required (this node's IPv4 pod range), unless --name names a cluster              node's part up on this node; {:?} is none",
+            o.name
+        ),
+    };
     let options = crate::cni::install::InstallOptions {
         plugin,
         bin_dir: o.bin_dir,
         conf_dir: o.conf_dir,
         conf_file: o.conf_file,
         name: o.name,
-        mode: o.mode,
+        mode: o
+            .mode
+            .or_else(|| part.as_ref().map(|p| p.mode.name().to_string()))
+            .unwrap_or_else(|| "tc".to_string()),
         ipam: o.ipam,
-        subnet: o.subnet,
-        subnet6: o.subnet6,
+        subnet,
+        subnet6: o
+            .subnet6
+            .or_else(|| from_part.and_then(|p| p.pod_cidr6).map(|n| n.to_string())),
         mtu: o.mtu,
         chain: o.chain.into_iter().filter(|c| !c.is_empty()).collect(),
         log_file: o.log_file,

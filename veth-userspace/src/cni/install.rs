@@ -154,6 +154,7 @@ pub fn validate(list: &Value) -> Result<NetConf> {
     let bytes = plugin_config(list)?;
     let conf = NetConf::parse(&bytes, Command::Add).map_err(|e| anyhow::anyhow!("{e}"))?;
     super::network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    super::cluster_node::check(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(conf)
 }
 

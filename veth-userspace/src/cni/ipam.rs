@@ -5,6 +5,7 @@
 //! given back on DEL, on a failed ADD, and on GC.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -31,17 +32,37 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::internal(format!("{what}: {e:#}"))
 }
 
-/// The network's own pool: its ranges less the node addresses.
+/// The network's own pool: its ranges less the node addresses and the
+/// addresses of its topology file's pods (a cluster node's part has both
+/// the file's pods and the runtime's).
 pub(crate) fn pool(network: &Topology) -> Pool {
-    let offset = u32::from(network.host_address) - u32::from(network.pod_cidr.network());
     Pool::new(
         StateDir::new(&network.name).path(),
         Ranges {
             v4: network.pod_cidr,
             v6: network.pod_cidr6,
-            reserved: [offset].into(),
+            reserved: reserved(network),
         },
     )
+}
+
+/// Host offsets no endpoint may get: the node's and each file pod's, in
+/// either family (an endpoint gets one offset in both).
+fn reserved(network: &Topology) -> BTreeSet<u32> {
+    let offset4 = |a: Ipv4Addr| u32::from(a).checked_sub(u32::from(network.pod_cidr.network()));
+    let offset6 = |a: Ipv6Addr| {
+        let base = u128::from(network.pod_cidr6?.network());
+        u32::try_from(u128::from(a).checked_sub(base)?).ok()
+    };
+    let v4 = std::iter::once(network.host_address)
+        .chain(network.pods.iter().map(|p| p.ipv4))
+        .filter_map(offset4);
+    let v6 = network
+        .host_address6
+        .into_iter()
+        .chain(network.pods.iter().filter_map(|p| p.ipv6))
+        .filter_map(offset6);
+    v4.chain(v6).collect()
 }
 
 /// The addresses of attachment `key`: from the pool, or from the delegated
@@ -309,6 +330,25 @@ mod tests {
             text += "pod_cidr6 = \"fd00:1::/64\"\n";
         }
         Topology::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn the_pool_leaves_out_the_node_and_the_file_pods_addresses() {
+        let text = "name = \"n\"\npod_cidr = \"10.1.0.0/24\"\npod_cidr6 = \"fd00:1::/64\"\n\
+                    [[pods]]\nname = \"a\"\n[[pods]]\nname = \"b\"\nipv4 = \"10.1.0.9\"\n";
+        let topology = Topology::from_toml(text).unwrap();
+        let mut wanted: BTreeSet<u32> = [topology.host_address, topology.pods[0].ipv4]
+            .iter()
+            .map(|a| u32::from(*a) - u32::from(topology.pod_cidr.network()))
+            .collect();
+        wanted.insert(9);
+        assert!(wanted.len() >= 3, "{wanted:?}");
+        assert!(
+            wanted.is_subset(&reserved(&topology)),
+            "{:?}",
+            reserved(&topology)
+        );
+        assert_eq!(reserved(&network(true)).len(), 1, "only the node's offset");
     }
 
     #[test]

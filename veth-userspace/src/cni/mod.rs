@@ -10,6 +10,7 @@
 //! that changes (another mode) converges the network, and its endpoints
 //! with it, on the next ADD.
 
+pub mod cluster_node;
 pub mod install;
 pub mod ipam;
 pub mod network;
@@ -275,6 +276,13 @@ fn address_source(ipam: Option<&veth_cni_protocol::Ipam>) -> AddressSource {
 pub async fn bring_up(list: &serde_json::Value) -> anyhow::Result<String> {
     let conf = install::validate(list)?;
     let (network, source) = network::network(&conf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if cluster_node::up_part(&conf)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_some()
+    {
+        // A cluster node's part: `up --cluster-node` brought it up.
+        return Ok(network.name);
+    }
     let host = Host::connect()?;
     ensure_network(
         &host,
@@ -334,7 +342,13 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     };
     let host = Host::connect().map_err(failed)?;
     let ipam = address_source(req.config.ipam.as_ref());
-    let _lock = ensure_network(&host, &req.config, &network, &source, &ipam).await?;
+    let (network, _lock) = match cluster_node::up_part(&req.config)? {
+        Some(part) => part,
+        None => {
+            let lock = ensure_network(&host, &req.config, &network, &source, &ipam).await?;
+            (network, lock)
+        }
+    };
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);
     let store = Store::new(&network.name);
@@ -347,7 +361,10 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
         host_ifindex: None,
         ipv4: std::net::Ipv4Addr::UNSPECIFIED,
         ipv6: None,
-        mtu: req.config.mtu.unwrap_or(crate::model::DEFAULT_MTU),
+        mtu: req
+            .config
+            .mtu
+            .unwrap_or_else(|| cluster_node::default_mtu(&network)),
         k8s,
         addresses: AddressSource::Builtin,
         host_path: !req.config.runtime_config.port_mappings.is_empty()
@@ -662,7 +679,10 @@ async fn stand_in(host: &Host, req: &Request, network: &str) -> anyhow::Result<R
 async fn check(req: &Request) -> Result<(), CniError> {
     let attachment = req.attachment()?;
     let (network, _) = network::network(&req.config)?;
-    let _lock = shared_lock(&network.name)?;
+    let (network, _lock) = match cluster_node::up_part(&req.config)? {
+        Some(part) => part,
+        None => (network, shared_lock(&req.config.name)?),
+    };
     let record = Store::new(&network.name)
         .load(attachment.container_id.as_str(), attachment.ifname.as_str())
         .map_err(failed)?

@@ -270,6 +270,16 @@ pub fn keys(config: &NetConf) -> Keys {
         .unwrap_or_default()
 }
 
+/// The mode `config` asks for.
+pub fn mode(config: &NetConf) -> Mode {
+    match config.mode {
+        CniMode::Tc => Mode::Tc,
+        CniMode::Xdp => Mode::Xdp,
+        CniMode::Routed => Mode::Routed,
+        CniMode::Bridge => Mode::Bridge,
+    }
+}
+
 /// The network `config` describes: a topology named like the configuration
 /// with no pods, and its description's text (what `up` records, and what
 /// tells an ADD whether the network is still as configured).
@@ -285,12 +295,7 @@ pub fn network(config: &NetConf) -> Result<(Topology, String), CniError> {
         )
     })?;
     let ranges = ranges(config.ipam.as_ref())?;
-    let mode = match config.mode {
-        CniMode::Tc => Mode::Tc,
-        CniMode::Xdp => Mode::Xdp,
-        CniMode::Routed => Mode::Routed,
-        CniMode::Bridge => Mode::Bridge,
-    };
+    let mode = mode(config);
     let masquerade = match config.other.get(MASQUERADE_KEY) {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,

@@ -1494,6 +1494,16 @@ pub fn vethctl_bounded(args: &[&str], memory: u64, timeout: Duration) -> Option<
     })
 }
 
+/// Runs its closure when dropped, also when the test panics: the clean-up
+/// of something no other guard owns.
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

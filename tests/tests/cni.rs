@@ -1668,9 +1668,11 @@ fn a_pod_cannot_speak_with_another_pods_address() {
 /// runtime): the pod side would land in the host with the pod's address,
 /// and the pod's default route would replace the node's. Tried on a node
 /// of the test's own — the plugin started inside a namespace the test
-/// made, with its own sysfs, bpffs and /run/vethctl, so nothing of the
-/// real host is at stake — it is refused with code 4, and the node's
-/// default route and links are as they were.
+/// made, with its own sysfs and /run/vethctl, so nothing of the real
+/// host is at stake — it is refused with code 4, and the node's default
+/// route and links are as they were. The network the plugin brought up
+/// is pinned on the host's bpffs, as a node's are: it is taken down at
+/// the end.
 #[test]
 fn the_nodes_own_namespace_is_refused() {
     let net = CniNet::builtin("tc");
@@ -1698,15 +1700,23 @@ fn the_nodes_own_namespace_is_refused() {
     // The node's /run/vethctl, kept across the plugin's runs.
     let state = TempDir::new("veth-cni-node-state");
     std::fs::create_dir_all("/run/vethctl").unwrap();
-    for target in ["/proc/self/ns/net", "/proc/thread-self/ns/net", node.path()] {
+    let in_node = |program: &std::path::Path| {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &node_name, "sh", "-c"])
             .arg(
                 "mount -t bpf bpf /sys/fs/bpf && mount --bind \"$1\" /run/vethctl && \
-                 exec \"$0\"",
+                 shift && exec \"$0\" \"$@\"",
             )
-            .arg(&plugin)
+            .arg(program)
             .arg(state.path());
+        cmd
+    };
+    let _down = veth_tests::OnDrop(|| {
+        let mut down = in_node(&veth_tests::vethctl_bin());
+        let _ = down.args(["down", "-n", &net.name]).output();
+    });
+    for target in ["/proc/self/ns/net", "/proc/thread-self/ns/net", node.path()] {
+        let cmd = in_node(&plugin);
         let id = veth_tests::cni::container_id();
         let vars = [
             ("CNI_COMMAND", "ADD"),

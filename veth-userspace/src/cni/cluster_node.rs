@@ -50,7 +50,12 @@ pub fn recorded_part(name: &str) -> Result<Option<Topology>, CniError> {
         Some(text) if !network::made_by_cni(&text) => {}
         _ => return Ok(None),
     }
-    let topology = state.load().map_err(super::failed)?;
+    // An unreadable record is no node's part that we can tell: the CNI
+    // path's recovery (a record rebuilt from what carries the network's
+    // mark) handles it, as it did before nodes took CNI pods.
+    let Ok(topology) = state.load() else {
+        return Ok(None);
+    };
     Ok(topology.filter(|t| t.node.is_some()))
 }
 

@@ -42,7 +42,7 @@ use crate::{
     counters::Verdict,
     deliver::Decision,
     maps::{CROSS_NODE, REMOTE_ROUTES, REMOTE_ROUTES6},
-    packet::{checksum_after_ttl_decrement, copy_mac, ptr_at, ETH_P_IP_BE},
+    packet::{self, copy_mac, ptr_at, ETH_P_IP_BE},
 };
 
 const AF_INET: u8 = 2;
@@ -145,8 +145,7 @@ fn decrement_ttl(ctx: &TcContext) -> Option<bool> {
     unsafe {
         if (*eth).ether_type == ETH_P_IP_BE {
             let ip = ptr_at::<TcContext, Ipv4Hdr>(ctx, EthHdr::LEN)?;
-            (*ip).check = checksum_after_ttl_decrement((*ip).check);
-            (*ip).ttl -= 1;
+            packet::decrement_ttl(ip, (*ip).ttl);
             Some(true)
         } else {
             let ip = ptr_at::<TcContext, Ipv6Hdr>(ctx, EthHdr::LEN)?;

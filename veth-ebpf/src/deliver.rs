@@ -22,15 +22,15 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use veth_common::{ipv4_key, DropReason, Endpoint, PodIdentity};
+use veth_common::{DropReason, Endpoint, PodIdentity};
 
 use crate::{
     control, cross_node,
-    maps::{DEVMAP, ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
+    maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
     packet::{
-        arp_well_formed, checksum_after_ttl_decrement, copy_mac, ipv4_well_formed,
-        ipv6_well_formed, is_group_mac, is_own_link_local, is_unspecified, is_vlan, network_header,
-        ptr_at, Frame, L3,
+        arp_well_formed, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed, is_group_mac,
+        is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
+        network_header, ptr_at, store_mac, Frame, L3,
     },
 };
 
@@ -42,11 +42,32 @@ static CHECKS_ENABLED: u8 = 1;
 /// What to do with a frame after the checks.
 pub enum Decision {
     /// Rewritten for this endpoint: hand it over.
-    Redirect(Endpoint),
+    Redirect(Target),
     /// For another node's pod range: send it there (TC; XDP passes it).
     Remote(cross_node::Hop),
     Pass,
     Drop(DropReason),
+}
+
+/// Where a checked frame goes: what is left of its endpoint once the frame
+/// is rewritten (two words, not the whole value: less to keep on the
+/// stack, and nothing read twice from a value userspace may replace).
+#[derive(Clone, Copy)]
+pub struct Target {
+    /// The destination pod's host-side veth.
+    pub host_ifindex: u32,
+    /// The destination pod's slot.
+    pub slot: u32,
+}
+
+impl Target {
+    #[inline(always)]
+    fn of(endpoint: &Endpoint) -> Target {
+        Target {
+            host_ifindex: endpoint.host_ifindex,
+            slot: endpoint.slot,
+        }
+    }
 }
 
 /// The slot of the pod behind a host-side veth; `None` for a veth that is
@@ -68,14 +89,20 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         return Decision::Drop(DropReason::Truncated);
     };
     // SAFETY: `ptr_at` bounds-checked the header.
-    let (ether_type, src_mac, dst_mac) =
-        unsafe { ((*eth).ether_type, (*eth).src_addr, (*eth).dst_addr) };
+    let (ether_type, src_mac, group) = unsafe {
+        (
+            (*eth).ether_type,
+            load_mac(&raw const (*eth).src_addr),
+            is_group_mac((*eth).dst_addr),
+        )
+    };
     if is_vlan(ether_type) {
         return Decision::Drop(DropReason::VlanTagged);
     }
     // SAFETY: a plain read of a static; volatile so the loader's value counts.
     let checks = unsafe { core::ptr::read_volatile(&CHECKS_ENABLED) } != 0;
-    if checks && src_mac != me.mac {
+    // SAFETY: a 6-byte field of the map value.
+    if checks && !mac_eq(src_mac, unsafe { load_mac(&me.mac) }) {
         return Decision::Drop(DropReason::SpoofedMac);
     }
     let l3 = match network_header(ctx, ether_type) {
@@ -109,7 +136,7 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
             return Decision::Drop(DropReason::OversizedGso);
         }
     }
-    if !redirect || me.host_path != 0 || is_group_mac(dst_mac) {
+    if !redirect || me.host_path != 0 || group {
         return Decision::Pass;
     }
     match l3 {
@@ -135,15 +162,17 @@ fn check_sender(
     unsafe {
         match *l3 {
             L3::Ipv4(ip) => {
-                if !ipv4_well_formed((*ip).vihl, (*ip).tot_len, l3_len) {
+                let tot_len = load16((*ip).tot_len.as_ptr()).to_ne_bytes();
+                if !ipv4_well_formed((*ip).vihl, tot_len, l3_len) {
                     return Err(DropReason::MalformedIpv4);
                 }
-                if (*ip).src_addr != me.ipv4 {
+                if load32((*ip).src_addr.as_ptr()) != load32(me.ipv4.as_ptr()) {
                     return Err(DropReason::SpoofedIpv4);
                 }
             }
             L3::Ipv6(ip) => {
-                if !ipv6_well_formed((*ip).vcf[0], (*ip).payload_len, l3_len) {
+                let payload_len = load16((*ip).payload_len.as_ptr()).to_ne_bytes();
+                if !ipv6_well_formed((*ip).vcf[0], payload_len, l3_len) {
                     return Err(DropReason::MalformedIpv6);
                 }
                 let src = &(*ip).src_addr;
@@ -159,8 +188,9 @@ fn check_sender(
                 if !arp_well_formed((*arp).htype, (*arp).ptype, (*arp).hlen, (*arp).plen) {
                     return Err(DropReason::MalformedArp);
                 }
-                let spa = (*arp).spa;
-                if (*arp).sha != me.mac || (spa != me.ipv4 && spa != [0; 4]) {
+                let spa = load32((*arp).spa.as_ptr());
+                let own_mac = mac_eq(load_mac(&raw const (*arp).sha), load_mac(&me.mac));
+                if !own_mac || (spa != load32(me.ipv4.as_ptr()) && spa != 0) {
                     return Err(DropReason::SpoofedArp);
                 }
             }
@@ -172,7 +202,8 @@ fn check_sender(
 /// `addr` is the pod's own (global) IPv6 address.
 #[inline(always)]
 pub fn owns_ipv6(me: &PodIdentity, addr: &[u8; 16]) -> bool {
-    me.has_ipv6 != 0 && *addr == me.ipv6
+    // SAFETY: two 16-byte arrays.
+    me.has_ipv6 != 0 && unsafe { eq16(addr, &me.ipv6) }
 }
 
 /// A checked IPv4 packet: redirected if it is for a ready pod, fits its
@@ -182,9 +213,9 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
     // SAFETY: bounds-checked headers; the program is the only writer of
     // the frame at this hook.
     unsafe {
-        let dst = (*ip).dst_addr;
-        let Some(endpoint) = ENDPOINTS.get(ipv4_key(dst)) else {
-            return cross_node::route_ipv4(dst, (*ip).ttl);
+        let dst = load32((*ip).dst_addr.as_ptr());
+        let Some(endpoint) = ENDPOINTS.get(dst) else {
+            return cross_node::route_ipv4(dst.to_ne_bytes(), (*ip).ttl);
         };
         deliver_ipv4_to(ctx, eth, ip, endpoint)
     }
@@ -202,18 +233,20 @@ pub fn deliver_ipv4_to<F: Frame>(
 ) -> Decision {
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        let dst = (*ip).dst_addr;
+        let dst = load32((*ip).dst_addr.as_ptr());
+        let ttl = (*ip).ttl;
+        let target = Target::of(endpoint);
         // TTL 1 must expire here, with an ICMP error from the host stack.
-        if (*ip).ttl <= 1
-            || !still_owned(endpoint, |p| p.ipv4 == dst)
-            || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
+        if ttl <= 1
+            || !still_owned(target, |p| load32(p.ipv4.as_ptr()) == dst)
+            || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+            || !ctx.claim_target(target.host_ifindex)
         {
             return Decision::Pass;
         }
         rewrite_macs(eth, endpoint);
-        (*ip).check = checksum_after_ttl_decrement((*ip).check);
-        (*ip).ttl -= 1;
-        Decision::Redirect(*endpoint)
+        decrement_ttl(ip, ttl);
+        Decision::Redirect(target)
     }
 }
 
@@ -222,9 +255,11 @@ pub fn deliver_ipv4_to<F: Frame>(
 fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decision {
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        let dst = (*ip).dst_addr;
+        // The key straight from the frame (the verifier takes a bounds-
+        // checked packet pointer as a key): no copy to the stack.
+        let dst: &[u8; 16] = &(*ip).dst_addr;
         let Some(endpoint) = ENDPOINTS6.get(dst) else {
-            return cross_node::route_ipv6(dst, (*ip).hop_limit);
+            return cross_node::route_ipv6(*dst, (*ip).hop_limit);
         };
         deliver_ipv6_to(ctx, eth, ip, endpoint)
     }
@@ -240,49 +275,52 @@ pub fn deliver_ipv6_to<F: Frame>(
 ) -> Decision {
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        let dst = (*ip).dst_addr;
-        if (*ip).hop_limit <= 1
-            || !still_owned(endpoint, |p| p.ipv6 == dst)
-            || !ctx.fits_mtu_of(endpoint.host_ifindex, endpoint.mtu)
+        let dst = &raw const (*ip).dst_addr;
+        let hop_limit = (*ip).hop_limit;
+        let target = Target::of(endpoint);
+        if hop_limit <= 1
+            || !still_owned(target, |p| eq16(&p.ipv6, dst))
+            || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+            || !ctx.claim_target(target.host_ifindex)
         {
             return Decision::Pass;
         }
         rewrite_macs(eth, endpoint);
-        (*ip).hop_limit -= 1;
-        Decision::Redirect(*endpoint)
+        (*ip).hop_limit = hop_limit - 1;
+        Decision::Redirect(target)
     }
 }
 
 /// The endpoint's slot still belongs to its ifindex and to the pod that
 /// owns the address, that pod is ready (its veth up) and not kept on the
-/// host path (`PodIdentity::host_path`), and its veth is
-/// still the device userspace put in the DEVMAP: never redirect to an
-/// interface that merely reuses an old ifindex, through a slot given to
-/// another pod, or into a pod whose veth is down or gone.
-///
-/// The DEVMAP test needs no userspace: the kernel deletes a device's
-/// DEVMAP entries when the device is unregistered, and a new device with
-/// the same ifindex is never added back by anyone but `up`.
+/// host path (`PodIdentity::host_path`): never redirect through a slot
+/// given to another pod, or into a pod whose veth is down. That the veth
+/// is still the device userspace put in the DEVMAP (never redirect to an
+/// interface that merely reuses an old ifindex, or into a pod whose veth
+/// is gone) is [`Frame::claim_target`]'s test, which needs no userspace:
+/// the kernel deletes a device's DEVMAP entries when the device is
+/// unregistered, and a new device with the same ifindex is never added
+/// back by anyone but `up`.
 #[inline(always)]
-fn still_owned(endpoint: &Endpoint, owns: impl Fn(&PodIdentity) -> bool) -> bool {
-    let owned = match PODS.get(endpoint.slot) {
+fn still_owned(target: Target, owns: impl Fn(&PodIdentity) -> bool) -> bool {
+    match PODS.get(target.slot) {
         Some(pod) => {
             pod.ready != 0
                 && pod.host_path == 0
-                && pod.host_ifindex == endpoint.host_ifindex
+                && pod.host_ifindex == target.host_ifindex
                 && owns(pod)
         }
         None => false,
-    };
-    owned && DEVMAP.get(endpoint.host_ifindex).is_some()
+    }
 }
 
 /// Source: the destination pod's gateway; destination: the pod.
 #[inline(always)]
 unsafe fn rewrite_macs(eth: *mut EthHdr, endpoint: &Endpoint) {
-    // SAFETY: the caller passes a bounds-checked header.
+    // SAFETY: the caller passes a bounds-checked header; the MACs are
+    // 6-byte fields of the map value.
     unsafe {
-        copy_mac(&raw mut (*eth).src_addr, &endpoint.gateway_mac);
-        copy_mac(&raw mut (*eth).dst_addr, &endpoint.pod_mac);
+        store_mac(&raw mut (*eth).src_addr, load_mac(&endpoint.gateway_mac));
+        store_mac(&raw mut (*eth).dst_addr, load_mac(&endpoint.pod_mac));
     }
 }

@@ -3,7 +3,7 @@
 use core::mem;
 
 use aya_ebpf::{
-    bindings::bpf_check_mtu_flags::BPF_MTU_CHK_SEGS,
+    bindings::{bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, xdp_action::XDP_PASS},
     cty::c_void,
     helpers::generated::bpf_check_mtu,
     programs::{TcContext, XdpContext},
@@ -13,6 +13,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 use veth_common::{eui64_link_local, DropReason, PodIdentity};
+
+use crate::maps::DEVMAP;
 
 /// EtherTypes as they sit in the frame (network order).
 pub const ETH_P_IP_BE: u16 = 0x0800_u16.to_be();
@@ -66,9 +68,23 @@ pub trait Frame {
 
     /// A GSO skb, whose length is the sum of its segments.
     fn is_gso(&self) -> bool;
+
+    /// Takes the device `ifindex` as this frame's redirect target if the
+    /// DEVMAP still holds it: the proof that it is the device `up` wired
+    /// (the kernel deletes a device's entries when the device goes, and
+    /// only `up` adds them), so that nothing is redirected to a device
+    /// that merely reuses an old ifindex. Checked last, just before the
+    /// rewrite: in XDP it is the redirect itself.
+    fn claim_target(&self, ifindex: u32) -> bool;
 }
 
 impl Frame for TcContext {
+    /// A DEVMAP lookup: `bpf_redirect_peer` names its target by ifindex
+    /// alone.
+    #[inline(always)]
+    fn claim_target(&self, ifindex: u32) -> bool {
+        DEVMAP.get(ifindex).is_some()
+    }
     #[inline(always)]
     fn is_gso(&self) -> bool {
         // SAFETY: the context pointer is valid for the program's run.
@@ -93,6 +109,14 @@ impl Frame for TcContext {
 }
 
 impl Frame for XdpContext {
+    /// `bpf_redirect_map` through the DEVMAP, with the host stack as the
+    /// fallback of a missing entry: its own lookup is the proof, so XDP
+    /// needs no second one. (The redirect takes effect only if the program
+    /// returns `XDP_REDIRECT`, which it does once this is true.)
+    #[inline(always)]
+    fn claim_target(&self, ifindex: u32) -> bool {
+        DEVMAP.redirect(ifindex, u64::from(XDP_PASS)).is_ok()
+    }
     /// XDP frames are single segments (and, without fragment support,
     /// single buffers: `len` is the whole frame).
     #[inline(always)]
@@ -224,39 +248,140 @@ pub fn is_group_mac(mac: [u8; 6]) -> bool {
 /// fe80::/64 with the EUI-64 interface id of the pod's MAC.
 #[inline(always)]
 pub fn is_own_link_local(me: &PodIdentity, addr: &[u8; 16]) -> bool {
-    *addr == eui64_link_local(me.mac)
+    let own = eui64_link_local(me.mac);
+    // SAFETY: both are 16-byte arrays (one in the frame, bounds-checked by
+    // the caller, one on the stack).
+    unsafe { eq16(addr, &own) }
 }
 
 /// `::`, the source of duplicate address detection.
 #[inline(always)]
 pub fn is_unspecified(addr: &[u8; 16]) -> bool {
-    *addr == [0; 16]
+    // SAFETY: a 16-byte array.
+    unsafe { load64(addr.as_ptr()) | load64(addr.as_ptr().add(8)) == 0 }
+}
+
+// Wide loads and stores. The header and map value types hold their
+// addresses as byte arrays (alignment 1), for which LLVM's BPF backend
+// emits one load per byte plus the shifts and ORs that join them: about a
+// seventh of `from_pod` was that. These read and write whole words
+// instead. The words may be unaligned in the frame (where a header starts
+// depends on the driver) and in a map value (a MAC at offset 10): the
+// verifier accepts unaligned packet and map value access unless asked for
+// strict alignment, which only architectures without efficient unaligned
+// access get (x86-64 and arm64 have it), and the JIT emits plain moves.
+// Words keep the byte order of memory: only compared or copied, never
+// taken as numbers.
+
+/// Four bytes (an IPv4 address, a MAC's first part) in one load.
+///
+/// # Safety
+/// `p` must be valid for 4 bytes of reads.
+#[inline(always)]
+pub unsafe fn load32(p: *const u8) -> u32 {
+    // SAFETY: the caller vouches for the bytes; see above for alignment.
+    unsafe { p.cast::<u32>().read_volatile() }
+}
+
+/// Two bytes in one load.
+///
+/// # Safety
+/// `p` must be valid for 2 bytes of reads.
+#[inline(always)]
+pub unsafe fn load16(p: *const u8) -> u16 {
+    // SAFETY: as in `load32`.
+    unsafe { p.cast::<u16>().read_volatile() }
+}
+
+/// Eight bytes in one load.
+///
+/// # Safety
+/// `p` must be valid for 8 bytes of reads.
+#[inline(always)]
+pub unsafe fn load64(p: *const u8) -> u64 {
+    // SAFETY: as in `load32`.
+    unsafe { p.cast::<u64>().read_volatile() }
+}
+
+/// A MAC as a word and a half-word, in two loads.
+///
+/// # Safety
+/// `p` must be valid for 6 bytes of reads.
+#[inline(always)]
+pub unsafe fn load_mac(p: *const [u8; 6]) -> (u32, u16) {
+    let p = p.cast::<u8>();
+    // SAFETY: the caller vouches for the 6 bytes.
+    unsafe { (load32(p), load16(p.add(4))) }
+}
+
+/// Two MACs (from [`load_mac`]) are equal; one test, no branch between
+/// the halves.
+#[inline(always)]
+pub fn mac_eq(a: (u32, u16), b: (u32, u16)) -> bool {
+    (a.0 ^ b.0) | u32::from(a.1 ^ b.1) == 0
+}
+
+/// Writes a MAC from [`load_mac`] in two stores. Volatile so that LLVM
+/// keeps them two stores: a plain array assignment between a map value
+/// and the packet compiled to a call of a BPF `memmove`.
+///
+/// # Safety
+/// `p` must be valid for 6 bytes of writes.
+#[inline(always)]
+pub unsafe fn store_mac(p: *mut [u8; 6], (word, half): (u32, u16)) {
+    let p = p.cast::<u8>();
+    // SAFETY: the caller vouches for the 6 bytes; see above for alignment.
+    unsafe {
+        p.cast::<u32>().write_volatile(word);
+        p.add(4).cast::<u16>().write_volatile(half);
+    }
+}
+
+/// Two IPv6 addresses are equal, in four loads and one test: an array
+/// comparison compiled to a byte-by-byte `bcmp` subprogram.
+///
+/// # Safety
+/// Both must be valid for 16 bytes of reads.
+#[inline(always)]
+pub unsafe fn eq16(a: *const [u8; 16], b: *const [u8; 16]) -> bool {
+    let (a, b) = (a.cast::<u8>(), b.cast::<u8>());
+    // SAFETY: the caller vouches for both.
+    unsafe { (load64(a) ^ load64(b)) | (load64(a.add(8)) ^ load64(b.add(8))) == 0 }
 }
 
 /// The IPv4 header checksum after decrementing TTL by one, updated
-/// incrementally (RFC 1624) exactly as the kernel's `ip_decrease_ttl`.
+/// incrementally (RFC 1624) exactly as the kernel's `ip_decrease_ttl`:
+/// on the field as it sits in memory (`raw`, loaded with [`load16`]), to
+/// which the TTL's step adds `htons(0x0100)`.
 #[inline(always)]
-pub fn checksum_after_ttl_decrement(check: [u8; 2]) -> [u8; 2] {
-    let sum = u32::from(u16::from_be_bytes(check)) + 0x0100;
-    let folded = sum + u32::from(sum >= 0xffff);
-    (folded as u16).to_be_bytes()
+pub fn checksum_after_ttl_decrement(raw: u16) -> u16 {
+    let sum = u32::from(raw) + u32::from(0x0100_u16.to_be());
+    (sum + u32::from(sum >= 0xffff)) as u16
 }
 
-/// Byte by byte: a plain array assignment between a map value and the
-/// packet compiles to a call of a BPF `memmove` (the compiler cannot rule
-/// out overlap), which showed up in profiles.
+/// Sets the TTL-decremented checksum and TTL of the IPv4 header at `ip`:
+/// one 16-bit load and store for the checksum, one byte for the TTL.
+///
+/// # Safety
+/// `ip` must be a bounds-checked, writable IPv4 header.
+#[inline(always)]
+pub unsafe fn decrement_ttl(ip: *mut Ipv4Hdr, ttl: u8) {
+    // SAFETY: the caller vouches for the header.
+    unsafe {
+        let check = (&raw mut (*ip).check).cast::<u16>();
+        check.write_volatile(checksum_after_ttl_decrement(check.read_volatile()));
+        (*ip).ttl = ttl - 1;
+    }
+}
+
+/// Writes the constant `mac` (a gateway or tunnel MAC) at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for 6 bytes of writes.
 #[inline(always)]
 pub unsafe fn copy_mac(dst: *mut [u8; 6], src: &[u8; 6]) {
-    let dst = dst.cast::<u8>();
-    // SAFETY: `dst` is a bounds-checked 6-byte field.
-    unsafe {
-        core::ptr::write_volatile(dst, src[0]);
-        core::ptr::write_volatile(dst.add(1), src[1]);
-        core::ptr::write_volatile(dst.add(2), src[2]);
-        core::ptr::write_volatile(dst.add(3), src[3]);
-        core::ptr::write_volatile(dst.add(4), src[4]);
-        core::ptr::write_volatile(dst.add(5), src[5]);
-    }
+    // SAFETY: `src` is a 6-byte array; the caller vouches for `dst`.
+    unsafe { store_mac(dst, load_mac(src)) }
 }
 
 #[cfg(test)]
@@ -289,7 +414,7 @@ mod tests {
                 let c = full_checksum(&h);
                 h[10] = c[0];
                 h[11] = c[1];
-                let updated = checksum_after_ttl_decrement(c);
+                let updated = checksum_after_ttl_decrement(u16::from_ne_bytes(c)).to_ne_bytes();
                 h[8] = ttl - 1;
                 let expect = full_checksum(&h);
                 // 0x0000 and 0xffff are the same value in one's complement.

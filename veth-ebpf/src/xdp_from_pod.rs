@@ -1,8 +1,10 @@
 //! Mode xdp: XDP at the host-side veth, the earliest hook a frame from a pod
-//! reaches. Same checks and rewrite as the TC program (`deliver`), then
+//! reaches. Same checks and rewrite as the TC program (`deliver`), with
 //! `bpf_redirect_map` through the DEVMAP to the destination pod's host-side
 //! veth, whose transmit hands the frame to the pod's `eth0` (which needs
-//! NAPI: `vethctl` turns GRO on there).
+//! NAPI: `vethctl` turns GRO on there). The redirect's own DEVMAP lookup is
+//! the proof that the target is still the device `up` wired: a frame whose
+//! target has no entry is left to the host stack, unchanged.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
     macros::xdp,
@@ -13,7 +15,6 @@ use veth_common::{hook, DropReason, UNKNOWN_VETH_SLOT};
 use crate::{
     counters::{count, Direction, Verdict},
     deliver::{decide, slot_of, Decision},
-    maps::DEVMAP,
     packet::Frame,
     trace::maybe_emit,
 };
@@ -29,18 +30,13 @@ pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
         Some(slot) => (slot, decide(&ctx, slot, true)),
     };
     let (verdict, peer_ifindex, action) = match decision {
-        Decision::Redirect(target) => match DEVMAP.redirect(target.host_ifindex, 0) {
-            Ok(action) if action == XDP_REDIRECT => {
-                let into_pod = Verdict::Redirected;
-                count(target.slot, Direction::ToPod, into_pod, bytes);
-                (into_pod, target.host_ifindex, XDP_REDIRECT)
-            }
-            _ => (
-                Verdict::Dropped(DropReason::RedirectFailed),
-                target.host_ifindex,
-                XDP_DROP,
-            ),
-        },
+        // `bpf_redirect_map` already took the target (see
+        // `Frame::claim_target`): the frame goes there on XDP_REDIRECT.
+        Decision::Redirect(target) => {
+            let into_pod = Verdict::Redirected;
+            count(target.slot, Direction::ToPod, into_pod, bytes);
+            (into_pod, target.host_ifindex, XDP_REDIRECT)
+        }
         // XDP can neither set a tunnel key nor resolve the next hop's MAC:
         // frames for other nodes take the host stack's path (see
         // `cross_node`).

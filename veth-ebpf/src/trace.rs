@@ -3,8 +3,10 @@
 //! (`TRACE_EVENTS_i`), so concurrent sessions never see each other's events.
 //!
 //! A session is off unless its listener has set a sampling rate and keeps
-//! renewing its deadline; with every session off, the cost is one array
-//! lookup and a compare per session and frame.
+//! renewing its deadline. `TRACE_ACTIVE` says whether any session may be
+//! on: while it is 0 (no `vethctl trace` running), the cost per frame is
+//! that one array lookup and a test; only when it is set does a frame look
+//! at each session's switch.
 //!
 //! An event carries the frame's first bytes rather than fields parsed
 //! here: `vethctl trace` decodes them (IPv4, IPv6 with its extension
@@ -22,7 +24,9 @@ use veth_common::{TraceConfig, TraceEvent, TRACE_HEADER_BYTES, TRACE_RING_BYTES}
 
 use crate::{
     counters::Verdict,
-    maps::{TRACE_CONFIG, TRACE_EVENTS_0, TRACE_EVENTS_1, TRACE_EVENTS_2, TRACE_EVENTS_3},
+    maps::{
+        TRACE_ACTIVE, TRACE_CONFIG, TRACE_EVENTS_0, TRACE_EVENTS_1, TRACE_EVENTS_2, TRACE_EVENTS_3,
+    },
     packet::Frame,
 };
 
@@ -63,6 +67,9 @@ pub fn maybe_emit<F: Capture>(
     peer_ifindex: u32,
     verdict: Verdict,
 ) {
+    if !any_session() {
+        return;
+    }
     let event = Seen {
         hook,
         ifindex,
@@ -73,6 +80,14 @@ pub fn maybe_emit<F: Capture>(
     session(ctx, 1, &TRACE_EVENTS_1, &event);
     session(ctx, 2, &TRACE_EVENTS_2, &event);
     session(ctx, 3, &TRACE_EVENTS_3, &event);
+}
+
+/// Some session may be on. (A session that was killed leaves it set: then
+/// frames look at every session's switch, as before there was this flag,
+/// until the next session that ends cleanly finds all of them off.)
+#[inline(always)]
+fn any_session() -> bool {
+    TRACE_ACTIVE.get(0).is_some_and(|active| *active != 0)
 }
 
 /// What the program saw and decided.

@@ -37,8 +37,9 @@ use veth_common::{
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
         MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS, MAP_REMOTE_ROUTES,
-        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_UNDERLAY_COUNTERS,
-        PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
+        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_ACTIVE, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
+        MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD,
+        PROG_XDP_FROM_POD,
     },
     Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
@@ -140,7 +141,7 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 16] = [
+const PINNED_MAPS: [&str; 17] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
@@ -148,6 +149,7 @@ const PINNED_MAPS: [&str; 16] = [
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
+    MAP_TRACE_ACTIVE,
     MAP_TRACE_EVENTS[0],
     MAP_TRACE_EVENTS[1],
     MAP_TRACE_EVENTS[2],
@@ -1187,6 +1189,11 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
 /// session uses the same `index` (see `state::claim_trace_session`).
 pub struct TraceSession {
     config: aya::maps::Array<MapData, TraceConfig>,
+    /// The "some session may be on" flag; `None` for programs loaded
+    /// before there was one (they look at every switch anyway).
+    active: Option<aya::maps::Array<MapData, u32>>,
+    /// Serializes changes of the flag between the topology's sessions.
+    lock: PathBuf,
     index: u32,
     pub events: aya::maps::RingBuf<MapData>,
 }
@@ -1206,22 +1213,54 @@ impl TraceSession {
             })
         };
         let config = aya::maps::Array::try_from(Map::Array(open(MAP_TRACE_CONFIG)?))?;
+        let active = match MapData::from_pin(pins.map(MAP_TRACE_ACTIVE)) {
+            Ok(map) => Some(aya::maps::Array::try_from(Map::Array(map))?),
+            Err(_) => None,
+        };
         let mut events = aya::maps::RingBuf::try_from(Map::RingBuf(open(ring)?))?;
         // What a killed earlier session left unread is not ours.
         while events.next().is_some() {}
         Ok(TraceSession {
             config,
+            active,
+            lock: crate::state::StateDir::new(topology)
+                .path()
+                .join(".trace.lock"),
             index: index as u32,
             events,
         })
     }
 
     /// Switches this session's tracing on (or renews it) until `until_ns`
-    /// on the monotonic clock; `sample_every == 0` switches it off.
+    /// on the monotonic clock; `sample_every == 0` switches it off. Then
+    /// sets the programs' "some session may be on" flag, or clears it if
+    /// every session is off (off, or past its deadline: a killed one).
+    /// Under a lock, so that a session ending and another starting cannot
+    /// cross and leave the flag cleared under a running session.
     pub fn set(&mut self, config: TraceConfig) -> Result<()> {
+        let _lock = match self.active {
+            Some(_) => crate::state::lock_file(&self.lock, true)?,
+            None => None,
+        };
         self.config
             .set(self.index, config, 0)
-            .context("writing the trace switch")
+            .context("writing the trace switch")?;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let on = config.sample_every != 0 || {
+            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+            let since_boot = std::time::Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+            let now = u64::try_from(since_boot.as_nanos()).unwrap_or(u64::MAX);
+            (0..veth_common::TRACE_SESSIONS as u32).any(|i| {
+                self.config
+                    .get(&i, 0)
+                    .map_or(true, |c| c.sample_every != 0 && c.until_ns > now)
+            })
+        };
+        active
+            .set(0, u32::from(on), 0)
+            .context("writing the trace flag")
     }
 }
 

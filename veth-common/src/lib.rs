@@ -32,9 +32,9 @@ pub mod names {
     /// Array of [`crate::TRACE_SESSIONS`] [`crate::TraceConfig`]s: one per
     /// `vethctl trace` session, whether and what it traces.
     pub const MAP_TRACE_CONFIG: &str = "TRACE_CONFIG";
-    /// Array of one u32: not 0 while some trace session may be on (the
-    /// programs look at [`MAP_TRACE_CONFIG`] only then).
-    pub const MAP_TRACE_ACTIVE: &str = "TRACE_ACTIVE";
+    /// Array of one u32: not 0 while no trace session is on (the programs
+    /// then skip [`MAP_TRACE_CONFIG`]; 0 looks at every session's switch).
+    pub const MAP_TRACE_IDLE: &str = "TRACE_IDLE";
     /// Ring buffers of [`crate::TraceEvent`]s, one per trace session (a
     /// ring buffer has one reader: sessions sharing one steal each other's
     /// events).

@@ -38,11 +38,12 @@ pub static PAIR_COUNTERS: PerCpuArray<PairCounters, MAX_PAIRS> = PerCpuArray::ne
 #[btf_map]
 pub static TRACE_CONFIG: Array<TraceConfig, TRACE_SESSIONS> = Array::new();
 
-/// Not 0 while some trace session may be on: frames skip the sessions'
-/// switches while it is 0. `vethctl trace` sets it when it switches its
-/// session on, and clears it when it ends the last one.
+/// Not 0 while no trace session is on: frames then skip the sessions'
+/// switches. Set by `up` when it loads the programs and by `vethctl trace`
+/// when it ends the last session; cleared by `vethctl trace` when it
+/// switches a session on. 0 (a map made afresh) looks at every switch.
 #[btf_map]
-pub static TRACE_ACTIVE: Array<u32, 1> = Array::new();
+pub static TRACE_IDLE: Array<u32, 1> = Array::new();
 
 /// Sampled [`veth_common::TraceEvent`]s, one ring per trace session: a ring
 /// buffer has one reader, so sessions sharing one stole each other's events.

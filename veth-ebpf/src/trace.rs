@@ -3,10 +3,11 @@
 //! (`TRACE_EVENTS_i`), so concurrent sessions never see each other's events.
 //!
 //! A session is off unless its listener has set a sampling rate and keeps
-//! renewing its deadline. `TRACE_ACTIVE` says whether any session may be
-//! on: while it is 0 (no `vethctl trace` running), the cost per frame is
-//! that one array lookup and a test; only when it is set does a frame look
-//! at each session's switch.
+//! renewing its deadline. `TRACE_IDLE` says that no session is on: while
+//! it is set (no `vethctl trace` running), the cost per frame is that one
+//! array lookup and a test; only when it is clear does a frame look at
+//! each session's switch. Clear is the safe default (a map made afresh,
+//! programs loaded by a test): every switch is then looked at.
 //!
 //! An event carries the frame's first bytes rather than fields parsed
 //! here: `vethctl trace` decodes them (IPv4, IPv6 with its extension
@@ -25,7 +26,7 @@ use veth_common::{TraceConfig, TraceEvent, TRACE_HEADER_BYTES, TRACE_RING_BYTES}
 use crate::{
     counters::Verdict,
     maps::{
-        TRACE_ACTIVE, TRACE_CONFIG, TRACE_EVENTS_0, TRACE_EVENTS_1, TRACE_EVENTS_2, TRACE_EVENTS_3,
+        TRACE_CONFIG, TRACE_EVENTS_0, TRACE_EVENTS_1, TRACE_EVENTS_2, TRACE_EVENTS_3, TRACE_IDLE,
     },
     packet::Frame,
 };
@@ -82,12 +83,13 @@ pub fn maybe_emit<F: Capture>(
     session(ctx, 3, &TRACE_EVENTS_3, &event);
 }
 
-/// Some session may be on. (A session that was killed leaves it set: then
-/// frames look at every session's switch, as before there was this flag,
-/// until the next session that ends cleanly finds all of them off.)
+/// Some session may be on. (A session that was killed leaves the flag
+/// clear: then frames look at every session's switch, as before there was
+/// this flag, until the next session that ends, or the next program load,
+/// finds all of them off.)
 #[inline(always)]
 fn any_session() -> bool {
-    TRACE_ACTIVE.get(0).is_some_and(|active| *active != 0)
+    TRACE_IDLE.get(0).is_none_or(|idle| *idle == 0)
 }
 
 /// What the program saw and decided.

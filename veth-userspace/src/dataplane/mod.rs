@@ -37,7 +37,7 @@ use veth_common::{
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
         MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS, MAP_REMOTE_ROUTES,
-        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_ACTIVE, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
+        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_TRACE_IDLE,
         MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD,
         PROG_XDP_FROM_POD,
     },
@@ -149,7 +149,7 @@ const PINNED_MAPS: [&str; 17] = [
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
-    MAP_TRACE_ACTIVE,
+    MAP_TRACE_IDLE,
     MAP_TRACE_EVENTS[0],
     MAP_TRACE_EVENTS[1],
     MAP_TRACE_EVENTS[2],
@@ -408,6 +408,14 @@ pub fn load_programs(topology: &str, counters: bool, redirect: bool) -> Result<V
         prog.pin(&path)
             .with_context(|| format!("pinning program {name} at {}", path.display()))?;
     }
+    let _lock = trace_lock(topology)?;
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    };
+    let config = aya::maps::Array::try_from(take(MAP_TRACE_CONFIG)?)?;
+    let mut idle = aya::maps::Array::try_from(take(MAP_TRACE_IDLE)?)?;
+    mark_trace_idle(&config, &mut idle, true)?;
     Ok(replaced)
 }
 
@@ -1189,11 +1197,10 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
 /// session uses the same `index` (see `state::claim_trace_session`).
 pub struct TraceSession {
     config: aya::maps::Array<MapData, TraceConfig>,
-    /// The "some session may be on" flag; `None` for programs loaded
+    /// The programs' "no session is on" flag; `None` for programs loaded
     /// before there was one (they look at every switch anyway).
-    active: Option<aya::maps::Array<MapData, u32>>,
-    /// Serializes changes of the flag between the topology's sessions.
-    lock: PathBuf,
+    idle: Option<aya::maps::Array<MapData, u32>>,
+    topology: String,
     index: u32,
     pub events: aya::maps::RingBuf<MapData>,
 }
@@ -1213,7 +1220,7 @@ impl TraceSession {
             })
         };
         let config = aya::maps::Array::try_from(Map::Array(open(MAP_TRACE_CONFIG)?))?;
-        let active = match MapData::from_pin(pins.map(MAP_TRACE_ACTIVE)) {
+        let idle = match MapData::from_pin(pins.map(MAP_TRACE_IDLE)) {
             Ok(map) => Some(aya::maps::Array::try_from(Map::Array(map))?),
             Err(_) => None,
         };
@@ -1222,10 +1229,8 @@ impl TraceSession {
         while events.next().is_some() {}
         Ok(TraceSession {
             config,
-            active,
-            lock: crate::state::StateDir::new(topology)
-                .path()
-                .join(".trace.lock"),
+            idle,
+            topology: topology.to_string(),
             index: index as u32,
             events,
         })
@@ -1233,35 +1238,51 @@ impl TraceSession {
 
     /// Switches this session's tracing on (or renews it) until `until_ns`
     /// on the monotonic clock; `sample_every == 0` switches it off. Then
-    /// sets the programs' "some session may be on" flag, or clears it if
-    /// every session is off (off, or past its deadline: a killed one).
-    /// Under a lock, so that a session ending and another starting cannot
-    /// cross and leave the flag cleared under a running session.
+    /// clears the programs' "no session is on" flag, or sets it if every
+    /// session is off.
     pub fn set(&mut self, config: TraceConfig) -> Result<()> {
-        let _lock = match self.active {
-            Some(_) => crate::state::lock_file(&self.lock, true)?,
-            None => None,
-        };
+        let _lock = trace_lock(&self.topology)?;
         self.config
             .set(self.index, config, 0)
             .context("writing the trace switch")?;
-        let Some(active) = self.active.as_mut() else {
-            return Ok(());
-        };
-        let on = config.sample_every != 0 || {
-            let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-            let since_boot = std::time::Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
-            let now = u64::try_from(since_boot.as_nanos()).unwrap_or(u64::MAX);
-            (0..veth_common::TRACE_SESSIONS as u32).any(|i| {
-                self.config
-                    .get(&i, 0)
-                    .map_or(true, |c| c.sample_every != 0 && c.until_ns > now)
-            })
-        };
-        active
-            .set(0, u32::from(on), 0)
-            .context("writing the trace flag")
+        match self.idle.as_mut() {
+            Some(idle) => mark_trace_idle(&self.config, idle, config.sample_every == 0),
+            None => Ok(()),
+        }
     }
+}
+
+/// Serializes the trace switches' flag between the topology's sessions
+/// and program loads, so that one ending (or a load) and another starting
+/// cannot cross and leave the flag set under a running session.
+fn trace_lock(topology: &str) -> Result<Option<fs::File>> {
+    let dir = crate::state::StateDir::new(topology);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    crate::state::lock_file(&dir.path().join(".trace.lock"), true)
+}
+
+/// Sets the programs' "no session is on" flag if `may_be_idle` and every
+/// session is off (switched off, or past its deadline: a killed one),
+/// else clears it. The caller holds [`trace_lock`].
+fn mark_trace_idle(
+    config: &aya::maps::Array<MapData, TraceConfig>,
+    idle: &mut aya::maps::Array<MapData, u32>,
+    may_be_idle: bool,
+) -> Result<()> {
+    let all_off = may_be_idle && {
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+        let since_boot = std::time::Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+        let now = u64::try_from(since_boot.as_nanos()).unwrap_or(u64::MAX);
+        (0..veth_common::TRACE_SESSIONS as u32).all(|i| {
+            config
+                .get(&i, 0)
+                .is_ok_and(|c| c.sample_every == 0 || c.until_ns <= now)
+        })
+    };
+    idle.set(0, u32::from(all_off), 0)
+        .context("writing the trace flag")
 }
 
 impl std::os::fd::AsRawFd for TraceSession {

@@ -22,6 +22,11 @@ pub mod names {
     /// Hash map: host-side veth ifindex -> the pod's slot, the index of its
     /// entries in [`MAP_PODS`] and [`MAP_PAIR_COUNTERS`].
     pub const MAP_SLOTS: &str = "SLOTS";
+    /// Array of [`crate::SLOT_HINTS`] u32: at `ifindex % SLOT_HINTS`, the
+    /// slot + 1 of the pod behind that host-side veth (0: none). A hint
+    /// only: the programs take it if the slot's identity names the veth,
+    /// else they ask [`MAP_SLOTS`].
+    pub const MAP_SLOT_HINTS: &str = "SLOT_HINTS";
     /// Array: slot -> [`crate::PodIdentity`]: who may send from behind that
     /// veth (anti-spoofing), and who an endpoint's slot must still belong
     /// to before anything is redirected to it.
@@ -97,6 +102,17 @@ pub const MAX_ENDPOINTS: usize = 16384;
 /// Upper bound of pairs with counters per topology (the last slot of
 /// `PAIR_COUNTERS` is [`UNKNOWN_VETH_SLOT`]).
 pub const MAX_PAIRS: usize = 16384;
+
+/// Entries of the slot hints (`names::MAP_SLOT_HINTS`), a power of two:
+/// four per pair, so that two live pods' ifindexes rarely share one.
+pub const SLOT_HINTS: usize = 4 * MAX_PAIRS;
+const _: () = assert!(SLOT_HINTS.is_power_of_two());
+
+/// Where a host-side veth's slot hint is.
+#[inline(always)]
+pub fn slot_hint_index(host_ifindex: u32) -> u32 {
+    host_ifindex & (SLOT_HINTS as u32 - 1)
+}
 
 /// The slot of `PAIR_COUNTERS` (never given to a pod) that counts frames
 /// arriving on a veth that runs our program but has no slot: a pod being

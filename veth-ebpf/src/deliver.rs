@@ -22,11 +22,11 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use veth_common::{DropReason, Endpoint, PodIdentity};
+use veth_common::{slot_hint_index, DropReason, Endpoint, PodIdentity};
 
 use crate::{
     control, cross_node,
-    maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS},
+    maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS, SLOT_HINTS},
     packet::{
         arp_well_formed, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed, is_group_mac,
         is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
@@ -72,8 +72,24 @@ impl Target {
 
 /// The slot of the pod behind a host-side veth; `None` for a veth that is
 /// not (or no longer) one of our pairs.
+///
+/// First the slot hint, an array entry (which the verifier inlines into a
+/// bounds check and an add, where `SLOTS` costs a hash lookup): taken only
+/// if that slot's identity names this veth. Userspace writes a hint after
+/// the veth's `SLOTS` entry and clears it with the slot's identity, so a
+/// hint that passes is what `SLOTS` says; a missing, colliding or stale
+/// hint falls back to `SLOTS`, and a veth in neither is unknown (dropped).
 #[inline(always)]
 pub fn slot_of(host_ifindex: u32) -> Option<u32> {
+    if let Some(&hint) = SLOT_HINTS.get(slot_hint_index(host_ifindex)) {
+        let slot = hint.wrapping_sub(1);
+        if PODS
+            .get(slot)
+            .is_some_and(|pod| pod.host_ifindex == host_ifindex)
+        {
+            return Some(slot);
+        }
+    }
     // SAFETY: a read-only map lookup.
     unsafe { SLOTS.get(host_ifindex) }.copied()
 }

@@ -24,6 +24,11 @@ pub static ENDPOINTS6: HashMap<[u8; 16], Endpoint, MAX_ENDPOINTS> = HashMap::new
 #[btf_map]
 pub static SLOTS: HashMap<u32, u32, MAX_PAIRS> = HashMap::new();
 
+/// `slot_hint_index(ifindex)` -> slot + 1 (0: none): the source's slot
+/// without a hash lookup (see `deliver::slot_of`).
+#[btf_map]
+pub static SLOT_HINTS: Array<u32, { veth_common::SLOT_HINTS }> = Array::new();
+
 /// Slot -> the addresses its pod owns (and its host-side ifindex).
 #[btf_map]
 pub static PODS: Array<PodIdentity, MAX_PAIRS> = Array::new();

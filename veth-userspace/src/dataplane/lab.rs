@@ -17,8 +17,8 @@ use veth_common::{
     ipv4_key,
     names::{
         GLOBAL_CHECKS_ENABLED, GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP,
-        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, PROG_FROM_POD,
-        PROG_XDP_FROM_POD,
+        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS, MAP_SLOT_HINTS,
+        PROG_FROM_POD, PROG_XDP_FROM_POD,
     },
     PairCounters,
 };
@@ -63,6 +63,10 @@ impl Lab {
     pub fn set_sender(&mut self, ifindex: u32, slot: u32) -> Result<()> {
         let mut slots: HashMap<_, u32, u32> = self.map(MAP_SLOTS)?.try_into()?;
         slots.insert(ifindex, slot, 0)?;
+        // The hint too, as `up` writes it: the programs' usual way to the
+        // slot.
+        let mut hints: Array<_, u32> = self.map(MAP_SLOT_HINTS)?.try_into()?;
+        hints.set(veth_common::slot_hint_index(ifindex), slot + 1, 0)?;
         Ok(())
     }
 

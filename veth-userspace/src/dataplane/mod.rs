@@ -37,11 +37,11 @@ use veth_common::{
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
         MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS, MAP_REMOTE_ROUTES,
-        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_TRACE_IDLE,
-        MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD,
-        PROG_XDP_FROM_POD,
+        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_SLOT_HINTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
+        MAP_TRACE_IDLE, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY,
+        PROG_TO_POD, PROG_XDP_FROM_POD,
     },
-    Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
+    slot_hint_index, Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
 
 /// The eBPF object, built by build.rs from the veth-ebpf crate.
@@ -141,11 +141,12 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 17] = [
+const PINNED_MAPS: [&str; 18] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
     MAP_SLOTS,
+    MAP_SLOT_HINTS,
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
@@ -636,10 +637,15 @@ pub fn remove_endpoint(
         Some(slot) => vec![slot],
         None => orphans_of(&slots, &identities, host_ifindex),
     };
+    let mut hints =
+        open_map(&pins, MAP_SLOT_HINTS).and_then(|m| Ok(Array::try_from(Map::Array(m))?));
     for slot in owned {
         identities
             .set(slot, PodIdentity::default(), 0)
             .context("clearing a freed slot")?;
+        if let Ok(hints) = hints.as_mut() {
+            clear_slot_hint(hints, host_ifindex, slot)?;
+        }
     }
     let mut v4 =
         HashMap::<_, u32, Endpoint>::try_from(Map::HashMap(open_map(&pins, MAP_ENDPOINTS)?))?;
@@ -668,6 +674,30 @@ pub fn remove_endpoint(
     delete_u32_key(&open_map(&pins, MAP_DEVMAP)?, host_ifindex)
         .context("removing a DEVMAP entry")?;
     ignore_missing(slots.remove(&host_ifindex)).context("removing a slot")
+}
+
+/// Points the programs' slot hint for `host_ifindex` at `slot` (after its
+/// `SLOTS` entry is written: a hint is taken only as a shortcut to it).
+/// A pod whose hint another veth with the same index took keeps working,
+/// through `SLOTS`.
+fn set_slot_hint(hints: &mut Array<MapData, u32>, host_ifindex: u32, slot: u32) -> Result<()> {
+    let index = slot_hint_index(host_ifindex);
+    if hints.get(&index, 0).ok() != Some(slot + 1) {
+        hints
+            .set(index, slot + 1, 0)
+            .context("writing a slot hint")?;
+    }
+    Ok(())
+}
+
+/// Clears the slot hint of `host_ifindex` if it points at `slot` (with
+/// the slot's identity: the programs check a hint against it anyway).
+fn clear_slot_hint(hints: &mut Array<MapData, u32>, host_ifindex: u32, slot: u32) -> Result<()> {
+    let index = slot_hint_index(host_ifindex);
+    if hints.get(&index, 0).ok() == Some(slot + 1) {
+        hints.set(index, 0, 0).context("clearing a slot hint")?;
+    }
+    Ok(())
 }
 
 /// The slots whose identity names `host_ifindex` and that no veth holds
@@ -894,11 +924,13 @@ impl Dataplane {
         let mut counters = PerCpuArray::<_, PairCounters>::try_from(Map::PerCpuArray(
             self.map(MAP_PAIR_COUNTERS)?,
         ))?;
-        for (ifindex, &slot) in &plan.freed {
+        let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_SLOT_HINTS)?))?;
+        for (&ifindex, &slot) in &plan.freed {
             identities
                 .set(slot, PodIdentity::default(), 0)
                 .context("clearing a freed slot")?;
-            ignore_missing(slots.remove(ifindex)).context("removing a stale slot")?;
+            clear_slot_hint(&mut hints, ifindex, slot)?;
+            ignore_missing(slots.remove(&ifindex)).context("removing a stale slot")?;
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         for (&ifindex, &slot) in &plan.new {
@@ -931,6 +963,13 @@ impl Dataplane {
         // Last: from here on the programs count and check the new pods.
         for (ifindex, slot) in &plan.new {
             slots.insert(ifindex, slot, 0).context("writing a slot")?;
+        }
+        // After the slots (every pod's: maps pinned before there were
+        // hints have none).
+        for pod in pods {
+            if let Some(slot) = plan.slot(pod.host_ifindex) {
+                set_slot_hint(&mut hints, pod.host_ifindex, slot)?;
+            }
         }
         self.sync_hash(MAP_ENDPOINTS, v4)?;
         self.sync_hash(MAP_ENDPOINTS6, v6)
@@ -988,6 +1027,8 @@ impl Dataplane {
         slots
             .insert(pod.host_ifindex, slot, 0)
             .context("writing a slot")?;
+        let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_SLOT_HINTS)?))?;
+        set_slot_hint(&mut hints, pod.host_ifindex, slot)?;
         Ok(slot)
     }
 

@@ -42,7 +42,7 @@ use crate::{
     counters::Verdict,
     deliver::Decision,
     maps::{CROSS_NODE, REMOTE_ROUTES, REMOTE_ROUTES6},
-    packet::{self, copy_mac, ptr_at, ETH_P_IP_BE},
+    packet::{self, copy_mac, load32, ptr_at, ETH_P_IP_BE},
 };
 
 const AF_INET: u8 = 2;
@@ -77,11 +77,40 @@ pub fn route_ipv4(dst: [u8; 4], ttl: u8) -> Decision {
 
 /// An IPv6 destination that is no local endpoint.
 #[inline(always)]
-pub fn route_ipv6(dst: [u8; 16], hop_limit: u8) -> Decision {
+pub fn route_ipv6(dst: &[u8; 16], hop_limit: u8) -> Decision {
     let Some(config) = config() else {
         return Decision::Pass;
     };
-    decide(REMOTE_ROUTES6.get(&Key::new(128, dst)), config, hop_limit)
+    decide(remote_route6(dst), config, hop_limit)
+}
+
+/// The remote-route entry of a whole IPv6 address. The key is built with
+/// four word copies: aya's `Key` is packed (alignment 1), which LLVM fills
+/// byte by byte (32 loads and stores per lookup).
+#[inline(always)]
+pub fn remote_route6(addr: &[u8; 16]) -> Option<&'static RemoteRoute> {
+    #[repr(C)]
+    struct Key6 {
+        prefix_len: u32,
+        data: [u32; 4],
+    }
+    let p = addr.as_ptr();
+    // SAFETY: `addr` is 16 bytes.
+    let key = Key6 {
+        prefix_len: 128,
+        data: unsafe {
+            [
+                load32(p),
+                load32(p.add(4)),
+                load32(p.add(8)),
+                load32(p.add(12)),
+            ]
+        },
+    };
+    // SAFETY: the same 20 bytes as a `Key<[u8; 16]>` (no padding in
+    // either); the lookup reads them only.
+    let key: &Key<[u8; 16]> = unsafe { &*(&raw const key).cast() };
+    REMOTE_ROUTES6.get(key)
 }
 
 #[inline(always)]

@@ -275,7 +275,7 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
         // checked packet pointer as a key): no copy to the stack.
         let dst: &[u8; 16] = &(*ip).dst_addr;
         let Some(endpoint) = ENDPOINTS6.get(dst) else {
-            return cross_node::route_ipv6(*dst, (*ip).hop_limit);
+            return cross_node::route_ipv6(dst, (*ip).hop_limit);
         };
         deliver_ipv6_to(ctx, eth, ip, endpoint)
     }

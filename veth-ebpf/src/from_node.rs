@@ -36,7 +36,7 @@ use veth_common::{
 use crate::{
     counters::{count, count_underlay, Direction, Verdict},
     deliver::{deliver_ipv4_to, deliver_ipv6_to, Decision},
-    maps::{CROSS_NODE, ENDPOINTS, ENDPOINTS6, NODES, REMOTE_ROUTES, REMOTE_ROUTES6},
+    maps::{CROSS_NODE, ENDPOINTS, ENDPOINTS6, NODES, REMOTE_ROUTES},
     packet::{ptr_at, ETH_P_IPV6_BE, ETH_P_IP_BE},
 };
 
@@ -155,7 +155,7 @@ fn underlay_ipv6(
     let (src, dst, next_header) = unsafe { ((*ip).src_addr, (*ip).dst_addr, (*ip).next_hdr) };
     // SAFETY: read-only map lookups (also below).
     let endpoint = unsafe { ENDPOINTS6.get(dst) };
-    if endpoint.is_none() && REMOTE_ROUTES6.get(&Key::new(128, dst)).is_none() {
+    if endpoint.is_none() && crate::cross_node::remote_route6(&dst).is_none() {
         // The kernel's VXLAN device here listens on IPv4 only: an IPv6
         // datagram reaches it with no extension header, if at all.
         if next_header != IPPROTO_UDP {
@@ -163,9 +163,8 @@ fn underlay_ipv6(
         }
         return check_vxlan(ctx, config, EthHdr::LEN + Ipv6Hdr::LEN, src);
     }
-    let remote_pod = REMOTE_ROUTES6
-        .get(&Key::new(128, src))
-        .is_some_and(|r| r.kind == route_kind::REMOTE);
+    let remote_pod =
+        crate::cross_node::remote_route6(&src).is_some_and(|r| r.kind == route_kind::REMOTE);
     if !remote_pod && unsafe { NODES.get(src) }.is_none() {
         return refuse(ctx, endpoint, DropReason::UnknownNode);
     }

@@ -12,7 +12,7 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
-use veth_common::{eui64_link_local, DropReason, PodIdentity};
+use veth_common::{DropReason, PodIdentity};
 
 use crate::maps::DEVMAP;
 
@@ -248,10 +248,23 @@ pub fn is_group_mac(mac: [u8; 6]) -> bool {
 /// fe80::/64 with the EUI-64 interface id of the pod's MAC.
 #[inline(always)]
 pub fn is_own_link_local(me: &PodIdentity, addr: &[u8; 16]) -> bool {
-    let own = eui64_link_local(me.mac);
-    // SAFETY: both are 16-byte arrays (one in the frame, bounds-checked by
-    // the caller, one on the stack).
-    unsafe { eq16(addr, &own) }
+    // fe80::/64, then the interface id, compared as two little-endian
+    // double-words (the same on any host): the id built from the MAC's
+    // word and half-word rather than byte by byte.
+    const PREFIX: u64 = u64::from_le_bytes([0xfe, 0x80, 0, 0, 0, 0, 0, 0]);
+    // SAFETY: a 16-byte array and a 6-byte field.
+    let (prefix, id, (word, half)) = unsafe {
+        (
+            u64::from_le(load64(addr.as_ptr())),
+            u64::from_le(load64(addr.as_ptr().add(8))),
+            load_mac(&me.mac),
+        )
+    };
+    let (word, half) = (u64::from(u32::from_le(word)), u64::from(u16::from_le(half)));
+    // a^2 b c ff fe d e f, from the MAC a b c d e f.
+    let own =
+        ((word & 0x00ff_ffff) ^ 0x02) | 0xff << 24 | 0xfe << 32 | (word >> 24) << 40 | half << 48;
+    prefix == PREFIX && id == own
 }
 
 /// `::`, the source of duplicate address detection.
@@ -280,7 +293,27 @@ pub fn is_unspecified(addr: &[u8; 16]) -> bool {
 #[inline(always)]
 pub unsafe fn load32(p: *const u8) -> u32 {
     // SAFETY: the caller vouches for the bytes; see above for alignment.
-    unsafe { p.cast::<u32>().read_volatile() }
+    unsafe { load(p.cast::<u32>()) }
+}
+
+/// One load of a `T`. For BPF, a volatile load of the whole word (an
+/// unaligned read would be split into bytes); on the host, where only the
+/// unit tests run this, an unaligned read (the word may well be unaligned
+/// there too, which Rust checks in debug builds).
+///
+/// # Safety
+/// `p` must be valid for `size_of::<T>()` bytes of reads.
+#[inline(always)]
+unsafe fn load<T: Copy>(p: *const T) -> T {
+    // SAFETY: the caller vouches for the bytes.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        p.read_volatile()
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        p.read_unaligned()
+    }
 }
 
 /// Two bytes in one load.
@@ -290,7 +323,7 @@ pub unsafe fn load32(p: *const u8) -> u32 {
 #[inline(always)]
 pub unsafe fn load16(p: *const u8) -> u16 {
     // SAFETY: as in `load32`.
-    unsafe { p.cast::<u16>().read_volatile() }
+    unsafe { load(p.cast::<u16>()) }
 }
 
 /// Eight bytes in one load.
@@ -300,7 +333,7 @@ pub unsafe fn load16(p: *const u8) -> u16 {
 #[inline(always)]
 pub unsafe fn load64(p: *const u8) -> u64 {
     // SAFETY: as in `load32`.
-    unsafe { p.cast::<u64>().read_volatile() }
+    unsafe { load(p.cast::<u64>()) }
 }
 
 /// A MAC as a word and a half-word, in two loads.
@@ -498,6 +531,14 @@ mod tests {
             let mut other = own;
             other[byte] ^= flip;
             assert!(!is_own_link_local(&me, &other), "byte {byte}");
+        }
+        // The word-wise comparison agrees with the byte-wise address.
+        for mac in [[0x02, 0, 0, 0, 0, 0], [0xff; 6], [0x0a, 0x58, 10, 200, 0, 10]] {
+            let me = PodIdentity {
+                mac,
+                ..PodIdentity::default()
+            };
+            assert!(is_own_link_local(&me, &veth_common::eui64_link_local(mac)));
         }
         assert!(is_unspecified(&[0; 16]));
         assert!(!is_unspecified(&own));

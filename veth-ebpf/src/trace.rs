@@ -77,10 +77,19 @@ pub fn maybe_emit<F: Capture>(
         peer_ifindex,
         verdict,
     };
-    session(ctx, 0, &TRACE_EVENTS_0, &event);
-    session(ctx, 1, &TRACE_EVENTS_1, &event);
-    session(ctx, 2, &TRACE_EVENTS_2, &event);
-    session(ctx, 3, &TRACE_EVENTS_3, &event);
+    emit(ctx, &event);
+}
+
+/// The sessions, as a BPF subprogram: the programs reach this from each of
+/// their verdicts, and inlined the four sessions were copied into every
+/// one of them (a third of `from_pod`'s instructions). Only called while
+/// some session may be on.
+#[inline(never)]
+fn emit<F: Capture>(ctx: &F, event: &Seen) {
+    session(ctx, 0, &TRACE_EVENTS_0, event);
+    session(ctx, 1, &TRACE_EVENTS_1, event);
+    session(ctx, 2, &TRACE_EVENTS_2, event);
+    session(ctx, 3, &TRACE_EVENTS_3, event);
 }
 
 /// Some session may be on. (A session that was killed leaves the flag

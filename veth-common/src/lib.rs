@@ -27,6 +27,15 @@ pub mod names {
     /// only: the programs take it if the slot's identity names the veth,
     /// else they ask [`MAP_SLOTS`].
     pub const MAP_SLOT_HINTS: &str = "SLOT_HINTS";
+    /// Array of [`crate::ENDPOINT_HINTS`] u32: at
+    /// [`crate::endpoint_hint_v4`] / [`crate::endpoint_hint_v6`] of a pod's
+    /// address, its slot + 1 (0: none). A hint only: the programs take it
+    /// if the slot's identity owns the address, else they ask
+    /// [`MAP_ENDPOINTS`] / [`MAP_ENDPOINTS6`].
+    pub const MAP_ENDPOINT_HINTS: &str = "ENDPOINT_HINTS";
+    /// Array: slot -> the pod's [`crate::Endpoint`] (as in
+    /// [`MAP_ENDPOINTS`]), for a destination found by its hint.
+    pub const MAP_SLOT_ENDPOINTS: &str = "SLOT_ENDPOINTS";
     /// Array: slot -> [`crate::PodIdentity`]: who may send from behind that
     /// veth (anti-spoofing), and who an endpoint's slot must still belong
     /// to before anything is redirected to it.
@@ -112,6 +121,22 @@ const _: () = assert!(SLOT_HINTS.is_power_of_two());
 #[inline(always)]
 pub fn slot_hint_index(host_ifindex: u32) -> u32 {
     host_ifindex & (SLOT_HINTS as u32 - 1)
+}
+
+/// Entries of the endpoint hints (`names::MAP_ENDPOINT_HINTS`): the low 16
+/// bits of an IPv4 address, then of an IPv6 one.
+pub const ENDPOINT_HINTS: usize = 2 << 16;
+
+/// Where the endpoint hint of an IPv4 address (network-order bytes) is.
+#[inline(always)]
+pub fn endpoint_hint_v4(octets: [u8; 4]) -> u32 {
+    u32::from(u16::from_be_bytes([octets[2], octets[3]]))
+}
+
+/// Where the endpoint hint of an IPv6 address is.
+#[inline(always)]
+pub fn endpoint_hint_v6(octets: &[u8; 16]) -> u32 {
+    1 << 16 | u32::from(u16::from_be_bytes([octets[14], octets[15]]))
 }
 
 /// The slot of `PAIR_COUNTERS` (never given to a pod) that counts frames

@@ -26,7 +26,7 @@ use veth_common::{slot_hint_index, DropReason, Endpoint, PodIdentity};
 
 use crate::{
     control, cross_node,
-    maps::{ENDPOINTS, ENDPOINTS6, PODS, SLOTS, SLOT_HINTS},
+    maps::{ENDPOINTS, ENDPOINTS6, ENDPOINT_HINTS, PODS, SLOTS, SLOT_ENDPOINTS, SLOT_HINTS},
     packet::{
         arp_well_formed, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed, is_group_mac,
         is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
@@ -230,11 +230,37 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
     // the frame at this hook.
     unsafe {
         let dst = load32((*ip).dst_addr.as_ptr());
-        let Some(endpoint) = ENDPOINTS.get(dst) else {
-            return cross_node::route_ipv4(dst.to_ne_bytes(), (*ip).ttl);
+        // The hint: the low 16 bits of the address in network order.
+        let hint = u32::from_be(dst) & 0xffff;
+        let endpoint = match hinted_endpoint(hint, |p| load32(p.ipv4.as_ptr()) == dst) {
+            Some(endpoint) => endpoint,
+            None => match ENDPOINTS.get(dst) {
+                Some(endpoint) => endpoint,
+                None => return cross_node::route_ipv4(dst.to_ne_bytes(), (*ip).ttl),
+            },
         };
         deliver_ipv4_to(ctx, eth, ip, endpoint)
     }
+}
+
+/// The destination by its address's hint, an array entry (the verifier
+/// inlines it; `ENDPOINTS` costs a hash lookup): taken only if the hinted
+/// slot's identity `owns` the address and the slot's endpoint names the
+/// slot's veth. Userspace writes the slot's endpoint and then the hint
+/// after the address's `ENDPOINTS` entry, and clears the identity first
+/// when a pod goes, so a hint that passes finds what `ENDPOINTS` holds; a
+/// missing, colliding or stale one falls back to `ENDPOINTS`. What is
+/// found is checked like any endpoint (`still_owned`, `claim_target`).
+#[inline(always)]
+fn hinted_endpoint(hint: u32, owns: impl Fn(&PodIdentity) -> bool) -> Option<&'static Endpoint> {
+    let slot = ENDPOINT_HINTS.get(hint)?.wrapping_sub(1);
+    let pod = PODS.get(slot)?;
+    if !owns(pod) {
+        return None;
+    }
+    SLOT_ENDPOINTS
+        .get(slot)
+        .filter(|e| e.slot == slot && e.host_ifindex == pod.host_ifindex)
 }
 
 /// Hands a checked IPv4 packet to the local `endpoint` if it can take it
@@ -274,8 +300,14 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
         // The key straight from the frame (the verifier takes a bounds-
         // checked packet pointer as a key): no copy to the stack.
         let dst: &[u8; 16] = &(*ip).dst_addr;
-        let Some(endpoint) = ENDPOINTS6.get(dst) else {
-            return cross_node::route_ipv6(dst, (*ip).hop_limit);
+        let hint = 1 << 16 | u32::from(u16::from_be(load16(dst.as_ptr().add(14))));
+        let owns = |p: &PodIdentity| p.has_ipv6 != 0 && eq16(&p.ipv6, dst);
+        let endpoint = match hinted_endpoint(hint, owns) {
+            Some(endpoint) => endpoint,
+            None => match ENDPOINTS6.get(dst) {
+                Some(endpoint) => endpoint,
+                None => return cross_node::route_ipv6(dst, (*ip).hop_limit),
+            },
         };
         deliver_ipv6_to(ctx, eth, ip, endpoint)
     }

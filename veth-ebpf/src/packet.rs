@@ -533,7 +533,11 @@ mod tests {
             assert!(!is_own_link_local(&me, &other), "byte {byte}");
         }
         // The word-wise comparison agrees with the byte-wise address.
-        for mac in [[0x02, 0, 0, 0, 0, 0], [0xff; 6], [0x0a, 0x58, 10, 200, 0, 10]] {
+        for mac in [
+            [0x02, 0, 0, 0, 0, 0],
+            [0xff; 6],
+            [0x0a, 0x58, 10, 200, 0, 10],
+        ] {
             let me = PodIdentity {
                 mac,
                 ..PodIdentity::default()

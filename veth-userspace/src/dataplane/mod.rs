@@ -33,13 +33,13 @@ use nix::{
     sys::statfs::{statfs, FsType},
 };
 use veth_common::{
-    ipv4_key,
+    endpoint_hint_v4, endpoint_hint_v6, ipv4_key,
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
-        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS, MAP_REMOTE_ROUTES,
-        MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_SLOT_HINTS, MAP_TRACE_CONFIG, MAP_TRACE_EVENTS,
-        MAP_TRACE_IDLE, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY,
-        PROG_TO_POD, PROG_XDP_FROM_POD,
+        MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINT_HINTS, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS,
+        MAP_REMOTE_ROUTES, MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_SLOT_ENDPOINTS, MAP_SLOT_HINTS,
+        MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_TRACE_IDLE, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD,
+        PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
     slot_hint_index, Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
@@ -141,12 +141,14 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 18] = [
+const PINNED_MAPS: [&str; 20] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
     MAP_SLOTS,
     MAP_SLOT_HINTS,
+    MAP_ENDPOINT_HINTS,
+    MAP_SLOT_ENDPOINTS,
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
@@ -637,14 +639,20 @@ pub fn remove_endpoint(
         Some(slot) => vec![slot],
         None => orphans_of(&slots, &identities, host_ifindex),
     };
+    // Maps pinned before there were hints have none to clear.
     let mut hints =
         open_map(&pins, MAP_SLOT_HINTS).and_then(|m| Ok(Array::try_from(Map::Array(m))?));
+    let mut endpoint_hints =
+        open_map(&pins, MAP_ENDPOINT_HINTS).and_then(|m| Ok(Array::try_from(Map::Array(m))?));
     for slot in owned {
         identities
             .set(slot, PodIdentity::default(), 0)
             .context("clearing a freed slot")?;
         if let Ok(hints) = hints.as_mut() {
             clear_slot_hint(hints, host_ifindex, slot)?;
+        }
+        if let Ok(hints) = endpoint_hints.as_mut() {
+            clear_endpoint_hints(hints, ipv4, ipv6, slot)?;
         }
     }
     let mut v4 =
@@ -696,6 +704,26 @@ fn clear_slot_hint(hints: &mut Array<MapData, u32>, host_ifindex: u32, slot: u32
     let index = slot_hint_index(host_ifindex);
     if hints.get(&index, 0).ok() == Some(slot + 1) {
         hints.set(index, 0, 0).context("clearing a slot hint")?;
+    }
+    Ok(())
+}
+
+/// Clears the endpoint hints of a pod's addresses that point at `slot`
+/// (with the slot's identity: the programs check a hint against it anyway).
+fn clear_endpoint_hints(
+    hints: &mut Array<MapData, u32>,
+    ipv4: Ipv4Addr,
+    ipv6: Option<std::net::Ipv6Addr>,
+    slot: u32,
+) -> Result<()> {
+    let mut at = vec![endpoint_hint_v4(ipv4.octets())];
+    at.extend(ipv6.map(|a| endpoint_hint_v6(&a.octets())));
+    for index in at {
+        if hints.get(&index, 0).ok() == Some(slot + 1) {
+            hints
+                .set(index, 0, 0)
+                .context("clearing an endpoint hint")?;
+        }
     }
     Ok(())
 }
@@ -972,7 +1000,39 @@ impl Dataplane {
             }
         }
         self.sync_hash(MAP_ENDPOINTS, v4)?;
-        self.sync_hash(MAP_ENDPOINTS6, v6)
+        self.sync_hash(MAP_ENDPOINTS6, v6)?;
+        for pod in pods {
+            if let Some(slot) = plan.slot(pod.host_ifindex) {
+                self.hint_endpoint(pod, slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Points the programs' endpoint hints of `pod`'s addresses at `slot`,
+    /// after writing its endpoint there; called after the addresses'
+    /// `ENDPOINTS` entries are written (a hint is a shortcut to them). An
+    /// address whose hint another pod's took keeps working, through
+    /// `ENDPOINTS`.
+    fn hint_endpoint(&mut self, pod: &PodEntry, slot: u32) -> Result<()> {
+        let mut endpoints =
+            Array::<_, Endpoint>::try_from(Map::Array(self.map(MAP_SLOT_ENDPOINTS)?))?;
+        if endpoints.get(&slot, 0).ok() != Some(pod.endpoint(slot)) {
+            endpoints
+                .set(slot, pod.endpoint(slot), 0)
+                .context("writing a slot's endpoint")?;
+        }
+        let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_ENDPOINT_HINTS)?))?;
+        let mut at = vec![endpoint_hint_v4(pod.ipv4.octets())];
+        at.extend(pod.ipv6.map(|a| endpoint_hint_v6(&a.octets())));
+        for index in at {
+            if hints.get(&index, 0).ok() != Some(slot + 1) {
+                hints
+                    .set(index, slot + 1, 0)
+                    .context("writing an endpoint hint")?;
+            }
+        }
+        Ok(())
     }
 
     /// Puts one endpoint into the maps and leaves every other alone (a CNI
@@ -1029,6 +1089,7 @@ impl Dataplane {
             .context("writing a slot")?;
         let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_SLOT_HINTS)?))?;
         set_slot_hint(&mut hints, pod.host_ifindex, slot)?;
+        self.hint_endpoint(pod, slot)?;
         Ok(slot)
     }
 

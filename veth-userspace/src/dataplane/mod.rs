@@ -953,11 +953,18 @@ impl Dataplane {
             self.map(MAP_PAIR_COUNTERS)?,
         ))?;
         let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_SLOT_HINTS)?))?;
+        let mut endpoint_hints =
+            Array::<_, u32>::try_from(Map::Array(self.map(MAP_ENDPOINT_HINTS)?))?;
         for (&ifindex, &slot) in &plan.freed {
+            let old = identities.get(&slot, 0).ok();
             identities
                 .set(slot, PodIdentity::default(), 0)
                 .context("clearing a freed slot")?;
             clear_slot_hint(&mut hints, ifindex, slot)?;
+            if let Some(old) = old {
+                let ipv6 = (old.has_ipv6 != 0).then(|| std::net::Ipv6Addr::from(old.ipv6));
+                clear_endpoint_hints(&mut endpoint_hints, Ipv4Addr::from(old.ipv4), ipv6, slot)?;
+            }
             ignore_missing(slots.remove(&ifindex)).context("removing a stale slot")?;
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;

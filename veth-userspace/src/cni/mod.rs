@@ -175,42 +175,75 @@ fn shared_lock(name: &str) -> Result<state::Lock, CniError> {
         .ok_or_else(|| CniError::internal("a blocking lock returned without the lock"))
 }
 
-/// The network is up as `source` describes it, with its programs pinned
-/// and its maps in this vethctl's layouts (after an upgrade that changed
-/// one, the first ADD remakes them, as `up` does).
-fn is_current(network: &Topology, source: &str) -> bool {
-    StateDir::new(&network.name)
-        .load_text()
+/// How a network stands against the description `source` of its
+/// configuration.
+enum Standing {
+    /// Up as `source` describes it, its programs pinned and its maps in
+    /// this vethctl's layouts (after an upgrade that changed one, the
+    /// first ADD remakes them, as `up` does).
+    Current,
+    /// Up as `source` describes it but in another mode (`vethctl mode
+    /// set`), its endpoints being rewired for that mode now: endpoint work
+    /// wires for the network as recorded (this topology), and the first
+    /// ADD after the rewire converges the network back. Converging it now
+    /// would wait for the whole rewire.
+    ModeSet(Box<Topology>),
+    /// Anything else (not up, another configuration, a rewire abandoned):
+    /// brought up again.
+    Stale,
+}
+
+fn standing(network: &Topology, source: &str) -> Standing {
+    let name = &network.name;
+    let state = StateDir::new(name);
+    let Ok(Some(recorded)) = state.load_text() else {
+        return Standing::Stale;
+    };
+    if !Pins::new(name).programs_exist()
+        || !crate::dataplane::maps_current(name)
+        || state::rewire_abandoned(name).unwrap_or(true)
+    {
+        return Standing::Stale;
+    }
+    if recorded == source {
+        return Standing::Current;
+    }
+    let mode_set = Topology::from_toml(&recorded)
         .ok()
-        .flatten()
-        .as_deref()
-        == Some(source)
-        && Pins::new(&network.name).programs_exist()
-        && crate::dataplane::maps_current(&network.name)
+        .and_then(|t| crate::model::with_mode(source, t.mode).ok())
+        .filter(|(_, text)| *text == recorded);
+    match mode_set {
+        Some((topology, _)) if state::rewire_running(name).unwrap_or(false) => {
+            Standing::ModeSet(Box::new(topology))
+        }
+        _ => Standing::Stale,
+    }
 }
 
 /// Brings the network up (or converges it to a changed configuration)
-/// unless it is current, and returns the shared lock endpoint work holds.
+/// unless it is current, and returns the network endpoint work wires for
+/// (see [`Standing`]) with the shared lock it holds.
 async fn ensure_network(
     host: &Host,
     config: &NetConf,
     network: &Topology,
     source: &str,
     ipam: &AddressSource,
-) -> Result<state::Lock, CniError> {
+) -> Result<(Topology, state::Lock), CniError> {
     for _ in 0..3 {
         let shared = shared_lock(&network.name)?;
-        if is_current(network, source) {
-            return Ok(shared);
+        match standing(network, source) {
+            Standing::Current => return Ok((network.clone(), shared)),
+            Standing::ModeSet(recorded) => return Ok((*recorded, shared)),
+            Standing::Stale => drop(shared),
         }
-        drop(shared);
         {
             // Checked under the exclusive lock: beside an `up` in progress
             // (another ADD bringing the network up), its objects made so
             // far looked like someone else's (concurrent first ADDs on a
             // fresh node failed with code 7).
             let _exclusive = state::lock().map_err(failed)?;
-            if is_current(network, source) {
+            if matches!(standing(network, source), Standing::Current) {
                 continue;
             }
             recover_record(host, network, ipam).await?;
@@ -344,10 +377,7 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let ipam = address_source(req.config.ipam.as_ref());
     let (network, _lock) = match cluster_node::up_part(&req.config)? {
         Some(part) => part,
-        None => {
-            let lock = ensure_network(&host, &req.config, &network, &source, &ipam).await?;
-            (network, lock)
-        }
+        None => ensure_network(&host, &req.config, &network, &source, &ipam).await?,
     };
     let (container_id, ifname) = (attachment.container_id.as_str(), attachment.ifname.as_str());
     let key = endpoint::key(container_id, ifname);

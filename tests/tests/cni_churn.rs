@@ -591,8 +591,6 @@ fn a_change_waiting_for_the_network_lock_is_not_starved_by_endpoint_work() {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir(&self.0);
             let _ = std::fs::remove_file(&self.1);
-            // The exclusive hold's rewire lock, beside it.
-            let _ = std::fs::remove_file(self.1.with_extension("rewire"));
         }
     }
     let _remove = Remove(

@@ -462,16 +462,11 @@ fn network_lock_path(name: &str) -> PathBuf {
 
 /// Network `name`'s lock, held as `hold`; without `wait`, `None` when it
 /// cannot be had now. One network's changes never wait for another's.
-/// Held exclusively, it holds the network's rewire lock too, taken first.
+/// Exclusive, it does not wait for an endpoint rewire (see
+/// [`change_lock`]): what holds it alone (GC, rebuilding a lost record,
+/// the agent's remap) works per endpoint, under its attachment lock.
 pub fn network_lock(name: &str, hold: Hold, wait: bool) -> Result<Option<Lock>> {
-    let rewire = match hold {
-        Hold::Shared => None,
-        Hold::Exclusive => match rewire_lock(name, wait)? {
-            Some(rewire) => Some(rewire),
-            None => return Ok(None),
-        },
-    };
-    network_lock_with(name, hold, wait, rewire)
+    network_lock_with(name, hold, wait, None)
 }
 
 fn network_lock_with(
@@ -495,8 +490,9 @@ fn network_lock_with(
 }
 
 /// Network `name`'s rewire lock, exclusive: taken by every change of the
-/// network before its lock (so a change never holds the node-wide lock
-/// while it waits for a rewire), and kept after it, alone, by a change
+/// network ([`change_lock`]) before any other lock (so a change never
+/// holds the node-wide lock while it waits for a rewire, and no two
+/// lockers wait for each other), and kept after it, alone, by a change
 /// that rewires the runtime's endpoints (`RewireEndpoints`, see
 /// [`Lock::keep_rewire`]). ADDs and DELs then run beside the rewire, each
 /// endpoint's under its attachment lock, instead of waiting behind all of

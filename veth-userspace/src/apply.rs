@@ -501,6 +501,22 @@ pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result
         .1)
 }
 
+/// [`up`] by the holder of the network's `rewire` lock (see
+/// [`state::change_lock_with`]).
+pub async fn up_with_rewire_lock(
+    topology: &Topology,
+    source: &str,
+    options: UpOptions,
+    rewire: state::Lock,
+) -> Result<Vec<Step>> {
+    let timings = Timings::new(options.timings);
+    let locks = state::change_lock_with(&topology.name, rewire)?;
+    timings.mark("wait for the node-wide and the network's lock");
+    Ok(up_locked(topology, source, options, timings, locks)
+        .await?
+        .1)
+}
+
 /// Like [`up`], for a description derived from the one recorded for topology
 /// `name` (`None` if it is not up), read under the same lock as the change
 /// is made: nothing another command records meanwhile is lost (`vethctl
@@ -634,7 +650,7 @@ async fn rewire_endpoints(
         .with_context(|| format!("topology {:?}: {}", topology.name, Step::RewireEndpoints))?;
     StateDir::new(&topology.name).rewire_done()?;
     timings.mark(Step::RewireEndpoints);
-    let locks = state::change_lock_again(&topology.name, rewire)?;
+    let locks = state::change_lock_with(&topology.name, rewire)?;
     timings.mark("wait for the network's lock again");
     Ok(locks)
 }

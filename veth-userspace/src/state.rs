@@ -575,9 +575,11 @@ pub fn change_lock_marked(name: &str, mark: impl Fn(&str)) -> Result<(Lock, Lock
     Ok((global, network))
 }
 
-/// The locks of a change of network `name` that kept only its `rewire`
-/// lock for a while (see [`Lock::keep_rewire`]), taken again.
-pub fn change_lock_again(name: &str, rewire: Lock) -> Result<(Lock, Lock)> {
+/// The locks of a change of network `name` whose `rewire` lock is held
+/// already: taken first by an ADD that converges the network (see
+/// `cni::ensure_network`), or kept alone for a while by a change (see
+/// [`Lock::keep_rewire`]).
+pub fn change_lock_with(name: &str, rewire: Lock) -> Result<(Lock, Lock)> {
     let global = lock()?;
     let network = network_lock_with(name, Hold::Exclusive, true, Some(rewire))?
         .context("a blocking lock returned without the lock")?;

@@ -220,6 +220,10 @@ fn standing(network: &Topology, source: &str) -> Standing {
     }
 }
 
+/// How long an ADD waits for another change of its network to end before
+/// it answers "try again later".
+const WAIT_FOR_A_CHANGE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Brings the network up (or converges it to a changed configuration)
 /// unless it is current, and returns the network endpoint work wires for
 /// (see [`Standing`]) with the shared lock it holds.
@@ -230,43 +234,79 @@ async fn ensure_network(
     source: &str,
     ipam: &AddressSource,
 ) -> Result<(Topology, state::Lock), CniError> {
-    for _ in 0..3 {
+    let deadline = std::time::Instant::now() + WAIT_FOR_A_CHANGE;
+    let mut converged = 0;
+    loop {
         let shared = shared_lock(&network.name)?;
         match standing(network, source) {
             Standing::Current => return Ok((network.clone(), shared)),
             Standing::ModeSet(recorded) => return Ok((*recorded, shared)),
             Standing::Stale => drop(shared),
         }
-        {
-            // Checked under the exclusive lock: beside an `up` in progress
-            // (another ADD bringing the network up), its objects made so
-            // far looked like someone else's (concurrent first ADDs on a
-            // fresh node failed with code 7).
-            let _exclusive = state::lock().map_err(failed)?;
-            if matches!(standing(network, source), Standing::Current) {
-                continue;
+        // A change running (its rewire lock held) may be bringing the
+        // network to this very configuration (another ADD converging it):
+        // wait until it has recorded that, not behind its whole endpoint
+        // rewire (every ADD that found the network stale queued there).
+        let Some(rewire) = state::rewire_lock(&network.name, false).map_err(failed)? else {
+            if std::time::Instant::now() > deadline {
+                return Err(still_changing(
+                    &network.name,
+                    "another change of it is running",
+                ));
             }
-            recover_record(host, network, ipam).await?;
-            refuse_foreign_topology(&network.name)?;
-            preflight::check(host, network).await.map_err(|e| {
-                match e.downcast_ref::<ModelError>() {
-                    // A range that clashes: in the configuration's words.
-                    Some(clash) => network::keys(config).error(clash),
-                    None => failed(e),
-                }
-            })?;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        if converged == 3 {
+            return Err(still_changing(
+                &network.name,
+                "it keeps changing under this ADD (another configuration of the same name?)",
+            ));
         }
-        apply::up(network, source, apply::UpOptions::default())
-            .await
-            .map_err(|e| failed(e.context(format!("bringing network {:?} up", network.name))))?;
+        converged += 1;
+        converge(host, config, network, source, ipam, rewire).await?;
     }
-    Err(CniError::TryAgainLater {
-        reason: format!(
-            "network {:?} keeps changing under this ADD (another configuration of the same \
-             name?)",
-            network.name
-        ),
-    })
+}
+
+fn still_changing(name: &str, why: &str) -> CniError {
+    CniError::TryAgainLater {
+        reason: format!("network {name:?}: {why}"),
+    }
+}
+
+/// Brings the network up as `source` describes it, holding its `rewire`
+/// lock (see [`state::rewire_lock`]), unless it became current meanwhile.
+async fn converge(
+    host: &Host,
+    config: &NetConf,
+    network: &Topology,
+    source: &str,
+    ipam: &AddressSource,
+    rewire: state::Lock,
+) -> Result<(), CniError> {
+    {
+        // Checked under the exclusive lock: beside an `up` in progress
+        // (another ADD bringing the network up), its objects made so
+        // far looked like someone else's (concurrent first ADDs on a
+        // fresh node failed with code 7).
+        let _exclusive = state::lock().map_err(failed)?;
+        if matches!(standing(network, source), Standing::Current) {
+            return Ok(());
+        }
+        recover_record(host, network, ipam).await?;
+        refuse_foreign_topology(&network.name)?;
+        preflight::check(host, network).await.map_err(|e| {
+            match e.downcast_ref::<ModelError>() {
+                // A range that clashes: in the configuration's words.
+                Some(clash) => network::keys(config).error(clash),
+                None => failed(e),
+            }
+        })?;
+    }
+    apply::up_with_rewire_lock(network, source, apply::UpOptions::default(), rewire)
+        .await
+        .map_err(|e| failed(e.context(format!("bringing network {:?} up", network.name))))?;
+    Ok(())
 }
 
 /// A network whose record (`/run/vethctl/<name>`) is gone gets it back

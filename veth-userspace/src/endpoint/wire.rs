@@ -380,7 +380,7 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     if pods.is_empty() {
         return Ok(());
     }
-    each(network, &pods, |Live { pod, .. }| async move {
+    each(host, network, &pods, |Live { pod, .. }| async move {
         if network.mode == Mode::Xdp {
             pod::set_offloads(pod, true).await?;
         }
@@ -391,7 +391,7 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     })
     .await?;
     let hooks = Hook::for_mode(network.mode);
-    each(network, &pods, |Live { pod, tc, .. }| async move {
+    each(host, network, &pods, |Live { pod, tc, .. }| async move {
         let (name, veth) = (network.name.clone(), pod.host_veth.clone());
         let tc = *tc;
         tokio::task::spawn_blocking(move || dataplane::attach_all(&name, &[veth], hooks, tc))
@@ -399,7 +399,7 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
             .context("attach task panicked")?
     })
     .await?;
-    each(network, &pods, |Live { pod, .. }| async move {
+    each(host, network, &pods, |Live { pod, .. }| async move {
         wire_pod(host, network, pod, || Ok(()))
             .await
             .map(drop)
@@ -408,7 +408,7 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     .await?;
     if network.mode == Mode::Bridge {
         let routes = host.routes().await?;
-        each(network, &pods, |live| {
+        each(host, network, &pods, |live| {
             remove_host_routes(host, &routes, live.ifindex)
         })
         .await?;
@@ -416,13 +416,16 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
         // Off a bridge only now that every endpoint is wired and, in mode
         // tc or xdp, the programs that take the pods' frames before a
         // bridge would are attached.
-        each(network, &pods, |live| leave_bridge(host, &live.pod)).await?;
+        each(host, network, &pods, |live| leave_bridge(host, &live.pod)).await?;
     }
     if network.mode != Mode::Xdp {
         // Leaving xdp: offloads back to the veth defaults, only now that
         // XDP is detached (it redirects into pods by their NAPI, which GRO
         // off takes away, and needs their tx checksums done in software).
-        each(network, &pods, |live| pod::set_offloads(&live.pod, false)).await?;
+        each(host, network, &pods, |live| {
+            pod::set_offloads(&live.pod, false)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -438,13 +441,17 @@ struct Live {
 
 /// Runs `f` on every endpoint of `pods` still recorded as it was listed,
 /// one at a time, each under its attachment lock (an ADD or DEL of it
-/// waits; others go on); the first error. Each step of [`rewire_all`]
+/// waits; others go on); the first error of an endpoint that is still
+/// there. One whose veth or namespace went meanwhile (its pod died, or a
+/// DEL was killed half way: the runtime's retry finishes it) has nothing
+/// left to rewire; failing on it failed the whole change (`mode set`
+/// under `cargo xtask soak`). Each step of [`rewire_all`]
 /// ends for every endpoint before the next begins. One at a time: 16 at
 /// once held the network's lock 1.7 times shorter (500 endpoints, `cargo
 /// xtask bench mode-set`), but one of three long soaks with it lost a
 /// datagram between pods after a `mode set bridge`, which is not
 /// understood yet; and endpoint work no longer waits for the rewire.
-async fn each<'a, F, Fut>(network: &Topology, pods: &'a [Live], f: F) -> Result<()>
+async fn each<'a, F, Fut>(host: &Host, network: &Topology, pods: &'a [Live], f: F) -> Result<()>
 where
     F: Fn(&'a Live) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -457,9 +464,21 @@ where
         if now.and_then(|r| r.host_ifindex) != Some(live.ifindex) {
             continue;
         }
-        f(live).await?;
+        if let Err(e) = f(live).await {
+            if still_there(host, live).await? {
+                return Err(e);
+            }
+            log::info!("endpoint {} went while being rewired: {e:#}", live.pod.name);
+        }
     }
     Ok(())
+}
+
+/// Whether the endpoint's host veth (by its ifindex) and namespace are
+/// still there.
+async fn still_there(host: &Host, live: &Live) -> Result<bool> {
+    let veth = host.link_by_index(live.ifindex).await?;
+    Ok(veth.is_some_and(|l| l.name == live.pod.host_veth) && netns::exists(&live.pod.netns))
 }
 
 /// Removes the host routes of ours (among `routes`) over the endpoint's

@@ -616,8 +616,11 @@ async fn up_locked(
     let (head, tail) = steps.split_at(rewire_at.map_or(steps.len(), |at| at + 1));
     executor.run(Some(topology), head, 0).await?;
     let _locks = match rewire_at {
-        Some(_) => rewire_endpoints(&executor.host, topology, locks, &executor.timings).await?,
-        None => locks,
+        Some(_) => {
+            let relock = !tail.is_empty();
+            rewire_endpoints(&executor.host, topology, locks, &executor.timings, relock).await?
+        }
+        None => vec![locks.0, locks.1],
     };
     executor.run(Some(topology), tail, head.len()).await?;
     executor.record_applied(topology).await?;
@@ -631,14 +634,18 @@ async fn up_locked(
 /// ADDs and DELs go on meanwhile, each wiring its endpoint for the
 /// network as now recorded, while the next change of the network waits
 /// (see [`state::rewire_lock`]). Killed before the end, the rewire stays
-/// owed, and the next change or ADD does it. Returns the change's locks,
-/// taken again for the steps after the rewire.
+/// owed, and the next change or ADD does it. Returns the locks to finish
+/// with: the change's, taken again if steps after the rewire (`relock`)
+/// change the network itself, or else the rewire lock alone (what is left
+/// to record, the applied record and the ledger, endpoint work never
+/// writes), so that ADDs do not wait for the change twice.
 async fn rewire_endpoints(
     host: &Host,
     topology: &Topology,
     locks: (state::Lock, state::Lock),
     timings: &Timings,
-) -> Result<(state::Lock, state::Lock)> {
+    relock: bool,
+) -> Result<Vec<state::Lock>> {
     let (global, network) = locks;
     drop(global);
     let rewire = network
@@ -650,9 +657,12 @@ async fn rewire_endpoints(
         .with_context(|| format!("topology {:?}: {}", topology.name, Step::RewireEndpoints))?;
     StateDir::new(&topology.name).rewire_done()?;
     timings.mark(Step::RewireEndpoints);
-    let locks = state::change_lock_with(&topology.name, rewire)?;
+    if !relock {
+        return Ok(vec![rewire]);
+    }
+    let (global, network) = state::change_lock_with(&topology.name, rewire)?;
     timings.mark("wait for the network's lock again");
-    Ok(locks)
+    Ok(vec![global, network])
 }
 
 /// `ledger` with an entry for every object `steps` may make, written

@@ -183,7 +183,7 @@ fn plain_up_remakes_maps_whose_layout_changed() {
 /// numbered UDP stream and TCP connections between two pods lose nothing
 /// in any transition (routed <-> bridge, where the kernel drops what a
 /// veth receives while it becomes or stops being a bridge port, is not
-/// walked; see the README), and the command says that the next ADD
+/// walked; see docs/design.md), and the command says that the next ADD
 /// converges the network back to its configuration's mode.
 #[test]
 fn mode_set_on_a_cni_network_loses_nothing_in_any_mode() {

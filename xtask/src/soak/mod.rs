@@ -99,7 +99,7 @@ impl Soak {
 
     /// `vethctl down` of the network. When it fails (a changed map layout
     /// makes it fail today: issue 18, finding 5), `up --repair` of the
-    /// network's recorded description first, as the README advises, and
+    /// network's recorded description first (docs/tests.md, the soak), and
     /// `down` again; the first failure is returned beside.
     fn down(&self) -> Result<Option<String>> {
         let state = Path::new("/run/vethctl").join(NETWORK);

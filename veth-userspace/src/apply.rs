@@ -590,7 +590,13 @@ async fn up_locked(
     let ledger = with_objects_to_make(ledger, topology, &steps);
     ledger.save(&state)?;
     if steps.contains(&Step::RewireEndpoints) {
-        state.owe_rewire()?;
+        // Onto or off a bridge, also when an earlier rewire that did was
+        // abandoned half way: ADDs wait for such a rewire (see
+        // `cni::Standing::AcrossBridge`).
+        let across_bridge = state.rewire_across_bridge()
+            || recorded_mode == Some(Mode::Bridge)
+            || topology.mode == Mode::Bridge;
+        state.owe_rewire(across_bridge)?;
     }
     state.save(source)?;
     state.save_addresses(&topology.assigned())?;

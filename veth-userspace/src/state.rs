@@ -22,6 +22,8 @@ const ADDRESSES_FILE: &str = "pod-addresses.json";
 const LOCK_FILE: &str = ".lock";
 /// The endpoints are owed a rewire (see [`StateDir::owe_rewire`]).
 const REWIRE_OWED_FILE: &str = "rewire-owed";
+/// What [`REWIRE_OWED_FILE`] holds when the rewire crosses a bridge.
+const ACROSS_BRIDGE: &[u8] = b"across-bridge\n";
 
 /// This node's state root: [`STATE_ROOT`] on the host (see [`crate::node`]).
 pub fn root() -> PathBuf {
@@ -111,13 +113,20 @@ impl StateDir {
     /// change that owes it is made, removed by whoever finishes the rewire.
     /// Left by a rewire that was killed, it tells the next change (or ADD)
     /// to do it (see [`rewire_lock`]).
-    pub fn owe_rewire(&self) -> Result<()> {
-        write_atomically(&self.dir, REWIRE_OWED_FILE, b"")
+    /// `across_bridge`: the rewire takes endpoints onto or off a bridge.
+    pub fn owe_rewire(&self, across_bridge: bool) -> Result<()> {
+        let text: &[u8] = if across_bridge { ACROSS_BRIDGE } else { b"" };
+        write_atomically(&self.dir, REWIRE_OWED_FILE, text)
     }
 
     /// Whether a rewire of the endpoints is owed (see [`StateDir::owe_rewire`]).
     pub fn rewire_owed(&self) -> bool {
         self.dir.join(REWIRE_OWED_FILE).exists()
+    }
+
+    /// Whether the rewire owed takes endpoints onto or off a bridge.
+    pub fn rewire_across_bridge(&self) -> bool {
+        fs::read(self.dir.join(REWIRE_OWED_FILE)).is_ok_and(|text| text == ACROSS_BRIDGE)
     }
 
     /// The endpoints are rewired for the recorded description.
@@ -517,7 +526,8 @@ pub fn rewire_abandoned(name: &str) -> Result<bool> {
     Ok(StateDir::new(name).rewire_owed() && rewire_lock(name, false)?.is_some())
 }
 
-/// Whether a change of network `name` is rewiring its endpoints now.
+/// Whether a change of network `name` is rewiring its endpoints now (and
+/// so holds its rewire lock).
 pub fn rewire_running(name: &str) -> Result<bool> {
     Ok(StateDir::new(name).rewire_owed() && rewire_lock(name, false)?.is_none())
 }

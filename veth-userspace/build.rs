@@ -4,7 +4,7 @@
 //! The host toolchain (rustup) cannot build for BPF here: there is no
 //! rust-src for build-std. Debian's rustc-web ships a prebuilt `core` for
 //! bpfel-unknown-none instead, so the inner build uses /usr/bin/cargo and
-//! /usr/bin/rustc explicitly (see ../shared/TOOLCHAIN.md and the README).
+//! /usr/bin/rustc explicitly (see ../shared/TOOLCHAIN.md and docs/install.md).
 
 use std::{
     env,

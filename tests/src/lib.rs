@@ -96,35 +96,70 @@ impl AddressBlock {
         });
         for i in 0..BLOCKS {
             let block = (start + i) % BLOCKS;
-            let file = Path::new(BLOCKS_DIR).join(block.to_string());
-            let created = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file);
-            let mine = match created {
-                Ok(mut f) => f
-                    .write_all(std::process::id().to_string().as_bytes())
-                    .is_ok(),
-                Err(_) => {
-                    let owner = std::fs::read_to_string(&file).unwrap_or_default();
-                    let alive =
-                        Path::new("/proc").join(owner.trim()).exists() && !owner.trim().is_empty();
-                    !alive && std::fs::write(&file, std::process::id().to_string()).is_ok()
-                }
-            };
-            if !mine {
-                continue;
+            if let Some(reserved) = Self::claim(block) {
+                return reserved;
             }
-            let (second, third) = (18 + block / 256, block % 256);
-            let cidr = format!("198.{second}.{third}.0/24");
-            let cidr6 = format!("fd00:198:{second}:{third}::/64");
-            if block_in_use(&cidr, &cidr6) {
-                let _ = std::fs::remove_file(&file);
-                continue;
-            }
-            return AddressBlock { cidr, cidr6, file };
         }
         panic!("all {BLOCKS} test address blocks in {BLOCKS_DIR} are taken");
+    }
+
+    /// The block of `cidr` itself (a /24 of 198.18.0.0/15), for text that
+    /// names its addresses, such as the README's runnable blocks; waits up
+    /// to `wait` while another test process holds it.
+    pub fn reserve_exact(cidr: &str, wait: Duration) -> AddressBlock {
+        let octets: Vec<u32> = cidr
+            .split(['.', '/'])
+            .map(|o| o.parse().expect("a dotted IPv4 prefix"))
+            .collect();
+        assert!(
+            octets.len() == 5 && octets[0] == 198 && (18..=19).contains(&octets[1]),
+            "{cidr} is not a /24 of 198.18.0.0/15"
+        );
+        let block = (octets[1] - 18) * 256 + octets[2];
+        std::fs::create_dir_all(BLOCKS_DIR).expect("creating the address block directory");
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(reserved) = Self::claim(block) {
+                return reserved;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cidr} stayed taken for {wait:?} (by a live test in {BLOCKS_DIR}, or in use on the host)"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Takes block number `block` if no live process holds it and the host
+    /// does not use its addresses.
+    fn claim(block: u32) -> Option<AddressBlock> {
+        let file = Path::new(BLOCKS_DIR).join(block.to_string());
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file);
+        let mine = match created {
+            Ok(mut f) => f
+                .write_all(std::process::id().to_string().as_bytes())
+                .is_ok(),
+            Err(_) => {
+                let owner = std::fs::read_to_string(&file).unwrap_or_default();
+                let alive =
+                    Path::new("/proc").join(owner.trim()).exists() && !owner.trim().is_empty();
+                !alive && std::fs::write(&file, std::process::id().to_string()).is_ok()
+            }
+        };
+        if !mine {
+            return None;
+        }
+        let (second, third) = (18 + block / 256, block % 256);
+        let cidr = format!("198.{second}.{third}.0/24");
+        let cidr6 = format!("fd00:198:{second}:{third}::/64");
+        if block_in_use(&cidr, &cidr6) {
+            let _ = std::fs::remove_file(&file);
+            return None;
+        }
+        Some(AddressBlock { cidr, cidr6, file })
     }
 }
 

@@ -2385,7 +2385,7 @@ fn a_retried_del_clears_an_identity_whose_slot_entry_is_gone() {
 // ---------------------------------------------------------------------------
 // Codes, names and bounded input.
 
-/// Runtime failures carry the README's code (999, libcni's ErrInternal),
+/// Runtime failures carry docs/cli.md's code (999, libcni's ErrInternal),
 /// and `/proc/1/ns/net` is refused for what it is: the node's own
 /// namespace, or one the plugin may not open.
 #[test]

@@ -13,8 +13,8 @@
 //! arrives in the window where the port exists but is disabled
 //! (`br_add_if` registers the bridge's receive handler before it enables
 //! the port, `del_nbp` disables the port before it removes the handler):
-//! usually nothing, sometimes a datagram or a TCP segment. The README's
-//! table shows them.
+//! usually nothing, sometimes a datagram or a TCP segment. The table in
+//! docs/design.md shows them.
 
 use std::{
     net::IpAddr,

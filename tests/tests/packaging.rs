@@ -333,7 +333,7 @@ fn only_others(body: &str, ours: &str) -> bool {
 /// answers /healthz and /readyz; two pods containerd starts over CRI get
 /// networked by the installed plugin and ping each other through the
 /// redirect, and the agent in the container counts them; then the
-/// README's uninstall from the image: `uninstall-cni` takes only our
+/// uninstall from the image as docs/install.md has it: `uninstall-cni` takes only our
 /// plugin and list, `down` the whole network. The podman
 /// arguments come from the manifest; what the test changes is what an
 /// operator would (the ConfigMap's network and range, where the CNI
@@ -426,7 +426,7 @@ fn the_image_runs_as_the_daemonset_and_networks_a_containerd_pod() {
     );
 
     let containerd = Containerd::start(&bin, &conf).expect("containerd on the installed CNI");
-    // What the README has a node do with the archive: containerd knows it
+    // What docs/install.md has a node do with the archive: containerd knows it
     // by the manifest's name.
     let import = containerd
         .ctr()
@@ -478,7 +478,7 @@ fn the_image_runs_as_the_daemonset_and_networks_a_containerd_pod() {
     drop(containerd);
     podman.rm_f(&agent_name).expect("stopping the agent");
 
-    // Uninstall as the README says: the init container's mounts, and the
+    // Uninstall as docs/install.md says: the init container's mounts, and the
     // network's records (pods left?) from the node's /run/vethctl.
     let mut uninstall = init;
     uninstall.args = vec![

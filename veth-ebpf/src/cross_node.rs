@@ -18,7 +18,7 @@
 //!   to the collect-metadata VXLAN device, which encapsulates.
 //!
 //! XDP cannot set a tunnel key or resolve neighbours: `xdp_from_pod` passes
-//! frames for other nodes to the host stack (see README, "Several nodes").
+//! frames for other nodes to the host stack (see docs/cluster.md, "Across nodes with the programs").
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibLookup, bpf_redir_neigh, bpf_tunnel_key, BPF_FIB_LKUP_RET_SUCCESS,

@@ -495,8 +495,26 @@ impl Timings {
 /// again (which also puts right what was changed inside a pod's namespace).
 pub async fn up(topology: &Topology, source: &str, options: UpOptions) -> Result<Vec<Step>> {
     let timings = Timings::new(options.timings);
-    let _locks = state::change_lock_marked(&topology.name, |what| timings.mark(what))?;
-    Ok(up_locked(topology, source, options, timings).await?.1)
+    let locks = state::change_lock_marked(&topology.name, |what| timings.mark(what))?;
+    Ok(up_locked(topology, source, options, timings, locks)
+        .await?
+        .1)
+}
+
+/// [`up`] by the holder of the network's `rewire` lock (see
+/// [`state::change_lock_with`]).
+pub async fn up_with_rewire_lock(
+    topology: &Topology,
+    source: &str,
+    options: UpOptions,
+    rewire: state::Lock,
+) -> Result<Vec<Step>> {
+    let timings = Timings::new(options.timings);
+    let locks = state::change_lock_with(&topology.name, rewire)?;
+    timings.mark("wait for the node-wide and the network's lock");
+    Ok(up_locked(topology, source, options, timings, locks)
+        .await?
+        .1)
 }
 
 /// Like [`up`], for a description derived from the one recorded for topology
@@ -512,7 +530,7 @@ where
     F: FnOnce(Option<String>) -> Result<(Topology, String)>,
 {
     let timings = Timings::new(options.timings);
-    let _locks = state::change_lock_marked(name, |what| timings.mark(what))?;
+    let locks = state::change_lock_marked(name, |what| timings.mark(what))?;
     let (topology, source) = derive(StateDir::new(name).load_text()?)?;
     if topology.name != name {
         bail!(
@@ -520,7 +538,7 @@ where
             topology.name
         );
     }
-    up_locked(&topology, &source, options, timings).await
+    up_locked(&topology, &source, options, timings, locks).await
 }
 
 /// `topology` (described by `source`) with each recorded pod keeping the
@@ -534,12 +552,15 @@ pub fn keeping_recorded(topology: &Topology, source: &str) -> Result<Topology> {
 }
 
 /// Returns the topology as converged to (addresses decided under the lock)
-/// and the steps taken.
+/// and the steps taken. `locks` (see [`state::change_lock`]) are held to
+/// the end, but for a rewire of the runtime's endpoints, which runs with
+/// the rewire lock alone (see [`rewire_endpoints`]).
 async fn up_locked(
     topology: &Topology,
     source: &str,
     options: UpOptions,
     timings: Timings,
+    locks: (state::Lock, state::Lock),
 ) -> Result<(Topology, Vec<Step>)> {
     let topology = &keeping_recorded(topology, source)?;
     let recorded_mode = StateDir::new(&topology.name)
@@ -558,6 +579,7 @@ async fn up_locked(
     observed.rewire_endpoints = !endpoint::Store::new(&topology.name).records().is_empty()
         && (options.repair
             || !observed.programs_current
+            || StateDir::new(&topology.name).rewire_owed()
             || recorded_mode.is_some_and(|m| m != topology.mode));
     timings.mark("observe the kernel");
     let steps = plan_up(topology, &observed)?;
@@ -567,6 +589,15 @@ async fn up_locked(
     // description: nothing is made before both are saved.
     let ledger = with_objects_to_make(ledger, topology, &steps);
     ledger.save(&state)?;
+    if steps.contains(&Step::RewireEndpoints) {
+        // Onto or off a bridge, also when an earlier rewire that did was
+        // abandoned half way: ADDs wait for such a rewire (see
+        // `cni::Standing::AcrossBridge`).
+        let across_bridge = state.rewire_across_bridge()
+            || recorded_mode == Some(Mode::Bridge)
+            || topology.mode == Mode::Bridge;
+        state.owe_rewire(across_bridge)?;
+    }
     state.save(source)?;
     state.save_addresses(&topology.assigned())?;
     let executor = Executor::new(
@@ -584,11 +615,60 @@ async fn up_locked(
         .collect();
     executor.save_applied()?;
     executor.timings.mark("plan and save state");
-    executor.run(Some(topology), &steps).await?;
+    // A rewire of the runtime's endpoints runs between the steps before it
+    // and those after it (leaving a bridge: the bridge goes only once no
+    // endpoint is its port), with the rewire lock alone.
+    let rewire_at = steps.iter().position(|s| *s == Step::RewireEndpoints);
+    let (head, tail) = steps.split_at(rewire_at.map_or(steps.len(), |at| at + 1));
+    executor.run(Some(topology), head, 0).await?;
+    let _locks = match rewire_at {
+        Some(_) => {
+            let relock = !tail.is_empty();
+            rewire_endpoints(&executor.host, topology, locks, &executor.timings, relock).await?
+        }
+        None => vec![locks.0, locks.1],
+    };
+    executor.run(Some(topology), tail, head.len()).await?;
     executor.record_applied(topology).await?;
     executor.confirm_links(&observed).await?;
     executor.timings.mark("record what was applied");
     Ok((topology.clone(), steps))
+}
+
+/// The runtime's endpoints rewired for `topology` (the plan's step
+/// `RewireEndpoints`), holding only the network's rewire lock of `locks`:
+/// ADDs and DELs go on meanwhile, each wiring its endpoint for the
+/// network as now recorded, while the next change of the network waits
+/// (see [`state::rewire_lock`]). Killed before the end, the rewire stays
+/// owed, and the next change or ADD does it. Returns the locks to finish
+/// with: the change's, taken again if steps after the rewire (`relock`)
+/// change the network itself, or else the rewire lock alone (what is left
+/// to record, the applied record and the ledger, endpoint work never
+/// writes), so that ADDs do not wait for the change twice.
+async fn rewire_endpoints(
+    host: &Host,
+    topology: &Topology,
+    locks: (state::Lock, state::Lock),
+    timings: &Timings,
+    relock: bool,
+) -> Result<Vec<state::Lock>> {
+    let (global, network) = locks;
+    drop(global);
+    let rewire = network
+        .keep_rewire()
+        .context("a change's lock without its rewire lock")?;
+    timings.mark("let endpoint work go on");
+    wire::rewire_all(host, topology)
+        .await
+        .with_context(|| format!("topology {:?}: {}", topology.name, Step::RewireEndpoints))?;
+    StateDir::new(&topology.name).rewire_done()?;
+    timings.mark(Step::RewireEndpoints);
+    if !relock {
+        return Ok(vec![rewire]);
+    }
+    let (global, network) = state::change_lock_with(&topology.name, rewire)?;
+    timings.mark("wait for the network's lock again");
+    Ok(vec![global, network])
 }
 
 /// `ledger` with an entry for every object `steps` may make, written
@@ -823,7 +903,7 @@ pub async fn down(name: &str) -> Result<Vec<Step>> {
     warn_unproven(name, &observed);
     let steps = plan_down(&observed);
     Executor::new(host, name, Applied::default(), ledger, Timings::new(false))
-        .run(None, &steps)
+        .run(None, &steps, 0)
         .await?;
     Ok(steps)
 }
@@ -986,15 +1066,20 @@ impl Executor {
         Ok(known)
     }
 
-    /// Runs the steps; the ledger is saved at the end, also when a step
-    /// fails.
-    async fn run(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
-        let result = self.run_steps(topology, steps).await;
+    /// Runs the steps (`first` is the plan's index of the first of them);
+    /// the ledger is saved at the end, also when a step fails.
+    async fn run(&self, topology: Option<&Topology>, steps: &[Step], first: usize) -> Result<()> {
+        let result = self.run_steps(topology, steps, first).await;
         let saved = self.save_ledger();
         result.and(saved)
     }
 
-    async fn run_steps(&self, topology: Option<&Topology>, steps: &[Step]) -> Result<()> {
+    async fn run_steps(
+        &self,
+        topology: Option<&Topology>,
+        steps: &[Step],
+        first: usize,
+    ) -> Result<()> {
         let pods = |s: &Step| matches!(s, Step::ConfigurePod { .. });
         // `--timings` prints a line per step, which a counter would garble.
         let wired = match self.timings.on {
@@ -1002,7 +1087,7 @@ impl Executor {
             false => steps.iter().filter(|s| pods(s)).count(),
         };
         let mut progress = crate::progress::Counter::new("pods wired", wired);
-        for (done, step) in steps.iter().enumerate() {
+        for (done, step) in (first..).zip(steps) {
             if self.crash_after == Some(done) {
                 eprintln!("vethctl: {CRASH_AFTER_STEPS_ENV}={done}: aborting before \"{step}\"");
                 std::process::abort();
@@ -1167,9 +1252,9 @@ impl Executor {
             Step::SyncDataplane => self.sync_dataplane(need()?).await?,
             Step::RewireEndpoints => {
                 // The topology pods' attach first: both end in the same
-                // pins directory.
+                // pins directory. The rewire itself runs once every step
+                // has, beside endpoint work (see `rewire_endpoints`).
                 self.finish_attaching().await?;
-                wire::rewire_all(&self.host, need()?).await?;
             }
             Step::AttachPrograms { pods } => self.attach_programs(need()?, pods).await?,
             Step::SetXdpOffloads { pod } => {

@@ -49,7 +49,7 @@ enum Command {
     /// namespace and host-side veth are still the same, are left alone, and
     /// links keep running programs that did not change.
     Up {
-        /// Topology description (TOML); see README.md for the format. A
+        /// Topology description (TOML); see docs/topology.md for the format. A
         /// cluster file (with `[[nodes]]`) without --cluster-node brings up
         /// the whole cluster on this machine, one namespace per node.
         #[arg(long, short = 't', value_name = "FILE")]
@@ -266,7 +266,7 @@ struct TraceArgs {
 #[derive(Debug, Args)]
 struct Output {
     /// table: the main columns, within 80 characters; wide: every column,
-    /// nothing shortened; json: everything (documented in README.md).
+    /// nothing shortened; json: everything (documented in docs/cli.md).
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, value_name = "FORMAT")]
     output: Format,
     /// The same as `-o json`.

@@ -165,7 +165,7 @@ pub struct TopologyFile {
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// Per-pair counters in the programs; `false` compiles them out (see
-    /// the README for what counting costs).
+    /// docs/benchmarks.md for what counting costs).
     #[serde(default = "yes")]
     pub counters: bool,
     /// Receive packet steering on the host-side veths: each flow's frames

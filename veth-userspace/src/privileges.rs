@@ -124,7 +124,7 @@ impl fmt::Display for Missing {
         }
         write!(
             f,
-            "; this process lacks {} (run it as root, or see \"Security model\" in README.md)",
+            "; this process lacks {} (run it as root, or see docs/security.md)",
             names(&self.missing)
         )
     }

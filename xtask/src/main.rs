@@ -57,7 +57,7 @@ enum Task {
     /// duplicate addresses, leaks, lost datagrams, the agent's RSS and
     /// fds, ADD/DEL p50/p99 by live pods, each target PASS or MISS.
     Soak {
-        /// ADD/DEL cycles (pods added and deleted) [default: 2000;
+        /// ADD/DEL cycles (pods added and deleted) [default: 4000;
         /// --quick: 300].
         #[arg(long)]
         cycles: Option<usize>,

@@ -369,12 +369,18 @@ pub async fn check(host: &Host, network: &Topology, record: &Record) -> Result<(
 /// until the new one does: xdp offloads before any XDP attach, bridge
 /// ports before pods are readdressed for them, the programs before the
 /// pods' wiring, and leaving a bridge last.
+///
+/// ADDs and DELs run meanwhile (the caller holds only the network's
+/// rewire lock, see `state::rewire_lock`): each endpoint's step is taken
+/// under its attachment lock, on its record as it is then, and an
+/// endpoint deleted (or made again) since the list was taken is left to
+/// its DEL (or to its ADD, which wired it for the network as recorded).
 pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     let pods = live_endpoints(host, network).await?;
     if pods.is_empty() {
         return Ok(());
     }
-    each(&pods, |pod| async move {
+    each(host, network, &pods, |Live { pod, .. }| async move {
         if network.mode == Mode::Xdp {
             pod::set_offloads(pod, true).await?;
         }
@@ -384,26 +390,16 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
         Ok(())
     })
     .await?;
-    let name = network.name.clone();
     let hooks = Hook::for_mode(network.mode);
-    let attached: Vec<(String, TcAttach)> = pods
-        .iter()
-        .map(|(pod, tc)| (pod.host_veth.clone(), *tc))
-        .collect();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        for tc in [TcAttach::Tcx, TcAttach::Clsact] {
-            let veths: Vec<String> = attached
-                .iter()
-                .filter(|(_, t)| *t == tc)
-                .map(|(veth, _)| veth.clone())
-                .collect();
-            dataplane::attach_all(&name, &veths, hooks, tc)?;
-        }
-        Ok(())
+    each(host, network, &pods, |Live { pod, tc, .. }| async move {
+        let (name, veth) = (network.name.clone(), pod.host_veth.clone());
+        let tc = *tc;
+        tokio::task::spawn_blocking(move || dataplane::attach_all(&name, &[veth], hooks, tc))
+            .await
+            .context("attach task panicked")?
     })
-    .await
-    .context("attach task panicked")??;
-    each(&pods, |pod| async move {
+    .await?;
+    each(host, network, &pods, |Live { pod, .. }| async move {
         wire_pod(host, network, pod, || Ok(()))
             .await
             .map(drop)
@@ -411,65 +407,91 @@ pub async fn rewire_all(host: &Host, network: &Topology) -> Result<()> {
     })
     .await?;
     if network.mode == Mode::Bridge {
-        remove_host_routes(host, &pods).await?;
+        let routes = host.routes().await?;
+        each(host, network, &pods, |live| {
+            remove_host_routes(host, &routes, live.ifindex)
+        })
+        .await?;
     } else {
         // Off a bridge only now that every endpoint is wired and, in mode
         // tc or xdp, the programs that take the pods' frames before a
         // bridge would are attached.
-        each(&pods, |pod| leave_bridge(host, pod)).await?;
+        each(host, network, &pods, |live| leave_bridge(host, &live.pod)).await?;
     }
     if network.mode != Mode::Xdp {
         // Leaving xdp: offloads back to the veth defaults, only now that
         // XDP is detached (it redirects into pods by their NAPI, which GRO
         // off takes away, and needs their tx checksums done in software).
-        each(&pods, |pod| pod::set_offloads(pod, false)).await?;
+        each(host, network, &pods, |live| {
+            pod::set_offloads(&live.pod, false)
+        })
+        .await?;
     }
     Ok(())
 }
 
-/// Endpoints rewired at once. Each one's work is its own (its namespace,
-/// its veth) and mostly waits (a namespace thread, netlink round trips),
-/// and 16 at once held the network's lock 1.7 times shorter than one at a
-/// time (500 endpoints: 0.6–1.3 s against 1.2–2.2 s, `cargo xtask bench
-/// mode-set`); but one of three long soaks with it lost a datagram
-/// between pods after a `mode set bridge` (tc → bridge, then the next
-/// ADD's bridge → tc), which is not understood yet: one at a time until it
-/// is. Each step of [`rewire_all`] ends for every endpoint before the next
-/// begins.
-const AT_ONCE: usize = 1;
-
-/// Runs `f` on every endpoint of `pods`, [`AT_ONCE`] at a time; the first
-/// error.
-async fn each<'a, F, Fut>(pods: &'a [(Pod, TcAttach)], f: F) -> Result<()>
-where
-    F: Fn(&'a Pod) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    use futures::{StreamExt as _, TryStreamExt as _};
-    futures::stream::iter(pods.iter().map(|(pod, _)| f(pod)))
-        .buffer_unordered(AT_ONCE)
-        .try_collect::<Vec<()>>()
-        .await
-        .map(drop)
+/// An endpoint as [`live_endpoints`] found it.
+struct Live {
+    pod: Pod,
+    tc: TcAttach,
+    container_id: String,
+    ifname: String,
+    ifindex: u32,
 }
 
-/// Removes the host routes of ours over the endpoints' veths, once they
-/// are bridge ports and readdressed for the bridge (the host reaches them
-/// through the bridge's subnet then), as `up` removes a topology's pods'.
-async fn remove_host_routes(host: &Host, pods: &[(Pod, TcAttach)]) -> Result<()> {
-    let mut veths = std::collections::BTreeSet::new();
-    for (pod, _) in pods {
-        if let Some(link) = host.link(&pod.host_veth).await? {
-            veths.insert(link.ifindex);
+/// Runs `f` on every endpoint of `pods` still recorded as it was listed,
+/// one at a time, each under its attachment lock (an ADD or DEL of it
+/// waits; others go on); the first error of an endpoint that is still
+/// there. One whose veth or namespace went meanwhile (its pod died, or a
+/// DEL was killed half way: the runtime's retry finishes it) has nothing
+/// left to rewire; failing on it failed the whole change (`mode set`
+/// under `cargo xtask soak`). Each step of [`rewire_all`]
+/// ends for every endpoint before the next begins. One at a time: 16 at
+/// once held the network's lock 1.7 times shorter (500 endpoints, `cargo
+/// xtask bench mode-set`), but one of three long soaks with it lost a
+/// datagram between pods after a `mode set bridge`, which is not
+/// understood yet; and endpoint work no longer waits for the rewire.
+async fn each<'a, F, Fut>(host: &Host, network: &Topology, pods: &'a [Live], f: F) -> Result<()>
+where
+    F: Fn(&'a Live) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let store = Store::new(&network.name);
+    for live in pods {
+        let key = super::key(&live.container_id, &live.ifname);
+        let _attachment = store.lock(&key)?;
+        let now = store.load(&live.container_id, &live.ifname)?;
+        if now.and_then(|r| r.host_ifindex) != Some(live.ifindex) {
+            continue;
+        }
+        if let Err(e) = f(live).await {
+            if still_there(host, live).await? {
+                return Err(e);
+            }
+            log::info!("endpoint {} went while being rewired: {e:#}", live.pod.name);
         }
     }
-    for route in host.routes().await? {
-        let over_ours = route.oif.is_some_and(|oif| veths.contains(&oif));
-        if over_ours
+    Ok(())
+}
+
+/// Whether the endpoint's host veth (by its ifindex) and namespace are
+/// still there.
+async fn still_there(host: &Host, live: &Live) -> Result<bool> {
+    let veth = host.link_by_index(live.ifindex).await?;
+    Ok(veth.is_some_and(|l| l.name == live.pod.host_veth) && netns::exists(&live.pod.netns))
+}
+
+/// Removes the host routes of ours (among `routes`) over the endpoint's
+/// veth `ifindex`, once it is a bridge port and readdressed for the bridge
+/// (the host reaches it through the bridge's subnet then), as `up` removes
+/// a topology's pods'.
+async fn remove_host_routes(host: &Host, routes: &[routes::Route], ifindex: u32) -> Result<()> {
+    for route in routes {
+        if route.oif == Some(ifindex)
             && route.kind == routes::RouteKind::Unicast
             && route.protocol == routes::PROTOCOL
         {
-            host.remove_route(&route).await?;
+            host.remove_route(route).await?;
         }
     }
     Ok(())
@@ -479,7 +501,7 @@ async fn remove_host_routes(host: &Host, pods: &[(Pod, TcAttach)]) -> Result<()>
 /// how their programs are attached. A pod whose namespace (and with it its
 /// veth) went before its DEL has nothing left to rewire; failing on it
 /// failed the whole `up`.
-async fn live_endpoints(host: &Host, network: &Topology) -> Result<Vec<(Pod, TcAttach)>> {
+async fn live_endpoints(host: &Host, network: &Topology) -> Result<Vec<Live>> {
     // One dump, not a lookup per endpoint.
     let links: std::collections::BTreeMap<u32, String> = host
         .links()
@@ -494,7 +516,13 @@ async fn live_endpoints(host: &Host, network: &Topology) -> Result<Vec<(Pod, TcA
         };
         let alive = links.get(&ifindex) == Some(&record.host_veth);
         if alive && netns::exists(&record.netns) {
-            pods.push((record.pod(), record.tc_attach));
+            pods.push(Live {
+                pod: record.pod(),
+                tc: record.tc_attach,
+                ifindex,
+                container_id: record.container_id,
+                ifname: record.ifname,
+            });
         }
     }
     Ok(pods)

@@ -233,7 +233,7 @@ fn table(pods: usize, by: &str, transitions: &[Transition]) -> String {
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut s = format!(
         "vethctl mode set on a CNI network with {pods} endpoints (the network's lock is held \
-         throughout), by {by}; load average {}:\n\n| transition | ms | slowest steps (ms) \
+         but while its endpoints are rewired), by {by}; load average {}:\n\n| transition | ms | slowest steps (ms) \
          |\n|---|--:|---|\n",
         load.split_whitespace()
             .take(3)

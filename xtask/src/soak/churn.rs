@@ -725,11 +725,13 @@ impl<'a> Ctx<'a> {
             }
             Event::MapLayout => {
                 // As a vethctl of another build would: under the change
-                // locks (all of the node's, then the network's), so no ADD
-                // is half-way through the maps meanwhile.
+                // locks (the network's endpoint rewire, all of the node's,
+                // then the network's), so no ADD is half-way through the
+                // maps, nor a rewire through the endpoints, meanwhile.
+                let locks = Path::new("/run/vethctl/.locks");
+                let _rewire = flock_exclusive(&locks.join(format!("{}.rewire", self.network)))?;
                 let _global = flock_exclusive(Path::new("/run/vethctl/.lock"))?;
-                let _network =
-                    flock_exclusive(&Path::new("/run/vethctl/.locks").join(self.network))?;
+                let _network = flock_exclusive(&locks.join(self.network))?;
                 let pins = Path::new("/sys/fs/bpf/vethctl").join(self.network);
                 let replaced = veth_bench::disruption::give_pinned_maps_other_layouts(&pins)?;
                 Ok(format!(

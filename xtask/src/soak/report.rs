@@ -215,10 +215,10 @@ fn agent_rss(c: &Counts) -> Target {
         .iter()
         .map(|s| {
             format!(
-                "{} pods: {:.1} → {:.1} MB over {} cycles",
+                "{} pods: floor {:.1} → {:.1} MB over {} cycles",
                 s.plateau,
-                mb(s.from.rss_kb),
-                mb(s.to.rss_kb),
+                mb(s.floor_early_kb),
+                mb(s.floor_late_kb),
                 s.cycles()
             )
         })

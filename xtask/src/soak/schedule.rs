@@ -126,8 +126,9 @@ impl Event {
 /// The modes a CNI network accepts, walked from the configuration's (tc)
 /// back to it. Never routed <-> bridge directly: that transition can drop a
 /// frame or two in any order of steps (`br_add_if` hands the veth's frames
-/// to the bridge before the port forwards; README, "no loss"), which the
-/// soak's zero-loss target would count against the CNI path.
+/// to the bridge before the port forwards; docs/design.md, "What a change
+/// costs running traffic"), which the soak's zero-loss target would count
+/// against the CNI path.
 pub const MODE_WALK: [&str; 5] = ["xdp", "routed", "tc", "bridge", "tc"];
 /// The configuration's mode, which the network is set back to at the end.
 pub const CONFIGURED_MODE: &str = "tc";

@@ -43,7 +43,7 @@ fn rss_table(a: &Agent) -> String {
     let mb = |kb: u64| kb as f64 / 1024.0;
     let mut s = String::from(
         "Agent RSS at a constant live count (each plateau past its first fifth; the top one judged):\n\n\
-         | churned pods | cycles | RSS MB from → to | MB per 1,000 cycles | on the way down (not judged) |\n\
+         | churned pods | cycles | RSS floor MB, first → last third | MB per 1,000 cycles | on the way down (not judged) |\n\
          |--:|--:|---|--:|--:|\n",
     );
     for st in &a.judged {
@@ -53,9 +53,9 @@ fn rss_table(a: &Agent) -> String {
             st.plateau,
             st.from.cycle,
             st.to.cycle,
-            mb(st.from.rss_kb),
-            mb(st.to.rss_kb),
-            st.growth_kb() as f64 / 1024.0 * 1000.0 / st.cycles().max(1) as f64,
+            mb(st.floor_early_kb),
+            mb(st.floor_late_kb),
+            st.per_1000(),
             st.way_down_kb
                 .map_or("–".into(), |kb| format!("{:.1} MB", mb(kb)))
         );

@@ -218,3 +218,34 @@ fn live_cluster_changes_lose_nothing_between_pods_on_two_nodes() {
         pins.display()
     );
 }
+
+/// Mid `vxlan` -> `ebpf-vxlan` a node already on the programs' tunnel
+/// and a node still on the kernel's VXLAN device reach each other both
+/// ways: the tunnelled frames carry the receiving node's VTEP MAC, which
+/// the kernel's device takes as its own (with the device's own MAC,
+/// `TUNNEL_MAC`, it dropped them until the other node changed too).
+#[test]
+fn a_node_on_ebpf_vxlan_and_a_node_on_vxlan_reach_each_other() {
+    let lab = Lab::new();
+    lab.converge("vxlan", &["n1", "n2"]);
+    let (a_ns, a) = lab.pod("n1", "a");
+    let (b_ns, b) = lab.pod("n2", "b");
+    assert_eq!(veth_tests::ping(&a_ns, b, 2), 2, "vxlan: a -> b");
+    // Only n1 changes, as its operator would on a real node: the same
+    // file in ebpf-vxlan, `up` for n1 alone.
+    let half = std::env::temp_dir().join(format!("vethctl-disrupt-{}-n1.toml", lab.name));
+    let text = std::fs::read_to_string(&lab.file)
+        .unwrap()
+        .replace("cross_node = \"vxlan\"", "cross_node = \"ebpf-vxlan\"");
+    std::fs::write(&half, text).unwrap();
+    let out = Command::new(vethctl_bin())
+        .args(["--node", &lab.node_ns("n1"), "up", "-t"])
+        .arg(&half)
+        .args(["--cluster-node", "n1"])
+        .output()
+        .expect("running vethctl");
+    let _ = std::fs::remove_file(&half);
+    expect_success(&out, "up of n1 alone in ebpf-vxlan");
+    assert_eq!(veth_tests::ping(&a_ns, b, 3), 3, "ebpf-vxlan n1 -> vxlan n2");
+    assert_eq!(veth_tests::ping(&b_ns, a, 3), 3, "vxlan n2 -> ebpf-vxlan n1");
+}

@@ -246,6 +246,14 @@ fn a_node_on_ebpf_vxlan_and_a_node_on_vxlan_reach_each_other() {
         .expect("running vethctl");
     let _ = std::fs::remove_file(&half);
     expect_success(&out, "up of n1 alone in ebpf-vxlan");
-    assert_eq!(veth_tests::ping(&a_ns, b, 3), 3, "ebpf-vxlan n1 -> vxlan n2");
-    assert_eq!(veth_tests::ping(&b_ns, a, 3), 3, "vxlan n2 -> ebpf-vxlan n1");
+    assert_eq!(
+        veth_tests::ping(&a_ns, b, 3),
+        3,
+        "ebpf-vxlan n1 -> vxlan n2"
+    );
+    assert_eq!(
+        veth_tests::ping(&b_ns, a, 3),
+        3,
+        "vxlan n2 -> ebpf-vxlan n1"
+    );
 }

@@ -527,12 +527,22 @@ pub struct CrossNodeConfig {
     pub port: u32,
 }
 
-/// MAC of every collect-metadata VXLAN device vethctl makes: frames sent
-/// through the tunnel carry it as their inner destination, so that the
-/// receiving node's device takes them as its own whatever node sent them.
-/// (The inner source is [`GATEWAY_MAC`]: a VXLAN device drops frames whose
-/// inner source is its own MAC.)
+/// MAC of every collect-metadata VXLAN device vethctl makes. Frames sent
+/// through the tunnel to a node with an IPv4 underlay address carry that
+/// node's [`vtep_mac`] as their inner destination instead, which a kernel
+/// VXLAN device (`cross_node = "vxlan"`, a node not yet switched to
+/// `ebpf-vxlan`) takes as its own; `from_tunnel` takes any. To a node
+/// with only IPv6 underlay addresses they carry this one. (The inner
+/// source is [`GATEWAY_MAC`]: a VXLAN device drops frames whose inner
+/// source is its own MAC.)
 pub const TUNNEL_MAC: [u8; 6] = [0x0e, 0xee, 0xee, 0xee, 0xee, 0xee];
+
+/// MAC of a node's kernel VXLAN device: locally administered, from its
+/// IPv4 underlay address.
+pub const fn vtep_mac(underlay: [u8; 4]) -> [u8; 6] {
+    let [a, b, c, d] = underlay;
+    [0x0e, 0x58, a, b, c, d]
+}
 
 /// Size of each trace session's ring buffer in bytes (a power of two, page
 /// multiple).

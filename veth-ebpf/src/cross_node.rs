@@ -35,7 +35,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 use veth_common::{
-    cross_node_mode, route_kind, CrossNodeConfig, DropReason, RemoteRoute, GATEWAY_MAC, TUNNEL_MAC,
+    cross_node_mode, route_kind, vtep_mac, CrossNodeConfig, DropReason, RemoteRoute, GATEWAY_MAC,
+    TUNNEL_MAC,
 };
 
 use crate::{
@@ -283,9 +284,17 @@ fn encapsulate(ctx: &TcContext, hop: &Hop) -> i64 {
     let Some(eth) = ptr_at::<TcContext, EthHdr>(ctx, 0) else {
         return i64::from(TC_ACT_SHOT);
     };
+    // The remote node's VTEP MAC when it has an IPv4 underlay address: a
+    // node still on the kernel's VXLAN device (mid `vxlan` -> `ebpf-vxlan`)
+    // takes only that one as its own, and `from_tunnel` takes any.
+    let dst = if hop.route.node_ipv4 != [0; 4] {
+        vtep_mac(hop.route.node_ipv4)
+    } else {
+        TUNNEL_MAC
+    };
     // SAFETY: bounds-checked header.
     unsafe {
-        copy_mac(&raw mut (*eth).dst_addr, &TUNNEL_MAC);
+        copy_mac(&raw mut (*eth).dst_addr, &dst);
         copy_mac(&raw mut (*eth).src_addr, &GATEWAY_MAC);
         bpf_redirect(hop.config.tunnel_ifindex, 0)
     }

@@ -20,7 +20,7 @@
 //! from a known node's underlay address and carry our VNI.
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::generated::{bpf_redirect_peer, bpf_skb_get_tunnel_key},
+    helpers::generated::{bpf_redirect_peer, bpf_skb_change_type, bpf_skb_get_tunnel_key},
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -70,7 +70,10 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
             // SAFETY: bounds-checked by `network`; a read-only map lookup.
             let endpoint = unsafe { ENDPOINTS.get(ipv4_key((*ip).dst_addr)) };
             match from {
-                Ok(()) => hand_over(&ctx, endpoint.map(|e| deliver_ipv4_to(&ctx, eth, ip, e))),
+                Ok(()) => as_ours(
+                    &ctx,
+                    hand_over(&ctx, endpoint.map(|e| deliver_ipv4_to(&ctx, eth, ip, e))),
+                ),
                 Err(reason) => refuse(&ctx, endpoint, reason),
             }
         }
@@ -78,7 +81,10 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
             // SAFETY: bounds-checked by `network`; a read-only map lookup.
             let endpoint = unsafe { ENDPOINTS6.get((*ip).dst_addr) };
             match from {
-                Ok(()) => hand_over(&ctx, endpoint.map(|e| deliver_ipv6_to(&ctx, eth, ip, e))),
+                Ok(()) => as_ours(
+                    &ctx,
+                    hand_over(&ctx, endpoint.map(|e| deliver_ipv6_to(&ctx, eth, ip, e))),
+                ),
                 Err(reason) => refuse(&ctx, endpoint, reason),
             }
         }
@@ -88,6 +94,19 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
             Err(reason) => refuse(&ctx, None, reason),
         },
     }
+}
+
+/// A checked frame from the tunnel that goes on to the node's stack is
+/// the node's: its inner destination is the node's VTEP MAC (see
+/// `encapsulate`), not the tunnel device's, which left it marked for
+/// another host, and the stack would drop it.
+#[inline(always)]
+fn as_ours(ctx: &TcContext, verdict: i32) -> i32 {
+    if verdict == CONTINUE {
+        // SAFETY: plain helper call on a live context; PACKET_HOST is 0.
+        unsafe { bpf_skb_change_type(ctx.skb.skb, 0) };
+    }
+    verdict
 }
 
 enum Network {

@@ -274,6 +274,17 @@ async fn remove_node(
             lab::Switch::Namespace(_) => node.to_string(),
         };
         lab::unplug_node(switch, &port).await?;
+    } else if record.netns.contains(&ns) {
+        // The node's namespace went without its `down` (its machine
+        // died): its devices and programs went with it, but its pods'
+        // namespaces, state and pins are on this machine and nobody else
+        // will remove them.
+        for path in crate::node::forget_dead(&ns)? {
+            eprintln!(
+                "node {node} of lab {name} is gone: removed its {}",
+                path.display()
+            );
+        }
     }
     record.netns.remove(&ns);
     record.nodes.remove(node);

@@ -207,6 +207,44 @@ impl Node {
     }
 }
 
+/// Removes what a node namespace named `name` left on this machine after
+/// the namespace itself went without `vethctl down` (`ip netns del`, the
+/// lab's "machine died"): the state roots that record that name, their
+/// pins on the host's bpffs, and the node's pod namespaces
+/// (`<name>-…`). Call it only when no namespace of that name exists: a
+/// live node's objects are its own `down`'s to remove. Returns what it
+/// removed, for the caller to say.
+pub fn forget_dead(name: &str) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let roots = Path::new(HOST_STATE_ROOT).join(NODES_DIR);
+    let keys: Vec<String> = match fs::read_dir(&roots) {
+        Ok(entries) => entries
+            .flatten()
+            .filter(|e| {
+                fs::read_to_string(e.path().join(NAME_FILE)).is_ok_and(|n| n.trim() == name)
+            })
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", roots.display())),
+    };
+    let pins = current().bpffs().join("vethctl").join(NODES_DIR);
+    for key in keys {
+        for dir in [pins.join(&key), roots.join(&key)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+    }
+    for pod in crate::netlink::netns::list(&format!("{name}-"))? {
+        crate::netlink::netns::delete(&pod)?;
+        removed.push(crate::netlink::netns::path(&pod));
+    }
+    Ok(removed)
+}
+
 fn node_root(cookie: u64) -> PathBuf {
     Path::new(HOST_STATE_ROOT)
         .join(NODES_DIR)

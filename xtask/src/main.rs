@@ -197,7 +197,9 @@ enum Bench {
     },
     /// What changes cost running traffic: datagrams lost and TCP
     /// connections broken across an agent kill -9, program reloads and
-    /// every `mode set` transition.
+    /// every `mode set` transition; with --cross-node, between pods on two
+    /// nodes of a lab across every `cross_node` transition, a node added,
+    /// a node dying and removed, and agent restarts.
     Disruption {
         /// Datagrams per second of the sequence-numbered UDP stream.
         #[arg(long, default_value_t = 5000)]
@@ -210,13 +212,20 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         settle_ms: u64,
         /// Modes whose transitions are measured, each ordered pair once;
-        /// the first is where it starts and ends.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "tc,xdp,routed,bridge,pair"
-        )]
+        /// the first is where it starts and ends. Default: tc, xdp, routed,
+        /// bridge, pair; with --cross-node host-gw, ebpf, vxlan, ebpf-vxlan
+        /// (--quick: host-gw, ebpf).
+        #[arg(long, value_delimiter = ',')]
         modes: Vec<String>,
+        /// Pods on two nodes of a lab of its own (issue 20's live changes);
+        /// exits 1 when host-gw <-> ebpf or a node added or removed loses
+        /// or breaks anything.
+        #[arg(long)]
+        cross_node: bool,
+        /// With --cross-node: host-gw -> ebpf -> host-gw only and windows
+        /// of 500 ms (under a minute).
+        #[arg(long, requires = "cross_node")]
+        quick: bool,
     },
     /// Per-packet cost of the per-pair counters: counters on vs compiled out.
     Counting {
@@ -275,13 +284,10 @@ fn main() -> ExitCode {
                     connections,
                     settle_ms,
                     modes,
+                    cross_node,
+                    quick,
                 },
-        } => bench::disruption::run(&bench::disruption::Options {
-            rate,
-            connections,
-            settle_ms,
-            modes,
-        }),
+        } => bench_disruption(rate, connections, settle_ms, modes, cross_node, quick),
         Task::Bench {
             bench: Bench::Checks { rounds },
         } => bench::checks::run(rounds),
@@ -355,6 +361,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `bench disruption`, on one node or (`cross_node`) across nodes.
+fn bench_disruption(
+    rate: u64,
+    connections: usize,
+    settle_ms: u64,
+    modes: Vec<String>,
+    cross_node: bool,
+    quick: bool,
+) -> Result<()> {
+    let or = |default: &[&str]| {
+        if modes.is_empty() {
+            default.iter().map(|m| m.to_string()).collect()
+        } else {
+            modes.clone()
+        }
+    };
+    if !cross_node {
+        return bench::disruption::run(&bench::disruption::Options {
+            rate,
+            connections,
+            settle_ms,
+            modes: or(&["tc", "xdp", "routed", "bridge", "pair"]),
+        });
+    }
+    let options = bench::disruption_nodes::Options {
+        rate,
+        connections,
+        settle_ms: if quick { settle_ms.min(500) } else { settle_ms },
+        modes: if quick {
+            or(&["host-gw", "ebpf"])
+        } else {
+            or(&bench::disruption_nodes::MODES)
+        },
+    };
+    bench::disruption_nodes::run(&options, quick)
 }
 
 fn build() -> Result<()> {

@@ -145,8 +145,8 @@ pub struct Peer {
 /// MAC of a node's VXLAN device: locally administered, from its underlay
 /// address.
 pub fn vtep_mac(underlay: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = underlay.octets();
-    [0x0e, 0x58, a, b, c, d]
+    // The eBPF tunnel path puts the same MAC on frames for the node.
+    veth_common::vtep_mac(underlay.octets())
 }
 
 /// The node address of a pod range (its first address, the default

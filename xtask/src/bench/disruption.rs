@@ -60,17 +60,17 @@ pub struct Options {
 
 /// What one event cost.
 #[derive(Debug, Serialize)]
-struct Row {
-    event: String,
+pub(super) struct Row {
+    pub(super) event: String,
     /// How long the command (or kill and restart) took, ms.
-    command_ms: f64,
+    pub(super) command_ms: f64,
     #[serde(flatten)]
-    disruption: Disruption,
+    pub(super) disruption: Disruption,
     /// Lost datagrams by the step of the command that was running when
     /// they were sent (`vethctl --timings`), in the order of the steps.
-    lost_during: Vec<(String, u64)>,
+    pub(super) lost_during: Vec<(String, u64)>,
     /// The step running when the longest gap began.
-    longest_gap_began_during: String,
+    pub(super) longest_gap_began_during: String,
 }
 
 /// The topology file and the agent, both taken down when dropped.
@@ -230,17 +230,17 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// One event's window: sequence numbers and times, and when each step of
 /// the command ended (ns on the traffic's clock), if it printed them.
-struct Window {
-    event: String,
-    command: Duration,
-    from: Mark,
-    to: Mark,
-    command_start_ns: u64,
-    steps: Vec<(String, u64)>,
+pub(super) struct Window {
+    pub(super) event: String,
+    pub(super) command: Duration,
+    pub(super) from: Mark,
+    pub(super) to: Mark,
+    pub(super) command_start_ns: u64,
+    pub(super) steps: Vec<(String, u64)>,
 }
 
 impl Window {
-    fn row(&self, t: &Traffic) -> Row {
+    pub(super) fn row(&self, t: &Traffic) -> Row {
         let disruption = t.window(self.from, self.to);
         let mut lost_during: Vec<(String, u64)> = Vec::new();
         for &sent in &disruption.lost_sent_ns {
@@ -276,7 +276,7 @@ impl Window {
 /// previous line) into (what, end on the traffic's clock). They start at
 /// the CLOCK_MONOTONIC time the first line gives, else at `spawned_ns`
 /// (when the command was started: its own start-up then shifts them).
-fn step_ends(stderr: &str, spawned_ns: u64, traffic: &Traffic) -> Vec<(String, u64)> {
+pub(super) fn step_ends(stderr: &str, spawned_ns: u64, traffic: &Traffic) -> Vec<(String, u64)> {
     let mut at = spawned_ns;
     let mut steps = Vec::new();
     for line in stderr.lines() {
@@ -411,6 +411,11 @@ fn print_table(rows: &[Row], options: &Options) {
         "\ndisruption: UDP {} datagrams/s from pod a to pod b, {} TCP connections, windows of {} ms settle around each event",
         options.rate, options.connections, options.settle_ms
     );
+    print_rows(rows);
+}
+
+/// The table of `rows` and, under it, what each lost and why.
+pub(super) fn print_rows(rows: &[Row]) {
     println!(
         "| {:<28} | {:>7} | {:>6} | {:>11} | {:>11} | {:>13} | {:>6} | {:>10} |",
         "event", "sent", "lost", "gap (ms)", "send errors", "tcp stall ms", "broken", "command ms"

@@ -8,6 +8,7 @@ pub mod control;
 pub mod counting;
 pub mod cross_node;
 pub mod disruption;
+pub mod disruption_nodes;
 mod limit;
 pub mod mode_set;
 pub mod paths;

@@ -2684,7 +2684,7 @@ fn the_limit_references_redirect_a_frame() {
 
 mod cross_node {
     use super::*;
-    use veth_common::{cross_node_mode, node_key_v4, route_kind, TUNNEL_MAC};
+    use veth_common::{cross_node_mode, node_key_v4, route_kind, vtep_mac};
 
     /// Node 2: pods in 198.19.1.0/24 and fd00:198:19:1::/64, underlay
     /// 192.0.2.2 and 2001:db8::2. Node 3: pods in fd00:198:19:3::/64,
@@ -2831,10 +2831,12 @@ mod cross_node {
         out
     }
 
-    /// Routed, with the inner MACs every node's tunnel device takes.
+    /// Routed, with the inner MACs the remote node's tunnel devices take.
     pub fn tunnelled(frame: &[u8]) -> Vec<u8> {
         let mut out = routed(frame);
-        out[..6].copy_from_slice(&TUNNEL_MAC);
+        // Node 2 (the rows' remote node): the MAC of its kernel VXLAN
+        // device, which also takes the frame if that node is still on it.
+        out[..6].copy_from_slice(&vtep_mac(NODE_2.octets()));
         out[6..12].copy_from_slice(&GATEWAY_MAC);
         out
     }

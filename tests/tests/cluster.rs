@@ -312,6 +312,27 @@ fn exercise(cross_node: &str) {
     assert_eq!(nodes[1]["pods"][0]["node"], "n2");
     assert_eq!(nodes[1]["pods"].as_array().unwrap().len(), 2);
 
+    // stats of the whole lab, from its machine: each node's own report.
+    let out = lab.vethctl(&["stats", "--json", "-n", &lab.name]);
+    expect_success(&out, "stats of the lab");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = all["nodes"].as_array().expect("nodes[]");
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["node"].as_str()).collect();
+    assert_eq!(names, NODES, "{all}");
+    for node in nodes {
+        let pairs = node["stats"]["topologies"][0]["pairs"].as_array();
+        assert_eq!(pairs.map(Vec::len), Some(2), "two pods on {node}");
+    }
+    let out = lab.vethctl(&["stats", "-n", &lab.name]);
+    expect_success(&out, "stats of the lab, a table");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for node in NODES {
+        assert!(
+            table.contains(&format!("node {node} of {}", lab.name)),
+            "{table}"
+        );
+    }
+
     // Pod <-> pod across nodes: ping (IPv4, IPv6), TCP, UDP keeping its source.
     for (from, to) in [(("n1", "a"), ("n2", "b")), (("n3", "b"), ("n1", "a"))] {
         let (src_ns, src4, src6) = lab.pod(from.0, from.1);

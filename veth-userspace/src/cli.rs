@@ -943,9 +943,14 @@ const NOT_READY_EXIT: u8 = 5;
 
 async fn stats(select: &Select, output: &Output) -> Result<()> {
     let host = Host::connect()?;
-    let (topologies, unreadable) = select.recorded()?;
+    let lab = select.name()?.filter(|n| crate::lab::is_up(n));
+    let (topologies, unreadable) = match lab {
+        Some(_) => Default::default(),
+        None => select.recorded()?,
+    };
     let mut report = StatsReport {
         topologies: Vec::new(),
+        nodes: Vec::new(),
         unreadable,
     };
     for topology in topologies {
@@ -957,7 +962,24 @@ async fn stats(select: &Select, output: &Output) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    print(output.json(), &report, |r| r.to_table(output.width()))
+    let labs = match lab {
+        Some(lab) => vec![lab],
+        None if !select.is_some() => crate::lab::recorded_labs(),
+        None => Vec::new(),
+    };
+    report.nodes = observe::nodes::stats_of_labs(&labs, output.json(), output.width());
+    print(output.json(), &report, |r| {
+        let nodes = observe::nodes::stats_tables(&r.nodes);
+        match (
+            r.topologies.is_empty() && r.unreadable.is_empty(),
+            nodes.is_empty(),
+        ) {
+            // A lab's machine: its networks are its nodes'.
+            (true, false) => nodes,
+            (_, true) => r.to_table(output.width()),
+            (false, false) => format!("{}\n{nodes}", r.to_table(output.width())),
+        }
+    })
 }
 
 async fn stats_watch(

@@ -463,6 +463,10 @@ impl PodStatus {
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
     pub topologies: Vec<TopologyStats>,
+    /// The nodes of the labs made from this namespace, each with its own
+    /// report (`stats` of a lab, or of everything on a lab's machine).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<nodes::NodeStats>,
     /// As in [`StatusReport::unreadable`].
     pub unreadable: Vec<Unreadable>,
 }
@@ -790,6 +794,7 @@ mod tests {
         );
         let report = StatsReport {
             topologies: vec![stats],
+            nodes: Vec::new(),
             unreadable: unreadable.clone(),
         };
         let table = report.to_table(Width::Fit);
@@ -929,6 +934,7 @@ mod tests {
         let counters = ifindexes.values().map(|i| (*i, c)).collect();
         let report = StatsReport {
             topologies: vec![pair_stats(&topology, &ifindexes, &counters)],
+            nodes: Vec::new(),
             unreadable: vec![],
         };
         let fit = report.to_table(Width::Fit);

@@ -79,6 +79,81 @@ pub fn of_labs(labs: &[String]) -> Vec<NodeStatus> {
     out
 }
 
+/// One node's `stats`, as the node answers them.
+#[derive(Debug, Serialize)]
+pub struct NodeStats {
+    pub cluster: String,
+    pub node: String,
+    pub netns: String,
+    /// The node's `stats --json` report (`null` in a table's run, or when
+    /// the node could not be asked).
+    pub stats: serde_json::Value,
+    /// The node's own table (a table's run).
+    #[serde(skip)]
+    pub table: String,
+    /// Why the node could not be asked, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `stats` of every node of the labs `labs` (made from this namespace),
+/// each node asked as an operator would ask it (`vethctl --node NS stats
+/// -n LAB`): its JSON report with `json`, else its table at `width`.
+pub fn stats_of_labs(labs: &[String], json: bool, width: Width) -> Vec<NodeStats> {
+    let mut out = Vec::new();
+    for lab in labs {
+        let Ok(cluster) = crate::lab::recorded_cluster(lab) else {
+            continue;
+        };
+        for node in &cluster.nodes {
+            let ns = node_netns(&cluster.name, &node.name);
+            let format = match (json, width) {
+                (true, _) => "json",
+                (false, Width::Wide) => "wide",
+                (false, Width::Fit) => "table",
+            };
+            let args = ["stats", "-o", format, "-n", &cluster.name].map(String::from);
+            let asked = crate::lab::run_on_node(&ns, &args, crate::crossnode::Stage::Full);
+            let mut stats = NodeStats {
+                cluster: cluster.name.clone(),
+                node: node.name.clone(),
+                netns: ns,
+                stats: serde_json::Value::Null,
+                table: String::new(),
+                error: None,
+            };
+            match asked {
+                Ok(o) if o.status.success() && json => {
+                    stats.stats = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                }
+                Ok(o) if o.status.success() => {
+                    stats.table = String::from_utf8_lossy(&o.stdout).into_owned();
+                }
+                Ok(o) => stats.error = Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                Err(e) => stats.error = Some(format!("{e:#}")),
+            }
+            out.push(stats);
+        }
+    }
+    out
+}
+
+/// The nodes' stats tables, each under a line naming its node.
+pub fn stats_tables(nodes: &[NodeStats]) -> String {
+    let mut out = String::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out += &format!("node {} of {} (netns {}):\n", n.node, n.cluster, n.netns);
+        match &n.error {
+            Some(e) => out += &format!("  could not be asked: {e}\n"),
+            None => out += &n.table,
+        }
+    }
+    out
+}
+
 /// The pods of the one network in a node's `status --json`.
 fn pods_of(json: &[u8]) -> Vec<serde_json::Value> {
     serde_json::from_slice::<serde_json::Value>(json)

@@ -333,6 +333,8 @@ fn exercise(cross_node: &str) {
         );
     }
 
+    lab_is_seen_whole(&lab, cross_node);
+
     // Pod <-> pod across nodes: ping (IPv4, IPv6), TCP, UDP keeping its source.
     for (from, to) in [(("n1", "a"), ("n2", "b")), (("n3", "b"), ("n1", "a"))] {
         let (src_ns, src4, src6) = lab.pod(from.0, from.1);
@@ -457,6 +459,91 @@ fn exercise(cross_node: &str) {
         "{cross_node}: n1 dropped and counted every spoofed ping"
     );
     assert!(counter(&after["a"], "from_pod", "dropped_packets") >= 5);
+}
+
+/// `trace`, `stats --watch` and `metrics` of the lab, from its machine:
+/// every node's, each marked with its node.
+fn lab_is_seen_whole(lab: &Lab, cross_node: &str) {
+    let (a1, ..) = lab.pod("n1", "a");
+    let (_, b2, _) = lab.pod("n2", "b");
+    // trace: a ping from n1/a to n2/b is seen leaving n1 and arriving on n2.
+    let mut trace = Command::new(vethctl_bin())
+        .args([
+            "trace",
+            "-n",
+            &lab.name,
+            "--json",
+            "--protocol",
+            "icmp",
+            "--count",
+            "12",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running vethctl trace");
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..50 {
+        if matches!(trace.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        ping(&a1, b2, 1);
+    }
+    let _ = trace.kill();
+    let out = trace.wait_with_output().expect("trace's output");
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON event"))
+        .collect();
+    assert_eq!(events.len(), 12, "{cross_node}: 12 events: {events:?}");
+    let nodes: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["node"].as_str()).collect();
+    assert!(
+        nodes.contains("n1") && nodes.contains("n2"),
+        "{cross_node}: events from n1 and n2: {events:?}"
+    );
+    if cross_node.starts_with("ebpf") {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["node"] == "n1" && e["verdict"] == "remote" && e["remote_node"] == "n2"),
+            "{cross_node}: n1's programs sent the ping to node n2: {events:?}"
+        );
+    }
+
+    // stats --watch: one refresh with every node's pairs.
+    let out = lab.vethctl(&[
+        "stats",
+        "--watch",
+        "--json",
+        "-n",
+        &lab.name,
+        "--count",
+        "1",
+        "--interval",
+        "0.3",
+    ]);
+    expect_success(&out, "stats --watch of the lab");
+    let refresh: Value = serde_json::from_slice(&out.stdout).expect("one JSON refresh");
+    let pairs = refresh["pairs"].as_array().expect("pairs[]");
+    assert_eq!(pairs.len(), 6, "two pods on each of three nodes: {refresh}");
+    for node in NODES {
+        assert_eq!(
+            pairs.iter().filter(|p| p["node"] == node).count(),
+            2,
+            "{refresh}"
+        );
+    }
+
+    // metrics: every node's series, labelled with its node.
+    let out = lab.vethctl(&["metrics"]);
+    expect_success(&out, "vethctl metrics on the lab's machine");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for node in NODES {
+        let scraped = format!("vethctl_lab_node_scraped{{node=\"{node}\"}} 1");
+        assert!(text.contains(&scraped), "{scraped} in:\n{text}");
+        let pods = format!("{{node=\"{node}\",topology=\"{}\"", lab.name);
+        assert!(text.contains(&pods), "{pods} in:\n{text}");
+    }
 }
 
 /// Longest a TCP session may sit idle while the lab switches modes.

@@ -688,7 +688,7 @@ fn an_add_runs_beside_a_mode_sets_rewire_not_behind_it() {
         wait_until(
             Duration::from_secs(20),
             "the rewire of mode set runs",
-            || state::rewire_running(&net.name).unwrap_or(false),
+            || state::rewire(&net.name).is_ok_and(|r| r == state::Rewire::Running),
         );
         child
     };
@@ -741,10 +741,16 @@ fn an_add_runs_beside_a_mode_sets_rewire_not_behind_it() {
     let held = hold_a();
     drop(mode_set("xdp"));
     drop(held);
-    assert!(state::rewire_abandoned(&net.name).expect("the rewire's standing"));
+    assert_eq!(
+        state::rewire(&net.name).expect("the rewire's standing"),
+        state::Rewire::Abandoned
+    );
     let f = Pod::new();
     net.add(&f);
-    assert!(!state::rewire_abandoned(&net.name).expect("the rewire's standing"));
+    assert_ne!(
+        state::rewire(&net.name).expect("the rewire's standing"),
+        state::Rewire::Abandoned
+    );
     for (from, to) in [(&a, &f), (&b, &c), (&d, &a), (&e, &f)] {
         from.netns.expect_pings(to.ipv4(), 2, "back in mode tc");
     }

@@ -576,6 +576,8 @@ pub mod verdict {
     pub const REDIRECTED: u8 = 0;
     pub const PASSED: u8 = 1;
     pub const DROPPED: u8 = 2;
+    /// Sent to another node by the programs (cross_node ebpf, ebpf-vxlan).
+    pub const REMOTE: u8 = 3;
 }
 
 /// How many of a traced frame's first bytes an event carries: Ethernet

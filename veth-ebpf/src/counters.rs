@@ -32,9 +32,10 @@ impl Verdict {
     #[inline(always)]
     pub fn code(self) -> (u8, u8) {
         match self {
-            // A trace event's peer ifindex is 0 for a frame sent to
-            // another node.
-            Verdict::Redirected | Verdict::Remote => (verdict::REDIRECTED, 0),
+            Verdict::Redirected => (verdict::REDIRECTED, 0),
+            // Its peer ifindex is 0: `vethctl trace` names the node from
+            // the destination address.
+            Verdict::Remote => (verdict::REMOTE, 0),
             Verdict::Passed => (verdict::PASSED, 0),
             Verdict::Dropped(reason) => (verdict::DROPPED, reason as u8),
         }

@@ -158,19 +158,16 @@ async fn respond(
         "/metrics" => {
             let accept = req.headers().get(hyper::header::ACCEPT);
             let openmetrics = metrics::wants_openmetrics(accept.and_then(|a| a.to_str().ok()));
-            match metrics::gather(&shared.host, shared.metrics, &shared.scope).await {
-                Ok(mut snapshot) => {
-                    snapshot.passes = passes::snapshot();
-                    let text = metrics::encode(snapshot);
-                    match openmetrics {
-                        true => reply(StatusCode::OK, metrics::CONTENT_TYPE, text),
-                        false => reply(
-                            StatusCode::OK,
-                            metrics::TEXT_CONTENT_TYPE,
-                            metrics::to_text_format(&text),
-                        ),
-                    }
-                }
+            let passes = passes::snapshot();
+            match metrics::exposition(&shared.host, shared.metrics, &shared.scope, passes).await {
+                Ok(text) => match openmetrics {
+                    true => reply(StatusCode::OK, metrics::CONTENT_TYPE, text),
+                    false => reply(
+                        StatusCode::OK,
+                        metrics::TEXT_CONTENT_TYPE,
+                        metrics::to_text_format(&text),
+                    ),
+                },
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "text/plain",

@@ -167,7 +167,20 @@ enum Command {
     ///
     /// Tracing costs nothing while nobody listens; it switches itself off a
     /// few seconds after the listener goes away, even after `kill -9`.
+    /// On a lab's machine, `-n LAB` traces every node of the lab.
     Trace(TraceArgs),
+    /// Print the metrics once, as the agent's /metrics serves them, read
+    /// from the pinned maps: for a textfile collector, or a look without
+    /// an agent. On a lab's machine every node's series too, labelled
+    /// `node`.
+    Metrics {
+        /// OpenMetrics instead of the Prometheus text format 0.0.4.
+        #[arg(long)]
+        openmetrics: bool,
+        /// Drop reasons per pod as well as per network.
+        #[arg(long)]
+        per_pod_drops: bool,
+    },
 }
 
 // `vethctl bench`: which pods, which workloads, how long.
@@ -299,7 +312,8 @@ impl Output {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Filters (applied to the sampled events)")]
 struct TraceFilter {
-    /// Only frames with this verdict: redirected, passed or dropped.
+    /// Only frames with this verdict: redirected, remote (sent to another
+    /// node by the programs), passed or dropped.
     #[arg(long, value_name = "VERDICT", value_parser = parse_verdict)]
     verdict: Vec<trace::filter::Verdict>,
     /// Only frames dropped for this reason (a name as in `stats`, e.g. spoofed_ipv4).
@@ -686,6 +700,7 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
         Command::Status { .. } => ("vethctl status", privileges::INSPECT),
         Command::Stats { .. } => ("vethctl stats", privileges::READ),
         Command::Trace { .. } => ("vethctl trace", privileges::READ),
+        Command::Metrics { .. } => ("vethctl metrics", privileges::READ),
         Command::Agent(AgentArgs {
             bpf_stats,
             cni_conf,
@@ -766,6 +781,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(args).await,
         Command::Agent(args) => agent(args).await,
         Command::Trace(args) => trace_follow(args).await,
+        Command::Metrics {
+            openmetrics,
+            per_pod_drops,
+        } => metrics_once(openmetrics, per_pod_drops).await,
         Command::InstallCni(options) => install_cni(options),
         Command::UninstallCni(options) => uninstall_cni(options),
         Command::Completions { shell } => completions(shell),
@@ -988,6 +1007,18 @@ async fn stats_watch(
     interval: f64,
     count: Option<u64>,
 ) -> Result<()> {
+    let options = rates::WatchOptions {
+        redraw: io::IsTerminal::is_terminal(&io::stdout()),
+        // In range: checked by parse_interval.
+        interval: std::time::Duration::from_secs_f64(interval),
+        count,
+        json: output.json(),
+        width: output.width(),
+        all: !select.is_some(),
+    };
+    if let Some(lab) = select.name()?.filter(|n| crate::lab::is_up(n)) {
+        return rates::watch_labs(&[lab], &options, &mut Stdout).await;
+    }
     let (mut topologies, mut unreadable) = select.recorded()?;
     let host = Host::connect()?;
     if !select.is_some() {
@@ -1004,15 +1035,11 @@ async fn stats_watch(
     for u in &unreadable {
         let _ = writeln!(io::stderr(), "vethctl: {}", u.message());
     }
-    let options = rates::WatchOptions {
-        redraw: io::IsTerminal::is_terminal(&io::stdout()),
-        // In range: checked by parse_interval.
-        interval: std::time::Duration::from_secs_f64(interval),
-        count,
-        json: output.json(),
-        width: output.width(),
-        all: !select.is_some(),
-    };
+    let labs = crate::lab::recorded_labs();
+    if topologies.is_empty() && !select.is_some() && !labs.is_empty() {
+        // A lab's machine: its networks are its nodes'.
+        return rates::watch_labs(&labs, &options, &mut Stdout).await;
+    }
     rates::watch(&host, &topologies, &options, &mut Stdout).await
 }
 
@@ -1125,6 +1152,11 @@ async fn agent(args: AgentArgs) -> Result<()> {
 }
 
 async fn trace_follow(args: TraceArgs) -> Result<()> {
+    if let Some(lab) = args.select.name()?.filter(|n| crate::lab::is_up(n)) {
+        let node_args = |lab: &str| trace_args_for_node(lab, &args);
+        trace::follow_labs(&[lab], node_args, args.count, &mut Stdout).await?;
+        return Ok(());
+    }
     let topology = match args.select.name()? {
         Some(name) => load_recorded(&name)?,
         None => Topology::default_topology(),
@@ -1140,6 +1172,57 @@ async fn trace_follow(args: TraceArgs) -> Result<()> {
     let pods = observe::pods_by_ifindex(&host, &topology).await?;
     trace::follow(&topology, pods, &request, &mut Stdout).await?;
     Ok(())
+}
+
+async fn metrics_once(openmetrics: bool, per_pod_drops: bool) -> Result<()> {
+    let options = observe::metrics::MetricsOptions {
+        bpf_stats: crate::dataplane::bpf_stats_enabled(),
+        per_pod_drops,
+    };
+    let scope = crate::state::Scope::all();
+    let text = observe::metrics::exposition(&Host::connect()?, options, &scope, Vec::new()).await?;
+    match openmetrics {
+        true => emit(format_args!("{text}")),
+        false => emit(format_args!("{}", observe::metrics::to_text_format(&text))),
+    }
+}
+
+/// The arguments that run the trace `a` on a node of the lab `lab`.
+fn trace_args_for_node(lab: &str, a: &TraceArgs) -> Vec<String> {
+    let mut out: Vec<String> = ["trace", "-n", lab, "--sample", &a.sample.to_string()]
+        .map(String::from)
+        .into();
+    let mut flag = |name: &str, value: String| out.extend([format!("--{name}"), value]);
+    if let Some(pod) = &a.pod {
+        flag("pod", pod.clone());
+    }
+    if let Some(count) = a.count {
+        flag("count", count.to_string());
+    }
+    let f = &a.filter;
+    f.verdict
+        .iter()
+        .for_each(|v| flag("verdict", v.name().into()));
+    f.drop_reason
+        .iter()
+        .for_each(|r| flag("drop-reason", r.name().into()));
+    for (name, nets) in [("ip", &f.ip), ("src-ip", &f.src_ip), ("dst-ip", &f.dst_ip)] {
+        nets.iter().for_each(|n| flag(name, n.to_string()));
+    }
+    for (name, ports) in [
+        ("port", &f.port),
+        ("src-port", &f.src_port),
+        ("dst-port", &f.dst_port),
+    ] {
+        ports.iter().for_each(|p| flag(name, p.to_string()));
+    }
+    f.protocol
+        .iter()
+        .for_each(|p| flag("protocol", p.name().into()));
+    if a.json {
+        out.push("--json".into());
+    }
+    out
 }
 
 fn install_cni(o: InstallCni) -> Result<()> {

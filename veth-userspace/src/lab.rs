@@ -231,7 +231,11 @@ pub async fn down(name: &str) -> Result<()> {
     for ns in std::mem::take(&mut record.netns) {
         netns::delete(&ns)?;
     }
-    std::fs::remove_dir_all(dir(name)).with_context(|| format!("removing {}", dir(name).display()))
+    std::fs::remove_dir_all(dir(name))
+        .with_context(|| format!("removing {}", dir(name).display()))?;
+    // The last lab gone: `labs` too (another lab keeps it).
+    let _ = std::fs::remove_dir(Path::new(STATE_ROOT).join("labs"));
+    Ok(())
 }
 
 /// Brings one node of the lab down and removes its machine; the other

@@ -198,12 +198,20 @@ impl Node {
         crate::state::remove_node_root_if_idle(&self.state_root())?;
         let pins = self.pins_root();
         match fs::remove_dir(&pins) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Another network's pins are still there.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", pins.display())),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("removing {}", pins.display())),
         }
+        // The last node gone: `_nodes` itself, where empty (another node
+        // still there keeps it).
+        for root in [self.state_root(), pins] {
+            if let Some(nodes) = root.parent() {
+                let _ = fs::remove_dir(nodes);
+            }
+        }
+        Ok(())
     }
 }
 

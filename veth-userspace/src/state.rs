@@ -520,16 +520,27 @@ fn rewire_lock_path(name: &str) -> PathBuf {
     root().join(NETWORK_LOCKS).join(format!("{name}.rewire"))
 }
 
-/// Whether network `name` owes its endpoints a rewire that nobody is
-/// doing (its changer was killed): the next change must do it.
-pub fn rewire_abandoned(name: &str) -> Result<bool> {
-    Ok(StateDir::new(name).rewire_owed() && rewire_lock(name, false)?.is_some())
+/// Where the rewire of a network's endpoints stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewire {
+    /// None owed.
+    Done,
+    /// A change is rewiring the endpoints now (it holds the rewire lock).
+    Running,
+    /// One is owed and nobody is doing it (its changer was killed): the
+    /// next change must do it.
+    Abandoned,
 }
 
-/// Whether a change of network `name` is rewiring its endpoints now (and
-/// so holds its rewire lock).
-pub fn rewire_running(name: &str) -> Result<bool> {
-    Ok(StateDir::new(name).rewire_owed() && rewire_lock(name, false)?.is_none())
+/// Where the rewire of network `name`'s endpoints stands, looked at once.
+pub fn rewire(name: &str) -> Result<Rewire> {
+    if !StateDir::new(name).rewire_owed() {
+        return Ok(Rewire::Done);
+    }
+    Ok(match rewire_lock(name, false)? {
+        Some(_) => Rewire::Abandoned,
+        None => Rewire::Running,
+    })
 }
 
 /// Takes `take` on the lock file `path` of network `name` (made private

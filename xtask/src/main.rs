@@ -175,6 +175,11 @@ enum Bench {
         /// endpoints (2 to 1000; --quick uses 2).
         #[arg(long, default_value_t = 1000)]
         endpoints: usize,
+        /// Only these workloads (comma-separated: tcp_rr, tcp_rr_same_cpu,
+        /// udp_rr, udp_rr_same_cpu, tcp_crr, tcp_crr_same_cpu, tcp_bulk,
+        /// tcp_bulk_per_cpu, udp_64b_rate). Default: all of them.
+        #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+        workloads: Vec<veth_bench::Workload>,
         /// One short round: fails only if a path carries no traffic.
         #[arg(long)]
         quick: bool,
@@ -333,12 +338,14 @@ fn main() -> ExitCode {
                     rounds,
                     seconds,
                     endpoints,
+                    workloads,
                     quick,
                 },
         } => bench::paths::run(&bench::paths::Options {
             rounds,
             seconds,
             endpoints,
+            workloads,
             quick,
         }),
         Task::Bench {
@@ -403,4 +410,11 @@ fn bench_disruption(
 fn build() -> Result<()> {
     setup::run(setup::Needs::Demo)?;
     cmd::run(cmd::cargo().args(["build", "--workspace"]))
+}
+
+fn parse_workload(name: &str) -> Result<veth_bench::Workload, String> {
+    veth_bench::Workload::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = veth_bench::Workload::ALL.iter().map(|w| w.name()).collect();
+        format!("unknown workload {name:?}; one of: {}", names.join(", "))
+    })
 }

@@ -1297,6 +1297,12 @@ pub fn pinned_program_stats(topology: &str, program: &'static str) -> Option<Pro
 
 /// Turns on the kernel's per-program run time and count for as long as the
 /// returned fd is open. Costs two clock reads per program run.
+/// Whether the kernel collects program run-time statistics now (the
+/// sysctl, or someone holding them on as `enable_bpf_stats` does).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
 pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")
 }

@@ -540,6 +540,27 @@ fn network_drops(counters: &BTreeMap<u32, PairCounters>) -> BTreeMap<&'static st
         .collect()
 }
 
+/// One scrape's OpenMetrics exposition: the networks within `scope` and,
+/// on a lab's machine, every node of the labs within it (see
+/// [`super::lab_metrics`]). `passes` are the agent's.
+pub async fn exposition(
+    host: &Host,
+    options: MetricsOptions,
+    scope: &state::Scope,
+    passes: Vec<(Pass, PassStats)>,
+) -> anyhow::Result<String> {
+    let mut snapshot = gather(host, options, scope).await?;
+    snapshot.passes = passes;
+    let own = encode(snapshot);
+    let mut labs = crate::lab::recorded_labs();
+    labs.retain(|lab| scope.includes(lab));
+    if labs.is_empty() {
+        return Ok(own);
+    }
+    let nodes = super::lab_metrics::of_labs(&labs, options.per_pod_drops).await;
+    Ok(super::lab_metrics::merge(&own, &nodes))
+}
+
 /// The text exposition (OpenMetrics) of a snapshot.
 pub fn encode(snapshot: MetricsSnapshot) -> String {
     let mut registry = Registry::default();

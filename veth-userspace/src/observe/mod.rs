@@ -2,7 +2,9 @@
 //! the data behind `vethctl status` and `vethctl stats`, as JSON or tables;
 //! rates for `stats --watch`, Prometheus metrics and flow traces.
 
+pub mod lab_metrics;
 pub mod metrics;
+pub mod node_streams;
 pub mod nodes;
 pub mod passes;
 pub mod rates;

@@ -6,19 +6,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
-use serde::Serialize;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use super::{
+    node_streams::{all_failed, NodeOutput, NodeStreams},
     table::{render_fitting, row, Width},
     TopologyStats,
 };
 use crate::{model::Topology, netlink::Host};
 
 /// Traffic of one pair over an interval, both directions added up.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PairRate {
     pub topology: String,
+    /// The lab's node the pair is on (a lab watched from its machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub pod: String,
     pub host_veth: String,
     pub packets_per_second: f64,
@@ -58,6 +62,7 @@ pub fn rates(
             };
             Some(PairRate {
                 topology: t.name.clone(),
+                node: None,
                 pod: p.pod.clone(),
                 host_veth: p.host_veth.clone(),
                 packets_per_second: per_second(packets(&p.total), packets(&o.total)),
@@ -77,13 +82,19 @@ pub fn rates(
             })
         })
         .collect();
-    out.sort_by(|a, b| {
+    busiest_first(&mut out);
+    out
+}
+
+/// By bits, then packets, per second.
+fn busiest_first(rates: &mut [PairRate]) {
+    rates.sort_by(|a, b| {
         b.bits_per_second
             .total_cmp(&a.bits_per_second)
             .then(b.packets_per_second.total_cmp(&a.packets_per_second))
+            .then(a.node.cmp(&b.node))
             .then(a.pod.cmp(&b.pod))
     });
-    out
 }
 
 pub struct WatchOptions {
@@ -132,17 +143,113 @@ pub async fn watch(
         let (now, after) = snapshot(host, &mut watched, options.all).await?;
         let elapsed = now - taken;
         let current = rates(&before, &after, elapsed);
-        if options.json {
-            let line =
-                serde_json::json!({ "interval_seconds": elapsed.as_secs_f64(), "pairs": current });
-            writeln!(out, "{line}")?;
-        } else {
-            let table = to_table(&current, elapsed, options.width);
-            write!(out, "{}", frame(&table, options.redraw, shown == 0))?;
-        }
-        out.flush()?;
+        show(&current, elapsed.as_secs_f64(), options, shown == 0, out)?;
         (taken, before) = (now, after);
         shown += 1;
+    }
+    Ok(())
+}
+
+/// One refresh: a JSON line, or the table.
+fn show(
+    rates: &[PairRate],
+    seconds: f64,
+    options: &WatchOptions,
+    first: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    if options.json {
+        let line = WatchLine {
+            interval_seconds: seconds,
+            pairs: rates.to_vec(),
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    } else {
+        let table = to_table(rates, Duration::from_secs_f64(seconds), options.width);
+        write!(out, "{}", frame(&table, options.redraw, first))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One line of `stats --watch --json`.
+#[derive(Serialize, Deserialize)]
+struct WatchLine {
+    interval_seconds: f64,
+    pairs: Vec<PairRate>,
+}
+
+/// `stats --watch` of labs from their machine: every node's own watch
+/// (JSON lines at the same interval), one refresh once each node still
+/// watching has sent its interval, the pairs marked with their node.
+pub async fn watch_labs(
+    labs: &[String],
+    options: &WatchOptions,
+    out: &mut impl Write,
+) -> Result<()> {
+    let interval = options.interval.as_secs_f64().to_string();
+    let node_args = |lab: &str| {
+        [
+            "stats",
+            "--watch",
+            "--json",
+            "-n",
+            lab,
+            "--interval",
+            &interval,
+        ]
+        .map(String::from)
+        .into()
+    };
+    let mut nodes = NodeStreams::start(labs, node_args)?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut latest: BTreeMap<_, WatchLine> = BTreeMap::new();
+    let (mut shown, mut watched, mut failures) = (0, false, Vec::new());
+    while options.count.is_none_or(|c| shown < c) {
+        let next = tokio::select! {
+            _ = &mut ctrl_c => break,
+            next = nodes.next() => next,
+        };
+        match next {
+            None => break,
+            Some(NodeOutput::Line { node, line }) => {
+                let mut interval: WatchLine = serde_json::from_str(&line)
+                    .with_context(|| format!("node {} of {}: {line:?}", node.node, node.lab))?;
+                for pair in &mut interval.pairs {
+                    pair.node = Some(node.node.clone());
+                }
+                latest.insert(node, interval);
+            }
+            Some(NodeOutput::Ended {
+                node,
+                success: false,
+                stderr,
+            }) => {
+                eprintln!(
+                    "vethctl: node {} of {}: {}",
+                    node.node,
+                    node.lab,
+                    stderr.trim()
+                );
+                failures.push((node, stderr));
+            }
+            Some(NodeOutput::Ended { .. }) => watched = true,
+        }
+        if !latest.is_empty() && latest.len() >= nodes.running() {
+            let seconds = latest
+                .values()
+                .map(|l| l.interval_seconds)
+                .fold(0.0, f64::max);
+            let mut pairs: Vec<PairRate> = latest.into_values().flat_map(|l| l.pairs).collect();
+            busiest_first(&mut pairs);
+            show(&pairs, seconds, options, shown == 0, out)?;
+            (latest, shown, watched) = (BTreeMap::new(), shown + 1, true);
+        }
+    }
+    nodes.stop().await;
+    if !watched {
+        all_failed(&failures)?;
     }
     Ok(())
 }
@@ -200,8 +307,10 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration, width: Width) -> String {
         Width::Fit => ["REDIRECTED", "PASSED", "DROPPED"],
         Width::Wide => ["REDIRECTED PKT/S", "PASSED PKT/S", "DROPPED PKT/S"],
     };
+    let nodes = rates.iter().any(|r| r.node.is_some());
     let mut rows = vec![row([
         "TOPOLOGY",
+        "NODE",
         "POD",
         "HOST VETH",
         "PKT/S",
@@ -213,6 +322,7 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration, width: Width) -> String {
     for r in rates {
         rows.push(row([
             &r.topology,
+            r.node.as_deref().unwrap_or("-"),
             &r.pod,
             &r.host_veth,
             &si(r.packets_per_second),
@@ -222,9 +332,12 @@ pub fn to_table(rates: &[PairRate], elapsed: Duration, width: Width) -> String {
             &si(r.dropped_packets_per_second),
         ]));
     }
-    if width == Width::Fit {
-        for r in &mut rows {
-            r.remove(2);
+    for r in &mut rows {
+        if width == Width::Fit {
+            r.remove(3);
+        }
+        if !nodes {
+            r.remove(1);
         }
     }
     // Fitting 80 columns, the verdicts' headers leave their unit to this line.

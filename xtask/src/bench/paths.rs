@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use veth_bench::{measure, Sample, Target, Workload};
+use veth_bench::{interrupt, measure, Sample, Target, Workload};
 
 use super::{
     limit::{self, LimitTopology},
@@ -83,6 +83,8 @@ pub struct Options {
     /// Pods (and so endpoints in the maps) of the tc and xdp topologies;
     /// the client and server are two of them.
     pub endpoints: usize,
+    /// Only these workloads; all when empty.
+    pub workloads: Vec<Workload>,
     /// A few seconds per path: checks that every path carries traffic
     /// and fails only when one does not, never on a timing.
     pub quick: bool,
@@ -107,9 +109,13 @@ pub fn run(options: &Options) -> Result<()> {
     // program run two clock reads, on every path that runs a program
     // (all but pair and loopback).
     let _stats = BpfStats::enable()?;
+    // Ctrl-C or SIGTERM stops the run between steps; the topologies made
+    // so far are taken down as they are dropped.
+    interrupt::catch();
     let limits = limit_targets()?;
     let mut topologies = Vec::new();
     for p in &PATHS {
+        interrupt::check("the topologies made so far are being removed")?;
         let redirects = matches!(p.mode, "tc" | "xdp");
         let spec = Spec {
             name: p.topology,
@@ -149,7 +155,12 @@ pub fn run(options: &Options) -> Result<()> {
     );
     targets.extend(limits.iter().map(|(t, _)| t.clone()));
 
-    let samples = run_rounds(&targets, &Workload::ALL, rounds, seconds)?;
+    let workloads = match options.workloads.as_slice() {
+        [] => &Workload::ALL[..],
+        some => some,
+    };
+    let samples = run_rounds(&targets, workloads, rounds, seconds)?;
+    interrupt::release();
     let summary = report::summarize(&samples, Compare::Paths);
     println!(
         "{}",
@@ -203,10 +214,13 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
     let (vethctl, dir) = prepare()?;
     limit::build()?;
     let _stats = BpfStats::enable()?;
+    // As in `run`: a signal stops the run and the topologies go down.
+    interrupt::catch();
     let limits = limit_targets()?;
     let mut topologies = Vec::new();
     let mut targets = Vec::new();
     for (i, &pods) in sizes.iter().enumerate() {
+        interrupt::check("the topologies made so far are being removed")?;
         let name = format!("bscale{i}");
         // A /22 each, 1,022 addresses, from 198.19.224.0 on.
         let cidr = format!("198.19.{}.0/22", 224 + 4 * i);
@@ -240,6 +254,7 @@ pub fn scale(sizes: &[usize], rounds: usize, seconds: u64) -> Result<()> {
         Workload::UdpRate,
     ];
     let samples = run_rounds(&targets, &workloads, rounds, seconds)?;
+    interrupt::release();
     let baseline = targets[0].path.clone();
     let compare = Compare::Baseline(&baseline);
     let summary = report::summarize(&samples, compare);
@@ -276,7 +291,7 @@ pub(super) fn run_rounds(
                     workload.name(),
                     target.path
                 ));
-                // Only a run that catches signals (cross-node) sees one here.
+                // Only a run that catches signals sees one here.
                 veth_bench::interrupt::check("what the benchmark made is being removed")?;
                 let sample = measure(workload, target, round, seconds)
                     .with_context(|| format!("{} through {}", workload.name(), target.path))?;

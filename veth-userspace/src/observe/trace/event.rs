@@ -7,6 +7,7 @@ use serde::Serialize;
 use veth_common::{hook, DropReason, TraceEvent};
 
 use super::{
+    super::super::model::Topology,
     clock::{rfc3339_micros, WallClock},
     decode::{Decoded, Transport, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
     filter::{Protocol, Verdict},
@@ -21,12 +22,19 @@ pub struct FlowEvent {
     /// The programs' stamp (CLOCK_MONOTONIC), to order events exactly.
     pub monotonic_ns: u64,
     pub topology: String,
+    /// The node whose programs saw the frame (a cluster's node; `null` on
+    /// a one-node network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// `from_pod` (host-side ingress) or `to_pod` (host-side egress).
     pub hook: &'static str,
     pub pod: String,
     /// Destination pod of a redirect.
     pub peer_pod: Option<String>,
-    /// `redirected`, `passed` or `dropped`.
+    /// For `remote`: the node whose pod range holds the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_node: Option<String>,
+    /// `redirected`, `remote`, `passed` or `dropped`.
     pub verdict: &'static str,
     pub drop_reason: Option<&'static str>,
     pub ethertype: String,
@@ -52,7 +60,7 @@ pub struct FlowEvent {
 /// Resolves ifindexes to pod names, the stamp to wall-clock time, and
 /// fills the decoded flow in.
 pub fn resolve(
-    topology: &str,
+    topology: &Topology,
     event: &TraceEvent,
     decoded: &Decoded,
     pods: &BTreeMap<u32, String>,
@@ -76,7 +84,8 @@ pub fn resolve(
     FlowEvent {
         time: rfc3339_micros(clock.unix_ns(event.timestamp_ns)),
         monotonic_ns: event.timestamp_ns,
-        topology: topology.to_string(),
+        topology: topology.name.clone(),
+        node: topology.node.as_ref().map(|n| n.name.clone()),
         hook: if event.hook == hook::TO_POD {
             "to_pod"
         } else {
@@ -84,6 +93,9 @@ pub fn resolve(
         },
         pod: name(event.ifindex),
         peer_pod: (event.peer_ifindex != 0).then(|| name(event.peer_ifindex)),
+        remote_node: flow
+            .filter(|_| verdict == Verdict::Remote)
+            .and_then(|f| node_of(topology, f.dst)),
         verdict: verdict.name(),
         drop_reason: (verdict == Verdict::Dropped).then(|| {
             DropReason::from_code(u32::from(event.reason)).map_or("unknown", |r| r.name())
@@ -103,6 +115,16 @@ pub fn resolve(
         more_fragments: flow.and_then(|f| f.fragment).map(|f| f.more),
         len: event.len,
     }
+}
+
+/// The other node of `topology`'s cluster whose pod range holds `ip`.
+fn node_of(topology: &Topology, ip: IpAddr) -> Option<String> {
+    let peers = &topology.node.as_ref()?.peers;
+    let peer = peers.iter().find(|p| match ip {
+        IpAddr::V4(v4) => p.pod_cidr.contains(&v4),
+        IpAddr::V6(v6) => p.pod_cidr6.is_some_and(|c| c.contains(&v6)),
+    })?;
+    Some(peer.name.clone())
 }
 
 fn ethertype_name(ethertype: u16) -> String {
@@ -148,6 +170,10 @@ impl FlowEvent {
     pub fn to_line(&self) -> String {
         let who = match (&self.peer_pod, self.hook) {
             (Some(peer), _) => format!("{} -> {peer}", self.pod),
+            (None, _) if self.verdict == "remote" => {
+                let node = self.remote_node.as_deref().unwrap_or("?");
+                format!("{} -> node {node}", self.pod)
+            }
             (None, "to_pod") => format!("host -> {}", self.pod),
             (None, _) => format!("{} -> host", self.pod),
         };
@@ -155,10 +181,13 @@ impl FlowEvent {
             Some(reason) => format!("dropped({reason})"),
             None => self.verdict.to_string(),
         };
+        let place = match &self.node {
+            Some(node) => format!("{} {node}", self.topology),
+            None => self.topology.clone(),
+        };
         format!(
-            "{} {} {who} {verdict} {} len {}",
+            "{} {place} {who} {verdict} {} len {}",
             self.time,
-            self.topology,
             self.flow_text(),
             self.len
         )
@@ -231,7 +260,43 @@ mod tests {
     fn flow_event(event: &TraceEvent) -> FlowEvent {
         let pods = BTreeMap::from([(7, "web".to_string()), (8, "api".to_string())]);
         let decoded = decode(super::super::decode::captured(event));
-        resolve("demo", event, &decoded, &pods, &clock())
+        resolve(
+            &Topology::default_topology(),
+            event,
+            &decoded,
+            &pods,
+            &clock(),
+        )
+    }
+
+    /// A frame pod `web` of node n1 sent to pod 10.244.1.3, on node n2.
+    #[test]
+    fn a_frame_sent_to_another_node_names_both_nodes() {
+        let cluster = crate::model::cluster::Cluster::from_toml(
+            "name = \"lab\"\nmode = \"tc\"\ncross_node = \"ebpf\"\n\
+             cluster_cidr = \"10.244.0.0/16\"\n\
+             [[nodes]]\nname = \"n1\"\n[[nodes.pods]]\nname = \"web\"\n\
+             [[nodes]]\nname = \"n2\"\n[[nodes.pods]]\nname = \"db\"\n",
+        )
+        .unwrap();
+        let mut frame = ipv4(IPPROTO_TCP, 0, &[], &udp(4321, 80));
+        // Destination 10.244.1.3: bytes 30..34 of the frame.
+        frame[30..34].copy_from_slice(&[10, 244, 1, 3]);
+        let event = TraceEvent {
+            peer_ifindex: 0,
+            verdict: verdict::REMOTE,
+            ..event_of(&frame)
+        };
+        let pods = BTreeMap::from([(7, "web".to_string())]);
+        let decoded = decode(super::super::decode::captured(&event));
+        let flow = resolve(&cluster.parts[0], &event, &decoded, &pods, &clock());
+        assert_eq!(flow.node.as_deref(), Some("n1"));
+        assert_eq!(flow.remote_node.as_deref(), Some("n2"));
+        assert_eq!(
+            flow.to_line(),
+            "2026-12-06T20:37:15.000250Z lab n1 web -> node n2 remote \
+             tcp 10.200.0.2:4321 -> 10.244.1.3:80 len 42"
+        );
     }
 
     #[test]

@@ -19,16 +19,24 @@ use super::decode::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Redirected,
+    /// Sent to another node by the programs.
+    Remote,
     Passed,
     Dropped,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Redirected, Verdict::Passed, Verdict::Dropped];
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Redirected,
+        Verdict::Remote,
+        Verdict::Passed,
+        Verdict::Dropped,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::Redirected => "redirected",
+            Verdict::Remote => "remote",
             Verdict::Passed => "passed",
             Verdict::Dropped => "dropped",
         }
@@ -38,6 +46,7 @@ impl Verdict {
     pub fn from_code(code: u8) -> Verdict {
         match code {
             verdict::REDIRECTED => Verdict::Redirected,
+            verdict::REMOTE => Verdict::Remote,
             verdict::DROPPED => Verdict::Dropped,
             _ => Verdict::Passed,
         }
@@ -230,7 +239,7 @@ mod tests {
     fn bad_values_name_what_is_accepted() {
         assert_eq!(
             "redirect".parse::<Verdict>().unwrap_err(),
-            "\"redirect\" is not a verdict; use one of: redirected, passed, dropped"
+            "\"redirect\" is not a verdict; use one of: redirected, remote, passed, dropped"
         );
         assert_eq!("Dropped".parse::<Verdict>(), Ok(Verdict::Dropped));
         assert_eq!(

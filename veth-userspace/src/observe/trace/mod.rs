@@ -21,6 +21,7 @@ pub use self::{
     event::{resolve, FlowEvent},
     filter::Filter,
 };
+use super::node_streams::{all_failed, NodeOutput, NodeStreams};
 use crate::{dataplane::TraceSession, model::Topology};
 
 /// How long a trace switch stays on without being renewed.
@@ -109,6 +110,60 @@ pub async fn follow(
     Ok(printed)
 }
 
+/// `vethctl trace` of labs from their machine: every node's own trace
+/// (`node_args` for the lab, run on the node), its lines printed as they
+/// come, up to `count` in all. A node that cannot trace (e.g. `--pod`
+/// names a pod it does not have) is said on stderr; an error only when no
+/// node could.
+pub async fn follow_labs(
+    labs: &[String],
+    node_args: impl Fn(&str) -> Vec<String>,
+    count: Option<u64>,
+    out: &mut impl Write,
+) -> Result<u64> {
+    let mut nodes = NodeStreams::start(labs, node_args)?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let (mut printed, mut traced, mut failures) = (0u64, false, Vec::new());
+    while count.is_none_or(|c| printed < c) {
+        let next = tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
+            next = nodes.next() => next,
+        };
+        match next {
+            None => break,
+            Some(NodeOutput::Line { line, .. }) => {
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                printed += 1;
+            }
+            Some(NodeOutput::Ended {
+                node,
+                success: false,
+                stderr,
+            }) => {
+                eprintln!(
+                    "vethctl: node {} of {}: {}",
+                    node.node,
+                    node.lab,
+                    stderr.trim()
+                );
+                failures.push((node, stderr));
+            }
+            Some(NodeOutput::Ended { .. }) => traced = true,
+        }
+    }
+    traced |= nodes.running() > 0;
+    nodes.stop().await;
+    if !traced {
+        all_failed(&failures)?;
+    }
+    Ok(printed)
+}
+
 /// Decodes one ring record and prints it if it passes the request's
 /// filter; true if it was printed.
 fn show(
@@ -136,7 +191,7 @@ fn show(
     if !request.filter.matches(&event, &decoded) {
         return Ok(false);
     }
-    let flow = resolve(&topology.name, &event, &decoded, pods_by_ifindex, clock);
+    let flow = resolve(topology, &event, &decoded, pods_by_ifindex, clock);
     if request.json {
         writeln!(out, "{}", serde_json::to_string(&flow)?)?;
     } else {

@@ -18,7 +18,7 @@ use crate::model::cluster::node_netns;
 
 /// What a node's command printed, line by line, then how it ended.
 #[derive(Debug)]
-pub enum NodeOutput {
+enum NodeOutput {
     Line {
         node: NodeName,
         line: String,
@@ -43,6 +43,10 @@ pub struct NodeStreams {
     /// Each node and its command's pid, while it runs.
     running: Vec<(NodeName, u32)>,
     output: mpsc::Receiver<NodeOutput>,
+    /// Nodes whose command failed (said on stderr as it did).
+    failures: Vec<NodeName>,
+    /// A node's command printed or ended well.
+    worked: bool,
 }
 
 impl NodeStreams {
@@ -63,12 +67,39 @@ impl NodeStreams {
                 tokio::spawn(forward(name, child, tx.clone()));
             }
         }
-        Ok(NodeStreams { running, output })
+        Ok(NodeStreams {
+            running,
+            output,
+            failures: Vec::new(),
+            worked: false,
+        })
     }
 
-    /// The next line or end of a node's command; `None` once every node's
-    /// command has ended.
-    pub async fn next(&mut self) -> Option<NodeOutput> {
+    /// The next line a node's command printed; `None` once every node's
+    /// command has ended. A command that fails is said on stderr.
+    pub async fn next_line(&mut self) -> Option<(NodeName, String)> {
+        loop {
+            match self.next().await? {
+                NodeOutput::Line { node, line } => {
+                    self.worked = true;
+                    return Some((node, line));
+                }
+                NodeOutput::Ended {
+                    node,
+                    success: false,
+                    stderr,
+                } => {
+                    let said = stderr.trim();
+                    let said = said.strip_prefix("error: ").unwrap_or(said);
+                    eprintln!("vethctl: node {} of {}: {said}", node.node, node.lab);
+                    self.failures.push(node);
+                }
+                NodeOutput::Ended { .. } => self.worked = true,
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<NodeOutput> {
         if self.running.is_empty() {
             return None;
         }
@@ -84,13 +115,22 @@ impl NodeStreams {
         self.running.len()
     }
 
-    /// Asks every node's command to end as Ctrl-C would (SIGTERM: a trace
-    /// switches its session off), and waits until they have.
-    pub async fn stop(mut self) {
+    /// Asks every node's command still running to end as Ctrl-C would
+    /// (SIGTERM: a trace switches its session off) and waits until they
+    /// have; an error naming each node's reason if none could run it.
+    pub async fn finish(mut self) -> Result<()> {
+        let worked = self.worked || !self.running.is_empty();
         for (_, pid) in &self.running {
             let _ = signal::kill(Pid::from_raw(*pid as i32), signal::SIGTERM);
         }
         while self.next().await.is_some() {}
+        if worked || self.failures.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "no node of the lab could run it ({} failed, as said above)",
+            self.failures.len()
+        )
     }
 }
 
@@ -152,16 +192,4 @@ async fn forward(node: NodeName, mut child: Child, tx: mpsc::Sender<NodeOutput>)
             stderr,
         })
         .await;
-}
-
-/// The error when no node could run the command: each node's reason.
-pub fn all_failed(failures: &[(NodeName, String)]) -> Result<()> {
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let reasons: Vec<String> = failures
-        .iter()
-        .map(|(n, stderr)| format!("node {} of {}: {}", n.node, n.lab, stderr.trim()))
-        .collect();
-    bail!("{}", reasons.join("; "))
 }

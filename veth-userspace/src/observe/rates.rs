@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    node_streams::{all_failed, NodeOutput, NodeStreams},
+    node_streams::NodeStreams,
     table::{render_fitting, row, Width},
     TopologyStats,
 };
@@ -205,38 +205,20 @@ pub async fn watch_labs(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut latest: BTreeMap<_, WatchLine> = BTreeMap::new();
-    let (mut shown, mut watched, mut failures) = (0, false, Vec::new());
+    let mut shown = 0;
     while options.count.is_none_or(|c| shown < c) {
         let next = tokio::select! {
             _ = &mut ctrl_c => break,
-            next = nodes.next() => next,
+            next = nodes.next_line() => next,
         };
-        match next {
-            None => break,
-            Some(NodeOutput::Line { node, line }) => {
-                let mut interval: WatchLine = serde_json::from_str(&line)
-                    .with_context(|| format!("node {} of {}: {line:?}", node.node, node.lab))?;
-                for pair in &mut interval.pairs {
-                    pair.node = Some(node.node.clone());
-                }
-                latest.insert(node, interval);
-            }
-            Some(NodeOutput::Ended {
-                node,
-                success: false,
-                stderr,
-            }) => {
-                eprintln!(
-                    "vethctl: node {} of {}: {}",
-                    node.node,
-                    node.lab,
-                    stderr.trim()
-                );
-                failures.push((node, stderr));
-            }
-            Some(NodeOutput::Ended { .. }) => watched = true,
+        let Some((node, line)) = next else { break };
+        let mut interval: WatchLine = serde_json::from_str(&line)
+            .with_context(|| format!("node {} of {}: {line:?}", node.node, node.lab))?;
+        for pair in &mut interval.pairs {
+            pair.node = Some(node.node.clone());
         }
-        if !latest.is_empty() && latest.len() >= nodes.running() {
+        latest.insert(node, interval);
+        if latest.len() >= nodes.running() {
             let seconds = latest
                 .values()
                 .map(|l| l.interval_seconds)
@@ -244,14 +226,10 @@ pub async fn watch_labs(
             let mut pairs: Vec<PairRate> = latest.into_values().flat_map(|l| l.pairs).collect();
             busiest_first(&mut pairs);
             show(&pairs, seconds, options, shown == 0, out)?;
-            (latest, shown, watched) = (BTreeMap::new(), shown + 1, true);
+            (latest, shown) = (BTreeMap::new(), shown + 1);
         }
     }
-    nodes.stop().await;
-    if !watched {
-        all_failed(&failures)?;
-    }
-    Ok(())
+    nodes.finish().await
 }
 
 /// The counters of every watched topology, now. Watching all of them

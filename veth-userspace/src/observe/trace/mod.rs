@@ -21,7 +21,7 @@ pub use self::{
     event::{resolve, FlowEvent},
     filter::Filter,
 };
-use super::node_streams::{all_failed, NodeOutput, NodeStreams};
+use super::node_streams::NodeStreams;
 use crate::{dataplane::TraceSession, model::Topology};
 
 /// How long a trace switch stays on without being renewed.
@@ -126,41 +126,19 @@ pub async fn follow_labs(
     tokio::pin!(ctrl_c);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
-    let (mut printed, mut traced, mut failures) = (0u64, false, Vec::new());
+    let mut printed = 0u64;
     while count.is_none_or(|c| printed < c) {
         let next = tokio::select! {
             _ = &mut ctrl_c => break,
             _ = sigterm.recv() => break,
-            next = nodes.next() => next,
+            next = nodes.next_line() => next,
         };
-        match next {
-            None => break,
-            Some(NodeOutput::Line { line, .. }) => {
-                writeln!(out, "{line}")?;
-                out.flush()?;
-                printed += 1;
-            }
-            Some(NodeOutput::Ended {
-                node,
-                success: false,
-                stderr,
-            }) => {
-                eprintln!(
-                    "vethctl: node {} of {}: {}",
-                    node.node,
-                    node.lab,
-                    stderr.trim()
-                );
-                failures.push((node, stderr));
-            }
-            Some(NodeOutput::Ended { .. }) => traced = true,
-        }
+        let Some((_, line)) = next else { break };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        printed += 1;
     }
-    traced |= nodes.running() > 0;
-    nodes.stop().await;
-    if !traced {
-        all_failed(&failures)?;
-    }
+    nodes.finish().await?;
     Ok(printed)
 }
 

@@ -399,7 +399,7 @@ fn out_of_range_options_are_refused_with_a_message() {
         (vec!["trace", "--count", "0"], vec!["--count"]),
         (
             vec!["trace", "--verdict", "redirect"],
-            vec!["--verdict", "redirected, passed, dropped"],
+            vec!["--verdict", "redirected, remote, passed, dropped"],
         ),
         (
             vec!["trace", "--drop-reason", "spoofed"],

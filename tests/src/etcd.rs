@@ -18,6 +18,10 @@ use crate::{free_port, http_get, run, wait_until, ChildGuard};
 
 /// Debian's etcd binary (package etcd-server).
 const ETCD: &str = "/usr/bin/etcd";
+/// etcd 3.4 takes only `unix://HOST:PORT` and listens on the file
+/// `HOST:PORT`, relative to its working directory (its own directory
+/// here); clients name it by its full path.
+const SOCKET: &str = "etcd.sock:0";
 
 /// Certificates of a TLS etcd: a CA, the server's (for 127.0.0.1) and a
 /// client's, all PEM.
@@ -40,10 +44,10 @@ pub struct TestEtcd {
 }
 
 impl TestEtcd {
-    /// etcd on a unix socket (`unix://<dir>/etcd.sock`).
+    /// etcd on a unix socket (`unix://<dir>/etcd.sock:0`).
     pub fn start() -> TestEtcd {
         let dir = scratch_dir();
-        let endpoints = format!("unix://{}", dir.join("etcd.sock").display());
+        let endpoints = format!("unix://{}", dir.join(SOCKET).display());
         TestEtcd::launch(dir, endpoints, None)
     }
 
@@ -93,14 +97,19 @@ impl TestEtcd {
         self.kill9();
         // etcd listens with net.Listen, which fails on the socket file a
         // killed etcd left.
-        let _ = std::fs::remove_file(self.dir.join("etcd.sock"));
+        let _ = std::fs::remove_file(self.dir.join(SOCKET));
+        // What etcd is told: the socket relative to its working directory.
+        let listen = match self.tls {
+            Some(_) => self.endpoints.clone(),
+            None => format!("unix://{SOCKET}"),
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log file");
         let mut cmd = Command::new(ETCD);
         cmd.args(["--name", "t", "--data-dir"])
             .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &self.endpoints])
-            .args(["--advertise-client-urls", &self.endpoints])
+            .args(["--listen-client-urls", &listen])
+            .args(["--advertise-client-urls", &listen])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
@@ -109,6 +118,7 @@ impl TestEtcd {
                 &format!("http://127.0.0.1:{}", self.metrics_port),
             ])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

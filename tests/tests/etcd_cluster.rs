@@ -49,11 +49,14 @@ fn init(etcd: &TestEtcd, file: &Path) -> Output {
     cluster(etcd, true, &["init", "-t", file.to_str().unwrap()])
 }
 
-/// A node namespace with an underlay interface `eth0` (a dummy: nothing
-/// is sent in these tests) at `address`.
+/// A node namespace with an underlay interface `eth0` at `address` (one
+/// end of a veth pair whose both ends are in the node: nothing is sent
+/// in these tests, and this kernel has no dummy links).
 fn node_with_underlay(address: &str) -> TestNode {
     let node = TestNode::new();
-    node.ip(&["link", "add", "eth0", "type", "dummy"]);
+    node.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
     node.ip(&["addr", "add", address, "dev", "eth0"]);
     node.ip(&["link", "set", "eth0", "up"]);
     node

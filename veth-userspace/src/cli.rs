@@ -1222,7 +1222,11 @@ async fn agent(args: AgentArgs) -> Result<()> {
             liveness_seconds: args.liveness_ttl,
         }),
         (Some(_), None) => {
-            bail!("--cluster-node: required with --cluster: this node's name in the cluster")
+            return Err(crate::Error::InvalidConfig {
+                field: "--cluster-node".into(),
+                message: "required with --cluster: this node's name in the cluster".into(),
+            }
+            .into())
         }
         (None, _) => None,
     };
@@ -1267,11 +1271,12 @@ async fn cluster(action: ClusterAction) -> Result<()> {
                 .with_context(|| format!("invalid settings file {}", topology.display()))?;
             let client = crate::etcd::Etcd::connect(&etcd.required()?).await?;
             let said = match crate::etcd::cluster::init(&client, &settings).await? {
-                crate::etcd::cluster::Init::Stored => "stored",
-                crate::etcd::cluster::Init::Unchanged => "already stored, unchanged",
+                crate::etcd::cluster::Init::Stored => "stored in",
+                crate::etcd::cluster::Init::Unchanged => "unchanged: already so in",
             };
             emit(format_args!(
-                "cluster {:?}: settings {said} in etcd at {}; start each node's agent with                  `vethctl agent --cluster {} --cluster-node NAME`\n",
+                "cluster {:?}: settings {said} etcd at {}; start each node's agent with \
+                 `vethctl agent --cluster {} --cluster-node NAME`\n",
                 settings.name(),
                 client.endpoints(),
                 client.endpoints()

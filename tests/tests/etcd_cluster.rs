@@ -352,3 +352,60 @@ fn etcd_down_is_a_clear_error_within_seconds() {
         "kept on its data dir"
     );
 }
+
+/// The agent does not depend on etcd being up: etcd killed -9 under it
+/// leaves it running, and once etcd is back its node is alive with the
+/// same range.
+#[test]
+fn an_agent_rides_out_etcd_going_away() {
+    require_root();
+    let mut etcd = TestEtcd::start();
+    let dir = Scratch::new();
+    let block = AddressBlock::reserve(&unique_name());
+    let base = block.cidr.trim_end_matches(".0/24");
+    expect_success(
+        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
+        "init",
+    );
+    let node = node_with_underlay(&format!("{base}.1/24"));
+    let mut running = agent(&etcd, &node, "n1", &dir.0.join("n1"));
+    let range = wait_alive(&etcd, "n1");
+    etcd.kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        running.try_wait().is_none(),
+        "the agent stopped while etcd was away"
+    );
+    etcd.restart();
+    assert_eq!(wait_alive(&etcd, "n1"), range);
+    assert!(running.try_wait().is_none());
+}
+
+#[test]
+fn bad_agent_options_are_refused_naming_the_flag() {
+    require_root();
+    let etcd = TestEtcd::start();
+    let dir = Scratch::new();
+    let lock = dir.0.join("agent.lock");
+    let lock = lock.to_str().unwrap();
+    let cases = [
+        ("n1", "vethctl cluster init"),
+        ("N1", "--cluster-node"),
+        ("n1", "--underlay"),
+    ];
+    for (i, (node, says)) in cases.into_iter().enumerate() {
+        if i == 1 {
+            expect_success(
+                &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
+                "init",
+            );
+        }
+        let mut args = vec!["agent", "--lock-file", lock, "--cluster-node", node];
+        args.extend(["--underlay", "nosuch0", "--listen", "127.0.0.1:0"]);
+        let etcd_args = etcd.args(true);
+        args.extend(etcd_args.iter().map(String::as_str));
+        let out = vethctl(&args, &[], None);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+}

@@ -338,7 +338,7 @@ fn etcd_down_is_a_clear_error_within_seconds() {
     etcd.kill9();
     let started = Instant::now();
     let out = cluster(&etcd, true, &["status"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "try again: {}", stderr(&out));
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",

@@ -146,6 +146,12 @@ impl Etcd {
     {
         match tokio::time::timeout(REQUEST_TIMEOUT, request(self.client.clone())).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if unreachable(&e) => Err(crate::Error::TryAgain(format!(
+                "{what}: etcd at {} cannot be reached: {}",
+                self.shown,
+                describe(&e)
+            ))
+            .into()),
             Ok(Err(e)) => Err(anyhow::anyhow!(
                 "{what}: etcd at {}: {}",
                 self.shown,
@@ -164,6 +170,19 @@ impl Etcd {
 
     pub fn endpoints(&self) -> &str {
         &self.shown
+    }
+}
+
+/// Whether etcd could not be reached (try again later), rather than
+/// refusing the request.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        _ => false,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod attack;
 pub mod cni;
 pub mod daemonset;
+pub mod etcd;
 pub mod frames;
 pub mod node;
 pub mod outside;

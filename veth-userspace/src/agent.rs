@@ -44,6 +44,8 @@ pub struct AgentOptions {
     /// The networks it keeps current and reports on (with those of
     /// `cni_confs`); every recorded one when empty.
     pub networks: Vec<String>,
+    /// Join this cluster kept in etcd (`--cluster`, `--cluster-node`).
+    pub cluster: Option<crate::etcd::member::JoinOptions>,
 }
 
 struct Shared {
@@ -57,6 +59,8 @@ struct Shared {
 /// Serves until SIGINT or SIGTERM.
 pub async fn run(options: AgentOptions) -> Result<()> {
     let _lock = AgentLock::take(&options.lock_file)?;
+    let member = join_cluster(options.cluster.as_ref()).await?;
+    let mut membership = tokio::spawn(keep_membership(member.clone()));
     let mut cni_networks = Vec::new();
     for path in &options.cni_confs {
         let list = crate::cni::install::read_list(path)?;
@@ -114,14 +118,8 @@ pub async fn run(options: AgentOptions) -> Result<()> {
         _ = sigint.recv() => {}
         // Endpoints would silently go stale: fail, so that whatever
         // supervises the agent restarts it.
-        ended = &mut watcher => {
-            let why = match ended {
-                Ok(Err(e)) => format!("{e:#}"),
-                Ok(Ok(())) => "it stopped".to_string(),
-                Err(e) => e.to_string(),
-            };
-            anyhow::bail!("keeping endpoints current failed: {why}");
-        }
+        ended = &mut watcher => anyhow::bail!("keeping endpoints current failed: {}", why(ended)),
+        ended = &mut membership => anyhow::bail!("keeping the node in its cluster failed: {}", why(ended)),
         served = &mut server => {
             let why = match served {
                 Ok(never) => match never {},
@@ -132,8 +130,51 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     }
     server.abort();
     watcher.abort();
+    membership.abort();
+    if let Some(member) = &member {
+        member.leave().await;
+    }
     log::info!("vethctl agent: stopped");
     Ok(())
+}
+
+/// Why a task that should run until the agent stops ended.
+fn why(ended: Result<Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Ok(())) => "it stopped".to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Joins the cluster in etcd, when told to: the node's record, its pod
+/// ranges, the CNI list for them.
+async fn join_cluster(
+    options: Option<&crate::etcd::member::JoinOptions>,
+) -> Result<Option<crate::etcd::member::Member>> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let member = crate::etcd::member::join(options).await?;
+    let r = &member.record;
+    log::info!(
+        "vethctl agent: node {:?} of cluster {:?} holds pod ranges {}{}; wrote {}",
+        r.name,
+        member.cluster,
+        r.pod_cidr.map(|n| n.to_string()).unwrap_or_default(),
+        r.pod_cidr6.map(|n| format!(" and {n}")).unwrap_or_default(),
+        member.conflist.display()
+    );
+    Ok(Some(member))
+}
+
+/// Keeps the node's leases for as long as the agent runs (never ends
+/// without a cluster).
+async fn keep_membership(member: Option<crate::etcd::member::Member>) -> Result<()> {
+    match member {
+        Some(member) => member.keep().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn respond(

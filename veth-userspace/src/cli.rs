@@ -181,6 +181,82 @@ enum Command {
         #[arg(long)]
         per_pod_drops: bool,
     },
+    /// A cluster whose nodes find each other through etcd: its settings
+    /// (`init`) and what its nodes hold (`status`). Each node joins with
+    /// `vethctl agent --cluster ENDPOINTS --cluster-node NAME`.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Store the cluster's settings in etcd: a cluster file without
+    /// `[[nodes]]` (name, mode, cross_node, cluster_cidr, cluster_cidr6,
+    /// node_prefix_len, [underlay] vni, port, mtu; see docs/etcd.md).
+    /// The same settings again change nothing; different ones are
+    /// refused, naming the first key that differs.
+    Init {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The settings file (TOML).
+        #[arg(long, short = 't', value_name = "FILE")]
+        topology: PathBuf,
+    },
+    /// Show the cluster's settings and nodes: alive or not, pod ranges,
+    /// underlay address, agent.
+    Status {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where etcd is and how to reach it.
+#[derive(Debug, Args)]
+struct EtcdArgs {
+    /// etcd's client endpoints, comma-separated: http://HOST:2379,
+    /// https://HOST:2379 (TLS) or one unix:///PATH socket.
+    #[arg(long = "cluster", value_name = "ENDPOINTS")]
+    endpoints: Option<String>,
+    /// Which cluster in that etcd (default: the only one there).
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
+    /// The CA certificate that signed etcd's (PEM), for https://.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM), when etcd wants one (--client-cert-auth).
+    #[arg(long, value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The options, if `--cluster` was given.
+    fn options(&self) -> Option<crate::etcd::EtcdOptions> {
+        Some(crate::etcd::EtcdOptions {
+            endpoints: self.endpoints.clone()?,
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        })
+    }
+
+    fn required(&self) -> Result<crate::etcd::EtcdOptions> {
+        self.options().ok_or_else(|| {
+            crate::Error::InvalidConfig {
+                field: "--cluster".into(),
+                message: "required: etcd's client endpoints, e.g. --cluster http://10.0.0.1:2379"
+                    .into(),
+            }
+            .into()
+        })
+    }
 }
 
 // `vethctl bench`: which pods, which workloads, how long.
@@ -246,6 +322,26 @@ struct AgentArgs {
     /// with its own --lock-file.
     #[arg(long = "network", value_name = "NAME", value_parser = parse_network_name)]
     networks: Vec<String>,
+    /// Join the cluster kept in etcd at --cluster as node --cluster-node:
+    /// lease its pod ranges, keep its record alive, and write the CNI
+    /// configuration list for its range into --cni-conf-dir.
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// This node's name in the cluster (with --cluster; 1 to 12 lowercase
+    /// letters, digits and '-').
+    #[arg(long, value_name = "NAME", requires = "endpoints")]
+    cluster_node: Option<String>,
+    /// The interface on the network the nodes share, whose addresses the
+    /// other nodes reach this one at (default: the settings' [underlay]
+    /// interface, eth0).
+    #[arg(long, value_name = "IFACE", requires = "endpoints")]
+    underlay: Option<String>,
+    /// Where the CNI configuration list for the node's range goes.
+    #[arg(long, default_value = "/etc/cni/net.d", value_name = "DIR")]
+    cni_conf_dir: PathBuf,
+    /// Seconds the node's record outlives its agent (its liveness lease).
+    #[arg(long, default_value_t = crate::model::registry::DEFAULT_LIVENESS_SECONDS, value_name = "SECONDS")]
+    liveness_ttl: i64,
     /// Log lines at this level and above (error, warn, info, debug);
     /// without it, RUST_LOG's level if set, else info. Each line on
     /// stderr has an RFC 3339 UTC timestamp and the level.
@@ -717,7 +813,10 @@ fn needs(command: &Command) -> Option<(&'static str, &'static [privileges::Capab
         ),
         // Reads the networks' endpoint records (root's).
         Command::UninstallCni(_) => ("vethctl uninstall-cni", privileges::READ),
-        Command::InstallCni(_) | Command::Completions { .. } | Command::Man => return None,
+        Command::InstallCni(_)
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Cluster { .. } => return None,
     })
 }
 
@@ -730,6 +829,7 @@ fn needs_kernel(command: &Command) -> bool {
             | Command::InstallCni(_)
             | Command::Completions { .. }
             | Command::Man
+            | Command::Cluster { .. }
     )
 }
 
@@ -789,6 +889,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::UninstallCni(options) => uninstall_cni(options),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::Cluster { action } => cluster(action).await,
     }
 }
 
@@ -1138,7 +1239,26 @@ async fn bench(args: BenchArgs) -> Result<()> {
 
 async fn agent(args: AgentArgs) -> Result<()> {
     crate::logging::init_agent(args.log_level);
+    let cluster = match (args.etcd.options(), args.cluster_node) {
+        (Some(etcd), Some(node)) => Some(crate::etcd::member::JoinOptions {
+            etcd,
+            cluster: args.etcd.cluster_name.clone(),
+            node,
+            underlay: args.underlay,
+            cni_conf_dir: args.cni_conf_dir,
+            liveness_seconds: args.liveness_ttl,
+        }),
+        (Some(_), None) => {
+            return Err(crate::Error::InvalidConfig {
+                field: "--cluster-node".into(),
+                message: "required with --cluster: this node's name in the cluster".into(),
+            }
+            .into())
+        }
+        (None, _) => None,
+    };
     crate::agent::run(crate::agent::AgentOptions {
+        cluster,
         listen: args.listen,
         bpf_stats: args.bpf_stats,
         cni_confs: args.cni_conf,
@@ -1223,6 +1343,35 @@ fn trace_args_for_node(lab: &str, a: &TraceArgs) -> Vec<String> {
         out.push("--json".into());
     }
     out
+}
+
+async fn cluster(action: ClusterAction) -> Result<()> {
+    match action {
+        ClusterAction::Init { etcd, topology } => {
+            let text = read_bounded(&topology)
+                .with_context(|| format!("reading settings file {}", topology.display()))?;
+            let settings = crate::model::registry::Settings::from_toml(&text)
+                .with_context(|| format!("invalid settings file {}", topology.display()))?;
+            let client = crate::etcd::Etcd::connect(&etcd.required()?).await?;
+            let said = match crate::etcd::cluster::init(&client, &settings).await? {
+                crate::etcd::cluster::Init::Stored => "stored in",
+                crate::etcd::cluster::Init::Unchanged => "unchanged: already so in",
+            };
+            emit(format_args!(
+                "cluster {:?}: settings {said} etcd at {}; start each node's agent with \
+                 `vethctl agent --cluster {} --cluster-node NAME`\n",
+                settings.name(),
+                client.endpoints(),
+                client.endpoints()
+            ))
+        }
+        ClusterAction::Status { etcd, json } => {
+            let client = crate::etcd::Etcd::connect(&etcd.required()?).await?;
+            let report =
+                crate::etcd::cluster::status(&client, etcd.cluster_name.as_deref()).await?;
+            print(json, &report, |r| r.to_table())
+        }
+    }
 }
 
 fn install_cni(o: InstallCni) -> Result<()> {

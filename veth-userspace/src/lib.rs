@@ -13,6 +13,7 @@ pub mod crossnode;
 pub mod dataplane;
 pub mod endpoint;
 pub mod error;
+pub mod etcd;
 pub mod http_server;
 pub mod ipam;
 pub mod kernel;

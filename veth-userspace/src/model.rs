@@ -14,6 +14,7 @@ use veth_common::GATEWAY_MAC;
 
 pub mod cluster;
 pub mod node;
+pub mod registry;
 
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;

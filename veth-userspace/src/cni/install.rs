@@ -212,13 +212,25 @@ pub fn install(o: &InstallOptions) -> Result<Installed> {
     let binary = fs::read(&o.plugin)
         .with_context(|| format!("reading the plugin {}", o.plugin.display()))?;
     let plugin = write_whole(&o.bin_dir, PLUGIN_TYPE, &binary, 0o755)?;
-    let text = serde_json::to_string_pretty(&list)? + "\n";
-    let conf = write_whole(&o.conf_dir, &o.conf_file, text.as_bytes(), 0o644)?;
+    let conf = write_conf(o, &list)?;
     Ok(Installed {
         plugin,
         conf,
         copied,
     })
+}
+
+/// Writes only the list, validated first: what the agent of a node of a
+/// cluster kept in etcd writes for the range it leased.
+pub fn write_list(o: &InstallOptions) -> Result<PathBuf> {
+    let list = conflist(o);
+    validate(&list).context("the configuration would be refused by the plugin")?;
+    write_conf(o, &list)
+}
+
+fn write_conf(o: &InstallOptions, list: &Value) -> Result<PathBuf> {
+    let text = serde_json::to_string_pretty(list)? + "\n";
+    write_whole(&o.conf_dir, &o.conf_file, text.as_bytes(), 0o644)
 }
 
 /// Reads a configuration list file and returns our plugin's configuration.

@@ -168,6 +168,9 @@ pub struct Cluster {
     pub cross_node: CrossNode,
     pub cluster_cidr: Ipv4Net,
     pub cluster_cidr6: Option<Ipv6Net>,
+    /// Length of a node's pod range (`node_prefix_len`, and `…6`).
+    pub node_prefix_len: u8,
+    pub node_prefix_len6: u8,
     pub underlay: Underlay,
     pub nodes: Vec<ClusterNode>,
     /// Each node's part, validated, in the order of `nodes`.
@@ -387,6 +390,8 @@ impl ClusterFile {
             cross_node: self.cross_node,
             cluster_cidr,
             cluster_cidr6,
+            node_prefix_len: self.node_prefix_len,
+            node_prefix_len6: self.node_prefix_len6,
             underlay,
             nodes,
             parts: Vec::new(),
@@ -512,23 +517,7 @@ fn validate_node_names(nodes: &[NodeEntry]) -> Result<(), ModelError> {
     }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
-        let ok = !n.name.is_empty()
-            && n.name.len() <= NODE_NAME_MAX
-            && n.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && !n.name.ends_with('-')
-            && n.name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok {
-            return Err(invalid(
-                format!("nodes[{i}].name"),
-                format!(
-                    "node name {:?} is not allowed; use 1 to {NODE_NAME_MAX} lowercase letters, \
-                     digits and '-', starting with a letter",
-                    n.name
-                ),
-            ));
-        }
+        validate_node_name(&format!("nodes[{i}].name"), &n.name)?;
         if let Some(first) = seen.insert(&n.name, i) {
             return Err(invalid(
                 format!("nodes[{i}].name"),
@@ -540,6 +529,28 @@ fn validate_node_names(nodes: &[NodeEntry]) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// A node's name: it names the lab's switch port and namespace, and a
+/// node's records in etcd.
+pub fn validate_node_name(field: &str, name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= NODE_NAME_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        format!(
+            "node name {name:?} is not allowed; use 1 to {NODE_NAME_MAX} lowercase letters, \
+             digits and '-', starting with a letter"
+        ),
+    ))
 }
 
 /// What carving node ranges needs of a prefix type (IPv4 or IPv6).

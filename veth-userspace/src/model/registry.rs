@@ -1,0 +1,559 @@
+//! A cluster whose nodes find each other through etcd (flannel's subnet
+//! manager, Calico's node records): where its records live, what they say,
+//! and which pod range a joining node gets. Pure: talking to etcd is
+//! [`crate::etcd`].
+//!
+//! Keys, all under one prefix per cluster:
+//! - `/vethctl/v1/<cluster>/settings`: the settings file's text, as
+//!   `vethctl cluster init` stored it;
+//! - `/vethctl/v1/<cluster>/nodes/<node>`: a [`NodeRecord`] (JSON), under
+//!   the agent's short liveness lease: it goes when the agent does;
+//! - `/vethctl/v1/<cluster>/ranges/v4/<cidr>` and `…/ranges/v6/<cidr>`: a
+//!   [`RangeRecord`] (JSON) naming the node that holds the range, under a
+//!   long lease (24 h) the agent renews, so a node that restarts or is
+//!   away for a while keeps its range.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use super::{cluster::Cluster, invalid, ModelError};
+
+/// Where every cluster's keys live (the version is the records' format).
+pub const ROOT: &str = "/vethctl/v1/";
+/// The settings of a cluster in etcd name no node: a stand-in lets the
+/// cluster file's own validation check everything a node's part needs
+/// (mode, MTU, ranges), with the same messages.
+const PROBE_NODE: &str = "probe";
+/// How long a range stays reserved after its node's agent stopped
+/// renewing it (flannel's subnet lease).
+pub const RANGE_LEASE_SECONDS: i64 = 24 * 3600;
+/// The node record's lease: how soon the others learn that a node is gone.
+pub const DEFAULT_LIVENESS_SECONDS: i64 = 10;
+
+/// The keys of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// IPv4 or IPv6, for the range keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn dir(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Keys {
+        Keys {
+            prefix: format!("{ROOT}{cluster}/"),
+        }
+    }
+
+    /// Every key of the cluster.
+    pub fn all(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn settings(&self) -> String {
+        format!("{}settings", self.prefix)
+    }
+
+    /// The prefix of every node record.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+
+    pub fn node(&self, name: &str) -> String {
+        format!("{}{name}", self.nodes())
+    }
+
+    /// The prefix of every range record of `family`.
+    pub fn ranges(&self, family: Family) -> String {
+        format!("{}ranges/{}/", self.prefix, family.dir())
+    }
+
+    pub fn range(&self, net: IpNet) -> String {
+        let family = match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        };
+        format!("{}{net}", self.ranges(family))
+    }
+
+    /// The range a key of [`Keys::ranges`] stands for.
+    pub fn range_of(&self, key: &str, family: Family) -> Option<IpNet> {
+        key.strip_prefix(&self.ranges(family))?.parse().ok()
+    }
+}
+
+/// The cluster whose settings key is `key`, if it is one.
+pub fn cluster_of_settings_key(key: &str) -> Option<&str> {
+    key.strip_prefix(ROOT)?.strip_suffix("/settings")
+}
+
+/// A cluster's settings: a cluster file without `[[nodes]]` (nodes join by
+/// running their agent), validated by the cluster file's own rules.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// As written, comments and all: what etcd keeps.
+    pub text: String,
+    /// The file validated with one stand-in node (`parts[0]`).
+    pub cluster: Cluster,
+}
+
+impl Settings {
+    pub fn from_toml(text: &str) -> Result<Settings, ModelError> {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if table.contains_key("nodes") {
+                return Err(invalid(
+                    "nodes",
+                    "the settings of a cluster kept in etcd list no nodes: each node joins by \
+                     running `vethctl agent --cluster ENDPOINTS --node NAME`; remove [[nodes]]",
+                ));
+            }
+        }
+        let probe = format!("{text}\n[[nodes]]\nname = \"{PROBE_NODE}\"\n");
+        let cluster = Cluster::from_toml(&probe).map_err(|e| {
+            let suffix = format!(" (in node \"{PROBE_NODE}\")");
+            let field = e
+                .field
+                .strip_suffix(&suffix)
+                .unwrap_or(&e.field)
+                .to_string();
+            ModelError { field, ..e }
+        })?;
+        Ok(Settings {
+            text: text.to_string(),
+            cluster,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cluster.name
+    }
+
+    /// Every setting by its key in the file, defaults filled in: two
+    /// files that say the same differ in nothing here.
+    pub fn values(&self) -> Vec<(&'static str, String)> {
+        let c = &self.cluster;
+        let part = &c.parts[0];
+        let none = || "none".to_string();
+        vec![
+            ("name", c.name.clone()),
+            ("mode", part.mode.name().to_string()),
+            ("cross_node", c.cross_node.to_string()),
+            ("cluster_cidr", c.cluster_cidr.to_string()),
+            (
+                "cluster_cidr6",
+                c.cluster_cidr6.map_or_else(none, |n| n.to_string()),
+            ),
+            ("node_prefix_len", c.node_prefix_len.to_string()),
+            ("node_prefix_len6", c.node_prefix_len6.to_string()),
+            ("underlay.interface", c.underlay.interface.clone()),
+            ("underlay.vni", c.underlay.vni.to_string()),
+            ("underlay.port", c.underlay.port.to_string()),
+            ("underlay.mtu", c.underlay.mtu.to_string()),
+            ("counters", part.counters.to_string()),
+            ("rps", part.rps.to_string()),
+            ("uplink.masquerade", part.uplink.masquerade.to_string()),
+            (
+                "uplink.interface",
+                part.uplink.interface.clone().unwrap_or_else(none),
+            ),
+            ("bridge", part.bridge.clone()),
+        ]
+    }
+
+    /// The first setting `other` (what etcd has) gives another value:
+    /// `(key, ours, theirs)`.
+    pub fn first_difference(&self, other: &Settings) -> Option<(&'static str, String, String)> {
+        self.values()
+            .into_iter()
+            .zip(other.values())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((key, a), (_, b))| (key, a, b))
+    }
+
+    /// The pods' MTU on every node.
+    pub fn pod_mtu(&self) -> u32 {
+        self.cluster.pod_mtu()
+    }
+}
+
+/// Which agent holds a node: enough to tell the operator which process
+/// it is, and to tell a crashed agent of this very node from another one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentId {
+    /// `/proc/sys/kernel/random/boot_id` of its machine.
+    pub boot: String,
+    /// Its network namespace's cookie (the node, on a lab's machine).
+    pub netns: u64,
+    pub pid: u32,
+    /// When it started, RFC 3339 UTC.
+    pub started: String,
+}
+
+impl std::fmt::Display for AgentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let boot: String = self.boot.chars().take(8).collect();
+        write!(
+            f,
+            "agent PID {} on boot {boot} (netns cookie {}), started {}",
+            self.pid, self.netns, self.started
+        )
+    }
+}
+
+impl AgentId {
+    /// Whether `self`, found in etcd, is a previous agent of the node
+    /// `me` runs on that is gone (`alive`: whether its PID still runs
+    /// here): same machine and boot, same network namespace, process gone.
+    pub fn is_gone_predecessor_of(&self, me: &AgentId, alive: bool) -> bool {
+        self.boot == me.boot && self.netns == me.netns && self.pid != me.pid && !alive
+    }
+}
+
+/// What a node says about itself: `/vethctl/v1/<cluster>/nodes/<node>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub agent: AgentId,
+    /// Its underlay addresses: where the others send its pods' frames.
+    pub address: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
+    /// Its VXLAN device's MAC (`0e:58:` + the IPv4 underlay address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+    /// Its pod ranges, once leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
+}
+
+/// What a range key says: `/vethctl/v1/<cluster>/ranges/v4/<cidr>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RangeRecord {
+    pub node: String,
+}
+
+/// A range as found in etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub range: IpNet,
+    pub node: String,
+    /// The key's last change and lease: a claim of a range its node
+    /// already holds compares the one and keeps the other alive.
+    pub revision: i64,
+    pub lease: i64,
+}
+
+/// One key of etcd: key, value, modification revision, lease.
+pub type Entry = (String, Vec<u8>, i64, i64);
+
+/// Everything a cluster's prefix held at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub settings: Option<String>,
+    pub nodes: Vec<NodeRecord>,
+    pub held4: Vec<Held>,
+    pub held6: Vec<Held>,
+    /// Keys whose value is not what this version writes (a newer one's?).
+    pub unreadable: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn of(keys: &Keys, entries: impl IntoIterator<Item = Entry>) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (key, value, revision, lease) in entries {
+            if key == keys.settings() {
+                s.settings = String::from_utf8(value).ok();
+                continue;
+            }
+            let parsed = if key.starts_with(&keys.nodes()) {
+                serde_json::from_slice(&value)
+                    .map(|r| s.nodes.push(r))
+                    .is_ok()
+            } else if let Some((family, range)) = [Family::V4, Family::V6]
+                .into_iter()
+                .find_map(|f| Some((f, keys.range_of(&key, f)?)))
+            {
+                let held = serde_json::from_slice::<RangeRecord>(&value).map(|r| Held {
+                    range,
+                    node: r.node,
+                    revision,
+                    lease,
+                });
+                let list = if family == Family::V4 {
+                    &mut s.held4
+                } else {
+                    &mut s.held6
+                };
+                held.map(|h| list.push(h)).is_ok()
+            } else {
+                false
+            };
+            if !parsed {
+                s.unreadable.push(key);
+            }
+        }
+        s
+    }
+}
+
+/// The range node `me` gets out of `cluster` (`/len` each): the one it
+/// holds already, else the first that overlaps none held. `key` and
+/// `len_key` name the settings for the error.
+pub fn choose_range(
+    cluster: IpNet,
+    len: u8,
+    held: &[Held],
+    me: &str,
+    (key, len_key): (&str, &str),
+) -> Result<IpNet, ModelError> {
+    if let Some(mine) = held
+        .iter()
+        .find(|h| h.node == me && cluster.contains(&h.range))
+    {
+        return Ok(mine.range);
+    }
+    let meets = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    let all = 1u128.checked_shl(u32::from(len.saturating_sub(cluster.prefix_len())));
+    // Held ranges are disjoint: as many as there are ranges leave none,
+    // and the search below would walk every one of them.
+    let exhausted = all.is_some_and(|all| held.len() as u128 >= all);
+    let free = match exhausted {
+        true => None,
+        false => cluster
+            .subnets(len)
+            .ok()
+            .and_then(|mut s| s.find(|r| held.iter().all(|h| !meets(r, &h.range)))),
+    };
+    free.ok_or_else(|| {
+        let mut nodes: Vec<&str> = held.iter().map(|h| h.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        invalid(
+            key,
+            format!(
+                "{cluster} has no free /{len} left for node {me:?}: all are leased ({} by {}); \
+                 a node that is gone frees its range when its lease ends (24 h after its agent \
+                 stopped), or make a cluster with a larger {key} or {len_key}",
+                held.len(),
+                nodes.join(", ")
+            ),
+        )
+    })
+}
+
+/// One node as `vethctl cluster status` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Its agent runs (its liveness lease holds).
+    pub alive: bool,
+    pub pod_cidr: Option<IpNet>,
+    pub pod_cidr6: Option<IpNet>,
+    pub address: Option<Ipv4Addr>,
+    pub address6: Option<Ipv6Addr>,
+    pub vtep_mac: Option<String>,
+    pub agent: Option<AgentId>,
+}
+
+/// Every node that is alive or holds a range, by name.
+pub fn view(records: &[NodeRecord], held: &[Held]) -> Vec<NodeView> {
+    let mut names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    names.extend(held.iter().map(|h| h.node.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let record = records.iter().find(|r| r.name == name);
+            let range = |v6: bool| {
+                held.iter()
+                    .find(|h| h.node == name && matches!(h.range, IpNet::V6(_)) == v6)
+                    .map(|h| h.range)
+            };
+            NodeView {
+                name: name.to_string(),
+                alive: record.is_some(),
+                pod_cidr: range(false),
+                pod_cidr6: range(true),
+                address: record.and_then(|r| r.address),
+                address6: record.and_then(|r| r.address6),
+                vtep_mac: record.and_then(|r| r.vtep_mac.clone()),
+                agent: record.map(|r| r.agent.clone()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTINGS: &str = r#"# the lab, kept in etcd
+name = "lab"
+mode = "tc"
+cross_node = "vxlan"
+cluster_cidr = "10.244.0.0/16"
+cluster_cidr6 = "fd00:10:244::/56"
+"#;
+
+    fn held(range: &str, node: &str) -> Held {
+        Held {
+            range: range.parse().unwrap(),
+            node: node.into(),
+            revision: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn keys_live_under_one_prefix_per_cluster() {
+        let k = Keys::new("lab");
+        assert_eq!(k.settings(), "/vethctl/v1/lab/settings");
+        assert_eq!(k.node("n1"), "/vethctl/v1/lab/nodes/n1");
+        let r = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(k.range(r), "/vethctl/v1/lab/ranges/v4/10.244.1.0/24");
+        assert_eq!(k.range_of(&k.range(r), Family::V4), Some(r));
+        let r6 = "fd00:10:244:1::/64".parse().unwrap();
+        assert_eq!(k.range(r6), "/vethctl/v1/lab/ranges/v6/fd00:10:244:1::/64");
+        assert_eq!(cluster_of_settings_key(&k.settings()), Some("lab"));
+        assert_eq!(cluster_of_settings_key(&k.node("n1")), None);
+    }
+
+    #[test]
+    fn a_snapshot_sorts_the_keys_out() {
+        let k = Keys::new("lab");
+        let range: IpNet = "10.244.1.0/24".parse().unwrap();
+        let entries: Vec<Entry> = vec![
+            (k.settings(), SETTINGS.into(), 2, 0),
+            (k.range(range), br#"{"node":"n2"}"#.to_vec(), 5, 77),
+            (k.node("n2"), b"not json".to_vec(), 6, 0),
+        ];
+        let s = Snapshot::of(&k, entries);
+        assert_eq!(s.settings.as_deref(), Some(SETTINGS));
+        assert_eq!(s.held4.len(), 1);
+        assert_eq!((s.held4[0].node.as_str(), s.held4[0].lease), ("n2", 77));
+        assert_eq!(s.unreadable, [k.node("n2")]);
+    }
+
+    #[test]
+    fn settings_are_a_cluster_file_without_nodes() {
+        let s = Settings::from_toml(SETTINGS).unwrap();
+        let values: std::collections::BTreeMap<_, _> = s.values().into_iter().collect();
+        assert_eq!(values["mode"], "tc");
+        assert_eq!(values["node_prefix_len"], "24");
+        assert_eq!(values["underlay.port"], "8472");
+        assert_eq!(s.pod_mtu(), 1450);
+        let e = Settings::from_toml(&format!("{SETTINGS}[[nodes]]\nname = \"n1\"\n")).unwrap_err();
+        assert_eq!(e.field, "nodes");
+        let e = Settings::from_toml(&SETTINGS.replace("\"tc\"", "\"nope\"")).unwrap_err();
+        assert!(e.message.contains("unknown variant"), "{e}");
+        assert!(!e.field.contains("probe"), "{e}");
+        let e =
+            Settings::from_toml(&SETTINGS.replace("10.244.0.0/16", "10.244.0.1/16")).unwrap_err();
+        assert_eq!(e.field, "cluster_cidr", "{e}");
+    }
+
+    #[test]
+    fn the_same_settings_written_otherwise_do_not_differ() {
+        let a = Settings::from_toml(SETTINGS).unwrap();
+        let b = Settings::from_toml(&format!("node_prefix_len = 24\n{SETTINGS}# more\n")).unwrap();
+        assert_eq!(a.first_difference(&b), None);
+        let c = Settings::from_toml(&SETTINGS.replace("\"vxlan\"", "\"ebpf\"")).unwrap();
+        let (key, ours, theirs) = a.first_difference(&c).unwrap();
+        assert_eq!(
+            (key, ours.as_str(), theirs.as_str()),
+            ("cross_node", "vxlan", "ebpf")
+        );
+    }
+
+    #[test]
+    fn a_node_keeps_its_range_else_takes_the_first_free_one() {
+        let cluster: IpNet = "10.244.0.0/22".parse().unwrap();
+        let keys = ("cluster_cidr", "node_prefix_len");
+        let taken = [held("10.244.0.0/24", "n1"), held("10.244.2.0/24", "n3")];
+        let r = choose_range(cluster, 24, &taken, "n3", keys).unwrap();
+        assert_eq!(r.to_string(), "10.244.2.0/24", "kept");
+        let r = choose_range(cluster, 24, &taken, "n2", keys).unwrap();
+        assert_eq!(r.to_string(), "10.244.1.0/24", "first free");
+        let full = [
+            held("10.244.0.0/24", "n1"),
+            held("10.244.1.0/24", "n2"),
+            held("10.244.2.0/24", "n3"),
+            held("10.244.3.0/24", "n4"),
+        ];
+        let e = choose_range(cluster, 24, &full, "n5", keys).unwrap_err();
+        assert_eq!(e.field, "cluster_cidr");
+        assert!(
+            e.message.contains("no free /24") && e.message.contains("n4"),
+            "{e}"
+        );
+        let huge: IpNet = "fd00::/8".parse().unwrap();
+        let r = choose_range(huge, 64, &[], "n1", ("cluster_cidr6", "node_prefix_len6"));
+        assert_eq!(r.unwrap().to_string(), "fd00::/64");
+    }
+
+    #[test]
+    fn a_gone_predecessor_is_this_node_s_own_dead_agent() {
+        let me = AgentId {
+            boot: "b".into(),
+            netns: 7,
+            pid: 20,
+            started: "now".into(),
+        };
+        let old = AgentId {
+            pid: 10,
+            ..me.clone()
+        };
+        assert!(old.is_gone_predecessor_of(&me, false));
+        assert!(!old.is_gone_predecessor_of(&me, true), "still running");
+        let elsewhere = AgentId {
+            netns: 8,
+            ..old.clone()
+        };
+        assert!(
+            !elsewhere.is_gone_predecessor_of(&me, false),
+            "another node"
+        );
+    }
+
+    #[test]
+    fn the_view_shows_live_nodes_and_reserved_ranges() {
+        let record = NodeRecord {
+            name: "n1".into(),
+            agent: AgentId {
+                boot: "b".into(),
+                netns: 1,
+                pid: 1,
+                started: "t".into(),
+            },
+            address: Some("198.18.0.1".parse().unwrap()),
+            address6: None,
+            vtep_mac: None,
+            pod_cidr: None,
+            pod_cidr6: None,
+        };
+        let held = [held("10.244.0.0/24", "n1"), held("10.244.1.0/24", "n2")];
+        let v = view(&[record], &held);
+        assert_eq!(v.len(), 2);
+        assert!(v[0].alive && !v[1].alive);
+        assert_eq!(v[1].pod_cidr.unwrap().to_string(), "10.244.1.0/24");
+    }
+}

@@ -525,20 +525,29 @@ fn member(etcd: &TestEtcd, switch: &TestNode, dir: &Path, base: &str, i: u32) ->
     }
 }
 
-/// Three nodes started with nothing but the settings in etcd wire their
-/// pods to each other from the node records (host-gw): CNI pods ping
-/// across nodes; a 4th node joins and is reached; a node whose agent is
-/// killed -9 and whose namespace is deleted leaves the others' routes
-/// within its liveness TTL (3 s) + 1 s.
 #[test]
-fn agents_wire_nodes_from_their_records() {
+fn agents_wire_host_gw_nodes_from_their_records() {
+    agents_wire_nodes_from_their_records("host-gw");
+}
+
+#[test]
+fn agents_wire_ebpf_nodes_from_their_records() {
+    agents_wire_nodes_from_their_records("ebpf");
+}
+
+/// Three nodes started with nothing but the settings in etcd wire their
+/// pods to each other from the node records: CNI pods ping across nodes;
+/// a 4th node joins and is reached; a node whose agent is killed -9 and
+/// whose namespace is deleted leaves the others' routes within its
+/// liveness TTL (3 s) + 1 s.
+fn agents_wire_nodes_from_their_records(cross_node: &str) {
     require_root();
     let etcd = TestEtcd::start();
     let dir = Scratch::new();
     let block = AddressBlock::reserve(&unique_name());
     let base = block.cidr.trim_end_matches(".0/24").to_string();
     expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "host-gw", 4)),
+        &init(&etcd, &settings(&dir.0, &unique_name(), cross_node, 4)),
         "init",
     );
     let switch = switch();

@@ -18,9 +18,9 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 
-use super::{cluster, member::Member};
+use super::{cluster, member::Member, REQUEST_TIMEOUT};
 use crate::{
     apply::UpOptions,
     model::{
@@ -32,6 +32,10 @@ use crate::{
 /// First wait before reading again after a failure, doubled up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A watch quiet this long is asked for its progress: a connection cut
+/// without being closed (a partition) would otherwise look like a quiet
+/// cluster forever.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The live node records, by name.
 type Nodes = BTreeMap<String, NodeRecord>;
@@ -83,7 +87,7 @@ async fn follow_once(
         })
         .await?;
     *backoff = BACKOFF_FIRST;
-    while let Some(response) = stream.message().await? {
+    while let Some(response) = next(&mut stream).await? {
         if response.canceled() {
             bail!("etcd cancelled the watch: {}", response.cancel_reason());
         }
@@ -103,6 +107,23 @@ async fn follow_once(
         converge(member, &nodes, converged).await?;
     }
     Ok(())
+}
+
+/// The watch's next response; when it is quiet for [`PROGRESS_EVERY`],
+/// etcd must answer a progress request within the request deadline.
+async fn next(stream: &mut WatchStream) -> Result<Option<WatchResponse>> {
+    if let Ok(response) = tokio::time::timeout(PROGRESS_EVERY, stream.message()).await {
+        return Ok(response?);
+    }
+    stream.request_progress().await?;
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+        Ok(response) => Ok(response?),
+        Err(_) => bail!(
+            "the watch was quiet for {} s and etcd did not answer a progress request within {} s",
+            PROGRESS_EVERY.as_secs(),
+            REQUEST_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 /// Brings the node's part up for `nodes`, unless it is the part brought

@@ -542,12 +542,12 @@ fn agents_wire_ebpf_nodes_from_their_records() {
 /// liveness TTL (3 s) + 1 s.
 fn agents_wire_nodes_from_their_records(cross_node: &str) {
     require_root();
-    let etcd = TestEtcd::start();
+    let mut etcd = TestEtcd::start();
     let dir = Scratch::new();
     let block = AddressBlock::reserve(&unique_name());
     let base = block.cidr.trim_end_matches(".0/24").to_string();
     expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), cross_node, 4)),
+        &init(&etcd, &settings(&dir.0, &unique_name(), cross_node, 8)),
         "init",
     );
     let switch = switch();
@@ -624,6 +624,30 @@ fn agents_wire_nodes_from_their_records(cross_node: &str) {
         3,
         "the others still reach each other",
     );
+    // etcd killed -9 for 5 s: nothing changes on the wire; once it is back
+    // the agents read again, and a node that joins then is wired.
+    etcd.kill9();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(wired(&members), "a route went while etcd was away");
+        expect_pings(&netns_name(&pods[1]), ips[3], 1, "pods while etcd is away");
+    }
+    etcd.restart();
+    members.push(member(&etcd, &switch, &dir.0, &base, 5));
+    wait_until(
+        Duration::from_secs(20),
+        "the 5th node wired after etcd came back",
+        || wired(&members),
+    );
+    let pod5 = CniPod::new();
+    let ip5 = cni_pod(&members[3].node, &members[3].conf, &pod5);
+    expect_pings(
+        &netns_name(&pods[0]),
+        ip5,
+        3,
+        "pod to the node that joined after etcd came back",
+    );
+    drop(pod5);
     drop(members);
     for dir in leftovers.into_iter().flatten() {
         let _ = std::fs::remove_dir_all(dir);

@@ -594,13 +594,8 @@ fn agents_wire_nodes_from_their_records(cross_node: &str) {
         joined.elapsed()
     );
     ips.push(cni_pod(&members[3].node, &members[3].conf, &pods[3]));
-    for from in 0..3 {
-        expect_pings(
-            &netns_name(&pods[from]),
-            ips[3],
-            3,
-            "pod to the new node's pod",
-        );
+    for from in &pods[..3] {
+        expect_pings(&netns_name(from), ips[3], 3, "pod to the new node's pod");
     }
     // Node 3 dies: agent killed -9, namespace gone.
     let mut dead = members.remove(2);

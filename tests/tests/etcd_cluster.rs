@@ -535,6 +535,16 @@ fn agents_wire_ebpf_nodes_from_their_records() {
     agents_wire_nodes_from_their_records("ebpf");
 }
 
+#[test]
+fn agents_wire_vxlan_nodes_from_their_records() {
+    agents_wire_nodes_from_their_records("vxlan");
+}
+
+#[test]
+fn agents_wire_ebpf_vxlan_nodes_from_their_records() {
+    agents_wire_nodes_from_their_records("ebpf-vxlan");
+}
+
 /// Three nodes started with nothing but the settings in etcd wire their
 /// pods to each other from the node records: CNI pods ping across nodes;
 /// a 4th node joins and is reached; a node whose agent is killed -9 and
@@ -599,6 +609,12 @@ fn agents_wire_nodes_from_their_records(cross_node: &str) {
     }
     // Node 3 dies: agent killed -9, namespace gone.
     let mut dead = members.remove(2);
+    // vxlan: its VTEP in the others' FDB, to be removed with the routes.
+    let dead_vtep = format!("dst {base}.3 ");
+    let fdb = |m: &Member| run("bridge", &["-n", &m.node.name, "fdb", "show"]);
+    if cross_node == "vxlan" {
+        assert!(members.iter().all(|m| fdb(m).contains(&dead_vtep)));
+    }
     dead.agent.signal(libc::SIGKILL);
     dead.agent.expect_exit(Duration::from_secs(10));
     let killed = Instant::now();
@@ -607,8 +623,12 @@ fn agents_wire_nodes_from_their_records(cross_node: &str) {
     run("ip", &["netns", "del", &dead.node.name]);
     wait_until(
         Duration::from_secs(5),
-        "node 3 gone from the others' routes",
-        || members.iter().all(|m| !routes(&m.node, &dead.range)),
+        "node 3 gone from the others' routes and FDB",
+        || {
+            members
+                .iter()
+                .all(|m| !routes(&m.node, &dead.range) && !fdb(m).contains(&dead_vtep))
+        },
     );
     let gone = killed.elapsed();
     eprintln!("node 3 gone from every route {gone:?} after its agent was killed");

@@ -168,12 +168,16 @@ async fn join_cluster(
     Ok(Some(member))
 }
 
-/// Keeps the node's leases for as long as the agent runs (never ends
-/// without a cluster).
+/// Keeps the node's leases and its part wired to the cluster's live
+/// nodes for as long as the agent runs (never ends without a cluster).
 async fn keep_membership(member: Option<crate::etcd::member::Member>) -> Result<()> {
-    match member {
-        Some(member) => member.keep().await,
-        None => std::future::pending().await,
+    let Some(member) = member else {
+        return std::future::pending().await;
+    };
+    let following = crate::etcd::sync::follow(member.clone());
+    tokio::select! {
+        kept = member.keep() => kept,
+        followed = following => followed,
     }
 }
 

@@ -541,6 +541,22 @@ where
     up_locked(&topology, &source, options, timings, locks).await
 }
 
+/// Brings node `node`'s part of `cluster` up: `vethctl up -t CLUSTER
+/// --cluster-node NODE` on that node, and the agent of a cluster kept in
+/// etcd whenever the live nodes change. Returns the part as brought up.
+pub async fn up_cluster_node(
+    cluster: &crate::model::cluster::Cluster,
+    node: &str,
+    options: UpOptions,
+) -> Result<Topology> {
+    let (topology, text) = cluster.node_part(node)?;
+    let topology = keeping_recorded(&topology, &text)?;
+    // Everything that can be refused is, before anything is made.
+    crate::preflight::check(&Host::connect()?, &topology).await?;
+    up(&topology, &text, options).await?;
+    Ok(topology)
+}
+
 /// `topology` (described by `source`) with each recorded pod keeping the
 /// addresses it was given, so that no pod moves when others come or go.
 pub fn keeping_recorded(topology: &Topology, source: &str) -> Result<Topology> {

@@ -902,7 +902,7 @@ fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
 }
 
 async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptions) -> Result<()> {
-    let (topology, text) = match (read_cluster(path.as_deref())?, node) {
+    let topology = match (read_cluster(path.as_deref())?, node) {
         (Some((cluster, text)), None) => {
             crate::lab::up(&cluster, &text, options).await?;
             return emit(format_args!(
@@ -912,11 +912,17 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
                 cluster.cross_node
             ));
         }
-        (_, node) => node_part_or_topology(path.as_deref(), node)?,
+        (Some((cluster, _)), Some(node)) => {
+            apply::up_cluster_node(&cluster, &node, options).await?
+        }
+        (None, node) => {
+            let (topology, text) = node_part_or_topology(path.as_deref(), node)?;
+            // Everything that can be refused is, before anything is made.
+            preflight::check(&Host::connect()?, &topology).await?;
+            apply::up(&topology, &text, options).await?;
+            topology
+        }
     };
-    // Everything that can be refused is, before anything is made.
-    preflight::check(&Host::connect()?, &topology).await?;
-    apply::up(&topology, &text, options).await?;
     // A CNI network's file lists no pods: its pods are the runtime's
     // endpoints, counted too (it said "0 pods" beside 902 endpoints).
     let pods = crate::endpoint::with_endpoints(topology.clone()).pods.len();

@@ -54,9 +54,11 @@ const RANGE_RENEW_EVERY: Duration = Duration::from_secs(600);
 /// A node that has joined: what it holds, and how to keep it.
 #[derive(Clone)]
 pub struct Member {
-    etcd: Etcd,
-    keys: Keys,
+    pub(super) etcd: Etcd,
+    pub(super) keys: Keys,
     pub cluster: String,
+    /// The cluster's settings, as stored.
+    pub settings: Settings,
     pub record: NodeRecord,
     /// The liveness lease (replaced when it expired while etcd was away).
     live: Arc<AtomicI64>,
@@ -99,6 +101,7 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
         etcd,
         keys,
         cluster,
+        settings,
         record,
         live: Arc::new(AtomicI64::new(live)),
         range_lease,
@@ -138,7 +141,7 @@ async fn revoke(etcd: &Etcd, lease: i64) {
 /// This node's record before it holds ranges: who runs it and where the
 /// others reach it.
 async fn own_record(node: &str, interface: &str) -> Result<NodeRecord> {
-    let (address, address6) = underlay_addresses(interface).await?;
+    let ((address, address_len), v6) = underlay_addresses(interface).await?;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     Ok(NodeRecord {
         name: node.to_string(),
@@ -149,29 +152,38 @@ async fn own_record(node: &str, interface: &str) -> Result<NodeRecord> {
             started: crate::logging::rfc3339(SystemTime::now()),
         },
         address: Some(address),
-        address6,
+        address6: v6.map(|(a, _)| a),
+        address_len: Some(address_len),
+        address6_len: v6.map(|(_, l)| l),
         vtep_mac: Some(format_mac(&vtep_mac(address))),
         pod_cidr: None,
         pod_cidr6: None,
     })
 }
 
+/// An address and its prefix length.
+type OnLink<A> = (A, u8);
+
 /// The first IPv4 and global IPv6 address of `interface`.
-async fn underlay_addresses(interface: &str) -> Result<(Ipv4Addr, Option<Ipv6Addr>)> {
+async fn underlay_addresses(
+    interface: &str,
+) -> Result<(OnLink<Ipv4Addr>, Option<OnLink<Ipv6Addr>>)> {
     let host = crate::netlink::Host::connect()?;
     let all = crate::netlink::inspect::addresses(&host).await?;
-    let mine: Vec<IpAddr> = all
+    let mine: Vec<(IpAddr, u8)> = all
         .iter()
         .filter(|a| a.ifname == interface)
-        .map(|a| a.address)
+        .map(|a| (a.address, a.prefix_len))
         .collect();
-    let v4 = mine.iter().find_map(|a| match a {
-        IpAddr::V4(v4) if !v4.is_loopback() => Some(*v4),
+    let v4 = mine.iter().find_map(|(a, len)| match a {
+        IpAddr::V4(v4) if !v4.is_loopback() => Some((*v4, *len)),
         _ => None,
     });
-    let v6 = mine.iter().find_map(|a| match a {
+    let v6 = mine.iter().find_map(|(a, len)| match a {
         // Link-local addresses are the same on every link: no node's.
-        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 && !v6.is_loopback() => Some(*v6),
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 != 0xfe80 && !v6.is_loopback() => {
+            Some((*v6, *len))
+        }
         _ => None,
     });
     let v4 = v4.with_context(|| {

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod member;
+pub mod sync;
 
 use std::{
     future::Future,

@@ -234,6 +234,13 @@ pub struct NodeRecord {
     pub address: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<Ipv6Addr>,
+    /// The prefix lengths of those addresses on the underlay: the
+    /// cluster file's `[underlay] cidr` and `cidr6`, which every node's
+    /// address must be inside (host-gw's next hops are on that link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_len: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6_len: Option<u8>,
     /// Its VXLAN device's MAC (`0e:58:` + the IPv4 underlay address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac: Option<String>,
@@ -357,6 +364,80 @@ pub fn choose_range(
             ),
         )
     })
+}
+
+/// The cluster file of the nodes alive now, as node `me` sees them: the
+/// settings text, `[underlay] cidr` (and `cidr6`) the network of `me`'s
+/// own underlay addresses, and one `[[nodes]]` per record that holds its
+/// ranges and has its address on that network (the others cannot be
+/// reached directly; they are left out, named in the second value).
+/// `Cluster::node_part(me)` of it is what `me` brings up.
+pub fn cluster_text(
+    settings: &str,
+    me: &NodeRecord,
+    others: &[NodeRecord],
+) -> Result<(String, Vec<String>), ModelError> {
+    let mut doc: toml_edit::DocumentMut = settings
+        .parse()
+        .map_err(|e| invalid("settings", format!("{e}")))?;
+    let (net4, net6) = underlay_of(me)?;
+    let underlay = doc["underlay"].or_insert(toml_edit::table());
+    underlay["cidr"] = toml_edit::value(net4.to_string());
+    match net6 {
+        Some(n6) => underlay["cidr6"] = toml_edit::value(n6.to_string()),
+        None => drop(underlay.as_table_like_mut().map(|t| t.remove("cidr6"))),
+    }
+    let mut nodes = toml_edit::ArrayOfTables::new();
+    let mut left_out = Vec::new();
+    for r in std::iter::once(me).chain(others.iter().filter(|r| r.name != me.name)) {
+        match node_entry(r, net4, net6) {
+            Some(entry) => nodes.push(entry),
+            None => left_out.push(r.name.clone()),
+        }
+    }
+    doc["nodes"] = toml_edit::Item::ArrayOfTables(nodes);
+    Ok((doc.to_string(), left_out))
+}
+
+/// The underlay networks of node `me`, from its record.
+fn underlay_of(me: &NodeRecord) -> Result<(Ipv4Net, Option<Ipv6Net>), ModelError> {
+    let missing = || {
+        invalid(
+            "--underlay",
+            format!(
+                "node {:?} has no underlay address with its prefix length in its record",
+                me.name
+            ),
+        )
+    };
+    let (a4, l4) = me.address.zip(me.address_len).ok_or_else(missing)?;
+    let net4 = Ipv4Net::new(a4, l4).map_err(|_| missing())?.trunc();
+    let net6 = me
+        .address6
+        .zip(me.address6_len)
+        .and_then(|(a, l)| Ipv6Net::new(a, l).ok())
+        .map(|n| n.trunc());
+    Ok((net4, net6))
+}
+
+/// Record `r` as a `[[nodes]]` entry, when it holds its range and its
+/// addresses are on the underlay `net4` (and `net6`).
+fn node_entry(r: &NodeRecord, net4: Ipv4Net, net6: Option<Ipv6Net>) -> Option<toml_edit::Table> {
+    let address = r.address.filter(|a| net4.contains(a))?;
+    let pod_cidr = r.pod_cidr?;
+    let mut t = toml_edit::Table::new();
+    t["name"] = toml_edit::value(r.name.clone());
+    t["pod_cidr"] = toml_edit::value(pod_cidr.to_string());
+    if let Some(v6) = r.pod_cidr6 {
+        t["pod_cidr6"] = toml_edit::value(v6.to_string());
+    }
+    t["address"] = toml_edit::value(address.to_string());
+    if let Some(n6) = net6 {
+        // Without it the file would give the node a made-up one.
+        let a6 = r.address6.filter(|a| n6.contains(a))?;
+        t["address6"] = toml_edit::value(a6.to_string());
+    }
+    Some(t)
 }
 
 /// One node as `vethctl cluster status` shows it.
@@ -534,22 +615,48 @@ cluster_cidr6 = "fd00:10:244::/56"
         );
     }
 
-    #[test]
-    fn the_view_shows_live_nodes_and_reserved_ranges() {
-        let record = NodeRecord {
-            name: "n1".into(),
+    fn record(name: &str, address: &str, pod_cidr: Option<&str>) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
             agent: AgentId {
                 boot: "b".into(),
                 netns: 1,
                 pid: 1,
                 started: "t".into(),
             },
-            address: Some("198.18.0.1".parse().unwrap()),
+            address: Some(address.parse().unwrap()),
             address6: None,
+            address_len: Some(24),
+            address6_len: None,
             vtep_mac: None,
-            pod_cidr: None,
+            pod_cidr: pod_cidr.map(|c| c.parse().unwrap()),
             pod_cidr6: None,
-        };
+        }
+    }
+
+    #[test]
+    fn live_records_make_the_cluster_file_of_a_node() {
+        let me = record("n1", "10.9.0.1", Some("10.244.0.0/24"));
+        let others = [
+            record("n2", "10.9.0.2", Some("10.244.1.0/24")),
+            record("far", "10.8.0.2", Some("10.244.2.0/24")),
+            record("new", "10.9.0.3", None),
+        ];
+        let settings = SETTINGS.replace("cluster_cidr6 = \"fd00:10:244::/56\"\n", "");
+        let (text, left_out) = cluster_text(&settings, &me, &others).unwrap();
+        assert_eq!(left_out, ["far", "new"]);
+        let cluster = Cluster::from_toml(&text).unwrap();
+        assert_eq!(cluster.underlay.cidr.to_string(), "10.9.0.0/24");
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2"]);
+        assert_eq!(cluster.nodes[1].address.to_string(), "10.9.0.2");
+        assert_eq!(cluster.nodes[1].pod_cidr.to_string(), "10.244.1.0/24");
+        assert!(cluster.node_part("n1").is_ok());
+    }
+
+    #[test]
+    fn the_view_shows_live_nodes_and_reserved_ranges() {
+        let record = record("n1", "198.18.0.1", None);
         let held = [held("10.244.0.0/24", "n1"), held("10.244.1.0/24", "n2")];
         let v = view(&[record], &held);
         assert_eq!(v.len(), 2);

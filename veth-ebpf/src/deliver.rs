@@ -28,9 +28,9 @@ use crate::{
     control, cross_node,
     maps::{ENDPOINTS, ENDPOINTS6, ENDPOINT_HINTS, PODS, SLOTS, SLOT_ENDPOINTS, SLOT_HINTS},
     packet::{
-        arp_well_formed, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed, is_group_mac,
-        is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
-        network_header, ptr_at, store_mac, Frame, L3,
+        arp_well_formed, cold, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed,
+        is_group_mac, is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
+        network_header, ptr_at, store_mac, Frame, ETH_P_IP_BE, L3,
     },
 };
 
@@ -81,28 +81,33 @@ impl Target {
 /// hint falls back to `SLOTS`, and a veth in neither is unknown (dropped).
 #[inline(always)]
 pub fn slot_of(host_ifindex: u32) -> Option<u32> {
+    pod_of(host_ifindex).map(|(slot, _)| slot)
+}
+
+/// The same with the slot's identity, which the checks read next: the
+/// hint's test already found it, and a second lookup would cost as much
+/// again.
+#[inline(always)]
+pub fn pod_of(host_ifindex: u32) -> Option<(u32, &'static PodIdentity)> {
     if let Some(&hint) = SLOT_HINTS.get(slot_hint_index(host_ifindex)) {
         let slot = hint.wrapping_sub(1);
-        if PODS
-            .get(slot)
-            .is_some_and(|pod| pod.host_ifindex == host_ifindex)
-        {
-            return Some(slot);
+        if let Some(pod) = PODS.get(slot) {
+            if pod.host_ifindex == host_ifindex {
+                return Some((slot, pod));
+            }
         }
     }
     // SAFETY: a read-only map lookup.
-    unsafe { SLOTS.get(host_ifindex) }.copied()
+    let slot = *unsafe { SLOTS.get(host_ifindex) }?;
+    PODS.get(slot).map(|pod| (slot, pod))
 }
 
-/// Checks a frame from the pod in `slot`; with `redirect`, also delivers
-/// it locally when it is for another pod.
+/// Checks a frame from the pod `me` (its identity, from [`pod_of`]); with
+/// `redirect`, also delivers it locally when it is for another pod.
 #[inline(always)]
-pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
-    let Some(me) = PODS.get(slot) else {
-        return Decision::Drop(DropReason::UnknownVeth);
-    };
+pub fn decide<F: Frame>(ctx: &F, me: &PodIdentity, redirect: bool) -> Decision {
     let Some(eth) = ptr_at::<F, EthHdr>(ctx, 0) else {
-        return Decision::Drop(DropReason::Truncated);
+        return dropped(DropReason::Truncated);
     };
     // SAFETY: `ptr_at` bounds-checked the header.
     let (ether_type, src_mac, group) = unsafe {
@@ -112,18 +117,19 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
             is_group_mac((*eth).dst_addr),
         )
     };
-    if is_vlan(ether_type) {
-        return Decision::Drop(DropReason::VlanTagged);
+    // IPv4, the most frequent, with one test.
+    if ether_type != ETH_P_IP_BE && is_vlan(ether_type) {
+        return dropped(DropReason::VlanTagged);
     }
     // SAFETY: a plain read of a static; volatile so the loader's value counts.
     let checks = unsafe { core::ptr::read_volatile(&CHECKS_ENABLED) } != 0;
     // SAFETY: a 6-byte field of the map value.
     if checks && !mac_eq(src_mac, unsafe { load_mac(&me.mac) }) {
-        return Decision::Drop(DropReason::SpoofedMac);
+        return dropped(DropReason::SpoofedMac);
     }
     let l3 = match network_header(ctx, ether_type) {
         Ok(l3) => l3,
-        Err(reason) => return Decision::Drop(reason),
+        Err(reason) => return dropped(reason),
     };
     // Once per frame: the check and the delivery both need it.
     let own_ipv6 = match l3 {
@@ -136,7 +142,7 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         let l3_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
         let unspecified = match check_sender(&l3, me, l3_len, own_ipv6) {
             Ok(unspecified) => unspecified,
-            Err(reason) => return Decision::Drop(reason),
+            Err(reason) => return dropped(reason),
         };
         let control = match l3 {
             L3::Ipv4(ip) => control::check_ipv4(ctx, ip),
@@ -144,12 +150,12 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
             L3::Arp(_) => Ok(()),
         };
         if let Err(reason) = control {
-            return Decision::Drop(reason);
+            return dropped(reason);
         }
         // The host-side veth has the pod's MTU. (A pod's own stack never
         // makes larger segments; the kernel would forward them whole.)
         if !ctx.segments_fit_mtu_of(0) {
-            return Decision::Drop(DropReason::OversizedGso);
+            return dropped(DropReason::OversizedGso);
         }
     }
     if !redirect || me.host_path != 0 || group {
@@ -162,6 +168,15 @@ pub fn decide<F: Frame>(ctx: &F, slot: u32, redirect: bool) -> Decision {
         L3::Ipv6(ip) if own_ipv6 => deliver_ipv6(ctx, eth, ip),
         L3::Ipv6(_) | L3::Arp(_) => Decision::Pass,
     }
+}
+
+/// A frame that failed a check. Rare (a pod's own stack sends none), so
+/// marked cold: LLVM then lays the path of a frame that passes out
+/// straight, in fewer instruction cache lines with fewer taken jumps.
+#[inline(always)]
+fn dropped(reason: DropReason) -> Decision {
+    cold();
+    Decision::Drop(reason)
 }
 
 /// Steps 5 and 6: the network header is well formed and its sender is the
@@ -230,29 +245,40 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
     // the frame at this hook.
     unsafe {
         let dst = load32((*ip).dst_addr.as_ptr());
+        let ttl = (*ip).ttl;
         // The hint: the low 16 bits of the address in network order.
         let hint = u32::from_be(dst) & 0xffff;
-        let endpoint = match hinted_endpoint(hint, |p| load32(p.ipv4.as_ptr()) == dst) {
-            Some(endpoint) => endpoint,
-            None => match ENDPOINTS.get(dst) {
-                Some(endpoint) => endpoint,
-                None => return cross_node::route_ipv4(dst.to_ne_bytes(), (*ip).ttl),
-            },
-        };
-        deliver_ipv4_to(ctx, eth, ip, endpoint)
+        if let Some((endpoint, pod)) = hinted_endpoint(hint, |p| load32(p.ipv4.as_ptr()) == dst) {
+            if !takes_redirects(pod) {
+                return Decision::Pass;
+            }
+            return redirect_ipv4(ctx, eth, ip, endpoint, ttl);
+        }
+        match ENDPOINTS.get(dst) {
+            Some(endpoint) => deliver_ipv4_to(ctx, eth, ip, endpoint),
+            None => cross_node::route_ipv4(dst.to_ne_bytes(), ttl),
+        }
     }
 }
 
 /// The destination by its address's hint, an array entry (the verifier
 /// inlines it; `ENDPOINTS` costs a hash lookup): taken only if the hinted
 /// slot's identity `owns` the address and the slot's endpoint names the
-/// slot's veth. Userspace writes the slot's endpoint and then the hint
-/// after the address's `ENDPOINTS` entry, and clears the identity first
-/// when a pod goes, so a hint that passes finds what `ENDPOINTS` holds; a
-/// missing, colliding or stale one falls back to `ENDPOINTS`. What is
-/// found is checked like any endpoint (`still_owned`, `claim_target`).
+/// slot and the slot's veth. Userspace writes the slot's endpoint and then
+/// the hint after the address's `ENDPOINTS` entry, and clears the identity
+/// first when a pod goes, so a hint that passes finds what `ENDPOINTS`
+/// holds; a missing, colliding or stale one falls back to `ENDPOINTS`.
+///
+/// Returns the endpoint with its slot's identity: what `still_owned`
+/// would look up again is proven here (the slot belongs to the endpoint's
+/// veth and to the pod that owns the address), so the caller only asks
+/// [`takes_redirects`], then checks the frame against the endpoint
+/// (`claim_target` included) like any other.
 #[inline(always)]
-fn hinted_endpoint(hint: u32, owns: impl Fn(&PodIdentity) -> bool) -> Option<&'static Endpoint> {
+fn hinted_endpoint(
+    hint: u32,
+    owns: impl Fn(&PodIdentity) -> bool,
+) -> Option<(&'static Endpoint, &'static PodIdentity)> {
     let slot = ENDPOINT_HINTS.get(hint)?.wrapping_sub(1);
     let pod = PODS.get(slot)?;
     if !owns(pod) {
@@ -261,6 +287,7 @@ fn hinted_endpoint(hint: u32, owns: impl Fn(&PodIdentity) -> bool) -> Option<&'s
     SLOT_ENDPOINTS
         .get(slot)
         .filter(|e| e.slot == slot && e.host_ifindex == pod.host_ifindex)
+        .map(|e| (e, pod))
 }
 
 /// Hands a checked IPv4 packet to the local `endpoint` if it can take it
@@ -276,20 +303,37 @@ pub fn deliver_ipv4_to<F: Frame>(
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
         let dst = load32((*ip).dst_addr.as_ptr());
-        let ttl = (*ip).ttl;
-        let target = Target::of(endpoint);
-        // TTL 1 must expire here, with an ICMP error from the host stack.
-        if ttl <= 1
-            || !still_owned(target, |p| load32(p.ipv4.as_ptr()) == dst)
-            || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
-            || !ctx.claim_target(target.host_ifindex)
-        {
+        if !still_owned(Target::of(endpoint), |p| load32(p.ipv4.as_ptr()) == dst) {
             return Decision::Pass;
         }
+        redirect_ipv4(ctx, eth, ip, endpoint, (*ip).ttl)
+    }
+}
+
+/// The checks every redirect of an IPv4 packet to a pod that may take it
+/// ends with (TTL, MTU, `claim_target`), then the rewrite.
+#[inline(always)]
+fn redirect_ipv4<F: Frame>(
+    ctx: &F,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    endpoint: &Endpoint,
+    ttl: u8,
+) -> Decision {
+    let target = Target::of(endpoint);
+    // TTL 1 must expire here, with an ICMP error from the host stack.
+    if ttl <= 1
+        || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+        || !ctx.claim_target(target.host_ifindex)
+    {
+        return Decision::Pass;
+    }
+    // SAFETY: as in `deliver_ipv4`.
+    unsafe {
         rewrite_macs(eth, endpoint);
         decrement_ttl(ip, ttl);
-        Decision::Redirect(target)
     }
+    Decision::Redirect(target)
 }
 
 /// IPv6 likewise, for a packet from the pod's own global address.
@@ -300,16 +344,19 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
         // The key straight from the frame (the verifier takes a bounds-
         // checked packet pointer as a key): no copy to the stack.
         let dst: &[u8; 16] = &(*ip).dst_addr;
+        let hop_limit = (*ip).hop_limit;
         let hint = 1 << 16 | u32::from(u16::from_be(load16(dst.as_ptr().add(14))));
         let owns = |p: &PodIdentity| p.has_ipv6 != 0 && eq16(&p.ipv6, dst);
-        let endpoint = match hinted_endpoint(hint, owns) {
-            Some(endpoint) => endpoint,
-            None => match ENDPOINTS6.get(dst) {
-                Some(endpoint) => endpoint,
-                None => return cross_node::route_ipv6(dst, (*ip).hop_limit),
-            },
-        };
-        deliver_ipv6_to(ctx, eth, ip, endpoint)
+        if let Some((endpoint, pod)) = hinted_endpoint(hint, owns) {
+            if !takes_redirects(pod) {
+                return Decision::Pass;
+            }
+            return redirect_ipv6(ctx, eth, ip, endpoint, hop_limit);
+        }
+        match ENDPOINTS6.get(dst) {
+            Some(endpoint) => deliver_ipv6_to(ctx, eth, ip, endpoint),
+            None => cross_node::route_ipv6(dst, hop_limit),
+        }
     }
 }
 
@@ -324,42 +371,60 @@ pub fn deliver_ipv6_to<F: Frame>(
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
         let dst = &raw const (*ip).dst_addr;
-        let hop_limit = (*ip).hop_limit;
-        let target = Target::of(endpoint);
-        if hop_limit <= 1
-            || !still_owned(target, |p| eq16(&p.ipv6, dst))
-            || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
-            || !ctx.claim_target(target.host_ifindex)
-        {
+        if !still_owned(Target::of(endpoint), |p| eq16(&p.ipv6, dst)) {
             return Decision::Pass;
         }
-        rewrite_macs(eth, endpoint);
-        (*ip).hop_limit = hop_limit - 1;
-        Decision::Redirect(target)
+        redirect_ipv6(ctx, eth, ip, endpoint, (*ip).hop_limit)
     }
 }
 
+/// IPv6 likewise (hop limit, MTU, `claim_target`, rewrite).
+#[inline(always)]
+fn redirect_ipv6<F: Frame>(
+    ctx: &F,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    endpoint: &Endpoint,
+    hop_limit: u8,
+) -> Decision {
+    let target = Target::of(endpoint);
+    if hop_limit <= 1
+        || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+        || !ctx.claim_target(target.host_ifindex)
+    {
+        return Decision::Pass;
+    }
+    // SAFETY: as in `deliver_ipv4`.
+    unsafe {
+        rewrite_macs(eth, endpoint);
+        (*ip).hop_limit = hop_limit - 1;
+    }
+    Decision::Redirect(target)
+}
+
 /// The endpoint's slot still belongs to its ifindex and to the pod that
-/// owns the address, that pod is ready (its veth up) and not kept on the
-/// host path (`PodIdentity::host_path`): never redirect through a slot
-/// given to another pod, or into a pod whose veth is down. That the veth
-/// is still the device userspace put in the DEVMAP (never redirect to an
-/// interface that merely reuses an old ifindex, or into a pod whose veth
-/// is gone) is [`Frame::claim_target`]'s test, which needs no userspace:
-/// the kernel deletes a device's DEVMAP entries when the device is
-/// unregistered, and a new device with the same ifindex is never added
-/// back by anyone but `up`.
+/// owns the address, and that pod [`takes_redirects`]: never redirect
+/// through a slot given to another pod. That the veth is still the device
+/// userspace put in the DEVMAP (never redirect to an interface that merely
+/// reuses an old ifindex, or into a pod whose veth is gone) is
+/// [`Frame::claim_target`]'s test, which needs no userspace: the kernel
+/// deletes a device's DEVMAP entries when the device is unregistered, and
+/// a new device with the same ifindex is never added back by anyone but
+/// `up`.
 #[inline(always)]
 fn still_owned(target: Target, owns: impl Fn(&PodIdentity) -> bool) -> bool {
     match PODS.get(target.slot) {
-        Some(pod) => {
-            pod.ready != 0
-                && pod.host_path == 0
-                && pod.host_ifindex == target.host_ifindex
-                && owns(pod)
-        }
+        Some(pod) => pod.host_ifindex == target.host_ifindex && owns(pod) && takes_redirects(pod),
         None => false,
     }
+}
+
+/// The pod is ready (its veth up) and not kept on the host path
+/// (`PodIdentity::host_path`): never redirect into a pod whose veth is
+/// down, or past the qdiscs and conntrack its host path has.
+#[inline(always)]
+fn takes_redirects(pod: &PodIdentity) -> bool {
+    pod.ready != 0 && pod.host_path == 0
 }
 
 /// Source: the destination pod's gateway; destination: the pod.

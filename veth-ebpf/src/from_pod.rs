@@ -30,7 +30,7 @@ use crate::{
     control::{may_carry_control, CONTROL_HEADER_BYTES},
     counters::{count, Direction, Verdict},
     cross_node,
-    deliver::{decide, slot_of, Decision},
+    deliver::{decide, pod_of, Decision},
     packet::{ptr_at, CHECKED_HEADER_BYTES, ETH_P_IPV6_BE, ETH_P_IP_BE},
     trace::maybe_emit,
 };
@@ -50,12 +50,12 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     let bytes = u64::from(ctx.len());
     // SAFETY: a plain read of a static; volatile so the loader's value counts.
     let redirect = unsafe { core::ptr::read_volatile(&REDIRECT_ENABLED) } != 0;
-    let (slot, decision) = match slot_of(ingress_ifindex) {
+    let (slot, decision) = match pod_of(ingress_ifindex) {
         None => (UNKNOWN_VETH_SLOT, Decision::Drop(DropReason::UnknownVeth)),
-        Some(slot) if vlan_present != 0 => (slot, Decision::Drop(DropReason::VlanTagged)),
-        Some(slot) => {
+        Some((slot, _)) if vlan_present != 0 => (slot, Decision::Drop(DropReason::VlanTagged)),
+        Some((slot, me)) => {
             pull_headers(&ctx);
-            (slot, decide(&ctx, slot, redirect))
+            (slot, decide(&ctx, me, redirect))
         }
     };
     let (verdict, peer_ifindex, action) = match decision {
@@ -63,13 +63,17 @@ pub fn from_pod(ctx: TcContext) -> i32 {
             // SAFETY: plain helper call; flags must be 0.
             let rc = unsafe { bpf_redirect_peer(target.host_ifindex, 0) };
             if rc == i64::from(TC_ACT_REDIRECT) {
+                // The local redirect, most frames of a busy node: counted
+                // here with its verdict known, as straight-line code.
                 let into_pod = Verdict::Redirected;
                 count(target.slot, Direction::ToPod, into_pod, bytes);
-                (into_pod, target.host_ifindex, TC_ACT_REDIRECT as i32)
-            } else {
-                let dropped = Verdict::Dropped(DropReason::RedirectFailed);
-                (dropped, target.host_ifindex, TC_ACT_SHOT as i32)
+                count(slot, Direction::FromPod, into_pod, bytes);
+                let peer = target.host_ifindex;
+                maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer, into_pod);
+                return TC_ACT_REDIRECT as i32;
             }
+            let dropped = Verdict::Dropped(DropReason::RedirectFailed);
+            (dropped, target.host_ifindex, TC_ACT_SHOT as i32)
         }
         Decision::Remote(hop) => {
             let (verdict, action) = cross_node::send(&ctx, &hop);

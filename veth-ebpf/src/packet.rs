@@ -141,6 +141,15 @@ impl Frame for XdpContext {
     }
 }
 
+/// Marks the path it is on as rarely taken, so that LLVM lays the frequent
+/// path out straight. Emits no instruction. (The host build, only for
+/// clippy and the unit tests, may predate the hint.)
+#[inline(always)]
+pub fn cold() {
+    #[cfg(target_arch = "bpf")]
+    core::hint::cold_path();
+}
+
 /// Returns a pointer to a `T` at `offset` if the linear data holds it; the
 /// explicit check against `data_end` is what lets the verifier accept it.
 #[inline(always)]

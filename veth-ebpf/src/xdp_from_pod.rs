@@ -14,7 +14,7 @@ use veth_common::{hook, DropReason, UNKNOWN_VETH_SLOT};
 
 use crate::{
     counters::{count, Direction, Verdict},
-    deliver::{decide, slot_of, Decision},
+    deliver::{decide, pod_of, Decision},
     packet::Frame,
     trace::maybe_emit,
 };
@@ -25,17 +25,21 @@ pub fn xdp_from_pod(ctx: XdpContext) -> u32 {
     let bytes = u64::from(ctx.len());
     // The veth hands XDP the whole frame in one buffer (the program does
     // not take fragments), so every header is in reach.
-    let (slot, decision) = match slot_of(ingress_ifindex) {
+    let (slot, decision) = match pod_of(ingress_ifindex) {
         None => (UNKNOWN_VETH_SLOT, Decision::Drop(DropReason::UnknownVeth)),
-        Some(slot) => (slot, decide(&ctx, slot, true)),
+        Some((slot, me)) => (slot, decide(&ctx, me, true)),
     };
     let (verdict, peer_ifindex, action) = match decision {
         // `bpf_redirect_map` already took the target (see
         // `Frame::claim_target`): the frame goes there on XDP_REDIRECT.
+        // Counted here with its verdict known, as straight-line code.
         Decision::Redirect(target) => {
             let into_pod = Verdict::Redirected;
             count(target.slot, Direction::ToPod, into_pod, bytes);
-            (into_pod, target.host_ifindex, XDP_REDIRECT)
+            count(slot, Direction::FromPod, into_pod, bytes);
+            let peer = target.host_ifindex;
+            maybe_emit(&ctx, hook::FROM_POD, ingress_ifindex, peer, into_pod);
+            return XDP_REDIRECT;
         }
         // XDP can neither set a tunnel key nor resolve the next hop's MAC:
         // frames for other nodes take the host stack's path (see

@@ -2,9 +2,12 @@
 //! themselves: `from_pod` (TC) and `xdp_from_pod` loaded privately twice,
 //! with the checks compiled in and out, each run with `BPF_PROG_TEST_RUN`
 //! on the same 64-byte UDP frame from one pod to another (IPv4 and IPv6),
-//! which both variants redirect. Rounds alternate the variants (ABBA);
-//! the kernel times each batch of runs. Nothing is attached, nothing is
-//! sent: the frames never leave the test run.
+//! which both variants redirect. Beside `from_pod`, the same frames through
+//! the "limit+map" reference (`bpf_redirect_peer`, one hash lookup, one
+//! per-CPU counter) give issue 19's ratio without any traffic. Rounds
+//! rotate which variant goes first; the kernel times each batch of runs.
+//! Nothing is attached, nothing is sent: the frames never leave the test
+//! run.
 //!
 //! `cargo xtask bench checks` runs this and writes target/bench/checks.json.
 //! Usage: program-cost [ROUNDS] [OUT.json]
@@ -18,6 +21,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use veth_userspace::dataplane::{
     lab::{Lab, LabSettings, TEST_RUN_IFINDEX},
+    reference::{Reference, ReferenceProgram},
     PodEntry,
 };
 
@@ -52,38 +56,26 @@ fn main() -> Result<()> {
     });
     let [on, off] = labs;
     let labs = [on?, off?];
+    // The reference of issue 19 beside `from_pod`: it redirects every frame
+    // from loopback to loopback.
+    let reference =
+        ReferenceProgram::load(Reference::LimitMap, TEST_RUN_IFINDEX, TEST_RUN_IFINDEX)?;
     let mut results = Vec::new();
     for hook in ["tc", "xdp"] {
         for (family, frame) in &frames {
-            let mut samples: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            let variants = if hook == "tc" { 3 } else { 2 };
+            let mut samples: [Vec<f64>; 3] = Default::default();
             for round in 0..rounds {
-                // ABBA: which variant goes first alternates.
-                let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for i in order {
-                    samples[i].push(sample(&labs[i].1, hook, frame)?);
+                // Which variant goes first rotates from round to round.
+                for k in 0..variants {
+                    let i = (round + k) % variants;
+                    samples[i].push(match i {
+                        2 => reference_sample(&reference, frame)?,
+                        _ => sample(&labs[i].1, hook, frame)?,
+                    });
                 }
             }
-            let [with, without] = samples.map(|s| summary(&s));
-            println!(
-                "{hook:<3} {family}: checks on {:.1} ns ({:.1}-{:.1}), off {:.1} ns ({:.1}-{:.1}), \
-                 checks cost {:.1} ns per packet",
-                with.0,
-                with.1,
-                with.2,
-                without.0,
-                without.1,
-                without.2,
-                with.0 - without.0
-            );
-            results.push(json!({
-                "hook": hook,
-                "family": family,
-                "rounds": rounds,
-                "runs_per_sample": REPEAT as usize * CALLS,
-                "checks_on_ns": {"median": with.0, "min": with.1, "max": with.2},
-                "checks_off_ns": {"median": without.0, "min": without.1, "max": without.2},
-                "checks_cost_ns": with.0 - without.0,
-            }));
+            results.push(report(hook, family, rounds, &samples));
         }
     }
     if let Some(path) = out {
@@ -91,6 +83,64 @@ fn main() -> Result<()> {
         println!("raw results in {path}");
     }
     Ok(())
+}
+
+/// Prints one hook and family and returns its JSON: checks on and off,
+/// and for TC `from_pod` against limit+map (the median of per-round
+/// ratios: rounds that ran while the machine was busier pair up).
+fn report(hook: &str, family: &str, rounds: usize, samples: &[Vec<f64>; 3]) -> serde_json::Value {
+    let [with, without] = [0, 1].map(|i| summary(&samples[i]));
+    println!(
+        "{hook:<3} {family}: checks on {:.1} ns ({:.1}-{:.1}), off {:.1} ns ({:.1}-{:.1}), \
+         checks cost {:.1} ns per packet",
+        with.0,
+        with.1,
+        with.2,
+        without.0,
+        without.1,
+        without.2,
+        with.0 - without.0
+    );
+    let mut json = json!({
+        "hook": hook,
+        "family": family,
+        "rounds": rounds,
+        "runs_per_sample": REPEAT as usize * CALLS,
+        "checks_on_ns": {"median": with.0, "min": with.1, "max": with.2},
+        "checks_off_ns": {"median": without.0, "min": without.1, "max": without.2},
+        "checks_cost_ns": with.0 - without.0,
+    });
+    if !samples[2].is_empty() {
+        let reference = summary(&samples[2]);
+        let ratios: Vec<f64> = samples[0]
+            .iter()
+            .zip(&samples[2])
+            .map(|(f, r)| f / r)
+            .collect();
+        let ratio = summary(&ratios);
+        println!(
+            "{hook:<3} {family}: limit+map {:.1} ns ({:.1}-{:.1}); from_pod (checks on) \
+             {:.2} x limit+map ({:.2}-{:.2})",
+            reference.0, reference.1, reference.2, ratio.0, ratio.1, ratio.2
+        );
+        json["limit_map_ns"] =
+            json!({"median": reference.0, "min": reference.1, "max": reference.2});
+        json["from_pod_x_limit_map"] = json!({"median": ratio.0, "min": ratio.1, "max": ratio.2});
+    }
+    json
+}
+
+/// Mean ns per run of the limit+map reference, as [`sample`] measures.
+fn reference_sample(reference: &ReferenceProgram, frame: &[u8]) -> Result<f64> {
+    let mut total = Duration::ZERO;
+    for _ in 0..CALLS {
+        let (verdict, per_run) = reference.timed_run(frame, REPEAT)?;
+        if verdict != TC_ACT_REDIRECT {
+            bail!("limit+map: the frame was not redirected (verdict {verdict})");
+        }
+        total += per_run;
+    }
+    Ok(total.as_nanos() as f64 / CALLS as f64)
 }
 
 /// Mean ns per run over `CALLS` test runs, each verified to redirect.

@@ -4,6 +4,8 @@
 //! detach when this is dropped (or the process holding it exits). vethctl
 //! never loads them: they redirect every frame unchecked.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{HashMap, PerCpuArray},
@@ -115,15 +117,22 @@ impl ReferenceProgram {
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` (which
     /// makes it arrive on loopback, ifindex 1); its return code.
     pub fn test_run(&self, frame: &[u8]) -> Result<i32> {
+        Ok(self.timed_run(frame, 1)?.0)
+    }
+
+    /// Runs it `repeat` times on `frame`: its return code and the kernel's
+    /// mean time per run (what `program-cost` compares `from_pod` with).
+    pub fn timed_run(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
             .classifier()?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                repeat: repeat.max(1),
                 ..TestRunOptions::default()
             })
             .context("BPF_PROG_TEST_RUN")?;
-        Ok(result.return_value as i32)
+        Ok((result.return_value as i32, result.duration))
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The programs themselves, loaded privately (never attached) with the
 //! checks compiled in and out, run with `BPF_PROG_TEST_RUN` on the same
-//! 64-byte UDP frame from one pod to another, which both redirect; rounds
-//! alternate the variants. The measuring program is `program-cost` in the
+//! 64-byte UDP frame from one pod to another, which both redirect; beside
+//! them the limit+map reference on the same frames, for `from_pod ÷
+//! limit+map` without traffic (issue 19); rounds rotate the variants. The measuring program is `program-cost` in the
 //! tests package (it needs the eBPF object, which xtask must not build
 //! before set-up has installed the toolchain). No packet is sent anywhere.
 

@@ -612,8 +612,11 @@ fn agent_answers_scrapes_through_a_connection_flood() {
         failures.is_empty() && slowest < quiet + Duration::from_secs(1),
         "{summary}"
     );
+    // The flood makes connections as fast as the machine lets it (11k-12k
+    // in 9 s here), so the agent's total CPU follows the flood's rate;
+    // what must stay small is its cost per connection (0.40 ms here).
     assert!(
-        used.cpu < Duration::from_secs(seconds + 1) / 2,
+        used.cpu < Duration::from_micros(500) * made as u32,
         "CPU: {summary}"
     );
     assert!(

@@ -543,6 +543,18 @@ pub fn rewire(name: &str) -> Result<Rewire> {
     })
 }
 
+/// Whether network `name` owes its endpoints a rewire that nobody is
+/// doing (its changer was killed): the next change must do it.
+pub fn rewire_abandoned(name: &str) -> Result<bool> {
+    Ok(rewire(name)? == Rewire::Abandoned)
+}
+
+/// Whether a change of network `name` is rewiring its endpoints now (and
+/// so holds its rewire lock).
+pub fn rewire_running(name: &str) -> Result<bool> {
+    Ok(rewire(name)? == Rewire::Running)
+}
+
 /// Takes `take` on the lock file `path` of network `name` (made private
 /// with its directory), as a [`Lock`] that removes the file when the
 /// network is gone.

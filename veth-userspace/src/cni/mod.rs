@@ -30,7 +30,7 @@ use crate::{
     model::{format_mac, gateway_ipv6, K8sPod, Mode, ModelError, TcAttach, Topology, GATEWAY_IPV4},
     netlink::Host,
     preflight, privileges,
-    state::{self, Rewire, StateDir},
+    state::{self, StateDir},
 };
 
 /// The plugin.
@@ -205,14 +205,13 @@ fn standing(network: &Topology, source: &str) -> Standing {
     let Ok(Some(recorded)) = state.load_text() else {
         return Standing::Stale;
     };
-    let rewire = state::rewire(name).unwrap_or(Rewire::Abandoned);
     if !Pins::new(name).programs_exist()
         || !crate::dataplane::maps_current(name)
-        || rewire == Rewire::Abandoned
+        || state::rewire_abandoned(name).unwrap_or(true)
     {
         return Standing::Stale;
     }
-    if state.rewire_across_bridge() && rewire == Rewire::Running {
+    if state.rewire_across_bridge() && state::rewire_running(name).unwrap_or(false) {
         return Standing::AcrossBridge;
     }
     if recorded == source {
@@ -223,7 +222,9 @@ fn standing(network: &Topology, source: &str) -> Standing {
         .and_then(|t| crate::model::with_mode(source, t.mode).ok())
         .filter(|(_, text)| *text == recorded);
     match mode_set {
-        Some((topology, _)) if rewire == Rewire::Running => Standing::ModeSet(Box::new(topology)),
+        Some((topology, _)) if state::rewire_running(name).unwrap_or(false) => {
+            Standing::ModeSet(Box::new(topology))
+        }
         _ => Standing::Stale,
     }
 }

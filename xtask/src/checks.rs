@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
 //! cheap checks fail first: fmt, clippy, the node image (which a test
-//! runs), the tests, the benchmarks' quick modes (paths, cross-node) and the
-//! CNI soak's.
+//! runs), the tests, the benchmarks' quick modes (paths, cross-node), the
+//! CNI soak's, and the cluster-through-etcd demo (up, then down).
 
 use std::process::Command;
 
@@ -85,6 +85,14 @@ fn steps(test_args: &[String]) -> Vec<Step> {
     let mut soak = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
     soak.args(["soak", "--quick"]);
 
+    // The README's cluster through etcd in one command, then taken away
+    // (the demo takes itself away when it fails).
+    let mut demo_etcd = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    demo_etcd.args(["demo", "--etcd"]);
+    let mut demo_etcd_down =
+        Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    demo_etcd_down.args(["demo", "--etcd", "--down"]);
+
     vec![
         Step {
             name: "fmt",
@@ -114,6 +122,14 @@ fn steps(test_args: &[String]) -> Vec<Step> {
             name: "soak",
             command: soak,
         },
+        Step {
+            name: "demo-etcd",
+            command: demo_etcd,
+        },
+        Step {
+            name: "demo-etcd-down",
+            command: demo_etcd_down,
+        },
     ]
 }
 
@@ -125,6 +141,6 @@ fn print_summary(outcomes: &[(&str, Outcome)]) {
             Outcome::Failed => "FAILED",
             Outcome::Skipped => "skipped",
         };
-        println!("  {name:<8} {label}");
+        println!("  {name:<14} {label}");
     }
 }

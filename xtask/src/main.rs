@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod cmd;
 mod demo;
+mod demo_etcd;
 mod demo_nodes;
 #[cfg(test)]
 mod fn_length;
@@ -43,6 +44,20 @@ enum Task {
         /// nodes.
         #[arg(long, value_name = "N")]
         nodes: Option<u32>,
+        /// Instead, a cluster kept in etcd: a private etcd, `vethctl cluster
+        /// init`, N nodes (default 3) each with an agent told only the etcd
+        /// endpoint and its name, a pod per node added through veth-cni;
+        /// pings across nodes and leaves it running.
+        #[arg(long)]
+        etcd: bool,
+        /// With --etcd: how the nodes are joined (host-gw, vxlan, ebpf,
+        /// ebpf-vxlan).
+        #[arg(long, value_name = "MODE", default_value = "ebpf", requires = "etcd")]
+        cross_node: String,
+        /// With --etcd: take the demo's cluster away (pods, agents, nodes,
+        /// etcd and its data).
+        #[arg(long, requires = "etcd", conflicts_with = "nodes")]
+        down: bool,
     },
     /// Build the node image (`localhost/vethctl:VERSION` and
     /// `:VERSION-COMMIT`) with podman FROM scratch, nothing pulled: vethctl,
@@ -257,8 +272,19 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(setup::Needs::Everything),
         Task::Build => build(),
         Task::Test { test_args } => checks::run(&test_args),
-        Task::Demo { nodes: None } => demo::run(),
-        Task::Demo { nodes: Some(n) } => demo_nodes::run(n),
+        Task::Demo {
+            etcd: true,
+            down: true,
+            ..
+        } => demo_etcd::down(),
+        Task::Demo {
+            etcd: true,
+            nodes,
+            cross_node,
+            ..
+        } => demo_etcd::run(nodes.unwrap_or(3), &cross_node),
+        Task::Demo { nodes: None, .. } => demo::run(),
+        Task::Demo { nodes: Some(n), .. } => demo_nodes::run(n),
         Task::Image => image::run(),
         Task::Soak {
             cycles,

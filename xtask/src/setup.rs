@@ -116,6 +116,16 @@ fn ensure_packages(needs: Needs) -> Result<u32> {
     Ok(llvm)
 }
 
+/// etcd-server alone, for `cargo xtask demo --etcd` (the tests' set-up
+/// installs it with the rest of their packages).
+pub fn ensure_etcd() -> Result<()> {
+    if is_installed("etcd-server") {
+        return Ok(());
+    }
+    Apt::default().install_missing(&["etcd-server"])?;
+    stop_packaged_etcd()
+}
+
 /// Where systemd runs, etcd-server's package enables and starts a system
 /// etcd on port 2379 with a data dir of its own; the tests start theirs,
 /// and nobody asked for that one. (Without systemd as PID 1 the package

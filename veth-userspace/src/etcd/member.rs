@@ -433,7 +433,18 @@ impl Member {
     async fn renew(&self, lease: i64) -> Result<i64> {
         self.etcd
             .call("renewing a lease", |mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                let (mut keeper, mut stream) = match c.lease_keep_alive(lease).await {
+                    Ok(kept) => kept,
+                    // etcd answers the keep-alive of a lease that ran out
+                    // with TTL 0, which etcd-client turns into this error
+                    // (an agent stopped or cut off longer than its TTL).
+                    Err(etcd_client::Error::LeaseKeepAliveError(why))
+                        if why == "lease not found" =>
+                    {
+                        return Ok(0)
+                    }
+                    Err(e) => return Err(e),
+                };
                 keeper.keep_alive().await?;
                 Ok(stream.message().await?.map_or(0, |r| r.ttl()))
             })

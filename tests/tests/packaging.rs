@@ -60,6 +60,46 @@ fn the_unit_verifies() {
     assert_eq!(stderr.trim(), "", "warnings from systemd-analyze verify");
 }
 
+/// With the drop-in of a cluster node (packaging/systemd/
+/// vethctl-agent.service.d/cluster.conf) the unit verifies as cleanly,
+/// and the agent it starts takes every flag the drop-in gives it.
+#[test]
+fn the_cluster_drop_in_verifies_and_names_real_flags() {
+    let dir = TempDir::new("vethctl-unit-cluster");
+    let bin = vethctl_bin();
+    let bin = bin.to_str().unwrap();
+    std::fs::write(
+        dir.path().join("vethctl-agent.service"),
+        unit().replace("/usr/local/bin/vethctl", bin),
+    )
+    .unwrap();
+    let drop_in =
+        std::fs::read_to_string(unit_path().with_file_name("vethctl-agent.service.d/cluster.conf"))
+            .expect("packaging/systemd/vethctl-agent.service.d/cluster.conf");
+    let drop_ins = dir.path().join("vethctl-agent.service.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    std::fs::write(
+        drop_ins.join("cluster.conf"),
+        drop_in.replace("/usr/local/bin/vethctl", bin),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("vethctl-agent.service"))
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.trim(), "", "warnings from systemd-analyze verify");
+    let exec = values(&drop_in, "ExecStart");
+    assert_eq!(exec[0], "", "the drop-in resets the unit's ExecStart first");
+    let help = vethctl(&["agent", "--help"], &[], None);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in exec[1].split_whitespace().filter(|w| w.starts_with("--")) {
+        assert!(help.contains(flag), "`vethctl agent` has no {flag}");
+    }
+}
+
 /// The unit grants exactly what `vethctl agent --cni-conf` checks for.
 #[test]
 fn the_unit_grants_what_the_agent_checks_for() {

@@ -384,6 +384,48 @@ fn an_agent_rides_out_etcd_going_away() {
     assert!(running.try_wait().is_none());
 }
 
+/// An agent frozen past its liveness TTL while etcd stays up (SIGSTOP: a
+/// stalled node, a long GC pause) loses its record, as a dead node would;
+/// thawed, it registers again under a new lease, with the same range.
+#[test]
+fn a_frozen_agent_registers_again_when_it_thaws() {
+    require_root();
+    let etcd = TestEtcd::start();
+    let dir = Scratch::new();
+    let block = AddressBlock::reserve(&unique_name());
+    let base = block.cidr.trim_end_matches(".0/24");
+    expect_success(
+        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
+        "init",
+    );
+    let node = node_with_underlay(&format!("{base}.1/24"));
+    let mut frozen = agent_ttl(&etcd, &node, "n1", &dir.0.join("n1"), 2);
+    let range = wait_alive(&etcd, "n1");
+    frozen.signal(libc::SIGSTOP);
+    let alive = |etcd: &TestEtcd| {
+        status(etcd)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "n1" && n["alive"] == true)
+    };
+    wait_until(
+        Duration::from_secs(6),
+        "the frozen node's record gone",
+        || !alive(&etcd),
+    );
+    frozen.signal(libc::SIGCONT);
+    let thawed = Instant::now();
+    assert_eq!(wait_alive(&etcd, "n1"), range);
+    eprintln!("registered again {:?} after SIGCONT", thawed.elapsed());
+    assert!(
+        thawed.elapsed() < Duration::from_secs(5),
+        "registered again only after {:?}",
+        thawed.elapsed()
+    );
+    assert!(frozen.try_wait().is_none());
+}
+
 #[test]
 fn bad_agent_options_are_refused_naming_the_flag() {
     require_root();

@@ -43,7 +43,12 @@ impl FilePods {
         let Some(pods) = doc.get("pods").and_then(|p| p.as_array_of_tables()) else {
             return Ok(FilePods::default());
         };
-        let pods = pods.clone();
+        let mut pods = pods.clone();
+        for pod in pods.iter_mut() {
+            // Placed by this file's lines, they would be written among
+            // other tables of the cluster file they are added to.
+            pod.set_position(None);
+        }
         refuse_fixed_addresses(&pods)?;
         let pods = FilePods { pods: Some(pods) };
         let probe = node_table(PROBE_NODE, &pods);
@@ -142,18 +147,19 @@ mod tests {
         .unwrap();
         assert_eq!(pods.len(), 2);
         let text = format!(
-            "{SETTINGS}[[nodes]]\nname = \"n1\"\npod_cidr = \"10.244.3.0/24\"\n\
-             [[nodes]]\nname = \"n2\"\n"
+            "{SETTINGS}[underlay]\nvni = 7\n[[nodes]]\nname = \"n1\"\n\
+             [[nodes]]\nname = \"n2\"\npod_cidr = \"10.244.3.0/24\"\n[[nodes]]\nname = \"n3\"\n"
         );
-        let cluster = Cluster::from_toml(&pods.add_to(&text, "n1").unwrap()).unwrap();
-        let (part, _) = cluster.node_part("n1").unwrap();
+        let cluster = Cluster::from_toml(&pods.add_to(&text, "n2").unwrap()).unwrap();
+        let (part, _) = cluster.node_part("n2").unwrap();
         let pods: Vec<String> = part
             .pods
             .iter()
             .map(|p| format!("{} {}", p.name, p.ipv4))
             .collect();
         assert_eq!(pods, ["web 10.244.3.2", "db 10.244.3.3"]);
-        assert!(cluster.node_part("n2").unwrap().0.pods.is_empty());
+        assert!(cluster.node_part("n1").unwrap().0.pods.is_empty());
+        assert!(cluster.node_part("n3").unwrap().0.pods.is_empty());
         assert!(pods_of_nobody_change_nothing(&text));
     }
 

@@ -227,23 +227,11 @@ impl Switch {
     fn plug(&self, i: u32, address: &str, address6: &str) -> TestNode {
         let (switch, node) = (&self.0, TestNode::new());
         let port = format!("{}p{i}", switch.name);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &port,
-                "netns",
-                &switch.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &node.name,
-            ],
+        let pair = format!(
+            "link add {port} netns {} type veth peer name eth0 netns {}",
+            switch.name, node.name
         );
+        run("ip", &pair.split(' ').collect::<Vec<_>>());
         switch.ip(&["link", "set", &port, "master", "br0", "up"]);
         node.ip(&["addr", "add", address, "dev", "eth0"]);
         node.ip(&["addr", "add", address6, "dev", "eth0", "nodad"]);

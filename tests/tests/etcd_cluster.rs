@@ -455,31 +455,12 @@ fn agents_wire_nodes_from_their_records(cross_node: &str, outage: Duration) {
     );
     let cni: Vec<(String, IpAddr)> = (0..3).map(|m| w.cni_pod(m)).collect();
     let file: Vec<(String, IpAddr)> = (0..3).map(|m| w.file_pod(m)).collect();
+    let kinds = [("CNI", &cni), ("file", &file)];
     for (from, to) in [(0, 1), (1, 2), (2, 0)] {
-        expect_pings(
-            &cni[from].0,
-            cni[to].1,
-            3,
-            "CNI pod to CNI pod across nodes",
-        );
-        expect_pings(
-            &file[from].0,
-            file[to].1,
-            3,
-            "file pod to file pod across nodes",
-        );
-        expect_pings(
-            &file[from].0,
-            cni[to].1,
-            3,
-            "file pod to CNI pod across nodes",
-        );
-        expect_pings(
-            &cni[from].0,
-            file[to].1,
-            3,
-            "CNI pod to file pod across nodes",
-        );
+        for ((a, sources), (b, targets)) in kinds.iter().flat_map(|s| kinds.map(|t| (s, t))) {
+            let what = format!("{a} pod to {b} pod across nodes");
+            expect_pings(&sources[from].0, targets[to].1, 3, &what);
+        }
     }
     let traffic = Traffic::start(&Config {
         client_netns: file[0].0.clone(),

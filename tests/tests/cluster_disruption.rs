@@ -12,16 +12,14 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use veth_bench::disruption::{Config, Disruption, Mark, Traffic};
-use veth_tests::{expect_success, require_root, run, unique_name, vethctl_bin};
+use veth_bench::disruption::{Config, Traffic};
+use veth_tests::{expect_success, loss::Events, require_root, run, unique_name, vethctl_bin};
 use veth_userspace::netlink::netns;
 
 const RATE: u64 = 2_000;
-/// Traffic after each event before its window closes.
-const SETTLE: Duration = Duration::from_millis(300);
 /// How long every connection gets to answer after an event.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
@@ -100,30 +98,6 @@ impl Drop for Lab {
     }
 }
 
-/// Runs `action` under the traffic; the window runs from the end of the
-/// previous one to `SETTLE` after the action (and until every connection
-/// answered again), so every datagram of the run is in exactly one window.
-fn event(
-    traffic: &Traffic,
-    from: &mut Mark,
-    report: &mut Vec<(String, Disruption, bool)>,
-    name: &str,
-    action: impl FnOnce(),
-) {
-    let started = traffic.now_ns();
-    action();
-    thread::sleep(SETTLE);
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while !traffic.all_connections_answered_since(started) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let answered = traffic.all_connections_answered_since(started);
-    let to = traffic.mark();
-    thread::sleep(Duration::from_millis(100));
-    report.push((name.to_string(), traffic.window(*from, to), answered));
-    *from = to;
-}
-
 /// The directory name of node namespace `ns`'s state root and pins.
 fn node_key(ns: &str) -> String {
     std::fs::read_dir("/run/vethctl/_nodes")
@@ -153,51 +127,21 @@ fn live_cluster_changes_lose_nothing_between_pods_on_two_nodes() {
     })
     .expect("traffic from n1's pod a to n2's pod b");
     thread::sleep(Duration::from_millis(300));
-    let mut from = traffic.mark();
-    let mut report = Vec::new();
+    let mut events = Events::new(&traffic, ANSWER_WITHIN);
     let all = ["n1", "n2", "n3"];
-    event(&traffic, &mut from, &mut report, "host-gw -> ebpf", || {
-        lab.converge("ebpf", &["n1", "n2"])
-    });
-    event(&traffic, &mut from, &mut report, "ebpf -> host-gw", || {
-        lab.converge("host-gw", &["n1", "n2"])
-    });
-    event(&traffic, &mut from, &mut report, "node n3 added", || {
-        lab.converge("host-gw", &all)
-    });
+    events.event("host-gw -> ebpf", || lab.converge("ebpf", &["n1", "n2"]));
+    events.event("ebpf -> host-gw", || lab.converge("host-gw", &["n1", "n2"]));
+    events.event("node n3 added", || lab.converge("host-gw", &all));
     let (c_ns, c) = lab.pod("n3", "c");
     let n3_key = node_key(&lab.node_ns("n3"));
     assert_eq!(veth_tests::ping(&lab.pod("n1", "a").0, c, 2), 2, "n1 -> n3");
-    event(
-        &traffic,
-        &mut from,
-        &mut report,
-        "node n3 died, removed",
-        || {
-            run("ip", &["netns", "del", &lab.node_ns("n3")]);
-            lab.converge("host-gw", &["n1", "n2"]);
-        },
-    );
+    events.event("node n3 died, removed", || {
+        run("ip", &["netns", "del", &lab.node_ns("n3")]);
+        lab.converge("host-gw", &["n1", "n2"]);
+    });
+    events.assert_nothing_lost();
+    drop(events);
     traffic.stop().expect("the traffic threads");
-    let mut failed = Vec::new();
-    for (event, d, answered) in &report {
-        eprintln!(
-            "{event:<24} sent {:>5} lost {:>3} send errors {:>3} broken {} answered {answered} \
-             gap {:>6.1} ms stall {:>6.1} ms {:?} {:?}",
-            d.sent,
-            d.lost,
-            d.send_errors,
-            d.connections_broken,
-            d.longest_gap_ms,
-            d.tcp_longest_stall_ms,
-            d.send_error_kinds,
-            d.broken_by
-        );
-        if d.sent == 0 || d.lost > 0 || d.send_errors > 0 || d.connections_broken > 0 || !answered {
-            failed.push(event.clone());
-        }
-    }
-    assert!(failed.is_empty(), "lost or broke traffic: {failed:?}");
     // What the dead node left on the machine went with the file's `up`:
     // its pod's namespace (a mount of its own, not inside the node's), its
     // state and its pins.

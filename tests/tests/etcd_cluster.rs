@@ -2,164 +2,54 @@
 //! process per test, see `veth_tests::etcd`), settings stored with
 //! `vethctl cluster init`, and agents in node namespaces (`ip netns exec
 //! NODE vethctl agent --cluster … --cluster-node …`) that lease their pod
-//! ranges. The node namespaces reach etcd through its unix socket, which
-//! lives in the file system every namespace shares. Run as root.
+//! ranges and wire their nodes to each other (`veth_tests::etcd_lab`).
+//! Run as root.
 
 use std::{
-    path::{Path, PathBuf},
-    process::Output,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use veth_bench::disruption::{Config, Traffic};
 use veth_tests::{
-    cni::{exec_with, plugin_bin, Pod as CniPod, REFERENCE_PLUGINS},
+    bpftool_map_dump,
+    cni::Pod as CniPod,
     etcd::TestEtcd,
-    expect_pings, expect_success,
+    etcd_lab::{conf_range, netns_name, stderr, EtcdLab, Member, Switch, TTL},
+    expect_pings, expect_success, global_addresses,
+    loss::Events,
     node::TestNode,
-    require_root, run, unique_name, vethctl, wait_until, AddressBlock, ChildGuard,
+    run, unique_name, wait_until, ChildGuard,
 };
-
-/// A cluster's settings file in `dir`: `cluster_cidr` with room for
-/// `ranges` IPv4 node ranges (/24 each).
-fn settings(dir: &Path, name: &str, cross_node: &str, ranges: u32) -> PathBuf {
-    let len = 24 - ranges.trailing_zeros();
-    let text = format!(
-        "# kept in etcd\nname = \"{name}\"\nmode = \"tc\"\ncross_node = \"{cross_node}\"\n\
-         cluster_cidr = \"10.251.0.0/{len}\"\ncluster_cidr6 = \"fd00:10:251::/56\"\n\
-         [underlay]\ncidr6 = \"fd00:198:251::/64\"\n"
-    );
-    let path = dir.join(format!("{name}-{cross_node}.toml"));
-    std::fs::write(&path, text).expect("writing the settings");
-    path
-}
-
-fn cluster(etcd: &TestEtcd, with_cert: bool, args: &[&str]) -> Output {
-    let mut full: Vec<String> = vec!["cluster".into()];
-    full.extend(args.iter().map(|a| a.to_string()));
-    full.extend(etcd.args(with_cert));
-    let full: Vec<&str> = full.iter().map(String::as_str).collect();
-    vethctl(&full, &[], None)
-}
-
-fn status(etcd: &TestEtcd) -> Value {
-    let out = cluster(etcd, true, &["status", "--json"]);
-    expect_success(&out, "vethctl cluster status");
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
-fn init(etcd: &TestEtcd, file: &Path) -> Output {
-    cluster(etcd, true, &["init", "-t", file.to_str().unwrap()])
-}
-
-/// A node namespace with an underlay interface `eth0` at `address` (one
-/// end of a veth pair whose both ends are in the node: nothing is sent
-/// in these tests, and this kernel has no dummy links).
-fn node_with_underlay(address: &str) -> TestNode {
-    let node = TestNode::new();
-    node.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    node.ip(&["addr", "add", address, "dev", "eth0"]);
-    node.ip(&["link", "set", "eth0", "up"]);
-    node
-}
-
-/// The agent of node `name` in `node`, writing its CNI list into `conf_dir`.
-fn agent(etcd: &TestEtcd, node: &TestNode, name: &str, conf_dir: &Path) -> ChildGuard {
-    let mut args: Vec<String> = vec!["agent".into(), "--cluster-node".into(), name.into()];
-    args.extend(["--cni-conf-dir".into(), conf_dir.display().to_string()]);
-    args.extend(etcd.args(true));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.spawn_vethctl(&args)
-}
-
-/// Waits until node `name` is alive in `status` with an IPv4 range; that
-/// range.
-fn wait_alive(etcd: &TestEtcd, name: &str) -> String {
-    let mut range = String::new();
-    wait_until(
-        Duration::from_secs(15),
-        &format!("node {name} alive"),
-        || {
-            let s = status(etcd);
-            let node = s["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["name"] == name)
-                .cloned();
-            match node {
-                Some(n) if n["alive"] == true && n["pod_cidr"].is_string() => {
-                    range = n["pod_cidr"].as_str().unwrap().to_string();
-                    true
-                }
-                _ => false,
-            }
-        },
-    );
-    range
-}
-
-fn conf_range(conf_dir: &Path) -> String {
-    let text = std::fs::read_to_string(conf_dir.join("10-vethctl.conflist")).expect("the list");
-    let list: Value = serde_json::from_str(&text).unwrap();
-    list["plugins"][0]["ipam"]["subnet"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("vethctl-etcd-test-{}", unique_name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn init_stores_settings_once_and_refuses_other_ones() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
+    let lab = EtcdLab::start();
     let name = unique_name();
-    let file = settings(&dir.0, &name, "vxlan", 256);
-    expect_success(&init(&etcd, &file), "cluster init");
-    let again = init(&etcd, &file);
+    let file = lab.settings(&name, "vxlan", 256);
+    expect_success(&lab.init(&file), "cluster init");
+    let again = lab.init(&file);
     expect_success(&again, "cluster init again");
     assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
-    let other = init(&etcd, &settings(&dir.0, &name, "ebpf", 256));
+    let other = lab.init(&lab.settings(&name, "ebpf", 256));
     assert_eq!(other.status.code(), Some(3), "{}", stderr(&other));
     assert!(
         stderr(&other).contains("cross_node = vxlan"),
         "{}",
         stderr(&other)
     );
-    let s = status(&etcd);
+    let s = lab.status();
     assert_eq!(s["cluster"], name.as_str());
     assert_eq!(s["settings"]["cross_node"], "vxlan");
     assert_eq!(s["nodes"], serde_json::json!([]));
-    let bad = dir.0.join("bad.toml");
+    let bad = lab.dir.path().join("bad.toml");
     std::fs::write(
         &bad,
         format!("name = \"{name}\"\ncluster_cidr = \"10.251.0.1/16\"\n"),
     )
     .unwrap();
-    let refused = init(&etcd, &bad);
+    let refused = lab.init(&bad);
     assert_eq!(refused.status.code(), Some(2));
     assert!(
         stderr(&refused).contains("cluster_cidr: "),
@@ -170,135 +60,95 @@ fn init_stores_settings_once_and_refuses_other_ones() {
 
 #[test]
 fn agents_lease_disjoint_ranges_and_keep_them_across_restarts() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24");
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "host-gw", 256)),
-        "init",
-    );
+    let lab = EtcdLab::start();
+    lab.init_ok("host-gw", 256);
     let names = ["n1", "n2", "n3"];
-    let nodes: Vec<TestNode> = (1..=3)
-        .map(|i| node_with_underlay(&format!("{base}.{i}/24")))
-        .collect();
-    let confs: Vec<PathBuf> = names.iter().map(|n| dir.0.join(n)).collect();
+    let nodes: Vec<TestNode> = (1..=3).map(|i| lab.node_with_underlay(i)).collect();
     let mut agents: Vec<ChildGuard> = (0..3)
-        .map(|i| agent(&etcd, &nodes[i], names[i], &confs[i]))
+        .map(|i| lab.agent(&nodes[i], names[i], &[]))
         .collect();
-    let mut ranges: Vec<String> = names.iter().map(|n| wait_alive(&etcd, n)).collect();
+    let mut ranges: Vec<String> = names.iter().map(|n| lab.wait_alive(n)).collect();
     let before = ranges.clone();
-    for (range, conf) in ranges.iter().zip(&confs) {
-        assert_eq!(&conf_range(conf), range, "the list has the leased range");
+    for (range, name) in ranges.iter().zip(names) {
+        assert_eq!(
+            &conf_range(&lab.conf_dir(name)),
+            range,
+            "the list has the leased range"
+        );
     }
     let mut distinct = ranges.clone();
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{ranges:?}");
-    let s = status(&etcd);
-    let n1 = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "n1")
-        .unwrap();
-    assert_eq!(n1["address"], format!("{base}.1"));
+    let n1 = lab.status_of("n1").unwrap();
+    assert_eq!(n1["address"], format!("{}.1", lab.base));
     assert!(n1["pod_cidr6"].is_string(), "{n1}");
 
     // Stopped: its record goes at once, its range stays its own.
     agents[1].signal(libc::SIGTERM);
     assert!(agents[1].expect_exit(Duration::from_secs(10)).success());
-    let s = status(&etcd);
-    let n2 = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "n2")
-        .unwrap()
-        .clone();
+    let n2 = lab.status_of("n2").unwrap();
     assert_eq!(
         (n2["alive"].clone(), n2["pod_cidr"].clone()),
         (Value::Bool(false), Value::String(ranges[1].clone()))
     );
-    agents[1] = agent(&etcd, &nodes[1], "n2", &confs[1]);
-    assert_eq!(wait_alive(&etcd, "n2"), ranges[1], "kept across a restart");
+    agents[1] = lab.agent(&nodes[1], "n2", &[]);
+    assert_eq!(lab.wait_alive("n2"), ranges[1], "kept across a restart");
 
     // Killed: the next agent of the same node takes its record over.
     agents[2].signal(libc::SIGKILL);
     agents[2].expect_exit(Duration::from_secs(10));
     let started = Instant::now();
-    agents[2] = agent(&etcd, &nodes[2], "n3", &confs[2]);
-    ranges[2] = wait_alive(&etcd, "n3");
+    agents[2] = lab.agent(&nodes[2], "n3", &[]);
+    ranges[2] = lab.wait_alive("n3");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",
         started.elapsed()
     );
-    assert_eq!(conf_range(&confs[2]), ranges[2]);
+    assert_eq!(conf_range(&lab.conf_dir("n3")), ranges[2]);
     assert_eq!(ranges, before, "every node kept its range");
 }
 
 #[test]
 fn a_second_agent_with_the_same_name_is_refused() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24");
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
-        "init",
-    );
-    let (a, b) = (
-        node_with_underlay(&format!("{base}.1/24")),
-        node_with_underlay(&format!("{base}.2/24")),
-    );
-    let first = agent(&etcd, &a, "n1", &dir.0.join("a"));
-    wait_alive(&etcd, "n1");
-    let mut second = agent(&etcd, &b, "n1", &dir.0.join("b"));
+    let lab = EtcdLab::start();
+    lab.init_ok("vxlan", 256);
+    let (a, b) = (lab.node_with_underlay(1), lab.node_with_underlay(2));
+    let first = lab.agent(&a, "n1", &[]);
+    lab.wait_alive("n1");
+    let other_conf = lab.dir.path().join("b");
+    let mut second = lab.agent_in(&b, "n1", &other_conf, &[]);
     let status = second.expect_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(3));
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second.take_stderr(), &mut err).unwrap();
+    let err = read_stderr(&mut second);
     assert!(
         err.contains("held by another agent") && err.contains(&format!("PID {}", first.id())),
         "{err}"
     );
-    assert!(!dir.0.join("b/10-vethctl.conflist").exists());
+    assert!(!other_conf.join("10-vethctl.conflist").exists());
+}
+
+fn read_stderr(child: &mut ChildGuard) -> String {
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.take_stderr(), &mut err).unwrap();
+    err
 }
 
 #[test]
 fn an_exhausted_cluster_range_is_a_clear_error() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24");
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 2)),
-        "init",
-    );
-    let nodes: Vec<TestNode> = (1..=3)
-        .map(|i| node_with_underlay(&format!("{base}.{i}/24")))
-        .collect();
+    let lab = EtcdLab::start();
+    lab.init_ok("vxlan", 2);
+    let nodes: Vec<TestNode> = (1..=3).map(|i| lab.node_with_underlay(i)).collect();
     let _agents: Vec<ChildGuard> = (0..2)
-        .map(|i| {
-            agent(
-                &etcd,
-                &nodes[i],
-                &format!("n{i}"),
-                &dir.0.join(format!("n{i}")),
-            )
-        })
+        .map(|i| lab.agent(&nodes[i], &format!("n{i}"), &[]))
         .collect();
-    wait_alive(&etcd, "n0");
-    wait_alive(&etcd, "n1");
-    let mut third = agent(&etcd, &nodes[2], "n2", &dir.0.join("n2"));
+    lab.wait_alive("n0");
+    lab.wait_alive("n1");
+    let mut third = lab.agent(&nodes[2], "n2", &[]);
     let status = third.expect_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(2));
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut third.take_stderr(), &mut err).unwrap();
+    let err = read_stderr(&mut third);
     assert!(
         err.contains("cluster_cidr: 10.251.0.0/23 has no free /24"),
         "{err}"
@@ -307,16 +157,11 @@ fn an_exhausted_cluster_range_is_a_clear_error() {
 
 #[test]
 fn tls_with_client_certificates_and_without() {
-    require_root();
-    let etcd = TestEtcd::start_tls();
-    let dir = Scratch::new();
-    let file = settings(&dir.0, &unique_name(), "ebpf", 256);
-    expect_success(
-        &init(&etcd, &file),
-        "init over TLS with a client certificate",
-    );
+    let lab = EtcdLab::with(TestEtcd::start_tls());
+    let file = lab.settings(&unique_name(), "ebpf", 256);
+    expect_success(&lab.init(&file), "init over TLS with a client certificate");
     let started = Instant::now();
-    let refused = cluster(&etcd, false, &["status"]);
+    let refused = lab.cluster(false, &["status"]);
     assert!(
         !refused.status.success(),
         "no client certificate, yet: {}",
@@ -324,23 +169,20 @@ fn tls_with_client_certificates_and_without() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
-        stderr(&refused).contains(&etcd.endpoints),
+        stderr(&refused).contains(&lab.etcd.endpoints),
         "{}",
         stderr(&refused)
     );
-    assert_eq!(status(&etcd)["settings"]["cross_node"], "ebpf");
+    assert_eq!(lab.status()["settings"]["cross_node"], "ebpf");
 }
 
 #[test]
 fn etcd_down_is_a_clear_error_within_seconds() {
-    require_root();
-    let mut etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let name = unique_name();
-    expect_success(&init(&etcd, &settings(&dir.0, &name, "vxlan", 256)), "init");
-    etcd.kill9();
+    let mut lab = EtcdLab::start();
+    let name = lab.init_ok("vxlan", 256);
+    lab.etcd.kill9();
     let started = Instant::now();
-    let out = cluster(&etcd, true, &["status"]);
+    let out = lab.cluster(true, &["status"]);
     assert_eq!(out.status.code(), Some(4), "try again: {}", stderr(&out));
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -348,9 +190,9 @@ fn etcd_down_is_a_clear_error_within_seconds() {
         started.elapsed()
     );
     assert!(stderr(&out).contains("etcd at unix://"), "{}", stderr(&out));
-    etcd.restart();
+    lab.etcd.restart();
     assert_eq!(
-        status(&etcd)["cluster"],
+        lab.status()["cluster"],
         name.as_str(),
         "kept on its data dir"
     );
@@ -361,62 +203,41 @@ fn etcd_down_is_a_clear_error_within_seconds() {
 /// same range.
 #[test]
 fn an_agent_rides_out_etcd_going_away() {
-    require_root();
-    let mut etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24");
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
-        "init",
-    );
-    let node = node_with_underlay(&format!("{base}.1/24"));
-    let mut running = agent(&etcd, &node, "n1", &dir.0.join("n1"));
-    let range = wait_alive(&etcd, "n1");
-    etcd.kill9();
+    let mut lab = EtcdLab::start();
+    lab.init_ok("vxlan", 256);
+    let node = lab.node_with_underlay(1);
+    let mut running = lab.agent(&node, "n1", &[]);
+    let range = lab.wait_alive("n1");
+    lab.etcd.kill9();
     std::thread::sleep(Duration::from_secs(5));
     assert!(
         running.try_wait().is_none(),
         "the agent stopped while etcd was away"
     );
-    etcd.restart();
-    assert_eq!(wait_alive(&etcd, "n1"), range);
+    lab.etcd.restart();
+    assert_eq!(lab.wait_alive("n1"), range);
     assert!(running.try_wait().is_none());
 }
 
 /// An agent frozen past its liveness TTL while etcd stays up (SIGSTOP: a
-/// stalled node, a long GC pause) loses its record, as a dead node would;
+/// stalled node, a long pause) loses its record, as a dead node would;
 /// thawed, it registers again under a new lease, with the same range.
 #[test]
 fn a_frozen_agent_registers_again_when_it_thaws() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24");
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
-        "init",
-    );
-    let node = node_with_underlay(&format!("{base}.1/24"));
-    let mut frozen = agent_ttl(&etcd, &node, "n1", &dir.0.join("n1"), 2);
-    let range = wait_alive(&etcd, "n1");
+    let lab = EtcdLab::start();
+    lab.init_ok("vxlan", 256);
+    let node = lab.node_with_underlay(1);
+    let mut frozen = lab.agent(&node, "n1", &["--liveness-ttl", "2"]);
+    let range = lab.wait_alive("n1");
     frozen.signal(libc::SIGSTOP);
-    let alive = |etcd: &TestEtcd| {
-        status(etcd)["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["name"] == "n1" && n["alive"] == true)
-    };
     wait_until(
         Duration::from_secs(6),
         "the frozen node's record gone",
-        || !alive(&etcd),
+        || lab.status_of("n1").is_none_or(|n| n["alive"] != true),
     );
     frozen.signal(libc::SIGCONT);
     let thawed = Instant::now();
-    assert_eq!(wait_alive(&etcd, "n1"), range);
+    assert_eq!(lab.wait_alive("n1"), range);
     eprintln!("registered again {:?} after SIGCONT", thawed.elapsed());
     assert!(
         thawed.elapsed() < Duration::from_secs(5),
@@ -426,287 +247,364 @@ fn a_frozen_agent_registers_again_when_it_thaws() {
     assert!(frozen.try_wait().is_none());
 }
 
+/// Bad options, and a bad pods file, are refused naming the flag or the
+/// field, before the node claims anything.
 #[test]
 fn bad_agent_options_are_refused_naming_the_flag() {
-    require_root();
-    let etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let lock = dir.0.join("agent.lock");
-    let lock = lock.to_str().unwrap();
-    let cases = [
-        ("n1", "vethctl cluster init"),
-        ("N1", "--cluster-node"),
-        ("n1", "--underlay"),
+    let lab = EtcdLab::start();
+    let dir = lab.dir.path();
+    let lock = dir.join("agent.lock").display().to_string();
+    let pods = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let bad_name = pods(
+        "bad-name.toml",
+        "[[pods]]\nname = \"f\"\n[[pods]]\nname = \"F\"\n",
+    );
+    let fixed = pods(
+        "fixed.toml",
+        "[[pods]]\nname = \"f\"\nipv4 = \"10.251.0.9\"\n",
+    );
+    let settings = pods(
+        "settings.toml",
+        "mode = \"bridge\"\n[[pods]]\nname = \"f\"\n",
+    );
+    let cases: [(&[&str], &str); 6] = [
+        (&["--cluster-node", "n1"], "vethctl cluster init"),
+        (&["--cluster-node", "N1"], "--cluster-node"),
+        (&["--cluster-node", "n1"], "--underlay"),
+        (
+            &["--cluster-node", "n1", "--pods", &bad_name],
+            "pods[1].name: ",
+        ),
+        (
+            &["--cluster-node", "n1", "--pods", &fixed],
+            "pods[0].ipv4: ",
+        ),
+        (
+            &["--cluster-node", "n1", "--pods", &settings],
+            "line 1, column 1: ",
+        ),
     ];
-    for (i, (node, says)) in cases.into_iter().enumerate() {
+    for (i, (args, says)) in cases.into_iter().enumerate() {
         if i == 1 {
-            expect_success(
-                &init(&etcd, &settings(&dir.0, &unique_name(), "vxlan", 256)),
-                "init",
-            );
+            lab.init_ok("vxlan", 256);
         }
-        let mut args = vec!["agent", "--lock-file", lock, "--cluster-node", node];
-        args.extend(["--underlay", "nosuch0", "--listen", "127.0.0.1:0"]);
-        let etcd_args = etcd.args(true);
-        args.extend(etcd_args.iter().map(String::as_str));
-        let out = vethctl(&args, &[], None);
+        let mut full = vec!["agent", "--lock-file", &lock];
+        full.extend(args);
+        full.extend(["--underlay", "nosuch0", "--listen", "127.0.0.1:0"]);
+        let etcd_args = lab.etcd.args(true);
+        full.extend(etcd_args.iter().map(String::as_str));
+        let out = veth_tests::vethctl(&full, &[], None);
         assert!(!out.status.success());
-        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{says}: {}", stderr(&out));
+        if args.contains(&"--pods") {
+            assert!(stderr(&out).contains("--pods "), "{}", stderr(&out));
+        }
     }
-}
-
-/// A switch for node namespaces: a bridge in a namespace of its own.
-fn switch() -> TestNode {
-    let switch = TestNode::new();
-    switch.ip(&["link", "add", "br0", "type", "bridge"]);
-    switch.ip(&["link", "set", "br0", "up"]);
-    switch
-}
-
-/// A node plugged into `switch` by its `eth0`, at `address` and `address6`.
-fn node_on_switch(switch: &TestNode, port: &str, address: &str, address6: &str) -> TestNode {
-    let node = TestNode::new();
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            port,
-            "netns",
-            &switch.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &node.name,
-        ],
-    );
-    switch.ip(&["link", "set", port, "master", "br0", "up"]);
-    node.ip(&["addr", "add", address, "dev", "eth0"]);
-    node.ip(&["addr", "add", address6, "dev", "eth0", "nodad"]);
-    node.ip(&["link", "set", "eth0", "up"]);
-    node
-}
-
-/// The agent of node `name` with a liveness TTL of `ttl` seconds.
-fn agent_ttl(etcd: &TestEtcd, node: &TestNode, name: &str, conf: &Path, ttl: u32) -> ChildGuard {
-    let ttl = ttl.to_string();
-    let mut args: Vec<String> = vec!["agent".into(), "--cluster-node".into(), name.into()];
-    args.extend(["--cni-conf-dir".into(), conf.display().to_string()]);
-    args.extend(["--liveness-ttl".into(), ttl]);
-    args.extend(etcd.args(true));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    node.spawn_vethctl(&args)
-}
-
-/// Whether `node` routes `range` (host-gw: through the other node).
-fn routes(node: &TestNode, range: &str) -> bool {
-    !node.ip(&["route", "show", range]).trim().is_empty()
-}
-
-/// A CNI pod on `node`, added with the plugin configuration of the list
-/// the node's agent wrote into `conf_dir`: its IPv4 address.
-fn cni_pod(node: &TestNode, conf_dir: &Path, pod: &CniPod) -> std::net::IpAddr {
-    let text = std::fs::read_to_string(conf_dir.join("10-vethctl.conflist")).expect("the list");
-    let list: Value = serde_json::from_str(&text).unwrap();
-    let mut conf = list["plugins"][0].clone();
-    conf["name"] = list["name"].clone();
-    conf["cniVersion"] = list["cniVersion"].clone();
-    let vars = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", pod.id.as_str()),
-        ("CNI_NETNS", pod.netns.path()),
-        ("CNI_IFNAME", pod.ifname.as_str()),
-        ("CNI_PATH", REFERENCE_PLUGINS),
-    ];
-    let reply = exec_with(
-        node.command(&plugin_bin()),
-        &vars,
-        conf.to_string().as_bytes(),
-    );
-    let result = reply.expect_ok("CNI ADD");
-    let ip = result["ips"][0]["address"].as_str().expect("an address");
-    ip.split('/').next().unwrap().parse().expect("an IP")
-}
-
-fn netns_name(pod: &CniPod) -> String {
-    Path::new(pod.netns.path())
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Node `i` (1-based) of a test: plugged in, its agent started, its range.
-/// Fields drop in order: the agent stops before its node goes down.
-struct Member {
-    agent: ChildGuard,
-    node: TestNode,
-    conf: PathBuf,
-    range: String,
-}
-
-fn member(etcd: &TestEtcd, switch: &TestNode, dir: &Path, base: &str, i: u32) -> Member {
-    let name = format!("n{i}");
-    let node = node_on_switch(
-        switch,
-        &format!("{}p{i}", switch.name),
-        &format!("{base}.{i}/24"),
-        &format!("fd00:198:251::{i}/64"),
-    );
-    let conf = dir.join(&name);
-    let agent = agent_ttl(etcd, &node, &name, &conf, 3);
-    let range = wait_alive(etcd, &name);
-    Member {
-        agent,
-        node,
-        conf,
-        range,
-    }
+    assert_eq!(lab.status()["nodes"], serde_json::json!([]), "nothing held");
 }
 
 #[test]
 fn agents_wire_host_gw_nodes_from_their_records() {
-    agents_wire_nodes_from_their_records("host-gw");
+    agents_wire_nodes_from_their_records("host-gw", Duration::from_secs(5));
 }
 
 #[test]
 fn agents_wire_ebpf_nodes_from_their_records() {
-    agents_wire_nodes_from_their_records("ebpf");
+    agents_wire_nodes_from_their_records("ebpf", Duration::from_secs(5));
 }
 
 #[test]
 fn agents_wire_vxlan_nodes_from_their_records() {
-    agents_wire_nodes_from_their_records("vxlan");
+    agents_wire_nodes_from_their_records("vxlan", Duration::from_secs(30));
 }
 
 #[test]
 fn agents_wire_ebpf_vxlan_nodes_from_their_records() {
-    agents_wire_nodes_from_their_records("ebpf-vxlan");
+    agents_wire_nodes_from_their_records("ebpf-vxlan", Duration::from_secs(30));
 }
 
-/// Three nodes started with nothing but the settings in etcd wire their
-/// pods to each other from the node records: CNI pods ping across nodes;
-/// a 4th node joins and is reached; a node whose agent is killed -9 and
-/// whose namespace is deleted leaves the others' routes within its
-/// liveness TTL (3 s) + 1 s.
-fn agents_wire_nodes_from_their_records(cross_node: &str) {
-    require_root();
-    let mut etcd = TestEtcd::start();
-    let dir = Scratch::new();
-    let block = AddressBlock::reserve(&unique_name());
-    let base = block.cidr.trim_end_matches(".0/24").to_string();
-    expect_success(
-        &init(&etcd, &settings(&dir.0, &unique_name(), cross_node, 8)),
-        "init",
-    );
-    let switch = switch();
-    let mut members: Vec<Member> = (1..=3)
-        .map(|i| member(&etcd, &switch, &dir.0, &base, i))
-        .collect();
-    let wired = |members: &[Member]| {
-        members.iter().all(|a| {
-            members
+/// Every node routes every other's range.
+fn wired(members: &[Member]) -> bool {
+    members.iter().all(|a| {
+        members
+            .iter()
+            .all(|b| a.range == b.range || a.routes(&b.range))
+    })
+}
+
+/// A cluster in etcd whose nodes' agents run one file pod each (`--pods`).
+struct Wiring {
+    /// Dropped first: the pods' namespaces go before the nodes.
+    cni: Vec<CniPod>,
+    members: Vec<Member>,
+    switch: Switch,
+    cluster: String,
+    cross_node: String,
+    pods_file: String,
+    lab: EtcdLab,
+}
+
+impl Wiring {
+    fn new(cross_node: &str) -> Wiring {
+        let lab = EtcdLab::start();
+        let cluster = lab.init_ok(cross_node, 8);
+        let pods_file = lab.dir.path().join("pods.toml");
+        std::fs::write(&pods_file, "# this node's own\n[[pods]]\nname = \"f\"\n").unwrap();
+        Wiring {
+            cni: Vec::new(),
+            members: Vec::new(),
+            switch: Switch::new(),
+            cluster,
+            cross_node: cross_node.to_string(),
+            pods_file: pods_file.display().to_string(),
+            lab,
+        }
+    }
+
+    /// Node `i` plugged in and its agent, running the file pod, alive.
+    fn join(&mut self, i: u32) {
+        let node = self.lab.plug(&self.switch, i);
+        self.start(node, i);
+    }
+
+    fn start(&mut self, node: TestNode, i: u32) {
+        let member = self.lab.start_member(node, i, &["--pods", &self.pods_file]);
+        self.members.push(member);
+    }
+
+    /// A CNI pod on member `m`: its namespace and address.
+    fn cni_pod(&mut self, m: usize) -> (String, IpAddr) {
+        let pod = CniPod::new();
+        let ip = self.members[m].cni_pod(&pod);
+        let netns = netns_name(&pod);
+        self.cni.push(pod);
+        (netns, ip)
+    }
+
+    /// Member `m`'s file pod: its namespace and IPv4 address.
+    fn file_pod(&self, m: usize) -> (String, IpAddr) {
+        let netns = format!("{}-{}-f", self.members[m].node.name, self.cluster);
+        let mut ip = None;
+        wait_until(Duration::from_secs(10), "the file pod's address", || {
+            ip = global_addresses(&netns, "eth0")
                 .iter()
-                .all(|b| a.range == b.range || routes(&a.node, &b.range))
+                .find_map(|a| a.parse::<std::net::Ipv4Addr>().ok());
+            ip.is_some()
+        });
+        (netns, IpAddr::V4(ip.unwrap()))
+    }
+
+    /// Whether member `m`'s known-node and remote-range maps name the
+    /// node at underlay `address` (ebpf, ebpf-vxlan).
+    fn maps_name(&self, m: usize, address: &str) -> bool {
+        let octets: Vec<u64> = address.split('.').map(|o| o.parse().unwrap()).collect();
+        let pins = self.members[m].pins(&self.cluster);
+        ["NODES", "REMOTE_ROUTES"].iter().any(|map| {
+            bpftool_map_dump(&pins.join(map))
+                .iter()
+                .any(|entry| holds_run(entry, &octets))
         })
-    };
-    wait_until(
+    }
+
+    /// Waits until every node routes every other's range; how long it
+    /// took. When they do not within `within`, fails with the agents'
+    /// logs.
+    fn wait_wired(&mut self, within: Duration, what: &str) -> Duration {
+        let started = Instant::now();
+        while !wired(&self.members) {
+            if started.elapsed() > within {
+                let logs: Vec<String> = self.members.iter_mut().map(stop_for_log).collect();
+                panic!(
+                    "{what}: not within {within:?}; the agents said:\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
+    }
+
+    fn ebpf(&self) -> bool {
+        self.cross_node.starts_with("ebpf")
+    }
+}
+
+/// Stops member `m`'s agent: what it logged.
+fn stop_for_log(m: &mut Member) -> String {
+    m.agent.signal(libc::SIGTERM);
+    m.agent.expect_exit(Duration::from_secs(10));
+    format!("{}:\n{}", m.node.name, read_stderr(&mut m.agent))
+}
+
+/// Whether the numbers of `value` (bpftool's JSON: numbers, or "0x.."
+/// bytes without BTF), read in order, hold `run`.
+fn holds_run(value: &Value, run: &[u64]) -> bool {
+    fn numbers(v: &Value, out: &mut Vec<u64>) {
+        match v {
+            Value::Number(n) => out.extend(n.as_u64()),
+            Value::String(s) => out.extend(
+                s.strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok()),
+            ),
+            Value::Array(a) => a.iter().for_each(|v| numbers(v, out)),
+            Value::Object(o) => o.values().for_each(|v| numbers(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    numbers(value, &mut all);
+    all.windows(run.len()).any(|w| w == run)
+}
+
+/// Three nodes started with nothing but the settings in etcd, each agent
+/// running a file pod (`--pods`), wire their pods to each other from the
+/// node records: CNI and file pods reach each other across nodes. Then,
+/// under a numbered UDP stream and TCP connections from n1's file pod to
+/// n2's CNI pod, which must lose nothing: a 4th node joins and is wired
+/// everywhere within 1 s; node 3's agent is killed -9 and its namespace
+/// deleted, and it leaves the others' routes (vxlan: FDB; ebpf modes:
+/// known-node and remote-range maps) within its liveness TTL (3 s) + 1
+/// s; etcd is killed -9 for `outage`, every route staying meanwhile, and
+/// a 5th node whose agent started then (and exited 4, try again) is wired
+/// once etcd is back and its agent started again.
+fn agents_wire_nodes_from_their_records(cross_node: &str, outage: Duration) {
+    let started = Instant::now();
+    let mut w = Wiring::new(cross_node);
+    for i in 1..=3 {
+        w.join(i);
+    }
+    w.wait_wired(
         Duration::from_secs(15),
         "every node routes the others' ranges",
-        || wired(&members),
     );
-    let pods: Vec<CniPod> = (0..4).map(|_| CniPod::new()).collect();
-    let mut ips: Vec<std::net::IpAddr> = members
-        .iter()
-        .zip(&pods)
-        .map(|(m, pod)| cni_pod(&m.node, &m.conf, pod))
-        .collect();
+    let cni: Vec<(String, IpAddr)> = (0..3).map(|m| w.cni_pod(m)).collect();
+    let file: Vec<(String, IpAddr)> = (0..3).map(|m| w.file_pod(m)).collect();
+    let kinds = [("CNI", &cni), ("file", &file)];
     for (from, to) in [(0, 1), (1, 2), (2, 0)] {
-        expect_pings(
-            &netns_name(&pods[from]),
-            ips[to],
-            3,
-            "pod to pod across nodes",
-        );
+        for ((a, sources), (b, targets)) in kinds.iter().flat_map(|s| kinds.map(|t| (s, t))) {
+            let what = format!("{a} pod to {b} pod across nodes");
+            expect_pings(&sources[from].0, targets[to].1, 3, &what);
+        }
     }
-    // A 4th node joins: the others route its range within a second of its
-    // record, and its pod is reached from all.
-    members.push(member(&etcd, &switch, &dir.0, &base, 4));
-    let joined = Instant::now();
-    wait_until(
-        Duration::from_secs(1),
-        "the 4th node wired everywhere",
-        || wired(&members),
+    let traffic = Traffic::start(&Config {
+        client_netns: file[0].0.clone(),
+        server_netns: cni[1].0.clone(),
+        server: cni[1].1,
+        udp_port: 11390,
+        tcp_port: 11391,
+        rate: 2_000,
+        connections: 2,
+        max_seconds: 300,
+        tcp_timeout: Duration::from_secs(10),
+    })
+    .expect("traffic from n1's file pod to n2's CNI pod");
+    let mut events = Events::new(&traffic, Duration::from_secs(5));
+    events.event("a 4th node joins", || fourth_node_joins(&mut w));
+    let dead = events.event("node n3 lost", || node_3_lost(&mut w));
+    events.event(&format!("etcd away {} s", outage.as_secs()), || {
+        etcd_away(&mut w, outage)
+    });
+    events.assert_nothing_lost();
+    drop(events);
+    traffic.stop().expect("the traffic threads");
+    let (cni5, file5) = (w.cni_pod(3), w.file_pod(3));
+    expect_pings(
+        &file[0].0,
+        cni5.1,
+        3,
+        "to the node that joined after etcd came back",
     );
-    eprintln!(
-        "4th node routed by all {:?} after its record was seen",
-        joined.elapsed()
+    expect_pings(
+        &cni[1].0,
+        file5.1,
+        3,
+        "to the node that joined after etcd came back",
     );
-    ips.push(cni_pod(&members[3].node, &members[3].conf, &pods[3]));
-    for from in &pods[..3] {
-        expect_pings(&netns_name(from), ips[3], 3, "pod to the new node's pod");
+    drop(w);
+    for dir in dead.into_iter().flatten() {
+        let _ = std::fs::remove_dir_all(dir);
     }
-    // Node 3 dies: agent killed -9, namespace gone.
-    let mut dead = members.remove(2);
-    // vxlan: its VTEP in the others' FDB, to be removed with the routes.
-    let dead_vtep = format!("dst {base}.3 ");
+    eprintln!("{cross_node}: {:?} in all", started.elapsed());
+}
+
+/// A 4th node joins: the others route its range within a second of its
+/// record, and its pods are reached from all.
+fn fourth_node_joins(w: &mut Wiring) {
+    w.join(4);
+    let took = w.wait_wired(Duration::from_secs(1), "the 4th node wired everywhere");
+    eprintln!("4th node routed by all {took:?} after its record was seen");
+    let (_, ip) = w.cni_pod(3);
+    let (_, file4) = w.file_pod(3);
+    for m in 0..3 {
+        let (from, _) = w.file_pod(m);
+        expect_pings(&from, ip, 3, "file pod to the new node's CNI pod");
+        expect_pings(&from, file4, 3, "file pod to the new node's file pod");
+    }
+}
+
+/// Node 3 dies: agent killed -9, namespace deleted. It leaves the others'
+/// routes, FDB (vxlan) and maps (ebpf modes) within TTL + 1 s. Its state
+/// and pins, which its namespace named, to be removed by the caller.
+fn node_3_lost(w: &mut Wiring) -> [Option<std::path::PathBuf>; 2] {
+    let mut dead = w.members.remove(2);
+    let dead_vtep = format!("dst {} ", dead.address);
     let fdb = |m: &Member| run("bridge", &["-n", &m.node.name, "fdb", "show"]);
-    if cross_node == "vxlan" {
-        assert!(members.iter().all(|m| fdb(m).contains(&dead_vtep)));
-    }
+    let vxlan = w.cross_node == "vxlan";
+    // Whether survivor `m` still has the dead node in its routes, FDB or
+    // maps.
+    let knows = |m: usize| {
+        let member = &w.members[m];
+        member.routes(&dead.range)
+            || (vxlan && fdb(member).contains(&dead_vtep))
+            || (w.ebpf() && w.maps_name(m, &dead.address))
+    };
+    let survivors = 0..w.members.len();
+    // What must go was there: else the test could not fail.
+    assert!(!vxlan || w.members.iter().all(|m| fdb(m).contains(&dead_vtep)));
+    assert!(!w.ebpf() || survivors.clone().all(|m| w.maps_name(m, &dead.address)));
     dead.agent.signal(libc::SIGKILL);
     dead.agent.expect_exit(Duration::from_secs(10));
     let killed = Instant::now();
-    // Known only while the namespace exists: removed by hand below.
     let leftovers = [dead.node.state_root(), dead.node.pins_root()];
     run("ip", &["netns", "del", &dead.node.name]);
     wait_until(
-        Duration::from_secs(5),
-        "node 3 gone from the others' routes and FDB",
-        || {
-            members
-                .iter()
-                .all(|m| !routes(&m.node, &dead.range) && !fdb(m).contains(&dead_vtep))
-        },
+        TTL + Duration::from_secs(2),
+        "node 3 gone from the others' routes, FDB and maps",
+        || !survivors.clone().any(knows),
     );
     let gone = killed.elapsed();
-    eprintln!("node 3 gone from every route {gone:?} after its agent was killed");
-    assert!(gone <= Duration::from_secs(4), "{gone:?} > TTL 3 s + 1 s");
-    expect_pings(
-        &netns_name(&pods[0]),
-        ips[3],
-        3,
-        "the others still reach each other",
-    );
-    // etcd killed -9 for 5 s: nothing changes on the wire; once it is back
-    // the agents read again, and a node that joins then is wired.
-    etcd.kill9();
-    for _ in 0..5 {
+    eprintln!("node 3 gone from every route and map {gone:?} after its agent was killed");
+    assert!(gone <= TTL + Duration::from_secs(1), "{gone:?} > TTL + 1 s");
+    // Its pods' namespaces go with the TestNode.
+    drop(dead);
+    leftovers
+}
+
+/// etcd killed -9 for `outage`: every route stays and pods reach each
+/// other meanwhile; a node plugged in then has an agent that cannot join
+/// (exit 4, try again); once etcd is back, that agent started again (as
+/// its supervisor would) joins, and the node is wired everywhere.
+fn etcd_away(w: &mut Wiring, outage: Duration) {
+    w.lab.etcd.kill9();
+    let node = w.lab.plug(&w.switch, 5);
+    let mut early = w.lab.agent(&node, "n5", &[]);
+    assert_eq!(early.expect_exit(Duration::from_secs(15)).code(), Some(4));
+    let (from, _) = w.file_pod(0);
+    let (_, to) = w.file_pod(1);
+    let away = Instant::now();
+    while away.elapsed() < outage {
         std::thread::sleep(Duration::from_secs(1));
-        assert!(wired(&members), "a route went while etcd was away");
-        expect_pings(&netns_name(&pods[1]), ips[3], 1, "pods while etcd is away");
+        assert!(wired(&w.members), "a route went while etcd was away");
+        expect_pings(&from, to, 1, "pods while etcd is away");
     }
-    etcd.restart();
-    members.push(member(&etcd, &switch, &dir.0, &base, 5));
-    wait_until(
+    w.lab.etcd.restart();
+    w.start(node, 5);
+    w.wait_wired(
         Duration::from_secs(20),
         "the 5th node wired after etcd came back",
-        || wired(&members),
     );
-    let pod5 = CniPod::new();
-    let ip5 = cni_pod(&members[3].node, &members[3].conf, &pod5);
-    expect_pings(
-        &netns_name(&pods[0]),
-        ip5,
-        3,
-        "pod to the node that joined after etcd came back",
-    );
-    drop(pod5);
-    drop(members);
-    for dir in leftovers.into_iter().flatten() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
 }

@@ -342,6 +342,12 @@ struct AgentArgs {
     /// Seconds the node's record outlives its agent (its liveness lease).
     #[arg(long, default_value_t = crate::model::registry::DEFAULT_LIVENESS_SECONDS, value_name = "SECONDS")]
     liveness_ttl: i64,
+    /// Pods of this node's own beside the runtime's (with --cluster): FILE
+    /// holds `[[pods]]` entries written as the cluster file's
+    /// `[[nodes.pods]]` (`name`, `mtu`; no address: they get the lowest
+    /// free ones of the range the node leases).
+    #[arg(long, value_name = "FILE", requires = "endpoints")]
+    pods: Option<PathBuf>,
     /// Log lines at this level and above (error, warn, info, debug);
     /// without it, RUST_LOG's level if set, else info. Each line on
     /// stderr has an RFC 3339 UTC timestamp and the level.
@@ -1253,6 +1259,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             underlay: args.underlay,
             cni_conf_dir: args.cni_conf_dir,
             liveness_seconds: args.liveness_ttl,
+            pods: args.pods,
         }),
         (Some(_), None) => {
             return Err(crate::Error::InvalidConfig {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use veth_common::GATEWAY_MAC;
 
 pub mod cluster;
+pub mod file_pods;
 pub mod node;
 pub mod registry;
 
@@ -426,16 +427,8 @@ impl Topology {
         if text.len() > MAX_TOPOLOGY_BYTES {
             return Err(too_large(text.len() as u64));
         }
-        let file: TopologyFile = toml::from_str(text).map_err(|e| {
-            let field = match e.span() {
-                Some(span) => {
-                    let (line, column) = line_column(text, span.start);
-                    format!("line {line}, column {column}")
-                }
-                None => "topology file".to_string(),
-            };
-            invalid(field, e.message().trim_end().to_string())
-        })?;
+        let file: TopologyFile =
+            toml::from_str(text).map_err(|e| toml_error(text, &e, "topology file"))?;
         file.validate_keeping(previous)
     }
 
@@ -504,6 +497,19 @@ pub fn object_prefix(topology: &str) -> String {
 /// start with the device name; `lo:` + a 10-character name fits IFNAMSIZ.
 pub fn host_address_label(topology: &str) -> String {
     format!("lo:{topology}")
+}
+
+/// A file that TOML or its fields refused, named by line and column
+/// (`what` when the parser gives no place).
+fn toml_error(text: &str, e: &toml::de::Error, what: &str) -> ModelError {
+    let field = match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("line {line}, column {column}")
+        }
+        None => what.to_string(),
+    };
+    invalid(field, e.message().trim_end().to_string())
 }
 
 /// 1-based line and column of a byte offset, for error messages.

@@ -25,6 +25,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::{cluster, Etcd, EtcdOptions};
 use crate::model::{
     cluster::validate_node_name,
+    file_pods::FilePods,
     format_mac,
     node::vtep_mac,
     registry::{self, choose_range, AgentId, Keys, NodeRecord, RangeRecord, Settings},
@@ -44,6 +45,8 @@ pub struct JoinOptions {
     /// Where the CNI configuration list goes.
     pub cni_conf_dir: PathBuf,
     pub liveness_seconds: i64,
+    /// `--pods FILE`: pods of the node's own, in its leased range.
+    pub pods: Option<PathBuf>,
 }
 
 /// File name of the list the agent writes (install-cni's default).
@@ -65,6 +68,8 @@ pub struct Member {
     range_lease: i64,
     liveness_seconds: i64,
     pub conflist: PathBuf,
+    /// The node's own pods (`--pods`).
+    pub pods: FilePods,
 }
 
 /// Joins the cluster: record, ranges, CNI list.
@@ -81,6 +86,7 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
     let keys = Keys::new(&cluster);
     let settings =
         cluster::settings_of(&etcd, &cluster, &cluster::snapshot(&etcd, &keys).await?.0)?;
+    let pods = read_pods(o.pods.as_deref(), &settings)?;
     let interface = o
         .underlay
         .as_deref()
@@ -107,6 +113,24 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
         range_lease,
         liveness_seconds: o.liveness_seconds,
         conflist,
+        pods,
+    })
+}
+
+/// The pods of `--pods FILE`, checked by the settings' rules before the
+/// node claims anything.
+fn read_pods(path: Option<&std::path::Path>, settings: &Settings) -> Result<FilePods> {
+    let Some(path) = path else {
+        return Ok(FilePods::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--pods: reading {}", path.display()))?;
+    FilePods::from_toml(&text, settings).map_err(|e| {
+        crate::model::ModelError {
+            field: format!("--pods {}: {}", path.display(), e.field),
+            ..e
+        }
+        .into()
     })
 }
 

@@ -4,7 +4,8 @@
 //! between the read and the watch, and brings the part up again whenever
 //! the live nodes change it. The part is what `vethctl up -t CLUSTER
 //! --cluster-node NODE` brings up (one code path): the settings, one
-//! `[[nodes]]` per live record ([`registry::cluster_text`]); a node whose
+//! `[[nodes]]` per live record ([`registry::cluster_text`]), this node's
+//! with its own pods of `--pods` ([`crate::model::file_pods`]); a node whose
 //! liveness lease ended has no record, so its routes, FDB entries and map
 //! entries go, by the convergence that removes only what it recorded.
 //!
@@ -131,12 +132,13 @@ async fn next(stream: &mut WatchStream) -> Result<Option<WatchResponse>> {
 async fn converge(member: &Member, nodes: &Nodes, converged: &mut Option<String>) -> Result<()> {
     let others: Vec<NodeRecord> = nodes.values().cloned().collect();
     let (text, left_out) = registry::cluster_text(&member.settings.text, &member.record, &others)?;
+    let me = &member.record.name;
+    let text = member.pods.add_to(&text, me)?;
     if converged.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
     let started = Instant::now();
     let cluster = Cluster::from_toml(&text)?;
-    let me = &member.record.name;
     // A failure here is read again with backoff: the part stays as it was.
     *converged = None;
     crate::apply::up_cluster_node(&cluster, me, UpOptions::default()).await?;

@@ -215,16 +215,8 @@ impl Cluster {
             return Err(super::too_large(text.len() as u64));
         }
         refuse_one_node_keys(text)?;
-        let file: ClusterFile = toml::from_str(text).map_err(|e| {
-            let field = match e.span() {
-                Some(span) => {
-                    let (line, column) = super::line_column(text, span.start);
-                    format!("line {line}, column {column}")
-                }
-                None => "cluster file".to_string(),
-            };
-            invalid(field, e.message().trim_end().to_string())
-        })?;
+        let file: ClusterFile =
+            toml::from_str(text).map_err(|e| super::toml_error(text, &e, "cluster file"))?;
         file.validate(text)
     }
 

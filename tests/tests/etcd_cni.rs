@@ -40,14 +40,15 @@ impl Drop for Scratch {
     }
 }
 
-/// etcd with a cluster's settings stored (`host-gw`, room for 8 nodes).
+/// etcd with a cluster's settings stored (`host-gw`, IPv4, room for 8
+/// nodes).
 fn cluster(dir: &Path) -> TestEtcd {
     let etcd = TestEtcd::start();
     let name = unique_name();
     let file = dir.join("settings.toml");
     let text = format!(
         "name = \"{name}\"\nmode = \"tc\"\ncross_node = \"host-gw\"\n\
-         cluster_cidr = \"10.252.0.0/21\"\ncluster_cidr6 = \"fd00:10:252::/56\"\n"
+         cluster_cidr = \"10.252.0.0/21\"\n"
     );
     std::fs::write(&file, text).unwrap();
     let mut args = vec!["cluster", "init", "-t", file.to_str().unwrap()];
@@ -138,7 +139,9 @@ fn add_refused(node: &TestNode, conf: &Path, pod: &Pod, code: u64, mentions: &[&
 }
 
 fn wait_ready(node: &TestNode, conf: &Path, within: Duration, what: &str) {
-    wait_until(within, what, || plugin(node, conf, "STATUS", None).is_ok());
+    wait_until(within, what, || {
+        conf.join("10-vethctl.conflist").exists() && plugin(node, conf, "STATUS", None).is_ok()
+    });
 }
 
 fn lease_file(node: &TestNode) -> PathBuf {

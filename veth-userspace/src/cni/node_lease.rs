@@ -324,7 +324,7 @@ impl NotHeld {
             ),
             NotHeld::Expired { ago_ms, ttl, lease } => format!(
                 "{node}: its liveness lease ({lease:x}) was last renewed {:.1} s ago, longer than \
-                 its TTL of {ttl} s, so the other nodes no longer route to it (etcd unreachable \
+                 its TTL of {ttl} s, so the other nodes may have stopped routing to it (etcd unreachable \
                  from the agent, or the agent stalled?); see the agent's log: pods are added \
                  again as soon as it renews the lease",
                 *ago_ms as f64 / 1000.0

@@ -17,28 +17,11 @@ use veth_tests::{
     etcd::TestEtcd,
     expect_pings, expect_success,
     node::TestNode,
-    require_root, unique_name, vethctl, wait_until, AddressBlock, ChildGuard,
+    require_root, unique_name, vethctl, wait_until, AddressBlock, ChildGuard, TempDir,
 };
 
 /// The liveness TTL the agents here are given, in seconds.
 const TTL: u64 = 3;
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("vethctl-etcd-cni-{}", unique_name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// etcd with a cluster's settings stored (`host-gw`, IPv4, room for 8
 /// nodes).
@@ -159,11 +142,11 @@ fn lease_file(node: &TestNode) -> PathBuf {
 #[test]
 fn add_and_status_follow_the_nodes_lease() {
     require_root();
-    let dir = Scratch::new();
-    let mut etcd = cluster(&dir.0);
+    let dir = TempDir::new("vethctl-etcd-cni");
+    let mut etcd = cluster(dir.path());
     let block = AddressBlock::reserve(&unique_name());
     let node = node(&block);
-    let conf = dir.0.join("net.d");
+    let conf = dir.path().join("net.d");
     // A previous run: the list written, then the agent stopped.
     let mut first = agent(&etcd, &node, &conf);
     wait_until(Duration::from_secs(15), "the agent's list", || {
@@ -252,15 +235,15 @@ fn add_and_status_follow_the_nodes_lease() {
 #[test]
 fn a_list_without_the_cluster_key_needs_no_lease() {
     require_root();
-    let dir = Scratch::new();
+    let dir = TempDir::new("vethctl-etcd-cni");
     let block = AddressBlock::reserve(&unique_name());
     let node = node(&block);
-    let conf = dir.0.join("net.d");
+    let conf = dir.path().join("net.d");
     let name = unique_name();
     let out = node.vethctl(&[
         "install-cni",
         "--bin-dir",
-        dir.0.join("bin").to_str().unwrap(),
+        dir.path().join("bin").to_str().unwrap(),
         "--conf-dir",
         conf.to_str().unwrap(),
         "--plugin",
@@ -295,11 +278,11 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn install_cni_on_a_cluster_node_needs_no_subnet() {
     require_root();
-    let dir = Scratch::new();
-    let etcd = cluster(&dir.0);
+    let dir = TempDir::new("vethctl-etcd-cni");
+    let etcd = cluster(dir.path());
     let block = AddressBlock::reserve(&unique_name());
     let node = node(&block);
-    let (bin, conf) = (dir.0.join("bin"), dir.0.join("net.d"));
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
     let install = |name: &str, extra: &[&str]| {
         let mut args = vec![
             "install-cni",

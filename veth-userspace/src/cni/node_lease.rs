@@ -20,7 +20,10 @@
 //! (which counts suspended time and never jumps); and the list's ranges
 //! are the leased ones. Anything else is not held: ADD is refused and
 //! STATUS answers not ready, code 51 when the network has pods (the other
-//! nodes stop routing to a node whose liveness lease ends), else 50.
+//! nodes stop routing to a node whose liveness lease ends), else 50. So
+//! are they while the agent has not yet brought the node's network up
+//! (its first read of the cluster): an ADD then would make the network a
+//! CNI network of its own instead of the node's part.
 
 use std::path::{Path, PathBuf};
 
@@ -355,10 +358,18 @@ pub fn require_held(config: &NetConf) -> Result<(), CniError> {
         boottime_ms: boottime_ms(),
     };
     let file = read(&path).map_err(|e| format!("{e:#}"));
-    let Err(not_held) = decide(&mark, &ranges, file, &now, AgentProcess::runs) else {
-        return Ok(());
+    let reason = match decide(&mark, &ranges, file, &now, AgentProcess::runs) {
+        Err(not_held) => not_held.explain(&mark, &path),
+        // Brought up as a CNI network of its own, the network would not
+        // be the node's part that the agent keeps wired to the others.
+        Ok(()) if super::cluster_node::recorded_part(&config.name)?.is_none() => format!(
+            "node {:?} of cluster {:?} holds its lease, but its agent has not brought the \
+             node's network {:?} up yet (it does once it has read the cluster); try again in \
+             a moment",
+            mark.node, mark.name, config.name
+        ),
+        Ok(()) => return Ok(()),
     };
-    let reason = not_held.explain(&mark, &path);
     let has_pods = crate::model::validate_topology_name(&config.name).is_ok()
         && !Store::new(&config.name).records().is_empty();
     Err(match has_pods {

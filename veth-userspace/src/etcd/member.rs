@@ -12,7 +12,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc,
     },
     time::{Duration, Instant, SystemTime},
@@ -49,6 +49,9 @@ pub struct JoinOptions {
 
 /// File name of the list the agent writes (install-cni's default).
 pub const CONF_FILE: &str = "10-vethctl.conflist";
+/// Why the lease file says lost when the range lease ran out.
+const RANGES_LOST: &str = "the lease of its pod ranges ran out (etcd away for longer than it \
+                           lasts?), and another node may lease them";
 /// How often the range lease is renewed (it lasts 24 h).
 const RANGE_RENEW_EVERY: Duration = Duration::from_secs(600);
 
@@ -64,6 +67,8 @@ pub struct Member {
     /// The liveness lease (replaced when it expired while etcd was away).
     live: Arc<AtomicI64>,
     range_lease: i64,
+    /// The range lease ran out: the lease file says so from then on.
+    ranges_lost: Arc<AtomicBool>,
     liveness_seconds: i64,
     pub conflist: PathBuf,
 }
@@ -107,6 +112,7 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
         record,
         live: Arc::new(AtomicI64::new(live)),
         range_lease,
+        ranges_lost: Arc::new(AtomicBool::new(false)),
         liveness_seconds: o.liveness_seconds,
         conflist,
     };
@@ -452,7 +458,8 @@ impl Member {
                     Ok(ttl) if ttl > 0 => range_renewed = Instant::now(),
                     Ok(_) => {
                         log::error!("vethctl agent: the lease of node {:?}'s pod ranges ran out; restart the agent to claim them again", self.record.name);
-                        self.lost("the lease of its pod ranges ran out (etcd away for longer than it lasts?); another node may lease them");
+                        self.ranges_lost.store(true, Ordering::Relaxed);
+                        self.lost(RANGES_LOST);
                     }
                     Err(e) => log::warn!("vethctl agent: renewing the pod ranges' lease: {e:#}"),
                 }
@@ -501,7 +508,10 @@ impl Member {
             liveness_ttl: ttl,
             valid_until_ms: asked + ttl.max(0) as u64 * 1000,
             agent: node_lease::AgentProcess::this(),
-            lost: None,
+            lost: self
+                .ranges_lost
+                .load(Ordering::Relaxed)
+                .then(|| RANGES_LOST.to_string()),
         };
         node_lease::write(&lease).with_context(|| {
             format!(

@@ -147,7 +147,9 @@ enum Command {
     ///
     /// Both files are replaced atomically; the list says cniVersion 1.0.0
     /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
-    /// libcni both use it. It is validated as the plugin would first.
+    /// libcni both use it. It is validated as the plugin would first. On a
+    /// node of a cluster kept in etcd, `--cluster-node NAME` installs only
+    /// the plugin: the node's agent writes the list from its lease.
     InstallCni(InstallCni),
     /// Remove the plugin and the configuration list `install-cni` wrote.
     ///

@@ -340,6 +340,23 @@ mod tests {
     }
 
     #[test]
+    fn the_agents_list_names_its_cluster_node_and_validates() {
+        let mut o = options();
+        o.cluster = Some(super::super::node_lease::Mark {
+            name: "lab".into(),
+            node: "n1".into(),
+        });
+        let list = conflist(&o);
+        assert_eq!(
+            list["plugins"][0]["cluster"],
+            json!({"name": "lab", "node": "n1"})
+        );
+        let conf = validate(&list).unwrap();
+        assert_eq!(super::super::node_lease::mark_of(&conf).unwrap(), o.cluster);
+        assert!(conflist(&options())["plugins"][0].get("cluster").is_none());
+    }
+
+    #[test]
     fn log_settings_go_into_our_entry() {
         let mut o = options();
         o.log_file = Some("/var/log/vethctl/cni.log".into());

@@ -131,6 +131,9 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     server.abort();
     watcher.abort();
     membership.abort();
+    // Ended before the node leaves: a renewal in flight would write the
+    // lease file again after `leave` removed it.
+    let _ = membership.await;
     if let Some(member) = &member {
         member.leave().await;
     }

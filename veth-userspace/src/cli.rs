@@ -147,7 +147,9 @@ enum Command {
     ///
     /// Both files are replaced atomically; the list says cniVersion 1.0.0
     /// with cniVersions ["1.0.0", "1.1.0"], so runtimes on older and newer
-    /// libcni both use it. It is validated as the plugin would first.
+    /// libcni both use it. It is validated as the plugin would first. On a
+    /// node of a cluster kept in etcd, `--cluster-node NAME` installs only
+    /// the plugin: the node's agent writes the list from its lease.
     InstallCni(InstallCni),
     /// Remove the plugin and the configuration list `install-cni` wrote.
     ///
@@ -492,7 +494,7 @@ struct InstallCni {
     mode: Option<String>,
     /// This node's IPv4 pod range; optional when --name names a cluster
     /// node's part up on this node (`vethctl up -t CLUSTER --cluster-node
-    /// NODE`): its pod range.
+    /// NODE`): its pod range. None with --cluster-node.
     #[arg(long, value_name = "CIDR")]
     subnet: Option<String>,
     /// This node's IPv6 pod range (dual stack; without --subnet, a cluster
@@ -522,6 +524,15 @@ struct InstallCni {
     /// already there is left as it is. The image's are in /usr/lib/cni.
     #[arg(long, value_name = "DIR")]
     plugins_from: Option<PathBuf>,
+    /// This machine is node NAME of a cluster kept in etcd: install only
+    /// the plugin (and, with --plugins-from, loopback); the list is
+    /// written by the node's agent (`vethctl agent --cluster ENDPOINTS
+    /// --cluster-node NAME --cni-conf-dir DIR`) for the pod ranges it
+    /// leases, and pods are added only while it holds the node's lease.
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "subnet", "subnet6", "mode", "ipam", "mtu", "chain", "log_file", "log_level", "name",
+    ])]
+    cluster_node: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -1388,12 +1399,15 @@ async fn cluster(action: ClusterAction) -> Result<()> {
 }
 
 fn install_cni(o: InstallCni) -> Result<()> {
-    let plugin = match o.plugin {
-        Some(path) => path,
+    let plugin = match &o.plugin {
+        Some(path) => path.clone(),
         None => std::env::current_exe()
             .context("finding vethctl's own path")?
             .with_file_name(crate::cni::install::PLUGIN_TYPE),
     };
+    if let Some(node) = &o.cluster_node {
+        return install_cni_for_agent(&o, node, &plugin);
+    }
     // A cluster node's part gives what the options leave out.
     let part =
         crate::cni::cluster_node::recorded_part(&o.name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -1403,7 +1417,9 @@ fn install_cni(o: InstallCni) -> Result<()> {
         (Some(subnet), _) => subnet,
         (None, Some(part)) => part.pod_cidr.to_string(),
         (None, None) => bail!(
-            "--subnet: required (this node's IPv4 pod range), unless --name names a cluster              node's part up on this node; {:?} is none",
+            "--subnet: required (this node's IPv4 pod range), unless --name names a cluster \
+             node's part up on this node ({:?} is none), or this machine is a node of a cluster \
+             kept in etcd: then give --cluster-node NAME, and the node's agent writes the list",
             o.name
         ),
     };
@@ -1427,6 +1443,7 @@ fn install_cni(o: InstallCni) -> Result<()> {
         log_file: o.log_file,
         log_level: o.log_level,
         plugins_from: o.plugins_from,
+        cluster: None,
     };
     let installed = crate::cni::install::install(&options)?;
     for copied in &installed.copied {
@@ -1438,6 +1455,28 @@ fn install_cni(o: InstallCni) -> Result<()> {
         installed.conf.display(),
         options.name,
         options.name
+    ))
+}
+
+/// `install-cni --cluster-node NAME`: the plugin only; the list is the
+/// agent's.
+fn install_cni_for_agent(o: &InstallCni, node: &str, plugin: &Path) -> Result<()> {
+    crate::model::cluster::validate_node_name("--cluster-node", node)?;
+    crate::cni::node_lease::refuse_other_running_node(node)?;
+    let (installed, copied) =
+        crate::cni::install::install_plugin(plugin, &o.bin_dir, o.plugins_from.as_deref())?;
+    for copied in &copied {
+        emit(format_args!("copied {}\n", copied.display()))?;
+    }
+    let list = o.conf_dir.join(&o.conf_file);
+    emit(format_args!(
+        "installed {}; the list {} is left to node {node:?}'s agent (`vethctl agent --cluster \
+         ENDPOINTS --cluster-node {node} --cni-conf-dir {}`), which writes it for the pod ranges \
+         it leases; pods are added only while it holds the node's lease\n{}\n",
+        installed.display(),
+        list.display(),
+        o.conf_dir.display(),
+        crate::cni::node_lease::describe_list(&list, node)
     ))
 }
 

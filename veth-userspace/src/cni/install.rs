@@ -40,6 +40,9 @@ pub struct InstallOptions {
     /// Where to copy the other plugins the list needs from when `bin_dir`
     /// lacks them (an image's own copies; see [`needed_plugins`]).
     pub plugins_from: Option<PathBuf>,
+    /// The cluster and node whose lease the list is for (the agent's
+    /// list only; see [`super::node_lease`]).
+    pub cluster: Option<super::node_lease::Mark>,
 }
 
 /// The plugins besides ours that the runtime runs for this list:
@@ -104,6 +107,9 @@ pub fn conflist(o: &InstallOptions) -> Value {
     }
     if let Some(level) = &o.log_level {
         ours[veth_cni_protocol::logging::LOG_LEVEL_KEY] = json!(level);
+    }
+    if let Some(mark) = &o.cluster {
+        ours[super::node_lease::CLUSTER_KEY] = json!(mark);
     }
     // So the runtime tells us too which pods have hostPorts or bandwidth
     // limits: they take the host stack (see `Record::host_path`).
@@ -220,6 +226,24 @@ pub fn install(o: &InstallOptions) -> Result<Installed> {
     })
 }
 
+/// Installs only the plugin, and from `plugins_from` the loopback plugin
+/// where `bin_dir` lacks it: on a node of a cluster kept in etcd, whose
+/// agent writes the list (no chained plugins, built-in IPAM) for the
+/// ranges it leases.
+pub fn install_plugin(
+    plugin: &Path,
+    bin_dir: &Path,
+    plugins_from: Option<&Path>,
+) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let binary =
+        fs::read(plugin).with_context(|| format!("reading the plugin {}", plugin.display()))?;
+    let copied = match plugins_from {
+        Some(from) => copy_missing_plugins(from, bin_dir, &["loopback".to_string()])?,
+        None => Vec::new(),
+    };
+    Ok((write_whole(bin_dir, PLUGIN_TYPE, &binary, 0o755)?, copied))
+}
+
 /// Writes only the list, validated first: what the agent of a node of a
 /// cluster kept in etcd writes for the range it leased.
 pub fn write_list(o: &InstallOptions) -> Result<PathBuf> {
@@ -272,6 +296,7 @@ mod tests {
             log_file: None,
             log_level: None,
             plugins_from: None,
+            cluster: None,
         }
     }
 
@@ -312,6 +337,23 @@ mod tests {
         let mut o = options();
         o.log_file = Some("cni.log".into());
         assert!(format!("{:#}", install(&o).unwrap_err()).contains("logFile"));
+    }
+
+    #[test]
+    fn the_agents_list_names_its_cluster_node_and_validates() {
+        let mut o = options();
+        o.cluster = Some(super::super::node_lease::Mark {
+            name: "lab".into(),
+            node: "n1".into(),
+        });
+        let list = conflist(&o);
+        assert_eq!(
+            list["plugins"][0]["cluster"],
+            json!({"name": "lab", "node": "n1"})
+        );
+        let conf = validate(&list).unwrap();
+        assert_eq!(super::super::node_lease::mark_of(&conf).unwrap(), o.cluster);
+        assert!(conflist(&options())["plugins"][0].get("cluster").is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod cluster_node;
 pub mod install;
 pub mod ipam;
 pub mod network;
+pub mod node_lease;
 pub mod uninstall;
 
 use std::{collections::BTreeSet, net::IpAddr};
@@ -421,6 +422,9 @@ async fn add(req: &Request) -> Result<CniResult, CniError> {
     let attachment = req.attachment()?;
     let netns = req.netns()?.to_str().unwrap_or_default().to_string();
     let (network, source) = network::network(&req.config)?;
+    // A cluster node's pods only while it holds its lease: before anything
+    // is touched or an address taken.
+    node_lease::require_held(&req.config)?;
     let k8s = k8s_of(req)?;
     // The chained `bandwidth` plugin shapes what leaves the pod with the
     // `ingress` qdisc of its host veth, which a `clsact` qdisc excludes.
@@ -800,13 +804,14 @@ async fn check(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Ready for ADDs (the privileges were checked), and, once the network is
-/// up, its programs still pinned (without them its pods are not forwarded:
-/// code 51).
+/// Ready for ADDs (the privileges were checked): on a cluster node, its
+/// lease held ([`node_lease`]); once the network is up, its programs still
+/// pinned (without them its pods are not forwarded: code 51).
 fn status(req: &Request) -> Result<(), CniError> {
     // A configuration every ADD would refuse (a name too long for a
     // network, no IPv4 range) is refused here too, not reported ready.
     network::network(&req.config)?;
+    node_lease::require_held(&req.config)?;
     let name = &req.config.name;
     let state = StateDir::new(name);
     if state.exists() && !Pins::new(name).programs_exist() {

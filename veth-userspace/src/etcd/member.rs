@@ -12,7 +12,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc,
     },
     time::{Duration, Instant, SystemTime},
@@ -23,6 +23,7 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{cluster, Etcd, EtcdOptions};
+use crate::cni::node_lease;
 use crate::model::{
     cluster::validate_node_name,
     file_pods::FilePods,
@@ -51,6 +52,9 @@ pub struct JoinOptions {
 
 /// File name of the list the agent writes (install-cni's default).
 pub const CONF_FILE: &str = "10-vethctl.conflist";
+/// Why the lease file says lost when the range lease ran out.
+const RANGES_LOST: &str = "the lease of its pod ranges ran out (etcd away for longer than it \
+                           lasts?), and another node may lease them";
 /// How often the range lease is renewed (it lasts 24 h).
 const RANGE_RENEW_EVERY: Duration = Duration::from_secs(600);
 
@@ -66,6 +70,8 @@ pub struct Member {
     /// The liveness lease (replaced when it expired while etcd was away).
     live: Arc<AtomicI64>,
     range_lease: i64,
+    /// The range lease ran out: the lease file says so from then on.
+    ranges_lost: Arc<AtomicBool>,
     liveness_seconds: i64,
     pub conflist: PathBuf,
     /// The node's own pods (`--pods`).
@@ -92,6 +98,7 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
         .as_deref()
         .unwrap_or(&settings.cluster.underlay.interface);
     let mut record = own_record(&o.node, interface).await?;
+    let asked = node_lease::boottime_ms();
     let live = grant(&etcd, o.liveness_seconds).await?;
     claim_node(&etcd, &keys, &record, live).await?;
     let held = hold_ranges(&etcd, &keys, &settings, &mut record, live, &o.cni_conf_dir).await;
@@ -103,7 +110,7 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
             return Err(e);
         }
     };
-    Ok(Member {
+    let member = Member {
         etcd,
         keys,
         cluster,
@@ -111,10 +118,17 @@ pub async fn join(o: &JoinOptions) -> Result<Member> {
         record,
         live: Arc::new(AtomicI64::new(live)),
         range_lease,
+        ranges_lost: Arc::new(AtomicBool::new(false)),
         liveness_seconds: o.liveness_seconds,
         conflist,
         pods,
-    })
+    };
+    if let Err(e) = member.note_held(live, asked, o.liveness_seconds) {
+        // Without the file every ADD would be refused: say so now.
+        member.leave().await;
+        return Err(e);
+    }
+    Ok(member)
 }
 
 /// The pods of `--pods FILE`, checked by the settings' rules before the
@@ -397,8 +411,17 @@ async fn put_record(etcd: &Etcd, keys: &Keys, record: &NodeRecord, lease: i64) -
     Ok(())
 }
 
+/// The cluster and node the list and the lease file are for.
+fn mark(settings: &Settings, record: &NodeRecord) -> node_lease::Mark {
+    node_lease::Mark {
+        name: settings.name().to_string(),
+        node: record.name.clone(),
+    }
+}
+
 /// The CNI list for the node's ranges, written as `install-cni` writes
-/// it (validated first, replaced whole).
+/// it (validated first, replaced whole), marked as the node's (see
+/// [`node_lease`]: the plugin adds pods only while the lease is held).
 fn write_conflist(
     settings: &Settings,
     record: &NodeRecord,
@@ -420,6 +443,7 @@ fn write_conflist(
         log_file: None,
         log_level: None,
         plugins_from: None,
+        cluster: Some(mark(settings, record)),
     };
     crate::cni::install::write_list(&options)
         .with_context(|| format!("writing the CNI configuration list into {}", dir.display()))
@@ -435,9 +459,19 @@ impl Member {
         loop {
             tokio::time::sleep(every).await;
             let live = self.live.load(Ordering::Relaxed);
+            let asked = node_lease::boottime_ms();
             match self.renew(live).await {
-                Ok(ttl) if ttl > 0 => {}
-                Ok(_) => self.rejoin().await?,
+                Ok(ttl) if ttl > 0 => {
+                    if let Err(e) = self.note_held(live, asked, ttl) {
+                        log::warn!("vethctl agent: {e:#}");
+                    }
+                }
+                Ok(_) => {
+                    if let Err(e) = self.rejoin().await {
+                        self.lost(&format!("{e:#}"));
+                        return Err(e);
+                    }
+                }
                 Err(e) => log::warn!(
                     "vethctl agent: keeping node {:?} alive: {e:#}",
                     self.record.name
@@ -446,7 +480,11 @@ impl Member {
             if range_renewed.elapsed() >= RANGE_RENEW_EVERY {
                 match self.renew(self.range_lease).await {
                     Ok(ttl) if ttl > 0 => range_renewed = Instant::now(),
-                    Ok(_) => log::error!("vethctl agent: the lease of node {:?}'s pod ranges ran out; restart the agent to claim them again", self.record.name),
+                    Ok(_) => {
+                        log::error!("vethctl agent: the lease of node {:?}'s pod ranges ran out; restart the agent to claim them again", self.record.name);
+                        self.ranges_lost.store(true, Ordering::Relaxed);
+                        self.lost(RANGES_LOST);
+                    }
                     Err(e) => log::warn!("vethctl agent: renewing the pod ranges' lease: {e:#}"),
                 }
             }
@@ -482,14 +520,60 @@ impl Member {
             "vethctl agent: node {:?}'s liveness lease ran out; registering again",
             self.record.name
         );
+        let asked = node_lease::boottime_ms();
         let live = grant(&self.etcd, self.liveness_seconds).await?;
         claim_node(&self.etcd, &self.keys, &self.record, live).await?;
         self.live.store(live, Ordering::Relaxed);
-        Ok(())
+        self.note_held(live, asked, self.liveness_seconds)
     }
 
-    /// Removes the node's record at once (its ranges stay reserved).
+    /// Records for the plugin that the liveness lease `live` is held for
+    /// `ttl` seconds from `asked` (`CLOCK_BOOTTIME` ms, taken before the
+    /// request that etcd confirmed).
+    fn note_held(&self, live: i64, asked: u64, ttl: i64) -> Result<()> {
+        let r = &self.record;
+        let lease = node_lease::NodeLease {
+            cluster: self.settings.name().to_string(),
+            node: r.name.clone(),
+            pod_cidr: r
+                .pod_cidr
+                .context("a node that joined holds an IPv4 range")?,
+            pod_cidr6: r.pod_cidr6,
+            liveness_lease: live,
+            liveness_ttl: ttl,
+            valid_until_ms: asked + ttl.max(0) as u64 * 1000,
+            agent: node_lease::AgentProcess::this(),
+            lost: self
+                .ranges_lost
+                .load(Ordering::Relaxed)
+                .then(|| RANGES_LOST.to_string()),
+        };
+        node_lease::write(&lease).with_context(|| {
+            format!(
+                "recording node {:?}'s lease for the CNI plugin in {}",
+                r.name,
+                node_lease::path().display()
+            )
+        })
+    }
+
+    /// Tells the plugin the lease is gone for good.
+    fn lost(&self, why: &str) {
+        if let Err(e) = node_lease::mark_lost(why) {
+            log::warn!(
+                "vethctl agent: marking node {:?}'s lease lost: {e:#}",
+                self.record.name
+            );
+        }
+    }
+
+    /// Removes the node's record at once (its ranges stay reserved), and
+    /// the lease file: the plugin adds no pod until an agent holds the
+    /// node again.
     pub async fn leave(&self) {
+        if let Err(e) = node_lease::remove() {
+            log::warn!("vethctl agent: {e:#}");
+        }
         revoke(&self.etcd, self.live.load(Ordering::Relaxed)).await;
     }
 }

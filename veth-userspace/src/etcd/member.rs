@@ -469,7 +469,13 @@ impl Member {
                 Ok(_) => {
                     if let Err(e) = self.rejoin().await {
                         self.lost(&format!("{e:#}"));
-                        return Err(e);
+                        // etcd gone again meanwhile: tried at the next
+                        // renewal. Anything else (another agent took the
+                        // name) ends the agent.
+                        if !matches!(e.downcast_ref(), Some(crate::Error::TryAgain(_))) {
+                            return Err(e);
+                        }
+                        log::warn!("vethctl agent: {e:#}; trying again");
                     }
                 }
                 Err(e) => log::warn!(

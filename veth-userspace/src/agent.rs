@@ -133,6 +133,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     membership.abort();
     if let Some(member) = &member {
         member.leave().await;
+        crate::etcd::sync_state::stop();
     }
     log::info!("vethctl agent: stopped");
     Ok(())

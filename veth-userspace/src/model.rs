@@ -13,6 +13,7 @@ use serde::Deserialize;
 use veth_common::GATEWAY_MAC;
 
 pub mod cluster;
+pub mod live;
 pub mod node;
 pub mod registry;
 

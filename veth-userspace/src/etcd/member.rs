@@ -276,8 +276,9 @@ fn got_record(responses: &[TxnOpResponse]) -> Option<(NodeRecord, i64)> {
 
 /// Whether process `pid` runs (on this machine: only asked of an agent of
 /// the same boot and network namespace).
-fn pid_runs(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+pub(crate) fn pid_runs(pid: u32) -> bool {
+    // 0 would ask about our own process group.
+    let Ok(pid @ 1..) = i32::try_from(pid) else {
         return false;
     };
     !matches!(
@@ -411,7 +412,12 @@ impl Member {
         loop {
             tokio::time::sleep(every).await;
             let live = self.live.load(Ordering::Relaxed);
-            match self.renew(live).await {
+            let renewed = self.renew(live).await;
+            match &renewed {
+                Ok(_) => super::sync_state::answered(),
+                Err(_) => super::sync_state::failed(super::sync_state::Op::Lease),
+            }
+            match renewed {
                 Ok(ttl) if ttl > 0 => {}
                 Ok(_) => self.rejoin().await?,
                 Err(e) => log::warn!(

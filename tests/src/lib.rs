@@ -10,6 +10,7 @@ pub mod attack;
 pub mod cni;
 pub mod daemonset;
 pub mod etcd;
+pub mod etcd_lab;
 pub mod frames;
 pub mod node;
 pub mod outside;

@@ -133,7 +133,6 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     membership.abort();
     if let Some(member) = &member {
         member.leave().await;
-        crate::etcd::sync_state::stop();
     }
     log::info!("vethctl agent: stopped");
     Ok(())

@@ -459,8 +459,10 @@ impl Member {
         Ok(())
     }
 
-    /// Removes the node's record at once (its ranges stay reserved).
+    /// Removes the node's record at once (its ranges stay reserved), and
+    /// the sync state it leaves for `status`.
     pub async fn leave(&self) {
         revoke(&self.etcd, self.live.load(Ordering::Relaxed)).await;
+        super::sync_state::stop();
     }
 }

@@ -24,7 +24,7 @@ use super::member::Member;
 use crate::{
     model::{
         live::Live,
-        registry::{LeftOut, Reason},
+        registry::{LeftOut, NodeRecord, Reason},
     },
     observe::metrics::{counter_family, float_gauge_family, gauge_family},
 };
@@ -129,12 +129,7 @@ pub fn start(member: &Member) {
         cluster: member.cluster.clone(),
         endpoints: member.etcd.endpoints().to_string(),
         node: r.name.clone(),
-        pod_ranges: r
-            .pod_cidr
-            .map(IpNet::V4)
-            .into_iter()
-            .chain(r.pod_cidr6.map(IpNet::V6))
-            .collect(),
+        pod_ranges: ranges_of(r),
         agent_pid: std::process::id(),
         revision: 0,
         last_sync: None,
@@ -270,40 +265,38 @@ fn log_changes(before: &BTreeSet<LeftOut>, now: &BTreeSet<LeftOut>) {
 
 /// Every other node alive or holding a range, as `me` sees it.
 fn known(live: &Live, me: &str, left_out: &BTreeSet<LeftOut>) -> Vec<KnownNode> {
+    let mut held: BTreeMap<&str, Vec<IpNet>> = BTreeMap::new();
+    for (range, node) in &live.held {
+        held.entry(node.as_str()).or_default().push(*range);
+    }
+    let faults: BTreeMap<&str, &LeftOut> = left_out.iter().map(|l| (l.node.as_str(), l)).collect();
     let mut names: BTreeSet<&str> = live.nodes.keys().map(String::as_str).collect();
     names.extend(live.unreadable.keys().map(String::as_str));
-    names.extend(live.held.values().map(String::as_str));
+    names.extend(held.keys());
     names.remove(me);
     names
         .into_iter()
         .map(|name| {
             let record = live.nodes.get(name);
-            let held = live
-                .held
-                .iter()
-                .filter(|(_, n)| *n == name)
-                .map(|(r, _)| *r);
-            let pod_ranges = match record {
-                Some(r) => r
-                    .pod_cidr
-                    .map(IpNet::V4)
-                    .into_iter()
-                    .chain(r.pod_cidr6.map(IpNet::V6))
-                    .collect(),
-                None => held.collect(),
-            };
-            let left_out = left_out.iter().find(|l| l.node == name).cloned();
-            let alive = record.is_some() || live.unreadable.contains_key(name);
+            let left_out = faults.get(name).map(|l| (*l).clone());
             KnownNode {
                 name: name.to_string(),
-                alive,
-                pod_ranges,
+                alive: record.is_some() || live.unreadable.contains_key(name),
+                pod_ranges: match record {
+                    Some(r) => ranges_of(r),
+                    None => held.remove(name).unwrap_or_default(),
+                },
                 address: record.and_then(|r| r.address).map(|a| a.to_string()),
                 wired: record.is_some() && left_out.is_none(),
                 left_out,
             }
         })
         .collect()
+}
+
+fn ranges_of(r: &NodeRecord) -> Vec<IpNet> {
+    let v4 = r.pod_cidr.map(IpNet::V4);
+    v4.into_iter().chain(r.pod_cidr6.map(IpNet::V6)).collect()
 }
 
 /// The sync's families, when the agent has a cluster.
@@ -406,4 +399,110 @@ pub fn load() -> anyhow::Result<Option<SyncStatus>> {
     let status = serde_json::from_slice(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e} (written by another vethctl?)", path().display()))?;
     Ok(Some(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::registry::Keys;
+
+    fn state() -> State {
+        State {
+            status: SyncStatus {
+                cluster: "lab".into(),
+                endpoints: "unix:///e.sock".into(),
+                node: "n1".into(),
+                pod_ranges: Vec::new(),
+                agent_pid: 1,
+                revision: 42,
+                last_sync: None,
+                etcd_reachable: false,
+                nodes: Vec::new(),
+            },
+            started: Instant::now(),
+            last_sync: None,
+            left_out: BTreeSet::new(),
+            live: 3,
+            wired: 2,
+            errors: Op::ALL.into_iter().map(|op| (op, 0)).collect(),
+            events: 7,
+            reconnects: 1,
+            convergence: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+        }
+    }
+
+    #[test]
+    fn known_nodes_say_whether_they_are_wired_and_why_not() {
+        let k = Keys::new("lab");
+        let record = |name: &str| {
+            format!(
+                r#"{{"name":"{name}","agent":{{"boot":"b","netns":1,"pid":2,"started":"t"}},
+                "address":"10.9.0.2","pod_cidr":"10.244.1.0/24"}}"#
+            )
+        };
+        let entries: Vec<crate::model::registry::Entry> = vec![
+            (k.node("n1"), record("n1").into_bytes(), 1, 0),
+            (k.node("n2"), record("n2").into_bytes(), 2, 0),
+            (k.node("bad"), b"{".to_vec(), 3, 0),
+            (
+                k.range("10.244.7.0/24".parse().unwrap()),
+                br#"{"node":"gone"}"#.to_vec(),
+                4,
+                0,
+            ),
+        ];
+        let live = Live::of(&k, entries);
+        let fault = LeftOut {
+            node: "bad".into(),
+            reason: Reason::Unreadable,
+            why: "eof".into(),
+        };
+        let nodes = known(&live, "n1", &[fault].into_iter().collect());
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["bad", "gone", "n2"]);
+        assert!(nodes[0].alive && !nodes[0].wired && nodes[0].left_out.is_some());
+        assert!(!nodes[1].alive && !nodes[1].wired);
+        assert_eq!(nodes[1].pod_ranges[0].to_string(), "10.244.7.0/24");
+        assert!(nodes[2].alive && nodes[2].wired);
+    }
+
+    struct Families(State);
+
+    impl std::fmt::Debug for Families {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Families")
+        }
+    }
+
+    impl prometheus_client::collector::Collector for Families {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_state(&self.0, &mut e)
+        }
+    }
+
+    #[test]
+    fn the_sync_s_families_are_exposed() {
+        let s = state();
+        s.convergence.observe(0.003);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Families(s)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "vethctl_cluster_info{cluster=\"lab\",node=\"n1\"} 1",
+            "vethctl_cluster_nodes_known 3",
+            "vethctl_cluster_nodes_wired 2",
+            "vethctl_cluster_records_left_out{reason=\"range\"} 0",
+            "vethctl_cluster_sync_revision 42",
+            "vethctl_cluster_etcd_reachable 0",
+            "vethctl_cluster_etcd_errors_total{op=\"lease\"} 0",
+            "vethctl_cluster_watch_events_applied_total 7",
+            "vethctl_cluster_reconnects_total 1",
+            "vethctl_cluster_convergence_seconds_count 1",
+            "vethctl_cluster_convergence_seconds_bucket{le=\"0.004\"} 1",
+        ] {
+            let found = text.lines().any(|l| l.replace("{}", "") == line);
+            assert!(found, "{line} missing in\n{text}");
+        }
+    }
 }

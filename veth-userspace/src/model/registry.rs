@@ -569,7 +569,7 @@ fn range_fault(
     held: &std::collections::BTreeMap<IpNet, String>,
     taken: &Taken,
 ) -> Fault {
-    let Some(v4) = r.pod_cidr else { return None };
+    let v4 = r.pod_cidr?;
     let v6 = match (c.cluster_cidr6, r.pod_cidr6) {
         (Some(_), None) => return Some((Reason::Range, "no IPv6 pod range".into())),
         (None, Some(n)) => {

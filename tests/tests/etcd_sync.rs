@@ -134,6 +134,7 @@ fn each_bad_record_is_left_out_and_the_others_are_wired() {
         );
     }
     let table = n1.node.vethctl_ok(&["status"]);
+    eprintln!("{table}");
     assert!(
         table.contains(&format!("cluster {name} (etcd unix://")),
         "{table}"
@@ -213,6 +214,7 @@ fn the_sync_is_seen_in_metrics_and_status() {
     };
     let errors_before = errors(&after);
     etcd.kill9();
+    let killed = std::time::Instant::now();
     wait_until(
         Duration::from_secs(10),
         "etcd unreachable in the metrics",
@@ -221,9 +223,14 @@ fn the_sync_is_seen_in_metrics_and_status() {
             at(&m, "vethctl_cluster_etcd_reachable") == 0.0 && errors(&m) > errors_before
         },
     );
+    eprintln!(
+        "etcd unreachable in the metrics {:?} after kill -9",
+        killed.elapsed()
+    );
     assert_eq!(n1.status()["cluster"]["etcd_reachable"], false);
     assert!(!n1.route(&n2.range).is_empty(), "a route went with etcd");
     etcd.restart();
+    let restarted = std::time::Instant::now();
     wait_until(
         Duration::from_secs(25),
         "etcd reachable again, the sync read again",
@@ -232,6 +239,10 @@ fn the_sync_is_seen_in_metrics_and_status() {
             at(&m, "vethctl_cluster_etcd_reachable") == 1.0
                 && at(&m, "vethctl_cluster_reconnects_total") >= 1.0
         },
+    );
+    eprintln!(
+        "etcd reachable in the metrics {:?} after it was healthy again",
+        restarted.elapsed()
     );
     assert_eq!(n1.status()["cluster"]["etcd_reachable"], true);
     // The agent leaves: its sync state goes with it.

@@ -138,8 +138,18 @@ impl Member {
         ];
         let etcd_args = etcd.args(true);
         args.extend(etcd_args.iter().map(String::as_str));
-        let agent = node.spawn_vethctl(&args);
-        let range = wait_alive(etcd, &name);
+        let mut agent = node.spawn_vethctl(&args);
+        // Its log, shown with a failing test's output (and drained, so
+        // that a full pipe never stalls it).
+        let stderr = std::io::BufReader::new(agent.take_stderr());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            stderr
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| eprintln!("[{name}] {l}"));
+        });
+        let range = wait_alive(etcd, &format!("n{i}"));
         Member { agent, node, range }
     }
 

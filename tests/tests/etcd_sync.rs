@@ -145,6 +145,32 @@ fn each_bad_record_is_left_out_and_the_others_are_wired() {
     );
 }
 
+/// `promtool check metrics` (Prometheus's own lint) on a scrape: no
+/// complaint.
+fn promtool_passes(metrics: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool (Debian's prometheus package; `cargo xtask setup`)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(metrics.as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
 /// After a join the sync's metrics and `status` move; etcd killed -9
 /// shows as unreachable with errors counted within seconds, and as
 /// reachable again once it is back; the state goes with the agent.
@@ -172,6 +198,7 @@ fn the_sync_is_seen_in_metrics_and_status() {
         || !n1.route(&n2.range).is_empty(),
     );
     let after = n1.metrics();
+    promtool_passes(&after);
     assert!(at(&after, events) > at(&before, events), "{after}");
     assert!(at(&after, converged) > at(&before, converged), "{after}");
     assert!(at(&after, revision) > at(&before, revision), "{after}");

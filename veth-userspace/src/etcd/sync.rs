@@ -104,14 +104,11 @@ async fn follow_once(
             continue;
         }
         for event in response.events() {
-            let Some(key) = event.kv().and_then(|kv| kv.key_str().ok()) else {
-                continue;
-            };
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
                 EventType::Delete => live.delete(&member.keys, key),
-                EventType::Put => {
-                    live.put(&member.keys, key, event.kv().map_or(&[], |kv| kv.value()))
-                }
+                EventType::Put => live.put(&member.keys, key, kv.value()),
             }
         }
         sync_state::at(revision, response.events().len());

@@ -85,7 +85,7 @@ fn each_bad_record_is_left_out_and_the_others_are_wired() {
     }
     let (a, b) = (&n1, &n2);
     wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the agents and the good record wired",
         || {
             [a, b].iter().all(|m| !m.route("10.251.6.0/24").is_empty())
@@ -193,7 +193,7 @@ fn the_sync_is_seen_in_metrics_and_status() {
     assert_eq!(at(&before, "vethctl_cluster_etcd_reachable"), 1.0);
     let n2 = Member::join(&etcd, &switch, &dir.0, &base, 2);
     wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "node 1 routes node 2's range",
         || !n1.route(&n2.range).is_empty(),
     );

@@ -97,7 +97,16 @@ fn each_bad_record_is_left_out_and_the_others_are_wired() {
         assert_eq!(m.route("10.251.5.0/24"), "", "the twin's range is routed");
         assert_eq!(m.route("10.251.7.0/24"), "", "Evil's range is routed");
     }
-    let metrics = n1.metrics();
+    // The sync notes a convergence just after the routes are made.
+    let mut metrics = String::new();
+    wait_until(
+        Duration::from_secs(5),
+        "the metrics at the last convergence",
+        || {
+            metrics = n1.metrics();
+            metric(&metrics, "vethctl_cluster_nodes_wired") == Some(3.0)
+        },
+    );
     for (reason, n) in [
         ("range", 1.0),
         ("address", 1.0),
@@ -197,10 +206,14 @@ fn the_sync_is_seen_in_metrics_and_status() {
         "node 1 routes node 2's range",
         || !n1.route(&n2.range).is_empty(),
     );
-    let after = n1.metrics();
+    // The sync notes a convergence just after the routes are made.
+    let mut after = String::new();
+    wait_until(Duration::from_secs(5), "the convergence counted", || {
+        after = n1.metrics();
+        at(&after, converged) > at(&before, converged)
+    });
     promtool_passes(&after);
     assert!(at(&after, events) > at(&before, events), "{after}");
-    assert!(at(&after, converged) > at(&before, converged), "{after}");
     assert!(at(&after, revision) > at(&before, revision), "{after}");
     assert_eq!(at(&after, "vethctl_cluster_nodes_known"), 2.0, "{after}");
     assert_eq!(at(&after, "vethctl_cluster_nodes_wired"), 2.0, "{after}");

@@ -3,12 +3,15 @@
 //! block of underlay addresses of the test's own, and node namespaces
 //! whose agents (`ip netns exec NODE vethctl agent --cluster …
 //! --cluster-node …`) reach etcd through its unix socket, which lives in
-//! the file system every namespace shares.
+//! the file system every namespace shares; and ways to look at what the
+//! agents did: routes, `/metrics` (fetched inside the node, where the
+//! agent listens on its loopback), `status`, and keys written straight
+//! into etcd with `etcdctl`, as a writer other than an agent would.
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    process::Output,
+    process::{Output, Stdio},
     time::Duration,
 };
 
@@ -138,6 +141,12 @@ impl EtcdLab {
         node.spawn_vethctl(&args)
     }
 
+    /// Puts `key` = `value` into etcd with etcdctl, no lease.
+    pub fn put(&self, key: &str, value: &str) {
+        let endpoints = format!("--endpoints={}", self.etcd.endpoints);
+        run("etcdctl", &[&endpoints, "put", key, value]);
+    }
+
     /// Node `i` (1-based) with an underlay interface `eth0` at
     /// `{base}.{i}/24`: one end of a veth pair whose both ends are in the
     /// node (nothing is sent through it; this kernel has no dummy links).
@@ -259,7 +268,30 @@ pub struct Member {
 impl Member {
     /// Whether the node routes `range` (host-gw: through the other node).
     pub fn routes(&self, range: &str) -> bool {
-        !self.node.ip(&["route", "show", range]).trim().is_empty()
+        !self.route(range).is_empty()
+    }
+
+    /// The route to `range` in this node (empty: none).
+    pub fn route(&self, range: &str) -> String {
+        self.node.ip(&["route", "show", range]).trim().to_string()
+    }
+
+    /// The agent's `/metrics` (text format), fetched inside the node.
+    pub fn metrics(&self) -> String {
+        let out = self
+            .node
+            .command(Path::new("curl"))
+            .args(["-sf", "--max-time", "10", "http://127.0.0.1:9435/metrics"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running curl in the node");
+        expect_success(&out, "curl /metrics in the node");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `vethctl status --json` of the node.
+    pub fn status(&self) -> Value {
+        self.node.vethctl_json(&["status"])
     }
 
     /// A CNI pod on the node, added with the plugin configuration of the
@@ -302,4 +334,15 @@ pub fn netns_name(pod: &CniPod) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The value of the series `series` (name and labels as exposed; a
+/// series without labels may be exposed with `{}`) in `metrics`, if it is
+/// there.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }

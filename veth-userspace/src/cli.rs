@@ -1024,6 +1024,11 @@ async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
     let mut report = StatusReport {
         topologies: Vec::new(),
         nodes: Vec::new(),
+        // A damaged file hides the cluster, not the rest of the status.
+        cluster: observe::cluster_sync::of_this_node()
+            .inspect_err(|e| log::warn!("vethctl status: the cluster's sync state: {e:#}"))
+            .ok()
+            .flatten(),
         unreadable,
     };
     for topology in topologies {
@@ -1058,14 +1063,18 @@ async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {
             true => String::new(),
             false => observe::nodes::table(&r.nodes, output.width()),
         };
+        let cluster = r
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| format!("\n{}", c.table(output.width())));
         if r.topologies.is_empty() && r.unreadable.is_empty() && !nodes.is_empty() {
             // A lab's machine: its networks are its nodes'.
             nodes
         } else if r.topologies.is_empty() && r.unreadable.is_empty() {
             // The table already says that no topology is up.
-            table
+            format!("{table}{cluster}")
         } else {
-            format!("{table}{summary}\n{nodes}")
+            format!("{table}{summary}\n{nodes}{cluster}")
         }
     })?;
     if check && !summary.all_ready() {

@@ -14,6 +14,7 @@ use veth_common::GATEWAY_MAC;
 
 pub mod cluster;
 pub mod file_pods;
+pub mod live;
 pub mod node;
 pub mod registry;
 

@@ -110,6 +110,13 @@ fn no_cluster(etcd: &Etcd) -> anyhow::Error {
 
 /// Every key of cluster `name`, read at one revision; the revision too.
 pub async fn snapshot(etcd: &Etcd, keys: &Keys) -> Result<(Snapshot, i64)> {
+    let (entries, revision) = read(etcd, keys).await?;
+    Ok((Snapshot::of(keys, entries), revision))
+}
+
+/// Every key of cluster `name` as etcd has it, at one revision; the
+/// revision too.
+pub async fn read(etcd: &Etcd, keys: &Keys) -> Result<(Vec<Entry>, i64)> {
     let prefix = keys.all().to_string();
     let response = etcd
         .call("reading the cluster", |mut c| async move {
@@ -125,7 +132,7 @@ pub async fn snapshot(etcd: &Etcd, keys: &Keys) -> Result<(Snapshot, i64)> {
             kv.lease(),
         ))
     });
-    Ok((Snapshot::of(keys, entries), revision))
+    Ok((entries.collect(), revision))
 }
 
 /// The stored settings of cluster `name`.

@@ -314,8 +314,9 @@ fn got_record(responses: &[TxnOpResponse]) -> Option<(NodeRecord, i64)> {
 
 /// Whether process `pid` runs (on this machine: only asked of an agent of
 /// the same boot and network namespace).
-fn pid_runs(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+pub(crate) fn pid_runs(pid: u32) -> bool {
+    // 0 would ask about our own process group.
+    let Ok(pid @ 1..) = i32::try_from(pid) else {
         return false;
     };
     !matches!(
@@ -460,7 +461,12 @@ impl Member {
             tokio::time::sleep(every).await;
             let live = self.live.load(Ordering::Relaxed);
             let asked = node_lease::boottime_ms();
-            match self.renew(live).await {
+            let renewed = self.renew(live).await;
+            match &renewed {
+                Ok(_) => super::sync_state::answered(),
+                Err(_) => super::sync_state::failed(super::sync_state::Op::Lease),
+            }
+            match renewed {
                 Ok(ttl) if ttl > 0 => {
                     if let Err(e) = self.note_held(live, asked, ttl) {
                         log::warn!("vethctl agent: {e:#}");
@@ -573,13 +579,14 @@ impl Member {
         }
     }
 
-    /// Removes the node's record at once (its ranges stay reserved), and
-    /// the lease file: the plugin adds no pod until an agent holds the
-    /// node again.
+    /// Removes the node's record at once (its ranges stay reserved), the
+    /// lease file (the plugin adds no pod until an agent holds the node
+    /// again) and the sync state it leaves for `status`.
     pub async fn leave(&self) {
         if let Err(e) = node_lease::remove() {
             log::warn!("vethctl agent: {e:#}");
         }
         revoke(&self.etcd, self.live.load(Ordering::Relaxed)).await;
+        super::sync_state::stop();
     }
 }

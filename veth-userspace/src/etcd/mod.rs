@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod member;
 pub mod sync;
+pub mod sync_state;
 
 use std::{
     future::Future,

@@ -13,21 +13,20 @@
 //! fails, the part stays as it was; the agent reads everything again with
 //! backoff and watches from that read's revision.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 
-use super::{cluster, member::Member, REQUEST_TIMEOUT};
+use super::{
+    cluster,
+    member::Member,
+    sync_state::{self, Op},
+    REQUEST_TIMEOUT,
+};
 use crate::{
     apply::UpOptions,
-    model::{
-        cluster::Cluster,
-        registry::{self, NodeRecord},
-    },
+    model::{cluster::Cluster, live::Live, registry},
 };
 
 /// First wait before reading again after a failure, doubled up to the last.
@@ -38,17 +37,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// cluster forever.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-/// The live node records, by name.
-type Nodes = BTreeMap<String, NodeRecord>;
-
 /// Keeps the node's part converged to the cluster's live nodes for as
 /// long as the agent runs.
 pub async fn follow(member: Member) -> Result<()> {
+    sync_state::start(&member);
     let mut converged: Option<String> = None;
     let mut backoff = BACKOFF_FIRST;
     loop {
         let why = match follow_once(&member, &mut converged, &mut backoff).await {
-            Ok(()) => "etcd ended the watch".to_string(),
+            Ok(()) => {
+                sync_state::failed(Op::Watch);
+                "etcd ended the watch".to_string()
+            }
             Err(e) => format!("{e:#}"),
         };
         log::warn!(
@@ -58,6 +58,7 @@ pub async fn follow(member: Member) -> Result<()> {
             backoff.as_millis()
         );
         tokio::time::sleep(backoff).await;
+        sync_state::reconnecting();
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -69,43 +70,50 @@ async fn follow_once(
     converged: &mut Option<String>,
     backoff: &mut Duration,
 ) -> Result<()> {
-    let (snapshot, revision) = cluster::snapshot(&member.etcd, &member.keys).await?;
-    let mut nodes: Nodes = snapshot
-        .nodes
-        .into_iter()
-        .map(|r| (r.name.clone(), r))
-        .collect();
-    converge(member, &nodes, converged).await?;
-    let prefix = member.keys.nodes();
+    let (entries, revision) = cluster::read(&member.etcd, &member.keys)
+        .await
+        .inspect_err(|_| sync_state::failed(Op::Read))?;
+    sync_state::at(revision, 0);
+    // Range keys too: a record is wired only with the ranges leased to it.
+    let mut live = Live::of(&member.keys, entries);
+    converge(member, &live, converged, None).await?;
+    let prefix = member.keys.all().to_string();
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
     let key = prefix.clone();
     let mut stream = member
         .etcd
-        .call("watching the nodes", |mut c| async move {
+        .call("watching the cluster", |mut c| async move {
             c.watch(key, Some(options)).await
         })
-        .await?;
+        .await
+        .inspect_err(|_| sync_state::failed(Op::Watch))?;
     *backoff = BACKOFF_FIRST;
-    while let Some(response) = next(&mut stream).await? {
+    while let Some(response) = next(&mut stream)
+        .await
+        .inspect_err(|_| sync_state::failed(Op::Watch))?
+    {
+        let arrived = Instant::now();
         if response.canceled() {
+            sync_state::failed(Op::Watch);
             bail!("etcd cancelled the watch: {}", response.cancel_reason());
+        }
+        let revision = response.header().map_or(0, |h| h.revision());
+        if response.events().is_empty() {
+            sync_state::current(revision);
+            continue;
         }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            let Some(name) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
-                continue;
-            };
+            let Ok(key) = kv.key_str() else { continue };
             match event.event_type() {
-                EventType::Delete => drop(nodes.remove(name)),
-                EventType::Put => match serde_json::from_slice::<NodeRecord>(kv.value()) {
-                    Ok(record) => drop(nodes.insert(name.to_string(), record)),
-                    Err(e) => log::warn!("vethctl agent: node record {name:?} unreadable: {e}"),
-                },
+                EventType::Delete => live.delete(&member.keys, key),
+                EventType::Put => live.put(&member.keys, key, kv.value()),
             }
         }
-        converge(member, &nodes, converged).await?;
+        sync_state::at(revision, response.events().len());
+        converge(member, &live, converged, Some(arrived)).await?;
     }
     Ok(())
 }
@@ -127,34 +135,52 @@ async fn next(stream: &mut WatchStream) -> Result<Option<WatchResponse>> {
     }
 }
 
-/// Brings the node's part up for `nodes`, unless it is the part brought
-/// up last (`converged`: the cluster file it came from).
-async fn converge(member: &Member, nodes: &Nodes, converged: &mut Option<String>) -> Result<()> {
-    let others: Vec<NodeRecord> = nodes.values().cloned().collect();
-    let (text, left_out) = registry::cluster_text(&member.settings.text, &member.record, &others)?;
-    let me = &member.record.name;
-    let text = member.pods.add_to(&text, me)?;
+/// Brings the node's part up for the live records, unless it is the
+/// part brought up last (`converged`: the cluster file it came from).
+/// Records at fault are left out ([`registry::wiring`]); `arrived`: when
+/// the watch response that asked for this came.
+async fn converge(
+    member: &Member,
+    live: &Live,
+    converged: &mut Option<String>,
+    arrived: Option<Instant>,
+) -> Result<()> {
+    let (settings, me) = (&member.settings, &member.record);
+    // The node's own file pods (`--pods`) go into its entry either way.
+    let wiring = |alone: bool| -> Result<_> {
+        let (text, left_out) = registry::wiring(settings, me, &live.nodes, &live.held, alone)?;
+        Ok((member.pods.add_to(&text, &me.name)?, left_out))
+    };
+    let (mut text, mut left_out) = wiring(false)?;
+    let mut cluster = None;
+    if converged.as_deref() != Some(text.as_str()) {
+        match Cluster::from_toml(&text) {
+            Ok(c) => cluster = Some(c),
+            // A combination the checks of each record did not foresee:
+            // each record tried alone.
+            Err(_) => (text, left_out) = wiring(true)?,
+        }
+    }
     if converged.as_deref() == Some(text.as_str()) {
+        sync_state::converged(live, &left_out, arrived);
         return Ok(());
     }
     let started = Instant::now();
-    let cluster = Cluster::from_toml(&text)?;
+    let cluster = match cluster {
+        Some(c) => c,
+        None => Cluster::from_toml(&text)?,
+    };
     // A failure here is read again with backoff: the part stays as it was.
     *converged = None;
-    crate::apply::up_cluster_node(&cluster, me, UpOptions::default()).await?;
+    crate::apply::up_cluster_node(&cluster, &me.name, UpOptions::default()).await?;
     *converged = Some(text);
+    sync_state::converged(live, &left_out, arrived);
     let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     log::info!(
-        "vethctl agent: node {me:?} is wired to nodes {} in {} ms{}",
+        "vethctl agent: node {:?} is wired to nodes {} in {} ms",
+        me.name,
         names.join(", "),
         started.elapsed().as_millis(),
-        match left_out.is_empty() {
-            true => String::new(),
-            false => format!(
-                " (not to {}: no range yet, or not on this node's underlay network)",
-                left_out.join(", ")
-            ),
-        }
     );
     Ok(())
 }

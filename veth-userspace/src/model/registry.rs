@@ -13,7 +13,7 @@
 //!   long lease (24 h) the agent renews, so a node that restarts or is
 //!   away for a while keeps its range.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
@@ -440,6 +440,224 @@ fn node_entry(r: &NodeRecord, net4: Ipv4Net, net6: Option<Ipv6Net>) -> Option<to
     Some(t)
 }
 
+/// Why a node record is not wired into this node's dataplane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Not a record this version can read.
+    Unreadable,
+    /// A name that is not a node name, or not its key's.
+    Name,
+    /// Pod ranges that are not the cluster's, or not leased to it.
+    Range,
+    /// Underlay addresses that are not usable or are another node's.
+    Address,
+    /// Refused by the cluster file's rules when tried alone.
+    Invalid,
+    /// No range yet, or not on this node's underlay network: not a fault.
+    Unwired,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Unreadable,
+        Reason::Name,
+        Reason::Range,
+        Reason::Address,
+        Reason::Invalid,
+        Reason::Unwired,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Unreadable => "unreadable",
+            Reason::Name => "name",
+            Reason::Range => "range",
+            Reason::Address => "address",
+            Reason::Invalid => "invalid",
+            Reason::Unwired => "unwired",
+        }
+    }
+}
+
+/// A record left out of the node's part, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// The name in its key (`…/nodes/<node>`).
+    pub node: String,
+    pub reason: Reason,
+    pub why: String,
+}
+
+/// The records of the others node `me` may wire, and those it may not:
+/// each record is checked alone against the settings, the range keys
+/// (`held`: who holds each range) and the records admitted before it (by
+/// key name: of two records claiming one address the first keeps it), so
+/// that one bad record, written by a broken or hostile writer, is left out
+/// without keeping the others from being wired. `records` are by the name
+/// in their key; `me`'s own key is skipped.
+pub fn admit(
+    settings: &Settings,
+    me: &NodeRecord,
+    records: &std::collections::BTreeMap<String, NodeRecord>,
+    held: &std::collections::BTreeMap<IpNet, String>,
+) -> Result<(Vec<NodeRecord>, Vec<LeftOut>), ModelError> {
+    let (net4, net6) = underlay_of(me)?;
+    let gateways = &settings.cluster.underlay;
+    let mut taken = Taken::default();
+    taken.add(me);
+    taken.addresses.extend(gateways.gateway.map(IpAddr::V4));
+    taken.addresses.extend(gateways.gateway6.map(IpAddr::V6));
+    let (mut admitted, mut left_out) = (Vec::new(), Vec::new());
+    for (key, r) in records.iter().filter(|(key, _)| **key != me.name) {
+        let fault = name_fault(key, r)
+            .or_else(|| range_fault(&settings.cluster, key, r, held, &taken))
+            .or_else(|| address_fault(r, net4, net6, &taken));
+        match fault {
+            Some((reason, why)) => left_out.push(LeftOut {
+                node: key.clone(),
+                reason,
+                why,
+            }),
+            None => {
+                taken.add(r);
+                admitted.push(r.clone());
+            }
+        }
+    }
+    Ok((admitted, left_out))
+}
+
+/// Ranges and addresses of the nodes admitted so far.
+#[derive(Default)]
+struct Taken {
+    ranges: std::collections::HashSet<IpNet>,
+    addresses: std::collections::HashSet<IpAddr>,
+}
+
+impl Taken {
+    fn add(&mut self, r: &NodeRecord) {
+        self.ranges.extend(r.pod_cidr.map(IpNet::V4));
+        self.ranges.extend(r.pod_cidr6.map(IpNet::V6));
+        self.addresses.extend(r.address.map(IpAddr::V4));
+        self.addresses.extend(r.address6.map(IpAddr::V6));
+    }
+}
+
+type Fault = Option<(Reason, String)>;
+
+fn name_fault(key: &str, r: &NodeRecord) -> Fault {
+    if let Err(e) = super::cluster::validate_node_name("name", key) {
+        return Some((Reason::Name, e.message));
+    }
+    (r.name != key).then(|| {
+        (
+            Reason::Name,
+            format!("the record names node {:?}, its key {key:?}", r.name),
+        )
+    })
+}
+
+/// A record's ranges must be `/node_prefix_len` (`…6`) of the cluster's,
+/// leased to it in the range keys, and its IPv6 one there exactly when the
+/// cluster has IPv6 (a file without it would carve one). A record without
+/// a range yet is not a fault: it is not wired until it has one.
+fn range_fault(
+    c: &Cluster,
+    key: &str,
+    r: &NodeRecord,
+    held: &std::collections::BTreeMap<IpNet, String>,
+    taken: &Taken,
+) -> Fault {
+    let v4 = r.pod_cidr?;
+    let v6 = match (c.cluster_cidr6, r.pod_cidr6) {
+        (Some(_), None) => return Some((Reason::Range, "no IPv6 pod range".into())),
+        (None, Some(n)) => {
+            let why = format!("pod_cidr6 {n} in a cluster without cluster_cidr6");
+            return Some((Reason::Range, why));
+        }
+        (Some(cluster), Some(n)) => Some((IpNet::V6(cluster), IpNet::V6(n), c.node_prefix_len6)),
+        (None, None) => None,
+    };
+    let v4 = (IpNet::V4(c.cluster_cidr), IpNet::V4(v4), c.node_prefix_len);
+    for (cluster, range, len) in std::iter::once(v4).chain(v6) {
+        let why = if range.prefix_len() != len || !cluster.contains(&range) {
+            format!("{range} is not a /{len} of {cluster}")
+        } else if held.get(&range).map(String::as_str) != Some(key) {
+            let holder = held.get(&range).map_or("nobody", String::as_str);
+            format!("{range} is leased to {holder}, not to {key:?}")
+        } else if taken.ranges.contains(&range) {
+            format!("{range} is another node's")
+        } else {
+            continue;
+        };
+        return Some((Reason::Range, why));
+    }
+    None
+}
+
+/// Addresses on this node's underlay networks must be hosts of them that
+/// no node admitted before (nor a gateway) has. One off those networks is
+/// not a fault: such a node is left unwired.
+fn address_fault(r: &NodeRecord, net4: Ipv4Net, net6: Option<Ipv6Net>, taken: &Taken) -> Fault {
+    let on4 = r.address.filter(|a| net4.contains(a)).map(IpAddr::V4);
+    let on6 = r
+        .address6
+        .filter(|a| net6.is_some_and(|n| n.contains(a)))
+        .map(IpAddr::V6);
+    let host = |a: IpAddr| match a {
+        IpAddr::V4(a) => a != net4.network() && a != net4.broadcast(),
+        IpAddr::V6(a) => net6.is_some_and(|n| a != n.network()),
+    };
+    for a in on4.into_iter().chain(on6) {
+        if !host(a) {
+            return Some((Reason::Address, format!("{a} is not a host address")));
+        }
+        if taken.addresses.contains(&a) {
+            let why = format!("{a} is another node's (or a gateway's)");
+            return Some((Reason::Address, why));
+        }
+    }
+    None
+}
+
+/// What node `me` wires: its cluster file (see [`cluster_text`]) and the
+/// records left out of it. With `alone`, every admitted record is also
+/// tried as the only other node of the file, and those the file's rules
+/// refuse are left out: for a file refused although every record passed
+/// [`admit`], so that what [`admit`] does not foresee stops one record
+/// and not all.
+pub fn wiring(
+    settings: &Settings,
+    me: &NodeRecord,
+    records: &std::collections::BTreeMap<String, NodeRecord>,
+    held: &std::collections::BTreeMap<IpNet, String>,
+    alone: bool,
+) -> Result<(String, Vec<LeftOut>), ModelError> {
+    let (mut admitted, mut left_out) = admit(settings, me, records, held)?;
+    if alone {
+        admitted.retain(|r| {
+            let refused = cluster_text(&settings.text, me, std::slice::from_ref(r))
+                .and_then(|(text, _)| Cluster::from_toml(&text).map(drop))
+                .err();
+            let Some(e) = refused else { return true };
+            left_out.push(LeftOut {
+                node: r.name.clone(),
+                reason: Reason::Invalid,
+                why: e.to_string(),
+            });
+            false
+        });
+    }
+    let (text, unwired) = cluster_text(&settings.text, me, &admitted)?;
+    left_out.extend(unwired.into_iter().map(|node| LeftOut {
+        node,
+        reason: Reason::Unwired,
+        why: "no range yet, or not on this node's underlay network".into(),
+    }));
+    Ok((text, left_out))
+}
+
 /// One node as `vethctl cluster status` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct NodeView {
@@ -652,6 +870,110 @@ cluster_cidr6 = "fd00:10:244::/56"
         assert_eq!(cluster.nodes[1].address.to_string(), "10.9.0.2");
         assert_eq!(cluster.nodes[1].pod_cidr.to_string(), "10.244.1.0/24");
         assert!(cluster.node_part("n1").is_ok());
+    }
+
+    #[test]
+    fn each_bad_record_is_left_out_alone() {
+        let settings = SETTINGS.replace("cluster_cidr6 = \"fd00:10:244::/56\"\n", "");
+        let settings = Settings::from_toml(&settings).unwrap();
+        let me = record("n1", "10.9.0.1", Some("10.244.0.0/24"));
+        let mut records = std::collections::BTreeMap::new();
+        let mut held = std::collections::BTreeMap::new();
+        let mut add = |key: &str, r: NodeRecord, holds: bool| {
+            if let (true, Some(range)) = (holds, r.pod_cidr) {
+                held.entry(IpNet::V4(range)).or_insert(key.to_string());
+            }
+            records.insert(key.to_string(), r);
+        };
+        add("n2", record("n2", "10.9.0.2", Some("10.244.1.0/24")), true);
+        add("n5", record("n5", "10.9.0.6", Some("10.244.5.0/24")), true);
+        add("n1", record("n1", "10.9.0.1", Some("10.244.0.0/24")), true);
+        // n2's range, not leased to it; the whole cluster range; no lease.
+        add(
+            "thief",
+            record("thief", "10.9.0.7", Some("10.244.1.0/24")),
+            true,
+        );
+        add(
+            "wide",
+            record("wide", "10.9.0.8", Some("10.244.0.0/16")),
+            true,
+        );
+        add(
+            "unleased",
+            record("unleased", "10.9.0.9", Some("10.244.9.0/24")),
+            false,
+        );
+        // Names: not a node name; not its key's.
+        add(
+            "Bad_Name",
+            record("Bad_Name", "10.9.0.10", Some("10.244.10.0/24")),
+            true,
+        );
+        add(
+            "n3",
+            record("n4", "10.9.0.11", Some("10.244.11.0/24")),
+            true,
+        );
+        // Addresses: n2's, mine, the network's, the gateway's.
+        add(
+            "twin",
+            record("twin", "10.9.0.2", Some("10.244.12.0/24")),
+            true,
+        );
+        add(
+            "mirror",
+            record("mirror", "10.9.0.1", Some("10.244.13.0/24")),
+            true,
+        );
+        add(
+            "zero",
+            record("zero", "10.9.0.0", Some("10.244.14.0/24")),
+            true,
+        );
+        add("waiting", record("waiting", "10.9.0.20", None), true);
+        let (text, left_out) = wiring(&settings, &me, &records, &held, false).unwrap();
+        let reasons: std::collections::BTreeMap<&str, Reason> = left_out
+            .iter()
+            .map(|l| (l.node.as_str(), l.reason))
+            .collect();
+        let expected = [
+            ("Bad_Name", Reason::Name),
+            ("mirror", Reason::Address),
+            ("n3", Reason::Name),
+            ("thief", Reason::Range),
+            ("twin", Reason::Address),
+            ("unleased", Reason::Range),
+            ("waiting", Reason::Unwired),
+            ("wide", Reason::Range),
+            ("zero", Reason::Address),
+        ];
+        assert_eq!(reasons, expected.into_iter().collect(), "{left_out:#?}");
+        let cluster = Cluster::from_toml(&text).unwrap();
+        let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n5"]);
+        let thief = left_out.iter().find(|l| l.node == "thief").unwrap();
+        assert!(thief.why.contains("leased to n2"), "{thief:?}");
+        // Tried alone too, the good ones pass.
+        let (alone, _) = wiring(&settings, &me, &records, &held, true).unwrap();
+        assert_eq!(alone, text);
+    }
+
+    #[test]
+    fn ipv6_ranges_go_with_the_cluster_s() {
+        let settings = Settings::from_toml(SETTINGS).unwrap();
+        let me = record("n1", "10.9.0.1", Some("10.244.0.0/24"));
+        let mut n2 = record("n2", "10.9.0.2", Some("10.244.1.0/24"));
+        let held: std::collections::BTreeMap<IpNet, String> =
+            [("10.244.1.0/24", "n2"), ("fd00:10:244:1::/64", "n2")]
+                .map(|(r, n)| (r.parse().unwrap(), n.to_string()))
+                .into();
+        let records = |r: &NodeRecord| [("n2".to_string(), r.clone())].into();
+        let (_, left_out) = admit(&settings, &me, &records(&n2), &held).unwrap();
+        assert_eq!(left_out[0].reason, Reason::Range, "no IPv6 range");
+        n2.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let (admitted, left_out) = admit(&settings, &me, &records(&n2), &held).unwrap();
+        assert!(left_out.is_empty() && admitted.len() == 1, "{left_out:?}");
     }
 
     #[test]

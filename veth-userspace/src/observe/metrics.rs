@@ -92,6 +92,7 @@ impl Collector for MetricsSnapshot {
         self.encode_endpoints(e)?;
         self.encode_programs(e)?;
         self.encode_passes(e)?;
+        crate::etcd::sync_state::encode(e)?;
         let unreadable: Series<u64> = self
             .unreadable
             .iter()
@@ -351,7 +352,7 @@ fn verdicts(v: &Verdicts) -> [(&'static str, u64, u64); 4] {
     ]
 }
 
-fn counter_family<N>(
+pub(crate) fn counter_family<N>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -377,7 +378,7 @@ where
     Ok(())
 }
 
-fn gauge_family(
+pub(crate) fn gauge_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -395,7 +396,7 @@ fn gauge_family(
     Ok(())
 }
 
-fn float_gauge_family(
+pub(crate) fn float_gauge_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -2,6 +2,7 @@
 //! the data behind `vethctl status` and `vethctl stats`, as JSON or tables;
 //! rates for `stats --watch`, Prometheus metrics and flow traces.
 
+pub mod cluster_sync;
 pub mod lab_metrics;
 pub mod metrics;
 pub mod node_streams;
@@ -38,6 +39,9 @@ pub struct StatusReport {
     /// each of its nodes (see [`nodes`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<nodes::NodeStatus>,
+    /// The cluster kept in etcd this node is in, as its agent last saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster_sync::ClusterSync>,
     /// Recorded topologies whose description cannot be read: the others
     /// are reported all the same.
     pub unreadable: Vec<Unreadable>,
@@ -827,6 +831,7 @@ mod tests {
         let report = StatusReport {
             topologies: Vec::new(),
             nodes: Vec::new(),
+            cluster: None,
             unreadable,
         };
         let table = report.to_table(Width::Fit);
@@ -857,6 +862,7 @@ mod tests {
         };
         StatusReport {
             nodes: Vec::new(),
+            cluster: None,
             topologies: vec![TopologyStatus {
                 name: "k8spods".into(),
                 mode: "tc".into(),

@@ -132,6 +132,7 @@ mod tests {
     fn report(pods: Vec<PodStatus>) -> StatusReport {
         StatusReport {
             nodes: Vec::new(),
+            cluster: None,
             topologies: vec![TopologyStatus {
                 name: "demo".into(),
                 mode: "tc".into(),

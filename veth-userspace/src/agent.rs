@@ -61,18 +61,7 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     let _lock = AgentLock::take(&options.lock_file)?;
     let member = join_cluster(options.cluster.as_ref()).await?;
     let mut membership = tokio::spawn(keep_membership(member.clone()));
-    let mut cni_networks = Vec::new();
-    for path in &options.cni_confs {
-        let list = crate::cni::install::read_list(path)?;
-        let name = crate::cni::bring_up(&list)
-            .await
-            .with_context(|| format!("bringing up the network of {}", path.display()))?;
-        log::info!(
-            "vethctl agent: network {name:?} of {} is up",
-            path.display()
-        );
-        cni_networks.push(name);
-    }
+    let cni_networks = bring_up_cni_networks(&options.cni_confs).await?;
     // Held for the agent's lifetime: the kernel counts only while it is open.
     let _stats = options
         .bpf_stats
@@ -139,6 +128,23 @@ pub async fn run(options: AgentOptions) -> Result<()> {
     }
     log::info!("vethctl agent: stopped");
     Ok(())
+}
+
+/// Brings up the network of each `--cni-conf` list: their names.
+async fn bring_up_cni_networks(confs: &[std::path::PathBuf]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for path in confs {
+        let list = crate::cni::install::read_list(path)?;
+        let name = crate::cni::bring_up(&list)
+            .await
+            .with_context(|| format!("bringing up the network of {}", path.display()))?;
+        log::info!(
+            "vethctl agent: network {name:?} of {} is up",
+            path.display()
+        );
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// Why a task that should run until the agent stops ended.

@@ -197,6 +197,9 @@ fn identity(ipv4: Ipv4Addr, ipv6: Ipv6Addr, mac: [u8; 6], ready: u8, ifindex: u3
         has_ipv6: u8::from(!ipv6.is_unspecified()),
         host_path: 0,
         host_ifindex: ifindex,
+        // The redirect fields are read for hinted destinations only; the
+        // frames here find theirs in ENDPOINTS.
+        ..PodIdentity::default()
     }
 }
 

@@ -33,9 +33,6 @@ pub mod names {
     /// if the slot's identity owns the address, else they ask
     /// [`MAP_ENDPOINTS`] / [`MAP_ENDPOINTS6`].
     pub const MAP_ENDPOINT_HINTS: &str = "ENDPOINT_HINTS";
-    /// Array: slot -> the pod's [`crate::Endpoint`] (as in
-    /// [`MAP_ENDPOINTS`]), for a destination found by its hint.
-    pub const MAP_SLOT_ENDPOINTS: &str = "SLOT_ENDPOINTS";
     /// Array: slot -> [`crate::PodIdentity`]: who may send from behind that
     /// veth (anti-spoofing), and who an endpoint's slot must still belong
     /// to before anything is redirected to it.
@@ -205,7 +202,9 @@ pub fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
     ]
 }
 
-/// The addresses a pod owns, in its slot.
+/// The addresses a pod owns, in its slot, and what a frame redirected to
+/// it needs (its MACs and MTU, as in its [`Endpoint`]): a destination found
+/// by its endpoint hint is redirected from this one value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodIdentity {
@@ -229,6 +228,10 @@ pub struct PodIdentity {
     pub host_path: u8,
     /// The host-side veth the slot belongs to; 0 for a free slot.
     pub host_ifindex: u32,
+    /// MTU of the pod's `eth0` ([`Endpoint::mtu`]).
+    pub mtu: u32,
+    /// The MAC the pod knows its gateway by ([`Endpoint::gateway_mac`]).
+    pub gateway_mac: [u8; 6],
 }
 
 /// Why a program dropped a frame. Indexes [`PairCounters::drop_reasons`].

@@ -26,7 +26,7 @@ use veth_common::{slot_hint_index, DropReason, Endpoint, PodIdentity};
 
 use crate::{
     control, cross_node,
-    maps::{ENDPOINTS, ENDPOINTS6, ENDPOINT_HINTS, PODS, SLOTS, SLOT_ENDPOINTS, SLOT_HINTS},
+    maps::{ENDPOINTS, ENDPOINTS6, ENDPOINT_HINTS, PODS, SLOTS, SLOT_HINTS},
     packet::{
         arp_well_formed, cold, decrement_ttl, eq16, ipv4_well_formed, ipv6_well_formed,
         is_group_mac, is_own_link_local, is_unspecified, is_vlan, load16, load32, load_mac, mac_eq,
@@ -60,13 +60,64 @@ pub struct Target {
     pub slot: u32,
 }
 
-impl Target {
+/// What a redirect needs of its destination: where the frame goes, and
+/// what it is rewritten with. An [`Endpoint`] found in `ENDPOINTS`/
+/// `ENDPOINTS6`, or a [`Hinted`] slot, whose identity carries the same.
+pub trait Destination {
+    fn target(&self) -> Target;
+    fn mtu(&self) -> u32;
+    fn pod_mac(&self) -> *const [u8; 6];
+    fn gateway_mac(&self) -> *const [u8; 6];
+}
+
+impl Destination for Endpoint {
     #[inline(always)]
-    fn of(endpoint: &Endpoint) -> Target {
+    fn target(&self) -> Target {
         Target {
-            host_ifindex: endpoint.host_ifindex,
-            slot: endpoint.slot,
+            host_ifindex: self.host_ifindex,
+            slot: self.slot,
         }
+    }
+    #[inline(always)]
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+    #[inline(always)]
+    fn pod_mac(&self) -> *const [u8; 6] {
+        &self.pod_mac
+    }
+    #[inline(always)]
+    fn gateway_mac(&self) -> *const [u8; 6] {
+        &self.gateway_mac
+    }
+}
+
+/// A destination found by its address's hint: its slot and the slot's
+/// identity, one array entry (see [`hinted_pod`]).
+pub struct Hinted {
+    slot: u32,
+    pod: &'static PodIdentity,
+}
+
+impl Destination for Hinted {
+    #[inline(always)]
+    fn target(&self) -> Target {
+        Target {
+            host_ifindex: self.pod.host_ifindex,
+            slot: self.slot,
+        }
+    }
+    #[inline(always)]
+    fn mtu(&self) -> u32 {
+        self.pod.mtu
+    }
+    #[inline(always)]
+    fn pod_mac(&self) -> *const [u8; 6] {
+        &self.pod.mac
+    }
+    #[inline(always)]
+    fn gateway_mac(&self) -> *const [u8; 6] {
+        &self.pod.gateway_mac
     }
 }
 
@@ -248,11 +299,11 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
         let ttl = (*ip).ttl;
         // The hint: the low 16 bits of the address in network order.
         let hint = u32::from_be(dst) & 0xffff;
-        if let Some((endpoint, pod)) = hinted_endpoint(hint, |p| load32(p.ipv4.as_ptr()) == dst) {
-            if !takes_redirects(pod) {
+        if let Some(hinted) = hinted_pod(hint, |p| load32(p.ipv4.as_ptr()) == dst) {
+            if !takes_redirects(hinted.pod) {
                 return Decision::Pass;
             }
-            return redirect_ipv4(ctx, eth, ip, endpoint, ttl);
+            return redirect_ipv4(ctx, eth, ip, &hinted, ttl);
         }
         match ENDPOINTS.get(dst) {
             Some(endpoint) => deliver_ipv4_to(ctx, eth, ip, endpoint),
@@ -263,31 +314,25 @@ fn deliver_ipv4<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Decisi
 
 /// The destination by its address's hint, an array entry (the verifier
 /// inlines it; `ENDPOINTS` costs a hash lookup): taken only if the hinted
-/// slot's identity `owns` the address and the slot's endpoint names the
-/// slot and the slot's veth. Userspace writes the slot's endpoint and then
-/// the hint after the address's `ENDPOINTS` entry, and clears the identity
-/// first when a pod goes, so a hint that passes finds what `ENDPOINTS`
-/// holds; a missing, colliding or stale one falls back to `ENDPOINTS`.
+/// slot is a pod's (it names a veth) and its identity `owns` the address.
+/// Userspace writes the identity (with the MACs and MTU a redirect needs)
+/// and the address's `ENDPOINTS` entry before the hint, and clears the
+/// identity first when a pod goes, so a hint that passes finds the pod
+/// `ENDPOINTS` holds; a missing, colliding or stale one falls back to
+/// `ENDPOINTS`.
 ///
-/// Returns the endpoint with its slot's identity: what `still_owned`
-/// would look up again is proven here (the slot belongs to the endpoint's
-/// veth and to the pod that owns the address), so the caller only asks
-/// [`takes_redirects`], then checks the frame against the endpoint
-/// (`claim_target` included) like any other.
+/// What `still_owned` would look up again is proven here (the slot
+/// belongs to its veth and to the pod that owns the address), so the
+/// caller only asks [`takes_redirects`], then checks the frame against
+/// the destination (`claim_target` included) like any other.
 #[inline(always)]
-fn hinted_endpoint(
-    hint: u32,
-    owns: impl Fn(&PodIdentity) -> bool,
-) -> Option<(&'static Endpoint, &'static PodIdentity)> {
+fn hinted_pod(hint: u32, owns: impl Fn(&PodIdentity) -> bool) -> Option<Hinted> {
     let slot = ENDPOINT_HINTS.get(hint)?.wrapping_sub(1);
     let pod = PODS.get(slot)?;
-    if !owns(pod) {
+    if pod.host_ifindex == 0 || !owns(pod) {
         return None;
     }
-    SLOT_ENDPOINTS
-        .get(slot)
-        .filter(|e| e.slot == slot && e.host_ifindex == pod.host_ifindex)
-        .map(|e| (e, pod))
+    Some(Hinted { slot, pod })
 }
 
 /// Hands a checked IPv4 packet to the local `endpoint` if it can take it
@@ -303,7 +348,7 @@ pub fn deliver_ipv4_to<F: Frame>(
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
         let dst = load32((*ip).dst_addr.as_ptr());
-        if !still_owned(Target::of(endpoint), |p| load32(p.ipv4.as_ptr()) == dst) {
+        if !still_owned(endpoint.target(), |p| load32(p.ipv4.as_ptr()) == dst) {
             return Decision::Pass;
         }
         redirect_ipv4(ctx, eth, ip, endpoint, (*ip).ttl)
@@ -313,24 +358,24 @@ pub fn deliver_ipv4_to<F: Frame>(
 /// The checks every redirect of an IPv4 packet to a pod that may take it
 /// ends with (TTL, MTU, `claim_target`), then the rewrite.
 #[inline(always)]
-fn redirect_ipv4<F: Frame>(
+fn redirect_ipv4<F: Frame, D: Destination>(
     ctx: &F,
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
-    endpoint: &Endpoint,
+    destination: &D,
     ttl: u8,
 ) -> Decision {
-    let target = Target::of(endpoint);
+    let target = destination.target();
     // TTL 1 must expire here, with an ICMP error from the host stack.
     if ttl <= 1
-        || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+        || !ctx.fits_mtu_of(target.host_ifindex, destination.mtu())
         || !ctx.claim_target(target.host_ifindex)
     {
         return Decision::Pass;
     }
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        rewrite_macs(eth, endpoint);
+        rewrite_macs(eth, destination);
         decrement_ttl(ip, ttl);
     }
     Decision::Redirect(target)
@@ -347,11 +392,11 @@ fn deliver_ipv6<F: Frame>(ctx: &F, eth: *mut EthHdr, ip: *mut Ipv6Hdr) -> Decisi
         let hop_limit = (*ip).hop_limit;
         let hint = 1 << 16 | u32::from(u16::from_be(load16(dst.as_ptr().add(14))));
         let owns = |p: &PodIdentity| p.has_ipv6 != 0 && eq16(&p.ipv6, dst);
-        if let Some((endpoint, pod)) = hinted_endpoint(hint, owns) {
-            if !takes_redirects(pod) {
+        if let Some(hinted) = hinted_pod(hint, owns) {
+            if !takes_redirects(hinted.pod) {
                 return Decision::Pass;
             }
-            return redirect_ipv6(ctx, eth, ip, endpoint, hop_limit);
+            return redirect_ipv6(ctx, eth, ip, &hinted, hop_limit);
         }
         match ENDPOINTS6.get(dst) {
             Some(endpoint) => deliver_ipv6_to(ctx, eth, ip, endpoint),
@@ -371,7 +416,7 @@ pub fn deliver_ipv6_to<F: Frame>(
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
         let dst = &raw const (*ip).dst_addr;
-        if !still_owned(Target::of(endpoint), |p| eq16(&p.ipv6, dst)) {
+        if !still_owned(endpoint.target(), |p| eq16(&p.ipv6, dst)) {
             return Decision::Pass;
         }
         redirect_ipv6(ctx, eth, ip, endpoint, (*ip).hop_limit)
@@ -380,23 +425,23 @@ pub fn deliver_ipv6_to<F: Frame>(
 
 /// IPv6 likewise (hop limit, MTU, `claim_target`, rewrite).
 #[inline(always)]
-fn redirect_ipv6<F: Frame>(
+fn redirect_ipv6<F: Frame, D: Destination>(
     ctx: &F,
     eth: *mut EthHdr,
     ip: *mut Ipv6Hdr,
-    endpoint: &Endpoint,
+    destination: &D,
     hop_limit: u8,
 ) -> Decision {
-    let target = Target::of(endpoint);
+    let target = destination.target();
     if hop_limit <= 1
-        || !ctx.fits_mtu_of(target.host_ifindex, endpoint.mtu)
+        || !ctx.fits_mtu_of(target.host_ifindex, destination.mtu())
         || !ctx.claim_target(target.host_ifindex)
     {
         return Decision::Pass;
     }
     // SAFETY: as in `deliver_ipv4`.
     unsafe {
-        rewrite_macs(eth, endpoint);
+        rewrite_macs(eth, destination);
         (*ip).hop_limit = hop_limit - 1;
     }
     Decision::Redirect(target)
@@ -429,11 +474,14 @@ fn takes_redirects(pod: &PodIdentity) -> bool {
 
 /// Source: the destination pod's gateway; destination: the pod.
 #[inline(always)]
-unsafe fn rewrite_macs(eth: *mut EthHdr, endpoint: &Endpoint) {
+unsafe fn rewrite_macs<D: Destination>(eth: *mut EthHdr, destination: &D) {
     // SAFETY: the caller passes a bounds-checked header; the MACs are
     // 6-byte fields of the map value.
     unsafe {
-        store_mac(&raw mut (*eth).src_addr, load_mac(&endpoint.gateway_mac));
-        store_mac(&raw mut (*eth).dst_addr, load_mac(&endpoint.pod_mac));
+        store_mac(
+            &raw mut (*eth).src_addr,
+            load_mac(destination.gateway_mac()),
+        );
+        store_mac(&raw mut (*eth).dst_addr, load_mac(destination.pod_mac()));
     }
 }

@@ -30,15 +30,12 @@ pub static SLOTS: HashMap<u32, u32, MAX_PAIRS> = HashMap::new();
 pub static SLOT_HINTS: Array<u32, { veth_common::SLOT_HINTS }> = Array::new();
 
 /// An address's hint (`endpoint_hint_v4`/`_v6`) -> slot + 1 (0: none): a
-/// destination without a hash lookup (see `deliver::hinted_endpoint`).
+/// destination without a hash lookup (see `deliver::hinted_pod`).
 #[btf_map]
 pub static ENDPOINT_HINTS: Array<u32, { veth_common::ENDPOINT_HINTS }> = Array::new();
 
-/// Slot -> its pod's endpoint, for a destination found by its hint.
-#[btf_map]
-pub static SLOT_ENDPOINTS: Array<Endpoint, MAX_PAIRS> = Array::new();
-
-/// Slot -> the addresses its pod owns (and its host-side ifindex).
+/// Slot -> the addresses its pod owns, its host-side ifindex, and what a
+/// destination found by its hint is redirected with (MACs, MTU).
 #[btf_map]
 pub static PODS: Array<PodIdentity, MAX_PAIRS> = Array::new();
 

@@ -18,7 +18,7 @@ use veth_common::{
     names::{
         GLOBAL_CHECKS_ENABLED, GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_DEVMAP,
         MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINT_HINTS, MAP_PAIR_COUNTERS, MAP_PODS, MAP_SLOTS,
-        MAP_SLOT_ENDPOINTS, MAP_SLOT_HINTS, PROG_FROM_POD, PROG_XDP_FROM_POD,
+        MAP_SLOT_HINTS, PROG_FROM_POD, PROG_XDP_FROM_POD,
     },
     PairCounters,
 };
@@ -89,9 +89,6 @@ impl Lab {
             .map_err(|e| anyhow!("writing DEVMAP: {e}"))?;
         // The hints too, as `up` writes them: the programs' usual way to
         // the destination.
-        let mut endpoints: Array<_, veth_common::Endpoint> =
-            self.map(MAP_SLOT_ENDPOINTS)?.try_into()?;
-        endpoints.set(slot, pod.endpoint(slot), 0)?;
         let mut hints: Array<_, u32> = self.map(MAP_ENDPOINT_HINTS)?.try_into()?;
         hints.set(
             veth_common::endpoint_hint_v4(pod.ipv4.octets()),

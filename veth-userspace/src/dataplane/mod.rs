@@ -37,9 +37,9 @@ use veth_common::{
     names::{
         GLOBAL_COUNTERS_ENABLED, GLOBAL_REDIRECT_ENABLED, MAP_CROSS_NODE, MAP_DEVMAP,
         MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINT_HINTS, MAP_NODES, MAP_PAIR_COUNTERS, MAP_PODS,
-        MAP_REMOTE_ROUTES, MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_SLOT_ENDPOINTS, MAP_SLOT_HINTS,
-        MAP_TRACE_CONFIG, MAP_TRACE_EVENTS, MAP_TRACE_IDLE, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD,
-        PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
+        MAP_REMOTE_ROUTES, MAP_REMOTE_ROUTES6, MAP_SLOTS, MAP_SLOT_HINTS, MAP_TRACE_CONFIG,
+        MAP_TRACE_EVENTS, MAP_TRACE_IDLE, MAP_UNDERLAY_COUNTERS, PROG_FROM_POD, PROG_FROM_TUNNEL,
+        PROG_FROM_UNDERLAY, PROG_TO_POD, PROG_XDP_FROM_POD,
     },
     slot_hint_index, Endpoint, PairCounters, PodIdentity, TraceConfig, UNKNOWN_VETH_SLOT,
 };
@@ -92,6 +92,8 @@ impl PodEntry {
             has_ipv6: u8::from(self.ipv6.is_some()),
             host_path: u8::from(self.host_path),
             host_ifindex: self.host_ifindex,
+            mtu: self.mtu,
+            gateway_mac: self.gateway_mac,
         }
     }
 }
@@ -141,14 +143,13 @@ pub fn assign_slots(
 }
 
 /// Every map, pinned by its name in the topology's pin directory.
-const PINNED_MAPS: [&str; 20] = [
+const PINNED_MAPS: [&str; 19] = [
     MAP_DEVMAP,
     MAP_ENDPOINTS,
     MAP_ENDPOINTS6,
     MAP_SLOTS,
     MAP_SLOT_HINTS,
     MAP_ENDPOINT_HINTS,
-    MAP_SLOT_ENDPOINTS,
     MAP_PODS,
     MAP_PAIR_COUNTERS,
     MAP_TRACE_CONFIG,
@@ -1016,19 +1017,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Points the programs' endpoint hints of `pod`'s addresses at `slot`,
-    /// after writing its endpoint there; called after the addresses'
-    /// `ENDPOINTS` entries are written (a hint is a shortcut to them). An
-    /// address whose hint another pod's took keeps working, through
-    /// `ENDPOINTS`.
+    /// Points the programs' endpoint hints of `pod`'s addresses at `slot`;
+    /// called after the slot's identity (which carries what a redirect to
+    /// it needs) and the addresses' `ENDPOINTS` entries are written (a hint
+    /// is a shortcut to them). An address whose hint another pod's took
+    /// keeps working, through `ENDPOINTS`.
     fn hint_endpoint(&mut self, pod: &PodEntry, slot: u32) -> Result<()> {
-        let mut endpoints =
-            Array::<_, Endpoint>::try_from(Map::Array(self.map(MAP_SLOT_ENDPOINTS)?))?;
-        if endpoints.get(&slot, 0).ok() != Some(pod.endpoint(slot)) {
-            endpoints
-                .set(slot, pod.endpoint(slot), 0)
-                .context("writing a slot's endpoint")?;
-        }
         let mut hints = Array::<_, u32>::try_from(Map::Array(self.map(MAP_ENDPOINT_HINTS)?))?;
         let mut at = vec![endpoint_hint_v4(pod.ipv4.octets())];
         at.extend(pod.ipv6.map(|a| endpoint_hint_v6(&a.octets())));

@@ -23,10 +23,7 @@ use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use super::{cluster, member::Member, REQUEST_TIMEOUT};
 use crate::{
     apply::UpOptions,
-    model::{
-        cluster::Cluster,
-        registry::{self, NodeRecord},
-    },
+    model::registry::{self, NodeRecord},
 };
 
 /// First wait before reading again after a failure, doubled up to the last.
@@ -135,16 +132,14 @@ async fn converge(member: &Member, nodes: &Nodes, converged: &mut Option<String>
         return Ok(());
     }
     let started = Instant::now();
-    let cluster = Cluster::from_toml(&text)?;
     let me = &member.record.name;
     // A failure here is read again with backoff: the part stays as it was.
     *converged = None;
-    crate::apply::up_cluster_node(&cluster, me, UpOptions::default()).await?;
+    let part = crate::apply::up_cluster_node(&text, me, UpOptions::default()).await?;
     *converged = Some(text);
-    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let peers = part.node.as_ref().map_or(0, |n| n.peers.len());
     log::info!(
-        "vethctl agent: node {me:?} is wired to nodes {} in {} ms{}",
-        names.join(", "),
+        "vethctl agent: node {me:?} is wired to {peers} other nodes in {} ms{}",
         started.elapsed().as_millis(),
         match left_out.is_empty() {
             true => String::new(),

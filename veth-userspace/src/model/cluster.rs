@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{
     invalid,
     node::{self, CrossNode, NodeFile, PeerFile},
-    overlaps4, overlaps6, ModelError, PodFile, Topology,
+    disjoint4, disjoint6, overlaps4, overlaps6, ModelError, PodFile, Topology,
 };
 
 /// Keys of a one-node file that a cluster file passes on to every node.
@@ -588,6 +588,8 @@ trait Prefix: Copy + PartialEq + std::fmt::Display + 'static {
     fn len(self) -> u8;
     fn holds(self, other: Self) -> bool;
     fn meets(self, other: Self) -> bool;
+    /// Whether no two of `nets` meet.
+    fn disjoint(nets: impl Iterator<Item = Self>) -> bool;
     fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>>;
     fn of(node: &NodeEntry) -> Option<Self>;
 }
@@ -604,6 +606,9 @@ impl Prefix for Ipv4Net {
     }
     fn meets(self, other: Self) -> bool {
         overlaps4(self, other)
+    }
+    fn disjoint(nets: impl Iterator<Item = Self>) -> bool {
+        disjoint4(nets)
     }
     fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>> {
         Box::new(self.subnets(len).expect("checked length"))
@@ -625,6 +630,9 @@ impl Prefix for Ipv6Net {
     }
     fn meets(self, other: Self) -> bool {
         overlaps6(self, other)
+    }
+    fn disjoint(nets: impl Iterator<Item = Self>) -> bool {
+        disjoint6(nets)
     }
     fn split(self, len: u8) -> Box<dyn Iterator<Item = Self>> {
         Box::new(self.subnets(len).expect("checked length"))
@@ -653,7 +661,10 @@ fn carve<P: Prefix>(cluster: P, len: u8, nodes: &[NodeEntry]) -> Result<Vec<P>, 
         .enumerate()
         .filter_map(|(i, n)| Some((i, P::of(n)?)))
         .collect();
-    check_given(&given, |a, b| a.meets(*b), key)?;
+    // The pairwise check names a clash; only run when there is one.
+    if !P::disjoint(given.iter().map(|(_, g)| *g)) {
+        check_given(&given, |a, b| a.meets(*b), key)?;
+    }
     if let Some((i, g)) = given.iter().find(|(_, g)| !cluster.holds(*g)) {
         return Err(outside(
             &format!("nodes[{i}].{key}"),

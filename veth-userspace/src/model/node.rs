@@ -161,6 +161,20 @@ pub fn gateway6_of(pod_cidr6: Ipv6Net) -> Ipv6Addr {
 }
 
 impl NodeFile {
+    /// Whether this node and its peers have names and pod ranges of their
+    /// own.
+    fn names_and_ranges_distinct(&self, pod_cidr: Ipv4Net, pod_cidr6: Option<Ipv6Net>) -> bool {
+        let mut names = std::collections::HashSet::new();
+        let names_distinct = std::iter::once(&self.name)
+            .chain(self.peers.iter().map(|p| &p.name))
+            .all(|n| names.insert(n.as_str()));
+        let v4 = std::iter::once(pod_cidr).chain(self.peers.iter().map(|p| p.pod_cidr));
+        let v6 = pod_cidr6
+            .into_iter()
+            .chain(self.peers.iter().filter_map(|p| p.pod_cidr6));
+        names_distinct && super::disjoint4(v4) && super::disjoint6(v6)
+    }
+
     /// Validates the table of a network whose own pod ranges are
     /// `pod_cidr` and `pod_cidr6` and whose object prefix is `prefix`.
     pub fn validate(
@@ -183,6 +197,8 @@ impl NodeFile {
         inside4("pod_cidr", pod_cidr, self.cluster_cidr)?;
         inside6("pod_cidr6", pod_cidr6, self.cluster_cidr6)?;
         let mut ranges = vec![(self.name.clone(), pod_cidr, pod_cidr6)];
+        // The pairwise check below names a clash; only run when there is one.
+        let clash = !self.names_and_ranges_distinct(pod_cidr, pod_cidr6);
         let mut peers = Vec::new();
         for (i, peer) in self.peers.into_iter().enumerate() {
             let field = format!("node.peers[{i}]");
@@ -196,7 +212,7 @@ impl NodeFile {
                 peer.pod_cidr6,
                 self.cluster_cidr6,
             )?;
-            for (other, v4, v6) in &ranges {
+            for (other, v4, v6) in ranges.iter().filter(|_| clash) {
                 let clash6 = matches!((v6, peer.pod_cidr6), (Some(a), Some(b)) if overlaps6(*a, b));
                 if overlaps4(*v4, peer.pod_cidr) || clash6 || *other == peer.name {
                     return Err(invalid(

@@ -165,7 +165,8 @@ enum Bench {
         /// Nodes joining one at a time, each followed by a node lost.
         #[arg(long, default_value_t = 50)]
         joins: usize,
-        /// The cluster's cross_node: host-gw or ebpf.
+        /// The cluster's cross_node: host-gw or ebpf (ebpf is timed to
+        /// its routes too, written just before its maps).
         #[arg(long, default_value = "host-gw")]
         mode: String,
         /// What CI runs: 100 nodes, 10 joins, under 2 minutes; fails only
@@ -173,6 +174,10 @@ enum Bench {
         /// never on a timing.
         #[arg(long)]
         quick: bool,
+        /// Run the vethctl of this directory (another build, to compare)
+        /// instead of building this checkout's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
     },
     /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
     Control {
@@ -349,12 +354,14 @@ fn main() -> ExitCode {
                     joins,
                     mode,
                     quick,
+                    bin_dir,
                 },
         } => bench::cluster_scale::run(&bench::cluster_scale::Options {
             nodes,
             joins,
             mode,
             quick,
+            bin_dir,
         }),
         Task::Bench {
             bench: Bench::Control { sizes, adds },

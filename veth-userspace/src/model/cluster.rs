@@ -14,9 +14,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::{
-    invalid,
+    disjoint4, disjoint6, invalid,
     node::{self, CrossNode, NodeFile, PeerFile},
-    disjoint4, disjoint6, overlaps4, overlaps6, ModelError, PodFile, Topology,
+    overlaps4, overlaps6, ModelError, PodFile, Topology,
 };
 
 /// Keys of a one-node file that a cluster file passes on to every node.

@@ -108,7 +108,10 @@ impl PrivateEtcd {
     /// A lease of `ttl` seconds: its ID.
     pub fn grant(&self, ttl: i64) -> Result<String> {
         let r = self.call("/v3/lease/grant", &json!({ "TTL": ttl }))?;
-        r["ID"].as_str().map(String::from).context("a lease grant without an ID")
+        r["ID"]
+            .as_str()
+            .map(String::from)
+            .context("a lease grant without an ID")
     }
 
     pub fn revoke(&self, lease: &str) -> Result<()> {
@@ -140,7 +143,7 @@ impl PrivateEtcd {
         Ok(kvs
             .iter()
             .map(|kv| {
-                let len = |f: &str| kv[f].as_str().map_or(0, |s| decoded_len(s));
+                let len = |f: &str| kv[f].as_str().map_or(0, decoded_len);
                 (len("key"), len("value"))
             })
             .collect())
@@ -164,7 +167,10 @@ fn parse_response(path: &str, response: &str) -> Result<Value> {
         bail!("etcd {path}: {}: {body}", head.lines().next().unwrap_or(""));
     }
     // Go's server chunks a body it does not know the length of.
-    let body = match head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = match head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         true => dechunk(body),
         false => body.to_string(),
     };
@@ -202,7 +208,11 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 pub fn base64(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             match i <= chunk.len() {

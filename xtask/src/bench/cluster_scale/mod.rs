@@ -40,6 +40,8 @@ pub struct Options {
     /// `cross_node` of the cluster: host-gw or ebpf.
     pub mode: String,
     pub quick: bool,
+    /// Run the vethctl of this directory (another build, to compare).
+    pub bin_dir: Option<PathBuf>,
 }
 
 const CLUSTER: &str = "scale";
@@ -53,7 +55,8 @@ const AGENT_ADDRESS: &str = "198.18.0.1/16";
 /// which etcd turns into the same delete as an expiry.
 const SIM_LIVENESS_SECONDS: i64 = 3600;
 const RANGE_LEASE_SECONDS: i64 = 24 * 3600;
-const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Long enough for a vethctl that makes every node's part (25 s at 1,000).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What one cluster size measured.
@@ -115,7 +118,18 @@ pub fn run(o: &Options) -> Result<()> {
     if sizes.is_empty() || sizes.iter().any(|&n| n == 0 || n > 3000) || joins == 0 {
         bail!("--nodes: each size 1 to 3000; --joins: at least 1");
     }
-    let (built, dir) = prepare()?;
+    let (built, dir) = match &o.bin_dir {
+        None => prepare()?,
+        Some(bin) if !bin.join("vethctl").exists() => {
+            bail!("--bin-dir {}: no vethctl there", bin.display())
+        }
+        Some(bin) => {
+            crate::setup::run(crate::setup::Needs::Everything)?;
+            let dir = cmd::target_dir().join("bench");
+            std::fs::create_dir_all(&dir)?;
+            (bin.join("vethctl"), dir)
+        }
+    };
     // The target directory may be shared with other checkouts, whose
     // builds would replace the binary under the agent: run a copy.
     let vethctl = dir.join(format!("vethctl-scale-{}", std::process::id()));
@@ -152,7 +166,9 @@ fn one_size(vethctl: &Path, o: &Options, n: usize, joins: usize) -> Result<SizeR
     let db_size_before = db_size(&etcd)?;
     let sims = Sims::new()?;
     let started = Instant::now();
-    let mut live: Vec<Sim> = (0..n).map(|k| sims.register(&etcd, k).map(|s| s.0)).collect::<Result<_>>()?;
+    let mut live: Vec<Sim> = (0..n)
+        .map(|k| sims.register(&etcd, k).map(|s| s.0))
+        .collect::<Result<_>>()?;
     let write_seconds = started.elapsed().as_secs_f64();
     let footprint = footprint(&etcd, n, db_size_before)?;
     println!("{n} nodes: written in {write_seconds:.1} s; converging…");
@@ -205,7 +221,10 @@ fn init(vethctl: &Path, etcd: &PrivateEtcd, dir: &Path, mode: &str) -> Result<()
 
 fn db_size(etcd: &PrivateEtcd) -> Result<u64> {
     let status = etcd.status()?;
-    Ok(status["dbSize"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0))
+    Ok(status["dbSize"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Simulated node `k`'s pod range: the `k`-th /24 of the cluster range.
@@ -263,7 +282,11 @@ impl Sims {
             "pod_cidr": sim_range(k),
         });
         let put_at = Instant::now();
-        etcd.put(&format!("{prefix}nodes/{name}"), record.to_string().as_bytes(), &live)?;
+        etcd.put(
+            &format!("{prefix}nodes/{name}"),
+            record.to_string().as_bytes(),
+            &live,
+        )?;
         Ok((Sim { index: k, live }, put_at))
     }
 }
@@ -360,7 +383,8 @@ fn latencies(samples_ms: Vec<f64>, cpu_ms_per_event: f64) -> Latencies {
     let mut sorted = samples_ms.clone();
     sorted.sort_by(f64::total_cmp);
     // Nearest rank: with fewer than 100 samples, p99 is the largest.
-    let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let rank =
+        |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
     Latencies {
         p50_ms: median(&samples_ms),
         p99_ms: rank(0.99),
@@ -384,6 +408,10 @@ fn print_report(r: &SizeReport) {
         )
     };
     println!("{} nodes ({}):", r.nodes, r.mode);
+    if r.mode == "ebpf" {
+        // The routes go in just before the maps, in the same convergence.
+        println!("  (timed to the routes; the remote-range and node maps are not observed yet)");
+    }
     println!(
         "  initial convergence: {:.0} ms from the agent's start, {:.0} ms from its record",
         r.converge_from_start_ms, r.converge_from_record_ms

@@ -64,7 +64,9 @@ impl Node {
             events: None,
         };
         node.ip(&["link", "set", "lo", "up"])?;
-        node.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])?;
+        node.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ])?;
         node.ip(&["addr", "add", address, "dev", "eth0"])?;
         node.ip(&["link", "set", "eth0", "up"])?;
         Ok(node)
@@ -169,8 +171,17 @@ impl Node {
 
     /// Fails if the agent has exited.
     pub fn check_agent(&mut self) -> Result<()> {
-        if let Some(status) = self.agent.as_mut().map(Child::try_wait).transpose()?.flatten() {
-            bail!("the agent of node {} exited ({status}); see its log", self.name);
+        if let Some(status) = self
+            .agent
+            .as_mut()
+            .map(Child::try_wait)
+            .transpose()?
+            .flatten()
+        {
+            bail!(
+                "the agent of node {} exited ({status}); see its log",
+                self.name
+            );
         }
         Ok(())
     }
@@ -224,7 +235,9 @@ impl Drop for Node {
             }
             let _ = std::fs::remove_dir_all(root);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -250,7 +263,12 @@ pub fn usage(pid: u32) -> Result<Usage> {
     // Fields after the command (which may hold spaces): state is the 3rd.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // utime and stime: fields 14 and 15 of proc(5), 11 and 12 counted
     // from 0 after the command.
     let hz = 100.0; // USER_HZ on Linux.

@@ -178,18 +178,7 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
         return record.save(&state);
     }
     let routes = wanted_routes(node, underlay.ifindex, vx);
-    refuse_foreign_routes(host, &record, &routes).await?;
-    record.routes.extend(routes.iter().map(|r| r.dst));
-    record.save(&state)?;
-    // Only what the kernel lacks: with 1,000 nodes, writing every route
-    // again on each node that joins took 70 ms.
-    let present = underlay::present(host.handle()).await?;
-    for r in routes.iter().filter(|r| !present.contains(r)) {
-        underlay::replace(host.handle(), r).await?;
-    }
-    let wanted: BTreeSet<IpNet> = routes.iter().map(|r| r.dst).collect();
-    remove_routes(host, &record.routes - &wanted).await?;
-    record.routes = wanted;
+    converge_routes(host, &state, &mut record, &routes).await?;
     if vx.is_none() && stage == Stage::Full {
         remove_vxlan(host, &mut record).await?;
     }
@@ -204,6 +193,29 @@ pub async fn apply(host: &Host, name: &str, node: &NodePart, ranges: PodRanges) 
     }
     remove_addresses(host, &mut record, &wanted_addresses).await?;
     record.save(&state)
+}
+
+/// The routes to the remote ranges made `routes` (recorded before they
+/// are made), and ours to other ranges removed.
+async fn converge_routes(
+    host: &Host,
+    state: &StateDir,
+    record: &mut Record,
+    routes: &[RemoteRoute],
+) -> Result<()> {
+    refuse_foreign_routes(host, record, routes).await?;
+    record.routes.extend(routes.iter().map(|r| r.dst));
+    record.save(state)?;
+    // Only what the kernel lacks: with 1,000 nodes, writing every route
+    // again on each node that joins took 70 ms.
+    let present = underlay::present(host.handle()).await?;
+    for r in routes.iter().filter(|r| !present.contains(r)) {
+        underlay::replace(host.handle(), r).await?;
+    }
+    let wanted: BTreeSet<IpNet> = routes.iter().map(|r| r.dst).collect();
+    remove_routes(host, &record.routes - &wanted).await?;
+    record.routes = wanted;
+    Ok(())
 }
 
 /// Removes everything network `name`'s record holds, and the record.

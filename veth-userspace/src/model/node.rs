@@ -160,6 +160,28 @@ pub fn gateway6_of(pod_cidr6: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(pod_cidr6.network()) + 1)
 }
 
+/// A range of a node: its name, IPv4 and IPv6 pod ranges.
+type NodeRanges = (String, Ipv4Net, Option<Ipv6Net>);
+
+/// `peer` (at `field`) has a name or a range of one of `ranges`: refused,
+/// naming the first.
+fn refuse_clash(field: &str, peer: &PeerFile, ranges: &[NodeRanges]) -> Result<(), ModelError> {
+    for (other, v4, v6) in ranges {
+        let clash6 = matches!((v6, peer.pod_cidr6), (Some(a), Some(b)) if overlaps6(*a, b));
+        if overlaps4(*v4, peer.pod_cidr) || clash6 || *other == peer.name {
+            return Err(invalid(
+                field,
+                format!(
+                    "node {:?} has the name or a pod range of node {other:?}; every node \
+                     needs its own name and ranges",
+                    peer.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl NodeFile {
     /// Whether this node and its peers have names and pod ranges of their
     /// own.
@@ -212,18 +234,8 @@ impl NodeFile {
                 peer.pod_cidr6,
                 self.cluster_cidr6,
             )?;
-            for (other, v4, v6) in ranges.iter().filter(|_| clash) {
-                let clash6 = matches!((v6, peer.pod_cidr6), (Some(a), Some(b)) if overlaps6(*a, b));
-                if overlaps4(*v4, peer.pod_cidr) || clash6 || *other == peer.name {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "node {:?} has the name or a pod range of node {other:?}; every node \
-                             needs its own name and ranges",
-                            peer.name
-                        ),
-                    ));
-                }
+            if clash {
+                refuse_clash(&field, &peer, &ranges)?;
             }
             if peer.address == self.address.addr() {
                 return Err(invalid(

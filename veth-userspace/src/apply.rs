@@ -541,15 +541,12 @@ where
     up_locked(&topology, &source, options, timings, locks).await
 }
 
-/// Brings node `node`'s part of `cluster` up: `vethctl up -t CLUSTER
-/// --cluster-node NODE` on that node, and the agent of a cluster kept in
-/// etcd whenever the live nodes change. Returns the part as brought up.
-pub async fn up_cluster_node(
-    cluster: &crate::model::cluster::Cluster,
-    node: &str,
-    options: UpOptions,
-) -> Result<Topology> {
-    let (topology, text) = cluster.node_part(node)?;
+/// Brings node `node`'s part of the cluster file `cluster` up: `vethctl
+/// up -t CLUSTER --cluster-node NODE` on that node, and the agent of a
+/// cluster kept in etcd whenever the live nodes change. Returns the part
+/// as brought up.
+pub async fn up_cluster_node(cluster: &str, node: &str, options: UpOptions) -> Result<Topology> {
+    let (topology, text) = crate::model::cluster::Cluster::node_part_of(cluster, node)?;
     let topology = keeping_recorded(&topology, &text)?;
     // Everything that can be refused is, before anything is made.
     crate::preflight::check(&Host::connect()?, &topology).await?;

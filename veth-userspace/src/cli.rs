@@ -919,8 +919,12 @@ fn topology_or_default(path: Option<&Path>) -> Result<(Topology, String)> {
 }
 
 async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptions) -> Result<()> {
-    let topology = match (read_cluster(path.as_deref())?, node) {
-        (Some((cluster, text)), None) => {
+    let topology = match (read_cluster_text(path.as_deref())?, node) {
+        // A node's part: the file checked as that node's agent checks it,
+        // without making every other node's part.
+        (Some((text, _)), Some(node)) => apply::up_cluster_node(&text, &node, options).await?,
+        (Some((text, file)), None) => {
+            let cluster = parse_cluster(&text, &file)?;
             crate::lab::up(&cluster, &text, options).await?;
             return emit(format_args!(
                 "cluster {:?} is up: {} nodes, cross_node {} (see `vethctl status`)\n",
@@ -928,9 +932,6 @@ async fn up(path: Option<PathBuf>, node: Option<String>, options: apply::UpOptio
                 cluster.nodes.len(),
                 cluster.cross_node
             ));
-        }
-        (Some((cluster, _)), Some(node)) => {
-            apply::up_cluster_node(&cluster, &node, options).await?
         }
         (None, node) => {
             let (topology, text) = node_part_or_topology(path.as_deref(), node)?;
@@ -1003,15 +1004,23 @@ fn node_part_or_topology(
 
 /// The cluster file at `path`, if it is one (it has `[[nodes]]`).
 fn read_cluster(path: Option<&Path>) -> Result<Option<(crate::model::cluster::Cluster, String)>> {
+    let Some((text, path)) = read_cluster_text(path)? else {
+        return Ok(None);
+    };
+    Ok(Some((parse_cluster(&text, &path)?, text)))
+}
+
+/// The text of the file at `path` if it is a cluster file, and its path.
+fn read_cluster_text(path: Option<&Path>) -> Result<Option<(String, PathBuf)>> {
     let Some(path) = path else { return Ok(None) };
     let text =
         read_bounded(path).with_context(|| format!("reading topology file {}", path.display()))?;
-    if !crate::model::cluster::is_cluster(&text) {
-        return Ok(None);
-    }
-    let cluster = crate::model::cluster::Cluster::from_toml(&text)
-        .with_context(|| format!("invalid cluster file {}", path.display()))?;
-    Ok(Some((cluster, text)))
+    Ok(crate::model::cluster::is_cluster(&text).then(|| (text, path.to_path_buf())))
+}
+
+fn parse_cluster(text: &str, path: &Path) -> Result<crate::model::cluster::Cluster> {
+    crate::model::cluster::Cluster::from_toml(text)
+        .with_context(|| format!("invalid cluster file {}", path.display()))
 }
 
 async fn status(select: &Select, output: &Output, check: bool) -> Result<()> {

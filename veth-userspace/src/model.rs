@@ -650,6 +650,24 @@ pub fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// Whether no two of `nets` share an address, in n log n: sorted by
+/// network address (the shorter of two equal ones first), a prefix that
+/// meets a later one meets the one right after it. Lets the pairwise
+/// loops that name a clash run only when there is one (a cluster of 1,000
+/// nodes made them a million comparisons per part).
+pub fn disjoint4(nets: impl IntoIterator<Item = Ipv4Net>) -> bool {
+    let mut nets: Vec<Ipv4Net> = nets.into_iter().map(|n| n.trunc()).collect();
+    nets.sort_unstable_by_key(|n| (n.network(), n.prefix_len()));
+    nets.windows(2).all(|w| !overlaps4(w[0], w[1]))
+}
+
+/// [`disjoint4`] for IPv6.
+pub fn disjoint6(nets: impl IntoIterator<Item = Ipv6Net>) -> bool {
+    let mut nets: Vec<Ipv6Net> = nets.into_iter().map(|n| n.trunc()).collect();
+    nets.sort_unstable_by_key(|n| (n.network(), n.prefix_len()));
+    nets.windows(2).all(|w| !overlaps6(w[0], w[1]))
+}
+
 fn refuse_reserved4(cidr: Ipv4Net) -> Result<(), ModelError> {
     match reserved_overlap(&RESERVED_V4, overlaps4, cidr) {
         Some((range, what)) => Err(invalid(

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
 //! cheap checks fail first: fmt, clippy, the node image (which a test
-//! runs), the tests, the benchmarks' quick modes (paths, cross-node), the
+//! runs), the tests, the benchmarks' quick modes (paths, cross-node, cluster
+//! scale), the
 //! CNI soak's, and the cluster-through-etcd demo (up, then down).
 
 use std::process::Command;
@@ -79,6 +80,12 @@ fn steps(test_args: &[String]) -> Vec<Step> {
     let mut cross_node = Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
     cross_node.args(["bench", "cross-node", "--quick"]);
 
+    // A cluster of 100 simulated nodes in a private etcd, one real agent:
+    // fails on a real error (a node never wired), never on timing.
+    let mut cluster_scale =
+        Command::new(std::env::current_exe().unwrap_or_else(|_| "xtask".into()));
+    cluster_scale.args(["bench", "cluster-scale", "--quick"]);
+
     // The CNI path under churn, short: fails on correctness (pods cut off,
     // duplicate addresses, leaks, stuck pods, lost datagrams), never on
     // timing.
@@ -117,6 +124,10 @@ fn steps(test_args: &[String]) -> Vec<Step> {
         Step {
             name: "bench-xn",
             command: cross_node,
+        },
+        Step {
+            name: "bench-scale",
+            command: cluster_scale,
         },
         Step {
             name: "soak",

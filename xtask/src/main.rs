@@ -168,6 +168,32 @@ enum Bench {
         #[arg(long, value_name = "DIR")]
         bin_dir: Option<std::path::PathBuf>,
     },
+    /// A cluster kept in etcd at scale, by simulation: N node records (no
+    /// dataplane behind them) in a private etcd, ONE real agent in a node
+    /// namespace wiring its node to them: initial convergence, nodes
+    /// joining and lost one at a time (p50/p99/max, seen in the node's
+    /// routes), the agent's RSS and CPU, etcd's keys and bytes per node.
+    ClusterScale {
+        /// Simulated nodes, one private etcd and agent per size.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        nodes: Vec<usize>,
+        /// Nodes joining one at a time, each followed by a node lost.
+        #[arg(long, default_value_t = 50)]
+        joins: usize,
+        /// The cluster's cross_node: host-gw or ebpf (ebpf is timed to
+        /// its routes too, written just before its maps).
+        #[arg(long, default_value = "host-gw")]
+        mode: String,
+        /// What CI runs: 100 nodes, 10 joins, under 2 minutes; fails only
+        /// on an error (an agent that stops, a route that never comes),
+        /// never on a timing.
+        #[arg(long)]
+        quick: bool,
+        /// Run the vethctl of this directory (another build, to compare)
+        /// instead of building this checkout's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Control plane: up/down of 10, 100, 500 pods; adding one pod.
     Control {
         /// Topology sizes to bring up and down.
@@ -347,6 +373,22 @@ fn main() -> ExitCode {
                     bin_dir,
                 },
         } => bench::mode_set::run(pods, parallel, json, bin_dir),
+        Task::Bench {
+            bench:
+                Bench::ClusterScale {
+                    nodes,
+                    joins,
+                    mode,
+                    quick,
+                    bin_dir,
+                },
+        } => bench::cluster_scale::run(&bench::cluster_scale::Options {
+            nodes,
+            joins,
+            mode,
+            quick,
+            bin_dir,
+        }),
         Task::Bench {
             bench: Bench::Control { sizes, adds },
         } => bench::control::run(&sizes, adds),

@@ -152,34 +152,29 @@ async fn converge(
         Ok((member.pods.add_to(&text, &me.name)?, left_out))
     };
     let (mut text, mut left_out) = wiring(false)?;
-    let mut cluster = None;
-    if converged.as_deref() != Some(text.as_str()) {
-        match Cluster::from_toml(&text) {
-            Ok(c) => cluster = Some(c),
-            // A combination the checks of each record did not foresee:
-            // each record tried alone.
-            Err(_) => (text, left_out) = wiring(true)?,
-        }
+    // Only this node's part is made and checked: each part lists every
+    // other node, so making them all would cost the square of the nodes.
+    if converged.as_deref() != Some(text.as_str())
+        && Cluster::node_part_of(&text, &me.name).is_err()
+    {
+        // A combination the checks of each record did not foresee: each
+        // record tried alone.
+        (text, left_out) = wiring(true)?;
     }
     if converged.as_deref() == Some(text.as_str()) {
         sync_state::converged(live, &left_out, arrived);
         return Ok(());
     }
     let started = Instant::now();
-    let cluster = match cluster {
-        Some(c) => c,
-        None => Cluster::from_toml(&text)?,
-    };
     // A failure here is read again with backoff: the part stays as it was.
     *converged = None;
-    crate::apply::up_cluster_node(&cluster, &me.name, UpOptions::default()).await?;
+    let part = crate::apply::up_cluster_node(&text, &me.name, UpOptions::default()).await?;
     *converged = Some(text);
     sync_state::converged(live, &left_out, arrived);
-    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let peers = part.node.as_ref().map_or(0, |n| n.peers.len());
     log::info!(
-        "vethctl agent: node {:?} is wired to nodes {} in {} ms",
+        "vethctl agent: node {:?} is wired to {peers} other nodes in {} ms",
         me.name,
-        names.join(", "),
         started.elapsed().as_millis(),
     );
     Ok(())

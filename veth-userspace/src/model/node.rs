@@ -160,7 +160,43 @@ pub fn gateway6_of(pod_cidr6: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(pod_cidr6.network()) + 1)
 }
 
+/// A range of a node: its name, IPv4 and IPv6 pod ranges.
+type NodeRanges = (String, Ipv4Net, Option<Ipv6Net>);
+
+/// `peer` (at `field`) has a name or a range of one of `ranges`: refused,
+/// naming the first.
+fn refuse_clash(field: &str, peer: &PeerFile, ranges: &[NodeRanges]) -> Result<(), ModelError> {
+    for (other, v4, v6) in ranges {
+        let clash6 = matches!((v6, peer.pod_cidr6), (Some(a), Some(b)) if overlaps6(*a, b));
+        if overlaps4(*v4, peer.pod_cidr) || clash6 || *other == peer.name {
+            return Err(invalid(
+                field,
+                format!(
+                    "node {:?} has the name or a pod range of node {other:?}; every node \
+                     needs its own name and ranges",
+                    peer.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl NodeFile {
+    /// Whether this node and its peers have names and pod ranges of their
+    /// own.
+    fn names_and_ranges_distinct(&self, pod_cidr: Ipv4Net, pod_cidr6: Option<Ipv6Net>) -> bool {
+        let mut names = std::collections::HashSet::new();
+        let names_distinct = std::iter::once(&self.name)
+            .chain(self.peers.iter().map(|p| &p.name))
+            .all(|n| names.insert(n.as_str()));
+        let v4 = std::iter::once(pod_cidr).chain(self.peers.iter().map(|p| p.pod_cidr));
+        let v6 = pod_cidr6
+            .into_iter()
+            .chain(self.peers.iter().filter_map(|p| p.pod_cidr6));
+        names_distinct && super::disjoint4(v4) && super::disjoint6(v6)
+    }
+
     /// Validates the table of a network whose own pod ranges are
     /// `pod_cidr` and `pod_cidr6` and whose object prefix is `prefix`.
     pub fn validate(
@@ -183,6 +219,8 @@ impl NodeFile {
         inside4("pod_cidr", pod_cidr, self.cluster_cidr)?;
         inside6("pod_cidr6", pod_cidr6, self.cluster_cidr6)?;
         let mut ranges = vec![(self.name.clone(), pod_cidr, pod_cidr6)];
+        // The pairwise check below names a clash; only run when there is one.
+        let clash = !self.names_and_ranges_distinct(pod_cidr, pod_cidr6);
         let mut peers = Vec::new();
         for (i, peer) in self.peers.into_iter().enumerate() {
             let field = format!("node.peers[{i}]");
@@ -196,18 +234,8 @@ impl NodeFile {
                 peer.pod_cidr6,
                 self.cluster_cidr6,
             )?;
-            for (other, v4, v6) in &ranges {
-                let clash6 = matches!((v6, peer.pod_cidr6), (Some(a), Some(b)) if overlaps6(*a, b));
-                if overlaps4(*v4, peer.pod_cidr) || clash6 || *other == peer.name {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "node {:?} has the name or a pod range of node {other:?}; every node \
-                             needs its own name and ranges",
-                            peer.name
-                        ),
-                    ));
-                }
+            if clash {
+                refuse_clash(&field, &peer, &ranges)?;
             }
             if peer.address == self.address.addr() {
                 return Err(invalid(

@@ -132,7 +132,7 @@ impl Route {
     }
 }
 
-fn address(a: &RouteAddress) -> Option<IpAddr> {
+pub(super) fn address(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
@@ -142,7 +142,17 @@ fn address(a: &RouteAddress) -> Option<IpAddr> {
 
 /// Every IPv4 and IPv6 route of the main table, in one dump per family.
 pub async fn main_table(handle: &rtnetlink::Handle) -> Result<Vec<Route>> {
-    let mut routes = Vec::new();
+    Ok(dump(handle)
+        .await?
+        .iter()
+        .filter_map(Route::from_message)
+        .collect())
+}
+
+/// Every IPv4 and IPv6 route, as the kernel says them, in one dump per
+/// family.
+pub(super) async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<RouteMessage>> {
+    let mut messages = Vec::new();
     let requests = [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -150,10 +160,10 @@ pub async fn main_table(handle: &rtnetlink::Handle) -> Result<Vec<Route>> {
     for request in requests {
         let mut stream = handle.route().get(request).execute();
         while let Some(msg) = stream.try_next().await.map_err(context("listing routes"))? {
-            routes.extend(Route::from_message(&msg));
+            messages.push(msg);
         }
     }
-    Ok(routes)
+    Ok(messages)
 }
 
 /// The unreachable route of a pod range; one that exists already (of

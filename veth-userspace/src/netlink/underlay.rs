@@ -4,12 +4,14 @@
 //! protocol, and is written with "replace", so moving a range from one
 //! path to the other is one atomic change of the kernel's table.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{bail, Result};
 use ipnet::IpNet;
 use rtnetlink::{
-    packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol},
+    packet_route::route::{
+        RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    },
     RouteMessageBuilder,
 };
 
@@ -61,9 +63,43 @@ fn message(r: &RemoteRoute) -> Result<RouteMessage> {
     msg.header.protocol = RouteProtocol::from(PROTOCOL);
     msg.attributes.push(RouteAttribute::Oif(r.oif));
     if r.onlink {
-        msg.header.flags |= rtnetlink::packet_route::route::RouteFlags::Onlink;
+        msg.header.flags |= RouteFlags::Onlink;
     }
     Ok(msg)
+}
+
+/// vethctl's unicast routes of the main table, as [`replace`] writes
+/// them: what need not be written again.
+pub async fn present(handle: &rtnetlink::Handle) -> Result<BTreeSet<RemoteRoute>> {
+    let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+    Ok(super::routes::dump(handle)
+        .await?
+        .iter()
+        .filter(|m| {
+            super::route_table(m) == main
+                && u8::from(m.header.protocol) == PROTOCOL
+                && m.header.kind == RouteType::Unicast
+        })
+        .filter_map(remote_route)
+        .collect())
+}
+
+fn remote_route(msg: &RouteMessage) -> Option<RemoteRoute> {
+    let (mut dst, mut via, mut oif) = (None, None, None);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = super::routes::address(a),
+            RouteAttribute::Gateway(a) => via = super::routes::address(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    Some(RemoteRoute {
+        dst: IpNet::new(dst?, msg.header.destination_prefix_length).ok()?,
+        via,
+        oif: oif?,
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
+    })
 }
 
 /// Adds or replaces the route to `r.dst` (the one of the same metric).

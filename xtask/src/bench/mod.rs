@@ -3,6 +3,7 @@
 //! their namespaces, and brings them down again, also when it fails.
 
 pub mod checks;
+pub mod cluster_scale;
 pub mod cni;
 pub mod control;
 pub mod counting;

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the same gate CI runs, in order of speed so that the
 //! cheap checks fail first: fmt, clippy, the node image (which a test
 //! runs), the tests, the benchmarks' quick modes (paths, cross-node, cluster
-//! scale), the
-//! CNI soak's, and the cluster-through-etcd demo (up, then down).
+//! scale), the CNI soak's, and the cluster-through-etcd demo (up, then
+//! down).
 
 use std::process::Command;
 

@@ -113,6 +113,16 @@ fn update(f: impl FnOnce(&mut State)) {
     }
 }
 
+/// Runs `f` on the state without saving it: for a step the sync always
+/// follows with one that saves (a convergence, or a failure and the
+/// reconnect after it), so that the file (every node known: 145 KB at
+/// 1,000 nodes) is not written twice between an event and the dataplane.
+fn note(f: impl FnOnce(&mut State)) {
+    if let Some(state) = STATE.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        f(state);
+    }
+}
+
 fn path() -> PathBuf {
     crate::state::root().join(FILE)
 }
@@ -189,9 +199,10 @@ pub fn reconnecting() {
     update(|s| s.reconnects += 1);
 }
 
-/// The agent's view is at `revision`; `events` of it were applied.
+/// The agent's view is at `revision`; `events` of it were applied. Saved
+/// by the convergence that follows.
 pub fn at(revision: i64, events: usize) {
-    update(|s| {
+    note(|s| {
         s.status.revision = s.status.revision.max(revision);
         s.status.etcd_reachable = true;
         s.events += events as u64;

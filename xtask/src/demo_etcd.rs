@@ -84,16 +84,10 @@ pub fn run(nodes: u32, cross_node: &str) -> Result<()> {
             CROSS_NODE.join(", ")
         );
     }
-    if lab_file().exists() {
-        bail!(
-            "an etcd demo is up already ({}): `cargo xtask demo --etcd --down` takes it away",
-            lab_file().display()
-        );
-    }
     setup::run(setup::Needs::Demo)?;
     setup::ensure_etcd()?;
     cmd::run(cmd::cargo().args(["build", "-p", "veth-userspace"]))?;
-    std::fs::create_dir_all(dir()).with_context(|| format!("creating {}", dir().display()))?;
+    claim()?;
     let mut lab = Lab::default();
     lab.save()?;
     match bring_up(&mut lab, nodes, cross_node) {
@@ -105,6 +99,24 @@ pub fn run(nodes: u32, cross_node: &str) -> Result<()> {
             }
             Err(e)
         }
+    }
+}
+
+/// The demo's record, made only if none exists: a second demo started
+/// meanwhile stops here, before it touches (or takes away) the first's.
+fn claim() -> Result<()> {
+    std::fs::create_dir_all(dir()).with_context(|| format!("creating {}", dir().display()))?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(lab_file())
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "an etcd demo is up already ({}): `cargo xtask demo --etcd --down` takes it away",
+            lab_file().display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("creating {}", lab_file().display())),
     }
 }
 
@@ -126,6 +138,9 @@ fn bring_up(lab: &mut Lab, nodes: u32, cross_node: &str) -> Result<()> {
     ip(&["-n", SWITCH, "link", "set", "br0", "up"])?;
     for i in 1..=nodes {
         let name = format!("n{i}");
+        // Recorded (so taken away) only once made here: a namespace of
+        // that name that is not the demo's makes `ip` fail first.
+        ip(&["netns", "add", &netns(&name)])?;
         lab.nodes.push(LabNode {
             name: name.clone(),
             agent_pid: None,
@@ -139,8 +154,11 @@ fn bring_up(lab: &mut Lab, nodes: u32, cross_node: &str) -> Result<()> {
     }
     wait_for_lists(lab)?;
     shell(Command::new(vethctl()).args(["cluster", "status", "--cluster", &endpoints()]))?;
-    for node in &mut lab.nodes {
-        node.pod = Some(add_pod(&node.name)?);
+    for i in 0..lab.nodes.len() {
+        let name = lab.nodes[i].name.clone();
+        lab.nodes[i].pod = Some(new_pod(&name)?);
+        lab.save()?;
+        add_pod(&name, lab.nodes[i].pod.as_mut().expect("just set"))?;
     }
     lab.save()?;
     ping_across(lab)?;
@@ -209,11 +227,11 @@ fn init(settings: &Path) -> Result<()> {
     }
 }
 
-/// Node `i`'s namespace, its `eth0` plugged into the switch.
+/// Node `i`'s namespace, made by the caller: its `eth0` plugged into the
+/// switch.
 fn plug_node(name: &str, i: u32) -> Result<()> {
     let ns = netns(name);
     let port = format!("p{i}");
-    ip(&["netns", "add", &ns])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     ip(&[
         "-n", SWITCH, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -272,20 +290,25 @@ fn wait_for_lists(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// What a runtime does for a new pod: its namespace, then `veth-cni` ADD
-/// with the plugin configuration of the list the node's agent wrote.
-fn add_pod(node: &str) -> Result<LabPod> {
+/// What a runtime does for a new pod, first: its namespace.
+fn new_pod(node: &str) -> Result<LabPod> {
     let pod = LabPod {
         netns: format!("{}-pod", netns(node)),
         container_id: format!("{CLUSTER}-{node}-pod"),
         ipv4: None,
     };
     ip(&["netns", "add", &pod.netns])?;
+    Ok(pod)
+}
+
+/// Then `veth-cni` ADD with the plugin configuration of the list the
+/// node's agent wrote: the pod's IPv4 address.
+fn add_pod(node: &str, pod: &mut LabPod) -> Result<()> {
     println!(
         "$ CNI_COMMAND=ADD … veth-cni   # pod {} on node {node}",
         pod.netns
     );
-    let reply = cni(node, &pod, "ADD")?;
+    let reply = cni(node, pod, "ADD")?;
     let result: serde_json::Value = serde_json::from_str(&reply).context("veth-cni's result")?;
     let ipv4 = result["ips"]
         .as_array()
@@ -300,7 +323,8 @@ fn add_pod(node: &str) -> Result<LabPod> {
         pod.netns,
         ipv4.as_deref().unwrap_or("no IPv4")
     );
-    Ok(LabPod { ipv4, ..pod })
+    pod.ipv4 = ipv4;
+    Ok(())
 }
 
 /// Runs `veth-cni` in the node's namespace as a runtime would.

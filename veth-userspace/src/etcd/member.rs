@@ -569,7 +569,8 @@ impl Member {
         })
     }
 
-    /// Tells the plugin the lease is gone for good.
+    /// Tells the plugin the lease is lost (until a later renewal or
+    /// registration writes the file again, unless the ranges are lost).
     fn lost(&self, why: &str) {
         if let Err(e) = node_lease::mark_lost(why) {
             log::warn!(

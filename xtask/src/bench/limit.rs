@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::report::{LIMIT, LIMIT_MAP};
 use crate::cmd;
 
 /// A reference path: its name in the report, its topology, its /24.
@@ -26,12 +27,12 @@ pub struct LimitSpec {
 
 pub const LIMITS: [LimitSpec; 2] = [
     LimitSpec {
-        path: "limit",
+        path: LIMIT,
         name: "blimit",
         subnet: 243,
     },
     LimitSpec {
-        path: "limit+map",
+        path: LIMIT_MAP,
         name: "blimitm",
         subnet: 244,
     },

@@ -34,6 +34,10 @@ pub struct Summary {
     /// Median over rounds of (this path / its twin), if the run pairs it
     /// with one (cross-node: `ebpf` with `host-gw`).
     pub ratio_to_twin: Option<f64>,
+    /// Median over rounds of (this path's program ns/run / `limit+map`'s)
+    /// in the same round: what its program costs against the least a
+    /// dataplane program does (issue 19's program-time target).
+    pub program_to_limit_map: Option<f64>,
 }
 
 /// What a run's ratio columns compare each path with, in the same round.
@@ -63,21 +67,36 @@ impl Compare<'_> {
 /// `bpf_redirect_peer` (see `limit.rs`).
 pub const LIMIT: &str = "limit";
 
+/// The reference with one hash lookup and one per-CPU counter besides the
+/// redirect (see `limit.rs`): what program times are divided by.
+pub const LIMIT_MAP: &str = "limit+map";
+
 /// `path`'s value ÷ `base`'s in the same round, for every round that
 /// measured both under `workload` (and `base` moved something).
 pub fn paired_ratios(samples: &[Sample], workload: Workload, path: &str, base: &str) -> Vec<f64> {
-    let value = |p: &str, round: usize| {
+    paired_ratios_of(samples, workload, (path, base), |s| Some(s.value))
+}
+
+/// The same for any measure `of` a sample (rounds where either side has
+/// none are left out).
+fn paired_ratios_of(
+    samples: &[Sample],
+    workload: Workload,
+    (path, base): (&str, &str),
+    of: impl Fn(&Sample) -> Option<f64>,
+) -> Vec<f64> {
+    let measure = |p: &str, round: usize| {
         samples
             .iter()
             .find(|s| s.workload == workload && s.path == p && s.round == round)
-            .map(|s| s.value)
+            .and_then(&of)
     };
     samples
         .iter()
         .filter(|s| s.workload == workload && s.path == path)
         .filter_map(|s| {
-            let b = value(base, s.round)?;
-            (b > 0.0).then(|| s.value / b)
+            let (v, b) = (of(s)?, measure(base, s.round)?);
+            (b > 0.0).then(|| v / b)
         })
         .collect()
 }
@@ -93,6 +112,12 @@ pub fn summarize(samples: &[Sample], compare: Compare) -> Vec<Summary> {
     }
     let paired = |workload: Workload, path: &str, base: &str| -> Option<f64> {
         let ratios = paired_ratios(samples, workload, path, base);
+        (!ratios.is_empty()).then(|| median(&ratios))
+    };
+    let program_paired = |workload: Workload, path: &str| -> Option<f64> {
+        let ratios = paired_ratios_of(samples, workload, (path, LIMIT_MAP), |s| {
+            s.program_ns_per_run
+        });
         (!ratios.is_empty()).then(|| median(&ratios))
     };
     let mut out = Vec::new();
@@ -117,6 +142,7 @@ pub fn summarize(samples: &[Sample], compare: Compare) -> Vec<Summary> {
                 ratio_to_limit: paired(workload, path, LIMIT),
                 ratio_to_baseline: baseline.and_then(|b| paired(workload, path, b)),
                 ratio_to_twin: twin.and_then(|t| paired(workload, path, t)),
+                program_to_limit_map: program_paired(workload, path),
             });
         }
     }
@@ -145,9 +171,9 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, compare: Compare)
     let columns = ratio_columns(compare);
     let headers: String = columns.iter().map(|(h, _)| format!(" {h} |")).collect();
     out += &format!(
-        "| workload | path | median (min–max) | unit |{headers} p50 µs | p99 µs | retrans | loss % | CPU | program ns/run |\n"
+        "| workload | path | median (min–max) | unit |{headers} p50 µs | p99 µs | retrans | loss % | CPU | program ns/run | program × {LIMIT_MAP} |\n"
     );
-    out += &format!("|{}\n", " --- |".repeat(10 + columns.len()));
+    out += &format!("|{}\n", " --- |".repeat(11 + columns.len()));
     for summary in summary {
         let ratios: String = columns
             .iter()
@@ -156,7 +182,7 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, compare: Compare)
         let s = &summary.spread;
         let _ = writeln!(
             out,
-            "| {} | {} | {} ({}–{}) | {} |{ratios} {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}–{}) | {} |{ratios} {} | {} | {} | {} | {} | {} | {} |",
             s.workload.name(),
             summary.path,
             fmt_value(s.median),
@@ -172,6 +198,7 @@ pub fn table(summary: &[Summary], rounds: usize, seconds: u64, compare: Compare)
                 s.workload.cpu_unit()
             )),
             fmt_opt(s.program_ns_per_run, |v| format!("{v:.0}")),
+            fmt_opt(summary.program_to_limit_map, |r| format!("{r:.2}")),
         );
     }
     out += "\n";
@@ -588,6 +615,42 @@ mod tests {
     }
 
     #[test]
+    fn program_times_are_paired_with_limit_map_per_round() {
+        // limit+map's program time moves between rounds (placement, noise);
+        // tc's stays at 1.5 times it. Paths without a program show a dash.
+        let timed = |path: &str, round: usize, ns: f64| Sample {
+            program_ns_per_run: Some(ns),
+            ..sample(path, round, 1.0)
+        };
+        let samples = [
+            timed("limit+map", 0, 80.0),
+            timed("tc", 0, 120.0),
+            sample("pair", 0, 1.0),
+            timed("limit+map", 1, 100.0),
+            timed("tc", 1, 150.0),
+            sample("pair", 1, 1.0),
+            timed("limit+map", 2, 60.0),
+            timed("tc", 2, 90.0),
+            sample("pair", 2, 1.0),
+        ];
+        let summary = summarize(&samples, Compare::Baseline("pair"));
+        let program = |path: &str| {
+            summary
+                .iter()
+                .find(|s| s.path == path)
+                .unwrap()
+                .program_to_limit_map
+        };
+        assert_eq!(program("tc"), Some(1.5));
+        assert_eq!(program("limit+map"), Some(1.0));
+        assert_eq!(program("pair"), None);
+        let table = table(&summary, 3, 1, Compare::Baseline("pair"));
+        assert!(table.contains("| program ns/run | program × limit+map |"));
+        assert!(table.contains("| 120 | 1.50 |"), "{table}");
+        assert!(table.contains("| - | - |"), "{table}");
+    }
+
+    #[test]
     fn every_path_has_its_paired_ratio_to_the_limit() {
         // The limit moves with the machine's noise; tc stays at half of it.
         let samples = [
@@ -617,7 +680,7 @@ mod tests {
         assert_eq!(ratio("bridge"), Some(0.25));
         let table = table(&summary, 3, 1, Compare::Paths);
         assert!(table.contains("| unit | × bridge | × pair | × limit | p50 µs |"));
-        assert_eq!(table.lines().nth(3).unwrap().matches("---").count(), 13);
+        assert_eq!(table.lines().nth(3).unwrap().matches("---").count(), 14);
         assert!(table.contains(
             "| udp_64b_rate | tc | 40.00 (20.00–200) | packets/s received | 2.00 | 1.00 | 0.50 |"
         ));

@@ -21,6 +21,7 @@ usage: prog_lines.py PERF_DATA PINNED_PROGRAM [NS_PER_RUN] [--cpu N]
 Record with the program under load, e.g. (as root):
   perf record -e cpu-clock -F 10000 -C 1 -g -o x.perf.data -- sleep 10
 """
+import argparse
 import bisect
 import collections
 import ctypes
@@ -110,16 +111,19 @@ def sources(pinned):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    cpu = sys.argv[sys.argv.index("--cpu") + 1] if "--cpu" in sys.argv else None
-    if cpu in args:
-        args.remove(cpu)
-    if len(args) < 2:
-        sys.exit(__doc__)
-    data, pinned = args[0], args[1]
-    ns_per_run = float(args[2]) if len(args) > 2 else None
-    show = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "pinned", pinned],
-                                     capture_output=True, text=True, check=True).stdout)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", metavar="PERF_DATA")
+    parser.add_argument("pinned", metavar="PINNED_PROGRAM")
+    parser.add_argument("ns_per_run", metavar="NS_PER_RUN", type=float, nargs="?")
+    parser.add_argument("--cpu", help="only the samples of this CPU")
+    args = parser.parse_args()
+    data, pinned, ns_per_run, cpu = args.data, args.pinned, args.ns_per_run, args.cpu
+    found = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", pinned],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        sys.exit(f"PINNED_PROGRAM: no program pinned at {pinned} (is its topology up?)")
+    show = json.loads(found.stdout)
     name = show["name"]
     records = line_addresses(show["id"])
     offsets = [a for a, _ in records]

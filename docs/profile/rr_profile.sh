@@ -5,7 +5,9 @@
 # the program's ns/run with BPF statistics on, records `perf record -e
 # cpu-clock -F 10000 -C 1 -g` for 10 s into OUT.perf.data, and prints where
 # the program's time goes by source line (prog_lines.py). Leaves the
-# topology up (`vethctl down -n NAME` when done). As root.
+# topology up (`vethctl down -n NAME` when done). As root; one run at a time,
+# with no benchmark beside it (it switches kernel.bpf_stats_enabled and uses
+# port 11111).
 #   usage: rr_profile.sh NAME tcp|udp OUT [TOPOLOGY_FILE]
 set -euo pipefail
 T=$1; P=$2; OUT=$3; FILE=${4:-$(dirname "$0")/$T.toml}

@@ -16,7 +16,8 @@ usage: swap_ab.py ROUNDS SECONDS VETHCTL_A VETHCTL_B TOPOLOGY_FILE...
 (2-pod topologies with pods a and b, e.g. copies of proftc.toml with their
 own names and ranges, brought up by A first if they are not up; left up:
 `vethctl down -n NAME` when done. As root; sockperf and iperf3 installed;
-CPUs 0 and 1.)
+CPUs 0 and 1. One run at a time, and no benchmark beside it: it switches
+kernel.bpf_stats_enabled and uses port 11111.)
 """
 import json
 import statistics

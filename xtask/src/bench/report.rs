@@ -110,15 +110,17 @@ pub fn summarize(samples: &[Sample], compare: Compare) -> Vec<Summary> {
         }
         by_key.entry((s.workload, &s.path)).or_default().push(s);
     }
-    let paired = |workload: Workload, path: &str, base: &str| -> Option<f64> {
-        let ratios = paired_ratios(samples, workload, path, base);
-        (!ratios.is_empty()).then(|| median(&ratios))
+    let median_of = |ratios: Vec<f64>| (!ratios.is_empty()).then(|| median(&ratios));
+    let paired = |workload: Workload, path: &str, base: &str| {
+        median_of(paired_ratios(samples, workload, path, base))
     };
-    let program_paired = |workload: Workload, path: &str| -> Option<f64> {
-        let ratios = paired_ratios_of(samples, workload, (path, LIMIT_MAP), |s| {
-            s.program_ns_per_run
-        });
-        (!ratios.is_empty()).then(|| median(&ratios))
+    let program_paired = |workload: Workload, path: &str| {
+        median_of(paired_ratios_of(
+            samples,
+            workload,
+            (path, LIMIT_MAP),
+            |s| s.program_ns_per_run,
+        ))
     };
     let mut out = Vec::new();
     for workload in Workload::ALL {

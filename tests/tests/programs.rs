@@ -2652,7 +2652,8 @@ fn kernel_minimum_frame_sizes_for_test_runs() {
 
 // ---------------------------------------------------------------------------
 // The benchmark references (never attached by vethctl): what `bench paths`
-// measures as "limit" and "limit+map" must redirect every frame.
+// measures as "limit", "limit+map" and "limit+rewrite" must redirect every
+// frame, and limit+rewrite write it as `from_pod` does.
 
 #[test]
 fn the_limit_references_redirect_a_frame() {
@@ -2660,20 +2661,60 @@ fn the_limit_references_redirect_a_frame() {
     in_private_netns(|| {
         let frame = udp4(A, B, 64);
         for reference in Reference::ALL {
-            // Frames arrive on loopback, host-side veth A; B's is elsewhere.
-            let program = ReferenceProgram::load(reference, LO, GONE_IFINDEX)
+            // Frames arrive on loopback, host-side veth A; B's is elsewhere
+            // (limit+rewrite's target must exist: its DEVMAP takes only
+            // live devices, so loopback stands for both).
+            let other = match reference {
+                Reference::LimitRewrite => LO,
+                _ => GONE_IFINDEX,
+            };
+            let mut program = ReferenceProgram::load(reference, LO, other)
                 .unwrap_or_else(|e| panic!("loading {}: {e:#}", reference.path()));
-            let rc = program.test_run(&frame).expect("test run");
-            assert_eq!(rc, TC_ACT_REDIRECT, "{} redirects", reference.path());
-            let counted = u64::from(reference == Reference::LimitMap);
+            // Both hosts being loopback, the route written last is the
+            // one taken: into the first pod (B's MAC) from the second (A's).
+            program.set_pod_macs([B_MAC, M]).unwrap();
+            let ran = program.test_run(&frame).expect("test run");
+            assert_eq!(
+                ran.verdict,
+                TC_ACT_REDIRECT,
+                "{} redirects",
+                reference.path()
+            );
+            let expected = match reference {
+                Reference::LimitRewrite => limit_rewritten(&frame, B_MAC, M),
+                _ => frame.clone(),
+            };
+            assert_eq!(ran.frame_out, expected, "{}'s frame", reference.path());
+            let counted = u64::from(reference != Reference::Limit);
             assert_eq!(program.frames().unwrap(), counted, "{}", reference.path());
         }
-        // limit+map redirects only what its map knows; loopback is not in it.
+        // limit+map and limit+rewrite redirect only what their maps know;
+        // loopback is not in them.
         let program = ReferenceProgram::load(Reference::LimitMap, GONE_IFINDEX, GONE_IFINDEX + 1)
             .expect("loading limit+map");
-        assert_eq!(program.test_run(&frame).unwrap(), TC_ACT_UNSPEC);
+        assert_eq!(program.test_run(&frame).unwrap().verdict, TC_ACT_UNSPEC);
         assert_eq!(program.frames().unwrap(), 0);
+        // limit+rewrite leaves a frame it cannot route (TTL 1) unwritten.
+        let program = ReferenceProgram::load(Reference::LimitRewrite, LO, LO).unwrap();
+        let expiring = udp4(A, B, 1);
+        let ran = program.test_run(&expiring).unwrap();
+        assert_eq!((ran.verdict, ran.frame_out), (TC_ACT_UNSPEC, expiring));
+        assert_eq!(program.frames().unwrap(), 0);
+        // Its DEVMAP takes no device that does not exist: no redirect to one.
+        let gone = ReferenceProgram::load(Reference::LimitRewrite, LO, GONE_IFINDEX);
+        assert!(gone.is_err(), "a DEVMAP entry for a missing device");
     });
+}
+
+/// The frame limit+rewrite hands over: the route's MACs, TTL one less,
+/// IPv4 header checksum recomputed from scratch.
+fn limit_rewritten(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&dst);
+    out[6..12].copy_from_slice(&src);
+    out[IPV4_TTL_AT] -= 1;
+    refresh_ipv4_checksum(&mut out);
+    out
 }
 
 // ---------------------------------------------------------------------------

@@ -72,8 +72,16 @@ pub mod names {
     /// Benchmark reference: [`PROG_BENCH_LIMIT`] plus one hash lookup
     /// ([`MAP_BENCH_PEERS`]) and one per-CPU counter ([`MAP_BENCH_FRAMES`]).
     pub const PROG_BENCH_LIMIT_MAP: &str = "bench_limit_map";
+    /// Benchmark reference: [`PROG_BENCH_LIMIT_MAP`] plus what any local
+    /// redirect that routes must do besides checking the source: read the
+    /// headers, rewrite the MACs and TTL (so the verifier's unclone
+    /// prologue), test the MTU and prove the target alive in `DEVMAP`.
+    pub const PROG_BENCH_LIMIT_REWRITE: &str = "bench_limit_rewrite";
     /// Hash map (u32 -> u32): host-side ifindex -> the other pod's.
     pub const MAP_BENCH_PEERS: &str = "BENCH_PEERS";
+    /// Hash map (u32 -> [`crate::BenchRoute`]): host-side ifindex -> where
+    /// [`PROG_BENCH_LIMIT_REWRITE`] sends its frames, and their MACs.
+    pub const MAP_BENCH_ROUTES: &str = "BENCH_ROUTES";
     /// Per-CPU array of one u64: frames `bench_limit_map` redirected.
     pub const MAP_BENCH_FRAMES: &str = "BENCH_FRAMES";
     /// `.rodata` globals (u32): the two host-side ifindexes of
@@ -458,6 +466,19 @@ pub mod route_kind {
     pub const UNROUTABLE: u32 = 3;
 }
 
+/// Value of the `limit+rewrite` benchmark reference's one lookup: the
+/// other pod's host-side veth and the MACs its frames are written with
+/// (those they already carry: the two pods know each other's MAC, and
+/// what is measured is the stores, which cost the same whatever they
+/// write).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchRoute {
+    pub target_ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
 /// Value of the remote-route tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -656,4 +677,5 @@ mod user {
     unsafe impl aya::Pod for crate::RemoteRoute {}
     unsafe impl aya::Pod for crate::KnownNode {}
     unsafe impl aya::Pod for crate::CrossNodeConfig {}
+    unsafe impl aya::Pod for crate::BenchRoute {}
 }

@@ -147,7 +147,8 @@ pub struct RunResult {
     pub per_run: Duration,
 }
 
-fn run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<RunResult>
+/// Runs `prog` `repeat` times on `frame` with `BPF_PROG_TEST_RUN`.
+pub(super) fn run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<RunResult>
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
 {

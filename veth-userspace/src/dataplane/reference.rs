@@ -1,4 +1,5 @@
-//! The benchmark references (`bench_limit`, `bench_limit_map`), loaded
+//! The benchmark references (`bench_limit`, `bench_limit_map`,
+//! `bench_limit_rewrite`), loaded
 //! privately and attached only by the benchmark, to the host-side veths of
 //! a two-pod topology the benchmark made itself; never pinned, so they
 //! detach when this is dropped (or the process holding it exits). vethctl
@@ -8,16 +9,23 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap, PerCpuArray},
-    programs::{tc::TcAttachType, SchedClassifier, TestRun, TestRunOptions},
+    maps::{DevMapHash, HashMap, PerCpuArray},
+    programs::{tc::TcAttachType, SchedClassifier},
     Ebpf, EbpfLoader,
 };
-use veth_common::names::{
-    GLOBAL_BENCH_HOST_A, GLOBAL_BENCH_HOST_B, MAP_BENCH_FRAMES, MAP_BENCH_PEERS, PROG_BENCH_LIMIT,
-    PROG_BENCH_LIMIT_MAP,
+use veth_common::{
+    names::{
+        GLOBAL_BENCH_HOST_A, GLOBAL_BENCH_HOST_B, MAP_BENCH_FRAMES, MAP_BENCH_PEERS,
+        MAP_BENCH_ROUTES, MAP_DEVMAP, PROG_BENCH_LIMIT, PROG_BENCH_LIMIT_MAP,
+        PROG_BENCH_LIMIT_REWRITE,
+    },
+    BenchRoute,
 };
 
-use super::{program, OBJECT};
+use super::{
+    lab::{run, RunResult},
+    program, OBJECT,
+};
 
 /// Which reference program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +34,25 @@ pub enum Reference {
     Limit,
     /// The same plus one hash lookup and one per-CPU counter.
     LimitMap,
+    /// limit+map plus the headers read, the MACs and TTL rewritten, the
+    /// MTU test and the `DEVMAP` proof: a local redirect that routes,
+    /// without the source's identity and checks.
+    LimitRewrite,
 }
 
 impl Reference {
-    pub const ALL: [Reference; 2] = [Reference::Limit, Reference::LimitMap];
+    pub const ALL: [Reference; 3] = [
+        Reference::Limit,
+        Reference::LimitMap,
+        Reference::LimitRewrite,
+    ];
 
     /// Its name as a path in the benchmark reports.
     pub fn path(self) -> &'static str {
         match self {
             Reference::Limit => "limit",
             Reference::LimitMap => "limit+map",
+            Reference::LimitRewrite => "limit+rewrite",
         }
     }
 
@@ -47,6 +64,7 @@ impl Reference {
         match self {
             Reference::Limit => PROG_BENCH_LIMIT,
             Reference::LimitMap => PROG_BENCH_LIMIT_MAP,
+            Reference::LimitRewrite => PROG_BENCH_LIMIT_REWRITE,
         }
     }
 }
@@ -57,6 +75,7 @@ impl Reference {
 pub struct ReferenceProgram {
     ebpf: Ebpf,
     reference: Reference,
+    hosts: [u32; 2],
 }
 
 impl ReferenceProgram {
@@ -75,7 +94,55 @@ impl ReferenceProgram {
         program::<SchedClassifier>(&mut ebpf, reference.program())?
             .load()
             .with_context(|| format!("loading {}", reference.program()))?;
-        Ok(ReferenceProgram { ebpf, reference })
+        let mut program = ReferenceProgram {
+            ebpf,
+            reference,
+            hosts: [host_a, host_b],
+        };
+        if reference == Reference::LimitRewrite {
+            program.set_pod_macs([[0; 6]; 2])?;
+            program.add_to_devmap()?;
+        }
+        Ok(program)
+    }
+
+    /// The pods' MACs (`eth0` behind `host_a`, behind `host_b`), which
+    /// `limit+rewrite` writes into the frames it redirects: as the
+    /// destination MAC of frames to that pod, as the source MAC of frames
+    /// from it. Until this is called they are zero, which no pod accepts.
+    pub fn set_pod_macs(&mut self, macs: [[u8; 6]; 2]) -> Result<()> {
+        let mut routes: HashMap<_, u32, BenchRoute> = self
+            .ebpf
+            .map_mut(MAP_BENCH_ROUTES)
+            .context("BENCH_ROUTES missing")?
+            .try_into()?;
+        for from in 0..2 {
+            let to = 1 - from;
+            let route = BenchRoute {
+                target_ifindex: self.hosts[to],
+                dst_mac: macs[to],
+                src_mac: macs[from],
+            };
+            routes.insert(self.hosts[from], route, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `limit+rewrite`'s targets into its own (unpinned) `DEVMAP`, as `up`
+    /// adds a pod's veth: the kernel takes the entries out if the devices
+    /// go.
+    fn add_to_devmap(&mut self) -> Result<()> {
+        let mut devmap: DevMapHash<_> = self
+            .ebpf
+            .map_mut(MAP_DEVMAP)
+            .context("DEVMAP missing")?
+            .try_into()?;
+        for host in self.hosts {
+            devmap
+                .insert(host, host, None, 0)
+                .with_context(|| format!("adding ifindex {host} to the reference's DEVMAP"))?;
+        }
+        Ok(())
     }
 
     fn classifier(&self) -> Result<&SchedClassifier> {
@@ -104,7 +171,8 @@ impl ReferenceProgram {
         Ok(self.classifier()?.info()?.id())
     }
 
-    /// Frames `bench_limit_map` counted, over all CPUs (0 for `bench_limit`).
+    /// Frames `bench_limit_map` or `bench_limit_rewrite` counted, over all
+    /// CPUs (0 for `bench_limit`).
     pub fn frames(&self) -> Result<u64> {
         let frames: PerCpuArray<_, u64> = self
             .ebpf
@@ -115,24 +183,16 @@ impl ReferenceProgram {
     }
 
     /// Runs the program once on `frame` with `BPF_PROG_TEST_RUN` (which
-    /// makes it arrive on loopback, ifindex 1); its return code.
-    pub fn test_run(&self, frame: &[u8]) -> Result<i32> {
-        Ok(self.timed_run(frame, 1)?.0)
+    /// makes it arrive on loopback, ifindex 1): its verdict and the frame
+    /// as it left the program.
+    pub fn test_run(&self, frame: &[u8]) -> Result<RunResult> {
+        run(self.classifier()?, frame, 1)
     }
 
     /// Runs it `repeat` times on `frame`: its return code and the kernel's
     /// mean time per run (what `program-cost` compares `from_pod` with).
     pub fn timed_run(&self, frame: &[u8], repeat: u32) -> Result<(i32, Duration)> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = self
-            .classifier()?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat: repeat.max(1),
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        Ok((result.return_value as i32, result.duration))
+        let ran = run(self.classifier()?, frame, repeat)?;
+        Ok((ran.verdict, ran.per_run))
     }
 }

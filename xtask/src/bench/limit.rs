@@ -1,7 +1,8 @@
 //! The limit as a path of its own: two pods of the benchmark's own making
 //! (namespaces `<name>-a`/`<name>-b`, veths `<name>-a`/`<name>-b` on the
 //! host), with a benchmark reference program (`limit`: only
-//! `bpf_redirect_peer`; `limit+map`: plus one lookup and one counter) at
+//! `bpf_redirect_peer`; `limit+map`: plus one lookup and one counter;
+//! `limit+rewrite`: plus the MAC and TTL rewrite and the `DEVMAP` proof) at
 //! TCX ingress of both host-side veths, held by a `bench-reference` child
 //! process. The pods know each other's MAC (permanent neighbours), so no
 //! frame needs the host: every frame one pod sends goes into the other.
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::report::{LIMIT, LIMIT_MAP};
+use super::report::{LIMIT, LIMIT_MAP, LIMIT_REWRITE};
 use crate::cmd;
 
 /// A reference path: its name in the report, its topology, its /24.
@@ -25,7 +26,7 @@ pub struct LimitSpec {
     pub subnet: u8,
 }
 
-pub const LIMITS: [LimitSpec; 2] = [
+pub const LIMITS: [LimitSpec; 3] = [
     LimitSpec {
         path: LIMIT,
         name: "blimit",
@@ -35,6 +36,11 @@ pub const LIMITS: [LimitSpec; 2] = [
         path: LIMIT_MAP,
         name: "blimitm",
         subnet: 244,
+    },
+    LimitSpec {
+        path: LIMIT_REWRITE,
+        name: "blimitr",
+        subnet: 245,
     },
 ];
 
@@ -97,9 +103,9 @@ impl LimitTopology {
             )?;
             in_pod(pod, &["link", "set", "eth0", "up"])?;
         }
+        let macs = [pod_mac(&pods[0])?, pod_mac(&pods[1])?];
         for (i, pod) in pods.iter().enumerate() {
-            let (other, other_ip) = (&pods[1 - i], &ips[1 - i]);
-            let mac = pod_mac(other)?;
+            let (other_ip, mac) = (&ips[1 - i], &macs[1 - i]);
             in_pod(pod, &["route", "add", other_ip, "dev", "eth0"])?;
             in_pod(
                 pod,
@@ -108,7 +114,7 @@ impl LimitTopology {
                     "replace",
                     other_ip,
                     "lladdr",
-                    &mac,
+                    mac,
                     "dev",
                     "eth0",
                     "nud",
@@ -117,7 +123,7 @@ impl LimitTopology {
             )?;
         }
         let mut holder = Command::new(cmd::target_dir().join("release").join(HOLDER))
-            .args([spec.path, &pods[0], &pods[1]])
+            .args([spec.path, &pods[0], &pods[1], &macs[0], &macs[1]])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

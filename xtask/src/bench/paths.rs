@@ -180,7 +180,7 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The reference paths ("limit", "limit+map"), each up on its own two pods
+/// The reference paths ("limit", "limit+map", "limit+rewrite"), each up on its own two pods
 /// and held until the returned topologies are dropped.
 fn limit_targets() -> Result<Vec<(Target, LimitTopology)>> {
     limit::LIMITS

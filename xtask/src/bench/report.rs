@@ -71,6 +71,12 @@ pub const LIMIT: &str = "limit";
 /// redirect (see `limit.rs`): what program times are divided by.
 pub const LIMIT_MAP: &str = "limit+map";
 
+/// limit+map plus what routing a frame to a local pod takes besides the
+/// checks: the MAC and TTL rewrite (and the unclone prologue it brings),
+/// the MTU test, the `DEVMAP` proof (see `limit.rs`). Its
+/// `program × limit+map` is the least any checked redirect can reach.
+pub const LIMIT_REWRITE: &str = "limit+rewrite";
+
 /// `path`'s value ÷ `base`'s in the same round, for every round that
 /// measured both under `workload` (and `base` moved something).
 pub fn paired_ratios(samples: &[Sample], workload: Workload, path: &str, base: &str) -> Vec<f64> {

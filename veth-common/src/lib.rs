@@ -82,7 +82,8 @@ pub mod names {
     /// Hash map (u32 -> [`crate::BenchRoute`]): host-side ifindex -> where
     /// [`PROG_BENCH_LIMIT_REWRITE`] sends its frames, and their MACs.
     pub const MAP_BENCH_ROUTES: &str = "BENCH_ROUTES";
-    /// Per-CPU array of one u64: frames `bench_limit_map` redirected.
+    /// Per-CPU array of one u64: frames `bench_limit_map` or
+    /// [`PROG_BENCH_LIMIT_REWRITE`] redirected.
     pub const MAP_BENCH_FRAMES: &str = "BENCH_FRAMES";
     /// `.rodata` globals (u32): the two host-side ifindexes of
     /// [`PROG_BENCH_LIMIT`].

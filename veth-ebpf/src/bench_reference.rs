@@ -1,9 +1,10 @@
 //! Benchmark references, never attached by vethctl: what a path costs when
 //! a program does (almost) nothing, and when it does only what routing a
-//! frame to a local pod takes (`limit+rewrite`). `cargo xtask bench paths` attaches them
-//! to a two-pod topology of its own (TCX ingress of both host-side veths)
-//! to show how far every path is from what the kernel allows on the
-//! machine. They check nothing: never put them in front of a real pod.
+//! frame to a local pod takes (`limit+rewrite`). `cargo xtask bench paths`
+//! attaches each to a two-pod topology of its own (TCX ingress of both
+//! host-side veths) to show how far every path is from what the kernel
+//! allows on the machine. They check nothing: never put them in front of a
+//! real pod.
 use aya_ebpf::{
     bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     btf_maps::{HashMap, PerCpuArray},

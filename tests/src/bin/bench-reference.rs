@@ -1,9 +1,9 @@
 //! Attaches a benchmark reference program (`limit`, `limit+map` or
-//! `limit+rewrite`, see
-//! `veth_userspace::dataplane::reference`) at TCX ingress of two host-side
-//! veths of a topology the caller made, prints `id <program id>`, and keeps
-//! it attached until its stdin closes; nothing is pinned, so the program
-//! detaches when this process exits, however it exits.
+//! `limit+rewrite`, see `veth_userspace::dataplane::reference`) at TCX
+//! ingress of two host-side veths of a topology the caller made, prints
+//! `id <program id>`, and keeps it attached until its stdin closes; nothing
+//! is pinned, so the program detaches when this process exits, however it
+//! exits.
 //!
 //! `cargo xtask bench paths` runs this for its "limit" paths.
 //! Usage: bench-reference <REFERENCE> <HOST_VETH_A> <HOST_VETH_B> [<MAC_A> <MAC_B>]

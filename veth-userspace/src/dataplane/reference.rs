@@ -1,9 +1,9 @@
 //! The benchmark references (`bench_limit`, `bench_limit_map`,
-//! `bench_limit_rewrite`), loaded
-//! privately and attached only by the benchmark, to the host-side veths of
-//! a two-pod topology the benchmark made itself; never pinned, so they
-//! detach when this is dropped (or the process holding it exits). vethctl
-//! never loads them: they redirect every frame unchecked.
+//! `bench_limit_rewrite`), loaded privately and attached only by the
+//! benchmark, to the host-side veths of a two-pod topology the benchmark
+//! made itself; never pinned, so they detach when this is dropped (or the
+//! process holding it exits). vethctl never loads them: they redirect
+//! every frame unchecked.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Profiles a 64-byte UDP flood from pod a to pod b of topology NAME (a
-# topology file with pods a and b, see tc.toml and pair.toml here): brings
-# it up unless it is up, runs iperf3 (server pinned to CPU 0, client to
+# topology file with pods a and b, see proftc.toml and profpair.toml
+# here): brings it up unless it is up, runs iperf3 (server pinned to CPU 0, client to
 # CPU 1) for 9 s, records `perf record -e cpu-clock -a -g` for 5 s of it
 # into NAME.perf.data, and prints the packets/s received. Leaves the
 # topology up (`vethctl down -n NAME` when done). As root.
@@ -9,8 +9,9 @@
 set -euo pipefail
 T=$1; FILE=${2:-$(dirname "$0")/$T.toml}
 V=${VETHCTL:-vethctl}
+HERE=$(dirname "$0")
 $V status -n "$T" >/dev/null 2>&1 || $V up -t "$FILE" >/dev/null
-IP=$($V status -n "$T" --json | python3 -c 'import json,sys; t=json.load(sys.stdin)["topologies"][0]; print([p for p in t["pods"] if p["name"]=="b"][0]["ipv4"])')
+IP=$(python3 "$HERE/vethtopo.py" address "$V" "$T")
 ip netns exec "$T-b" taskset -c 0 iperf3 -s -1 -B "$IP" >/dev/null 2>&1 &
 sleep 0.5
 ip netns exec "$T-a" taskset -c 1 iperf3 -c "$IP" -u -b 0 -l 64 -t 9 -J > "$T.iperf.json" &

@@ -14,10 +14,10 @@ T=$1; P=$2; OUT=$3; FILE=${4:-$(dirname "$0")/$T.toml}
 V=${VETHCTL:-vethctl}
 HERE=$(dirname "$0")
 $V status -n "$T" >/dev/null 2>&1 || $V up -t "$FILE" >/dev/null
-IP=$($V status -n "$T" --json | python3 -c 'import json,sys; t=json.load(sys.stdin)["topologies"][0]; print([p for p in t["pods"] if p["name"]=="b"][0]["ipv4"])')
+IP=$(python3 "$HERE/vethtopo.py" address "$V" "$T")
 PROG=/sys/fs/bpf/vethctl/$T/from_pod
 TR=(); [ "$P" = tcp ] && TR=(--tcp)
-runs() { bpftool -j prog show pinned "$PROG" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j.get("run_time_ns",0), j.get("run_cnt",0))'; }
+runs() { python3 "$HERE/vethtopo.py" runs "$PROG"; }
 STATS=$(sysctl -n kernel.bpf_stats_enabled)
 SERVER=
 cleanup() {

@@ -19,11 +19,12 @@ own names and ranges, brought up by A first if they are not up; left up:
 CPUs 0 and 1. One run at a time, and no benchmark beside it: it switches
 kernel.bpf_stats_enabled and uses port 11111.)
 """
-import json
 import statistics
 import subprocess
 import sys
 import time
+
+from vethtopo import address_of_b, runs
 
 WORKLOADS = ("tcp_rr", "udp_rr", "flood")
 
@@ -39,26 +40,15 @@ def topology_name(path):
     sys.exit(f"{path}: no name")
 
 
-def address_of_b(vethctl, topology):
-    status = json.loads(sh(vethctl, "status", "-n", topology, "--json").stdout)
-    pods = status["topologies"][0]["pods"]
-    return next(p["ipv4"] for p in pods if p["name"] == "b")
-
-
-def runs(topology):
-    show = sh("bpftool", "-j", "prog", "show", "pinned", f"/sys/fs/bpf/vethctl/{topology}/from_pod")
-    j = json.loads(show.stdout)
-    return j.get("run_time_ns", 0), j.get("run_cnt", 0)
-
-
 def ns_per_run(topology, server, client):
+    program = f"/sys/fs/bpf/vethctl/{topology}/from_pod"
     srv = subprocess.Popen(["ip", "netns", "exec", f"{topology}-b", *server],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        before = runs(topology)
+        before = runs(program)
         sh("ip", "netns", "exec", f"{topology}-a", *client)
-        after = runs(topology)
+        after = runs(program)
     finally:
         srv.kill()
         srv.wait()

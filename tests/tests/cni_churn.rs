@@ -758,4 +758,36 @@ fn an_add_runs_beside_a_mode_sets_rewire_not_behind_it() {
         assert!(!bridged(&net.host_veth(pod)), "{} back in mode tc", pod.id);
         assert!(!has_xdp(&net.host_veth(pod)), "{} back in mode tc", pod.id);
     }
+    // A rewire killed half way back to the configuration's own mode (a
+    // converging ADD, or `mode set tc`, killed at pod a): the record is the
+    // configuration's, but the endpoints are still wired for xdp. The next
+    // ADD holds the rewire lock itself and must not take its own lock for
+    // a rewire running (in `cargo xtask soak` every ADD then answered "it
+    // keeps changing" and the pods added meanwhile were cut off, until the
+    // next `mode set`).
+    let held = hold_a();
+    let mut child = mode_set("xdp");
+    drop(held);
+    assert!(child.0.wait().expect("mode set ends").success());
+    let held = hold_a();
+    drop(mode_set("tc"));
+    drop(held);
+    assert_eq!(
+        state::rewire(&net.name).expect("the rewire's standing"),
+        state::Rewire::Abandoned
+    );
+    let g = Pod::new();
+    net.add(&g);
+    assert_eq!(
+        state::rewire(&net.name).expect("the rewire's standing"),
+        state::Rewire::Done,
+        "the ADD did the rewire owed"
+    );
+    for pod in [&a, &b, &c, &d, &e, &f, &g] {
+        assert!(!has_xdp(&net.host_veth(pod)), "{} back in mode tc", pod.id);
+        assert!(mapped(&net, pod), "{} mapped in mode tc", pod.id);
+    }
+    for (from, to) in [(&g, &a), (&b, &g), (&d, &f)] {
+        from.netns.expect_pings(to.ipv4(), 2, "back in mode tc");
+    }
 }

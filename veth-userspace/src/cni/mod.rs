@@ -306,7 +306,14 @@ async fn converge(
         // far looked like someone else's (concurrent first ADDs on a
         // fresh node failed with code 7).
         let _exclusive = state::lock().map_err(failed)?;
-        if matches!(standing(network, source), Standing::Current) {
+        // This ADD holds the rewire lock: a rewire owed now is its own to
+        // do. (`standing`'s probe would meet that lock, take the rewire
+        // for running, and call a network whose record is the
+        // configuration's current: with a converging ADD killed half way
+        // through its rewire, every later ADD converged three times without
+        // doing it and answered "try again later", until a `mode set`.)
+        let owed = StateDir::new(&network.name).rewire_owed();
+        if !owed && matches!(standing(network, source), Standing::Current) {
             return Ok(());
         }
         recover_record(host, network, ipam).await?;

@@ -25,12 +25,13 @@ import argparse
 import bisect
 import collections
 import ctypes
-import json
 import os
 import re
 import struct
 import subprocess
 import sys
+
+from vethtopo import program_info
 
 SYS_BPF = 321  # x86-64
 BPF_PROG_GET_FD_BY_ID = 13
@@ -119,11 +120,7 @@ def main():
     parser.add_argument("--cpu", help="only the samples of this CPU")
     args = parser.parse_args()
     data, pinned, ns_per_run, cpu = args.data, args.pinned, args.ns_per_run, args.cpu
-    found = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", pinned],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        sys.exit(f"PINNED_PROGRAM: no program pinned at {pinned} (is its topology up?)")
-    show = json.loads(found.stdout)
+    show = program_info(pinned)
     name = show["name"]
     records = line_addresses(show["id"])
     offsets = [a for a, _ in records]

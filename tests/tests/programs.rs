@@ -2688,14 +2688,19 @@ fn the_limit_references_redirect_a_frame() {
             let counted = u64::from(reference != Reference::Limit);
             assert_eq!(program.frames().unwrap(), counted, "{}", reference.path());
         }
-        // limit+map and limit+rewrite redirect only what their maps know;
-        // loopback is not in them.
+        // limit+map and limit+rewrite redirect only what their maps know:
+        // loopback is not in limit+map's, and limit+rewrite has no route
+        // before it is given the pods' MACs.
         let program = ReferenceProgram::load(Reference::LimitMap, GONE_IFINDEX, GONE_IFINDEX + 1)
             .expect("loading limit+map");
         assert_eq!(program.test_run(&frame).unwrap().verdict, TC_ACT_UNSPEC);
         assert_eq!(program.frames().unwrap(), 0);
+        let mut program = ReferenceProgram::load(Reference::LimitRewrite, LO, LO).unwrap();
+        let ran = program.test_run(&frame).unwrap();
+        assert_eq!((ran.verdict, ran.frame_out), (TC_ACT_UNSPEC, frame.clone()));
+        assert_eq!(program.frames().unwrap(), 0);
         // limit+rewrite leaves a frame it cannot route (TTL 1) unwritten.
-        let program = ReferenceProgram::load(Reference::LimitRewrite, LO, LO).unwrap();
+        program.set_pod_macs([B_MAC, M]).unwrap();
         let expiring = udp4(A, B, 1);
         let ran = program.test_run(&expiring).unwrap();
         assert_eq!((ran.verdict, ran.frame_out), (TC_ACT_UNSPEC, expiring));

@@ -100,7 +100,6 @@ impl ReferenceProgram {
             hosts: [host_a, host_b],
         };
         if reference == Reference::LimitRewrite {
-            program.set_pod_macs([[0; 6]; 2])?;
             program.add_to_devmap()?;
         }
         Ok(program)
@@ -109,7 +108,8 @@ impl ReferenceProgram {
     /// The pods' MACs (`eth0` behind `host_a`, behind `host_b`), which
     /// `limit+rewrite` writes into the frames it redirects: as the
     /// destination MAC of frames to that pod, as the source MAC of frames
-    /// from it. Until this is called they are zero, which no pod accepts.
+    /// from it. Until this is called it routes nothing (every frame
+    /// continues to the host stack, unwritten).
     pub fn set_pod_macs(&mut self, macs: [[u8; 6]; 2]) -> Result<()> {
         let mut routes: HashMap<_, u32, BenchRoute> = self
             .ebpf
